@@ -1,0 +1,236 @@
+//! Attribute-level commands, the context they are decided in, and typed refusals.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::field::{FieldPath, FieldValue};
+use crate::ids::{
+    Actor, ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose, SourceId,
+};
+use crate::policy::{Policy, WriteMode};
+use crate::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
+
+/// Most changes one command may carry; bounds the work one request can cause.
+pub const MAX_CHANGES: usize = 100;
+/// Longest free-text reason accepted (steward reasons, rejection reasons).
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// One attribute-level change. A command's changes are decided in order and applied
+/// atomically: all of them, or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    /// Creates the customer's record; must be the first change of its first command.
+    Register,
+    SetField {
+        field: FieldPath,
+        value: FieldValue,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_version: Option<u64>,
+    },
+    ClearField {
+        field: FieldPath,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_version: Option<u64>,
+    },
+    /// Email/phone change that takes effect only after verification.
+    RequestChange {
+        field: FieldPath,
+        value: FieldValue,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_version: Option<u64>,
+    },
+    ConfirmVerification {
+        field: FieldPath,
+        challenge_id: ChallengeId,
+    },
+    CancelChange {
+        field: FieldPath,
+        challenge_id: ChallengeId,
+    },
+    GrantConsent {
+        purpose: Purpose,
+        basis: LegalBasis,
+        notice: NoticeRef,
+        channel: ConsentChannel,
+        jurisdiction: Jurisdiction,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    WithdrawConsent {
+        purpose: Purpose,
+    },
+    ProposeValue {
+        field: FieldPath,
+        value: FieldValue,
+    },
+    /// Steward only.
+    AcceptProposal {
+        proposal_id: ProposalId,
+    },
+    /// Steward only.
+    RejectProposal {
+        proposal_id: ProposalId,
+        reason: String,
+    },
+}
+
+impl Change {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::SetField { .. } => "set_field",
+            Self::ClearField { .. } => "clear_field",
+            Self::RequestChange { .. } => "request_change",
+            Self::ConfirmVerification { .. } => "confirm_verification",
+            Self::CancelChange { .. } => "cancel_change",
+            Self::GrantConsent { .. } => "grant_consent",
+            Self::WithdrawConsent { .. } => "withdraw_consent",
+            Self::ProposeValue { .. } => "propose_value",
+            Self::AcceptProposal { .. } => "accept_proposal",
+            Self::RejectProposal { .. } => "reject_proposal",
+        }
+    }
+}
+
+/// Provenance as the caller states it. The source is not here: it comes from the credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvenanceInput {
+    pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<OnBehalfOf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A command against one customer's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub customer_id: CustomerId,
+    pub idempotency_key: IdempotencyKey,
+    pub provenance: ProvenanceInput,
+    pub changes: Vec<Change>,
+}
+
+/// Who is issuing the command, as proven by their credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", content = "id", rename_all = "snake_case")]
+pub enum Principal {
+    /// A source system; events record it as their source.
+    Source(SourceId),
+    /// A data steward; events record the reserved source `steward`.
+    Steward,
+}
+
+/// Everything decide needs from outside: the clock, the policy, the caller, and a seed for
+/// the ids it mints — so decide itself stays pure and deterministic.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub now: DateTime<Utc>,
+    pub policy: &'a Policy,
+    pub principal: Principal,
+    /// A fresh UUIDv7; event, proposal and challenge ids are derived from it in order.
+    pub id_seed: Uuid,
+}
+
+/// Why a command was refused. A domain answer, not a failure: nothing was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum Refusal {
+    #[error("{reason}")]
+    InvalidCommand { reason: String },
+    #[error("unknown field '{path}'")]
+    UnknownField { path: String },
+    #[error("invalid value for {field}: {reason}")]
+    InvalidValue { field: String, reason: String },
+    #[error(
+        "source '{source_id}' may not change {field} (its mode is '{mode}'); the system of record for {field} is '{system_of_record}'"
+    )]
+    NotAuthoritative {
+        field: FieldPath,
+        source_id: SourceId,
+        mode: WriteMode,
+        system_of_record: SourceId,
+    },
+    #[error("{reason}")]
+    InvalidTransition {
+        field: Option<FieldPath>,
+        reason: String,
+    },
+    #[error("{field} is at version {actual}, not the expected {expected}")]
+    VersionConflict {
+        field: FieldPath,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("the change of {field} with challenge {challenge_id} expired at {expired_at}")]
+    ExpiredChallenge {
+        field: FieldPath,
+        challenge_id: ChallengeId,
+        expired_at: DateTime<Utc>,
+    },
+    #[error(
+        "the subject is {age}, under the age of digital consent ({age_of_digital_consent}) in {jurisdiction}: a guardian must give consent for {purpose} on their behalf"
+    )]
+    GuardianRequired {
+        purpose: Purpose,
+        age: u32,
+        age_of_digital_consent: u8,
+        jurisdiction: Jurisdiction,
+    },
+    #[error("customer is not registered")]
+    NotRegistered,
+    #[error("customer is already registered")]
+    AlreadyRegistered,
+    #[error("no open proposal {proposal_id}")]
+    UnknownProposal { proposal_id: ProposalId },
+    #[error("{reason}")]
+    Forbidden { reason: String },
+}
+
+impl Refusal {
+    /// The stable, machine-readable code clients branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidCommand { .. } => "invalid_command",
+            Self::UnknownField { .. } => "unknown_field",
+            Self::InvalidValue { .. } => "invalid_value",
+            Self::NotAuthoritative { .. } => "not_authoritative",
+            Self::InvalidTransition { .. } => "invalid_transition",
+            Self::VersionConflict { .. } => "version_conflict",
+            Self::ExpiredChallenge { .. } => "expired_challenge",
+            Self::GuardianRequired { .. } => "guardian_required",
+            Self::NotRegistered => "not_registered",
+            Self::AlreadyRegistered => "already_registered",
+            Self::UnknownProposal { .. } => "unknown_proposal",
+            Self::Forbidden { .. } => "forbidden",
+        }
+    }
+}
+
+/// A refusal, with the index of the change that caused it (if one did).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("{}{refusal}", .change_index.map(|i| format!("change {i}: ")).unwrap_or_default())]
+pub struct Refused {
+    pub change_index: Option<usize>,
+    pub refusal: Refusal,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        Self {
+            change_index: None,
+            refusal,
+        }
+    }
+}

@@ -1,0 +1,772 @@
+//! `decide`: checks a command against the authority policy and the field state machines and
+//! turns it into events, or refuses it. Pure: time, ids and the caller come from the context.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::command::{
+    Change, Command, Context, MAX_CHANGES, MAX_REASON_CHARS, Principal, Refusal, Refused,
+};
+use crate::event::{
+    CancelReason, ConsentTerms, Event, EventEnvelope, EventPayload, Provenance, SetMode,
+};
+use crate::field::{FieldKind, FieldPath, FieldValue};
+use crate::ids::{ChallengeId, EventId, ProposalId, Purpose, SourceId};
+use crate::policy::{STEWARD_SOURCE, WriteMode};
+use crate::state::{ConsentState, ConsentStatus, CustomerState, evolve};
+use crate::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
+
+/// How far in the future a source's `observed_at` may lie (clock skew between systems).
+const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
+
+/// What became of one change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Registered,
+    /// The record changed.
+    Applied {
+        field: FieldPath,
+        version: u64,
+    },
+    /// Nothing to change: same value and state, or an echo of our own delivery.
+    Unchanged {
+        field: FieldPath,
+    },
+    /// Recorded as a proposal for stewards; the record is unchanged.
+    Proposed {
+        field: FieldPath,
+        proposal_id: ProposalId,
+        system_of_record: SourceId,
+    },
+    /// Waiting for verification; the current value stays authoritative.
+    Pending {
+        field: FieldPath,
+        challenge_id: ChallengeId,
+        expires_at: DateTime<Utc>,
+    },
+    ProposalResolved {
+        proposal_id: ProposalId,
+        accepted: bool,
+    },
+}
+
+/// The events a command produced (possibly none) and one outcome per change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub events: Vec<EventEnvelope>,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Decides `command` against `state`. On success the events, folded onto `state`, give the
+/// new state; on refusal nothing is to be recorded.
+pub fn decide(
+    state: &CustomerState,
+    command: &Command,
+    ctx: &Context<'_>,
+) -> Result<Decision, Refused> {
+    validate_command(command, ctx)?;
+    let source = match &ctx.principal {
+        Principal::Source(s) => s.clone(),
+        Principal::Steward => {
+            SourceId::parse(STEWARD_SOURCE).map_err(|e| Refusal::InvalidCommand {
+                reason: e.to_string(),
+            })?
+        }
+    };
+    let provenance = Provenance {
+        source,
+        actor: command.provenance.actor.clone(),
+        on_behalf_of: command.provenance.on_behalf_of.clone(),
+        evidence: command.provenance.evidence.clone(),
+        observed_at: command.provenance.observed_at,
+        recorded_at: ctx.now,
+        correlation_id: command.provenance.correlation_id,
+        causation_id: command.provenance.causation_id,
+        idempotency_key: command.idempotency_key.clone(),
+        reason: command.provenance.reason.clone(),
+    };
+    let mut decider = Decider {
+        state: state.clone(),
+        ctx,
+        provenance,
+        events: Vec::new(),
+        outcomes: Vec::new(),
+        minted: 0,
+    };
+    for (index, change) in command.changes.iter().enumerate() {
+        let outcome = decider.apply(change).map_err(|refusal| Refused {
+            change_index: Some(index),
+            refusal,
+        })?;
+        decider.outcomes.push(outcome);
+    }
+    Ok(Decision {
+        events: decider.events,
+        outcomes: decider.outcomes,
+    })
+}
+
+fn validate_command(command: &Command, ctx: &Context<'_>) -> Result<(), Refused> {
+    let invalid = |reason: String| Refused::from(Refusal::InvalidCommand { reason });
+    if command.changes.is_empty() {
+        return Err(invalid("a command needs at least one change".to_owned()));
+    }
+    if command.changes.len() > MAX_CHANGES {
+        return Err(invalid(format!(
+            "a command may carry at most {MAX_CHANGES} changes"
+        )));
+    }
+    if let Some(index) = command
+        .changes
+        .iter()
+        .skip(1)
+        .position(|c| matches!(c, Change::Register))
+    {
+        return Err(Refused {
+            change_index: Some(index + 1),
+            refusal: Refusal::InvalidCommand {
+                reason: "register must be the first change".to_owned(),
+            },
+        });
+    }
+    if let Some(reason) = &command.provenance.reason {
+        check_reason(reason).map_err(Refused::from)?;
+    }
+    if let Some(observed) = command.provenance.observed_at
+        && observed > ctx.now + chrono::Duration::minutes(MAX_CLOCK_SKEW_MINUTES)
+    {
+        return Err(Refused::from(Refusal::InvalidValue {
+            field: "observed_at".to_owned(),
+            reason: format!("{observed} is in the future"),
+        }));
+    }
+    Ok(())
+}
+
+fn check_reason(reason: &str) -> Result<(), Refusal> {
+    if reason.trim().is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(Refusal::InvalidValue {
+            field: "reason".to_owned(),
+            reason: format!("must be 1 to {MAX_REASON_CHARS} characters"),
+        });
+    }
+    Ok(())
+}
+
+/// Derives the `n`th id from a UUIDv7 seed by counting in its 62 random low bits, so the
+/// version and variant bits — and the timestamp — stay those of the seed.
+fn derive_id(seed: Uuid, n: u64) -> Uuid {
+    const LOW: u128 = (1 << 62) - 1;
+    let s = seed.as_u128();
+    let low = (s & LOW).wrapping_add(u128::from(n)) & LOW;
+    Uuid::from_u128((s & !LOW) | low)
+}
+
+struct Decider<'c, 'p> {
+    /// The state with this command's events so far applied, so later changes see earlier ones.
+    state: CustomerState,
+    ctx: &'c Context<'p>,
+    provenance: Provenance,
+    events: Vec<EventEnvelope>,
+    outcomes: Vec<Outcome>,
+    minted: u64,
+}
+
+impl Decider<'_, '_> {
+    fn mint(&mut self) -> Uuid {
+        let id = derive_id(self.ctx.id_seed, self.minted);
+        self.minted += 1;
+        id
+    }
+
+    fn emit(&mut self, payload: EventPayload) {
+        let id = EventId::from(self.mint());
+        let envelope = EventEnvelope {
+            id,
+            stream_version: self.state.stream_version + 1,
+            event: Event {
+                payload,
+                provenance: self.provenance.clone(),
+                policy_version: self.ctx.policy.version().clone(),
+            },
+        };
+        self.state = evolve(std::mem::take(&mut self.state), &envelope);
+        self.events.push(envelope);
+    }
+
+    fn is_steward(&self) -> bool {
+        self.ctx.principal == Principal::Steward
+    }
+
+    fn mode(&self, field: &FieldPath) -> WriteMode {
+        self.ctx.policy.mode(field, &self.provenance.source)
+    }
+
+    fn not_authoritative(&self, field: &FieldPath) -> Refusal {
+        Refusal::NotAuthoritative {
+            field: field.clone(),
+            source_id: self.provenance.source.clone(),
+            mode: self.mode(field),
+            system_of_record: self.ctx.policy.rule(field).system_of_record.clone(),
+        }
+    }
+
+    fn next_version(&self, field: &FieldPath) -> u64 {
+        self.state.field_version(field) + 1
+    }
+
+    fn apply(&mut self, change: &Change) -> Result<Outcome, Refusal> {
+        if let Change::Register = change {
+            return self.register();
+        }
+        if !self.state.registered {
+            return Err(Refusal::NotRegistered);
+        }
+        let steward_op = matches!(
+            change,
+            Change::AcceptProposal { .. } | Change::RejectProposal { .. }
+        );
+        let steward_may =
+            steward_op || matches!(change, Change::SetField { .. } | Change::ClearField { .. });
+        if self.is_steward() && !steward_may {
+            return Err(Refusal::Forbidden {
+                reason: format!(
+                    "stewards resolve proposals and override fields where the policy allows; {} comes from source systems",
+                    change.op()
+                ),
+            });
+        }
+        if !self.is_steward() && steward_op {
+            return Err(Refusal::Forbidden {
+                reason: "only data stewards accept or reject proposals".to_owned(),
+            });
+        }
+        match change {
+            Change::Register => self.register(),
+            Change::SetField {
+                field,
+                value,
+                expected_version,
+            } => self.set_field(field, value, *expected_version),
+            Change::ClearField {
+                field,
+                expected_version,
+            } => self.clear_field(field, *expected_version),
+            Change::RequestChange {
+                field,
+                value,
+                expected_version,
+            } => self.request_change(field, value, *expected_version),
+            Change::ConfirmVerification {
+                field,
+                challenge_id,
+            } => self.confirm(field, *challenge_id),
+            Change::CancelChange {
+                field,
+                challenge_id,
+            } => self.cancel(field, *challenge_id),
+            Change::GrantConsent {
+                purpose,
+                basis,
+                notice,
+                channel,
+                jurisdiction,
+                expires_at,
+            } => self.grant(purpose, *basis, notice, *channel, jurisdiction, *expires_at),
+            Change::WithdrawConsent { purpose } => self.withdraw(purpose),
+            Change::ProposeValue { field, value } => {
+                self.check_value(field, value)?;
+                if self.mode(field) == WriteMode::None {
+                    return Err(self.not_authoritative(field));
+                }
+                Ok(self.propose(field, value))
+            }
+            Change::AcceptProposal { proposal_id } => self.accept(*proposal_id),
+            Change::RejectProposal {
+                proposal_id,
+                reason,
+            } => self.reject(*proposal_id, reason),
+        }
+    }
+
+    fn register(&mut self) -> Result<Outcome, Refusal> {
+        if self.state.registered {
+            return Err(Refusal::AlreadyRegistered);
+        }
+        if self.is_steward() {
+            return Err(Refusal::Forbidden {
+                reason: "customers are registered by source systems".to_owned(),
+            });
+        }
+        self.emit(EventPayload::CustomerRegistered);
+        Ok(Outcome::Registered)
+    }
+
+    fn check_value(&self, field: &FieldPath, value: &FieldValue) -> Result<(), Refusal> {
+        if field.kind() == FieldKind::Consent {
+            return Err(Refusal::InvalidTransition {
+                field: Some(field.clone()),
+                reason: format!("{field} is changed with grant_consent or withdraw_consent"),
+            });
+        }
+        if !value.fits(field) {
+            return Err(Refusal::InvalidValue {
+                field: field.to_string(),
+                reason: "the value is not of this field's kind".to_owned(),
+            });
+        }
+        if let FieldValue::BirthDate(b) = value
+            && b.date() > self.ctx.now.date_naive()
+        {
+            return Err(Refusal::InvalidValue {
+                field: field.to_string(),
+                reason: format!("{} is in the future", b.date()),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_expected(&self, field: &FieldPath, expected: Option<u64>) -> Result<(), Refusal> {
+        let actual = self.state.field_version(field);
+        match expected {
+            Some(expected) if expected != actual => Err(Refusal::VersionConflict {
+                field: field.clone(),
+                expected,
+                actual,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether setting `value` would change nothing, or is an echo of our own delivery.
+    fn unchanged(&self, field: &FieldPath, value: &FieldValue) -> bool {
+        let Some(rec) = self.state.field(field) else {
+            return false;
+        };
+        if rec.value.as_ref() == Some(value) && rec.pending.is_none() {
+            return true;
+        }
+        self.provenance
+            .causation_id
+            .is_some_and(|c| rec.is_echo(&EventId::from(c), value))
+    }
+
+    /// Ends a pending change that an authoritative write replaces.
+    fn end_pending(&mut self, field: &FieldPath) {
+        let Some(pending) = self.state.field(field).and_then(|r| r.pending.clone()) else {
+            return;
+        };
+        let reason = if pending.expires_at <= self.ctx.now {
+            CancelReason::Expired
+        } else {
+            CancelReason::Superseded
+        };
+        let version = self.next_version(field);
+        self.emit(EventPayload::ChangeCancelled {
+            field: field.clone(),
+            challenge_id: pending.challenge_id,
+            reason,
+            version,
+        });
+    }
+
+    fn write_value(
+        &mut self,
+        field: &FieldPath,
+        value: &FieldValue,
+        mode: SetMode,
+        proposal_id: Option<ProposalId>,
+    ) -> Outcome {
+        self.end_pending(field);
+        let version = self.next_version(field);
+        self.emit(EventPayload::FieldSet {
+            field: field.clone(),
+            value: value.clone(),
+            version,
+            mode,
+            proposal_id,
+        });
+        Outcome::Applied {
+            field: field.clone(),
+            version,
+        }
+    }
+
+    fn set_field(
+        &mut self,
+        field: &FieldPath,
+        value: &FieldValue,
+        expected: Option<u64>,
+    ) -> Result<Outcome, Refusal> {
+        self.check_value(field, value)?;
+        let rule = self.ctx.policy.rule(field);
+        let mode = if self.is_steward() {
+            if !rule.steward_override {
+                return Err(steward_override_forbidden(field));
+            }
+            None
+        } else {
+            Some(self.mode(field))
+        };
+        if mode == Some(WriteMode::None) {
+            return Err(self.not_authoritative(field));
+        }
+        self.check_expected(field, expected)?;
+        if self.unchanged(field, value) {
+            return Ok(Outcome::Unchanged {
+                field: field.clone(),
+            });
+        }
+        let set_mode = match mode {
+            None => SetMode::Steward,
+            Some(WriteMode::Propose) => return Ok(self.propose(field, value)),
+            Some(WriteMode::RequestChange | WriteMode::None) => {
+                return Err(self.not_authoritative(field));
+            }
+            Some(WriteMode::FillIfEmpty) if self.state.value(field).is_some() => {
+                return Err(self.not_authoritative(field));
+            }
+            Some(WriteMode::FillIfEmpty) => SetMode::FillIfEmpty,
+            Some(WriteMode::Authoritative) => SetMode::Authoritative,
+        };
+        if rule.requires_verification
+            && set_mode != SetMode::Steward
+            && self.provenance.evidence.is_none()
+        {
+            return Err(Refusal::InvalidTransition {
+                field: Some(field.clone()),
+                reason: format!(
+                    "{field} requires verification: send request_change then confirm_verification, or set it with the evidence of its verification"
+                ),
+            });
+        }
+        Ok(self.write_value(field, value, set_mode, None))
+    }
+
+    fn clear_field(
+        &mut self,
+        field: &FieldPath,
+        expected: Option<u64>,
+    ) -> Result<Outcome, Refusal> {
+        if field.kind() == FieldKind::Consent {
+            return Err(Refusal::InvalidTransition {
+                field: Some(field.clone()),
+                reason: format!("{field} is changed with grant_consent or withdraw_consent"),
+            });
+        }
+        if self.is_steward() {
+            if !self.ctx.policy.rule(field).steward_override {
+                return Err(steward_override_forbidden(field));
+            }
+        } else if self.mode(field) != WriteMode::Authoritative {
+            return Err(self.not_authoritative(field));
+        }
+        self.check_expected(field, expected)?;
+        let Some(rec) = self.state.field(field) else {
+            return Ok(Outcome::Unchanged {
+                field: field.clone(),
+            });
+        };
+        if rec.value.is_none() && rec.pending.is_none() {
+            return Ok(Outcome::Unchanged {
+                field: field.clone(),
+            });
+        }
+        self.end_pending(field);
+        let version = self.next_version(field);
+        self.emit(EventPayload::FieldCleared {
+            field: field.clone(),
+            version,
+        });
+        Ok(Outcome::Applied {
+            field: field.clone(),
+            version,
+        })
+    }
+
+    fn may_request(&self, field: &FieldPath) -> Result<(), Refusal> {
+        if !self.ctx.policy.rule(field).requires_verification {
+            return Err(Refusal::InvalidTransition {
+                field: Some(field.clone()),
+                reason: format!("{field} does not go through verification; use set_field"),
+            });
+        }
+        match self.mode(field) {
+            WriteMode::Authoritative | WriteMode::RequestChange => Ok(()),
+            _ => Err(self.not_authoritative(field)),
+        }
+    }
+
+    fn request_change(
+        &mut self,
+        field: &FieldPath,
+        value: &FieldValue,
+        expected: Option<u64>,
+    ) -> Result<Outcome, Refusal> {
+        self.check_value(field, value)?;
+        self.may_request(field)?;
+        self.check_expected(field, expected)?;
+        let now = self.ctx.now;
+        let rec = self.state.field(field);
+        if rec.is_some_and(|r| r.value.as_ref() == Some(value) && r.pending.is_none()) {
+            return Ok(Outcome::Unchanged {
+                field: field.clone(),
+            });
+        }
+        if let Some(live) = rec
+            .and_then(|r| r.live_pending(now))
+            .filter(|p| p.value == *value)
+        {
+            return Ok(Outcome::Pending {
+                field: field.clone(),
+                challenge_id: live.challenge_id,
+                expires_at: live.expires_at,
+            });
+        }
+        self.end_pending(field);
+        let challenge_id = ChallengeId::from(self.mint());
+        let expires_at = now + self.ctx.policy.pending_change_ttl();
+        let version = self.next_version(field);
+        self.emit(EventPayload::ChangeRequested {
+            field: field.clone(),
+            value: value.clone(),
+            challenge_id,
+            expires_at,
+            version,
+        });
+        Ok(Outcome::Pending {
+            field: field.clone(),
+            challenge_id,
+            expires_at,
+        })
+    }
+
+    fn pending_with(
+        &self,
+        field: &FieldPath,
+        challenge_id: ChallengeId,
+    ) -> Result<crate::state::PendingChange, Refusal> {
+        self.state
+            .field(field)
+            .and_then(|r| r.pending.clone())
+            .filter(|p| p.challenge_id == challenge_id)
+            .ok_or_else(|| Refusal::InvalidTransition {
+                field: Some(field.clone()),
+                reason: format!("{field} has no pending change with challenge {challenge_id}"),
+            })
+    }
+
+    fn confirm(
+        &mut self,
+        field: &FieldPath,
+        challenge_id: ChallengeId,
+    ) -> Result<Outcome, Refusal> {
+        self.may_request(field)?;
+        let pending = self.pending_with(field, challenge_id)?;
+        if pending.expires_at <= self.ctx.now {
+            return Err(Refusal::ExpiredChallenge {
+                field: field.clone(),
+                challenge_id,
+                expired_at: pending.expires_at,
+            });
+        }
+        let version = self.next_version(field);
+        self.emit(EventPayload::ChangeVerified {
+            field: field.clone(),
+            challenge_id,
+            value: pending.value,
+            version,
+        });
+        Ok(Outcome::Applied {
+            field: field.clone(),
+            version,
+        })
+    }
+
+    fn cancel(&mut self, field: &FieldPath, challenge_id: ChallengeId) -> Result<Outcome, Refusal> {
+        self.may_request(field)?;
+        self.pending_with(field, challenge_id)?;
+        let version = self.next_version(field);
+        self.emit(EventPayload::ChangeCancelled {
+            field: field.clone(),
+            challenge_id,
+            reason: CancelReason::Cancelled,
+            version,
+        });
+        Ok(Outcome::Applied {
+            field: field.clone(),
+            version,
+        })
+    }
+
+    fn grant(
+        &mut self,
+        purpose: &Purpose,
+        basis: LegalBasis,
+        notice: &NoticeRef,
+        channel: ConsentChannel,
+        jurisdiction: &Jurisdiction,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Outcome, Refusal> {
+        let field = FieldPath::Consent(purpose.clone());
+        if self.mode(&field) != WriteMode::Authoritative {
+            return Err(self.not_authoritative(&field));
+        }
+        let now = self.ctx.now;
+        if expires_at.is_some_and(|at| at <= now) {
+            return Err(Refusal::InvalidValue {
+                field: field.to_string(),
+                reason: "expires_at must be in the future".to_owned(),
+            });
+        }
+        let by_guardian = self
+            .provenance
+            .on_behalf_of
+            .as_ref()
+            .is_some_and(|o| o.is_guardian());
+        if basis == LegalBasis::Consent
+            && !by_guardian
+            && self.state.is_minor_in(jurisdiction, self.ctx.policy, now)
+        {
+            return Err(Refusal::GuardianRequired {
+                purpose: purpose.clone(),
+                age: self.state.age_on(now).unwrap_or_default(),
+                age_of_digital_consent: self.ctx.policy.age_of_digital_consent(jurisdiction),
+                jurisdiction: jurisdiction.clone(),
+            });
+        }
+        let terms = ConsentTerms {
+            basis,
+            notice: notice.clone(),
+            channel,
+            jurisdiction: jurisdiction.clone(),
+            expires_at,
+        };
+        let current = self.state.consents.get(purpose);
+        let same = current
+            .is_some_and(|c| c.terms == terms && c.on_behalf_of == self.provenance.on_behalf_of);
+        if same
+            && self.state.consent_status(purpose, self.ctx.policy, now) == ConsentStatus::Granted
+        {
+            return Ok(Outcome::Unchanged { field });
+        }
+        let version = current.map_or(0, |c| c.version) + 1;
+        self.emit(EventPayload::ConsentGranted {
+            purpose: purpose.clone(),
+            terms,
+            version,
+        });
+        Ok(Outcome::Applied { field, version })
+    }
+
+    fn withdraw(&mut self, purpose: &Purpose) -> Result<Outcome, Refusal> {
+        let field = FieldPath::Consent(purpose.clone());
+        // Withdrawal is always open to the subject, or to someone acting on their behalf,
+        // through any authenticated source.
+        let for_subject =
+            self.provenance.actor.is_subject() || self.provenance.on_behalf_of.is_some();
+        if self.mode(&field) != WriteMode::Authoritative && !for_subject {
+            return Err(self.not_authoritative(&field));
+        }
+        let Some(current) = self.state.consents.get(purpose) else {
+            return Ok(Outcome::Unchanged { field });
+        };
+        if current.state == ConsentState::Withdrawn {
+            return Ok(Outcome::Unchanged { field });
+        }
+        let version = current.version + 1;
+        self.emit(EventPayload::ConsentWithdrawn {
+            purpose: purpose.clone(),
+            version,
+        });
+        Ok(Outcome::Applied { field, version })
+    }
+
+    fn propose(&mut self, field: &FieldPath, value: &FieldValue) -> Outcome {
+        let system_of_record = self.ctx.policy.rule(field).system_of_record.clone();
+        if self.state.value(field) == Some(value) {
+            return Outcome::Unchanged {
+                field: field.clone(),
+            };
+        }
+        let source = &self.provenance.source;
+        let existing = self
+            .state
+            .proposals
+            .iter()
+            .find(|(_, p)| p.field == *field && p.value == *value && p.proposed_by == *source)
+            .map(|(id, _)| *id);
+        let proposal_id = match existing {
+            Some(id) => id,
+            None => {
+                let id = ProposalId::from(self.mint());
+                self.emit(EventPayload::ValueProposed {
+                    proposal_id: id,
+                    field: field.clone(),
+                    value: value.clone(),
+                });
+                id
+            }
+        };
+        Outcome::Proposed {
+            field: field.clone(),
+            proposal_id,
+            system_of_record,
+        }
+    }
+
+    fn accept(&mut self, proposal_id: ProposalId) -> Result<Outcome, Refusal> {
+        let proposal = self
+            .state
+            .proposals
+            .get(&proposal_id)
+            .cloned()
+            .ok_or(Refusal::UnknownProposal { proposal_id })?;
+        if !self.ctx.policy.rule(&proposal.field).steward_override {
+            return Err(steward_override_forbidden(&proposal.field));
+        }
+        self.emit(EventPayload::ProposalAccepted {
+            proposal_id,
+            field: proposal.field.clone(),
+        });
+        if self.state.value(&proposal.field) != Some(&proposal.value) {
+            self.write_value(
+                &proposal.field,
+                &proposal.value,
+                SetMode::Steward,
+                Some(proposal_id),
+            );
+        }
+        Ok(Outcome::ProposalResolved {
+            proposal_id,
+            accepted: true,
+        })
+    }
+
+    fn reject(&mut self, proposal_id: ProposalId, reason: &str) -> Result<Outcome, Refusal> {
+        check_reason(reason)?;
+        let proposal = self
+            .state
+            .proposals
+            .get(&proposal_id)
+            .cloned()
+            .ok_or(Refusal::UnknownProposal { proposal_id })?;
+        self.emit(EventPayload::ProposalRejected {
+            proposal_id,
+            field: proposal.field,
+            reason: reason.to_owned(),
+        });
+        Ok(Outcome::ProposalResolved {
+            proposal_id,
+            accepted: false,
+        })
+    }
+}
+
+fn steward_override_forbidden(field: &FieldPath) -> Refusal {
+    Refusal::Forbidden {
+        reason: format!("the policy does not allow stewards to override {field}"),
+    }
+}

@@ -1,0 +1,187 @@
+//! Domain events: what happened to a customer's record, with the provenance of every change.
+//!
+//! These are the domain's types; the persisted form is [`crate::schema`], which adds the
+//! event type name and schema version and upcasts old versions.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::field::{FieldPath, FieldValue};
+use crate::ids::{
+    Actor, ChallengeId, EventId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose, SourceId,
+};
+use crate::policy::PolicyVersion;
+use crate::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
+
+/// Who changed what, on whose behalf, on what evidence — recorded on every event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The source system, taken from the authenticated credential, never from a request body.
+    pub source: SourceId,
+    pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<OnBehalfOf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+    /// When the source observed the fact (its clock); `recorded_at` is ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<DateTime<Utc>>,
+    pub recorded_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    pub idempotency_key: IdempotencyKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How a value came to be set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetMode {
+    /// By the system of record or a co-authoritative writer.
+    Authoritative,
+    /// Enrichment of an empty field.
+    FillIfEmpty,
+    /// By a data steward, accepting a proposal or overriding where the policy allows it.
+    Steward,
+}
+
+/// Why a pending change ended without taking effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    Cancelled,
+    /// A newer request or an authoritative set replaced it.
+    Superseded,
+    /// Its verification window closed.
+    Expired,
+}
+
+/// The terms of a consent grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentTerms {
+    pub basis: LegalBasis,
+    pub notice: NoticeRef,
+    pub channel: ConsentChannel,
+    pub jurisdiction: Jurisdiction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What happened. Per-field `version`s count the events that touched that field (or consent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventPayload {
+    CustomerRegistered,
+    FieldSet {
+        field: FieldPath,
+        value: FieldValue,
+        version: u64,
+        mode: SetMode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proposal_id: Option<ProposalId>,
+    },
+    FieldCleared {
+        field: FieldPath,
+        version: u64,
+    },
+    ChangeRequested {
+        field: FieldPath,
+        value: FieldValue,
+        challenge_id: ChallengeId,
+        expires_at: DateTime<Utc>,
+        version: u64,
+    },
+    ChangeVerified {
+        field: FieldPath,
+        challenge_id: ChallengeId,
+        value: FieldValue,
+        version: u64,
+    },
+    ChangeCancelled {
+        field: FieldPath,
+        challenge_id: ChallengeId,
+        reason: CancelReason,
+        version: u64,
+    },
+    ConsentGranted {
+        purpose: Purpose,
+        terms: ConsentTerms,
+        version: u64,
+    },
+    ConsentWithdrawn {
+        purpose: Purpose,
+        version: u64,
+    },
+    ValueProposed {
+        proposal_id: ProposalId,
+        field: FieldPath,
+        value: FieldValue,
+    },
+    ProposalAccepted {
+        proposal_id: ProposalId,
+        field: FieldPath,
+    },
+    ProposalRejected {
+        proposal_id: ProposalId,
+        field: FieldPath,
+        reason: String,
+    },
+}
+
+impl EventPayload {
+    /// The stable type name used in storage and on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::CustomerRegistered => "customer_registered",
+            Self::FieldSet { .. } => "field_set",
+            Self::FieldCleared { .. } => "field_cleared",
+            Self::ChangeRequested { .. } => "change_requested",
+            Self::ChangeVerified { .. } => "change_verified",
+            Self::ChangeCancelled { .. } => "change_cancelled",
+            Self::ConsentGranted { .. } => "consent_granted",
+            Self::ConsentWithdrawn { .. } => "consent_withdrawn",
+            Self::ValueProposed { .. } => "value_proposed",
+            Self::ProposalAccepted { .. } => "proposal_accepted",
+            Self::ProposalRejected { .. } => "proposal_rejected",
+        }
+    }
+
+    /// The field this event concerns (consents as `consent.<purpose>`); `None` for
+    /// registration. Stores index history by it.
+    pub fn field(&self) -> Option<FieldPath> {
+        match self {
+            Self::CustomerRegistered => None,
+            Self::FieldSet { field, .. }
+            | Self::FieldCleared { field, .. }
+            | Self::ChangeRequested { field, .. }
+            | Self::ChangeVerified { field, .. }
+            | Self::ChangeCancelled { field, .. }
+            | Self::ValueProposed { field, .. }
+            | Self::ProposalAccepted { field, .. }
+            | Self::ProposalRejected { field, .. } => Some(field.clone()),
+            Self::ConsentGranted { purpose, .. } | Self::ConsentWithdrawn { purpose, .. } => {
+                Some(FieldPath::Consent(purpose.clone()))
+            }
+        }
+    }
+}
+
+/// An event with its provenance and the policy version that admitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub payload: EventPayload,
+    pub provenance: Provenance,
+    pub policy_version: PolicyVersion,
+}
+
+/// An event placed in its customer's stream: its id and its position in the stream (1-based).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    pub id: EventId,
+    pub stream_version: u64,
+    pub event: Event,
+}

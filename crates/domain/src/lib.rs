@@ -1,0 +1,25 @@
+//! idledger's domain core: pure and synchronous. It knows nothing of storage, HTTP or NATS.
+//!
+//! - [`ids`] and [`values`]: validated types (parse, don't validate).
+//! - [`field`]: the field catalog and typed field values.
+//! - [`policy`]: the authority policy (who owns each field, what others may do).
+//! - [`command`], [`decide`]: commands and the decision that turns them into events or a refusal.
+//! - [`event`], [`state`]: events with provenance and the infallible `evolve`.
+//! - [`schema`]: the versioned stored form of events.
+
+pub mod command;
+pub mod decide;
+pub mod event;
+pub mod field;
+pub mod ids;
+pub mod policy;
+pub mod schema;
+pub mod state;
+pub mod values;
+
+pub use command::{Change, Command, Context, Principal, ProvenanceInput, Refusal, Refused};
+pub use decide::{Decision, Outcome, decide};
+pub use event::{Event, EventEnvelope, EventPayload, Provenance};
+pub use field::{FieldPath, FieldValue};
+pub use policy::{Policy, PolicyVersion, WriteMode};
+pub use state::{CustomerState, evolve, fold};

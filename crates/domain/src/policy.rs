@@ -1,0 +1,402 @@
+//! The authority policy: which system owns each field, what every other writer may do, and
+//! the consent rules (maximum age per purpose, age of digital consent per jurisdiction).
+//!
+//! Loaded from TOML (see `deploy/policy.toml`). Its [`PolicyVersion`] is a hash of the parsed
+//! content, recorded on every event so an auditor knows which rules admitted it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::field::{FAMILIES, FieldPath};
+use crate::ids::{Purpose, SourceId};
+use crate::values::Jurisdiction;
+
+/// The policy that ships with the project.
+pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../deploy/policy.toml");
+
+/// The source id stewards act under; no source system may use it.
+pub const STEWARD_SOURCE: &str = "steward";
+
+/// What a writer may do to a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    Authoritative,
+    Propose,
+    FillIfEmpty,
+    RequestChange,
+    None,
+}
+
+impl WriteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authoritative => "authoritative",
+            Self::Propose => "propose",
+            Self::FillIfEmpty => "fill_if_empty",
+            Self::RequestChange => "request_change",
+            Self::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for WriteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rule for one field or field family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRule {
+    pub system_of_record: SourceId,
+    #[serde(default)]
+    pub writers: BTreeMap<SourceId, WriteMode>,
+    #[serde(default)]
+    pub requires_verification: bool,
+    #[serde(default)]
+    pub steward_override: bool,
+}
+
+impl FieldRule {
+    pub fn mode_of(&self, source: &SourceId) -> WriteMode {
+        if *source == self.system_of_record {
+            return WriteMode::Authoritative;
+        }
+        self.writers.get(source).copied().unwrap_or(WriteMode::None)
+    }
+}
+
+/// The TOML document, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDocument {
+    pending_change_ttl_minutes: u32,
+    default_age_of_digital_consent: u8,
+    #[serde(default)]
+    age_of_digital_consent: BTreeMap<Jurisdiction, u8>,
+    #[serde(default)]
+    consent_max_age_days: BTreeMap<Purpose, u32>,
+    fields: BTreeMap<String, FieldRule>,
+}
+
+/// `sha256:<hex>` of the canonical form of a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PolicyVersion(String);
+
+impl PolicyVersion {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PolicyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy is not valid TOML or has unexpected keys: {0}")]
+    Syntax(String),
+    #[error("policy names '{0}', which is not a catalog field or family")]
+    UnknownField(String),
+    #[error("policy has no rule for '{0}'; every field and family needs one")]
+    MissingRule(String),
+    #[error(
+        "policy names the source '{STEWARD_SOURCE}' for '{0}'; that id is reserved for data stewards"
+    )]
+    ReservedSource(String),
+    #[error(
+        "policy gives '{field}' writer '{source_id}' the mode 'authoritative' and also names it system of record"
+    )]
+    Redundant { field: String, source_id: String },
+    #[error("requires_verification is only supported for email and phone, not '{0}'")]
+    VerificationNotSupported(String),
+    #[error("pending_change_ttl_minutes must be at least 1")]
+    ZeroTtl,
+}
+
+/// A validated authority policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    doc: PolicyDocument,
+    /// One rule per catalog slot (see [`slot`]), resolved once so lookups are total.
+    rules: Vec<FieldRule>,
+    /// Rules for single keyed fields (`consent.marketing`) that override their family's.
+    keyed: BTreeMap<FieldPath, FieldRule>,
+    version: PolicyVersion,
+}
+
+/// The policy key and rule slot of every fixed field and family, in [`slot`] order.
+const SLOTS: [&str; 13] = [
+    "email",
+    "phone",
+    "name.given",
+    "name.family",
+    "postal_address",
+    "birth_date",
+    "locale",
+    "jurisdiction",
+    "verification.level",
+    "preferences.*",
+    "consent.*",
+    "sharing.*",
+    "external_id.*",
+];
+
+fn slot(field: &FieldPath) -> usize {
+    match field {
+        FieldPath::Email => 0,
+        FieldPath::Phone => 1,
+        FieldPath::NameGiven => 2,
+        FieldPath::NameFamily => 3,
+        FieldPath::PostalAddress => 4,
+        FieldPath::BirthDate => 5,
+        FieldPath::Locale => 6,
+        FieldPath::Jurisdiction => 7,
+        FieldPath::VerificationLevel => 8,
+        FieldPath::Preference(_) => 9,
+        FieldPath::Consent(_) => 10,
+        FieldPath::Sharing(_) => 11,
+        FieldPath::ExternalId(_) => 12,
+    }
+}
+
+impl Policy {
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let doc: PolicyDocument =
+            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        if doc.pending_change_ttl_minutes == 0 {
+            return Err(PolicyError::ZeroTtl);
+        }
+        let mut keyed = BTreeMap::new();
+        for (name, rule) in &doc.fields {
+            let is_family = FAMILIES.contains(&name.as_str());
+            let path = FieldPath::parse(name).ok();
+            if !is_family && path.is_none() {
+                return Err(PolicyError::UnknownField(name.clone()));
+            }
+            if let Some(p) = path.as_ref().filter(|p| p.family().is_some()) {
+                keyed.insert(p.clone(), rule.clone());
+            }
+            let sources = std::iter::once(&rule.system_of_record).chain(rule.writers.keys());
+            if sources.clone().any(|s| s.as_str() == STEWARD_SOURCE) {
+                return Err(PolicyError::ReservedSource(name.clone()));
+            }
+            if rule.writers.contains_key(&rule.system_of_record) {
+                return Err(PolicyError::Redundant {
+                    field: name.clone(),
+                    source_id: rule.system_of_record.to_string(),
+                });
+            }
+            let verifiable = matches!(path, Some(FieldPath::Email | FieldPath::Phone));
+            if rule.requires_verification && !verifiable {
+                return Err(PolicyError::VerificationNotSupported(name.clone()));
+            }
+        }
+        let rules = SLOTS
+            .iter()
+            .map(|name| {
+                doc.fields
+                    .get(*name)
+                    .cloned()
+                    .ok_or_else(|| PolicyError::MissingRule((*name).to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Canonical JSON of the parsed document: formatting and key order do not change the
+        // version, any rule does. BTreeMaps make the serialisation deterministic.
+        let canonical = serde_json::to_vec(&doc).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let version = PolicyVersion(format!("sha256:{}", hex::encode(Sha256::digest(canonical))));
+        Ok(Self {
+            doc,
+            rules,
+            keyed,
+            version,
+        })
+    }
+
+    /// The policy that ships in `deploy/policy.toml`.
+    pub fn default_policy() -> Result<Self, PolicyError> {
+        Self::from_toml(DEFAULT_POLICY_TOML)
+    }
+
+    pub fn version(&self) -> &PolicyVersion {
+        &self.version
+    }
+
+    /// The rule governing `field`: its own entry, else (for keyed fields) its family's.
+    pub fn rule(&self, field: &FieldPath) -> &FieldRule {
+        self.keyed.get(field).unwrap_or(&self.rules[slot(field)])
+    }
+
+    pub fn mode(&self, field: &FieldPath, source: &SourceId) -> WriteMode {
+        self.rule(field).mode_of(source)
+    }
+
+    pub fn pending_change_ttl(&self) -> chrono::Duration {
+        chrono::Duration::minutes(i64::from(self.doc.pending_change_ttl_minutes))
+    }
+
+    /// How long a consent for `purpose` counts after it was granted; `None` = no limit.
+    pub fn consent_max_age(&self, purpose: &Purpose) -> Option<chrono::Duration> {
+        self.doc
+            .consent_max_age_days
+            .get(purpose)
+            .map(|days| chrono::Duration::days(i64::from(*days)))
+    }
+
+    /// Age of digital consent in `jurisdiction`: its subdivision's entry, else its country's,
+    /// else the default.
+    pub fn age_of_digital_consent(&self, jurisdiction: &Jurisdiction) -> u8 {
+        let table = &self.doc.age_of_digital_consent;
+        if let Some(age) = table.get(jurisdiction) {
+            return *age;
+        }
+        table
+            .iter()
+            .find(|(j, _)| j.subdivision().is_none() && j.country() == jurisdiction.country())
+            .map(|(_, age)| *age)
+            .unwrap_or(self.doc.default_age_of_digital_consent)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn src(s: &str) -> SourceId {
+        SourceId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn default_policy_loads_and_answers() {
+        let p = Policy::default_policy().unwrap();
+        assert!(p.version().as_str().starts_with("sha256:"));
+        assert_eq!(
+            p.mode(&FieldPath::Email, &src("idp")),
+            WriteMode::Authoritative
+        );
+        assert_eq!(p.mode(&FieldPath::Email, &src("crm")), WriteMode::Propose);
+        assert_eq!(
+            p.mode(&FieldPath::Email, &src("web_app")),
+            WriteMode::RequestChange
+        );
+        assert_eq!(p.mode(&FieldPath::Email, &src("nobody")), WriteMode::None);
+        let consent = FieldPath::parse("consent.marketing").unwrap();
+        assert_eq!(
+            p.mode(&consent, &src("consent_portal")),
+            WriteMode::Authoritative
+        );
+        assert!(p.rule(&FieldPath::Email).requires_verification);
+        assert_eq!(p.pending_change_ttl(), chrono::Duration::hours(24));
+        let marketing = Purpose::parse("marketing").unwrap();
+        assert_eq!(
+            p.consent_max_age(&marketing),
+            Some(chrono::Duration::days(730))
+        );
+        assert_eq!(p.consent_max_age(&Purpose::parse("billing").unwrap()), None);
+    }
+
+    #[test]
+    fn age_of_digital_consent_prefers_the_most_specific_entry() {
+        let text = DEFAULT_POLICY_TOML.replace(
+            "[age_of_digital_consent]\n",
+            "[age_of_digital_consent]\n\"US-CA\" = 16\n",
+        );
+        let p = Policy::from_toml(&text).unwrap();
+        let j = |s: &str| Jurisdiction::parse(s).unwrap();
+        assert_eq!(p.age_of_digital_consent(&j("US-CA")), 16);
+        assert_eq!(p.age_of_digital_consent(&j("US-NY")), 13);
+        assert_eq!(p.age_of_digital_consent(&j("DE")), 16);
+        assert_eq!(p.age_of_digital_consent(&j("FR-75C")), 15);
+        assert_eq!(p.age_of_digital_consent(&j("JP")), 16);
+        assert_ne!(p.version(), Policy::default_policy().unwrap().version());
+    }
+
+    #[test]
+    fn a_keyed_rule_overrides_its_family() {
+        let text = format!(
+            "{DEFAULT_POLICY_TOML}\n[fields.\"consent.terms\"]\nsystem_of_record = \"web_app\"\n"
+        );
+        let p = Policy::from_toml(&text).unwrap();
+        let terms = FieldPath::parse("consent.terms").unwrap();
+        let marketing = FieldPath::parse("consent.marketing").unwrap();
+        assert_eq!(p.mode(&terms, &src("web_app")), WriteMode::Authoritative);
+        assert_eq!(p.mode(&terms, &src("consent_portal")), WriteMode::None);
+        assert_eq!(
+            p.mode(&marketing, &src("consent_portal")),
+            WriteMode::Authoritative
+        );
+    }
+
+    #[test]
+    fn version_ignores_formatting_but_not_rules() {
+        let base = Policy::default_policy().unwrap();
+        let reformatted = format!("# a comment\n\n{DEFAULT_POLICY_TOML}\n\n");
+        assert_eq!(
+            Policy::from_toml(&reformatted).unwrap().version(),
+            base.version()
+        );
+        let changed = DEFAULT_POLICY_TOML.replace("crm = \"propose\", cdp = \"propose\" }", "}");
+        assert_ne!(
+            Policy::from_toml(&changed).unwrap().version(),
+            base.version()
+        );
+    }
+
+    #[track_caller]
+    fn refused(text: &str, needle: &str) {
+        let err = Policy::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_reasons() {
+        refused("this is not toml", "not valid TOML");
+        refused(
+            &DEFAULT_POLICY_TOML.replace("[fields.locale]", "[fields.favourite_colour]"),
+            "favourite_colour",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace("[fields.\"sharing.*\"]", "[fields.\"sharing.acme\"]"),
+            "no rule for 'sharing.*'",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace("cdp = \"propose\" }", "steward = \"propose\" }"),
+            "reserved",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace(
+                "pending_change_ttl_minutes = 1440",
+                "pending_change_ttl_minutes = 0",
+            ),
+            "at least 1",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace(
+                "crm = \"propose\", cdp = \"propose\" }",
+                "crm = \"sometimes\" }",
+            ),
+            "sometimes",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace(
+                "[fields.locale]\nsystem_of_record = \"web_app\"",
+                "[fields.locale]\nsystem_of_record = \"web_app\"\nrequires_verification = true",
+            ),
+            "only supported for email and phone",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace("US = 13", "US = 13\nZZ = 3"),
+            "ZZ",
+        );
+    }
+}

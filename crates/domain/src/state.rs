@@ -1,0 +1,364 @@
+//! The state of one customer's record, folded from its events by the infallible [`evolve`].
+//!
+//! The per-field records here are exactly what the store projects, so a projection rebuilt
+//! from the log is the same value as the live one.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{ConsentTerms, EventEnvelope, EventPayload, Provenance};
+use crate::field::{FieldPath, FieldValue};
+use crate::ids::{ChallengeId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId};
+use crate::policy::Policy;
+use crate::values::{Evidence, Jurisdiction};
+
+/// How many recent event ids per field are kept to recognise echoes of our own deliveries.
+pub const ECHO_WINDOW: usize = 8;
+
+/// A change waiting for verification; the current value stays authoritative meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChange {
+    pub value: FieldValue,
+    pub challenge_id: ChallengeId,
+    pub requested_by: SourceId,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How the current value was verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    pub verified_at: DateTime<Utc>,
+    pub verified_by: SourceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// The authoritative record of one field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldRecord {
+    pub value: Option<FieldValue>,
+    /// Counts the events that touched this field; 0 = never touched.
+    pub version: u64,
+    /// The source of the last change to the value.
+    pub source: Option<SourceId>,
+    /// When the source observed the current value, if it said.
+    pub asserted_at: Option<DateTime<Utc>>,
+    pub recorded_at: Option<DateTime<Utc>>,
+    pub verification: Option<Verification>,
+    pub pending: Option<PendingChange>,
+    pub provenance: Option<Provenance>,
+    pub last_event_id: Option<EventId>,
+    /// Recent events that set a value here, with that value's digest: a command caused by one
+    /// of them carrying the same value is an echo of our own delivery.
+    pub recent: Vec<(EventId, String)>,
+}
+
+impl FieldRecord {
+    fn empty() -> Self {
+        Self {
+            value: None,
+            version: 0,
+            source: None,
+            asserted_at: None,
+            recorded_at: None,
+            verification: None,
+            pending: None,
+            provenance: None,
+            last_event_id: None,
+            recent: Vec::new(),
+        }
+    }
+
+    /// Whether `causation` names an event of ours that set this field to `value`.
+    pub fn is_echo(&self, causation: &EventId, value: &FieldValue) -> bool {
+        let digest = value.digest();
+        self.recent
+            .iter()
+            .any(|(id, d)| id == causation && *d == digest)
+    }
+
+    /// The pending change, unless its window has closed by `now`.
+    pub fn live_pending(&self, now: DateTime<Utc>) -> Option<&PendingChange> {
+        self.pending.as_ref().filter(|p| p.expires_at > now)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentState {
+    Granted,
+    Withdrawn,
+}
+
+/// A consent for one purpose, as last granted or withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    pub state: ConsentState,
+    pub terms: ConsentTerms,
+    pub granted_at: DateTime<Utc>,
+    pub granted_by: SourceId,
+    pub on_behalf_of: Option<OnBehalfOf>,
+    pub withdrawn_at: Option<DateTime<Utc>>,
+    pub version: u64,
+    pub provenance: Provenance,
+    pub last_event_id: EventId,
+}
+
+/// A consent's standing at a given instant — evaluated at the moment of use, never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentStatus {
+    Granted,
+    Withdrawn,
+    /// Past the grant's own expiry.
+    Expired,
+    /// Older than the policy's maximum age for the purpose.
+    Stale,
+    /// The subject is a minor in the consent's jurisdiction and no guardian gave it.
+    GuardianRequired,
+    NeverGranted,
+}
+
+/// A value proposed by a non-authoritative writer, waiting for a steward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub field: FieldPath,
+    pub value: FieldValue,
+    pub proposed_by: SourceId,
+    pub proposed_at: DateTime<Utc>,
+    pub event_id: EventId,
+}
+
+/// One customer's record: every field, every consent, the open proposals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerState {
+    pub registered: bool,
+    pub registered_at: Option<DateTime<Utc>>,
+    /// Number of events in the stream.
+    pub stream_version: u64,
+    pub fields: BTreeMap<FieldPath, FieldRecord>,
+    pub consents: BTreeMap<Purpose, ConsentRecord>,
+    pub proposals: BTreeMap<ProposalId, Proposal>,
+}
+
+impl CustomerState {
+    pub fn field(&self, field: &FieldPath) -> Option<&FieldRecord> {
+        self.fields.get(field)
+    }
+
+    pub fn value(&self, field: &FieldPath) -> Option<&FieldValue> {
+        self.fields.get(field).and_then(|r| r.value.as_ref())
+    }
+
+    pub fn field_version(&self, field: &FieldPath) -> u64 {
+        self.fields.get(field).map_or(0, |r| r.version)
+    }
+
+    /// The subject's age in completed years on `now`'s date, if a birth date is recorded.
+    pub fn age_on(&self, now: DateTime<Utc>) -> Option<u32> {
+        match self.value(&FieldPath::BirthDate) {
+            Some(FieldValue::BirthDate(b)) => b.age_on(now.date_naive()),
+            _ => None,
+        }
+    }
+
+    /// Whether the subject is below the age of digital consent in `jurisdiction`.
+    /// Unknown birth date: not known to be a minor.
+    pub fn is_minor_in(
+        &self,
+        jurisdiction: &Jurisdiction,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> bool {
+        self.age_on(now)
+            .is_some_and(|age| age < u32::from(policy.age_of_digital_consent(jurisdiction)))
+    }
+
+    /// A consent's standing at `now`, on fresh state: expiry, maximum age and minor status are
+    /// all evaluated here rather than stored.
+    pub fn consent_status(
+        &self,
+        purpose: &Purpose,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> ConsentStatus {
+        let Some(c) = self.consents.get(purpose) else {
+            return ConsentStatus::NeverGranted;
+        };
+        if c.state == ConsentState::Withdrawn {
+            return ConsentStatus::Withdrawn;
+        }
+        if c.terms.expires_at.is_some_and(|at| at <= now) {
+            return ConsentStatus::Expired;
+        }
+        if policy
+            .consent_max_age(purpose)
+            .is_some_and(|max| c.granted_at + max <= now)
+        {
+            return ConsentStatus::Stale;
+        }
+        let by_guardian = c.on_behalf_of.as_ref().is_some_and(OnBehalfOf::is_guardian);
+        if !by_guardian && self.is_minor_in(&c.terms.jurisdiction, policy, now) {
+            return ConsentStatus::GuardianRequired;
+        }
+        ConsentStatus::Granted
+    }
+
+    fn record_mut(&mut self, field: &FieldPath) -> &mut FieldRecord {
+        self.fields
+            .entry(field.clone())
+            .or_insert_with(FieldRecord::empty)
+    }
+}
+
+/// Applies one recorded event. Infallible: events are facts already decided.
+pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerState {
+    let event = &envelope.event;
+    let prov = &event.provenance;
+    let at = prov.recorded_at;
+    state.stream_version = envelope.stream_version;
+    match &event.payload {
+        EventPayload::CustomerRegistered => {
+            state.registered = true;
+            state.registered_at = Some(at);
+        }
+        EventPayload::FieldSet {
+            field,
+            value,
+            version,
+            ..
+        } => {
+            let rec = state.record_mut(field);
+            set_value(rec, value, envelope, *version);
+            rec.verification = prov.evidence.as_ref().map(|evidence| Verification {
+                verified_at: at,
+                verified_by: prov.source.clone(),
+                evidence: Some(evidence.clone()),
+            });
+        }
+        EventPayload::FieldCleared { field, version } => {
+            let rec = state.record_mut(field);
+            rec.value = None;
+            rec.verification = None;
+            rec.pending = None;
+            touch(rec, envelope, *version);
+            rec.source = Some(prov.source.clone());
+            rec.asserted_at = prov.observed_at;
+            rec.provenance = Some(prov.clone());
+        }
+        EventPayload::ChangeRequested {
+            field,
+            value,
+            challenge_id,
+            expires_at,
+            version,
+        } => {
+            let rec = state.record_mut(field);
+            rec.pending = Some(PendingChange {
+                value: value.clone(),
+                challenge_id: *challenge_id,
+                requested_by: prov.source.clone(),
+                requested_at: at,
+                expires_at: *expires_at,
+            });
+            touch(rec, envelope, *version);
+        }
+        EventPayload::ChangeVerified {
+            field,
+            value,
+            version,
+            ..
+        } => {
+            let rec = state.record_mut(field);
+            rec.pending = None;
+            set_value(rec, value, envelope, *version);
+            rec.verification = Some(Verification {
+                verified_at: at,
+                verified_by: prov.source.clone(),
+                evidence: prov.evidence.clone(),
+            });
+        }
+        EventPayload::ChangeCancelled { field, version, .. } => {
+            let rec = state.record_mut(field);
+            rec.pending = None;
+            touch(rec, envelope, *version);
+        }
+        EventPayload::ConsentGranted {
+            purpose,
+            terms,
+            version,
+        } => {
+            state.consents.insert(
+                purpose.clone(),
+                ConsentRecord {
+                    state: ConsentState::Granted,
+                    terms: terms.clone(),
+                    granted_at: prov.observed_at.map_or(at, |observed| observed.min(at)),
+                    granted_by: prov.source.clone(),
+                    on_behalf_of: prov.on_behalf_of.clone(),
+                    withdrawn_at: None,
+                    version: *version,
+                    provenance: prov.clone(),
+                    last_event_id: envelope.id,
+                },
+            );
+        }
+        EventPayload::ConsentWithdrawn { purpose, version } => {
+            if let Some(c) = state.consents.get_mut(purpose) {
+                c.state = ConsentState::Withdrawn;
+                c.withdrawn_at = Some(at);
+                c.version = *version;
+                c.provenance = prov.clone();
+                c.last_event_id = envelope.id;
+            }
+        }
+        EventPayload::ValueProposed {
+            proposal_id,
+            field,
+            value,
+        } => {
+            state.proposals.insert(
+                *proposal_id,
+                Proposal {
+                    field: field.clone(),
+                    value: value.clone(),
+                    proposed_by: prov.source.clone(),
+                    proposed_at: at,
+                    event_id: envelope.id,
+                },
+            );
+        }
+        EventPayload::ProposalAccepted { proposal_id, .. }
+        | EventPayload::ProposalRejected { proposal_id, .. } => {
+            state.proposals.remove(proposal_id);
+        }
+    }
+    state
+}
+
+fn touch(rec: &mut FieldRecord, envelope: &EventEnvelope, version: u64) {
+    rec.version = version;
+    rec.last_event_id = Some(envelope.id);
+}
+
+fn set_value(rec: &mut FieldRecord, value: &FieldValue, envelope: &EventEnvelope, version: u64) {
+    let prov = &envelope.event.provenance;
+    rec.value = Some(value.clone());
+    rec.source = Some(prov.source.clone());
+    rec.asserted_at = prov.observed_at;
+    rec.recorded_at = Some(prov.recorded_at);
+    rec.provenance = Some(prov.clone());
+    touch(rec, envelope, version);
+    rec.recent.push((envelope.id, value.digest()));
+    if rec.recent.len() > ECHO_WINDOW {
+        rec.recent.remove(0);
+    }
+}
+
+/// Folds a stream's events into its state.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a EventEnvelope>) -> CustomerState {
+    events.into_iter().fold(CustomerState::default(), evolve)
+}

@@ -1,0 +1,1035 @@
+//! given(events) / when(command) / then(events | refusal), for every field kind and transition.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use chrono::Duration;
+use idledger_domain::command::{Change, Principal, Refusal};
+use idledger_domain::decide::Outcome;
+use idledger_domain::event::{CancelReason, EventPayload, SetMode};
+use idledger_domain::field::FieldValue;
+use idledger_domain::ids::{ChallengeId, ProposalId, Purpose};
+use idledger_domain::policy::WriteMode;
+use idledger_domain::schema::{StoredEvent, upcast};
+use idledger_domain::state::ConsentStatus;
+use idledger_domain::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
+use serde_json::json;
+use support::*;
+use uuid::Uuid;
+
+fn grant(purpose: &str, jurisdiction: &str) -> Change {
+    Change::GrantConsent {
+        purpose: Purpose::parse(purpose).unwrap(),
+        basis: LegalBasis::Consent,
+        notice: NoticeRef::new("privacy-notice", "2026-01", &"ab".repeat(32)).unwrap(),
+        channel: ConsentChannel::Web,
+        jurisdiction: Jurisdiction::parse(jurisdiction).unwrap(),
+        expires_at: None,
+    }
+}
+
+fn withdraw(purpose: &str) -> Change {
+    Change::WithdrawConsent {
+        purpose: Purpose::parse(purpose).unwrap(),
+    }
+}
+
+fn request(path: &str, json: serde_json::Value) -> Change {
+    Change::RequestChange {
+        field: field(path),
+        value: value(path, json),
+        expected_version: None,
+    }
+}
+
+fn challenge_of(outcome: &Outcome) -> ChallengeId {
+    match outcome {
+        Outcome::Pending { challenge_id, .. } => *challenge_id,
+        other => panic!("expected a pending change, got {other:?}"),
+    }
+}
+
+fn proposal_of(outcome: &Outcome) -> ProposalId {
+    match outcome {
+        Outcome::Proposed { proposal_id, .. } => *proposal_id,
+        other => panic!("expected a proposal, got {other:?}"),
+    }
+}
+
+// ---- registration ----
+
+#[test]
+fn register_creates_the_record_once() {
+    let mut s = Scenario::new();
+    let d = s.when("idp", agent(), vec![Change::Register]).unwrap();
+    assert_eq!(types(&d), ["customer_registered"]);
+    assert_eq!(d.events[0].stream_version, 1);
+    let mut s = Scenario::registered();
+    assert_eq!(
+        refusal_code(s.when("idp", agent(), vec![Change::Register])),
+        "already_registered"
+    );
+}
+
+#[test]
+fn changes_before_registration_are_refused() {
+    let mut s = Scenario::new();
+    let r = s.when("idp", agent(), vec![set("name.given", json!("Ada"))]);
+    assert_eq!(refusal_code(r), "not_registered");
+    let r = s.when(
+        "idp",
+        agent(),
+        vec![set("name.given", json!("Ada")), Change::Register],
+    );
+    assert_eq!(refusal_code(r), "invalid_command");
+    let r = s.decide_as(Principal::Steward, agent(), vec![Change::Register]);
+    assert_eq!(refusal_code(r), "forbidden");
+}
+
+#[test]
+fn register_with_initial_fields_is_atomic() {
+    let mut s = Scenario::new();
+    let d = s
+        .when(
+            "idp",
+            with_evidence(),
+            vec![
+                Change::Register,
+                set("email", json!("ada@example.org")),
+                set("name.given", json!("Ada")),
+            ],
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["customer_registered", "field_set", "field_set"]);
+    let versions: Vec<u64> = d.events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, [1, 2, 3]);
+    // One refused change refuses the whole command, naming which change.
+    let err = s
+        .when(
+            "idp",
+            agent(),
+            vec![
+                Change::Register,
+                set("name.given", json!("Ada")),
+                set("email", json!("ada@example.org")),
+            ],
+        )
+        .unwrap_err();
+    assert_eq!(err.change_index, Some(2));
+    assert_eq!(err.refusal.code(), "invalid_transition");
+}
+
+#[test]
+fn empty_and_oversized_commands_are_refused() {
+    let mut s = Scenario::registered();
+    assert_eq!(
+        refusal_code(s.when("idp", agent(), vec![])),
+        "invalid_command"
+    );
+    let many = vec![set("name.given", json!("Ada")); 101];
+    assert_eq!(
+        refusal_code(s.when("idp", agent(), many)),
+        "invalid_command"
+    );
+    let mut future = agent();
+    future.observed_at = Some(s.now + Duration::hours(1));
+    assert_eq!(
+        refusal_code(s.when("idp", future, vec![set("name.given", json!("Ada"))])),
+        "invalid_value"
+    );
+}
+
+// ---- set / clear, by mode ----
+
+#[test]
+fn system_of_record_sets_and_versions_a_field() {
+    let mut s = Scenario::registered();
+    let d = s
+        .apply(
+            source("idp"),
+            agent(),
+            vec![set("name.given", json!("Ada"))],
+        )
+        .unwrap();
+    assert_eq!(
+        d.outcomes,
+        [Outcome::Applied {
+            field: field("name.given"),
+            version: 1
+        }]
+    );
+    let EventPayload::FieldSet { mode, version, .. } = &d.events[0].event.payload else {
+        panic!("expected field_set");
+    };
+    assert_eq!((*mode, *version), (SetMode::Authoritative, 1));
+    let rec = s.state().field(&field("name.given")).cloned().unwrap();
+    assert_eq!(rec.value, Some(value("name.given", json!("Ada"))));
+    assert_eq!(rec.source.unwrap().as_str(), "idp");
+    assert_eq!(rec.last_event_id, Some(d.events[0].id));
+}
+
+#[test]
+fn same_value_emits_nothing() {
+    let mut s = Scenario::registered().given("idp", agent(), vec![set("name.given", json!("Ada"))]);
+    let d = s
+        .when("idp", agent(), vec![set("name.given", json!("Ada"))])
+        .unwrap();
+    assert!(d.events.is_empty());
+    assert_eq!(
+        d.outcomes,
+        [Outcome::Unchanged {
+            field: field("name.given")
+        }]
+    );
+}
+
+#[test]
+fn expected_version_is_checked() {
+    let mut s = Scenario::registered().given("idp", agent(), vec![set("name.given", json!("Ada"))]);
+    let stale = Change::SetField {
+        field: field("name.given"),
+        value: value("name.given", json!("Grace")),
+        expected_version: Some(0),
+    };
+    let err = s.when("idp", agent(), vec![stale]).unwrap_err();
+    assert_eq!(
+        err.refusal,
+        Refusal::VersionConflict {
+            field: field("name.given"),
+            expected: 0,
+            actual: 1
+        }
+    );
+    let fresh = Change::SetField {
+        field: field("name.given"),
+        value: value("name.given", json!("Grace")),
+        expected_version: Some(1),
+    };
+    assert_eq!(
+        types(&s.when("idp", agent(), vec![fresh]).unwrap()),
+        ["field_set"]
+    );
+}
+
+#[test]
+fn writer_without_a_mode_is_refused_naming_the_system_of_record() {
+    let mut s = Scenario::registered();
+    let err = s
+        .when(
+            "partner_feed",
+            agent(),
+            vec![set("name.given", json!("Ada"))],
+        )
+        .unwrap_err();
+    match err.refusal {
+        Refusal::NotAuthoritative {
+            system_of_record,
+            mode,
+            ..
+        } => {
+            assert_eq!(system_of_record.as_str(), "idp");
+            assert_eq!(mode, WriteMode::None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        s.when(
+            "partner_feed",
+            agent(),
+            vec![set("name.given", json!("Ada"))]
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("system of record for name.given is 'idp'")
+    );
+}
+
+#[test]
+fn proposer_overwrite_becomes_a_proposal_and_the_record_is_unchanged() {
+    let mut s = Scenario::registered().given(
+        "idp",
+        with_evidence(),
+        vec![set("email", json!("ada@example.org"))],
+    );
+    let d = s
+        .apply(
+            source("crm"),
+            agent(),
+            vec![set("email", json!("ada@crm.example"))],
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["value_proposed"]);
+    match &d.outcomes[0] {
+        Outcome::Proposed {
+            system_of_record, ..
+        } => assert_eq!(system_of_record.as_str(), "idp"),
+        other => panic!("{other:?}"),
+    }
+    let id = proposal_of(&d.outcomes[0]);
+    assert_eq!(
+        s.state().value(&field("email")),
+        Some(&value("email", json!("ada@example.org")))
+    );
+    assert!(s.state().proposals.contains_key(&id));
+    // The same proposal again is recognised, not duplicated.
+    let again = s
+        .when("crm", agent(), vec![set("email", json!("ada@crm.example"))])
+        .unwrap();
+    assert!(again.events.is_empty());
+    assert_eq!(proposal_of(&again.outcomes[0]), id);
+}
+
+#[test]
+fn fill_if_empty_enriches_only_empty_fields() {
+    let mut s = Scenario::registered();
+    let d = s
+        .apply(
+            source("cdp"),
+            agent(),
+            vec![set("name.family", json!("Lovelace"))],
+        )
+        .unwrap();
+    let EventPayload::FieldSet { mode, .. } = &d.events[0].event.payload else {
+        panic!("expected field_set")
+    };
+    assert_eq!(*mode, SetMode::FillIfEmpty);
+    let r = s.when("cdp", agent(), vec![set("name.family", json!("Byron"))]);
+    assert_eq!(refusal_code(r), "not_authoritative");
+}
+
+#[test]
+fn request_change_writer_cannot_set_directly() {
+    let mut s = Scenario::registered();
+    let err = s
+        .when(
+            "web_app",
+            agent(),
+            vec![set("email", json!("ada@example.org"))],
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err.refusal,
+        Refusal::NotAuthoritative {
+            mode: WriteMode::RequestChange,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn verified_fields_need_evidence_for_a_direct_set() {
+    let mut s = Scenario::registered();
+    let r = s.when("idp", agent(), vec![set("email", json!("ada@example.org"))]);
+    assert_eq!(refusal_code(r), "invalid_transition");
+    s.apply(
+        source("idp"),
+        with_evidence(),
+        vec![set("phone", json!("+44 20 7946 0958"))],
+    )
+    .unwrap();
+    let rec = s.state().field(&field("phone")).cloned().unwrap();
+    assert_eq!(
+        rec.verification.unwrap().evidence.unwrap().reference(),
+        "otp-123"
+    );
+}
+
+#[test]
+fn clear_field_by_authority_only() {
+    let mut s = Scenario::registered().given("idp", agent(), vec![set("name.given", json!("Ada"))]);
+    let clear = || Change::ClearField {
+        field: field("name.given"),
+        expected_version: None,
+    };
+    assert_eq!(
+        refusal_code(s.when("crm", agent(), vec![clear()])),
+        "not_authoritative"
+    );
+    let d = s.apply(source("idp"), agent(), vec![clear()]).unwrap();
+    assert_eq!(types(&d), ["field_cleared"]);
+    assert_eq!(s.state().value(&field("name.given")), None);
+    assert!(
+        s.when("idp", agent(), vec![clear()])
+            .unwrap()
+            .events
+            .is_empty()
+    );
+}
+
+#[test]
+fn every_field_kind_round_trips_through_set() {
+    let mut s = Scenario::registered();
+    let cases = [
+        ("idp", "name.family", json!("Lovelace")),
+        (
+            "web_app",
+            "postal_address",
+            json!({"lines": ["12 St James's Sq"], "locality": "London", "postal_code": "SW1Y 4LB", "country": "GB"}),
+        ),
+        ("idp", "birth_date", json!("1990-12-10")),
+        ("web_app", "locale", json!("en-GB")),
+        ("idp", "jurisdiction", json!("GB")),
+        ("idp", "verification.level", json!("substantial")),
+        ("idp", "external_id.salesforce", json!("003XYZ")),
+    ];
+    for (by, path, json) in cases {
+        s.apply(source(by), agent(), vec![set(path, json.clone())])
+            .unwrap();
+        assert_eq!(
+            s.state().value(&field(path)).unwrap().to_json(),
+            value(path, json).to_json(),
+            "{path}"
+        );
+    }
+    s.apply(
+        source("web_app"),
+        agent(),
+        vec![set("preferences.newsletter", json!(true))],
+    )
+    .unwrap();
+    s.apply(
+        source("consent_portal"),
+        agent(),
+        vec![set("sharing.acme", json!(false))],
+    )
+    .unwrap();
+    assert_eq!(
+        s.state().value(&field("sharing.acme")),
+        Some(&FieldValue::Sharing(false))
+    );
+}
+
+#[test]
+fn birth_date_in_the_future_is_invalid() {
+    let mut s = Scenario::registered();
+    let r = s.when("idp", agent(), vec![set("birth_date", json!("2030-01-01"))]);
+    assert_eq!(refusal_code(r), "invalid_value");
+}
+
+#[test]
+fn consent_is_not_a_plain_field() {
+    let mut s = Scenario::registered();
+    let c = Change::ClearField {
+        field: field("consent.marketing"),
+        expected_version: None,
+    };
+    assert_eq!(
+        refusal_code(s.when("consent_portal", agent(), vec![c])),
+        "invalid_transition"
+    );
+}
+
+// ---- email / phone change with verification ----
+
+#[test]
+fn requested_email_takes_over_only_after_verification() {
+    let mut s = Scenario::registered().given(
+        "idp",
+        with_evidence(),
+        vec![set("email", json!("old@example.org"))],
+    );
+    let d = s
+        .apply(
+            source("web_app"),
+            subject(),
+            vec![request("email", json!("new@example.org"))],
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["change_requested"]);
+    let challenge = challenge_of(&d.outcomes[0]);
+    let rec = s.state().field(&field("email")).cloned().unwrap();
+    assert_eq!(rec.value, Some(value("email", json!("old@example.org"))));
+    assert_eq!(
+        rec.pending.as_ref().unwrap().value,
+        value("email", json!("new@example.org"))
+    );
+
+    let confirm = Change::ConfirmVerification {
+        field: field("email"),
+        challenge_id: challenge,
+    };
+    let d = s
+        .apply(source("web_app"), with_evidence(), vec![confirm])
+        .unwrap();
+    assert_eq!(types(&d), ["change_verified"]);
+    let rec = s.state().field(&field("email")).cloned().unwrap();
+    assert_eq!(rec.value, Some(value("email", json!("new@example.org"))));
+    assert!(rec.pending.is_none());
+    assert_eq!(rec.verification.unwrap().verified_by.as_str(), "web_app");
+    assert_eq!(rec.version, 3);
+}
+
+#[test]
+fn the_same_request_again_returns_the_open_challenge() {
+    let mut s = Scenario::registered();
+    let first = s
+        .apply(
+            source("web_app"),
+            subject(),
+            vec![request("email", json!("a@example.org"))],
+        )
+        .unwrap();
+    let again = s
+        .when(
+            "web_app",
+            subject(),
+            vec![request("email", json!("a@example.org"))],
+        )
+        .unwrap();
+    assert!(again.events.is_empty());
+    assert_eq!(
+        challenge_of(&again.outcomes[0]),
+        challenge_of(&first.outcomes[0])
+    );
+    // A different value supersedes the open request.
+    let other = s
+        .when(
+            "web_app",
+            subject(),
+            vec![request("email", json!("b@example.org"))],
+        )
+        .unwrap();
+    assert_eq!(types(&other), ["change_cancelled", "change_requested"]);
+}
+
+#[test]
+fn an_expired_challenge_cannot_be_confirmed() {
+    let mut s = Scenario::registered();
+    let d = s
+        .apply(
+            source("web_app"),
+            subject(),
+            vec![request("phone", json!("+14155552671"))],
+        )
+        .unwrap();
+    let challenge = challenge_of(&d.outcomes[0]);
+    let mut s = s.advance(Duration::hours(25));
+    let confirm = Change::ConfirmVerification {
+        field: field("phone"),
+        challenge_id: challenge,
+    };
+    assert_eq!(
+        refusal_code(s.when("web_app", agent(), vec![confirm])),
+        "expired_challenge"
+    );
+    // A new request after expiry ends the old one as expired.
+    let d = s
+        .when(
+            "web_app",
+            subject(),
+            vec![request("phone", json!("+14155552671"))],
+        )
+        .unwrap();
+    assert!(matches!(
+        d.events[0].event.payload,
+        EventPayload::ChangeCancelled {
+            reason: CancelReason::Expired,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn confirm_and_cancel_need_the_right_challenge_and_writer() {
+    let mut s = Scenario::registered();
+    let d = s
+        .apply(
+            source("web_app"),
+            subject(),
+            vec![request("email", json!("a@example.org"))],
+        )
+        .unwrap();
+    let challenge = challenge_of(&d.outcomes[0]);
+    let wrong = Change::ConfirmVerification {
+        field: field("email"),
+        challenge_id: ChallengeId::from(Uuid::now_v7()),
+    };
+    assert_eq!(
+        refusal_code(s.when("web_app", agent(), vec![wrong])),
+        "invalid_transition"
+    );
+    let by_crm = Change::ConfirmVerification {
+        field: field("email"),
+        challenge_id: challenge,
+    };
+    assert_eq!(
+        refusal_code(s.when("crm", agent(), vec![by_crm])),
+        "not_authoritative"
+    );
+    let cancel = Change::CancelChange {
+        field: field("email"),
+        challenge_id: challenge,
+    };
+    let d = s.apply(source("web_app"), subject(), vec![cancel]).unwrap();
+    assert_eq!(types(&d), ["change_cancelled"]);
+    assert!(s.state().field(&field("email")).unwrap().pending.is_none());
+}
+
+#[test]
+fn only_verified_fields_take_change_requests() {
+    let mut s = Scenario::registered();
+    assert_eq!(
+        refusal_code(s.when("idp", agent(), vec![request("name.given", json!("Ada"))])),
+        "invalid_transition"
+    );
+    assert_eq!(
+        refusal_code(s.when(
+            "crm",
+            agent(),
+            vec![request("email", json!("a@example.org"))]
+        )),
+        "not_authoritative"
+    );
+}
+
+#[test]
+fn an_authoritative_set_supersedes_a_pending_change() {
+    let mut s = Scenario::registered();
+    s.apply(
+        source("web_app"),
+        subject(),
+        vec![request("email", json!("a@example.org"))],
+    )
+    .unwrap();
+    let d = s
+        .apply(
+            source("idp"),
+            with_evidence(),
+            vec![set("email", json!("b@example.org"))],
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["change_cancelled", "field_set"]);
+    assert!(s.state().field(&field("email")).unwrap().pending.is_none());
+}
+
+// ---- consent ----
+
+#[test]
+fn consent_granted_by_its_authority_and_withdrawn_by_the_subject_anywhere() {
+    let mut s = Scenario::registered();
+    let marketing = Purpose::parse("marketing").unwrap();
+    assert_eq!(
+        refusal_code(s.when("crm", agent(), vec![grant("marketing", "DE")])),
+        "not_authoritative"
+    );
+    let d = s
+        .apply(
+            source("consent_portal"),
+            subject(),
+            vec![grant("marketing", "DE")],
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["consent_granted"]);
+    assert_eq!(
+        s.state().consent_status(&marketing, &s.policy, s.now),
+        ConsentStatus::Granted
+    );
+    assert!(
+        s.when("consent_portal", subject(), vec![grant("marketing", "DE")])
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    // An agent at the CRM may not withdraw on its own; the subject may, through any source.
+    assert_eq!(
+        refusal_code(s.when("crm", agent(), vec![withdraw("marketing")])),
+        "not_authoritative"
+    );
+    let d = s
+        .apply(source("crm"), subject(), vec![withdraw("marketing")])
+        .unwrap();
+    assert_eq!(types(&d), ["consent_withdrawn"]);
+    assert_eq!(
+        s.state().consent_status(&marketing, &s.policy, s.now),
+        ConsentStatus::Withdrawn
+    );
+    assert!(
+        s.when("crm", subject(), vec![withdraw("marketing")])
+            .unwrap()
+            .events
+            .is_empty()
+    );
+}
+
+#[test]
+fn consent_expiry_and_maximum_age_are_evaluated_at_the_moment_of_use() {
+    let mut s = Scenario::registered();
+    let expiring = Change::GrantConsent {
+        purpose: Purpose::parse("analytics").unwrap(),
+        basis: LegalBasis::Consent,
+        notice: NoticeRef::new("pn", "1", &"cd".repeat(32)).unwrap(),
+        channel: ConsentChannel::MobileApp,
+        jurisdiction: Jurisdiction::parse("FR").unwrap(),
+        expires_at: Some(s.now + Duration::days(30)),
+    };
+    s.apply(
+        source("consent_portal"),
+        subject(),
+        vec![expiring, grant("marketing", "FR")],
+    )
+    .unwrap();
+    let (analytics, marketing) = (
+        Purpose::parse("analytics").unwrap(),
+        Purpose::parse("marketing").unwrap(),
+    );
+    let state = s.state();
+    assert_eq!(
+        state.consent_status(&analytics, &s.policy, s.now + Duration::days(29)),
+        ConsentStatus::Granted
+    );
+    assert_eq!(
+        state.consent_status(&analytics, &s.policy, s.now + Duration::days(30)),
+        ConsentStatus::Expired
+    );
+    assert_eq!(
+        state.consent_status(&marketing, &s.policy, s.now + Duration::days(729)),
+        ConsentStatus::Granted
+    );
+    assert_eq!(
+        state.consent_status(&marketing, &s.policy, s.now + Duration::days(730)),
+        ConsentStatus::Stale
+    );
+    // Re-granting a stale consent refreshes it.
+    let mut s = s.advance(Duration::days(800));
+    assert_eq!(
+        types(
+            &s.when("consent_portal", subject(), vec![grant("marketing", "FR")])
+                .unwrap()
+        ),
+        ["consent_granted"]
+    );
+    let past = Change::GrantConsent {
+        purpose: analytics,
+        basis: LegalBasis::Consent,
+        notice: NoticeRef::new("pn", "1", &"cd".repeat(32)).unwrap(),
+        channel: ConsentChannel::Web,
+        jurisdiction: Jurisdiction::parse("FR").unwrap(),
+        expires_at: Some(s.now - Duration::days(1)),
+    };
+    assert_eq!(
+        refusal_code(s.when("consent_portal", subject(), vec![past])),
+        "invalid_value"
+    );
+}
+
+#[test]
+fn a_minors_consent_needs_a_guardian() {
+    let mut s =
+        Scenario::registered().given("idp", agent(), vec![set("birth_date", json!("2014-06-01"))]);
+    let err = s
+        .when("consent_portal", subject(), vec![grant("marketing", "DE")])
+        .unwrap_err();
+    match err.refusal {
+        Refusal::GuardianRequired {
+            age,
+            age_of_digital_consent,
+            ..
+        } => assert_eq!((age, age_of_digital_consent), (11, 16)),
+        other => panic!("{other:?}"),
+    }
+    let d = s
+        .when("consent_portal", guardian(), vec![grant("marketing", "DE")])
+        .unwrap();
+    assert_eq!(types(&d), ["consent_granted"]);
+    // Consent is not the basis for a contract: no guardian needed.
+    let contract = Change::GrantConsent {
+        purpose: Purpose::parse("service").unwrap(),
+        basis: LegalBasis::Contract,
+        notice: NoticeRef::new("pn", "1", &"ab".repeat(32)).unwrap(),
+        channel: ConsentChannel::Web,
+        jurisdiction: Jurisdiction::parse("DE").unwrap(),
+        expires_at: None,
+    };
+    assert!(s.when("consent_portal", subject(), vec![contract]).is_ok());
+}
+
+#[test]
+fn a_consent_given_before_the_birth_date_was_known_reads_as_needing_a_guardian() {
+    let mut s =
+        Scenario::registered().given("consent_portal", subject(), vec![grant("marketing", "US")]);
+    s.apply(
+        source("idp"),
+        agent(),
+        vec![set("birth_date", json!("2016-01-01"))],
+    )
+    .unwrap();
+    let marketing = Purpose::parse("marketing").unwrap();
+    assert_eq!(
+        s.state().consent_status(&marketing, &s.policy, s.now),
+        ConsentStatus::GuardianRequired
+    );
+    // Once the subject comes of age (13 in the US) it counts again.
+    let later = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2029, 1, 2, 0, 0, 0).unwrap();
+    let long_max_age = idledger_domain::policy::Policy::from_toml(
+        &idledger_domain::policy::DEFAULT_POLICY_TOML
+            .replace("marketing = 730", "marketing = 3650"),
+    )
+    .unwrap();
+    assert_eq!(
+        s.state().consent_status(&marketing, &long_max_age, later),
+        ConsentStatus::Granted
+    );
+}
+
+// ---- stewards ----
+
+#[test]
+fn steward_accepts_a_proposal_where_the_policy_allows_override() {
+    let mut s =
+        Scenario::registered().given("idp", agent(), vec![set("name.family", json!("Byron"))]);
+    let d = s
+        .apply(
+            source("crm"),
+            agent(),
+            vec![set("name.family", json!("Lovelace"))],
+        )
+        .unwrap();
+    let id = proposal_of(&d.outcomes[0]);
+    let accept = || Change::AcceptProposal { proposal_id: id };
+    assert_eq!(
+        refusal_code(s.when("idp", agent(), vec![accept()])),
+        "forbidden"
+    );
+    let d = s
+        .apply(Principal::Steward, agent(), vec![accept()])
+        .unwrap();
+    assert_eq!(types(&d), ["proposal_accepted", "field_set"]);
+    let state = s.state();
+    assert_eq!(
+        state.value(&field("name.family")),
+        Some(&value("name.family", json!("Lovelace")))
+    );
+    let rec = state.field(&field("name.family")).unwrap();
+    assert_eq!(rec.source.as_ref().unwrap().as_str(), "steward");
+    assert!(state.proposals.is_empty());
+    let r = s.decide_as(Principal::Steward, agent(), vec![accept()]);
+    assert_eq!(refusal_code(r), "unknown_proposal");
+}
+
+#[test]
+fn steward_override_is_refused_where_the_policy_forbids_it() {
+    let mut s = Scenario::registered().given(
+        "idp",
+        with_evidence(),
+        vec![set("email", json!("a@example.org"))],
+    );
+    let d = s
+        .apply(
+            source("crm"),
+            agent(),
+            vec![set("email", json!("b@example.org"))],
+        )
+        .unwrap();
+    let id = proposal_of(&d.outcomes[0]);
+    let err = s
+        .decide_as(
+            Principal::Steward,
+            agent(),
+            vec![Change::AcceptProposal { proposal_id: id }],
+        )
+        .unwrap_err();
+    assert_eq!(err.refusal.code(), "forbidden");
+    assert!(
+        err.to_string()
+            .contains("does not allow stewards to override email"),
+        "{err}"
+    );
+    let direct = s.decide_as(
+        Principal::Steward,
+        agent(),
+        vec![set("email", json!("c@example.org"))],
+    );
+    assert_eq!(refusal_code(direct), "forbidden");
+    let reject = Change::RejectProposal {
+        proposal_id: id,
+        reason: "CRM typo".to_owned(),
+    };
+    let d = s.apply(Principal::Steward, agent(), vec![reject]).unwrap();
+    assert_eq!(types(&d), ["proposal_rejected"]);
+    assert!(s.state().proposals.is_empty());
+}
+
+#[test]
+fn stewards_do_not_act_as_sources() {
+    let mut s = Scenario::registered();
+    let r = s.decide_as(Principal::Steward, agent(), vec![grant("marketing", "DE")]);
+    assert_eq!(refusal_code(r), "forbidden");
+}
+
+// ---- echoes ----
+
+#[test]
+fn an_echo_of_our_own_delivery_is_a_no_op() {
+    let mut s = Scenario::registered();
+    let first = s
+        .apply(
+            source("idp"),
+            agent(),
+            vec![set("name.given", json!("Ada"))],
+        )
+        .unwrap();
+    s.apply(
+        source("idp"),
+        agent(),
+        vec![set("name.given", json!("Augusta"))],
+    )
+    .unwrap();
+    // The CRM echoes back the first delivery after the value moved on.
+    let mut echo = agent();
+    echo.causation_id = Some(first.events[0].id.as_uuid());
+    let d = s
+        .when("crm", echo, vec![set("name.given", json!("Ada"))])
+        .unwrap();
+    assert!(d.events.is_empty());
+    assert_eq!(
+        d.outcomes,
+        [Outcome::Unchanged {
+            field: field("name.given")
+        }]
+    );
+    // Without the causation id it is a fresh proposal.
+    let d = s
+        .when("crm", agent(), vec![set("name.given", json!("Ada"))])
+        .unwrap();
+    assert_eq!(types(&d), ["value_proposed"]);
+}
+
+// ---- ids and schema ----
+
+#[test]
+fn minted_ids_are_distinct_v7_and_versions_consecutive() {
+    let mut s = Scenario::registered();
+    let d = s
+        .apply(
+            source("idp"),
+            with_evidence(),
+            vec![
+                set("name.given", json!("Ada")),
+                set("email", json!("a@example.org")),
+                set("phone", json!("+447700900123")),
+            ],
+        )
+        .unwrap();
+    let ids: std::collections::BTreeSet<Uuid> = d.events.iter().map(|e| e.id.as_uuid()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| id.get_version_num() == 7));
+    let versions: Vec<u64> = d.events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, [2, 3, 4]);
+    assert!(
+        d.events
+            .iter()
+            .all(|e| e.event.policy_version == *s.policy.version())
+    );
+    assert!(
+        d.events
+            .iter()
+            .all(|e| e.event.provenance.source.as_str() == "idp")
+    );
+}
+
+#[test]
+fn every_event_type_round_trips_through_the_stored_schema() {
+    let mut s = Scenario::registered().given(
+        "idp",
+        with_evidence(),
+        vec![set("email", json!("a@example.org"))],
+    );
+    let d = s
+        .apply(
+            source("web_app"),
+            subject(),
+            vec![request("email", json!("b@example.org"))],
+        )
+        .unwrap();
+    let c = challenge_of(&d.outcomes[0]);
+    s.apply(
+        source("web_app"),
+        with_evidence(),
+        vec![Change::ConfirmVerification {
+            field: field("email"),
+            challenge_id: c,
+        }],
+    )
+    .unwrap();
+    s.apply(
+        source("idp"),
+        agent(),
+        vec![
+            set("name.given", json!("Ada")),
+            Change::ClearField {
+                field: field("name.given"),
+                expected_version: None,
+            },
+        ],
+    )
+    .unwrap();
+    s.apply(
+        source("consent_portal"),
+        subject(),
+        vec![grant("marketing", "DE"), withdraw("marketing")],
+    )
+    .unwrap();
+    let p1 = proposal_of(
+        &s.apply(source("crm"), agent(), vec![set("name.family", json!("A"))])
+            .unwrap()
+            .outcomes[0],
+    );
+    let p2 = proposal_of(
+        &s.apply(source("crm"), agent(), vec![set("name.family", json!("B"))])
+            .unwrap()
+            .outcomes[0],
+    );
+    s.apply(
+        Principal::Steward,
+        agent(),
+        vec![Change::AcceptProposal { proposal_id: p1 }],
+    )
+    .unwrap();
+    s.apply(
+        Principal::Steward,
+        agent(),
+        vec![Change::RejectProposal {
+            proposal_id: p2,
+            reason: "no".into(),
+        }],
+    )
+    .unwrap();
+    s.apply(
+        source("web_app"),
+        subject(),
+        vec![request("email", json!("c@example.org"))],
+    )
+    .unwrap();
+    let d = s
+        .apply(
+            source("web_app"),
+            subject(),
+            vec![request("email", json!("d@example.org"))],
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["change_cancelled", "change_requested"]);
+
+    let seen: std::collections::BTreeSet<&str> = s
+        .events
+        .iter()
+        .map(|e| e.event.payload.type_name())
+        .collect();
+    assert_eq!(
+        seen.len(),
+        idledger_domain::schema::EVENT_TYPES.len(),
+        "{seen:?}"
+    );
+    for envelope in &s.events {
+        let stored = StoredEvent::from_event(&envelope.event).unwrap();
+        assert_eq!(stored.event_type, envelope.event.payload.type_name());
+        assert_eq!(stored.clone().into_event().unwrap(), envelope.event);
+    }
+    let stored = StoredEvent::from_event(&s.events[0].event).unwrap();
+    assert!(upcast(&stored.event_type, 99, stored.data.clone()).is_err());
+    assert!(upcast("field_renamed", 1, stored.data.clone()).is_err());
+    let mismatched = StoredEvent {
+        event_type: "field_set".into(),
+        ..stored
+    };
+    assert!(mismatched.into_event().is_err());
+}

@@ -1,0 +1,77 @@
+//! What a storage engine must provide. One implementation per engine, each with its own SQL;
+//! everything above this trait (the ledger, group commit, crypto, chain) is shared.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent};
+
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// "postgres" or "sqlite".
+    fn name(&self) -> &'static str;
+
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Writes a batch of appends in one transaction; each append succeeds or fails alone
+    /// (a conflict in one does not fail the others). Returns one outcome per request, in
+    /// order, after the transaction is durable. `Err` means the whole batch failed.
+    async fn write_batch(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError>;
+
+    /// `(request_hash, result)` stored for an idempotency key.
+    async fn idempotency(
+        &self,
+        source: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, StoreError>;
+
+    async fn data_key(&self, customer: Uuid) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Wrapped data keys of several customers.
+    async fn data_keys(&self, customers: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError>;
+
+    async fn projection_rows(&self, customer: Uuid) -> Result<Vec<ProjectionRow>, StoreError>;
+
+    /// A customer's events in stream order, optionally only one field's and only those
+    /// recorded at or before an instant.
+    async fn stream(
+        &self,
+        customer: Uuid,
+        field: Option<&str>,
+        until_micros: Option<i64>,
+    ) -> Result<Vec<RawEvent>, StoreError>;
+
+    /// Up to `limit` events after `after`, in global (commit) order. Gap-free: a reader that
+    /// has seen position p has seen every committed event before p.
+    async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<RawEvent>, StoreError>;
+
+    /// Every customer's projection rows, in customer order, one page at a time.
+    async fn projection_page(
+        &self,
+        after: Option<Uuid>,
+        customers: u32,
+    ) -> Result<Vec<(Uuid, ProjectionRow)>, StoreError>;
+
+    /// Replaces all projection rows with `rows` in one transaction, holding off appends — but
+    /// only if the log's head is still `expected_head` (else returns false, nothing changed).
+    async fn replace_projections(
+        &self,
+        rows: &[(Uuid, ProjectionRow)],
+        expected_head: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// The highest global position, 0 when the log is empty.
+    async fn head_position(&self) -> Result<u64, StoreError>;
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,53 @@
+//! Store errors: infrastructure failures, kept apart from the domain's refusals.
+
+use idledger_domain::command::Refused;
+
+/// Why a command did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    /// The domain refused the command; nothing was recorded.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The idempotency key was used before with a different request.
+    #[error(
+        "idempotency key '{key}' was already used by source '{source_id}' for a different request"
+    )]
+    IdempotencyConflict { source_id: String, key: String },
+    /// Too many concurrent writers to the same customer; the caller may retry.
+    #[error("the customer's record changed concurrently {attempts} times; try again")]
+    Contention { attempts: u32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// We failed to read or record something (a 5xx, not a refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data failed an integrity check: {0}")]
+    Integrity(String),
+    #[error("stored event cannot be read: {0}")]
+    Schema(#[from] idledger_domain::schema::SchemaError),
+    #[error("serialisation failed: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("the batch this command was part of could not be committed: {0}")]
+    BatchFailed(String),
+    #[error("the store's writer has shut down")]
+    WriterGone,
+}
+
+impl StoreError {
+    pub fn config(message: &str) -> Self {
+        Self::Config(message.to_owned())
+    }
+
+    /// A unique-key violation: another writer got there first.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}

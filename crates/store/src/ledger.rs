@@ -1,0 +1,635 @@
+//! The ledger: runs commands (idempotency, decide, encrypt, append with optimistic
+//! concurrency and retry), group-commits appends through one writer task, and serves the
+//! reads every other component needs — decrypted, from the log or the projection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use idledger_domain::command::{Command, Context, Principal};
+use idledger_domain::decide::{Outcome, decide};
+use idledger_domain::event::EventEnvelope;
+use idledger_domain::ids::{CustomerId, EventId};
+use idledger_domain::policy::{Policy, STEWARD_SOURCE};
+use idledger_domain::schema::StoredEvent;
+use idledger_domain::state::{CustomerState, evolve};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::backend::Backend;
+use crate::chain::{GENESIS, event_hash};
+use crate::crypto::{DataKey, MasterKey};
+use crate::error::{ExecuteError, StoreError};
+use crate::model::{
+    AppendOutcome, AppendRequest, IdempotencyRecord, PreparedEvent, ProjectionRow, RawEvent,
+    RecordedEvent, from_micros, micros,
+};
+use crate::projection;
+
+/// How often a command is re-decided when its customer's stream moved on underneath it.
+const MAX_ATTEMPTS: u32 = 16;
+/// Events per page when scanning the whole log.
+const SCAN_PAGE: u32 = 10_000;
+
+/// Tuning knobs.
+#[derive(Debug, Clone)]
+pub struct LedgerOptions {
+    /// Most commands group-committed in one transaction.
+    pub max_batch: usize,
+    /// Commands waiting for the writer before senders wait (back-pressure).
+    pub queue: usize,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 256,
+            queue: 4096,
+        }
+    }
+}
+
+/// What a command did: one outcome per change and the events it recorded. This is also what
+/// a retry with the same idempotency key gets back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub customer_id: CustomerId,
+    /// The stream's version after the command.
+    pub stream_version: u64,
+    pub outcomes: Vec<Outcome>,
+    pub events: Vec<EventRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRef {
+    pub id: EventId,
+    pub stream_version: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+}
+
+/// The result of [`Ledger::execute`]: the command's result, and whether it is a replay of an
+/// earlier request with the same idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    pub result: CommandResult,
+    pub replayed: bool,
+}
+
+/// Progress of a long scan: events done out of the total.
+pub type ProgressFn<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokenEvent {
+    pub global_position: u64,
+    pub customer_id: Uuid,
+    pub stream_version: u64,
+    pub event_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub streams: u64,
+    /// The first event (in log order) whose chain does not hold; `None` = the log is intact.
+    pub first_broken: Option<BrokenEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub customers: u64,
+    pub rows: u64,
+    /// Whether the rebuilt projection equals, byte for byte, what was there.
+    pub identical: bool,
+    /// Customers whose rows differed (at most 20 listed).
+    pub differing_customers: Vec<Uuid>,
+    pub differing_count: u64,
+}
+
+struct WriteJob {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// The event store with its command path. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    backend: Arc<dyn Backend>,
+    master: Arc<MasterKey>,
+    policy: Arc<Policy>,
+    writer: mpsc::Sender<WriteJob>,
+}
+
+impl Ledger {
+    /// Starts the ledger's writer task on the current tokio runtime. Run migrations first.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        master: MasterKey,
+        policy: Policy,
+        options: LedgerOptions,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        tokio::spawn(run_writer(backend.clone(), rx, options.max_batch.max(1)));
+        Self {
+            backend,
+            master: Arc::new(master),
+            policy: Arc::new(policy),
+            writer: tx,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Runs a command: a retry with the same idempotency key (and body) returns the first
+    /// result; the same key with another body is a conflict. Concurrent writers to the same
+    /// customer are resolved by re-deciding on the fresh state.
+    #[tracing::instrument(skip_all, fields(customer_id = %command.customer_id, key = %command.idempotency_key))]
+    pub async fn execute(
+        &self,
+        principal: &Principal,
+        command: &Command,
+    ) -> Result<Executed, ExecuteError> {
+        let source = match principal {
+            Principal::Source(s) => s.as_str().to_owned(),
+            Principal::Steward => STEWARD_SOURCE.to_owned(),
+        };
+        let key = command.idempotency_key.as_str();
+        let request_hash =
+            Sha256::digest(serde_json::to_vec(command).map_err(StoreError::from)?).to_vec();
+        if let Some((hash, result)) = self.backend.idempotency(&source, key).await? {
+            return replay(&source, key, &request_hash, &hash, &result);
+        }
+        let customer = command.customer_id.as_uuid();
+        for _ in 0..MAX_ATTEMPTS {
+            let rows = self.backend.projection_rows(customer).await?;
+            let state = projection::state(&rows)?;
+            let now = truncate_to_micros(Utc::now());
+            let ctx = Context {
+                now,
+                policy: &self.policy,
+                principal: principal.clone(),
+                id_seed: Uuid::now_v7(),
+            };
+            let decision = decide(&state, command, &ctx).map_err(ExecuteError::Refused)?;
+            let (data_key, new_data_key) = if decision.events.is_empty() {
+                (None, None)
+            } else {
+                match self.backend.data_key(customer).await? {
+                    Some(wrapped) => (Some(self.master.unwrap_key(&wrapped, customer)?), None),
+                    None => {
+                        let key = DataKey::generate();
+                        let wrapped = self.master.wrap(&key, customer)?;
+                        (Some(key), Some(wrapped))
+                    }
+                }
+            };
+            let mut events = Vec::with_capacity(decision.events.len());
+            let mut after = state.clone();
+            for envelope in &decision.events {
+                if let Some(key) = &data_key {
+                    events.push(prepare(customer, envelope, key)?);
+                }
+                after = evolve(after, envelope);
+            }
+            let result = CommandResult {
+                customer_id: command.customer_id,
+                stream_version: after.stream_version,
+                outcomes: decision.outcomes,
+                events: decision
+                    .events
+                    .iter()
+                    .map(|e| EventRef {
+                        id: e.id,
+                        stream_version: e.stream_version,
+                        event_type: e.event.payload.type_name().to_owned(),
+                    })
+                    .collect(),
+            };
+            let request = AppendRequest {
+                customer_id: customer,
+                expected_version: state.stream_version,
+                events,
+                new_data_key,
+                idempotency: IdempotencyRecord {
+                    source: source.clone(),
+                    key: key.to_owned(),
+                    request_hash: request_hash.clone(),
+                    result: serde_json::to_string(&result).map_err(StoreError::from)?,
+                },
+                projection: projection::diff(&rows, &projection::rows(&after)?),
+            };
+            match self.append(request).await? {
+                AppendOutcome::Appended { .. } => {
+                    return Ok(Executed {
+                        result,
+                        replayed: false,
+                    });
+                }
+                AppendOutcome::VersionConflict => {
+                    tracing::debug!("stream moved on; deciding again");
+                    continue;
+                }
+                AppendOutcome::Duplicate {
+                    request_hash: stored,
+                    result,
+                } => return replay(&source, key, &request_hash, &stored, &result),
+            }
+        }
+        Err(ExecuteError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteJob { request, reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// The customer's current record, from the projection (`None`: never registered).
+    pub async fn state(&self, customer: CustomerId) -> Result<Option<CustomerState>, StoreError> {
+        let rows = self.backend.projection_rows(customer.as_uuid()).await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        projection::state(&rows).map(Some)
+    }
+
+    /// The customer's record as it stood at `at`, folded from the log.
+    pub async fn state_as_of(
+        &self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CustomerState>, StoreError> {
+        let events = self.stream(customer, None, Some(at)).await?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            events
+                .iter()
+                .map(|e| &e.envelope)
+                .fold(CustomerState::default(), evolve),
+        ))
+    }
+
+    /// Every event that touched `field` (consents as `consent.<purpose>`), oldest first.
+    pub async fn history(
+        &self,
+        customer: CustomerId,
+        field: &idledger_domain::field::FieldPath,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.stream(customer, Some(&field.to_string()), None).await
+    }
+
+    /// A customer's events, decrypted, optionally one field's and up to an instant.
+    pub async fn stream(
+        &self,
+        customer: CustomerId,
+        field: Option<&str>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let id = customer.as_uuid();
+        let raws = self.backend.stream(id, field, until.map(micros)).await?;
+        if raws.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.key_of(id).await?;
+        raws.iter().map(|raw| decode(raw, &key)).collect()
+    }
+
+    async fn key_of(&self, customer: Uuid) -> Result<DataKey, StoreError> {
+        let wrapped = self.backend.data_key(customer).await?.ok_or_else(|| {
+            StoreError::Integrity(format!("customer {customer} has events but no data key"))
+        })?;
+        self.master.unwrap_key(&wrapped, customer)
+    }
+
+    /// Up to `limit` events after global position `after`, decrypted, in commit order.
+    pub async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+        let raws = self.backend.read_all(after, limit).await?;
+        let mut keys = HashMap::new();
+        self.load_keys(&raws, &mut keys).await?;
+        raws.iter()
+            .map(|raw| match keys.get(&raw.customer_id) {
+                Some(key) => decode(raw, key),
+                None => Err(StoreError::Integrity(format!(
+                    "customer {} has no data key",
+                    raw.customer_id
+                ))),
+            })
+            .collect()
+    }
+
+    async fn load_keys(
+        &self,
+        raws: &[RawEvent],
+        keys: &mut HashMap<Uuid, DataKey>,
+    ) -> Result<(), StoreError> {
+        let mut missing: Vec<Uuid> = raws
+            .iter()
+            .map(|r| r.customer_id)
+            .filter(|c| !keys.contains_key(c))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for chunk in missing.chunks(1000) {
+            for (customer, wrapped) in self.backend.data_keys(chunk).await? {
+                keys.insert(customer, self.master.unwrap_key(&wrapped, customer)?);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn head_position(&self) -> Result<u64, StoreError> {
+        self.backend.head_position().await
+    }
+
+    /// Checks every stream's hash chain and the log's positions, naming the first broken
+    /// event. Needs no data keys: the chain covers the ciphertext.
+    pub async fn verify(&self, progress: ProgressFn<'_>) -> Result<VerifyReport, StoreError> {
+        let total = self.backend.head_position().await?;
+        let mut heads: HashMap<Uuid, (u64, Vec<u8>)> = HashMap::new();
+        let mut after = 0u64;
+        let mut events = 0u64;
+        loop {
+            let page = self.backend.read_all(after, SCAN_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for raw in &page {
+                let broken = |reason: String| BrokenEvent {
+                    global_position: raw.global_position,
+                    customer_id: raw.customer_id,
+                    stream_version: raw.stream_version,
+                    event_id: raw.event_id,
+                    reason,
+                };
+                if raw.global_position != after + 1 {
+                    let reason = format!(
+                        "global position jumps from {after} to {} (events are missing)",
+                        raw.global_position
+                    );
+                    return Ok(report(events, &heads, Some(broken(reason))));
+                }
+                let (version, prev) = heads
+                    .get(&raw.customer_id)
+                    .map_or((0, GENESIS.to_vec()), |(v, h)| (*v, h.clone()));
+                if raw.stream_version != version + 1 {
+                    let reason = format!(
+                        "stream version jumps from {version} to {} (events are missing)",
+                        raw.stream_version
+                    );
+                    return Ok(report(events, &heads, Some(broken(reason))));
+                }
+                let hash = event_hash(&prev, &raw.chain_input());
+                if hash.as_slice() != raw.hash.as_slice() {
+                    let reason =
+                        "hash does not match: the event's stored bytes were altered".to_owned();
+                    return Ok(report(events, &heads, Some(broken(reason))));
+                }
+                heads.insert(raw.customer_id, (raw.stream_version, raw.hash.clone()));
+                after = raw.global_position;
+                events += 1;
+            }
+            progress(events, total.max(events));
+        }
+        // A stream cut short at its end breaks no chain; the projection remembers its length.
+        let mut cursor = None;
+        loop {
+            let page = self.backend.projection_page(cursor, 1000).await?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = Some(*last);
+            for (customer, row) in page.iter().filter(|(_, r)| r.kind == projection::CUSTOMER) {
+                let state = projection::state(std::slice::from_ref(row))?;
+                let logged = heads.get(customer).map_or(0, |(v, _)| *v);
+                if state.stream_version != logged {
+                    let reason = format!(
+                        "the record says the stream has {} events but the log holds {logged} (events were removed)",
+                        state.stream_version
+                    );
+                    let broken = BrokenEvent {
+                        global_position: 0,
+                        customer_id: *customer,
+                        stream_version: logged + 1,
+                        event_id: Uuid::nil(),
+                        reason,
+                    };
+                    return Ok(report(events, &heads, Some(broken)));
+                }
+            }
+        }
+        Ok(report(events, &heads, None))
+    }
+
+    /// Re-creates every projection row from the log and reports whether the result equals
+    /// what was there. Appends that land meanwhile are folded in before the swap.
+    pub async fn rebuild(&self, progress: ProgressFn<'_>) -> Result<RebuildReport, StoreError> {
+        let mut states: HashMap<Uuid, CustomerState> = HashMap::new();
+        let mut keys = HashMap::new();
+        let mut after = 0u64;
+        let mut events = 0u64;
+        let total = self.backend.head_position().await?;
+        loop {
+            loop {
+                let page = self.backend.read_all(after, SCAN_PAGE).await?;
+                if page.is_empty() {
+                    break;
+                }
+                self.load_keys(&page, &mut keys).await?;
+                for raw in &page {
+                    let key = keys.get(&raw.customer_id).ok_or_else(|| {
+                        StoreError::Integrity(format!(
+                            "customer {} has no data key",
+                            raw.customer_id
+                        ))
+                    })?;
+                    let recorded = decode(raw, key)?;
+                    let state = states.remove(&raw.customer_id).unwrap_or_default();
+                    states.insert(raw.customer_id, evolve(state, &recorded.envelope));
+                    after = raw.global_position;
+                    events += 1;
+                }
+                progress(events, total.max(events));
+            }
+            let mut rebuilt: BTreeMap<Uuid, Vec<ProjectionRow>> = BTreeMap::new();
+            for (customer, state) in &states {
+                rebuilt.insert(*customer, projection::rows(state)?);
+            }
+            let live = self.all_projection_rows().await?;
+            let mut differing = Vec::new();
+            let mut differing_count = 0u64;
+            for customer in rebuilt
+                .keys()
+                .chain(live.keys().filter(|c| !rebuilt.contains_key(*c)))
+            {
+                if rebuilt.get(customer) != live.get(customer) {
+                    differing_count += 1;
+                    if differing.len() < 20 {
+                        differing.push(*customer);
+                    }
+                }
+            }
+            let flat: Vec<(Uuid, ProjectionRow)> = rebuilt
+                .iter()
+                .flat_map(|(c, rows)| rows.iter().map(move |r| (*c, r.clone())))
+                .collect();
+            if self.backend.replace_projections(&flat, after).await? {
+                return Ok(RebuildReport {
+                    events,
+                    customers: rebuilt.len() as u64,
+                    rows: flat.len() as u64,
+                    identical: differing_count == 0,
+                    differing_customers: differing,
+                    differing_count,
+                });
+            }
+            // The log moved on while we compared: fold the new events in and try again.
+        }
+    }
+
+    async fn all_projection_rows(&self) -> Result<BTreeMap<Uuid, Vec<ProjectionRow>>, StoreError> {
+        let mut all: BTreeMap<Uuid, Vec<ProjectionRow>> = BTreeMap::new();
+        let mut cursor = None;
+        loop {
+            let page = self.backend.projection_page(cursor, 1000).await?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = Some(*last);
+            for (customer, row) in page {
+                all.entry(customer).or_default().push(row);
+            }
+        }
+        for rows in all.values_mut() {
+            rows.sort();
+        }
+        Ok(all)
+    }
+}
+
+fn report(
+    events: u64,
+    heads: &HashMap<Uuid, (u64, Vec<u8>)>,
+    first_broken: Option<BrokenEvent>,
+) -> VerifyReport {
+    VerifyReport {
+        events,
+        streams: heads.len() as u64,
+        first_broken,
+    }
+}
+
+fn replay(
+    source: &str,
+    key: &str,
+    request_hash: &[u8],
+    stored_hash: &[u8],
+    result: &str,
+) -> Result<Executed, ExecuteError> {
+    if request_hash != stored_hash {
+        return Err(ExecuteError::IdempotencyConflict {
+            source_id: source.to_owned(),
+            key: key.to_owned(),
+        });
+    }
+    Ok(Executed {
+        result: serde_json::from_str(result).map_err(StoreError::from)?,
+        replayed: true,
+    })
+}
+
+/// Databases keep microseconds; so do we, so that a stored event reads back identical.
+fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    from_micros(micros(at))
+}
+
+/// Associated data binding a payload to its row.
+fn aad(customer: Uuid, event_id: Uuid) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(customer.as_bytes());
+    out[16..].copy_from_slice(event_id.as_bytes());
+    out
+}
+
+fn prepare(
+    customer: Uuid,
+    envelope: &EventEnvelope,
+    key: &DataKey,
+) -> Result<PreparedEvent, StoreError> {
+    let stored = StoredEvent::from_event(&envelope.event)?;
+    let plaintext = serde_json::to_vec(&stored.data)?;
+    let event_id = envelope.id.as_uuid();
+    Ok(PreparedEvent {
+        event_id,
+        stream_version: envelope.stream_version,
+        event_type: stored.event_type,
+        schema_version: stored.schema_version,
+        field: envelope.event.payload.field().map(|f| f.to_string()),
+        recorded_at_micros: micros(envelope.event.provenance.recorded_at),
+        payload: key.seal(&plaintext, &aad(customer, event_id))?,
+    })
+}
+
+fn decode(raw: &RawEvent, key: &DataKey) -> Result<RecordedEvent, StoreError> {
+    let plaintext = key.open(&raw.payload, &aad(raw.customer_id, raw.event_id))?;
+    let data: serde_json::Value = serde_json::from_slice(&plaintext)?;
+    let event = StoredEvent {
+        event_type: raw.event_type.clone(),
+        schema_version: raw.schema_version,
+        data,
+    }
+    .into_event()?;
+    let customer_id = CustomerId::from_uuid(raw.customer_id)
+        .map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))?;
+    Ok(RecordedEvent {
+        global_position: raw.global_position,
+        customer_id,
+        recorded_at: from_micros(raw.recorded_at_micros),
+        envelope: EventEnvelope {
+            id: EventId::from(raw.event_id),
+            stream_version: raw.stream_version,
+            event,
+        },
+    })
+}
+
+/// Group commit: takes whatever commands are waiting (up to `max_batch`) and writes them in
+/// one transaction, so one durable commit acknowledges many commands.
+async fn run_writer(
+    backend: Arc<dyn Backend>,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    max_batch: usize,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while jobs.recv_many(&mut batch, max_batch).await > 0 {
+        let (requests, replies): (Vec<AppendRequest>, Vec<_>) =
+            batch.drain(..).map(|j| (j.request, j.reply)).unzip();
+        match backend.write_batch(&requests).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // The caller may have gone away (request cancelled); its write stands.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, commands = requests.len(), "group commit failed; no command in the batch was recorded");
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
+                }
+            }
+        }
+    }
+}

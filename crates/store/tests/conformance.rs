@@ -1,0 +1,822 @@
+//! One conformance suite, run against every backend: PostgreSQL (a real server) and SQLite.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use idledger_domain::command::{Change, Principal};
+use idledger_domain::decide::Outcome;
+use idledger_domain::field::FieldValue;
+use idledger_domain::ids::CustomerId;
+use idledger_store::ExecuteError;
+use idledger_store::model::{
+    AppendOutcome, AppendRequest, IdempotencyRecord, PreparedEvent, ProjectionDiff,
+};
+use serde_json::json;
+use support::*;
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Engine::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Engine::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    concurrent_appends_at_the_same_version_exactly_one_wins,
+    concurrent_registrations_through_separate_ledgers_one_wins,
+    idempotent_retry_returns_the_first_result,
+    idempotency_key_reuse_with_another_body_is_a_conflict,
+    concurrent_duplicates_are_recorded_once,
+    tail_reader_sees_every_committed_event_once_in_order,
+    altering_any_stored_byte_is_detected_at_that_event,
+    removed_events_are_detected,
+    rebuilt_projection_equals_the_live_one,
+    no_plaintext_personal_data_in_the_events_table,
+    history_and_record_as_of_an_instant,
+    refused_commands_write_nothing,
+);
+
+/// payload, event_type, field, hash
+type EventColumns = (Vec<u8>, String, Option<String>, Vec<u8>);
+
+fn bogus_append(customer: uuid::Uuid, key: &str, expected_version: u64) -> AppendRequest {
+    AppendRequest {
+        customer_id: customer,
+        expected_version,
+        events: vec![PreparedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            stream_version: expected_version + 1,
+            event_type: "customer_registered".to_owned(),
+            schema_version: 1,
+            field: None,
+            recorded_at_micros: 0,
+            payload: vec![1, 2, 3],
+        }],
+        new_data_key: None,
+        idempotency: IdempotencyRecord {
+            source: "test".to_owned(),
+            key: key.to_owned(),
+            request_hash: vec![0],
+            result: "{}".to_owned(),
+        },
+        projection: ProjectionDiff::default(),
+    }
+}
+
+async fn concurrent_appends_at_the_same_version_exactly_one_wins(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let customer = uuid::Uuid::now_v7();
+    // Separate backends (pools) so the appends race as separate transactions.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let backend = db.backend().await;
+        tasks.push(tokio::spawn(async move {
+            backend
+                .write_batch(&[bogus_append(customer, &format!("k{i}"), 0)])
+                .await
+                .unwrap()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.extend(t.await.unwrap().into_iter().map(Result::unwrap));
+    }
+    let won = outcomes
+        .iter()
+        .filter(|o| matches!(o, AppendOutcome::Appended { .. }))
+        .count();
+    let lost = outcomes
+        .iter()
+        .filter(|o| **o == AppendOutcome::VersionConflict)
+        .count();
+    assert_eq!((won, lost), (1, 7), "{outcomes:?}");
+    // The same inside one batch: the first wins, the rest conflict, none fails the others.
+    let other = uuid::Uuid::now_v7();
+    let batch: Vec<_> = (0..4)
+        .map(|i| bogus_append(other, &format!("b{i}"), 0))
+        .collect();
+    let results = db.backend().await.write_batch(&batch).await.unwrap();
+    let results: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    assert!(matches!(results[0], AppendOutcome::Appended { .. }));
+    assert!(
+        results[1..]
+            .iter()
+            .all(|o| *o == AppendOutcome::VersionConflict)
+    );
+    assert_eq!(db.backend().await.head_position().await.unwrap(), 2);
+}
+
+async fn concurrent_registrations_through_separate_ledgers_one_wins(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let customer = new_customer();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let ledger = store.another_ledger().await;
+        tasks.push(tokio::spawn(async move {
+            ledger
+                .execute(
+                    &source("idp"),
+                    &command(customer, &format!("reg-{i}"), vec![Change::Register]),
+                )
+                .await
+        }));
+    }
+    let mut registered = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(e) => {
+                assert_eq!(e.result.outcomes, [Outcome::Registered]);
+                registered += 1;
+            }
+            Err(ExecuteError::Refused(r)) => assert_eq!(r.refusal.code(), "already_registered"),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(registered, 1);
+    let stream = store.ledger.stream(customer, None, None).await.unwrap();
+    assert_eq!(stream.len(), 1);
+}
+
+async fn idempotent_retry_returns_the_first_result(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let customer = new_customer();
+    let cmd = command(
+        customer,
+        "register-1",
+        vec![Change::Register, set("name.given", json!("Ada"))],
+    );
+    let first = store.ledger.execute(&source("idp"), &cmd).await.unwrap();
+    assert!(!first.replayed);
+    let again = store.ledger.execute(&source("idp"), &cmd).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.result, first.result);
+    assert_eq!(store.ledger.head_position().await.unwrap(), 2);
+    // The same key from another source is another request.
+    let other = command(
+        customer,
+        "register-1",
+        vec![set("name.family", json!("Lovelace"))],
+    );
+    let e = store.ledger.execute(&source("idp"), &other).await;
+    assert!(
+        matches!(e, Err(ExecuteError::IdempotencyConflict { .. })),
+        "{e:?}"
+    );
+    let r = store
+        .ledger
+        .execute(
+            &source("web_app"),
+            &command(
+                customer,
+                "register-1",
+                vec![set(
+                    "postal_address",
+                    json!({"lines": ["1 Main St"], "locality": "Leeds", "country": "GB"}),
+                )],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(!r.replayed);
+    // A no-op is remembered too: its retry replays it.
+    let noop = command(customer, "noop-1", vec![set("name.given", json!("Ada"))]);
+    let first = store.ledger.execute(&source("idp"), &noop).await.unwrap();
+    assert!(first.result.events.is_empty());
+    assert!(
+        store
+            .ledger
+            .execute(&source("idp"), &noop)
+            .await
+            .unwrap()
+            .replayed
+    );
+}
+
+async fn idempotency_key_reuse_with_another_body_is_a_conflict(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let customer = new_customer();
+    store
+        .ledger
+        .execute(
+            &source("idp"),
+            &command(customer, "k", vec![Change::Register]),
+        )
+        .await
+        .unwrap();
+    let other_body = command(customer, "k", vec![set("name.given", json!("Grace"))]);
+    match store.ledger.execute(&source("idp"), &other_body).await {
+        Err(ExecuteError::IdempotencyConflict { key, source_id }) => {
+            assert_eq!((key.as_str(), source_id.as_str()), ("k", "idp"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.ledger.head_position().await.unwrap(), 1);
+}
+
+async fn concurrent_duplicates_are_recorded_once(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let customer = new_customer();
+    let cmd = command(
+        customer,
+        "dup",
+        vec![Change::Register, set("name.given", json!("Ada"))],
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let ledger = store.another_ledger().await;
+        let cmd = cmd.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger.execute(&source("idp"), &cmd).await.unwrap()
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|r| !r.replayed).count(), 1);
+    assert!(results.windows(2).all(|w| w[0].result == w[1].result));
+    assert_eq!(store.ledger.head_position().await.unwrap(), 2);
+}
+
+/// Appends events inside a transaction that then rolls back, as a writer that crashed
+/// mid-transaction would: takes the same lock as real appends, writes, waits, rolls back.
+async fn rolled_back_writer(db: &TestDb, stop: Arc<AtomicBool>) -> u32 {
+    let mut rollbacks = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let customer = uuid::Uuid::now_v7();
+        match db.engine {
+            Engine::Postgres => {
+                let pg = db.pg().await;
+                let mut tx = pg.pool().begin().await.unwrap();
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(idledger_store::postgres::LOG_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "INSERT INTO events (global_position, event_id, customer_id, stream_version, event_type, schema_version, recorded_at, payload, hash) \
+                     SELECT COALESCE(MAX(global_position), 0) + 1, $1, $2, 1, 'customer_registered', 1, now(), '\\x00', '\\x00' FROM events",
+                )
+                .bind(uuid::Uuid::now_v7())
+                .bind(customer)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                tx.rollback().await.unwrap();
+            }
+            Engine::Sqlite => {
+                let lite = db.sqlite().await;
+                let mut tx = lite.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+                sqlx::query(
+                    "INSERT INTO events (global_position, event_id, customer_id, stream_version, event_type, schema_version, recorded_at, payload, hash) \
+                     SELECT COALESCE(MAX(global_position), 0) + 1, ?1, ?2, 1, 'customer_registered', 1, 0, x'00', x'00' FROM events",
+                )
+                .bind(uuid::Uuid::now_v7())
+                .bind(customer)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                tx.rollback().await.unwrap();
+            }
+        }
+        rollbacks += 1;
+    }
+    rollbacks
+}
+
+async fn tail_reader_sees_every_committed_event_once_in_order(engine: Engine) {
+    let store = Arc::new(TestStore::new(engine).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done_writing = Arc::new(AtomicBool::new(false));
+
+    let reader = {
+        let ledger = store.another_ledger().await;
+        let done = done_writing.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(u64, uuid::Uuid)> = Vec::new();
+            let mut after = 0;
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let page = ledger.read_all(after, 50).await.unwrap();
+                for e in &page {
+                    assert_eq!(
+                        e.global_position,
+                        after + 1,
+                        "the reader skipped or repeated a position"
+                    );
+                    after = e.global_position;
+                    seen.push((e.global_position, e.envelope.id.as_uuid()));
+                }
+                if page.is_empty() {
+                    if finished {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            seen
+        })
+    };
+    let rollbacks = {
+        let store = store.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { rolled_back_writer(&store.db, stop).await })
+    };
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let ledger = store.another_ledger().await;
+        writers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for c in 0..10 {
+                let customer = new_customer();
+                let r = ledger
+                    .execute(
+                        &source("idp"),
+                        &command(
+                            customer,
+                            &format!("w{w}-c{c}-reg"),
+                            vec![Change::Register, set("name.given", json!("Ada"))],
+                        ),
+                    )
+                    .await
+                    .unwrap();
+                ids.extend(r.result.events.iter().map(|e| e.id.as_uuid()));
+                for n in 0..3 {
+                    let r = ledger
+                        .execute(
+                            &source("idp"),
+                            &command(
+                                customer,
+                                &format!("w{w}-c{c}-{n}"),
+                                vec![set("name.family", json!(format!("Family{n}")))],
+                            ),
+                        )
+                        .await
+                        .unwrap();
+                    ids.extend(r.result.events.iter().map(|e| e.id.as_uuid()));
+                }
+            }
+            ids
+        }));
+    }
+    let mut committed = BTreeSet::new();
+    for w in writers {
+        committed.extend(w.await.unwrap());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let rollbacks = rollbacks.await.unwrap();
+    done_writing.store(true, Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    assert!(rollbacks > 0, "the rolled-back writer never ran");
+    let seen_ids: BTreeSet<uuid::Uuid> = seen.iter().map(|(_, id)| *id).collect();
+    assert_eq!(seen_ids.len(), seen.len(), "an event was delivered twice");
+    assert_eq!(
+        seen_ids, committed,
+        "the reader saw something other than exactly the committed events"
+    );
+    assert_eq!(committed.len(), 4 * 10 * 5);
+}
+
+async fn write_sample(store: &TestStore) -> Vec<CustomerId> {
+    let mut customers = Vec::new();
+    for i in 0..3 {
+        let c = new_customer();
+        store
+            .ledger
+            .execute(
+                &source("idp"),
+                &command(
+                    c,
+                    &format!("s{i}"),
+                    vec![
+                        Change::Register,
+                        set("email", json!(format!("ada{i}@example.org"))),
+                        set("name.given", json!("Augusta")),
+                    ],
+                ),
+            )
+            .await
+            .unwrap();
+        store
+            .ledger
+            .execute(
+                &source("crm"),
+                &command(c, &format!("p{i}"), vec![set("name.given", json!("Ada"))]),
+            )
+            .await
+            .unwrap();
+        customers.push(c);
+    }
+    customers
+}
+
+async fn altering_any_stored_byte_is_detected_at_that_event(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    write_sample(&store).await;
+    let report = store.ledger.verify(&|_, _| {}).await.unwrap();
+    assert_eq!(
+        (report.events, report.streams, report.first_broken.clone()),
+        (12, 3, None)
+    );
+    let (unlock, hexbyte) = match engine {
+        Engine::Postgres => (
+            "ALTER TABLE events DISABLE TRIGGER events_append_only;",
+            "'\\x00'::bytea",
+        ),
+        Engine::Sqlite => ("DROP TRIGGER events_no_update;", "x'00'"),
+    };
+    store.db.exec(unlock).await;
+    let payload_flip = match engine {
+        Engine::Postgres => "UPDATE events SET payload = set_byte(payload, 30, get_byte(payload, 30) # 1) WHERE global_position = 7".to_owned(),
+        Engine::Sqlite => "UPDATE events SET payload = substr(payload, 1, 30) || x'ff' || substr(payload, 32) WHERE global_position = 7".to_owned(),
+    };
+    let recorded_at = match engine {
+        Engine::Postgres => {
+            "UPDATE events SET recorded_at = recorded_at + interval '1 microsecond' WHERE global_position = 5"
+        }
+        Engine::Sqlite => {
+            "UPDATE events SET recorded_at = recorded_at + 1 WHERE global_position = 5"
+        }
+    };
+    let tampers = [
+        (payload_flip, 7u64),
+        (
+            "UPDATE events SET field = 'name.family' WHERE global_position = 6".to_owned(),
+            6,
+        ),
+        (recorded_at.to_owned(), 5),
+        (
+            "UPDATE events SET event_type = 'field_cleared' WHERE global_position = 3".to_owned(),
+            3,
+        ),
+        (
+            format!("UPDATE events SET hash = {hexbyte} WHERE global_position = 2"),
+            2,
+        ),
+    ];
+    for (sql, position) in tampers {
+        store.db.exec(&sql).await;
+        let report = store.ledger.verify(&|_, _| {}).await.unwrap();
+        let broken = report.first_broken.expect("tampering went unnoticed");
+        assert_eq!(broken.global_position, position, "{sql}: {}", broken.reason);
+    }
+}
+
+async fn removed_events_are_detected(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let customers = write_sample(&store).await;
+    let unlock = match engine {
+        Engine::Postgres => "ALTER TABLE events DISABLE TRIGGER events_append_only;",
+        Engine::Sqlite => "DROP TRIGGER events_no_delete;",
+    };
+    store.db.exec(unlock).await;
+    // The last event of the last stream: no chain breaks, but the record remembers its length.
+    store
+        .db
+        .exec("DELETE FROM events WHERE global_position = 12")
+        .await;
+    let broken = store
+        .ledger
+        .verify(&|_, _| {})
+        .await
+        .unwrap()
+        .first_broken
+        .unwrap();
+    assert_eq!(
+        broken.customer_id,
+        customers[2].as_uuid(),
+        "{}",
+        broken.reason
+    );
+    assert!(broken.reason.contains("removed"), "{}", broken.reason);
+    // One in the middle of the log.
+    store
+        .db
+        .exec("DELETE FROM events WHERE global_position = 4")
+        .await;
+    let broken = store
+        .ledger
+        .verify(&|_, _| {})
+        .await
+        .unwrap()
+        .first_broken
+        .unwrap();
+    assert_eq!(broken.global_position, 5, "{}", broken.reason);
+}
+
+async fn rebuilt_projection_equals_the_live_one(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let customers = write_sample(&store).await;
+    let c = customers[0];
+    let consent = Change::GrantConsent {
+        purpose: idledger_domain::ids::Purpose::parse("marketing").unwrap(),
+        basis: idledger_domain::values::LegalBasis::Consent,
+        notice: idledger_domain::values::NoticeRef::new("pn", "3", &"ab".repeat(32)).unwrap(),
+        channel: idledger_domain::values::ConsentChannel::Web,
+        jurisdiction: idledger_domain::values::Jurisdiction::parse("DE").unwrap(),
+        expires_at: None,
+    };
+    store
+        .ledger
+        .execute(
+            &source("consent_portal"),
+            &command(c, "consent", vec![consent]),
+        )
+        .await
+        .unwrap();
+    let change = Change::RequestChange {
+        field: field("email"),
+        value: FieldValue::parse(&field("email"), &json!("new@example.org")).unwrap(),
+        expected_version: None,
+    };
+    store
+        .ledger
+        .execute(&source("web_app"), &command(c, "req", vec![change]))
+        .await
+        .unwrap();
+    let state = store.ledger.state(c).await.unwrap().unwrap();
+    let proposal = *state.proposals.keys().next().unwrap();
+    store
+        .ledger
+        .execute(
+            &Principal::Steward,
+            &command(
+                c,
+                "accept",
+                vec![Change::AcceptProposal {
+                    proposal_id: proposal,
+                }],
+            ),
+        )
+        .await
+        .unwrap();
+    let before = store.ledger.state(c).await.unwrap().unwrap();
+
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!((report.events, report.customers), (16, 3));
+    assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), before);
+
+    // A damaged projection row is reported and repaired.
+    store
+        .db
+        .exec("UPDATE projections SET record = '{}' WHERE kind = 'field' AND key = 'name.given'")
+        .await;
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(!report.identical);
+    assert_eq!(report.differing_count, 3);
+    assert!(store.ledger.rebuild(&|_, _| {}).await.unwrap().identical);
+    assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), before);
+}
+
+async fn no_plaintext_personal_data_in_the_events_table(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    let secrets = [
+        ("email", "augusta.king@example.org"),
+        ("name.family", "Lovelace-Byron"),
+        ("phone", "+442079460958"),
+    ];
+    let mut changes = vec![Change::Register];
+    changes.extend(secrets.iter().map(|(f, v)| set(f, json!(v))));
+    changes.push(set(
+        "postal_address",
+        json!({"lines": ["12 St James Square"], "locality": "Marylebone", "country": "GB"}),
+    ));
+    store
+        .ledger
+        .execute(&source("idp"), &command(c, "pii", changes[..4].to_vec()))
+        .await
+        .unwrap();
+    store
+        .ledger
+        .execute(
+            &source("web_app"),
+            &command(c, "addr", changes[4..].to_vec()),
+        )
+        .await
+        .unwrap();
+    let dump: Vec<u8> = match engine {
+        Engine::Postgres => {
+            let rows: Vec<String> = sqlx::query_scalar("SELECT e::text FROM events e")
+                .fetch_all(store.db.pg().await.pool())
+                .await
+                .unwrap();
+            let raw: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM events")
+                .fetch_all(store.db.pg().await.pool())
+                .await
+                .unwrap();
+            rows.join("\n")
+                .into_bytes()
+                .into_iter()
+                .chain(raw.concat())
+                .collect()
+        }
+        Engine::Sqlite => {
+            let lite = store.db.sqlite().await;
+            let rows: Vec<EventColumns> =
+                sqlx::query_as("SELECT payload, event_type, field, hash FROM events")
+                    .fetch_all(lite.pool())
+                    .await
+                    .unwrap();
+            rows.into_iter()
+                .flat_map(|(p, t, f, h)| {
+                    [p, t.into_bytes(), f.unwrap_or_default().into_bytes(), h].concat()
+                })
+                .collect()
+        }
+    };
+    assert!(dump.len() > 500, "the dump is suspiciously small");
+    let text = String::from_utf8_lossy(&dump).to_lowercase();
+    for needle in [
+        "augusta",
+        "lovelace",
+        "2079460958",
+        "james square",
+        "marylebone",
+    ] {
+        assert!(
+            !text.contains(needle),
+            "plaintext '{needle}' found in the events table"
+        );
+    }
+    // …while the ledger reads them back.
+    let history = store.ledger.history(c, &field("email")).await.unwrap();
+    let idledger_domain::event::EventPayload::FieldSet { value, .. } =
+        &history[0].envelope.event.payload
+    else {
+        panic!("expected field_set")
+    };
+    assert_eq!(value.to_json(), json!("augusta.king@example.org"));
+}
+
+async fn history_and_record_as_of_an_instant(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    store
+        .ledger
+        .execute(
+            &source("idp"),
+            &command(
+                c,
+                "1",
+                vec![Change::Register, set("name.given", json!("Ada"))],
+            ),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    store
+        .ledger
+        .execute(
+            &source("idp"),
+            &command(c, "2", vec![set("name.given", json!("Augusta"))]),
+        )
+        .await
+        .unwrap();
+    store
+        .ledger
+        .execute(
+            &source("crm"),
+            &command(c, "3", vec![set("name.given", json!("Countess"))]),
+        )
+        .await
+        .unwrap();
+    store
+        .ledger
+        .execute(
+            &source("idp"),
+            &command(c, "4", vec![set("name.family", json!("King"))]),
+        )
+        .await
+        .unwrap();
+
+    let history = store.ledger.history(c, &field("name.given")).await.unwrap();
+    let types: Vec<&str> = history
+        .iter()
+        .map(|e| e.envelope.event.payload.type_name())
+        .collect();
+    assert_eq!(types, ["field_set", "field_set", "value_proposed"]);
+    assert!(
+        history
+            .windows(2)
+            .all(|w| w[0].global_position < w[1].global_position)
+    );
+    let prov = &history[2].envelope.event.provenance;
+    assert_eq!(
+        (prov.source.as_str(), prov.idempotency_key.as_str()),
+        ("crm", "3")
+    );
+    assert_eq!(
+        history[0].envelope.event.policy_version,
+        *store.ledger.policy().version()
+    );
+
+    let then = store.ledger.state_as_of(c, between).await.unwrap().unwrap();
+    assert_eq!(
+        then.value(&field("name.given")).unwrap().to_json(),
+        json!("Ada")
+    );
+    assert!(then.value(&field("name.family")).is_none());
+    let now = store.ledger.state(c).await.unwrap().unwrap();
+    assert_eq!(
+        now.value(&field("name.given")).unwrap().to_json(),
+        json!("Augusta")
+    );
+    assert_eq!(now.stream_version, 5);
+    let before_anything = between - chrono::Duration::days(1);
+    assert!(
+        store
+            .ledger
+            .state_as_of(c, before_anything)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The projection holds what the log folds to.
+    let folded = store
+        .ledger
+        .state_as_of(c, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(folded, now);
+}
+
+async fn refused_commands_write_nothing(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    let refused = store
+        .ledger
+        .execute(
+            &source("crm"),
+            &command(c, "x", vec![set("name.given", json!("Ada"))]),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(ExecuteError::Refused(ref r)) if r.refusal.code() == "not_registered"),
+        "{refused:?}"
+    );
+    store
+        .ledger
+        .execute(&source("idp"), &command(c, "reg", vec![Change::Register]))
+        .await
+        .unwrap();
+    let partly_bad = command(
+        c,
+        "y",
+        vec![
+            set("name.given", json!("Ada")),
+            set("email", json!("a@example.org")),
+            set("locale", json!("en")),
+        ],
+    );
+    let mut no_evidence = partly_bad.clone();
+    no_evidence.provenance.evidence = None;
+    let r = store.ledger.execute(&source("idp"), &no_evidence).await;
+    assert!(
+        matches!(r, Err(ExecuteError::Refused(ref r)) if r.change_index == Some(1)),
+        "{r:?}"
+    );
+    assert_eq!(store.ledger.head_position().await.unwrap(), 1);
+    let state = store.ledger.state(c).await.unwrap().unwrap();
+    assert!(state.fields.is_empty());
+    // A refusal is not remembered: the corrected command may reuse the key.
+    let mut fixed = no_evidence.clone();
+    fixed.changes.truncate(1);
+    store.ledger.execute(&source("idp"), &fixed).await.unwrap();
+    let rows: BTreeMap<String, u64> = store
+        .ledger
+        .state(c)
+        .await
+        .unwrap()
+        .unwrap()
+        .fields
+        .iter()
+        .map(|(f, r)| (f.to_string(), r.version))
+        .collect();
+    assert_eq!(rows, BTreeMap::from([("name.given".to_owned(), 1)]));
+}
