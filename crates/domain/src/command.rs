@@ -218,6 +218,12 @@ impl Refusal {
     }
 }
 
+impl From<crate::field::UnknownField> for Refusal {
+    fn from(e: crate::field::UnknownField) -> Self {
+        Self::UnknownField { path: e.path }
+    }
+}
+
 /// A refusal, with the index of the change that caused it (if one did).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
 #[error("{}{refusal}", .change_index.map(|i| format!("change {i}: ")).unwrap_or_default())]

@@ -166,11 +166,12 @@ impl Ledger {
         let key = command.idempotency_key.as_str();
         let request_hash =
             Sha256::digest(serde_json::to_vec(command).map_err(StoreError::from)?).to_vec();
-        if let Some((hash, result)) = self.backend.idempotency(&source, key).await? {
-            return replay(&source, key, &request_hash, &hash, &result);
-        }
         let customer = command.customer_id.as_uuid();
         for _ in 0..MAX_ATTEMPTS {
+            // Checked on every attempt: a concurrent duplicate may have committed meanwhile.
+            if let Some((hash, result)) = self.backend.idempotency(&source, key).await? {
+                return replay(&source, key, &request_hash, &hash, &result);
+            }
             let rows = self.backend.projection_rows(customer).await?;
             let state = projection::state(&rows)?;
             let now = truncate_to_micros(Utc::now());
@@ -180,7 +181,17 @@ impl Ledger {
                 principal: principal.clone(),
                 id_seed: Uuid::now_v7(),
             };
-            let decision = decide(&state, command, &ctx).map_err(ExecuteError::Refused)?;
+            let decision = match decide(&state, command, &ctx) {
+                Ok(decision) => decision,
+                Err(refused) => {
+                    // The state may already hold this very command's effect, committed by a
+                    // concurrent duplicate after the check above: its result is the answer.
+                    if let Some((hash, result)) = self.backend.idempotency(&source, key).await? {
+                        return replay(&source, key, &request_hash, &hash, &result);
+                    }
+                    return Err(ExecuteError::Refused(refused));
+                }
+            };
             let (data_key, new_data_key) = if decision.events.is_empty() {
                 (None, None)
             } else {

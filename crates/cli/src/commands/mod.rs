@@ -1,0 +1,9 @@
+//! One module per subcommand. Each takes the resolved settings and its own arguments, writes
+//! its report to `out`, and returns the process's exit status.
+
+pub mod demo;
+pub mod history;
+pub mod migrate;
+pub mod rebuild;
+pub mod record;
+pub mod verify;

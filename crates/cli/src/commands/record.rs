@@ -1,0 +1,49 @@
+//! `idledger record <CUSTOMER_ID> [--as-of T]`: the golden record, now or at an instant.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use chrono::Utc;
+
+use crate::cli::RecordArgs;
+use crate::config::Settings;
+use crate::render::time;
+use crate::store::{self, KeyUse};
+use crate::view::RecordView;
+
+pub async fn run(
+    settings: &Settings,
+    args: &RecordArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let ledger = store::open_ledger(settings, KeyUse::Required).await?;
+    let state = match args.as_of {
+        Some(at) => ledger.state_as_of(args.customer, at).await?,
+        None => ledger.state(args.customer).await?,
+    };
+    let Some(state) = state else {
+        match args.as_of {
+            Some(at) => bail!(
+                "customer {} had no events as of {} in {}",
+                args.customer,
+                time(at),
+                settings.database
+            ),
+            None => bail!(
+                "customer {} is not in this store ({})",
+                args.customer,
+                settings.database
+            ),
+        }
+    };
+    let at = args.as_of.unwrap_or_else(Utc::now);
+    let view = RecordView::new(args.customer, &state, ledger.policy(), at, args.as_of);
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &view)?;
+        writeln!(out)?;
+    } else {
+        view.write_text(out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,374 @@
+//! Typed settings, resolved once from the command line and the environment and passed to
+//! each command. Precedence: command-line flag, then `IDLEDGER__…` variable, then (for the
+//! database only) `DATABASE_URL`, then the default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use idledger_domain::policy::Policy;
+use zeroize::Zeroizing;
+
+use crate::cli::GlobalArgs;
+
+/// The environment variable that may hold the master key itself (64 hex characters).
+pub const MASTER_KEY_ENV: &str = "IDLEDGER__MASTER_KEY";
+/// File name of the embedded database inside the data directory.
+pub const DB_FILE: &str = "idledger.db";
+/// File name of the generated master key inside the data directory.
+pub const KEY_FILE: &str = "master.key";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub database: Database,
+    /// Whether the database came from a flag or the environment rather than the default.
+    pub database_given: bool,
+    pub master_key: KeySource,
+    pub policy: PolicySource,
+}
+
+/// Which database to open.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    /// The URL as given; it may carry a password, so it is only ever shown through `Display`,
+    /// which redacts it.
+    Postgres(String),
+}
+
+/// Where the master key comes from.
+#[derive(Clone)]
+pub enum KeySource {
+    /// The key itself, from [`MASTER_KEY_ENV`].
+    Env(Zeroizing<String>),
+    /// A key file; `explicit` when named by a flag or the environment.
+    File { path: PathBuf, explicit: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    Default,
+    File(PathBuf),
+}
+
+impl Settings {
+    /// Resolves the settings from parsed arguments (which already folded in the variables
+    /// clap reads) and `env` for the variables it does not: `DATABASE_URL` and the key.
+    pub fn resolve(
+        args: &GlobalArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        if args.data_dir.as_os_str().is_empty() {
+            bail!("--data-dir (IDLEDGER__DATA_DIR) must not be empty");
+        }
+        let data_dir = args.data_dir.clone();
+        let given = args
+            .database
+            .clone()
+            .filter(|url| !url.trim().is_empty())
+            .or_else(|| env("DATABASE_URL"));
+        let database = match &given {
+            Some(url) => Database::parse(url)?,
+            None => Database::Sqlite(data_dir.join(DB_FILE)),
+        };
+        let key_file = args
+            .master_key_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        let master_key = match (env(MASTER_KEY_ENV), key_file) {
+            (Some(_), Some(path)) => bail!(
+                "both {MASTER_KEY_ENV} and a master key file ({}) are set; keep one, so that \
+                 it is clear which key protects the data",
+                path.display()
+            ),
+            (Some(key), None) => KeySource::Env(Zeroizing::new(key)),
+            (None, Some(path)) => KeySource::File {
+                path,
+                explicit: true,
+            },
+            (None, None) => KeySource::File {
+                path: data_dir.join(KEY_FILE),
+                explicit: false,
+            },
+        };
+        let policy = match args.policy.clone().filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => PolicySource::File(path),
+            None => PolicySource::Default,
+        };
+        Ok(Self {
+            data_dir,
+            database,
+            database_given: given.is_some(),
+            master_key,
+            policy,
+        })
+    }
+
+    /// Loads the authority policy, naming the file when it does not parse.
+    pub fn load_policy(&self) -> anyhow::Result<Policy> {
+        match &self.policy {
+            PolicySource::Default => {
+                Policy::default_policy().context("the built-in default policy is invalid")
+            }
+            PolicySource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the policy file {}", path.display()))?;
+                Policy::from_toml(&text).with_context(|| {
+                    format!("the policy file {} is not a valid policy", path.display())
+                })
+            }
+        }
+    }
+
+    /// Creates the data directory if it is missing.
+    pub fn ensure_data_dir(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                self.data_dir.display()
+            )
+        })
+    }
+}
+
+impl Database {
+    /// Parses `postgres://…`, `postgresql://…`, `sqlite://<path>`, `sqlite:<path>` or a bare
+    /// file path (SQLite).
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                bail!("the database URL '{url}' names no SQLite file; use sqlite://<path>");
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            bail!(
+                "unsupported database URL scheme '{scheme}': use postgres://… for PostgreSQL or sqlite://<path> for SQLite"
+            );
+        }
+        Ok(Self::Sqlite(PathBuf::from(url)))
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// The URL to hand to the store. Not for display: it may hold a password.
+    pub fn url(&self) -> anyhow::Result<String> {
+        match self {
+            Self::Postgres(url) => Ok(url.clone()),
+            Self::Sqlite(path) => match path.to_str() {
+                Some(p) => Ok(format!("sqlite://{p}")),
+                None => bail!("the SQLite path {} is not valid UTF-8", path.display()),
+            },
+        }
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(path) => Some(path),
+            Self::Postgres(_) => None,
+        }
+    }
+}
+
+/// Shows the URL with any password replaced by `***`.
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Database({self})")
+    }
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Env(_) => write!(f, "KeySource::Env({MASTER_KEY_ENV})"),
+            Self::File { path, explicit } => write!(
+                f,
+                "KeySource::File({}, explicit: {explicit})",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/…` and any `password=` query
+/// parameter with `***`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    // The userinfo ends at the last '@' before any query: a password may hold '/' or '@'.
+    let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = match rest[..query_start].rfind('@') {
+        Some(at) => {
+            let (userinfo, host_and_path) = (&rest[..at], &rest[at + 1..]);
+            let userinfo = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => userinfo.to_owned(),
+            };
+            (format!("{userinfo}@"), host_and_path)
+        }
+        None => (String::new(), rest),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn args(database: Option<&str>, key_file: Option<&str>) -> GlobalArgs {
+        GlobalArgs {
+            data_dir: PathBuf::from("/var/lib/idledger"),
+            database: database.map(str::to_owned),
+            master_key_file: key_file.map(PathBuf::from),
+            policy: None,
+        }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn database_precedence_is_flag_then_database_url_then_data_dir() {
+        let s = Settings::resolve(&args(None, None), env(&[])).unwrap();
+        assert_eq!(
+            s.database,
+            Database::Sqlite(PathBuf::from("/var/lib/idledger/idledger.db"))
+        );
+        assert!(!s.database_given);
+        let s = Settings::resolve(
+            &args(None, None),
+            env(&[("DATABASE_URL", "postgres://h/db")]),
+        )
+        .unwrap();
+        assert_eq!(s.database, Database::Postgres("postgres://h/db".to_owned()));
+        assert!(s.database_given);
+        let s = Settings::resolve(
+            &args(Some("sqlite://x.db"), None),
+            env(&[("DATABASE_URL", "postgres://h/db")]),
+        )
+        .unwrap();
+        assert_eq!(s.database, Database::Sqlite(PathBuf::from("x.db")));
+        let s = Settings::resolve(&args(None, None), env(&[("DATABASE_URL", "  ")])).unwrap();
+        assert!(!s.database_given);
+    }
+
+    #[test]
+    fn master_key_comes_from_one_place() {
+        let s = Settings::resolve(&args(None, None), env(&[])).unwrap();
+        assert!(
+            matches!(s.master_key, KeySource::File { explicit: false, ref path } if path.ends_with("master.key"))
+        );
+        let s = Settings::resolve(&args(None, Some("/k")), env(&[])).unwrap();
+        assert!(matches!(
+            s.master_key,
+            KeySource::File { explicit: true, .. }
+        ));
+        let s = Settings::resolve(&args(None, None), env(&[(MASTER_KEY_ENV, "ab")])).unwrap();
+        assert!(matches!(s.master_key, KeySource::Env(_)));
+        assert_eq!(
+            format!("{:?}", s.master_key),
+            "KeySource::Env(IDLEDGER__MASTER_KEY)"
+        );
+        let err =
+            Settings::resolve(&args(None, Some("/k")), env(&[(MASTER_KEY_ENV, "ab")])).unwrap_err();
+        assert!(err.to_string().contains("keep one"), "{err}");
+    }
+
+    #[test]
+    fn database_urls_parse_by_scheme() {
+        assert_eq!(
+            Database::parse("sqlite:///tmp/a.db").unwrap(),
+            Database::Sqlite(PathBuf::from("/tmp/a.db"))
+        );
+        assert_eq!(
+            Database::parse("sqlite:a.db").unwrap(),
+            Database::Sqlite(PathBuf::from("a.db"))
+        );
+        assert_eq!(
+            Database::parse("a.db").unwrap(),
+            Database::Sqlite(PathBuf::from("a.db"))
+        );
+        assert!(Database::parse("postgresql://u@h/d").unwrap().is_postgres());
+        assert!(Database::parse("sqlite://").is_err());
+        assert!(
+            Database::parse("mysql://h/d")
+                .unwrap_err()
+                .to_string()
+                .contains("mysql")
+        );
+    }
+
+    #[track_caller]
+    fn check_redact(url: &str, expect: &str) {
+        assert_eq!(redact_url(url), expect);
+        assert!(
+            !Database::Postgres(url.to_owned())
+                .to_string()
+                .contains("s3cret")
+        );
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        check_redact(
+            "postgres://app:s3cret@db:5432/idledger",
+            "postgres://app:***@db:5432/idledger",
+        );
+        check_redact("postgres://app:s3cret@db", "postgres://app:***@db");
+        check_redact("postgres://app@db/x", "postgres://app@db/x");
+        check_redact(
+            "postgres://db/x?user=a&password=s3cret&sslmode=require",
+            "postgres://db/x?user=a&password=***&sslmode=require",
+        );
+        check_redact("postgres://a:b:s3cret@db/x", "postgres://a:***@db/x");
+        check_redact("postgres://a:s3cret@x@db/x", "postgres://a:***@db/x");
+        check_redact("postgres://a:s3/cret@db/x", "postgres://a:***@db/x");
+        check_redact("postgres://db/x?user=a@b", "postgres://db/x?user=a@b");
+    }
+}

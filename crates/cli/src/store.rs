@@ -1,0 +1,211 @@
+//! Opens the store the settings name: the backend (migrated), the master key and the ledger.
+
+use std::io::{ErrorKind, Write as _};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use idledger_store::backend::Backend;
+use idledger_store::{Ledger, LedgerOptions, MasterKey};
+use zeroize::Zeroizing;
+
+use crate::config::{KeySource, MASTER_KEY_ENV, Settings};
+
+/// What a command does with the master key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// It reads or writes personal data: the configured key is required (and generated for a
+    /// new embedded store).
+    Required,
+    /// It reads no payloads (verification covers the ciphertext), so it runs without a key.
+    NotNeeded,
+}
+
+/// Opens the database and applies pending migrations.
+pub async fn open_backend(settings: &Settings) -> anyhow::Result<Arc<dyn Backend>> {
+    if settings.database.sqlite_path().is_some() && !settings.database_given {
+        settings.ensure_data_dir()?;
+    }
+    let url = settings.database.url()?;
+    idledger_store::open_backend(&url)
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.database))
+}
+
+/// Opens the database and starts a ledger on it with the configured policy and key.
+pub async fn open_ledger(settings: &Settings, key_use: KeyUse) -> anyhow::Result<Ledger> {
+    let policy = settings.load_policy()?;
+    if key_use == KeyUse::Required {
+        // Before connecting: a missing key is a configuration error, whatever the server says.
+        check_key_source(settings)?;
+    }
+    let backend = open_backend(settings).await?;
+    let master = match key_use {
+        KeyUse::Required => {
+            let key = master_key(settings, backend.as_ref()).await?;
+            check_key_matches(settings, backend.as_ref(), &key).await?;
+            key
+        }
+        // The ledger wants a key; this one never unwraps anything.
+        KeyUse::NotNeeded => MasterKey::generate(),
+    };
+    Ok(Ledger::new(
+        backend,
+        master,
+        policy,
+        LedgerOptions::default(),
+    ))
+}
+
+fn check_key_source(settings: &Settings) -> anyhow::Result<()> {
+    if settings.database.is_postgres()
+        && matches!(
+            settings.master_key,
+            KeySource::File {
+                explicit: false,
+                ..
+            }
+        )
+    {
+        bail!(
+            "no master key for the PostgreSQL database {}: set {MASTER_KEY_ENV} to the key \
+             (64 hex characters), or --master-key-file / IDLEDGER__MASTER_KEY_FILE to a file \
+             holding it. A key is generated only for the embedded SQLite store; a production \
+             database's key must be provisioned and backed up deliberately",
+            settings.database
+        );
+    }
+    Ok(())
+}
+
+async fn master_key(settings: &Settings, backend: &dyn Backend) -> anyhow::Result<MasterKey> {
+    check_key_source(settings)?;
+    let (path, explicit) = match &settings.master_key {
+        KeySource::Env(hex) => {
+            return MasterKey::from_hex(hex)
+                .with_context(|| format!("{MASTER_KEY_ENV} does not hold a valid master key"));
+        }
+        KeySource::File { path, explicit } => (path, *explicit),
+    };
+    if let Some(key) = read_key_file(path)? {
+        return Ok(key);
+    }
+    if explicit {
+        bail!("the master key file {} does not exist", path.display());
+    }
+    // Only a new store gets a new key: with events already stored, the old key is needed.
+    let events = backend
+        .head_position()
+        .await
+        .context("cannot read the log's length")?;
+    if events > 0 {
+        bail!(
+            "the database {} holds {events} events but the master key file {} is missing; \
+             restore the key file (or set {MASTER_KEY_ENV}): the events cannot be read without \
+             the key they were written with",
+            settings.database,
+            path.display()
+        );
+    }
+    generate_key_file(path)
+}
+
+/// Refuses a master key that cannot unwrap the first customer's data key. Without this, a
+/// wrong key goes unnoticed by reads served from the projection, and new customers' data keys
+/// would be wrapped under it: one store, two master keys.
+async fn check_key_matches(
+    settings: &Settings,
+    backend: &dyn Backend,
+    key: &MasterKey,
+) -> anyhow::Result<()> {
+    let first = backend
+        .read_all(0, 1)
+        .await
+        .context("cannot read the log")?;
+    let Some(event) = first.first() else {
+        return Ok(());
+    };
+    // A shredded customer has no key left to check against.
+    let Some(wrapped) = backend.data_key(event.customer_id).await? else {
+        return Ok(());
+    };
+    if key.unwrap_key(&wrapped, event.customer_id).is_err() {
+        let source = match &settings.master_key {
+            KeySource::Env(_) => MASTER_KEY_ENV.to_owned(),
+            KeySource::File { path, .. } => format!("the key file {}", path.display()),
+        };
+        bail!(
+            "the master key from {source} is not the key the database {} was written with",
+            settings.database
+        );
+    }
+    Ok(())
+}
+
+fn read_key_file(path: &Path) -> anyhow::Result<Option<MasterKey>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => Zeroizing::new(text),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the master key file {}", path.display()));
+        }
+    };
+    warn_if_readable_by_others(path);
+    MasterKey::from_hex(&text).map(Some).with_context(|| {
+        format!(
+            "the master key file {} does not hold a valid master key",
+            path.display()
+        )
+    })
+}
+
+fn generate_key_file(path: &Path) -> anyhow::Result<MasterKey> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    }
+    let key = MasterKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        // Another process generated it first: use theirs.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            return read_key_file(path)?
+                .with_context(|| format!("the master key file {} vanished", path.display()));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot create the master key file {}", path.display()));
+        }
+    };
+    file.write_all(key.to_hex().as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write the master key file {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "generated a new master key for this store; back the file up: without it the stored data cannot be read"
+    );
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the master key file is readable by other users; restrict it with chmod 600"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_path: &Path) {}

@@ -1,0 +1,418 @@
+//! The `idledger` binary, run as a user runs it, against embedded SQLite stores in temporary
+//! directories. (PostgreSQL is covered by the store's conformance suite.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Variables that would point the binary somewhere else than the test's own directory.
+const CONFIG_VARS: [&str; 7] = [
+    "DATABASE_URL",
+    "IDLEDGER__DATABASE_URL",
+    "IDLEDGER__DATA_DIR",
+    "IDLEDGER__MASTER_KEY",
+    "IDLEDGER__MASTER_KEY_FILE",
+    "IDLEDGER__POLICY",
+    "RUST_LOG",
+];
+
+/// A directory under the system's temp dir, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let unique = format!(
+            "idledger-cli-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        );
+        let dir = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn sqlite_url(&self, file: &str) -> String {
+        format!("sqlite://{}", self.0.join(file).display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What one run of the binary did.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn success(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    fn exit(self, code: i32) -> Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit status {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    fn stdout_has(self, needles: &[&str]) -> Self {
+        for needle in needles {
+            assert!(
+                self.stdout.contains(needle),
+                "stdout lacks {needle:?}:\n{}",
+                self.stdout
+            );
+        }
+        self
+    }
+
+    #[track_caller]
+    fn stderr_has(self, needles: &[&str]) -> Self {
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks {needle:?}:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
+}
+
+/// Runs `idledger --data-dir <dir> <args…>` with a clean configuration environment.
+fn idledger(dir: &TempDir, args: &[&str]) -> Run {
+    idledger_with_env(dir, args, &[])
+}
+
+fn idledger_with_env(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_idledger"));
+    for var in CONFIG_VARS {
+        command.env_remove(var);
+    }
+    command
+        .env("NO_COLOR", "1")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("the idledger binary runs");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+/// Runs the demo into `demo.db` in `dir` and returns Ada's customer id.
+fn demo_into(dir: &TempDir) -> (String, Run) {
+    let url = dir.sqlite_url("demo.db");
+    let run = idledger(dir, &["--database", &url, "demo"]).success();
+    // The demo ends with the commands to explore Ada's record: "… record <id>".
+    let ada = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("idledger "))
+        .find_map(|l| l.split(" record ").nth(1))
+        .expect("the demo names Ada's id")
+        .trim()
+        .to_owned();
+    (ada, run)
+}
+
+#[test]
+fn demo_runs_the_scenario_and_ends_intact_and_identical() {
+    let dir = TempDir::new("demo");
+    let run = idledger(&dir, &["demo"]).success().stdout_has(&[
+        "proposal recorded for email",
+        "the system of record is idp",
+        "pending: email waits for verification",
+        "ada@analytical-engine.example (version 3, source web_app, verified by web_app)",
+        "status now       withdrawn",
+        "guardian_required",
+        "status now       granted",
+        "replayed",
+        "idempotency_conflict",
+        "the log is intact",
+        "the rebuilt projection is identical to the live one",
+    ]);
+    // A fresh file in the data directory, and a generated key only its owner can read.
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("demo-") && f.ends_with(".db")),
+        "{files:?}"
+    );
+    let key = dir.path().join("master.key");
+    assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // The key is never printed.
+    let hex = std::fs::read_to_string(&key).unwrap();
+    assert!(!run.stdout.contains(hex.trim()) && !run.stderr.contains(hex.trim()));
+}
+
+#[test]
+fn demo_refuses_a_database_that_holds_events() {
+    let dir = TempDir::new("demo-twice");
+    demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    idledger(&dir, &["--database", &url, "demo"])
+        .exit(1)
+        .stderr_has(&["needs an empty database", "holds 18 events"]);
+}
+
+#[test]
+fn migrate_then_verify_an_empty_store() {
+    let dir = TempDir::new("migrate");
+    idledger(&dir, &["migrate"])
+        .success()
+        .stdout_has(&["idledger.db", "migrations applied"]);
+    idledger(&dir, &["verify"])
+        .success()
+        .stdout_has(&["verified 0 events in 0 streams: the log is intact"]);
+    // Neither needed the master key, so neither generated one.
+    assert!(!dir.path().join("master.key").exists());
+}
+
+#[test]
+fn verify_json_is_a_report() {
+    let dir = TempDir::new("verify-json");
+    demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let run = idledger(&dir, &["--database", &url, "verify", "--json"]).success();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["events"], 18);
+    assert_eq!(report["streams"], 2);
+    assert!(report["first_broken"].is_null());
+    let run = idledger(&dir, &["--database", &url, "rebuild", "--json"]).success();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["identical"], true);
+    assert_eq!(report["customers"], 2);
+}
+
+#[test]
+fn verify_names_the_first_altered_event_and_fails() {
+    let dir = TempDir::new("tamper");
+    demo_into(&dir);
+    let db = dir.path().join("demo.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        // Someone with access to the file gets past the append-only triggers.
+        sqlx::query("DROP TRIGGER events_no_update")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE events SET recorded_at = recorded_at + 1 WHERE global_position = 3")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    });
+    let url = dir.sqlite_url("demo.db");
+    idledger(&dir, &["--database", &url, "verify"])
+        .exit(1)
+        .stdout_has(&[
+            "the log is BROKEN",
+            "global position  3",
+            "stream version   3",
+            "hash does not match",
+        ]);
+    let run = idledger(&dir, &["--database", &url, "verify", "--json"]).exit(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["first_broken"]["global_position"], 3);
+}
+
+#[test]
+fn history_and_record_show_provenance() {
+    let dir = TempDir::new("history");
+    let (ada, _) = demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    idledger(&dir, &["--database", &url, "history", &ada, "email"])
+        .success()
+        .stdout_has(&[
+            "4 events, oldest first",
+            "change_verified",
+            "evidence         email_link:signup-ada",
+            "actor            subject:ada",
+            "causation id",
+            "policy version   sha256:",
+        ]);
+    let run = idledger(
+        &dir,
+        &["--database", &url, "history", &ada, "email", "--json"],
+    )
+    .success();
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 4);
+    assert_eq!(
+        events[3]["envelope"]["event"]["payload"]["type"],
+        "change_verified"
+    );
+
+    let run = idledger(&dir, &["--database", &url, "record", &ada, "--json"]).success();
+    let record: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(record["consents"][0]["status"], "withdrawn");
+    assert_eq!(record["proposals"].as_array().unwrap().len(), 1);
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "record",
+            &ada,
+            "--as-of",
+            "2000-01-01T00:00:00Z",
+        ],
+    )
+    .exit(1)
+    .stderr_has(&["had no events as of 2000-01-01"]);
+}
+
+#[test]
+fn bad_customer_ids_and_fields_are_usage_errors() {
+    let dir = TempDir::new("usage");
+    idledger(&dir, &["history", "not-a-customer", "email"])
+        .exit(2)
+        .stderr_has(&[
+            "invalid customer id",
+            "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+        ]);
+    // A UUID, but not a v7.
+    idledger(
+        &dir,
+        &["history", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "email"],
+    )
+    .exit(2)
+    .stderr_has(&["customer ids are UUIDv7"]);
+    idledger(
+        &dir,
+        &[
+            "history",
+            "01964f6e-6b2a-7c3d-9e4f-0a1b2c3d4e5f",
+            "favourite_colour",
+        ],
+    )
+    .exit(2)
+    .stderr_has(&["unknown field 'favourite_colour'", "consent.<purpose>"]);
+    idledger(
+        &dir,
+        &["history", "01964f6e-6b2a-7c3d-9e4f-0a1b2c3d4e5f", "email"],
+    )
+    .exit(1)
+    .stderr_has(&["customer 01964f6e-6b2a-7c3d-9e4f-0a1b2c3d4e5f is not in this store"]);
+}
+
+#[test]
+fn postgres_needs_an_explicit_key_and_its_password_is_never_shown() {
+    let dir = TempDir::new("pg-key");
+    // Port 9 (discard): nothing is contacted, the key is checked first.
+    let url = "postgres://app:s3cret@127.0.0.1:9/idledger";
+    let run = idledger(
+        &dir,
+        &[
+            "--database",
+            url,
+            "record",
+            "01964f6e-6b2a-7c3d-9e4f-0a1b2c3d4e5f",
+        ],
+    )
+    .exit(1)
+    .stderr_has(&[
+        "no master key for the PostgreSQL database",
+        "IDLEDGER__MASTER_KEY",
+        "app:***@127.0.0.1",
+    ]);
+    assert!(!run.stderr.contains("s3cret"), "{}", run.stderr);
+    assert!(!dir.path().join("master.key").exists());
+}
+
+#[test]
+fn a_missing_key_is_not_replaced_when_the_store_has_events() {
+    let dir = TempDir::new("lost-key");
+    let (ada, _) = demo_into(&dir);
+    let key = dir.path().join("master.key");
+    let hex = std::fs::read_to_string(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let url = dir.sqlite_url("demo.db");
+    idledger(&dir, &["--database", &url, "record", &ada])
+        .exit(1)
+        .stderr_has(&["holds 18 events but the master key file", "is missing"]);
+    assert!(
+        !key.exists(),
+        "no new key may be generated for a store with events"
+    );
+    // The key given through the environment instead works.
+    idledger_with_env(
+        &dir,
+        &["--database", &url, "record", &ada],
+        &[("IDLEDGER__MASTER_KEY", hex.trim())],
+    )
+    .success()
+    .stdout_has(&["ada@analytical-engine.example"]);
+    // A wrong key is refused before anything is read or written with it.
+    let wrong = "ab".repeat(32);
+    idledger_with_env(
+        &dir,
+        &["--database", &url, "record", &ada],
+        &[("IDLEDGER__MASTER_KEY", &wrong)],
+    )
+    .exit(1)
+    .stderr_has(&["error:"]);
+}
+
+#[test]
+fn a_policy_that_does_not_parse_is_named() {
+    let dir = TempDir::new("policy");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "this is not = = toml").unwrap();
+    idledger(&dir, &["--policy", policy.to_str().unwrap(), "demo"])
+        .exit(1)
+        .stderr_has(&["policy.toml is not a valid policy"]);
+}
