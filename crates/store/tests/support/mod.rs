@@ -27,7 +27,33 @@ pub enum Engine {
 pub struct TestDb {
     pub engine: Engine,
     pub url: String,
+    /// The PostgreSQL database to drop when the test ends.
+    pg_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop is synchronous; a short-lived runtime on its own thread does the async cleanup.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin_url()).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        });
+        let _ = cleanup.join();
+    }
 }
 
 fn admin_url() -> String {
@@ -56,6 +82,7 @@ impl TestDb {
                 Self {
                     engine,
                     url: format!("{base}/{name}"),
+                    pg_name: Some(name),
                     _dir: None,
                 }
             }
@@ -65,6 +92,7 @@ impl TestDb {
                 Self {
                     engine,
                     url,
+                    pg_name: None,
                     _dir: Some(dir),
                 }
             }
