@@ -38,3 +38,32 @@ pub fn event_hash(prev: &[u8], e: &ChainInput<'_>) -> [u8; 32] {
     h.update(e.payload);
     h.finalize().into()
 }
+
+/// The rows of an append, at global positions after `last_position`, each hashed onto its
+/// predecessor (the stream's head hash `prev` for the first).
+pub fn chained_rows(
+    req: &crate::model::AppendRequest,
+    last_position: u64,
+    prev: &[u8],
+) -> Vec<crate::model::RawEvent> {
+    let mut prev = prev.to_vec();
+    let mut rows = Vec::with_capacity(req.events.len());
+    for (offset, e) in (1u64..).zip(&req.events) {
+        let mut raw = crate::model::RawEvent {
+            global_position: last_position + offset,
+            event_id: e.event_id,
+            customer_id: req.customer_id,
+            stream_version: e.stream_version,
+            event_type: e.event_type.clone(),
+            schema_version: e.schema_version,
+            field: e.field.clone(),
+            recorded_at_micros: e.recorded_at_micros,
+            payload: e.payload.clone(),
+            hash: Vec::new(),
+        };
+        raw.hash = event_hash(&prev, &raw.chain_input()).to_vec();
+        prev.clone_from(&raw.hash);
+        rows.push(raw);
+    }
+    rows
+}

@@ -11,7 +11,7 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
 use crate::backend::{Backend, to_i64, to_u64};
-use crate::chain::{GENESIS, event_hash};
+use crate::chain::{GENESIS, chained_rows};
 use crate::error::StoreError;
 use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent, from_micros, micros};
 
@@ -62,7 +62,7 @@ fn raw_event(row: &PgRow) -> Result<RawEvent, StoreError> {
 async fn append_one(
     tx: &mut Transaction<'static, Postgres>,
     req: &AppendRequest,
-    mut position: u64,
+    position: u64,
 ) -> Result<AppendOutcome, StoreError> {
     let idem = &req.idempotency;
     let stored = sqlx::query(
@@ -82,7 +82,7 @@ async fn append_one(
         .bind(req.customer_id)
         .fetch_optional(&mut **tx)
         .await?;
-    let (version, mut prev) = match head {
+    let (version, prev) = match head {
         Some(row) => (
             to_u64(row.try_get("stream_version")?),
             row.try_get::<Vec<u8>, _>("hash")?,
@@ -99,30 +99,8 @@ async fn append_one(
             .execute(&mut **tx)
             .await?;
     }
-    let mut positions = Vec::with_capacity(req.events.len());
-    let mut rows = Vec::with_capacity(req.events.len());
-    for e in &req.events {
-        position += 1;
-        let raw = RawEvent {
-            global_position: position,
-            event_id: e.event_id,
-            customer_id: req.customer_id,
-            stream_version: e.stream_version,
-            event_type: e.event_type.clone(),
-            schema_version: e.schema_version,
-            field: e.field.clone(),
-            recorded_at_micros: e.recorded_at_micros,
-            payload: e.payload.clone(),
-            hash: Vec::new(),
-        };
-        let hash = event_hash(&prev, &raw.chain_input());
-        prev = hash.to_vec();
-        rows.push(RawEvent {
-            hash: hash.to_vec(),
-            ..raw
-        });
-        positions.push(position);
-    }
+    let rows = chained_rows(req, position, &prev);
+    let positions: Vec<u64> = rows.iter().map(|r| r.global_position).collect();
     if !rows.is_empty() {
         let mut insert = QueryBuilder::<Postgres>::new("INSERT INTO events (");
         insert.push(EVENT_COLUMNS).push(") ");
