@@ -8,7 +8,9 @@ use crate::error::StoreError;
 use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent};
 
 #[async_trait]
-pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+pub trait Backend:
+    crate::delivery::DeliveryBackend + Send + Sync + std::fmt::Debug + 'static
+{
     /// "postgres" or "sqlite".
     fn name(&self) -> &'static str;
 

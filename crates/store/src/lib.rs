@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod chain;
 pub mod crypto;
+pub mod delivery;
 pub mod error;
 pub mod ledger;
 pub mod model;
@@ -20,6 +21,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 pub use crypto::MasterKey;
+pub use delivery::Deliveries;
 pub use error::{ExecuteError, StoreError};
 pub use ledger::{CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, VerifyReport};
 pub use model::RecordedEvent;

@@ -1,0 +1,1079 @@
+//! Delivery bookkeeping: the consumer registry, per-consumer checkpoints, the handoff log,
+//! consumer state from acknowledgements, and sync exceptions.
+//!
+//! [`Deliveries`] is the API other crates use; [`DeliveryBackend`] is what an engine provides
+//! (a supertrait of [`Backend`], implemented next to the engine's other SQL in
+//! `delivery/postgres.rs` and `delivery/sqlite.rs`).
+//!
+//! Nothing here decides who may receive what: that is the relay's entitlement check. This
+//! module only records what was decided and delivered, atomically with the checkpoint.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use idledger_domain::field::{FAMILIES, FieldPath};
+use idledger_domain::ids::{CustomerId, EventId, Purpose};
+use idledger_domain::state::ConsentStatus;
+use idledger_domain::values::{LegalBasis, NoticeRef, ValueError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::backend::Backend;
+use crate::error::StoreError;
+
+mod postgres;
+mod sqlite;
+
+/// Most rows one page of a query returns.
+pub const MAX_PAGE: u32 = 1000;
+/// Longest reason a consumer may give when it rejects a change.
+pub const MAX_ACK_REASON_CHARS: usize = 1000;
+
+/// A consumer's id: 1..=64 of lowercase a-z, digits, `_` and `-`, starting with a letter.
+/// It is used as a NATS subject token, so it can hold no `.`, `*`, `>` or whitespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ConsumerId(String);
+
+impl ConsumerId {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        const WHAT: &str = "consumer id";
+        let Some(first) = raw.chars().next() else {
+            return Err(ValueError::new(WHAT, "must not be empty"));
+        };
+        if !first.is_ascii_lowercase() {
+            return Err(ValueError::new(
+                WHAT,
+                "must start with a lowercase letter a-z",
+            ));
+        }
+        if raw.len() > 64 {
+            return Err(ValueError::new(WHAT, "longer than 64 characters"));
+        }
+        if let Some(c) = raw
+            .chars()
+            .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'))
+        {
+            return Err(ValueError::new(
+                WHAT,
+                format!("may contain only lowercase letters a-z, digits, '_' and '-', not {c:?}"),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConsumerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for ConsumerId {
+    type Error = ValueError;
+    fn try_from(raw: String) -> Result<Self, ValueError> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<ConsumerId> for String {
+    fn from(id: ConsumerId) -> String {
+        id.0
+    }
+}
+
+/// The key a webhook consumer verifies our signatures with. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    /// 16..=256 visible ASCII characters: shorter secrets are guessable.
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        const WHAT: &str = "webhook secret";
+        if raw.len() < 16 {
+            return Err(ValueError::new(WHAT, "must be at least 16 characters"));
+        }
+        if raw.len() > 256 {
+            return Err(ValueError::new(WHAT, "longer than 256 characters"));
+        }
+        if !raw.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ValueError::new(
+                WHAT,
+                "may contain only visible ASCII characters",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
+}
+
+/// Where a webhook consumer receives its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    url: String,
+    pub secret: WebhookSecret,
+}
+
+impl Webhook {
+    /// An `http://` or `https://` URL of at most 2048 characters, without whitespace. (The
+    /// dispatcher parses it fully; this keeps obviously wrong values out of the registry.)
+    pub fn new(url: &str, secret: WebhookSecret) -> Result<Self, ValueError> {
+        const WHAT: &str = "webhook url";
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| ValueError::new(WHAT, "must start with http:// or https://"))?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(ValueError::new(WHAT, "names no host"));
+        }
+        if url.len() > 2048 {
+            return Err(ValueError::new(WHAT, "longer than 2048 characters"));
+        }
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ValueError::new(
+                WHAT,
+                "must not contain whitespace or control characters",
+            ));
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            secret,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// How a consumer receives its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// Published to NATS JetStream by the relay.
+    Nats,
+    /// POSTed, signed, to the consumer's endpoint by the relay.
+    Webhook(Webhook),
+    /// Pulled by the consumer from the HTTP change feed.
+    Feed,
+}
+
+impl Channel {
+    pub fn kind(&self) -> ChannelKind {
+        match self {
+            Self::Nats => ChannelKind::Nats,
+            Self::Webhook(_) => ChannelKind::Webhook,
+            Self::Feed => ChannelKind::Feed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Nats,
+    Webhook,
+    Feed,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nats => "nats",
+            Self::Webhook => "webhook",
+            Self::Feed => "feed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        match raw {
+            "nats" => Ok(Self::Nats),
+            "webhook" => Ok(Self::Webhook),
+            "feed" => Ok(Self::Feed),
+            _ => Err(ValueError::new(
+                "channel",
+                format!("{raw:?} is not one of: nats, webhook, feed"),
+            )),
+        }
+    }
+}
+
+/// Which fields a consumer receives: one field, a family (`consent.*`), or everything (`*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FieldSelector {
+    All,
+    Family(&'static str),
+    Field(FieldPath),
+}
+
+impl FieldSelector {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        if raw == "*" {
+            return Ok(Self::All);
+        }
+        if let Some(family) = FAMILIES.iter().find(|f| **f == raw) {
+            return Ok(Self::Family(family));
+        }
+        FieldPath::parse(raw)
+            .map(Self::Field)
+            .map_err(|e| ValueError::new("field selector", e.to_string()))
+    }
+
+    pub fn matches(&self, field: &FieldPath) -> bool {
+        match self {
+            Self::All => true,
+            Self::Family(family) => field.family() == Some(*family),
+            Self::Field(f) => f == field,
+        }
+    }
+}
+
+impl fmt::Display for FieldSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("*"),
+            Self::Family(family) => f.write_str(family),
+            Self::Field(field) => write!(f, "{field}"),
+        }
+    }
+}
+
+impl Serialize for FieldSelector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldSelector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A registered consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub id: ConsumerId,
+    pub channel: Channel,
+    /// Non-empty, without duplicates.
+    pub fields: Vec<FieldSelector>,
+    /// The purposes it processes data for; non-empty, without duplicates. It receives a
+    /// customer's data only while the basis for every one of them holds.
+    pub purposes: Vec<Purpose>,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl Consumer {
+    /// Whether the consumer is entitled to `field` at all (purposes aside).
+    pub fn selects(&self, field: &FieldPath) -> bool {
+        self.fields.iter().any(|s| s.matches(field))
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.disabled_at.is_none()
+    }
+}
+
+/// Where a new consumer starts reading the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    /// From the first event: it receives everything it is entitled to (an initial load).
+    #[default]
+    Beginning,
+    /// From the head of the log at registration: only what happens next.
+    Now,
+}
+
+/// A consumer to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConsumer {
+    pub id: ConsumerId,
+    pub channel: Channel,
+    pub fields: Vec<FieldSelector>,
+    pub purposes: Vec<Purpose>,
+    pub start: StartAt,
+}
+
+impl NewConsumer {
+    /// Checks that it receives something and processes it for some purpose; drops duplicates
+    /// (keeping the order given).
+    pub fn new(
+        id: ConsumerId,
+        channel: Channel,
+        mut fields: Vec<FieldSelector>,
+        mut purposes: Vec<Purpose>,
+        start: StartAt,
+    ) -> Result<Self, ValueError> {
+        if fields.is_empty() {
+            return Err(ValueError::new(
+                "consumer",
+                "must receive at least one field",
+            ));
+        }
+        if purposes.is_empty() {
+            return Err(ValueError::new(
+                "consumer",
+                "must name at least one purpose it processes data for",
+            ));
+        }
+        dedup_in_order(&mut fields);
+        dedup_in_order(&mut purposes);
+        Ok(Self {
+            id,
+            channel,
+            fields,
+            purposes,
+            start,
+        })
+    }
+}
+
+fn dedup_in_order<T: PartialEq>(items: &mut Vec<T>) {
+    let mut i = 0;
+    while i < items.len() {
+        if items[..i].contains(&items[i]) {
+            items.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Whether a consumer currently receives a customer's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relation {
+    /// It was sent data of the customer and has not been told to stop.
+    Receiving,
+    /// It was sent a withdrawal notice and nothing since.
+    Withdrawn,
+}
+
+impl Relation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receiving => "receiving",
+            Self::Withdrawn => "withdrawn",
+        }
+    }
+
+    pub(crate) fn parse(raw: &str) -> Result<Self, StoreError> {
+        match raw {
+            "receiving" => Ok(Self::Receiving),
+            "withdrawn" => Ok(Self::Withdrawn),
+            _ => Err(StoreError::Integrity(format!("unknown relation {raw:?}"))),
+        }
+    }
+}
+
+/// What kind of message a handoff was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffKind {
+    /// A field's new value or state.
+    Change,
+    /// A withdrawal notice: stop using and delete the customer's data.
+    Notice,
+    /// The basis holds again after a notice: deliveries resume.
+    Resume,
+}
+
+impl HandoffKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Change => "change",
+            Self::Notice => "notice",
+            Self::Resume => "resume",
+        }
+    }
+
+    pub(crate) fn parse(raw: &str) -> Result<Self, StoreError> {
+        match raw {
+            "change" => Ok(Self::Change),
+            "notice" => Ok(Self::Notice),
+            "resume" => Ok(Self::Resume),
+            _ => Err(StoreError::Integrity(format!(
+                "unknown handoff kind {raw:?}"
+            ))),
+        }
+    }
+}
+
+/// The standing of one purpose's basis for a customer at the moment of delivery: what allowed
+/// a delivery, or what ended it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentBasis {
+    pub purpose: Purpose,
+    pub status: ConsentStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_basis: Option<LegalBasis>,
+    /// The consent record's version and the event that last changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_event_id: Option<EventId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<NoticeRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// One delivered message, as the handoff log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub consumer_id: ConsumerId,
+    /// The message's id (the CloudEvent id): the event id for changes, a derived id for notices.
+    pub message_id: Uuid,
+    pub kind: HandoffKind,
+    /// The event whose processing produced the message.
+    pub event_id: EventId,
+    pub global_position: u64,
+    pub customer_id: CustomerId,
+    /// The fields whose data the message carried (or, for a notice, that must be deleted).
+    pub fields: Vec<String>,
+    /// The basis of every purpose of the consumer when it was decided.
+    pub basis: Vec<ConsentBasis>,
+    pub channel: ChannelKind,
+    pub delivered_at: DateTime<Utc>,
+}
+
+/// A handoff log row with its place in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffEntry {
+    /// Increases with every row; the paging cursor.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub handoff: Handoff,
+}
+
+/// Everything one delivery step changes, written in one transaction so that the handoff log,
+/// the relations and the checkpoint never disagree.
+#[derive(Debug, Clone)]
+pub struct DeliveryCommit<'a> {
+    pub consumer: &'a ConsumerId,
+    pub handoffs: &'a [Handoff],
+    pub relations: &'a [(CustomerId, Relation)],
+    /// The new checkpoint; never moves backwards.
+    pub checkpoint: Option<u64>,
+    pub at: DateTime<Utc>,
+}
+
+/// A page of results and the cursor for the next one (`None`: this was the last page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<u64>,
+}
+
+/// Which handoffs to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandoffFilter {
+    Customer(CustomerId),
+    Consumer(ConsumerId),
+}
+
+/// `sha256:<64 lowercase hex>`: the digest of a value's natural JSON form
+/// (`FieldValue::digest`), which consumers report instead of the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ValueHash(String);
+
+impl ValueHash {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        let hex = raw.strip_prefix("sha256:").ok_or_else(|| {
+            ValueError::new("value hash", "must have the form sha256:<64 hex digits>")
+        })?;
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ValueError::new(
+                "value hash",
+                "must have the form sha256:<64 hex digits>",
+            ));
+        }
+        Ok(Self(format!("sha256:{}", hex.to_ascii_lowercase())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ValueHash {
+    type Error = ValueError;
+    fn try_from(raw: String) -> Result<Self, ValueError> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<ValueHash> for String {
+    fn from(v: ValueHash) -> String {
+        v.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    Applied,
+    Rejected,
+}
+
+impl AckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub(crate) fn parse(raw: &str) -> Result<Self, StoreError> {
+        match raw {
+            "applied" => Ok(Self::Applied),
+            "rejected" => Ok(Self::Rejected),
+            _ => Err(StoreError::Integrity(format!("unknown ack status {raw:?}"))),
+        }
+    }
+}
+
+/// What a consumer reports it did with a change: the value it now holds (by hash; `None`
+/// when it holds none, e.g. after a clear) at that field version, or that it rejected it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub consumer_id: ConsumerId,
+    pub event_id: EventId,
+    pub customer_id: CustomerId,
+    pub field: FieldPath,
+    pub version: u64,
+    pub value_hash: Option<ValueHash>,
+    pub status: AckStatus,
+    pub reason: Option<String>,
+    pub acked_at: DateTime<Utc>,
+}
+
+/// What recording an acknowledgement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Stored as the consumer's state of that field.
+    Recorded,
+    /// The consumer already reported a later version of the field; kept that one.
+    Superseded { stored_version: u64 },
+    /// Not stored: the ack does not match anything we delivered (reason for the log).
+    Invalid(String),
+}
+
+/// One field as a consumer last reported holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerFieldState {
+    pub consumer_id: ConsumerId,
+    pub customer_id: CustomerId,
+    pub field: String,
+    pub event_id: EventId,
+    pub version: u64,
+    pub value_hash: Option<String>,
+    pub status: AckStatus,
+    pub reason: Option<String>,
+    pub acked_at: DateTime<Utc>,
+}
+
+/// Kinds of sync exception. Issue-specific kinds are added here as the stewards' work grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExceptionKind {
+    /// A webhook endpoint refused a message with a 4xx other than 408/429; it was skipped.
+    WebhookRejected,
+    /// An event could not be read (e.g. its customer's key is gone) and was not delivered.
+    Undeliverable,
+}
+
+impl ExceptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebhookRejected => "webhook_rejected",
+            Self::Undeliverable => "undeliverable",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        match raw {
+            "webhook_rejected" => Ok(Self::WebhookRejected),
+            "undeliverable" => Ok(Self::Undeliverable),
+            _ => Err(ValueError::new(
+                "exception kind",
+                format!("{raw:?} is not one of: webhook_rejected, undeliverable"),
+            )),
+        }
+    }
+}
+
+/// A sync exception to open (or, if one is open for the same consumer, customer, field and
+/// kind, to count again with the newest detail).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSyncException {
+    pub consumer_id: ConsumerId,
+    pub customer_id: CustomerId,
+    pub field: Option<FieldPath>,
+    pub kind: ExceptionKind,
+    pub detail: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncException {
+    pub id: Uuid,
+    pub consumer_id: ConsumerId,
+    pub customer_id: CustomerId,
+    pub field: Option<String>,
+    pub kind: ExceptionKind,
+    pub detail: serde_json::Value,
+    /// `open` (issue 6 adds resolution).
+    pub status: String,
+    pub occurrences: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which sync exceptions to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExceptionFilter {
+    pub consumer: Option<ConsumerId>,
+    pub customer: Option<CustomerId>,
+    pub open_only: bool,
+    /// Paging cursor: ids are UUIDv7, so id order is creation order.
+    pub after: Option<Uuid>,
+}
+
+/// What an engine stores for delivery. The SQL lives in `delivery/{postgres,sqlite}.rs`.
+#[async_trait]
+pub trait DeliveryBackend: Send + Sync {
+    /// Inserts the consumer and its checkpoint; false if the id is taken.
+    async fn insert_consumer(
+        &self,
+        consumer: &Consumer,
+        checkpoint: u64,
+    ) -> Result<bool, StoreError>;
+
+    async fn consumers(&self) -> Result<Vec<Consumer>, StoreError>;
+
+    async fn consumer(&self, id: &ConsumerId) -> Result<Option<Consumer>, StoreError>;
+
+    /// Marks it disabled (if it was not); false if no such consumer.
+    async fn disable_consumer(
+        &self,
+        id: &ConsumerId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn checkpoint(&self, id: &ConsumerId) -> Result<Option<u64>, StoreError>;
+
+    async fn commit_deliveries(&self, commit: &DeliveryCommit<'_>) -> Result<(), StoreError>;
+
+    /// Handoff rows with `seq > after`, oldest first.
+    async fn handoffs(
+        &self,
+        filter: &HandoffFilter,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<HandoffEntry>, StoreError>;
+
+    async fn relations(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+    ) -> Result<Vec<(Uuid, Relation)>, StoreError>;
+
+    /// Customers the consumer is receiving, in id order after `after`.
+    async fn receiving_customers(
+        &self,
+        consumer: &ConsumerId,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError>;
+
+    /// The customer and field of a stored event.
+    async fn event_subject(
+        &self,
+        event_id: Uuid,
+    ) -> Result<Option<(Uuid, Option<String>)>, StoreError>;
+
+    /// Stores the ack unless a later version is stored; returns the stored version otherwise.
+    async fn upsert_consumer_state(&self, ack: &Ack) -> Result<Option<u64>, StoreError>;
+
+    async fn consumer_state(
+        &self,
+        consumer: &ConsumerId,
+        customer: Option<Uuid>,
+    ) -> Result<Vec<ConsumerFieldState>, StoreError>;
+
+    async fn open_exception(
+        &self,
+        exception: &NewSyncException,
+    ) -> Result<SyncException, StoreError>;
+
+    /// Exceptions in id (= creation) order after the filter's cursor.
+    async fn exceptions(
+        &self,
+        filter: &ExceptionFilter,
+        limit: u32,
+    ) -> Result<Vec<SyncException>, StoreError>;
+}
+
+/// The delivery API over any engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Deliveries {
+    backend: Arc<dyn Backend>,
+}
+
+/// Why registering a consumer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("a consumer with id '{0}' is already registered")]
+    Exists(ConsumerId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Deliveries {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
+    /// Registers a consumer; its checkpoint starts at 0 or at the log's current head.
+    pub async fn register_consumer(
+        &self,
+        new: NewConsumer,
+        now: DateTime<Utc>,
+    ) -> Result<Consumer, RegisterError> {
+        let checkpoint = match new.start {
+            StartAt::Beginning => 0,
+            StartAt::Now => self.backend.head_position().await?,
+        };
+        let consumer = Consumer {
+            id: new.id,
+            channel: new.channel,
+            fields: new.fields,
+            purposes: new.purposes,
+            created_at: crate::model::from_micros(crate::model::micros(now)),
+            disabled_at: None,
+        };
+        if self.backend.insert_consumer(&consumer, checkpoint).await? {
+            Ok(consumer)
+        } else {
+            Err(RegisterError::Exists(consumer.id))
+        }
+    }
+
+    /// Every consumer, disabled ones included, in id order.
+    pub async fn consumers(&self) -> Result<Vec<Consumer>, StoreError> {
+        self.backend.consumers().await
+    }
+
+    pub async fn consumer(&self, id: &ConsumerId) -> Result<Option<Consumer>, StoreError> {
+        self.backend.consumer(id).await
+    }
+
+    /// Stops deliveries to the consumer (its checkpoint and history are kept). False if no
+    /// such consumer.
+    pub async fn disable_consumer(
+        &self,
+        id: &ConsumerId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.backend.disable_consumer(id, now).await
+    }
+
+    /// The position up to which the consumer has been served.
+    pub async fn checkpoint(&self, id: &ConsumerId) -> Result<Option<u64>, StoreError> {
+        self.backend.checkpoint(id).await
+    }
+
+    /// Records delivered messages, relation changes and the new checkpoint, atomically.
+    /// A message already logged for the consumer (a re-delivery) is not logged again.
+    pub async fn commit(&self, commit: &DeliveryCommit<'_>) -> Result<(), StoreError> {
+        // One row per customer: a statement may not upsert the same row twice.
+        let mut last: HashMap<CustomerId, usize> = HashMap::new();
+        for (i, (customer, _)) in commit.relations.iter().enumerate() {
+            last.insert(*customer, i);
+        }
+        if last.len() == commit.relations.len() {
+            return self.backend.commit_deliveries(commit).await;
+        }
+        let relations: Vec<(CustomerId, Relation)> = commit
+            .relations
+            .iter()
+            .enumerate()
+            .filter(|(i, (customer, _))| last.get(customer) == Some(i))
+            .map(|(_, r)| *r)
+            .collect();
+        let deduped = DeliveryCommit {
+            relations: &relations,
+            ..commit.clone()
+        };
+        self.backend.commit_deliveries(&deduped).await
+    }
+
+    /// A page of the handoff log for one customer or one consumer, oldest first.
+    pub async fn handoffs(
+        &self,
+        filter: &HandoffFilter,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Page<HandoffEntry>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let items = self
+            .backend
+            .handoffs(filter, after.unwrap_or(0), limit)
+            .await?;
+        let next = (items.len() == limit as usize)
+            .then(|| items.last().map(|h| h.seq))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    /// The consumer's relation to each of `customers` that it has one with.
+    pub async fn relations(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Relation>, StoreError> {
+        let mut ids: Vec<Uuid> = customers.iter().map(CustomerId::as_uuid).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(1000) {
+            for (customer, relation) in self.backend.relations(consumer, chunk).await? {
+                out.insert(customer_id(customer)?, relation);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Customers the consumer currently receives, in id order after `after`.
+    pub async fn receiving_customers(
+        &self,
+        consumer: &ConsumerId,
+        after: Option<CustomerId>,
+        limit: u32,
+    ) -> Result<Vec<CustomerId>, StoreError> {
+        let ids = self
+            .backend
+            .receiving_customers(
+                consumer,
+                after.map(|c| c.as_uuid()),
+                limit.clamp(1, MAX_PAGE),
+            )
+            .await?;
+        ids.into_iter().map(customer_id).collect()
+    }
+
+    /// Stores an acknowledgement as the consumer's state of that field, after checking that it
+    /// names a registered consumer and an event of that customer and field. An ack for an
+    /// older version than the one stored does not overwrite it (acks may arrive out of order).
+    pub async fn record_ack(&self, ack: &Ack) -> Result<AckOutcome, StoreError> {
+        if self.backend.consumer(&ack.consumer_id).await?.is_none() {
+            return Ok(AckOutcome::Invalid(format!(
+                "no consumer '{}' is registered",
+                ack.consumer_id
+            )));
+        }
+        match self.backend.event_subject(ack.event_id.as_uuid()).await? {
+            None => {
+                return Ok(AckOutcome::Invalid(format!(
+                    "no event {} is recorded",
+                    ack.event_id
+                )));
+            }
+            Some((customer, field)) => {
+                if customer != ack.customer_id.as_uuid() {
+                    return Ok(AckOutcome::Invalid(format!(
+                        "event {} is not of customer {}",
+                        ack.event_id, ack.customer_id
+                    )));
+                }
+                if field.as_deref() != Some(ack.field.to_string().as_str()) {
+                    return Ok(AckOutcome::Invalid(format!(
+                        "event {} is not a change of {}",
+                        ack.event_id, ack.field
+                    )));
+                }
+            }
+        }
+        if ack.status == AckStatus::Rejected && ack.reason.as_deref().is_none_or(str::is_empty) {
+            return Ok(AckOutcome::Invalid(
+                "a rejection must give a reason".to_owned(),
+            ));
+        }
+        if ack
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.chars().count() > MAX_ACK_REASON_CHARS)
+        {
+            return Ok(AckOutcome::Invalid(format!(
+                "the reason is longer than {MAX_ACK_REASON_CHARS} characters"
+            )));
+        }
+        Ok(match self.backend.upsert_consumer_state(ack).await? {
+            None => AckOutcome::Recorded,
+            Some(stored_version) => AckOutcome::Superseded { stored_version },
+        })
+    }
+
+    /// What the consumer last reported for each field (of one customer, or of all).
+    pub async fn consumer_state(
+        &self,
+        consumer: &ConsumerId,
+        customer: Option<CustomerId>,
+    ) -> Result<Vec<ConsumerFieldState>, StoreError> {
+        self.backend
+            .consumer_state(consumer, customer.map(|c| c.as_uuid()))
+            .await
+    }
+
+    /// Opens a sync exception, or counts a repeat of the open one.
+    pub async fn open_exception(
+        &self,
+        exception: &NewSyncException,
+    ) -> Result<SyncException, StoreError> {
+        self.backend.open_exception(exception).await
+    }
+
+    /// Sync exceptions, oldest first, at most `limit` after `filter.after`.
+    pub async fn exceptions(
+        &self,
+        filter: &ExceptionFilter,
+        limit: u32,
+    ) -> Result<Vec<SyncException>, StoreError> {
+        self.backend
+            .exceptions(filter, limit.clamp(1, MAX_PAGE))
+            .await
+    }
+}
+
+pub(crate) fn customer_id(uuid: Uuid) -> Result<CustomerId, StoreError> {
+    CustomerId::from_uuid(uuid)
+        .map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))
+}
+
+/// Row fields that both engines store the same way (JSON text, enum names).
+pub(crate) struct ConsumerColumns {
+    pub channel: &'static str,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub fields: String,
+    pub purposes: String,
+}
+
+impl ConsumerColumns {
+    pub fn of(consumer: &Consumer) -> Result<Self, StoreError> {
+        let (url, secret) = match &consumer.channel {
+            Channel::Webhook(w) => (Some(w.url.clone()), Some(w.secret.expose().to_owned())),
+            Channel::Nats | Channel::Feed => (None, None),
+        };
+        Ok(Self {
+            channel: consumer.channel.kind().as_str(),
+            webhook_url: url,
+            webhook_secret: secret,
+            fields: serde_json::to_string(&consumer.fields)?,
+            purposes: serde_json::to_string(&consumer.purposes)?,
+        })
+    }
+}
+
+/// Rebuilds a consumer from its row's columns.
+#[expect(clippy::too_many_arguments, reason = "one argument per column")]
+pub(crate) fn consumer_from_columns(
+    id: &str,
+    channel: &str,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+    fields: &str,
+    purposes: &str,
+    created_at: DateTime<Utc>,
+    disabled_at: Option<DateTime<Utc>>,
+) -> Result<Consumer, StoreError> {
+    let bad = |e: ValueError| StoreError::Integrity(format!("stored consumer {id}: {e}"));
+    let channel = match ChannelKind::parse(channel).map_err(bad)? {
+        ChannelKind::Nats => Channel::Nats,
+        ChannelKind::Feed => Channel::Feed,
+        ChannelKind::Webhook => {
+            let secret =
+                WebhookSecret::parse(webhook_secret.as_deref().unwrap_or_default()).map_err(bad)?;
+            Channel::Webhook(
+                Webhook::new(webhook_url.as_deref().unwrap_or_default(), secret).map_err(bad)?,
+            )
+        }
+    };
+    Ok(Consumer {
+        id: ConsumerId::parse(id).map_err(bad)?,
+        channel,
+        fields: serde_json::from_str(fields)?,
+        purposes: serde_json::from_str(purposes)?,
+        created_at,
+        disabled_at,
+    })
+}
+
+/// Columns of a handoff row in their stored (engine-neutral) form.
+pub(crate) struct HandoffColumns {
+    pub fields: String,
+    pub basis: String,
+}
+
+impl HandoffColumns {
+    pub fn of(h: &Handoff) -> Result<Self, StoreError> {
+        Ok(Self {
+            fields: serde_json::to_string(&h.fields)?,
+            basis: serde_json::to_string(&h.basis)?,
+        })
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one argument per column")]
+pub(crate) fn handoff_from_columns(
+    seq: i64,
+    consumer_id: &str,
+    message_id: Uuid,
+    kind: &str,
+    event_id: Uuid,
+    global_position: i64,
+    customer: Uuid,
+    fields: &str,
+    basis: &str,
+    channel: &str,
+    delivered_at: DateTime<Utc>,
+) -> Result<HandoffEntry, StoreError> {
+    let bad = |e: ValueError| StoreError::Integrity(format!("stored handoff {seq}: {e}"));
+    Ok(HandoffEntry {
+        seq: crate::backend::to_u64(seq),
+        handoff: Handoff {
+            consumer_id: ConsumerId::parse(consumer_id).map_err(bad)?,
+            message_id,
+            kind: HandoffKind::parse(kind)?,
+            event_id: EventId::from(event_id),
+            global_position: crate::backend::to_u64(global_position),
+            customer_id: customer_id(customer)?,
+            fields: serde_json::from_str(fields)?,
+            basis: serde_json::from_str(basis)?,
+            channel: ChannelKind::parse(channel).map_err(bad)?,
+            delivered_at,
+        },
+    })
+}

@@ -1,0 +1,433 @@
+//! Delivery bookkeeping on every backend: the consumer registry, checkpoints, the handoff log,
+//! acknowledgements as consumer state, and sync exceptions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use chrono::Utc;
+use idledger_domain::ids::{CustomerId, EventId, Purpose};
+use idledger_domain::state::ConsentStatus;
+use idledger_store::delivery::{
+    Ack, AckOutcome, AckStatus, Channel, ChannelKind, ConsentBasis, ConsumerId, DeliveryCommit,
+    ExceptionFilter, ExceptionKind, FieldSelector, Handoff, HandoffFilter, HandoffKind,
+    NewConsumer, NewSyncException, RegisterError, Relation, StartAt, ValueHash, Webhook,
+    WebhookSecret,
+};
+use idledger_store::{Deliveries, Ledger};
+use serde_json::json;
+use support::*;
+
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Engine::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Engine::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    consumers_register_list_and_disable,
+    commits_log_handoffs_once_and_checkpoints_never_go_back,
+    acks_become_consumer_state_newest_version_wins,
+    one_open_exception_per_consumer_customer_field_and_kind,
+);
+
+fn id(s: &str) -> ConsumerId {
+    ConsumerId::parse(s).unwrap()
+}
+
+fn purposes(list: &[&str]) -> Vec<Purpose> {
+    list.iter().map(|p| Purpose::parse(p).unwrap()).collect()
+}
+
+fn selectors(list: &[&str]) -> Vec<FieldSelector> {
+    list.iter()
+        .map(|s| FieldSelector::parse(s).unwrap())
+        .collect()
+}
+
+async fn nats_consumer(deliveries: &Deliveries, name: &str) {
+    let new = NewConsumer::new(
+        id(name),
+        Channel::Nats,
+        selectors(&["email"]),
+        purposes(&["crm"]),
+        StartAt::Beginning,
+    )
+    .unwrap();
+    deliveries.register_consumer(new, Utc::now()).await.unwrap();
+}
+
+/// A customer with one `email` event; returns it and the event.
+async fn customer_with_email(ledger: &Ledger) -> (CustomerId, EventId) {
+    let customer = new_customer();
+    let result = ledger
+        .execute(
+            &source("idp"),
+            &command(
+                customer,
+                &format!("k-{customer}"),
+                vec![
+                    idledger_domain::Change::Register,
+                    set("email", json!("ada@example.org")),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    (customer, result.result.events[1].id)
+}
+
+async fn consumers_register_list_and_disable(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    customer_with_email(&store.ledger).await;
+    let secret = WebhookSecret::parse("s3cret-s3cret-s3cret").unwrap();
+    let webhook = NewConsumer::new(
+        id("cdp"),
+        Channel::Webhook(Webhook::new("https://cdp.example/hook", secret.clone()).unwrap()),
+        selectors(&["email", "consent.*", "email"]),
+        purposes(&["analytics", "marketing"]),
+        StartAt::Now,
+    )
+    .unwrap();
+    let registered = deliveries
+        .register_consumer(webhook.clone(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(registered.fields, selectors(&["email", "consent.*"]));
+    assert!(matches!(
+        deliveries.register_consumer(webhook, Utc::now()).await,
+        Err(RegisterError::Exists(_))
+    ));
+    nats_consumer(&deliveries, "crm").await;
+    let all = deliveries.consumers().await.unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["cdp", "crm"]
+    );
+    let cdp = deliveries.consumer(&id("cdp")).await.unwrap().unwrap();
+    assert_eq!(cdp, registered, "reads back exactly what was registered");
+    let Channel::Webhook(w) = &cdp.channel else {
+        panic!("not a webhook: {cdp:?}")
+    };
+    assert_eq!((w.url(), &w.secret), ("https://cdp.example/hook", &secret));
+    assert!(cdp.selects(&field("consent.marketing")) && !cdp.selects(&field("phone")));
+    // "now" starts after what is already in the log; "beginning" before it.
+    let head = store.ledger.head_position().await.unwrap();
+    assert_eq!(deliveries.checkpoint(&id("cdp")).await.unwrap(), Some(head));
+    assert_eq!(deliveries.checkpoint(&id("crm")).await.unwrap(), Some(0));
+    assert!(
+        deliveries
+            .disable_consumer(&id("crm"), Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !deliveries
+            .disable_consumer(&id("nobody"), Utc::now())
+            .await
+            .unwrap()
+    );
+    let crm = deliveries.consumer(&id("crm")).await.unwrap().unwrap();
+    assert!(!crm.is_enabled());
+    assert!(deliveries.consumer(&id("nobody")).await.unwrap().is_none());
+}
+
+fn handoff(consumer: &str, customer: CustomerId, event: EventId, position: u64) -> Handoff {
+    Handoff {
+        consumer_id: id(consumer),
+        message_id: event.as_uuid(),
+        kind: HandoffKind::Change,
+        event_id: event,
+        global_position: position,
+        customer_id: customer,
+        fields: vec!["email".to_owned()],
+        basis: vec![ConsentBasis {
+            purpose: Purpose::parse("crm").unwrap(),
+            status: ConsentStatus::Granted,
+            legal_basis: None,
+            consent_version: Some(1),
+            consent_event_id: None,
+            notice: None,
+            granted_at: None,
+            expires_at: None,
+        }],
+        channel: ChannelKind::Nats,
+        delivered_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),
+    }
+}
+
+async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    nats_consumer(&deliveries, "crm").await;
+    nats_consumer(&deliveries, "cdp").await;
+    let a = new_customer();
+    let b = new_customer();
+    let events: Vec<EventId> = (0..5)
+        .map(|_| EventId::from(uuid::Uuid::now_v7()))
+        .collect();
+    let first = [
+        handoff("crm", a, events[0], 1),
+        handoff("crm", b, events[1], 2),
+        handoff("crm", a, events[2], 3),
+    ];
+    let crm = id("crm");
+    let commit = DeliveryCommit {
+        consumer: &crm,
+        handoffs: &first,
+        relations: &[
+            (a, Relation::Receiving),
+            (b, Relation::Receiving),
+            (a, Relation::Withdrawn),
+        ],
+        checkpoint: Some(3),
+        at: Utc::now(),
+    };
+    deliveries.commit(&commit).await.unwrap();
+    // A re-delivery of the same messages after a crash, with an older checkpoint.
+    let again = DeliveryCommit {
+        checkpoint: Some(2),
+        relations: &[],
+        ..commit.clone()
+    };
+    deliveries.commit(&again).await.unwrap();
+    assert_eq!(deliveries.checkpoint(&crm).await.unwrap(), Some(3));
+    let cdp = id("cdp");
+    deliveries
+        .commit(&DeliveryCommit {
+            consumer: &cdp,
+            handoffs: &[handoff("cdp", a, events[0], 1)],
+            relations: &[],
+            checkpoint: None,
+            at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(deliveries.checkpoint(&cdp).await.unwrap(), Some(0));
+    let relations = deliveries
+        .relations(&crm, &[a, b, new_customer()])
+        .await
+        .unwrap();
+    assert_eq!(relations.len(), 2);
+    assert_eq!(
+        relations[&a],
+        Relation::Withdrawn,
+        "the last relation of a batch wins"
+    );
+    assert_eq!(relations[&b], Relation::Receiving);
+    assert_eq!(
+        deliveries
+            .receiving_customers(&crm, None, 10)
+            .await
+            .unwrap(),
+        vec![b]
+    );
+    // By customer: both consumers, in log order, paged.
+    let page = deliveries
+        .handoffs(&HandoffFilter::Customer(a), None, 2)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    let rest = deliveries
+        .handoffs(&HandoffFilter::Customer(a), page.next, 2)
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.next, None);
+    let of_a: Vec<(String, EventId)> = page
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|h| (h.handoff.consumer_id.to_string(), h.handoff.event_id))
+        .collect();
+    assert_eq!(
+        of_a,
+        [
+            ("crm".to_owned(), events[0]),
+            ("crm".to_owned(), events[2]),
+            ("cdp".to_owned(), events[0])
+        ]
+    );
+    assert_eq!(
+        page.items[0].handoff, first[0],
+        "reads back what was logged"
+    );
+    let by_crm = deliveries
+        .handoffs(&HandoffFilter::Consumer(crm.clone()), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(by_crm.items.len(), 3, "a re-delivery is logged once");
+}
+
+async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    nats_consumer(&deliveries, "crm").await;
+    let (customer, event) = customer_with_email(&store.ledger).await;
+    let hash = ValueHash::parse(&format!("sha256:{}", "AB".repeat(32))).unwrap();
+    assert_eq!(hash.as_str(), format!("sha256:{}", "ab".repeat(32)));
+    let ack = |version: u64, status: AckStatus, reason: Option<&str>| Ack {
+        consumer_id: id("crm"),
+        event_id: event,
+        customer_id: customer,
+        field: field("email"),
+        version,
+        value_hash: Some(hash.clone()),
+        status,
+        reason: reason.map(str::to_owned),
+        acked_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),
+    };
+    assert_eq!(
+        deliveries
+            .record_ack(&ack(2, AckStatus::Applied, None))
+            .await
+            .unwrap(),
+        AckOutcome::Recorded
+    );
+    assert_eq!(
+        deliveries
+            .record_ack(&ack(1, AckStatus::Rejected, Some("older")))
+            .await
+            .unwrap(),
+        AckOutcome::Superseded { stored_version: 2 }
+    );
+    let state = deliveries
+        .consumer_state(&id("crm"), Some(customer))
+        .await
+        .unwrap();
+    assert_eq!(state.len(), 1);
+    assert_eq!(
+        (
+            state[0].version,
+            state[0].status,
+            state[0].value_hash.as_deref()
+        ),
+        (2, AckStatus::Applied, Some(hash.as_str()))
+    );
+    assert_eq!(state[0].event_id, event);
+    // The same version again may change its status (e.g. a retry that now applies).
+    assert_eq!(
+        deliveries
+            .record_ack(&ack(2, AckStatus::Rejected, Some("format")))
+            .await
+            .unwrap(),
+        AckOutcome::Recorded
+    );
+    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
+    assert_eq!(
+        (state[0].status, state[0].reason.as_deref()),
+        (AckStatus::Rejected, Some("format"))
+    );
+    // Acks that match nothing we delivered are refused and change nothing.
+    let invalid = [
+        Ack {
+            consumer_id: id("nobody"),
+            ..ack(3, AckStatus::Applied, None)
+        },
+        Ack {
+            event_id: EventId::from(uuid::Uuid::now_v7()),
+            ..ack(3, AckStatus::Applied, None)
+        },
+        Ack {
+            customer_id: new_customer(),
+            ..ack(3, AckStatus::Applied, None)
+        },
+        Ack {
+            field: field("phone"),
+            ..ack(3, AckStatus::Applied, None)
+        },
+        ack(3, AckStatus::Rejected, None),
+        ack(3, AckStatus::Rejected, Some(&"x".repeat(1001))),
+    ];
+    for bad in invalid {
+        let outcome = deliveries.record_ack(&bad).await.unwrap();
+        assert!(
+            matches!(outcome, AckOutcome::Invalid(_)),
+            "{bad:?}: {outcome:?}"
+        );
+    }
+    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
+    assert_eq!(state[0].version, 2);
+}
+
+async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    nats_consumer(&deliveries, "crm").await;
+    let a = new_customer();
+    let b = new_customer();
+    let open = |customer: CustomerId, path: &str, attempt: u32| NewSyncException {
+        consumer_id: id("crm"),
+        customer_id: customer,
+        field: Some(field(path)),
+        kind: ExceptionKind::WebhookRejected,
+        detail: json!({"status": 422, "attempt": attempt}),
+        at: Utc::now(),
+    };
+    let first = deliveries
+        .open_exception(&open(a, "email", 1))
+        .await
+        .unwrap();
+    let again = deliveries
+        .open_exception(&open(a, "email", 2))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.occurrences, 2);
+    assert_eq!(again.detail, json!({"status": 422, "attempt": 2}));
+    assert_eq!(again.status, "open");
+    let other_field = deliveries
+        .open_exception(&open(a, "phone", 1))
+        .await
+        .unwrap();
+    let other_customer = deliveries
+        .open_exception(&open(b, "email", 1))
+        .await
+        .unwrap();
+    assert_ne!(other_field.id, first.id);
+    assert_ne!(other_customer.id, first.id);
+    let all = deliveries
+        .exceptions(&ExceptionFilter::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    let of_a = deliveries
+        .exceptions(
+            &ExceptionFilter {
+                customer: Some(a),
+                open_only: true,
+                ..ExceptionFilter::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(of_a.len(), 2);
+    let after_first = deliveries
+        .exceptions(
+            &ExceptionFilter {
+                after: Some(all[0].id),
+                ..ExceptionFilter::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(after_first.len(), 2);
+    assert_eq!(of_a[0].field.as_deref(), Some("email"));
+}
