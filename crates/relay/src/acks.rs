@@ -1,0 +1,62 @@
+//! Consumer acknowledgements: what a consumer reports it did with a change. **API boundary**:
+//! the same JSON body arrives on NATS (`<ack prefix>.<consumer id>`) and over HTTP.
+//!
+//! ```json
+//! { "event_id": "<the CloudEvent id of the change>", "customer_id": "<id>",
+//!   "field": "email", "version": 3, "value_hash": "sha256:<hex>" | null,
+//!   "status": "applied" | "rejected", "reason": "<why, required when rejected>" }
+//! ```
+//!
+//! `value_hash` is the `data.value_hash` of the change the consumer now holds (`null` when it
+//! holds no value, e.g. after `idledger.field.cleared.v1`). Unknown keys are refused, so a
+//! misspelt key is an error rather than a silently missing value.
+
+use chrono::Utc;
+use idledger_domain::field::FieldPath;
+use idledger_domain::ids::{CustomerId, EventId};
+use idledger_store::delivery::{Ack, AckOutcome, AckStatus, ConsumerId, ValueHash};
+use idledger_store::{Deliveries, StoreError};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    event_id: EventId,
+    customer_id: CustomerId,
+    field: FieldPath,
+    version: u64,
+    value_hash: Option<ValueHash>,
+    status: AckStatus,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Parses an acknowledgement `consumer` sent; the error says what is wrong with it.
+pub fn parse(consumer: &ConsumerId, body: &[u8]) -> Result<Ack, String> {
+    let body: AckBody =
+        serde_json::from_slice(body).map_err(|e| format!("not a valid acknowledgement: {e}"))?;
+    Ok(Ack {
+        consumer_id: consumer.clone(),
+        event_id: body.event_id,
+        customer_id: body.customer_id,
+        field: body.field,
+        version: body.version,
+        value_hash: body.value_hash,
+        status: body.status,
+        reason: body.reason.map(|r| r.trim().to_owned()),
+        acked_at: idledger_store::model::from_micros(idledger_store::model::micros(Utc::now())),
+    })
+}
+
+/// Parses and records an acknowledgement. `Ok(Invalid)` for one that is malformed or does not
+/// match a recorded change; `Err` only when the store failed (the caller may retry).
+pub async fn intake(
+    deliveries: &Deliveries,
+    consumer: &ConsumerId,
+    body: &[u8],
+) -> Result<AckOutcome, StoreError> {
+    match parse(consumer, body) {
+        Ok(ack) => deliveries.record_ack(&ack).await,
+        Err(reason) => Ok(AckOutcome::Invalid(reason)),
+    }
+}

@@ -1,0 +1,228 @@
+//! Purpose limitation at delivery: what a consumer may receive of a recorded event, decided on
+//! the customer's state at the moment of delivery. Pure and synchronous, so every channel (NATS,
+//! webhooks, the HTTP feed) decides the same way.
+//!
+//! The rules:
+//! - A consumer receives a customer's data only while the basis for **every** purpose it
+//!   processes data for holds now (`CustomerState::consent_status` is `Granted`: not withdrawn,
+//!   not expired, not stale under the policy, not a minor's consent without a guardian). A
+//!   consent record's `basis` is the legal basis (consent, contract, legitimate interests…)
+//!   under which the customer's data may be used for that purpose.
+//! - When the basis stops holding for a customer the consumer was receiving, it gets one
+//!   withdrawal notice (stop using and delete the data) and nothing further.
+//! - When the basis holds again and there is something to deliver, it first gets a resume
+//!   notice, then the change.
+//! - A consumer that never received anything of a customer gets nothing while the basis fails:
+//!   not even a notice, which would itself reveal the customer to it.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::event::EventPayload;
+use idledger_domain::field::FieldPath;
+use idledger_domain::policy::Policy;
+use idledger_domain::state::{ConsentStatus, CustomerState};
+use idledger_store::delivery::{ConsentBasis, Consumer, Relation};
+use idledger_store::model::RecordedEvent;
+
+/// What one event means to one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The messages to send, in order (at most: resume, then change; or a lone notice).
+    pub messages: Vec<Outgoing>,
+    /// The consumer's relation to the customer after these messages, if it changes.
+    pub relation: Option<Relation>,
+}
+
+impl Decision {
+    fn skip() -> Self {
+        Self {
+            messages: Vec::new(),
+            relation: None,
+        }
+    }
+}
+
+/// A message the decision calls for. The envelope is built from it and the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// The event's change of a field the consumer selects.
+    Change {
+        change: FieldChange,
+        basis: Vec<ConsentBasis>,
+    },
+    /// The basis stopped holding: stop using and delete the customer's data.
+    Notice { basis: Vec<ConsentBasis> },
+    /// The basis holds again after a notice: deliveries resume.
+    Resume { basis: Vec<ConsentBasis> },
+}
+
+impl Outgoing {
+    pub fn basis(&self) -> &[ConsentBasis] {
+        match self {
+            Self::Change { basis, .. } | Self::Notice { basis } | Self::Resume { basis } => basis,
+        }
+    }
+}
+
+/// The deliverable kinds of change an event can carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldChange {
+    /// A value became current (`field_set`, `change_verified`).
+    Set {
+        field: FieldPath,
+        version: u64,
+    },
+    Cleared {
+        field: FieldPath,
+        version: u64,
+    },
+    /// A consent was granted or withdrawn (the field `consent.<purpose>`).
+    Consent {
+        field: FieldPath,
+        granted: bool,
+        version: u64,
+    },
+}
+
+impl FieldChange {
+    pub fn field(&self) -> &FieldPath {
+        match self {
+            Self::Set { field, .. } | Self::Cleared { field, .. } | Self::Consent { field, .. } => {
+                field
+            }
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        match self {
+            Self::Set { version, .. }
+            | Self::Cleared { version, .. }
+            | Self::Consent { version, .. } => *version,
+        }
+    }
+
+    /// The change an event makes that consumers can be sent, if any. Pending changes,
+    /// proposals and registration stay inside idledger: they are not (yet) the record.
+    pub fn of(payload: &EventPayload) -> Option<Self> {
+        match payload {
+            EventPayload::FieldSet { field, version, .. }
+            | EventPayload::ChangeVerified { field, version, .. } => Some(Self::Set {
+                field: field.clone(),
+                version: *version,
+            }),
+            EventPayload::FieldCleared { field, version } => Some(Self::Cleared {
+                field: field.clone(),
+                version: *version,
+            }),
+            EventPayload::ConsentGranted {
+                purpose, version, ..
+            } => Some(Self::Consent {
+                field: FieldPath::Consent(purpose.clone()),
+                granted: true,
+                version: *version,
+            }),
+            EventPayload::ConsentWithdrawn { purpose, version } => Some(Self::Consent {
+                field: FieldPath::Consent(purpose.clone()),
+                granted: false,
+                version: *version,
+            }),
+            EventPayload::CustomerRegistered
+            | EventPayload::ChangeRequested { .. }
+            | EventPayload::ChangeCancelled { .. }
+            | EventPayload::ValueProposed { .. }
+            | EventPayload::ProposalAccepted { .. }
+            | EventPayload::ProposalRejected { .. } => None,
+        }
+    }
+}
+
+/// The standing of each of the consumer's purposes for a customer at `now`.
+pub fn basis(
+    consumer: &Consumer,
+    state: Option<&CustomerState>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Vec<ConsentBasis> {
+    consumer
+        .purposes
+        .iter()
+        .map(|purpose| {
+            let status = state.map_or(ConsentStatus::NeverGranted, |s| {
+                s.consent_status(purpose, policy, now)
+            });
+            let record = state.and_then(|s| s.consents.get(purpose));
+            ConsentBasis {
+                purpose: purpose.clone(),
+                status,
+                legal_basis: record.map(|c| c.terms.basis),
+                consent_version: record.map(|c| c.version),
+                consent_event_id: record.map(|c| c.last_event_id),
+                notice: record.map(|c| c.terms.notice.clone()),
+                granted_at: record.map(|c| c.granted_at),
+                expires_at: record.and_then(|c| c.terms.expires_at),
+            }
+        })
+        .collect()
+}
+
+/// Whether every purpose's basis holds.
+pub fn holds(basis: &[ConsentBasis]) -> bool {
+    basis.iter().all(|b| b.status == ConsentStatus::Granted)
+}
+
+/// Whether an event can matter to the consumer before any state is read: it changes a field
+/// the consumer selects, or the consumer is receiving the customer's data (so a notice may be
+/// due). Lets callers skip loading state for everything else.
+pub fn may_concern(consumer: &Consumer, event: &RecordedEvent, relation: Option<Relation>) -> bool {
+    relation == Some(Relation::Receiving) || selected_change(consumer, event).is_some()
+}
+
+fn selected_change(consumer: &Consumer, event: &RecordedEvent) -> Option<FieldChange> {
+    FieldChange::of(&event.envelope.event.payload).filter(|c| consumer.selects(c.field()))
+}
+
+/// Decides what `consumer` is sent for `event`, given the customer's current `state` (`None`:
+/// no record, e.g. erased), the consumer's current `relation` to the customer and `now`.
+pub fn decide(
+    consumer: &Consumer,
+    event: &RecordedEvent,
+    state: Option<&CustomerState>,
+    relation: Option<Relation>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Decision {
+    let change = selected_change(consumer, event);
+    if change.is_none() && relation != Some(Relation::Receiving) {
+        return Decision::skip();
+    }
+    let basis = basis(consumer, state, policy, now);
+    if !holds(&basis) {
+        return decide_without_basis(relation, basis);
+    }
+    let Some(change) = change else {
+        return Decision::skip();
+    };
+    let mut messages = Vec::with_capacity(2);
+    if relation == Some(Relation::Withdrawn) {
+        messages.push(Outgoing::Resume {
+            basis: basis.clone(),
+        });
+    }
+    messages.push(Outgoing::Change { change, basis });
+    Decision {
+        messages,
+        relation: (relation != Some(Relation::Receiving)).then_some(Relation::Receiving),
+    }
+}
+
+/// The consumer's basis for a customer no longer holds, found without an event (e.g. a
+/// consent expired while the customer was quiet): a notice if it was receiving.
+pub fn decide_without_basis(relation: Option<Relation>, basis: Vec<ConsentBasis>) -> Decision {
+    if relation == Some(Relation::Receiving) {
+        Decision {
+            messages: vec![Outgoing::Notice { basis }],
+            relation: Some(Relation::Withdrawn),
+        }
+    } else {
+        Decision::skip()
+    }
+}

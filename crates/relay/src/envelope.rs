@@ -1,0 +1,395 @@
+//! The delivery envelope: CloudEvents 1.0, structured JSON. **API boundary**: consumers parse
+//! these; change them only by adding a new `type` version (`…v2`) or optional attributes.
+//!
+//! ```json
+//! {
+//!   "specversion": "1.0",
+//!   "id": "<event id, or a derived id for notices>",
+//!   "source": "<this idledger instance, e.g. urn:idledger:prod-eu>",
+//!   "type": "idledger.field.changed.v1",
+//!   "subject": "<customer id>",
+//!   "time": "<when the event was recorded, RFC 3339>",
+//!   "datacontenttype": "application/json",
+//!   "idledgerposition": 1234,
+//!   "idledgerversion": 3,
+//!   "idledgerconsumer": "crm",
+//!   "idledgerevent": "<the event this message came from>",
+//!   "data": { "field": "email", "value": "ada@example.org", "value_hash": "sha256:…",
+//!             "version": 3, "previous_version": 2, "provenance": { … } }
+//! }
+//! ```
+//!
+//! A message with a given id always carries the same content, so a re-publish after a crash
+//! is an exact duplicate that JetStream (by `Nats-Msg-Id`) or the consumer (by `id`) drops.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::event::EventPayload;
+use idledger_domain::ids::{CustomerId, EventId};
+use idledger_store::delivery::{
+    ChannelKind, ConsentBasis, Consumer, ConsumerId, Handoff, HandoffKind,
+};
+use idledger_store::model::RecordedEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::entitlement::{FieldChange, Outgoing};
+
+pub const SPEC_VERSION: &str = "1.0";
+/// A field's value became current.
+pub const FIELD_CHANGED: &str = "idledger.field.changed.v1";
+/// A field's value was removed.
+pub const FIELD_CLEARED: &str = "idledger.field.cleared.v1";
+/// A consent field (`consent.<purpose>`) the consumer selects was granted or withdrawn.
+pub const CONSENT_CHANGED: &str = "idledger.consent.changed.v1";
+/// Withdrawal notice: the basis for the consumer's purposes no longer holds for this customer;
+/// stop using and delete the customer's data. Nothing further follows until a resume.
+pub const CONSENT_WITHDRAWN: &str = "idledger.consent.withdrawn.v1";
+/// The basis holds again after a withdrawal notice; deliveries of this customer resume.
+pub const CONSENT_GRANTED: &str = "idledger.consent.granted.v1";
+
+/// A CloudEvents 1.0 event in structured JSON mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub datacontenttype: String,
+    /// The global log position of the event the message came from.
+    pub idledgerposition: u64,
+    /// The field's version after the change (changes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idledgerversion: Option<u64>,
+    pub idledgerconsumer: String,
+    /// The event the message came from (equal to `id` for changes).
+    pub idledgerevent: String,
+    pub data: Value,
+}
+
+/// A message ready for any channel: the envelope's bytes plus what the handoff log keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The CloudEvent id.
+    pub id: Uuid,
+    pub kind: HandoffKind,
+    pub event_type: &'static str,
+    pub customer_id: CustomerId,
+    pub event_id: EventId,
+    pub position: u64,
+    /// The field path the subject ends in.
+    pub subject_field: String,
+    /// Fields whose data it carries (for a notice: the consumer's selectors, to delete).
+    pub fields: Vec<String>,
+    pub basis: Vec<ConsentBasis>,
+    /// The serialised CloudEvent.
+    pub body: Vec<u8>,
+}
+
+impl Message {
+    /// `<prefix>.<consumer>.<customer>.<field path>`: consumers filter by wildcard
+    /// (`idledger.v1.crm.*.email`, `idledger.v1.crm.>`) and NATS permissions can confine a
+    /// consumer to `<prefix>.<consumer>.>`.
+    pub fn subject(&self, prefix: &str, consumer: &ConsumerId) -> String {
+        format!(
+            "{prefix}.{consumer}.{}.{}",
+            self.customer_id, self.subject_field
+        )
+    }
+
+    /// Unique per delivery: the same event goes to many consumers through one stream.
+    pub fn dedupe_id(&self, consumer: &ConsumerId) -> String {
+        format!("{consumer}:{}", self.id)
+    }
+
+    pub fn handoff(
+        &self,
+        consumer: &ConsumerId,
+        channel: ChannelKind,
+        at: DateTime<Utc>,
+    ) -> Handoff {
+        Handoff {
+            consumer_id: consumer.clone(),
+            message_id: self.id,
+            kind: self.kind,
+            event_id: self.event_id,
+            global_position: self.position,
+            customer_id: self.customer_id,
+            fields: self.fields.clone(),
+            basis: self.basis.clone(),
+            channel,
+            delivered_at: at,
+        }
+    }
+}
+
+/// Why a notice was sent without an event of the customer (a consent ran out while quiet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sweep {
+    pub customer_id: CustomerId,
+    /// The consumer's checkpoint when the expiry was found.
+    pub position: u64,
+    /// When the basis ran out (the grant's expiry, or its policy maximum age).
+    pub time: DateTime<Utc>,
+}
+
+/// Builds the message for an outgoing decision about `event`.
+pub fn message(
+    source: &str,
+    consumer: &Consumer,
+    event: &RecordedEvent,
+    outgoing: &Outgoing,
+) -> Result<Message, serde_json::Error> {
+    let envelope = &event.envelope;
+    let (id, kind, event_type, version, subject_field, fields, data) = match outgoing {
+        Outgoing::Change { change, .. } => {
+            let (event_type, data) = change_data(change, &envelope.event.payload, event)?;
+            let field = change.field().to_string();
+            (
+                envelope.id.as_uuid(),
+                HandoffKind::Change,
+                event_type,
+                Some(change.version()),
+                field.clone(),
+                vec![field],
+                data,
+            )
+        }
+        Outgoing::Notice { basis } => {
+            let id = derived_id(&["notice", consumer.id.as_str(), &envelope.id.to_string()]);
+            let (field, data) = notice_data(consumer, basis)?;
+            (
+                id,
+                HandoffKind::Notice,
+                CONSENT_WITHDRAWN,
+                None,
+                field,
+                selectors(consumer),
+                data,
+            )
+        }
+        Outgoing::Resume { basis } => {
+            let id = derived_id(&["resume", consumer.id.as_str(), &envelope.id.to_string()]);
+            let data = json!({ "fields": selectors(consumer), "basis": basis });
+            (
+                id,
+                HandoffKind::Resume,
+                CONSENT_GRANTED,
+                None,
+                first_consent_field(consumer),
+                selectors(consumer),
+                data,
+            )
+        }
+    };
+    let cloud = CloudEvent {
+        specversion: SPEC_VERSION.to_owned(),
+        id: id.to_string(),
+        source: source.to_owned(),
+        event_type: event_type.to_owned(),
+        subject: event.customer_id.to_string(),
+        time: event.recorded_at,
+        datacontenttype: "application/json".to_owned(),
+        idledgerposition: event.global_position,
+        idledgerversion: version,
+        idledgerconsumer: consumer.id.to_string(),
+        idledgerevent: envelope.id.to_string(),
+        data,
+    };
+    Ok(Message {
+        id,
+        kind,
+        event_type,
+        customer_id: event.customer_id,
+        event_id: envelope.id,
+        position: event.global_position,
+        subject_field,
+        fields,
+        basis: outgoing.basis().to_vec(),
+        body: serde_json::to_vec(&cloud)?,
+    })
+}
+
+/// A notice found by the expiry sweep: no event caused it, so its id and time derive from the
+/// consent that ran out (a repeat of the sweep builds the very same message).
+pub fn sweep_notice(
+    source: &str,
+    consumer: &Consumer,
+    sweep: &Sweep,
+    basis: &[ConsentBasis],
+) -> Result<Message, serde_json::Error> {
+    let failing = basis
+        .iter()
+        .find(|b| b.status != idledger_domain::state::ConsentStatus::Granted);
+    let cause = failing
+        .and_then(|b| b.consent_event_id)
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let status = failing.map(|b| status_name(b.status)).unwrap_or_default();
+    let id = derived_id(&[
+        "sweep",
+        consumer.id.as_str(),
+        &sweep.customer_id.to_string(),
+        &cause,
+        status,
+    ]);
+    let (field, data) = notice_data(consumer, basis)?;
+    let event_id = failing
+        .and_then(|b| b.consent_event_id)
+        .unwrap_or_else(|| EventId::from(Uuid::nil()));
+    let cloud = CloudEvent {
+        specversion: SPEC_VERSION.to_owned(),
+        id: id.to_string(),
+        source: source.to_owned(),
+        event_type: CONSENT_WITHDRAWN.to_owned(),
+        subject: sweep.customer_id.to_string(),
+        time: sweep.time,
+        datacontenttype: "application/json".to_owned(),
+        idledgerposition: sweep.position,
+        idledgerversion: None,
+        idledgerconsumer: consumer.id.to_string(),
+        idledgerevent: event_id.to_string(),
+        data,
+    };
+    Ok(Message {
+        id,
+        kind: HandoffKind::Notice,
+        event_type: CONSENT_WITHDRAWN,
+        customer_id: sweep.customer_id,
+        event_id,
+        position: sweep.position,
+        subject_field: field,
+        fields: selectors(consumer),
+        basis: basis.to_vec(),
+        body: serde_json::to_vec(&cloud)?,
+    })
+}
+
+/// `sha256:<hex>` of a consent field's natural value, its state (`"granted"`/`"withdrawn"`),
+/// the same way `FieldValue::digest` hashes values: consumers ack consents with it.
+pub fn consent_digest(granted: bool) -> String {
+    let value = Value::String(consent_state(granted).to_owned());
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(value.to_string().as_bytes()))
+    )
+}
+
+fn consent_state(granted: bool) -> &'static str {
+    if granted { "granted" } else { "withdrawn" }
+}
+
+fn status_name(status: idledger_domain::state::ConsentStatus) -> &'static str {
+    use idledger_domain::state::ConsentStatus as S;
+    match status {
+        S::Granted => "granted",
+        S::Withdrawn => "withdrawn",
+        S::Expired => "expired",
+        S::Stale => "stale",
+        S::GuardianRequired => "guardian_required",
+        S::NeverGranted => "never_granted",
+    }
+}
+
+fn change_data(
+    change: &FieldChange,
+    payload: &EventPayload,
+    event: &RecordedEvent,
+) -> Result<(&'static str, Value), serde_json::Error> {
+    let version = change.version();
+    let mut data = serde_json::Map::new();
+    data.insert("field".to_owned(), json!(change.field().to_string()));
+    let event_type = match (change, payload) {
+        (
+            FieldChange::Set { .. },
+            EventPayload::FieldSet { value, .. } | EventPayload::ChangeVerified { value, .. },
+        ) => {
+            data.insert("value".to_owned(), value.to_json());
+            data.insert("value_hash".to_owned(), json!(value.digest()));
+            FIELD_CHANGED
+        }
+        (FieldChange::Consent { granted, .. }, _) => {
+            data.insert("value".to_owned(), json!(consent_state(*granted)));
+            data.insert("value_hash".to_owned(), json!(consent_digest(*granted)));
+            if let EventPayload::ConsentGranted { terms, .. } = payload {
+                data.insert("terms".to_owned(), serde_json::to_value(terms)?);
+            }
+            CONSENT_CHANGED
+        }
+        _ => {
+            data.insert("value".to_owned(), Value::Null);
+            data.insert("value_hash".to_owned(), Value::Null);
+            FIELD_CLEARED
+        }
+    };
+    data.insert("version".to_owned(), json!(version));
+    data.insert(
+        "previous_version".to_owned(),
+        json!(version.saturating_sub(1)),
+    );
+    data.insert("provenance".to_owned(), provenance(event)?);
+    Ok((event_type, Value::Object(data)))
+}
+
+/// The event's provenance as consumers see it: who, on whose behalf, on what evidence, when,
+/// under which policy. The source's idempotency key stays inside.
+fn provenance(event: &RecordedEvent) -> Result<Value, serde_json::Error> {
+    let mut value = serde_json::to_value(&event.envelope.event.provenance)?;
+    if let Value::Object(map) = &mut value {
+        map.remove("idempotency_key");
+        map.insert(
+            "policy_version".to_owned(),
+            json!(event.envelope.event.policy_version),
+        );
+    }
+    Ok(value)
+}
+
+fn notice_data(
+    consumer: &Consumer,
+    basis: &[ConsentBasis],
+) -> Result<(String, Value), serde_json::Error> {
+    let failing = basis
+        .iter()
+        .find(|b| b.status != idledger_domain::state::ConsentStatus::Granted);
+    let field = failing.map_or_else(
+        || first_consent_field(consumer),
+        |b| format!("consent.{}", b.purpose),
+    );
+    let data = json!({
+        "field": field,
+        "reason": failing.map(|b| status_name(b.status)),
+        "action": "stop_processing_and_delete",
+        "fields": selectors(consumer),
+        "basis": serde_json::to_value(basis)?,
+    });
+    Ok((field, data))
+}
+
+fn selectors(consumer: &Consumer) -> Vec<String> {
+    consumer.fields.iter().map(ToString::to_string).collect()
+}
+
+fn first_consent_field(consumer: &Consumer) -> String {
+    consumer
+        .purposes
+        .first()
+        .map_or_else(|| "consent".to_owned(), |p| format!("consent.{p}"))
+}
+
+/// A stable id for a message that is not itself an event: UUIDv8 from a SHA-256 of its parts.
+fn derived_id(parts: &[&str]) -> Uuid {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}

@@ -1,0 +1,319 @@
+//! NATS JetStream: the delivery stream, publishing with pipelined PubAcks, and ack intake.
+//!
+//! Ordering under failure: async-nats drops whatever sat in its write buffer when the
+//! connection breaks and sends later publishes on the new connection, so a naive pipeline can
+//! store message n+1 while n is lost. We therefore keep at most one unacknowledged message per
+//! customer in flight (many customers are in flight at once): a customer's next message is
+//! published only after the previous one is stored. After any failure the step stops, commits
+//! the acknowledged prefix and starts again from it; re-published messages carry the same
+//! `Nats-Msg-Id`, which JetStream drops within its duplicate window.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, stream};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use idledger_domain::ids::CustomerId;
+use idledger_store::Deliveries;
+use idledger_store::delivery::{AckOutcome, Consumer, ConsumerId};
+use tokio_util::sync::CancellationToken;
+
+use crate::acks;
+use crate::config::{Backoff, NatsConfig, Retention, StreamSettings};
+use crate::error::RelayError;
+use crate::plan::Batch;
+use crate::worker::Sent;
+
+/// Connects (in the background: the relay starts even while NATS is down) and builds the
+/// JetStream context whose timeout bounds every publish's wait for its PubAck.
+pub async fn connect(config: &NatsConfig) -> Result<jetstream::Context, RelayError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("idledger-relay")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis(100u64.saturating_mul(1 << attempt.min(5)))
+        })
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| RelayError::Config(format!("NATS URL {}: {e}", config.url)))?;
+    Ok(jetstream::ContextBuilder::new()
+        .timeout(config.publish_timeout)
+        .build(client))
+}
+
+fn stream_config(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: settings.name.clone(),
+        subjects: vec![format!("{}.>", settings.subject_prefix)],
+        retention: match settings.retention {
+            Retention::Limits => stream::RetentionPolicy::Limits,
+            Retention::Interest => stream::RetentionPolicy::Interest,
+            Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+        },
+        max_age: settings.max_age.unwrap_or_default(),
+        num_replicas: settings.replicas,
+        duplicate_window: settings.duplicate_window,
+        storage: if settings.file_storage {
+            stream::StorageType::File
+        } else {
+            stream::StorageType::Memory
+        },
+        description: Some(
+            "idledger deliveries: CloudEvents per consumer, customer and field".to_owned(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Creates the delivery stream if missing, or updates it where its settings differ from ours.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<(), RelayError> {
+    ensure(js, stream_config(settings)).await
+}
+
+async fn ensure(js: &jetstream::Context, wanted: stream::Config) -> Result<(), RelayError> {
+    match js.get_stream(&wanted.name).await {
+        Ok(mut existing) => {
+            let info = existing.info().await.map_err(RelayError::nats)?;
+            let have = &info.config;
+            let differs = have.subjects != wanted.subjects
+                || have.retention != wanted.retention
+                || have.max_age != wanted.max_age
+                || have.num_replicas != wanted.num_replicas
+                || have.duplicate_window != wanted.duplicate_window;
+            if differs {
+                tracing::info!(stream = %wanted.name, "updating the JetStream stream's settings");
+                let updated = stream::Config {
+                    // Storage cannot change on a live stream; keep what it has.
+                    storage: have.storage,
+                    ..wanted
+                };
+                js.update_stream(updated).await.map_err(RelayError::nats)?;
+            }
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => {
+            tracing::info!(stream = %wanted.name, "creating the JetStream stream");
+            js.create_stream(wanted).await.map_err(RelayError::nats)?;
+            Ok(())
+        }
+        Err(e) => Err(RelayError::nats(e)),
+    }
+}
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Publishes one consumer's messages to the delivery stream.
+#[derive(Debug)]
+pub struct NatsSender {
+    js: jetstream::Context,
+    settings: StreamSettings,
+    max_in_flight: usize,
+}
+
+impl NatsSender {
+    pub fn new(js: jetstream::Context, config: &NatsConfig) -> Self {
+        Self {
+            js,
+            settings: config.stream.clone(),
+            max_in_flight: config.max_in_flight.max(1),
+        }
+    }
+
+    /// Publishes the batch with up to `max_in_flight` PubAcks pending, one per customer at a
+    /// time (see the module docs). Stops scheduling at the first failure or on cancellation,
+    /// waits for what is in flight, and reports which messages were stored.
+    pub async fn send(
+        &mut self,
+        consumer: &Consumer,
+        batch: &Batch,
+        cancel: &CancellationToken,
+    ) -> Sent {
+        let messages = &batch.messages;
+        let mut queues: HashMap<CustomerId, VecDeque<usize>> = HashMap::new();
+        let mut ready: VecDeque<CustomerId> = VecDeque::new();
+        for (i, planned) in messages.iter().enumerate() {
+            let customer = planned.message.customer_id;
+            queues
+                .entry(customer)
+                .or_insert_with(|| {
+                    ready.push_back(customer);
+                    VecDeque::new()
+                })
+                .push_back(i);
+        }
+        let mut stored = vec![false; messages.len()];
+        let mut error: Option<RelayError> = None;
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while error.is_none() && !cancel.is_cancelled() && in_flight.len() < self.max_in_flight
+            {
+                let Some(customer) = ready.pop_front() else {
+                    break;
+                };
+                let Some(i) = queues.get_mut(&customer).and_then(VecDeque::pop_front) else {
+                    continue;
+                };
+                let message = &messages[i].message;
+                let publish = PublishMessage::build()
+                    .payload(bytes::Bytes::from(message.body.clone()))
+                    .message_id(message.dedupe_id(&consumer.id))
+                    .header("Content-Type", "application/cloudevents+json");
+                let subject = message.subject(&self.settings.subject_prefix, &consumer.id);
+                match self.js.send_publish(subject, publish).await {
+                    Ok(ack) => in_flight.push(async move { (i, customer, ack.await) }),
+                    Err(e) => error = Some(RelayError::nats(format!("publish: {e}"))),
+                }
+            }
+            let Some((i, customer, result)) = in_flight.next().await else {
+                break;
+            };
+            match result {
+                Ok(ack) if ack.stream == self.settings.name => {
+                    stored[i] = true;
+                    if queues.get(&customer).is_some_and(|q| !q.is_empty()) {
+                        ready.push_back(customer);
+                    }
+                }
+                Ok(ack) => {
+                    error.get_or_insert(RelayError::Nats(format!(
+                        "subject is captured by stream {} instead of {}",
+                        ack.stream, self.settings.name
+                    )));
+                }
+                Err(e) => {
+                    error.get_or_insert(RelayError::nats(format!("PubAck: {e}")));
+                }
+            }
+        }
+        if error.is_some() {
+            // A lost stream (e.g. NATS restarted without its storage) is created again before
+            // the retry; the checkpoint keeps what was already delivered from being re-sent.
+            if let Err(e) = ensure_stream(&self.js, &self.settings).await {
+                tracing::debug!(error = %e, "could not check the stream after a failed publish");
+            }
+        }
+        Sent {
+            delivered: stored
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.then_some(i))
+                .collect(),
+            first_unhandled: stored.iter().position(|s| !s),
+            error,
+            retry_in: None,
+        }
+    }
+}
+
+/// Reads acknowledgements from the ack stream until cancelled, recording each as consumer
+/// state. Malformed or unmatched acks are logged and dropped; a database failure leaves the
+/// ack in the stream to be redelivered.
+pub async fn run_ack_intake(
+    js: jetstream::Context,
+    deliveries: Deliveries,
+    config: NatsConfig,
+    retry: Backoff,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0u32;
+    while !cancel.is_cancelled() {
+        match intake(&js, &deliveries, &config, &cancel).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "ack intake failed; retrying");
+                let wait = retry.delay(failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn intake(
+    js: &jetstream::Context,
+    deliveries: &Deliveries,
+    config: &NatsConfig,
+    cancel: &CancellationToken,
+) -> Result<(), RelayError> {
+    ensure(
+        js,
+        stream::Config {
+            name: config.ack_stream.clone(),
+            subjects: vec![format!("{}.*", config.ack_subject_prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(120),
+            description: Some(
+                "idledger: consumer acknowledgements waiting to be recorded".to_owned(),
+            ),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let stream = js
+        .get_stream(&config.ack_stream)
+        .await
+        .map_err(RelayError::nats)?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            &config.ack_durable,
+            pull::Config {
+                durable_name: Some(config.ack_durable.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(RelayError::nats)?;
+    let mut messages = consumer.messages().await.map_err(RelayError::nats)?;
+    let prefix = format!("{}.", config.ack_subject_prefix);
+    loop {
+        let next = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(RelayError::nats(e)),
+            None => return Err(RelayError::Nats("the ack subscription ended".to_owned())),
+        };
+        let consumer_id = message
+            .subject
+            .as_str()
+            .strip_prefix(&prefix)
+            .map(ConsumerId::parse);
+        let outcome = match consumer_id {
+            Some(Ok(id)) => acks::intake(deliveries, &id, &message.payload).await,
+            _ => Ok(AckOutcome::Invalid(format!(
+                "subject {} names no consumer",
+                message.subject
+            ))),
+        };
+        let kind = match outcome {
+            Ok(AckOutcome::Recorded | AckOutcome::Superseded { .. }) => jetstream::AckKind::Ack,
+            Ok(AckOutcome::Invalid(reason)) => {
+                tracing::warn!(subject = %message.subject, reason, "dropped an invalid acknowledgement");
+                jetstream::AckKind::Term
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record an acknowledgement; it will be redelivered");
+                jetstream::AckKind::Nak(Some(Duration::from_secs(1)))
+            }
+        };
+        message.ack_with(kind).await.map_err(RelayError::nats)?;
+    }
+}

@@ -1,0 +1,304 @@
+//! One step of delivery, shared by every channel: read a page of the log after a position,
+//! decide per event what the consumer is sent (on the customers' current state), and build the
+//! messages. Channels then send them and commit what was delivered.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use chrono::{DateTime, Utc};
+use idledger_domain::ids::{CustomerId, EventId};
+use idledger_domain::state::CustomerState;
+use idledger_store::delivery::{
+    ChannelKind, Consumer, DeliveryCommit, ExceptionKind, Handoff, NewSyncException, Relation,
+};
+use idledger_store::model::RecordedEvent;
+use idledger_store::{Deliveries, Ledger, StoreError};
+use serde_json::json;
+
+use crate::entitlement;
+use crate::envelope::{self, Message};
+use crate::error::RelayError;
+
+/// A message and the relation to its customer that delivering it establishes.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub message: Message,
+    pub relation: Option<Relation>,
+}
+
+/// What one step has to send.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// In log order; one event may yield several messages, most yield none.
+    pub messages: Vec<Planned>,
+    /// The position of the last event read (`None`: nothing new).
+    pub last_position: Option<u64>,
+}
+
+/// What every delivery task shares.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    pub ledger: Ledger,
+    pub deliveries: Deliveries,
+    pub source: String,
+}
+
+enum Read {
+    Event(Box<RecordedEvent>),
+    /// An event that cannot be decrypted or parsed (e.g. its customer's key was destroyed).
+    Unreadable {
+        position: u64,
+        customer: uuid::Uuid,
+        event_id: uuid::Uuid,
+        field: Option<String>,
+        reason: String,
+    },
+}
+
+/// Store failures that retrying will not cure: the event itself cannot be read.
+fn permanent(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Integrity(_) | StoreError::Schema(_) | StoreError::Json(_)
+    )
+}
+
+impl Planner {
+    /// Plans the messages for up to `limit` events after `after`.
+    pub async fn plan(
+        &self,
+        consumer: &Consumer,
+        after: u64,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Batch, RelayError> {
+        let reads = self.read(after, limit).await?;
+        let Some(last_position) = reads.last().map(|r| match r {
+            Read::Event(e) => e.global_position,
+            Read::Unreadable { position, .. } => *position,
+        }) else {
+            return Ok(Batch::default());
+        };
+        let customers: Vec<CustomerId> = reads
+            .iter()
+            .filter_map(|r| match r {
+                Read::Event(e) => Some(e.customer_id),
+                Read::Unreadable { .. } => None,
+            })
+            .collect();
+        let mut relations = self.deliveries.relations(&consumer.id, &customers).await?;
+        let mut states: HashMap<CustomerId, Option<CustomerState>> = HashMap::new();
+        let policy = self.ledger.policy();
+        let mut messages = Vec::new();
+        for read in reads {
+            let event = match read {
+                Read::Event(event) => event,
+                Read::Unreadable {
+                    position,
+                    customer,
+                    event_id,
+                    field,
+                    reason,
+                } => {
+                    self.undeliverable(consumer, position, customer, event_id, field, &reason, now)
+                        .await?;
+                    continue;
+                }
+            };
+            let relation = relations.get(&event.customer_id).copied();
+            if !entitlement::may_concern(consumer, &event, relation) {
+                continue;
+            }
+            let state = match states.entry(event.customer_id) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => v.insert(self.ledger.state(event.customer_id).await?),
+            };
+            let decision =
+                entitlement::decide(consumer, &event, state.as_ref(), relation, policy, now);
+            if let Some(r) = decision.relation {
+                relations.insert(event.customer_id, r);
+            }
+            for outgoing in &decision.messages {
+                messages.push(Planned {
+                    message: envelope::message(&self.source, consumer, &event, outgoing)?,
+                    relation: decision.relation,
+                });
+            }
+        }
+        Ok(Batch {
+            messages,
+            last_position: Some(last_position),
+        })
+    }
+
+    /// A page of the log; if some event in it cannot be read, the page is read one event at a
+    /// time so that the readable ones still go out and the others are reported.
+    async fn read(&self, after: u64, limit: u32) -> Result<Vec<Read>, RelayError> {
+        match self.ledger.read_all(after, limit).await {
+            Ok(events) => {
+                return Ok(events
+                    .into_iter()
+                    .map(|e| Read::Event(Box::new(e)))
+                    .collect());
+            }
+            Err(e) if permanent(&e) => {
+                tracing::warn!(error = %e, after, "a page of the log has an unreadable event; reading it one by one");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut reads = Vec::new();
+        let mut position = after;
+        for _ in 0..limit.min(100) {
+            match self.ledger.read_all(position, 1).await {
+                Ok(mut one) => match one.pop() {
+                    Some(event) => {
+                        position = event.global_position;
+                        reads.push(Read::Event(Box::new(event)));
+                    }
+                    None => break,
+                },
+                Err(e) if permanent(&e) => {
+                    let raw = self.ledger.backend().read_all(position, 1).await?;
+                    let Some(raw) = raw.into_iter().next() else {
+                        break;
+                    };
+                    position = raw.global_position;
+                    reads.push(Read::Unreadable {
+                        position,
+                        customer: raw.customer_id,
+                        event_id: raw.event_id,
+                        field: raw.field,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(reads)
+    }
+
+    /// Reports an unreadable event to stewards, if the consumer could have been concerned.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one unreadable event"
+    )]
+    async fn undeliverable(
+        &self,
+        consumer: &Consumer,
+        position: u64,
+        customer: uuid::Uuid,
+        event_id: uuid::Uuid,
+        field: Option<String>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), RelayError> {
+        let field = field.and_then(|f| idledger_domain::field::FieldPath::parse(&f).ok());
+        let Some(field) = field.filter(|f| consumer.selects(f)) else {
+            return Ok(());
+        };
+        let Ok(customer_id) = CustomerId::from_uuid(customer) else {
+            return Ok(());
+        };
+        tracing::warn!(consumer = %consumer.id, position, %event_id, reason, "event cannot be read; not delivered");
+        self.deliveries
+            .open_exception(&NewSyncException {
+                consumer_id: consumer.id.clone(),
+                customer_id,
+                field: Some(field),
+                kind: ExceptionKind::Undeliverable,
+                detail: json!({
+                    "event_id": EventId::from(event_id),
+                    "global_position": position,
+                    "reason": reason,
+                }),
+                at: now,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Records delivered messages (handoff log and relations) and the new checkpoint at once.
+    pub async fn commit(
+        &self,
+        consumer: &Consumer,
+        channel: ChannelKind,
+        delivered: &[&Planned],
+        checkpoint: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<(), RelayError> {
+        if delivered.is_empty() && checkpoint.is_none() {
+            return Ok(());
+        }
+        let handoffs: Vec<Handoff> = delivered
+            .iter()
+            .map(|p| p.message.handoff(&consumer.id, channel, now))
+            .collect();
+        let relations: Vec<(CustomerId, Relation)> = delivered
+            .iter()
+            .filter_map(|p| p.relation.map(|r| (p.message.customer_id, r)))
+            .collect();
+        self.deliveries
+            .commit(&DeliveryCommit {
+                consumer: &consumer.id,
+                handoffs: &handoffs,
+                relations: &relations,
+                checkpoint,
+                at: now,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Notices for customers whose basis ran out without an event (expiry, maximum age),
+    /// among those the consumer is receiving. Cheap per customer: the projection only.
+    pub async fn sweep(
+        &self,
+        consumer: &Consumer,
+        position: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Planned>, RelayError> {
+        let mut notices = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .deliveries
+                .receiving_customers(&consumer.id, after, 500)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(*last);
+            for customer in page {
+                let state = self.ledger.state(customer).await?;
+                let policy = self.ledger.policy();
+                let basis = entitlement::basis(consumer, state.as_ref(), policy, now);
+                if entitlement::holds(&basis) {
+                    continue;
+                }
+                let time = ran_out_at(&basis, policy).unwrap_or(now);
+                let sweep = envelope::Sweep {
+                    customer_id: customer,
+                    position,
+                    time,
+                };
+                let message = envelope::sweep_notice(&self.source, consumer, &sweep, &basis)?;
+                notices.push(Planned {
+                    message,
+                    relation: Some(Relation::Withdrawn),
+                });
+            }
+        }
+        Ok(notices)
+    }
+}
+
+/// When a basis that holds no more ran out by itself: the grant's expiry or its maximum age.
+fn ran_out_at(
+    basis: &[idledger_store::delivery::ConsentBasis],
+    policy: &idledger_domain::policy::Policy,
+) -> Option<DateTime<Utc>> {
+    use idledger_domain::state::ConsentStatus;
+    basis.iter().find_map(|b| match b.status {
+        ConsentStatus::Expired => b.expires_at,
+        ConsentStatus::Stale => Some(b.granted_at? + policy.consent_max_age(&b.purpose)?),
+        _ => None,
+    })
+}

@@ -1,0 +1,673 @@
+//! Test fixtures for delivery: a fresh database per test (PostgreSQL on a real server, or a
+//! temp SQLite file), a real NATS server (the shared one, or a throwaway one a test may kill),
+//! a real HTTP receiver, and helpers to read what consumers got.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use idledger_domain::command::{Change, Command, Principal, ProvenanceInput};
+use idledger_domain::field::{FieldPath, FieldValue};
+use idledger_domain::ids::{Actor, ActorKind, CustomerId, IdempotencyKey, Key, Purpose, SourceId};
+use idledger_domain::policy::Policy;
+use idledger_domain::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
+use idledger_relay::envelope::CloudEvent;
+use idledger_relay::{Backoff, NatsConfig, Relay, RelayConfig, StreamSettings, WebhookConfig};
+use idledger_store::delivery::{
+    Channel, ConsumerId, FieldSelector, NewConsumer, StartAt, Webhook, WebhookSecret,
+};
+use idledger_store::{Deliveries, Ledger, LedgerOptions, MasterKey};
+use sqlx::Connection;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const NATS_BIN: &str = "/usr/sbin/nats-server";
+
+// ---------------------------------------------------------------------------------------
+// Databases
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+/// One test's database, dropped (PostgreSQL) or deleted (SQLite) when the test ends.
+pub struct TestDb {
+    pub engine: Engine,
+    pub url: String,
+    pub pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin_url()).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+pub fn admin_url() -> String {
+    std::env::var("IDLEDGER_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+impl TestDb {
+    pub async fn new(engine: Engine) -> Self {
+        match engine {
+            Engine::Postgres => {
+                let admin = admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL is not reachable at {admin}: {e}\n\
+                         These tests need a real PostgreSQL server. Start one with `bash scripts/services.sh`, \
+                         or point IDLEDGER_TEST_DATABASE_URL at a server where this user may CREATE DATABASE."
+                    )
+                });
+                let name = format!("idledger_test_{}", uuid::Uuid::now_v7().simple());
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let (base, _) = admin.rsplit_once('/').unwrap();
+                Self {
+                    engine,
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("idledger.db").display());
+                Self {
+                    engine,
+                    url,
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+}
+
+pub struct TestStore {
+    pub db: TestDb,
+    pub ledger: Ledger,
+    pub deliveries: Deliveries,
+    master_hex: String,
+}
+
+impl TestStore {
+    pub async fn new(engine: Engine) -> Self {
+        let db = TestDb::new(engine).await;
+        let master = MasterKey::generate();
+        let master_hex = master.to_hex().to_string();
+        let backend = idledger_store::open_backend(&db.url).await.unwrap();
+        let deliveries = Deliveries::new(backend.clone());
+        let ledger = Ledger::new(
+            backend,
+            master,
+            Policy::default_policy().unwrap(),
+            LedgerOptions::default(),
+        );
+        Self {
+            db,
+            ledger,
+            deliveries,
+            master_hex,
+        }
+    }
+
+    /// Another ledger on the same database, with its own pool: what a restarted process has.
+    pub async fn another_ledger(&self) -> Ledger {
+        Ledger::new(
+            idledger_store::open_backend(&self.db.url).await.unwrap(),
+            MasterKey::from_hex(&self.master_hex).unwrap(),
+            Policy::default_policy().unwrap(),
+            LedgerOptions::default(),
+        )
+    }
+
+    pub async fn register(&self, new: NewConsumer) {
+        self.deliveries
+            .register_consumer(new, Utc::now())
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the consumer's checkpoint reaches the log's head.
+    pub async fn caught_up(&self, consumer: &str, within: Duration) {
+        let id = ConsumerId::parse(consumer).unwrap();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let head = self.ledger.head_position().await.unwrap();
+            let at = self.deliveries.checkpoint(&id).await.unwrap().unwrap();
+            if at >= head {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "consumer {consumer} is at {at} of {head} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------
+
+pub fn source(id: &str) -> Principal {
+    Principal::Source(SourceId::parse(id).unwrap())
+}
+
+pub fn field(path: &str) -> FieldPath {
+    FieldPath::parse(path).unwrap()
+}
+
+pub fn set(path: &str, json: serde_json::Value) -> Change {
+    Change::SetField {
+        field: field(path),
+        value: FieldValue::parse(&field(path), &json).unwrap(),
+        expected_version: None,
+    }
+}
+
+pub fn grant(purpose: &str, expires_at: Option<DateTime<Utc>>) -> Change {
+    Change::GrantConsent {
+        purpose: Purpose::parse(purpose).unwrap(),
+        basis: LegalBasis::Consent,
+        notice: NoticeRef::new("privacy-notice", "2026-01", &"ab".repeat(32)).unwrap(),
+        channel: ConsentChannel::Web,
+        jurisdiction: Jurisdiction::parse("FR").unwrap(),
+        expires_at,
+    }
+}
+
+pub fn withdraw(purpose: &str) -> Change {
+    Change::WithdrawConsent {
+        purpose: Purpose::parse(purpose).unwrap(),
+    }
+}
+
+pub fn command(customer: CustomerId, changes: Vec<Change>) -> Command {
+    Command {
+        customer_id: customer,
+        idempotency_key: IdempotencyKey::parse(&uuid::Uuid::now_v7().to_string()).unwrap(),
+        provenance: ProvenanceInput {
+            actor: Actor::new(ActorKind::System, "sync-job").unwrap(),
+            on_behalf_of: None,
+            evidence: Some(Evidence::new(Key::parse("email_link").unwrap(), "link-1").unwrap()),
+            observed_at: None,
+            correlation_id: None,
+            causation_id: None,
+            reason: None,
+        },
+        changes,
+    }
+}
+
+/// Runs a command as `by`; panics on refusal.
+pub async fn run(ledger: &Ledger, by: &str, customer: CustomerId, changes: Vec<Change>) {
+    ledger
+        .execute(&source(by), &command(customer, changes))
+        .await
+        .unwrap_or_else(|e| panic!("command by {by} for {customer} failed: {e}"));
+}
+
+/// A registered customer who consented to `purposes`.
+pub async fn customer_consenting(ledger: &Ledger, purposes: &[&str]) -> CustomerId {
+    let customer = CustomerId::generate();
+    run(ledger, "idp", customer, vec![Change::Register]).await;
+    if !purposes.is_empty() {
+        let grants = purposes.iter().map(|p| grant(p, None)).collect();
+        run(ledger, "consent_portal", customer, grants).await;
+    }
+    customer
+}
+
+pub fn email(n: usize) -> serde_json::Value {
+    serde_json::json!(format!("user{n}@example.org"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Consumers and the relay
+// ---------------------------------------------------------------------------------------
+
+pub fn consumer(id: &str, channel: Channel, fields: &[&str], purposes: &[&str]) -> NewConsumer {
+    NewConsumer::new(
+        ConsumerId::parse(id).unwrap(),
+        channel,
+        fields
+            .iter()
+            .map(|f| FieldSelector::parse(f).unwrap())
+            .collect(),
+        purposes
+            .iter()
+            .map(|p| Purpose::parse(p).unwrap())
+            .collect(),
+        StartAt::Beginning,
+    )
+    .unwrap()
+}
+
+pub const SECRET: &str = "whsec-test-0123456789abcdef";
+
+pub fn webhook_channel(url: &str) -> Channel {
+    Channel::Webhook(Webhook::new(url, WebhookSecret::parse(SECRET).unwrap()).unwrap())
+}
+
+/// A stream, subjects and ack subjects no other test uses (tests share one NATS server).
+pub fn unique_nats(url: &str) -> NatsConfig {
+    let token = uuid::Uuid::now_v7().simple().to_string();
+    let token = &token[token.len() - 12..];
+    NatsConfig {
+        url: url.to_owned(),
+        stream: StreamSettings {
+            name: format!("T{token}"),
+            subject_prefix: format!("t{token}.v1"),
+            max_age: Some(Duration::from_secs(600)),
+            ..StreamSettings::default()
+        },
+        ack_subject_prefix: format!("t{token}.acks"),
+        ack_stream: format!("T{token}_ACKS"),
+        ack_durable: "acks".to_owned(),
+        max_in_flight: 64,
+        publish_timeout: Duration::from_secs(2),
+    }
+}
+
+/// Fast settings for tests: short polls, retries and sweeps.
+pub fn test_config(nats: Option<NatsConfig>) -> RelayConfig {
+    RelayConfig {
+        source: "urn:idledger:test".to_owned(),
+        nats,
+        webhook: WebhookConfig {
+            timeout: Duration::from_secs(2),
+            backoff: Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(400),
+            },
+            max_retry_after: Duration::from_secs(2),
+        },
+        batch_size: 200,
+        poll_interval: Duration::from_millis(10),
+        registry_refresh: Duration::from_millis(100),
+        expiry_sweep_interval: Duration::from_secs(3600),
+        retry: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+    }
+}
+
+pub struct RunningRelay {
+    pub cancel: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl RunningRelay {
+    pub fn start(ledger: Ledger, config: RelayConfig) -> Self {
+        let cancel = CancellationToken::new();
+        let relay = Relay::new(ledger, config);
+        let token = cancel.clone();
+        let task = tokio::spawn(async move { relay.run(token).await.unwrap() });
+        Self { cancel, task }
+    }
+
+    /// Graceful shutdown.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the relay did not stop within 10 s")
+            .unwrap();
+    }
+
+    /// A crash: the task is dropped wherever it is, nothing is flushed or committed.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// NATS
+// ---------------------------------------------------------------------------------------
+
+pub fn nats_url() -> String {
+    std::env::var("IDLEDGER_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_owned())
+}
+
+/// The shared NATS server; fails the test, saying how to start one, if it is not there.
+pub async fn shared_nats() -> String {
+    let url = nats_url();
+    let connected = tokio::time::timeout(Duration::from_secs(3), async_nats::connect(&url)).await;
+    match connected {
+        Ok(Ok(client)) => {
+            if !client.server_info().jetstream {
+                panic!("the NATS server at {url} has no JetStream; start nats-server with -js");
+            }
+            url
+        }
+        Ok(Err(e)) => panic!(
+            "NATS is not reachable at {url}: {e}\nThese tests need a real NATS server with JetStream. \
+             Start one with `bash scripts/services.sh` (or `nats-server -js`), or point \
+             IDLEDGER_TEST_NATS_URL at one."
+        ),
+        Err(_) => panic!(
+            "NATS at {url} did not answer within 3 s. These tests need a real NATS server with JetStream: \
+             start one with `bash scripts/services.sh` (or `nats-server -js`), or point IDLEDGER_TEST_NATS_URL at one."
+        ),
+    }
+}
+
+pub async fn jetstream(url: &str) -> jetstream::Context {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .unwrap();
+    jetstream::new(client)
+}
+
+/// A throwaway nats-server with JetStream on a free port and its own store, which a test may
+/// kill and start again (same port, same store) without touching the shared server.
+pub struct OwnNats {
+    pub port: u16,
+    pub url: String,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnNats {
+    pub async fn start() -> Self {
+        assert!(
+            std::path::Path::new(NATS_BIN).exists(),
+            "{NATS_BIN} is missing; install it (apt-get install nats-server) or run scripts/services.sh"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = Self {
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        let child = tokio::process::Command::new(NATS_BIN)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(|c| c.id()).unwrap()
+    }
+
+    /// Waits for the server process to exit (after a signal).
+    pub async fn wait(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .expect("nats-server did not exit within 10 s")
+                .unwrap();
+        }
+    }
+
+    /// SIGKILL: the server dies with whatever it had not written.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+/// One delivered NATS message.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub subject: String,
+    pub msg_id: String,
+    pub event: CloudEvent,
+    pub body: Vec<u8>,
+}
+
+/// Every message in the stream under `filter`, in stream order.
+pub async fn read_stream(js: &jetstream::Context, stream: &str, filter: &str) -> Vec<Delivered> {
+    let stream = js.get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+        let Ok(Some(message)) = next else { break };
+        let message = message.unwrap();
+        let pending = message.info().unwrap().pending;
+        out.push(Delivered {
+            subject: message.subject.to_string(),
+            msg_id: message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            event: serde_json::from_slice(&message.payload).unwrap(),
+            body: message.payload.to_vec(),
+        });
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Drops re-publishes by id, checking that each is an exact copy.
+pub fn dedupe(delivered: &[Delivered]) -> Vec<Delivered> {
+    let mut seen: HashMap<&str, &[u8]> = HashMap::new();
+    let mut out = Vec::new();
+    for d in delivered {
+        match seen.get(d.event.id.as_str()) {
+            Some(body) => assert_eq!(
+                *body,
+                d.body.as_slice(),
+                "message {} was delivered twice with different content",
+                d.event.id
+            ),
+            None => {
+                seen.insert(&d.event.id, &d.body);
+                out.push(d.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Per customer, the stream order must follow the log order.
+pub fn assert_ordered_per_customer(events: &[CloudEvent]) {
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in events {
+        let previous = last.insert(&e.subject, e.idledgerposition).unwrap_or(0);
+        assert!(
+            e.idledgerposition >= previous,
+            "customer {}: position {} arrived after {previous}",
+            e.subject,
+            e.idledgerposition
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A real HTTP receiver for webhooks
+// ---------------------------------------------------------------------------------------
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub signature: Option<String>,
+    pub message_id: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+    pub status: u16,
+    pub at: tokio::time::Instant,
+}
+
+/// How the receiver answers a request: status and optional `Retry-After`.
+pub type Responder = Arc<dyn Fn(&CloudEvent, usize) -> (u16, Option<String>) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    shutdown: CancellationToken,
+}
+
+impl Receiver {
+    /// Serves `POST /hook` on 127.0.0.1 (on `port`, or a free one), answering with `respond`.
+    pub async fn start(port: u16, respond: Responder) -> Self {
+        use axum::body::Bytes;
+        use axum::http::{HeaderMap, StatusCode};
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let log = received.clone();
+        let handler = move |headers: HeaderMap, body: Bytes| {
+            let log = log.clone();
+            let respond = respond.clone();
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                let event: CloudEvent = serde_json::from_slice(&body).unwrap();
+                let n = log.lock().unwrap().len();
+                let (status, retry_after) = respond(&event, n);
+                log.lock().unwrap().push(Received {
+                    signature: header("idledger-signature"),
+                    message_id: header("idledger-message-id"),
+                    content_type: header("content-type"),
+                    body: body.to_vec(),
+                    status,
+                    at: tokio::time::Instant::now(),
+                });
+                let mut response_headers = HeaderMap::new();
+                if let Some(ra) = retry_after {
+                    response_headers.insert("retry-after", ra.parse().unwrap());
+                }
+                (StatusCode::from_u16(status).unwrap(), response_headers, "")
+            }
+        };
+        let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            received,
+            shutdown,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The events it accepted (2xx), in arrival order.
+    pub fn accepted(&self) -> Vec<CloudEvent> {
+        self.received()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect()
+    }
+}
+
+/// Waits until `check` holds, polling; fails with `what` after `within`.
+pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
