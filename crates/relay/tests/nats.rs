@@ -322,3 +322,65 @@ async fn nats_restarted_under_load_loses_and_reorders_nothing() {
     assert_eq!(ids.len(), events.len());
     server.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_connections_cut_under_load_lose_and_reorder_nothing() {
+    use sqlx::Connection;
+    let url = shared_nats().await;
+    let store = TestStore::new(Engine::Postgres).await;
+    let nats = unique_nats(&url);
+    store
+        .register(consumer("crm", Channel::Nats, &["email"], &["crm"]))
+        .await;
+    let mut customers = Vec::new();
+    for _ in 0..10 {
+        customers.push(customer_consenting(&store.ledger, &["crm"]).await);
+    }
+    let relay = RunningRelay::start(store.ledger.clone(), test_config(Some(nats.clone())));
+    let writers = {
+        let ledger = store.ledger.clone();
+        let customers = customers.clone();
+        tokio::spawn(async move {
+            for round in 0..20 {
+                for (i, c) in customers.iter().enumerate() {
+                    // The same command (same idempotency key) until it is answered: a cut
+                    // connection may have lost the answer, not the write.
+                    let cmd = command(*c, vec![set("email", email(round * 100 + i))]);
+                    let mut tries = 0;
+                    while let Err(e) = ledger.execute(&source("idp"), &cmd).await {
+                        tries += 1;
+                        assert!(tries < 50, "command keeps failing: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // What a database restart looks like to the relay: every connection it holds is cut.
+    let name = store.db.pg_name.clone().unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+    writers.await.unwrap();
+    store.caught_up("crm", Duration::from_secs(30)).await;
+    relay.stop().await;
+
+    let js = jetstream(&url).await;
+    let prefix = &nats.stream.subject_prefix;
+    let delivered = read_stream(&js, &nats.stream.name, &format!("{prefix}.crm.>")).await;
+    let unique = dedupe(&delivered);
+    let events: Vec<CloudEvent> = unique.iter().map(|d| d.event.clone()).collect();
+    assert_ordered_per_customer(&events);
+    let expected = expected_changes(&store.ledger, &["email"]).await;
+    assert_eq!(expected.values().map(Vec::len).sum::<usize>(), 10 * 20);
+    assert_eq!(per_customer(&events), expected);
+}

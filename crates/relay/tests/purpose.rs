@@ -1,0 +1,258 @@
+//! Purpose limitation at delivery, on a real NATS: a consumer gets a customer's data only while
+//! the basis for its purposes holds; withdrawal or expiry brings one notice and then nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use idledger_domain::ids::CustomerId;
+use idledger_domain::state::ConsentStatus;
+use idledger_relay::envelope::{
+    CONSENT_CHANGED, CONSENT_GRANTED, CONSENT_WITHDRAWN, CloudEvent, FIELD_CHANGED,
+};
+use idledger_store::delivery::{Channel, HandoffFilter, HandoffKind};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_purpose_limitation_withdrawal_and_resume() {
+    purpose_limitation_withdrawal_and_resume(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_purpose_limitation_withdrawal_and_resume() {
+    purpose_limitation_withdrawal_and_resume(Engine::Sqlite).await;
+}
+
+fn of(events: &[CloudEvent], customer: CustomerId) -> Vec<(String, Option<String>)> {
+    events
+        .iter()
+        .filter(|e| e.subject == customer.to_string())
+        .map(|e| {
+            (
+                e.event_type.clone(),
+                e.data["value"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+fn kinds(kinds: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+    kinds
+        .iter()
+        .map(|(t, v)| ((*t).to_owned(), v.map(str::to_owned)))
+        .collect()
+}
+
+async fn purpose_limitation_withdrawal_and_resume(engine: Engine) {
+    let url = shared_nats().await;
+    let store = TestStore::new(engine).await;
+    let nats = unique_nats(&url);
+    // Marketing tool: email for marketing. CRM: email and consent flags for customer service.
+    store
+        .register(consumer("mkt", Channel::Nats, &["email"], &["marketing"]))
+        .await;
+    store
+        .register(consumer(
+            "crm",
+            Channel::Nats,
+            &["email", "consent.*"],
+            &["service"],
+        ))
+        .await;
+    let ledger = &store.ledger;
+    let a = customer_consenting(ledger, &["marketing", "service"]).await;
+    let b = customer_consenting(ledger, &["service"]).await;
+    run(ledger, "idp", a, vec![set("email", email(1))]).await;
+    run(ledger, "idp", b, vec![set("email", email(2))]).await;
+    let relay = RunningRelay::start(ledger.clone(), test_config(Some(nats.clone())));
+    store.caught_up("mkt", Duration::from_secs(20)).await;
+
+    // A withdraws marketing; later changes of A reach the CRM but not the marketing tool.
+    run(ledger, "consent_portal", a, vec![withdraw("marketing")]).await;
+    run(ledger, "idp", a, vec![set("email", email(3))]).await;
+    run(ledger, "idp", b, vec![set("email", email(4))]).await;
+    store.caught_up("mkt", Duration::from_secs(20)).await;
+    store.caught_up("crm", Duration::from_secs(20)).await;
+    // Granted again: a resume notice, then changes flow again.
+    run(ledger, "consent_portal", a, vec![grant("marketing", None)]).await;
+    run(ledger, "idp", a, vec![set("email", email(5))]).await;
+    store.caught_up("mkt", Duration::from_secs(20)).await;
+    store.caught_up("crm", Duration::from_secs(20)).await;
+
+    let js = jetstream(&url).await;
+    let prefix = &nats.stream.subject_prefix;
+    let mkt: Vec<CloudEvent> =
+        dedupe(&read_stream(&js, &nats.stream.name, &format!("{prefix}.mkt.>")).await)
+            .into_iter()
+            .map(|d| d.event)
+            .collect();
+    assert_eq!(
+        of(&mkt, b),
+        vec![],
+        "B never consented to marketing: the marketing tool gets nothing of B"
+    );
+    let e1 = email(1).as_str().unwrap().to_owned();
+    let e5 = email(5).as_str().unwrap().to_owned();
+    assert_eq!(
+        of(&mkt, a),
+        kinds(&[
+            (FIELD_CHANGED, Some(&e1)),
+            (CONSENT_WITHDRAWN, None),
+            (CONSENT_GRANTED, None),
+            (FIELD_CHANGED, Some(&e5)),
+        ]),
+        "one notice on withdrawal, nothing while withdrawn, a resume before the next change"
+    );
+    let notice = mkt
+        .iter()
+        .find(|e| e.event_type == CONSENT_WITHDRAWN)
+        .unwrap();
+    assert_eq!(notice.data["reason"], "withdrawn");
+    assert_eq!(notice.data["action"], "stop_processing_and_delete");
+    assert_eq!(notice.data["field"], "consent.marketing");
+    assert_eq!(notice.data["fields"], serde_json::json!(["email"]));
+    assert_ne!(notice.id, notice.idledgerevent, "a notice has its own id");
+
+    let crm: Vec<CloudEvent> =
+        dedupe(&read_stream(&js, &nats.stream.name, &format!("{prefix}.crm.>")).await)
+            .into_iter()
+            .map(|d| d.event)
+            .collect();
+    let crm_a: Vec<String> = crm
+        .iter()
+        .filter(|e| e.subject == a.to_string())
+        .map(|e| format!("{} {}", e.event_type, e.data["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        crm_a,
+        [
+            format!("{CONSENT_CHANGED} consent.marketing"),
+            format!("{CONSENT_CHANGED} consent.service"),
+            format!("{FIELD_CHANGED} email"),
+            format!("{CONSENT_CHANGED} consent.marketing"),
+            format!("{FIELD_CHANGED} email"),
+            format!("{CONSENT_CHANGED} consent.marketing"),
+            format!("{FIELD_CHANGED} email"),
+        ],
+        "the CRM's own basis (service) held throughout"
+    );
+    let withdrawn = crm
+        .iter()
+        .filter(|e| e.subject == a.to_string())
+        .nth(3)
+        .unwrap();
+    assert_eq!(withdrawn.data["value"], "withdrawn");
+    assert_eq!(
+        withdrawn.data["value_hash"],
+        serde_json::json!(idledger_relay::envelope::consent_digest(false))
+    );
+
+    // The handoff log: what went to whom, on which basis.
+    let log = store
+        .deliveries
+        .handoffs(&HandoffFilter::Customer(a), None, 100)
+        .await
+        .unwrap();
+    let mkt_log: Vec<_> = log
+        .items
+        .iter()
+        .filter(|h| h.handoff.consumer_id.as_str() == "mkt")
+        .map(|h| &h.handoff)
+        .collect();
+    assert_eq!(
+        mkt_log.iter().map(|h| h.kind).collect::<Vec<_>>(),
+        [
+            HandoffKind::Change,
+            HandoffKind::Notice,
+            HandoffKind::Resume,
+            HandoffKind::Change
+        ]
+    );
+    assert_eq!(mkt_log[0].basis[0].status, ConsentStatus::Granted);
+    assert_eq!(mkt_log[0].fields, ["email"]);
+    assert_eq!(mkt_log[1].basis[0].status, ConsentStatus::Withdrawn);
+    let of_b = store
+        .deliveries
+        .handoffs(&HandoffFilter::Customer(b), None, 100)
+        .await
+        .unwrap();
+    assert!(
+        of_b.items
+            .iter()
+            .all(|h| h.handoff.consumer_id.as_str() == "crm"),
+        "nothing of B was handed to the marketing tool"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consent_that_expires_while_the_customer_is_quiet_brings_a_notice() {
+    let url = shared_nats().await;
+    let store = TestStore::new(Engine::Sqlite).await;
+    let nats = unique_nats(&url);
+    store
+        .register(consumer("mkt", Channel::Nats, &["email"], &["marketing"]))
+        .await;
+    let ledger = &store.ledger;
+    let customer = CustomerId::generate();
+    run(
+        ledger,
+        "idp",
+        customer,
+        vec![idledger_domain::Change::Register],
+    )
+    .await;
+    let expires = Utc::now() + chrono::Duration::milliseconds(1500);
+    run(
+        ledger,
+        "consent_portal",
+        customer,
+        vec![grant("marketing", Some(expires))],
+    )
+    .await;
+    run(ledger, "idp", customer, vec![set("email", email(1))]).await;
+    let mut config = test_config(Some(nats.clone()));
+    config.expiry_sweep_interval = Duration::from_millis(300);
+    let relay = RunningRelay::start(ledger.clone(), config);
+    store.caught_up("mkt", Duration::from_secs(20)).await;
+
+    let js = jetstream(&url).await;
+    let filter = format!("{}.mkt.>", nats.stream.subject_prefix);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events: Vec<CloudEvent> = dedupe(&read_stream(&js, &nats.stream.name, &filter).await)
+            .into_iter()
+            .map(|d| d.event)
+            .collect();
+        if events.len() >= 2 {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notice after expiry: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        [FIELD_CHANGED, CONSENT_WITHDRAWN]
+    );
+    assert_eq!(events[1].data["reason"], "expired");
+    assert_eq!(
+        events[1].time.timestamp_micros(),
+        expires.timestamp_micros(),
+        "the notice is dated when the consent ran out"
+    );
+    // Further changes are not delivered, and the sweep does not repeat the notice.
+    run(ledger, "idp", customer, vec![set("email", email(2))]).await;
+    store.caught_up("mkt", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let again = read_stream(&js, &nats.stream.name, &filter).await;
+    assert_eq!(dedupe(&again).len(), 2, "{again:?}");
+    relay.stop().await;
+}
