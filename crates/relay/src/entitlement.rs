@@ -196,7 +196,7 @@ pub fn decide(
     }
     let basis = basis(consumer, state, policy, now);
     if !holds(&basis) {
-        return decide_without_basis(relation, basis);
+        return notice_if_receiving(relation, basis);
     }
     let Some(change) = change else {
         return Decision::skip();
@@ -214,9 +214,8 @@ pub fn decide(
     }
 }
 
-/// The consumer's basis for a customer no longer holds, found without an event (e.g. a
-/// consent expired while the customer was quiet): a notice if it was receiving.
-pub fn decide_without_basis(relation: Option<Relation>, basis: Vec<ConsentBasis>) -> Decision {
+/// The consumer's basis for a customer no longer holds: a notice if it was receiving.
+fn notice_if_receiving(relation: Option<Relation>, basis: Vec<ConsentBasis>) -> Decision {
     if relation == Some(Relation::Receiving) {
         Decision {
             messages: vec![Outgoing::Notice { basis }],

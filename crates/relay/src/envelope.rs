@@ -150,7 +150,7 @@ pub fn message(
             let (event_type, data) = change_data(change, &envelope.event.payload, event)?;
             let field = change.field().to_string();
             (
-                envelope.id.as_uuid(),
+                Some(envelope.id.as_uuid()),
                 HandoffKind::Change,
                 event_type,
                 Some(change.version()),
@@ -160,10 +160,9 @@ pub fn message(
             )
         }
         Outgoing::Notice { basis } => {
-            let id = derived_id(&["notice", consumer.id.as_str(), &envelope.id.to_string()]);
             let (field, data) = notice_data(consumer, basis)?;
             (
-                id,
+                None,
                 HandoffKind::Notice,
                 CONSENT_WITHDRAWN,
                 None,
@@ -173,10 +172,9 @@ pub fn message(
             )
         }
         Outgoing::Resume { basis } => {
-            let id = derived_id(&["resume", consumer.id.as_str(), &envelope.id.to_string()]);
             let data = json!({ "fields": selectors(consumer), "basis": basis });
             (
-                id,
+                None,
                 HandoffKind::Resume,
                 CONSENT_GRANTED,
                 None,
@@ -188,7 +186,7 @@ pub fn message(
     };
     let cloud = CloudEvent {
         specversion: SPEC_VERSION.to_owned(),
-        id: id.to_string(),
+        id: id.map(|id| id.to_string()).unwrap_or_default(),
         source: source.to_owned(),
         event_type: event_type.to_owned(),
         subject: event.customer_id.to_string(),
@@ -200,6 +198,7 @@ pub fn message(
         idledgerevent: envelope.id.to_string(),
         data,
     };
+    let (id, body) = seal(cloud, id)?;
     Ok(Message {
         id,
         kind,
@@ -210,12 +209,12 @@ pub fn message(
         subject_field,
         fields,
         basis: outgoing.basis().to_vec(),
-        body: serde_json::to_vec(&cloud)?,
+        body,
     })
 }
 
-/// A notice found by the expiry sweep: no event caused it, so its id and time derive from the
-/// consent that ran out (a repeat of the sweep builds the very same message).
+/// A notice found by the expiry sweep: no event caused it, so it names the consent that ran
+/// out and is dated when it ran out.
 pub fn sweep_notice(
     source: &str,
     consumer: &Consumer,
@@ -225,25 +224,13 @@ pub fn sweep_notice(
     let failing = basis
         .iter()
         .find(|b| b.status != idledger_domain::state::ConsentStatus::Granted);
-    let cause = failing
-        .and_then(|b| b.consent_event_id)
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    let status = failing.map(|b| status_name(b.status)).unwrap_or_default();
-    let id = derived_id(&[
-        "sweep",
-        consumer.id.as_str(),
-        &sweep.customer_id.to_string(),
-        &cause,
-        status,
-    ]);
     let (field, data) = notice_data(consumer, basis)?;
     let event_id = failing
         .and_then(|b| b.consent_event_id)
         .unwrap_or_else(|| EventId::from(Uuid::nil()));
     let cloud = CloudEvent {
         specversion: SPEC_VERSION.to_owned(),
-        id: id.to_string(),
+        id: String::new(),
         source: source.to_owned(),
         event_type: CONSENT_WITHDRAWN.to_owned(),
         subject: sweep.customer_id.to_string(),
@@ -255,6 +242,7 @@ pub fn sweep_notice(
         idledgerevent: event_id.to_string(),
         data,
     };
+    let (id, body) = seal(cloud, None)?;
     Ok(Message {
         id,
         kind: HandoffKind::Notice,
@@ -265,7 +253,7 @@ pub fn sweep_notice(
         subject_field: field,
         fields: selectors(consumer),
         basis: basis.to_vec(),
-        body: serde_json::to_vec(&cloud)?,
+        body,
     })
 }
 
@@ -381,15 +369,20 @@ fn first_consent_field(consumer: &Consumer) -> String {
         .map_or_else(|| "consent".to_owned(), |p| format!("consent.{p}"))
 }
 
-/// A stable id for a message that is not itself an event: UUIDv8 from a SHA-256 of its parts.
-fn derived_id(parts: &[&str]) -> Uuid {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0u8]);
-    }
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+/// Serialises the envelope under `id`, or — for a message that is not itself an event (a
+/// notice) — under a UUIDv8 derived from a SHA-256 of everything else in it: the same id then
+/// always means the same bytes, and a re-sent notice is an exact duplicate.
+fn seal(mut cloud: CloudEvent, id: Option<Uuid>) -> Result<(Uuid, Vec<u8>), serde_json::Error> {
+    let id = match id {
+        Some(id) => id,
+        None => {
+            cloud.id = String::new();
+            let digest = Sha256::digest(serde_json::to_vec(&cloud)?);
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            uuid::Builder::from_custom_bytes(bytes).into_uuid()
+        }
+    };
+    cloud.id = id.to_string();
+    Ok((id, serde_json::to_vec(&cloud)?))
 }

@@ -45,14 +45,16 @@ pub struct Planner {
 
 enum Read {
     Event(Box<RecordedEvent>),
-    /// An event that cannot be decrypted or parsed (e.g. its customer's key was destroyed).
-    Unreadable {
-        position: u64,
-        customer: uuid::Uuid,
-        event_id: uuid::Uuid,
-        field: Option<String>,
-        reason: String,
-    },
+    Unreadable(Unreadable),
+}
+
+/// An event that cannot be decrypted or parsed (e.g. its customer's key was destroyed).
+struct Unreadable {
+    position: u64,
+    customer: uuid::Uuid,
+    event_id: uuid::Uuid,
+    field: Option<String>,
+    reason: String,
 }
 
 /// Store failures that retrying will not cure: the event itself cannot be read.
@@ -75,7 +77,7 @@ impl Planner {
         let reads = self.read(after, limit).await?;
         let Some(last_position) = reads.last().map(|r| match r {
             Read::Event(e) => e.global_position,
-            Read::Unreadable { position, .. } => *position,
+            Read::Unreadable(u) => u.position,
         }) else {
             return Ok(Batch::default());
         };
@@ -83,7 +85,7 @@ impl Planner {
             .iter()
             .filter_map(|r| match r {
                 Read::Event(e) => Some(e.customer_id),
-                Read::Unreadable { .. } => None,
+                Read::Unreadable(_) => None,
             })
             .collect();
         let mut relations = self.deliveries.relations(&consumer.id, &customers).await?;
@@ -93,15 +95,8 @@ impl Planner {
         for read in reads {
             let event = match read {
                 Read::Event(event) => event,
-                Read::Unreadable {
-                    position,
-                    customer,
-                    event_id,
-                    field,
-                    reason,
-                } => {
-                    self.undeliverable(consumer, position, customer, event_id, field, &reason, now)
-                        .await?;
+                Read::Unreadable(unreadable) => {
+                    self.undeliverable(consumer, &unreadable, now).await?;
                     continue;
                 }
             };
@@ -163,13 +158,13 @@ impl Planner {
                         break;
                     };
                     position = raw.global_position;
-                    reads.push(Read::Unreadable {
+                    reads.push(Read::Unreadable(Unreadable {
                         position,
                         customer: raw.customer_id,
                         event_id: raw.event_id,
                         field: raw.field,
                         reason: e.to_string(),
-                    });
+                    }));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -178,28 +173,24 @@ impl Planner {
     }
 
     /// Reports an unreadable event to stewards, if the consumer could have been concerned.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the parts of one unreadable event"
-    )]
     async fn undeliverable(
         &self,
         consumer: &Consumer,
-        position: u64,
-        customer: uuid::Uuid,
-        event_id: uuid::Uuid,
-        field: Option<String>,
-        reason: &str,
+        unreadable: &Unreadable,
         now: DateTime<Utc>,
     ) -> Result<(), RelayError> {
-        let field = field.and_then(|f| idledger_domain::field::FieldPath::parse(&f).ok());
+        let field = unreadable
+            .field
+            .as_deref()
+            .and_then(|f| idledger_domain::field::FieldPath::parse(f).ok());
         let Some(field) = field.filter(|f| consumer.selects(f)) else {
             return Ok(());
         };
-        let Ok(customer_id) = CustomerId::from_uuid(customer) else {
+        let Ok(customer_id) = CustomerId::from_uuid(unreadable.customer) else {
             return Ok(());
         };
-        tracing::warn!(consumer = %consumer.id, position, %event_id, reason, "event cannot be read; not delivered");
+        let event_id = EventId::from(unreadable.event_id);
+        tracing::warn!(consumer = %consumer.id, position = unreadable.position, %event_id, reason = unreadable.reason, "event cannot be read; not delivered");
         self.deliveries
             .open_exception(&NewSyncException {
                 consumer_id: consumer.id.clone(),
@@ -207,9 +198,9 @@ impl Planner {
                 field: Some(field),
                 kind: ExceptionKind::Undeliverable,
                 detail: json!({
-                    "event_id": EventId::from(event_id),
-                    "global_position": position,
-                    "reason": reason,
+                    "event_id": event_id,
+                    "global_position": unreadable.position,
+                    "reason": unreadable.reason,
                 }),
                 at: now,
             })

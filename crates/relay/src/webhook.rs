@@ -36,22 +36,20 @@ pub const CONTENT_TYPE_CLOUDEVENT: &str = "application/cloudevents+json; charset
 
 /// The `Idledger-Signature` value for `body` sent at `timestamp` (Unix seconds).
 pub fn sign(secret: &WebhookSecret, timestamp: i64, body: &[u8]) -> String {
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac(secret, timestamp, body))
-    )
+    let v1 = keyed(secret, timestamp, body)
+        .map(|mac| hex::encode(mac.finalize().into_bytes()))
+        .unwrap_or_default();
+    format!("t={timestamp},v1={v1}")
 }
 
-fn mac(secret: &WebhookSecret, timestamp: i64, body: &[u8]) -> Vec<u8> {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => return Vec::new(),
-    };
+/// HMAC-SHA256 over `<timestamp>.<body>`. (`None` is unreachable: HMAC takes keys of any
+/// length, but the API says `Result`.)
+fn keyed(secret: &WebhookSecret, timestamp: i64, body: &[u8]) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).ok()?;
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.finalize().into_bytes().to_vec()
+    Some(mac)
 }
 
 /// Why a signature was not accepted.
@@ -93,12 +91,7 @@ pub fn verify(
     if skew > tolerance.as_secs() {
         return Err(SignatureError::Stale);
     }
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
-        return Err(SignatureError::Mismatch);
-    };
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
+    let mac = keyed(secret, timestamp, body).ok_or(SignatureError::Mismatch)?;
     // Several v1 values let a receiver accept both secrets while one is rotated.
     if signatures
         .iter()

@@ -384,3 +384,56 @@ async fn database_connections_cut_under_load_lose_and_reorder_nothing() {
     assert_eq!(expected.values().map(Vec::len).sum::<usize>(), 10 * 20);
     assert_eq!(per_customer(&events), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_customer_is_reported_and_the_others_still_flow() {
+    use idledger_store::delivery::{ExceptionFilter, ExceptionKind};
+    let url = shared_nats().await;
+    let store = TestStore::new(Engine::Sqlite).await;
+    let nats = unique_nats(&url);
+    store
+        .register(consumer("crm", Channel::Nats, &["email"], &["crm"]))
+        .await;
+    let ledger = &store.ledger;
+    let erased = customer_consenting(ledger, &["crm"]).await;
+    let kept = customer_consenting(ledger, &["crm"]).await;
+    run(ledger, "idp", erased, vec![set("email", email(1))]).await;
+    run(ledger, "idp", kept, vec![set("email", email(2))]).await;
+    // Crypto-shredding: without its data key the customer's events cannot be read.
+    let hex = erased.as_uuid().simple().to_string();
+    store
+        .db
+        .exec(&format!(
+            "DELETE FROM data_keys WHERE customer_id = x'{hex}'"
+        ))
+        .await;
+    run(ledger, "idp", kept, vec![set("email", email(3))]).await;
+    let relay = RunningRelay::start(ledger.clone(), test_config(Some(nats.clone())));
+    store.caught_up("crm", Duration::from_secs(20)).await;
+    relay.stop().await;
+
+    let js = jetstream(&url).await;
+    let filter = format!("{}.crm.>", nats.stream.subject_prefix);
+    let events: Vec<CloudEvent> = dedupe(&read_stream(&js, &nats.stream.name, &filter).await)
+        .into_iter()
+        .map(|d| d.event)
+        .collect();
+    assert_eq!(
+        events.iter().map(|e| e.subject.clone()).collect::<Vec<_>>(),
+        [kept.to_string(), kept.to_string()]
+    );
+    let exceptions = store
+        .deliveries
+        .exceptions(&ExceptionFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(exceptions.len(), 1, "{exceptions:?}");
+    assert_eq!(
+        (
+            exceptions[0].kind,
+            exceptions[0].customer_id,
+            exceptions[0].field.as_deref()
+        ),
+        (ExceptionKind::Undeliverable, erased, Some("email"))
+    );
+}

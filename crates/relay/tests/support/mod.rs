@@ -114,6 +114,23 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs raw SQL against this database, as an operator (or an attacker) would.
+    pub async fn exec(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.engine {
+            Engine::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+            Engine::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
 pub struct TestStore {
     pub db: TestDb,
     pub ledger: Ledger,
