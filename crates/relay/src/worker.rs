@@ -166,7 +166,7 @@ async fn step(
         None => batch.last_position,
         Some(i) => batch.messages[i].message.position.checked_sub(1),
     }
-    .filter(|p| *p > after && batch.last_position.is_some());
+    .filter(|p| *p > after);
     planner
         .commit(
             consumer,

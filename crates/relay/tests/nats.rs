@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,29 @@ fn per_customer(events: &[CloudEvent]) -> BTreeMap<String, Vec<String>> {
         out.entry(e.subject.clone()).or_default().push(e.id.clone());
     }
     out
+}
+
+/// Reads what `crm` got, drops re-publishes (checking each is an exact copy), and checks it is
+/// every change of `fields` in the log — `count` of them — once and in log order per customer.
+async fn assert_crm_got_every_change(
+    js: &async_nats::jetstream::Context,
+    nats: &idledger_relay::NatsConfig,
+    ledger: &Ledger,
+    fields: &[&str],
+    count: usize,
+) -> Vec<Delivered> {
+    let filter = format!("{}.crm.>", nats.stream.subject_prefix);
+    let unique = dedupe(&read_stream(js, &nats.stream.name, &filter).await);
+    let events: Vec<CloudEvent> = unique.iter().map(|d| d.event.clone()).collect();
+    assert_ordered_per_customer(&events);
+    let expected = expected_changes(ledger, fields).await;
+    assert_eq!(expected.values().map(Vec::len).sum::<usize>(), count);
+    assert_eq!(
+        per_customer(&events),
+        expected,
+        "every change, once, in log order per customer"
+    );
+    unique
 }
 
 /// Writers that set `email` and `name.given` of every customer, each in its own order.
@@ -112,17 +135,15 @@ async fn every_event_arrives_in_order_per_customer(engine: Engine) {
 
     let js = jetstream(&url).await;
     let prefix = &nats.stream.subject_prefix;
-    let delivered = read_stream(&js, &nats.stream.name, &format!("{prefix}.crm.>")).await;
-    let unique = dedupe(&delivered);
+    let unique = assert_crm_got_every_change(
+        &js,
+        &nats,
+        &store.ledger,
+        &["email", "name.given"],
+        30 * 6 * 2,
+    )
+    .await;
     let events: Vec<CloudEvent> = unique.iter().map(|d| d.event.clone()).collect();
-    assert_ordered_per_customer(&events);
-    let expected = expected_changes(&store.ledger, &["email", "name.given"]).await;
-    assert_eq!(expected.values().map(Vec::len).sum::<usize>(), 30 * 6 * 2);
-    assert_eq!(
-        per_customer(&events),
-        expected,
-        "every change, once, in log order per customer"
-    );
 
     // Per customer and field, versions follow each other.
     let mut versions: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -247,14 +268,7 @@ async fn a_relay_killed_mid_batch_resumes_from_its_checkpoint_without_loss() {
     store.caught_up("crm", Duration::from_secs(30)).await;
     relay.stop().await;
 
-    let prefix = &nats.stream.subject_prefix;
-    let delivered = read_stream(&js, &nats.stream.name, &format!("{prefix}.crm.>")).await;
-    let unique = dedupe(&delivered);
-    let events: Vec<CloudEvent> = unique.iter().map(|d| d.event.clone()).collect();
-    assert_ordered_per_customer(&events);
-    let expected = expected_changes(&store.ledger, &["email"]).await;
-    assert_eq!(expected.values().map(Vec::len).sum::<usize>(), 20 * 41);
-    assert_eq!(per_customer(&events), expected);
+    assert_crm_got_every_change(&js, &nats, &store.ledger, &["email"], 20 * 41).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -310,16 +324,8 @@ async fn nats_restarted_under_load_loses_and_reorders_nothing() {
     relay.stop().await;
 
     let js = jetstream(&server.url).await;
-    let prefix = &nats.stream.subject_prefix;
-    let delivered = read_stream(&js, &nats.stream.name, &format!("{prefix}.crm.>")).await;
-    let unique = dedupe(&delivered);
-    let events: Vec<CloudEvent> = unique.iter().map(|d| d.event.clone()).collect();
-    assert_ordered_per_customer(&events);
-    let expected = expected_changes(&store.ledger, &["email", "name.given"]).await;
-    assert_eq!(expected.values().map(Vec::len).sum::<usize>(), 20 * 3 * 6);
-    assert_eq!(per_customer(&events), expected);
-    let ids: BTreeSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids.len(), events.len());
+    let fields = ["email", "name.given"];
+    assert_crm_got_every_change(&js, &nats, &store.ledger, &fields, 20 * 3 * 6).await;
     server.kill().await;
 }
 
@@ -375,14 +381,7 @@ async fn database_connections_cut_under_load_lose_and_reorder_nothing() {
     relay.stop().await;
 
     let js = jetstream(&url).await;
-    let prefix = &nats.stream.subject_prefix;
-    let delivered = read_stream(&js, &nats.stream.name, &format!("{prefix}.crm.>")).await;
-    let unique = dedupe(&delivered);
-    let events: Vec<CloudEvent> = unique.iter().map(|d| d.event.clone()).collect();
-    assert_ordered_per_customer(&events);
-    let expected = expected_changes(&store.ledger, &["email"]).await;
-    assert_eq!(expected.values().map(Vec::len).sum::<usize>(), 10 * 20);
-    assert_eq!(per_customer(&events), expected);
+    assert_crm_got_every_change(&js, &nats, &store.ledger, &["email"], 10 * 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
