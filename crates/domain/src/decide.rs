@@ -67,6 +67,15 @@ pub fn decide(
     ctx: &Context<'_>,
 ) -> Result<Decision, Refused> {
     validate_command(command, ctx)?;
+    if let Some(expected) = command.expected_stream_version
+        && expected != state.stream_version
+    {
+        return Err(Refusal::RecordVersionConflict {
+            expected,
+            actual: state.stream_version,
+        }
+        .into());
+    }
     let source = match &ctx.principal {
         Principal::Source(s) => s.clone(),
         Principal::Steward => {

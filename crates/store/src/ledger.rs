@@ -261,6 +261,22 @@ impl Ledger {
         })
     }
 
+    /// The stored result of an earlier command from this principal with this idempotency key.
+    pub async fn idempotent_result(
+        &self,
+        principal: &Principal,
+        key: &idledger_domain::ids::IdempotencyKey,
+    ) -> Result<Option<CommandResult>, StoreError> {
+        let source = match principal {
+            Principal::Source(s) => s.as_str(),
+            Principal::Steward => STEWARD_SOURCE,
+        };
+        match self.backend.idempotency(source, key.as_str()).await? {
+            Some((_, result)) => Ok(Some(serde_json::from_str(&result)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -562,7 +578,7 @@ fn replay(
 }
 
 /// Databases keep microseconds; so do we, so that a stored event reads back identical.
-fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
     from_micros(micros(at))
 }
 
@@ -627,7 +643,12 @@ async fn run_writer(
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
         let (requests, replies): (Vec<AppendRequest>, Vec<_>) =
             batch.drain(..).map(|j| (j.request, j.reply)).unzip();
-        match backend.write_batch(&requests).await {
+        let started = std::time::Instant::now();
+        let written = backend.write_batch(&requests).await;
+        metrics::histogram!("idledger_append_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("idledger_append_batch_size").record(requests.len() as f64);
+        match written {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     // The caller may have gone away (request cancelled); its write stands.

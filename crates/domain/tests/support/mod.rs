@@ -118,6 +118,7 @@ impl Scenario {
             idempotency_key: IdempotencyKey::parse(&format!("k-{}", self.commands)).unwrap(),
             provenance,
             changes,
+            expected_stream_version: None,
         }
     }
 
