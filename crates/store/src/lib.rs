@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub use crypto::MasterKey;
 pub use error::{ExecuteError, StoreError};
 pub use ledger::{CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, VerifyReport};
-pub use model::RecordedEvent;
+pub use model::{LogEntry, RecordedEvent, ShreddedEvent};
 
 /// Opens the backend a database URL names: `postgres://…` or `sqlite://<path>` (or a bare
 /// file path, for SQLite), and applies pending migrations.
