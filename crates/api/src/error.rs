@@ -144,6 +144,7 @@ impl From<Refused> for ApiError {
             Refusal::VersionConflict { .. } | Refusal::AlreadyRegistered => StatusCode::CONFLICT,
             Refusal::RecordVersionConflict { .. } => StatusCode::PRECONDITION_FAILED,
             Refusal::NotRegistered | Refusal::UnknownProposal { .. } => StatusCode::NOT_FOUND,
+            Refusal::Erased { .. } => StatusCode::GONE,
             Refusal::InvalidCommand { .. }
             | Refusal::UnknownField { .. }
             | Refusal::InvalidValue { .. }
@@ -187,6 +188,21 @@ impl From<ExecuteError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(&e)
+        match e {
+            StoreError::Erased { customer, at } => ApiError::gone(customer, at),
+            e => ApiError::internal(&e),
+        }
+    }
+}
+
+impl ApiError {
+    /// 410: the customer's record was erased; nothing of it can be read or changed.
+    pub fn gone(customer: impl std::fmt::Display, at: chrono::DateTime<chrono::Utc>) -> Self {
+        ApiError::new(
+            StatusCode::GONE,
+            "erased",
+            format!("customer {customer} was erased at {}", at.to_rfc3339()),
+        )
+        .with("erased_at", at)
     }
 }

@@ -117,3 +117,21 @@ pub fn truncate(s: &str, max: usize) -> String {
         t
     }
 }
+
+/// Path parameters by name, with rejections (e.g. percent-encoded bytes that are not UTF-8)
+/// as problem documents.
+#[derive(Debug)]
+pub struct PathParams(pub std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<std::collections::HashMap<String, String>>::from_request_parts(
+            parts, state,
+        )
+        .await
+        .map(|p| Self(p.0))
+        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+    }
+}

@@ -73,6 +73,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
             "/customers/{customer_id}/fields/{field}/history",
             get(routes::history),
         )
+        .route("/customers/{customer_id}/erasure", post(routes::erase))
         .route("/me", get(routes::me))
         .route("/openapi.json", get(routes::openapi));
     Router::new()

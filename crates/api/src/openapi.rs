@@ -18,6 +18,7 @@ use crate::{error, routes, views, wire};
         routes::command,
         routes::record,
         routes::history,
+        routes::erase,
         routes::me,
         routes::healthz,
         routes::readyz,
@@ -31,6 +32,7 @@ use crate::{error, routes, views, wire};
         wire::ChangeBody,
         wire::ProvenanceDoc,
         wire::NoticeDoc,
+        wire::ErasureRequest,
         views::CommandResponse,
         views::RecordView,
         views::FieldView,
@@ -40,6 +42,7 @@ use crate::{error, routes, views, wire};
         views::HistoryView,
         views::EventView,
         views::WhoAmI,
+        views::ErasureView,
     )),
     modifiers(&BearerAuth),
     tags(

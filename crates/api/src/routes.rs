@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -15,12 +15,12 @@ use idledger_domain::ids::CustomerId;
 use idledger_store::{Executed, Role};
 
 use crate::AppState;
-use crate::auth::{Anyone, Authorized, Historians, Readers, Sources, Writers};
+use crate::auth::{Admins, Anyone, Authorized, Historians, Readers, Sources, Writers};
 use crate::error::{ApiError, Problem};
-use crate::extract::{JsonBody, QueryParams, idempotency_key, if_match, truncate};
+use crate::extract::{JsonBody, PathParams, QueryParams, idempotency_key, if_match, truncate};
 use crate::metrics;
-use crate::views::{CommandResponse, EventView, HistoryView, RecordView, WhoAmI};
-use crate::wire::{self, CommandRequest, RegisterRequest};
+use crate::views::{CommandResponse, ErasureView, EventView, HistoryView, RecordView, WhoAmI};
+use crate::wire::{self, CommandRequest, ErasureRequest, RegisterRequest};
 
 /// Register a customer (role `source`), optionally with first changes, atomically.
 #[utoipa::path(
@@ -89,6 +89,7 @@ pub async fn register(
         (status = 403, description = "forbidden_role, source_mismatch, not_authoritative (with system_of_record and proposal_ids), forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "not_registered, unknown_proposal, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "version_conflict (a field's expected_version), idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "version_conflict (If-Match)", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
@@ -100,7 +101,7 @@ pub async fn register(
 pub async fn command(
     State(state): State<AppState>,
     Authorized(caller, ..): Authorized<Writers>,
-    Path(params): Path<HashMap<String, String>>,
+    PathParams(params): PathParams,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CommandRequest>,
 ) -> Result<Response, ApiError> {
@@ -271,13 +272,14 @@ pub struct RecordQuery {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "not_found, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 pub async fn record(
     State(state): State<AppState>,
     Authorized(..): Authorized<Readers>,
-    Path(params): Path<HashMap<String, String>>,
+    PathParams(params): PathParams,
     QueryParams(query): QueryParams<RecordQuery>,
 ) -> Result<Response, ApiError> {
     let customer = customer_param(&params)?;
@@ -289,6 +291,9 @@ pub async fn record(
         }
         None => (state.ledger.state(customer).await?, None),
     };
+    if let Some(erasure) = state_at.as_ref().and_then(|s| s.erased.as_ref()) {
+        return Err(ApiError::gone(customer, erasure.at));
+    }
     let Some(record) = state_at else {
         return Err(match as_of {
             Some(at) if state.ledger.state(customer).await?.is_some() => ApiError::not_found(
@@ -336,13 +341,14 @@ fn parse_instant(raw: &str) -> Result<DateTime<Utc>, ApiError> {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "not_found, unknown_field, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 pub async fn history(
     State(state): State<AppState>,
     Authorized(..): Authorized<Historians>,
-    Path(params): Path<HashMap<String, String>>,
+    PathParams(params): PathParams,
 ) -> Result<Json<HistoryView>, ApiError> {
     let customer = customer_param(&params)?;
     let raw = params.get("field").map(String::as_str).unwrap_or_default();
@@ -432,4 +438,44 @@ pub async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method; see /v1/openapi.json",
     )
+}
+
+/// Erase a customer (right to erasure; role `admin`): their data key is destroyed, so every
+/// earlier event becomes unreadable; the record answers 410 from then on. The erasure itself
+/// is an event (source `admin`) that stays readable.
+#[utoipa::path(
+    post, path = "/v1/customers/{customer_id}/erasure", tag = "commands",
+    params(("customer_id" = uuid::Uuid, Path)),
+    request_body = ErasureRequest,
+    responses(
+        (status = 200, body = ErasureView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_registered, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased (already)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_body, invalid_value (reason)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn erase(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Admins>,
+    PathParams(params): PathParams,
+    JsonBody(body): JsonBody<ErasureRequest>,
+) -> Result<Json<ErasureView>, ApiError> {
+    let customer = customer_param(&params)?;
+    let admin = idledger_domain::ids::SourceId::parse(idledger_domain::policy::ADMIN_SOURCE)
+        .map_err(|e| ApiError::internal(&e))?;
+    let erasure = state
+        .ledger
+        .erase(customer, &admin, body.actor, &body.reason)
+        .await
+        .map_err(|e| record_refusal(e.into()))?;
+    metrics::command("erased");
+    Ok(Json(ErasureView {
+        customer_id: customer,
+        erased_at: erasure.at,
+        source: erasure.source.to_string(),
+        reason: erasure.reason,
+    }))
 }

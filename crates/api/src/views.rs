@@ -284,3 +284,14 @@ pub struct WhoAmI {
     pub subject: Option<String>,
     pub label: String,
 }
+
+/// The result of an erasure.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasureView {
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    pub erased_at: DateTime<Utc>,
+    /// Always `admin`.
+    pub source: String,
+    pub reason: String,
+}

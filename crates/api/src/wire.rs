@@ -114,6 +114,18 @@ pub enum ChangeBody {
     },
 }
 
+/// `POST /v1/customers/{id}/erasure`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequest {
+    /// Why (e.g. the ticket of the data subject's request). Stored in the clear: do not
+    /// quote the record.
+    pub reason: String,
+    /// Who asked for it: `{"kind": "agent", "id": "dpo@example.org"}`.
+    #[schema(value_type = Object)]
+    pub actor: idledger_domain::ids::Actor,
+}
+
 /// Provenance as stated by the caller (documentation shape of the domain's type).
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]

@@ -581,6 +581,7 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/v1/customers/{customer_id}/commands", "post"),
         ("/v1/customers/{customer_id}", "get"),
         ("/v1/customers/{customer_id}/fields/{field}/history", "get"),
+        ("/v1/customers/{customer_id}/erasure", "post"),
         ("/v1/me", "get"),
         ("/v1/openapi.json", "get"),
         ("/healthz", "get"),

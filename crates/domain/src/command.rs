@@ -202,6 +202,9 @@ pub enum Refusal {
     UnknownProposal { proposal_id: ProposalId },
     #[error("{reason}")]
     Forbidden { reason: String },
+    /// The record was erased; nothing can be recorded for this customer any more.
+    #[error("the customer's record was erased at {erased_at}")]
+    Erased { erased_at: DateTime<Utc> },
 }
 
 impl Refusal {
@@ -221,6 +224,7 @@ impl Refusal {
             Self::AlreadyRegistered => "already_registered",
             Self::UnknownProposal { .. } => "unknown_proposal",
             Self::Forbidden { .. } => "forbidden",
+            Self::Erased { .. } => "erased",
         }
     }
 }

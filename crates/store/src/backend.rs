@@ -50,6 +50,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// has seen position p has seen every committed event before p.
     async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<RawEvent>, StoreError>;
 
+    /// The `customer_erased` events of those of `customers` who were erased.
+    async fn erasures(&self, customers: &[Uuid]) -> Result<Vec<RawEvent>, StoreError>;
+
     /// Every customer's projection rows, in customer order, one page at a time.
     async fn projection_page(
         &self,

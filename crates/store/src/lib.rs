@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub use crypto::MasterKey;
 pub use error::{ExecuteError, StoreError};
 pub use ledger::{CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, VerifyReport};
-pub use model::RecordedEvent;
+pub use model::{LogEntry, RecordedEvent, ShreddedEvent};
 pub use tokens::{IssuedToken, Role, TokenRecord, Tokens};
 
 /// Opens the backend a database URL names: `postgres://…` or `sqlite://<path>` (or a bare

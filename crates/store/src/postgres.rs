@@ -65,19 +65,20 @@ async fn append_one(
     req: &AppendRequest,
     position: u64,
 ) -> Result<AppendOutcome, StoreError> {
-    let idem = &req.idempotency;
-    let stored = sqlx::query(
-        "SELECT request_hash, result FROM idempotency WHERE source = $1 AND idempotency_key = $2",
-    )
-    .bind(&idem.source)
-    .bind(&idem.key)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(row) = stored {
-        return Ok(AppendOutcome::Duplicate {
-            request_hash: row.try_get("request_hash")?,
-            result: row.try_get("result")?,
-        });
+    if let Some(idem) = &req.idempotency {
+        let stored = sqlx::query(
+            "SELECT request_hash, result FROM idempotency WHERE source = $1 AND idempotency_key = $2",
+        )
+        .bind(&idem.source)
+        .bind(&idem.key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = stored {
+            return Ok(AppendOutcome::Duplicate {
+                request_hash: row.try_get("request_hash")?,
+                result: row.try_get("result")?,
+            });
+        }
     }
     let head = sqlx::query("SELECT stream_version, hash FROM events WHERE customer_id = $1 ORDER BY stream_version DESC LIMIT 1")
         .bind(req.customer_id)
@@ -140,14 +141,29 @@ async fn append_one(
             .execute(&mut **tx)
             .await?;
     }
-    sqlx::query("INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&idem.source)
-        .bind(&idem.key)
-        .bind(req.customer_id)
-        .bind(&idem.request_hash)
-        .bind(&idem.result)
-        .execute(&mut **tx)
-        .await?;
+    if req.erase {
+        // Crypto-shredding: without the key the customer's sealed events are noise. Their
+        // idempotency records go too: a request hash is a digest of a command that carried
+        // personal data.
+        sqlx::query("DELETE FROM data_keys WHERE customer_id = $1")
+            .bind(req.customer_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM idempotency WHERE customer_id = $1")
+            .bind(req.customer_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(idem) = &req.idempotency {
+        sqlx::query("INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&idem.source)
+            .bind(&idem.key)
+            .bind(req.customer_id)
+            .bind(&idem.request_hash)
+            .bind(&idem.result)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(AppendOutcome::Appended { positions })
 }
 
@@ -288,6 +304,16 @@ impl Backend for PgBackend {
             .push_bind(to_i64(after))
             .push(" ORDER BY global_position LIMIT ")
             .push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(raw_event).collect()
+    }
+
+    async fn erasures(&self, customers: &[Uuid]) -> Result<Vec<RawEvent>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new("SELECT ");
+        q.push(EVENT_COLUMNS)
+            .push(" FROM events WHERE event_type = 'customer_erased' AND customer_id = ANY(")
+            .push_bind(customers.to_vec())
+            .push(")");
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(raw_event).collect()
     }

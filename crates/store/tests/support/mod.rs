@@ -1,7 +1,6 @@
 //! Test stores: a fresh database per test, on a real PostgreSQL server or a temp SQLite file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-
 use idledger_domain::Principal;
 use idledger_domain::command::{Change, Command, ProvenanceInput};
 use idledger_domain::field::{FieldPath, FieldValue};
