@@ -31,7 +31,7 @@ CREATE TABLE handoffs (
     seq             BIGSERIAL   PRIMARY KEY,
     consumer_id     TEXT        NOT NULL REFERENCES consumers (consumer_id),
     message_id      UUID        NOT NULL,
-    kind            TEXT        NOT NULL CHECK (kind IN ('change', 'notice', 'resume')),
+    kind            TEXT        NOT NULL CHECK (kind IN ('change', 'notice', 'resume', 'erasure')),
     event_id        UUID        NOT NULL,
     global_position BIGINT      NOT NULL,
     customer_id     UUID        NOT NULL,
@@ -50,7 +50,7 @@ CREATE INDEX handoffs_consumer ON handoffs (consumer_id, seq);
 CREATE TABLE consumer_customers (
     consumer_id TEXT        NOT NULL REFERENCES consumers (consumer_id),
     customer_id UUID        NOT NULL,
-    status      TEXT        NOT NULL CHECK (status IN ('receiving', 'withdrawn')),
+    status      TEXT        NOT NULL CHECK (status IN ('receiving', 'withdrawn', 'erased')),
     changed_at  TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (consumer_id, customer_id)
 );

@@ -25,7 +25,7 @@ CREATE TABLE handoffs (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     consumer_id     TEXT    NOT NULL REFERENCES consumers (consumer_id),
     message_id      BLOB    NOT NULL,
-    kind            TEXT    NOT NULL CHECK (kind IN ('change', 'notice', 'resume')),
+    kind            TEXT    NOT NULL CHECK (kind IN ('change', 'notice', 'resume', 'erasure')),
     event_id        BLOB    NOT NULL,
     global_position INTEGER NOT NULL,
     customer_id     BLOB    NOT NULL,
@@ -42,7 +42,7 @@ CREATE INDEX handoffs_consumer ON handoffs (consumer_id, seq);
 CREATE TABLE consumer_customers (
     consumer_id TEXT    NOT NULL REFERENCES consumers (consumer_id),
     customer_id BLOB    NOT NULL,
-    status      TEXT    NOT NULL CHECK (status IN ('receiving', 'withdrawn')),
+    status      TEXT    NOT NULL CHECK (status IN ('receiving', 'withdrawn', 'erased')),
     changed_at  INTEGER NOT NULL,
     PRIMARY KEY (consumer_id, customer_id)
 );

@@ -97,7 +97,8 @@ pub fn field_version(payload: &EventPayload) -> Option<u64> {
         EventPayload::CustomerRegistered
         | EventPayload::ValueProposed { .. }
         | EventPayload::ProposalAccepted { .. }
-        | EventPayload::ProposalRejected { .. } => None,
+        | EventPayload::ProposalRejected { .. }
+        | EventPayload::CustomerErased { .. } => None,
     }
 }
 
@@ -170,6 +171,7 @@ pub fn payload(p: &EventPayload) -> String {
             reason,
             ..
         } => format!("proposal {proposal_id} rejected: {reason}"),
+        EventPayload::CustomerErased { reason } => format!("customer erased: {reason}"),
     }
 }
 

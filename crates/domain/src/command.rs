@@ -120,6 +120,10 @@ pub struct Command {
     pub idempotency_key: IdempotencyKey,
     pub provenance: ProvenanceInput,
     pub changes: Vec<Change>,
+    /// The stream version the caller last saw (HTTP `If-Match`); any other is refused, so a
+    /// caller can make a change conditional on nothing else having changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_stream_version: Option<u64>,
 }
 
 /// Who is issuing the command, as proven by their credential.
@@ -188,6 +192,8 @@ pub enum Refusal {
         age_of_digital_consent: u8,
         jurisdiction: Jurisdiction,
     },
+    #[error("the record is at version {actual}, not the expected {expected}")]
+    RecordVersionConflict { expected: u64, actual: u64 },
     #[error("customer is not registered")]
     NotRegistered,
     #[error("customer is already registered")]
@@ -196,6 +202,9 @@ pub enum Refusal {
     UnknownProposal { proposal_id: ProposalId },
     #[error("{reason}")]
     Forbidden { reason: String },
+    /// The record was erased; nothing can be recorded for this customer any more.
+    #[error("the customer's record was erased at {erased_at}")]
+    Erased { erased_at: DateTime<Utc> },
 }
 
 impl Refusal {
@@ -210,10 +219,12 @@ impl Refusal {
             Self::VersionConflict { .. } => "version_conflict",
             Self::ExpiredChallenge { .. } => "expired_challenge",
             Self::GuardianRequired { .. } => "guardian_required",
+            Self::RecordVersionConflict { .. } => "version_conflict",
             Self::NotRegistered => "not_registered",
             Self::AlreadyRegistered => "already_registered",
             Self::UnknownProposal { .. } => "unknown_proposal",
             Self::Forbidden { .. } => "forbidden",
+            Self::Erased { .. } => "erased",
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::event::{
 };
 use crate::field::{FieldKind, FieldPath, FieldValue};
 use crate::ids::{ChallengeId, EventId, ProposalId, Purpose, SourceId};
-use crate::policy::{STEWARD_SOURCE, WriteMode};
+use crate::policy::{Policy, STEWARD_SOURCE, WriteMode};
 use crate::state::{ConsentState, ConsentStatus, CustomerState, evolve};
 use crate::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
 
@@ -66,7 +66,22 @@ pub fn decide(
     command: &Command,
     ctx: &Context<'_>,
 ) -> Result<Decision, Refused> {
+    // Before validation: whatever the command, the answer for an erased record is the same.
+    if let Some(erasure) = &state.erased {
+        return Err(Refused::from(Refusal::Erased {
+            erased_at: erasure.at,
+        }));
+    }
     validate_command(command, ctx)?;
+    if let Some(expected) = command.expected_stream_version
+        && expected != state.stream_version
+    {
+        return Err(Refusal::RecordVersionConflict {
+            expected,
+            actual: state.stream_version,
+        }
+        .into());
+    }
     let source = match &ctx.principal {
         Principal::Source(s) => s.clone(),
         Principal::Steward => {
@@ -105,6 +120,40 @@ pub fn decide(
     Ok(Decision {
         events: decider.events,
         outcomes: decider.outcomes,
+    })
+}
+
+/// Decides the erasure of a customer's record (right to erasure): the one `customer_erased`
+/// event to record, or a refusal. Not a [`Change`]: erasure is no source system's write but an
+/// administrative act, which the store carries out together with destroying the customer's
+/// data key. `provenance` names who asks (its `recorded_at` is the decision's "now");
+/// `id_seed` is a fresh UUIDv7 the event id is derived from.
+pub fn decide_erasure(
+    state: &CustomerState,
+    reason: &str,
+    provenance: Provenance,
+    policy: &Policy,
+    id_seed: Uuid,
+) -> Result<EventEnvelope, Refused> {
+    if let Some(erasure) = &state.erased {
+        return Err(Refused::from(Refusal::Erased {
+            erased_at: erasure.at,
+        }));
+    }
+    if !state.registered {
+        return Err(Refused::from(Refusal::NotRegistered));
+    }
+    check_reason(reason)?;
+    Ok(EventEnvelope {
+        id: EventId::from(derive_id(id_seed, 0)),
+        stream_version: state.stream_version + 1,
+        event: Event {
+            payload: EventPayload::CustomerErased {
+                reason: reason.to_owned(),
+            },
+            provenance,
+            policy_version: policy.version().clone(),
+        },
     })
 }
 

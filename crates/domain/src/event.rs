@@ -130,6 +130,12 @@ pub enum EventPayload {
         field: FieldPath,
         reason: String,
     },
+    /// The customer's record was erased (right to erasure). Holds no personal data: the store
+    /// keeps it readable after the customer's data key, and with it every earlier event, is
+    /// destroyed. The reason is an administrator's note and must not quote the record.
+    CustomerErased {
+        reason: String,
+    },
 }
 
 impl EventPayload {
@@ -147,14 +153,15 @@ impl EventPayload {
             Self::ValueProposed { .. } => "value_proposed",
             Self::ProposalAccepted { .. } => "proposal_accepted",
             Self::ProposalRejected { .. } => "proposal_rejected",
+            Self::CustomerErased { .. } => "customer_erased",
         }
     }
 
     /// The field this event concerns (consents as `consent.<purpose>`); `None` for
-    /// registration. Stores index history by it.
+    /// registration and erasure. Stores index history by it.
     pub fn field(&self) -> Option<FieldPath> {
         match self {
-            Self::CustomerRegistered => None,
+            Self::CustomerRegistered | Self::CustomerErased { .. } => None,
             Self::FieldSet { field, .. }
             | Self::FieldCleared { field, .. }
             | Self::ChangeRequested { field, .. }

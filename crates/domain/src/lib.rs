@@ -18,8 +18,8 @@ pub mod state;
 pub mod values;
 
 pub use command::{Change, Command, Context, Principal, ProvenanceInput, Refusal, Refused};
-pub use decide::{Decision, Outcome, decide};
+pub use decide::{Decision, Outcome, decide, decide_erasure};
 pub use event::{Event, EventEnvelope, EventPayload, Provenance};
 pub use field::{FieldPath, FieldValue};
 pub use policy::{Policy, PolicyVersion, WriteMode};
-pub use state::{CustomerState, evolve, fold};
+pub use state::{CustomerState, Erasure, evolve, fold};

@@ -20,6 +20,12 @@ pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../deploy/policy.toml"
 /// The source id stewards act under; no source system may use it.
 pub const STEWARD_SOURCE: &str = "steward";
 
+/// The source id administrators act under (erasure); no source system may use it.
+pub const ADMIN_SOURCE: &str = "admin";
+
+/// Source ids a policy may not name: they identify people acting inside idledger.
+pub const RESERVED_SOURCES: [&str; 2] = [STEWARD_SOURCE, ADMIN_SOURCE];
+
 /// What a writer may do to a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,7 +116,7 @@ pub enum PolicyError {
     #[error("policy has no rule for '{0}'; every field and family needs one")]
     MissingRule(String),
     #[error(
-        "policy names the source '{STEWARD_SOURCE}' for '{0}'; that id is reserved for data stewards"
+        "policy names a reserved source ('{STEWARD_SOURCE}' or '{ADMIN_SOURCE}') for '{0}'; those ids are kept for data stewards and administrators"
     )]
     ReservedSource(String),
     #[error(
@@ -187,7 +193,10 @@ impl Policy {
                 keyed.insert(p.clone(), rule.clone());
             }
             let sources = std::iter::once(&rule.system_of_record).chain(rule.writers.keys());
-            if sources.clone().any(|s| s.as_str() == STEWARD_SOURCE) {
+            if sources
+                .clone()
+                .any(|s| RESERVED_SOURCES.contains(&s.as_str()))
+            {
                 return Err(PolicyError::ReservedSource(name.clone()));
             }
             if rule.writers.contains_key(&rule.system_of_record) {
@@ -371,6 +380,10 @@ mod tests {
         );
         refused(
             &DEFAULT_POLICY_TOML.replace("cdp = \"propose\" }", "steward = \"propose\" }"),
+            "reserved",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace("cdp = \"propose\" }", "admin = \"propose\" }"),
             "reserved",
         );
         refused(

@@ -12,7 +12,7 @@ use crate::event::Event;
 pub const CURRENT_SCHEMA_VERSION: u16 = 1;
 
 /// Every event type name ever written. Renaming one is a breaking change to the log.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "customer_registered",
     "field_set",
     "field_cleared",
@@ -24,6 +24,7 @@ pub const EVENT_TYPES: [&str; 11] = [
     "value_proposed",
     "proposal_accepted",
     "proposal_rejected",
+    "customer_erased",
 ];
 
 /// An event as stored: type name, schema version and JSON data (payload, provenance, policy

@@ -132,6 +132,14 @@ pub struct Proposal {
     pub event_id: EventId,
 }
 
+/// When, by whom and why a customer's record was erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasure {
+    pub at: DateTime<Utc>,
+    pub source: SourceId,
+    pub reason: String,
+}
+
 /// One customer's record: every field, every consent, the open proposals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerState {
@@ -142,6 +150,10 @@ pub struct CustomerState {
     pub fields: BTreeMap<FieldPath, FieldRecord>,
     pub consents: BTreeMap<Purpose, ConsentRecord>,
     pub proposals: BTreeMap<ProposalId, Proposal>,
+    /// Set once the record is erased: everything above but the registration is gone, and
+    /// every further command is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<Erasure>,
 }
 
 impl CustomerState {
@@ -335,6 +347,35 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
         | EventPayload::ProposalRejected { proposal_id, .. } => {
             state.proposals.remove(proposal_id);
         }
+        EventPayload::CustomerErased { reason } => {
+            // Registration stays so that the customer reads as erased rather than unknown.
+            state.fields.clear();
+            state.consents.clear();
+            state.proposals.clear();
+            state.erased = Some(Erasure {
+                at,
+                source: prov.source.clone(),
+                reason: reason.clone(),
+            });
+        }
+    }
+    state
+}
+
+/// Applies an event whose data can no longer be read because its customer was erased (the
+/// data key is destroyed): only what is kept in the clear counts — its place in the stream,
+/// and, for a registration, when it happened. The `customer_erased` event that ends such a
+/// stream clears everything else, so this fold ends in the same state as the live erasure.
+pub fn evolve_unreadable(
+    mut state: CustomerState,
+    stream_version: u64,
+    event_type: &str,
+    recorded_at: DateTime<Utc>,
+) -> CustomerState {
+    state.stream_version = stream_version;
+    if event_type == EventPayload::CustomerRegistered.type_name() {
+        state.registered = true;
+        state.registered_at = Some(recorded_at);
     }
     state
 }

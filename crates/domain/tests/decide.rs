@@ -4,14 +4,14 @@
 mod support;
 
 use chrono::Duration;
-use idledger_domain::command::{Change, Principal, Refusal};
+use idledger_domain::command::{Change, Principal, ProvenanceInput, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::event::{CancelReason, EventPayload, SetMode};
 use idledger_domain::field::FieldValue;
 use idledger_domain::ids::{ChallengeId, ProposalId, Purpose};
 use idledger_domain::policy::WriteMode;
 use idledger_domain::schema::{StoredEvent, upcast};
-use idledger_domain::state::ConsentStatus;
+use idledger_domain::state::{ConsentStatus, CustomerState, Erasure, evolve, evolve_unreadable};
 use idledger_domain::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
 use serde_json::json;
 use support::*;
@@ -894,6 +894,170 @@ fn an_echo_of_our_own_delivery_is_a_no_op() {
     assert_eq!(types(&d), ["value_proposed"]);
 }
 
+// ---- erasure ----
+
+/// A registered customer with a verified email, a name, a consent, an open proposal and a
+/// pending change: something of every kind for an erasure to remove.
+fn full_record() -> Scenario {
+    let mut s = Scenario::registered()
+        .given(
+            "idp",
+            with_evidence(),
+            vec![
+                set("email", json!("ada@example.org")),
+                set("name.given", json!("Ada")),
+            ],
+        )
+        .given("consent_portal", subject(), vec![grant("marketing", "DE")])
+        .given("crm", agent(), vec![set("name.family", json!("Lovelace"))])
+        .given(
+            "web_app",
+            subject(),
+            vec![request("email", json!("ada@lovelace.example"))],
+        );
+    s.now += Duration::hours(1);
+    s
+}
+
+#[test]
+fn erasure_clears_the_record_but_keeps_the_registration() {
+    let mut s = full_record();
+    let before = s.state();
+    assert!(!before.fields.is_empty() && !before.consents.is_empty());
+    assert_eq!(before.proposals.len(), 1);
+    let e = s.erase("admin", "subject's request 42").unwrap();
+    assert_eq!(e.event.payload.type_name(), "customer_erased");
+    assert_eq!(e.event.payload.field(), None);
+    assert_eq!(e.stream_version, before.stream_version + 1);
+    assert_eq!(e.id.as_uuid().get_version_num(), 7);
+    assert_eq!(e.event.provenance.recorded_at, s.now);
+
+    let after = s.state();
+    assert!(after.registered);
+    assert_eq!(after.registered_at, before.registered_at);
+    assert_eq!(after.stream_version, e.stream_version);
+    assert!(after.fields.is_empty());
+    assert!(after.consents.is_empty());
+    assert!(after.proposals.is_empty());
+    assert_eq!(
+        after.erased,
+        Some(Erasure {
+            at: s.now,
+            source: idledger_domain::ids::SourceId::parse("admin").unwrap(),
+            reason: "subject's request 42".to_owned(),
+        })
+    );
+    let purpose = Purpose::parse("marketing").unwrap();
+    assert_eq!(
+        after.consent_status(&purpose, &s.policy, s.now),
+        ConsentStatus::NeverGranted
+    );
+}
+
+#[test]
+fn an_erased_record_refuses_every_command() {
+    let mut s = full_record();
+    let erased_at = s.now;
+    s.erase("admin", "subject's request").unwrap();
+    s.now += Duration::days(1);
+    let proposal = ProposalId::from(Uuid::now_v7());
+    let attempts: Vec<(Principal, ProvenanceInput, Vec<Change>)> = vec![
+        (source("idp"), agent(), vec![Change::Register]),
+        (
+            source("idp"),
+            with_evidence(),
+            vec![set("email", json!("ada@example.org"))],
+        ),
+        (
+            source("idp"),
+            agent(),
+            vec![Change::ClearField {
+                field: field("name.given"),
+                expected_version: None,
+            }],
+        ),
+        (
+            source("web_app"),
+            subject(),
+            vec![request("email", json!("new@example.org"))],
+        ),
+        (
+            source("consent_portal"),
+            subject(),
+            vec![grant("marketing", "DE")],
+        ),
+        (source("crm"), subject(), vec![withdraw("marketing")]),
+        (
+            source("crm"),
+            agent(),
+            vec![Change::ProposeValue {
+                field: field("name.family"),
+                value: value("name.family", json!("King")),
+            }],
+        ),
+        (
+            Principal::Steward,
+            agent(),
+            vec![Change::AcceptProposal {
+                proposal_id: proposal,
+            }],
+        ),
+        // Even a malformed command: the record's erasure is the answer that matters.
+        (source("idp"), agent(), vec![]),
+    ];
+    for (principal, provenance, changes) in attempts {
+        let ops: Vec<&str> = changes.iter().map(Change::op).collect();
+        let refused = s.decide_as(principal, provenance, changes).unwrap_err();
+        assert_eq!(
+            refused.refusal,
+            Refusal::Erased { erased_at },
+            "{ops:?} was not refused as erased"
+        );
+        assert_eq!(refused.refusal.code(), "erased");
+        assert_eq!(refused.change_index, None);
+    }
+}
+
+#[test]
+fn erasure_needs_a_registered_record_and_a_reason_and_happens_once() {
+    let mut s = Scenario::new();
+    assert_eq!(
+        s.erase("admin", "request").unwrap_err().refusal,
+        Refusal::NotRegistered
+    );
+    assert!(s.events.is_empty());
+    let mut s = Scenario::registered();
+    for reason in ["", "   ", &"x".repeat(1001)] {
+        let refused = s.erase("admin", reason).unwrap_err();
+        assert_eq!(refused.refusal.code(), "invalid_value");
+    }
+    let first = s.erase("admin", "request").unwrap();
+    let erased_at = first.event.provenance.recorded_at;
+    s.now += Duration::minutes(5);
+    let again = s.erase("steward", "request again").unwrap_err();
+    assert_eq!(again.refusal, Refusal::Erased { erased_at });
+    assert_eq!(s.events.len(), 2);
+}
+
+#[test]
+fn an_erased_stream_folds_to_the_same_state_from_what_is_left_in_the_clear() {
+    // After erasure only each event's type, position and time stay readable, and the erasure
+    // event itself; folding those must give the state the live erasure produced.
+    let mut s = full_record();
+    s.erase("admin", "request").unwrap();
+    let live = s.state();
+    let (erasure, earlier) = s.events.split_last().unwrap();
+    let from_metadata = earlier.iter().fold(CustomerState::default(), |state, e| {
+        evolve_unreadable(
+            state,
+            e.stream_version,
+            e.event.payload.type_name(),
+            e.event.provenance.recorded_at,
+        )
+    });
+    assert_eq!(evolve(from_metadata, erasure), live);
+}
+
 // ---- ids and schema ----
 
 #[test]
@@ -1008,6 +1172,7 @@ fn every_event_type_round_trips_through_the_stored_schema() {
         )
         .unwrap();
     assert_eq!(types(&d), ["change_cancelled", "change_requested"]);
+    s.erase("admin", "subject's request 42").unwrap();
 
     let seen: std::collections::BTreeSet<&str> = s
         .events

@@ -87,6 +87,8 @@ struct Act {
     subject: bool,
     guardian: bool,
     advance_hours: u16,
+    /// Erase the record instead of the step (rarely, so most runs exercise the rest).
+    erase: bool,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -121,9 +123,10 @@ fn act() -> impl Strategy<Value = Act> {
         any::<bool>(),
         prop::bool::weighted(0.2),
         prop_oneof![Just(0u16), 1u16..48, Just(24 * 400)],
+        prop::bool::weighted(0.01),
     )
         .prop_map(
-            |(source, as_authority, step, evidence, subject, guardian, advance_hours)| Act {
+            |(source, as_authority, step, evidence, subject, guardian, advance_hours, erase)| Act {
                 source,
                 as_authority,
                 step,
@@ -131,6 +134,7 @@ fn act() -> impl Strategy<Value = Act> {
                 subject,
                 guardian,
                 advance_hours,
+                erase,
             },
         )
 }
@@ -369,15 +373,37 @@ proptest! {
                 ("steward", _) => Principal::Steward,
                 (id, _) => source(id),
             };
-            let Ok(decision) = s.decide_as(principal, provenance(a), vec![change]) else {
-                continue;
-            };
-            for e in &decision.events {
-                prop_assert_eq!(e.stream_version, state.stream_version + 1);
-                check_event(&policy, &state, e)?;
-                state = evolve(state, e);
+            if a.erase {
+                let erased_before = state.erased.is_some();
+                match s.erase("admin", "subject's request") {
+                    Ok(e) => {
+                        prop_assert!(!erased_before, "a record was erased twice");
+                        prop_assert_eq!(e.stream_version, state.stream_version + 1);
+                        state = evolve(state, &e);
+                        prop_assert!(state.fields.is_empty() && state.consents.is_empty() && state.proposals.is_empty());
+                    }
+                    Err(r) => {
+                        prop_assert!(erased_before, "erasure refused: {}", r);
+                        prop_assert_eq!(r.refusal.code(), "erased");
+                        continue;
+                    }
+                }
+            } else {
+                let decision = match s.decide_as(principal, provenance(a), vec![change]) {
+                    Ok(decision) => decision,
+                    Err(r) => {
+                        prop_assert!(state.erased.is_none() || r.refusal.code() == "erased");
+                        continue;
+                    }
+                };
+                prop_assert!(state.erased.is_none(), "an erased record accepted a command");
+                for e in &decision.events {
+                    prop_assert_eq!(e.stream_version, state.stream_version + 1);
+                    check_event(&policy, &state, e)?;
+                    state = evolve(state, e);
+                }
+                s.events.extend(decision.events);
             }
-            s.events.extend(decision.events);
             // fold(events) is the state decide saw, also after a trip through the stored schema.
             prop_assert_eq!(&fold(&s.events), &state);
             let reread: Vec<EventEnvelope> = s.events.iter().map(|e| EventEnvelope {

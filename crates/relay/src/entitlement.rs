@@ -14,6 +14,9 @@
 //!   notice, then the change.
 //! - A consumer that never received anything of a customer gets nothing while the basis fails:
 //!   not even a notice, which would itself reveal the customer to it.
+//! - An erased customer's data is never delivered. A consumer that was ever sent data of the
+//!   customer (`receiving` or `withdrawn`) gets one erasure notice at the `customer_erased`
+//!   event (delete everything, including what a withdrawal let it keep), then nothing, ever.
 
 use chrono::{DateTime, Utc};
 use idledger_domain::event::EventPayload;
@@ -53,12 +56,20 @@ pub enum Outgoing {
     Notice { basis: Vec<ConsentBasis> },
     /// The basis holds again after a notice: deliveries resume.
     Resume { basis: Vec<ConsentBasis> },
+    /// The customer was erased: delete everything of them. Final.
+    Erasure {
+        erased_at: DateTime<Utc>,
+        basis: Vec<ConsentBasis>,
+    },
 }
 
 impl Outgoing {
     pub fn basis(&self) -> &[ConsentBasis] {
         match self {
-            Self::Change { basis, .. } | Self::Notice { basis } | Self::Resume { basis } => basis,
+            Self::Change { basis, .. }
+            | Self::Notice { basis }
+            | Self::Resume { basis }
+            | Self::Erasure { basis, .. } => basis,
         }
     }
 }
@@ -130,7 +141,8 @@ impl FieldChange {
             | EventPayload::ChangeCancelled { .. }
             | EventPayload::ValueProposed { .. }
             | EventPayload::ProposalAccepted { .. }
-            | EventPayload::ProposalRejected { .. } => None,
+            | EventPayload::ProposalRejected { .. }
+            | EventPayload::CustomerErased { .. } => None,
         }
     }
 }
@@ -170,10 +182,23 @@ pub fn holds(basis: &[ConsentBasis]) -> bool {
 }
 
 /// Whether an event can matter to the consumer before any state is read: it changes a field
-/// the consumer selects, or the consumer is receiving the customer's data (so a notice may be
-/// due). Lets callers skip loading state for everything else.
+/// the consumer selects, the consumer is receiving the customer's data (so a notice may be
+/// due), or it is the erasure of a customer the consumer was sent data of. Lets callers skip
+/// loading state for everything else.
 pub fn may_concern(consumer: &Consumer, event: &RecordedEvent, relation: Option<Relation>) -> bool {
-    relation == Some(Relation::Receiving) || selected_change(consumer, event).is_some()
+    match relation {
+        Some(Relation::Erased) => false,
+        Some(Relation::Receiving) => true,
+        Some(Relation::Withdrawn) if is_erasure(event) => true,
+        _ => selected_change(consumer, event).is_some(),
+    }
+}
+
+fn is_erasure(event: &RecordedEvent) -> bool {
+    matches!(
+        event.envelope.event.payload,
+        EventPayload::CustomerErased { .. }
+    )
 }
 
 fn selected_change(consumer: &Consumer, event: &RecordedEvent) -> Option<FieldChange> {
@@ -190,6 +215,25 @@ pub fn decide(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Decision {
+    if relation == Some(Relation::Erased) {
+        return Decision::skip();
+    }
+    if let Some(erasure) = state.and_then(|s| s.erased.as_ref()) {
+        // Nothing of an erased customer goes out. Events read before the erasure (the log
+        // runs ahead of the state) are dropped; the notice waits for the erasure event itself,
+        // which is further on in the log.
+        return if is_erasure(event) && relation.is_some() {
+            Decision {
+                messages: vec![Outgoing::Erasure {
+                    erased_at: erasure.at,
+                    basis: basis(consumer, state, policy, now),
+                }],
+                relation: Some(Relation::Erased),
+            }
+        } else {
+            Decision::skip()
+        };
+    }
     let change = selected_change(consumer, event);
     if change.is_none() && relation != Some(Relation::Receiving) {
         return Decision::skip();

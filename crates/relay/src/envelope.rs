@@ -48,6 +48,11 @@ pub const CONSENT_CHANGED: &str = "idledger.consent.changed.v1";
 pub const CONSENT_WITHDRAWN: &str = "idledger.consent.withdrawn.v1";
 /// The basis holds again after a withdrawal notice; deliveries of this customer resume.
 pub const CONSENT_GRANTED: &str = "idledger.consent.granted.v1";
+/// Erasure notice: the customer was erased (right to erasure); delete everything of them.
+/// Final: nothing of this customer follows.
+pub const CUSTOMER_ERASED: &str = "idledger.customer.erased.v1";
+/// The subject's last token for an erasure notice (it concerns no one field).
+pub const ERASURE_SUBJECT_FIELD: &str = "customer.erased";
 
 /// A CloudEvents 1.0 event in structured JSON mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +184,22 @@ pub fn message(
                 CONSENT_GRANTED,
                 None,
                 first_consent_field(consumer),
+                selectors(consumer),
+                data,
+            )
+        }
+        Outgoing::Erasure { erased_at, .. } => {
+            let data = json!({
+                "action": "delete_all",
+                "erased_at": erased_at,
+                "fields": selectors(consumer),
+            });
+            (
+                None,
+                HandoffKind::Erasure,
+                CUSTOMER_ERASED,
+                None,
+                ERASURE_SUBJECT_FIELD.to_owned(),
                 selectors(consumer),
                 data,
             )

@@ -11,7 +11,7 @@ use idledger_domain::state::CustomerState;
 use idledger_store::delivery::{
     ChannelKind, Consumer, DeliveryCommit, ExceptionKind, Handoff, NewSyncException, Relation,
 };
-use idledger_store::model::RecordedEvent;
+use idledger_store::model::{LogEntry, RecordedEvent};
 use idledger_store::{Deliveries, Ledger, StoreError};
 use serde_json::json;
 
@@ -45,7 +45,29 @@ pub struct Planner {
 
 enum Read {
     Event(Box<RecordedEvent>),
+    /// An erased customer's event: nothing of it is delivered, and that is no error (the
+    /// erasure event further on tells consumers to delete).
+    Shredded(u64),
     Unreadable(Unreadable),
+}
+
+impl Read {
+    fn position(&self) -> u64 {
+        match self {
+            Self::Event(e) => e.global_position,
+            Self::Shredded(position) => *position,
+            Self::Unreadable(u) => u.position,
+        }
+    }
+}
+
+impl From<LogEntry> for Read {
+    fn from(entry: LogEntry) -> Self {
+        match entry {
+            LogEntry::Event(e) => Self::Event(Box::new(e)),
+            LogEntry::Shredded(s) => Self::Shredded(s.global_position),
+        }
+    }
 }
 
 /// An event that cannot be decrypted or parsed (e.g. its customer's key was destroyed).
@@ -75,17 +97,14 @@ impl Planner {
         now: DateTime<Utc>,
     ) -> Result<Batch, RelayError> {
         let reads = self.read(after, limit).await?;
-        let Some(last_position) = reads.last().map(|r| match r {
-            Read::Event(e) => e.global_position,
-            Read::Unreadable(u) => u.position,
-        }) else {
+        let Some(last_position) = reads.last().map(Read::position) else {
             return Ok(Batch::default());
         };
         let customers: Vec<CustomerId> = reads
             .iter()
             .filter_map(|r| match r {
                 Read::Event(e) => Some(e.customer_id),
-                Read::Unreadable(_) => None,
+                Read::Shredded(_) | Read::Unreadable(_) => None,
             })
             .collect();
         let mut relations = self.deliveries.relations(&consumer.id, &customers).await?;
@@ -95,6 +114,7 @@ impl Planner {
         for read in reads {
             let event = match read {
                 Read::Event(event) => event,
+                Read::Shredded(_) => continue,
                 Read::Unreadable(unreadable) => {
                     self.undeliverable(consumer, &unreadable, now).await?;
                     continue;
@@ -130,12 +150,7 @@ impl Planner {
     /// time so that the readable ones still go out and the others are reported.
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<Read>, RelayError> {
         match self.ledger.read_all(after, limit).await {
-            Ok(events) => {
-                return Ok(events
-                    .into_iter()
-                    .map(|e| Read::Event(Box::new(e)))
-                    .collect());
-            }
+            Ok(entries) => return Ok(entries.into_iter().map(Read::from).collect()),
             Err(e) if permanent(&e) => {
                 tracing::warn!(error = %e, after, "a page of the log has an unreadable event; reading it one by one");
             }
@@ -146,9 +161,10 @@ impl Planner {
         for _ in 0..limit.min(100) {
             match self.ledger.read_all(position, 1).await {
                 Ok(mut one) => match one.pop() {
-                    Some(event) => {
-                        position = event.global_position;
-                        reads.push(Read::Event(Box::new(event)));
+                    Some(entry) => {
+                        let read = Read::from(entry);
+                        position = read.position();
+                        reads.push(read);
                     }
                     None => break,
                 },
@@ -259,6 +275,10 @@ impl Planner {
             after = Some(*last);
             for customer in page {
                 let state = self.ledger.state(customer).await?;
+                if state.as_ref().is_some_and(|s| s.erased.is_some()) {
+                    // Its erasure notice goes out at the erasure event.
+                    continue;
+                }
                 let policy = self.ledger.policy();
                 let basis = entitlement::basis(consumer, state.as_ref(), policy, now);
                 if entitlement::holds(&basis) {

@@ -14,6 +14,7 @@ use idledger_domain::ids::CustomerId;
 use idledger_relay::envelope::{CloudEvent, FIELD_CHANGED};
 use idledger_store::Ledger;
 use idledger_store::delivery::{Channel, ConsumerId, HandoffFilter};
+use idledger_store::model::LogEntry;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -33,8 +34,9 @@ async fn expected_changes(ledger: &Ledger, fields: &[&str]) -> BTreeMap<String, 
     loop {
         let page = ledger.read_all(after, 1000).await.unwrap();
         let Some(last) = page.last() else { break };
-        after = last.global_position;
+        after = last.global_position();
         for e in &page {
+            let LogEntry::Event(e) = e else { continue };
             if let EventPayload::FieldSet { field, .. } = &e.envelope.event.payload
                 && fields.contains(&field.to_string().as_str())
             {
@@ -364,7 +366,7 @@ async fn database_connections_cut_under_load_lose_and_reorder_nothing() {
         })
     };
     // What a database restart looks like to the relay: every connection it holds is cut.
-    let name = store.db.pg_name.clone().unwrap();
+    let name = pg_database(&store.db);
     let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(250)).await;

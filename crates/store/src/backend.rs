@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent};
+use crate::tokens::TokenRecord;
 
 #[async_trait]
 pub trait Backend:
@@ -51,6 +52,9 @@ pub trait Backend:
     /// has seen position p has seen every committed event before p.
     async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<RawEvent>, StoreError>;
 
+    /// The `customer_erased` events of those of `customers` who were erased.
+    async fn erasures(&self, customers: &[Uuid]) -> Result<Vec<RawEvent>, StoreError>;
+
     /// Every customer's projection rows, in customer order, one page at a time.
     async fn projection_page(
         &self,
@@ -68,6 +72,38 @@ pub trait Backend:
 
     /// The highest global position, 0 when the log is empty.
     async fn head_position(&self) -> Result<u64, StoreError>;
+
+    /// Stores a new API token by the hash of its secret.
+    async fn insert_token(&self, token: &TokenRecord, hash: &[u8]) -> Result<(), StoreError>;
+
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Every token, oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Marks a live token revoked at `at`; false if there is no such live token.
+    async fn revoke_token(&self, id: Uuid, at: i64) -> Result<bool, StoreError>;
+}
+
+/// A token row as both engines store it: times in microseconds since the epoch.
+pub(crate) fn token_from_parts(
+    id: Uuid,
+    role: &str,
+    subject: Option<String>,
+    label: String,
+    created_at: i64,
+    revoked_at: Option<i64>,
+) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id,
+        role: role
+            .parse()
+            .map_err(|_| StoreError::Integrity(format!("token {id} has unknown role '{role}'")))?,
+        subject,
+        label,
+        created_at: crate::model::from_micros(created_at),
+        revoked_at: revoked_at.map(crate::model::from_micros),
+    })
 }
 
 pub(crate) fn to_u64(v: i64) -> u64 {

@@ -365,6 +365,8 @@ pub enum Relation {
     Receiving,
     /// It was sent a withdrawal notice and nothing since.
     Withdrawn,
+    /// It was sent the erasure notice of the customer: final, nothing of the customer follows.
+    Erased,
 }
 
 impl Relation {
@@ -372,6 +374,7 @@ impl Relation {
         match self {
             Self::Receiving => "receiving",
             Self::Withdrawn => "withdrawn",
+            Self::Erased => "erased",
         }
     }
 
@@ -379,6 +382,7 @@ impl Relation {
         match raw {
             "receiving" => Ok(Self::Receiving),
             "withdrawn" => Ok(Self::Withdrawn),
+            "erased" => Ok(Self::Erased),
             _ => Err(StoreError::Integrity(format!("unknown relation {raw:?}"))),
         }
     }
@@ -394,6 +398,8 @@ pub enum HandoffKind {
     Notice,
     /// The basis holds again after a notice: deliveries resume.
     Resume,
+    /// The customer was erased: delete everything of them; nothing of them follows.
+    Erasure,
 }
 
 impl HandoffKind {
@@ -402,6 +408,7 @@ impl HandoffKind {
             Self::Change => "change",
             Self::Notice => "notice",
             Self::Resume => "resume",
+            Self::Erasure => "erasure",
         }
     }
 
@@ -410,6 +417,7 @@ impl HandoffKind {
             "change" => Ok(Self::Change),
             "notice" => Ok(Self::Notice),
             "resume" => Ok(Self::Resume),
+            "erasure" => Ok(Self::Erasure),
             _ => Err(StoreError::Integrity(format!(
                 "unknown handoff kind {raw:?}"
             ))),
@@ -885,7 +893,8 @@ impl Deliveries {
     }
 
     /// Stores an acknowledgement as the consumer's state of that field, after checking that it
-    /// names a registered consumer and an event of that customer and field. An ack for an
+    /// names a registered consumer and an event of that customer and field, and that the
+    /// customer was not erased. An ack for an
     /// older version than the one stored does not overwrite it (acks may arrive out of order).
     pub async fn record_ack(&self, ack: &Ack) -> Result<AckOutcome, StoreError> {
         if self.backend.consumer(&ack.consumer_id).await?.is_none() {
@@ -915,6 +924,18 @@ impl Deliveries {
                     )));
                 }
             }
+        }
+        if !self
+            .backend
+            .erasures(&[ack.customer_id.as_uuid()])
+            .await?
+            .is_empty()
+        {
+            // What a consumer holds of an erased customer is not kept (see erasure).
+            return Ok(AckOutcome::Invalid(format!(
+                "customer {} was erased",
+                ack.customer_id
+            )));
         }
         if ack.status == AckStatus::Rejected && ack.reason.as_deref().is_none_or(str::is_empty) {
             return Ok(AckOutcome::Invalid(

@@ -39,6 +39,12 @@ pub enum StoreError {
     BatchFailed(String),
     #[error("the store's writer has shut down")]
     WriterGone,
+    /// The customer was erased: their events can no longer be read (a 410, not a 5xx).
+    #[error("customer {customer} was erased at {at}")]
+    Erased {
+        customer: uuid::Uuid,
+        at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl StoreError {

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use idledger_domain::command::{Command, Context, Principal};
-use idledger_domain::decide::{Outcome, decide};
-use idledger_domain::event::EventEnvelope;
-use idledger_domain::ids::{CustomerId, EventId};
+use idledger_domain::decide::{Outcome, decide, decide_erasure};
+use idledger_domain::event::{EventEnvelope, Provenance};
+use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId};
 use idledger_domain::policy::{Policy, STEWARD_SOURCE};
 use idledger_domain::schema::StoredEvent;
-use idledger_domain::state::{CustomerState, evolve};
+use idledger_domain::state::{CustomerState, Erasure, evolve, evolve_unreadable};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -23,8 +23,8 @@ use crate::chain::{GENESIS, event_hash};
 use crate::crypto::{DataKey, MasterKey};
 use crate::error::{ExecuteError, StoreError};
 use crate::model::{
-    AppendOutcome, AppendRequest, IdempotencyRecord, PreparedEvent, ProjectionRow, RawEvent,
-    RecordedEvent, from_micros, micros,
+    AppendOutcome, AppendRequest, IdempotencyRecord, LogEntry, PreparedEvent, ProjectionRow,
+    RawEvent, RecordedEvent, ShreddedEvent, from_micros, micros,
 };
 use crate::projection;
 
@@ -207,9 +207,7 @@ impl Ledger {
             let mut events = Vec::with_capacity(decision.events.len());
             let mut after = state.clone();
             for envelope in &decision.events {
-                if let Some(key) = &data_key {
-                    events.push(prepare(customer, envelope, key)?);
-                }
+                events.push(prepare(customer, envelope, data_key.as_ref())?);
                 after = evolve(after, envelope);
             }
             let result = CommandResult {
@@ -231,13 +229,14 @@ impl Ledger {
                 expected_version: state.stream_version,
                 events,
                 new_data_key,
-                idempotency: IdempotencyRecord {
+                idempotency: Some(IdempotencyRecord {
                     source: source.clone(),
                     key: key.to_owned(),
                     request_hash: request_hash.clone(),
                     result: serde_json::to_string(&result).map_err(StoreError::from)?,
-                },
+                }),
                 projection: projection::diff(&rows, &projection::rows(&after)?),
+                erase: false,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -254,6 +253,93 @@ impl Ledger {
                     request_hash: stored,
                     result,
                 } => return replay(&source, key, &request_hash, &stored, &result),
+            }
+        }
+        Err(ExecuteError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// The stored result of an earlier command from this principal with this idempotency key.
+    pub async fn idempotent_result(
+        &self,
+        principal: &Principal,
+        key: &idledger_domain::ids::IdempotencyKey,
+    ) -> Result<Option<CommandResult>, StoreError> {
+        let source = match principal {
+            Principal::Source(s) => s.as_str(),
+            Principal::Steward => STEWARD_SOURCE,
+        };
+        match self.backend.idempotency(source, key.as_str()).await? {
+            Some((_, result)) => Ok(Some(serde_json::from_str(&result)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Erases a customer's record (right to erasure) by crypto-shredding: records a
+    /// `customer_erased` event (stored in the clear, see [`STORED_IN_CLEAR`]) from source `by`,
+    /// and in the same transaction deletes the customer's data key and idempotency records and
+    /// replaces their projection with the erased state. Every earlier event of theirs becomes
+    /// unreadable; later commands are refused `erased`.
+    ///
+    /// Refused with `not_registered` for an unknown customer, `erased` if already erased and
+    /// `invalid_value` for an empty or overlong reason. The reason is stored in the clear:
+    /// it must not quote the record.
+    #[tracing::instrument(skip_all, fields(customer_id = %customer, source = %by))]
+    pub async fn erase(
+        &self,
+        customer: CustomerId,
+        by: &SourceId,
+        actor: Actor,
+        reason: &str,
+    ) -> Result<Erasure, ExecuteError> {
+        let id = customer.as_uuid();
+        // Erasure is once per customer, so the customer names the request.
+        let idempotency_key = IdempotencyKey::parse(&format!("erasure:{id}"))
+            .map_err(|e| StoreError::Integrity(e.to_string()))?;
+        for _ in 0..MAX_ATTEMPTS {
+            let rows = self.backend.projection_rows(id).await?;
+            let state = projection::state(&rows)?;
+            let provenance = Provenance {
+                source: by.clone(),
+                actor: actor.clone(),
+                on_behalf_of: None,
+                evidence: None,
+                observed_at: None,
+                recorded_at: truncate_to_micros(Utc::now()),
+                correlation_id: None,
+                causation_id: None,
+                idempotency_key: idempotency_key.clone(),
+                reason: None,
+            };
+            let envelope =
+                decide_erasure(&state, reason, provenance, &self.policy, Uuid::now_v7())?;
+            let after = evolve(state.clone(), &envelope);
+            let erasure = after.erased.clone().ok_or_else(|| {
+                StoreError::Integrity("an erasure event left the record unerased".to_owned())
+            })?;
+            let request = AppendRequest {
+                customer_id: id,
+                expected_version: state.stream_version,
+                events: vec![prepare(id, &envelope, None)?],
+                new_data_key: None,
+                idempotency: None,
+                projection: projection::diff(&rows, &projection::rows(&after)?),
+                erase: true,
+            };
+            match self.append(request).await? {
+                AppendOutcome::Appended { .. } => {
+                    tracing::info!("customer erased");
+                    return Ok(erasure);
+                }
+                // Re-decided on the fresh state: a concurrent erasure makes this a refusal.
+                AppendOutcome::VersionConflict => continue,
+                AppendOutcome::Duplicate { .. } => {
+                    return Err(ExecuteError::Store(StoreError::Integrity(
+                        "an erasure, which has no idempotency record, was taken for a duplicate"
+                            .to_owned(),
+                    )));
+                }
             }
         }
         Err(ExecuteError::Contention {
@@ -279,7 +365,8 @@ impl Ledger {
         projection::state(&rows).map(Some)
     }
 
-    /// The customer's record as it stood at `at`, folded from the log.
+    /// The customer's record as it stood at `at`, folded from the log. An erased customer's
+    /// past is gone: [`StoreError::Erased`].
     pub async fn state_as_of(
         &self,
         customer: CustomerId,
@@ -298,6 +385,7 @@ impl Ledger {
     }
 
     /// Every event that touched `field` (consents as `consent.<purpose>`), oldest first.
+    /// [`StoreError::Erased`] for an erased customer.
     pub async fn history(
         &self,
         customer: CustomerId,
@@ -307,6 +395,7 @@ impl Ledger {
     }
 
     /// A customer's events, decrypted, optionally one field's and up to an instant.
+    /// [`StoreError::Erased`] for an erased customer, whatever the filter.
     pub async fn stream(
         &self,
         customer: CustomerId,
@@ -316,50 +405,73 @@ impl Ledger {
         let id = customer.as_uuid();
         let raws = self.backend.stream(id, field, until.map(micros)).await?;
         if raws.is_empty() {
-            return Ok(Vec::new());
+            // Nothing matched the filter; an erased customer still answers as erased.
+            return match self.erased_at(id).await? {
+                Some(at) => Err(StoreError::Erased { customer: id, at }),
+                None => Ok(Vec::new()),
+            };
         }
-        let key = self.key_of(id).await?;
-        raws.iter().map(|raw| decode(raw, &key)).collect()
+        let key = match self.backend.data_key(id).await? {
+            Some(wrapped) => self.master.unwrap_key(&wrapped, id)?,
+            // The key goes in the erasure's transaction, so its absence means an erasure —
+            // or damage.
+            None => {
+                return Err(match self.erased_at(id).await? {
+                    Some(at) => StoreError::Erased { customer: id, at },
+                    None => {
+                        StoreError::Integrity(format!("customer {id} has events but no data key"))
+                    }
+                });
+            }
+        };
+        raws.iter().map(|raw| decode(raw, Some(&key))).collect()
     }
 
-    async fn key_of(&self, customer: Uuid) -> Result<DataKey, StoreError> {
-        let wrapped = self.backend.data_key(customer).await?.ok_or_else(|| {
-            StoreError::Integrity(format!("customer {customer} has events but no data key"))
-        })?;
-        self.master.unwrap_key(&wrapped, customer)
+    async fn erased_at(&self, customer: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .backend
+            .erasures(&[customer])
+            .await?
+            .first()
+            .map(|raw| from_micros(raw.recorded_at_micros)))
     }
 
-    /// Up to `limit` events after global position `after`, decrypted, in commit order.
-    pub async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+    /// Up to `limit` positions of the global log after `after`, in commit order: every event
+    /// decrypted, except those of erased customers, which come as [`LogEntry::Shredded`] — no
+    /// position is left out.
+    pub async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
         let raws = self.backend.read_all(after, limit).await?;
-        let mut keys = HashMap::new();
+        let mut keys = Keys::default();
         self.load_keys(&raws, &mut keys).await?;
-        raws.iter()
-            .map(|raw| match keys.get(&raw.customer_id) {
-                Some(key) => decode(raw, key),
-                None => Err(StoreError::Integrity(format!(
-                    "customer {} has no data key",
-                    raw.customer_id
-                ))),
-            })
-            .collect()
+        raws.iter().map(|raw| keys.entry(raw)).collect()
     }
 
-    async fn load_keys(
-        &self,
-        raws: &[RawEvent],
-        keys: &mut HashMap<Uuid, DataKey>,
-    ) -> Result<(), StoreError> {
+    /// Loads the data keys of the customers in `raws` that `keys` lacks, and for those who
+    /// have none, their erasure.
+    async fn load_keys(&self, raws: &[RawEvent], keys: &mut Keys) -> Result<(), StoreError> {
         let mut missing: Vec<Uuid> = raws
             .iter()
+            .filter(|r| !stored_in_clear(&r.event_type))
             .map(|r| r.customer_id)
-            .filter(|c| !keys.contains_key(c))
+            .filter(|c| !keys.data.contains_key(c) && !keys.erased.contains_key(c))
             .collect();
         missing.sort_unstable();
         missing.dedup();
         for chunk in missing.chunks(1000) {
             for (customer, wrapped) in self.backend.data_keys(chunk).await? {
-                keys.insert(customer, self.master.unwrap_key(&wrapped, customer)?);
+                keys.data
+                    .insert(customer, self.master.unwrap_key(&wrapped, customer)?);
+            }
+            let keyless: Vec<Uuid> = chunk
+                .iter()
+                .filter(|c| !keys.data.contains_key(c))
+                .copied()
+                .collect();
+            if !keyless.is_empty() {
+                for raw in self.backend.erasures(&keyless).await? {
+                    keys.erased
+                        .insert(raw.customer_id, from_micros(raw.recorded_at_micros));
+                }
             }
         }
         Ok(())
@@ -450,7 +562,7 @@ impl Ledger {
     /// what was there. Appends that land meanwhile are folded in before the swap.
     pub async fn rebuild(&self, progress: ProgressFn<'_>) -> Result<RebuildReport, StoreError> {
         let mut states: HashMap<Uuid, CustomerState> = HashMap::new();
-        let mut keys = HashMap::new();
+        let mut keys = Keys::default();
         let mut after = 0u64;
         let mut events = 0u64;
         let total = self.backend.head_position().await?;
@@ -462,15 +574,15 @@ impl Ledger {
                 }
                 self.load_keys(&page, &mut keys).await?;
                 for raw in &page {
-                    let key = keys.get(&raw.customer_id).ok_or_else(|| {
-                        StoreError::Integrity(format!(
-                            "customer {} has no data key",
-                            raw.customer_id
-                        ))
-                    })?;
-                    let recorded = decode(raw, key)?;
                     let state = states.remove(&raw.customer_id).unwrap_or_default();
-                    states.insert(raw.customer_id, evolve(state, &recorded.envelope));
+                    let state = match keys.entry(raw)? {
+                        LogEntry::Event(recorded) => evolve(state, &recorded.envelope),
+                        // The customer's erasure, later in the log, clears all but this.
+                        LogEntry::Shredded(s) => {
+                            evolve_unreadable(state, s.stream_version, &s.event_type, s.recorded_at)
+                        }
+                    };
+                    states.insert(raw.customer_id, state);
                     after = raw.global_position;
                     events += 1;
                 }
@@ -562,7 +674,7 @@ fn replay(
 }
 
 /// Databases keep microseconds; so do we, so that a stored event reads back identical.
-fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
     from_micros(micros(at))
 }
 
@@ -574,14 +686,68 @@ fn aad(customer: Uuid, event_id: Uuid) -> [u8; 32] {
     out
 }
 
+/// Event types whose data is stored as plain JSON instead of sealed: only `customer_erased`,
+/// which holds no personal data and must stay readable once the customer's key is destroyed.
+/// The type is a hashed column, so a sealed event cannot be passed off as one of these.
+pub const STORED_IN_CLEAR: [&str; 1] = ["customer_erased"];
+
+fn stored_in_clear(event_type: &str) -> bool {
+    STORED_IN_CLEAR.contains(&event_type)
+}
+
+/// Data keys and erasures of the customers seen so far in a scan of the log.
+#[derive(Debug, Default)]
+struct Keys {
+    data: HashMap<Uuid, DataKey>,
+    /// Customers without a data key because they were erased, and when.
+    erased: HashMap<Uuid, DateTime<Utc>>,
+}
+
+impl Keys {
+    /// The log entry for `raw`, with the keys loaded for its page.
+    fn entry(&self, raw: &RawEvent) -> Result<LogEntry, StoreError> {
+        if stored_in_clear(&raw.event_type) {
+            return decode(raw, None).map(LogEntry::Event);
+        }
+        if let Some(key) = self.data.get(&raw.customer_id) {
+            return decode(raw, Some(key)).map(LogEntry::Event);
+        }
+        let Some(erased_at) = self.erased.get(&raw.customer_id) else {
+            return Err(StoreError::Integrity(format!(
+                "customer {} has no data key",
+                raw.customer_id
+            )));
+        };
+        Ok(LogEntry::Shredded(ShreddedEvent {
+            global_position: raw.global_position,
+            customer_id: customer_id(raw)?,
+            event_id: EventId::from(raw.event_id),
+            stream_version: raw.stream_version,
+            event_type: raw.event_type.clone(),
+            recorded_at: from_micros(raw.recorded_at_micros),
+            erased_at: *erased_at,
+        }))
+    }
+}
+
+/// The stored form of an event: sealed under the customer's data key, or plain JSON for the
+/// types in [`STORED_IN_CLEAR`] (which need no key).
 fn prepare(
     customer: Uuid,
     envelope: &EventEnvelope,
-    key: &DataKey,
+    key: Option<&DataKey>,
 ) -> Result<PreparedEvent, StoreError> {
     let stored = StoredEvent::from_event(&envelope.event)?;
     let plaintext = serde_json::to_vec(&stored.data)?;
     let event_id = envelope.id.as_uuid();
+    let payload = if stored_in_clear(&stored.event_type) {
+        plaintext
+    } else {
+        let key = key.ok_or_else(|| {
+            StoreError::Integrity(format!("no data key to seal an event of {customer}"))
+        })?;
+        key.seal(&plaintext, &aad(customer, event_id))?
+    };
     Ok(PreparedEvent {
         event_id,
         stream_version: envelope.stream_version,
@@ -589,12 +755,25 @@ fn prepare(
         schema_version: stored.schema_version,
         field: envelope.event.payload.field().map(|f| f.to_string()),
         recorded_at_micros: micros(envelope.event.provenance.recorded_at),
-        payload: key.seal(&plaintext, &aad(customer, event_id))?,
+        payload,
     })
 }
 
-fn decode(raw: &RawEvent, key: &DataKey) -> Result<RecordedEvent, StoreError> {
-    let plaintext = key.open(&raw.payload, &aad(raw.customer_id, raw.event_id))?;
+fn customer_id(raw: &RawEvent) -> Result<CustomerId, StoreError> {
+    CustomerId::from_uuid(raw.customer_id)
+        .map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))
+}
+
+/// Reads a stored event; `key` may be `None` only for the types stored in the clear.
+fn decode(raw: &RawEvent, key: Option<&DataKey>) -> Result<RecordedEvent, StoreError> {
+    let plaintext = if stored_in_clear(&raw.event_type) {
+        raw.payload.clone()
+    } else {
+        let key = key.ok_or_else(|| {
+            StoreError::Integrity(format!("customer {} has no data key", raw.customer_id))
+        })?;
+        key.open(&raw.payload, &aad(raw.customer_id, raw.event_id))?
+    };
     let data: serde_json::Value = serde_json::from_slice(&plaintext)?;
     let event = StoredEvent {
         event_type: raw.event_type.clone(),
@@ -602,11 +781,9 @@ fn decode(raw: &RawEvent, key: &DataKey) -> Result<RecordedEvent, StoreError> {
         data,
     }
     .into_event()?;
-    let customer_id = CustomerId::from_uuid(raw.customer_id)
-        .map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))?;
     Ok(RecordedEvent {
         global_position: raw.global_position,
-        customer_id,
+        customer_id: customer_id(raw)?,
         recorded_at: from_micros(raw.recorded_at_micros),
         envelope: EventEnvelope {
             id: EventId::from(raw.event_id),
@@ -627,7 +804,12 @@ async fn run_writer(
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
         let (requests, replies): (Vec<AppendRequest>, Vec<_>) =
             batch.drain(..).map(|j| (j.request, j.reply)).unzip();
-        match backend.write_batch(&requests).await {
+        let started = std::time::Instant::now();
+        let written = backend.write_batch(&requests).await;
+        metrics::histogram!("idledger_append_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("idledger_append_batch_size").record(requests.len() as f64);
+        match written {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     // The caller may have gone away (request cancelled); its write stands.

@@ -17,6 +17,7 @@ pub mod model;
 pub mod postgres;
 pub mod projection;
 pub mod sqlite;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -24,7 +25,8 @@ pub use crypto::MasterKey;
 pub use delivery::Deliveries;
 pub use error::{ExecuteError, StoreError};
 pub use ledger::{CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, VerifyReport};
-pub use model::RecordedEvent;
+pub use model::{LogEntry, RecordedEvent, ShreddedEvent};
+pub use tokens::{IssuedToken, Role, TokenRecord, Tokens};
 
 /// Opens the backend a database URL names: `postgres://…` or `sqlite://<path>` (or a bare
 /// file path, for SQLite), and applies pending migrations.

@@ -50,8 +50,12 @@ pub struct AppendRequest {
     pub events: Vec<PreparedEvent>,
     /// A newly generated, wrapped data key when the customer has none yet.
     pub new_data_key: Option<Vec<u8>>,
-    pub idempotency: IdempotencyRecord,
+    /// `None` for an erasure, which is not a client's idempotent request.
+    pub idempotency: Option<IdempotencyRecord>,
     pub projection: ProjectionDiff,
+    /// Erasure: also delete the customer's data key (crypto-shredding every sealed event) and
+    /// idempotency records, in the same transaction.
+    pub erase: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +108,74 @@ pub struct RecordedEvent {
     pub customer_id: idledger_domain::ids::CustomerId,
     pub recorded_at: DateTime<Utc>,
     pub envelope: idledger_domain::event::EventEnvelope,
+}
+
+/// One position of the global log, as [`crate::Ledger::read_all`] returns it: every position
+/// is there, so a reader can check contiguity and move its checkpoint past each one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every entry is an event: boxing it would allocate per event to save space on the rare shredded one"
+)]
+pub enum LogEntry {
+    /// A readable event.
+    Event(RecordedEvent),
+    /// An event of an erased customer, whose data was destroyed with their data key.
+    Shredded(ShreddedEvent),
+}
+
+impl LogEntry {
+    pub fn global_position(&self) -> u64 {
+        match self {
+            Self::Event(e) => e.global_position,
+            Self::Shredded(s) => s.global_position,
+        }
+    }
+
+    pub fn customer_id(&self) -> idledger_domain::ids::CustomerId {
+        match self {
+            Self::Event(e) => e.customer_id,
+            Self::Shredded(s) => s.customer_id,
+        }
+    }
+
+    pub fn event_id(&self) -> idledger_domain::ids::EventId {
+        match self {
+            Self::Event(e) => e.envelope.id,
+            Self::Shredded(s) => s.event_id,
+        }
+    }
+
+    pub fn stream_version(&self) -> u64 {
+        match self {
+            Self::Event(e) => e.envelope.stream_version,
+            Self::Shredded(s) => s.stream_version,
+        }
+    }
+
+    /// The event, unless it was shredded.
+    pub fn event(&self) -> Option<&RecordedEvent> {
+        match self {
+            Self::Event(e) => Some(e),
+            Self::Shredded(_) => None,
+        }
+    }
+}
+
+/// What remains of an erased customer's event: the metadata stored in the clear, and when the
+/// customer was erased (their `customer_erased` event comes later in the log). The field name
+/// is left out: names such as `external_id.<system>` or `consent.<purpose>` say something
+/// about the person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShreddedEvent {
+    pub global_position: u64,
+    pub customer_id: idledger_domain::ids::CustomerId,
+    pub event_id: idledger_domain::ids::EventId,
+    pub stream_version: u64,
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    pub erased_at: DateTime<Utc>,
 }
 
 pub fn micros(at: DateTime<Utc>) -> i64 {

@@ -10,10 +10,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
-use crate::backend::{Backend, to_i64, to_u64};
+use crate::backend::{Backend, to_i64, to_u64, token_from_parts};
 use crate::chain::{GENESIS, chained_rows};
 use crate::error::StoreError;
 use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent, from_micros, micros};
+use crate::tokens::TokenRecord;
 
 /// The advisory lock that serialises appends ("idledger" in ASCII).
 pub const LOG_LOCK: i64 = 0x6964_6c65_6467_6572;
@@ -64,19 +65,20 @@ async fn append_one(
     req: &AppendRequest,
     position: u64,
 ) -> Result<AppendOutcome, StoreError> {
-    let idem = &req.idempotency;
-    let stored = sqlx::query(
-        "SELECT request_hash, result FROM idempotency WHERE source = $1 AND idempotency_key = $2",
-    )
-    .bind(&idem.source)
-    .bind(&idem.key)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(row) = stored {
-        return Ok(AppendOutcome::Duplicate {
-            request_hash: row.try_get("request_hash")?,
-            result: row.try_get("result")?,
-        });
+    if let Some(idem) = &req.idempotency {
+        let stored = sqlx::query(
+            "SELECT request_hash, result FROM idempotency WHERE source = $1 AND idempotency_key = $2",
+        )
+        .bind(&idem.source)
+        .bind(&idem.key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = stored {
+            return Ok(AppendOutcome::Duplicate {
+                request_hash: row.try_get("request_hash")?,
+                result: row.try_get("result")?,
+            });
+        }
     }
     let head = sqlx::query("SELECT stream_version, hash FROM events WHERE customer_id = $1 ORDER BY stream_version DESC LIMIT 1")
         .bind(req.customer_id)
@@ -139,14 +141,35 @@ async fn append_one(
             .execute(&mut **tx)
             .await?;
     }
-    sqlx::query("INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&idem.source)
-        .bind(&idem.key)
-        .bind(req.customer_id)
-        .bind(&idem.request_hash)
-        .bind(&idem.result)
-        .execute(&mut **tx)
-        .await?;
+    if req.erase {
+        // Crypto-shredding: without the key the customer's sealed events are noise. Their
+        // idempotency records go too: a request hash is a digest of a command that carried
+        // personal data; and so does what consumers acknowledged (below).
+        sqlx::query("DELETE FROM data_keys WHERE customer_id = $1")
+            .bind(req.customer_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM idempotency WHERE customer_id = $1")
+            .bind(req.customer_id)
+            .execute(&mut **tx)
+            .await?;
+        // What consumers acknowledged holding: value hashes are digests of personal data.
+        // The handoff log stays (it records disclosures, without values).
+        sqlx::query("DELETE FROM consumer_state WHERE customer_id = $1")
+            .bind(req.customer_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(idem) = &req.idempotency {
+        sqlx::query("INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&idem.source)
+            .bind(&idem.key)
+            .bind(req.customer_id)
+            .bind(&idem.request_hash)
+            .bind(&idem.result)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(AppendOutcome::Appended { positions })
 }
 
@@ -291,6 +314,16 @@ impl Backend for PgBackend {
         rows.iter().map(raw_event).collect()
     }
 
+    async fn erasures(&self, customers: &[Uuid]) -> Result<Vec<RawEvent>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new("SELECT ");
+        q.push(EVENT_COLUMNS)
+            .push(" FROM events WHERE event_type = 'customer_erased' AND customer_id = ANY(")
+            .push_bind(customers.to_vec())
+            .push(")");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(raw_event).collect()
+    }
+
     async fn projection_page(
         &self,
         after: Option<Uuid>,
@@ -361,4 +394,65 @@ impl Backend for PgBackend {
             .await?;
         Ok(to_u64(head))
     }
+
+    async fn insert_token(&self, token: &TokenRecord, hash: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (token_id, token_hash, role, subject, label, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token.id)
+        .bind(hash)
+        .bind(token.role.as_str())
+        .bind(token.subject.as_deref())
+        .bind(&token.label)
+        .bind(crate::model::micros(token.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_id, role, subject, label, created_at, revoked_at \
+             FROM api_tokens WHERE token_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| token_row(&r)).transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        sqlx::query(
+            "SELECT token_id, role, subject, label, created_at, revoked_at \
+             FROM api_tokens ORDER BY created_at, token_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(token_row)
+        .collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid, at: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE token_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn token_row(row: &PgRow) -> Result<TokenRecord, StoreError> {
+    token_from_parts(
+        row.try_get("token_id")?,
+        row.try_get::<&str, _>("role")?,
+        row.try_get("subject")?,
+        row.try_get("label")?,
+        row.try_get("created_at")?,
+        row.try_get("revoked_at")?,
+    )
 }

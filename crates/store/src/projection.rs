@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use idledger_domain::state::{ConsentRecord, CustomerState, FieldRecord, Proposal};
+use idledger_domain::state::{ConsentRecord, CustomerState, Erasure, FieldRecord, Proposal};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -20,6 +20,9 @@ struct CustomerRow {
     registered: bool,
     registered_at: Option<chrono::DateTime<chrono::Utc>>,
     stream_version: u64,
+    /// Left out until set, so that rows written before erasure existed read back identical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    erased: Option<Erasure>,
 }
 
 /// Every row of a customer's projection, sorted by (kind, key).
@@ -30,6 +33,7 @@ pub fn rows(state: &CustomerState) -> Result<Vec<ProjectionRow>, StoreError> {
         registered: state.registered,
         registered_at: state.registered_at,
         stream_version: state.stream_version,
+        erased: state.erased.clone(),
     };
     rows.push(row(CUSTOMER, String::new(), &customer)?);
     for (path, rec) in &state.fields {
@@ -87,6 +91,7 @@ pub fn state(rows: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
                 state.registered = c.registered;
                 state.registered_at = c.registered_at;
                 state.stream_version = c.stream_version;
+                state.erased = c.erased;
             }
             FIELD => {
                 let rec: FieldRecord = serde_json::from_str(&r.record)?;

@@ -8,14 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use idledger_domain::command::{Change, Principal};
+use idledger_domain::command::{Change, Principal, Refusal};
 use idledger_domain::decide::Outcome;
+use idledger_domain::event::EventPayload;
 use idledger_domain::field::FieldValue;
-use idledger_domain::ids::CustomerId;
-use idledger_store::ExecuteError;
+use idledger_domain::ids::{Actor, ActorKind, CustomerId, SourceId};
+use idledger_domain::policy::ADMIN_SOURCE;
+use idledger_domain::state::Erasure;
 use idledger_store::model::{
     AppendOutcome, AppendRequest, IdempotencyRecord, PreparedEvent, ProjectionDiff,
 };
+use idledger_store::{ExecuteError, LogEntry, StoreError};
 use serde_json::json;
 use support::*;
 
@@ -53,6 +56,10 @@ conformance!(
     no_plaintext_personal_data_in_the_events_table,
     history_and_record_as_of_an_instant,
     refused_commands_write_nothing,
+    erasure_shreds_the_record_and_refuses_what_follows,
+    no_plaintext_of_an_erased_customer_anywhere,
+    read_all_returns_every_position_of_an_erased_customer_without_personal_data,
+    erasure_happens_once_and_only_to_a_registered_customer,
 );
 
 /// payload, event_type, field, hash
@@ -72,13 +79,14 @@ fn bogus_append(customer: uuid::Uuid, key: &str, expected_version: u64) -> Appen
             payload: vec![1, 2, 3],
         }],
         new_data_key: None,
-        idempotency: IdempotencyRecord {
+        idempotency: Some(IdempotencyRecord {
             source: "test".to_owned(),
             key: key.to_owned(),
             request_hash: vec![0],
             result: "{}".to_owned(),
-        },
+        }),
         projection: ProjectionDiff::default(),
+        erase: false,
     }
 }
 
@@ -321,12 +329,12 @@ async fn tail_reader_sees_every_committed_event_once_in_order(engine: Engine) {
                 let page = ledger.read_all(after, 50).await.unwrap();
                 for e in &page {
                     assert_eq!(
-                        e.global_position,
+                        e.global_position(),
                         after + 1,
                         "the reader skipped or repeated a position"
                     );
-                    after = e.global_position;
-                    seen.push((e.global_position, e.envelope.id.as_uuid()));
+                    after = e.global_position();
+                    seen.push((e.global_position(), e.event_id().as_uuid()));
                 }
                 if page.is_empty() {
                     if finished {
@@ -819,4 +827,601 @@ async fn refused_commands_write_nothing(engine: Engine) {
         .map(|(f, r)| (f.to_string(), r.version))
         .collect();
     assert_eq!(rows, BTreeMap::from([("name.given".to_owned(), 1)]));
+}
+
+// ---- erasure ----
+
+fn admin() -> SourceId {
+    SourceId::parse(ADMIN_SOURCE).unwrap()
+}
+
+fn dpo() -> Actor {
+    Actor::new(ActorKind::Agent, "dpo@idledger.example").unwrap()
+}
+
+fn consent(purpose: &str) -> Change {
+    Change::GrantConsent {
+        purpose: idledger_domain::ids::Purpose::parse(purpose).unwrap(),
+        basis: idledger_domain::values::LegalBasis::Consent,
+        notice: idledger_domain::values::NoticeRef::new("pn", "3", &"ab".repeat(32)).unwrap(),
+        channel: idledger_domain::values::ConsentChannel::Web,
+        jurisdiction: idledger_domain::values::Jurisdiction::parse("DE").unwrap(),
+        expires_at: None,
+    }
+}
+
+/// Gives `c` a consent, a pending email change and (through `write_sample`) a proposal.
+async fn fill_in(store: &TestStore, c: CustomerId, tag: &str) {
+    store
+        .ledger
+        .execute(
+            &source("consent_portal"),
+            &command(c, &format!("consent-{tag}"), vec![consent("marketing")]),
+        )
+        .await
+        .unwrap();
+    let change = Change::RequestChange {
+        field: field("email"),
+        value: FieldValue::parse(
+            &field("email"),
+            &json!(format!("pending.{tag}@example.org")),
+        )
+        .unwrap(),
+        expected_version: None,
+    };
+    store
+        .ledger
+        .execute(
+            &source("web_app"),
+            &command(c, &format!("req-{tag}"), vec![change]),
+        )
+        .await
+        .unwrap();
+}
+
+#[track_caller]
+fn assert_erased<T: std::fmt::Debug>(
+    result: Result<T, StoreError>,
+    customer: CustomerId,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    match result {
+        Err(StoreError::Erased { customer: c, at: a }) => {
+            assert_eq!((c, a), (customer.as_uuid(), at));
+        }
+        other => panic!("expected StoreError::Erased, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, ExecuteError>, refusal: &Refusal) {
+    match result {
+        Err(ExecuteError::Refused(r)) => assert_eq!(&r.refusal, refusal),
+        other => panic!("expected the refusal {refusal:?}, got {other:?}"),
+    }
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    match db.engine {
+        Engine::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(db.pg().await.pool())
+            .await
+            .unwrap(),
+        Engine::Sqlite => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(db.sqlite().await.pool())
+            .await
+            .unwrap(),
+    }
+}
+
+async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let customers = write_sample(&store).await;
+    let c = customers[1];
+    fill_in(&store, c, "c").await;
+    let before = store.ledger.state(c).await.unwrap().unwrap();
+    assert!(!before.fields.is_empty() && !before.consents.is_empty());
+    assert_eq!(before.proposals.len(), 1);
+    let others_before = [
+        store.ledger.state(customers[0]).await.unwrap(),
+        store.ledger.state(customers[2]).await.unwrap(),
+    ];
+
+    let erasure = store
+        .ledger
+        .erase(c, &admin(), dpo(), "subject's request #42")
+        .await
+        .unwrap();
+    assert_eq!(
+        (erasure.source.as_str(), erasure.reason.as_str()),
+        (ADMIN_SOURCE, "subject's request #42")
+    );
+    let at = erasure.at;
+
+    // The record: registered and erased, with nothing else left.
+    let state = store.ledger.state(c).await.unwrap().unwrap();
+    assert_eq!(state.erased.as_ref(), Some(&erasure));
+    assert!(state.registered);
+    assert_eq!(state.registered_at, before.registered_at);
+    assert_eq!(state.stream_version, before.stream_version + 1);
+    assert!(state.fields.is_empty() && state.consents.is_empty() && state.proposals.is_empty());
+    let rows = store
+        .ledger
+        .backend()
+        .projection_rows(c.as_uuid())
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["customer"],
+        "projection rows of the erased customer remain"
+    );
+
+    // Its past cannot be read any more, whatever the filter.
+    assert_erased(store.ledger.history(c, &field("email")).await, c, at);
+    assert_erased(store.ledger.history(c, &field("phone")).await, c, at);
+    assert_erased(store.ledger.stream(c, None, None).await, c, at);
+    assert_erased(store.ledger.state_as_of(c, chrono::Utc::now()).await, c, at);
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(365);
+    assert_erased(store.ledger.state_as_of(c, long_ago).await, c, at);
+    // …while the others' can.
+    assert_eq!(
+        store
+            .ledger
+            .history(customers[0], &field("email"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Every command is refused, and nothing is written.
+    let head = store.ledger.head_position().await.unwrap();
+    let erased = Refusal::Erased { erased_at: at };
+    assert_refused(
+        store
+            .ledger
+            .execute(&source("idp"), &command(c, "again", vec![Change::Register]))
+            .await,
+        &erased,
+    );
+    assert_refused(
+        store
+            .ledger
+            .execute(
+                &source("idp"),
+                &command(c, "set", vec![set("name.given", json!("Ada"))]),
+            )
+            .await,
+        &erased,
+    );
+    let proposal = *before.proposals.keys().next().unwrap();
+    assert_refused(
+        store
+            .ledger
+            .execute(
+                &Principal::Steward,
+                &command(
+                    c,
+                    "accept",
+                    vec![Change::AcceptProposal {
+                        proposal_id: proposal,
+                    }],
+                ),
+            )
+            .await,
+        &erased,
+    );
+    // A retry of a command from before the erasure is no replay: its record went too.
+    assert_refused(
+        store
+            .ledger
+            .execute(
+                &source("consent_portal"),
+                &command(c, "consent-c", vec![consent("marketing")]),
+            )
+            .await,
+        &erased,
+    );
+    assert_eq!(store.ledger.head_position().await.unwrap(), head);
+
+    // The data key is gone; the others' are not.
+    assert_eq!(count(&store.db, "SELECT COUNT(*) FROM data_keys").await, 2);
+    for other in [customers[0], customers[2]] {
+        assert!(
+            store
+                .ledger
+                .backend()
+                .data_key(other.as_uuid())
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert!(
+        store
+            .ledger
+            .backend()
+            .data_key(c.as_uuid())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The log still verifies; rebuilding gives byte-identical rows, erased record included.
+    let report = store.ledger.verify(&|_, _| {}).await.unwrap();
+    assert_eq!(
+        (report.events, report.streams, report.first_broken),
+        (15, 3, None)
+    );
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!((report.events, report.customers), (15, 3));
+    assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), state);
+    assert_eq!(
+        [
+            store.ledger.state(customers[0]).await.unwrap(),
+            store.ledger.state(customers[2]).await.unwrap(),
+        ],
+        others_before
+    );
+    // Damaged, the erased customer's row is reported and repaired like any other.
+    store
+        .db
+        .exec("UPDATE projections SET record = '{}' WHERE kind = 'customer'")
+        .await;
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(report.differing_count, 3);
+    assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), state);
+
+    // The erasure event, stored in the clear, is covered by the chain all the same.
+    let unlock = match engine {
+        Engine::Postgres => "ALTER TABLE events DISABLE TRIGGER events_append_only;",
+        Engine::Sqlite => "DROP TRIGGER events_no_update;",
+    };
+    store.db.exec(unlock).await;
+    let tamper = match engine {
+        Engine::Postgres => {
+            "UPDATE events SET payload = set_byte(payload, 20, get_byte(payload, 20) # 1) WHERE event_type = 'customer_erased'"
+        }
+        Engine::Sqlite => {
+            "UPDATE events SET payload = substr(payload, 1, 20) || x'7e' || substr(payload, 22) WHERE event_type = 'customer_erased'"
+        }
+    };
+    store.db.exec(tamper).await;
+    let broken = store
+        .ledger
+        .verify(&|_, _| {})
+        .await
+        .unwrap()
+        .first_broken
+        .unwrap();
+    assert_eq!(broken.global_position, 15, "{}", broken.reason);
+}
+
+/// Everything the database holds in events, projections, data keys and idempotency records:
+/// text columns as text, binary ones as their raw bytes.
+async fn dump_database(db: &TestDb) -> String {
+    const TEXT: &str = "SELECT event_type || ' ' || COALESCE(field, '') FROM events \
+        UNION ALL SELECT kind || ' ' || key || ' ' || record FROM projections \
+        UNION ALL SELECT source || ' ' || idempotency_key || ' ' || result FROM idempotency";
+    const BYTES: &str = "SELECT payload FROM events UNION ALL SELECT hash FROM events \
+        UNION ALL SELECT wrapped_key FROM data_keys UNION ALL SELECT request_hash FROM idempotency";
+    let (text, bytes): (Vec<String>, Vec<Vec<u8>>) = match db.engine {
+        Engine::Postgres => {
+            let pg = db.pg().await;
+            (
+                sqlx::query_scalar(TEXT).fetch_all(pg.pool()).await.unwrap(),
+                sqlx::query_scalar(BYTES)
+                    .fetch_all(pg.pool())
+                    .await
+                    .unwrap(),
+            )
+        }
+        Engine::Sqlite => {
+            let lite = db.sqlite().await;
+            (
+                sqlx::query_scalar(TEXT)
+                    .fetch_all(lite.pool())
+                    .await
+                    .unwrap(),
+                sqlx::query_scalar(BYTES)
+                    .fetch_all(lite.pool())
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let mut dump = text.join("\n");
+    dump.push_str(&String::from_utf8_lossy(&bytes.concat()));
+    dump.to_lowercase()
+}
+
+const ERASED_VALUES: [&str; 7] = [
+    "augusta.king@example.org",
+    "lovelace",
+    "2079460958",
+    "james square",
+    "marylebone",
+    "countess",
+    "ada.next@example.org",
+];
+
+/// A customer with personal data in every place it can be: fields, a pending change, a
+/// proposal; and a consent.
+async fn write_person(store: &TestStore, c: CustomerId, tag: &str) {
+    let changes = vec![
+        Change::Register,
+        set("email", json!("augusta.king@example.org")),
+        set("name.family", json!("Lovelace-Byron")),
+        set("phone", json!("+442079460958")),
+    ];
+    store
+        .ledger
+        .execute(&source("idp"), &command(c, &format!("{tag}-1"), changes))
+        .await
+        .unwrap();
+    store
+        .ledger
+        .execute(
+            &source("web_app"),
+            &command(
+                c,
+                &format!("{tag}-2"),
+                vec![set(
+                    "postal_address",
+                    json!({"lines": ["12 St James Square"], "locality": "Marylebone", "country": "GB"}),
+                )],
+            ),
+        )
+        .await
+        .unwrap();
+    store
+        .ledger
+        .execute(
+            &source("crm"),
+            &command(
+                c,
+                &format!("{tag}-3"),
+                vec![set("name.given", json!("Countess"))],
+            ),
+        )
+        .await
+        .unwrap();
+    let change = Change::RequestChange {
+        field: field("email"),
+        value: FieldValue::parse(&field("email"), &json!("ada.next@example.org")).unwrap(),
+        expected_version: None,
+    };
+    store
+        .ledger
+        .execute(
+            &source("web_app"),
+            &command(c, &format!("{tag}-4"), vec![change]),
+        )
+        .await
+        .unwrap();
+    store
+        .ledger
+        .execute(
+            &source("consent_portal"),
+            &command(c, &format!("{tag}-5"), vec![consent("marketing")]),
+        )
+        .await
+        .unwrap();
+}
+
+async fn write_other(store: &TestStore, d: CustomerId, tag: &str) {
+    store
+        .ledger
+        .execute(
+            &source("idp"),
+            &command(
+                d,
+                tag,
+                vec![
+                    Change::Register,
+                    set("email", json!("grace.hopper@example.org")),
+                    set("name.family", json!("Hopper")),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+async fn no_plaintext_of_an_erased_customer_anywhere(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    let d = new_customer();
+    write_person(&store, c, "c").await;
+    write_other(&store, d, "d").await;
+    // The dump sees what the projection holds in the clear.
+    let dump = dump_database(&store.db).await;
+    for needle in ERASED_VALUES {
+        assert!(
+            dump.contains(needle),
+            "'{needle}' not in the dump before erasure"
+        );
+    }
+    store
+        .ledger
+        .erase(c, &admin(), dpo(), "subject's request")
+        .await
+        .unwrap();
+    let dump = dump_database(&store.db).await;
+    for needle in ERASED_VALUES {
+        assert!(
+            !dump.contains(needle),
+            "plaintext '{needle}' of an erased customer found"
+        );
+    }
+    assert!(
+        dump.contains("grace.hopper@example.org"),
+        "the other customer is untouched"
+    );
+    assert!(dump.contains("customer_erased"));
+    // The other customer's records, keys and idempotency are all still there.
+    assert_eq!(count(&store.db, "SELECT COUNT(*) FROM data_keys").await, 1);
+    assert_eq!(
+        count(&store.db, "SELECT COUNT(*) FROM idempotency").await,
+        1
+    );
+}
+
+async fn read_all_returns_every_position_of_an_erased_customer_without_personal_data(
+    engine: Engine,
+) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    let d = new_customer();
+    write_person(&store, c, "c").await;
+    write_other(&store, d, "d").await;
+    store
+        .ledger
+        .execute(
+            &source("web_app"),
+            &command(c, "late", vec![set("locale", json!("en-GB"))]),
+        )
+        .await
+        .unwrap();
+    let erasure: Erasure = store
+        .ledger
+        .erase(c, &admin(), dpo(), "subject's request")
+        .await
+        .unwrap();
+    store
+        .ledger
+        .execute(
+            &source("idp"),
+            &command(d, "after", vec![set("name.given", json!("Grace"))]),
+        )
+        .await
+        .unwrap();
+    let head = store.ledger.head_position().await.unwrap();
+
+    let mut entries: Vec<LogEntry> = Vec::new();
+    loop {
+        let after = entries.last().map_or(0, LogEntry::global_position);
+        let page = store.ledger.read_all(after, 3).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        entries.extend(page);
+    }
+    let positions: Vec<u64> = entries.iter().map(LogEntry::global_position).collect();
+    assert_eq!(positions, (1..=head).collect::<Vec<_>>());
+    let raw = store.ledger.backend().read_all(0, 1000).await.unwrap();
+    let raw_ids: Vec<uuid::Uuid> = raw.iter().map(|r| r.event_id).collect();
+    let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.event_id().as_uuid()).collect();
+    assert_eq!(ids, raw_ids);
+
+    let erasure_position = raw
+        .iter()
+        .find(|r| r.event_type == "customer_erased")
+        .unwrap()
+        .global_position;
+    let mut shredded = 0;
+    for (entry, raw) in entries.iter().zip(&raw) {
+        assert_eq!(entry.stream_version(), raw.stream_version);
+        assert_eq!(entry.customer_id().as_uuid(), raw.customer_id);
+        match entry {
+            LogEntry::Shredded(s) => {
+                assert_eq!(s.customer_id, c);
+                assert!(s.global_position < erasure_position);
+                assert_eq!(s.erased_at, erasure.at);
+                assert_eq!(s.event_type, raw.event_type);
+                shredded += 1;
+            }
+            LogEntry::Event(e) if e.customer_id == c => {
+                assert_eq!(e.global_position, erasure_position);
+                let EventPayload::CustomerErased { reason } = &e.envelope.event.payload else {
+                    panic!("a readable event of the erased customer: {e:?}")
+                };
+                assert_eq!(reason, "subject's request");
+                assert_eq!(e.envelope.event.provenance.source.as_str(), ADMIN_SOURCE);
+                assert_eq!(e.recorded_at, erasure.at);
+            }
+            LogEntry::Event(e) => assert_eq!(e.customer_id, d),
+        }
+    }
+    assert_eq!(
+        shredded, 9,
+        "every earlier event of the erased customer is shredded"
+    );
+    let wire = serde_json::to_string(&entries).unwrap().to_lowercase();
+    for needle in ERASED_VALUES {
+        assert!(
+            !wire.contains(needle),
+            "'{needle}' of an erased customer was read"
+        );
+    }
+    assert!(wire.contains("grace.hopper@example.org"));
+}
+
+async fn erasure_happens_once_and_only_to_a_registered_customer(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let unknown = new_customer();
+    assert_refused(
+        store
+            .ledger
+            .erase(unknown, &admin(), dpo(), "request")
+            .await,
+        &Refusal::NotRegistered,
+    );
+    // Never registered is not erased: an empty stream.
+    assert!(
+        store
+            .ledger
+            .stream(unknown, None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let c = new_customer();
+    write_other(&store, c, "reg").await;
+    let bad = store.ledger.erase(c, &admin(), dpo(), "  ").await;
+    assert!(
+        matches!(bad, Err(ExecuteError::Refused(ref r)) if r.refusal.code() == "invalid_value"),
+        "{bad:?}"
+    );
+    assert_eq!(store.ledger.head_position().await.unwrap(), 3);
+
+    // Racing erasures through separate ledgers: one erases, the others are refused.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let ledger = store.another_ledger().await;
+        tasks.push(tokio::spawn(async move {
+            ledger.erase(c, &admin(), dpo(), "request").await
+        }));
+    }
+    let mut won = Vec::new();
+    let mut refused = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(e) => won.push(e),
+            Err(ExecuteError::Refused(r)) => refused.push(r.refusal),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!((won.len(), refused.len()), (1, 3), "{won:?} {refused:?}");
+    let erased = Refusal::Erased {
+        erased_at: won[0].at,
+    };
+    assert!(refused.iter().all(|r| *r == erased), "{refused:?}");
+    assert_refused(
+        store.ledger.erase(c, &admin(), dpo(), "request").await,
+        &erased,
+    );
+    assert_eq!(store.ledger.head_position().await.unwrap(), 4);
+    assert!(
+        store
+            .ledger
+            .verify(&|_, _| {})
+            .await
+            .unwrap()
+            .first_broken
+            .is_none()
+    );
 }

@@ -42,6 +42,7 @@ on_every_backend!(
     consumers_register_list_and_disable,
     commits_log_handoffs_once_and_checkpoints_never_go_back,
     acks_become_consumer_state_newest_version_wins,
+    erasure_removes_consumer_state_and_refuses_acks,
     one_open_exception_per_consumer_customer_field_and_kind,
 );
 
@@ -363,6 +364,63 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
     }
     let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
     assert_eq!(state[0].version, 2);
+}
+
+async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    nats_consumer(&deliveries, "crm").await;
+    let (erased, erased_event) = customer_with_email(&store.ledger).await;
+    let (kept, kept_event) = customer_with_email(&store.ledger).await;
+    let ack = |customer: CustomerId, event: EventId| Ack {
+        consumer_id: id("crm"),
+        event_id: event,
+        customer_id: customer,
+        field: field("email"),
+        version: 1,
+        value_hash: Some(ValueHash::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap()),
+        status: AckStatus::Applied,
+        reason: None,
+        acked_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),
+    };
+    for (c, e) in [(erased, erased_event), (kept, kept_event)] {
+        assert_eq!(
+            deliveries.record_ack(&ack(c, e)).await.unwrap(),
+            AckOutcome::Recorded
+        );
+    }
+    store
+        .ledger
+        .erase(
+            erased,
+            &idledger_domain::ids::SourceId::parse("admin").unwrap(),
+            idledger_domain::ids::Actor::new(idledger_domain::ids::ActorKind::Agent, "dpo")
+                .unwrap(),
+            "subject's request",
+        )
+        .await
+        .unwrap();
+    // A value hash is a digest of personal data: what consumers acked of the customer goes.
+    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
+    assert_eq!(
+        state.iter().map(|s| s.customer_id).collect::<Vec<_>>(),
+        [kept]
+    );
+    let outcome = deliveries
+        .record_ack(&ack(erased, erased_event))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, AckOutcome::Invalid(r) if r.contains("erased")),
+        "{outcome:?}"
+    );
+    assert!(
+        deliveries
+            .consumer_state(&id("crm"), Some(erased))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine) {

@@ -416,6 +416,7 @@ impl Demo<'_> {
             ))?,
             provenance,
             changes,
+            expected_stream_version: None,
         })
     }
 

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use idledger_domain::command::{Change, Command, Context, Principal, ProvenanceInput, Refused};
-use idledger_domain::decide::{Decision, decide};
-use idledger_domain::event::EventEnvelope;
+use idledger_domain::decide::{Decision, decide, decide_erasure};
+use idledger_domain::event::{EventEnvelope, Provenance};
 use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::ids::{
     Actor, ActorKind, CustomerId, IdempotencyKey, OnBehalfOf, Relationship, SourceId,
@@ -118,6 +118,7 @@ impl Scenario {
             idempotency_key: IdempotencyKey::parse(&format!("k-{}", self.commands)).unwrap(),
             provenance,
             changes,
+            expected_stream_version: None,
         }
     }
 
@@ -165,6 +166,34 @@ impl Scenario {
         let decision = self.decide_as(by, provenance, changes)?;
         self.events.extend(decision.events.clone());
         Ok(decision)
+    }
+}
+
+impl Scenario {
+    /// Decides the erasure of the record as `by` (an administrator's source) and records it if
+    /// accepted.
+    pub fn erase(&mut self, by: &str, reason: &str) -> Result<EventEnvelope, Refused> {
+        let provenance = Provenance {
+            source: SourceId::parse(by).unwrap(),
+            actor: Actor::new(ActorKind::Agent, "dpo@example.org").unwrap(),
+            on_behalf_of: None,
+            evidence: None,
+            observed_at: None,
+            recorded_at: self.now,
+            correlation_id: None,
+            causation_id: None,
+            idempotency_key: IdempotencyKey::parse(&format!("erasure:{}", self.customer)).unwrap(),
+            reason: None,
+        };
+        let event = decide_erasure(
+            &self.state(),
+            reason,
+            provenance,
+            &self.policy,
+            Uuid::now_v7(),
+        )?;
+        self.events.push(event.clone());
+        Ok(event)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Test fixtures for delivery: a fresh database per test (PostgreSQL on a real server, or a
-//! temp SQLite file), a real NATS server (the shared one, or a throwaway one a test may kill),
+//! Test fixtures for delivery: a fresh database per test (`idledger_testkit`: PostgreSQL on a
+//! real server, or a temp SQLite file), a real NATS server (the shared one, or a throwaway one a test may kill),
 //! a real HTTP receiver, and helpers to read what consumers got.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
@@ -22,11 +22,9 @@ use idledger_store::delivery::{
     Channel, ConsumerId, FieldSelector, NewConsumer, StartAt, Webhook, WebhookSecret,
 };
 use idledger_store::{Deliveries, Ledger, LedgerOptions, MasterKey};
-use sqlx::Connection;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const NATS_BIN: &str = "/usr/sbin/nats-server";
 
@@ -34,101 +32,17 @@ pub const NATS_BIN: &str = "/usr/sbin/nats-server";
 // Databases
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Postgres,
-    Sqlite,
-}
+pub use idledger_testkit::{DEFAULT_PG_URL, Engine, TestDb};
 
-/// One test's database, dropped (PostgreSQL) or deleted (SQLite) when the test ends.
-pub struct TestDb {
-    pub engine: Engine,
-    pub url: String,
-    pub pg_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else {
-            return;
-        };
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&admin_url()).await.ok()?;
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        });
-        let _ = cleanup.join();
-    }
-}
-
+/// The server the test databases are created on (for cutting their connections).
 pub fn admin_url() -> String {
     std::env::var("IDLEDGER_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
 }
 
-impl TestDb {
-    pub async fn new(engine: Engine) -> Self {
-        match engine {
-            Engine::Postgres => {
-                let admin = admin_url();
-                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-                    panic!(
-                        "PostgreSQL is not reachable at {admin}: {e}\n\
-                         These tests need a real PostgreSQL server. Start one with `bash scripts/services.sh`, \
-                         or point IDLEDGER_TEST_DATABASE_URL at a server where this user may CREATE DATABASE."
-                    )
-                });
-                let name = format!("idledger_test_{}", uuid::Uuid::now_v7().simple());
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let (base, _) = admin.rsplit_once('/').unwrap();
-                Self {
-                    engine,
-                    url: format!("{base}/{name}"),
-                    pg_name: Some(name),
-                    _dir: None,
-                }
-            }
-            Engine::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!("sqlite://{}", dir.path().join("idledger.db").display());
-                Self {
-                    engine,
-                    url,
-                    pg_name: None,
-                    _dir: Some(dir),
-                }
-            }
-        }
-    }
-}
-
-impl TestDb {
-    /// Runs raw SQL against this database, as an operator (or an attacker) would.
-    pub async fn exec(&self, sql: &str) {
-        let sql = sqlx::AssertSqlSafe(sql.to_owned());
-        match self.engine {
-            Engine::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-            }
-            Engine::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-            }
-        }
-    }
+/// The name of a PostgreSQL test database.
+pub fn pg_database(db: &TestDb) -> String {
+    assert_eq!(db.engine, Engine::Postgres);
+    db.url.rsplit_once('/').unwrap().1.to_owned()
 }
 
 pub struct TestStore {
@@ -246,6 +160,7 @@ pub fn command(customer: CustomerId, changes: Vec<Change>) -> Command {
             reason: None,
         },
         changes,
+        expected_stream_version: None,
     }
 }
 
@@ -687,4 +602,17 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut ch
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Erases a customer as an administrator would; panics on refusal.
+pub async fn erase(ledger: &Ledger, customer: CustomerId) {
+    ledger
+        .erase(
+            customer,
+            &SourceId::parse(idledger_domain::policy::ADMIN_SOURCE).unwrap(),
+            Actor::new(ActorKind::Agent, "dpo@idledger.example").unwrap(),
+            "subject's request",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("erasing {customer} failed: {e}"));
 }

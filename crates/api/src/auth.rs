@@ -1,0 +1,140 @@
+//! Bearer-token authentication and per-route roles. The caller's principal — and so the
+//! source recorded on every event — comes from the token, never from a request body.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use idledger_domain::command::Principal;
+use idledger_domain::ids::SourceId;
+use idledger_store::{Role, TokenRecord};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token: TokenRecord,
+}
+
+impl Caller {
+    /// Refuses the request (403) unless the caller has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.token.role) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        Err(ApiError::forbidden(
+            "forbidden_role",
+            format!(
+                "this route is for the role(s) {}; the token's role is {}",
+                allowed.join(", "),
+                self.token.role
+            ),
+        )
+        .with("role", self.token.role)
+        .with("allowed_roles", allowed))
+    }
+
+    /// The principal commands run as: a source system or a steward.
+    pub fn principal(&self) -> Result<Principal, ApiError> {
+        match (self.token.role, &self.token.subject) {
+            (Role::Source, Some(subject)) => SourceId::parse(subject)
+                .map(Principal::Source)
+                .map_err(|e| ApiError::internal(&e)),
+            (Role::Steward, _) => Ok(Principal::Steward),
+            _ => Err(ApiError::forbidden(
+                "forbidden_role",
+                format!("a {} token cannot send commands", self.token.role),
+            )),
+        }
+    }
+
+    /// The system the caller speaks for (sources and consumers), for logs and errors.
+    pub fn subject(&self) -> Option<&str> {
+        self.token.subject.as_deref()
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::unauthenticated(
+                "unauthenticated",
+                "this route needs a bearer token: Authorization: Bearer idl_…",
+            ));
+        };
+        let secret = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthenticated(
+                    "unauthenticated",
+                    "the Authorization header must be 'Bearer <token>'",
+                )
+            })?;
+        let token = state.tokens.authenticate(secret).await?.ok_or_else(|| {
+            ApiError::unauthenticated("invalid_token", "the token is unknown or revoked")
+        })?;
+        tracing::Span::current().record("role", token.role.as_str());
+        if let Some(subject) = &token.subject {
+            tracing::Span::current().record("subject", subject.as_str());
+        }
+        Ok(Caller { token })
+    }
+}
+
+/// A set of roles a route admits.
+pub trait Roles: Send + Sync + 'static {
+    const ROLES: &'static [Role];
+}
+
+/// The caller, once its role is checked against `R` — before the body is read, so a caller
+/// without the role learns nothing from body validation.
+#[derive(Debug)]
+pub struct Authorized<R: Roles>(pub Caller, pub PhantomData<R>);
+
+impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(R::ROLES)?;
+        Ok(Self(caller, PhantomData))
+    }
+}
+
+macro_rules! roles {
+    ($($(#[$meta:meta])* $name:ident = [$($role:ident),+];)+) => {$(
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl Roles for $name {
+            const ROLES: &'static [Role] = &[$(Role::$role),+];
+        }
+    )+};
+}
+
+roles! {
+    /// Registering customers.
+    Sources = [Source];
+    /// Sending commands: sources, and stewards resolving proposals.
+    Writers = [Source, Steward];
+    /// Reading the golden record.
+    Readers = [Source, Steward, Auditor];
+    /// Reading a field's history with provenance.
+    Historians = [Steward, Auditor];
+    /// Operating the instance.
+    Admins = [Admin];
+    /// Any valid token.
+    Anyone = [Source, Consumer, Steward, Auditor, Admin];
+}

@@ -1,0 +1,208 @@
+//! Every error the API returns: `application/problem+json` (RFC 9457) with a stable snake_case
+//! `code` clients branch on and a message people can read. 5xx bodies say nothing internal;
+//! the cause is logged.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use idledger_domain::command::{Refusal, Refused};
+use idledger_store::{ExecuteError, StoreError};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem document, as the API sends it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:idledger:problem:<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    pub status: u16,
+    /// What went wrong in this request, for people.
+    pub detail: String,
+    /// Stable, machine-readable: clients branch on this.
+    pub code: String,
+    /// The request id (also in the `x-request-id` response header), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Further members depending on `code` (e.g. `system_of_record`, `proposal_ids`,
+    /// `change_index`, `expected`, `actual`).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extensions: Map<String, Value>,
+}
+
+/// An API error: status, stable code, human detail and optional extension members.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+    retry_after: Option<u32>,
+    authenticate: bool,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            extensions: Map::new(),
+            retry_after: None,
+            authenticate: false,
+        }
+    }
+
+    /// Adds an extension member to the problem document.
+    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        self.extensions.insert(
+            key.to_owned(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+        self
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
+    pub fn forbidden(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, detail)
+    }
+
+    /// 401 with a `WWW-Authenticate: Bearer` challenge.
+    pub fn unauthenticated(code: &'static str, detail: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, code, detail);
+        e.authenticate = true;
+        e
+    }
+
+    /// A failure on our side: logged in full, answered with nothing internal.
+    pub fn internal(error: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error, source = ?error.source(), "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the request could not be completed; it is safe to retry with the same Idempotency-Key",
+        )
+    }
+
+    fn title(&self) -> &'static str {
+        self.status.canonical_reason().unwrap_or("Error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("urn:idledger:problem:{}", self.code),
+            "title": self.title(),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        if let Value::Object(map) = &mut body {
+            for (k, v) in self.extensions {
+                map.entry(k).or_insert(v);
+            }
+        }
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.authenticate {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"idledger\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        let detail = refused.to_string();
+        let refusal = refused.refusal;
+        let status = match &refusal {
+            Refusal::NotAuthoritative { .. } | Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Refusal::VersionConflict { .. } | Refusal::AlreadyRegistered => StatusCode::CONFLICT,
+            Refusal::RecordVersionConflict { .. } => StatusCode::PRECONDITION_FAILED,
+            Refusal::NotRegistered | Refusal::UnknownProposal { .. } => StatusCode::NOT_FOUND,
+            Refusal::Erased { .. } => StatusCode::GONE,
+            Refusal::InvalidCommand { .. }
+            | Refusal::UnknownField { .. }
+            | Refusal::InvalidValue { .. }
+            | Refusal::InvalidTransition { .. }
+            | Refusal::ExpiredChallenge { .. }
+            | Refusal::GuardianRequired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let mut error = ApiError::new(status, refusal.code(), detail);
+        // The refusal's own members (field, system_of_record, expected, actual…) as extensions.
+        if let Ok(Value::Object(members)) = serde_json::to_value(&refusal) {
+            for (k, v) in members {
+                if k != "code" {
+                    error.extensions.insert(k, v);
+                }
+            }
+        }
+        if let Some(i) = refused.change_index {
+            error = error.with("change_index", i);
+        }
+        error
+    }
+}
+
+impl From<ExecuteError> for ApiError {
+    fn from(e: ExecuteError) -> Self {
+        match e {
+            ExecuteError::Refused(refused) => refused.into(),
+            ExecuteError::IdempotencyConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
+            }
+            ExecuteError::Contention { .. } => {
+                let mut error =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "contention", e.to_string());
+                error.retry_after = Some(1);
+                error
+            }
+            ExecuteError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Erased { customer, at } => ApiError::gone(customer, at),
+            e => ApiError::internal(&e),
+        }
+    }
+}
+
+impl ApiError {
+    /// 410: the customer's record was erased; nothing of it can be read or changed.
+    pub fn gone(customer: impl std::fmt::Display, at: chrono::DateTime<chrono::Utc>) -> Self {
+        ApiError::new(
+            StatusCode::GONE,
+            "erased",
+            format!("customer {customer} was erased at {}", at.to_rfc3339()),
+        )
+        .with("erased_at", at)
+    }
+}

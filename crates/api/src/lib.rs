@@ -1,0 +1,137 @@
+//! idledger's HTTP API (axum, under `/v1`): commands, golden records, history, per-source
+//! bearer-token authentication with roles, problem+json errors, OpenAPI, health and metrics.
+//!
+//! Architecture invariant: only this crate knows HTTP and the JSON request shapes; it turns
+//! requests into domain commands and reads through `idledger_store::Ledger`.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod views;
+pub mod wire;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post};
+use idledger_store::{Ledger, Tokens};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// Limits the server applies to every request.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more wait their turn.
+    pub max_concurrency: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            max_concurrency: 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub ledger: Ledger,
+    pub tokens: Tokens,
+}
+
+impl AppState {
+    pub fn new(ledger: Ledger) -> Self {
+        let tokens = Tokens::new(ledger.backend().clone());
+        Self { ledger, tokens }
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole API as a router; tests and `serve` both use it.
+pub fn router(state: AppState, config: &ApiConfig) -> Router {
+    // Touch the recorder so /metrics has something to render from the first request on.
+    let _ = metrics::handle();
+    let v1 = Router::new()
+        .route("/customers", post(routes::register))
+        .route("/customers/{customer_id}/commands", post(routes::command))
+        .route("/customers/{customer_id}", get(routes::record))
+        .route(
+            "/customers/{customer_id}/fields/{field}/history",
+            get(routes::history),
+        )
+        .route("/customers/{customer_id}/erasure", post(routes::erase))
+        .route("/me", get(routes::me))
+        .route("/openapi.json", get(routes::openapi));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::prometheus))
+        .fallback(routes::fallback)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.max_concurrency.max(1),
+        ))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id,
+                    role = tracing::field::Empty,
+                    subject = tracing::field::Empty,
+                )
+            }),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests (and so in-flight commands) finish, for at most the grace period.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result,
+        () = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period; stopping");
+            Ok(())
+        }
+    }
+}

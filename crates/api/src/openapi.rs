@@ -1,0 +1,78 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the request and
+//! response types, served at `/v1/openapi.json`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{error, routes, views, wire};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "idledger",
+        description = "Customer identity system of record: attribute-level commands checked against each field's authority policy, per-field golden records, full history with provenance. Errors are application/problem+json with a stable `code`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        routes::register,
+        routes::command,
+        routes::record,
+        routes::history,
+        routes::erase,
+        routes::me,
+        routes::healthz,
+        routes::readyz,
+        routes::prometheus,
+        routes::openapi,
+    ),
+    components(schemas(
+        error::Problem,
+        wire::RegisterRequest,
+        wire::CommandRequest,
+        wire::ChangeBody,
+        wire::ProvenanceDoc,
+        wire::NoticeDoc,
+        wire::ErasureRequest,
+        views::CommandResponse,
+        views::RecordView,
+        views::FieldView,
+        views::PendingView,
+        views::ConsentView,
+        views::ProposalView,
+        views::HistoryView,
+        views::EventView,
+        views::WhoAmI,
+        views::ErasureView,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "commands", description = "Changes to customers' records"),
+        (name = "records", description = "Golden records and history"),
+        (name = "meta", description = "Health, metrics, identity, this document"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `idledger token create`; its role decides the routes it may use",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API's OpenAPI document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,481 @@
+//! The `/v1` handlers. Each checks the caller's role before reading its body, turns the
+//! request into a domain command or a read, and answers with a view or a problem.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use idledger_domain::command::{Change, Command, Principal, Refusal};
+use idledger_domain::decide::Outcome;
+use idledger_domain::field::FieldPath;
+use idledger_domain::ids::CustomerId;
+use idledger_store::{Executed, Role};
+
+use crate::AppState;
+use crate::auth::{Admins, Anyone, Authorized, Historians, Readers, Sources, Writers};
+use crate::error::{ApiError, Problem};
+use crate::extract::{JsonBody, PathParams, QueryParams, idempotency_key, if_match, truncate};
+use crate::metrics;
+use crate::views::{CommandResponse, ErasureView, EventView, HistoryView, RecordView, WhoAmI};
+use crate::wire::{self, CommandRequest, ErasureRequest, RegisterRequest};
+
+/// Register a customer (role `source`), optionally with first changes, atomically.
+#[utoipa::path(
+    post, path = "/v1/customers", tag = "commands",
+    params(("Idempotency-Key" = String, Header, description = "Unique per intended command; a retry with the same key returns the first result")),
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered (or the replayed first result)", body = CommandResponse,
+         headers(("Location" = String), ("ETag" = String))),
+        (status = 400, description = "Malformed JSON, missing Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden_role, source_mismatch, not_authoritative", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already_registered, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_body, invalid_value, unknown_field, invalid_transition, guardian_required, invalid_command", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<Sources>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RegisterRequest>,
+) -> Result<Response, ApiError> {
+    let principal = caller.principal()?;
+    check_claimed_source(&caller, body.source.as_deref())?;
+    let key = idempotency_key(&headers)?;
+    let customer = match body.customer_id {
+        Some(id) => CustomerId::try_from(id).map_err(|e| {
+            ApiError::unprocessable("invalid_value", e.to_string()).with("field", "customer_id")
+        })?,
+        // A retry without an id must land on the customer the first attempt minted.
+        None => match state.ledger.idempotent_result(&principal, &key).await? {
+            Some(first) => first.customer_id,
+            None => CustomerId::generate(),
+        },
+    };
+    let command = wire::command(
+        customer,
+        key,
+        body.provenance,
+        vec![Change::Register],
+        body.changes,
+        None,
+    )
+    .map_err(|r| record_refusal(r.into()))?;
+    let executed = execute(&state, &principal, &command).await?;
+    respond(&command, executed, StatusCode::CREATED)
+}
+
+/// Send a command: one or more attribute changes, applied atomically (roles `source`,
+/// `steward`).
+#[utoipa::path(
+    post, path = "/v1/customers/{customer_id}/commands", tag = "commands",
+    params(
+        ("customer_id" = uuid::Uuid, Path),
+        ("Idempotency-Key" = String, Header, description = "Unique per intended command; a retry with the same key returns the first result"),
+        ("If-Match" = Option<String>, Header, description = "The record's ETag (stream version); the command is refused with 412 if the record changed since"),
+    ),
+    request_body = CommandRequest,
+    responses(
+        (status = 200, description = "Applied (or the replayed first result)", body = CommandResponse, headers(("ETag" = String))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden_role, source_mismatch, not_authoritative (with system_of_record and proposal_ids), forbidden", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_registered, unknown_proposal, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "version_conflict (a field's expected_version), idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "version_conflict (If-Match)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_body, invalid_value, unknown_field, invalid_transition, expired_challenge, guardian_required, invalid_command", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "contention: retry", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn command(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<Writers>,
+    PathParams(params): PathParams,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CommandRequest>,
+) -> Result<Response, ApiError> {
+    let customer = customer_param(&params)?;
+    let principal = caller.principal()?;
+    check_claimed_source(&caller, body.source.as_deref())?;
+    let key = idempotency_key(&headers)?;
+    let expected = if_match(&headers)?;
+    let command = wire::command(
+        customer,
+        key,
+        body.provenance,
+        Vec::new(),
+        body.changes,
+        expected,
+    )
+    .map_err(|r| record_refusal(r.into()))?;
+    let executed = execute(&state, &principal, &command).await?;
+    respond(&command, executed, StatusCode::OK)
+}
+
+async fn execute(
+    state: &AppState,
+    principal: &Principal,
+    command: &Command,
+) -> Result<Executed, ApiError> {
+    match state.ledger.execute(principal, command).await {
+        Ok(executed) => {
+            metrics::command(if executed.replayed {
+                "replayed"
+            } else {
+                "applied"
+            });
+            Ok(executed)
+        }
+        Err(e) => Err(record_refusal(e.into())),
+    }
+}
+
+fn record_refusal(error: ApiError) -> ApiError {
+    metrics::command(error.code);
+    error
+}
+
+/// The body may name a source only to agree with the token: a write whose source cannot be
+/// proven never changes the record.
+fn check_claimed_source(
+    caller: &crate::auth::Caller,
+    claimed: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(claimed) = claimed else {
+        return Ok(());
+    };
+    let own = match caller.token.role {
+        Role::Steward => idledger_domain::policy::STEWARD_SOURCE,
+        _ => caller.subject().unwrap_or_default(),
+    };
+    if claimed == own {
+        return Ok(());
+    }
+    Err(record_refusal(
+        ApiError::forbidden(
+            "source_mismatch",
+            format!(
+                "the body claims source '{}' but the token speaks for '{own}'; the source comes from the token",
+                truncate(claimed, 64)
+            ),
+        )
+        .with("token_source", own),
+    ))
+}
+
+/// The command's response; a non-authoritative set that was turned into a proposal is a 403
+/// `not_authoritative` naming the system of record and the proposal recorded.
+fn respond(
+    command: &Command,
+    executed: Executed,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let Executed { result, replayed } = executed;
+    let proposals: Vec<_> = command
+        .changes
+        .iter()
+        .zip(&result.outcomes)
+        .filter_map(|(change, outcome)| match (change, outcome) {
+            (
+                Change::SetField { .. } | Change::ClearField { .. } | Change::RequestChange { .. },
+                Outcome::Proposed {
+                    field,
+                    proposal_id,
+                    system_of_record,
+                },
+            ) => Some((field.clone(), *proposal_id, system_of_record.clone())),
+            _ => None,
+        })
+        .collect();
+    let etag = etag(result.stream_version);
+    let customer = result.customer_id;
+    let body = CommandResponse::new(result, replayed);
+    if let Some((field, proposal_id, system_of_record)) = proposals.first() {
+        let detail = format!(
+            "this source may not change {field}; its system of record is '{system_of_record}'. The value was recorded as proposal {proposal_id} for the system of record or a steward to review"
+        );
+        let ids: Vec<_> = proposals.iter().map(|(_, id, _)| id).collect();
+        let mut response = ApiError::forbidden("not_authoritative", detail)
+            .with("field", field)
+            .with("system_of_record", system_of_record)
+            .with("proposal_id", proposal_id)
+            .with("proposal_ids", ids)
+            .with("result", &body)
+            .into_response();
+        response.headers_mut().insert(header::ETAG, etag);
+        if replayed {
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        return Ok(response);
+    }
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, etag);
+    if status == StatusCode::CREATED
+        && let Ok(location) = HeaderValue::from_str(&format!("/v1/customers/{customer}"))
+    {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn customer_param(params: &HashMap<String, String>) -> Result<CustomerId, ApiError> {
+    let raw = params
+        .get("customer_id")
+        .map(String::as_str)
+        .unwrap_or_default();
+    uuid::Uuid::parse_str(raw)
+        .ok()
+        .and_then(|u| CustomerId::try_from(u).ok())
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "invalid_customer_id",
+                format!("'{}' is not a customer id (a UUIDv7)", truncate(raw, 64)),
+            )
+        })
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RecordQuery {
+    /// Show the record as it stood at this instant (RFC 3339), folded from the log.
+    pub as_of: Option<String>,
+}
+
+/// Read the golden record, now or as of an instant (roles `source`, `steward`, `auditor`).
+#[utoipa::path(
+    get, path = "/v1/customers/{customer_id}", tag = "records",
+    params(("customer_id" = uuid::Uuid, Path), RecordQuery),
+    responses(
+        (status = 200, body = RecordView, headers(("ETag" = String))),
+        (status = 400, description = "invalid_query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_found, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn record(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Readers>,
+    PathParams(params): PathParams,
+    QueryParams(query): QueryParams<RecordQuery>,
+) -> Result<Response, ApiError> {
+    let customer = customer_param(&params)?;
+    let now = Utc::now();
+    let (state_at, as_of) = match query.as_of.as_deref() {
+        Some(raw) => {
+            let at = parse_instant(raw)?;
+            (state.ledger.state_as_of(customer, at).await?, Some(at))
+        }
+        None => (state.ledger.state(customer).await?, None),
+    };
+    if let Some(erasure) = state_at.as_ref().and_then(|s| s.erased.as_ref()) {
+        return Err(ApiError::gone(customer, erasure.at));
+    }
+    let Some(record) = state_at else {
+        return Err(match as_of {
+            Some(at) if state.ledger.state(customer).await?.is_some() => ApiError::not_found(
+                "not_found",
+                format!(
+                    "customer {customer} was not yet registered at {}",
+                    at.to_rfc3339()
+                ),
+            ),
+            _ => ApiError::not_found("not_found", format!("no customer {customer}")),
+        });
+    };
+    let view = RecordView::new(
+        customer,
+        &record,
+        state.ledger.policy(),
+        as_of.unwrap_or(now),
+        as_of,
+    );
+    let mut response = Json(view).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(record.stream_version));
+    Ok(response)
+}
+
+fn parse_instant(raw: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("as_of must be an RFC 3339 instant such as 2026-01-31T12:00:00Z: {e}"),
+            )
+        })
+}
+
+/// One field's history with full provenance, oldest first (roles `steward`, `auditor`).
+/// Consents are fields too: `consent.<purpose>`.
+#[utoipa::path(
+    get, path = "/v1/customers/{customer_id}/fields/{field}/history", tag = "records",
+    params(("customer_id" = uuid::Uuid, Path), ("field" = String, Path, description = "e.g. email, name.given, consent.marketing")),
+    responses(
+        (status = 200, body = HistoryView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_found, unknown_field, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn history(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Historians>,
+    PathParams(params): PathParams,
+) -> Result<Json<HistoryView>, ApiError> {
+    let customer = customer_param(&params)?;
+    let raw = params.get("field").map(String::as_str).unwrap_or_default();
+    let field = FieldPath::parse(raw).map_err(|e| {
+        let refusal: Refusal = e.into();
+        ApiError::not_found("unknown_field", refusal.to_string())
+    })?;
+    if state.ledger.state(customer).await?.is_none() {
+        return Err(ApiError::not_found(
+            "not_found",
+            format!("no customer {customer}"),
+        ));
+    }
+    let events = state.ledger.history(customer, &field).await?;
+    Ok(Json(HistoryView {
+        customer_id: customer,
+        field,
+        events: events.iter().map(EventView::new).collect(),
+    }))
+}
+
+/// Who the token belongs to (any role).
+#[utoipa::path(
+    get, path = "/v1/me", tag = "meta",
+    responses((status = 200, body = WhoAmI), (status = 401, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn me(Authorized(caller, ..): Authorized<Anyone>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        token_id: caller.token.id,
+        role: caller.token.role.to_string(),
+        subject: caller.token.subject.clone(),
+        label: caller.token.label.clone(),
+    })
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses(
+    (status = 200, description = "the store is reachable"),
+    (status = 503, description = "the store is not reachable", body = Problem, content_type = "application/problem+json")))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.ledger.head_position().await {
+        Ok(head) => Ok(Json(
+            serde_json::json!({"status": "ready", "head_position": head}),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store is not reachable",
+            ))
+        }
+    }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn prometheus() -> Response {
+    let body = crate::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::document())
+}
+
+/// Any path or method the API does not have.
+pub async fn fallback() -> ApiError {
+    ApiError::not_found("no_route", "no such route; see /v1/openapi.json")
+}
+
+/// A route that exists, called with a method it does not take.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /v1/openapi.json",
+    )
+}
+
+/// Erase a customer (right to erasure; role `admin`): their data key is destroyed, so every
+/// earlier event becomes unreadable; the record answers 410 from then on. The erasure itself
+/// is an event (source `admin`) that stays readable.
+#[utoipa::path(
+    post, path = "/v1/customers/{customer_id}/erasure", tag = "commands",
+    params(("customer_id" = uuid::Uuid, Path)),
+    request_body = ErasureRequest,
+    responses(
+        (status = 200, body = ErasureView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_registered, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased (already)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_body, invalid_value (reason)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn erase(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Admins>,
+    PathParams(params): PathParams,
+    JsonBody(body): JsonBody<ErasureRequest>,
+) -> Result<Json<ErasureView>, ApiError> {
+    let customer = customer_param(&params)?;
+    let admin = idledger_domain::ids::SourceId::parse(idledger_domain::policy::ADMIN_SOURCE)
+        .map_err(|e| ApiError::internal(&e))?;
+    let erasure = state
+        .ledger
+        .erase(customer, &admin, body.actor, &body.reason)
+        .await
+        .map_err(|e| record_refusal(e.into()))?;
+    metrics::command("erased");
+    Ok(Json(ErasureView {
+        customer_id: customer,
+        erased_at: erasure.at,
+        source: erasure.source.to_string(),
+        reason: erasure.reason,
+    }))
+}

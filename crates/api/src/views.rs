@@ -1,0 +1,297 @@
+//! What the API returns: the golden record, a field's history and command results. These
+//! shapes are the HTTP contract (API boundary); the CLI prints the same ones.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::event::{ConsentTerms, EventPayload, Provenance};
+use idledger_domain::field::FieldPath;
+use idledger_domain::ids::{
+    ChallengeId, CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId,
+};
+use idledger_domain::policy::Policy;
+use idledger_domain::state::{ConsentState, ConsentStatus, CustomerState, Verification};
+use idledger_store::{CommandResult, RecordedEvent};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A customer's golden record: every field and consent, with consent standing evaluated at
+/// one instant (now, or the as-of instant).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordView {
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    /// The instant the record is shown as of, when not the present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<DateTime<Utc>>,
+    /// The instant consent statuses were evaluated at.
+    pub evaluated_at: DateTime<Utc>,
+    pub registered_at: Option<DateTime<Utc>>,
+    /// Events in the customer's stream; also the record's ETag.
+    pub stream_version: u64,
+    pub fields: Vec<FieldView>,
+    pub consents: Vec<ConsentView>,
+    /// Values proposed by non-authoritative sources, waiting for a steward.
+    pub proposals: Vec<ProposalView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldView {
+    /// The field's path, e.g. `email`, `name.given`, `preferences.newsletter`.
+    #[schema(value_type = String)]
+    pub field: FieldPath,
+    /// The current authoritative value (`null` when cleared).
+    #[schema(value_type = Object)]
+    pub value: Option<Value>,
+    /// Counts the events that touched this field.
+    pub version: u64,
+    /// The source system of the last change to the value.
+    #[schema(value_type = Option<String>)]
+    pub source: Option<SourceId>,
+    pub recorded_at: Option<DateTime<Utc>>,
+    /// When the source observed the value, if it said.
+    pub asserted_at: Option<DateTime<Utc>>,
+    /// How the current value was verified: `verified_at`, `verified_by`, `evidence`.
+    #[schema(value_type = Option<Object>)]
+    pub verification: Option<Verification>,
+    /// A requested change waiting for verification; the current value stays authoritative.
+    pub pending: Option<PendingView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PendingView {
+    #[schema(value_type = Object)]
+    pub value: Value,
+    #[schema(value_type = uuid::Uuid)]
+    pub challenge_id: ChallengeId,
+    #[schema(value_type = String)]
+    pub requested_by: SourceId,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Whether it can still be confirmed at the evaluation instant.
+    pub live: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsentView {
+    #[schema(value_type = String)]
+    pub purpose: Purpose,
+    /// The standing at the evaluation instant, with expiry, the policy's maximum age and minor
+    /// status applied: `granted`, `withdrawn`, `expired`, `stale`, `guardian_required`.
+    #[schema(value_type = String)]
+    pub status: ConsentStatus,
+    /// The last recorded state: `granted` or `withdrawn`.
+    #[schema(value_type = String)]
+    pub state: ConsentState,
+    /// `basis`, `notice` {id, version, sha256}, `channel`, `jurisdiction`, `expires_at`.
+    #[schema(value_type = Object)]
+    pub terms: ConsentTerms,
+    pub granted_at: DateTime<Utc>,
+    #[schema(value_type = String)]
+    pub granted_by: SourceId,
+    #[schema(value_type = Option<Object>)]
+    pub on_behalf_of: Option<OnBehalfOf>,
+    pub withdrawn_at: Option<DateTime<Utc>>,
+    pub version: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProposalView {
+    #[schema(value_type = uuid::Uuid)]
+    pub proposal_id: ProposalId,
+    #[schema(value_type = String)]
+    pub field: FieldPath,
+    #[schema(value_type = Object)]
+    pub value: Value,
+    #[schema(value_type = String)]
+    pub proposed_by: SourceId,
+    pub proposed_at: DateTime<Utc>,
+}
+
+impl RecordView {
+    /// The record of `state`, with consents evaluated at `at` (the as-of instant, or now).
+    pub fn new(
+        customer_id: CustomerId,
+        state: &CustomerState,
+        policy: &Policy,
+        at: DateTime<Utc>,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Self {
+        let fields = state
+            .fields
+            .iter()
+            .map(|(field, rec)| FieldView {
+                field: field.clone(),
+                value: rec.value.as_ref().map(|v| v.to_json()),
+                version: rec.version,
+                source: rec.source.clone(),
+                recorded_at: rec.recorded_at,
+                asserted_at: rec.asserted_at,
+                verification: rec.verification.clone(),
+                pending: rec.pending.as_ref().map(|p| PendingView {
+                    value: p.value.to_json(),
+                    challenge_id: p.challenge_id,
+                    requested_by: p.requested_by.clone(),
+                    requested_at: p.requested_at,
+                    expires_at: p.expires_at,
+                    live: p.expires_at > at,
+                }),
+            })
+            .collect();
+        let consents = state
+            .consents
+            .iter()
+            .map(|(purpose, c)| ConsentView {
+                purpose: purpose.clone(),
+                status: state.consent_status(purpose, policy, at),
+                state: c.state,
+                terms: c.terms.clone(),
+                granted_at: c.granted_at,
+                granted_by: c.granted_by.clone(),
+                on_behalf_of: c.on_behalf_of.clone(),
+                withdrawn_at: c.withdrawn_at,
+                version: c.version,
+            })
+            .collect();
+        let proposals = state
+            .proposals
+            .iter()
+            .map(|(id, p)| ProposalView {
+                proposal_id: *id,
+                field: p.field.clone(),
+                value: p.value.to_json(),
+                proposed_by: p.proposed_by.clone(),
+                proposed_at: p.proposed_at,
+            })
+            .collect();
+        Self {
+            customer_id,
+            as_of,
+            evaluated_at: at,
+            registered_at: state.registered_at,
+            stream_version: state.stream_version,
+            fields,
+            consents,
+            proposals,
+        }
+    }
+}
+
+/// One event of a field's history, with its full provenance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    /// Position in the whole log (commit order).
+    pub global_position: u64,
+    #[schema(value_type = uuid::Uuid)]
+    pub event_id: EventId,
+    /// Position in the customer's stream.
+    pub stream_version: u64,
+    /// `field_set`, `change_requested`, `change_verified`, `consent_granted`, …
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    /// The event's data; field values in their natural JSON form.
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// Source (from the credential), actor, on-behalf-of, evidence, observed/recorded times,
+    /// correlation/causation ids, idempotency key, reason.
+    #[schema(value_type = Object)]
+    pub provenance: Provenance,
+    /// The version of the authority policy that admitted the event.
+    pub policy_version: String,
+}
+
+impl EventView {
+    pub fn new(recorded: &RecordedEvent) -> Self {
+        let event = &recorded.envelope.event;
+        let mut data = serde_json::to_value(&event.payload).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut data {
+            map.remove("type");
+            if let Some(value) = payload_value(&event.payload) {
+                map.insert("value".to_owned(), value.to_json());
+            }
+        }
+        Self {
+            global_position: recorded.global_position,
+            event_id: recorded.envelope.id,
+            stream_version: recorded.envelope.stream_version,
+            event_type: event.payload.type_name().to_owned(),
+            recorded_at: recorded.recorded_at,
+            data,
+            provenance: event.provenance.clone(),
+            policy_version: event.policy_version.to_string(),
+        }
+    }
+}
+
+fn payload_value(payload: &EventPayload) -> Option<&idledger_domain::field::FieldValue> {
+    match payload {
+        EventPayload::FieldSet { value, .. }
+        | EventPayload::ChangeRequested { value, .. }
+        | EventPayload::ChangeVerified { value, .. }
+        | EventPayload::ValueProposed { value, .. } => Some(value),
+        _ => None,
+    }
+}
+
+/// A field's history, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryView {
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    #[schema(value_type = String)]
+    pub field: FieldPath,
+    pub events: Vec<EventView>,
+}
+
+/// What a command did. A retry with the same `Idempotency-Key` gets this same body back, with
+/// `replayed: true`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandResponse {
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    /// The stream version after the command: the record's new ETag.
+    pub stream_version: u64,
+    /// One per change, in order: `{"outcome": "registered" | "applied" | "unchanged" |
+    /// "proposed" | "pending" | "proposal_resolved", …}`.
+    #[schema(value_type = Vec<Object>)]
+    pub outcomes: Vec<idledger_domain::decide::Outcome>,
+    /// The events recorded: `{id, stream_version, type}`.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<idledger_store::ledger::EventRef>,
+    /// Whether this is the stored result of an earlier request with the same key.
+    pub replayed: bool,
+}
+
+impl CommandResponse {
+    pub fn new(result: CommandResult, replayed: bool) -> Self {
+        Self {
+            customer_id: result.customer_id,
+            stream_version: result.stream_version,
+            outcomes: result.outcomes,
+            events: result.events,
+            replayed,
+        }
+    }
+}
+
+/// Who the token belongs to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    pub token_id: uuid::Uuid,
+    /// `source`, `consumer`, `steward`, `auditor` or `admin`.
+    pub role: String,
+    /// The source or consumer id the token speaks for.
+    pub subject: Option<String>,
+    pub label: String,
+}
+
+/// The result of an erasure.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasureView {
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    pub erased_at: DateTime<Utc>,
+    /// Always `admin`.
+    pub source: String,
+    pub reason: String,
+}

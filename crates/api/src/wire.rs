@@ -1,0 +1,308 @@
+//! Request bodies as the API accepts them, and their conversion into domain commands. Field
+//! values arrive in their natural JSON form and are parsed by the field's kind, so a bad value
+//! is refused as `invalid_value` naming the change.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::command::{Change, Command, ProvenanceInput, Refusal, Refused};
+use idledger_domain::field::{FieldPath, FieldValue};
+use idledger_domain::ids::{ChallengeId, CustomerId, IdempotencyKey, ProposalId, Purpose};
+use idledger_domain::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// `POST /v1/customers`: register a customer, optionally with first changes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// A UUIDv7 chosen by the caller; omitted, the server mints one (and a retry with the same
+    /// `Idempotency-Key` gets the same one back).
+    #[serde(default)]
+    pub customer_id: Option<uuid::Uuid>,
+    /// Optional; if given it must be the token's own source (the source always comes from
+    /// the token).
+    #[serde(default)]
+    pub source: Option<String>,
+    #[schema(value_type = ProvenanceDoc)]
+    pub provenance: ProvenanceInput,
+    /// Further changes applied atomically with the registration.
+    #[serde(default)]
+    pub changes: Vec<ChangeBody>,
+}
+
+/// `POST /v1/customers/{id}/commands`: one or more changes, applied atomically.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    /// Optional; if given it must be the token's own source.
+    #[serde(default)]
+    pub source: Option<String>,
+    #[schema(value_type = ProvenanceDoc)]
+    pub provenance: ProvenanceInput,
+    pub changes: Vec<ChangeBody>,
+}
+
+/// One attribute-level change. `value`s are natural JSON: a string for `email`, `phone`,
+/// names, `birth_date` (`YYYY-MM-DD`), `locale`, `jurisdiction`; an object for
+/// `postal_address`; a boolean, number or string for `preferences.*`; a boolean for
+/// `sharing.*`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChangeBody {
+    /// Only as the first change of a customer's first command (`POST /v1/customers` adds it).
+    Register,
+    SetField {
+        field: String,
+        #[schema(value_type = Object)]
+        value: Value,
+        /// The field version the caller last saw; any other is a `version_conflict`.
+        #[serde(default)]
+        expected_version: Option<u64>,
+    },
+    ClearField {
+        field: String,
+        #[serde(default)]
+        expected_version: Option<u64>,
+    },
+    /// An email/phone change that takes effect only once verified.
+    RequestChange {
+        field: String,
+        #[schema(value_type = Object)]
+        value: Value,
+        #[serde(default)]
+        expected_version: Option<u64>,
+    },
+    ConfirmVerification {
+        field: String,
+        challenge_id: uuid::Uuid,
+    },
+    CancelChange {
+        field: String,
+        challenge_id: uuid::Uuid,
+    },
+    GrantConsent {
+        purpose: String,
+        /// `consent`, `contract`, `legal_obligation`, `vital_interests`, `public_task`,
+        /// `legitimate_interests`.
+        basis: String,
+        #[schema(value_type = NoticeDoc)]
+        notice: Value,
+        /// `web`, `mobile_app`, `email`, `sms`, `phone`, `paper`, …
+        channel: String,
+        /// ISO 3166-1 country or ISO 3166-2 subdivision, e.g. `DE`, `US-CA`.
+        jurisdiction: String,
+        #[serde(default)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    WithdrawConsent {
+        purpose: String,
+    },
+    /// Record a value for the steward / system of record to consider.
+    ProposeValue {
+        field: String,
+        #[schema(value_type = Object)]
+        value: Value,
+    },
+    /// Stewards only.
+    AcceptProposal {
+        proposal_id: uuid::Uuid,
+    },
+    /// Stewards only.
+    RejectProposal {
+        proposal_id: uuid::Uuid,
+        reason: String,
+    },
+}
+
+/// `POST /v1/customers/{id}/erasure`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequest {
+    /// Why (e.g. the ticket of the data subject's request). Stored in the clear: do not
+    /// quote the record.
+    pub reason: String,
+    /// Who asked for it: `{"kind": "agent", "id": "dpo@example.org"}`.
+    #[schema(value_type = Object)]
+    pub actor: idledger_domain::ids::Actor,
+}
+
+/// Provenance as stated by the caller (documentation shape of the domain's type).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ProvenanceDoc {
+    /// Who acted: `{"kind": "subject" | "agent" | "system" | "steward", "id": "…"}`.
+    #[schema(value_type = Object)]
+    actor: (),
+    /// `{"relationship": "guardian" | "delegate", "id": "…"}` when acting for the customer.
+    #[schema(value_type = Option<Object>)]
+    on_behalf_of: Option<()>,
+    /// `{"kind": "otp" | "document_check" | …, "reference": "…"}`.
+    #[schema(value_type = Option<Object>)]
+    evidence: Option<()>,
+    /// When the source observed the fact.
+    observed_at: Option<DateTime<Utc>>,
+    correlation_id: Option<uuid::Uuid>,
+    /// The event this command reacts to (echoes of our own deliveries are recognised).
+    causation_id: Option<uuid::Uuid>,
+    reason: Option<String>,
+}
+
+/// The privacy notice a consent was given against.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct NoticeDoc {
+    id: String,
+    version: String,
+    /// SHA-256 of the notice text shown, 64 hex digits.
+    sha256: String,
+}
+
+fn refused(index: usize, refusal: Refusal) -> Refused {
+    Refused {
+        change_index: Some(index),
+        refusal,
+    }
+}
+
+fn field(index: usize, raw: &str) -> Result<FieldPath, Refused> {
+    FieldPath::parse(raw).map_err(|e| refused(index, e.into()))
+}
+
+fn value(index: usize, field: &FieldPath, json: &Value) -> Result<FieldValue, Refused> {
+    FieldValue::parse(field, json).map_err(|e| {
+        refused(
+            index,
+            Refusal::InvalidValue {
+                field: field.to_string(),
+                reason: e.to_string(),
+            },
+        )
+    })
+}
+
+fn parsed<T, E: std::fmt::Display>(
+    index: usize,
+    what: &str,
+    r: Result<T, E>,
+) -> Result<T, Refused> {
+    r.map_err(|e| {
+        refused(
+            index,
+            Refusal::InvalidValue {
+                field: what.to_owned(),
+                reason: e.to_string(),
+            },
+        )
+    })
+}
+
+impl ChangeBody {
+    fn into_change(self, index: usize) -> Result<Change, Refused> {
+        Ok(match self {
+            Self::Register => Change::Register,
+            Self::SetField {
+                field: f,
+                value: v,
+                expected_version,
+            } => {
+                let field = field(index, &f)?;
+                Change::SetField {
+                    value: value(index, &field, &v)?,
+                    field,
+                    expected_version,
+                }
+            }
+            Self::ClearField {
+                field: f,
+                expected_version,
+            } => Change::ClearField {
+                field: field(index, &f)?,
+                expected_version,
+            },
+            Self::RequestChange {
+                field: f,
+                value: v,
+                expected_version,
+            } => {
+                let field = field(index, &f)?;
+                Change::RequestChange {
+                    value: value(index, &field, &v)?,
+                    field,
+                    expected_version,
+                }
+            }
+            Self::ConfirmVerification {
+                field: f,
+                challenge_id,
+            } => Change::ConfirmVerification {
+                field: field(index, &f)?,
+                challenge_id: ChallengeId::from(challenge_id),
+            },
+            Self::CancelChange {
+                field: f,
+                challenge_id,
+            } => Change::CancelChange {
+                field: field(index, &f)?,
+                challenge_id: ChallengeId::from(challenge_id),
+            },
+            Self::GrantConsent {
+                purpose,
+                basis,
+                notice,
+                channel,
+                jurisdiction,
+                expires_at,
+            } => Change::GrantConsent {
+                purpose: parsed(index, "purpose", Purpose::parse(&purpose))?,
+                basis: parsed(index, "basis", LegalBasis::parse(&basis))?,
+                notice: parsed(index, "notice", serde_json::from_value::<NoticeRef>(notice))?,
+                channel: parsed(index, "channel", ConsentChannel::parse(&channel))?,
+                jurisdiction: parsed(index, "jurisdiction", Jurisdiction::parse(&jurisdiction))?,
+                expires_at,
+            },
+            Self::WithdrawConsent { purpose } => Change::WithdrawConsent {
+                purpose: parsed(index, "purpose", Purpose::parse(&purpose))?,
+            },
+            Self::ProposeValue { field: f, value: v } => {
+                let field = field(index, &f)?;
+                Change::ProposeValue {
+                    value: value(index, &field, &v)?,
+                    field,
+                }
+            }
+            Self::AcceptProposal { proposal_id } => Change::AcceptProposal {
+                proposal_id: ProposalId::from(proposal_id),
+            },
+            Self::RejectProposal {
+                proposal_id,
+                reason,
+            } => Change::RejectProposal {
+                proposal_id: ProposalId::from(proposal_id),
+                reason,
+            },
+        })
+    }
+}
+
+/// Builds the domain command; `first` changes (e.g. the registration) go before the body's.
+pub fn command(
+    customer_id: CustomerId,
+    idempotency_key: IdempotencyKey,
+    provenance: ProvenanceInput,
+    first: Vec<Change>,
+    body: Vec<ChangeBody>,
+    expected_stream_version: Option<u64>,
+) -> Result<Command, Refused> {
+    let offset = first.len();
+    let mut changes = first;
+    for (i, change) in body.into_iter().enumerate() {
+        changes.push(change.into_change(i + offset)?);
+    }
+    Ok(Command {
+        customer_id,
+        idempotency_key,
+        provenance,
+        changes,
+        expected_stream_version,
+    })
+}

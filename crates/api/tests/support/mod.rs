@@ -1,0 +1,236 @@
+//! A real server on 127.0.0.1:0 over a fresh database, one token per role, and a client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use idledger_api::{ApiConfig, AppState};
+use idledger_domain::policy::Policy;
+use idledger_store::{Ledger, LedgerOptions, MasterKey, Role, Tokens};
+pub use idledger_testkit::{Engine, TestDb};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// Runs a test body once per engine, as `postgres::<name>` and `sqlite::<name>`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Engine::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Engine::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+pub const NOTICE_SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+pub struct TestApp {
+    pub db: TestDb,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub ledger: Ledger,
+    /// Token secrets by name: "idp", "crm", "web_app", "consent_portal", "support_portal",
+    /// "consumer", "steward", "auditor", "admin".
+    pub tokens: HashMap<&'static str, String>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn start(engine: Engine) -> Self {
+        Self::start_with(engine, ApiConfig::default()).await
+    }
+
+    pub async fn start_with(engine: Engine, config: ApiConfig) -> Self {
+        let db = TestDb::new(engine).await;
+        let backend = db.backend().await;
+        let ledger = Ledger::new(
+            backend.clone(),
+            MasterKey::generate(),
+            Policy::default_policy().unwrap(),
+            LedgerOptions::default(),
+        );
+        let tokens = Tokens::new(backend);
+        let mut secrets = HashMap::new();
+        for (name, role, subject) in [
+            ("idp", Role::Source, Some("idp")),
+            ("crm", Role::Source, Some("crm")),
+            ("web_app", Role::Source, Some("web_app")),
+            ("consent_portal", Role::Source, Some("consent_portal")),
+            ("support_portal", Role::Source, Some("support_portal")),
+            ("consumer", Role::Consumer, Some("crm-sync")),
+            ("steward", Role::Steward, None),
+            ("auditor", Role::Auditor, None),
+            ("admin", Role::Admin, None),
+        ] {
+            let issued = tokens.create(role, subject, name).await.unwrap();
+            secrets.insert(name, issued.secret);
+        }
+        let router = idledger_api::router(AppState::new(ledger.clone()), &config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(idledger_api::serve(
+            listener,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+            config.shutdown_grace,
+        ));
+        Self {
+            db,
+            addr,
+            client: reqwest::Client::new(),
+            ledger,
+            tokens: secrets,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn token(&self, name: &str) -> &str {
+        self.tokens
+            .get(name)
+            .unwrap_or_else(|| panic!("no token {name}"))
+    }
+
+    /// Sends a request; `as_` is a token name or None for no token.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        as_: Option<&str>,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(name) = as_ {
+            request = request.bearer_auth(self.token(name));
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        Reply::from(request.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, as_: &str) -> Reply {
+        self.send(Method::GET, path, Some(as_), None, None).await
+    }
+
+    /// Registers a customer as `source` with extra changes; returns its id.
+    pub async fn register(&self, source: &str, changes: Value) -> String {
+        let key = format!("reg-{}", uuid::Uuid::now_v7());
+        let reply = self
+            .send(
+                Method::POST,
+                "/v1/customers",
+                Some(source),
+                Some(&key),
+                Some(&json!({"provenance": provenance(), "changes": changes})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body["customer_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn command(&self, source: &str, customer: &str, key: &str, changes: Value) -> Reply {
+        self.send(
+            Method::POST,
+            &format!("/v1/customers/{customer}/commands"),
+            Some(source),
+            Some(key),
+            Some(&json!({"provenance": provenance(), "changes": changes})),
+        )
+        .await
+    }
+
+    /// The database's event count (to prove nothing was written).
+    pub async fn head(&self) -> u64 {
+        self.ledger.head_position().await.unwrap()
+    }
+}
+
+pub fn provenance() -> Value {
+    json!({
+        "actor": {"kind": "system", "id": "sync-job"},
+        "evidence": {"kind": "email_link", "reference": "link-1"}
+    })
+}
+
+pub fn grant(purpose: &str, jurisdiction: &str) -> Value {
+    json!({
+        "op": "grant_consent", "purpose": purpose, "basis": "consent",
+        "notice": {"id": "privacy-notice", "version": "2026-01", "sha256": NOTICE_SHA},
+        "channel": "web", "jurisdiction": jurisdiction
+    })
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    async fn from(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Self {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem document with this status and code.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.text
+        );
+        assert_eq!(self.body["code"], code, "{}", self.text);
+        assert!(self.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        assert_eq!(self.body["status"], status);
+        &self.body
+    }
+}

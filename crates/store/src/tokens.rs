@@ -1,0 +1,195 @@
+//! API tokens: bearer secrets bound to one principal (a role, and for sources and consumers
+//! the system they speak for). Only each token's SHA-256 is stored; the secret is returned
+//! once, when it is created.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::backend::Backend;
+use crate::error::StoreError;
+
+/// Every token starts with this, so leaked tokens are easy to find by secret scanners.
+pub const TOKEN_PREFIX: &str = "idl_";
+/// Longest label accepted for a token.
+pub const MAX_LABEL_CHARS: usize = 200;
+
+/// What a token's holder may do; the API enforces it per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A source system: sends commands; events record its id as their source.
+    Source,
+    /// A CRM/CDP integration: receives changes, reports what it applied.
+    Consumer,
+    /// A data steward: resolves proposals and sync exceptions.
+    Steward,
+    /// Reads history, records as of an instant, handoffs; writes nothing.
+    Auditor,
+    /// Operates the instance (erasure, consumers, tokens).
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Source,
+        Role::Consumer,
+        Role::Steward,
+        Role::Auditor,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Consumer => "consumer",
+            Role::Steward => "steward",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Sources and consumers are bound to the system they speak for; the others to no one.
+    pub fn needs_subject(self) -> bool {
+        matches!(self, Role::Source | Role::Consumer)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                StoreError::Config(format!(
+                    "unknown role '{s}'; the roles are source, consumer, steward, auditor, admin"
+                ))
+            })
+    }
+}
+
+/// A token as stored: everything but the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub role: Role,
+    /// The source id (role `source`) or consumer id (role `consumer`) it is bound to.
+    pub subject: Option<String>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A token just created: the only time its secret is known.
+#[derive(Clone)]
+pub struct IssuedToken {
+    pub record: TokenRecord,
+    pub secret: String,
+}
+
+impl fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("record", &self.record)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Creates, checks, lists and revokes tokens.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    backend: Arc<dyn Backend>,
+}
+
+impl Tokens {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
+    /// Creates a token. `subject` must be given for sources and consumers (and is checked by
+    /// the caller to be a valid source or consumer id), and must not be given otherwise.
+    pub async fn create(
+        &self,
+        role: Role,
+        subject: Option<&str>,
+        label: &str,
+    ) -> Result<IssuedToken, StoreError> {
+        match (role.needs_subject(), subject) {
+            (true, None) => {
+                return Err(StoreError::Config(format!(
+                    "a {role} token must name the {role} it speaks for"
+                )));
+            }
+            (false, Some(_)) => {
+                return Err(StoreError::Config(format!(
+                    "a {role} token is not bound to a system; give no subject"
+                )));
+            }
+            _ => {}
+        }
+        if label.chars().count() > MAX_LABEL_CHARS {
+            return Err(StoreError::Config(format!(
+                "the label is longer than {MAX_LABEL_CHARS} characters"
+            )));
+        }
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+        let record = TokenRecord {
+            id: Uuid::now_v7(),
+            role,
+            subject: subject.map(str::to_owned),
+            label: label.to_owned(),
+            created_at: crate::ledger::truncate_to_micros(Utc::now()),
+            revoked_at: None,
+        };
+        self.backend
+            .insert_token(&record, &token_hash(&secret))
+            .await?;
+        Ok(IssuedToken { record, secret })
+    }
+
+    /// The live token a bearer secret names; `None` if unknown or revoked.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<TokenRecord>, StoreError> {
+        if !secret.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let record = self.backend.token_by_hash(&token_hash(secret)).await?;
+        Ok(record.filter(|r| r.revoked_at.is_none()))
+    }
+
+    /// Every token, oldest first, revoked ones included.
+    pub async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.backend.list_tokens().await
+    }
+
+    /// Revokes a token; returns false if there is no such live token.
+    pub async fn revoke(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.backend
+            .revoke_token(id, crate::model::micros(Utc::now()))
+            .await
+    }
+}
+
+/// The stored form of a secret. Tokens carry 256 random bits, so a fast hash is enough: there
+/// is nothing to brute-force.
+pub fn token_hash(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
