@@ -68,7 +68,25 @@ pub async fn register(
         None,
     )
     .map_err(|r| record_refusal(r.into()))?;
-    let executed = execute(&state, &principal, &command).await?;
+    // Refusals count changes in the body, which does not hold the registration.
+    let executed = match state.ledger.execute(&principal, &command).await {
+        Err(idledger_store::ExecuteError::Refused(mut refused)) => {
+            refused.change_index = refused.change_index.and_then(|i| i.checked_sub(1));
+            Err(idledger_store::ExecuteError::Refused(refused))
+        }
+        other => other,
+    };
+    let executed = match executed {
+        Ok(executed) => {
+            metrics::command(if executed.replayed {
+                "replayed"
+            } else {
+                "applied"
+            });
+            executed
+        }
+        Err(e) => return Err(record_refusal(e.into())),
+    };
     respond(&command, executed, StatusCode::CREATED)
 }
 

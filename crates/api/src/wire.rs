@@ -285,6 +285,7 @@ impl ChangeBody {
 }
 
 /// Builds the domain command; `first` changes (e.g. the registration) go before the body's.
+/// A refusal's `change_index` counts in the body's `changes`.
 pub fn command(
     customer_id: CustomerId,
     idempotency_key: IdempotencyKey,
@@ -293,10 +294,9 @@ pub fn command(
     body: Vec<ChangeBody>,
     expected_stream_version: Option<u64>,
 ) -> Result<Command, Refused> {
-    let offset = first.len();
     let mut changes = first;
     for (i, change) in body.into_iter().enumerate() {
-        changes.push(change.into_change(i + offset)?);
+        changes.push(change.into_change(i)?);
     }
     Ok(Command {
         customer_id,

@@ -37,16 +37,15 @@ pub struct Cli {
 /// environment variable; a flag on the command line wins over the environment.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
+    /// Configuration file (TOML; see deploy/idledger.toml). Flags and IDLEDGER__… variables
+    /// win over it.
+    #[arg(long, global = true, value_name = "FILE", env = "IDLEDGER__CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Directory of the embedded SQLite database (idledger.db) and the generated master key
-    /// (master.key). Created when missing.
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        env = "IDLEDGER__DATA_DIR",
-        default_value = "./data"
-    )]
-    pub data_dir: PathBuf,
+    /// (master.key). Created when missing. [default: ./data]
+    #[arg(long, global = true, value_name = "DIR", env = "IDLEDGER__DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 
     /// Database URL: postgres://user:password@host/db for PostgreSQL, or sqlite://<path>.
     /// Also read from DATABASE_URL. [default: the SQLite file in the data directory]
@@ -87,8 +86,82 @@ pub enum Command {
     History(HistoryArgs),
     /// Print a customer's golden record: fields, consents and open proposals.
     Record(RecordArgs),
-    /// Run a guided scenario on a fresh embedded store and print each step.
+    /// Run a guided scenario on a fresh embedded store, through the HTTP API, and print each
+    /// step.
     Demo,
+    /// Serve the HTTP API (see /v1/openapi.json) until interrupted (Ctrl-C or SIGTERM).
+    Serve(ServeArgs),
+    /// Create, list and revoke API tokens. Tokens are stored only as hashes.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR", env = "IDLEDGER__SERVER__LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Largest request body accepted, in bytes (413 beyond). [default: 262144]
+    #[arg(long, value_name = "BYTES", env = "IDLEDGER__SERVER__MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Requests handled at once; more wait their turn. [default: 1024]
+    #[arg(long, value_name = "N", env = "IDLEDGER__SERVER__MAX_CONCURRENCY")]
+    pub max_concurrency: Option<usize>,
+    /// Seconds shutdown waits for in-flight requests. [default: 30]
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "IDLEDGER__SERVER__SHUTDOWN_GRACE_SECS"
+    )]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once; it cannot be shown again.
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    List(JsonArg),
+    /// Revoke a token by id; it stops working at once.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// source (a source system), consumer (a CRM/CDP integration), steward, auditor or admin.
+    #[arg(long, value_name = "ROLE", value_parser = parse_role)]
+    pub role: idledger_store::Role,
+    /// The source system the token speaks for (role source), e.g. crm; events record it.
+    #[arg(long, value_name = "ID", required_if_eq("role", "source"))]
+    pub source: Option<String>,
+    /// The consumer the token belongs to (role consumer).
+    #[arg(long, value_name = "ID", required_if_eq("role", "consumer"))]
+    pub consumer: Option<String>,
+    /// A note for people: who holds it, where it is deployed. [default: the role and id]
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+    /// Print the token and its record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (from `idledger token list`).
+    #[arg(value_name = "TOKEN_ID")]
+    pub id: uuid::Uuid,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_role(raw: &str) -> Result<idledger_store::Role, String> {
+    raw.parse()
+        .map_err(|e: idledger_store::StoreError| e.to_string())
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
-//! Typed settings, resolved once from the command line and the environment and passed to
-//! each command. Precedence: command-line flag, then `IDLEDGER__…` variable, then (for the
-//! database only) `DATABASE_URL`, then the default.
+//! Typed settings, resolved once from the command line, the environment and an optional
+//! configuration file, and passed to each command. Precedence: command-line flag, then
+//! `IDLEDGER__…` variable, then (for the database only) `DATABASE_URL`, then the file named by
+//! `--config`, then the default.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,41 @@ pub const DB_FILE: &str = "idledger.db";
 /// File name of the generated master key inside the data directory.
 pub const KEY_FILE: &str = "master.key";
 
+/// The configuration file (`--config`, TOML). Every key is optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub data_dir: Option<PathBuf>,
+    /// May hold a password: keep the file private, or use DATABASE_URL.
+    pub database_url: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    #[serde(default)]
+    pub server: ServerFile,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<std::net::SocketAddr>,
+    pub max_body_bytes: Option<usize>,
+    pub max_concurrency: Option<usize>,
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "the configuration file {} is not valid (see deploy/idledger.toml)",
+                path.display()
+            )
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
@@ -26,6 +62,8 @@ pub struct Settings {
     pub database_given: bool,
     pub master_key: KeySource,
     pub policy: PolicySource,
+    /// The configuration file's `[server]` table (flags and variables override it in `serve`).
+    pub server: ServerFile,
 }
 
 /// Which database to open.
@@ -59,16 +97,34 @@ impl Settings {
         args: &GlobalArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Self> {
+        let file = match args.config.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        Self::resolve_with(args, file, env)
+    }
+
+    /// [`Settings::resolve`] with the configuration file already read.
+    pub fn resolve_with(
+        args: &GlobalArgs,
+        file: ConfigFile,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
         let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        if args.data_dir.as_os_str().is_empty() {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        if data_dir.as_os_str().is_empty() {
             bail!("--data-dir (IDLEDGER__DATA_DIR) must not be empty");
         }
-        let data_dir = args.data_dir.clone();
         let given = args
             .database
             .clone()
             .filter(|url| !url.trim().is_empty())
-            .or_else(|| env("DATABASE_URL"));
+            .or_else(|| env("DATABASE_URL"))
+            .or(file.database_url.filter(|url| !url.trim().is_empty()));
         let database = match &given {
             Some(url) => Database::parse(url)?,
             None => Database::Sqlite(data_dir.join(DB_FILE)),
@@ -76,6 +132,7 @@ impl Settings {
         let key_file = args
             .master_key_file
             .clone()
+            .or(file.master_key_file)
             .filter(|p| !p.as_os_str().is_empty());
         let master_key = match (env(MASTER_KEY_ENV), key_file) {
             (Some(_), Some(path)) => bail!(
@@ -93,7 +150,12 @@ impl Settings {
                 explicit: false,
             },
         };
-        let policy = match args.policy.clone().filter(|p| !p.as_os_str().is_empty()) {
+        let policy = match args
+            .policy
+            .clone()
+            .or(file.policy)
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             Some(path) => PolicySource::File(path),
             None => PolicySource::Default,
         };
@@ -103,6 +165,7 @@ impl Settings {
             database_given: given.is_some(),
             master_key,
             policy,
+            server: file.server,
         })
     }
 
@@ -258,7 +321,8 @@ mod tests {
 
     fn args(database: Option<&str>, key_file: Option<&str>) -> GlobalArgs {
         GlobalArgs {
-            data_dir: PathBuf::from("/var/lib/idledger"),
+            config: None,
+            data_dir: Some(PathBuf::from("/var/lib/idledger")),
             database: database.map(str::to_owned),
             master_key_file: key_file.map(PathBuf::from),
             policy: None,
@@ -296,6 +360,51 @@ mod tests {
         assert_eq!(s.database, Database::Sqlite(PathBuf::from("x.db")));
         let s = Settings::resolve(&args(None, None), env(&[("DATABASE_URL", "  ")])).unwrap();
         assert!(!s.database_given);
+    }
+
+    #[test]
+    fn the_config_file_fills_in_what_flags_and_environment_leave_open() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            data_dir = "/srv/idledger"
+            database_url = "postgres://file/db"
+            policy = "/etc/idledger/policy.toml"
+            [server]
+            listen = "0.0.0.0:9000"
+            "#,
+        )
+        .unwrap();
+        let mut bare = args(None, None);
+        bare.data_dir = None;
+        let s = Settings::resolve_with(&bare, file.clone(), env(&[])).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/srv/idledger"));
+        assert_eq!(
+            s.database,
+            Database::Postgres("postgres://file/db".to_owned())
+        );
+        assert_eq!(
+            s.policy,
+            PolicySource::File(PathBuf::from("/etc/idledger/policy.toml"))
+        );
+        assert_eq!(s.server.listen, Some("0.0.0.0:9000".parse().unwrap()));
+        let s = Settings::resolve_with(
+            &args(Some("sqlite://flag.db"), None),
+            file.clone(),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.database, Database::Sqlite(PathBuf::from("flag.db")));
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/idledger"), "flag wins");
+        let s = Settings::resolve_with(&bare, file, env(&[("DATABASE_URL", "postgres://env/db")]))
+            .unwrap();
+        assert_eq!(
+            s.database,
+            Database::Postgres("postgres://env/db".to_owned())
+        );
+        assert!(
+            toml::from_str::<ConfigFile>("databse_url = 'x'").is_err(),
+            "typos are errors"
+        );
     }
 
     #[test]

@@ -134,12 +134,12 @@ impl Tokens {
         match (role.needs_subject(), subject) {
             (true, None) => {
                 return Err(StoreError::Config(format!(
-                    "a {role} token must name the {role} it speaks for"
+                    "{role} tokens must name the {role} they speak for"
                 )));
             }
             (false, Some(_)) => {
                 return Err(StoreError::Config(format!(
-                    "a {role} token is not bound to a system; give no subject"
+                    "{role} tokens are not bound to a system; give no subject"
                 )));
             }
             _ => {}

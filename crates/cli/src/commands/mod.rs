@@ -6,4 +6,6 @@ pub mod history;
 pub mod migrate;
 pub mod rebuild;
 pub mod record;
+pub mod serve;
+pub mod token;
 pub mod verify;
