@@ -62,26 +62,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::unauthenticated(
-                "unauthenticated",
-                "this route needs a bearer token: Authorization: Bearer idl_…",
-            ));
-        };
-        let secret = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthenticated(
-                    "unauthenticated",
-                    "the Authorization header must be 'Bearer <token>'",
-                )
-            })?;
+        let secret = bearer(&parts.headers)?;
         let token = state.tokens.authenticate(secret).await?.ok_or_else(|| {
             ApiError::unauthenticated("invalid_token", "the token is unknown or revoked")
         })?;
@@ -91,6 +72,30 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(Caller { token })
     }
+}
+
+/// The bearer secret of a request.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthenticated(
+            "unauthenticated",
+            "this route needs a bearer token: Authorization: Bearer idl_…",
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthenticated(
+                "unauthenticated",
+                "the Authorization header must be 'Bearer <token>'",
+            )
+        })
 }
 
 /// A set of roles a route admits.
@@ -133,8 +138,13 @@ roles! {
     Readers = [Source, Steward, Auditor];
     /// Reading a field's history with provenance.
     Historians = [Steward, Auditor];
-    /// Operating the instance.
+    /// Operating the instance: erasure, the consumer registry.
     Admins = [Admin];
+    /// Receiving deliveries: the change feed and acknowledgements (the consumer id comes from
+    /// the token).
+    Consumers = [Consumer];
+    /// Reading delivery records: the handoff log and what consumers acknowledged.
+    Auditors = [Steward, Auditor];
     /// Any valid token.
     Anyone = [Source, Consumer, Steward, Auditor, Admin];
 }

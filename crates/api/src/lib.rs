@@ -1,10 +1,14 @@
 //! idledger's HTTP API (axum, under `/v1`): commands, golden records, history, per-source
-//! bearer-token authentication with roles, problem+json errors, OpenAPI, health and metrics.
+//! bearer-token authentication with roles, problem+json errors, OpenAPI, health and metrics;
+//! and the HTTP side of delivery: the consumer registry, the change feed (NDJSON or
+//! Server-Sent Events), acknowledgements, the handoff log and consumer state.
 //!
 //! Architecture invariant: only this crate knows HTTP and the JSON request shapes; it turns
-//! requests into domain commands and reads through `idledger_store::Ledger`.
+//! requests into domain commands and reads through `idledger_store::Ledger`. What a consumer
+//! may receive is decided by `idledger_relay` (the feed is the relay's `Feed`), never here.
 
 pub mod auth;
+pub mod delivery;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -16,11 +20,13 @@ pub mod wire;
 use std::future::Future;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::routing::{get, post};
-use idledger_store::{Ledger, Tokens};
+use axum::{Extension, Router};
+use idledger_relay::Feed;
+use idledger_store::{Deliveries, Ledger, Tokens};
+use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -45,19 +51,61 @@ impl Default for ApiConfig {
     }
 }
 
+/// How the change feed serves consumers.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    /// The CloudEvents `source` of every message: this instance, as the relay names it.
+    pub source: String,
+    /// How often an open event stream (SSE) looks for new events when it has caught up.
+    pub poll_interval: Duration,
+    /// How often an idle event stream sends a keep-alive comment (proxies close silent ones).
+    pub keep_alive: Duration,
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        Self {
+            source: idledger_relay::DEFAULT_SOURCE.to_owned(),
+            poll_interval: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ledger: Ledger,
     pub tokens: Tokens,
+    pub deliveries: Deliveries,
+    pub feed: Feed,
+    pub feed_settings: FeedSettings,
 }
 
 impl AppState {
     pub fn new(ledger: Ledger) -> Self {
+        Self::with_feed(ledger, FeedSettings::default())
+    }
+
+    /// With the change feed's settings (its CloudEvents `source` should be the relay's).
+    pub fn with_feed(ledger: Ledger, feed_settings: FeedSettings) -> Self {
         let tokens = Tokens::new(ledger.backend().clone());
-        Self { ledger, tokens }
+        let deliveries = Deliveries::new(ledger.backend().clone());
+        let feed = Feed::new(ledger.clone(), &feed_settings.source);
+        Self {
+            ledger,
+            tokens,
+            deliveries,
+            feed,
+            feed_settings,
+        }
     }
 }
+
+/// Cancelled when the server starts shutting down: open event streams end then (clients
+/// reconnect elsewhere with `Last-Event-ID`), so a graceful stop does not wait on them.
+#[derive(Debug, Clone, Default)]
+pub struct Closing(pub CancellationToken);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -74,6 +122,29 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
             get(routes::history),
         )
         .route("/customers/{customer_id}/erasure", post(routes::erase))
+        .route(
+            "/customers/{customer_id}/handoffs",
+            get(delivery::customer_handoffs),
+        )
+        .route(
+            "/consumers",
+            post(delivery::register_consumer).get(delivery::list_consumers),
+        )
+        .route("/consumers/{consumer_id}", get(delivery::get_consumer))
+        .route(
+            "/consumers/{consumer_id}/disable",
+            post(delivery::disable_consumer),
+        )
+        .route(
+            "/consumers/{consumer_id}/handoffs",
+            get(delivery::consumer_handoffs),
+        )
+        .route(
+            "/consumers/{consumer_id}/state",
+            get(delivery::consumer_state),
+        )
+        .route("/feed", get(delivery::feed))
+        .route("/acks", post(delivery::ack))
         .route("/me", get(routes::me))
         .route("/openapi.json", get(routes::openapi));
     Router::new()
@@ -111,7 +182,8 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests (and so in-flight commands) finish, for at most the grace period.
+/// in-flight requests (and so in-flight commands) finish, for at most the grace period. Open
+/// event streams are ended at once (see [`Closing`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -119,8 +191,11 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let closing = Closing::default();
+    let router = router.layer(Extension(closing.clone()));
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
+        closing.0.cancel();
         let _ = stopping_tx.send(());
     });
     let mut server = std::pin::pin!(server.into_future());

@@ -4,13 +4,13 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{error, routes, views, wire};
+use crate::{delivery, error, routes, views, wire};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "idledger",
-        description = "Customer identity system of record: attribute-level commands checked against each field's authority policy, per-field golden records, full history with provenance. Errors are application/problem+json with a stable `code`.",
+        description = "Customer identity system of record: attribute-level commands checked against each field's authority policy, per-field golden records, full history with provenance; purpose-limited delivery to consumers (registry, change feed, acknowledgements, handoff log). Errors are application/problem+json with a stable `code`.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -19,6 +19,15 @@ use crate::{error, routes, views, wire};
         routes::record,
         routes::history,
         routes::erase,
+        delivery::register_consumer,
+        delivery::list_consumers,
+        delivery::get_consumer,
+        delivery::disable_consumer,
+        delivery::feed,
+        delivery::ack,
+        delivery::customer_handoffs,
+        delivery::consumer_handoffs,
+        delivery::consumer_state,
         routes::me,
         routes::healthz,
         routes::readyz,
@@ -33,6 +42,9 @@ use crate::{error, routes, views, wire};
         wire::ProvenanceDoc,
         wire::NoticeDoc,
         wire::ErasureRequest,
+        wire::ConsumerRequest,
+        wire::WebhookRequest,
+        wire::AckDoc,
         views::CommandResponse,
         views::RecordView,
         views::FieldView,
@@ -43,11 +55,19 @@ use crate::{error, routes, views, wire};
         views::EventView,
         views::WhoAmI,
         views::ErasureView,
+        views::ConsumerView,
+        views::ConsumerListView,
+        views::HandoffView,
+        views::HandoffPageView,
+        views::ConsumerStateView,
+        views::FieldStateView,
+        views::AckView,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "commands", description = "Changes to customers' records"),
         (name = "records", description = "Golden records and history"),
+        (name = "delivery", description = "Consumers, the change feed, acknowledgements, the handoff log"),
         (name = "meta", description = "Health, metrics, identity, this document"),
     )
 )]

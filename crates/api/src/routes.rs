@@ -257,7 +257,7 @@ fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn customer_param(params: &HashMap<String, String>) -> Result<CustomerId, ApiError> {
+pub(crate) fn customer_param(params: &HashMap<String, String>) -> Result<CustomerId, ApiError> {
     let raw = params
         .get("customer_id")
         .map(String::as_str)

@@ -1,5 +1,6 @@
-//! What the API returns: the golden record, a field's history and command results. These
-//! shapes are the HTTP contract (API boundary); the CLI prints the same ones.
+//! What the API returns: the golden record, a field's history, command results and delivery
+//! records (consumers, handoffs, consumer state). These shapes are the HTTP contract (API
+//! boundary); the CLI prints the same ones.
 
 use chrono::{DateTime, Utc};
 use idledger_domain::event::{ConsentTerms, EventPayload, Provenance};
@@ -9,6 +10,9 @@ use idledger_domain::ids::{
 };
 use idledger_domain::policy::Policy;
 use idledger_domain::state::{ConsentState, ConsentStatus, CustomerState, Verification};
+use idledger_store::delivery::{
+    Channel, ChannelKind, ConsentBasis, Consumer, ConsumerFieldState, HandoffEntry, Page,
+};
 use idledger_store::{CommandResult, RecordedEvent};
 use serde::Serialize;
 use serde_json::Value;
@@ -294,4 +298,164 @@ pub struct ErasureView {
     /// Always `admin`.
     pub source: String,
     pub reason: String,
+}
+
+/// A registered consumer of deliveries. A webhook's secret is never shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerView {
+    pub id: String,
+    /// `nats`, `webhook` or `feed`.
+    pub channel: String,
+    /// The webhook consumer's endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Field selectors: fields, families (`consent.*`) or `*`.
+    pub fields: Vec<String>,
+    pub purposes: Vec<String>,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// How far the relay has delivered (push channels): a global log position. A feed
+    /// consumer keeps its own position.
+    pub checkpoint: Option<u64>,
+}
+
+impl ConsumerView {
+    pub fn new(consumer: &Consumer, checkpoint: Option<u64>) -> Self {
+        let webhook_url = match &consumer.channel {
+            Channel::Webhook(w) => Some(w.url().to_owned()),
+            Channel::Nats | Channel::Feed => None,
+        };
+        let push = consumer.channel.kind() != ChannelKind::Feed;
+        Self {
+            id: consumer.id.to_string(),
+            channel: consumer.channel.kind().as_str().to_owned(),
+            webhook_url,
+            fields: consumer.fields.iter().map(ToString::to_string).collect(),
+            purposes: consumer.purposes.iter().map(ToString::to_string).collect(),
+            enabled: consumer.is_enabled(),
+            created_at: consumer.created_at,
+            disabled_at: consumer.disabled_at,
+            checkpoint: checkpoint.filter(|_| push),
+        }
+    }
+}
+
+/// Every registered consumer, disabled ones included.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerListView {
+    pub consumers: Vec<ConsumerView>,
+}
+
+/// One message handed to a consumer, as the handoff log keeps it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HandoffView {
+    /// Increases with every row: the paging cursor (`after=`).
+    pub seq: u64,
+    pub consumer_id: String,
+    /// The CloudEvent id.
+    pub message_id: uuid::Uuid,
+    /// `change`, `notice` (withdrawal), `resume` or `erasure`.
+    pub kind: String,
+    /// The event whose processing produced the message.
+    #[schema(value_type = uuid::Uuid)]
+    pub event_id: EventId,
+    pub global_position: u64,
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    /// The fields whose data it carried (for a notice: those to delete).
+    pub fields: Vec<String>,
+    /// The basis of each of the consumer's purposes when it was decided: `{purpose, status,
+    /// legal_basis, consent_version, consent_event_id, notice, granted_at, expires_at}`.
+    #[schema(value_type = Vec<Object>)]
+    pub basis: Vec<ConsentBasis>,
+    /// `nats`, `webhook` or `feed`.
+    pub channel: String,
+    pub delivered_at: DateTime<Utc>,
+}
+
+impl From<HandoffEntry> for HandoffView {
+    fn from(entry: HandoffEntry) -> Self {
+        let h = entry.handoff;
+        Self {
+            seq: entry.seq,
+            consumer_id: h.consumer_id.to_string(),
+            message_id: h.message_id,
+            kind: h.kind.as_str().to_owned(),
+            event_id: h.event_id,
+            global_position: h.global_position,
+            customer_id: h.customer_id,
+            fields: h.fields,
+            basis: h.basis,
+            channel: h.channel.as_str().to_owned(),
+            delivered_at: h.delivered_at,
+        }
+    }
+}
+
+/// A page of the handoff log, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HandoffPageView {
+    pub items: Vec<HandoffView>,
+    /// Pass as `after=` for the next page; `null` when this was the last one.
+    pub next_after: Option<u64>,
+}
+
+impl From<Page<HandoffEntry>> for HandoffPageView {
+    fn from(page: Page<HandoffEntry>) -> Self {
+        Self {
+            items: page.items.into_iter().map(HandoffView::from).collect(),
+            next_after: page.next,
+        }
+    }
+}
+
+/// What a consumer last acknowledged holding of one customer's fields.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerStateView {
+    pub consumer_id: String,
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    pub fields: Vec<FieldStateView>,
+}
+
+/// One field as the consumer last reported it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldStateView {
+    pub field: String,
+    /// The change it acknowledged.
+    #[schema(value_type = uuid::Uuid)]
+    pub event_id: EventId,
+    pub version: u64,
+    /// The digest of the value it holds (`null`: it holds none).
+    pub value_hash: Option<String>,
+    /// `applied` or `rejected`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub acked_at: DateTime<Utc>,
+}
+
+impl From<ConsumerFieldState> for FieldStateView {
+    fn from(s: ConsumerFieldState) -> Self {
+        Self {
+            field: s.field,
+            event_id: s.event_id,
+            version: s.version,
+            value_hash: s.value_hash,
+            status: s.status.as_str().to_owned(),
+            reason: s.reason,
+            acked_at: s.acked_at,
+        }
+    }
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AckView {
+    /// `recorded` (now the consumer's state of the field) or `superseded` (it had already
+    /// acknowledged a later version; that one is kept).
+    pub outcome: String,
+    /// The version kept, when superseded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_version: Option<u64>,
 }

@@ -126,6 +126,70 @@ pub struct ErasureRequest {
     pub actor: idledger_domain::ids::Actor,
 }
 
+/// `POST /v1/consumers`: register a consumer of deliveries (role `admin`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerRequest {
+    /// 1..=64 of `a-z`, `0-9`, `_`, `-`, starting with a letter (it is a NATS subject token).
+    /// A consumer token (`idledger token create --role consumer --consumer <id>`) speaks for it.
+    pub id: String,
+    /// `nats` (published to JetStream by the relay), `webhook` (POSTed, signed) or `feed`
+    /// (pulled from `GET /v1/feed`).
+    pub channel: String,
+    /// Required for the `webhook` channel, refused for the others.
+    #[serde(default)]
+    pub webhook: Option<WebhookRequest>,
+    /// Field selectors: a field (`email`, `name.given`), a family (`consent.*`) or `*`.
+    pub fields: Vec<String>,
+    /// The purposes it processes data for: it receives a customer's data only while the basis
+    /// for every one of them holds.
+    pub purposes: Vec<String>,
+    /// `beginning` (default: everything it is entitled to, an initial load) or `now` (only
+    /// what happens from registration on). The feed ignores it: feed consumers keep their own
+    /// position.
+    #[serde(default)]
+    pub start_at: Option<String>,
+}
+
+/// Where a webhook consumer receives its messages and the key it verifies signatures with.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRequest {
+    /// `http://` or `https://`.
+    pub url: String,
+    /// 16..=256 visible ASCII characters. Stored; never returned.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRequest")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An acknowledgement (`POST /v1/acks`; documentation shape of the relay's ack contract,
+/// the same JSON consumers may publish on NATS). Unknown keys are refused.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct AckDoc {
+    /// The CloudEvent `id` of the change (for changes, the event id).
+    event_id: uuid::Uuid,
+    customer_id: uuid::Uuid,
+    /// The field, e.g. `email`, `consent.marketing`.
+    field: String,
+    /// `data.version` of the change.
+    version: u64,
+    /// `data.value_hash` of the change the consumer now holds; `null` when it holds no value.
+    value_hash: Option<String>,
+    /// `applied` or `rejected`.
+    status: String,
+    /// Why it was rejected (required then, at most 1000 characters).
+    reason: Option<String>,
+}
+
 /// Provenance as stated by the caller (documentation shape of the domain's type).
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]

@@ -21,7 +21,14 @@ async fn every_role_against_every_route(engine: Engine) {
     let app = TestApp::start(engine).await;
     let set = json!({"provenance": provenance(), "changes": [{"op": "set_field", "field": "name.given", "value": "Ada"}]});
     let erase = json!({"reason": "subject request #1", "actor": {"kind": "agent", "id": "dpo"}});
-    // (method, path, body, roles allowed) — `{c}` is a fresh registered customer.
+    // The consumer token's own consumer reads the feed.
+    app.add_consumer(
+        json!({"id": "crm-sync", "channel": "feed", "fields": ["email"], "purposes": ["service"]}),
+    )
+    .await;
+    let ack = json!({"event_id": "{e}", "customer_id": "{c}", "field": "email", "version": 1, "value_hash": null, "status": "applied"});
+    // (method, path, body, roles allowed) — `{c}` is a fresh registered customer whose email
+    // was set by event `{e}`, `{k}` a fresh registered consumer, `{n}` a fresh number.
     let routes: Vec<(Method, &str, Option<Value>, &[&str])> = vec![
         (
             Method::POST,
@@ -53,15 +60,67 @@ async fn every_role_against_every_route(engine: Engine) {
             Some(erase),
             &["admin"],
         ),
+        (
+            Method::POST,
+            "/v1/consumers",
+            Some(
+                json!({"id": "new-{n}", "channel": "nats", "fields": ["email"], "purposes": ["service"]}),
+            ),
+            &["admin"],
+        ),
+        (Method::GET, "/v1/consumers", None, &["admin"]),
+        (Method::GET, "/v1/consumers/{k}", None, &["admin"]),
+        (Method::POST, "/v1/consumers/{k}/disable", None, &["admin"]),
+        (
+            Method::GET,
+            "/v1/consumers/{k}/handoffs",
+            None,
+            &["steward", "auditor"],
+        ),
+        (
+            Method::GET,
+            "/v1/consumers/{k}/state?customer={c}",
+            None,
+            &["steward", "auditor"],
+        ),
+        (
+            Method::GET,
+            "/v1/customers/{c}/handoffs",
+            None,
+            &["steward", "auditor"],
+        ),
+        (Method::GET, "/v1/feed", None, &["consumer"]),
+        (Method::POST, "/v1/acks", Some(ack), &["consumer"]),
         (Method::GET, "/v1/me", None, &NAMES),
     ];
     let mut checked = 0;
+    let email = json!([{"op": "set_field", "field": "email", "value": "ada@example.org"}]);
+    // Fills a template's placeholders with a fresh customer, event, consumer and number.
+    let fresh = async |n: usize, template: &str, body: Option<&Value>| {
+        let (c, e) = app.register_with_events("idp", email.clone()).await;
+        let k = format!("k-{n}");
+        app.add_consumer(
+            json!({"id": k, "channel": "nats", "fields": ["email"], "purposes": ["service"]}),
+        )
+        .await;
+        let fill = |s: &str| {
+            s.replace("{c}", &c)
+                .replace("{e}", &e[1])
+                .replace("{k}", &k)
+                .replace("{n}", &n.to_string())
+        };
+        (
+            fill(template),
+            body.map(|b| serde_json::from_str::<Value>(&fill(&b.to_string())).unwrap()),
+        )
+    };
+    let mut n = 0;
     for (method, template, body, allowed) in &routes {
         // No token at all.
-        let c = app.register("idp", json!([])).await;
-        let path = template.replace("{c}", &c);
+        n += 1;
+        let (path, filled) = fresh(n, template, body.as_ref()).await;
         let reply = app
-            .send(method.clone(), &path, None, Some("k"), body.as_ref())
+            .send(method.clone(), &path, None, Some("k"), filled.as_ref())
             .await;
         reply.problem(401, "unauthenticated");
         assert!(
@@ -70,11 +129,17 @@ async fn every_role_against_every_route(engine: Engine) {
                 .is_some_and(|v| v.starts_with("Bearer"))
         );
         for name in NAMES {
-            let c = app.register("idp", json!([])).await;
-            let path = template.replace("{c}", &c);
+            n += 1;
+            let (path, filled) = fresh(n, template, body.as_ref()).await;
             let key = format!("k-{name}-{checked}");
             let reply = app
-                .send(method.clone(), &path, Some(name), Some(&key), body.as_ref())
+                .send(
+                    method.clone(),
+                    &path,
+                    Some(name),
+                    Some(&key),
+                    filled.as_ref(),
+                )
                 .await;
             if allowed.contains(&name) {
                 assert!(

@@ -582,6 +582,15 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/v1/customers/{customer_id}", "get"),
         ("/v1/customers/{customer_id}/fields/{field}/history", "get"),
         ("/v1/customers/{customer_id}/erasure", "post"),
+        ("/v1/customers/{customer_id}/handoffs", "get"),
+        ("/v1/consumers", "post"),
+        ("/v1/consumers", "get"),
+        ("/v1/consumers/{consumer_id}", "get"),
+        ("/v1/consumers/{consumer_id}/disable", "post"),
+        ("/v1/consumers/{consumer_id}/handoffs", "get"),
+        ("/v1/consumers/{consumer_id}/state", "get"),
+        ("/v1/feed", "get"),
+        ("/v1/acks", "post"),
         ("/v1/me", "get"),
         ("/v1/openapi.json", "get"),
         ("/healthz", "get"),
@@ -600,6 +609,12 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         "CommandRequest",
         "RecordView",
         "HistoryView",
+        "ConsumerRequest",
+        "ConsumerView",
+        "HandoffPageView",
+        "ConsumerStateView",
+        "AckDoc",
+        "AckView",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }

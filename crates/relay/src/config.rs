@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// The CloudEvents `source` when none is configured. Set a real one per instance (e.g.
+/// `urn:idledger:prod-eu`): consumers may receive from several.
+pub const DEFAULT_SOURCE: &str = "urn:idledger:default";
+
 /// Everything the relay needs besides the ledger.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -26,7 +30,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            source: "urn:idledger:default".to_owned(),
+            source: DEFAULT_SOURCE.to_owned(),
             nats: Some(NatsConfig::default()),
             webhook: WebhookConfig::default(),
             batch_size: 500,

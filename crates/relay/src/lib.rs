@@ -22,7 +22,9 @@ mod relay;
 pub mod webhook;
 pub mod worker;
 
-pub use config::{Backoff, NatsConfig, RelayConfig, Retention, StreamSettings, WebhookConfig};
+pub use config::{
+    Backoff, DEFAULT_SOURCE, NatsConfig, RelayConfig, Retention, StreamSettings, WebhookConfig,
+};
 pub use error::RelayError;
 pub use feed::{Feed, FeedItem, FeedPage};
 pub use relay::Relay;

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use idledger_api::{ApiConfig, AppState};
+use std::time::Duration;
+
+use idledger_api::{ApiConfig, AppState, FeedSettings};
 use idledger_domain::policy::Policy;
 use idledger_store::{Ledger, LedgerOptions, MasterKey, Role, Tokens};
 pub use idledger_testkit::{Engine, TestDb};
@@ -44,7 +46,7 @@ pub struct TestApp {
     pub ledger: Ledger,
     /// Token secrets by name: "idp", "crm", "web_app", "consent_portal", "support_portal",
     /// "consumer", "steward", "auditor", "admin".
-    pub tokens: HashMap<&'static str, String>,
+    pub tokens: HashMap<String, String>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -84,9 +86,15 @@ impl TestApp {
             ("admin", Role::Admin, None),
         ] {
             let issued = tokens.create(role, subject, name).await.unwrap();
-            secrets.insert(name, issued.secret);
+            secrets.insert(name.to_owned(), issued.secret);
         }
-        let router = idledger_api::router(AppState::new(ledger.clone()), &config);
+        // Quick polls and keep-alives, so event-stream tests run in well under a second.
+        let feed = FeedSettings {
+            source: "urn:idledger:test".to_owned(),
+            poll_interval: Duration::from_millis(50),
+            keep_alive: Duration::from_millis(300),
+        };
+        let router = idledger_api::router(AppState::with_feed(ledger.clone(), feed), &config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -105,6 +113,13 @@ impl TestApp {
             ledger,
             tokens: secrets,
             stop: Some(stop),
+        }
+    }
+
+    /// Starts the server's graceful stop (as SIGTERM does for `idledger serve`).
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 
@@ -171,6 +186,61 @@ impl TestApp {
         .await
     }
 
+    /// Registers a customer; returns its id and the ids of the events recorded.
+    pub async fn register_with_events(
+        &self,
+        source: &str,
+        changes: Value,
+    ) -> (String, Vec<String>) {
+        let key = format!("reg-{}", uuid::Uuid::now_v7());
+        let reply = self
+            .send(
+                Method::POST,
+                "/v1/customers",
+                Some(source),
+                Some(&key),
+                Some(&json!({"provenance": provenance(), "changes": changes})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        let events = reply.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        (
+            reply.body["customer_id"].as_str().unwrap().to_owned(),
+            events,
+        )
+    }
+
+    /// Registers a consumer through the API as the admin; returns its view.
+    pub async fn add_consumer(&self, body: Value) -> Value {
+        let reply = self
+            .send(
+                Method::POST,
+                "/v1/consumers",
+                Some("admin"),
+                None,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        reply.body
+    }
+
+    /// A new consumer token for `consumer`; returns the name to use it by.
+    pub async fn consumer_token(&mut self, consumer: &str) -> String {
+        let name = format!("consumer:{consumer}");
+        let issued = Tokens::new(self.ledger.backend().clone())
+            .create(Role::Consumer, Some(consumer), &name)
+            .await
+            .unwrap();
+        self.tokens.insert(name.clone(), issued.secret);
+        name
+    }
+
     /// The database's event count (to prove nothing was written).
     pub async fn head(&self) -> u64 {
         self.ledger.head_position().await.unwrap()
@@ -201,7 +271,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(response: reqwest::Response) -> Self {
+    pub async fn from(response: reqwest::Response) -> Self {
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
