@@ -94,6 +94,9 @@ pub enum Command {
     /// Create, list and revoke API tokens. Tokens are stored only as hashes.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Register, list and disable consumers of deliveries (CRM, CDP…).
+    #[command(subcommand)]
+    Consumer(crate::commands::consumer::ConsumerCommand),
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Demo => commands::demo::run(&settings, &mut out).await?,
             Command::Serve(args) => commands::serve::run(&settings, args, &mut out).await?,
             Command::Token(command) => commands::token::run(&settings, command, &mut out).await?,
+            Command::Consumer(command) => {
+                commands::consumer::run(&settings, command, &mut out).await?
+            }
         };
         out.flush()?;
         Ok(code)

@@ -104,11 +104,15 @@ impl Run {
 }
 
 /// Runs `idledger --data-dir <dir> <args…>` with a clean configuration environment.
-fn idledger(dir: &TempDir, args: &[&str]) -> Run {
+fn idledger<S: AsRef<std::ffi::OsStr>>(dir: &TempDir, args: &[S]) -> Run {
     idledger_with_env(dir, args, &[])
 }
 
-fn idledger_with_env(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Run {
+fn idledger_with_env<S: AsRef<std::ffi::OsStr>>(
+    dir: &TempDir,
+    args: &[S],
+    env: &[(&str, &str)],
+) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_idledger"));
     for var in CONFIG_VARS {
         command.env_remove(var);
@@ -415,4 +419,278 @@ fn a_policy_that_does_not_parse_is_named() {
     idledger(&dir, &["--policy", policy.to_str().unwrap(), "demo"])
         .exit(1)
         .stderr_has(&["policy.toml is not a valid policy"]);
+}
+
+/// `--database <url> <args…>`.
+fn with_database(url: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["--database".to_owned(), url.to_owned()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all
+}
+
+#[test]
+fn consumers_are_added_listed_and_disabled() {
+    let dir = TempDir::new("consumers");
+    // A store with events: `--start-at now` starts after them.
+    demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let db = |args: &[&str]| with_database(&url, args);
+    idledger(&dir, &db(&["consumer", "list"]))
+        .success()
+        .stdout_has(&["no consumers"]);
+    idledger(
+        &dir,
+        &db(&[
+            "consumer",
+            "add",
+            "--id",
+            "crm",
+            "--channel",
+            "nats",
+            "--fields",
+            "email,consent.*",
+            "--purposes",
+            "service",
+        ]),
+    )
+    .success()
+    .stdout_has(&[
+        "registered consumer crm (nats)",
+        "email, consent.*",
+        "the beginning of the log",
+        "idledger token create --role consumer --consumer crm",
+    ]);
+    let run = idledger(
+        &dir,
+        &db(&[
+            "consumer",
+            "add",
+            "--id",
+            "crm-sync",
+            "--channel",
+            "feed",
+            "--fields",
+            "*",
+            "--purposes",
+            "marketing,analytics",
+            "--json",
+        ]),
+    )
+    .success();
+    let feed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(feed["channel"], "feed");
+    assert_eq!(
+        feed["purposes"],
+        serde_json::json!(["marketing", "analytics"])
+    );
+    assert!(feed["checkpoint"].is_null());
+
+    // A webhook's secret comes from a file (or the environment), and is never printed.
+    let secret = "whsec-from-a-file-0123456789";
+    let secret_file = dir.path().join("cdp.secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let run = idledger(
+        &dir,
+        &db(&[
+            "consumer",
+            "add",
+            "--id",
+            "cdp",
+            "--channel",
+            "webhook",
+            "--url",
+            "https://cdp.example/hooks/idledger",
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--fields",
+            "email",
+            "--purposes",
+            "analytics",
+            "--start-at",
+            "now",
+        ]),
+    )
+    .success()
+    .stdout_has(&[
+        "registered consumer cdp (webhook)",
+        "https://cdp.example/hooks/idledger",
+        "stored (never shown)",
+        "log position 18 (now)",
+    ]);
+    assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret));
+    let env_secret = "whsec-from-the-environment-42";
+    let run = idledger_with_env(
+        &dir,
+        &db(&[
+            "consumer",
+            "add",
+            "--id",
+            "cdp-eu",
+            "--channel",
+            "webhook",
+            "--url",
+            "http://127.0.0.1:9/hook",
+            "--fields",
+            "email",
+            "--purposes",
+            "analytics",
+            "--json",
+        ]),
+        &[("IDLEDGER__WEBHOOK_SECRET", env_secret)],
+    )
+    .success();
+    assert!(!run.stdout.contains(env_secret), "{}", run.stdout);
+
+    let run = idledger(&dir, &db(&["consumer", "list"]))
+        .success()
+        .stdout_has(&[
+            "crm-sync",
+            "feed",
+            "enabled",
+            "marketing,analytics",
+            "https://cdp.example/hooks/idledger",
+        ]);
+    assert!(!run.stdout.contains(secret));
+    let run = idledger(&dir, &db(&["consumer", "list", "--json"])).success();
+    assert!(!run.stdout.contains(secret) && !run.stdout.contains(env_secret));
+    let listed: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = listed.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["cdp", "cdp-eu", "crm", "crm-sync"]);
+    assert_eq!(listed[0]["checkpoint"], 18);
+    assert_eq!(listed[2]["checkpoint"], 0);
+
+    // Refused: a taken id, a webhook without URL or secret, webhook options on other channels.
+    for (args, env, needle) in [
+        (
+            vec!["--id", "crm", "--channel", "nats"],
+            None,
+            "already registered",
+        ),
+        (
+            vec![
+                "--id",
+                "hook",
+                "--channel",
+                "webhook",
+                "--secret-file",
+                secret_file.to_str().unwrap(),
+            ],
+            None,
+            "needs --url",
+        ),
+        (
+            vec![
+                "--id",
+                "hook",
+                "--channel",
+                "webhook",
+                "--url",
+                "https://x.example/h",
+            ],
+            None,
+            "--secret-file <PATH> or IDLEDGER__WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                "--id",
+                "hook",
+                "--channel",
+                "webhook",
+                "--url",
+                "https://x.example/h",
+            ],
+            Some("short"),
+            "at least 16 characters",
+        ),
+        (
+            vec![
+                "--id",
+                "hook",
+                "--channel",
+                "webhook",
+                "--url",
+                "ftp://x.example/h",
+            ],
+            Some(env_secret),
+            "http:// or https://",
+        ),
+        (
+            vec![
+                "--id",
+                "hook",
+                "--channel",
+                "nats",
+                "--url",
+                "https://x.example/h",
+            ],
+            None,
+            "for --channel webhook",
+        ),
+    ] {
+        let mut all = vec!["consumer", "add"];
+        all.extend(args);
+        all.extend(["--fields", "email", "--purposes", "service"]);
+        let env: Vec<(&str, &str)> = env
+            .map(|v| vec![("IDLEDGER__WEBHOOK_SECRET", v)])
+            .unwrap_or_default();
+        idledger_with_env(&dir, &db(&all), &env)
+            .exit(1)
+            .stderr_has(&[needle]);
+    }
+    // Usage errors: bad id, field, channel; and no secret on the command line.
+    for args in [
+        vec!["--id", "CRM", "--channel", "nats"],
+        vec!["--id", "x", "--channel", "smtp"],
+        vec![
+            "--id",
+            "x",
+            "--channel",
+            "nats",
+            "--secret",
+            "whsec-0123456789abcdef",
+        ],
+    ] {
+        let mut all = vec!["consumer", "add"];
+        all.extend(args);
+        all.extend(["--fields", "email", "--purposes", "service"]);
+        idledger(&dir, &db(&all)).exit(2);
+    }
+    idledger(
+        &dir,
+        &db(&[
+            "consumer",
+            "add",
+            "--id",
+            "x",
+            "--channel",
+            "nats",
+            "--fields",
+            "shoe_size",
+            "--purposes",
+            "service",
+        ]),
+    )
+    .exit(2)
+    .stderr_has(&["shoe_size"]);
+
+    idledger(&dir, &db(&["consumer", "disable", "crm"]))
+        .success()
+        .stdout_has(&["disabled consumer crm at"]);
+    idledger(&dir, &db(&["consumer", "disable", "crm"]))
+        .success()
+        .stdout_has(&["consumer crm was already disabled at"]);
+    let run = idledger(&dir, &db(&["consumer", "disable", "crm", "--json"])).success();
+    let crm: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(crm["enabled"], false);
+    assert!(crm["disabled_at"].is_string());
+    idledger(&dir, &db(&["consumer", "disable", "nobody"]))
+        .exit(1)
+        .stderr_has(&["no consumer 'nobody'"]);
+    idledger(&dir, &db(&["consumer", "list"]))
+        .success()
+        .stdout_has(&["disabled"]);
 }
