@@ -157,18 +157,77 @@ fn demo_into(dir: &TempDir) -> (String, Run) {
 fn demo_runs_the_scenario_and_ends_intact_and_identical() {
     let dir = TempDir::new("demo");
     let run = idledger(&dir, &["demo"]).success().stdout_has(&[
+        // The scenario runs through the API server the demo starts, as token holders.
+        "api              http://127.0.0.1:",
+        "tokens           idp, crm, web_app, consent_portal (role source), auditor (role auditor)",
+        "POST /v1/customers  as idp  Idempotency-Key: demo-1",
+        "-> 201 Created; Location: /v1/customers/",
+        // The CRM's overwrite: refused, recorded as a proposal, the record unchanged.
+        "POST /v1/customers/{ada}/commands  as crm",
+        "-> 403 not_authoritative (Forbidden)",
+        "system_of_record idp",
         "proposal recorded for email",
         "the system of record is idp",
+        "email now        ada@example.org (version 1, source idp, verified by idp)",
+        // The email change: pending, the old address authoritative, then verified.
         "pending: email waits for verification",
+        "email now        ada@example.org (version 2, source idp, verified by idp); pending: ada@analytical-engine.example",
         "ada@analytical-engine.example (version 3, source web_app, verified by web_app)",
+        // Consent granted against a notice version, then withdrawn.
+        "\"notice\":{\"id\":\"privacy-notice\",\"version\":\"2026-01\"",
         "status now       withdrawn",
-        "guardian_required",
+        // A minor's consent: refused without a guardian, accepted from one.
+        "-> 422 guardian_required (Unprocessable Entity)",
+        "under the age of digital consent (16) in DE",
         "status now       granted",
-        "replayed",
-        "idempotency_conflict",
+        // Retries.
+        "Idempotent-Replayed: true",
+        "replayed         the first answer comes back",
+        "-> 409 idempotency_conflict (Conflict)",
+        // The auditor's reads: history and the record as of an instant.
+        "GET /v1/customers/{ada}/fields/email/history  as auditor",
+        "history of Ada's email: 4 events, oldest first",
+        "ada@analytical-engine.example verified and now in effect",
+        "evidence         email_link:signup-ada",
+        "GET /v1/customers/{ada}?as_of=",
+        "(before the change was verified)",
+        "email            ada@example.org (v2); pending: ada@analytical-engine.example",
+        "email            ada@analytical-engine.example (v3)",
+        "consent          marketing: withdrawn",
+        "The API server has stopped and the demo's tokens are revoked.",
         "the log is intact",
         "the rebuilt projection is identical to the live one",
     ]);
+    // The 403 names the proposal it recorded, and the record lists that same proposal.
+    let proposal = run
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("proposal_id"))
+        .expect("the 403 names its proposal")
+        .trim();
+    assert!(uuid::Uuid::parse_str(proposal).is_ok(), "{proposal}");
+    assert!(
+        run.stdout
+            .contains(&format!("(proposal {proposal} is among them)")),
+        "{}",
+        run.stdout
+    );
+    // The history comes in order, each event with its source.
+    let history: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('#'))
+        .filter_map(|l| l.split(' ').nth(1))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "field_set",
+            "value_proposed",
+            "change_requested",
+            "change_verified"
+        ]
+    );
     // A fresh file in the data directory, and a generated key only its owner can read.
     let files: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -190,9 +249,57 @@ fn demo_runs_the_scenario_and_ends_intact_and_identical() {
             0o600
         );
     }
-    // The key is never printed.
+    // Neither the key nor any token secret is ever printed.
     let hex = std::fs::read_to_string(&key).unwrap();
     assert!(!run.stdout.contains(hex.trim()) && !run.stderr.contains(hex.trim()));
+    assert!(!run.stdout.contains("idl_") && !run.stderr.contains("idl_"));
+}
+
+#[test]
+fn an_unexpected_http_answer_fails_the_demo_naming_the_step() {
+    let dir = TempDir::new("demo-unexpected");
+    // A policy under which the CRM is authoritative for email: its unverified write is then
+    // refused for another reason (email needs verification), which the demo does not expect.
+    let policy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/policy.toml"
+    ))
+    .unwrap();
+    assert!(policy.contains("crm = \"propose\", cdp"));
+    let policy = policy.replacen("crm = \"propose\", cdp", "crm = \"authoritative\", cdp", 1);
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let url = dir.sqlite_url("demo.db");
+    let run = idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "--policy",
+            path.to_str().unwrap(),
+            "demo",
+        ],
+    )
+    .exit(1)
+    .stderr_has(&[
+        "step 2: POST /v1/customers/{ada}/commands as crm: expected 403 not_authoritative, \
+         got 422 Unprocessable Entity: {",
+        "\"code\":\"invalid_transition\"",
+    ]);
+    assert!(!run.stdout.contains("The API server has stopped"));
+    // The demo's tokens do not outlive it, even when it fails.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let (tokens, live): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE revoked_at IS NULL) FROM api_tokens",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        assert_eq!((tokens, live), (5, 0));
+    });
 }
 
 #[test]

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use chrono::Utc;
+use idledger_api::views::RecordView;
 
 use crate::cli::RecordArgs;
 use crate::config::Settings;
 use crate::render::time;
 use crate::store::{self, KeyUse};
-use crate::view::RecordView;
+use crate::view;
 
 pub async fn run(
     settings: &Settings,
@@ -43,7 +44,7 @@ pub async fn run(
         serde_json::to_writer_pretty(&mut *out, &view)?;
         writeln!(out)?;
     } else {
-        view.write_text(out)?;
+        view::write_text(&view, out)?;
     }
     Ok(ExitCode::SUCCESS)
 }
