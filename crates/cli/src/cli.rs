@@ -117,6 +117,16 @@ pub struct ServeArgs {
         env = "IDLEDGER__SERVER__SHUTDOWN_GRACE_SECS"
     )]
     pub shutdown_grace_secs: Option<u64>,
+    /// NATS server the relay publishes consumers' changes to (JetStream), e.g.
+    /// nats://127.0.0.1:4222. Without it the relay still delivers webhooks.
+    #[arg(long, value_name = "URL", env = "IDLEDGER__NATS__URL")]
+    pub nats_url: Option<String>,
+    /// Serve the API without the delivery relay (e.g. when another instance runs it).
+    #[arg(long, env = "IDLEDGER__RELAY__DISABLED")]
+    pub no_relay: bool,
+    /// The CloudEvents `source` of this instance. [default: urn:idledger:default]
+    #[arg(long, value_name = "URI", env = "IDLEDGER__RELAY__SOURCE")]
+    pub event_source: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

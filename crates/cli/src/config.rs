@@ -30,6 +30,35 @@ pub struct ConfigFile {
     pub policy: Option<PathBuf>,
     #[serde(default)]
     pub server: ServerFile,
+    #[serde(default)]
+    pub nats: NatsFile,
+    #[serde(default)]
+    pub relay: RelayFile,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsFile {
+    pub url: Option<String>,
+    /// JetStream stream name. [default: IDLEDGER]
+    pub stream: Option<String>,
+    /// Deliveries go to `<subject_prefix>.<consumer>.<customer>.<field>`. [default: idledger.v1]
+    pub subject_prefix: Option<String>,
+    /// Consumers acknowledge on `<ack_subject_prefix>.<consumer>`. [default: idledger.acks.v1]
+    pub ack_subject_prefix: Option<String>,
+    /// The work-queue stream that keeps acks while the relay is down. [default: IDLEDGER_ACKS]
+    pub ack_stream: Option<String>,
+    /// Stream replicas (3 in a cluster). [default: 1]
+    pub replicas: Option<usize>,
+    /// JetStream's duplicate-detection window, in seconds. [default: 120]
+    pub duplicate_window_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    pub disabled: Option<bool>,
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -64,6 +93,8 @@ pub struct Settings {
     pub policy: PolicySource,
     /// The configuration file's `[server]` table (flags and variables override it in `serve`).
     pub server: ServerFile,
+    pub nats: NatsFile,
+    pub relay: RelayFile,
 }
 
 /// Which database to open.
@@ -166,6 +197,8 @@ impl Settings {
             master_key,
             policy,
             server: file.server,
+            nats: file.nats,
+            relay: file.relay,
         })
     }
 

@@ -208,3 +208,166 @@ fn a_config_file_configures_serve_and_bad_ones_are_named() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The whole path on the real binary: a consumer registered with the CLI, `serve` with the
+/// relay on a real NATS server, commands over HTTP, and the CloudEvent on the consumer's
+/// subject — only once the customer's consent for the consumer's purpose holds.
+#[test]
+fn serve_relays_changes_to_a_nats_consumer_within_its_purpose() {
+    let nats_url = std::env::var("IDLEDGER_TEST_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let dir = data_dir("relay");
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("e2e{unique}");
+    let config = dir.join("idledger.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[nats]\nurl = \"{nats_url}\"\nstream = \"E2E_{unique}\"\nsubject_prefix = \"{prefix}\"\n\
+             ack_subject_prefix = \"{prefix}acks\"\nack_stream = \"E2E_ACKS_{unique}\"\n"
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, _, err) = run(
+        &dir,
+        &[
+            "--config",
+            cfg,
+            "consumer",
+            "add",
+            "--id",
+            "crm",
+            "--channel",
+            "nats",
+            "--fields",
+            "email",
+            "--purposes",
+            "marketing",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let token = |args: &[&str]| run(&dir, args).1.trim().to_owned();
+    let idp = token(&["token", "create", "--role", "source", "--source", "idp"]);
+    let portal = token(&[
+        "token",
+        "create",
+        "--role",
+        "source",
+        "--source",
+        "consent_portal",
+    ]);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let nats = runtime
+        .block_on(async_nats::connect(&nats_url))
+        .unwrap_or_else(|e| {
+            panic!(
+                "NATS is not reachable at {nats_url}: {e}\nThis test needs a real NATS server with \
+             JetStream. Start one with `bash scripts/services.sh` (or `nats-server -js`), or \
+             point IDLEDGER_TEST_NATS_URL at one."
+            )
+        });
+    let mut deliveries = runtime
+        .block_on(nats.subscribe(format!("{prefix}.crm.>")))
+        .unwrap();
+
+    let mut child = idledger(&dir, &["--config", cfg, "serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.split("http://").nth(1).unwrap().trim().to_owned();
+
+    let received = runtime.block_on(async {
+        use futures::StreamExt as _;
+        let client = reqwest::Client::new();
+        let post = |path: String, token: String, key: &'static str, body: serde_json::Value| {
+            let client = client.clone();
+            let addr = addr.clone();
+            async move {
+                let response = client
+                    .post(format!("http://{addr}{path}"))
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert!(status.is_success(), "{status} {body}");
+                body
+            }
+        };
+        let provenance = serde_json::json!({"actor": {"kind": "system", "id": "e2e"},
+            "evidence": {"kind": "email_link", "reference": "l-1"}});
+        let created = post(
+            "/v1/customers".to_owned(),
+            idp.clone(),
+            "r1",
+            serde_json::json!({"provenance": provenance,
+                "changes": [{"op": "set_field", "field": "email", "value": "before@example.org"}]}),
+        )
+        .await;
+        let customer = created["customer_id"].as_str().unwrap().to_owned();
+        // Nothing may arrive before the customer consents to the consumer's purpose.
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(700), deliveries.next()).await;
+        assert!(early.is_err(), "delivered without consent: {early:?}");
+        post(
+            format!("/v1/customers/{customer}/commands"),
+            portal,
+            "c1",
+            serde_json::json!({"provenance": provenance, "changes": [{"op": "grant_consent",
+                "purpose": "marketing", "basis": "consent", "channel": "web", "jurisdiction": "GB",
+                "notice": {"id": "pn", "version": "1", "sha256": "0".repeat(64)}}]}),
+        )
+        .await;
+        post(
+            format!("/v1/customers/{customer}/commands"),
+            idp,
+            "s2",
+            serde_json::json!({"provenance": provenance,
+                "changes": [{"op": "set_field", "field": "email", "value": "after@example.org"}]}),
+        )
+        .await;
+        let message = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                let message = deliveries.next().await.unwrap();
+                let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+                if event["data"]["value"] == "after@example.org" {
+                    return (message.subject.to_string(), event);
+                }
+            }
+        })
+        .await
+        .expect("the change reached the NATS consumer");
+        (customer, message)
+    });
+    let (customer, (subject, event)) = received;
+    assert_eq!(subject, format!("{prefix}.crm.{customer}.email"));
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(event["type"], "idledger.field.changed.v1");
+    assert_eq!(event["subject"], customer.as_str());
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    runtime.block_on(async {
+        let js = async_nats::jetstream::new(nats);
+        let _ = js.delete_stream(format!("E2E_{unique}")).await;
+        let _ = js.delete_stream(format!("E2E_ACKS_{unique}")).await;
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use idledger_api::{ApiConfig, AppState};
+use idledger_relay::{NatsConfig, Relay, RelayConfig};
 use idledger_store::Tokens;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
 use crate::config::Settings;
@@ -67,11 +69,101 @@ pub async fn run(
         )?;
     }
     writeln!(out, "stop with Ctrl-C (in-flight requests finish first)")?;
+    let relay_config = relay_config(settings, args);
+    let stop_relay = CancellationToken::new();
+    let relay = match &relay_config {
+        Some(config) => {
+            match &config.nats {
+                Some(nats) => writeln!(
+                    out,
+                    "  relay     NATS JetStream {} (stream {}), webhooks",
+                    redact(&nats.url),
+                    nats.stream.name
+                )?,
+                None => writeln!(out, "  relay     webhooks (no NATS configured)")?,
+            }
+            let relay = Relay::new(ledger.clone(), config.clone());
+            Some(tokio::spawn(relay.run(stop_relay.clone())))
+        }
+        None => {
+            writeln!(out, "  relay     disabled")?;
+            None
+        }
+    };
     out.flush()?;
     let router = idledger_api::router(AppState::new(ledger), &config);
-    idledger_api::serve(listener, router, shutdown_signal(), config.shutdown_grace).await?;
+    let served =
+        idledger_api::serve(listener, router, shutdown_signal(), config.shutdown_grace).await;
+    // The relay stops after the API: every command acknowledged before the stop is in the log,
+    // and the relay resumes from its checkpoints on the next start.
+    stop_relay.cancel();
+    if let Some(relay) = relay {
+        match relay.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the relay stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "the relay task failed"),
+        }
+    }
+    served?;
     writeln!(out, "stopped")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The relay's settings from flags, environment and the configuration file; `None` when the
+/// relay is disabled.
+fn relay_config(settings: &Settings, args: &ServeArgs) -> Option<RelayConfig> {
+    if args.no_relay || settings.relay.disabled == Some(true) {
+        return None;
+    }
+    let mut config = RelayConfig::default();
+    if let Some(source) = args.event_source.clone().or(settings.relay.source.clone()) {
+        config.source = source;
+    }
+    config.nats = args
+        .nats_url
+        .clone()
+        .or(settings.nats.url.clone())
+        .filter(|url| !url.trim().is_empty())
+        .map(|url| {
+            let mut nats = NatsConfig {
+                url,
+                ..NatsConfig::default()
+            };
+            if let Some(name) = &settings.nats.stream {
+                nats.stream.name.clone_from(name);
+            }
+            if let Some(prefix) = &settings.nats.subject_prefix {
+                nats.stream.subject_prefix.clone_from(prefix);
+            }
+            if let Some(prefix) = &settings.nats.ack_subject_prefix {
+                nats.ack_subject_prefix.clone_from(prefix);
+            }
+            if let Some(stream) = &settings.nats.ack_stream {
+                nats.ack_stream.clone_from(stream);
+            }
+            if let Some(replicas) = settings.nats.replicas {
+                nats.stream.replicas = replicas;
+            }
+            if let Some(secs) = settings.nats.duplicate_window_secs {
+                nats.stream.duplicate_window = Duration::from_secs(secs);
+            }
+            nats
+        });
+    Some(config)
+}
+
+/// A URL with any password replaced.
+fn redact(url: &str) -> String {
+    match url.split_once("://").and_then(|(scheme, rest)| {
+        rest.split_once('@')
+            .map(|(creds, host)| (scheme, creds, host))
+    }) {
+        Some((scheme, creds, host)) if creds.contains(':') => {
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what service managers send).
