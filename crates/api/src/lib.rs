@@ -14,6 +14,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod steward;
 pub mod views;
 pub mod wire;
 

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use idledger_domain::decide::Outcome;
-use idledger_domain::event::{CancelReason, ConsentTerms, EventPayload, SetMode};
+use idledger_domain::event::{CancelReason, ConsentTerms, EventPayload, SetMode, StewardAction};
 use idledger_domain::field::FieldValue;
 use idledger_store::RecordedEvent;
 
@@ -81,6 +81,13 @@ pub fn outcome(o: &Outcome) -> String {
                 if *accepted { "accepted" } else { "rejected" }
             )
         }
+        Outcome::StewardActed {
+            exception_id,
+            action,
+        } => format!(
+            "steward action {} on exception {exception_id}",
+            action.as_str()
+        ),
     }
 }
 
@@ -98,6 +105,7 @@ pub fn field_version(payload: &EventPayload) -> Option<u64> {
         | EventPayload::ValueProposed { .. }
         | EventPayload::ProposalAccepted { .. }
         | EventPayload::ProposalRejected { .. }
+        | EventPayload::StewardActed { .. }
         | EventPayload::CustomerErased { .. } => None,
     }
 }
@@ -123,6 +131,27 @@ pub fn payload(p: &EventPayload) -> String {
             }
         }
         EventPayload::FieldCleared { .. } => "cleared".to_owned(),
+        EventPayload::StewardActed {
+            exception_id,
+            consumer_id,
+            action,
+            reason,
+            repush,
+            ..
+        } => {
+            let what = match (action, repush) {
+                (StewardAction::Repush, Some(r)) => {
+                    format!("re-pushed version {} to {consumer_id}", r.version)
+                }
+                (StewardAction::Accept, _) => format!("accepted a value for {consumer_id}"),
+                (StewardAction::Dismiss, _) => format!("dismissed for {consumer_id}"),
+                (StewardAction::Repush, None) => format!("re-push to {consumer_id}"),
+            };
+            match reason {
+                Some(r) => format!("steward: exception {exception_id} {what}: {r}"),
+                None => format!("steward: exception {exception_id} {what}"),
+            }
+        }
         EventPayload::ChangeRequested {
             value: v,
             challenge_id,

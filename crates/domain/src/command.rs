@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::event::StewardAction;
 use crate::field::{FieldPath, FieldValue};
 use crate::ids::{
     Actor, ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose, SourceId,
@@ -74,6 +75,16 @@ pub enum Change {
         proposal_id: ProposalId,
         reason: String,
     },
+    /// Steward only: records an action on a sync exception (see `EventPayload::StewardActed`).
+    ActOnException {
+        exception_id: Uuid,
+        consumer_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<FieldPath>,
+        action: StewardAction,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 impl Change {
@@ -90,6 +101,7 @@ impl Change {
             Self::ProposeValue { .. } => "propose_value",
             Self::AcceptProposal { .. } => "accept_proposal",
             Self::RejectProposal { .. } => "reject_proposal",
+            Self::ActOnException { .. } => "act_on_exception",
         }
     }
 }

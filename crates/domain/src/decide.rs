@@ -9,7 +9,8 @@ use crate::command::{
     Change, Command, Context, MAX_CHANGES, MAX_REASON_CHARS, Principal, Refusal, Refused,
 };
 use crate::event::{
-    CancelReason, ConsentTerms, Event, EventEnvelope, EventPayload, Provenance, SetMode,
+    CancelReason, ConsentTerms, Event, EventEnvelope, EventPayload, Provenance, Repush,
+    RepushedValue, SetMode, StewardAction,
 };
 use crate::field::{FieldKind, FieldPath, FieldValue};
 use crate::ids::{ChallengeId, EventId, ProposalId, Purpose, SourceId};
@@ -17,6 +18,8 @@ use crate::policy::{Policy, STEWARD_SOURCE, WriteMode};
 use crate::state::{ConsentState, ConsentStatus, CustomerState, evolve};
 use crate::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
 
+/// Longest consumer or source id a steward action may name (the store's own limit).
+const MAX_SYSTEM_ID_CHARS: usize = 64;
 /// How far in the future a source's `observed_at` may lie (clock skew between systems).
 const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
 
@@ -49,6 +52,11 @@ pub enum Outcome {
     ProposalResolved {
         proposal_id: ProposalId,
         accepted: bool,
+    },
+    /// A steward's action on a sync exception was recorded.
+    StewardActed {
+        exception_id: Uuid,
+        action: StewardAction,
     },
 }
 
@@ -275,7 +283,9 @@ impl Decider<'_, '_> {
         }
         let steward_op = matches!(
             change,
-            Change::AcceptProposal { .. } | Change::RejectProposal { .. }
+            Change::AcceptProposal { .. }
+                | Change::RejectProposal { .. }
+                | Change::ActOnException { .. }
         );
         let steward_may =
             steward_op || matches!(change, Change::SetField { .. } | Change::ClearField { .. });
@@ -289,7 +299,7 @@ impl Decider<'_, '_> {
         }
         if !self.is_steward() && steward_op {
             return Err(Refusal::Forbidden {
-                reason: "only data stewards accept or reject proposals".to_owned(),
+                reason: "only data stewards resolve proposals and sync exceptions".to_owned(),
             });
         }
         match change {
@@ -337,7 +347,104 @@ impl Decider<'_, '_> {
                 proposal_id,
                 reason,
             } => self.reject(*proposal_id, reason),
+            Change::ActOnException {
+                exception_id,
+                consumer_id,
+                field,
+                action,
+                reason,
+            } => self.act_on_exception(
+                *exception_id,
+                consumer_id,
+                field.as_ref(),
+                *action,
+                reason.as_deref(),
+            ),
         }
+    }
+
+    fn act_on_exception(
+        &mut self,
+        exception_id: Uuid,
+        consumer_id: &str,
+        field: Option<&FieldPath>,
+        action: StewardAction,
+        reason: Option<&str>,
+    ) -> Result<Outcome, Refusal> {
+        let id_ok = !consumer_id.is_empty()
+            && consumer_id.len() <= MAX_SYSTEM_ID_CHARS
+            && consumer_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !id_ok {
+            return Err(Refusal::InvalidValue {
+                field: "consumer_id".to_owned(),
+                reason: format!(
+                    "must be 1 to {MAX_SYSTEM_ID_CHARS} characters of letters, digits, '-', '_' or '.'"
+                ),
+            });
+        }
+        match reason {
+            Some(reason) => check_reason(reason)?,
+            None if action == StewardAction::Dismiss => {
+                return Err(Refusal::InvalidValue {
+                    field: "reason".to_owned(),
+                    reason: "a dismissal must give a reason".to_owned(),
+                });
+            }
+            None => {}
+        }
+        let repush = match (action, field) {
+            (StewardAction::Repush, None) => {
+                return Err(Refusal::InvalidCommand {
+                    reason: "a re-push names the field to send again".to_owned(),
+                });
+            }
+            (StewardAction::Repush, Some(field)) => Some(self.repush_of(field)?),
+            _ => None,
+        };
+        self.emit(EventPayload::StewardActed {
+            exception_id,
+            consumer_id: consumer_id.to_owned(),
+            field: field.cloned(),
+            action,
+            reason: reason.map(str::to_owned),
+            repush,
+        });
+        Ok(Outcome::StewardActed {
+            exception_id,
+            action,
+        })
+    }
+
+    /// The field's authoritative state, as a re-push sends it.
+    fn repush_of(&self, field: &FieldPath) -> Result<Repush, Refusal> {
+        let nothing = || Refusal::InvalidTransition {
+            field: Some(field.clone()),
+            reason: format!("{field} was never recorded: there is nothing to re-push"),
+        };
+        if let FieldPath::Consent(purpose) = field {
+            let record = self.state.consents.get(purpose).ok_or_else(nothing)?;
+            return Ok(Repush {
+                version: record.version,
+                value: RepushedValue::Consent {
+                    granted: record.state == ConsentState::Granted,
+                },
+            });
+        }
+        // The version of the change that made the current value: a pending change moves the
+        // field's version, not what consumers hold.
+        let record = self.state.field(field).filter(|r| r.value_version > 0);
+        let record = record.ok_or_else(nothing)?;
+        Ok(Repush {
+            version: record.value_version,
+            value: match &record.value {
+                Some(value) => RepushedValue::Set {
+                    value: value.clone(),
+                },
+                None => RepushedValue::Cleared,
+            },
+        })
     }
 
     fn register(&mut self) -> Result<Outcome, Refusal> {

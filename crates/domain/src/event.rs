@@ -60,6 +60,45 @@ pub enum CancelReason {
     Expired,
 }
 
+/// What a data steward did about a sync exception (see `EventPayload::StewardActed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StewardAction {
+    /// Send the field's authoritative value to the consumer again.
+    Repush,
+    /// Take a proposed or downstream value into the record (with its own change in the same
+    /// command) and resolve the exception.
+    Accept,
+    /// Close the exception without changing anything, for a stated reason.
+    Dismiss,
+}
+
+impl StewardAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Repush => "repush",
+            Self::Accept => "accept",
+            Self::Dismiss => "dismiss",
+        }
+    }
+}
+
+/// A field's authoritative state as re-sent to one consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RepushedValue {
+    Set { value: FieldValue },
+    Cleared,
+    Consent { granted: bool },
+}
+
+/// What a re-push sends: the field's state at its current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repush {
+    pub version: u64,
+    pub value: RepushedValue,
+}
+
 /// The terms of a consent grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentTerms {
@@ -136,6 +175,21 @@ pub enum EventPayload {
     CustomerErased {
         reason: String,
     },
+    /// A data steward acted on a sync exception about `consumer_id`. Changes nothing in the
+    /// record (an accepted value is its own `field_set` in the same command); recorded so
+    /// every steward action shows in the field's history. A re-push carries the value re-sent,
+    /// which the relay delivers to that consumer only.
+    StewardActed {
+        exception_id: Uuid,
+        consumer_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<FieldPath>,
+        action: StewardAction,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repush: Option<Repush>,
+    },
 }
 
 impl EventPayload {
@@ -154,6 +208,7 @@ impl EventPayload {
             Self::ProposalAccepted { .. } => "proposal_accepted",
             Self::ProposalRejected { .. } => "proposal_rejected",
             Self::CustomerErased { .. } => "customer_erased",
+            Self::StewardActed { .. } => "steward_acted",
         }
     }
 
@@ -173,6 +228,7 @@ impl EventPayload {
             Self::ConsentGranted { purpose, .. } | Self::ConsentWithdrawn { purpose, .. } => {
                 Some(FieldPath::Consent(purpose.clone()))
             }
+            Self::StewardActed { field, .. } => field.clone(),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::event::Event;
 pub const CURRENT_SCHEMA_VERSION: u16 = 1;
 
 /// Every event type name ever written. Renaming one is a breaking change to the log.
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 13] = [
     "customer_registered",
     "field_set",
     "field_cleared",
@@ -25,6 +25,7 @@ pub const EVENT_TYPES: [&str; 12] = [
     "proposal_accepted",
     "proposal_rejected",
     "customer_erased",
+    "steward_acted",
 ];
 
 /// An event as stored: type name, schema version and JSON data (payload, provenance, policy

@@ -54,6 +54,10 @@ pub struct FieldRecord {
     /// Recent events that set a value here, with that value's digest: a command caused by one
     /// of them carrying the same value is an echo of our own delivery.
     pub recent: Vec<(EventId, String)>,
+    /// The field version at which the current value (or its absence) was recorded; a pending
+    /// change moves `version` but not this. 0: never set or cleared.
+    #[serde(default)]
+    pub value_version: u64,
 }
 
 impl FieldRecord {
@@ -69,6 +73,7 @@ impl FieldRecord {
             provenance: None,
             last_event_id: None,
             recent: Vec::new(),
+            value_version: 0,
         }
     }
 
@@ -156,7 +161,64 @@ pub struct CustomerState {
     pub erased: Option<Erasure>,
 }
 
+/// A field as a consumer that holds the record holds it: the version of the change that made
+/// the current value (or its absence), the value's hash as consumers acknowledge it
+/// (`None`: no value), and when that change was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldFact {
+    pub version: u64,
+    pub value_hash: Option<String>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// `sha256:<hex>` of a consent field's natural value, its state (`"granted"`/`"withdrawn"`),
+/// hashed the way [`FieldValue::digest`] hashes values: consumers acknowledge consents with it.
+pub fn consent_digest(granted: bool) -> String {
+    use sha2::{Digest, Sha256};
+    let value = serde_json::Value::String(consent_value(granted).to_owned());
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(value.to_string().as_bytes()))
+    )
+}
+
+/// A consent field's natural value as delivered: `"granted"` or `"withdrawn"`.
+pub fn consent_value(granted: bool) -> &'static str {
+    if granted { "granted" } else { "withdrawn" }
+}
+
 impl CustomerState {
+    /// What holding `field` as recorded means (see [`HeldFact`]); `None` if the field was never
+    /// set, cleared or (for consents) recorded.
+    pub fn held(&self, field: &FieldPath) -> Option<HeldFact> {
+        if let FieldPath::Consent(purpose) = field {
+            let c = self.consents.get(purpose)?;
+            let granted = c.state == ConsentState::Granted;
+            return Some(HeldFact {
+                version: c.version,
+                value_hash: Some(consent_digest(granted)),
+                changed_at: c.provenance.recorded_at,
+            });
+        }
+        let rec = self.fields.get(field).filter(|r| r.value_version > 0)?;
+        Some(HeldFact {
+            version: rec.value_version,
+            value_hash: rec.value.as_ref().map(FieldValue::digest),
+            changed_at: rec.provenance.as_ref()?.recorded_at,
+        })
+    }
+
+    /// Every field [`Self::held`] knows, consents included, in field order.
+    pub fn held_fields(&self) -> Vec<(FieldPath, HeldFact)> {
+        let consents = self.consents.keys().map(|p| FieldPath::Consent(p.clone()));
+        self.fields
+            .keys()
+            .cloned()
+            .chain(consents)
+            .filter_map(|f| self.held(&f).map(|h| (f, h)))
+            .collect()
+    }
+
     pub fn field(&self, field: &FieldPath) -> Option<&FieldRecord> {
         self.fields.get(field)
     }
@@ -257,6 +319,7 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
             rec.verification = None;
             rec.pending = None;
             touch(rec, envelope, *version);
+            rec.value_version = *version;
             rec.source = Some(prov.source.clone());
             rec.asserted_at = prov.observed_at;
             rec.provenance = Some(prov.clone());
@@ -347,6 +410,8 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
         | EventPayload::ProposalRejected { proposal_id, .. } => {
             state.proposals.remove(proposal_id);
         }
+        // A record of what a steward did; the record itself is unchanged.
+        EventPayload::StewardActed { .. } => {}
         EventPayload::CustomerErased { reason } => {
             // Registration stays so that the customer reads as erased rather than unknown.
             state.fields.clear();
@@ -393,6 +458,7 @@ fn set_value(rec: &mut FieldRecord, value: &FieldValue, envelope: &EventEnvelope
     rec.recorded_at = Some(prov.recorded_at);
     rec.provenance = Some(prov.clone());
     touch(rec, envelope, version);
+    rec.value_version = version;
     rec.recent.push((envelope.id, value.digest()));
     if rec.recent.len() > ECHO_WINDOW {
         rec.recent.remove(0);

@@ -6,7 +6,7 @@ mod support;
 use chrono::Duration;
 use idledger_domain::command::{Change, Principal, ProvenanceInput, Refusal};
 use idledger_domain::decide::Outcome;
-use idledger_domain::event::{CancelReason, EventPayload, SetMode};
+use idledger_domain::event::{CancelReason, EventPayload, RepushedValue, SetMode, StewardAction};
 use idledger_domain::field::FieldValue;
 use idledger_domain::ids::{ChallengeId, ProposalId, Purpose};
 use idledger_domain::policy::WriteMode;
@@ -1172,6 +1172,12 @@ fn every_event_type_round_trips_through_the_stored_schema() {
         )
         .unwrap();
     assert_eq!(types(&d), ["change_cancelled", "change_requested"]);
+    s.apply(
+        Principal::Steward,
+        agent(),
+        vec![act(StewardAction::Repush, "name.family", None)],
+    )
+    .unwrap();
     s.erase("admin", "subject's request 42").unwrap();
 
     let seen: std::collections::BTreeSet<&str> = s
@@ -1197,4 +1203,98 @@ fn every_event_type_round_trips_through_the_stored_schema() {
         ..stored
     };
     assert!(mismatched.into_event().is_err());
+}
+
+fn act(action: StewardAction, field_path: &str, reason: Option<&str>) -> Change {
+    Change::ActOnException {
+        exception_id: uuid::Uuid::now_v7(),
+        consumer_id: "crm_sync".to_owned(),
+        field: Some(field(field_path)),
+        action,
+        reason: reason.map(str::to_owned),
+    }
+}
+
+#[test]
+fn a_repush_carries_the_fields_current_value_and_changes_nothing() {
+    let mut s = Scenario::registered();
+    s.apply(
+        source("idp"),
+        with_evidence(),
+        vec![set("email", json!("a@example.org"))],
+    )
+    .unwrap();
+    s.apply(
+        source("web_app"),
+        subject(),
+        vec![request("email", json!("b@example.org"))],
+    )
+    .unwrap();
+    let before = s.state();
+    let d = s
+        .apply(
+            Principal::Steward,
+            agent(),
+            vec![act(StewardAction::Repush, "email", Some("CRM drifted"))],
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["steward_acted"]);
+    let EventPayload::StewardActed { repush, action, .. } = &d.events[0].event.payload else {
+        panic!("not a steward action: {:?}", d.events[0].event.payload);
+    };
+    assert_eq!(*action, StewardAction::Repush);
+    let repush = repush.clone().expect("a re-push carries the value");
+    // The pending change moved the field's version, not its value: the value's version goes.
+    assert_eq!(repush.version, 1);
+    assert_eq!(
+        repush.value,
+        RepushedValue::Set {
+            value: value("email", json!("a@example.org"))
+        }
+    );
+    assert_eq!(s.state().fields, before.fields);
+    assert_eq!(
+        s.events.last().unwrap().event.provenance.source.as_str(),
+        "steward"
+    );
+}
+
+#[test]
+fn steward_actions_are_checked() {
+    let mut s = Scenario::registered();
+    let never_set = s.decide_as(
+        Principal::Steward,
+        agent(),
+        vec![act(StewardAction::Repush, "phone", None)],
+    );
+    assert_eq!(refusal_code(never_set), "invalid_transition");
+    let no_reason = s.decide_as(
+        Principal::Steward,
+        agent(),
+        vec![act(StewardAction::Dismiss, "phone", None)],
+    );
+    assert_eq!(refusal_code(no_reason), "invalid_value");
+    let by_source = s.decide_as(
+        source("crm"),
+        agent(),
+        vec![act(StewardAction::Dismiss, "phone", Some("not ours"))],
+    );
+    assert_eq!(refusal_code(by_source), "forbidden");
+    let dismissed = s
+        .apply(
+            Principal::Steward,
+            agent(),
+            vec![act(
+                StewardAction::Dismiss,
+                "phone",
+                Some("known CRM quirk"),
+            )],
+        )
+        .unwrap();
+    assert_eq!(types(&dismissed), ["steward_acted"]);
+    assert_eq!(
+        dismissed.events[0].event.payload.field(),
+        Some(field("phone")),
+        "steward actions are indexed under their field, so they show in its history"
+    );
 }

@@ -19,7 +19,7 @@
 //!   event (delete everything, including what a withdrawal let it keep), then nothing, ever.
 
 use chrono::{DateTime, Utc};
-use idledger_domain::event::EventPayload;
+use idledger_domain::event::{EventPayload, RepushedValue};
 use idledger_domain::field::FieldPath;
 use idledger_domain::policy::Policy;
 use idledger_domain::state::{ConsentStatus, CustomerState};
@@ -136,7 +136,29 @@ impl FieldChange {
                 granted: false,
                 version: *version,
             }),
-            EventPayload::CustomerRegistered
+            // A steward's re-push sends the field's state again (to one consumer: see
+            // `selected_change`); other steward actions stay inside idledger.
+            EventPayload::StewardActed {
+                field: Some(field),
+                repush: Some(repush),
+                ..
+            } => Some(match &repush.value {
+                RepushedValue::Set { .. } => Self::Set {
+                    field: field.clone(),
+                    version: repush.version,
+                },
+                RepushedValue::Cleared => Self::Cleared {
+                    field: field.clone(),
+                    version: repush.version,
+                },
+                RepushedValue::Consent { granted } => Self::Consent {
+                    field: field.clone(),
+                    granted: *granted,
+                    version: repush.version,
+                },
+            }),
+            EventPayload::StewardActed { .. }
+            | EventPayload::CustomerRegistered
             | EventPayload::ChangeRequested { .. }
             | EventPayload::ChangeCancelled { .. }
             | EventPayload::ValueProposed { .. }
@@ -202,7 +224,13 @@ fn is_erasure(event: &RecordedEvent) -> bool {
 }
 
 fn selected_change(consumer: &Consumer, event: &RecordedEvent) -> Option<FieldChange> {
-    FieldChange::of(&event.envelope.event.payload).filter(|c| consumer.selects(c.field()))
+    let payload = &event.envelope.event.payload;
+    if let EventPayload::StewardActed { consumer_id, .. } = payload
+        && consumer_id != consumer.id.as_str()
+    {
+        return None;
+    }
+    FieldChange::of(payload).filter(|c| consumer.selects(c.field()))
 }
 
 /// Decides what `consumer` is sent for `event`, given the customer's current `state` (`None`:

@@ -23,7 +23,7 @@
 //! is an exact duplicate that JetStream (by `Nats-Msg-Id`) or the consumer (by `id`) drops.
 
 use chrono::{DateTime, Utc};
-use idledger_domain::event::EventPayload;
+use idledger_domain::event::{EventPayload, Repush, RepushedValue};
 use idledger_domain::ids::{CustomerId, EventId};
 use idledger_store::delivery::{
     ChannelKind, ConsentBasis, Consumer, ConsumerId, Handoff, HandoffKind,
@@ -278,18 +278,10 @@ pub fn sweep_notice(
     })
 }
 
-/// `sha256:<hex>` of a consent field's natural value, its state (`"granted"`/`"withdrawn"`),
-/// the same way `FieldValue::digest` hashes values: consumers ack consents with it.
-pub fn consent_digest(granted: bool) -> String {
-    let value = Value::String(consent_state(granted).to_owned());
-    format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(value.to_string().as_bytes()))
-    )
-}
+pub use idledger_domain::state::consent_digest;
 
 fn consent_state(granted: bool) -> &'static str {
-    if granted { "granted" } else { "withdrawn" }
+    idledger_domain::state::consent_value(granted)
 }
 
 fn status_name(status: idledger_domain::state::ConsentStatus) -> &'static str {
@@ -315,7 +307,16 @@ fn change_data(
     let event_type = match (change, payload) {
         (
             FieldChange::Set { .. },
-            EventPayload::FieldSet { value, .. } | EventPayload::ChangeVerified { value, .. },
+            EventPayload::FieldSet { value, .. }
+            | EventPayload::ChangeVerified { value, .. }
+            | EventPayload::StewardActed {
+                repush:
+                    Some(Repush {
+                        value: RepushedValue::Set { value },
+                        ..
+                    }),
+                ..
+            },
         ) => {
             data.insert("value".to_owned(), value.to_json());
             data.insert("value_hash".to_owned(), json!(value.digest()));
@@ -340,6 +341,10 @@ fn change_data(
         "previous_version".to_owned(),
         json!(version.saturating_sub(1)),
     );
+    if let EventPayload::StewardActed { exception_id, .. } = payload {
+        // A steward re-sent the record's current state to settle a sync exception.
+        data.insert("repush".to_owned(), json!({ "exception_id": exception_id }));
+    }
     data.insert("provenance".to_owned(), provenance(event)?);
     Ok((event_type, Value::Object(data)))
 }

@@ -10,7 +10,7 @@ use crate::tokens::TokenRecord;
 
 #[async_trait]
 pub trait Backend:
-    crate::delivery::DeliveryBackend + Send + Sync + std::fmt::Debug + 'static
+    crate::delivery::DeliveryBackend + crate::runs::RunBackend + Send + Sync + std::fmt::Debug + 'static
 {
     /// "postgres" or "sqlite".
     fn name(&self) -> &'static str;

@@ -276,9 +276,16 @@ pub struct Consumer {
     /// The purposes it processes data for; non-empty, without duplicates. It receives a
     /// customer's data only while the basis for every one of them holds.
     pub purposes: Vec<Purpose>,
+    /// How long a change may stay unacknowledged before reconciliation reports it.
+    pub sla_secs: u64,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
 }
+
+/// The acknowledgement SLA a consumer gets unless it is registered with another.
+pub const DEFAULT_SLA_SECS: u64 = 300;
+/// The longest SLA accepted (30 days): beyond that, reconciliation would never report.
+pub const MAX_SLA_SECS: u64 = 30 * 24 * 3600;
 
 impl Consumer {
     /// Whether the consumer is entitled to `field` at all (purposes aside).
@@ -310,9 +317,22 @@ pub struct NewConsumer {
     pub fields: Vec<FieldSelector>,
     pub purposes: Vec<Purpose>,
     pub start: StartAt,
+    pub sla_secs: u64,
 }
 
 impl NewConsumer {
+    /// With an acknowledgement SLA other than [`DEFAULT_SLA_SECS`].
+    pub fn with_sla(mut self, sla_secs: u64) -> Result<Self, ValueError> {
+        if sla_secs > MAX_SLA_SECS {
+            return Err(ValueError::new(
+                "sla_secs",
+                format!("must be at most {MAX_SLA_SECS} (30 days)"),
+            ));
+        }
+        self.sla_secs = sla_secs;
+        Ok(self)
+    }
+
     /// Checks that it receives something and processes it for some purpose; drops duplicates
     /// (keeping the order given).
     pub fn new(
@@ -342,6 +362,7 @@ impl NewConsumer {
             fields,
             purposes,
             start,
+            sla_secs: DEFAULT_SLA_SECS,
         })
     }
 }
@@ -602,44 +623,195 @@ pub struct ConsumerFieldState {
     pub acked_at: DateTime<Utc>,
 }
 
-/// Kinds of sync exception. Issue-specific kinds are added here as the stewards' work grows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Kinds of sync exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExceptionKind {
     /// A webhook endpoint refused a message with a 4xx other than 408/429; it was skipped.
     WebhookRejected,
     /// An event could not be read (e.g. its customer's key is gone) and was not delivered.
     Undeliverable,
+    /// A change the consumer never acknowledged, older than its SLA.
+    Undelivered,
+    /// The consumer acknowledged an older version than the record's, which is older than its
+    /// SLA.
+    Stale,
+    /// The consumer holds a different value (by hash) at the record's version: drift.
+    Divergent,
+    /// The consumer refused the record's value.
+    Rejected,
+    /// Consent stopped holding and the consumer did not confirm deleting the customer's data.
+    WithdrawalUnconfirmed,
+    /// A source system proposed a value for a field it does not own.
+    Proposal,
+    /// A source system's write was refused: it may not write the field at all.
+    RefusedWrite,
+    /// Delivery to the consumer keeps failing (retries exhausted their patience).
+    DeliveryFailing,
 }
 
 impl ExceptionKind {
+    pub const ALL: [Self; 10] = [
+        Self::WebhookRejected,
+        Self::Undeliverable,
+        Self::Undelivered,
+        Self::Stale,
+        Self::Divergent,
+        Self::Rejected,
+        Self::WithdrawalUnconfirmed,
+        Self::Proposal,
+        Self::RefusedWrite,
+        Self::DeliveryFailing,
+    ];
+
+    /// The kinds reconciliation detects from acknowledgements, and so closes by itself when
+    /// their cause goes away.
+    pub const RECONCILED: [Self; 5] = [
+        Self::Undelivered,
+        Self::Stale,
+        Self::Divergent,
+        Self::Rejected,
+        Self::WithdrawalUnconfirmed,
+    ];
+
+    /// The field-level kinds a matching acknowledgement closes.
+    pub const CLOSED_BY_ACK: [Self; 5] = [
+        Self::Undelivered,
+        Self::Stale,
+        Self::Divergent,
+        Self::Rejected,
+        Self::WebhookRejected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WebhookRejected => "webhook_rejected",
             Self::Undeliverable => "undeliverable",
+            Self::Undelivered => "undelivered",
+            Self::Stale => "stale",
+            Self::Divergent => "divergent",
+            Self::Rejected => "rejected",
+            Self::WithdrawalUnconfirmed => "withdrawal_unconfirmed",
+            Self::Proposal => "proposal",
+            Self::RefusedWrite => "refused_write",
+            Self::DeliveryFailing => "delivery_failing",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == raw)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+                ValueError::new(
+                    "exception kind",
+                    format!("{raw:?} is not one of: {}", names.join(", ")),
+                )
+            })
+    }
+}
+
+impl fmt::Display for ExceptionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a sync exception stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExceptionStatus {
+    Open,
+    /// Fixed: a steward accepted a value, or the cause went away by itself.
+    Resolved,
+    /// Closed by a steward without a change, for a stated reason.
+    Dismissed,
+}
+
+impl ExceptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Resolved => "resolved",
+            Self::Dismissed => "dismissed",
         }
     }
 
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         match raw {
-            "webhook_rejected" => Ok(Self::WebhookRejected),
-            "undeliverable" => Ok(Self::Undeliverable),
+            "open" => Ok(Self::Open),
+            "resolved" => Ok(Self::Resolved),
+            "dismissed" => Ok(Self::Dismissed),
             _ => Err(ValueError::new(
-                "exception kind",
-                format!("{raw:?} is not one of: webhook_rejected, undeliverable"),
+                "exception status",
+                format!("{raw:?} is not one of: open, resolved, dismissed"),
             )),
         }
     }
 }
 
-/// A sync exception to open (or, if one is open for the same consumer, customer, field and
+/// How an exception was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// A steward took a value into the record (a proposal or the consumer's).
+    Accepted,
+    /// A steward closed it without a change.
+    Dismissed,
+    /// Its cause went away: the consumer acknowledged the record, or a run no longer found it.
+    Auto,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Dismissed => "dismissed",
+            Self::Auto => "auto",
+        }
+    }
+
+    pub(crate) fn parse(raw: &str) -> Result<Self, StoreError> {
+        match raw {
+            "accepted" => Ok(Self::Accepted),
+            "dismissed" => Ok(Self::Dismissed),
+            "auto" => Ok(Self::Auto),
+            _ => Err(StoreError::Integrity(format!("unknown resolution {raw:?}"))),
+        }
+    }
+
+    /// The status an exception closed this way ends in.
+    pub fn status(self) -> ExceptionStatus {
+        match self {
+            Self::Dismissed => ExceptionStatus::Dismissed,
+            Self::Accepted | Self::Auto => ExceptionStatus::Resolved,
+        }
+    }
+}
+
+/// Who closes exceptions whose cause went away by itself.
+pub const AUTO_RESOLVER: &str = "idledger";
+
+/// Closing an exception: by whom, how, why, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    pub by: String,
+    pub resolution: Resolution,
+    pub note: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A sync exception to open (or, if one is open for the same system, customer, field and
 /// kind, to count again with the newest detail).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSyncException {
+    /// The consumer it is about; for `proposal` and `refused_write`, the source system.
     pub consumer_id: ConsumerId,
     pub customer_id: CustomerId,
     pub field: Option<FieldPath>,
     pub kind: ExceptionKind,
+    /// The evidence: record and consumer versions/hashes, the run that found it, etc.
     pub detail: serde_json::Value,
     pub at: DateTime<Utc>,
 }
@@ -647,16 +819,27 @@ pub struct NewSyncException {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncException {
     pub id: Uuid,
+    /// The consumer it is about; for `proposal` and `refused_write`, the source system.
     pub consumer_id: ConsumerId,
     pub customer_id: CustomerId,
     pub field: Option<String>,
     pub kind: ExceptionKind,
     pub detail: serde_json::Value,
-    /// `open` (issue 6 adds resolution).
-    pub status: String,
+    pub status: ExceptionStatus,
     pub occurrences: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution_note: Option<String>,
+    /// The last steward action that left it open (a re-push): who, when, which event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<serde_json::Value>,
 }
 
 /// Which sync exceptions to list.
@@ -664,9 +847,64 @@ pub struct SyncException {
 pub struct ExceptionFilter {
     pub consumer: Option<ConsumerId>,
     pub customer: Option<CustomerId>,
+    pub kind: Option<ExceptionKind>,
+    pub field: Option<String>,
+    pub status: Option<ExceptionStatus>,
+    /// Only those opened before this instant (at least this old).
+    pub created_before: Option<DateTime<Utc>>,
     pub open_only: bool,
     /// Paging cursor: ids are UUIDv7, so id order is creation order.
     pub after: Option<Uuid>,
+}
+
+/// Columns every engine reads an exception from, in their engine-neutral form.
+pub(crate) struct ExceptionColumns {
+    pub id: Uuid,
+    pub consumer_id: String,
+    pub customer_id: Uuid,
+    pub field: String,
+    pub kind: String,
+    pub detail: String,
+    pub status: String,
+    pub occurrences: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<String>,
+    pub resolution: Option<String>,
+    pub resolution_note: Option<String>,
+    pub last_action: Option<String>,
+}
+
+impl ExceptionColumns {
+    pub(crate) fn into_exception(self) -> Result<SyncException, StoreError> {
+        let bad = |e: ValueError| StoreError::Integrity(format!("stored sync exception: {e}"));
+        Ok(SyncException {
+            id: self.id,
+            consumer_id: ConsumerId::parse(&self.consumer_id).map_err(bad)?,
+            customer_id: customer_id(self.customer_id)?,
+            field: (!self.field.is_empty()).then_some(self.field),
+            kind: ExceptionKind::parse(&self.kind).map_err(bad)?,
+            detail: serde_json::from_str(&self.detail)?,
+            status: ExceptionStatus::parse(&self.status).map_err(bad)?,
+            occurrences: crate::backend::to_u64(self.occurrences),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            resolved_at: self.resolved_at,
+            resolved_by: self.resolved_by,
+            resolution: self
+                .resolution
+                .as_deref()
+                .map(Resolution::parse)
+                .transpose()?,
+            resolution_note: self.resolution_note,
+            last_action: self
+                .last_action
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()?,
+        })
+    }
 }
 
 /// What an engine stores for delivery. The SQL lives in `delivery/{postgres,sqlite}.rs`.
@@ -742,6 +980,61 @@ pub trait DeliveryBackend: Send + Sync {
         filter: &ExceptionFilter,
         limit: u32,
     ) -> Result<Vec<SyncException>, StoreError>;
+
+    async fn exception(&self, id: Uuid) -> Result<Option<SyncException>, StoreError>;
+
+    /// Closes the exception if it is open: the closed exception, or `None` if it was not open
+    /// (or does not exist).
+    async fn close_exception(
+        &self,
+        id: Uuid,
+        closing: &Closing,
+    ) -> Result<Option<SyncException>, StoreError>;
+
+    /// Closes every open exception of `kinds` for the consumer, customer and field (`""`: the
+    /// customer as a whole); the ids closed.
+    async fn close_exceptions_where(
+        &self,
+        consumer: &ConsumerId,
+        customer: Uuid,
+        field: &str,
+        kinds: &[ExceptionKind],
+        closing: &Closing,
+    ) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Records a steward action that leaves the exception open; false if it is not open.
+    async fn note_exception_action(
+        &self,
+        id: Uuid,
+        action: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Open exceptions of `kinds` about the consumer and any of `customers`.
+    async fn open_exceptions_of(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+        kinds: &[ExceptionKind],
+    ) -> Result<Vec<SyncException>, StoreError>;
+
+    /// Customers with a record that was not erased, in id order after `after`.
+    async fn customer_page(&self, after: Option<Uuid>, limit: u32)
+    -> Result<Vec<Uuid>, StoreError>;
+
+    /// What the consumer reported for any of `customers`.
+    async fn consumer_state_of(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+    ) -> Result<Vec<ConsumerFieldState>, StoreError>;
+
+    /// The consumer's relation to any of `customers`, with when it last changed.
+    async fn relations_since(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+    ) -> Result<Vec<(Uuid, Relation, DateTime<Utc>)>, StoreError>;
 }
 
 /// The delivery API over any engine. Cheap to clone.
@@ -779,6 +1072,7 @@ impl Deliveries {
             channel: new.channel,
             fields: new.fields,
             purposes: new.purposes,
+            sla_secs: new.sla_secs,
             created_at: crate::model::from_micros(crate::model::micros(now)),
             disabled_at: None,
         };
@@ -951,10 +1245,159 @@ impl Deliveries {
                 "the reason is longer than {MAX_ACK_REASON_CHARS} characters"
             )));
         }
-        Ok(match self.backend.upsert_consumer_state(ack).await? {
-            None => AckOutcome::Recorded,
-            Some(stored_version) => AckOutcome::Superseded { stored_version },
-        })
+        if let Some(stored_version) = self.backend.upsert_consumer_state(ack).await? {
+            return Ok(AckOutcome::Superseded { stored_version });
+        }
+        if ack.status == AckStatus::Applied {
+            self.close_causes_gone(ack).await?;
+        }
+        Ok(AckOutcome::Recorded)
+    }
+
+    /// An applied ack that matches the record closes the exceptions it answers: the field's
+    /// delivery and drift exceptions when the consumer now holds the record's value, and an
+    /// unconfirmed withdrawal when it confirms deleting (acks holding no value) after one.
+    async fn close_causes_gone(&self, ack: &Ack) -> Result<(), StoreError> {
+        let customer = ack.customer_id.as_uuid();
+        let rows = self.backend.projection_rows(customer).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let state = crate::projection::state(&rows)?;
+        let held = state.held(&ack.field);
+        let record_hash = held.as_ref().and_then(|h| h.value_hash.as_deref());
+        let field = ack.field.to_string();
+        if record_hash == ack.value_hash.as_ref().map(ValueHash::as_str) {
+            let closing = Closing {
+                by: AUTO_RESOLVER.to_owned(),
+                resolution: Resolution::Auto,
+                note: format!(
+                    "{} acknowledged version {} of {field}, holding the record's value",
+                    ack.consumer_id, ack.version
+                ),
+                at: ack.acked_at,
+            };
+            self.backend
+                .close_exceptions_where(
+                    &ack.consumer_id,
+                    customer,
+                    &field,
+                    &ExceptionKind::CLOSED_BY_ACK,
+                    &closing,
+                )
+                .await?;
+        }
+        if ack.value_hash.is_none() {
+            let withdrawn = self
+                .backend
+                .relations_since(&ack.consumer_id, &[customer])
+                .await?
+                .into_iter()
+                .any(|(_, relation, since)| {
+                    relation == Relation::Withdrawn && since <= ack.acked_at
+                });
+            if withdrawn {
+                let closing = Closing {
+                    by: AUTO_RESOLVER.to_owned(),
+                    resolution: Resolution::Auto,
+                    note: format!(
+                        "{} confirmed deleting the customer's data (ack of {field} holding no value)",
+                        ack.consumer_id
+                    ),
+                    at: ack.acked_at,
+                };
+                self.backend
+                    .close_exceptions_where(
+                        &ack.consumer_id,
+                        customer,
+                        "",
+                        &[ExceptionKind::WithdrawalUnconfirmed],
+                        &closing,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn exception(&self, id: Uuid) -> Result<Option<SyncException>, StoreError> {
+        self.backend.exception(id).await
+    }
+
+    /// Closes an open exception; `None` if it is not open (or does not exist).
+    pub async fn close_exception(
+        &self,
+        id: Uuid,
+        closing: &Closing,
+    ) -> Result<Option<SyncException>, StoreError> {
+        self.backend.close_exception(id, closing).await
+    }
+
+    /// Closes the open exceptions of `kinds` for the consumer, customer and field (`None`: the
+    /// customer as a whole); the ids closed.
+    pub async fn close_exceptions_where(
+        &self,
+        consumer: &ConsumerId,
+        customer: CustomerId,
+        field: Option<&FieldPath>,
+        kinds: &[ExceptionKind],
+        closing: &Closing,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let field = field.map(ToString::to_string).unwrap_or_default();
+        self.backend
+            .close_exceptions_where(consumer, customer.as_uuid(), &field, kinds, closing)
+            .await
+    }
+
+    /// Records a steward action that leaves the exception open (a re-push).
+    pub async fn note_exception_action(
+        &self,
+        id: Uuid,
+        action: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.backend.note_exception_action(id, action, at).await
+    }
+
+    /// Open exceptions of `kinds` about the consumer and any of `customers`.
+    pub async fn open_exceptions_of(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+        kinds: &[ExceptionKind],
+    ) -> Result<Vec<SyncException>, StoreError> {
+        self.backend
+            .open_exceptions_of(consumer, customers, kinds)
+            .await
+    }
+
+    /// Customers with a record that was not erased, in id order, `limit` after `after`.
+    pub async fn customer_page(
+        &self,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.backend
+            .customer_page(after, limit.clamp(1, MAX_PAGE))
+            .await
+    }
+
+    /// What the consumer reported holding for any of `customers`.
+    pub async fn consumer_state_of(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+    ) -> Result<Vec<ConsumerFieldState>, StoreError> {
+        self.backend.consumer_state_of(consumer, customers).await
+    }
+
+    /// The consumer's relation to any of `customers`, and since when.
+    pub async fn relations_since(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+    ) -> Result<Vec<(Uuid, Relation, DateTime<Utc>)>, StoreError> {
+        self.backend.relations_since(consumer, customers).await
     }
 
     /// What the consumer last reported for each field (of one customer, or of all).
@@ -1027,6 +1470,7 @@ pub(crate) fn consumer_from_columns(
     webhook_secret: Option<String>,
     fields: &str,
     purposes: &str,
+    sla_secs: i64,
     created_at: DateTime<Utc>,
     disabled_at: Option<DateTime<Utc>>,
 ) -> Result<Consumer, StoreError> {
@@ -1047,6 +1491,7 @@ pub(crate) fn consumer_from_columns(
         channel,
         fields: serde_json::from_str(fields)?,
         purposes: serde_json::from_str(purposes)?,
+        sla_secs: crate::backend::to_u64(sla_secs),
         created_at,
         disabled_at,
     })

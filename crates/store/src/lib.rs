@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod model;
 pub mod postgres;
 pub mod projection;
+pub mod runs;
 pub mod sqlite;
 pub mod tokens;
 
@@ -26,6 +27,7 @@ pub use delivery::Deliveries;
 pub use error::{ExecuteError, StoreError};
 pub use ledger::{CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, VerifyReport};
 pub use model::{LogEntry, RecordedEvent, ShreddedEvent};
+pub use runs::Runs;
 pub use tokens::{IssuedToken, Role, TokenRecord, Tokens};
 
 /// Opens the backend a database URL names: `postgres://…` or `sqlite://<path>` (or a bare

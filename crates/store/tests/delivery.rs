@@ -448,7 +448,10 @@ async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine)
     assert_eq!(again.id, first.id);
     assert_eq!(again.occurrences, 2);
     assert_eq!(again.detail, json!({"status": 422, "attempt": 2}));
-    assert_eq!(again.status, "open");
+    assert_eq!(
+        again.status,
+        idledger_store::delivery::ExceptionStatus::Open
+    );
     let other_field = deliveries
         .open_exception(&open(a, "phone", 1))
         .await

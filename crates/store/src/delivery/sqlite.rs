@@ -8,22 +8,21 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    Ack, AckStatus, Consumer, ConsumerColumns, ConsumerFieldState, ConsumerId, DeliveryBackend,
-    DeliveryCommit, ExceptionFilter, ExceptionKind, HandoffColumns, HandoffEntry, HandoffFilter,
-    NewSyncException, Relation, SyncException, consumer_from_columns, customer_id,
-    handoff_from_columns,
+    Ack, AckStatus, Closing, Consumer, ConsumerColumns, ConsumerFieldState, ConsumerId,
+    DeliveryBackend, DeliveryCommit, ExceptionColumns, ExceptionFilter, ExceptionKind,
+    HandoffColumns, HandoffEntry, HandoffFilter, NewSyncException, Relation, SyncException,
+    consumer_from_columns, customer_id, handoff_from_columns,
 };
 use crate::backend::{to_i64, to_u64};
 use crate::error::StoreError;
 use crate::model::{from_micros, micros};
 use crate::sqlite::SqliteBackend;
 
-const CONSUMER_COLUMNS: &str =
-    "consumer_id, channel, webhook_url, webhook_secret, fields, purposes, created_at, disabled_at";
+const CONSUMER_COLUMNS: &str = "consumer_id, channel, webhook_url, webhook_secret, fields, purposes, sla_secs, created_at, disabled_at";
 const HANDOFF_COLUMNS: &str = "seq, consumer_id, message_id, kind, event_id, global_position, customer_id, fields, basis, channel, delivered_at";
 const STATE_COLUMNS: &str =
     "consumer_id, customer_id, field, event_id, version, value_hash, status, reason, acked_at";
-const EXCEPTION_COLUMNS: &str = "exception_id, consumer_id, customer_id, field, kind, detail, status, occurrences, created_at, updated_at";
+const EXCEPTION_COLUMNS: &str = "exception_id, consumer_id, customer_id, field, kind, detail, status, occurrences, created_at, updated_at, resolved_at, resolved_by, resolution, resolution_note, last_action";
 
 fn consumer(row: &SqliteRow) -> Result<Consumer, StoreError> {
     consumer_from_columns(
@@ -33,6 +32,7 @@ fn consumer(row: &SqliteRow) -> Result<Consumer, StoreError> {
         row.try_get("webhook_secret")?,
         row.try_get("fields")?,
         row.try_get("purposes")?,
+        row.try_get("sla_secs")?,
         from_micros(row.try_get("created_at")?),
         row.try_get::<Option<i64>, _>("disabled_at")?
             .map(from_micros),
@@ -72,23 +72,26 @@ fn field_state(row: &SqliteRow) -> Result<ConsumerFieldState, StoreError> {
 }
 
 fn exception(row: &SqliteRow) -> Result<SyncException, StoreError> {
-    let bad = |e: idledger_domain::values::ValueError| {
-        StoreError::Integrity(format!("stored sync exception: {e}"))
-    };
-    let field: String = row.try_get("field")?;
-    let detail: String = row.try_get("detail")?;
-    Ok(SyncException {
+    ExceptionColumns {
         id: row.try_get("exception_id")?,
-        consumer_id: ConsumerId::parse(row.try_get("consumer_id")?).map_err(bad)?,
-        customer_id: customer_id(row.try_get("customer_id")?)?,
-        field: (!field.is_empty()).then_some(field),
-        kind: ExceptionKind::parse(row.try_get("kind")?).map_err(bad)?,
-        detail: serde_json::from_str(&detail)?,
+        consumer_id: row.try_get("consumer_id")?,
+        customer_id: row.try_get("customer_id")?,
+        field: row.try_get("field")?,
+        kind: row.try_get("kind")?,
+        detail: row.try_get("detail")?,
         status: row.try_get("status")?,
-        occurrences: to_u64(row.try_get("occurrences")?),
+        occurrences: row.try_get("occurrences")?,
         created_at: from_micros(row.try_get("created_at")?),
         updated_at: from_micros(row.try_get("updated_at")?),
-    })
+        resolved_at: row
+            .try_get::<Option<i64>, _>("resolved_at")?
+            .map(from_micros),
+        resolved_by: row.try_get("resolved_by")?,
+        resolution: row.try_get("resolution")?,
+        resolution_note: row.try_get("resolution_note")?,
+        last_action: row.try_get("last_action")?,
+    }
+    .into_exception()
 }
 
 #[async_trait]
@@ -101,8 +104,8 @@ impl DeliveryBackend for SqliteBackend {
         let cols = ConsumerColumns::of(consumer)?;
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let inserted = sqlx::query(
-            "INSERT INTO consumers (consumer_id, channel, webhook_url, webhook_secret, fields, purposes, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (consumer_id) DO NOTHING",
+            "INSERT INTO consumers (consumer_id, channel, webhook_url, webhook_secret, fields, purposes, created_at, sla_secs) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (consumer_id) DO NOTHING",
         )
         .bind(consumer.id.as_str())
         .bind(cols.channel)
@@ -111,6 +114,7 @@ impl DeliveryBackend for SqliteBackend {
         .bind(cols.fields)
         .bind(cols.purposes)
         .bind(micros(consumer.created_at))
+        .bind(to_i64(consumer.sla_secs))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -400,6 +404,18 @@ impl DeliveryBackend for SqliteBackend {
         if filter.open_only {
             q.push(" AND status = 'open'");
         }
+        if let Some(kind) = filter.kind {
+            q.push(" AND kind = ").push_bind(kind.as_str());
+        }
+        if let Some(field) = &filter.field {
+            q.push(" AND field = ").push_bind(field.clone());
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(before) = filter.created_before {
+            q.push(" AND created_at < ").push_bind(micros(before));
+        }
         if let Some(after) = filter.after {
             q.push(" AND exception_id > ").push_bind(after);
         }
@@ -407,5 +423,209 @@ impl DeliveryBackend for SqliteBackend {
             .push_bind(i64::from(limit));
         let rows = q.build().fetch_all(self.pool()).await?;
         rows.iter().map(exception).collect()
+    }
+
+    async fn exception(&self, id: Uuid) -> Result<Option<SyncException>, StoreError> {
+        let sql =
+            format!("SELECT {EXCEPTION_COLUMNS} FROM sync_exceptions WHERE exception_id = ?1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(exception).transpose()
+    }
+
+    async fn close_exception(
+        &self,
+        id: Uuid,
+        closing: &Closing,
+    ) -> Result<Option<SyncException>, StoreError> {
+        let sql = format!(
+            "UPDATE sync_exceptions SET status = ?1, resolution = ?2, resolved_by = ?3, \
+             resolution_note = ?4, resolved_at = ?5, updated_at = ?5 WHERE status = 'open' AND exception_id = ?6 \
+             RETURNING {EXCEPTION_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(closing.resolution.status().as_str())
+            .bind(closing.resolution.as_str())
+            .bind(closing.by.as_str())
+            .bind(closing.note.as_str())
+            .bind(micros(closing.at))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(exception).transpose()
+    }
+
+    async fn close_exceptions_where(
+        &self,
+        consumer: &ConsumerId,
+        customer: Uuid,
+        field: &str,
+        kinds: &[ExceptionKind],
+        closing: &Closing,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE sync_exceptions SET status = ");
+        q.push_bind(closing.resolution.status().as_str())
+            .push(", resolution = ")
+            .push_bind(closing.resolution.as_str())
+            .push(", resolved_by = ")
+            .push_bind(closing.by.clone())
+            .push(", resolution_note = ")
+            .push_bind(closing.note.clone())
+            .push(", resolved_at = ")
+            .push_bind(micros(closing.at))
+            .push(", updated_at = ")
+            .push_bind(micros(closing.at))
+            .push(" WHERE status = 'open' AND consumer_id = ")
+            .push_bind(consumer.as_str().to_owned())
+            .push(" AND customer_id = ")
+            .push_bind(customer)
+            .push(" AND field = ")
+            .push_bind(field.to_owned());
+        let kinds = kinds
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect::<Vec<_>>();
+        q.push(" AND kind IN (");
+        let mut list = q.separated(", ");
+        for item in kinds.iter() {
+            list.push_bind(item.clone());
+        }
+        list.push_unseparated(")");
+        q.push(" RETURNING exception_id");
+        let rows = q.build().fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<Uuid, _>("exception_id")
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+
+    async fn note_exception_action(
+        &self,
+        id: Uuid,
+        action: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sync_exceptions SET last_action = ?1, updated_at = ?2 \
+             WHERE exception_id = ?3 AND status = 'open'",
+        )
+        .bind(serde_json::to_string(action)?)
+        .bind(micros(at))
+        .bind(id)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    async fn open_exceptions_of(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+        kinds: &[ExceptionKind],
+    ) -> Result<Vec<SyncException>, StoreError> {
+        if customers.is_empty() || kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT ");
+        q.push(EXCEPTION_COLUMNS)
+            .push(" FROM sync_exceptions WHERE status = 'open' AND consumer_id = ")
+            .push_bind(consumer.as_str().to_owned());
+        let customers = customers.to_vec();
+        q.push(" AND customer_id IN (");
+        let mut list = q.separated(", ");
+        for item in customers.iter() {
+            list.push_bind(*item);
+        }
+        list.push_unseparated(")");
+        let kinds = kinds
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect::<Vec<_>>();
+        q.push(" AND kind IN (");
+        let mut list = q.separated(", ");
+        for item in kinds.iter() {
+            list.push_bind(item.clone());
+        }
+        list.push_unseparated(")");
+        let rows = q.build().fetch_all(self.pool()).await?;
+        rows.iter().map(exception).collect()
+    }
+
+    async fn customer_page(
+        &self,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        // One data key per customer until erasure deletes it.
+        Ok(sqlx::query_scalar(
+            "SELECT customer_id FROM data_keys WHERE (?1 IS NULL OR customer_id > ?1) \
+             ORDER BY customer_id LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn consumer_state_of(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+    ) -> Result<Vec<ConsumerFieldState>, StoreError> {
+        if customers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT ");
+        q.push(STATE_COLUMNS)
+            .push(" FROM consumer_state WHERE consumer_id = ")
+            .push_bind(consumer.as_str().to_owned());
+        let customers = customers.to_vec();
+        q.push(" AND customer_id IN (");
+        let mut list = q.separated(", ");
+        for item in customers.iter() {
+            list.push_bind(*item);
+        }
+        list.push_unseparated(")");
+        let rows = q.build().fetch_all(self.pool()).await?;
+        rows.iter().map(field_state).collect()
+    }
+
+    async fn relations_since(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+    ) -> Result<Vec<(Uuid, Relation, DateTime<Utc>)>, StoreError> {
+        if customers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT customer_id, status, changed_at FROM consumer_customers WHERE consumer_id = ",
+        );
+        q.push_bind(consumer.as_str().to_owned());
+        let customers = customers.to_vec();
+        q.push(" AND customer_id IN (");
+        let mut list = q.separated(", ");
+        for item in customers.iter() {
+            list.push_bind(*item);
+        }
+        list.push_unseparated(")");
+        let rows = q.build().fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("customer_id")?,
+                    Relation::parse(r.try_get("status")?)?,
+                    from_micros(r.try_get("changed_at")?),
+                ))
+            })
+            .collect()
     }
 }
