@@ -157,7 +157,12 @@ fn new_consumer(body: ConsumerRequest) -> Result<NewConsumer, ApiError> {
             "name at least one purpose the consumer processes data for",
         ));
     }
-    NewConsumer::new(id, channel, fields, purposes, start).map_err(|e| invalid("fields", e))
+    let new =
+        NewConsumer::new(id, channel, fields, purposes, start).map_err(|e| invalid("fields", e))?;
+    match body.sla_secs {
+        Some(secs) => new.with_sla(secs).map_err(|e| invalid("sla_secs", e)),
+        None => Ok(new),
+    }
 }
 
 /// Every registered consumer, disabled ones included (role `admin`).

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod reconcile;
 pub mod routes;
 pub mod steward;
 pub mod views;
@@ -81,6 +82,7 @@ pub struct AppState {
     pub deliveries: Deliveries,
     pub feed: Feed,
     pub feed_settings: FeedSettings,
+    pub reconciler: idledger_reconcile::Reconciler,
 }
 
 impl AppState {
@@ -93,7 +95,9 @@ impl AppState {
         let tokens = Tokens::new(ledger.backend().clone());
         let deliveries = Deliveries::new(ledger.backend().clone());
         let feed = Feed::new(ledger.clone(), &feed_settings.source);
+        let reconciler = idledger_reconcile::Reconciler::new(ledger.clone());
         Self {
+            reconciler,
             ledger,
             tokens,
             deliveries,
@@ -143,6 +147,29 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route(
             "/consumers/{consumer_id}/state",
             get(delivery::consumer_state),
+        )
+        .route(
+            "/consumers/{consumer_id}/snapshots",
+            post(reconcile::upload_snapshot),
+        )
+        .route("/exceptions", get(reconcile::list_exceptions))
+        .route("/exceptions/actions", post(reconcile::act_in_bulk))
+        .route("/exceptions/{exception_id}", get(reconcile::get_exception))
+        .route(
+            "/exceptions/{exception_id}/actions",
+            post(reconcile::act_on_exception),
+        )
+        .route(
+            "/reconciliations",
+            post(reconcile::start_reconciliation).get(reconcile::list_reconciliations),
+        )
+        .route(
+            "/reconciliations/{run_id}",
+            get(reconcile::get_reconciliation),
+        )
+        .route(
+            "/reconciliations/{run_id}/findings",
+            get(reconcile::list_findings),
         )
         .route("/feed", get(delivery::feed))
         .route("/acks", post(delivery::ack))

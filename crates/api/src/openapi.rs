@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{delivery, error, routes, views, wire};
+use crate::{delivery, error, reconcile, routes, steward, views, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,15 @@ use crate::{delivery, error, routes, views, wire};
         delivery::customer_handoffs,
         delivery::consumer_handoffs,
         delivery::consumer_state,
+        reconcile::list_exceptions,
+        reconcile::get_exception,
+        reconcile::act_on_exception,
+        reconcile::act_in_bulk,
+        reconcile::start_reconciliation,
+        reconcile::list_reconciliations,
+        reconcile::get_reconciliation,
+        reconcile::list_findings,
+        reconcile::upload_snapshot,
         routes::me,
         routes::healthz,
         routes::readyz,
@@ -62,12 +71,22 @@ use crate::{delivery, error, routes, views, wire};
         views::ConsumerStateView,
         views::FieldStateView,
         views::AckView,
+        steward::ActionRequest,
+        steward::ActionResult,
+        reconcile::ExceptionPage,
+        reconcile::BulkActionRequest,
+        reconcile::BulkItem,
+        reconcile::BulkResult,
+        reconcile::ReconcileRequest,
+        reconcile::RunPage,
+        reconcile::FindingPage,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "commands", description = "Changes to customers' records"),
         (name = "records", description = "Golden records and history"),
         (name = "delivery", description = "Consumers, the change feed, acknowledgements, the handoff log"),
+        (name = "stewardship", description = "Sync exceptions, steward actions, reconciliation runs and snapshot diffs"),
         (name = "meta", description = "Health, metrics, identity, this document"),
     )
 )]

@@ -313,6 +313,8 @@ pub struct ConsumerView {
     pub fields: Vec<String>,
     pub purposes: Vec<String>,
     pub enabled: bool,
+    /// Seconds a change may stay unacknowledged before reconciliation reports it.
+    pub sla_secs: u64,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
     /// How far the relay has delivered (push channels): a global log position. A feed
@@ -334,6 +336,7 @@ impl ConsumerView {
             fields: consumer.fields.iter().map(ToString::to_string).collect(),
             purposes: consumer.purposes.iter().map(ToString::to_string).collect(),
             enabled: consumer.is_enabled(),
+            sla_secs: consumer.sla_secs,
             created_at: consumer.created_at,
             disabled_at: consumer.disabled_at,
             checkpoint: checkpoint.filter(|_| push),

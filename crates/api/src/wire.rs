@@ -149,6 +149,10 @@ pub struct ConsumerRequest {
     /// position.
     #[serde(default)]
     pub start_at: Option<String>,
+    /// Seconds a change may stay unacknowledged before reconciliation reports it as
+    /// undelivered or stale (default 300, at most 30 days).
+    #[serde(default)]
+    pub sla_secs: Option<u64>,
 }
 
 /// Where a webhook consumer receives its messages and the key it verifies signatures with.

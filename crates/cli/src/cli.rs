@@ -97,6 +97,9 @@ pub enum Command {
     /// Register, list and disable consumers of deliveries (CRM, CDP…).
     #[command(subcommand)]
     Consumer(crate::commands::consumer::ConsumerCommand),
+    /// Compare what consumers acknowledged (or a consumer's uploaded export, with --snapshot)
+    /// with the record; open sync exceptions for what differs and print the run's report.
+    Reconcile(crate::commands::reconcile::ReconcileArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +130,10 @@ pub struct ServeArgs {
     /// The CloudEvents `source` of this instance. [default: urn:idledger:default]
     #[arg(long, value_name = "URI", env = "IDLEDGER__RELAY__SOURCE")]
     pub event_source: Option<String>,
+    /// Seconds between scheduled reconciliation runs over every consumer; 0 turns the
+    /// schedule off. [default: 3600]
+    #[arg(long, value_name = "SECS", env = "IDLEDGER__RECONCILE__INTERVAL_SECS")]
+    pub reconcile_every: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

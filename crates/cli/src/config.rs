@@ -34,6 +34,15 @@ pub struct ConfigFile {
     pub nats: NatsFile,
     #[serde(default)]
     pub relay: RelayFile,
+    #[serde(default)]
+    pub reconcile: ReconcileFile,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileFile {
+    /// Seconds between scheduled reconciliation runs in `serve`; 0: none. [default: 3600]
+    pub interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -95,6 +104,7 @@ pub struct Settings {
     pub server: ServerFile,
     pub nats: NatsFile,
     pub relay: RelayFile,
+    pub reconcile: ReconcileFile,
 }
 
 /// Which database to open.
@@ -199,6 +209,7 @@ impl Settings {
             server: file.server,
             nats: file.nats,
             relay: file.relay,
+            reconcile: file.reconcile,
         })
     }
 

@@ -27,6 +27,21 @@ impl Progress {
         Self { bar }
     }
 
+    /// A counter without a known end, labelled `what` and counting `unit`s.
+    pub fn counter(what: &'static str, unit: &'static str) -> Self {
+        let progress = Self::new(what);
+        let template = format!("{{msg:>10}} {{spinner}} {{human_pos}} {unit} ({{per_sec}})");
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            progress.bar.set_style(style);
+        }
+        progress
+    }
+
+    /// Sets a counter's count.
+    pub fn set(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
     /// The store's progress callback: `done` events out of `total`.
     pub fn update(&self, done: u64, total: u64) {
         self.bar.set_length(total);

@@ -801,3 +801,105 @@ fn consumers_are_added_listed_and_disabled() {
         .success()
         .stdout_has(&["disabled"]);
 }
+
+#[test]
+fn reconcile_compares_acks_and_snapshots_and_explains_bad_input() {
+    let dir = TempDir::new("reconcile");
+    let (ada, _) = demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let db = |args: &[&str]| with_database(&url, args);
+    idledger(
+        &dir,
+        &db(&[
+            "consumer",
+            "add",
+            "--id",
+            "crm",
+            "--channel",
+            "feed",
+            "--fields",
+            "email",
+            "--purposes",
+            "service",
+            "--sla-secs",
+            "60",
+        ]),
+    )
+    .success()
+    .stdout_has(&["ack SLA", "60 s"]);
+    idledger(&dir, &db(&["reconcile"]))
+        .success()
+        .stdout_has(&["acks run, all consumers", "crm (SLA 60 s)"]);
+    let run = idledger(&dir, &db(&["reconcile", "--consumer", "crm", "--json"])).success();
+    let run: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(run["status"], "finished");
+    assert_eq!(run["trigger"], "cli");
+
+    let snapshot = dir.path().join("crm-export.csv");
+    std::fs::write(
+        &snapshot,
+        format!(
+            "customer_id,field,value\n{ada},email,someone@else.example\n{},email,x@example.org\nnot-an-id,email,y@example.org\n",
+            uuid::Uuid::now_v7()
+        ),
+    )
+    .unwrap();
+    let findings = dir.path().join("diff.ndjson");
+    idledger(
+        &dir,
+        &db(&[
+            "reconcile",
+            "--consumer",
+            "crm",
+            "--snapshot",
+            snapshot.to_str().unwrap(),
+            "--findings",
+            findings.to_str().unwrap(),
+        ]),
+    )
+    .success()
+    .stdout_has(&[
+        "snapshot run, consumer crm",
+        "snapshot (csv): 3 rows, 1 invalid",
+        "extra",
+    ])
+    .stderr_has(&["wrote 3 findings"]);
+    let diff: Vec<serde_json::Value> = std::fs::read_to_string(&findings)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(diff.len(), 3);
+    assert!(
+        diff.iter()
+            .any(|f| f["kind"] == "invalid_row" && f["detail"]["line"] == 4)
+    );
+    assert!(
+        diff.iter()
+            .any(|f| f["kind"] == "extra" && f["detail"]["reason"] == "unknown_customer")
+    );
+
+    idledger(
+        &dir,
+        &db(&["reconcile", "--snapshot", snapshot.to_str().unwrap()]),
+    )
+    .exit(1)
+    .stderr_has(&["name it with --consumer"]);
+    let odd = dir.path().join("export.txt");
+    std::fs::write(&odd, "").unwrap();
+    idledger(
+        &dir,
+        &db(&[
+            "reconcile",
+            "--consumer",
+            "crm",
+            "--snapshot",
+            odd.to_str().unwrap(),
+        ]),
+    )
+    .exit(1)
+    .stderr_has(&["--format ndjson or --format csv"]);
+    idledger(&dir, &db(&["reconcile", "--consumer", "nobody"]))
+        .exit(1)
+        .stderr_has(&["no consumer 'nobody' is registered"]);
+}

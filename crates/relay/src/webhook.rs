@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use idledger_store::delivery::{Channel, Consumer, ExceptionKind, NewSyncException, WebhookSecret};
+use idledger_store::delivery::{
+    AUTO_RESOLVER, Channel, Closing, Consumer, ExceptionKind, NewSyncException, Resolution,
+    WebhookSecret,
+};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde_json::json;
@@ -103,6 +106,10 @@ pub fn verify(
     }
 }
 
+/// Failed attempts at one message after which a `delivery_failing` exception is opened (the
+/// retries go on; a delivery closes it).
+pub const FAILING_AFTER: u32 = 5;
+
 /// What one attempt at one message came to.
 enum Attempt {
     Delivered,
@@ -171,6 +178,30 @@ impl WebhookSender {
             };
             match attempt {
                 Attempt::Delivered => {
+                    if self.attempts >= FAILING_AFTER {
+                        // It got through: the delivery_failing exception's cause is gone.
+                        let closing = Closing {
+                            by: AUTO_RESOLVER.to_owned(),
+                            resolution: Resolution::Auto,
+                            note: format!("delivered after {} failed attempts", self.attempts),
+                            at: Utc::now(),
+                        };
+                        let field =
+                            idledger_domain::field::FieldPath::parse(&message.subject_field).ok();
+                        if let Err(e) = planner
+                            .deliveries
+                            .close_exceptions_where(
+                                &consumer.id,
+                                message.customer_id,
+                                field.as_ref(),
+                                &[ExceptionKind::DeliveryFailing],
+                                &closing,
+                            )
+                            .await
+                        {
+                            tracing::warn!(consumer = %consumer.id, error = %e, "could not close a delivery_failing exception");
+                        }
+                    }
                     self.attempts = 0;
                     sent.delivered.push(i);
                 }
@@ -201,6 +232,27 @@ impl WebhookSender {
                 }
                 Attempt::Retry { wait, reason } => {
                     self.attempts = self.attempts.saturating_add(1);
+                    if self.attempts == FAILING_AFTER {
+                        // Retries go on; a steward should know the endpoint keeps failing.
+                        let exception = NewSyncException {
+                            consumer_id: consumer.id.clone(),
+                            customer_id: message.customer_id,
+                            field: idledger_domain::field::FieldPath::parse(&message.subject_field)
+                                .ok(),
+                            kind: ExceptionKind::DeliveryFailing,
+                            detail: json!({
+                                "attempts": self.attempts,
+                                "last_error": reason,
+                                "message_id": message.id,
+                                "event_id": message.event_id,
+                                "global_position": message.position,
+                            }),
+                            at: Utc::now(),
+                        };
+                        if let Err(e) = planner.deliveries.open_exception(&exception).await {
+                            tracing::warn!(consumer = %consumer.id, error = %e, "could not open a delivery_failing exception");
+                        }
+                    }
                     tracing::info!(consumer = %consumer.id, message = %message.id, attempt = self.attempts, ?wait, reason, "webhook delivery failed; will retry");
                     sent.first_unhandled = Some(i);
                     sent.retry_in = Some(wait);

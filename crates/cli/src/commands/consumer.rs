@@ -66,6 +66,10 @@ pub struct AddArgs {
     /// only what happens from here on. The feed ignores it (its consumer keeps its position).
     #[arg(long, value_name = "WHEN", default_value = "beginning", value_parser = parse_start)]
     pub start_at: StartAt,
+    /// Seconds a change may stay unacknowledged before reconciliation reports it as
+    /// undelivered or stale (at most 30 days).
+    #[arg(long, value_name = "SECS", default_value_t = idledger_store::delivery::DEFAULT_SLA_SECS)]
+    pub sla_secs: u64,
     /// Print the consumer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -162,7 +166,8 @@ async fn add(
         args.fields.clone(),
         args.purposes.clone(),
         args.start_at,
-    )?;
+    )?
+    .with_sla(args.sla_secs)?;
     let consumer = match deliveries.register_consumer(new, Utc::now()).await {
         Ok(consumer) => consumer,
         Err(RegisterError::Exists(id)) => {
@@ -299,6 +304,7 @@ fn describe(
         |out: &mut dyn Write, key: &str, value: &str| writeln!(out, "  {key:<KEY_WIDTH$} {value}");
     kv(out, "fields", &view.fields.join(", "))?;
     kv(out, "purposes", &view.purposes.join(", "))?;
+    kv(out, "ack SLA", &format!("{} s", view.sla_secs))?;
     if let Some(url) = &view.webhook_url {
         kv(out, "endpoint", url)?;
         kv(out, "secret", "stored (never shown)")?;

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod history;
 pub mod migrate;
 pub mod rebuild;
+pub mod reconcile;
 pub mod record;
 pub mod serve;
 pub mod token;

@@ -90,10 +90,33 @@ pub async fn run(
             None
         }
     };
+    let every = args
+        .reconcile_every
+        .or(settings.reconcile.interval_secs)
+        .unwrap_or(DEFAULT_RECONCILE_SECS);
+    let stop_reconciling = CancellationToken::new();
+    let reconciling = if every == 0 {
+        writeln!(out, "  reconcile off (scheduled runs disabled)")?;
+        None
+    } else {
+        writeln!(out, "  reconcile every {every} s, all consumers")?;
+        let reconciler = idledger_reconcile::Reconciler::new(ledger.clone());
+        Some(tokio::spawn(reconcile_on_schedule(
+            reconciler,
+            Duration::from_secs(every),
+            stop_reconciling.clone(),
+        )))
+    };
     out.flush()?;
     let router = idledger_api::router(AppState::new(ledger), &config);
     let served =
         idledger_api::serve(listener, router, shutdown_signal(), config.shutdown_grace).await;
+    stop_reconciling.cancel();
+    if let Some(task) = reconciling
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "the reconciliation schedule failed");
+    }
     // The relay stops after the API: every command acknowledged before the stop is in the log,
     // and the relay resumes from its checkpoints on the next start.
     stop_relay.cancel();
@@ -107,6 +130,33 @@ pub async fn run(
     served?;
     writeln!(out, "stopped")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds between scheduled reconciliation runs unless configured.
+const DEFAULT_RECONCILE_SECS: u64 = 3600;
+
+/// Reconciles every consumer each `every`, the first run one interval after the start; a run
+/// in progress at shutdown is abandoned (its row stays `running`, its exceptions are kept).
+async fn reconcile_on_schedule(
+    reconciler: idledger_reconcile::Reconciler,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            result = reconciler.reconcile(None, "schedule", "idledger", &|_| {}) => match result {
+                Ok(run) => tracing::info!(run = %run.id, report = %run.report, "scheduled reconciliation finished"),
+                Err(e) => tracing::error!(error = %e, "scheduled reconciliation failed"),
+            },
+        }
+    }
 }
 
 /// The relay's settings from flags, environment and the configuration file; `None` when the

@@ -1,0 +1,579 @@
+//! The steward's JSON API: sync exceptions (list, read, act on one or many) and
+//! reconciliation runs (start, read with their report or its readable summary, findings, and
+//! snapshot uploads).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{Duration, Utc};
+use futures::TryStreamExt;
+use idledger_reconcile::{ReconcileError, SnapshotFormat};
+use idledger_store::Role;
+use idledger_store::delivery::{
+    ConsumerId, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
+};
+use idledger_store::runs::{Finding, Run, RunKind};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{Authorized, Roles};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::steward::{self, ActionRequest, ActionResult};
+
+macro_rules! roles {
+    ($($(#[$meta:meta])* $name:ident = [$($role:ident),+];)+) => {$(
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl Roles for $name {
+            const ROLES: &'static [Role] = &[$(Role::$role),+];
+        }
+    )+};
+}
+
+roles! {
+    /// Reading exceptions and reconciliation reports.
+    Overseers = [Steward, Auditor, Admin];
+    /// Acting on exceptions.
+    Stewards = [Steward];
+    /// Starting reconciliation runs.
+    Reconcilers = [Steward, Admin];
+    /// Uploading a snapshot: stewards and admins for any consumer, a consumer for itself.
+    Uploaders = [Steward, Admin, Consumer];
+}
+
+/// Exceptions a page holds unless `limit` says otherwise.
+pub const DEFAULT_EXCEPTION_LIMIT: u32 = 100;
+/// Most exceptions one bulk action covers.
+pub const MAX_BULK: usize = 500;
+/// Largest snapshot upload accepted (streamed; never held in memory).
+pub const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExceptionPage {
+    #[schema(value_type = Vec<Object>)]
+    pub exceptions: Vec<SyncException>,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub next_after: Option<Uuid>,
+}
+
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    params
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+fn bad_param(name: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_parameter", format!("{name}: {detail}")).with("parameter", name)
+}
+
+fn limit_of(params: &HashMap<String, String>, default: u32) -> Result<u32, ApiError> {
+    match param(params, "limit") {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| bad_param("limit", "must be 1 to 1000")),
+    }
+}
+
+/// The filter a query string asks for (shared with the steward page).
+pub fn exception_filter(params: &HashMap<String, String>) -> Result<ExceptionFilter, ApiError> {
+    let mut filter = ExceptionFilter::default();
+    if let Some(raw) = param(params, "consumer") {
+        filter.consumer = Some(ConsumerId::parse(raw).map_err(|e| bad_param("consumer", e))?);
+    }
+    if let Some(raw) = param(params, "customer") {
+        let uuid = raw
+            .parse::<Uuid>()
+            .map_err(|_| bad_param("customer", "not a UUID"))?;
+        filter.customer = Some(
+            idledger_domain::ids::CustomerId::from_uuid(uuid)
+                .map_err(|e| bad_param("customer", e))?,
+        );
+    }
+    if let Some(raw) = param(params, "kind") {
+        filter.kind = Some(ExceptionKind::parse(raw).map_err(|e| bad_param("kind", e))?);
+    }
+    if let Some(raw) = param(params, "field") {
+        let field =
+            idledger_domain::field::FieldPath::parse(raw).map_err(|e| bad_param("field", e))?;
+        filter.field = Some(field.to_string());
+    }
+    match param(params, "status") {
+        None => filter.status = Some(ExceptionStatus::Open),
+        Some("all") => {}
+        Some(raw) => {
+            filter.status = Some(ExceptionStatus::parse(raw).map_err(|e| bad_param("status", e))?);
+        }
+    }
+    if let Some(raw) = param(params, "older_than_secs") {
+        let secs = raw
+            .parse::<i64>()
+            .ok()
+            .filter(|s| (0..=10 * 365 * 86_400).contains(s))
+            .ok_or_else(|| bad_param("older_than_secs", "must be 0 to 10 years in seconds"))?;
+        filter.created_before = Some(Utc::now() - Duration::seconds(secs));
+    }
+    if let Some(raw) = param(params, "after") {
+        filter.after = Some(
+            raw.parse::<Uuid>()
+                .map_err(|_| bad_param("after", "not an exception id"))?,
+        );
+    }
+    Ok(filter)
+}
+
+/// List sync exceptions, oldest first (roles `steward`, `auditor`, `admin`). Filters:
+/// `consumer`, `customer`, `kind`, `field`, `status` (`open` by default, or `resolved`,
+/// `dismissed`, `all`), `older_than_secs`; paging with `after` and `limit`.
+#[utoipa::path(
+    get, path = "/v1/exceptions", tag = "stewardship",
+    params(
+        ("consumer" = Option<String>, Query), ("customer" = Option<String>, Query),
+        ("kind" = Option<String>, Query), ("field" = Option<String>, Query),
+        ("status" = Option<String>, Query), ("older_than_secs" = Option<i64>, Query),
+        ("after" = Option<String>, Query), ("limit" = Option<u32>, Query),
+    ),
+    responses(
+        (status = 200, body = ExceptionPage),
+        (status = 400, description = "invalid_parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_exceptions(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Overseers>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Result<Json<ExceptionPage>, ApiError> {
+    let filter = exception_filter(&params)?;
+    let limit = limit_of(&params, DEFAULT_EXCEPTION_LIMIT)?;
+    let exceptions = state.deliveries.exceptions(&filter, limit).await?;
+    let next_after = (exceptions.len() == limit as usize)
+        .then(|| exceptions.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(ExceptionPage {
+        exceptions,
+        next_after,
+    }))
+}
+
+fn id_param(params: &HashMap<String, String>, name: &str, what: &str) -> Result<Uuid, ApiError> {
+    params
+        .get(name)
+        .and_then(|raw| raw.parse::<Uuid>().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{what} is not a UUID")))
+}
+
+/// One sync exception with its evidence and lifecycle (roles `steward`, `auditor`, `admin`).
+#[utoipa::path(
+    get, path = "/v1/exceptions/{exception_id}", tag = "stewardship",
+    params(("exception_id" = String, Path)),
+    responses(
+        (status = 200, body = Object),
+        (status = 404, description = "unknown_exception", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_exception(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Overseers>,
+    PathParams(params): PathParams,
+) -> Result<Json<SyncException>, ApiError> {
+    let id = id_param(&params, "exception_id", "the exception id")?;
+    state
+        .deliveries
+        .exception(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| steward::unknown_exception(id))
+}
+
+/// Act on one exception (role `steward`): `repush` the record's value to the consumer (the
+/// exception closes itself when the consumer acknowledges it), `accept` a proposal or the
+/// consumer's value into the record (where the policy allows steward override), or `dismiss`
+/// it with a reason. Every action is an event in the field's history.
+#[utoipa::path(
+    post, path = "/v1/exceptions/{exception_id}/actions", tag = "stewardship",
+    params(("exception_id" = String, Path)),
+    request_body = ActionRequest,
+    responses(
+        (status = 200, body = ActionResult),
+        (status = 403, description = "forbidden (e.g. the policy forbids steward override), forbidden_role", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown_exception", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "exception_closed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_body, invalid_value, value_required, not_a_consumer, no_field, invalid_transition", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn act_on_exception(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<Stewards>,
+    PathParams(params): PathParams,
+    JsonBody(body): JsonBody<ActionRequest>,
+) -> Result<Json<ActionResult>, ApiError> {
+    let id = id_param(&params, "exception_id", "the exception id")?;
+    steward::act(&state, &caller.token, id, &body)
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkActionRequest {
+    /// Up to 500 exception ids.
+    #[schema(value_type = Vec<String>)]
+    pub exception_ids: Vec<Uuid>,
+    #[serde(flatten)]
+    pub action: ActionRequest,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkItem {
+    #[schema(value_type = String)]
+    pub exception_id: Uuid,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<ActionResult>,
+    /// The problem's code and detail when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkResult {
+    pub succeeded: usize,
+    pub failed: usize,
+    pub items: Vec<BulkItem>,
+}
+
+/// The same action on many exceptions (role `steward`); each succeeds or fails on its own.
+pub async fn bulk(
+    state: &AppState,
+    token: &idledger_store::TokenRecord,
+    ids: &[Uuid],
+    action: &ActionRequest,
+) -> BulkResult {
+    let mut items = Vec::with_capacity(ids.len());
+    for &id in ids {
+        items.push(match steward::act(state, token, id, action).await {
+            Ok(result) => BulkItem {
+                exception_id: id,
+                ok: true,
+                result: Some(result),
+                code: None,
+                detail: None,
+            },
+            Err(e) => BulkItem {
+                exception_id: id,
+                ok: false,
+                result: None,
+                code: Some(e.code),
+                detail: Some(e.detail),
+            },
+        });
+    }
+    let succeeded = items.iter().filter(|i| i.ok).count();
+    BulkResult {
+        succeeded,
+        failed: items.len() - succeeded,
+        items,
+    }
+}
+
+/// Act on many exceptions at once (role `steward`); each item reports its own outcome.
+#[utoipa::path(
+    post, path = "/v1/exceptions/actions", tag = "stewardship",
+    request_body = BulkActionRequest,
+    responses(
+        (status = 200, body = BulkResult),
+        (status = 422, description = "invalid_body, too_many", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn act_in_bulk(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<Stewards>,
+    JsonBody(body): JsonBody<BulkActionRequest>,
+) -> Result<Json<BulkResult>, ApiError> {
+    if body.exception_ids.is_empty() || body.exception_ids.len() > MAX_BULK {
+        return Err(ApiError::unprocessable(
+            "too_many",
+            format!("give 1 to {MAX_BULK} exception ids"),
+        ));
+    }
+    let mut ids = body.exception_ids;
+    ids.dedup();
+    Ok(Json(bulk(&state, &caller.token, &ids, &body.action).await))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileRequest {
+    /// The consumer to reconcile; absent: every enabled consumer.
+    #[serde(default)]
+    pub consumer_id: Option<String>,
+}
+
+/// Start a reconciliation run over what consumers acknowledged (roles `steward`, `admin`).
+/// It runs in the background: poll `Location` until `status` is `finished` or `failed`.
+#[utoipa::path(
+    post, path = "/v1/reconciliations", tag = "stewardship",
+    request_body = ReconcileRequest,
+    responses(
+        (status = 202, description = "Started", body = Object, headers(("Location" = String))),
+        (status = 404, description = "unknown_consumer", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn start_reconciliation(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<Reconcilers>,
+    JsonBody(body): JsonBody<ReconcileRequest>,
+) -> Result<Response, ApiError> {
+    let consumer = body
+        .consumer_id
+        .as_deref()
+        .map(ConsumerId::parse)
+        .transpose()
+        .map_err(|e| {
+            ApiError::unprocessable("invalid_value", e.to_string()).with("field", "consumer_id")
+        })?;
+    let by = format!("{}:{}", caller.token.role, caller.token.label);
+    let run = state
+        .reconciler
+        .start(RunKind::Acks, consumer, "api", &by)
+        .await
+        .map_err(reconcile_error)?;
+    let reconciler = state.reconciler.clone();
+    let started = run.clone();
+    tokio::spawn(async move {
+        let id = started.id;
+        if let Err(e) = reconciler.run_acks(started, &|_| {}).await {
+            tracing::error!(run = %id, error = %e, "reconciliation run failed");
+        }
+    });
+    Ok(run_response(StatusCode::ACCEPTED, &run))
+}
+
+fn run_response(status: StatusCode, run: &Run) -> Response {
+    let mut response = (status, Json(run)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/reconciliations/{}", run.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+pub(crate) fn reconcile_error(e: ReconcileError) -> ApiError {
+    match e {
+        ReconcileError::Store(e) => e.into(),
+        ReconcileError::UnknownConsumer(id) => ApiError::not_found(
+            "unknown_consumer",
+            format!("no consumer '{id}' is registered"),
+        ),
+        ReconcileError::Snapshot(e) => ApiError::unprocessable("invalid_snapshot", e.to_string()),
+        ReconcileError::Aborted(reason) => {
+            ApiError::unprocessable("invalid_snapshot", format!("the upload stopped: {reason}"))
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunPage {
+    #[schema(value_type = Vec<Object>)]
+    pub runs: Vec<Run>,
+}
+
+/// Recent reconciliation runs, newest first (roles `steward`, `auditor`, `admin`).
+#[utoipa::path(
+    get, path = "/v1/reconciliations", tag = "stewardship",
+    params(("limit" = Option<u32>, Query)),
+    responses((status = 200, body = RunPage)),
+    security(("bearer" = []))
+)]
+pub async fn list_reconciliations(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Overseers>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Result<Json<RunPage>, ApiError> {
+    let limit = limit_of(&params, 20)?;
+    let runs = state
+        .reconciler
+        .runs()
+        .list(None, limit)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Json(RunPage { runs }))
+}
+
+/// One run with its report (roles `steward`, `auditor`, `admin`); `Accept: text/plain` (or
+/// `?format=text`) gives the readable summary instead.
+#[utoipa::path(
+    get, path = "/v1/reconciliations/{run_id}", tag = "stewardship",
+    params(("run_id" = String, Path), ("format" = Option<String>, Query, description = "`text` for the readable summary")),
+    responses(
+        (status = 200, body = Object),
+        (status = 404, description = "unknown_run", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_reconciliation(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Overseers>,
+    PathParams(path): PathParams,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let run = run_of(&state, &path).await?;
+    let wants_text = param(&params, "format") == Some("text")
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain"));
+    if wants_text {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            idledger_reconcile::summary(&run),
+        )
+            .into_response());
+    }
+    Ok(Json(run).into_response())
+}
+
+async fn run_of(state: &AppState, path: &HashMap<String, String>) -> Result<Run, ApiError> {
+    let id = id_param(path, "run_id", "the run id")?;
+    state
+        .reconciler
+        .runs()
+        .get(id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::not_found("unknown_run", format!("no reconciliation run {id}")))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FindingPage {
+    #[schema(value_type = Vec<Object>)]
+    pub findings: Vec<Finding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}
+
+/// A run's findings in order — a snapshot run's full diff (roles `steward`, `auditor`,
+/// `admin`); paging with `after` (a `seq`) and `limit`.
+#[utoipa::path(
+    get, path = "/v1/reconciliations/{run_id}/findings", tag = "stewardship",
+    params(("run_id" = String, Path), ("after" = Option<u64>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = FindingPage)),
+    security(("bearer" = []))
+)]
+pub async fn list_findings(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Overseers>,
+    PathParams(path): PathParams,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Result<Json<FindingPage>, ApiError> {
+    let run = run_of(&state, &path).await?;
+    let after = match param(&params, "after") {
+        None => 0,
+        Some(raw) => raw
+            .parse::<u64>()
+            .map_err(|_| bad_param("after", "not a finding seq"))?,
+    };
+    let limit = limit_of(&params, 100)?;
+    let findings = state
+        .reconciler
+        .runs()
+        .findings(run.id, after, limit)
+        .await
+        .map_err(ApiError::from)?;
+    let next_after = (findings.len() == limit as usize)
+        .then(|| findings.last().map(|f| f.seq))
+        .flatten();
+    Ok(Json(FindingPage {
+        findings,
+        next_after,
+    }))
+}
+
+/// Upload what a consumer holds — NDJSON (`application/x-ndjson`) or CSV (`text/csv`) rows of
+/// `customer_id`, `field` and `value` or `value_hash` — and get the full diff against the
+/// record (roles `steward`, `admin`, or the consumer itself). The upload is streamed and
+/// compared in pages; the answer is the finished run, its findings under `…/findings`.
+#[utoipa::path(
+    post, path = "/v1/consumers/{consumer_id}/snapshots", tag = "stewardship",
+    params(("consumer_id" = String, Path)),
+    request_body(content = String, content_type = "application/x-ndjson", description = "or text/csv"),
+    responses(
+        (status = 201, description = "Compared", body = Object, headers(("Location" = String))),
+        (status = 404, description = "unknown_consumer", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "unsupported_media_type", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_snapshot", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn upload_snapshot(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<Uploaders>,
+    PathParams(path): PathParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let raw = path
+        .get("consumer_id")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let consumer =
+        ConsumerId::parse(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    if caller.token.role == Role::Consumer && caller.subject() != Some(consumer.as_str()) {
+        return Err(ApiError::forbidden(
+            "forbidden_consumer",
+            "a consumer token uploads only its own consumer's snapshot",
+        ));
+    }
+    let format = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(SnapshotFormat::parse)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the snapshot as application/x-ndjson or text/csv",
+            )
+        })?;
+    let by = format!("{}:{}", caller.token.role, caller.token.label);
+    let run = state
+        .reconciler
+        .start(RunKind::Snapshot, Some(consumer), "api", &by)
+        .await
+        .map_err(reconcile_error)?;
+    // Stream the body into the blocking parser: nothing of it is held whole.
+    let limited = http_body_util::Limited::new(body, MAX_SNAPSHOT_BYTES);
+    let stream = http_body_util::BodyDataStream::new(limited)
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let input = Box::new(tokio_util::io::SyncIoBridge::new(reader));
+    let run = state
+        .reconciler
+        .run_snapshot(run, input, format, &|_| {})
+        .await
+        .map_err(reconcile_error)?;
+    Ok(run_response(StatusCode::CREATED, &run))
+}

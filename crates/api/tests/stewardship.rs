@@ -1,0 +1,725 @@
+//! Reconciliation and the steward's workflow over real HTTP: undelivered and stale detection,
+//! snapshot diffs, steward actions (re-push, accept, dismiss, bulk) and their refusals — on both
+//! engines — and, end to end with a real NATS and the relay, drift → divergent exception →
+//! re-push → the consumer acknowledges → the exception closes itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use idledger_relay::{NatsConfig, Relay, RelayConfig, StreamSettings};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Engine, Reply, TestApp, grant};
+
+on_both_engines!(
+    a_consumer_that_stops_acking_is_found_undelivered_and_stale,
+    a_snapshot_diff_finds_extra_missing_and_different_rows,
+    steward_actions_are_recorded_and_refused_where_the_policy_forbids,
+);
+
+fn set(field: &str, value: &str) -> Value {
+    json!({"op": "set_field", "field": field, "value": value})
+}
+
+/// A registered customer with these fields (set by the idp), consenting to `service` if asked.
+async fn customer(app: &TestApp, fields: &[(&str, &str)], consents: bool) -> String {
+    let changes: Vec<Value> = fields.iter().map(|(f, v)| set(f, v)).collect();
+    let c = app.register("idp", json!(changes)).await;
+    if consents {
+        let reply = app
+            .command(
+                "consent_portal",
+                &c,
+                &format!("grant-{c}"),
+                json!([grant("service", "DE")]),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    c
+}
+
+async fn post(app: &TestApp, path: &str, as_: &str, body: &Value) -> Reply {
+    app.send(Method::POST, path, Some(as_), None, Some(body))
+        .await
+}
+
+/// Starts a run through the API and waits for it to finish; returns it.
+async fn reconcile(app: &TestApp, consumer: &str) -> Value {
+    let started = post(
+        app,
+        "/v1/reconciliations",
+        "steward",
+        &json!({"consumer_id": consumer}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.text);
+    let location = started.header("location").unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = app.get(&location, "auditor").await;
+        assert_eq!(run.status, StatusCode::OK, "{}", run.text);
+        match run.body["status"].as_str() {
+            Some("finished") => return run.body,
+            Some("failed") => panic!("the run failed: {}", run.text),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run did not finish: {}",
+            run.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn exceptions(app: &TestApp, query: &str) -> Vec<Value> {
+    let reply = app.get(&format!("/v1/exceptions{query}"), "auditor").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.body["exceptions"].as_array().unwrap().clone()
+}
+
+async fn feed(app: &TestApp, token: &str) -> Vec<Value> {
+    let reply = app.get("/v1/feed", token).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ack_of(event: &Value) -> Value {
+    json!({
+        "event_id": event["id"], "customer_id": event["subject"], "field": event["data"]["field"],
+        "version": event["data"]["version"], "value_hash": event["data"]["value_hash"],
+        "status": "applied",
+    })
+}
+
+async fn given_name(app: &TestApp, c: &str) -> Value {
+    let record = app.get(&format!("/v1/customers/{c}"), "steward").await;
+    record.body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "name.given")
+        .map(|f| f["value"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn counts(run: &Value) -> &Value {
+    &run["report"]["consumers"][0]["counts"]
+}
+
+async fn a_consumer_that_stops_acking_is_found_undelivered_and_stale(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["email", "name.given"],
+        "purposes": ["service"], "sla_secs": 0,
+    }))
+    .await;
+    let c = customer(
+        &app,
+        &[("email", "ada@example.org"), ("name.given", "Ada")],
+        true,
+    )
+    .await;
+    let first = feed(&app, "consumer").await;
+    let email_v1 = first
+        .iter()
+        .find(|e| e["data"]["field"] == "email")
+        .unwrap();
+    // The consumer applies the email, never the name, then stops acknowledging.
+    let acked = post(&app, "/v1/acks", "consumer", &ack_of(email_v1)).await;
+    assert_eq!(acked.status, StatusCode::OK, "{}", acked.text);
+    let reply = app
+        .command(
+            "idp",
+            &c,
+            "email-2",
+            json!([set("email", "ada@example.net")]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+
+    let run = reconcile(&app, "crm-sync").await;
+    assert_eq!(counts(&run)["stale"], 1, "{run}");
+    assert_eq!(counts(&run)["undelivered"], 1, "{run}");
+    assert_eq!(run["report"]["totals"]["exceptions_opened"], 2, "{run}");
+    let stale = exceptions(&app, "?consumer=crm-sync&kind=stale").await;
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0]["customer_id"], c.as_str());
+    assert_eq!(stale[0]["field"], "email");
+    // The evidence: the record's version and hash against what the consumer acknowledged.
+    assert_eq!(
+        stale[0]["detail"]["consumer"]["version"],
+        email_v1["data"]["version"]
+    );
+    assert_eq!(stale[0]["detail"]["record"]["version"], 2);
+    assert_eq!(stale[0]["detail"]["run_id"], run["id"]);
+    let undelivered = exceptions(&app, "?kind=undelivered").await;
+    assert_eq!(undelivered.len(), 1);
+    assert_eq!(undelivered[0]["field"], "name.given");
+    assert!(undelivered[0]["detail"]["consumer"].is_null());
+
+    // The readable summary says the same.
+    let text = app
+        .get(
+            &format!(
+                "/v1/reconciliations/{}?format=text",
+                run["id"].as_str().unwrap()
+            ),
+            "steward",
+        )
+        .await;
+    assert_eq!(text.status, StatusCode::OK);
+    assert!(
+        text.text.contains("stale") && text.text.contains("undelivered"),
+        "{}",
+        text.text
+    );
+
+    // The consumer catches up on the email: its stale exception closes itself at once.
+    let now = feed(&app, "consumer").await;
+    let email_v2 = now
+        .iter()
+        .rev()
+        .find(|e| e["data"]["field"] == "email")
+        .unwrap();
+    assert_eq!(email_v2["data"]["version"], 2);
+    let acked = post(&app, "/v1/acks", "consumer", &ack_of(email_v2)).await;
+    assert_eq!(acked.status, StatusCode::OK, "{}", acked.text);
+    let closed = app
+        .get(
+            &format!("/v1/exceptions/{}", stale[0]["id"].as_str().unwrap()),
+            "auditor",
+        )
+        .await;
+    assert_eq!(closed.body["status"], "resolved", "{}", closed.text);
+    assert_eq!(closed.body["resolution"], "auto");
+    assert_eq!(closed.body["resolved_by"], "idledger");
+
+    // A second run finds only the name still undelivered: counted again, not duplicated.
+    let again = reconcile(&app, "crm-sync").await;
+    assert_eq!(counts(&again)["undelivered"], 1, "{again}");
+    assert!(counts(&again).get("stale").is_none(), "{again}");
+    let open = exceptions(&app, "?consumer=crm-sync").await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["kind"], "undelivered");
+    assert_eq!(open[0]["occurrences"], 2);
+    // Within a long SLA nothing is late yet: a fresh consumer's pending change is in flight.
+    app.add_consumer(json!({
+        "id": "cdp", "channel": "feed", "fields": ["email"], "purposes": ["service"],
+        "sla_secs": 3600,
+    }))
+    .await;
+    let patient = reconcile(&app, "cdp").await;
+    assert_eq!(patient["report"]["totals"]["findings"], 0, "{patient}");
+    assert_eq!(patient["report"]["totals"]["in_flight"], 1, "{patient}");
+}
+
+async fn a_snapshot_diff_finds_extra_missing_and_different_rows(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["email", "name.given"],
+        "purposes": ["service"],
+    }))
+    .await;
+    let a = customer(
+        &app,
+        &[("email", "ada@example.org"), ("name.given", "Ada")],
+        true,
+    )
+    .await;
+    let b = customer(&app, &[("email", "bob@example.org")], true).await;
+    let no_consent = customer(&app, &[("email", "cy@example.org")], false).await;
+    let stranger = uuid::Uuid::now_v7();
+    let csv = format!(
+        "customer_id,field,value\n\
+         {a},email,ADA@example.org\n\
+         {a},name.given,Ada Lovelace\n\
+         {a},phone,+4915112345678\n\
+         {no_consent},email,cy@example.org\n\
+         {stranger},email,who@example.org\n\
+         not-a-uuid,email,x@example.org\n"
+    );
+    let reply = app
+        .client
+        .post(app.url("/v1/consumers/crm-sync/snapshots"))
+        .bearer_auth(app.token("steward"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    let reply = Reply::from(reply).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let run = &reply.body;
+    assert_eq!(run["kind"], "snapshot");
+    assert_eq!(run["status"], "finished");
+    let c = counts(run);
+    assert_eq!(c["different"], 1, "{run}");
+    assert_eq!(c["missing"], 1, "{run}");
+    assert_eq!(c["extra"], 3, "{run}");
+    assert_eq!(c["invalid_row"], 1, "{run}");
+    assert_eq!(run["report"]["snapshot"]["rows"], 6);
+    assert_eq!(
+        run["report"]["consumers"][0]["in_sync"], 1,
+        "normalised email matches: {run}"
+    );
+
+    // The full diff, row by row.
+    let findings = app
+        .get(
+            &format!(
+                "/v1/reconciliations/{}/findings?limit=100",
+                run["id"].as_str().unwrap()
+            ),
+            "auditor",
+        )
+        .await;
+    assert_eq!(findings.status, StatusCode::OK, "{}", findings.text);
+    let rows: Vec<(String, String, String, String)> = findings.body["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["customer_id"].as_str().unwrap().to_owned(),
+                f["field"].as_str().unwrap().to_owned(),
+                f["detail"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let has = |kind: &str, customer: &str, field: &str, reason: &str| {
+        rows.contains(&(
+            kind.to_owned(),
+            customer.to_owned(),
+            field.to_owned(),
+            reason.to_owned(),
+        ))
+    };
+    assert!(has("different", &a, "name.given", ""), "{rows:?}");
+    assert!(has("extra", &a, "phone", "field_not_selected"), "{rows:?}");
+    assert!(has("missing", &b, "email", ""), "{rows:?}");
+    assert!(
+        has("extra", &no_consent, "email", "not_entitled"),
+        "{rows:?}"
+    );
+    assert!(
+        has("extra", &stranger.to_string(), "email", "unknown_customer"),
+        "{rows:?}"
+    );
+    assert!(rows.iter().any(|r| r.0 == "invalid_row"), "{rows:?}");
+
+    // A consumer uploads only its own snapshot, in a format we read.
+    let mut app = app;
+    let other = app.consumer_token("cdp").await;
+    let refused = app
+        .client
+        .post(app.url("/v1/consumers/crm-sync/snapshots"))
+        .bearer_auth(app.token(&other))
+        .header("content-type", "application/x-ndjson")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    Reply::from(refused)
+        .await
+        .problem(403, "forbidden_consumer");
+    let unsupported = app
+        .client
+        .post(app.url("/v1/consumers/crm-sync/snapshots"))
+        .bearer_auth(app.token("steward"))
+        .header("content-type", "application/pdf")
+        .body("%PDF")
+        .send()
+        .await
+        .unwrap();
+    Reply::from(unsupported)
+        .await
+        .problem(415, "unsupported_media_type");
+    let unknown = app
+        .client
+        .post(app.url("/v1/consumers/nobody/snapshots"))
+        .bearer_auth(app.token("steward"))
+        .header("content-type", "text/csv")
+        .body("customer_id,field,value\n")
+        .send()
+        .await
+        .unwrap();
+    Reply::from(unknown).await.problem(404, "unknown_consumer");
+}
+
+async fn steward_actions_are_recorded_and_refused_where_the_policy_forbids(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["email", "name.given"],
+        "purposes": ["service"], "sla_secs": 0,
+    }))
+    .await;
+    let c = customer(
+        &app,
+        &[("email", "ada@example.org"), ("name.given", "Ada")],
+        true,
+    )
+    .await;
+    // The CRM proposes a name it does not own: a proposal exception about the CRM.
+    let proposed = app
+        .command("crm", &c, "crm-name", json!([set("name.given", "Ada L.")]))
+        .await;
+    proposed.problem(403, "not_authoritative");
+    let proposals = exceptions(&app, "?kind=proposal").await;
+    assert_eq!(proposals.len(), 1, "{proposals:?}");
+    assert_eq!(proposals[0]["consumer_id"], "crm");
+    assert_eq!(
+        proposals[0]["detail"]["proposal_id"],
+        proposed.body["proposal_id"]
+    );
+
+    // The consumer drifts on the email (it holds another hash at the record's version).
+    let events = feed(&app, "consumer").await;
+    let email = events
+        .iter()
+        .find(|e| e["data"]["field"] == "email")
+        .unwrap();
+    let mut drifted = ack_of(email);
+    drifted["value_hash"] = json!(format!("sha256:{}", "0".repeat(64)));
+    assert_eq!(
+        post(&app, "/v1/acks", "consumer", &drifted).await.status,
+        StatusCode::OK
+    );
+    let name = events
+        .iter()
+        .find(|e| e["data"]["field"] == "name.given")
+        .unwrap();
+    let mut name_drift = ack_of(name);
+    name_drift["value_hash"] = json!(format!("sha256:{}", "1".repeat(64)));
+    assert_eq!(
+        post(&app, "/v1/acks", "consumer", &name_drift).await.status,
+        StatusCode::OK
+    );
+    reconcile(&app, "crm-sync").await;
+    let divergent = exceptions(&app, "?kind=divergent&field=email").await;
+    assert_eq!(divergent.len(), 1, "{divergent:?}");
+    let email_exc = divergent[0]["id"].as_str().unwrap().to_owned();
+    let act = async |id: &str, as_: &str, body: Value| {
+        post(&app, &format!("/v1/exceptions/{id}/actions"), as_, &body).await
+    };
+    let head = app.head().await;
+
+    // Accepting the consumer's email is refused: the policy forbids steward override there.
+    let refused = act(
+        &email_exc,
+        "steward",
+        json!({"action": "accept", "value": "ada@crm.example"}),
+    )
+    .await;
+    refused.problem(403, "forbidden");
+    // Others may read but not act; a dismissal needs a reason.
+    act(
+        &email_exc,
+        "auditor",
+        json!({"action": "dismiss", "reason": "x"}),
+    )
+    .await
+    .problem(403, "forbidden_role");
+    act(&email_exc, "steward", json!({"action": "dismiss"}))
+        .await
+        .problem(422, "invalid_value");
+    assert_eq!(app.head().await, head, "refused actions write nothing");
+    let still = app
+        .get(&format!("/v1/exceptions/{email_exc}"), "steward")
+        .await;
+    assert_eq!(still.body["status"], "open");
+
+    // Accepting the consumer's name is allowed: the record takes it, with the steward's
+    // provenance, and the exception is resolved.
+    let name_exc = exceptions(&app, "?kind=divergent&field=name.given").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let accepted = act(
+        &name_exc,
+        "steward",
+        json!({"action": "accept", "value": "Ada Lovelace", "reason": "confirmed with the customer"}),
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    assert_eq!(accepted.body["exception"]["status"], "resolved");
+    assert_eq!(accepted.body["exception"]["resolution"], "accepted");
+    assert_eq!(accepted.body["exception"]["resolved_by"], "steward:steward");
+    assert_eq!(given_name(&app, &c).await, "Ada Lovelace");
+    let history = app
+        .get(
+            &format!("/v1/customers/{c}/fields/name.given/history"),
+            "auditor",
+        )
+        .await;
+    let types: Vec<&str> = history.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.ends_with(&["field_set", "steward_acted"]),
+        "{types:?}"
+    );
+    // Acting again on a closed exception is a conflict.
+    act(
+        &name_exc,
+        "steward",
+        json!({"action": "dismiss", "reason": "again"}),
+    )
+    .await
+    .problem(409, "exception_closed");
+
+    // The proposal is accepted as itself.
+    let proposal_exc = proposals[0]["id"].as_str().unwrap();
+    let taken = act(proposal_exc, "steward", json!({"action": "accept"})).await;
+    assert_eq!(taken.status, StatusCode::OK, "{}", taken.text);
+    assert_eq!(given_name(&app, &c).await, "Ada L.");
+
+    // Bulk: dismiss the email exception and an unknown id; each reports its own outcome.
+    let ghost = uuid::Uuid::now_v7().to_string();
+    let bulk = post(
+        &app,
+        "/v1/exceptions/actions",
+        "steward",
+        &json!({"exception_ids": [email_exc, ghost], "action": "dismiss", "reason": "CRM test data"}),
+    )
+    .await;
+    assert_eq!(bulk.status, StatusCode::OK, "{}", bulk.text);
+    assert_eq!(bulk.body["succeeded"], 1);
+    assert_eq!(bulk.body["failed"], 1);
+    assert_eq!(bulk.body["items"][1]["code"], "unknown_exception");
+    let dismissed = app
+        .get(&format!("/v1/exceptions/{email_exc}"), "auditor")
+        .await;
+    assert_eq!(dismissed.body["status"], "dismissed");
+    assert_eq!(dismissed.body["resolution_note"], "CRM test data");
+    let history = app
+        .get(
+            &format!("/v1/customers/{c}/fields/email/history"),
+            "auditor",
+        )
+        .await;
+    let last = history.body["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["type"], "steward_acted", "{last}");
+    assert_eq!(last["provenance"]["source"], "steward", "{last}");
+    assert!(
+        exceptions(&app, "?status=open&kind=divergent")
+            .await
+            .is_empty()
+    );
+    assert_eq!(exceptions(&app, "?status=all").await.len(), 3);
+}
+
+/// The issue's end-to-end: a consumer on NATS applies and acknowledges; drifts; reconciliation
+/// opens a divergent exception; a steward re-pushes; the consumer acknowledges the record's
+/// value; the exception closes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_is_found_repushed_and_closes_itself_over_nats() {
+    let url = std::env::var("IDLEDGER_TEST_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let client = match tokio::time::timeout(Duration::from_secs(3), async_nats::connect(&url)).await
+    {
+        Ok(Ok(client)) => client,
+        _ => panic!(
+            "NATS with JetStream is not reachable at {url}: start it with `bash scripts/services.sh` \
+             (or `nats-server -js`), or point IDLEDGER_TEST_NATS_URL at one"
+        ),
+    };
+    let app = TestApp::start(Engine::Postgres).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "nats", "fields": ["email"], "purposes": ["service"],
+        "sla_secs": 0,
+    }))
+    .await;
+    let c = customer(&app, &[("email", "ada@example.org")], true).await;
+
+    let token = uuid::Uuid::now_v7().simple().to_string();
+    let token = &token[token.len() - 12..];
+    let nats = NatsConfig {
+        url: url.clone(),
+        stream: StreamSettings {
+            name: format!("S{token}"),
+            subject_prefix: format!("s{token}.v1"),
+            max_age: Some(Duration::from_secs(600)),
+            ..StreamSettings::default()
+        },
+        ack_subject_prefix: format!("s{token}.acks"),
+        ack_stream: format!("S{token}_ACKS"),
+        ack_durable: "acks".to_owned(),
+        ..NatsConfig::default()
+    };
+    let mut deliveries = client
+        .subscribe(format!("{}.crm-sync.>", nats.stream.subject_prefix))
+        .await
+        .unwrap();
+    let config = RelayConfig {
+        source: "urn:idledger:test".to_owned(),
+        nats: Some(nats.clone()),
+        poll_interval: Duration::from_millis(10),
+        registry_refresh: Duration::from_millis(100),
+        ..RelayConfig::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(Relay::new(app.ledger.clone(), config).run(stop.clone()));
+    let js = async_nats::jetstream::new(client.clone());
+    let ack_subject = format!("{}.crm-sync", nats.ack_subject_prefix);
+
+    let next = async |deliveries: &mut async_nats::Subscriber| -> Value {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures::StreamExt::next(deliveries),
+        )
+        .await
+        .expect("no delivery within 20 s")
+        .unwrap();
+        serde_json::from_slice(&msg.payload).unwrap()
+    };
+    let publish_ack = async |ack: Value| {
+        // The relay creates the ack stream when it starts; retry until it exists.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let sent = js
+                .publish(
+                    ack_subject.clone(),
+                    serde_json::to_vec(&ack).unwrap().into(),
+                )
+                .await;
+            if let Ok(ack) = sent
+                && ack.await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "acks cannot be published"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let state_hash = async || -> Value {
+        let state = app
+            .get(
+                &format!("/v1/consumers/crm-sync/state?customer={c}"),
+                "auditor",
+            )
+            .await;
+        state.body["fields"][0]["value_hash"].clone()
+    };
+    let wait_for = async |what: &str, check: &dyn Fn(&Value) -> bool| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = state_hash().await;
+            if check(&value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: consumer state is {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // The consumer applies the email and acknowledges it.
+    let change = next(&mut deliveries).await;
+    assert_eq!(change["type"], "idledger.field.changed.v1");
+    let right_hash = change["data"]["value_hash"].clone();
+    publish_ack(ack_of(&change)).await;
+    wait_for("the ack", &|h| *h == right_hash).await;
+    let clean = reconcile(&app, "crm-sync").await;
+    assert_eq!(clean["report"]["totals"]["findings"], 0, "{clean}");
+
+    // It drifts: a local edit in the CRM, acknowledged with the hash it now holds.
+    let mut drift = ack_of(&change);
+    drift["value_hash"] = json!(format!("sha256:{}", "d".repeat(64)));
+    publish_ack(drift.clone()).await;
+    wait_for("the drift", &|h| *h == drift["value_hash"]).await;
+    let run = reconcile(&app, "crm-sync").await;
+    assert_eq!(counts(&run)["divergent"], 1, "{run}");
+    let found = exceptions(&app, "?consumer=crm-sync&kind=divergent").await;
+    assert_eq!(found.len(), 1);
+    let id = found[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(found[0]["detail"]["record"]["value_hash"], right_hash);
+    assert_eq!(
+        found[0]["detail"]["consumer"]["value_hash"],
+        drift["value_hash"]
+    );
+
+    // The steward re-pushes the record's value; the exception stays open until it is applied.
+    let repushed = post(
+        &app,
+        &format!("/v1/exceptions/{id}/actions"),
+        "steward",
+        &json!({"action": "repush", "reason": "CRM edited the email locally"}),
+    )
+    .await;
+    assert_eq!(repushed.status, StatusCode::OK, "{}", repushed.text);
+    assert_eq!(repushed.body["exception"]["status"], "open");
+    assert_eq!(
+        repushed.body["exception"]["last_action"]["action"],
+        "repush"
+    );
+    let again = next(&mut deliveries).await;
+    assert_eq!(again["type"], "idledger.field.changed.v1");
+    assert_eq!(again["data"]["repush"]["exception_id"], id.as_str());
+    assert_eq!(again["data"]["value_hash"], right_hash);
+    assert_eq!(again["data"]["value"], "ada@example.org");
+    assert_eq!(again["subject"], c.as_str());
+
+    // The consumer applies it and acknowledges the right hash: the exception closes itself.
+    publish_ack(ack_of(&again)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let closed = loop {
+        let e = app.get(&format!("/v1/exceptions/{id}"), "auditor").await;
+        if e.body["status"] != "open" {
+            break e.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still open: {}",
+            e.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(closed["status"], "resolved", "{closed}");
+    assert_eq!(closed["resolution"], "auto");
+    // The re-push is in the field's history, with the steward's provenance.
+    let history = app
+        .get(
+            &format!("/v1/customers/{c}/fields/email/history"),
+            "auditor",
+        )
+        .await;
+    let last = history.body["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["type"], "steward_acted", "{last}");
+    assert_eq!(last["event_id"], again["id"]);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), relay)
+        .await
+        .expect("the relay did not stop")
+        .unwrap()
+        .unwrap();
+}
