@@ -183,3 +183,63 @@ async fn webhooks_are_signed_ordered_retried_and_refusals_become_exceptions() {
     assert_eq!(caught_up, (10..15).map(e).collect::<Vec<_>>());
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_that_keeps_failing_raises_an_exception_that_delivery_closes() {
+    let store = TestStore::new(Engine::Sqlite).await;
+    let ledger = &store.ledger;
+    let failures = idledger_relay::webhook::FAILING_AFTER as usize + 1;
+    let receiver = Receiver::start(
+        0,
+        Arc::new(move |_: &CloudEvent, n: usize| {
+            if n < failures {
+                (503, None)
+            } else {
+                (204, None)
+            }
+        }),
+    )
+    .await;
+    store
+        .register(consumer(
+            "cdp",
+            webhook_channel(&receiver.url()),
+            &["email"],
+            &["crm"],
+        ))
+        .await;
+    let a = customer_consenting(ledger, &["crm"]).await;
+    run(ledger, "idp", a, vec![set("email", email(1))]).await;
+    let relay = RunningRelay::start(ledger.clone(), test_config(None));
+    store.caught_up("cdp", Duration::from_secs(30)).await;
+    relay.stop().await;
+    assert_eq!(receiver.received().len(), failures + 1);
+    let deliveries = idledger_store::Deliveries::new(ledger.backend().clone());
+    let all = deliveries
+        .exceptions(
+            &ExceptionFilter {
+                consumer: Some(ConsumerId::parse("cdp").unwrap()),
+                ..ExceptionFilter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let failing = &all[0];
+    assert_eq!(failing.kind, ExceptionKind::DeliveryFailing);
+    assert_eq!(failing.field.as_deref(), Some("email"));
+    assert_eq!(
+        failing.detail["attempts"],
+        idledger_relay::webhook::FAILING_AFTER
+    );
+    // It got through in the end, which closed it.
+    assert_eq!(
+        failing.status,
+        idledger_store::delivery::ExceptionStatus::Resolved
+    );
+    assert_eq!(
+        failing.resolution,
+        Some(idledger_store::delivery::Resolution::Auto)
+    );
+}
