@@ -17,6 +17,7 @@ on_both_engines!(
     a_consumer_that_stops_acking_is_found_undelivered_and_stale,
     a_snapshot_diff_finds_extra_missing_and_different_rows,
     steward_actions_are_recorded_and_refused_where_the_policy_forbids,
+    erasure_closes_a_customers_exceptions_and_drops_their_evidence,
 );
 
 fn set(field: &str, value: &str) -> Value {
@@ -722,4 +723,60 @@ async fn drift_is_found_repushed_and_closes_itself_over_nats() {
         .expect("the relay did not stop")
         .unwrap()
         .unwrap();
+}
+
+async fn erasure_closes_a_customers_exceptions_and_drops_their_evidence(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["email"], "purposes": ["service"],
+        "sla_secs": 0,
+    }))
+    .await;
+    let c = customer(&app, &[("email", "ada@example.org")], true).await;
+    let kept = customer(&app, &[("email", "bob@example.org")], true).await;
+    let run = reconcile(&app, "crm-sync").await;
+    assert_eq!(counts(&run)["undelivered"], 2, "{run}");
+    let body = json!({"reason": "DSR-9", "actor": {"kind": "agent", "id": "dpo"}});
+    let erased = post(&app, &format!("/v1/customers/{c}/erasure"), "admin", &body).await;
+    assert_eq!(erased.status, StatusCode::OK, "{}", erased.text);
+
+    let all = exceptions(&app, "?status=all").await;
+    let of = |customer: &str| {
+        all.iter()
+            .find(|e| e["customer_id"] == customer)
+            .unwrap()
+            .clone()
+    };
+    let gone = of(&c);
+    assert_eq!(gone["status"], "resolved");
+    assert_eq!(gone["resolution_note"], "the customer was erased");
+    assert_eq!(gone["detail"], json!({}), "the evidence held value hashes");
+    let other = of(&kept);
+    assert_eq!(other["status"], "open");
+    assert_eq!(other["detail"]["record"]["version"], 1);
+    let findings = app
+        .get(
+            &format!(
+                "/v1/reconciliations/{}/findings",
+                run["id"].as_str().unwrap()
+            ),
+            "auditor",
+        )
+        .await;
+    let customers: Vec<&str> = findings.body["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["customer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(customers, [kept.as_str()]);
+    // Acting on the erased customer's exception is no longer possible.
+    post(
+        &app,
+        &format!("/v1/exceptions/{}/actions", gone["id"].as_str().unwrap()),
+        "steward",
+        &json!({"action": "dismiss", "reason": "late"}),
+    )
+    .await
+    .problem(409, "exception_closed");
 }

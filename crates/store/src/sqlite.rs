@@ -165,6 +165,29 @@ async fn append_one(
             .bind(req.customer_id)
             .execute(&mut **tx)
             .await?;
+        // Sync exceptions keep that they existed and how they ended, not their evidence (value
+        // hashes); open ones close. Reconciliation findings and staged snapshot rows go.
+        sqlx::query(
+            "UPDATE sync_exceptions SET detail = '{}', last_action = NULL, \
+             resolution = CASE WHEN status = 'open' THEN 'auto' ELSE resolution END, \
+             resolved_by = CASE WHEN status = 'open' THEN 'idledger' ELSE resolved_by END, \
+             resolution_note = CASE WHEN status = 'open' THEN 'the customer was erased' ELSE resolution_note END, \
+             resolved_at = CASE WHEN status = 'open' THEN ?2 ELSE resolved_at END, \
+             status = CASE WHEN status = 'open' THEN 'resolved' ELSE status END \
+             WHERE customer_id = ?1",
+        )
+        .bind(req.customer_id)
+        .bind(crate::model::micros(chrono::Utc::now()))
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM reconcile_findings WHERE customer_id = ?1")
+            .bind(req.customer_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM snapshot_rows WHERE customer_id = ?1")
+            .bind(req.customer_id)
+            .execute(&mut **tx)
+            .await?;
     }
     if let Some(idem) = &req.idempotency {
         sqlx::query("INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) VALUES (?1, ?2, ?3, ?4, ?5)")
