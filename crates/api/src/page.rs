@@ -159,7 +159,7 @@ main{padding:1rem 1.2rem;max-width:1400px}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border-bottom:1px solid #dde1e6;padding:.35rem .5rem;text-align:left;vertical-align:top}
 th{background:#eef1f4;font-weight:600}
-code,pre,.mono{font-family:ui-monospace,monospace;font-size:12.5px}
+code,pre,.mono{font-family:ui-monospace,monospace;font-size:12.5px}.mono{word-break:break-all}.nowrap{white-space:nowrap}
 pre{white-space:pre-wrap;word-break:break-all;background:#fff;border:1px solid #dde1e6;padding:.5rem;margin:0}
 .filters{display:flex;flex-wrap:wrap;gap:.6rem;align-items:end;margin-bottom:1rem}
 .filters label,.act label{display:flex;flex-direction:column;font-size:12px;color:#4a5561}
@@ -168,9 +168,10 @@ button{cursor:pointer;border:1px solid #22313f;background:#22313f;color:#fff;bor
 .msg{padding:.6rem .8rem;border-radius:3px;margin:.6rem 0}
 .error{background:#fde8e8;border:1px solid #e0a0a0}.ok{background:#e6f4ea;border:1px solid #9cc9a8}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:1rem}
-section{background:#fff;border:1px solid #dde1e6;padding:.6rem .8rem}
-section h2{font-size:15px;margin:.2rem 0 .6rem}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem;margin:0}dt{color:#4a5561}dd{margin:0}
+@media(min-width:1100px){.cols{grid-template-columns:1fr 1fr 1.5fr}}
+section{background:#fff;border:1px solid #dde1e6;padding:.6rem .8rem;margin-bottom:1rem;min-width:0;overflow-x:auto}
+section h2{font-size:15px;margin:.9rem 0 .5rem}section h2:first-child{margin-top:.2rem}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem;margin:0}dt{color:#4a5561}dd{margin:0;min-width:0;overflow-wrap:anywhere}
 .act{display:flex;flex-wrap:wrap;gap:1rem;margin:.6rem 0}
 .act form{background:#fff;border:1px solid #dde1e6;padding:.6rem;display:flex;gap:.5rem;align-items:end}
 .same{color:#1e7b34}.differs{color:#b3261e;font-weight:600}.mine{background:#fff8e1}
@@ -937,7 +938,7 @@ fn history_section(e: &SyncException, history: &[RecordedEvent]) -> Markup {
                 p.muted { "No events for this field." }
             } @else {
                 table {
-                    thead { tr { th { "v" } th { "Event" } th { "Source / actor" } th { "When" } th { "What" } } }
+                    thead { tr { th title="position in the customer's stream" { "#" } th { "Event" } th { "Source / actor" } th { "When (UTC)" } th { "What" } } }
                     tbody {
                         @for r in history.iter().rev() {
                             @let event = &r.envelope.event;
@@ -946,7 +947,7 @@ fn history_section(e: &SyncException, history: &[RecordedEvent]) -> Markup {
                                 td { (r.envelope.stream_version) }
                                 td { code { (event.payload.type_name()) } }
                                 td { (event.provenance.source) br; span.muted { (event.provenance.actor) } }
-                                td { (time(r.recorded_at)) }
+                                td.nowrap { (r.recorded_at.format("%Y-%m-%d")) br; (r.recorded_at.format("%H:%M:%S")) }
                                 td { (describe(&event.payload)) }
                             }
                         }
