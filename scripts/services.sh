@@ -2,6 +2,8 @@
 # Make sure the services the tests need are reachable:
 #   - PostgreSQL on 127.0.0.1:5432, user postgres, no password
 #   - NATS with JetStream on 127.0.0.1:4222
+# and that the browser the steward page's test drives is installed:
+#   - /usr/bin/chromium and /usr/bin/chromedriver (Debian's chromium, chromium-driver)
 #
 # If a service is already reachable it is left alone. Otherwise it is started and, on
 # Debian/Ubuntu, installed first (apt-get). Installing, reconfiguring or starting a service
@@ -285,5 +287,25 @@ ensure_nats() {
   esac
 }
 
+# ---------------------------------------------------------------------------------------
+# Chromium (headless, for crates/api/tests/steward_page.rs)
+# ---------------------------------------------------------------------------------------
+
+readonly CHROMIUM_BIN=/usr/bin/chromium
+readonly CHROMEDRIVER_BIN=/usr/bin/chromedriver
+
+ensure_chromium() {
+  if [ -x "$CHROMIUM_BIN" ] && [ -x "$CHROMEDRIVER_BIN" ]; then
+    echo "chromium: $CHROMIUM_BIN and $CHROMEDRIVER_BIN are installed"
+    return 0
+  fi
+  is_root || die "$CHROMIUM_BIN or $CHROMEDRIVER_BIN is missing; the steward page's browser test needs them. Install them (as root: apt-get install -y chromium chromium-driver), or run this script as root to do that."
+  apt_install chromium chromium-driver
+  [ -x "$CHROMIUM_BIN" ] && [ -x "$CHROMEDRIVER_BIN" ] ||
+    die "installed chromium and chromium-driver, but $CHROMIUM_BIN or $CHROMEDRIVER_BIN is still missing"
+  echo "chromium: installed $("$CHROMEDRIVER_BIN" --version 2>/dev/null | head -n 1)"
+}
+
 ensure_postgres
 ensure_nats
+ensure_chromium

@@ -3,7 +3,8 @@
 #
 #   bash scripts/test.sh [extra arguments for cargo test]
 #
-# Makes sure PostgreSQL and NATS (JetStream) are reachable (scripts/services.sh; may need
+# Makes sure PostgreSQL and NATS (JetStream) are reachable and Chromium is installed for the
+# steward page's browser test (scripts/services.sh; may need
 # root the first time, to install or start them), then runs the whole workspace's tests.
 # To use services elsewhere, set IDLEDGER_TEST_DATABASE_URL / IDLEDGER_TEST_NATS_URL and
 # IDLEDGER_SKIP_SERVICES=1.

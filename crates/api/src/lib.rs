@@ -1,7 +1,8 @@
 //! idledger's HTTP API (axum, under `/v1`): commands, golden records, history, per-source
 //! bearer-token authentication with roles, problem+json errors, OpenAPI, health and metrics;
 //! and the HTTP side of delivery: the consumer registry, the change feed (NDJSON or
-//! Server-Sent Events), acknowledgements, the handoff log and consumer state.
+//! Server-Sent Events), acknowledgements, the handoff log and consumer state; and the data
+//! steward's web page (`/steward`, server-rendered HTML).
 //!
 //! Architecture invariant: only this crate knows HTTP and the JSON request shapes; it turns
 //! requests into domain commands and reads through `idledger_store::Ledger`. What a consumer
@@ -13,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod reconcile;
 pub mod routes;
 pub mod steward;
@@ -177,6 +179,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/openapi.json", get(routes::openapi));
     Router::new()
         .nest("/v1", v1)
+        .merge(page::routes())
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::prometheus))

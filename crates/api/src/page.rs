@@ -1,0 +1,1103 @@
+//! The data steward's web page, under `/steward`: server-rendered HTML (maud, which escapes
+//! every splice — customer data is never trusted as markup), no JavaScript, no external assets.
+//! Stewards log in by pasting a steward token, kept in an `HttpOnly; SameSite=Strict` cookie
+//! and checked again on every request, so revoking the token ends the session at once.
+//! Every action goes through [`crate::steward::act`], as the JSON API's do.
+//!
+//! Cross-site requests: the cookie is `SameSite=Strict`, and state-changing requests whose
+//! `Origin` (when sent) is not this host are refused. The cookie is not `Secure` because
+//! `serve` speaks plain HTTP; behind a TLS-terminating proxy the browser still keeps it to
+//! this host and path.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Duration, Utc};
+use idledger_domain::event::{EventPayload, StewardAction};
+use idledger_domain::field::FieldPath;
+use idledger_domain::state::{ConsentState, CustomerState};
+use idledger_store::delivery::{
+    ConsumerFieldState, ConsumerId, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
+};
+use idledger_store::{RecordedEvent, Role, StoreError, TokenRecord};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::steward::{self, ActionRequest, ActionResult};
+
+/// The session cookie: the steward's token itself (the server keeps no sessions).
+pub const COOKIE: &str = "idl_steward";
+const LOGIN: &str = "/steward/login";
+const PAGE_SIZE: usize = 50;
+
+/// The steward page's routes; `router` merges them beside `/v1`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/steward", get(list))
+        .route(LOGIN, get(login_form).post(login))
+        .route("/steward/logout", post(logout))
+        .route("/steward/exceptions/{id}", get(detail))
+        .route("/steward/exceptions/{id}/act", post(act_one))
+        .route("/steward/bulk", post(bulk))
+        .layer(axum::middleware::from_fn(same_origin))
+}
+
+// ---------------------------------------------------------------------------------------
+// Session and request checks
+// ---------------------------------------------------------------------------------------
+
+/// The logged-in steward, checked against the token store on every request.
+#[derive(Debug)]
+pub struct Steward(TokenRecord);
+
+impl FromRequestParts<AppState> for Steward {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Some(secret) = cookie(&parts.headers, COOKIE) else {
+            return Err(Redirect::to(LOGIN).into_response());
+        };
+        match state.tokens.authenticate(secret).await {
+            Ok(Some(token)) if token.role == Role::Steward => {
+                tracing::Span::current().record("role", token.role.as_str());
+                Ok(Self(token))
+            }
+            // Revoked since login: forget the cookie and ask again.
+            Ok(_) => Err(with_cookie(
+                Redirect::to(LOGIN).into_response(),
+                &clear_cookie(),
+            )),
+            Err(e) => Err(PageError::from(ApiError::from(e)).into_response()),
+        }
+    }
+}
+
+/// Refuses state-changing requests sent from another origin (CSRF), on top of the
+/// `SameSite=Strict` cookie. Browsers send `Origin` with every POST; other clients may not.
+async fn same_origin(request: Request, next: Next) -> Response {
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !safe
+        && let Some(origin) = request.headers().get(header::ORIGIN)
+        && !origin_is_host(origin, request.headers().get(header::HOST))
+    {
+        return PageError::new(
+            StatusCode::FORBIDDEN,
+            "Cross-site request refused",
+            "This form was sent from another site. Open the steward page directly and try again.",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn origin_is_host(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(HeaderValue::to_str)) else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+fn session_cookie(secret: &str) -> String {
+    format!("{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/steward")
+}
+
+fn clear_cookie() -> String {
+    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/steward; Max-Age=0")
+}
+
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// Form or query pairs, keeping repeated keys (the bulk form sends one `id` per row).
+fn pairs(raw: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw).into_owned().collect()
+}
+
+fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering
+// ---------------------------------------------------------------------------------------
+
+const STYLE: &str = r#"
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+header{background:#22313f;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1rem;align-items:center}
+header a{color:#fff;text-decoration:none;font-weight:600}header form{margin-left:auto}
+main{padding:1rem 1.2rem;max-width:1400px}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{border-bottom:1px solid #dde1e6;padding:.35rem .5rem;text-align:left;vertical-align:top}
+th{background:#eef1f4;font-weight:600}
+code,pre,.mono{font-family:ui-monospace,monospace;font-size:12.5px}.mono{word-break:break-all}.nowrap{white-space:nowrap}
+pre{white-space:pre-wrap;word-break:break-all;background:#fff;border:1px solid #dde1e6;padding:.5rem;margin:0}
+.filters{display:flex;flex-wrap:wrap;gap:.6rem;align-items:end;margin-bottom:1rem}
+.filters label,.act label{display:flex;flex-direction:column;font-size:12px;color:#4a5561}
+input,select,button{font:inherit;padding:.25rem .4rem}
+button{cursor:pointer;border:1px solid #22313f;background:#22313f;color:#fff;border-radius:3px}
+.msg{padding:.6rem .8rem;border-radius:3px;margin:.6rem 0}
+.error{background:#fde8e8;border:1px solid #e0a0a0}.ok{background:#e6f4ea;border:1px solid #9cc9a8}
+.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:1rem}
+@media(min-width:1100px){.cols{grid-template-columns:1fr 1fr 1.5fr}}
+section{background:#fff;border:1px solid #dde1e6;padding:.6rem .8rem;margin-bottom:1rem;min-width:0;overflow-x:auto}
+section h2{font-size:15px;margin:.9rem 0 .5rem}section h2:first-child{margin-top:.2rem}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem;margin:0}dt{color:#4a5561}dd{margin:0;min-width:0;overflow-wrap:anywhere}
+.act{display:flex;flex-wrap:wrap;gap:1rem;margin:.6rem 0}
+.act form{background:#fff;border:1px solid #dde1e6;padding:.6rem;display:flex;gap:.5rem;align-items:end}
+.same{color:#1e7b34}.differs{color:#b3261e;font-weight:600}.mine{background:#fff8e1}
+.status-open{color:#b35c00}.muted{color:#6b7682}
+"#;
+
+fn layout(title: &str, steward: Option<&TokenRecord>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " — idledger steward" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    a href="/steward" { "idledger · sync exceptions" }
+                    @if let Some(token) = steward {
+                        span.muted { "signed in as " (steward::steward_name(token)) }
+                        form method="post" action="/steward/logout" {
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// An HTML response that no cache keeps and no other site frames or styles.
+fn page(status: StatusCode, markup: Markup) -> Response {
+    let mut response = (status, markup.into_string()).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        // Not `no-referrer`: browsers then send `Origin: null` with our own forms.
+        (header::REFERRER_POLICY, "same-origin"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// A page that says what went wrong, in words (never a problem document or a bare 500).
+#[derive(Debug)]
+pub struct PageError {
+    status: StatusCode,
+    title: String,
+    message: String,
+}
+
+impl PageError {
+    fn new(status: StatusCode, title: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            title: title.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        let title = match e.status {
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::GONE => "Customer erased",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::CONFLICT => "Already closed",
+            s if s.is_server_error() => "Something went wrong",
+            _ => "Cannot do that",
+        };
+        Self::new(e.status, title, readable(&e))
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let body = html! {
+            h1 { (self.title) }
+            p.msg.error { (self.message) }
+            p { a href="/steward" { "Back to the exceptions" } }
+        };
+        page(self.status, layout(&self.title, None, body))
+    }
+}
+
+/// What an API error means for a person at the page (5xx say nothing internal; it is logged).
+fn readable(e: &ApiError) -> String {
+    if e.status.is_server_error() {
+        return "The server could not complete this; the cause is in its log. Try again in a moment."
+            .to_owned();
+    }
+    e.detail.clone()
+}
+
+fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let minutes = (now - since).num_minutes().max(0);
+    match minutes {
+        0 => "<1m".to_owned(),
+        m if m < 60 => format!("{m}m"),
+        m if m < 60 * 48 => format!("{}h {}m", m / 60, m % 60),
+        m => format!("{}d {}h", m / (60 * 24), (m / 60) % 24),
+    }
+}
+
+fn time(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn compact(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// Login
+// ---------------------------------------------------------------------------------------
+
+async fn login_form() -> Response {
+    login_page(StatusCode::OK, None)
+}
+
+fn login_page(status: StatusCode, error: Option<&str>) -> Response {
+    let body = html! {
+        h1 { "Steward login" }
+        @if let Some(error) = error {
+            p.msg.error role="alert" { (error) }
+        }
+        form method="post" action=(LOGIN) {
+            p {
+                label {
+                    "Steward token " br;
+                    input type="password" name="token" size="60" autocomplete="off" autofocus;
+                }
+            }
+            p.muted { "Create one with " code { "idledger token create --role steward --label <you>" } "." }
+            button type="submit" { "Log in" }
+        }
+    };
+    page(status, layout("Login", None, body))
+}
+
+async fn login(State(state): State<AppState>, body: Bytes) -> Response {
+    let form = pairs(&body);
+    let Some(secret) = one(&form, "token") else {
+        return login_page(StatusCode::UNPROCESSABLE_ENTITY, Some("Paste a token."));
+    };
+    match state.tokens.authenticate(secret).await {
+        Ok(Some(token)) if token.role == Role::Steward => with_cookie(
+            Redirect::to("/steward").into_response(),
+            &session_cookie(secret),
+        ),
+        Ok(Some(token)) => login_page(
+            StatusCode::FORBIDDEN,
+            Some(&format!(
+                "This is a {} token; the steward page needs a steward token.",
+                token.role
+            )),
+        ),
+        Ok(None) => login_page(
+            StatusCode::UNAUTHORIZED,
+            Some("This token is unknown or revoked."),
+        ),
+        Err(e) => PageError::from(ApiError::from(e)).into_response(),
+    }
+}
+
+async fn logout() -> Response {
+    with_cookie(Redirect::to(LOGIN).into_response(), &clear_cookie())
+}
+
+// ---------------------------------------------------------------------------------------
+// The list
+// ---------------------------------------------------------------------------------------
+
+/// The list's filters as typed, kept to fill the form again.
+#[derive(Debug, Default)]
+struct Filters {
+    consumer: String,
+    kind: String,
+    field: String,
+    /// `open` (the default), `resolved`, `dismissed` or `any`.
+    status: String,
+    older_than: String,
+}
+
+impl Filters {
+    fn from_query(pairs: &[(String, String)]) -> Self {
+        let get = |k| one(pairs, k).unwrap_or_default().to_owned();
+        let status = one(pairs, "status").unwrap_or("open").to_owned();
+        Self {
+            consumer: get("consumer"),
+            kind: get("kind"),
+            field: get("field"),
+            status,
+            older_than: get("older_than"),
+        }
+    }
+
+    /// The store's filter, or what is wrong with the input.
+    fn to_filter(&self, now: DateTime<Utc>) -> Result<ExceptionFilter, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut filter = ExceptionFilter::default();
+        if !self.consumer.is_empty() {
+            match ConsumerId::parse(&self.consumer) {
+                Ok(id) => filter.consumer = Some(id),
+                Err(e) => errors.push(format!("consumer: {e}")),
+            }
+        }
+        if !self.kind.is_empty() {
+            match ExceptionKind::parse(&self.kind) {
+                Ok(kind) => filter.kind = Some(kind),
+                Err(e) => errors.push(format!("kind: {e}")),
+            }
+        }
+        if !self.field.is_empty() {
+            filter.field = Some(self.field.clone());
+        }
+        if self.status != "any" {
+            match ExceptionStatus::parse(&self.status) {
+                Ok(status) => filter.status = Some(status),
+                Err(e) => errors.push(format!("status: {e}")),
+            }
+        }
+        if !self.older_than.is_empty() {
+            match parse_age(&self.older_than) {
+                Some(age) => filter.created_before = Some(now - age),
+                None => errors.push(format!(
+                    "older than: {:?} is not an age like 90m, 4h or 2d",
+                    self.older_than
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(filter)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The query string of these filters (for paging links).
+    fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("consumer", &self.consumer),
+            ("kind", &self.kind),
+            ("field", &self.field),
+            ("status", &self.status),
+            ("older_than", &self.older_than),
+        ] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
+}
+
+/// `90m`, `4h`, `2d`, or a bare number of minutes.
+fn parse_age(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => raw.split_at(i),
+        None => (raw, "m"),
+    };
+    let n: i64 = number.parse().ok()?;
+    match unit.trim() {
+        "m" | "min" => Duration::try_minutes(n),
+        "h" => Duration::try_hours(n),
+        "d" => Duration::try_days(n),
+        _ => None,
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = pairs(query.unwrap_or_default().as_bytes());
+    let filters = Filters::from_query(&query);
+    let now = Utc::now();
+    let after = one(&query, "after").and_then(|raw| Uuid::parse_str(raw).ok());
+    let (status, errors, mut items) = match filters.to_filter(now) {
+        Ok(mut filter) => {
+            filter.after = after;
+            // One more than a page, to know whether there is a next one.
+            match state
+                .deliveries
+                .exceptions(&filter, PAGE_SIZE as u32 + 1)
+                .await
+            {
+                Ok(items) => (StatusCode::OK, Vec::new(), items),
+                Err(e) => return PageError::from(ApiError::from(e)).into_response(),
+            }
+        }
+        Err(errors) => (StatusCode::UNPROCESSABLE_ENTITY, errors, Vec::new()),
+    };
+    let next = (items.len() > PAGE_SIZE).then(|| {
+        items.truncate(PAGE_SIZE);
+        items.last().map(|e| e.id)
+    });
+    let next = next.flatten();
+    let body = html! {
+        h1 { "Sync exceptions" }
+        @for error in &errors {
+            p.msg.error role="alert" { (error) }
+        }
+        (filter_form(&filters))
+        @if items.is_empty() {
+            p.muted id="empty" { "No exceptions match." }
+        } @else {
+            form method="post" action="/steward/bulk" {
+                table id="exceptions" {
+                    thead { tr {
+                        th { "" } th { "Kind" } th { "Consumer / system" } th { "Customer" }
+                        th { "Field" } th { "Age" } th { "Seen" } th { "Status" }
+                    } }
+                    tbody {
+                        @for e in &items {
+                            tr data-id=(e.id) {
+                                td { input type="checkbox" name="id" value=(e.id) aria-label="select"; }
+                                td { a href={ "/steward/exceptions/" (e.id) } { (e.kind) } }
+                                td { (e.consumer_id) }
+                                td.mono { (e.customer_id) }
+                                td { (e.field.as_deref().unwrap_or("—")) }
+                                td title=(time(e.created_at)) { (age(e.created_at, now)) }
+                                td { (e.occurrences) "×" }
+                                td class={ "status-" (e.status.as_str()) } { (e.status.as_str()) }
+                            }
+                        }
+                    }
+                }
+                div.act {
+                    label { "Action"
+                        select name="action" {
+                            option value="dismiss" { "dismiss" }
+                            option value="repush" { "re-push" }
+                        }
+                    }
+                    label { "Reason (required to dismiss)"
+                        input type="text" name="reason" size="40";
+                    }
+                    button type="submit" { "Apply to selected" }
+                }
+            }
+        }
+        @if let Some(next) = next {
+            p { a id="next" href={ "/steward?" (filters.query()) "&after=" (next) } { "Next page →" } }
+        }
+    };
+    page(status, layout("Exceptions", Some(&token), body))
+}
+
+fn filter_form(f: &Filters) -> Markup {
+    html! {
+        form.filters method="get" action="/steward" {
+            label { "Consumer / system" input type="text" name="consumer" value=(f.consumer); }
+            label { "Kind"
+                select name="kind" {
+                    option value="" { "any" }
+                    @for kind in ExceptionKind::ALL {
+                        option value=(kind.as_str()) selected[f.kind == kind.as_str()] { (kind.as_str()) }
+                    }
+                }
+            }
+            label { "Field" input type="text" name="field" value=(f.field) placeholder="email"; }
+            label { "Status"
+                select name="status" {
+                    @for s in ["open", "resolved", "dismissed", "any"] {
+                        option value=(s) selected[f.status == s] { (s) }
+                    }
+                }
+            }
+            label { "Older than" input type="text" name="older_than" value=(f.older_than) placeholder="90m, 4h, 2d" size="8"; }
+            button type="submit" { "Filter" }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One exception
+// ---------------------------------------------------------------------------------------
+
+/// What happened on the page just before: an action's result or its refusal.
+enum Notice {
+    Done(String),
+    Failed(String),
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, PageError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("There is no sync exception {raw}."),
+        )
+    })
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageError> {
+    let id = parse_id(&raw)?;
+    let query = pairs(query.unwrap_or_default().as_bytes());
+    let notice = one(&query, "done").map(|action| {
+        Notice::Done(match action {
+            "repush" => "Re-pushed: the record's value is on its way to the consumer again. The exception closes when the consumer acknowledges it.".to_owned(),
+            "accept" => "Accepted into the record.".to_owned(),
+            "dismiss" => "Dismissed.".to_owned(),
+            other => format!("Done: {other}."),
+        })
+    });
+    exception_page(&state, &token, id, StatusCode::OK, notice).await
+}
+
+async fn act_one(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let id = parse_id(&raw)?;
+    let form = pairs(&body);
+    let request = match action_request(&form) {
+        Ok(request) => request,
+        Err(message) => {
+            return exception_page(
+                &state,
+                &token,
+                id,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(Notice::Failed(message)),
+            )
+            .await;
+        }
+    };
+    match steward::act(&state, &token, id, &request).await {
+        // Post/redirect/get: reloading the page does not act twice.
+        Ok(done) => Ok(
+            Redirect::to(&format!("/steward/exceptions/{id}?done={}", done.action)).into_response(),
+        ),
+        Err(e) if e.status == StatusCode::NOT_FOUND && e.code == "unknown_exception" => {
+            Err(e.into())
+        }
+        Err(e) => {
+            let message = readable(&e);
+            exception_page(&state, &token, id, e.status, Some(Notice::Failed(message))).await
+        }
+    }
+}
+
+/// The action a form asks for. `value` is JSON when it parses as JSON, else a string, so a
+/// steward can type `jane@example.org` as well as `true` or `{"…": …}`.
+fn action_request(form: &[(String, String)]) -> Result<ActionRequest, String> {
+    let action = match one(form, "action") {
+        Some("repush") => StewardAction::Repush,
+        Some("accept") => StewardAction::Accept,
+        Some("dismiss") => StewardAction::Dismiss,
+        Some(other) => return Err(format!("{other:?} is not an action")),
+        None => return Err("Choose an action.".to_owned()),
+    };
+    let value = one(form, "value").map(|raw| {
+        serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_owned()))
+    });
+    Ok(ActionRequest {
+        action,
+        reason: one(form, "reason").map(str::to_owned),
+        value,
+    })
+}
+
+/// Everything the page shows about an exception's customer, or why it cannot.
+enum Record {
+    Found {
+        state: Box<CustomerState>,
+        history: Vec<RecordedEvent>,
+    },
+    Erased(String),
+    Missing,
+}
+
+async fn load_record(
+    state: &AppState,
+    exception: &SyncException,
+    field: Option<&FieldPath>,
+) -> Result<Record, PageError> {
+    let customer = exception.customer_id;
+    let Some(current) = state.ledger.state(customer).await.map_err(ApiError::from)? else {
+        return Ok(Record::Missing);
+    };
+    if let Some(erasure) = &current.erased {
+        return Ok(Record::Erased(erased_message(erasure.at)));
+    }
+    let history = match field {
+        Some(field) => match state.ledger.history(customer, field).await {
+            Ok(history) => history,
+            Err(StoreError::Erased { at, .. }) => {
+                return Ok(Record::Erased(erased_message(at)));
+            }
+            Err(e) => return Err(ApiError::from(e).into()),
+        },
+        None => Vec::new(),
+    };
+    Ok(Record::Found {
+        state: Box::new(current),
+        history,
+    })
+}
+
+fn erased_message(at: DateTime<Utc>) -> String {
+    format!(
+        "This customer's record was erased at {}; nothing of it can be shown or changed.",
+        time(at)
+    )
+}
+
+async fn exception_page(
+    state: &AppState,
+    token: &TokenRecord,
+    id: Uuid,
+    status: StatusCode,
+    notice: Option<Notice>,
+) -> Result<Response, PageError> {
+    let exception = state
+        .deliveries
+        .exception(id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| steward::unknown_exception(id))?;
+    let field = exception
+        .field
+        .as_deref()
+        .and_then(|raw| FieldPath::parse(raw).ok());
+    let record = load_record(state, &exception, field.as_ref()).await?;
+    let consumer = state
+        .deliveries
+        .consumer(&exception.consumer_id)
+        .await
+        .map_err(ApiError::from)?;
+    let held_by_consumer: Vec<ConsumerFieldState> = match (&consumer, &record) {
+        (Some(_), Record::Found { .. }) => state
+            .deliveries
+            .consumer_state(&exception.consumer_id, Some(exception.customer_id))
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|s| Some(&s.field) == exception.field.as_ref())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let status = match &record {
+        Record::Erased(_) if status == StatusCode::OK => StatusCode::GONE,
+        _ => status,
+    };
+    let steward_override = field
+        .as_ref()
+        .map(|f| state.ledger.policy().rule(f).steward_override);
+    let title = format!("{} exception", exception.kind);
+    let body = html! {
+        p { a href="/steward" { "← all exceptions" } }
+        h1 { (exception.kind) " · " (exception.consumer_id) " · " (exception.field.as_deref().unwrap_or("whole customer")) }
+        @match &notice {
+            Some(Notice::Done(message)) => p.msg.ok role="status" { (message) },
+            Some(Notice::Failed(message)) => p.msg.error role="alert" { (message) },
+            None => {},
+        }
+        (lifecycle(&exception))
+        @if exception.status == ExceptionStatus::Open && !matches!(record, Record::Erased(_)) {
+            (action_forms(&exception, steward_override))
+        }
+        @match &record {
+            Record::Erased(message) => p.msg.error id="erased" role="alert" { (message) },
+            Record::Missing => p.msg.error { "The customer " (exception.customer_id) " has no record." },
+            Record::Found { state: current, history } => div.cols {
+                (record_section(&exception, field.as_ref(), current))
+                (consumer_section(&exception, consumer.is_some(), field.as_ref(), current, &held_by_consumer))
+                (history_section(&exception, history))
+            },
+        }
+        section id="evidence" {
+            h2 { "Evidence" }
+            pre { (pretty(&exception.detail)) }
+        }
+    };
+    Ok(page(status, layout(&title, Some(token), body)))
+}
+
+fn lifecycle(e: &SyncException) -> Markup {
+    html! {
+        section id="lifecycle" {
+            dl {
+                dt { "Status" } dd id="status" class={ "status-" (e.status.as_str()) } { (e.status.as_str()) }
+                dt { "Customer" } dd.mono { (e.customer_id) }
+                dt { "Opened" } dd { (time(e.created_at)) " (" (age(e.created_at, Utc::now())) " ago), seen " (e.occurrences) "×, last " (time(e.updated_at)) }
+                @if let Some(resolution) = e.resolution {
+                    dt { "Resolution" } dd id="resolution" { (resolution.as_str()) }
+                }
+                @if let Some(by) = &e.resolved_by {
+                    dt { "Resolved by" } dd id="resolved-by" { (by) }
+                }
+                @if let Some(at) = e.resolved_at {
+                    dt { "Resolved at" } dd { (time(at)) }
+                }
+                @if let Some(note) = &e.resolution_note {
+                    dt { "Note" } dd id="note" { (note) }
+                }
+                @if let Some(action) = &e.last_action {
+                    dt { "Last action" } dd { code { (action.to_string()) } }
+                }
+            }
+        }
+    }
+}
+
+fn action_forms(e: &SyncException, steward_override: Option<bool>) -> Markup {
+    let about_a_consumer = !matches!(
+        e.kind,
+        ExceptionKind::Proposal | ExceptionKind::RefusedWrite
+    );
+    let act = format!("/steward/exceptions/{}/act", e.id);
+    html! {
+        div.act {
+            @if about_a_consumer && e.field.is_some() {
+                form id="repush" method="post" action=(act) {
+                    input type="hidden" name="action" value="repush";
+                    label { "Reason (optional)" input type="text" name="reason" size="24"; }
+                    button type="submit" { "Re-push the record's value" }
+                }
+            }
+            @if e.kind == ExceptionKind::Proposal || e.field.is_some() {
+                form id="accept" method="post" action=(act) {
+                    input type="hidden" name="action" value="accept";
+                    @if e.kind != ExceptionKind::Proposal {
+                        label { "Value to take into the record (JSON or text)" input type="text" name="value" size="28"; }
+                    }
+                    label { "Reason (optional)" input type="text" name="reason" size="20"; }
+                    button type="submit" { @if e.kind == ExceptionKind::Proposal { "Accept the proposal" } @else { "Accept this value" } }
+                    @match steward_override {
+                        Some(false) => span.muted { "the policy does not let stewards override this field" },
+                        _ => {},
+                    }
+                }
+            }
+            form id="dismiss" method="post" action=(act) {
+                input type="hidden" name="action" value="dismiss";
+                label { "Reason (required)" input type="text" name="reason" size="32"; }
+                button type="submit" { "Dismiss" }
+            }
+        }
+    }
+}
+
+fn record_section(e: &SyncException, field: Option<&FieldPath>, state: &CustomerState) -> Markup {
+    let record = field.and_then(|f| state.field(f));
+    let held = field.and_then(|f| state.held(f));
+    html! {
+        section id="record" {
+            h2 { "The record" }
+            @if let Some(field) = field {
+                dl {
+                    dt { "Field" } dd { code { (field) } }
+                    dt { "Value" } dd id="record-value" { @match record.and_then(|r| r.value.as_ref()) {
+                        Some(v) => code { (compact(&v.to_json())) },
+                        None => span.muted { "no value" },
+                    } }
+                    dt { "Version" } dd { (held.as_ref().map_or(0, |h| h.version)) }
+                    dt { "Source" } dd { (record.and_then(|r| r.source.as_ref()).map(ToString::to_string).unwrap_or_else(|| "—".to_owned())) }
+                    dt { "Value hash" } dd.mono id="record-hash" { (held.as_ref().and_then(|h| h.value_hash.as_deref()).unwrap_or("—")) }
+                    @if let Some(at) = record.and_then(|r| r.recorded_at) {
+                        dt { "Recorded" } dd { (time(at)) }
+                    }
+                }
+                @let proposals: Vec<_> = state.proposals.iter().filter(|(_, p)| &p.field == field).collect();
+                @if !proposals.is_empty() {
+                    h2 { "Proposals waiting" }
+                    ul { @for (id, p) in proposals {
+                        li { code { (compact(&p.value.to_json())) } " from " (p.proposed_by) " " span.muted.mono { (id) } }
+                    } }
+                }
+            } @else {
+                p.muted { "This exception concerns customer " (e.customer_id) " as a whole." }
+            }
+            h2 { "Whole record (stream version " (state.stream_version) ")" }
+            table.compact {
+                @for (path, rec) in &state.fields {
+                    tr class=[(Some(path) == field).then_some("mine")] {
+                        td { code { (path) } }
+                        td { @match &rec.value { Some(v) => (compact(&v.to_json())), None => span.muted { "—" } } }
+                        td.muted { "v" (rec.version) }
+                        td.muted { (rec.source.as_ref().map(ToString::to_string).unwrap_or_default()) }
+                    }
+                }
+                @for (purpose, consent) in &state.consents {
+                    tr { td { code { "consent." (purpose) } } td { (if consent.state == ConsentState::Granted { "granted" } else { "withdrawn" }) } td.muted { "v" (consent.version) } td {} }
+                }
+            }
+        }
+    }
+}
+
+fn consumer_section(
+    e: &SyncException,
+    is_consumer: bool,
+    field: Option<&FieldPath>,
+    state: &CustomerState,
+    held: &[ConsumerFieldState],
+) -> Markup {
+    let record_hash = field.and_then(|f| state.held(f)).and_then(|h| h.value_hash);
+    html! {
+        section id="consumer" {
+            h2 { "What " (e.consumer_id) " holds" }
+            @if !is_consumer {
+                p.muted { (e.consumer_id) " is a source system, not a consumer: it is not sent the record." }
+            } @else if held.is_empty() {
+                p.muted id="consumer-none" { "The consumer has not acknowledged this field for this customer." }
+            }
+            @for s in held {
+                dl {
+                    dt { "Version" } dd id="consumer-version" { (s.version) }
+                    dt { "Value hash" } dd.mono id="consumer-hash" { (s.value_hash.as_deref().unwrap_or("— (holds no value)")) }
+                    dt { "Compared" } dd {
+                        @if s.value_hash == record_hash {
+                            span.same { "same value as the record" }
+                        } @else {
+                            span.differs id="differs" { "differs from the record" }
+                        }
+                    }
+                    dt { "Status" } dd { (s.status.as_str()) }
+                    @if let Some(reason) = &s.reason {
+                        dt { "Reason" } dd { (reason) }
+                    }
+                    dt { "Acknowledged" } dd { (time(s.acked_at)) }
+                    dt { "Event" } dd.mono { (s.event_id) }
+                }
+            }
+        }
+    }
+}
+
+fn history_section(e: &SyncException, history: &[RecordedEvent]) -> Markup {
+    html! {
+        section id="history" {
+            h2 { "Field history" }
+            @if history.is_empty() {
+                p.muted { "No events for this field." }
+            } @else {
+                table {
+                    thead { tr { th title="position in the customer's stream" { "#" } th { "Event" } th { "Source / actor" } th { "When (UTC)" } th { "What" } } }
+                    tbody {
+                        @for r in history.iter().rev() {
+                            @let event = &r.envelope.event;
+                            @let mine = matches!(&event.payload, EventPayload::StewardActed { exception_id, .. } if *exception_id == e.id);
+                            tr class=[mine.then_some("mine")] data-type=(event.payload.type_name()) {
+                                td { (r.envelope.stream_version) }
+                                td { code { (event.payload.type_name()) } }
+                                td { (event.provenance.source) br; span.muted { (event.provenance.actor) } }
+                                td.nowrap { (r.recorded_at.format("%Y-%m-%d")) br; (r.recorded_at.format("%H:%M:%S")) }
+                                td { (describe(&event.payload)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One line about an event, for the history table.
+fn describe(payload: &EventPayload) -> String {
+    match payload {
+        EventPayload::FieldSet { value, .. }
+        | EventPayload::ChangeRequested { value, .. }
+        | EventPayload::ChangeVerified { value, .. }
+        | EventPayload::ValueProposed { value, .. } => compact(&value.to_json()),
+        EventPayload::StewardActed {
+            action,
+            consumer_id,
+            reason,
+            ..
+        } => {
+            let mut line = format!("{} for {consumer_id}", action.as_str());
+            if let Some(reason) = reason {
+                line.push_str(": ");
+                line.push_str(reason);
+            }
+            line
+        }
+        EventPayload::ProposalRejected { reason, .. } => format!("rejected: {reason}"),
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| {
+                v.as_object().map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| k.as_str() != "type" && k.as_str() != "field")
+                        .map(|(k, v)| format!("{k}: {}", compact(v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+            })
+            .unwrap_or_default(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bulk
+// ---------------------------------------------------------------------------------------
+
+async fn bulk(State(state): State<AppState>, Steward(token): Steward, body: Bytes) -> Response {
+    let form = pairs(&body);
+    let request = match action_request(&form) {
+        Ok(r) if r.action == StewardAction::Accept => {
+            return bulk_refused(&token, "Accept needs a value per exception; open each one.");
+        }
+        Ok(r) => r,
+        Err(message) => return bulk_refused(&token, &message),
+    };
+    let ids: Vec<&str> = form
+        .iter()
+        .filter(|(k, _)| k == "id")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if ids.is_empty() {
+        return bulk_refused(&token, "Select at least one exception.");
+    }
+    let mut results: Vec<(String, Result<ActionResult, String>)> = Vec::with_capacity(ids.len());
+    for raw in ids {
+        let result = match Uuid::parse_str(raw) {
+            Ok(id) => steward::act(&state, &token, id, &request)
+                .await
+                .map_err(|e| readable(&e)),
+            Err(_) => Err("not an exception id".to_owned()),
+        };
+        results.push((raw.to_owned(), result));
+    }
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    let body = html! {
+        p { a href="/steward" { "← all exceptions" } }
+        h1 { (request.action.as_str()) ": " (results.len() - failed) " done, " (failed) " refused" }
+        table id="results" {
+            thead { tr { th { "Exception" } th { "Kind" } th { "Result" } } }
+            tbody {
+                @for (id, result) in &results {
+                    tr data-id=(id) {
+                        td.mono { a href={ "/steward/exceptions/" (id) } { (id) } }
+                        @match result {
+                            Ok(done) => {
+                                td { (done.exception.kind) }
+                                td.ok { "now " (done.exception.status.as_str()) }
+                            },
+                            Err(message) => {
+                                td {}
+                                td.error { (message) }
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Bulk action", Some(&token), body))
+}
+
+fn bulk_refused(token: &TokenRecord, message: &str) -> Response {
+    let body = html! {
+        p { a href="/steward" { "← all exceptions" } }
+        p.msg.error role="alert" { (message) }
+    };
+    page(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        layout("Bulk action", Some(token), body),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_parse_in_minutes_hours_and_days() {
+        assert_eq!(parse_age("90"), Duration::try_minutes(90));
+        assert_eq!(parse_age("90m"), Duration::try_minutes(90));
+        assert_eq!(parse_age("4h"), Duration::try_hours(4));
+        assert_eq!(parse_age("2d"), Duration::try_days(2));
+        assert_eq!(parse_age("2w"), None);
+        assert_eq!(parse_age("h"), None);
+    }
+
+    #[test]
+    fn origin_must_name_this_host() {
+        let host = HeaderValue::from_static("127.0.0.1:8080");
+        let check = |o: &'static str| origin_is_host(&HeaderValue::from_static(o), Some(&host));
+        assert!(check("http://127.0.0.1:8080"));
+        assert!(check("https://127.0.0.1:8080"));
+        assert!(!check("http://evil.example"));
+        assert!(!check("http://127.0.0.1:8081"));
+        assert!(!check("null"));
+    }
+
+    #[test]
+    fn the_session_cookie_is_read_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; idl_steward=idl_abc; b=2"),
+        );
+        assert_eq!(cookie(&headers, COOKIE), Some("idl_abc"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("idl_steward="));
+        assert_eq!(cookie(&headers, COOKIE), None);
+    }
+}

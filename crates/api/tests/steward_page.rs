@@ -1,0 +1,821 @@
+//! The steward web page: a steward logs in, filters exceptions, opens one, resolves it and
+//! resolves another in bulk — in headless Chromium driven over WebDriver (chromedriver), on a
+//! real server over PostgreSQL. Then, without a browser, the page's guards on both engines:
+//! login redirects, role and revocation checks, cross-origin POSTs, escaping, 404 and 410.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use fantoccini::{Client, ClientBuilder, Locator};
+use idledger_domain::field::FieldPath;
+use idledger_domain::ids::CustomerId;
+use idledger_store::delivery::{
+    ConsumerId, Deliveries, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
+};
+use idledger_store::{Role, Tokens};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Engine, TestApp, grant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// A value hash the consumer claims that is not the record's: the consumer drifted.
+const DRIFTED_HASH: &str =
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+on_both_engines!(
+    pages_need_a_steward_session,
+    cross_origin_posts_are_refused,
+    customer_data_is_escaped_and_refusals_are_readable,
+    unknown_and_erased_are_readable_pages,
+);
+
+// ---------------------------------------------------------------------------------------
+// Seeding: a consumer, customers, deliveries and acks through the API; exceptions as
+// reconciliation opens them.
+// ---------------------------------------------------------------------------------------
+
+struct Seeded {
+    divergent: SyncException,
+    stale: SyncException,
+    /// The divergent customer's email, as the record holds it.
+    email: String,
+}
+
+fn deliveries(app: &TestApp) -> Deliveries {
+    Deliveries::new(app.ledger.backend().clone())
+}
+
+async fn customer(app: &TestApp, changes: Value) -> String {
+    let c = app.register("idp", changes).await;
+    let reply = app
+        .command(
+            "consent_portal",
+            &c,
+            &format!("grant-{c}"),
+            json!([grant("service", "DE")]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    c
+}
+
+async fn ack(app: &TestApp, event: &Value, value_hash: &Value) {
+    let body = json!({
+        "event_id": event["id"], "customer_id": event["subject"], "field": event["data"]["field"],
+        "version": event["data"]["version"], "value_hash": value_hash, "status": "applied",
+    });
+    let reply = app
+        .send(
+            Method::POST,
+            "/v1/acks",
+            Some("consumer"),
+            None,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["outcome"], "recorded", "{}", reply.text);
+}
+
+async fn open(
+    app: &TestApp,
+    customer: &str,
+    field: &str,
+    kind: ExceptionKind,
+    detail: Value,
+    age: chrono::Duration,
+) -> SyncException {
+    deliveries(app)
+        .open_exception(&NewSyncException {
+            consumer_id: ConsumerId::parse("crm-sync").unwrap(),
+            customer_id: CustomerId::parse(customer).unwrap(),
+            field: Some(FieldPath::parse(field).unwrap()),
+            kind,
+            detail,
+            at: Utc::now() - age,
+        })
+        .await
+        .unwrap()
+}
+
+/// crm-sync receives email; Ann's copy drifted (same version, other value), Bob's is stale
+/// (it acknowledged his first address, not the second).
+async fn seed(app: &TestApp) -> Seeded {
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["email"], "purposes": ["service"],
+    }))
+    .await;
+    let email = "ann@example.org".to_owned();
+    let ann = customer(
+        app,
+        json!([{"op": "set_field", "field": "email", "value": email}]),
+    )
+    .await;
+    let bob = customer(
+        app,
+        json!([{"op": "set_field", "field": "email", "value": "bob@example.org"}]),
+    )
+    .await;
+    let reply = app
+        .command(
+            "idp",
+            &bob,
+            "bob-moves",
+            json!([{"op": "set_field", "field": "email", "value": "bob@example.net"}]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let feed = app.get("/v1/feed", "consumer").await;
+    assert_eq!(feed.status, StatusCode::OK, "{}", feed.text);
+    let events: Vec<Value> = feed
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |c: &str| -> Vec<&Value> { events.iter().filter(|e| e["subject"] == c).collect() };
+    let (ann_events, bob_events) = (of(&ann), of(&bob));
+    assert_eq!(
+        (ann_events.len(), bob_events.len()),
+        (1, 2),
+        "{}",
+        feed.text
+    );
+    ack(app, ann_events[0], &json!(DRIFTED_HASH)).await;
+    ack(app, bob_events[0], &bob_events[0]["data"]["value_hash"]).await;
+
+    let divergent = open(
+        app,
+        &ann,
+        "email",
+        ExceptionKind::Divergent,
+        json!({
+            "record": {"version": ann_events[0]["data"]["version"], "value_hash": ann_events[0]["data"]["value_hash"]},
+            "consumer": {"version": ann_events[0]["data"]["version"], "value_hash": DRIFTED_HASH},
+        }),
+        chrono::Duration::minutes(5),
+    )
+    .await;
+    let stale = open(
+        app,
+        &bob,
+        "email",
+        ExceptionKind::Stale,
+        json!({
+            "record": {"version": bob_events[1]["data"]["version"]},
+            "consumer": {"version": bob_events[0]["data"]["version"]},
+            "sla_secs": 300,
+        }),
+        chrono::Duration::hours(3),
+    )
+    .await;
+    Seeded {
+        divergent,
+        stale,
+        email,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The browser
+// ---------------------------------------------------------------------------------------
+
+/// chromedriver on a free port, in its own process group so that dropping it also ends the
+/// Chromium it started, whatever state the test ended in.
+struct Driver {
+    child: Child,
+    port: u16,
+    profile: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start() -> Self {
+        for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+            assert!(
+                Path::new(path).exists(),
+                "{path} is missing: the steward page's browser test needs Debian's {package} package. \
+                 Install it with `apt-get install -y chromium chromium-driver` (as root), or run \
+                 `bash scripts/services.sh` as root, which does that."
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(CHROMEDRIVER);
+        command
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command.spawn().expect("start chromedriver");
+        Self {
+            child,
+            port,
+            profile: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A WebDriver session on headless Chromium; waits for chromedriver to listen first.
+    async fn browser(&self) -> Client {
+        let url = format!("http://127.0.0.1:{}", self.port);
+        let mut attempts = 0;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            attempts += 1;
+            assert!(attempts < 200, "chromedriver did not listen on {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", self.profile.path().display()),
+        ];
+        let capabilities = json!({
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+        });
+        let serde_json::Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&url)
+            .await
+            .expect("a WebDriver session on headless Chromium")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The group: chromedriver and the browser it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn text(browser: &Client, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn listed_ids(browser: &Client) -> Vec<String> {
+    let mut ids = Vec::new();
+    for row in browser
+        .find_all(Locator::Css("#exceptions tbody tr"))
+        .await
+        .unwrap()
+    {
+        ids.push(row.attr("data-id").await.unwrap().unwrap());
+    }
+    ids
+}
+
+async fn fill(browser: &Client, css: &str, value: &str) {
+    let input = browser.find(Locator::Css(css)).await.unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(value).await.unwrap();
+}
+
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Clicks a button or link that loads another page, and waits until that page has loaded:
+/// WebDriver's click can return before a form's navigation starts.
+async fn submit(browser: &Client, css: &str) {
+    let old = browser.find(Locator::Css("html")).await.unwrap();
+    click(browser, css).await;
+    // The old document's root goes stale once the new document replaces it.
+    let mut polls = 0;
+    while old.tag_name().await.is_ok() {
+        polls += 1;
+        assert!(polls < 1000, "clicking {css} loaded no new page");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while browser
+        .execute("return document.readyState", vec![])
+        .await
+        .ok()
+        .and_then(|state| state.as_str().map(|s| s == "complete"))
+        != Some(true)
+    {
+        polls += 1;
+        assert!(
+            polls < 1000,
+            "the page after clicking {css} did not finish loading"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steward_resolves_exceptions_in_a_browser() {
+    let app = TestApp::start(Engine::Postgres).await;
+    let seeded = seed(&app).await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    steward_session(&app, &browser, &seeded).await;
+    browser.close().await.unwrap();
+
+    // What the browser did is in the store: closed by the steward, recorded in the history.
+    let store = deliveries(&app);
+    for (exception, reason) in [
+        (
+            &seeded.divergent,
+            "CRM re-imported the customer; drift explained",
+        ),
+        (&seeded.stale, "consumer retired this week"),
+    ] {
+        let now = store.exception(exception.id).await.unwrap().unwrap();
+        assert_eq!(now.status, ExceptionStatus::Dismissed, "{now:?}");
+        assert_eq!(now.resolved_by.as_deref(), Some("steward:steward"));
+        assert_eq!(now.resolution_note.as_deref(), Some(reason));
+        let history = app
+            .ledger
+            .history(exception.customer_id, &FieldPath::parse("email").unwrap())
+            .await
+            .unwrap();
+        let acted: Vec<_> = history
+            .iter()
+            .filter(|e| e.envelope.event.payload.type_name() == "steward_acted")
+            .collect();
+        assert_eq!(acted.len(), 1, "one steward_acted event per dismissal");
+        assert_eq!(acted[0].envelope.event.provenance.actor.id(), "steward");
+    }
+}
+
+async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
+    let (divergent, stale) = (seeded.divergent.id.to_string(), seeded.stale.id.to_string());
+
+    // Not logged in: the login page.
+    browser.goto(&app.url("/steward")).await.unwrap();
+    assert!(
+        browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/steward/login"),
+        "redirected to the login page"
+    );
+    // A source's token is not a steward's.
+    fill(browser, "input[name=token]", app.token("crm")).await;
+    submit(browser, "button[type=submit]").await;
+    let error = text(browser, ".msg.error").await;
+    assert!(error.contains("source token"), "{error}");
+
+    fill(browser, "input[name=token]", app.token("steward")).await;
+    submit(browser, "button[type=submit]").await;
+    assert_eq!(browser.current_url().await.unwrap().path(), "/steward");
+    let mut both = listed_ids(browser).await;
+    both.sort();
+    let mut expected = vec![divergent.clone(), stale.clone()];
+    expected.sort();
+    assert_eq!(both, expected, "both open exceptions are listed");
+
+    // Filter by kind.
+    browser
+        .find(Locator::Css("select[name=kind]"))
+        .await
+        .unwrap()
+        .select_by_value("divergent")
+        .await
+        .unwrap();
+    submit(browser, ".filters button").await;
+    assert_eq!(listed_ids(browser).await, vec![divergent.clone()]);
+
+    // Open it: the record, the consumer's view and the field's history side by side.
+    submit(browser, "#exceptions tbody tr a").await;
+    assert!(
+        browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with(&divergent)
+    );
+    assert_eq!(text(browser, "#record-value").await, seeded.email);
+    assert_eq!(text(browser, "#consumer-hash").await, DRIFTED_HASH);
+    assert!(text(browser, "#record-hash").await.starts_with("sha256:"));
+    assert_eq!(text(browser, "#differs").await, "differs from the record");
+    let history = text(browser, "#history").await;
+    assert!(history.contains("field_set"), "{history}");
+    assert!(history.contains(&seeded.email), "{history}");
+    assert_eq!(text(browser, "#status").await, "open");
+
+    // Dismissing needs a reason: refused on the page, still open.
+    submit(browser, "#dismiss button").await;
+    let error = text(browser, ".msg.error").await;
+    assert!(error.to_lowercase().contains("reason"), "{error}");
+    assert_eq!(text(browser, "#status").await, "open");
+
+    fill(
+        browser,
+        "#dismiss input[name=reason]",
+        "CRM re-imported the customer; drift explained",
+    )
+    .await;
+    submit(browser, "#dismiss button").await;
+    assert_eq!(text(browser, ".msg.ok").await, "Dismissed.");
+    assert_eq!(text(browser, "#status").await, "dismissed");
+    assert_eq!(text(browser, "#resolved-by").await, "steward:steward");
+    assert!(
+        text(browser, "#history").await.contains("steward_acted"),
+        "the dismissal is in the field's history"
+    );
+    assert!(
+        browser.find(Locator::Css("#dismiss")).await.is_err(),
+        "no actions on a closed exception"
+    );
+
+    // The open list no longer has it; dismiss the other one in bulk.
+    browser.goto(&app.url("/steward")).await.unwrap();
+    assert_eq!(listed_ids(browser).await, vec![stale.clone()]);
+    click(browser, &format!("input[name=id][value='{stale}']")).await;
+    browser
+        .find(Locator::Css("select[name=action]"))
+        .await
+        .unwrap()
+        .select_by_value("dismiss")
+        .await
+        .unwrap();
+    fill(
+        browser,
+        ".act input[name=reason]",
+        "consumer retired this week",
+    )
+    .await;
+    submit(browser, ".act button").await;
+    let result = text(browser, &format!("#results tr[data-id='{stale}']")).await;
+    assert!(result.contains("now dismissed"), "{result}");
+
+    browser.goto(&app.url("/steward")).await.unwrap();
+    assert!(listed_ids(browser).await.is_empty());
+    assert!(text(browser, "#empty").await.contains("No exceptions"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Without a browser
+// ---------------------------------------------------------------------------------------
+
+/// A client that shows redirects instead of following them.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    html: String,
+}
+
+async fn request(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    cookie: Option<&str>,
+    origin: Option<&str>,
+    form: &[(&str, &str)],
+) -> Page {
+    let mut request = client().request(method.clone(), app.url(path));
+    if let Some(secret) = cookie {
+        request = request.header("cookie", format!("idl_steward={secret}"));
+    }
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    if method == Method::POST {
+        request = request.form(form);
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    Page {
+        status: response.status(),
+        location: header("location"),
+        set_cookie: header("set-cookie"),
+        html: response.text().await.unwrap(),
+    }
+}
+
+async fn pages_need_a_steward_session(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    for path in [
+        "/steward",
+        "/steward/exceptions/0190a4c6-0000-7000-8000-000000000000",
+    ] {
+        let page = request(&app, Method::GET, path, None, None, &[]).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(page.location.as_deref(), Some("/steward/login"), "{path}");
+    }
+    // A token of another role logs nobody in, and neither does it work as a cookie.
+    let login = request(
+        &app,
+        Method::POST,
+        "/steward/login",
+        None,
+        None,
+        &[("token", app.token("auditor"))],
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::FORBIDDEN);
+    assert!(login.html.contains("auditor token"), "{}", login.html);
+    assert!(login.set_cookie.is_none());
+    let page = request(
+        &app,
+        Method::GET,
+        "/steward",
+        Some(app.token("auditor")),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    let unknown = request(
+        &app,
+        Method::POST,
+        "/steward/login",
+        None,
+        None,
+        &[("token", "idl_nope")],
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        unknown.html.contains("unknown or revoked"),
+        "{}",
+        unknown.html
+    );
+
+    // A steward token: the cookie, then the list.
+    let secret = app.token("steward");
+    let login = request(
+        &app,
+        Method::POST,
+        "/steward/login",
+        None,
+        None,
+        &[("token", secret)],
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER);
+    assert_eq!(login.location.as_deref(), Some("/steward"));
+    assert_eq!(
+        login.set_cookie.as_deref(),
+        Some(format!("idl_steward={secret}; HttpOnly; SameSite=Strict; Path=/steward").as_str())
+    );
+    let page = request(&app, Method::GET, "/steward", Some(secret), None, &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.html.contains("Sync exceptions"));
+
+    // Revoking the token ends the session on the next request.
+    let tokens = Tokens::new(app.ledger.backend().clone());
+    let record = tokens.authenticate(secret).await.unwrap().unwrap();
+    assert_eq!(record.role, Role::Steward);
+    assert!(tokens.revoke(record.id).await.unwrap());
+    let page = request(&app, Method::GET, "/steward", Some(secret), None, &[]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert!(
+        page.set_cookie.unwrap().contains("Max-Age=0"),
+        "the cookie is cleared"
+    );
+
+    let logout = request(&app, Method::POST, "/steward/logout", None, None, &[]).await;
+    assert_eq!(logout.location.as_deref(), Some("/steward/login"));
+}
+
+async fn cross_origin_posts_are_refused(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let seeded = seed(&app).await;
+    let secret = app.token("steward");
+    let act = format!("/steward/exceptions/{}/act", seeded.divergent.id);
+    let form = [("action", "dismiss"), ("reason", "a forged form")];
+    for origin in ["http://evil.example", "null"] {
+        let page = request(&app, Method::POST, &act, Some(secret), Some(origin), &form).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{origin}");
+        assert!(
+            page.html.contains("Cross-site request refused"),
+            "{}",
+            page.html
+        );
+    }
+    let forged_bulk = request(
+        &app,
+        Method::POST,
+        "/steward/bulk",
+        Some(secret),
+        Some("http://evil.example"),
+        &[
+            ("id", &seeded.stale.id.to_string()),
+            ("action", "dismiss"),
+            ("reason", "forged"),
+        ],
+    )
+    .await;
+    assert_eq!(forged_bulk.status, StatusCode::FORBIDDEN);
+    let store = deliveries(&app);
+    for id in [seeded.divergent.id, seeded.stale.id] {
+        let now = store.exception(id).await.unwrap().unwrap();
+        assert_eq!(
+            now.status,
+            ExceptionStatus::Open,
+            "nothing forged went through"
+        );
+    }
+    // The same form from the page's own origin goes through.
+    let own = app.url("");
+    let page = request(&app, Method::POST, &act, Some(secret), Some(&own), &form).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let now = store.exception(seeded.divergent.id).await.unwrap().unwrap();
+    assert_eq!(now.status, ExceptionStatus::Dismissed);
+}
+
+async fn customer_data_is_escaped_and_refusals_are_readable(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let seeded = seed(&app).await;
+    let secret = app.token("steward");
+    let script = r#"<script>alert("pwned")</script>"#;
+    let evil = app
+        .register(
+            "idp",
+            json!([{"op": "set_field", "field": "name.given", "value": script}]),
+        )
+        .await;
+    let exception = open(
+        &app,
+        &evil,
+        "name.given",
+        ExceptionKind::Rejected,
+        json!({"consumer_reason": script}),
+        chrono::Duration::minutes(1),
+    )
+    .await;
+    let page = request(
+        &app,
+        Method::GET,
+        &format!("/steward/exceptions/{}", exception.id),
+        Some(secret),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    assert!(
+        !page.html.contains("<script"),
+        "no markup from customer data:\n{}",
+        page.html
+    );
+    assert!(
+        page.html.contains("&lt;script&gt;alert("),
+        "shown as text:\n{}",
+        page.html
+    );
+
+    // Filters: by age (the stale one is three hours old), and bad input explained.
+    let page = request(
+        &app,
+        Method::GET,
+        "/steward?older_than=2h",
+        Some(secret),
+        None,
+        &[],
+    )
+    .await;
+    assert!(page.html.contains(&seeded.stale.id.to_string()));
+    assert!(!page.html.contains(&seeded.divergent.id.to_string()));
+    let page = request(
+        &app,
+        Method::GET,
+        "/steward?older_than=soon&kind=bogus",
+        Some(secret),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.html.contains("not an age like"), "{}", page.html);
+    assert!(page.html.contains("bogus"), "{}", page.html);
+
+    // The policy forbids stewards to override email: a readable 403, not a 500.
+    let act = format!("/steward/exceptions/{}/act", seeded.divergent.id);
+    let page = request(
+        &app,
+        Method::POST,
+        &act,
+        Some(secret),
+        None,
+        &[("action", "accept"), ("value", "ann@crm.example")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.html);
+    assert!(page.html.contains(r#"class="msg error""#), "{}", page.html);
+    assert!(
+        page.html
+            .contains("the policy does not let stewards override this field")
+    );
+    // A re-push leaves it open, noted; a second dismissal of a closed one is a 409 page.
+    let page = request(
+        &app,
+        Method::POST,
+        &act,
+        Some(secret),
+        None,
+        &[("action", "repush")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let store = deliveries(&app);
+    let now = store.exception(seeded.divergent.id).await.unwrap().unwrap();
+    assert_eq!(now.status, ExceptionStatus::Open);
+    assert_eq!(now.last_action.unwrap()["action"], "repush");
+    let dismiss = [("action", "dismiss"), ("reason", "explained")];
+    let page = request(&app, Method::POST, &act, Some(secret), None, &dismiss).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    let page = request(&app, Method::POST, &act, Some(secret), None, &dismiss).await;
+    assert_eq!(page.status, StatusCode::CONFLICT);
+    assert!(page.html.contains("already dismissed"), "{}", page.html);
+}
+
+async fn unknown_and_erased_are_readable_pages(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let seeded = seed(&app).await;
+    let secret = app.token("steward");
+    for id in ["0190a4c6-0000-7000-8000-000000000000", "not-an-id"] {
+        let page = request(
+            &app,
+            Method::GET,
+            &format!("/steward/exceptions/{id}"),
+            Some(secret),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{id}");
+        assert!(page.html.contains("no sync exception"), "{}", page.html);
+    }
+    let customer = seeded.divergent.customer_id;
+    let reply = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{customer}/erasure"),
+            Some("admin"),
+            None,
+            Some(&json!({"reason": "ticket DSR-1", "actor": {"kind": "agent", "id": "dpo@example.org"}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let path = format!("/steward/exceptions/{}", seeded.divergent.id);
+    let page = request(&app, Method::GET, &path, Some(secret), None, &[]).await;
+    assert_eq!(page.status, StatusCode::GONE);
+    assert!(page.html.contains("was erased at"), "{}", page.html);
+    assert!(!page.html.contains(&seeded.email), "nothing of the record");
+    // Acting on it is refused readably too.
+    let act = format!("{path}/act");
+    let page = request(
+        &app,
+        Method::POST,
+        &act,
+        Some(secret),
+        None,
+        &[("action", "dismiss"), ("reason", "gone")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::GONE, "{}", page.html);
+    assert!(page.html.contains("erased"), "{}", page.html);
+}
