@@ -805,7 +805,7 @@ async fn unknown_and_erased_are_readable_pages(engine: Engine) {
     assert_eq!(page.status, StatusCode::GONE);
     assert!(page.html.contains("was erased at"), "{}", page.html);
     assert!(!page.html.contains(&seeded.email), "nothing of the record");
-    // Acting on it is refused readably too.
+    // Erasure closed it, so acting on it is refused readably too.
     let act = format!("{path}/act");
     let page = request(
         &app,
@@ -816,6 +816,6 @@ async fn unknown_and_erased_are_readable_pages(engine: Engine) {
         &[("action", "dismiss"), ("reason", "gone")],
     )
     .await;
-    assert_eq!(page.status, StatusCode::GONE, "{}", page.html);
-    assert!(page.html.contains("erased"), "{}", page.html);
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.html);
+    assert!(page.html.contains("already resolved"), "{}", page.html);
 }
