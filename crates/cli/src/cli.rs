@@ -97,6 +97,9 @@ pub enum Command {
     /// Register, list and disable consumers of deliveries (CRM, CDP…).
     #[command(subcommand)]
     Consumer(crate::commands::consumer::ConsumerCommand),
+    /// Measure command throughput, commit-to-consumer latency, rebuild and read speed, each
+    /// as a ratio to a raw database baseline in the same run (needs PostgreSQL and NATS).
+    Bench(crate::commands::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Consumer(command) => {
                 commands::consumer::run(&settings, command, &mut out).await?
             }
+            Command::Bench(args) => commands::bench::run(&settings, args, &mut out).await?,
         };
         out.flush()?;
         Ok(code)
