@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use sqlx::ConnectOptions as _;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
@@ -128,7 +129,9 @@ pub async fn sqlite_insert(
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(30));
+        .busy_timeout(Duration::from_secs(30))
+        // Waiting for the one write lock is the point here, not a slow statement to report.
+        .disable_statement_logging();
     let pool = SqlitePoolOptions::new()
         .max_connections(u32::try_from(clients).unwrap_or(u32::MAX))
         .connect_with(options)
