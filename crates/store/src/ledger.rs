@@ -593,31 +593,31 @@ impl Ledger {
                 rebuilt.insert(*customer, projection::rows(state)?);
             }
             let live = self.all_projection_rows().await?;
-            let mut differing = Vec::new();
-            let mut differing_count = 0u64;
-            for customer in rebuilt
+            let changed: Vec<Uuid> = rebuilt
                 .keys()
                 .chain(live.keys().filter(|c| !rebuilt.contains_key(*c)))
-            {
-                if rebuilt.get(customer) != live.get(customer) {
-                    differing_count += 1;
-                    if differing.len() < 20 {
-                        differing.push(*customer);
-                    }
-                }
-            }
-            let flat: Vec<(Uuid, ProjectionRow)> = rebuilt
+                .filter(|c| rebuilt.get(*c) != live.get(*c))
+                .copied()
+                .collect();
+            // Only the customers whose rows differ are rewritten: the rest already hold
+            // exactly what the log gives.
+            let flat: Vec<(Uuid, ProjectionRow)> = changed
                 .iter()
+                .filter_map(|c| rebuilt.get(c).map(|rows| (c, rows)))
                 .flat_map(|(c, rows)| rows.iter().map(move |r| (*c, r.clone())))
                 .collect();
-            if self.backend.replace_projections(&flat, after).await? {
+            if self
+                .backend
+                .replace_projections(&changed, &flat, after)
+                .await?
+            {
                 return Ok(RebuildReport {
                     events,
                     customers: rebuilt.len() as u64,
-                    rows: flat.len() as u64,
-                    identical: differing_count == 0,
-                    differing_customers: differing,
-                    differing_count,
+                    rows: rebuilt.values().map(|rows| rows.len() as u64).sum(),
+                    identical: changed.is_empty(),
+                    differing_customers: changed.iter().take(20).copied().collect(),
+                    differing_count: changed.len() as u64,
                 });
             }
             // The log moved on while we compared: fold the new events in and try again.
