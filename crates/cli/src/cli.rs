@@ -100,6 +100,9 @@ pub enum Command {
     /// Compare what consumers acknowledged (or a consumer's uploaded export, with --snapshot)
     /// with the record; open sync exceptions for what differs and print the run's report.
     Reconcile(crate::commands::reconcile::ReconcileArgs),
+    /// Measure command throughput, commit-to-consumer latency, rebuild and read speed, each
+    /// as a ratio to a raw database baseline in the same run (needs PostgreSQL and NATS).
+    Bench(crate::commands::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

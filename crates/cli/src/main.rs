@@ -55,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commands::consumer::run(&settings, command, &mut out).await?
             }
             Command::Reconcile(args) => commands::reconcile::run(&settings, args, &mut out).await?,
+            Command::Bench(args) => commands::bench::run(&settings, args, &mut out).await?,
         };
         out.flush()?;
         Ok(code)

@@ -903,3 +903,16 @@ fn reconcile_compares_acks_and_snapshots_and_explains_bad_input() {
         .exit(1)
         .stderr_has(&["no consumer 'nobody' is registered"]);
 }
+
+#[test]
+fn bench_refuses_an_embedded_store_and_bad_sizes() {
+    let dir = TempDir::new("bench-sqlite");
+    // It needs a PostgreSQL server to make scratch databases on: told so, nothing written.
+    idledger(&dir, &["bench", "--smoke", "--out", "reports"])
+        .exit(1)
+        .stderr_has(&["needs a PostgreSQL server", "CREATE DATABASE"]);
+    assert!(!dir.path().join("idledger.db").exists());
+    for bad in [["--clients", "0"], ["--duration", "0"], ["--rate", "nope"]] {
+        idledger(&dir, &["bench", bad[0], bad[1]]).exit(2);
+    }
+}

@@ -62,10 +62,12 @@ pub trait Backend:
         customers: u32,
     ) -> Result<Vec<(Uuid, ProjectionRow)>, StoreError>;
 
-    /// Replaces all projection rows with `rows` in one transaction, holding off appends — but
-    /// only if the log's head is still `expected_head` (else returns false, nothing changed).
+    /// Replaces the projection rows of `customers` with `rows` (theirs) in one transaction,
+    /// holding off appends — but only if the log's head is still `expected_head` (else returns
+    /// false, nothing changed). Other customers' rows are left as they are.
     async fn replace_projections(
         &self,
+        customers: &[Uuid],
         rows: &[(Uuid, ProjectionRow)],
         expected_head: u64,
     ) -> Result<bool, StoreError>;

@@ -5,6 +5,8 @@
 //! so positions become visible strictly in order and a rolled-back transaction leaves no hole:
 //! a reader never skips an event that commits later with a lower position.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
@@ -13,7 +15,9 @@ use uuid::Uuid;
 use crate::backend::{Backend, to_i64, to_u64, token_from_parts};
 use crate::chain::{GENESIS, chained_rows};
 use crate::error::StoreError;
-use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent, from_micros, micros};
+use crate::model::{
+    AppendOutcome, AppendRequest, IdempotencyRecord, ProjectionRow, RawEvent, from_micros, micros,
+};
 use crate::tokens::TokenRecord;
 
 /// The advisory lock that serialises appends ("idledger" in ASCII).
@@ -41,6 +45,172 @@ impl PgBackend {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The batch in one transaction of a fixed number of statements, whatever its size: the
+    /// idempotency records and stream heads of every append read in two queries, the checks
+    /// done here, then one multi-row statement per table. Every append in a batch was decided
+    /// on state committed before this transaction, so the outcomes are those the per-append
+    /// path gives (an append sees the heads left by the batch's earlier appends).
+    async fn write_bulk(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOG_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut position = to_u64(head);
+
+        let (sources, keys): (Vec<String>, Vec<String>) = batch
+            .iter()
+            .filter_map(|r| r.idempotency.as_ref())
+            .map(|i| (i.source.clone(), i.key.clone()))
+            .unzip();
+        let mut used: HashMap<(String, String), (Vec<u8>, String)> = HashMap::new();
+        if !sources.is_empty() {
+            let rows = sqlx::query(
+                "SELECT i.source, i.idempotency_key, i.request_hash, i.result FROM idempotency i \
+                 JOIN UNNEST($1::text[], $2::text[]) AS k(source, key) \
+                 ON i.source = k.source AND i.idempotency_key = k.key",
+            )
+            .bind(&sources)
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                used.insert(
+                    (row.try_get("source")?, row.try_get("idempotency_key")?),
+                    (row.try_get("request_hash")?, row.try_get("result")?),
+                );
+            }
+        }
+        let mut customers: Vec<Uuid> = batch.iter().map(|r| r.customer_id).collect();
+        customers.sort_unstable();
+        customers.dedup();
+        let mut heads: HashMap<Uuid, (u64, Vec<u8>)> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT c.id AS customer_id, e.stream_version, e.hash FROM UNNEST($1::uuid[]) AS c(id) \
+             CROSS JOIN LATERAL (SELECT stream_version, hash FROM events \
+             WHERE customer_id = c.id ORDER BY stream_version DESC LIMIT 1) e",
+        )
+        .bind(&customers)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            heads.insert(
+                row.try_get("customer_id")?,
+                (to_u64(row.try_get("stream_version")?), row.try_get("hash")?),
+            );
+        }
+        let new_keys: Vec<Uuid> = batch
+            .iter()
+            .filter(|r| r.new_data_key.is_some())
+            .map(|r| r.customer_id)
+            .collect();
+        let keyed: HashSet<Uuid> = if new_keys.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_scalar("SELECT customer_id FROM data_keys WHERE customer_id = ANY($1)")
+                .bind(&new_keys)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+        };
+
+        let mut write = BulkWrite::default();
+        let mut results = Vec::with_capacity(batch.len());
+        for req in batch {
+            if let Some(idem) = &req.idempotency
+                && let Some((request_hash, result)) =
+                    used.get(&(idem.source.clone(), idem.key.clone()))
+            {
+                results.push(Ok(AppendOutcome::Duplicate {
+                    request_hash: request_hash.clone(),
+                    result: result.clone(),
+                }));
+                continue;
+            }
+            let (version, prev) = heads
+                .get(&req.customer_id)
+                .cloned()
+                .unwrap_or_else(|| (0, GENESIS.to_vec()));
+            // Another writer created the customer's key since it was read: decide again.
+            let key_taken = req.new_data_key.is_some()
+                && (keyed.contains(&req.customer_id)
+                    || write.key_customers.contains(&req.customer_id));
+            if version != req.expected_version || key_taken {
+                results.push(Ok(AppendOutcome::VersionConflict));
+                continue;
+            }
+            let rows = chained_rows(req, position, &prev);
+            if let Some(last) = rows.last() {
+                heads.insert(req.customer_id, (last.stream_version, last.hash.clone()));
+            }
+            position += rows.len() as u64;
+            let positions = rows.iter().map(|r| r.global_position).collect();
+            if let Some(idem) = &req.idempotency {
+                used.insert(
+                    (idem.source.clone(), idem.key.clone()),
+                    (idem.request_hash.clone(), idem.result.clone()),
+                );
+            }
+            write.add(req, rows);
+            results.push(Ok(AppendOutcome::Appended { positions }));
+        }
+        write.execute(&mut tx).await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// The batch append by append, a savepoint each, so that a failing append does not fail
+    /// the others.
+    async fn write_each(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOG_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut position = to_u64(head);
+        let mut results = Vec::with_capacity(batch.len());
+        for req in batch {
+            // A savepoint per command: one failing command must not fail the others.
+            sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
+            let outcome = append_one(&mut tx, req, position).await;
+            let keep = matches!(outcome, Ok(AppendOutcome::Appended { .. }));
+            if keep {
+                sqlx::query("RELEASE SAVEPOINT append")
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query("ROLLBACK TO SAVEPOINT append")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("RELEASE SAVEPOINT append")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Ok(AppendOutcome::Appended { positions }) = &outcome {
+                position += positions.len() as u64;
+            }
+            results.push(match outcome {
+                Err(e) if e.is_unique_violation() => Ok(AppendOutcome::VersionConflict),
+                other => other,
+            });
+        }
+        tx.commit().await?;
+        Ok(results)
     }
 }
 
@@ -196,6 +366,159 @@ async fn append_one(
     Ok(AppendOutcome::Appended { positions })
 }
 
+/// The rows of a batch's successful appends, written with one statement per table (arrays
+/// bound as parameters: no limit on the number of rows, one plan).
+#[derive(Debug, Default)]
+struct BulkWrite {
+    events: Vec<RawEvent>,
+    key_customers: Vec<Uuid>,
+    wrapped_keys: Vec<Vec<u8>>,
+    /// The net projection change per row: `None` deletes it. Appends apply in batch order.
+    projection: BTreeMap<(Uuid, String, String), Option<String>>,
+    idempotency: Vec<(Uuid, IdempotencyRecord)>,
+}
+
+impl BulkWrite {
+    fn add(&mut self, req: &AppendRequest, rows: Vec<RawEvent>) {
+        self.events.extend(rows);
+        if let Some(wrapped) = &req.new_data_key {
+            self.key_customers.push(req.customer_id);
+            self.wrapped_keys.push(wrapped.clone());
+        }
+        for r in &req.projection.upserts {
+            self.projection.insert(
+                (req.customer_id, r.kind.clone(), r.key.clone()),
+                Some(r.record.clone()),
+            );
+        }
+        for (kind, key) in &req.projection.deletes {
+            self.projection
+                .insert((req.customer_id, kind.clone(), key.clone()), None);
+        }
+        if let Some(idem) = &req.idempotency {
+            self.idempotency.push((req.customer_id, idem.clone()));
+        }
+    }
+
+    async fn execute(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+        if !self.key_customers.is_empty() {
+            sqlx::query(
+                "INSERT INTO data_keys (customer_id, wrapped_key) SELECT * FROM UNNEST($1::uuid[], $2::bytea[])",
+            )
+            .bind(&self.key_customers)
+            .bind(&self.wrapped_keys)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.events.is_empty() {
+            let e = &self.events;
+            sqlx::query(
+                "INSERT INTO events (global_position, event_id, customer_id, stream_version, \
+                 event_type, schema_version, field, recorded_at, payload, hash) \
+                 SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], \
+                 $6::int4[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[])",
+            )
+            .bind(
+                e.iter()
+                    .map(|r| to_i64(r.global_position))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.event_id).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| to_i64(r.stream_version))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.event_type.as_str()).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| i32::from(r.schema_version))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.field.as_deref()).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| from_micros(r.recorded_at_micros))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.payload.as_slice()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.hash.as_slice()).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await?;
+        }
+        let (upserts, deletes): (Vec<_>, Vec<_>) = self
+            .projection
+            .iter()
+            .partition(|(_, record)| record.is_some());
+        if !upserts.is_empty() {
+            sqlx::query(
+                "INSERT INTO projections (customer_id, kind, key, record) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+                 ON CONFLICT (customer_id, kind, key) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .bind(upserts.iter().map(|((c, _, _), _)| *c).collect::<Vec<_>>())
+            .bind(
+                upserts
+                    .iter()
+                    .map(|((_, k, _), _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                upserts
+                    .iter()
+                    .map(|((_, _, k), _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                upserts
+                    .iter()
+                    .map(|(_, r)| r.as_deref().unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !deletes.is_empty() {
+            sqlx::query(
+                "DELETE FROM projections p USING UNNEST($1::uuid[], $2::text[], $3::text[]) \
+                 AS d(customer_id, kind, key) \
+                 WHERE p.customer_id = d.customer_id AND p.kind = d.kind AND p.key = d.key",
+            )
+            .bind(deletes.iter().map(|((c, _, _), _)| *c).collect::<Vec<_>>())
+            .bind(
+                deletes
+                    .iter()
+                    .map(|((_, k, _), _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                deletes
+                    .iter()
+                    .map(|((_, _, k), _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.idempotency.is_empty() {
+            let i = &self.idempotency;
+            sqlx::query(
+                "INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[])",
+            )
+            .bind(i.iter().map(|(_, r)| r.source.as_str()).collect::<Vec<_>>())
+            .bind(i.iter().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>())
+            .bind(i.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+            .bind(i.iter().map(|(_, r)| r.request_hash.as_slice()).collect::<Vec<_>>())
+            .bind(i.iter().map(|(_, r)| r.result.as_str()).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Backend for PgBackend {
     fn name(&self) -> &'static str {
@@ -213,43 +536,19 @@ impl Backend for PgBackend {
         &self,
         batch: &[AppendRequest],
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(LOG_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut position = to_u64(head);
-        let mut results = Vec::with_capacity(batch.len());
-        for req in batch {
-            // A savepoint per command: one failing command must not fail the others.
-            sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
-            let outcome = append_one(&mut tx, req, position).await;
-            let keep = matches!(outcome, Ok(AppendOutcome::Appended { .. }));
-            if keep {
-                sqlx::query("RELEASE SAVEPOINT append")
-                    .execute(&mut *tx)
-                    .await?;
-            } else {
-                sqlx::query("ROLLBACK TO SAVEPOINT append")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("RELEASE SAVEPOINT append")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if let Ok(AppendOutcome::Appended { positions }) = &outcome {
-                position += positions.len() as u64;
-            }
-            results.push(match outcome {
-                Err(e) if e.is_unique_violation() => Ok(AppendOutcome::VersionConflict),
-                other => other,
-            });
+        // Erasures are rare and delete across tables: they take the per-append path.
+        if batch.iter().any(|r| r.erase) {
+            return self.write_each(batch).await;
         }
-        tx.commit().await?;
-        Ok(results)
+        match self.write_bulk(batch).await {
+            Ok(results) => Ok(results),
+            // Whatever failed (a unique violation, a trigger…) failed the whole transaction:
+            // the per-append path, with a savepoint each, fails only the append concerned.
+            Err(e) => {
+                tracing::debug!(error = %e, "bulk append failed; retrying append by append");
+                self.write_each(batch).await
+            }
+        }
     }
 
     async fn idempotency(
@@ -352,13 +651,24 @@ impl Backend for PgBackend {
         after: Option<Uuid>,
         customers: u32,
     ) -> Result<Vec<(Uuid, ProjectionRow)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN \
-             (SELECT DISTINCT customer_id FROM projections WHERE $1::uuid IS NULL OR customer_id > $1 ORDER BY customer_id LIMIT $2) \
-             ORDER BY customer_id, kind, key",
-        )
-        .bind(after)
-        .bind(i64::from(customers))
+        // Two statements rather than `$1 IS NULL OR customer_id > $1`, which no index can
+        // serve: that made every page a scan of the whole table.
+        let rows = match after {
+            None => sqlx::query(
+                "SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN \
+                 (SELECT DISTINCT customer_id FROM projections ORDER BY customer_id LIMIT $1) \
+                 ORDER BY customer_id, kind, key",
+            )
+            .bind(i64::from(customers)),
+            Some(after) => sqlx::query(
+                "SELECT customer_id, kind, key, record FROM projections WHERE customer_id > $1 \
+                 AND customer_id IN (SELECT DISTINCT customer_id FROM projections \
+                 WHERE customer_id > $1 ORDER BY customer_id LIMIT $2) \
+                 ORDER BY customer_id, kind, key",
+            )
+            .bind(after)
+            .bind(i64::from(customers)),
+        }
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -377,6 +687,7 @@ impl Backend for PgBackend {
 
     async fn replace_projections(
         &self,
+        customers: &[Uuid],
         rows: &[(Uuid, ProjectionRow)],
         expected_head: u64,
     ) -> Result<bool, StoreError> {
@@ -392,9 +703,12 @@ impl Backend for PgBackend {
         if to_u64(head) != expected_head {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM projections")
-            .execute(&mut *tx)
-            .await?;
+        for chunk in customers.chunks(5000) {
+            sqlx::query("DELETE FROM projections WHERE customer_id = ANY($1)")
+                .bind(chunk)
+                .execute(&mut *tx)
+                .await?;
+        }
         for chunk in rows.chunks(5000) {
             let mut q = QueryBuilder::<Postgres>::new(
                 "INSERT INTO projections (customer_id, kind, key, record) ",

@@ -367,13 +367,24 @@ impl Backend for SqliteBackend {
         after: Option<Uuid>,
         customers: u32,
     ) -> Result<Vec<(Uuid, ProjectionRow)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN \
-             (SELECT DISTINCT customer_id FROM projections WHERE ?1 IS NULL OR customer_id > ?1 ORDER BY customer_id LIMIT ?2) \
-             ORDER BY customer_id, kind, key",
-        )
-        .bind(after)
-        .bind(i64::from(customers))
+        // Two statements rather than `?1 IS NULL OR customer_id > ?1`, which no index can
+        // serve: that made every page a scan of the whole table.
+        let rows = match after {
+            None => sqlx::query(
+                "SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN \
+                 (SELECT DISTINCT customer_id FROM projections ORDER BY customer_id LIMIT ?1) \
+                 ORDER BY customer_id, kind, key",
+            )
+            .bind(i64::from(customers)),
+            Some(after) => sqlx::query(
+                "SELECT customer_id, kind, key, record FROM projections WHERE customer_id > ?1 \
+                 AND customer_id IN (SELECT DISTINCT customer_id FROM projections \
+                 WHERE customer_id > ?1 ORDER BY customer_id LIMIT ?2) \
+                 ORDER BY customer_id, kind, key",
+            )
+            .bind(after)
+            .bind(i64::from(customers)),
+        }
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -392,6 +403,7 @@ impl Backend for SqliteBackend {
 
     async fn replace_projections(
         &self,
+        customers: &[Uuid],
         rows: &[(Uuid, ProjectionRow)],
         expected_head: u64,
     ) -> Result<bool, StoreError> {
@@ -403,9 +415,12 @@ impl Backend for SqliteBackend {
         if to_u64(head) != expected_head {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM projections")
-            .execute(&mut *tx)
-            .await?;
+        for customer in customers {
+            sqlx::query("DELETE FROM projections WHERE customer_id = ?1")
+                .bind(customer)
+                .execute(&mut *tx)
+                .await?;
+        }
         for chunk in rows.chunks(2000) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO projections (customer_id, kind, key, record) ",

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each takes the resolved settings and its own arguments, writes
 //! its report to `out`, and returns the process's exit status.
 
+pub mod bench;
 pub mod consumer;
 pub mod demo;
 pub mod history;
