@@ -145,6 +145,15 @@ roles! {
     Consumers = [Consumer];
     /// Reading delivery records: the handoff log and what consumers acknowledged.
     Auditors = [Steward, Auditor];
+    /// Reading sync exceptions and reconciliation reports.
+    Overseers = [Steward, Auditor, Admin];
+    /// Acting on sync exceptions.
+    Stewards = [Steward];
+    /// Starting reconciliation runs.
+    Reconcilers = [Steward, Admin];
+    /// Uploading a consumer's snapshot: stewards and admins for any consumer, a consumer for
+    /// itself.
+    Uploaders = [Steward, Admin, Consumer];
     /// Any valid token.
     Anyone = [Source, Consumer, Steward, Auditor, Admin];
 }

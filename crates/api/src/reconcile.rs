@@ -22,32 +22,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Authorized, Roles};
+use crate::auth::{Authorized, Overseers, Reconcilers, Stewards, Uploaders};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::steward::{self, ActionRequest, ActionResult};
-
-macro_rules! roles {
-    ($($(#[$meta:meta])* $name:ident = [$($role:ident),+];)+) => {$(
-        $(#[$meta])*
-        #[derive(Debug)]
-        pub struct $name;
-        impl Roles for $name {
-            const ROLES: &'static [Role] = &[$(Role::$role),+];
-        }
-    )+};
-}
-
-roles! {
-    /// Reading exceptions and reconciliation reports.
-    Overseers = [Steward, Auditor, Admin];
-    /// Acting on exceptions.
-    Stewards = [Steward];
-    /// Starting reconciliation runs.
-    Reconcilers = [Steward, Admin];
-    /// Uploading a snapshot: stewards and admins for any consumer, a consumer for itself.
-    Uploaders = [Steward, Admin, Consumer];
-}
 
 /// Exceptions a page holds unless `limit` says otherwise.
 pub const DEFAULT_EXCEPTION_LIMIT: u32 = 100;

@@ -174,8 +174,11 @@ pub async fn act(
                 note: reason.unwrap_or_else(|| describe_accept(&executed.result.outcomes)),
                 at: now,
             };
-            state.deliveries.close_exception(id, &closing).await?;
-            state.deliveries.exception(id).await?
+            // `None`: another steward closed it meanwhile; show it as it now stands.
+            match state.deliveries.close_exception(id, &closing).await? {
+                Some(closed) => Some(closed),
+                None => state.deliveries.exception(id).await?,
+            }
         }
     }
     .ok_or_else(|| unknown_exception(id))?;
