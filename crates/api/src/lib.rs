@@ -94,8 +94,8 @@ impl AppState {
 
     /// With the change feed's settings (its CloudEvents `source` should be the relay's).
     pub fn with_feed(ledger: Ledger, feed_settings: FeedSettings) -> Self {
-        let tokens = Tokens::new(ledger.backend().clone());
-        let deliveries = Deliveries::new(ledger.backend().clone());
+        let tokens = ledger.store().tokens();
+        let deliveries = ledger.store().deliveries();
         let feed = Feed::new(ledger.clone(), &feed_settings.source);
         let reconciler = idledger_reconcile::Reconciler::new(ledger.clone());
         Self {

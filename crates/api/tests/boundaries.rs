@@ -286,7 +286,7 @@ async fn malformed_and_hostile_input_is_refused_and_writes_nothing(engine: Engin
 
 async fn revoked_and_malformed_tokens_are_unauthenticated(engine: Engine) {
     let app = TestApp::start(engine).await;
-    let tokens = idledger_store::Tokens::new(app.ledger.backend().clone());
+    let tokens = app.ledger.store().tokens();
     let issued = tokens
         .create(idledger_store::Role::Auditor, None, "temp")
         .await

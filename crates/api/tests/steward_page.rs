@@ -15,10 +15,10 @@ use chrono::Utc;
 use fantoccini::{Client, ClientBuilder, Locator};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::CustomerId;
+use idledger_store::Role;
 use idledger_store::delivery::{
     ConsumerId, Deliveries, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
 };
-use idledger_store::{Role, Tokens};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::{Engine, TestApp, grant};
@@ -49,7 +49,7 @@ struct Seeded {
 }
 
 fn deliveries(app: &TestApp) -> Deliveries {
-    Deliveries::new(app.ledger.backend().clone())
+    app.ledger.store().deliveries()
 }
 
 async fn customer(app: &TestApp, changes: Value) -> String {
@@ -605,7 +605,7 @@ async fn pages_need_a_steward_session(engine: Engine) {
     assert!(page.html.contains("Sync exceptions"));
 
     // Revoking the token ends the session on the next request.
-    let tokens = Tokens::new(app.ledger.backend().clone());
+    let tokens = app.ledger.store().tokens();
     let record = tokens.authenticate(secret).await.unwrap().unwrap();
     assert_eq!(record.role, Role::Steward);
     assert!(tokens.revoke(record.id).await.unwrap());

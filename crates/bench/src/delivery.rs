@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use idledger_store::Deliveries;
 use idledger_store::delivery::ConsumerId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -217,7 +216,7 @@ pub async fn run(
 /// measures fresh commands, not a backlog.
 async fn wait_caught_up(server: &Server) -> Result<(), BenchError> {
     let id = ConsumerId::parse(CONSUMER).map_err(|e| BenchError::Failed(e.to_string()))?;
-    let deliveries = Deliveries::new(server.ledger.backend().clone());
+    let deliveries = server.ledger.store().deliveries();
     let until = Instant::now() + Duration::from_secs(120);
     loop {
         let head = server

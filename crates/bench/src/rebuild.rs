@@ -110,8 +110,7 @@ pub async fn run(
     let mut scanned = 0u64;
     loop {
         let page = ledger
-            .backend()
-            .read_all(after, SCAN_PAGE)
+            .read_raw(after, SCAN_PAGE)
             .await
             .step("the raw scan failed")?;
         let Some(last) = page.last() else { break };
@@ -260,7 +259,7 @@ async fn measure_reads(
     samples: u32,
     (customer_events, history_events, as_of_events): (u64, u64, u64),
 ) -> Result<Reads, BenchError> {
-    let backend = ledger.backend().clone();
+    let log = ledger.store().log();
     let id = customer.as_uuid();
     let mid_micros = mid.timestamp_micros();
     let server = Server::serve(ledger, None).await?;
@@ -297,14 +296,12 @@ async fn measure_reads(
                 }
             }
             let t = Instant::now();
-            backend
-                .stream(id, Some("name.given"), None)
+            log.stream(id, Some("name.given"), None)
                 .await
                 .step("the raw history read failed")?;
             stats::record(&mut raw_history, t.elapsed());
             let t = Instant::now();
-            backend
-                .stream(id, None, Some(mid_micros))
+            log.stream(id, None, Some(mid_micros))
                 .await
                 .step("the raw as-of read failed")?;
             stats::record(&mut raw_as_of, t.elapsed());

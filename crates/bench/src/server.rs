@@ -10,7 +10,7 @@ use idledger_domain::ids::Purpose;
 use idledger_domain::policy::Policy;
 use idledger_relay::{NatsConfig, Relay, RelayConfig};
 use idledger_store::delivery::{Channel, ConsumerId, FieldSelector, NewConsumer, StartAt};
-use idledger_store::{Deliveries, Ledger, LedgerOptions, MasterKey, Role};
+use idledger_store::{Ledger, LedgerOptions, MasterKey, Role};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -160,13 +160,13 @@ impl Server {
 }
 
 pub async fn open_ledger(url: &str) -> Result<Ledger, BenchError> {
-    let backend = idledger_store::open_backend(url)
+    let store = idledger_store::Store::open(url)
         .await
         .step("cannot open the benchmark's database")?;
     let policy = Policy::default_policy()
         .map_err(|e| BenchError::Failed(format!("the default policy does not load: {e}")))?;
     Ok(Ledger::new(
-        backend,
+        &store,
         MasterKey::generate(),
         policy,
         LedgerOptions::default(),
@@ -191,7 +191,9 @@ async fn start_relay(
         StartAt::Beginning,
     )
     .map_err(invalid)?;
-    Deliveries::new(ledger.backend().clone())
+    ledger
+        .store()
+        .deliveries()
         .register_consumer(consumer, Utc::now())
         .await
         .step("cannot register the benchmark's consumer")?;

@@ -1,12 +1,10 @@
-//! Opens the store the settings name: the backend (migrated), the master key and the ledger.
+//! Opens the store the settings name: the database (migrated), the master key and the ledger.
 
 use std::io::{ErrorKind, Write as _};
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use idledger_store::backend::Backend;
-use idledger_store::{Ledger, LedgerOptions, MasterKey};
+use idledger_store::{EventLog, Ledger, LedgerOptions, MasterKey, Store};
 use zeroize::Zeroizing;
 
 use crate::config::{KeySource, MASTER_KEY_ENV, Settings};
@@ -22,12 +20,12 @@ pub enum KeyUse {
 }
 
 /// Opens the database and applies pending migrations.
-pub async fn open_backend(settings: &Settings) -> anyhow::Result<Arc<dyn Backend>> {
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     if settings.database.sqlite_path().is_some() && !settings.database_given {
         settings.ensure_data_dir()?;
     }
     let url = settings.database.url()?;
-    idledger_store::open_backend(&url)
+    Store::open(&url)
         .await
         .with_context(|| format!("cannot open the database {}", settings.database))
 }
@@ -39,18 +37,19 @@ pub async fn open_ledger(settings: &Settings, key_use: KeyUse) -> anyhow::Result
         // Before connecting: a missing key is a configuration error, whatever the server says.
         check_key_source(settings)?;
     }
-    let backend = open_backend(settings).await?;
+    let store = open_store(settings).await?;
     let master = match key_use {
         KeyUse::Required => {
-            let key = master_key(settings, backend.as_ref()).await?;
-            check_key_matches(settings, backend.as_ref(), &key).await?;
+            let log = store.log();
+            let key = master_key(settings, &log).await?;
+            check_key_matches(settings, &log, &key).await?;
             key
         }
         // The ledger wants a key; this one never unwraps anything.
         KeyUse::NotNeeded => MasterKey::generate(),
     };
     Ok(Ledger::new(
-        backend,
+        &store,
         master,
         policy,
         LedgerOptions::default(),
@@ -78,7 +77,7 @@ fn check_key_source(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn master_key(settings: &Settings, backend: &dyn Backend) -> anyhow::Result<MasterKey> {
+async fn master_key(settings: &Settings, log: &EventLog) -> anyhow::Result<MasterKey> {
     check_key_source(settings)?;
     let (path, explicit) = match &settings.master_key {
         KeySource::Env(hex) => {
@@ -94,7 +93,7 @@ async fn master_key(settings: &Settings, backend: &dyn Backend) -> anyhow::Resul
         bail!("the master key file {} does not exist", path.display());
     }
     // Only a new store gets a new key: with events already stored, the old key is needed.
-    let events = backend
+    let events = log
         .head_position()
         .await
         .context("cannot read the log's length")?;
@@ -115,18 +114,15 @@ async fn master_key(settings: &Settings, backend: &dyn Backend) -> anyhow::Resul
 /// would be wrapped under it: one store, two master keys.
 async fn check_key_matches(
     settings: &Settings,
-    backend: &dyn Backend,
+    log: &EventLog,
     key: &MasterKey,
 ) -> anyhow::Result<()> {
-    let first = backend
-        .read_all(0, 1)
-        .await
-        .context("cannot read the log")?;
+    let first = log.read_all(0, 1).await.context("cannot read the log")?;
     let Some(event) = first.first() else {
         return Ok(());
     };
     // A shredded customer has no key left to check against.
-    let Some(wrapped) = backend.data_key(event.customer_id).await? else {
+    let Some(wrapped) = log.data_key(event.customer_id).await? else {
         return Ok(());
     };
     if key.unwrap_key(&wrapped, event.customer_id).is_err() {

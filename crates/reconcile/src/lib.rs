@@ -80,8 +80,8 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(ledger: Ledger) -> Self {
-        let deliveries = Deliveries::new(ledger.backend().clone());
-        let runs = Runs::new(ledger.backend().clone());
+        let deliveries = ledger.store().deliveries();
+        let runs = ledger.store().runs();
         Self {
             ledger,
             deliveries,

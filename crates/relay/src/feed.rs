@@ -7,8 +7,8 @@
 //! `next_after`, which moves past events that carried nothing for it.
 
 use chrono::Utc;
+use idledger_store::Ledger;
 use idledger_store::delivery::{ChannelKind, Consumer};
-use idledger_store::{Deliveries, Ledger};
 use uuid::Uuid;
 
 use crate::error::RelayError;
@@ -48,7 +48,7 @@ pub struct Feed {
 impl Feed {
     /// `source` is the CloudEvents `source`, the same as the relay's.
     pub fn new(ledger: Ledger, source: &str) -> Self {
-        let deliveries = Deliveries::new(ledger.backend().clone());
+        let deliveries = ledger.store().deliveries();
         Self {
             planner: Planner {
                 ledger,

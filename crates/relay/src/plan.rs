@@ -169,7 +169,7 @@ impl Planner {
                     None => break,
                 },
                 Err(e) if permanent(&e) => {
-                    let raw = self.ledger.backend().read_all(position, 1).await?;
+                    let raw = self.ledger.read_raw(position, 1).await?;
                     let Some(raw) = raw.into_iter().next() else {
                         break;
                     };

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use idledger_store::Ledger;
 use idledger_store::delivery::{Channel, Consumer, ConsumerId};
-use idledger_store::{Deliveries, Ledger};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ struct Running {
 
 impl Relay {
     pub fn new(ledger: Ledger, config: RelayConfig) -> Self {
-        let deliveries = Deliveries::new(ledger.backend().clone());
+        let deliveries = ledger.store().deliveries();
         Self {
             planner: Planner {
                 ledger,

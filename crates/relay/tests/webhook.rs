@@ -214,7 +214,7 @@ async fn a_webhook_that_keeps_failing_raises_an_exception_that_delivery_closes()
     store.caught_up("cdp", Duration::from_secs(30)).await;
     relay.stop().await;
     assert_eq!(receiver.received().len(), failures + 1);
-    let deliveries = idledger_store::Deliveries::new(ledger.backend().clone());
+    let deliveries = ledger.store().deliveries();
     let all = deliveries
         .exceptions(
             &ExceptionFilter {

@@ -1,18 +1,14 @@
 //! Delivery bookkeeping: the consumer registry, per-consumer checkpoints, the handoff log,
 //! consumer state from acknowledgements, and sync exceptions.
 //!
-//! [`Deliveries`] is the API other crates use; [`DeliveryBackend`] is what an engine provides
-//! (a supertrait of [`Backend`], implemented next to the engine's other SQL in
-//! `delivery/postgres.rs` and `delivery/sqlite.rs`).
+//! [`Deliveries`] is the API other crates use; its statements, written once for both engines,
+//! are in `delivery/{registry,handoffs,acks,exceptions}.rs`.
 //!
 //! Nothing here decides who may receive what: that is the relay's entitlement check. This
 //! module only records what was decided and delivered, atomically with the checkpoint.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use idledger_domain::field::{FAMILIES, FieldPath};
 use idledger_domain::ids::{CustomerId, EventId, Purpose};
@@ -21,11 +17,15 @@ use idledger_domain::values::{LegalBasis, NoticeRef, ValueError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::backend::Backend;
 use crate::error::StoreError;
+use crate::sql::Db;
 
-mod postgres;
-mod sqlite;
+mod acks;
+mod exceptions;
+
+pub(crate) use exceptions::close_erased_customers_exceptions;
+mod handoffs;
+mod registry;
 
 /// Most rows one page of a query returns.
 pub const MAX_PAGE: u32 = 1000;
@@ -213,7 +213,11 @@ impl ChannelKind {
     }
 }
 
-/// Which fields a consumer receives: one field, a family (`consent.*`), or everything (`*`).
+/// `name.*`: both parts of the name, as a selector (the policy names them one by one).
+const NAME_GROUP: &str = "name.*";
+
+/// Which fields a consumer receives: one field, a family (`consent.*`, or `name.*` for both
+/// parts of the name), or everything (`*`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FieldSelector {
     All,
@@ -226,6 +230,9 @@ impl FieldSelector {
         if raw == "*" {
             return Ok(Self::All);
         }
+        if raw == NAME_GROUP {
+            return Ok(Self::Family(NAME_GROUP));
+        }
         if let Some(family) = FAMILIES.iter().find(|f| **f == raw) {
             return Ok(Self::Family(family));
         }
@@ -237,6 +244,9 @@ impl FieldSelector {
     pub fn matches(&self, field: &FieldPath) -> bool {
         match self {
             Self::All => true,
+            Self::Family(NAME_GROUP) => {
+                matches!(field, FieldPath::NameGiven | FieldPath::NameFamily)
+            }
             Self::Family(family) => field.family() == Some(*family),
             Self::Field(f) => f == field,
         }
@@ -857,190 +867,12 @@ pub struct ExceptionFilter {
     pub after: Option<Uuid>,
 }
 
-/// Columns every engine reads an exception from, in their engine-neutral form.
-pub(crate) struct ExceptionColumns {
-    pub id: Uuid,
-    pub consumer_id: String,
-    pub customer_id: Uuid,
-    pub field: String,
-    pub kind: String,
-    pub detail: String,
-    pub status: String,
-    pub occurrences: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    pub resolved_by: Option<String>,
-    pub resolution: Option<String>,
-    pub resolution_note: Option<String>,
-    pub last_action: Option<String>,
-}
-
-impl ExceptionColumns {
-    pub(crate) fn into_exception(self) -> Result<SyncException, StoreError> {
-        let bad = |e: ValueError| StoreError::Integrity(format!("stored sync exception: {e}"));
-        Ok(SyncException {
-            id: self.id,
-            consumer_id: ConsumerId::parse(&self.consumer_id).map_err(bad)?,
-            customer_id: customer_id(self.customer_id)?,
-            field: (!self.field.is_empty()).then_some(self.field),
-            kind: ExceptionKind::parse(&self.kind).map_err(bad)?,
-            detail: serde_json::from_str(&self.detail)?,
-            status: ExceptionStatus::parse(&self.status).map_err(bad)?,
-            occurrences: crate::backend::to_u64(self.occurrences),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            resolved_at: self.resolved_at,
-            resolved_by: self.resolved_by,
-            resolution: self
-                .resolution
-                .as_deref()
-                .map(Resolution::parse)
-                .transpose()?,
-            resolution_note: self.resolution_note,
-            last_action: self
-                .last_action
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()?,
-        })
-    }
-}
-
-/// What an engine stores for delivery. The SQL lives in `delivery/{postgres,sqlite}.rs`.
-#[async_trait]
-pub trait DeliveryBackend: Send + Sync {
-    /// Inserts the consumer and its checkpoint; false if the id is taken.
-    async fn insert_consumer(
-        &self,
-        consumer: &Consumer,
-        checkpoint: u64,
-    ) -> Result<bool, StoreError>;
-
-    async fn consumers(&self) -> Result<Vec<Consumer>, StoreError>;
-
-    async fn consumer(&self, id: &ConsumerId) -> Result<Option<Consumer>, StoreError>;
-
-    /// Marks it disabled (if it was not); false if no such consumer.
-    async fn disable_consumer(
-        &self,
-        id: &ConsumerId,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    async fn checkpoint(&self, id: &ConsumerId) -> Result<Option<u64>, StoreError>;
-
-    async fn commit_deliveries(&self, commit: &DeliveryCommit<'_>) -> Result<(), StoreError>;
-
-    /// Handoff rows with `seq > after`, oldest first.
-    async fn handoffs(
-        &self,
-        filter: &HandoffFilter,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<HandoffEntry>, StoreError>;
-
-    async fn relations(
-        &self,
-        consumer: &ConsumerId,
-        customers: &[Uuid],
-    ) -> Result<Vec<(Uuid, Relation)>, StoreError>;
-
-    /// Customers the consumer is receiving, in id order after `after`.
-    async fn receiving_customers(
-        &self,
-        consumer: &ConsumerId,
-        after: Option<Uuid>,
-        limit: u32,
-    ) -> Result<Vec<Uuid>, StoreError>;
-
-    /// The customer and field of a stored event.
-    async fn event_subject(
-        &self,
-        event_id: Uuid,
-    ) -> Result<Option<(Uuid, Option<String>)>, StoreError>;
-
-    /// Stores the ack unless a later version is stored; returns the stored version otherwise.
-    async fn upsert_consumer_state(&self, ack: &Ack) -> Result<Option<u64>, StoreError>;
-
-    async fn consumer_state(
-        &self,
-        consumer: &ConsumerId,
-        customer: Option<Uuid>,
-    ) -> Result<Vec<ConsumerFieldState>, StoreError>;
-
-    async fn open_exception(
-        &self,
-        exception: &NewSyncException,
-    ) -> Result<SyncException, StoreError>;
-
-    /// Exceptions in id (= creation) order after the filter's cursor.
-    async fn exceptions(
-        &self,
-        filter: &ExceptionFilter,
-        limit: u32,
-    ) -> Result<Vec<SyncException>, StoreError>;
-
-    async fn exception(&self, id: Uuid) -> Result<Option<SyncException>, StoreError>;
-
-    /// Closes the exception if it is open: the closed exception, or `None` if it was not open
-    /// (or does not exist).
-    async fn close_exception(
-        &self,
-        id: Uuid,
-        closing: &Closing,
-    ) -> Result<Option<SyncException>, StoreError>;
-
-    /// Closes every open exception of `kinds` for the consumer, customer and field (`""`: the
-    /// customer as a whole); the ids closed.
-    async fn close_exceptions_where(
-        &self,
-        consumer: &ConsumerId,
-        customer: Uuid,
-        field: &str,
-        kinds: &[ExceptionKind],
-        closing: &Closing,
-    ) -> Result<Vec<Uuid>, StoreError>;
-
-    /// Records a steward action that leaves the exception open; false if it is not open.
-    async fn note_exception_action(
-        &self,
-        id: Uuid,
-        action: &serde_json::Value,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    /// Open exceptions of `kinds` about the consumer and any of `customers`.
-    async fn open_exceptions_of(
-        &self,
-        consumer: &ConsumerId,
-        customers: &[Uuid],
-        kinds: &[ExceptionKind],
-    ) -> Result<Vec<SyncException>, StoreError>;
-
-    /// Customers with a record that was not erased, in id order after `after`.
-    async fn customer_page(&self, after: Option<Uuid>, limit: u32)
-    -> Result<Vec<Uuid>, StoreError>;
-
-    /// What the consumer reported for any of `customers`.
-    async fn consumer_state_of(
-        &self,
-        consumer: &ConsumerId,
-        customers: &[Uuid],
-    ) -> Result<Vec<ConsumerFieldState>, StoreError>;
-
-    /// The consumer's relation to any of `customers`, with when it last changed.
-    async fn relations_since(
-        &self,
-        consumer: &ConsumerId,
-        customers: &[Uuid],
-    ) -> Result<Vec<(Uuid, Relation, DateTime<Utc>)>, StoreError>;
-}
-
-/// The delivery API over any engine. Cheap to clone.
+/// The delivery bookkeeping of one database. Cheap to clone. The statements are written once
+/// for both engines (see [`crate::sql`]), one file per part: `registry`, `handoffs`, `acks`,
+/// `exceptions`.
 #[derive(Debug, Clone)]
 pub struct Deliveries {
-    backend: Arc<dyn Backend>,
+    db: Db,
 }
 
 /// Why registering a consumer failed.
@@ -1053,493 +885,12 @@ pub enum RegisterError {
 }
 
 impl Deliveries {
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend }
-    }
-
-    /// Registers a consumer; its checkpoint starts at 0 or at the log's current head.
-    pub async fn register_consumer(
-        &self,
-        new: NewConsumer,
-        now: DateTime<Utc>,
-    ) -> Result<Consumer, RegisterError> {
-        let checkpoint = match new.start {
-            StartAt::Beginning => 0,
-            StartAt::Now => self.backend.head_position().await?,
-        };
-        let consumer = Consumer {
-            id: new.id,
-            channel: new.channel,
-            fields: new.fields,
-            purposes: new.purposes,
-            sla_secs: new.sla_secs,
-            created_at: crate::model::from_micros(crate::model::micros(now)),
-            disabled_at: None,
-        };
-        if self.backend.insert_consumer(&consumer, checkpoint).await? {
-            Ok(consumer)
-        } else {
-            Err(RegisterError::Exists(consumer.id))
-        }
-    }
-
-    /// Every consumer, disabled ones included, in id order.
-    pub async fn consumers(&self) -> Result<Vec<Consumer>, StoreError> {
-        self.backend.consumers().await
-    }
-
-    pub async fn consumer(&self, id: &ConsumerId) -> Result<Option<Consumer>, StoreError> {
-        self.backend.consumer(id).await
-    }
-
-    /// Stops deliveries to the consumer (its checkpoint and history are kept). False if no
-    /// such consumer.
-    pub async fn disable_consumer(
-        &self,
-        id: &ConsumerId,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.backend.disable_consumer(id, now).await
-    }
-
-    /// The position up to which the consumer has been served.
-    pub async fn checkpoint(&self, id: &ConsumerId) -> Result<Option<u64>, StoreError> {
-        self.backend.checkpoint(id).await
-    }
-
-    /// Records delivered messages, relation changes and the new checkpoint, atomically.
-    /// A message already logged for the consumer (a re-delivery) is not logged again.
-    pub async fn commit(&self, commit: &DeliveryCommit<'_>) -> Result<(), StoreError> {
-        // One row per customer: a statement may not upsert the same row twice.
-        let mut last: HashMap<CustomerId, usize> = HashMap::new();
-        for (i, (customer, _)) in commit.relations.iter().enumerate() {
-            last.insert(*customer, i);
-        }
-        if last.len() == commit.relations.len() {
-            return self.backend.commit_deliveries(commit).await;
-        }
-        let relations: Vec<(CustomerId, Relation)> = commit
-            .relations
-            .iter()
-            .enumerate()
-            .filter(|(i, (customer, _))| last.get(customer) == Some(i))
-            .map(|(_, r)| *r)
-            .collect();
-        let deduped = DeliveryCommit {
-            relations: &relations,
-            ..commit.clone()
-        };
-        self.backend.commit_deliveries(&deduped).await
-    }
-
-    /// A page of the handoff log for one customer or one consumer, oldest first.
-    pub async fn handoffs(
-        &self,
-        filter: &HandoffFilter,
-        after: Option<u64>,
-        limit: u32,
-    ) -> Result<Page<HandoffEntry>, StoreError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let items = self
-            .backend
-            .handoffs(filter, after.unwrap_or(0), limit)
-            .await?;
-        let next = (items.len() == limit as usize)
-            .then(|| items.last().map(|h| h.seq))
-            .flatten();
-        Ok(Page { items, next })
-    }
-
-    /// The consumer's relation to each of `customers` that it has one with.
-    pub async fn relations(
-        &self,
-        consumer: &ConsumerId,
-        customers: &[CustomerId],
-    ) -> Result<HashMap<CustomerId, Relation>, StoreError> {
-        let mut ids: Vec<Uuid> = customers.iter().map(CustomerId::as_uuid).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut out = HashMap::new();
-        for chunk in ids.chunks(1000) {
-            for (customer, relation) in self.backend.relations(consumer, chunk).await? {
-                out.insert(customer_id(customer)?, relation);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Customers the consumer currently receives, in id order after `after`.
-    pub async fn receiving_customers(
-        &self,
-        consumer: &ConsumerId,
-        after: Option<CustomerId>,
-        limit: u32,
-    ) -> Result<Vec<CustomerId>, StoreError> {
-        let ids = self
-            .backend
-            .receiving_customers(
-                consumer,
-                after.map(|c| c.as_uuid()),
-                limit.clamp(1, MAX_PAGE),
-            )
-            .await?;
-        ids.into_iter().map(customer_id).collect()
-    }
-
-    /// Stores an acknowledgement as the consumer's state of that field, after checking that it
-    /// names a registered consumer and an event of that customer and field, and that the
-    /// customer was not erased. An ack for an
-    /// older version than the one stored does not overwrite it (acks may arrive out of order).
-    pub async fn record_ack(&self, ack: &Ack) -> Result<AckOutcome, StoreError> {
-        if self.backend.consumer(&ack.consumer_id).await?.is_none() {
-            return Ok(AckOutcome::Invalid(format!(
-                "no consumer '{}' is registered",
-                ack.consumer_id
-            )));
-        }
-        match self.backend.event_subject(ack.event_id.as_uuid()).await? {
-            None => {
-                return Ok(AckOutcome::Invalid(format!(
-                    "no event {} is recorded",
-                    ack.event_id
-                )));
-            }
-            Some((customer, field)) => {
-                if customer != ack.customer_id.as_uuid() {
-                    return Ok(AckOutcome::Invalid(format!(
-                        "event {} is not of customer {}",
-                        ack.event_id, ack.customer_id
-                    )));
-                }
-                if field.as_deref() != Some(ack.field.to_string().as_str()) {
-                    return Ok(AckOutcome::Invalid(format!(
-                        "event {} is not a change of {}",
-                        ack.event_id, ack.field
-                    )));
-                }
-            }
-        }
-        if !self
-            .backend
-            .erasures(&[ack.customer_id.as_uuid()])
-            .await?
-            .is_empty()
-        {
-            // What a consumer holds of an erased customer is not kept (see erasure).
-            return Ok(AckOutcome::Invalid(format!(
-                "customer {} was erased",
-                ack.customer_id
-            )));
-        }
-        if ack.status == AckStatus::Rejected && ack.reason.as_deref().is_none_or(str::is_empty) {
-            return Ok(AckOutcome::Invalid(
-                "a rejection must give a reason".to_owned(),
-            ));
-        }
-        if ack
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.chars().count() > MAX_ACK_REASON_CHARS)
-        {
-            return Ok(AckOutcome::Invalid(format!(
-                "the reason is longer than {MAX_ACK_REASON_CHARS} characters"
-            )));
-        }
-        if let Some(stored_version) = self.backend.upsert_consumer_state(ack).await? {
-            return Ok(AckOutcome::Superseded { stored_version });
-        }
-        if ack.status == AckStatus::Applied {
-            self.close_causes_gone(ack).await?;
-        }
-        Ok(AckOutcome::Recorded)
-    }
-
-    /// An applied ack that matches the record closes the exceptions it answers: the field's
-    /// delivery and drift exceptions when the consumer now holds the record's value, and an
-    /// unconfirmed withdrawal when it confirms deleting (acks holding no value) after one.
-    async fn close_causes_gone(&self, ack: &Ack) -> Result<(), StoreError> {
-        let customer = ack.customer_id.as_uuid();
-        let rows = self.backend.projection_rows(customer).await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let state = crate::projection::state(&rows)?;
-        let held = state.held(&ack.field);
-        let record_hash = held.as_ref().and_then(|h| h.value_hash.as_deref());
-        let field = ack.field.to_string();
-        if record_hash == ack.value_hash.as_ref().map(ValueHash::as_str) {
-            let closing = Closing {
-                by: AUTO_RESOLVER.to_owned(),
-                resolution: Resolution::Auto,
-                note: format!(
-                    "{} acknowledged version {} of {field}, holding the record's value",
-                    ack.consumer_id, ack.version
-                ),
-                at: ack.acked_at,
-            };
-            self.backend
-                .close_exceptions_where(
-                    &ack.consumer_id,
-                    customer,
-                    &field,
-                    &ExceptionKind::CLOSED_BY_ACK,
-                    &closing,
-                )
-                .await?;
-        }
-        if ack.value_hash.is_none() {
-            let withdrawn = self
-                .backend
-                .relations_since(&ack.consumer_id, &[customer])
-                .await?
-                .into_iter()
-                .any(|(_, relation, since)| {
-                    relation == Relation::Withdrawn && since <= ack.acked_at
-                });
-            if withdrawn {
-                let closing = Closing {
-                    by: AUTO_RESOLVER.to_owned(),
-                    resolution: Resolution::Auto,
-                    note: format!(
-                        "{} confirmed deleting the customer's data (ack of {field} holding no value)",
-                        ack.consumer_id
-                    ),
-                    at: ack.acked_at,
-                };
-                self.backend
-                    .close_exceptions_where(
-                        &ack.consumer_id,
-                        customer,
-                        "",
-                        &[ExceptionKind::WithdrawalUnconfirmed],
-                        &closing,
-                    )
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    pub async fn exception(&self, id: Uuid) -> Result<Option<SyncException>, StoreError> {
-        self.backend.exception(id).await
-    }
-
-    /// Closes an open exception; `None` if it is not open (or does not exist).
-    pub async fn close_exception(
-        &self,
-        id: Uuid,
-        closing: &Closing,
-    ) -> Result<Option<SyncException>, StoreError> {
-        self.backend.close_exception(id, closing).await
-    }
-
-    /// Closes the open exceptions of `kinds` for the consumer, customer and field (`None`: the
-    /// customer as a whole); the ids closed.
-    pub async fn close_exceptions_where(
-        &self,
-        consumer: &ConsumerId,
-        customer: CustomerId,
-        field: Option<&FieldPath>,
-        kinds: &[ExceptionKind],
-        closing: &Closing,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        let field = field.map(ToString::to_string).unwrap_or_default();
-        self.backend
-            .close_exceptions_where(consumer, customer.as_uuid(), &field, kinds, closing)
-            .await
-    }
-
-    /// Records a steward action that leaves the exception open (a re-push).
-    pub async fn note_exception_action(
-        &self,
-        id: Uuid,
-        action: &serde_json::Value,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.backend.note_exception_action(id, action, at).await
-    }
-
-    /// Open exceptions of `kinds` about the consumer and any of `customers`.
-    pub async fn open_exceptions_of(
-        &self,
-        consumer: &ConsumerId,
-        customers: &[Uuid],
-        kinds: &[ExceptionKind],
-    ) -> Result<Vec<SyncException>, StoreError> {
-        self.backend
-            .open_exceptions_of(consumer, customers, kinds)
-            .await
-    }
-
-    /// Customers with a record that was not erased, in id order, `limit` after `after`.
-    pub async fn customer_page(
-        &self,
-        after: Option<Uuid>,
-        limit: u32,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        self.backend
-            .customer_page(after, limit.clamp(1, MAX_PAGE))
-            .await
-    }
-
-    /// What the consumer reported holding for any of `customers`.
-    pub async fn consumer_state_of(
-        &self,
-        consumer: &ConsumerId,
-        customers: &[Uuid],
-    ) -> Result<Vec<ConsumerFieldState>, StoreError> {
-        self.backend.consumer_state_of(consumer, customers).await
-    }
-
-    /// The consumer's relation to any of `customers`, and since when.
-    pub async fn relations_since(
-        &self,
-        consumer: &ConsumerId,
-        customers: &[Uuid],
-    ) -> Result<Vec<(Uuid, Relation, DateTime<Utc>)>, StoreError> {
-        self.backend.relations_since(consumer, customers).await
-    }
-
-    /// What the consumer last reported for each field (of one customer, or of all).
-    pub async fn consumer_state(
-        &self,
-        consumer: &ConsumerId,
-        customer: Option<CustomerId>,
-    ) -> Result<Vec<ConsumerFieldState>, StoreError> {
-        self.backend
-            .consumer_state(consumer, customer.map(|c| c.as_uuid()))
-            .await
-    }
-
-    /// Opens a sync exception, or counts a repeat of the open one.
-    pub async fn open_exception(
-        &self,
-        exception: &NewSyncException,
-    ) -> Result<SyncException, StoreError> {
-        self.backend.open_exception(exception).await
-    }
-
-    /// Sync exceptions, oldest first, at most `limit` after `filter.after`.
-    pub async fn exceptions(
-        &self,
-        filter: &ExceptionFilter,
-        limit: u32,
-    ) -> Result<Vec<SyncException>, StoreError> {
-        self.backend
-            .exceptions(filter, limit.clamp(1, MAX_PAGE))
-            .await
+    pub(crate) fn new(db: Db) -> Self {
+        Self { db }
     }
 }
 
 pub(crate) fn customer_id(uuid: Uuid) -> Result<CustomerId, StoreError> {
     CustomerId::from_uuid(uuid)
         .map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))
-}
-
-/// Row fields that both engines store the same way (JSON text, enum names).
-pub(crate) struct ConsumerColumns {
-    pub channel: &'static str,
-    pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
-    pub fields: String,
-    pub purposes: String,
-}
-
-impl ConsumerColumns {
-    pub fn of(consumer: &Consumer) -> Result<Self, StoreError> {
-        let (url, secret) = match &consumer.channel {
-            Channel::Webhook(w) => (Some(w.url.clone()), Some(w.secret.expose().to_owned())),
-            Channel::Nats | Channel::Feed => (None, None),
-        };
-        Ok(Self {
-            channel: consumer.channel.kind().as_str(),
-            webhook_url: url,
-            webhook_secret: secret,
-            fields: serde_json::to_string(&consumer.fields)?,
-            purposes: serde_json::to_string(&consumer.purposes)?,
-        })
-    }
-}
-
-/// Rebuilds a consumer from its row's columns.
-#[expect(clippy::too_many_arguments, reason = "one argument per column")]
-pub(crate) fn consumer_from_columns(
-    id: &str,
-    channel: &str,
-    webhook_url: Option<String>,
-    webhook_secret: Option<String>,
-    fields: &str,
-    purposes: &str,
-    sla_secs: i64,
-    created_at: DateTime<Utc>,
-    disabled_at: Option<DateTime<Utc>>,
-) -> Result<Consumer, StoreError> {
-    let bad = |e: ValueError| StoreError::Integrity(format!("stored consumer {id}: {e}"));
-    let channel = match ChannelKind::parse(channel).map_err(bad)? {
-        ChannelKind::Nats => Channel::Nats,
-        ChannelKind::Feed => Channel::Feed,
-        ChannelKind::Webhook => {
-            let secret =
-                WebhookSecret::parse(webhook_secret.as_deref().unwrap_or_default()).map_err(bad)?;
-            Channel::Webhook(
-                Webhook::new(webhook_url.as_deref().unwrap_or_default(), secret).map_err(bad)?,
-            )
-        }
-    };
-    Ok(Consumer {
-        id: ConsumerId::parse(id).map_err(bad)?,
-        channel,
-        fields: serde_json::from_str(fields)?,
-        purposes: serde_json::from_str(purposes)?,
-        sla_secs: crate::backend::to_u64(sla_secs),
-        created_at,
-        disabled_at,
-    })
-}
-
-/// Columns of a handoff row in their stored (engine-neutral) form.
-pub(crate) struct HandoffColumns {
-    pub fields: String,
-    pub basis: String,
-}
-
-impl HandoffColumns {
-    pub fn of(h: &Handoff) -> Result<Self, StoreError> {
-        Ok(Self {
-            fields: serde_json::to_string(&h.fields)?,
-            basis: serde_json::to_string(&h.basis)?,
-        })
-    }
-}
-
-#[expect(clippy::too_many_arguments, reason = "one argument per column")]
-pub(crate) fn handoff_from_columns(
-    seq: i64,
-    consumer_id: &str,
-    message_id: Uuid,
-    kind: &str,
-    event_id: Uuid,
-    global_position: i64,
-    customer: Uuid,
-    fields: &str,
-    basis: &str,
-    channel: &str,
-    delivered_at: DateTime<Utc>,
-) -> Result<HandoffEntry, StoreError> {
-    let bad = |e: ValueError| StoreError::Integrity(format!("stored handoff {seq}: {e}"));
-    Ok(HandoffEntry {
-        seq: crate::backend::to_u64(seq),
-        handoff: Handoff {
-            consumer_id: ConsumerId::parse(consumer_id).map_err(bad)?,
-            message_id,
-            kind: HandoffKind::parse(kind)?,
-            event_id: EventId::from(event_id),
-            global_position: crate::backend::to_u64(global_position),
-            customer_id: customer_id(customer)?,
-            fields: serde_json::from_str(fields)?,
-            basis: serde_json::from_str(basis)?,
-            channel: ChannelKind::parse(channel).map_err(bad)?,
-            delivered_at,
-        },
-    })
 }

@@ -52,6 +52,11 @@ impl StoreError {
         Self::Config(message.to_owned())
     }
 
+    /// A value could not be bound to a statement's parameter.
+    pub(crate) fn bind(e: sqlx::error::BoxDynError) -> Self {
+        Self::Database(sqlx::Error::Encode(e))
+    }
+
     /// A unique-key violation: another writer got there first.
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, Self::Database(sqlx::Error::Database(e)) if e.is_unique_violation())

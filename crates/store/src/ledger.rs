@@ -18,15 +18,16 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::backend::Backend;
 use crate::chain::{GENESIS, event_hash};
 use crate::crypto::{DataKey, MasterKey};
 use crate::error::{ExecuteError, StoreError};
+use crate::log::EventLog;
 use crate::model::{
     AppendOutcome, AppendRequest, IdempotencyRecord, LogEntry, PreparedEvent, ProjectionRow,
     RawEvent, RecordedEvent, ShreddedEvent, from_micros, micros,
 };
 use crate::projection;
+use crate::store::Store;
 
 /// How often a command is re-decided when its customer's stream moved on underneath it.
 const MAX_ATTEMPTS: u32 = 16;
@@ -118,7 +119,8 @@ struct WriteJob {
 /// The event store with its command path. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    backend: Arc<dyn Backend>,
+    store: Store,
+    log: EventLog,
     master: Arc<MasterKey>,
     policy: Arc<Policy>,
     writer: mpsc::Sender<WriteJob>,
@@ -126,16 +128,13 @@ pub struct Ledger {
 
 impl Ledger {
     /// Starts the ledger's writer task on the current tokio runtime. Run migrations first.
-    pub fn new(
-        backend: Arc<dyn Backend>,
-        master: MasterKey,
-        policy: Policy,
-        options: LedgerOptions,
-    ) -> Self {
+    pub fn new(store: &Store, master: MasterKey, policy: Policy, options: LedgerOptions) -> Self {
+        let log = store.log();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        tokio::spawn(run_writer(backend.clone(), rx, options.max_batch.max(1)));
+        tokio::spawn(run_writer(log.clone(), rx, options.max_batch.max(1)));
         Self {
-            backend,
+            store: store.clone(),
+            log,
             master: Arc::new(master),
             policy: Arc::new(policy),
             writer: tx,
@@ -146,8 +145,15 @@ impl Ledger {
         &self.policy
     }
 
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+    /// The database this ledger writes to, for the other areas (deliveries, runs, tokens).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Up to `limit` events after `after` in log order, as stored: clear metadata, sealed
+    /// payloads. For readers that must account for an event they cannot open.
+    pub async fn read_raw(&self, after: u64, limit: u32) -> Result<Vec<RawEvent>, StoreError> {
+        self.log.read_all(after, limit).await
     }
 
     /// Runs a command: a retry with the same idempotency key (and body) returns the first
@@ -169,10 +175,10 @@ impl Ledger {
         let customer = command.customer_id.as_uuid();
         for _ in 0..MAX_ATTEMPTS {
             // Checked on every attempt: a concurrent duplicate may have committed meanwhile.
-            if let Some((hash, result)) = self.backend.idempotency(&source, key).await? {
+            if let Some((hash, result)) = self.log.idempotency(&source, key).await? {
                 return replay(&source, key, &request_hash, &hash, &result);
             }
-            let rows = self.backend.projection_rows(customer).await?;
+            let rows = self.log.projection_rows(customer).await?;
             let state = projection::state(&rows)?;
             let now = truncate_to_micros(Utc::now());
             let ctx = Context {
@@ -186,7 +192,7 @@ impl Ledger {
                 Err(refused) => {
                     // The state may already hold this very command's effect, committed by a
                     // concurrent duplicate after the check above: its result is the answer.
-                    if let Some((hash, result)) = self.backend.idempotency(&source, key).await? {
+                    if let Some((hash, result)) = self.log.idempotency(&source, key).await? {
                         return replay(&source, key, &request_hash, &hash, &result);
                     }
                     return Err(ExecuteError::Refused(refused));
@@ -195,7 +201,7 @@ impl Ledger {
             let (data_key, new_data_key) = if decision.events.is_empty() {
                 (None, None)
             } else {
-                match self.backend.data_key(customer).await? {
+                match self.log.data_key(customer).await? {
                     Some(wrapped) => (Some(self.master.unwrap_key(&wrapped, customer)?), None),
                     None => {
                         let key = DataKey::generate();
@@ -270,7 +276,7 @@ impl Ledger {
             Principal::Source(s) => s.as_str(),
             Principal::Steward => STEWARD_SOURCE,
         };
-        match self.backend.idempotency(source, key.as_str()).await? {
+        match self.log.idempotency(source, key.as_str()).await? {
             Some((_, result)) => Ok(Some(serde_json::from_str(&result)?)),
             None => Ok(None),
         }
@@ -298,7 +304,7 @@ impl Ledger {
         let idempotency_key = IdempotencyKey::parse(&format!("erasure:{id}"))
             .map_err(|e| StoreError::Integrity(e.to_string()))?;
         for _ in 0..MAX_ATTEMPTS {
-            let rows = self.backend.projection_rows(id).await?;
+            let rows = self.log.projection_rows(id).await?;
             let state = projection::state(&rows)?;
             let provenance = Provenance {
                 source: by.clone(),
@@ -358,7 +364,7 @@ impl Ledger {
 
     /// The customer's current record, from the projection (`None`: never registered).
     pub async fn state(&self, customer: CustomerId) -> Result<Option<CustomerState>, StoreError> {
-        let rows = self.backend.projection_rows(customer.as_uuid()).await?;
+        let rows = self.log.projection_rows(customer.as_uuid()).await?;
         if rows.is_empty() {
             return Ok(None);
         }
@@ -403,7 +409,7 @@ impl Ledger {
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let id = customer.as_uuid();
-        let raws = self.backend.stream(id, field, until.map(micros)).await?;
+        let raws = self.log.stream(id, field, until.map(micros)).await?;
         if raws.is_empty() {
             // Nothing matched the filter; an erased customer still answers as erased.
             return match self.erased_at(id).await? {
@@ -411,7 +417,7 @@ impl Ledger {
                 None => Ok(Vec::new()),
             };
         }
-        let key = match self.backend.data_key(id).await? {
+        let key = match self.log.data_key(id).await? {
             Some(wrapped) => self.master.unwrap_key(&wrapped, id)?,
             // The key goes in the erasure's transaction, so its absence means an erasure —
             // or damage.
@@ -429,7 +435,7 @@ impl Ledger {
 
     async fn erased_at(&self, customer: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self
-            .backend
+            .log
             .erasures(&[customer])
             .await?
             .first()
@@ -440,7 +446,7 @@ impl Ledger {
     /// decrypted, except those of erased customers, which come as [`LogEntry::Shredded`] — no
     /// position is left out.
     pub async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let raws = self.backend.read_all(after, limit).await?;
+        let raws = self.log.read_all(after, limit).await?;
         let mut keys = Keys::default();
         self.load_keys(&raws, &mut keys).await?;
         raws.iter().map(|raw| keys.entry(raw)).collect()
@@ -458,7 +464,7 @@ impl Ledger {
         missing.sort_unstable();
         missing.dedup();
         for chunk in missing.chunks(1000) {
-            for (customer, wrapped) in self.backend.data_keys(chunk).await? {
+            for (customer, wrapped) in self.log.data_keys(chunk).await? {
                 keys.data
                     .insert(customer, self.master.unwrap_key(&wrapped, customer)?);
             }
@@ -468,7 +474,7 @@ impl Ledger {
                 .copied()
                 .collect();
             if !keyless.is_empty() {
-                for raw in self.backend.erasures(&keyless).await? {
+                for raw in self.log.erasures(&keyless).await? {
                     keys.erased
                         .insert(raw.customer_id, from_micros(raw.recorded_at_micros));
                 }
@@ -478,18 +484,18 @@ impl Ledger {
     }
 
     pub async fn head_position(&self) -> Result<u64, StoreError> {
-        self.backend.head_position().await
+        self.log.head_position().await
     }
 
     /// Checks every stream's hash chain and the log's positions, naming the first broken
     /// event. Needs no data keys: the chain covers the ciphertext.
     pub async fn verify(&self, progress: ProgressFn<'_>) -> Result<VerifyReport, StoreError> {
-        let total = self.backend.head_position().await?;
+        let total = self.log.head_position().await?;
         let mut heads: HashMap<Uuid, (u64, Vec<u8>)> = HashMap::new();
         let mut after = 0u64;
         let mut events = 0u64;
         loop {
-            let page = self.backend.read_all(after, SCAN_PAGE).await?;
+            let page = self.log.read_all(after, SCAN_PAGE).await?;
             if page.is_empty() {
                 break;
             }
@@ -533,7 +539,7 @@ impl Ledger {
         // A stream cut short at its end breaks no chain; the projection remembers its length.
         let mut cursor = None;
         loop {
-            let page = self.backend.projection_page(cursor, 1000).await?;
+            let page = self.log.projection_page(cursor, 1000).await?;
             let Some((last, _)) = page.last() else { break };
             cursor = Some(*last);
             for (customer, row) in page.iter().filter(|(_, r)| r.kind == projection::CUSTOMER) {
@@ -565,10 +571,10 @@ impl Ledger {
         let mut keys = Keys::default();
         let mut after = 0u64;
         let mut events = 0u64;
-        let total = self.backend.head_position().await?;
+        let total = self.log.head_position().await?;
         loop {
             loop {
-                let page = self.backend.read_all(after, SCAN_PAGE).await?;
+                let page = self.log.read_all(after, SCAN_PAGE).await?;
                 if page.is_empty() {
                     break;
                 }
@@ -606,11 +612,7 @@ impl Ledger {
                 .filter_map(|c| rebuilt.get(c).map(|rows| (c, rows)))
                 .flat_map(|(c, rows)| rows.iter().map(move |r| (*c, r.clone())))
                 .collect();
-            if self
-                .backend
-                .replace_projections(&changed, &flat, after)
-                .await?
-            {
+            if self.log.replace_projections(&changed, &flat, after).await? {
                 return Ok(RebuildReport {
                     events,
                     customers: rebuilt.len() as u64,
@@ -628,7 +630,7 @@ impl Ledger {
         let mut all: BTreeMap<Uuid, Vec<ProjectionRow>> = BTreeMap::new();
         let mut cursor = None;
         loop {
-            let page = self.backend.projection_page(cursor, 1000).await?;
+            let page = self.log.projection_page(cursor, 1000).await?;
             let Some((last, _)) = page.last() else { break };
             cursor = Some(*last);
             for (customer, row) in page {
@@ -674,9 +676,7 @@ fn replay(
 }
 
 /// Databases keep microseconds; so do we, so that a stored event reads back identical.
-pub(crate) fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
-    from_micros(micros(at))
-}
+pub(crate) use crate::model::truncate_to_micros;
 
 /// Associated data binding a payload to its row.
 fn aad(customer: Uuid, event_id: Uuid) -> [u8; 32] {
@@ -815,17 +815,13 @@ fn parse_event(raw: &RawEvent, plaintext: &[u8]) -> Result<Event, StoreError> {
 
 /// Group commit: takes whatever commands are waiting (up to `max_batch`) and writes them in
 /// one transaction, so one durable commit acknowledges many commands.
-async fn run_writer(
-    backend: Arc<dyn Backend>,
-    mut jobs: mpsc::Receiver<WriteJob>,
-    max_batch: usize,
-) {
+async fn run_writer(log: EventLog, mut jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
         let (requests, replies): (Vec<AppendRequest>, Vec<_>) =
             batch.drain(..).map(|j| (j.request, j.reply)).unzip();
         let started = std::time::Instant::now();
-        let written = backend.write_batch(&requests).await;
+        let written = log.write_batch(&requests).await;
         metrics::histogram!("idledger_append_batch_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("idledger_append_batch_size").record(requests.len() as f64);

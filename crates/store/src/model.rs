@@ -185,3 +185,8 @@ pub fn micros(at: DateTime<Utc>) -> i64 {
 pub fn from_micros(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
+
+/// `at` as both engines keep it: microseconds.
+pub fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    from_micros(micros(at))
+}

@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::backend::Backend;
 use crate::error::StoreError;
+use crate::model::{from_micros, micros, truncate_to_micros};
+use crate::sql::{Db, Row, sql};
 
 /// Every token starts with this, so leaked tokens are easy to find by secret scanners.
 pub const TOKEN_PREFIX: &str = "idl_";
@@ -115,12 +115,15 @@ impl fmt::Debug for IssuedToken {
 /// Creates, checks, lists and revokes tokens.
 #[derive(Debug, Clone)]
 pub struct Tokens {
-    backend: Arc<dyn Backend>,
+    db: Db,
 }
 
+/// Token times are stored as microseconds on both engines (`BIGINT` / `INTEGER`).
+const TOKEN_COLUMNS: &str = "token_id, role, subject, label, created_at, revoked_at";
+
 impl Tokens {
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend }
+    pub(crate) fn new(db: Db) -> Self {
+        Self { db }
     }
 
     /// Creates a token. `subject` must be given for sources and consumers (and is checked by
@@ -157,12 +160,21 @@ impl Tokens {
             role,
             subject: subject.map(str::to_owned),
             label: label.to_owned(),
-            created_at: crate::ledger::truncate_to_micros(Utc::now()),
+            created_at: truncate_to_micros(Utc::now()),
             revoked_at: None,
         };
-        self.backend
-            .insert_token(&record, &token_hash(&secret))
-            .await?;
+        sql(
+            "INSERT INTO api_tokens (token_id, token_hash, role, subject, label, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(record.id)
+        .bind(token_hash(&secret))
+        .bind(record.role.as_str())
+        .bind(record.subject.as_deref())
+        .bind(record.label.as_str())
+        .bind(micros(record.created_at))
+        .execute(&self.db)
+        .await?;
         Ok(IssuedToken { record, secret })
     }
 
@@ -171,20 +183,36 @@ impl Tokens {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let record = self.backend.token_by_hash(&token_hash(secret)).await?;
+        let mut q = sql("SELECT ");
+        q.push(TOKEN_COLUMNS)
+            .push(" FROM api_tokens WHERE token_hash = ")
+            .push_bind(token_hash(secret));
+        let record = q
+            .fetch_optional(&self.db)
+            .await?
+            .as_ref()
+            .map(token)
+            .transpose()?;
         Ok(record.filter(|r| r.revoked_at.is_none()))
     }
 
     /// Every token, oldest first, revoked ones included.
     pub async fn list(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.backend.list_tokens().await
+        let mut q = sql("SELECT ");
+        q.push(TOKEN_COLUMNS)
+            .push(" FROM api_tokens ORDER BY created_at, token_id");
+        q.fetch_all(&self.db).await?.iter().map(token).collect()
     }
 
     /// Revokes a token; returns false if there is no such live token.
     pub async fn revoke(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.backend
-            .revoke_token(id, crate::model::micros(Utc::now()))
-            .await
+        let done =
+            sql("UPDATE api_tokens SET revoked_at = $1 WHERE token_id = $2 AND revoked_at IS NULL")
+                .bind(micros(Utc::now()))
+                .bind(id)
+                .execute(&self.db)
+                .await?;
+        Ok(done == 1)
     }
 }
 
@@ -192,4 +220,19 @@ impl Tokens {
 /// is nothing to brute-force.
 pub fn token_hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+fn token(row: &Row) -> Result<TokenRecord, StoreError> {
+    let id: Uuid = row.try_get("token_id")?;
+    let role: String = row.try_get("role")?;
+    Ok(TokenRecord {
+        id,
+        role: role
+            .parse()
+            .map_err(|_| StoreError::Integrity(format!("token {id} has unknown role '{role}'")))?,
+        subject: row.try_get("subject")?,
+        label: row.try_get("label")?,
+        created_at: from_micros(row.try_get("created_at")?),
+        revoked_at: row.try_get::<Option<i64>>("revoked_at")?.map(from_micros),
+    })
 }

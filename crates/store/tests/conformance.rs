@@ -96,7 +96,7 @@ async fn concurrent_appends_at_the_same_version_exactly_one_wins(engine: Engine)
     // Separate backends (pools) so the appends race as separate transactions.
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let backend = db.backend().await;
+        let backend = db.store().await.log();
         tasks.push(tokio::spawn(async move {
             backend
                 .write_batch(&[bogus_append(customer, &format!("k{i}"), 0)])
@@ -122,7 +122,7 @@ async fn concurrent_appends_at_the_same_version_exactly_one_wins(engine: Engine)
     let batch: Vec<_> = (0..4)
         .map(|i| bogus_append(other, &format!("b{i}"), 0))
         .collect();
-    let results = db.backend().await.write_batch(&batch).await.unwrap();
+    let results = db.store().await.log().write_batch(&batch).await.unwrap();
     let results: Vec<_> = results.into_iter().map(Result::unwrap).collect();
     assert!(matches!(results[0], AppendOutcome::Appended { .. }));
     assert!(
@@ -130,7 +130,7 @@ async fn concurrent_appends_at_the_same_version_exactly_one_wins(engine: Engine)
             .iter()
             .all(|o| *o == AppendOutcome::VersionConflict)
     );
-    assert_eq!(db.backend().await.head_position().await.unwrap(), 2);
+    assert_eq!(db.store().await.log().head_position().await.unwrap(), 2);
 }
 
 async fn concurrent_registrations_through_separate_ledgers_one_wins(engine: Engine) {
@@ -274,9 +274,9 @@ async fn rolled_back_writer(db: &TestDb, stop: Arc<AtomicBool>) -> u32 {
         match db.engine {
             Engine::Postgres => {
                 let pg = db.pg().await;
-                let mut tx = pg.pool().begin().await.unwrap();
+                let mut tx = pg.begin().await.unwrap();
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(idledger_store::postgres::LOG_LOCK)
+                    .bind(idledger_store::sql::LOG_LOCK)
                     .execute(&mut *tx)
                     .await
                     .unwrap();
@@ -294,7 +294,7 @@ async fn rolled_back_writer(db: &TestDb, stop: Arc<AtomicBool>) -> u32 {
             }
             Engine::Sqlite => {
                 let lite = db.sqlite().await;
-                let mut tx = lite.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+                let mut tx = lite.begin_with("BEGIN IMMEDIATE").await.unwrap();
                 sqlx::query(
                     "INSERT INTO events (global_position, event_id, customer_id, stream_version, event_type, schema_version, recorded_at, payload, hash) \
                      SELECT COALESCE(MAX(global_position), 0) + 1, ?1, ?2, 1, 'customer_registered', 1, 0, x'00', x'00' FROM events",
@@ -628,11 +628,11 @@ async fn no_plaintext_personal_data_in_the_events_table(engine: Engine) {
     let dump: Vec<u8> = match engine {
         Engine::Postgres => {
             let rows: Vec<String> = sqlx::query_scalar("SELECT e::text FROM events e")
-                .fetch_all(store.db.pg().await.pool())
+                .fetch_all(&store.db.pg().await)
                 .await
                 .unwrap();
             let raw: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM events")
-                .fetch_all(store.db.pg().await.pool())
+                .fetch_all(&store.db.pg().await)
                 .await
                 .unwrap();
             rows.join("\n")
@@ -645,7 +645,7 @@ async fn no_plaintext_personal_data_in_the_events_table(engine: Engine) {
             let lite = store.db.sqlite().await;
             let rows: Vec<EventColumns> =
                 sqlx::query_as("SELECT payload, event_type, field, hash FROM events")
-                    .fetch_all(lite.pool())
+                    .fetch_all(&lite)
                     .await
                     .unwrap();
             rows.into_iter()
@@ -904,11 +904,11 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, ExecuteError>, refusal: 
 async fn count(db: &TestDb, sql: &str) -> i64 {
     match db.engine {
         Engine::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_one(db.pg().await.pool())
+            .fetch_one(&db.pg().await)
             .await
             .unwrap(),
         Engine::Sqlite => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_one(db.sqlite().await.pool())
+            .fetch_one(&db.sqlite().await)
             .await
             .unwrap(),
     }
@@ -947,7 +947,8 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
     assert!(state.fields.is_empty() && state.consents.is_empty() && state.proposals.is_empty());
     let rows = store
         .ledger
-        .backend()
+        .store()
+        .log()
         .projection_rows(c.as_uuid())
         .await
         .unwrap();
@@ -1032,7 +1033,8 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
         assert!(
             store
                 .ledger
-                .backend()
+                .store()
+                .log()
                 .data_key(other.as_uuid())
                 .await
                 .unwrap()
@@ -1042,7 +1044,8 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
     assert!(
         store
             .ledger
-            .backend()
+            .store()
+            .log()
             .data_key(c.as_uuid())
             .await
             .unwrap()
@@ -1112,24 +1115,15 @@ async fn dump_database(db: &TestDb) -> String {
         Engine::Postgres => {
             let pg = db.pg().await;
             (
-                sqlx::query_scalar(TEXT).fetch_all(pg.pool()).await.unwrap(),
-                sqlx::query_scalar(BYTES)
-                    .fetch_all(pg.pool())
-                    .await
-                    .unwrap(),
+                sqlx::query_scalar(TEXT).fetch_all(&pg).await.unwrap(),
+                sqlx::query_scalar(BYTES).fetch_all(&pg).await.unwrap(),
             )
         }
         Engine::Sqlite => {
             let lite = db.sqlite().await;
             (
-                sqlx::query_scalar(TEXT)
-                    .fetch_all(lite.pool())
-                    .await
-                    .unwrap(),
-                sqlx::query_scalar(BYTES)
-                    .fetch_all(lite.pool())
-                    .await
-                    .unwrap(),
+                sqlx::query_scalar(TEXT).fetch_all(&lite).await.unwrap(),
+                sqlx::query_scalar(BYTES).fetch_all(&lite).await.unwrap(),
             )
         }
     };
@@ -1312,7 +1306,7 @@ async fn read_all_returns_every_position_of_an_erased_customer_without_personal_
     }
     let positions: Vec<u64> = entries.iter().map(LogEntry::global_position).collect();
     assert_eq!(positions, (1..=head).collect::<Vec<_>>());
-    let raw = store.ledger.backend().read_all(0, 1000).await.unwrap();
+    let raw = store.ledger.read_raw(0, 1000).await.unwrap();
     let raw_ids: Vec<uuid::Uuid> = raw.iter().map(|r| r.event_id).collect();
     let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.event_id().as_uuid()).collect();
     assert_eq!(ids, raw_ids);

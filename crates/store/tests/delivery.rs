@@ -94,7 +94,7 @@ async fn customer_with_email(ledger: &Ledger) -> (CustomerId, EventId) {
 
 async fn consumers_register_list_and_disable(engine: Engine) {
     let store = TestStore::new(engine).await;
-    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    let deliveries = store.ledger.store().deliveries();
     customer_with_email(&store.ledger).await;
     let secret = WebhookSecret::parse("s3cret-s3cret-s3cret").unwrap();
     let webhook = NewConsumer::new(
@@ -174,7 +174,7 @@ fn handoff(consumer: &str, customer: CustomerId, event: EventId, position: u64) 
 
 async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine) {
     let store = TestStore::new(engine).await;
-    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    let deliveries = store.ledger.store().deliveries();
     nats_consumer(&deliveries, "crm").await;
     nats_consumer(&deliveries, "cdp").await;
     let a = new_customer();
@@ -277,7 +277,7 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
 
 async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
     let store = TestStore::new(engine).await;
-    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    let deliveries = store.ledger.store().deliveries();
     nats_consumer(&deliveries, "crm").await;
     let (customer, event) = customer_with_email(&store.ledger).await;
     let hash = ValueHash::parse(&format!("sha256:{}", "AB".repeat(32))).unwrap();
@@ -368,7 +368,7 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
 
 async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
     let store = TestStore::new(engine).await;
-    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    let deliveries = store.ledger.store().deliveries();
     nats_consumer(&deliveries, "crm").await;
     let (erased, erased_event) = customer_with_email(&store.ledger).await;
     let (kept, kept_event) = customer_with_email(&store.ledger).await;
@@ -425,7 +425,7 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
 
 async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine) {
     let store = TestStore::new(engine).await;
-    let deliveries = Deliveries::new(store.ledger.backend().clone());
+    let deliveries = store.ledger.store().deliveries();
     nats_consumer(&deliveries, "crm").await;
     let a = new_customer();
     let b = new_customer();

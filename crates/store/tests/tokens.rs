@@ -3,12 +3,12 @@
 
 mod support;
 
-use idledger_store::{Role, Tokens};
+use idledger_store::Role;
 use support::{Engine, TestDb};
 
 async fn tokens_are_stored_as_hashes_and_revocable(engine: Engine) {
     let db = TestDb::new(engine).await;
-    let tokens = Tokens::new(db.backend().await);
+    let tokens = db.store().await.tokens();
 
     let crm = tokens
         .create(Role::Source, Some("crm"), "crm prod")
@@ -66,7 +66,7 @@ async fn tokens_are_stored_as_hashes_and_revocable(engine: Engine) {
 
 async fn tokens_must_match_their_role(engine: Engine) {
     let db = TestDb::new(engine).await;
-    let tokens = Tokens::new(db.backend().await);
+    let tokens = db.store().await.tokens();
     assert!(tokens.create(Role::Source, None, "x").await.is_err());
     assert!(tokens.create(Role::Consumer, None, "x").await.is_err());
     assert!(tokens.create(Role::Admin, Some("crm"), "x").await.is_err());
@@ -87,12 +87,9 @@ async fn stored_tokens(db: &TestDb) -> Vec<(Vec<u8>, String)> {
     let sql =
         "SELECT token_hash, role || '|' || COALESCE(subject, '') || '|' || label FROM api_tokens";
     match db.engine {
-        Engine::Postgres => sqlx::query_as(sql)
-            .fetch_all(db.pg().await.pool())
-            .await
-            .unwrap(),
+        Engine::Postgres => sqlx::query_as(sql).fetch_all(&db.pg().await).await.unwrap(),
         Engine::Sqlite => sqlx::query_as(sql)
-            .fetch_all(db.sqlite().await.pool())
+            .fetch_all(&db.sqlite().await)
             .await
             .unwrap(),
     }

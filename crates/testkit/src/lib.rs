@@ -5,11 +5,7 @@
 //! how to start it; it never passes silently.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
-
-use idledger_store::backend::Backend;
-use idledger_store::postgres::PgBackend;
-use idledger_store::sqlite::SqliteBackend;
+use idledger_store::Store;
 use sqlx::Connection;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -97,36 +93,32 @@ impl TestDb {
         }
     }
 
-    /// A new backend (own connection pool) on this database, migrated.
-    pub async fn backend(&self) -> Arc<dyn Backend> {
-        idledger_store::open_backend(&self.url).await.unwrap()
+    /// A new store (own connection pool) on this database, migrated.
+    pub async fn store(&self) -> Store {
+        Store::open(&self.url).await.unwrap()
     }
 
-    pub async fn pg(&self) -> PgBackend {
-        PgBackend::connect(&self.url, 4).await.unwrap()
+    /// A plain connection pool on this PostgreSQL database, for tests that go under the store.
+    pub async fn pg(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url).await.unwrap()
     }
 
-    pub async fn sqlite(&self) -> SqliteBackend {
-        let path = self.url.strip_prefix("sqlite://").unwrap();
-        SqliteBackend::open(std::path::Path::new(path))
-            .await
-            .unwrap()
+    /// A plain connection pool on this SQLite database, for tests that go under the store.
+    pub async fn sqlite(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&self.url).await.unwrap()
     }
 
     /// Runs raw SQL against this database (for tampering and inspection).
     pub async fn exec(&self, sql: &str) {
+        let statement = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()));
         match self.engine {
             Engine::Postgres => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(self.pg().await.pool())
-                    .await
-                    .unwrap();
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                statement.execute(&mut conn).await.unwrap();
             }
             Engine::Sqlite => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(self.sqlite().await.pool())
-                    .await
-                    .unwrap();
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                statement.execute(&mut conn).await.unwrap();
             }
         }
     }

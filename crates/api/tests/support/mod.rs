@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use idledger_api::{ApiConfig, AppState, FeedSettings};
 use idledger_domain::policy::Policy;
-use idledger_store::{Ledger, LedgerOptions, MasterKey, Role, Tokens};
+use idledger_store::{Ledger, LedgerOptions, MasterKey, Role};
 pub use idledger_testkit::{Engine, TestDb};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -65,14 +65,14 @@ impl TestApp {
 
     pub async fn start_with(engine: Engine, config: ApiConfig) -> Self {
         let db = TestDb::new(engine).await;
-        let backend = db.backend().await;
+        let store = db.store().await;
         let ledger = Ledger::new(
-            backend.clone(),
+            &store,
             MasterKey::generate(),
             Policy::default_policy().unwrap(),
             LedgerOptions::default(),
         );
-        let tokens = Tokens::new(backend);
+        let tokens = store.tokens();
         let mut secrets = HashMap::new();
         for (name, role, subject) in [
             ("idp", Role::Source, Some("idp")),
@@ -233,7 +233,10 @@ impl TestApp {
     /// A new consumer token for `consumer`; returns the name to use it by.
     pub async fn consumer_token(&mut self, consumer: &str) -> String {
         let name = format!("consumer:{consumer}");
-        let issued = Tokens::new(self.ledger.backend().clone())
+        let issued = self
+            .ledger
+            .store()
+            .tokens()
             .create(Role::Consumer, Some(consumer), &name)
             .await
             .unwrap();

@@ -122,7 +122,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     // The registry holds no personal data: no master key is needed.
-    let deliveries = Deliveries::new(store::open_backend(settings).await?);
+    let deliveries = store::open_store(settings).await?.deliveries();
     match command {
         ConsumerCommand::Add(args) => {
             add(&deliveries, args, |name| std::env::var(name).ok(), out).await

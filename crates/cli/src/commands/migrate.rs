@@ -8,8 +8,11 @@ use crate::render::kv;
 use crate::store;
 
 pub async fn run(settings: &Settings, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let backend = store::open_backend(settings).await?;
-    let head = backend.head_position().await?;
+    let head = store::open_store(settings)
+        .await?
+        .log()
+        .head_position()
+        .await?;
     kv(out, 0, "database", &settings.database)?;
     kv(out, 0, "events", head)?;
     writeln!(out, "migrations applied")?;

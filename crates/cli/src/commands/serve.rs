@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use idledger_api::{ApiConfig, AppState};
 use idledger_relay::{NatsConfig, Relay, RelayConfig};
-use idledger_store::Tokens;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
@@ -44,7 +43,9 @@ pub async fn run(
         None => DEFAULT_LISTEN.parse()?,
     };
     let ledger = store::open_ledger(settings, KeyUse::Required).await?;
-    let tokens = Tokens::new(ledger.backend().clone())
+    let tokens = ledger
+        .store()
+        .tokens()
         .list()
         .await?
         .into_iter()

@@ -20,7 +20,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     // Tokens are not personal data: no master key is needed to manage them.
-    let tokens = Tokens::new(store::open_backend(settings).await?);
+    let tokens = store::open_store(settings).await?.tokens();
     match command {
         TokenCommand::Create(args) => create(&tokens, args, out).await,
         TokenCommand::List(args) => list(&tokens, args, out).await,

@@ -57,10 +57,10 @@ impl TestStore {
         let db = TestDb::new(engine).await;
         let master = MasterKey::generate();
         let master_hex = master.to_hex().to_string();
-        let backend = idledger_store::open_backend(&db.url).await.unwrap();
-        let deliveries = Deliveries::new(backend.clone());
+        let store = db.store().await;
+        let deliveries = store.deliveries();
         let ledger = Ledger::new(
-            backend,
+            &store,
             master,
             Policy::default_policy().unwrap(),
             LedgerOptions::default(),
@@ -76,7 +76,7 @@ impl TestStore {
     /// Another ledger on the same database, with its own pool: what a restarted process has.
     pub async fn another_ledger(&self) -> Ledger {
         Ledger::new(
-            idledger_store::open_backend(&self.db.url).await.unwrap(),
+            &self.db.store().await,
             MasterKey::from_hex(&self.master_hex).unwrap(),
             Policy::default_policy().unwrap(),
             LedgerOptions::default(),

@@ -23,7 +23,7 @@ impl TestStore {
         let master = MasterKey::generate();
         let master_hex = master.to_hex().to_string();
         let ledger = Ledger::new(
-            db.backend().await,
+            &db.store().await,
             master,
             Policy::default_policy().unwrap(),
             LedgerOptions::default(),
@@ -38,7 +38,7 @@ impl TestStore {
     /// Another ledger on the same database: its own pool and writer, as a second process would have.
     pub async fn another_ledger(&self) -> Ledger {
         Ledger::new(
-            self.db.backend().await,
+            &self.db.store().await,
             MasterKey::from_hex(&self.master_hex).unwrap(),
             Policy::default_policy().unwrap(),
             LedgerOptions::default(),

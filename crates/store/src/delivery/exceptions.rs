@@ -1,0 +1,255 @@
+//! Sync exceptions: opened (or counted again), listed, annotated and closed.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::field::FieldPath;
+use idledger_domain::ids::CustomerId;
+use uuid::Uuid;
+
+use super::{
+    AUTO_RESOLVER, Closing, ConsumerId, Deliveries, ExceptionFilter, ExceptionKind,
+    ExceptionStatus, MAX_PAGE, NewSyncException, Resolution, SyncException, customer_id,
+};
+use crate::error::StoreError;
+use crate::sql::{Row, Sql, Tx, sql};
+
+const EXCEPTION_COLUMNS: &str = "exception_id, consumer_id, customer_id, field, kind, detail, status, occurrences, created_at, updated_at, resolved_at, resolved_by, resolution, resolution_note, last_action";
+
+impl Deliveries {
+    /// Opens a sync exception, or counts a repeat of the open one (same system, customer,
+    /// field and kind) with the newest detail.
+    pub async fn open_exception(&self, e: &NewSyncException) -> Result<SyncException, StoreError> {
+        let mut q = sql(
+            "INSERT INTO sync_exceptions (exception_id, consumer_id, customer_id, field, kind, detail, status, occurrences, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', 1, $7, $7) \
+             ON CONFLICT (consumer_id, customer_id, field, kind) WHERE status = 'open' \
+             DO UPDATE SET detail = EXCLUDED.detail, occurrences = sync_exceptions.occurrences + 1, updated_at = EXCLUDED.updated_at \
+             RETURNING ",
+        )
+        .bind(Uuid::now_v7())
+        .bind(e.consumer_id.as_str())
+        .bind(e.customer_id.as_uuid())
+        .bind(field_column(e.field.as_ref()))
+        .bind(e.kind.as_str())
+        .bind(serde_json::to_string(&e.detail)?)
+        .bind(e.at);
+        q.push(EXCEPTION_COLUMNS);
+        exception(&q.fetch_one(&self.db).await?)
+    }
+
+    /// Sync exceptions in id (= creation) order, at most `limit` after `filter.after`.
+    pub async fn exceptions(
+        &self,
+        filter: &ExceptionFilter,
+        limit: u32,
+    ) -> Result<Vec<SyncException>, StoreError> {
+        let mut q = select();
+        q.push(" WHERE 1 = 1");
+        if let Some(c) = &filter.consumer {
+            q.push(" AND consumer_id = ").push_bind(c.as_str());
+        }
+        if let Some(c) = &filter.customer {
+            q.push(" AND customer_id = ").push_bind(c.as_uuid());
+        }
+        if filter.open_only {
+            q.push(" AND status = 'open'");
+        }
+        if let Some(kind) = filter.kind {
+            q.push(" AND kind = ").push_bind(kind.as_str());
+        }
+        if let Some(field) = &filter.field {
+            q.push(" AND field = ").push_bind(field.as_str());
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(before) = filter.created_before {
+            q.push(" AND created_at < ").push_bind(before);
+        }
+        if let Some(after) = filter.after {
+            q.push(" AND exception_id > ").push_bind(after);
+        }
+        q.push(" ORDER BY exception_id LIMIT ")
+            .push_bind(limit.clamp(1, MAX_PAGE));
+        q.fetch_all(&self.db).await?.iter().map(exception).collect()
+    }
+
+    pub async fn exception(&self, id: Uuid) -> Result<Option<SyncException>, StoreError> {
+        let mut q = select();
+        q.push(" WHERE exception_id = ").push_bind(id);
+        q.fetch_optional(&self.db)
+            .await?
+            .as_ref()
+            .map(exception)
+            .transpose()
+    }
+
+    /// Closes an open exception: the closed exception, or `None` if it is not open (or does
+    /// not exist), so two stewards cannot both close it.
+    pub async fn close_exception(
+        &self,
+        id: Uuid,
+        closing: &Closing,
+    ) -> Result<Option<SyncException>, StoreError> {
+        let mut q = closing_update(closing);
+        q.push(" AND exception_id = ")
+            .push_bind(id)
+            .push(" RETURNING ")
+            .push(EXCEPTION_COLUMNS);
+        q.fetch_optional(&self.db)
+            .await?
+            .as_ref()
+            .map(exception)
+            .transpose()
+    }
+
+    /// Closes the open exceptions of `kinds` for the consumer, customer and field (`None`: the
+    /// customer as a whole); the ids closed.
+    pub async fn close_exceptions_where(
+        &self,
+        consumer: &ConsumerId,
+        customer: CustomerId,
+        field: Option<&FieldPath>,
+        kinds: &[ExceptionKind],
+        closing: &Closing,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut q = closing_update(closing);
+        q.push(" AND consumer_id = ")
+            .push_bind(consumer.as_str())
+            .push(" AND customer_id = ")
+            .push_bind(customer.as_uuid())
+            .push(" AND field = ")
+            .push_bind(field_column(field))
+            .push(" AND kind IN ")
+            .push_list(kinds.iter().map(|k| k.as_str()))
+            .push(" RETURNING exception_id");
+        q.fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(|r| r.try_get("exception_id"))
+            .collect()
+    }
+
+    /// Records a steward action that leaves the exception open (a re-push); false if it is
+    /// not open.
+    pub async fn note_exception_action(
+        &self,
+        id: Uuid,
+        action: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sql(
+            "UPDATE sync_exceptions SET last_action = $1, updated_at = $2 \
+             WHERE exception_id = $3 AND status = 'open'",
+        )
+        .bind(serde_json::to_string(action)?)
+        .bind(at)
+        .bind(id)
+        .execute(&self.db)
+        .await?;
+        Ok(done == 1)
+    }
+
+    /// Open exceptions of `kinds` about the consumer and any of `customers`.
+    pub async fn open_exceptions_of(
+        &self,
+        consumer: &ConsumerId,
+        customers: &[Uuid],
+        kinds: &[ExceptionKind],
+    ) -> Result<Vec<SyncException>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in customers.chunks(self.db.max_params() - 1 - kinds.len()) {
+            let mut q = select();
+            q.push(" WHERE status = 'open' AND consumer_id = ")
+                .push_bind(consumer.as_str())
+                .push(" AND customer_id IN ")
+                .push_list(chunk)
+                .push(" AND kind IN ")
+                .push_list(kinds.iter().map(|k| k.as_str()));
+            for row in q.fetch_all(&self.db).await? {
+                out.push(exception(&row)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// How the one `field` column stores "no field" (the customer as a whole): an empty string,
+/// so that the unique index on open exceptions covers it.
+fn field_column(field: Option<&FieldPath>) -> String {
+    field.map(ToString::to_string).unwrap_or_default()
+}
+
+fn select() -> Sql {
+    let mut q = sql("SELECT ");
+    q.push(EXCEPTION_COLUMNS).push(" FROM sync_exceptions");
+    q
+}
+
+/// `UPDATE … SET <closed> WHERE status = 'open'`, for the caller to narrow.
+fn closing_update(closing: &Closing) -> Sql {
+    let mut q = sql("UPDATE sync_exceptions SET status = ");
+    q.push_bind(closing.resolution.status().as_str())
+        .push(", resolution = ")
+        .push_bind(closing.resolution.as_str())
+        .push(", resolved_by = ")
+        .push_bind(closing.by.as_str())
+        .push(", resolution_note = ")
+        .push_bind(closing.note.as_str())
+        .push(", resolved_at = ")
+        .push_bind(closing.at)
+        .push(", updated_at = ")
+        .push_bind(closing.at)
+        .push(" WHERE status = 'open'");
+    q
+}
+
+fn exception(row: &Row) -> Result<SyncException, StoreError> {
+    let bad = |e: idledger_domain::values::ValueError| {
+        StoreError::Integrity(format!("stored sync exception: {e}"))
+    };
+    let field: String = row.try_get("field")?;
+    let last_action: Option<String> = row.try_get("last_action")?;
+    let resolution: Option<String> = row.try_get("resolution")?;
+    Ok(SyncException {
+        id: row.try_get("exception_id")?,
+        consumer_id: ConsumerId::parse(&row.try_get::<String>("consumer_id")?).map_err(bad)?,
+        customer_id: customer_id(row.try_get("customer_id")?)?,
+        field: (!field.is_empty()).then_some(field),
+        kind: ExceptionKind::parse(&row.try_get::<String>("kind")?).map_err(bad)?,
+        detail: serde_json::from_str(&row.try_get::<String>("detail")?)?,
+        status: ExceptionStatus::parse(&row.try_get::<String>("status")?).map_err(bad)?,
+        occurrences: row.get_u64("occurrences")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        resolved_at: row.try_get("resolved_at")?,
+        resolved_by: row.try_get("resolved_by")?,
+        resolution: resolution.as_deref().map(Resolution::parse).transpose()?,
+        resolution_note: row.try_get("resolution_note")?,
+        last_action: last_action
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()?,
+    })
+}
+
+/// Erasure, in its own transaction: the customer's exceptions keep that they existed and how
+/// they ended, not their evidence (value hashes); open ones close.
+pub(crate) async fn close_erased_customers_exceptions(
+    tx: &mut Tx,
+    customer: Uuid,
+) -> Result<(), StoreError> {
+    let closing = Closing {
+        by: AUTO_RESOLVER.to_owned(),
+        resolution: Resolution::Auto,
+        note: "the customer was erased".to_owned(),
+        at: crate::model::truncate_to_micros(Utc::now()),
+    };
+    let mut q = closing_update(&closing);
+    q.push(" AND customer_id = ").push_bind(customer);
+    q.execute(&mut *tx).await?;
+    sql("UPDATE sync_exceptions SET detail = '{}', last_action = NULL WHERE customer_id = $1")
+        .bind(customer)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! The event log and its projection: batched appends, and the reads the ledger, delivery and
+//! reconciliation need. Written once for both engines (see [`crate::sql`]); PostgreSQL's
+//! array-bound bulk append, which SQLite has no use for, is in `log/postgres.rs`.
+//!
+//! Ordering: every append transaction holds off every other ([`Db::begin_exclusive`]: an
+//! advisory lock on PostgreSQL, the write lock on SQLite) and assigns
+//! `global_position = max + 1`. The lock is released only after the commit is visible, so
+//! positions become visible strictly in order and a rolled-back transaction leaves no hole: a
+//! reader never skips an event that commits later with a lower position.
+
+mod postgres;
+
+use uuid::Uuid;
+
+use crate::chain::{GENESIS, chained_rows};
+use crate::error::StoreError;
+use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent, from_micros, micros};
+use crate::sql::{Db, Row, Tx, sql};
+
+const EVENT_COLUMNS: &str = "global_position, event_id, customer_id, stream_version, event_type, schema_version, field, recorded_at, payload, hash";
+
+/// The raw event log of one database: metadata in the clear, payloads sealed. The [`Ledger`]
+/// is what runs commands and opens payloads; this is for those who need the rows as stored
+/// (verification tools, tests, benchmarks' baselines).
+///
+/// [`Ledger`]: crate::Ledger
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    db: Db,
+}
+
+impl EventLog {
+    pub(crate) fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Writes a batch of appends in one transaction; each append succeeds or fails alone
+    /// (a conflict in one does not fail the others). Returns one outcome per request, in
+    /// order, after the transaction is durable. `Err` means the whole batch failed.
+    pub async fn write_batch(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let Some(pool) = self.db.pg() else {
+            // SQLite has no round trips to save: append by append.
+            return write_each(&self.db, batch).await;
+        };
+        // Erasures are rare and delete across tables: they take the per-append path.
+        if batch.iter().any(|r| r.erase) {
+            return write_each(&self.db, batch).await;
+        }
+        match postgres::write_bulk(pool, batch).await {
+            Ok(results) => Ok(results),
+            // Whatever failed (a unique violation, a trigger…) failed the whole transaction:
+            // the per-append path, with a savepoint each, fails only the append concerned.
+            Err(e) => {
+                tracing::debug!(error = %e, "bulk append failed; retrying append by append");
+                write_each(&self.db, batch).await
+            }
+        }
+    }
+
+    /// `(request_hash, result)` stored for an idempotency key.
+    pub async fn idempotency(
+        &self,
+        source: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        stored_idempotency(&self.db, source, key).await
+    }
+
+    /// The customer's wrapped data key; `None` before their first event and after erasure.
+    pub async fn data_key(&self, customer: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        sql("SELECT wrapped_key FROM data_keys WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_optional(&self.db)
+            .await?
+            .map(|r| r.try_get("wrapped_key"))
+            .transpose()
+    }
+
+    /// Wrapped data keys of those of `customers` who have one.
+    pub async fn data_keys(&self, customers: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        let mut out = Vec::with_capacity(customers.len());
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql("SELECT customer_id, wrapped_key FROM data_keys WHERE customer_id IN ");
+            q.push_list(chunk);
+            for r in q.fetch_all(&self.db).await? {
+                out.push((r.try_get("customer_id")?, r.try_get("wrapped_key")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The customer's projection rows, by kind and key.
+    pub async fn projection_rows(&self, customer: Uuid) -> Result<Vec<ProjectionRow>, StoreError> {
+        projection_rows(&self.db, customer).await
+    }
+
+    /// A customer's events in stream order, optionally only one field's and only those
+    /// recorded at or before an instant.
+    pub async fn stream(
+        &self,
+        customer: Uuid,
+        field: Option<&str>,
+        until_micros: Option<i64>,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let mut q = select_events();
+        q.push(" WHERE customer_id = ").push_bind(customer);
+        if let Some(field) = field {
+            q.push(" AND field = ").push_bind(field);
+        }
+        if let Some(until) = until_micros {
+            q.push(" AND recorded_at <= ").push_bind(from_micros(until));
+        }
+        q.push(" ORDER BY stream_version");
+        q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+    }
+
+    /// Up to `limit` events after `after`, in global (commit) order. Gap-free: a reader that
+    /// has seen position p has seen every committed event before p.
+    pub async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<RawEvent>, StoreError> {
+        let mut q = select_events();
+        q.push(" WHERE global_position > ")
+            .push_bind(after)
+            .push(" ORDER BY global_position LIMIT ")
+            .push_bind(limit);
+        q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+    }
+
+    /// The `customer_erased` events of those of `customers` who were erased.
+    pub async fn erasures(&self, customers: &[Uuid]) -> Result<Vec<RawEvent>, StoreError> {
+        erasures(&self.db, customers).await
+    }
+
+    /// Every customer's projection rows, in customer order, `customers` customers a page.
+    pub async fn projection_page(
+        &self,
+        after: Option<Uuid>,
+        customers: u32,
+    ) -> Result<Vec<(Uuid, ProjectionRow)>, StoreError> {
+        // The bound on `customer_id` is repeated outside the subquery rather than written as
+        // `$1 IS NULL OR customer_id > $1`, which no index can serve.
+        let mut q = sql("SELECT customer_id, kind, key, record FROM projections WHERE ");
+        if let Some(after) = after {
+            q.push("customer_id > ").push_bind(after).push(" AND ");
+        }
+        q.push("customer_id IN (SELECT DISTINCT customer_id FROM projections");
+        if let Some(after) = after {
+            q.push(" WHERE customer_id > ").push_bind(after);
+        }
+        q.push(" ORDER BY customer_id LIMIT ")
+            .push_bind(customers)
+            .push(") ORDER BY customer_id, kind, key");
+        q.fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("customer_id")?, projection_row(r)?)))
+            .collect()
+    }
+
+    /// Replaces the projection rows of `customers` with `rows` (theirs) in one transaction,
+    /// holding off appends — but only if the log's head is still `expected_head` (else returns
+    /// false, nothing changed). Other customers' rows are left as they are.
+    pub async fn replace_projections(
+        &self,
+        customers: &[Uuid],
+        rows: &[(Uuid, ProjectionRow)],
+        expected_head: u64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_exclusive().await?;
+        if head(&mut tx).await? != expected_head {
+            return Ok(false);
+        }
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql("DELETE FROM projections WHERE customer_id IN ");
+            q.push_list(chunk);
+            q.execute(&mut tx).await?;
+        }
+        for chunk in rows.chunks(self.db.rows_per_statement(4)) {
+            let mut q = sql("INSERT INTO projections (customer_id, kind, key, record) ");
+            q.push_values(chunk, |(customer, r)| {
+                vec![
+                    (*customer).into(),
+                    r.kind.as_str().into(),
+                    r.key.as_str().into(),
+                    r.record.as_str().into(),
+                ]
+            });
+            q.execute(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The highest global position, 0 when the log is empty.
+    pub async fn head_position(&self) -> Result<u64, StoreError> {
+        head_position(&self.db).await
+    }
+}
+
+/// Applies the engine's migrations (`migrations/{postgres,sqlite}`).
+pub(crate) async fn migrate(db: &Db) -> Result<(), StoreError> {
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::migrate!("../../migrations/postgres")
+                .run(pool)
+                .await?
+        }
+        Db::Sqlite(pool) => sqlx::migrate!("../../migrations/sqlite").run(pool).await?,
+    }
+    Ok(())
+}
+
+pub(crate) async fn head_position(db: &Db) -> Result<u64, StoreError> {
+    sql("SELECT COALESCE(MAX(global_position), 0) AS head FROM events")
+        .fetch_one(db)
+        .await?
+        .get_u64("head")
+}
+
+async fn head(tx: &mut Tx) -> Result<u64, StoreError> {
+    sql("SELECT COALESCE(MAX(global_position), 0) AS head FROM events")
+        .fetch_one(tx)
+        .await?
+        .get_u64("head")
+}
+
+pub(crate) async fn projection_rows(
+    db: &Db,
+    customer: Uuid,
+) -> Result<Vec<ProjectionRow>, StoreError> {
+    sql("SELECT kind, key, record FROM projections WHERE customer_id = $1 ORDER BY kind, key")
+        .bind(customer)
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(projection_row)
+        .collect()
+}
+
+pub(crate) async fn erasures(db: &Db, customers: &[Uuid]) -> Result<Vec<RawEvent>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in customers.chunks(db.max_params()) {
+        let mut q = select_events();
+        // The literal type (not a bind) lets the engine use the partial index on erasures.
+        q.push(" WHERE event_type = 'customer_erased' AND customer_id IN ")
+            .push_list(chunk);
+        for row in q.fetch_all(db).await? {
+            out.push(raw_event(&row)?);
+        }
+    }
+    Ok(out)
+}
+
+async fn stored_idempotency(
+    db: &Db,
+    source: &str,
+    key: &str,
+) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+    sql("SELECT request_hash, result FROM idempotency WHERE source = $1 AND idempotency_key = $2")
+        .bind(source)
+        .bind(key)
+        .fetch_optional(db)
+        .await?
+        .map(|r| Ok((r.try_get("request_hash")?, r.try_get("result")?)))
+        .transpose()
+}
+
+fn select_events() -> crate::sql::Sql {
+    let mut q = sql("SELECT ");
+    q.push(EVENT_COLUMNS).push(" FROM events");
+    q
+}
+
+fn projection_row(r: &Row) -> Result<ProjectionRow, StoreError> {
+    Ok(ProjectionRow {
+        kind: r.try_get("kind")?,
+        key: r.try_get("key")?,
+        record: r.try_get("record")?,
+    })
+}
+
+fn raw_event(row: &Row) -> Result<RawEvent, StoreError> {
+    Ok(RawEvent {
+        global_position: row.get_u64("global_position")?,
+        event_id: row.try_get("event_id")?,
+        customer_id: row.try_get("customer_id")?,
+        stream_version: row.get_u64("stream_version")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: u16::try_from(row.try_get::<i32>("schema_version")?).unwrap_or(u16::MAX),
+        field: row.try_get("field")?,
+        recorded_at_micros: micros(row.try_get("recorded_at")?),
+        payload: row.try_get("payload")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// The batch append by append, a savepoint each, so that a failing append does not fail the
+/// others.
+async fn write_each(
+    db: &Db,
+    batch: &[AppendRequest],
+) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+    let mut tx = db.begin_exclusive().await?;
+    let mut position = head(&mut tx).await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for req in batch {
+        sql("SAVEPOINT append").execute(&mut tx).await?;
+        let outcome = append_one(&mut tx, req, position).await;
+        if !matches!(outcome, Ok(AppendOutcome::Appended { .. })) {
+            sql("ROLLBACK TO SAVEPOINT append").execute(&mut tx).await?;
+        }
+        sql("RELEASE SAVEPOINT append").execute(&mut tx).await?;
+        if let Ok(AppendOutcome::Appended { positions }) = &outcome {
+            position += positions.len() as u64;
+        }
+        results.push(match outcome {
+            Err(e) if e.is_unique_violation() => Ok(AppendOutcome::VersionConflict),
+            other => other,
+        });
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn append_one(
+    tx: &mut Tx,
+    req: &AppendRequest,
+    position: u64,
+) -> Result<AppendOutcome, StoreError> {
+    let customer = req.customer_id;
+    if let Some(idem) = &req.idempotency {
+        let stored = sql(
+            "SELECT request_hash, result FROM idempotency WHERE source = $1 AND idempotency_key = $2",
+        )
+        .bind(idem.source.as_str())
+        .bind(idem.key.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = stored {
+            return Ok(AppendOutcome::Duplicate {
+                request_hash: row.try_get("request_hash")?,
+                result: row.try_get("result")?,
+            });
+        }
+    }
+    let head = sql(
+        "SELECT stream_version, hash FROM events WHERE customer_id = $1 ORDER BY stream_version DESC LIMIT 1",
+    )
+    .bind(customer)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (version, prev) = match head {
+        Some(row) => (
+            row.get_u64("stream_version")?,
+            row.try_get::<Vec<u8>>("hash")?,
+        ),
+        None => (0, GENESIS.to_vec()),
+    };
+    if version != req.expected_version {
+        return Ok(AppendOutcome::VersionConflict);
+    }
+    if let Some(wrapped) = &req.new_data_key {
+        sql("INSERT INTO data_keys (customer_id, wrapped_key) VALUES ($1, $2)")
+            .bind(customer)
+            .bind(wrapped)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let rows = chained_rows(req, position, &prev);
+    let positions: Vec<u64> = rows.iter().map(|r| r.global_position).collect();
+    if !rows.is_empty() {
+        let mut insert = sql("INSERT INTO events (");
+        insert.push(EVENT_COLUMNS).push(") ");
+        insert.push_values(&rows, |r| {
+            vec![
+                r.global_position.into(),
+                r.event_id.into(),
+                r.customer_id.into(),
+                r.stream_version.into(),
+                r.event_type.as_str().into(),
+                i32::from(r.schema_version).into(),
+                r.field.as_deref().into(),
+                from_micros(r.recorded_at_micros).into(),
+                r.payload.as_slice().into(),
+                r.hash.as_slice().into(),
+            ]
+        });
+        insert.execute(&mut *tx).await?;
+    }
+    if !req.projection.upserts.is_empty() {
+        let mut upsert = sql("INSERT INTO projections (customer_id, kind, key, record) ");
+        upsert
+            .push_values(&req.projection.upserts, |r| {
+                vec![
+                    customer.into(),
+                    r.kind.as_str().into(),
+                    r.key.as_str().into(),
+                    r.record.as_str().into(),
+                ]
+            })
+            .push(" ON CONFLICT (customer_id, kind, key) DO UPDATE SET record = EXCLUDED.record");
+        upsert.execute(&mut *tx).await?;
+    }
+    for (kind, key) in &req.projection.deletes {
+        sql("DELETE FROM projections WHERE customer_id = $1 AND kind = $2 AND key = $3")
+            .bind(customer)
+            .bind(kind)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if req.erase {
+        erase(tx, customer).await?;
+    }
+    if let Some(idem) = &req.idempotency {
+        sql("INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) VALUES ($1, $2, $3, $4, $5)")
+            .bind(idem.source.as_str())
+            .bind(idem.key.as_str())
+            .bind(customer)
+            .bind(&idem.request_hash)
+            .bind(idem.result.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(AppendOutcome::Appended { positions })
+}
+
+/// What erasure removes besides the events' key, in the erasure's own transaction.
+async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
+    // Crypto-shredding: without the key the customer's sealed events are noise. Their
+    // idempotency records go too: a request hash is a digest of a command that carried
+    // personal data.
+    for statement in [
+        "DELETE FROM data_keys WHERE customer_id = $1",
+        "DELETE FROM idempotency WHERE customer_id = $1",
+        // What consumers acknowledged holding: value hashes are digests of personal data. The
+        // handoff log stays (it records disclosures, without values).
+        "DELETE FROM consumer_state WHERE customer_id = $1",
+        // Staged snapshot rows of a run in progress.
+        "DELETE FROM snapshot_rows WHERE customer_id = $1",
+    ] {
+        sql(statement).bind(customer).execute(&mut *tx).await?;
+    }
+    // Findings keep the customer id as given in a snapshot: text.
+    sql("DELETE FROM reconcile_findings WHERE customer_id = $1")
+        .bind(customer.to_string())
+        .execute(&mut *tx)
+        .await?;
+    crate::delivery::close_erased_customers_exceptions(tx, customer).await
+}

@@ -1,0 +1,294 @@
+//! PostgreSQL's bulk append: a batch in one transaction of a fixed number of statements,
+//! arrays bound as parameters. SQLite, in-process, has no round trips to save and appends one
+//! by one (`write_each` in the parent module, which PostgreSQL also falls back to).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::chain::{GENESIS, chained_rows};
+use crate::error::StoreError;
+use crate::model::{AppendOutcome, AppendRequest, IdempotencyRecord, RawEvent, from_micros};
+use crate::sql::LOG_LOCK;
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+/// The batch in one transaction of a fixed number of statements, whatever its size: the
+/// idempotency records and stream heads of every append read in two queries, the checks
+/// done here, then one multi-row statement per table. Every append in a batch was decided
+/// on state committed before this transaction, so the outcomes are those the per-append
+/// path gives (an append sees the heads left by the batch's earlier appends).
+pub(super) async fn write_bulk(
+    pool: &PgPool,
+    batch: &[AppendRequest],
+) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOG_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut position = to_u64(head);
+
+    let (sources, keys): (Vec<String>, Vec<String>) = batch
+        .iter()
+        .filter_map(|r| r.idempotency.as_ref())
+        .map(|i| (i.source.clone(), i.key.clone()))
+        .unzip();
+    let mut used: HashMap<(String, String), (Vec<u8>, String)> = HashMap::new();
+    if !sources.is_empty() {
+        let rows = sqlx::query(
+            "SELECT i.source, i.idempotency_key, i.request_hash, i.result FROM idempotency i \
+             JOIN UNNEST($1::text[], $2::text[]) AS k(source, key) \
+             ON i.source = k.source AND i.idempotency_key = k.key",
+        )
+        .bind(&sources)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            used.insert(
+                (row.try_get("source")?, row.try_get("idempotency_key")?),
+                (row.try_get("request_hash")?, row.try_get("result")?),
+            );
+        }
+    }
+    let mut customers: Vec<Uuid> = batch.iter().map(|r| r.customer_id).collect();
+    customers.sort_unstable();
+    customers.dedup();
+    let mut heads: HashMap<Uuid, (u64, Vec<u8>)> = HashMap::new();
+    for row in sqlx::query(
+        "SELECT c.id AS customer_id, e.stream_version, e.hash FROM UNNEST($1::uuid[]) AS c(id) \
+         CROSS JOIN LATERAL (SELECT stream_version, hash FROM events \
+         WHERE customer_id = c.id ORDER BY stream_version DESC LIMIT 1) e",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await?
+    {
+        heads.insert(
+            row.try_get("customer_id")?,
+            (to_u64(row.try_get("stream_version")?), row.try_get("hash")?),
+        );
+    }
+    let new_keys: Vec<Uuid> = batch
+        .iter()
+        .filter(|r| r.new_data_key.is_some())
+        .map(|r| r.customer_id)
+        .collect();
+    let keyed: HashSet<Uuid> = if new_keys.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar("SELECT customer_id FROM data_keys WHERE customer_id = ANY($1)")
+            .bind(&new_keys)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
+
+    let mut write = BulkWrite::default();
+    let mut results = Vec::with_capacity(batch.len());
+    for req in batch {
+        if let Some(idem) = &req.idempotency
+            && let Some((request_hash, result)) = used.get(&(idem.source.clone(), idem.key.clone()))
+        {
+            results.push(Ok(AppendOutcome::Duplicate {
+                request_hash: request_hash.clone(),
+                result: result.clone(),
+            }));
+            continue;
+        }
+        let (version, prev) = heads
+            .get(&req.customer_id)
+            .cloned()
+            .unwrap_or_else(|| (0, GENESIS.to_vec()));
+        // Another writer created the customer's key since it was read: decide again.
+        let key_taken = req.new_data_key.is_some()
+            && (keyed.contains(&req.customer_id) || write.key_customers.contains(&req.customer_id));
+        if version != req.expected_version || key_taken {
+            results.push(Ok(AppendOutcome::VersionConflict));
+            continue;
+        }
+        let rows = chained_rows(req, position, &prev);
+        if let Some(last) = rows.last() {
+            heads.insert(req.customer_id, (last.stream_version, last.hash.clone()));
+        }
+        position += rows.len() as u64;
+        let positions = rows.iter().map(|r| r.global_position).collect();
+        if let Some(idem) = &req.idempotency {
+            used.insert(
+                (idem.source.clone(), idem.key.clone()),
+                (idem.request_hash.clone(), idem.result.clone()),
+            );
+        }
+        write.add(req, rows);
+        results.push(Ok(AppendOutcome::Appended { positions }));
+    }
+    write.execute(&mut tx).await?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// The rows of a batch's successful appends, written with one statement per table (arrays
+/// bound as parameters: no limit on the number of rows, one plan).
+#[derive(Debug, Default)]
+struct BulkWrite {
+    events: Vec<RawEvent>,
+    key_customers: Vec<Uuid>,
+    wrapped_keys: Vec<Vec<u8>>,
+    /// The net projection change per row: `None` deletes it. Appends apply in batch order.
+    projection: BTreeMap<(Uuid, String, String), Option<String>>,
+    idempotency: Vec<(Uuid, IdempotencyRecord)>,
+}
+
+impl BulkWrite {
+    fn add(&mut self, req: &AppendRequest, rows: Vec<RawEvent>) {
+        self.events.extend(rows);
+        if let Some(wrapped) = &req.new_data_key {
+            self.key_customers.push(req.customer_id);
+            self.wrapped_keys.push(wrapped.clone());
+        }
+        for r in &req.projection.upserts {
+            self.projection.insert(
+                (req.customer_id, r.kind.clone(), r.key.clone()),
+                Some(r.record.clone()),
+            );
+        }
+        for (kind, key) in &req.projection.deletes {
+            self.projection
+                .insert((req.customer_id, kind.clone(), key.clone()), None);
+        }
+        if let Some(idem) = &req.idempotency {
+            self.idempotency.push((req.customer_id, idem.clone()));
+        }
+    }
+
+    async fn execute(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+        if !self.key_customers.is_empty() {
+            sqlx::query(
+                "INSERT INTO data_keys (customer_id, wrapped_key) SELECT * FROM UNNEST($1::uuid[], $2::bytea[])",
+            )
+            .bind(&self.key_customers)
+            .bind(&self.wrapped_keys)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.events.is_empty() {
+            let e = &self.events;
+            sqlx::query(
+                "INSERT INTO events (global_position, event_id, customer_id, stream_version, \
+                 event_type, schema_version, field, recorded_at, payload, hash) \
+                 SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], \
+                 $6::int4[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[])",
+            )
+            .bind(
+                e.iter()
+                    .map(|r| to_i64(r.global_position))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.event_id).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| to_i64(r.stream_version))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.event_type.as_str()).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| i32::from(r.schema_version))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.field.as_deref()).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| from_micros(r.recorded_at_micros))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| r.payload.as_slice()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.hash.as_slice()).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await?;
+        }
+        let (upserts, deletes): (Vec<_>, Vec<_>) = self
+            .projection
+            .iter()
+            .partition(|(_, record)| record.is_some());
+        if !upserts.is_empty() {
+            sqlx::query(
+                "INSERT INTO projections (customer_id, kind, key, record) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+                 ON CONFLICT (customer_id, kind, key) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .bind(upserts.iter().map(|((c, _, _), _)| *c).collect::<Vec<_>>())
+            .bind(
+                upserts
+                    .iter()
+                    .map(|((_, k, _), _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                upserts
+                    .iter()
+                    .map(|((_, _, k), _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                upserts
+                    .iter()
+                    .map(|(_, r)| r.as_deref().unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !deletes.is_empty() {
+            sqlx::query(
+                "DELETE FROM projections p USING UNNEST($1::uuid[], $2::text[], $3::text[]) \
+                 AS d(customer_id, kind, key) \
+                 WHERE p.customer_id = d.customer_id AND p.kind = d.kind AND p.key = d.key",
+            )
+            .bind(deletes.iter().map(|((c, _, _), _)| *c).collect::<Vec<_>>())
+            .bind(
+                deletes
+                    .iter()
+                    .map(|((_, k, _), _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                deletes
+                    .iter()
+                    .map(|((_, _, k), _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.idempotency.is_empty() {
+            let i = &self.idempotency;
+            sqlx::query(
+                "INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[])",
+            )
+            .bind(i.iter().map(|(_, r)| r.source.as_str()).collect::<Vec<_>>())
+            .bind(i.iter().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>())
+            .bind(i.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+            .bind(i.iter().map(|(_, r)| r.request_hash.as_slice()).collect::<Vec<_>>())
+            .bind(i.iter().map(|(_, r)| r.result.as_str()).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}

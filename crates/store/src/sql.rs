@@ -1,0 +1,431 @@
+//! SQL written once for both engines.
+//!
+//! Statements use `$n` parameters, which PostgreSQL and SQLite both accept, and are run through
+//! [`Db`] (a pool of either engine) or [`Tx`] (a transaction on one). What the engines store
+//! differently is hidden here, so the statements above this module need not know:
+//!
+//! - **Times**: `TIMESTAMPTZ` on PostgreSQL, integer microseconds since the epoch on SQLite.
+//!   A `DateTime<Utc>` binds as either ([`Arg::Time`]) and reads back from either
+//!   ([`Column`]).
+//! - **Write transactions**: SQLite's take the write lock up front (`BEGIN IMMEDIATE`), so two
+//!   writers never deadlock upgrading a read lock; PostgreSQL's are plain `BEGIN`.
+//! - **Lists**: `IN ($1, $2, …)` on both, chunked to the engine's limit on bound parameters
+//!   ([`Db::max_params`]), rather than PostgreSQL's arrays, which SQLite lacks.
+//!
+//! What really differs (the append lock, PostgreSQL's array-bound bulk append) stays in the
+//! engine modules, reached through [`Db::pg`].
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::{Arguments, AssertSqlSafe, Postgres, Row as _, Sqlite, Transaction};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::model::{from_micros, micros};
+
+/// The advisory lock that serialises appends on PostgreSQL ("idledger" in ASCII).
+pub const LOG_LOCK: i64 = 0x6964_6c65_6467_6572;
+
+/// A connection pool of either engine.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Which engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+impl Engine {
+    /// "postgres" or "sqlite".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl Db {
+    pub fn engine(&self) -> Engine {
+        match self {
+            Self::Postgres(_) => Engine::Postgres,
+            Self::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    /// The PostgreSQL pool, for the few statements only PostgreSQL has.
+    pub fn pg(&self) -> Option<&PgPool> {
+        match self {
+            Self::Postgres(pool) => Some(pool),
+            Self::Sqlite(_) => None,
+        }
+    }
+
+    /// How many parameters one statement may bind (PostgreSQL: 65,535; SQLite's default
+    /// `SQLITE_MAX_VARIABLE_NUMBER`: 32,766), with room to spare.
+    pub fn max_params(&self) -> usize {
+        match self {
+            Self::Postgres(_) => 60_000,
+            Self::Sqlite(_) => 30_000,
+        }
+    }
+
+    /// How many rows of `columns` parameters fit one statement.
+    pub fn rows_per_statement(&self, columns: usize) -> usize {
+        (self.max_params() / columns.max(1)).max(1)
+    }
+
+    /// Starts a transaction that will write (on SQLite, holding the write lock from the start).
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    /// Starts a transaction that holds off every append until it ends: the append lock on
+    /// PostgreSQL, the write lock on SQLite.
+    pub async fn begin_exclusive(&self) -> Result<Tx, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Tx::Postgres(inner) = &mut tx {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LOG_LOCK)
+                .execute(&mut **inner)
+                .await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// A transaction on either engine. Dropped without [`Tx::commit`], it rolls back.
+#[derive(Debug)]
+pub enum Tx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await?,
+            Self::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A value bound to a parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Int4(Option<i32>),
+    Uuid(Option<Uuid>),
+    Bytes(Option<Vec<u8>>),
+    /// `TIMESTAMPTZ` on PostgreSQL, microseconds on SQLite.
+    Time(Option<DateTime<Utc>>),
+}
+
+macro_rules! arg_from {
+    ($variant:ident: $($ty:ty => |$v:ident| $conv:expr),+ $(,)?) => {$(
+        impl From<$ty> for Arg {
+            fn from($v: $ty) -> Self {
+                Arg::$variant(Some($conv))
+            }
+        }
+        impl From<Option<$ty>> for Arg {
+            fn from(v: Option<$ty>) -> Self {
+                Arg::$variant(v.map(|$v| $conv))
+            }
+        }
+    )+};
+}
+
+arg_from!(Text: String => |v| v, &str => |v| v.to_owned(), &String => |v| v.clone());
+arg_from!(Int: i64 => |v| v);
+arg_from!(Int4: i32 => |v| v);
+arg_from!(Uuid: Uuid => |v| v, &Uuid => |v| *v);
+arg_from!(Bytes: Vec<u8> => |v| v, &[u8] => |v| v.to_vec(), &Vec<u8> => |v| v.clone());
+arg_from!(Time: DateTime<Utc> => |v| v, &DateTime<Utc> => |v| *v);
+
+impl From<u64> for Arg {
+    /// Positions, versions and counts: stored as BIGINT / INTEGER.
+    fn from(v: u64) -> Self {
+        Arg::Int(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+    }
+}
+
+impl From<u32> for Arg {
+    fn from(v: u32) -> Self {
+        Arg::Int(Some(i64::from(v)))
+    }
+}
+
+/// A statement and its parameters. Build a static one with [`sql`] and [`Sql::bind`], a
+/// dynamic one with [`Sql::push`], [`Sql::push_bind`], [`Sql::push_list`] and
+/// [`Sql::push_values`]; parameters are always bound, never spliced into the text.
+#[derive(Debug, Clone, Default)]
+pub struct Sql {
+    text: String,
+    args: Vec<Arg>,
+}
+
+/// A statement with `$n` parameters, bound in order with [`Sql::bind`].
+pub fn sql(text: &str) -> Sql {
+    Sql {
+        text: text.to_owned(),
+        args: Vec::new(),
+    }
+}
+
+impl Sql {
+    /// Binds the next `$n`.
+    pub fn bind(mut self, value: impl Into<Arg>) -> Self {
+        self.args.push(value.into());
+        self
+    }
+
+    /// Appends SQL text (never a value: those go through `push_bind`).
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a new parameter `$n` bound to `value`.
+    pub fn push_bind(&mut self, value: impl Into<Arg>) -> &mut Self {
+        self.args.push(value.into());
+        self.text.push('$');
+        self.text.push_str(&self.args.len().to_string());
+        self
+    }
+
+    /// Appends `($n, $n+1, …)`, one parameter per item. An empty list becomes `(NULL)`, which
+    /// matches nothing, so `x IN ()` needs no special case.
+    pub fn push_list<T: Into<Arg>>(&mut self, items: impl IntoIterator<Item = T>) -> &mut Self {
+        self.text.push('(');
+        let mut first = true;
+        for item in items {
+            if !first {
+                self.text.push_str(", ");
+            }
+            first = false;
+            self.push_bind(item);
+        }
+        if first {
+            self.text.push_str("NULL");
+        }
+        self.text.push(')');
+        self
+    }
+
+    /// Appends `VALUES (…), (…)`: one tuple per row, its values given by `row`.
+    pub fn push_values<R>(
+        &mut self,
+        rows: impl IntoIterator<Item = R>,
+        mut row: impl FnMut(R) -> Vec<Arg>,
+    ) -> &mut Self {
+        self.text.push_str("VALUES ");
+        for (i, r) in rows.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            let values = row(r);
+            self.push_list(values);
+        }
+        self
+    }
+
+    /// The number of parameters bound so far.
+    pub fn param_count(&self) -> usize {
+        self.args.len()
+    }
+
+    pub async fn execute(self, on: impl Conn) -> Result<u64, StoreError> {
+        on.execute(self).await
+    }
+
+    pub async fn fetch_all(self, on: impl Conn) -> Result<Vec<Row>, StoreError> {
+        on.fetch_all(self).await
+    }
+
+    pub async fn fetch_optional(self, on: impl Conn) -> Result<Option<Row>, StoreError> {
+        on.fetch_optional(self).await
+    }
+
+    pub async fn fetch_one(self, on: impl Conn) -> Result<Row, StoreError> {
+        on.fetch_optional(self)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    fn pg(self) -> Result<sqlx::query::Query<'static, Postgres, PgArguments>, StoreError> {
+        let mut args = PgArguments::default();
+        for arg in self.args {
+            match arg {
+                Arg::Text(v) => args.add(v),
+                Arg::Int(v) => args.add(v),
+                Arg::Int4(v) => args.add(v),
+                Arg::Uuid(v) => args.add(v),
+                Arg::Bytes(v) => args.add(v),
+                Arg::Time(v) => args.add(v),
+            }
+            .map_err(StoreError::bind)?;
+        }
+        Ok(sqlx::query_with(AssertSqlSafe(self.text), args))
+    }
+
+    fn sqlite(self) -> Result<sqlx::query::Query<'static, Sqlite, SqliteArguments>, StoreError> {
+        let mut args = SqliteArguments::default();
+        for arg in self.args {
+            match arg {
+                Arg::Text(v) => args.add(v),
+                Arg::Int(v) => args.add(v),
+                Arg::Int4(v) => args.add(v),
+                Arg::Uuid(v) => args.add(v),
+                Arg::Bytes(v) => args.add(v),
+                Arg::Time(v) => args.add(v.map(micros)),
+            }
+            .map_err(StoreError::bind)?;
+        }
+        Ok(sqlx::query_with(AssertSqlSafe(self.text), args))
+    }
+}
+
+/// Where a statement runs: a pool ([`Db`]) or a transaction ([`Tx`]).
+pub trait Conn: Send {
+    fn execute(self, q: Sql) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn fetch_all(self, q: Sql) -> impl Future<Output = Result<Vec<Row>, StoreError>> + Send;
+    fn fetch_optional(self, q: Sql)
+    -> impl Future<Output = Result<Option<Row>, StoreError>> + Send;
+}
+
+impl Conn for &Db {
+    async fn execute(self, q: Sql) -> Result<u64, StoreError> {
+        Ok(match self {
+            Db::Postgres(pool) => q.pg()?.execute(pool).await?.rows_affected(),
+            Db::Sqlite(pool) => q.sqlite()?.execute(pool).await?.rows_affected(),
+        })
+    }
+
+    async fn fetch_all(self, q: Sql) -> Result<Vec<Row>, StoreError> {
+        Ok(match self {
+            Db::Postgres(pool) => rows(q.pg()?.fetch_all(pool).await?, Row::Postgres),
+            Db::Sqlite(pool) => rows(q.sqlite()?.fetch_all(pool).await?, Row::Sqlite),
+        })
+    }
+
+    async fn fetch_optional(self, q: Sql) -> Result<Option<Row>, StoreError> {
+        Ok(match self {
+            Db::Postgres(pool) => q.pg()?.fetch_optional(pool).await?.map(Row::Postgres),
+            Db::Sqlite(pool) => q.sqlite()?.fetch_optional(pool).await?.map(Row::Sqlite),
+        })
+    }
+}
+
+impl Conn for &mut Tx {
+    async fn execute(self, q: Sql) -> Result<u64, StoreError> {
+        Ok(match self {
+            Tx::Postgres(tx) => q.pg()?.execute(&mut **tx).await?.rows_affected(),
+            Tx::Sqlite(tx) => q.sqlite()?.execute(&mut **tx).await?.rows_affected(),
+        })
+    }
+
+    async fn fetch_all(self, q: Sql) -> Result<Vec<Row>, StoreError> {
+        Ok(match self {
+            Tx::Postgres(tx) => rows(q.pg()?.fetch_all(&mut **tx).await?, Row::Postgres),
+            Tx::Sqlite(tx) => rows(q.sqlite()?.fetch_all(&mut **tx).await?, Row::Sqlite),
+        })
+    }
+
+    async fn fetch_optional(self, q: Sql) -> Result<Option<Row>, StoreError> {
+        Ok(match self {
+            Tx::Postgres(tx) => q.pg()?.fetch_optional(&mut **tx).await?.map(Row::Postgres),
+            Tx::Sqlite(tx) => q
+                .sqlite()?
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(Row::Sqlite),
+        })
+    }
+}
+
+fn rows<R>(raw: Vec<R>, wrap: fn(R) -> Row) -> Vec<Row> {
+    raw.into_iter().map(wrap).collect()
+}
+
+/// A result row of either engine.
+#[derive(Debug)]
+pub enum Row {
+    Postgres(PgRow),
+    Sqlite(SqliteRow),
+}
+
+impl Row {
+    /// The column `name`, decoded as `T` the same way on both engines.
+    pub fn try_get<T: Column>(&self, name: &str) -> Result<T, StoreError> {
+        Ok(match self {
+            Self::Postgres(row) => T::from_pg(row, name)?,
+            Self::Sqlite(row) => T::from_sqlite(row, name)?,
+        })
+    }
+
+    /// A position, version or count, stored signed.
+    pub fn get_u64(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.try_get::<i64>(name)?).unwrap_or_default())
+    }
+}
+
+/// A Rust type a column can be read as on either engine.
+pub trait Column: Sized {
+    fn from_pg(row: &PgRow, name: &str) -> Result<Self, sqlx::Error>;
+    fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, sqlx::Error>;
+}
+
+macro_rules! column_as_is {
+    ($($ty:ty),+) => {$(
+        impl Column for $ty {
+            fn from_pg(row: &PgRow, name: &str) -> Result<Self, sqlx::Error> {
+                row.try_get(name)
+            }
+            fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, sqlx::Error> {
+                row.try_get(name)
+            }
+        }
+        impl Column for Option<$ty> {
+            fn from_pg(row: &PgRow, name: &str) -> Result<Self, sqlx::Error> {
+                row.try_get(name)
+            }
+            fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, sqlx::Error> {
+                row.try_get(name)
+            }
+        }
+    )+};
+}
+
+column_as_is!(String, i64, i32, Uuid, Vec<u8>);
+
+impl Column for DateTime<Utc> {
+    fn from_pg(row: &PgRow, name: &str) -> Result<Self, sqlx::Error> {
+        row.try_get(name)
+    }
+    fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, sqlx::Error> {
+        row.try_get::<i64, _>(name).map(from_micros)
+    }
+}
+
+impl Column for Option<DateTime<Utc>> {
+    fn from_pg(row: &PgRow, name: &str) -> Result<Self, sqlx::Error> {
+        row.try_get(name)
+    }
+    fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, sqlx::Error> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(from_micros))
+    }
+}
