@@ -3,13 +3,20 @@
 //! - [`ids`] and [`values`]: validated types (parse, don't validate).
 //! - [`field`]: the field catalog and typed field values.
 //! - [`policy`]: the authority policy (who owns each field, what others may do).
-//! - [`command`], [`decide`]: commands and the decision that turns them into events or a refusal.
+//! - [`command`], [`mod@decide`]: commands and the decision that turns them into events or a refusal.
 //! - [`event`], [`state`]: events with provenance and the infallible `evolve`.
 //! - [`schema`]: the versioned stored form of events.
+//! - [`delivery`]: the vocabulary of delivery to consumers (consumer ids, channels, handoffs,
+//!   acks, sync exception kinds and statuses, what an exception is about).
+//! - [`exception`]: the sync exception lifecycle (raise, re-push, accept, dismiss, close) as
+//!   its own `decide`/`evolve`, and the steward's planning of the customer command an action
+//!   needs.
 
 pub mod command;
 pub mod decide;
+pub mod delivery;
 pub mod event;
+pub mod exception;
 pub mod field;
 pub mod ids;
 pub mod policy;
