@@ -5,6 +5,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use idledger_domain::command::{Refusal, Refused};
+use idledger_domain::exception::ExceptionRefusal;
 use idledger_store::{ExecuteError, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -181,7 +182,32 @@ impl From<ExecuteError> for ApiError {
                 error.retry_after = Some(1);
                 error
             }
+            ExecuteError::ExceptionNotOpen { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "exception_closed", e.to_string())
+            }
+            ExecuteError::Exception(refusal) => refusal.into(),
             ExecuteError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ExceptionRefusal> for ApiError {
+    fn from(refusal: ExceptionRefusal) -> Self {
+        let status = match &refusal {
+            ExceptionRefusal::Unknown => StatusCode::NOT_FOUND,
+            ExceptionRefusal::Closed { .. } => StatusCode::CONFLICT,
+            ExceptionRefusal::NotAConsumer { .. }
+            | ExceptionRefusal::NoField { .. }
+            | ExceptionRefusal::NoProposal
+            | ExceptionRefusal::ValueRequired { .. }
+            | ExceptionRefusal::InvalidValue { .. }
+            | ExceptionRefusal::InvalidCommand { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let error = ApiError::new(status, refusal.code(), refusal.to_string());
+        match refusal {
+            ExceptionRefusal::Closed { status } => error.with("status", status),
+            ExceptionRefusal::InvalidValue { field, .. } => error.with("field", field),
+            _ => error,
         }
     }
 }

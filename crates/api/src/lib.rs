@@ -28,6 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use idledger_app::App;
 use idledger_relay::Feed;
 use idledger_store::{Deliveries, Ledger, Tokens};
 use tokio_util::sync::CancellationToken;
@@ -79,6 +80,8 @@ impl Default for FeedSettings {
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// The use cases every edge shares.
+    pub app: App,
     pub ledger: Ledger,
     pub tokens: Tokens,
     pub deliveries: Deliveries,
@@ -97,8 +100,10 @@ impl AppState {
         let tokens = ledger.store().tokens();
         let deliveries = ledger.store().deliveries();
         let feed = Feed::new(ledger.clone(), &feed_settings.source);
-        let reconciler = idledger_reconcile::Reconciler::new(ledger.clone());
+        let app = App::new(ledger.clone());
+        let reconciler = app.reconciler().clone();
         Self {
+            app,
             reconciler,
             ledger,
             tokens,

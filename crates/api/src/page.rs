@@ -17,12 +17,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use idledger_domain::event::{EventPayload, StewardAction};
 use idledger_domain::field::FieldPath;
 use idledger_domain::state::{ConsentState, CustomerState};
 use idledger_store::delivery::{
-    ConsumerFieldState, ConsumerId, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
+    ConsumerFieldState, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
 };
 use idledger_store::{RecordedEvent, Role, StoreError, TokenRecord};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -31,6 +31,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::steward::{self, ActionRequest, ActionResult};
+use idledger_app::ExceptionQuery;
 
 /// The session cookie: the steward's token itself (the server keeps no sessions).
 pub const COOKIE: &str = "idl_steward";
@@ -192,7 +193,7 @@ fn layout(title: &str, steward: Option<&TokenRecord>, body: Markup) -> Markup {
                 header {
                     a href="/steward" { "idledger · sync exceptions" }
                     @if let Some(token) = steward {
-                        span.muted { "signed in as " (steward::steward_name(token)) }
+                        span.muted { "signed in as " "steward:" (token.label) }
                         form method="post" action="/steward/logout" {
                             button type="submit" { "Log out" }
                         }
@@ -368,7 +369,7 @@ struct Filters {
     consumer: String,
     kind: String,
     field: String,
-    /// `open` (the default), `resolved`, `dismissed` or `any`.
+    /// `open` (the default), `resolved`, `dismissed` or `all`.
     status: String,
     older_than: String,
 }
@@ -386,45 +387,19 @@ impl Filters {
         }
     }
 
-    /// The store's filter, or what is wrong with the input.
+    /// The store's filter, or what is wrong with the input (the API's own parser, so the
+    /// page and the API agree on every filter).
     fn to_filter(&self, now: DateTime<Utc>) -> Result<ExceptionFilter, Vec<String>> {
-        let mut errors = Vec::new();
-        let mut filter = ExceptionFilter::default();
-        if !self.consumer.is_empty() {
-            match ConsumerId::parse(&self.consumer) {
-                Ok(id) => filter.consumer = Some(id),
-                Err(e) => errors.push(format!("consumer: {e}")),
-            }
-        }
-        if !self.kind.is_empty() {
-            match ExceptionKind::parse(&self.kind) {
-                Ok(kind) => filter.kind = Some(kind),
-                Err(e) => errors.push(format!("kind: {e}")),
-            }
-        }
-        if !self.field.is_empty() {
-            filter.field = Some(self.field.clone());
-        }
-        if self.status != "any" {
-            match ExceptionStatus::parse(&self.status) {
-                Ok(status) => filter.status = Some(status),
-                Err(e) => errors.push(format!("status: {e}")),
-            }
-        }
-        if !self.older_than.is_empty() {
-            match parse_age(&self.older_than) {
-                Some(age) => filter.created_before = Some(now - age),
-                None => errors.push(format!(
-                    "older than: {:?} is not an age like 90m, 4h or 2d",
-                    self.older_than
-                )),
-            }
-        }
-        if errors.is_empty() {
-            Ok(filter)
-        } else {
-            Err(errors)
-        }
+        let pairs = [
+            ("consumer", self.consumer.as_str()),
+            ("kind", self.kind.as_str()),
+            ("field", self.field.as_str()),
+            ("status", self.status.as_str()),
+            ("older_than", self.older_than.as_str()),
+        ];
+        ExceptionQuery::parse(pairs)
+            .map(|query| query.filter(now))
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
     }
 
     /// The query string of these filters (for paging links).
@@ -442,22 +417,6 @@ impl Filters {
             }
         }
         q.finish()
-    }
-}
-
-/// `90m`, `4h`, `2d`, or a bare number of minutes.
-fn parse_age(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => raw.split_at(i),
-        None => (raw, "m"),
-    };
-    let n: i64 = number.parse().ok()?;
-    match unit.trim() {
-        "m" | "min" => Duration::try_minutes(n),
-        "h" => Duration::try_hours(n),
-        "d" => Duration::try_days(n),
-        _ => None,
     }
 }
 
@@ -510,7 +469,7 @@ async fn list(
                             tr data-id=(e.id) {
                                 td { input type="checkbox" name="id" value=(e.id) aria-label="select"; }
                                 td { a href={ "/steward/exceptions/" (e.id) } { (e.kind) } }
-                                td { (e.consumer_id) }
+                                td { (e.subject) }
                                 td.mono { (e.customer_id) }
                                 td { (e.field.as_deref().unwrap_or("—")) }
                                 td title=(time(e.created_at)) { (age(e.created_at, now)) }
@@ -556,7 +515,7 @@ fn filter_form(f: &Filters) -> Markup {
             label { "Field" input type="text" name="field" value=(f.field) placeholder="email"; }
             label { "Status"
                 select name="status" {
-                    @for s in ["open", "resolved", "dismissed", "any"] {
+                    @for s in ["open", "resolved", "dismissed", "all"] {
                         option value=(s) selected[f.status == s] { (s) }
                     }
                 }
@@ -725,15 +684,18 @@ async fn exception_page(
         .as_deref()
         .and_then(|raw| FieldPath::parse(raw).ok());
     let record = load_record(state, &exception, field.as_ref()).await?;
-    let consumer = state
-        .deliveries
-        .consumer(&exception.consumer_id)
-        .await
-        .map_err(ApiError::from)?;
-    let held_by_consumer: Vec<ConsumerFieldState> = match (&consumer, &record) {
-        (Some(_), Record::Found { .. }) => state
+    let consumer = match exception.subject.consumer() {
+        Some(id) => state
             .deliveries
-            .consumer_state(&exception.consumer_id, Some(exception.customer_id))
+            .consumer(id)
+            .await
+            .map_err(ApiError::from)?,
+        None => None,
+    };
+    let held_by_consumer: Vec<ConsumerFieldState> = match (&consumer, &record) {
+        (Some(consumer), Record::Found { .. }) => state
+            .deliveries
+            .consumer_state(&consumer.id, Some(exception.customer_id))
             .await
             .map_err(ApiError::from)?
             .into_iter()
@@ -751,7 +713,7 @@ async fn exception_page(
     let title = format!("{} exception", exception.kind);
     let body = html! {
         p { a href="/steward" { "← all exceptions" } }
-        h1 { (exception.kind) " · " (exception.consumer_id) " · " (exception.field.as_deref().unwrap_or("whole customer")) }
+        h1 { (exception.kind) " · " (exception.subject) " · " (exception.field.as_deref().unwrap_or("whole customer")) }
         @match &notice {
             Some(Notice::Done(message)) => p.msg.ok role="status" { (message) },
             Some(Notice::Failed(message)) => p.msg.error role="alert" { (message) },
@@ -901,9 +863,9 @@ fn consumer_section(
     let record_hash = field.and_then(|f| state.held(f)).and_then(|h| h.value_hash);
     html! {
         section id="consumer" {
-            h2 { "What " (e.consumer_id) " holds" }
+            h2 { "What " (e.subject) " holds" }
             @if !is_consumer {
-                p.muted { (e.consumer_id) " is a source system, not a consumer: it is not sent the record." }
+                p.muted { (e.subject) " is a source system, not a consumer: it is not sent the record." }
             } @else if held.is_empty() {
                 p.muted id="consumer-none" { "The consumer has not acknowledged this field for this customer." }
             }
@@ -1067,16 +1029,6 @@ fn bulk_refused(token: &TokenRecord, message: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ages_parse_in_minutes_hours_and_days() {
-        assert_eq!(parse_age("90"), Duration::try_minutes(90));
-        assert_eq!(parse_age("90m"), Duration::try_minutes(90));
-        assert_eq!(parse_age("4h"), Duration::try_hours(4));
-        assert_eq!(parse_age("2d"), Duration::try_days(2));
-        assert_eq!(parse_age("2w"), None);
-        assert_eq!(parse_age("h"), None);
-    }
 
     #[test]
     fn origin_must_name_this_host() {

@@ -9,13 +9,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{Duration, Utc};
 use futures::TryStreamExt;
+use idledger_app::stewardship::MAX_BULK;
+use idledger_app::{ExceptionQuery, QueryError};
 use idledger_reconcile::{ReconcileError, SnapshotFormat};
 use idledger_store::Role;
-use idledger_store::delivery::{
-    ConsumerId, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
-};
+use idledger_store::delivery::ConsumerId;
 use idledger_store::runs::{Finding, Run, RunKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -26,23 +25,10 @@ use crate::auth::{Authorized, Overseers, Reconcilers, Stewards, Uploaders};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::steward::{self, ActionRequest, ActionResult};
+use crate::views::{ExceptionPageView, ExceptionView};
 
-/// Exceptions a page holds unless `limit` says otherwise.
-pub const DEFAULT_EXCEPTION_LIMIT: u32 = 100;
-/// Most exceptions one bulk action covers.
-pub const MAX_BULK: usize = 500;
 /// Largest snapshot upload accepted (streamed; never held in memory).
 pub const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExceptionPage {
-    #[schema(value_type = Vec<Object>)]
-    pub exceptions: Vec<SyncException>,
-    /// Pass as `after` for the next page; absent on the last.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    pub next_after: Option<Uuid>,
-}
 
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     params
@@ -51,8 +37,17 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str>
         .filter(|v| !v.is_empty())
 }
 
-fn bad_param(name: &str, detail: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request("invalid_parameter", format!("{name}: {detail}")).with("parameter", name)
+/// A query parameter that does not parse: 400 `invalid_query` naming it (every query of the
+/// API answers a bad parameter this way).
+pub fn bad_query(e: &QueryError) -> ApiError {
+    ApiError::bad_request("invalid_query", e.to_string()).with("parameter", e.parameter)
+}
+
+fn bad_param(name: &'static str, detail: impl std::fmt::Display) -> ApiError {
+    bad_query(&QueryError {
+        parameter: name,
+        message: detail.to_string(),
+    })
 }
 
 fn limit_of(params: &HashMap<String, String>, default: u32) -> Result<u32, ApiError> {
@@ -66,67 +61,22 @@ fn limit_of(params: &HashMap<String, String>, default: u32) -> Result<u32, ApiEr
     }
 }
 
-/// The filter a query string asks for (shared with the steward page).
-pub fn exception_filter(params: &HashMap<String, String>) -> Result<ExceptionFilter, ApiError> {
-    let mut filter = ExceptionFilter::default();
-    if let Some(raw) = param(params, "consumer") {
-        filter.consumer = Some(ConsumerId::parse(raw).map_err(|e| bad_param("consumer", e))?);
-    }
-    if let Some(raw) = param(params, "customer") {
-        let uuid = raw
-            .parse::<Uuid>()
-            .map_err(|_| bad_param("customer", "not a UUID"))?;
-        filter.customer = Some(
-            idledger_domain::ids::CustomerId::from_uuid(uuid)
-                .map_err(|e| bad_param("customer", e))?,
-        );
-    }
-    if let Some(raw) = param(params, "kind") {
-        filter.kind = Some(ExceptionKind::parse(raw).map_err(|e| bad_param("kind", e))?);
-    }
-    if let Some(raw) = param(params, "field") {
-        let field =
-            idledger_domain::field::FieldPath::parse(raw).map_err(|e| bad_param("field", e))?;
-        filter.field = Some(field.to_string());
-    }
-    match param(params, "status") {
-        None => filter.status = Some(ExceptionStatus::Open),
-        Some("all") => {}
-        Some(raw) => {
-            filter.status = Some(ExceptionStatus::parse(raw).map_err(|e| bad_param("status", e))?);
-        }
-    }
-    if let Some(raw) = param(params, "older_than_secs") {
-        let secs = raw
-            .parse::<i64>()
-            .ok()
-            .filter(|s| (0..=10 * 365 * 86_400).contains(s))
-            .ok_or_else(|| bad_param("older_than_secs", "must be 0 to 10 years in seconds"))?;
-        filter.created_before = Some(Utc::now() - Duration::seconds(secs));
-    }
-    if let Some(raw) = param(params, "after") {
-        filter.after = Some(
-            raw.parse::<Uuid>()
-                .map_err(|_| bad_param("after", "not an exception id"))?,
-        );
-    }
-    Ok(filter)
-}
-
 /// List sync exceptions, oldest first (roles `steward`, `auditor`, `admin`). Filters:
 /// `consumer`, `customer`, `kind`, `field`, `status` (`open` by default, or `resolved`,
-/// `dismissed`, `all`), `older_than_secs`; paging with `after` and `limit`.
+/// `dismissed`, `all`), `older_than` (`90m`, `4h`, `2d`) or `older_than_secs`; paging with
+/// `after` and `limit`.
 #[utoipa::path(
     get, path = "/v1/exceptions", tag = "stewardship",
     params(
         ("consumer" = Option<String>, Query), ("customer" = Option<String>, Query),
         ("kind" = Option<String>, Query), ("field" = Option<String>, Query),
-        ("status" = Option<String>, Query), ("older_than_secs" = Option<i64>, Query),
+        ("status" = Option<String>, Query), ("older_than" = Option<String>, Query),
+        ("older_than_secs" = Option<i64>, Query),
         ("after" = Option<String>, Query), ("limit" = Option<u32>, Query),
     ),
     responses(
-        (status = 200, body = ExceptionPage),
-        (status = 400, description = "invalid_parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 200, body = ExceptionPageView),
+        (status = 400, description = "invalid_query (with `parameter`)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, body = crate::error::Problem, content_type = "application/problem+json"),
     ),
@@ -135,17 +85,23 @@ pub fn exception_filter(params: &HashMap<String, String>) -> Result<ExceptionFil
 pub async fn list_exceptions(
     State(state): State<AppState>,
     Authorized(..): Authorized<Overseers>,
-    QueryParams(params): QueryParams<HashMap<String, String>>,
-) -> Result<Json<ExceptionPage>, ApiError> {
-    let filter = exception_filter(&params)?;
-    let limit = limit_of(&params, DEFAULT_EXCEPTION_LIMIT)?;
-    let exceptions = state.deliveries.exceptions(&filter, limit).await?;
-    let next_after = (exceptions.len() == limit as usize)
-        .then(|| exceptions.last().map(|e| e.id))
-        .flatten();
-    Ok(Json(ExceptionPage {
-        exceptions,
-        next_after,
+    QueryParams(params): QueryParams<Vec<(String, String)>>,
+) -> Result<Json<ExceptionPageView>, ApiError> {
+    let query = ExceptionQuery::parse(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|errors| {
+            errors.first().map_or_else(
+                || ApiError::bad_request("invalid_query", "bad query"),
+                bad_query,
+            )
+        })?;
+    let page = state.app.exceptions(&query).await?;
+    Ok(Json(ExceptionPageView {
+        exceptions: page
+            .exceptions
+            .into_iter()
+            .map(ExceptionView::from)
+            .collect(),
+        next_after: page.next_after,
     }))
 }
 
@@ -161,7 +117,7 @@ fn id_param(params: &HashMap<String, String>, name: &str, what: &str) -> Result<
     get, path = "/v1/exceptions/{exception_id}", tag = "stewardship",
     params(("exception_id" = String, Path)),
     responses(
-        (status = 200, body = Object),
+        (status = 200, body = ExceptionView),
         (status = 404, description = "unknown_exception", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -170,13 +126,13 @@ pub async fn get_exception(
     State(state): State<AppState>,
     Authorized(..): Authorized<Overseers>,
     PathParams(params): PathParams,
-) -> Result<Json<SyncException>, ApiError> {
+) -> Result<Json<ExceptionView>, ApiError> {
     let id = id_param(&params, "exception_id", "the exception id")?;
     state
-        .deliveries
+        .app
         .exception(id)
         .await?
-        .map(Json)
+        .map(|e| Json(ExceptionView::from(e)))
         .ok_or_else(|| steward::unknown_exception(id))
 }
 
@@ -247,10 +203,11 @@ pub async fn bulk(
     token: &idledger_store::TokenRecord,
     ids: &[Uuid],
     action: &ActionRequest,
-) -> BulkResult {
-    let mut items = Vec::with_capacity(ids.len());
-    for &id in ids {
-        items.push(match steward::act(state, token, id, action).await {
+) -> Result<BulkResult, ApiError> {
+    let items: Vec<BulkItem> = steward::act_on_many(state, token, ids, action)
+        .await?
+        .into_iter()
+        .map(|(id, done)| match done {
             Ok(result) => BulkItem {
                 exception_id: id,
                 ok: true,
@@ -265,14 +222,14 @@ pub async fn bulk(
                 code: Some(e.code),
                 detail: Some(e.detail),
             },
-        });
-    }
+        })
+        .collect();
     let succeeded = items.iter().filter(|i| i.ok).count();
-    BulkResult {
+    Ok(BulkResult {
         succeeded,
         failed: items.len() - succeeded,
         items,
-    }
+    })
 }
 
 /// Act on many exceptions at once (role `steward`); each item reports its own outcome.
@@ -296,9 +253,9 @@ pub async fn act_in_bulk(
             format!("give 1 to {MAX_BULK} exception ids"),
         ));
     }
-    let mut ids = body.exception_ids;
-    ids.dedup();
-    Ok(Json(bulk(&state, &caller.token, &ids, &body.action).await))
+    Ok(Json(
+        bulk(&state, &caller.token, &body.exception_ids, &body.action).await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

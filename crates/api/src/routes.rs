@@ -12,7 +12,6 @@ use idledger_domain::command::{Change, Command, Principal, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::CustomerId;
-use idledger_store::delivery::{ConsumerId, ExceptionKind, NewSyncException};
 use idledger_store::{Executed, Role};
 
 use crate::AppState;
@@ -70,7 +69,7 @@ pub async fn register(
     )
     .map_err(|r| record_refusal(r.into()))?;
     // Refusals count changes in the body, which does not hold the registration.
-    let executed = match state.ledger.execute(&principal, &command).await {
+    let executed = match state.app.run_command(&principal, &command).await {
         Err(idledger_store::ExecuteError::Refused(mut refused)) => {
             refused.change_index = refused.change_index.and_then(|i| i.checked_sub(1));
             Err(idledger_store::ExecuteError::Refused(refused))
@@ -138,114 +137,8 @@ pub async fn command(
         expected,
     )
     .map_err(|r| record_refusal(r.into()))?;
-    let executed = match execute(&state, &principal, &command).await {
-        Ok(executed) => executed,
-        Err(e) => {
-            raise_refused_write(&state, &principal, customer, &e).await;
-            return Err(e);
-        }
-    };
-    raise_proposals(&state, &principal, &executed).await;
+    let executed = execute(&state, &principal, &command).await?;
     respond(&command, executed, StatusCode::OK)
-}
-
-/// A proposal a source made for a field it does not own is work for a steward: one open
-/// `proposal` exception per source, customer and field (the value stays in the log).
-async fn raise_proposals(state: &AppState, principal: &Principal, executed: &Executed) {
-    let Principal::Source(source) = principal else {
-        return;
-    };
-    if executed.replayed {
-        return;
-    }
-    for outcome in &executed.result.outcomes {
-        if let Outcome::Proposed {
-            field,
-            proposal_id,
-            system_of_record,
-        } = outcome
-        {
-            let detail = serde_json::json!({
-                "proposal_id": proposal_id,
-                "proposed_by": source,
-                "system_of_record": system_of_record,
-            });
-            raise(
-                state,
-                source,
-                executed.result.customer_id,
-                field,
-                ExceptionKind::Proposal,
-                detail,
-            )
-            .await;
-        }
-    }
-}
-
-/// A write refused because the source may not write the field at all is raised too: a
-/// source that keeps trying is misconfigured, or the policy is.
-async fn raise_refused_write(
-    state: &AppState,
-    principal: &Principal,
-    customer: CustomerId,
-    error: &ApiError,
-) {
-    let Principal::Source(source) = principal else {
-        return;
-    };
-    if error.code != "not_authoritative" {
-        return;
-    }
-    let Some(field) = error
-        .extensions
-        .get("field")
-        .and_then(|f| f.as_str())
-        .and_then(|f| FieldPath::parse(f).ok())
-    else {
-        return;
-    };
-    let detail = serde_json::json!({
-        "source": source,
-        "system_of_record": error.extensions.get("system_of_record"),
-        "mode": error.extensions.get("mode"),
-        "reason": error.detail,
-    });
-    raise(
-        state,
-        source,
-        customer,
-        &field,
-        ExceptionKind::RefusedWrite,
-        detail,
-    )
-    .await;
-}
-
-async fn raise(
-    state: &AppState,
-    source: &idledger_domain::ids::SourceId,
-    customer: CustomerId,
-    field: &FieldPath,
-    kind: ExceptionKind,
-    detail: serde_json::Value,
-) {
-    // Source ids are valid system ids; the exception is about the source system.
-    let Ok(system) = ConsumerId::parse(source.as_str()) else {
-        return;
-    };
-    let exception = NewSyncException {
-        consumer_id: system,
-        customer_id: customer,
-        field: Some(field.clone()),
-        kind,
-        detail,
-        at: chrono::Utc::now(),
-    };
-    // The command's answer does not depend on this bookkeeping; a failure is logged.
-    if let Err(e) = state.deliveries.open_exception(&exception).await {
-        tracing::warn!(error = %e, kind = kind.as_str(), "could not open a sync exception");
-    }
 }
 
 async fn execute(
@@ -253,7 +146,7 @@ async fn execute(
     principal: &Principal,
     command: &Command,
 ) -> Result<Executed, ApiError> {
-    match state.ledger.execute(principal, command).await {
+    match state.app.run_command(principal, command).await {
         Ok(executed) => {
             metrics::command(if executed.replayed {
                 "replayed"
@@ -589,11 +482,9 @@ pub async fn erase(
     JsonBody(body): JsonBody<ErasureRequest>,
 ) -> Result<Json<ErasureView>, ApiError> {
     let customer = customer_param(&params)?;
-    let admin = idledger_domain::ids::SourceId::parse(idledger_domain::policy::ADMIN_SOURCE)
-        .map_err(|e| ApiError::internal(&e))?;
     let erasure = state
-        .ledger
-        .erase(customer, &admin, body.actor, &body.reason)
+        .app
+        .erase(customer, body.actor, &body.reason)
         .await
         .map_err(|e| record_refusal(e.into()))?;
     metrics::command("erased");

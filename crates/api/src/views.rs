@@ -462,3 +462,78 @@ pub struct AckView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_version: Option<u64>,
 }
+
+/// A sync exception: what it is about, its evidence and where it stands.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExceptionView {
+    #[schema(value_type = String)]
+    pub id: uuid::Uuid,
+    /// The consumer it is about; for `proposal` and `refused_write`, the source system.
+    pub consumer_id: String,
+    #[schema(value_type = String)]
+    pub customer_id: CustomerId,
+    /// `null`: the customer as a whole.
+    pub field: Option<String>,
+    /// `webhook_rejected`, `undeliverable`, `undelivered`, `stale`, `divergent`, `rejected`,
+    /// `withdrawal_unconfirmed`, `proposal`, `refused_write` or `delivery_failing`.
+    #[schema(value_type = String)]
+    pub kind: idledger_store::delivery::ExceptionKind,
+    /// The evidence of its newest occurrence (versions, hashes, the run that found it…).
+    #[schema(value_type = Object)]
+    pub detail: Value,
+    /// `open`, `resolved` or `dismissed`.
+    #[schema(value_type = String)]
+    pub status: idledger_store::delivery::ExceptionStatus,
+    /// How often it was found while open.
+    pub occurrences: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// `steward:<label>`, or `idledger` when its cause went away by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+    /// `accepted`, `dismissed` or `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub resolution: Option<idledger_store::delivery::Resolution>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution_note: Option<String>,
+    /// The last steward action that left it open (a re-push): `{action, by, at, event_id,
+    /// reason}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub last_action: Option<Value>,
+}
+
+impl From<idledger_store::delivery::SyncException> for ExceptionView {
+    fn from(e: idledger_store::delivery::SyncException) -> Self {
+        Self {
+            id: e.id,
+            consumer_id: e.subject.to_string(),
+            customer_id: e.customer_id,
+            field: e.field,
+            kind: e.kind,
+            detail: e.detail,
+            status: e.status,
+            occurrences: e.occurrences,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+            resolved_at: e.resolved_at,
+            resolved_by: e.resolved_by,
+            resolution: e.resolution,
+            resolution_note: e.resolution_note,
+            last_action: e.last_action,
+        }
+    }
+}
+
+/// A page of sync exceptions, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExceptionPageView {
+    pub exceptions: Vec<ExceptionView>,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub next_after: Option<uuid::Uuid>,
+}

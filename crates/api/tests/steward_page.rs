@@ -93,14 +93,17 @@ async fn open(
     age: chrono::Duration,
 ) -> SyncException {
     deliveries(app)
-        .open_exception(&NewSyncException {
-            consumer_id: ConsumerId::parse("crm-sync").unwrap(),
-            customer_id: CustomerId::parse(customer).unwrap(),
-            field: Some(FieldPath::parse(field).unwrap()),
-            kind,
-            detail,
-            at: Utc::now() - age,
-        })
+        .open_exception(
+            &NewSyncException::about_consumer(
+                kind,
+                &ConsumerId::parse("crm-sync").unwrap(),
+                CustomerId::parse(customer).unwrap(),
+                Some(FieldPath::parse(field).unwrap()),
+                detail,
+                Utc::now() - age,
+            )
+            .unwrap(),
+        )
         .await
         .unwrap()
 }

@@ -255,6 +255,13 @@ impl ExceptionSubject {
     }
 }
 
+impl serde::Serialize for ExceptionSubject {
+    /// As the id it names: the one `consumer_id` member of the wire forms.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for ExceptionSubject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -410,14 +410,14 @@ impl Reconciler {
             };
             let opened = self
                 .deliveries
-                .open_exception(&NewSyncException {
-                    consumer_id: consumer.id.clone(),
-                    customer_id: customer,
-                    field,
+                .open_exception(&NewSyncException::about_consumer(
                     kind,
-                    detail: f.detail.clone(),
-                    at: now,
-                })
+                    &consumer.id,
+                    customer,
+                    field,
+                    f.detail.clone(),
+                    now,
+                )?)
                 .await?;
             if opened.occurrences == 1 {
                 section.exceptions_opened += 1;

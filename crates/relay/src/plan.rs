@@ -208,18 +208,18 @@ impl Planner {
         let event_id = EventId::from(unreadable.event_id);
         tracing::warn!(consumer = %consumer.id, position = unreadable.position, %event_id, reason = unreadable.reason, "event cannot be read; not delivered");
         self.deliveries
-            .open_exception(&NewSyncException {
-                consumer_id: consumer.id.clone(),
+            .open_exception(&NewSyncException::about_consumer(
+                ExceptionKind::Undeliverable,
+                &consumer.id,
                 customer_id,
-                field: Some(field),
-                kind: ExceptionKind::Undeliverable,
-                detail: json!({
+                Some(field),
+                json!({
                     "event_id": event_id,
                     "global_position": unreadable.position,
                     "reason": unreadable.reason,
                 }),
-                at: now,
-            })
+                now,
+            )?)
             .await?;
         Ok(())
     }

@@ -208,13 +208,12 @@ impl WebhookSender {
                 Attempt::Rejected { status, body } => {
                     self.attempts = 0;
                     tracing::warn!(consumer = %consumer.id, message = %message.id, status, "webhook refused a message; opening a sync exception");
-                    let exception = NewSyncException {
-                        consumer_id: consumer.id.clone(),
-                        customer_id: message.customer_id,
-                        field: idledger_domain::field::FieldPath::parse(&message.subject_field)
-                            .ok(),
-                        kind: ExceptionKind::WebhookRejected,
-                        detail: json!({
+                    let exception = NewSyncException::about_consumer(
+                        ExceptionKind::WebhookRejected,
+                        &consumer.id,
+                        message.customer_id,
+                        idledger_domain::field::FieldPath::parse(&message.subject_field).ok(),
+                        json!({
                             "status": status,
                             "body": body,
                             "message_id": message.id,
@@ -222,9 +221,13 @@ impl WebhookSender {
                             "event_id": message.event_id,
                             "global_position": message.position,
                         }),
-                        at: Utc::now(),
+                        Utc::now(),
+                    );
+                    let opened = match exception {
+                        Ok(exception) => planner.deliveries.open_exception(&exception).await,
+                        Err(e) => Err(e),
                     };
-                    if let Err(e) = planner.deliveries.open_exception(&exception).await {
+                    if let Err(e) = opened {
                         sent.first_unhandled = Some(i);
                         sent.error = Some(e.into());
                         return sent;
@@ -234,22 +237,25 @@ impl WebhookSender {
                     self.attempts = self.attempts.saturating_add(1);
                     if self.attempts == FAILING_AFTER {
                         // Retries go on; a steward should know the endpoint keeps failing.
-                        let exception = NewSyncException {
-                            consumer_id: consumer.id.clone(),
-                            customer_id: message.customer_id,
-                            field: idledger_domain::field::FieldPath::parse(&message.subject_field)
-                                .ok(),
-                            kind: ExceptionKind::DeliveryFailing,
-                            detail: json!({
+                        let exception = NewSyncException::about_consumer(
+                            ExceptionKind::DeliveryFailing,
+                            &consumer.id,
+                            message.customer_id,
+                            idledger_domain::field::FieldPath::parse(&message.subject_field).ok(),
+                            json!({
                                 "attempts": self.attempts,
                                 "last_error": reason,
                                 "message_id": message.id,
                                 "event_id": message.event_id,
                                 "global_position": message.position,
                             }),
-                            at: Utc::now(),
+                            Utc::now(),
+                        );
+                        let opened = match exception {
+                            Ok(exception) => planner.deliveries.open_exception(&exception).await,
+                            Err(e) => Err(e),
                         };
-                        if let Err(e) = planner.deliveries.open_exception(&exception).await {
+                        if let Err(e) = opened {
                             tracing::warn!(consumer = %consumer.id, error = %e, "could not open a delivery_failing exception");
                         }
                     }

@@ -20,10 +20,18 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::sql::Db;
 
+pub use idledger_domain::delivery::ExceptionSubject;
+pub use idledger_domain::delivery::{
+    AUTO_RESOLVER, AckStatus, ChannelKind, ConsumerId, ExceptionKind, ExceptionStatus, HandoffKind,
+    Relation, Resolution,
+};
+pub use idledger_domain::exception::{Closing, ExceptionKey, ExceptionState};
+use idledger_domain::ids::{ProposalId, SourceId};
+
 mod acks;
 mod exceptions;
 
-pub(crate) use exceptions::close_erased_customers_exceptions;
+pub(crate) use exceptions::{apply_exception_event, close_erased_customers_exceptions};
 mod handoffs;
 mod registry;
 
@@ -31,63 +39,6 @@ mod registry;
 pub const MAX_PAGE: u32 = 1000;
 /// Longest reason a consumer may give when it rejects a change.
 pub const MAX_ACK_REASON_CHARS: usize = 1000;
-
-/// A consumer's id: 1..=64 of lowercase a-z, digits, `_` and `-`, starting with a letter.
-/// It is used as a NATS subject token, so it can hold no `.`, `*`, `>` or whitespace.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ConsumerId(String);
-
-impl ConsumerId {
-    pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        const WHAT: &str = "consumer id";
-        let Some(first) = raw.chars().next() else {
-            return Err(ValueError::new(WHAT, "must not be empty"));
-        };
-        if !first.is_ascii_lowercase() {
-            return Err(ValueError::new(
-                WHAT,
-                "must start with a lowercase letter a-z",
-            ));
-        }
-        if raw.len() > 64 {
-            return Err(ValueError::new(WHAT, "longer than 64 characters"));
-        }
-        if let Some(c) = raw
-            .chars()
-            .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'))
-        {
-            return Err(ValueError::new(
-                WHAT,
-                format!("may contain only lowercase letters a-z, digits, '_' and '-', not {c:?}"),
-            ));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ConsumerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for ConsumerId {
-    type Error = ValueError;
-    fn try_from(raw: String) -> Result<Self, ValueError> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<ConsumerId> for String {
-    fn from(id: ConsumerId) -> String {
-        id.0
-    }
-}
 
 /// The key a webhook consumer verifies our signatures with. Never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -179,36 +130,6 @@ impl Channel {
             Self::Nats => ChannelKind::Nats,
             Self::Webhook(_) => ChannelKind::Webhook,
             Self::Feed => ChannelKind::Feed,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelKind {
-    Nats,
-    Webhook,
-    Feed,
-}
-
-impl ChannelKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Nats => "nats",
-            Self::Webhook => "webhook",
-            Self::Feed => "feed",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        match raw {
-            "nats" => Ok(Self::Nats),
-            "webhook" => Ok(Self::Webhook),
-            "feed" => Ok(Self::Feed),
-            _ => Err(ValueError::new(
-                "channel",
-                format!("{raw:?} is not one of: nats, webhook, feed"),
-            )),
         }
     }
 }
@@ -388,74 +309,6 @@ fn dedup_in_order<T: PartialEq>(items: &mut Vec<T>) {
     }
 }
 
-/// Whether a consumer currently receives a customer's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Relation {
-    /// It was sent data of the customer and has not been told to stop.
-    Receiving,
-    /// It was sent a withdrawal notice and nothing since.
-    Withdrawn,
-    /// It was sent the erasure notice of the customer: final, nothing of the customer follows.
-    Erased,
-}
-
-impl Relation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Receiving => "receiving",
-            Self::Withdrawn => "withdrawn",
-            Self::Erased => "erased",
-        }
-    }
-
-    pub(crate) fn parse(raw: &str) -> Result<Self, StoreError> {
-        match raw {
-            "receiving" => Ok(Self::Receiving),
-            "withdrawn" => Ok(Self::Withdrawn),
-            "erased" => Ok(Self::Erased),
-            _ => Err(StoreError::Integrity(format!("unknown relation {raw:?}"))),
-        }
-    }
-}
-
-/// What kind of message a handoff was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HandoffKind {
-    /// A field's new value or state.
-    Change,
-    /// A withdrawal notice: stop using and delete the customer's data.
-    Notice,
-    /// The basis holds again after a notice: deliveries resume.
-    Resume,
-    /// The customer was erased: delete everything of them; nothing of them follows.
-    Erasure,
-}
-
-impl HandoffKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Change => "change",
-            Self::Notice => "notice",
-            Self::Resume => "resume",
-            Self::Erasure => "erasure",
-        }
-    }
-
-    pub(crate) fn parse(raw: &str) -> Result<Self, StoreError> {
-        match raw {
-            "change" => Ok(Self::Change),
-            "notice" => Ok(Self::Notice),
-            "resume" => Ok(Self::Resume),
-            "erasure" => Ok(Self::Erasure),
-            _ => Err(StoreError::Integrity(format!(
-                "unknown handoff kind {raw:?}"
-            ))),
-        }
-    }
-}
-
 /// The standing of one purpose's basis for a customer at the moment of delivery: what allowed
 /// a delivery, or what ended it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -569,30 +422,6 @@ impl From<ValueHash> for String {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AckStatus {
-    Applied,
-    Rejected,
-}
-
-impl AckStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Rejected => "rejected",
-        }
-    }
-
-    pub(crate) fn parse(raw: &str) -> Result<Self, StoreError> {
-        match raw {
-            "applied" => Ok(Self::Applied),
-            "rejected" => Ok(Self::Rejected),
-            _ => Err(StoreError::Integrity(format!("unknown ack status {raw:?}"))),
-        }
-    }
-}
-
 /// What a consumer reports it did with a change: the value it now holds (by hash; `None`
 /// when it holds none, e.g. after a clear) at that field version, or that it rejected it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -633,204 +462,80 @@ pub struct ConsumerFieldState {
     pub acked_at: DateTime<Utc>,
 }
 
-/// Kinds of sync exception.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExceptionKind {
-    /// A webhook endpoint refused a message with a 4xx other than 408/429; it was skipped.
-    WebhookRejected,
-    /// An event could not be read (e.g. its customer's key is gone) and was not delivered.
-    Undeliverable,
-    /// A change the consumer never acknowledged, older than its SLA.
-    Undelivered,
-    /// The consumer acknowledged an older version than the record's, which is older than its
-    /// SLA.
-    Stale,
-    /// The consumer holds a different value (by hash) at the record's version: drift.
-    Divergent,
-    /// The consumer refused the record's value.
-    Rejected,
-    /// Consent stopped holding and the consumer did not confirm deleting the customer's data.
-    WithdrawalUnconfirmed,
-    /// A source system proposed a value for a field it does not own.
-    Proposal,
-    /// A source system's write was refused: it may not write the field at all.
-    RefusedWrite,
-    /// Delivery to the consumer keeps failing (retries exhausted their patience).
-    DeliveryFailing,
-}
-
-impl ExceptionKind {
-    pub const ALL: [Self; 10] = [
-        Self::WebhookRejected,
-        Self::Undeliverable,
-        Self::Undelivered,
-        Self::Stale,
-        Self::Divergent,
-        Self::Rejected,
-        Self::WithdrawalUnconfirmed,
-        Self::Proposal,
-        Self::RefusedWrite,
-        Self::DeliveryFailing,
-    ];
-
-    /// The kinds reconciliation detects from acknowledgements, and so closes by itself when
-    /// their cause goes away.
-    pub const RECONCILED: [Self; 5] = [
-        Self::Undelivered,
-        Self::Stale,
-        Self::Divergent,
-        Self::Rejected,
-        Self::WithdrawalUnconfirmed,
-    ];
-
-    /// The field-level kinds a matching acknowledgement closes.
-    pub const CLOSED_BY_ACK: [Self; 5] = [
-        Self::Undelivered,
-        Self::Stale,
-        Self::Divergent,
-        Self::Rejected,
-        Self::WebhookRejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::WebhookRejected => "webhook_rejected",
-            Self::Undeliverable => "undeliverable",
-            Self::Undelivered => "undelivered",
-            Self::Stale => "stale",
-            Self::Divergent => "divergent",
-            Self::Rejected => "rejected",
-            Self::WithdrawalUnconfirmed => "withdrawal_unconfirmed",
-            Self::Proposal => "proposal",
-            Self::RefusedWrite => "refused_write",
-            Self::DeliveryFailing => "delivery_failing",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == raw)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
-                ValueError::new(
-                    "exception kind",
-                    format!("{raw:?} is not one of: {}", names.join(", ")),
-                )
-            })
-    }
-}
-
-impl fmt::Display for ExceptionKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a sync exception stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExceptionStatus {
-    Open,
-    /// Fixed: a steward accepted a value, or the cause went away by itself.
-    Resolved,
-    /// Closed by a steward without a change, for a stated reason.
-    Dismissed,
-}
-
-impl ExceptionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Resolved => "resolved",
-            Self::Dismissed => "dismissed",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        match raw {
-            "open" => Ok(Self::Open),
-            "resolved" => Ok(Self::Resolved),
-            "dismissed" => Ok(Self::Dismissed),
-            _ => Err(ValueError::new(
-                "exception status",
-                format!("{raw:?} is not one of: open, resolved, dismissed"),
-            )),
-        }
-    }
-}
-
-/// How an exception was closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resolution {
-    /// A steward took a value into the record (a proposal or the consumer's).
-    Accepted,
-    /// A steward closed it without a change.
-    Dismissed,
-    /// Its cause went away: the consumer acknowledged the record, or a run no longer found it.
-    Auto,
-}
-
-impl Resolution {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Dismissed => "dismissed",
-            Self::Auto => "auto",
-        }
-    }
-
-    pub(crate) fn parse(raw: &str) -> Result<Self, StoreError> {
-        match raw {
-            "accepted" => Ok(Self::Accepted),
-            "dismissed" => Ok(Self::Dismissed),
-            "auto" => Ok(Self::Auto),
-            _ => Err(StoreError::Integrity(format!("unknown resolution {raw:?}"))),
-        }
-    }
-
-    /// The status an exception closed this way ends in.
-    pub fn status(self) -> ExceptionStatus {
-        match self {
-            Self::Dismissed => ExceptionStatus::Dismissed,
-            Self::Accepted | Self::Auto => ExceptionStatus::Resolved,
-        }
-    }
-}
-
-/// Who closes exceptions whose cause went away by itself.
-pub const AUTO_RESOLVER: &str = "idledger";
-
-/// Closing an exception: by whom, how, why, when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Closing {
-    pub by: String,
-    pub resolution: Resolution,
-    pub note: String,
-    pub at: DateTime<Utc>,
-}
-
 /// A sync exception to open (or, if one is open for the same system, customer, field and
 /// kind, to count again with the newest detail).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSyncException {
-    /// The consumer it is about; for `proposal` and `refused_write`, the source system.
-    pub consumer_id: ConsumerId,
-    pub customer_id: CustomerId,
-    pub field: Option<FieldPath>,
-    pub kind: ExceptionKind,
+    /// What it is about: kind, consumer (or, for `proposal` and `refused_write`, source
+    /// system), customer and field.
+    pub key: ExceptionKey,
     /// The evidence: record and consumer versions/hashes, the run that found it, etc.
     pub detail: serde_json::Value,
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl NewSyncException {
+    /// An exception about a consumer (every kind but `proposal` and `refused_write`).
+    pub fn about_consumer(
+        kind: ExceptionKind,
+        consumer: &ConsumerId,
+        customer: CustomerId,
+        field: Option<FieldPath>,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        Self::about(
+            kind,
+            ExceptionSubject::Consumer(consumer.clone()),
+            customer,
+            field,
+            detail,
+            at,
+        )
+    }
+
+    /// An exception about a source system (`proposal`, `refused_write`).
+    pub fn about_source(
+        kind: ExceptionKind,
+        source: &SourceId,
+        customer: CustomerId,
+        field: Option<FieldPath>,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        Self::about(
+            kind,
+            ExceptionSubject::Source(source.clone()),
+            customer,
+            field,
+            detail,
+            at,
+        )
+    }
+
+    fn about(
+        kind: ExceptionKind,
+        subject: ExceptionSubject,
+        customer: CustomerId,
+        field: Option<FieldPath>,
+        detail: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        // A subject of the wrong side is a caller's mistake, not bad input.
+        let key = ExceptionKey::new(kind, subject, customer, field)
+            .map_err(|e| StoreError::Integrity(format!("sync exception: {e}")))?;
+        Ok(Self { key, detail, at })
+    }
+}
+
+/// A sync exception as stored. Its rules are the domain's (`idledger_domain::exception`);
+/// [`SyncException::state`] gives the form they are decided on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SyncException {
     pub id: Uuid,
     /// The consumer it is about; for `proposal` and `refused_write`, the source system.
-    pub consumer_id: ConsumerId,
+    #[serde(rename = "consumer_id")]
+    pub subject: ExceptionSubject,
     pub customer_id: CustomerId,
     pub field: Option<String>,
     pub kind: ExceptionKind,
@@ -850,6 +555,55 @@ pub struct SyncException {
     /// The last steward action that left it open (a re-push): who, when, which event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_action: Option<serde_json::Value>,
+}
+
+impl SyncException {
+    /// The exception as the domain's lifecycle decides on it.
+    pub fn state(&self) -> Result<ExceptionState, StoreError> {
+        let bad = |e: ValueError| StoreError::Integrity(format!("stored sync exception: {e}"));
+        let field = self
+            .field
+            .as_deref()
+            .map(FieldPath::parse)
+            .transpose()
+            .map_err(|e| StoreError::Integrity(format!("stored sync exception: {e}")))?;
+        let key = ExceptionKey::new(self.kind, self.subject.clone(), self.customer_id, field)
+            .map_err(bad)?;
+        // A proposal exception names its proposal in its evidence (the column predates the
+        // typed form).
+        let proposal_id = self
+            .detail
+            .get("proposal_id")
+            .and_then(|v| v.as_str())
+            .map(ProposalId::parse)
+            .transpose()
+            .map_err(bad)?;
+        let closed = (self.status != ExceptionStatus::Open).then(|| Closing {
+            by: self.resolved_by.clone().unwrap_or_default(),
+            resolution: self.resolution.unwrap_or(match self.status {
+                ExceptionStatus::Dismissed => Resolution::Dismissed,
+                _ => Resolution::Auto,
+            }),
+            note: self.resolution_note.clone().unwrap_or_default(),
+            at: self.resolved_at.unwrap_or(self.updated_at),
+        });
+        let last_action = self
+            .last_action
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()?;
+        Ok(ExceptionState {
+            id: self.id,
+            key,
+            proposal_id,
+            detail: self.detail.clone(),
+            occurrences: self.occurrences,
+            opened_at: self.created_at,
+            updated_at: self.updated_at,
+            closed,
+            last_action,
+        })
+    }
 }
 
 /// Which sync exceptions to list.

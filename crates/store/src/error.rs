@@ -13,6 +13,13 @@ pub enum ExecuteError {
         "idempotency key '{key}' was already used by source '{source_id}' for a different request"
     )]
     IdempotencyConflict { source_id: String, key: String },
+    /// The sync exception a command was to change together with it is no longer open;
+    /// neither was recorded.
+    #[error("sync exception {exception_id} is no longer open")]
+    ExceptionNotOpen { exception_id: uuid::Uuid },
+    /// The exception's own rules refused the change the command was to make with it.
+    #[error(transparent)]
+    Exception(#[from] idledger_domain::exception::ExceptionRefusal),
     /// Too many concurrent writers to the same customer; the caller may retry.
     #[error("the customer's record changed concurrently {attempts} times; try again")]
     Contention { attempts: u32 },

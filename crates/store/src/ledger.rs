@@ -23,8 +23,8 @@ use crate::crypto::{DataKey, MasterKey};
 use crate::error::{ExecuteError, StoreError};
 use crate::log::EventLog;
 use crate::model::{
-    AppendOutcome, AppendRequest, IdempotencyRecord, LogEntry, PreparedEvent, ProjectionRow,
-    RawEvent, RecordedEvent, ShreddedEvent, from_micros, micros,
+    AppendOutcome, AppendRequest, ExceptionWrite, IdempotencyRecord, LogEntry, PreparedEvent,
+    ProjectionRow, RawEvent, RecordedEvent, ShreddedEvent, from_micros, micros,
 };
 use crate::projection;
 use crate::store::Store;
@@ -159,11 +159,27 @@ impl Ledger {
     /// Runs a command: a retry with the same idempotency key (and body) returns the first
     /// result; the same key with another body is a conflict. Concurrent writers to the same
     /// customer are resolved by re-deciding on the fresh state.
-    #[tracing::instrument(skip_all, fields(customer_id = %command.customer_id, key = %command.idempotency_key))]
     pub async fn execute(
         &self,
         principal: &Principal,
         command: &Command,
+    ) -> Result<Executed, ExecuteError> {
+        self.execute_with(principal, command, &|_| Ok(None)).await
+    }
+
+    /// Runs a command like [`Ledger::execute`], together with the change of one sync
+    /// exception that `attach` derives from the command's result (a steward's action: the
+    /// event ids, the outcome). Both are written in one transaction, or neither: if the
+    /// exception is no longer open, or its change fails, the command is not recorded
+    /// ([`ExecuteError::ExceptionNotOpen`], or the failure). `attach` runs once per attempt.
+    #[tracing::instrument(skip_all, fields(customer_id = %command.customer_id, key = %command.idempotency_key))]
+    pub async fn execute_with(
+        &self,
+        principal: &Principal,
+        command: &Command,
+        attach: &(
+             dyn Fn(&CommandResult) -> Result<Option<ExceptionWrite>, ExecuteError> + Send + Sync
+         ),
     ) -> Result<Executed, ExecuteError> {
         let source = match principal {
             Principal::Source(s) => s.as_str().to_owned(),
@@ -243,6 +259,7 @@ impl Ledger {
                 }),
                 projection: projection::diff(&rows, &projection::rows(&after)?),
                 erase: false,
+                exception: attach(&result)?,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -259,6 +276,9 @@ impl Ledger {
                     request_hash: stored,
                     result,
                 } => return replay(&source, key, &request_hash, &stored, &result),
+                AppendOutcome::ExceptionNotOpen { exception_id } => {
+                    return Err(ExecuteError::ExceptionNotOpen { exception_id });
+                }
             }
         }
         Err(ExecuteError::Contention {
@@ -332,6 +352,7 @@ impl Ledger {
                 idempotency: None,
                 projection: projection::diff(&rows, &projection::rows(&after)?),
                 erase: true,
+                exception: None,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -340,9 +361,9 @@ impl Ledger {
                 }
                 // Re-decided on the fresh state: a concurrent erasure makes this a refusal.
                 AppendOutcome::VersionConflict => continue,
-                AppendOutcome::Duplicate { .. } => {
+                AppendOutcome::Duplicate { .. } | AppendOutcome::ExceptionNotOpen { .. } => {
                     return Err(ExecuteError::Store(StoreError::Integrity(
-                        "an erasure, which has no idempotency record, was taken for a duplicate"
+                        "an erasure, which has no idempotency record nor exception, was taken for a duplicate"
                             .to_owned(),
                     )));
                 }

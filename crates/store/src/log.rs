@@ -45,8 +45,9 @@ impl EventLog {
             // SQLite has no round trips to save: append by append.
             return write_each(&self.db, batch).await;
         };
-        // Erasures are rare and delete across tables: they take the per-append path.
-        if batch.iter().any(|r| r.erase) {
+        // Erasures and steward actions are rare and write across tables: they take the
+        // per-append path.
+        if batch.iter().any(|r| r.erase || r.exception.is_some()) {
             return write_each(&self.db, batch).await;
         }
         match postgres::write_bulk(pool, batch).await {
@@ -413,6 +414,14 @@ async fn append_one(
     }
     if req.erase {
         erase(tx, customer).await?;
+    }
+    if let Some(write) = &req.exception
+        && !crate::delivery::apply_exception_event(&mut *tx, write).await?
+    {
+        // Rolled back with the rest of this append (see `write_each`).
+        return Ok(AppendOutcome::ExceptionNotOpen {
+            exception_id: write.exception_id,
+        });
     }
     if let Some(idem) = &req.idempotency {
         sql("INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) VALUES ($1, $2, $3, $4, $5)")

@@ -56,6 +56,17 @@ pub struct AppendRequest {
     /// Erasure: also delete the customer's data key (crypto-shredding every sealed event) and
     /// idempotency records, in the same transaction.
     pub erase: bool,
+    /// A sync exception's change that stands or falls with the command (a steward's action):
+    /// written in the same transaction, and only while the exception is open.
+    pub exception: Option<ExceptionWrite>,
+}
+
+/// A change of one sync exception, made in a command's transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExceptionWrite {
+    pub exception_id: uuid::Uuid,
+    /// `Repushed` or `Closed`: what a steward's action does to an open exception.
+    pub event: idledger_domain::exception::ExceptionEvent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +80,9 @@ pub enum AppendOutcome {
         request_hash: Vec<u8>,
         result: String,
     },
+    /// The attached exception change found the exception no longer open (another steward or
+    /// an acknowledgement closed it first); nothing was written.
+    ExceptionNotOpen { exception_id: uuid::Uuid },
 }
 
 /// An event row as stored.

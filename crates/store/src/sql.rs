@@ -377,6 +377,17 @@ impl Row {
         })
     }
 
+    /// A text column parsed as `T`; one that does not parse is an integrity error.
+    pub fn parse<T>(&self, name: &str) -> Result<T, StoreError>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let raw: String = self.try_get(name)?;
+        raw.parse()
+            .map_err(|e| StoreError::Integrity(format!("stored {name}: {e}")))
+    }
+
     /// A position, version or count, stored signed.
     pub fn get_u64(&self, name: &str) -> Result<u64, StoreError> {
         Ok(u64::try_from(self.try_get::<i64>(name)?).unwrap_or_default())

@@ -429,13 +429,16 @@ async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine)
     nats_consumer(&deliveries, "crm").await;
     let a = new_customer();
     let b = new_customer();
-    let open = |customer: CustomerId, path: &str, attempt: u32| NewSyncException {
-        consumer_id: id("crm"),
-        customer_id: customer,
-        field: Some(field(path)),
-        kind: ExceptionKind::WebhookRejected,
-        detail: json!({"status": 422, "attempt": attempt}),
-        at: Utc::now(),
+    let open = |customer: CustomerId, path: &str, attempt: u32| {
+        NewSyncException::about_consumer(
+            ExceptionKind::WebhookRejected,
+            &id("crm"),
+            customer,
+            Some(field(path)),
+            json!({"status": 422, "attempt": attempt}),
+            Utc::now(),
+        )
+        .unwrap()
     };
     let first = deliveries
         .open_exception(&open(a, "email", 1))

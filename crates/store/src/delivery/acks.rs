@@ -238,7 +238,7 @@ fn field_state(row: &Row) -> Result<ConsumerFieldState, StoreError> {
         event_id: row.try_get::<Uuid>("event_id")?.into(),
         version: row.get_u64("version")?,
         value_hash: row.try_get("value_hash")?,
-        status: AckStatus::parse(&row.try_get::<String>("status")?)?,
+        status: row.parse::<AckStatus>("status")?,
         reason: row.try_get("reason")?,
         acked_at: row.try_get("acked_at")?,
     })

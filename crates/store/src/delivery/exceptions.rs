@@ -7,9 +7,13 @@ use uuid::Uuid;
 
 use super::{
     AUTO_RESOLVER, Closing, ConsumerId, Deliveries, ExceptionFilter, ExceptionKind,
-    ExceptionStatus, MAX_PAGE, NewSyncException, Resolution, SyncException, customer_id,
+    ExceptionStatus, ExceptionSubject, MAX_PAGE, NewSyncException, Resolution, SyncException,
+    customer_id,
 };
+use idledger_domain::exception::ExceptionEvent;
+
 use crate::error::StoreError;
+use crate::model::ExceptionWrite;
 use crate::sql::{Row, Sql, Tx, sql};
 
 const EXCEPTION_COLUMNS: &str = "exception_id, consumer_id, customer_id, field, kind, detail, status, occurrences, created_at, updated_at, resolved_at, resolved_by, resolution, resolution_note, last_action";
@@ -26,10 +30,10 @@ impl Deliveries {
              RETURNING ",
         )
         .bind(Uuid::now_v7())
-        .bind(e.consumer_id.as_str())
-        .bind(e.customer_id.as_uuid())
-        .bind(field_column(e.field.as_ref()))
-        .bind(e.kind.as_str())
+        .bind(e.key.subject().as_str())
+        .bind(e.key.customer_id().as_uuid())
+        .bind(field_column(e.key.field()))
+        .bind(e.key.kind().as_str())
         .bind(serde_json::to_string(&e.detail)?)
         .bind(e.at);
         q.push(EXCEPTION_COLUMNS);
@@ -208,14 +212,16 @@ fn exception(row: &Row) -> Result<SyncException, StoreError> {
         StoreError::Integrity(format!("stored sync exception: {e}"))
     };
     let field: String = row.try_get("field")?;
+    let kind: ExceptionKind = row.parse("kind")?;
     let last_action: Option<String> = row.try_get("last_action")?;
     let resolution: Option<String> = row.try_get("resolution")?;
     Ok(SyncException {
         id: row.try_get("exception_id")?,
-        consumer_id: ConsumerId::parse(&row.try_get::<String>("consumer_id")?).map_err(bad)?,
+        subject: ExceptionSubject::parse(kind, &row.try_get::<String>("consumer_id")?)
+            .map_err(bad)?,
         customer_id: customer_id(row.try_get("customer_id")?)?,
         field: (!field.is_empty()).then_some(field),
-        kind: ExceptionKind::parse(&row.try_get::<String>("kind")?).map_err(bad)?,
+        kind,
         detail: serde_json::from_str(&row.try_get::<String>("detail")?)?,
         status: ExceptionStatus::parse(&row.try_get::<String>("status")?).map_err(bad)?,
         occurrences: row.get_u64("occurrences")?,
@@ -223,7 +229,11 @@ fn exception(row: &Row) -> Result<SyncException, StoreError> {
         updated_at: row.try_get("updated_at")?,
         resolved_at: row.try_get("resolved_at")?,
         resolved_by: row.try_get("resolved_by")?,
-        resolution: resolution.as_deref().map(Resolution::parse).transpose()?,
+        resolution: resolution
+            .as_deref()
+            .map(str::parse::<Resolution>)
+            .transpose()
+            .map_err(|e| StoreError::Integrity(format!("stored resolution: {e}")))?,
         resolution_note: row.try_get("resolution_note")?,
         last_action: last_action
             .as_deref()
@@ -252,4 +262,38 @@ pub(crate) async fn close_erased_customers_exceptions(
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// Writes a steward action's change of an open exception in the action's own transaction;
+/// false (nothing written) if the exception is no longer open.
+pub(crate) async fn apply_exception_event(
+    tx: &mut Tx,
+    write: &ExceptionWrite,
+) -> Result<bool, StoreError> {
+    let id = write.exception_id;
+    let changed = match &write.event {
+        ExceptionEvent::Closed(closing) => {
+            let mut q = closing_update(closing);
+            q.push(" AND exception_id = ").push_bind(id);
+            q.execute(&mut *tx).await?
+        }
+        ExceptionEvent::Repushed(action) => {
+            sql(
+                "UPDATE sync_exceptions SET last_action = $1, updated_at = $2 \
+                 WHERE exception_id = $3 AND status = 'open'",
+            )
+            .bind(serde_json::to_string(action)?)
+            .bind(action.at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+        }
+        // Raising is not a steward's action: `Deliveries::open_exception` does it.
+        ExceptionEvent::Opened { .. } | ExceptionEvent::Recurred { .. } => {
+            return Err(StoreError::Integrity(format!(
+                "a command may only repush or close exception {id}, not raise one"
+            )));
+        }
+    };
+    Ok(changed == 1)
 }

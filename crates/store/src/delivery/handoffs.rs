@@ -151,7 +151,7 @@ impl Deliveries {
             for r in q.fetch_all(&self.db).await? {
                 out.push((
                     r.try_get("customer_id")?,
-                    Relation::parse(&r.try_get::<String>("status")?)?,
+                    r.parse::<Relation>("status")?,
                     r.try_get("changed_at")?,
                 ));
             }
@@ -212,7 +212,7 @@ fn handoff(row: &Row) -> Result<HandoffEntry, StoreError> {
         handoff: Handoff {
             consumer_id: ConsumerId::parse(&row.try_get::<String>("consumer_id")?).map_err(bad)?,
             message_id: row.try_get("message_id")?,
-            kind: HandoffKind::parse(&row.try_get::<String>("kind")?)?,
+            kind: row.parse::<HandoffKind>("kind")?,
             event_id: EventId::from(row.try_get::<Uuid>("event_id")?),
             global_position: row.get_u64("global_position")?,
             customer_id: customer_id(row.try_get("customer_id")?)?,

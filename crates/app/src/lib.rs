@@ -1,0 +1,63 @@
+//! idledger's use cases: what a source system, a steward or an administrator asks of the
+//! record, whichever edge they come through (the HTTP API, the steward page, the CLI).
+//!
+//! - [`commands`]: run a command, and open the sync exceptions a proposal or a refused write
+//!   is for stewards; erase a customer.
+//! - [`stewardship`]: query sync exceptions ([`ExceptionQuery`], the one parser of their
+//!   filters), read one, act on one or many — a steward's action and the exception's change in
+//!   one transaction.
+//!
+//! Architecture invariant: this crate knows neither HTTP nor the terminal. The edges parse
+//! their input into the types here and render what comes back; every rule between is here,
+//! in the domain, or in the store.
+
+pub mod commands;
+pub mod stewardship;
+
+use idledger_reconcile::Reconciler;
+use idledger_store::{Deliveries, Ledger, Runs, Tokens};
+
+pub use stewardship::{ActError, ActionDone, ExceptionQuery, QueryError, Steward, StewardRequest};
+
+/// The use cases over one store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct App {
+    ledger: Ledger,
+    deliveries: Deliveries,
+    runs: Runs,
+    tokens: Tokens,
+    reconciler: Reconciler,
+}
+
+impl App {
+    pub fn new(ledger: Ledger) -> Self {
+        let store = ledger.store();
+        Self {
+            deliveries: store.deliveries(),
+            runs: store.runs(),
+            tokens: store.tokens(),
+            reconciler: Reconciler::new(ledger.clone()),
+            ledger,
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn deliveries(&self) -> &Deliveries {
+        &self.deliveries
+    }
+
+    pub fn runs(&self) -> &Runs {
+        &self.runs
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+}
