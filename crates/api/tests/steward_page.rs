@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fantoccini::{Client, ClientBuilder, Locator};
-use idledger_domain::field::FieldPath;
 use idledger_domain::ids::CustomerId;
 use idledger_store::Role;
 use idledger_store::delivery::{
-    ConsumerId, Deliveries, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
+    Deliveries, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
 };
+use idledger_testkit::builders::{self, consumer_id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, TestApp, grant};
+use support::{Engine, TestApp, grant, on_both_engines};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -94,9 +94,9 @@ async fn open(
 ) -> SyncException {
     deliveries(app)
         .open_exception(&NewSyncException {
-            consumer_id: ConsumerId::parse("crm-sync").unwrap(),
+            consumer_id: consumer_id("crm-sync"),
             customer_id: CustomerId::parse(customer).unwrap(),
-            field: Some(FieldPath::parse(field).unwrap()),
+            field: Some(builders::field(field)),
             kind,
             detail,
             at: Utc::now() - age,
@@ -360,7 +360,7 @@ async fn a_steward_resolves_exceptions_in_a_browser() {
         assert_eq!(now.resolution_note.as_deref(), Some(reason));
         let history = app
             .ledger
-            .history(exception.customer_id, &FieldPath::parse("email").unwrap())
+            .history(exception.customer_id, &builders::field("email"))
             .await
             .unwrap();
         let acted: Vec<_> = history

@@ -11,7 +11,7 @@ use std::time::Duration;
 use idledger_relay::{NatsConfig, Relay, RelayConfig, StreamSettings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, grant};
+use support::{Engine, Reply, TestApp, grant, on_both_engines};
 
 on_both_engines!(
     a_consumer_that_stops_acking_is_found_undelivered_and_stale,

@@ -11,8 +11,7 @@ use std::time::Duration;
 use idledger_domain::command::{Change, Principal, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::event::EventPayload;
-use idledger_domain::field::FieldValue;
-use idledger_domain::ids::{Actor, ActorKind, CustomerId, SourceId};
+use idledger_domain::ids::CustomerId;
 use idledger_domain::policy::ADMIN_SOURCE;
 use idledger_domain::state::Erasure;
 use idledger_store::model::{
@@ -22,28 +21,7 @@ use idledger_store::{ExecuteError, LogEntry, StoreError};
 use serde_json::json;
 use support::*;
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(super::Engine::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(super::Engine::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_engines!(
     concurrent_appends_at_the_same_version_exactly_one_wins,
     concurrent_registrations_through_separate_ledgers_one_wins,
     idempotent_retry_returns_the_first_result,
@@ -553,11 +531,7 @@ async fn rebuilt_projection_equals_the_live_one(engine: Engine) {
         )
         .await
         .unwrap();
-    let change = Change::RequestChange {
-        field: field("email"),
-        value: FieldValue::parse(&field("email"), &json!("new@example.org")).unwrap(),
-        expected_version: None,
-    };
+    let change = request_change("email", json!("new@example.org"));
     store
         .ledger
         .execute(&source("web_app"), &command(c, "req", vec![change]))
@@ -831,44 +805,17 @@ async fn refused_commands_write_nothing(engine: Engine) {
 
 // ---- erasure ----
 
-fn admin() -> SourceId {
-    SourceId::parse(ADMIN_SOURCE).unwrap()
-}
-
-fn dpo() -> Actor {
-    Actor::new(ActorKind::Agent, "dpo@idledger.example").unwrap()
-}
-
-fn consent(purpose: &str) -> Change {
-    Change::GrantConsent {
-        purpose: idledger_domain::ids::Purpose::parse(purpose).unwrap(),
-        basis: idledger_domain::values::LegalBasis::Consent,
-        notice: idledger_domain::values::NoticeRef::new("pn", "3", &"ab".repeat(32)).unwrap(),
-        channel: idledger_domain::values::ConsentChannel::Web,
-        jurisdiction: idledger_domain::values::Jurisdiction::parse("DE").unwrap(),
-        expires_at: None,
-    }
-}
-
 /// Gives `c` a consent, a pending email change and (through `write_sample`) a proposal.
 async fn fill_in(store: &TestStore, c: CustomerId, tag: &str) {
     store
         .ledger
         .execute(
             &source("consent_portal"),
-            &command(c, &format!("consent-{tag}"), vec![consent("marketing")]),
+            &command(c, &format!("consent-{tag}"), vec![grant("marketing", None)]),
         )
         .await
         .unwrap();
-    let change = Change::RequestChange {
-        field: field("email"),
-        value: FieldValue::parse(
-            &field("email"),
-            &json!(format!("pending.{tag}@example.org")),
-        )
-        .unwrap(),
-        expected_version: None,
-    };
+    let change = request_change("email", json!(format!("pending.{tag}@example.org")));
     store
         .ledger
         .execute(
@@ -898,19 +845,6 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, ExecuteError>, refusal: 
     match result {
         Err(ExecuteError::Refused(r)) => assert_eq!(&r.refusal, refusal),
         other => panic!("expected the refusal {refusal:?}, got {other:?}"),
-    }
-}
-
-async fn count(db: &TestDb, sql: &str) -> i64 {
-    match db.engine {
-        Engine::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_one(&db.pg().await)
-            .await
-            .unwrap(),
-        Engine::Sqlite => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_one(&db.sqlite().await)
-            .await
-            .unwrap(),
     }
 }
 
@@ -1020,7 +954,7 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
             .ledger
             .execute(
                 &source("consent_portal"),
-                &command(c, "consent-c", vec![consent("marketing")]),
+                &command(c, "consent-c", vec![grant("marketing", None)]),
             )
             .await,
         &erased,
@@ -1183,11 +1117,7 @@ async fn write_person(store: &TestStore, c: CustomerId, tag: &str) {
         )
         .await
         .unwrap();
-    let change = Change::RequestChange {
-        field: field("email"),
-        value: FieldValue::parse(&field("email"), &json!("ada.next@example.org")).unwrap(),
-        expected_version: None,
-    };
+    let change = request_change("email", json!("ada.next@example.org"));
     store
         .ledger
         .execute(
@@ -1200,7 +1130,7 @@ async fn write_person(store: &TestStore, c: CustomerId, tag: &str) {
         .ledger
         .execute(
             &source("consent_portal"),
-            &command(c, &format!("{tag}-5"), vec![consent("marketing")]),
+            &command(c, &format!("{tag}-5"), vec![grant("marketing", None)]),
         )
         .await
         .unwrap();

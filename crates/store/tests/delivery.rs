@@ -8,37 +8,15 @@ use chrono::Utc;
 use idledger_domain::ids::{CustomerId, EventId, Purpose};
 use idledger_domain::state::ConsentStatus;
 use idledger_store::delivery::{
-    Ack, AckOutcome, AckStatus, Channel, ChannelKind, ConsentBasis, ConsumerId, DeliveryCommit,
-    ExceptionFilter, ExceptionKind, FieldSelector, Handoff, HandoffFilter, HandoffKind,
-    NewConsumer, NewSyncException, RegisterError, Relation, StartAt, ValueHash, Webhook,
-    WebhookSecret,
+    Ack, AckOutcome, AckStatus, Channel, ChannelKind, ConsentBasis, DeliveryCommit,
+    ExceptionFilter, ExceptionKind, Handoff, HandoffFilter, HandoffKind, NewConsumer,
+    NewSyncException, RegisterError, Relation, StartAt, ValueHash, Webhook, WebhookSecret,
 };
 use idledger_store::{Deliveries, Ledger};
 use serde_json::json;
 use support::*;
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Engine::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Engine::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
-
-on_every_backend!(
+on_both_engines!(
     consumers_register_list_and_disable,
     commits_log_handoffs_once_and_checkpoints_never_go_back,
     acks_become_consumer_state_newest_version_wins,
@@ -46,29 +24,8 @@ on_every_backend!(
     one_open_exception_per_consumer_customer_field_and_kind,
 );
 
-fn id(s: &str) -> ConsumerId {
-    ConsumerId::parse(s).unwrap()
-}
-
-fn purposes(list: &[&str]) -> Vec<Purpose> {
-    list.iter().map(|p| Purpose::parse(p).unwrap()).collect()
-}
-
-fn selectors(list: &[&str]) -> Vec<FieldSelector> {
-    list.iter()
-        .map(|s| FieldSelector::parse(s).unwrap())
-        .collect()
-}
-
 async fn nats_consumer(deliveries: &Deliveries, name: &str) {
-    let new = NewConsumer::new(
-        id(name),
-        Channel::Nats,
-        selectors(&["email"]),
-        purposes(&["crm"]),
-        StartAt::Beginning,
-    )
-    .unwrap();
+    let new = consumer(name, Channel::Nats, &["email"], &["crm"]);
     deliveries.register_consumer(new, Utc::now()).await.unwrap();
 }
 
@@ -98,7 +55,7 @@ async fn consumers_register_list_and_disable(engine: Engine) {
     customer_with_email(&store.ledger).await;
     let secret = WebhookSecret::parse("s3cret-s3cret-s3cret").unwrap();
     let webhook = NewConsumer::new(
-        id("cdp"),
+        consumer_id("cdp"),
         Channel::Webhook(Webhook::new("https://cdp.example/hook", secret.clone()).unwrap()),
         selectors(&["email", "consent.*", "email"]),
         purposes(&["analytics", "marketing"]),
@@ -120,7 +77,11 @@ async fn consumers_register_list_and_disable(engine: Engine) {
         all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         ["cdp", "crm"]
     );
-    let cdp = deliveries.consumer(&id("cdp")).await.unwrap().unwrap();
+    let cdp = deliveries
+        .consumer(&consumer_id("cdp"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(cdp, registered, "reads back exactly what was registered");
     let Channel::Webhook(w) = &cdp.channel else {
         panic!("not a webhook: {cdp:?}")
@@ -129,28 +90,44 @@ async fn consumers_register_list_and_disable(engine: Engine) {
     assert!(cdp.selects(&field("consent.marketing")) && !cdp.selects(&field("phone")));
     // "now" starts after what is already in the log; "beginning" before it.
     let head = store.ledger.head_position().await.unwrap();
-    assert_eq!(deliveries.checkpoint(&id("cdp")).await.unwrap(), Some(head));
-    assert_eq!(deliveries.checkpoint(&id("crm")).await.unwrap(), Some(0));
+    assert_eq!(
+        deliveries.checkpoint(&consumer_id("cdp")).await.unwrap(),
+        Some(head)
+    );
+    assert_eq!(
+        deliveries.checkpoint(&consumer_id("crm")).await.unwrap(),
+        Some(0)
+    );
     assert!(
         deliveries
-            .disable_consumer(&id("crm"), Utc::now())
+            .disable_consumer(&consumer_id("crm"), Utc::now())
             .await
             .unwrap()
     );
     assert!(
         !deliveries
-            .disable_consumer(&id("nobody"), Utc::now())
+            .disable_consumer(&consumer_id("nobody"), Utc::now())
             .await
             .unwrap()
     );
-    let crm = deliveries.consumer(&id("crm")).await.unwrap().unwrap();
+    let crm = deliveries
+        .consumer(&consumer_id("crm"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!crm.is_enabled());
-    assert!(deliveries.consumer(&id("nobody")).await.unwrap().is_none());
+    assert!(
+        deliveries
+            .consumer(&consumer_id("nobody"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 fn handoff(consumer: &str, customer: CustomerId, event: EventId, position: u64) -> Handoff {
     Handoff {
-        consumer_id: id(consumer),
+        consumer_id: consumer_id(consumer),
         message_id: event.as_uuid(),
         kind: HandoffKind::Change,
         event_id: event,
@@ -187,7 +164,7 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
         handoff("crm", b, events[1], 2),
         handoff("crm", a, events[2], 3),
     ];
-    let crm = id("crm");
+    let crm = consumer_id("crm");
     let commit = DeliveryCommit {
         consumer: &crm,
         handoffs: &first,
@@ -208,7 +185,7 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
     };
     deliveries.commit(&again).await.unwrap();
     assert_eq!(deliveries.checkpoint(&crm).await.unwrap(), Some(3));
-    let cdp = id("cdp");
+    let cdp = consumer_id("cdp");
     deliveries
         .commit(&DeliveryCommit {
             consumer: &cdp,
@@ -283,7 +260,7 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
     let hash = ValueHash::parse(&format!("sha256:{}", "AB".repeat(32))).unwrap();
     assert_eq!(hash.as_str(), format!("sha256:{}", "ab".repeat(32)));
     let ack = |version: u64, status: AckStatus, reason: Option<&str>| Ack {
-        consumer_id: id("crm"),
+        consumer_id: consumer_id("crm"),
         event_id: event,
         customer_id: customer,
         field: field("email"),
@@ -308,7 +285,7 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
         AckOutcome::Superseded { stored_version: 2 }
     );
     let state = deliveries
-        .consumer_state(&id("crm"), Some(customer))
+        .consumer_state(&consumer_id("crm"), Some(customer))
         .await
         .unwrap();
     assert_eq!(state.len(), 1);
@@ -329,7 +306,10 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
             .unwrap(),
         AckOutcome::Recorded
     );
-    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
+    let state = deliveries
+        .consumer_state(&consumer_id("crm"), None)
+        .await
+        .unwrap();
     assert_eq!(
         (state[0].status, state[0].reason.as_deref()),
         (AckStatus::Rejected, Some("format"))
@@ -337,7 +317,7 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
     // Acks that match nothing we delivered are refused and change nothing.
     let invalid = [
         Ack {
-            consumer_id: id("nobody"),
+            consumer_id: consumer_id("nobody"),
             ..ack(3, AckStatus::Applied, None)
         },
         Ack {
@@ -362,7 +342,10 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
             "{bad:?}: {outcome:?}"
         );
     }
-    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
+    let state = deliveries
+        .consumer_state(&consumer_id("crm"), None)
+        .await
+        .unwrap();
     assert_eq!(state[0].version, 2);
 }
 
@@ -373,7 +356,7 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
     let (erased, erased_event) = customer_with_email(&store.ledger).await;
     let (kept, kept_event) = customer_with_email(&store.ledger).await;
     let ack = |customer: CustomerId, event: EventId| Ack {
-        consumer_id: id("crm"),
+        consumer_id: consumer_id("crm"),
         event_id: event,
         customer_id: customer,
         field: field("email"),
@@ -389,19 +372,12 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
             AckOutcome::Recorded
         );
     }
-    store
-        .ledger
-        .erase(
-            erased,
-            &idledger_domain::ids::SourceId::parse("admin").unwrap(),
-            idledger_domain::ids::Actor::new(idledger_domain::ids::ActorKind::Agent, "dpo")
-                .unwrap(),
-            "subject's request",
-        )
+    erase(&store.ledger, erased).await;
+    // A value hash is a digest of personal data: what consumers acked of the customer goes.
+    let state = deliveries
+        .consumer_state(&consumer_id("crm"), None)
         .await
         .unwrap();
-    // A value hash is a digest of personal data: what consumers acked of the customer goes.
-    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
     assert_eq!(
         state.iter().map(|s| s.customer_id).collect::<Vec<_>>(),
         [kept]
@@ -416,7 +392,7 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
     );
     assert!(
         deliveries
-            .consumer_state(&id("crm"), Some(erased))
+            .consumer_state(&consumer_id("crm"), Some(erased))
             .await
             .unwrap()
             .is_empty()
@@ -430,7 +406,7 @@ async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine)
     let a = new_customer();
     let b = new_customer();
     let open = |customer: CustomerId, path: &str, attempt: u32| NewSyncException {
-        consumer_id: id("crm"),
+        consumer_id: consumer_id("crm"),
         customer_id: customer,
         field: Some(field(path)),
         kind: ExceptionKind::WebhookRejected,

@@ -4,7 +4,12 @@
 mod support;
 
 use idledger_store::Role;
-use support::{Engine, TestDb};
+use support::{Engine, TestDb, on_both_engines};
+
+on_both_engines!(
+    tokens_are_stored_as_hashes_and_revocable,
+    tokens_must_match_their_role,
+);
 
 async fn tokens_are_stored_as_hashes_and_revocable(engine: Engine) {
     let db = TestDb::new(engine).await;
@@ -92,27 +97,5 @@ async fn stored_tokens(db: &TestDb) -> Vec<(Vec<u8>, String)> {
             .fetch_all(&db.sqlite().await)
             .await
             .unwrap(),
-    }
-}
-
-mod postgres {
-    #[tokio::test]
-    async fn tokens_are_stored_as_hashes_and_revocable() {
-        super::tokens_are_stored_as_hashes_and_revocable(super::Engine::Postgres).await;
-    }
-    #[tokio::test]
-    async fn tokens_must_match_their_role() {
-        super::tokens_must_match_their_role(super::Engine::Postgres).await;
-    }
-}
-
-mod sqlite {
-    #[tokio::test]
-    async fn tokens_are_stored_as_hashes_and_revocable() {
-        super::tokens_are_stored_as_hashes_and_revocable(super::Engine::Sqlite).await;
-    }
-    #[tokio::test]
-    async fn tokens_must_match_their_role() {
-        super::tokens_must_match_their_role(super::Engine::Sqlite).await;
     }
 }
