@@ -34,7 +34,12 @@ on_both_engines!(
     no_plaintext_personal_data_in_the_events_table,
     history_and_record_as_of_an_instant,
     refused_commands_write_nothing,
-    erasure_shreds_the_record_and_refuses_what_follows,
+    erasure_leaves_the_registration_and_nothing_else,
+    an_erased_customers_past_reads_as_erased_whatever_the_filter,
+    every_command_on_an_erased_record_is_refused_and_writes_nothing,
+    erasure_destroys_the_data_key_of_the_erased_only,
+    the_log_verifies_and_rebuilds_identically_over_an_erasure,
+    tampering_with_the_clear_erasure_payload_is_detected,
     no_plaintext_of_an_erased_customer_anywhere,
     read_all_returns_every_position_of_an_erased_customer_without_personal_data,
     erasure_happens_once_and_only_to_a_registered_customer,
@@ -848,7 +853,21 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, ExecuteError>, refusal: 
     }
 }
 
-async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
+/// Three customers (see `write_sample`); the second, given a consent, a pending change and a
+/// proposal, then erased by an administrator.
+struct ErasedSample {
+    store: TestStore,
+    customers: Vec<CustomerId>,
+    /// The erased customer.
+    c: CustomerId,
+    /// Their record just before the erasure.
+    before: idledger_domain::CustomerState,
+    /// The other two customers' records just before the erasure.
+    others_before: [Option<idledger_domain::CustomerState>; 2],
+    erasure: Erasure,
+}
+
+async fn erased_sample(engine: Engine) -> ErasedSample {
     let store = TestStore::new(engine).await;
     let customers = write_sample(&store).await;
     let c = customers[1];
@@ -870,8 +889,25 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
         (erasure.source.as_str(), erasure.reason.as_str()),
         (ADMIN_SOURCE, "subject's request #42")
     );
-    let at = erasure.at;
 
+    ErasedSample {
+        store,
+        customers,
+        c,
+        before,
+        others_before,
+        erasure,
+    }
+}
+
+async fn erasure_leaves_the_registration_and_nothing_else(engine: Engine) {
+    let ErasedSample {
+        store,
+        c,
+        before,
+        erasure,
+        ..
+    } = erased_sample(engine).await;
     // The record: registered and erased, with nothing else left.
     let state = store.ledger.state(c).await.unwrap().unwrap();
     assert_eq!(state.erased.as_ref(), Some(&erasure));
@@ -892,7 +928,17 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
         ["customer"],
         "projection rows of the erased customer remain"
     );
+}
 
+async fn an_erased_customers_past_reads_as_erased_whatever_the_filter(engine: Engine) {
+    let ErasedSample {
+        store,
+        customers,
+        c,
+        erasure,
+        ..
+    } = erased_sample(engine).await;
+    let at = erasure.at;
     // Its past cannot be read any more, whatever the filter.
     assert_erased(store.ledger.history(c, &field("email")).await, c, at);
     assert_erased(store.ledger.history(c, &field("phone")).await, c, at);
@@ -910,7 +956,17 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
             .len(),
         1
     );
+}
 
+async fn every_command_on_an_erased_record_is_refused_and_writes_nothing(engine: Engine) {
+    let ErasedSample {
+        store,
+        c,
+        before,
+        erasure,
+        ..
+    } = erased_sample(engine).await;
+    let at = erasure.at;
     // Every command is refused, and nothing is written.
     let head = store.ledger.head_position().await.unwrap();
     let erased = Refusal::Erased { erased_at: at };
@@ -960,7 +1016,15 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
         &erased,
     );
     assert_eq!(store.ledger.head_position().await.unwrap(), head);
+}
 
+async fn erasure_destroys_the_data_key_of_the_erased_only(engine: Engine) {
+    let ErasedSample {
+        store,
+        customers,
+        c,
+        ..
+    } = erased_sample(engine).await;
     // The data key is gone; the others' are not.
     assert_eq!(count(&store.db, "SELECT COUNT(*) FROM data_keys").await, 2);
     for other in [customers[0], customers[2]] {
@@ -985,7 +1049,17 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
             .unwrap()
             .is_none()
     );
+}
 
+async fn the_log_verifies_and_rebuilds_identically_over_an_erasure(engine: Engine) {
+    let ErasedSample {
+        store,
+        customers,
+        c,
+        others_before,
+        ..
+    } = erased_sample(engine).await;
+    let state = store.ledger.state(c).await.unwrap().unwrap();
     // The log still verifies; rebuilding gives byte-identical rows, erased record included.
     let report = store.ledger.verify(&|_, _| {}).await.unwrap();
     assert_eq!(
@@ -1011,7 +1085,10 @@ async fn erasure_shreds_the_record_and_refuses_what_follows(engine: Engine) {
     let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
     assert_eq!(report.differing_count, 3);
     assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), state);
+}
 
+async fn tampering_with_the_clear_erasure_payload_is_detected(engine: Engine) {
+    let ErasedSample { store, .. } = erased_sample(engine).await;
     // The erasure event, stored in the clear, is covered by the chain all the same.
     let unlock = match engine {
         Engine::Postgres => "ALTER TABLE events DISABLE TRIGGER events_append_only;",

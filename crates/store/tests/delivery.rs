@@ -18,8 +18,13 @@ use support::*;
 
 on_both_engines!(
     consumers_register_list_and_disable,
-    commits_log_handoffs_once_and_checkpoints_never_go_back,
+    a_checkpoint_never_goes_back,
+    the_last_relation_of_a_commit_wins,
+    handoffs_of_a_customer_are_paged_in_log_order_across_consumers,
+    a_redelivered_handoff_is_logged_once,
     acks_become_consumer_state_newest_version_wins,
+    a_later_ack_of_the_same_version_may_change_its_status,
+    acks_that_match_nothing_delivered_are_refused_and_change_nothing,
     erasure_removes_consumer_state_and_refuses_acks,
     one_open_exception_per_consumer_customer_field_and_kind,
 );
@@ -149,7 +154,18 @@ fn handoff(consumer: &str, customer: CustomerId, event: EventId, position: u64) 
     }
 }
 
-async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine) {
+/// crm is sent three messages (relations to a and b changing on the way) with checkpoint 3,
+/// then the same again with checkpoint 2 (a re-delivery after a crash); cdp is sent one with no
+/// checkpoint.
+struct Committed {
+    store: TestStore,
+    a: CustomerId,
+    b: CustomerId,
+    events: Vec<EventId>,
+    first: [Handoff; 3],
+}
+
+async fn committed(engine: Engine) -> Committed {
     let store = TestStore::new(engine).await;
     let deliveries = store.ledger.store().deliveries();
     nats_consumer(&deliveries, "crm").await;
@@ -184,7 +200,6 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
         ..commit.clone()
     };
     deliveries.commit(&again).await.unwrap();
-    assert_eq!(deliveries.checkpoint(&crm).await.unwrap(), Some(3));
     let cdp = consumer_id("cdp");
     deliveries
         .commit(&DeliveryCommit {
@@ -196,7 +211,28 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
         })
         .await
         .unwrap();
+    Committed {
+        store,
+        a,
+        b,
+        events,
+        first,
+    }
+}
+
+async fn a_checkpoint_never_goes_back(engine: Engine) {
+    let Committed { store, .. } = committed(engine).await;
+    let deliveries = &store.deliveries;
+    let (crm, cdp) = (consumer_id("crm"), consumer_id("cdp"));
+    assert_eq!(deliveries.checkpoint(&crm).await.unwrap(), Some(3));
+    // A commit without a checkpoint leaves it where it was.
     assert_eq!(deliveries.checkpoint(&cdp).await.unwrap(), Some(0));
+}
+
+async fn the_last_relation_of_a_commit_wins(engine: Engine) {
+    let Committed { store, a, b, .. } = committed(engine).await;
+    let deliveries = &store.deliveries;
+    let crm = consumer_id("crm");
     let relations = deliveries
         .relations(&crm, &[a, b, new_customer()])
         .await
@@ -215,6 +251,17 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
             .unwrap(),
         vec![b]
     );
+}
+
+async fn handoffs_of_a_customer_are_paged_in_log_order_across_consumers(engine: Engine) {
+    let Committed {
+        store,
+        a,
+        events,
+        first,
+        ..
+    } = committed(engine).await;
+    let deliveries = &store.deliveries;
     // By customer: both consumers, in log order, paged.
     let page = deliveries
         .handoffs(&HandoffFilter::Customer(a), None, 2)
@@ -245,6 +292,12 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
         page.items[0].handoff, first[0],
         "reads back what was logged"
     );
+}
+
+async fn a_redelivered_handoff_is_logged_once(engine: Engine) {
+    let Committed { store, .. } = committed(engine).await;
+    let deliveries = &store.deliveries;
+    let crm = consumer_id("crm");
     let by_crm = deliveries
         .handoffs(&HandoffFilter::Consumer(crm.clone()), None, 100)
         .await
@@ -252,24 +305,53 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
     assert_eq!(by_crm.items.len(), 3, "a re-delivery is logged once");
 }
 
-async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
+/// crm is registered and a customer has one `email` event; `ack` builds crm's ack of it.
+struct AckSetup {
+    store: TestStore,
+    customer: CustomerId,
+    event: EventId,
+    hash: ValueHash,
+}
+
+impl AckSetup {
+    fn ack(&self, version: u64, status: AckStatus, reason: Option<&str>) -> Ack {
+        Ack {
+            consumer_id: consumer_id("crm"),
+            event_id: self.event,
+            customer_id: self.customer,
+            field: field("email"),
+            version,
+            value_hash: Some(self.hash.clone()),
+            status,
+            reason: reason.map(str::to_owned),
+            acked_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),
+        }
+    }
+}
+
+async fn ack_setup(engine: Engine) -> AckSetup {
     let store = TestStore::new(engine).await;
-    let deliveries = store.ledger.store().deliveries();
-    nats_consumer(&deliveries, "crm").await;
+    nats_consumer(&store.deliveries, "crm").await;
     let (customer, event) = customer_with_email(&store.ledger).await;
     let hash = ValueHash::parse(&format!("sha256:{}", "AB".repeat(32))).unwrap();
     assert_eq!(hash.as_str(), format!("sha256:{}", "ab".repeat(32)));
-    let ack = |version: u64, status: AckStatus, reason: Option<&str>| Ack {
-        consumer_id: consumer_id("crm"),
-        event_id: event,
-        customer_id: customer,
-        field: field("email"),
-        version,
-        value_hash: Some(hash.clone()),
-        status,
-        reason: reason.map(str::to_owned),
-        acked_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),
-    };
+    AckSetup {
+        store,
+        customer,
+        event,
+        hash,
+    }
+}
+
+async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
+    let setup = ack_setup(engine).await;
+    let (deliveries, customer, event, hash) = (
+        &setup.store.deliveries,
+        setup.customer,
+        setup.event,
+        &setup.hash,
+    );
+    let ack = |version, status, reason| setup.ack(version, status, reason);
     assert_eq!(
         deliveries
             .record_ack(&ack(2, AckStatus::Applied, None))
@@ -298,6 +380,19 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
         (2, AckStatus::Applied, Some(hash.as_str()))
     );
     assert_eq!(state[0].event_id, event);
+}
+
+async fn a_later_ack_of_the_same_version_may_change_its_status(engine: Engine) {
+    let setup = ack_setup(engine).await;
+    let deliveries = &setup.store.deliveries;
+    let ack = |version, status, reason| setup.ack(version, status, reason);
+    assert_eq!(
+        deliveries
+            .record_ack(&ack(2, AckStatus::Applied, None))
+            .await
+            .unwrap(),
+        AckOutcome::Recorded
+    );
     // The same version again may change its status (e.g. a retry that now applies).
     assert_eq!(
         deliveries
@@ -313,6 +408,19 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
     assert_eq!(
         (state[0].status, state[0].reason.as_deref()),
         (AckStatus::Rejected, Some("format"))
+    );
+}
+
+async fn acks_that_match_nothing_delivered_are_refused_and_change_nothing(engine: Engine) {
+    let setup = ack_setup(engine).await;
+    let deliveries = &setup.store.deliveries;
+    let ack = |version, status, reason| setup.ack(version, status, reason);
+    assert_eq!(
+        deliveries
+            .record_ack(&ack(2, AckStatus::Applied, None))
+            .await
+            .unwrap(),
+        AckOutcome::Recorded
     );
     // Acks that match nothing we delivered are refused and change nothing.
     let invalid = [
