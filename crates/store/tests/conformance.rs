@@ -1,4 +1,20 @@
-//! One conformance suite, run against every backend: PostgreSQL (a real server) and SQLite.
+//! One conformance suite for the ledger, run on both engines: PostgreSQL (a real server) and
+//! SQLite.
+//!
+//! Covers every public method of `Ledger`:
+//! - [x] `new`, `store`, `policy` (every test; `policy` in `history_and_record_as_of_an_instant`)
+//! - [x] `execute`: idempotency, races, refusals, erased records
+//! - [x] `erase`: the erasure tests
+//! - [x] `state`, `state_as_of`, `history`, `stream`: `history_and_record_as_of_an_instant`,
+//!   the erasure tests
+//! - [x] `read_all`, `read_raw`: `tail_reader_sees_every_committed_event_once_in_order`,
+//!   `read_all_returns_every_position_of_an_erased_customer_without_personal_data` (and
+//!   `read_raw` in log.rs)
+//! - [x] `head_position`, `verify`, `rebuild`
+//! - [x] `idempotent_result`: log.rs (`idempotency_records_are_kept_per_source_and_key`)
+//!
+//! and, under it, `EventLog::write_batch` (`concurrent_appends_at_the_same_version_exactly_one_wins`);
+//! the rest of `EventLog` and `Store` is in log.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;

@@ -1,4 +1,8 @@
 //! API tokens on both engines: stored only as hashes, bound to one principal, revocable.
+//!
+//! Covers every public method of `Tokens`:
+//! - [x] `create` (both tests), `authenticate`, `list`, `revoke`
+//!   (`tokens_are_stored_as_hashes_and_revocable`)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -47,6 +51,11 @@ async fn tokens_are_stored_as_hashes_and_revocable(engine: Engine) {
 
     let listed = tokens.list().await.unwrap();
     assert_eq!(listed.len(), 2);
+    assert_eq!(
+        listed.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [crm.record.id, auditor.record.id],
+        "oldest first"
+    );
 
     assert!(tokens.revoke(crm.record.id).await.unwrap());
     assert!(
