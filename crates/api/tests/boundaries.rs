@@ -6,7 +6,7 @@ mod support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, TestApp, provenance};
+use support::{Engine, TestApp, on_both_engines, provenance};
 
 on_both_engines!(
     every_role_against_every_route,

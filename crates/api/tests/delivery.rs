@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, grant};
+use support::{Engine, Reply, TestApp, grant, on_both_engines};
 
 on_both_engines!(
     consumers_are_registered_listed_and_disabled,

@@ -5,7 +5,7 @@ mod support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{Engine, TestApp, grant, provenance};
+use support::{Engine, TestApp, grant, on_both_engines, provenance};
 
 on_both_engines!(
     register_read_and_change_a_record,

@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fantoccini::{Client, ClientBuilder, Locator};
-use idledger_domain::field::FieldPath;
 use idledger_domain::ids::CustomerId;
 use idledger_store::Role;
 use idledger_store::delivery::{
-    ConsumerId, Deliveries, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
+    Deliveries, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
 };
+use idledger_testkit::builders::{self, consumer_id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, TestApp, grant};
+use support::{Engine, TestApp, grant, on_both_engines};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -96,9 +96,9 @@ async fn open(
         .open_exception(
             &NewSyncException::about_consumer(
                 kind,
-                &ConsumerId::parse("crm-sync").unwrap(),
+                &consumer_id("crm-sync"),
                 CustomerId::parse(customer).unwrap(),
-                Some(FieldPath::parse(field).unwrap()),
+                Some(builders::field(field)),
                 detail,
                 Utc::now() - age,
             )
@@ -363,7 +363,7 @@ async fn a_steward_resolves_exceptions_in_a_browser() {
         assert_eq!(now.resolution_note.as_deref(), Some(reason));
         let history = app
             .ledger
-            .history(exception.customer_id, &FieldPath::parse("email").unwrap())
+            .history(exception.customer_id, &builders::field("email"))
             .await
             .unwrap();
         let acted: Vec<_> = history

@@ -11,12 +11,18 @@ use std::time::Duration;
 use idledger_relay::{NatsConfig, Relay, RelayConfig, StreamSettings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, grant};
+use support::{Engine, Reply, TestApp, grant, on_both_engines};
 
 on_both_engines!(
     a_consumer_that_stops_acking_is_found_undelivered_and_stale,
     a_snapshot_diff_finds_extra_missing_and_different_rows,
-    steward_actions_are_recorded_and_refused_where_the_policy_forbids,
+    a_proposal_raises_an_exception_about_its_source,
+    accepting_where_the_policy_forbids_steward_override_is_refused,
+    only_stewards_act_and_a_dismissal_needs_a_reason,
+    accepting_a_consumers_value_records_it_with_the_stewards_provenance,
+    acting_on_a_closed_exception_is_a_conflict,
+    a_proposal_is_accepted_as_itself,
+    a_bulk_dismissal_reports_per_item,
     erasure_closes_a_customers_exceptions_and_drops_their_evidence,
 );
 
@@ -359,7 +365,19 @@ async fn a_snapshot_diff_finds_extra_missing_and_different_rows(engine: Engine) 
     Reply::from(unknown).await.problem(404, "unknown_consumer");
 }
 
-async fn steward_actions_are_recorded_and_refused_where_the_policy_forbids(engine: Engine) {
+/// A customer with an email and a given name, consenting to `service`; the CRM proposed a
+/// given name it does not own; crm-sync acknowledged other values than the record's for both
+/// fields, and a run found them divergent.
+struct StewardScene {
+    app: TestApp,
+    c: String,
+    /// The CRM's refused command (403 `not_authoritative`, naming its proposal).
+    proposed: Reply,
+    email_exc: String,
+    name_exc: String,
+}
+
+async fn steward_scene(engine: Engine) -> StewardScene {
     let app = TestApp::start(engine).await;
     app.add_consumer(json!({
         "id": "crm-sync", "channel": "feed", "fields": ["email", "name.given"],
@@ -377,14 +395,6 @@ async fn steward_actions_are_recorded_and_refused_where_the_policy_forbids(engin
         .command("crm", &c, "crm-name", json!([set("name.given", "Ada L.")]))
         .await;
     proposed.problem(403, "not_authoritative");
-    let proposals = exceptions(&app, "?kind=proposal").await;
-    assert_eq!(proposals.len(), 1, "{proposals:?}");
-    assert_eq!(proposals[0]["consumer_id"], "crm");
-    assert_eq!(
-        proposals[0]["detail"]["proposal_id"],
-        proposed.body["proposal_id"]
-    );
-
     // The consumer drifts on the email (it holds another hash at the record's version).
     let events = feed(&app, "consumer").await;
     let email = events
@@ -411,11 +421,38 @@ async fn steward_actions_are_recorded_and_refused_where_the_policy_forbids(engin
     let divergent = exceptions(&app, "?kind=divergent&field=email").await;
     assert_eq!(divergent.len(), 1, "{divergent:?}");
     let email_exc = divergent[0]["id"].as_str().unwrap().to_owned();
-    let act = async |id: &str, as_: &str, body: Value| {
-        post(&app, &format!("/v1/exceptions/{id}/actions"), as_, &body).await
-    };
-    let head = app.head().await;
+    let name_exc = exceptions(&app, "?kind=divergent&field=name.given").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    StewardScene {
+        app,
+        c,
+        proposed,
+        email_exc,
+        name_exc,
+    }
+}
 
+async fn act(app: &TestApp, id: &str, as_: &str, body: Value) -> Reply {
+    post(app, &format!("/v1/exceptions/{id}/actions"), as_, &body).await
+}
+
+async fn a_proposal_raises_an_exception_about_its_source(engine: Engine) {
+    let StewardScene { app, proposed, .. } = steward_scene(engine).await;
+    let proposals = exceptions(&app, "?kind=proposal").await;
+    assert_eq!(proposals.len(), 1, "{proposals:?}");
+    assert_eq!(proposals[0]["consumer_id"], "crm");
+    assert_eq!(
+        proposals[0]["detail"]["proposal_id"],
+        proposed.body["proposal_id"]
+    );
+}
+
+async fn accepting_where_the_policy_forbids_steward_override_is_refused(engine: Engine) {
+    let StewardScene { app, email_exc, .. } = steward_scene(engine).await;
+    let act = async |id: &str, as_: &str, body: Value| act(&app, id, as_, body).await;
+    let head = app.head().await;
     // Accepting the consumer's email is refused: the policy forbids steward override there.
     let refused = act(
         &email_exc,
@@ -424,6 +461,17 @@ async fn steward_actions_are_recorded_and_refused_where_the_policy_forbids(engin
     )
     .await;
     refused.problem(403, "forbidden");
+    assert_eq!(app.head().await, head, "refused actions write nothing");
+    let still = app
+        .get(&format!("/v1/exceptions/{email_exc}"), "steward")
+        .await;
+    assert_eq!(still.body["status"], "open");
+}
+
+async fn only_stewards_act_and_a_dismissal_needs_a_reason(engine: Engine) {
+    let StewardScene { app, email_exc, .. } = steward_scene(engine).await;
+    let act = async |id: &str, as_: &str, body: Value| act(&app, id, as_, body).await;
+    let head = app.head().await;
     // Others may read but not act; a dismissal needs a reason.
     act(
         &email_exc,
@@ -440,13 +488,15 @@ async fn steward_actions_are_recorded_and_refused_where_the_policy_forbids(engin
         .get(&format!("/v1/exceptions/{email_exc}"), "steward")
         .await;
     assert_eq!(still.body["status"], "open");
+}
 
+async fn accepting_a_consumers_value_records_it_with_the_stewards_provenance(engine: Engine) {
+    let StewardScene {
+        app, c, name_exc, ..
+    } = steward_scene(engine).await;
+    let act = async |id: &str, as_: &str, body: Value| act(&app, id, as_, body).await;
     // Accepting the consumer's name is allowed: the record takes it, with the steward's
     // provenance, and the exception is resolved.
-    let name_exc = exceptions(&app, "?kind=divergent&field=name.given").await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let accepted = act(
         &name_exc,
         "steward",
@@ -474,6 +524,18 @@ async fn steward_actions_are_recorded_and_refused_where_the_policy_forbids(engin
         types.ends_with(&["field_set", "steward_acted"]),
         "{types:?}"
     );
+}
+
+async fn acting_on_a_closed_exception_is_a_conflict(engine: Engine) {
+    let StewardScene { app, name_exc, .. } = steward_scene(engine).await;
+    let act = async |id: &str, as_: &str, body: Value| act(&app, id, as_, body).await;
+    let accepted = act(
+        &name_exc,
+        "steward",
+        json!({"action": "accept", "value": "Ada Lovelace", "reason": "confirmed with the customer"}),
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
     // Acting again on a closed exception is a conflict.
     act(
         &name_exc,
@@ -482,13 +544,36 @@ async fn steward_actions_are_recorded_and_refused_where_the_policy_forbids(engin
     )
     .await
     .problem(409, "exception_closed");
+}
 
+async fn a_proposal_is_accepted_as_itself(engine: Engine) {
+    let StewardScene { app, c, .. } = steward_scene(engine).await;
+    let act = async |id: &str, as_: &str, body: Value| act(&app, id, as_, body).await;
+    let proposals = exceptions(&app, "?kind=proposal").await;
     // The proposal is accepted as itself.
     let proposal_exc = proposals[0]["id"].as_str().unwrap();
     let taken = act(proposal_exc, "steward", json!({"action": "accept"})).await;
     assert_eq!(taken.status, StatusCode::OK, "{}", taken.text);
     assert_eq!(given_name(&app, &c).await, "Ada L.");
+}
 
+async fn a_bulk_dismissal_reports_per_item(engine: Engine) {
+    let StewardScene {
+        app,
+        c,
+        email_exc,
+        name_exc,
+        ..
+    } = steward_scene(engine).await;
+    // The name's exception is resolved first, so that no divergent one is left at the end.
+    let accepted = act(
+        &app,
+        &name_exc,
+        "steward",
+        json!({"action": "accept", "value": "Ada Lovelace", "reason": "confirmed with the customer"}),
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
     // Bulk: dismiss the email exception and an unknown id; each reports its own outcome.
     let ghost = uuid::Uuid::now_v7().to_string();
     let bulk = post(

@@ -8,72 +8,41 @@ use idledger_app::{ActError, App, Steward, StewardRequest};
 use idledger_domain::command::{Change, Command, Principal, ProvenanceInput};
 use idledger_domain::event::{EventPayload, StewardAction};
 use idledger_domain::exception::{Closing, ExceptionEvent};
-use idledger_domain::field::{FieldPath, FieldValue};
-use idledger_domain::ids::{Actor, ActorKind, CustomerId, IdempotencyKey, SourceId};
-use idledger_domain::policy::Policy;
+use idledger_domain::ids::{Actor, ActorKind, CustomerId, IdempotencyKey};
+use idledger_store::ExecuteError;
 use idledger_store::delivery::{
-    ConsumerId, ExceptionKind, ExceptionStatus, NewSyncException, Resolution, SyncException,
+    ExceptionKind, ExceptionStatus, NewSyncException, Resolution, SyncException,
 };
 use idledger_store::model::ExceptionWrite;
-use idledger_store::{ExecuteError, Ledger, LedgerOptions, MasterKey};
-use idledger_testkit::{Engine, TestDb};
+use idledger_testkit::builders::{command, consumer_id, field, new_customer, set, source};
+use idledger_testkit::{Engine, TestDb, TestStore, on_both_engines};
 use serde_json::json;
 
 struct Setup {
-    db: TestDb,
+    store: TestStore,
     app: App,
     customer: CustomerId,
     exception: SyncException,
 }
 
 async fn setup(engine: Engine) -> Setup {
-    let db = TestDb::new(engine).await;
-    let store = db.store().await;
-    let ledger = Ledger::new(
-        &store,
-        MasterKey::generate(),
-        Policy::default_policy().unwrap(),
-        LedgerOptions::default(),
+    let store = TestStore::new(engine).await;
+    let app = App::new(store.ledger.clone());
+    let customer = new_customer();
+    let register = command(
+        customer,
+        "register-1",
+        vec![Change::Register, set("name.given", json!("Ann"))],
     );
-    let app = App::new(ledger);
-    let customer = CustomerId::generate();
-    let given = FieldPath::parse("name.given").unwrap();
-    let register = Command {
-        customer_id: customer,
-        idempotency_key: IdempotencyKey::parse("register-1").unwrap(),
-        provenance: ProvenanceInput {
-            actor: Actor::new(ActorKind::System, "sync-job").unwrap(),
-            on_behalf_of: None,
-            evidence: None,
-            observed_at: None,
-            correlation_id: None,
-            causation_id: None,
-            reason: None,
-        },
-        changes: vec![
-            Change::Register,
-            Change::SetField {
-                value: FieldValue::parse(&given, &json!("Ann")).unwrap(),
-                field: given.clone(),
-                expected_version: None,
-            },
-        ],
-        expected_stream_version: None,
-    };
-    app.run_command(
-        &Principal::Source(SourceId::parse("idp").unwrap()),
-        &register,
-    )
-    .await
-    .unwrap();
+    app.run_command(&source("idp"), &register).await.unwrap();
     let exception = app
         .deliveries()
         .open_exception(
             &NewSyncException::about_consumer(
                 ExceptionKind::Divergent,
-                &ConsumerId::parse("crm").unwrap(),
+                &consumer_id("crm"),
                 customer,
-                Some(given),
+                Some(field("name.given")),
                 json!({"record_version": 1}),
                 Utc::now(),
             )
@@ -82,7 +51,7 @@ async fn setup(engine: Engine) -> Setup {
         .await
         .unwrap();
     Setup {
-        db,
+        store,
         app,
         customer,
         exception,
@@ -148,7 +117,7 @@ async fn a_failing_exception_update_records_no_command(engine: Engine) {
     let s = setup(engine).await;
     let steward = Steward::new("jane").unwrap();
     let version = stream_version(&s.app, s.customer).await;
-    break_exception_updates(&s.db).await;
+    break_exception_updates(&s.store.db).await;
 
     let refused = s.app.act(&steward, s.exception.id, &dismiss()).await;
     assert!(
@@ -166,8 +135,8 @@ async fn a_failing_exception_update_records_no_command(engine: Engine) {
 
     // Once updates work again the same action records both, at once.
     match engine {
-        Engine::Postgres => mend_exception_updates(&s.db).await,
-        Engine::Sqlite => s.db.exec("DROP TRIGGER refuse_update").await,
+        Engine::Postgres => mend_exception_updates(&s.store.db).await,
+        Engine::Sqlite => s.store.db.exec("DROP TRIGGER refuse_update").await,
     }
     let done = s
         .app
@@ -264,20 +233,7 @@ async fn a_command_with_a_closed_exception_is_not_recorded(engine: Engine) {
     assert_eq!(stream_version(&s.app, s.customer).await, version);
 }
 
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {$(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Engine::Postgres).await }
-        )*}
-        mod sqlite {$(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Engine::Sqlite).await }
-        )*}
-    };
-}
-
-both_engines!(
+on_both_engines!(
     a_failing_exception_update_records_no_command,
     a_command_with_a_closed_exception_is_not_recorded,
 );

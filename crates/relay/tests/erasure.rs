@@ -15,15 +15,7 @@ use idledger_relay::envelope::{
 use idledger_store::delivery::{Channel, ExceptionFilter, HandoffFilter, HandoffKind, Relation};
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_erasure_brings_one_notice_and_nothing_of_the_customer() {
-    erasure_brings_one_notice_and_nothing_of_the_customer(Engine::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_erasure_brings_one_notice_and_nothing_of_the_customer() {
-    erasure_brings_one_notice_and_nothing_of_the_customer(Engine::Sqlite).await;
-}
+on_both_engines!(erasure_brings_one_notice_and_nothing_of_the_customer);
 
 fn of(events: &[CloudEvent], customer: CustomerId) -> Vec<String> {
     events

@@ -17,15 +17,7 @@ use idledger_store::delivery::{Channel, ConsumerId, HandoffFilter};
 use idledger_store::model::LogEntry;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_every_event_arrives_in_order_per_customer_under_concurrent_writers() {
-    every_event_arrives_in_order_per_customer(Engine::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_every_event_arrives_in_order_per_customer_under_concurrent_writers() {
-    every_event_arrives_in_order_per_customer(Engine::Sqlite).await;
-}
+on_both_engines!(every_event_arrives_in_order_per_customer_under_concurrent_writers);
 
 /// The ids of the log's value changes of `fields`, per customer in log order.
 async fn expected_changes(ledger: &Ledger, fields: &[&str]) -> BTreeMap<String, Vec<String>> {
@@ -115,7 +107,7 @@ async fn write_concurrently(
     }
 }
 
-async fn every_event_arrives_in_order_per_customer(engine: Engine) {
+async fn every_event_arrives_in_order_per_customer_under_concurrent_writers(engine: Engine) {
     let url = shared_nats().await;
     let store = TestStore::new(engine).await;
     let nats = unique_nats(&url);
@@ -353,7 +345,7 @@ async fn database_connections_cut_under_load_lose_and_reorder_nothing() {
                 for (i, c) in customers.iter().enumerate() {
                     // The same command (same idempotency key) until it is answered: a cut
                     // connection may have lost the answer, not the write.
-                    let cmd = command(*c, vec![set("email", email(round * 100 + i))]);
+                    let cmd = fresh_command(*c, vec![set("email", email(round * 100 + i))]);
                     let mut tries = 0;
                     while let Err(e) = ledger.execute(&source("idp"), &cmd).await {
                         tries += 1;

@@ -15,15 +15,7 @@ use idledger_relay::envelope::{
 use idledger_store::delivery::{Channel, HandoffFilter, HandoffKind};
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_purpose_limitation_withdrawal_and_resume() {
-    purpose_limitation_withdrawal_and_resume(Engine::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_purpose_limitation_withdrawal_and_resume() {
-    purpose_limitation_withdrawal_and_resume(Engine::Sqlite).await;
-}
+on_both_engines!(purpose_limitation_withdrawal_and_resume);
 
 fn of(events: &[CloudEvent], customer: CustomerId) -> Vec<(String, Option<String>)> {
     events

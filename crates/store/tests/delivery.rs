@@ -1,5 +1,15 @@
-//! Delivery bookkeeping on every backend: the consumer registry, checkpoints, the handoff log,
+//! Delivery bookkeeping on both engines: the consumer registry, checkpoints, the handoff log,
 //! acknowledgements as consumer state, and sync exceptions.
+//!
+//! Covers every public method of `Deliveries`:
+//! - [x] registry: `register_consumer`, `consumers`, `consumer`, `disable_consumer`,
+//!   `checkpoint` (`consumers_register_list_and_disable`, `a_checkpoint_never_goes_back`)
+//! - [x] handoffs: `commit` (the checkpoint, relation and handoff tests), `handoffs`,
+//!   `relations`, `relations_since`, `receiving_customers`, `customer_page`
+//! - [x] acks: `record_ack` (the ack tests, erasure, closing exceptions), `consumer_state`,
+//!   `consumer_state_of`
+//! - [x] exceptions: `open_exception`, `exceptions`, `exception`, `close_exception`,
+//!   `close_exceptions_where`, `note_exception_action`, `open_exceptions_of`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -8,67 +18,42 @@ use chrono::Utc;
 use idledger_domain::ids::{CustomerId, EventId, Purpose};
 use idledger_domain::state::ConsentStatus;
 use idledger_store::delivery::{
-    Ack, AckOutcome, AckStatus, Channel, ChannelKind, ConsentBasis, ConsumerId, DeliveryCommit,
-    ExceptionFilter, ExceptionKind, FieldSelector, Handoff, HandoffFilter, HandoffKind,
-    NewConsumer, NewSyncException, RegisterError, Relation, StartAt, ValueHash, Webhook,
-    WebhookSecret,
+    AUTO_RESOLVER, Ack, AckOutcome, AckStatus, Channel, ChannelKind, Closing, ConsentBasis,
+    DeliveryCommit, ExceptionFilter, ExceptionKind, ExceptionStatus, Handoff, HandoffFilter,
+    HandoffKind, NewConsumer, NewSyncException, RegisterError, Relation, Resolution, StartAt,
+    ValueHash, Webhook, WebhookSecret,
 };
+use idledger_store::model::truncate_to_micros;
 use idledger_store::{Deliveries, Ledger};
 use serde_json::json;
 use support::*;
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Engine::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Engine::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
-
-on_every_backend!(
+on_both_engines!(
     consumers_register_list_and_disable,
-    commits_log_handoffs_once_and_checkpoints_never_go_back,
+    a_checkpoint_never_goes_back,
+    the_last_relation_of_a_commit_wins,
+    handoffs_of_a_customer_are_paged_in_log_order_across_consumers,
+    a_redelivered_handoff_is_logged_once,
     acks_become_consumer_state_newest_version_wins,
+    a_later_ack_of_the_same_version_may_change_its_status,
+    acks_that_match_nothing_delivered_are_refused_and_change_nothing,
     erasure_removes_consumer_state_and_refuses_acks,
     one_open_exception_per_consumer_customer_field_and_kind,
+    relations_are_read_with_their_time_for_the_customers_asked,
+    receiving_customers_are_paged_in_id_order,
+    the_customer_page_lists_unerased_records_in_id_order,
+    consumer_state_is_read_for_the_customers_asked,
+    an_applied_ack_holding_the_records_value_closes_its_exceptions,
+    an_exception_is_read_by_id,
+    an_exception_closes_once,
+    exceptions_close_where_consumer_customer_field_and_kind_match,
+    a_steward_action_is_noted_on_open_exceptions_only,
+    open_exceptions_are_read_for_customers_and_kinds,
+    exceptions_are_filtered_by_each_criterion_and_limited,
 );
 
-fn id(s: &str) -> ConsumerId {
-    ConsumerId::parse(s).unwrap()
-}
-
-fn purposes(list: &[&str]) -> Vec<Purpose> {
-    list.iter().map(|p| Purpose::parse(p).unwrap()).collect()
-}
-
-fn selectors(list: &[&str]) -> Vec<FieldSelector> {
-    list.iter()
-        .map(|s| FieldSelector::parse(s).unwrap())
-        .collect()
-}
-
 async fn nats_consumer(deliveries: &Deliveries, name: &str) {
-    let new = NewConsumer::new(
-        id(name),
-        Channel::Nats,
-        selectors(&["email"]),
-        purposes(&["crm"]),
-        StartAt::Beginning,
-    )
-    .unwrap();
+    let new = consumer(name, Channel::Nats, &["email"], &["crm"]);
     deliveries.register_consumer(new, Utc::now()).await.unwrap();
 }
 
@@ -98,7 +83,7 @@ async fn consumers_register_list_and_disable(engine: Engine) {
     customer_with_email(&store.ledger).await;
     let secret = WebhookSecret::parse("s3cret-s3cret-s3cret").unwrap();
     let webhook = NewConsumer::new(
-        id("cdp"),
+        consumer_id("cdp"),
         Channel::Webhook(Webhook::new("https://cdp.example/hook", secret.clone()).unwrap()),
         selectors(&["email", "consent.*", "email"]),
         purposes(&["analytics", "marketing"]),
@@ -120,7 +105,11 @@ async fn consumers_register_list_and_disable(engine: Engine) {
         all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         ["cdp", "crm"]
     );
-    let cdp = deliveries.consumer(&id("cdp")).await.unwrap().unwrap();
+    let cdp = deliveries
+        .consumer(&consumer_id("cdp"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(cdp, registered, "reads back exactly what was registered");
     let Channel::Webhook(w) = &cdp.channel else {
         panic!("not a webhook: {cdp:?}")
@@ -129,28 +118,68 @@ async fn consumers_register_list_and_disable(engine: Engine) {
     assert!(cdp.selects(&field("consent.marketing")) && !cdp.selects(&field("phone")));
     // "now" starts after what is already in the log; "beginning" before it.
     let head = store.ledger.head_position().await.unwrap();
-    assert_eq!(deliveries.checkpoint(&id("cdp")).await.unwrap(), Some(head));
-    assert_eq!(deliveries.checkpoint(&id("crm")).await.unwrap(), Some(0));
+    assert_eq!(
+        deliveries.checkpoint(&consumer_id("cdp")).await.unwrap(),
+        Some(head)
+    );
+    assert_eq!(
+        deliveries.checkpoint(&consumer_id("crm")).await.unwrap(),
+        Some(0)
+    );
     assert!(
         deliveries
-            .disable_consumer(&id("crm"), Utc::now())
+            .disable_consumer(&consumer_id("crm"), Utc::now())
             .await
             .unwrap()
     );
     assert!(
         !deliveries
-            .disable_consumer(&id("nobody"), Utc::now())
+            .disable_consumer(&consumer_id("nobody"), Utc::now())
             .await
             .unwrap()
     );
-    let crm = deliveries.consumer(&id("crm")).await.unwrap().unwrap();
+    let crm = deliveries
+        .consumer(&consumer_id("crm"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!crm.is_enabled());
-    assert!(deliveries.consumer(&id("nobody")).await.unwrap().is_none());
+    // Disabling again keeps the first time (and says the consumer exists).
+    let later = Utc::now() + chrono::Duration::hours(1);
+    assert!(
+        deliveries
+            .disable_consumer(&consumer_id("crm"), later)
+            .await
+            .unwrap()
+    );
+    let again = deliveries
+        .consumer(&consumer_id("crm"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.disabled_at, crm.disabled_at);
+    assert!(again.disabled_at.is_some_and(|at| at < later));
+    assert_eq!(
+        deliveries.checkpoint(&consumer_id("crm")).await.unwrap(),
+        Some(0),
+        "a disabled consumer keeps its checkpoint"
+    );
+    assert_eq!(
+        deliveries.checkpoint(&consumer_id("nobody")).await.unwrap(),
+        None
+    );
+    assert!(
+        deliveries
+            .consumer(&consumer_id("nobody"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 fn handoff(consumer: &str, customer: CustomerId, event: EventId, position: u64) -> Handoff {
     Handoff {
-        consumer_id: id(consumer),
+        consumer_id: consumer_id(consumer),
         message_id: event.as_uuid(),
         kind: HandoffKind::Change,
         event_id: event,
@@ -172,7 +201,18 @@ fn handoff(consumer: &str, customer: CustomerId, event: EventId, position: u64) 
     }
 }
 
-async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine) {
+/// crm is sent three messages (relations to a and b changing on the way) with checkpoint 3,
+/// then the same again with checkpoint 2 (a re-delivery after a crash); cdp is sent one with no
+/// checkpoint.
+struct Committed {
+    store: TestStore,
+    a: CustomerId,
+    b: CustomerId,
+    events: Vec<EventId>,
+    first: [Handoff; 3],
+}
+
+async fn committed(engine: Engine) -> Committed {
     let store = TestStore::new(engine).await;
     let deliveries = store.ledger.store().deliveries();
     nats_consumer(&deliveries, "crm").await;
@@ -187,7 +227,7 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
         handoff("crm", b, events[1], 2),
         handoff("crm", a, events[2], 3),
     ];
-    let crm = id("crm");
+    let crm = consumer_id("crm");
     let commit = DeliveryCommit {
         consumer: &crm,
         handoffs: &first,
@@ -207,8 +247,7 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
         ..commit.clone()
     };
     deliveries.commit(&again).await.unwrap();
-    assert_eq!(deliveries.checkpoint(&crm).await.unwrap(), Some(3));
-    let cdp = id("cdp");
+    let cdp = consumer_id("cdp");
     deliveries
         .commit(&DeliveryCommit {
             consumer: &cdp,
@@ -219,7 +258,28 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
         })
         .await
         .unwrap();
+    Committed {
+        store,
+        a,
+        b,
+        events,
+        first,
+    }
+}
+
+async fn a_checkpoint_never_goes_back(engine: Engine) {
+    let Committed { store, .. } = committed(engine).await;
+    let deliveries = &store.deliveries;
+    let (crm, cdp) = (consumer_id("crm"), consumer_id("cdp"));
+    assert_eq!(deliveries.checkpoint(&crm).await.unwrap(), Some(3));
+    // A commit without a checkpoint leaves it where it was.
     assert_eq!(deliveries.checkpoint(&cdp).await.unwrap(), Some(0));
+}
+
+async fn the_last_relation_of_a_commit_wins(engine: Engine) {
+    let Committed { store, a, b, .. } = committed(engine).await;
+    let deliveries = &store.deliveries;
+    let crm = consumer_id("crm");
     let relations = deliveries
         .relations(&crm, &[a, b, new_customer()])
         .await
@@ -238,6 +298,17 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
             .unwrap(),
         vec![b]
     );
+}
+
+async fn handoffs_of_a_customer_are_paged_in_log_order_across_consumers(engine: Engine) {
+    let Committed {
+        store,
+        a,
+        events,
+        first,
+        ..
+    } = committed(engine).await;
+    let deliveries = &store.deliveries;
     // By customer: both consumers, in log order, paged.
     let page = deliveries
         .handoffs(&HandoffFilter::Customer(a), None, 2)
@@ -268,6 +339,12 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
         page.items[0].handoff, first[0],
         "reads back what was logged"
     );
+}
+
+async fn a_redelivered_handoff_is_logged_once(engine: Engine) {
+    let Committed { store, .. } = committed(engine).await;
+    let deliveries = &store.deliveries;
+    let crm = consumer_id("crm");
     let by_crm = deliveries
         .handoffs(&HandoffFilter::Consumer(crm.clone()), None, 100)
         .await
@@ -275,24 +352,53 @@ async fn commits_log_handoffs_once_and_checkpoints_never_go_back(engine: Engine)
     assert_eq!(by_crm.items.len(), 3, "a re-delivery is logged once");
 }
 
-async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
+/// crm is registered and a customer has one `email` event; `ack` builds crm's ack of it.
+struct AckSetup {
+    store: TestStore,
+    customer: CustomerId,
+    event: EventId,
+    hash: ValueHash,
+}
+
+impl AckSetup {
+    fn ack(&self, version: u64, status: AckStatus, reason: Option<&str>) -> Ack {
+        Ack {
+            consumer_id: consumer_id("crm"),
+            event_id: self.event,
+            customer_id: self.customer,
+            field: field("email"),
+            version,
+            value_hash: Some(self.hash.clone()),
+            status,
+            reason: reason.map(str::to_owned),
+            acked_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),
+        }
+    }
+}
+
+async fn ack_setup(engine: Engine) -> AckSetup {
     let store = TestStore::new(engine).await;
-    let deliveries = store.ledger.store().deliveries();
-    nats_consumer(&deliveries, "crm").await;
+    nats_consumer(&store.deliveries, "crm").await;
     let (customer, event) = customer_with_email(&store.ledger).await;
     let hash = ValueHash::parse(&format!("sha256:{}", "AB".repeat(32))).unwrap();
     assert_eq!(hash.as_str(), format!("sha256:{}", "ab".repeat(32)));
-    let ack = |version: u64, status: AckStatus, reason: Option<&str>| Ack {
-        consumer_id: id("crm"),
-        event_id: event,
-        customer_id: customer,
-        field: field("email"),
-        version,
-        value_hash: Some(hash.clone()),
-        status,
-        reason: reason.map(str::to_owned),
-        acked_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),
-    };
+    AckSetup {
+        store,
+        customer,
+        event,
+        hash,
+    }
+}
+
+async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
+    let setup = ack_setup(engine).await;
+    let (deliveries, customer, event, hash) = (
+        &setup.store.deliveries,
+        setup.customer,
+        setup.event,
+        &setup.hash,
+    );
+    let ack = |version, status, reason| setup.ack(version, status, reason);
     assert_eq!(
         deliveries
             .record_ack(&ack(2, AckStatus::Applied, None))
@@ -308,7 +414,7 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
         AckOutcome::Superseded { stored_version: 2 }
     );
     let state = deliveries
-        .consumer_state(&id("crm"), Some(customer))
+        .consumer_state(&consumer_id("crm"), Some(customer))
         .await
         .unwrap();
     assert_eq!(state.len(), 1);
@@ -321,6 +427,19 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
         (2, AckStatus::Applied, Some(hash.as_str()))
     );
     assert_eq!(state[0].event_id, event);
+}
+
+async fn a_later_ack_of_the_same_version_may_change_its_status(engine: Engine) {
+    let setup = ack_setup(engine).await;
+    let deliveries = &setup.store.deliveries;
+    let ack = |version, status, reason| setup.ack(version, status, reason);
+    assert_eq!(
+        deliveries
+            .record_ack(&ack(2, AckStatus::Applied, None))
+            .await
+            .unwrap(),
+        AckOutcome::Recorded
+    );
     // The same version again may change its status (e.g. a retry that now applies).
     assert_eq!(
         deliveries
@@ -329,15 +448,31 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
             .unwrap(),
         AckOutcome::Recorded
     );
-    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
+    let state = deliveries
+        .consumer_state(&consumer_id("crm"), None)
+        .await
+        .unwrap();
     assert_eq!(
         (state[0].status, state[0].reason.as_deref()),
         (AckStatus::Rejected, Some("format"))
     );
+}
+
+async fn acks_that_match_nothing_delivered_are_refused_and_change_nothing(engine: Engine) {
+    let setup = ack_setup(engine).await;
+    let deliveries = &setup.store.deliveries;
+    let ack = |version, status, reason| setup.ack(version, status, reason);
+    assert_eq!(
+        deliveries
+            .record_ack(&ack(2, AckStatus::Applied, None))
+            .await
+            .unwrap(),
+        AckOutcome::Recorded
+    );
     // Acks that match nothing we delivered are refused and change nothing.
     let invalid = [
         Ack {
-            consumer_id: id("nobody"),
+            consumer_id: consumer_id("nobody"),
             ..ack(3, AckStatus::Applied, None)
         },
         Ack {
@@ -362,7 +497,10 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
             "{bad:?}: {outcome:?}"
         );
     }
-    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
+    let state = deliveries
+        .consumer_state(&consumer_id("crm"), None)
+        .await
+        .unwrap();
     assert_eq!(state[0].version, 2);
 }
 
@@ -373,7 +511,7 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
     let (erased, erased_event) = customer_with_email(&store.ledger).await;
     let (kept, kept_event) = customer_with_email(&store.ledger).await;
     let ack = |customer: CustomerId, event: EventId| Ack {
-        consumer_id: id("crm"),
+        consumer_id: consumer_id("crm"),
         event_id: event,
         customer_id: customer,
         field: field("email"),
@@ -389,19 +527,12 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
             AckOutcome::Recorded
         );
     }
-    store
-        .ledger
-        .erase(
-            erased,
-            &idledger_domain::ids::SourceId::parse("admin").unwrap(),
-            idledger_domain::ids::Actor::new(idledger_domain::ids::ActorKind::Agent, "dpo")
-                .unwrap(),
-            "subject's request",
-        )
+    erase(&store.ledger, erased).await;
+    // A value hash is a digest of personal data: what consumers acked of the customer goes.
+    let state = deliveries
+        .consumer_state(&consumer_id("crm"), None)
         .await
         .unwrap();
-    // A value hash is a digest of personal data: what consumers acked of the customer goes.
-    let state = deliveries.consumer_state(&id("crm"), None).await.unwrap();
     assert_eq!(
         state.iter().map(|s| s.customer_id).collect::<Vec<_>>(),
         [kept]
@@ -416,7 +547,7 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
     );
     assert!(
         deliveries
-            .consumer_state(&id("crm"), Some(erased))
+            .consumer_state(&consumer_id("crm"), Some(erased))
             .await
             .unwrap()
             .is_empty()
@@ -432,7 +563,7 @@ async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine)
     let open = |customer: CustomerId, path: &str, attempt: u32| {
         NewSyncException::about_consumer(
             ExceptionKind::WebhookRejected,
-            &id("crm"),
+            &consumer_id("crm"),
             customer,
             Some(field(path)),
             json!({"status": 422, "attempt": attempt}),
@@ -494,4 +625,763 @@ async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine)
         .unwrap();
     assert_eq!(after_first.len(), 2);
     assert_eq!(of_a[0].field.as_deref(), Some("email"));
+}
+
+// ---- relations, receiving customers and the customer page ----
+
+fn commit<'a>(
+    consumer: &'a idledger_store::delivery::ConsumerId,
+    relations: &'a [(CustomerId, Relation)],
+    at: chrono::DateTime<Utc>,
+) -> DeliveryCommit<'a> {
+    DeliveryCommit {
+        consumer,
+        handoffs: &[],
+        relations,
+        checkpoint: None,
+        at: truncate_to_micros(at),
+    }
+}
+
+async fn relations_are_read_with_their_time_for_the_customers_asked(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    nats_consumer(deliveries, "crm").await;
+    nats_consumer(deliveries, "cdp").await;
+    let (crm, cdp) = (consumer_id("crm"), consumer_id("cdp"));
+    let (a, b, unknown) = (new_customer(), new_customer(), new_customer());
+    assert!(
+        deliveries
+            .relations_since(&crm, &[a.as_uuid()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let t1 = truncate_to_micros(Utc::now() - chrono::Duration::minutes(5));
+    let t2 = truncate_to_micros(Utc::now());
+    let both = [(a, Relation::Receiving), (b, Relation::Receiving)];
+    deliveries.commit(&commit(&crm, &both, t1)).await.unwrap();
+    let withdrawn = [(b, Relation::Withdrawn)];
+    deliveries
+        .commit(&commit(&crm, &withdrawn, t2))
+        .await
+        .unwrap();
+    let other = [(a, Relation::Withdrawn)];
+    deliveries.commit(&commit(&cdp, &other, t2)).await.unwrap();
+    // Each customer once, whatever the repeats asked; those without a relation left out.
+    let asked = [a.as_uuid(), b.as_uuid(), a.as_uuid(), unknown.as_uuid()];
+    let mut got = deliveries.relations_since(&crm, &asked).await.unwrap();
+    got.sort_by_key(|(c, _, _)| *c);
+    let mut expected = vec![
+        (a.as_uuid(), Relation::Receiving, t1),
+        (b.as_uuid(), Relation::Withdrawn, t2),
+    ];
+    expected.sort_by_key(|(c, _, _)| *c);
+    assert_eq!(
+        got, expected,
+        "the consumer's own relations, and since when"
+    );
+    assert!(
+        deliveries
+            .relations_since(&crm, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        deliveries
+            .relations_since(&cdp, &[a.as_uuid(), b.as_uuid()])
+            .await
+            .unwrap(),
+        [(a.as_uuid(), Relation::Withdrawn, t2)]
+    );
+    // More customers than one statement binds: the last one is found too.
+    let mut many: Vec<uuid::Uuid> = (0..60_000).map(|_| uuid::Uuid::now_v7()).collect();
+    many.push(b.as_uuid());
+    assert_eq!(
+        deliveries.relations_since(&crm, &many).await.unwrap(),
+        [(b.as_uuid(), Relation::Withdrawn, t2)]
+    );
+}
+
+async fn receiving_customers_are_paged_in_id_order(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    nats_consumer(deliveries, "crm").await;
+    nats_consumer(deliveries, "cdp").await;
+    let (crm, cdp) = (consumer_id("crm"), consumer_id("cdp"));
+    assert!(
+        deliveries
+            .receiving_customers(&crm, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut customers: Vec<CustomerId> = (0..5).map(|_| new_customer()).collect();
+    let withdrawn = customers.pop().unwrap();
+    let mut relations: Vec<(CustomerId, Relation)> = customers
+        .iter()
+        .map(|c| (*c, Relation::Receiving))
+        .collect();
+    relations.push((withdrawn, Relation::Withdrawn));
+    deliveries
+        .commit(&commit(&crm, &relations, Utc::now()))
+        .await
+        .unwrap();
+    let only_cdp = [(new_customer(), Relation::Receiving)];
+    deliveries
+        .commit(&commit(&cdp, &only_cdp, Utc::now()))
+        .await
+        .unwrap();
+    customers.sort_by_key(|c| c.as_uuid());
+    assert_eq!(
+        deliveries
+            .receiving_customers(&crm, None, 10)
+            .await
+            .unwrap(),
+        customers
+    );
+    let first = deliveries.receiving_customers(&crm, None, 3).await.unwrap();
+    assert_eq!(first, customers[..3]);
+    let rest = deliveries
+        .receiving_customers(&crm, first.last().copied(), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest, customers[3..]);
+    assert!(
+        deliveries
+            .receiving_customers(&crm, customers.last().copied(), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        deliveries.receiving_customers(&crm, None, 0).await.unwrap(),
+        customers[..1],
+        "a limit of 0 still returns one"
+    );
+}
+
+async fn the_customer_page_lists_unerased_records_in_id_order(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    assert!(deliveries.customer_page(None, 10).await.unwrap().is_empty());
+    let mut customers = Vec::new();
+    for _ in 0..5 {
+        customers.push(customer_with_email(&store.ledger).await.0);
+    }
+    let erased = customers.remove(2);
+    erase(&store.ledger, erased).await;
+    // Refused commands leave no record behind.
+    let refused = store
+        .ledger
+        .execute(
+            &source("crm"),
+            &command(new_customer(), "x", vec![set("name.given", json!("Ada"))]),
+        )
+        .await;
+    assert!(refused.is_err());
+    let mut ids: Vec<uuid::Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
+    ids.sort();
+    assert_eq!(deliveries.customer_page(None, 10).await.unwrap(), ids);
+    let first = deliveries.customer_page(None, 3).await.unwrap();
+    assert_eq!(first, ids[..3]);
+    let rest = deliveries
+        .customer_page(first.last().copied(), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest, ids[3..]);
+    assert!(
+        deliveries
+            .customer_page(ids.last().copied(), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(deliveries.customer_page(None, 0).await.unwrap(), ids[..1]);
+}
+
+// ---- consumer state ----
+
+fn applied(consumer: &str, customer: CustomerId, event: EventId, hash: &str) -> Ack {
+    Ack {
+        consumer_id: consumer_id(consumer),
+        event_id: event,
+        customer_id: customer,
+        field: field("email"),
+        version: 1,
+        value_hash: Some(ValueHash::parse(hash).unwrap()),
+        status: AckStatus::Applied,
+        reason: None,
+        acked_at: truncate_to_micros(Utc::now()),
+    }
+}
+
+async fn consumer_state_is_read_for_the_customers_asked(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    nats_consumer(deliveries, "crm").await;
+    nats_consumer(deliveries, "cdp").await;
+    let crm = consumer_id("crm");
+    let (a, a_event) = customer_with_email(&store.ledger).await;
+    let (b, b_event) = customer_with_email(&store.ledger).await;
+    let (c, c_event) = customer_with_email(&store.ledger).await;
+    let hash = format!("sha256:{}", "ab".repeat(32));
+    assert!(
+        deliveries
+            .consumer_state_of(&crm, &[a.as_uuid()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let acks = [
+        applied("crm", a, a_event, &hash),
+        applied("crm", b, b_event, &hash),
+        applied("cdp", c, c_event, &hash),
+    ];
+    for ack in &acks {
+        assert_eq!(
+            deliveries.record_ack(ack).await.unwrap(),
+            AckOutcome::Recorded
+        );
+    }
+    let got = deliveries
+        .consumer_state_of(&crm, &[b.as_uuid(), c.as_uuid(), new_customer().as_uuid()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let state = &got[0];
+    assert_eq!(
+        (
+            &state.consumer_id,
+            state.customer_id,
+            state.field.as_str(),
+            state.event_id,
+            state.version,
+            state.value_hash.as_deref(),
+            state.status,
+            state.acked_at,
+        ),
+        (
+            &crm,
+            b,
+            "email",
+            b_event,
+            1,
+            Some(hash.as_str()),
+            AckStatus::Applied,
+            acks[1].acked_at
+        )
+    );
+    assert!(
+        deliveries
+            .consumer_state_of(&crm, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // More customers than one statement binds: the last one is found too.
+    let mut many: Vec<uuid::Uuid> = (0..60_000).map(|_| uuid::Uuid::now_v7()).collect();
+    many.push(a.as_uuid());
+    let got = deliveries.consumer_state_of(&crm, &many).await.unwrap();
+    assert_eq!(got.iter().map(|s| s.customer_id).collect::<Vec<_>>(), [a]);
+}
+
+async fn an_applied_ack_holding_the_records_value_closes_its_exceptions(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    nats_consumer(deliveries, "crm").await;
+    let (c, event) = customer_with_email(&store.ledger).await;
+    let record_hash =
+        idledger_domain::FieldValue::parse(&field("email"), &json!("ada@example.org"))
+            .unwrap()
+            .digest();
+    let mut opened = Vec::new();
+    for kind in [
+        ExceptionKind::Divergent,
+        ExceptionKind::Stale,
+        ExceptionKind::Proposal,
+    ] {
+        opened.push(
+            deliveries
+                .open_exception(&new_exception("crm", c, Some("email"), kind))
+                .await
+                .unwrap(),
+        );
+    }
+    // Another value: nothing closes.
+    let other = format!("sha256:{}", "cd".repeat(32));
+    deliveries
+        .record_ack(&applied("crm", c, event, &other))
+        .await
+        .unwrap();
+    for e in &opened {
+        assert_eq!(
+            deliveries.exception(e.id).await.unwrap().unwrap().status,
+            ExceptionStatus::Open
+        );
+    }
+    // The record's value: the field's drift exceptions close by themselves, a proposal stays.
+    assert_eq!(
+        deliveries
+            .record_ack(&applied("crm", c, event, &record_hash))
+            .await
+            .unwrap(),
+        AckOutcome::Recorded
+    );
+    let after: Vec<_> = {
+        let mut v = Vec::new();
+        for e in &opened {
+            v.push(deliveries.exception(e.id).await.unwrap().unwrap());
+        }
+        v
+    };
+    for closed in &after[..2] {
+        assert_eq!(
+            (
+                closed.status,
+                closed.resolution,
+                closed.resolved_by.as_deref()
+            ),
+            (
+                ExceptionStatus::Resolved,
+                Some(Resolution::Auto),
+                Some(AUTO_RESOLVER)
+            ),
+            "{closed:?}"
+        );
+    }
+    assert_eq!(after[2].status, ExceptionStatus::Open);
+}
+
+// ---- sync exceptions ----
+
+fn new_exception(
+    consumer: &str,
+    customer: CustomerId,
+    path: Option<&str>,
+    kind: ExceptionKind,
+) -> NewSyncException {
+    let at = truncate_to_micros(Utc::now());
+    let detail = json!({"record_version": 1});
+    if kind.about_source() {
+        let source = idledger_domain::ids::SourceId::parse(consumer).unwrap();
+        NewSyncException::about_source(kind, &source, customer, path.map(field), detail, at)
+    } else {
+        NewSyncException::about_consumer(
+            kind,
+            &consumer_id(consumer),
+            customer,
+            path.map(field),
+            detail,
+            at,
+        )
+    }
+    .unwrap()
+}
+
+fn closing(resolution: Resolution, note: &str) -> Closing {
+    Closing {
+        by: "steward@idledger.example".to_owned(),
+        resolution,
+        note: note.to_owned(),
+        at: truncate_to_micros(Utc::now()),
+    }
+}
+
+async fn an_exception_is_read_by_id(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    assert_eq!(
+        deliveries.exception(uuid::Uuid::now_v7()).await.unwrap(),
+        None
+    );
+    let c = new_customer();
+    let opened = deliveries
+        .open_exception(&new_exception(
+            "crm",
+            c,
+            None,
+            ExceptionKind::WithdrawalUnconfirmed,
+        ))
+        .await
+        .unwrap();
+    let read = deliveries.exception(opened.id).await.unwrap().unwrap();
+    assert_eq!(read, opened);
+    assert_eq!(
+        (
+            read.field,
+            read.occurrences,
+            read.resolved_at,
+            read.last_action
+        ),
+        (None, 1, None, None),
+        "about the customer as a whole"
+    );
+}
+
+async fn an_exception_closes_once(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    let c = new_customer();
+    let new = new_exception("crm", c, Some("email"), ExceptionKind::Divergent);
+    let opened = deliveries.open_exception(&new).await.unwrap();
+    let dismiss = closing(Resolution::Dismissed, "the consumer's copy is right");
+    let closed = deliveries
+        .close_exception(opened.id, &dismiss)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            closed.status,
+            closed.resolution,
+            closed.resolved_by.as_deref(),
+            closed.resolution_note.as_deref(),
+            closed.resolved_at,
+            closed.updated_at,
+        ),
+        (
+            ExceptionStatus::Dismissed,
+            Some(Resolution::Dismissed),
+            Some("steward@idledger.example"),
+            Some("the consumer's copy is right"),
+            Some(dismiss.at),
+            dismiss.at,
+        )
+    );
+    assert_eq!(
+        deliveries.exception(opened.id).await.unwrap(),
+        Some(closed.clone())
+    );
+    // A second closing finds nothing open, and changes nothing.
+    let accept = closing(Resolution::Accepted, "too late");
+    assert_eq!(
+        deliveries
+            .close_exception(opened.id, &accept)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(deliveries.exception(opened.id).await.unwrap(), Some(closed));
+    assert_eq!(
+        deliveries
+            .close_exception(uuid::Uuid::now_v7(), &accept)
+            .await
+            .unwrap(),
+        None
+    );
+    // Accepted ends resolved; the same problem again opens a new exception.
+    let again = deliveries.open_exception(&new).await.unwrap();
+    assert_ne!(again.id, opened.id);
+    assert_eq!(again.occurrences, 1);
+    let accepted = deliveries
+        .close_exception(again.id, &accept)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(accepted.status, ExceptionStatus::Resolved);
+}
+
+async fn exceptions_close_where_consumer_customer_field_and_kind_match(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    let (a, b) = (new_customer(), new_customer());
+    let mut open = Vec::new();
+    for (consumer, customer, path, kind) in [
+        ("crm", a, Some("email"), ExceptionKind::Divergent),
+        ("crm", a, Some("email"), ExceptionKind::Stale),
+        ("crm", a, Some("email"), ExceptionKind::Proposal),
+        ("crm", a, Some("phone"), ExceptionKind::Divergent),
+        ("crm", b, Some("email"), ExceptionKind::Divergent),
+        ("cdp", a, Some("email"), ExceptionKind::Divergent),
+        ("crm", a, None, ExceptionKind::WithdrawalUnconfirmed),
+    ] {
+        open.push(
+            deliveries
+                .open_exception(&new_exception(consumer, customer, path, kind))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let auto = closing(Resolution::Auto, "the cause went away");
+    let crm = consumer_id("crm");
+    let mut closed = deliveries
+        .close_exceptions_where(
+            &crm,
+            a,
+            Some(&field("email")),
+            &[ExceptionKind::Divergent, ExceptionKind::Stale],
+            &auto,
+        )
+        .await
+        .unwrap();
+    closed.sort();
+    assert_eq!(closed, open[..2]);
+    // Closed ones are not closed again.
+    assert!(
+        deliveries
+            .close_exceptions_where(&crm, a, Some(&field("email")), &ExceptionKind::ALL, &auto)
+            .await
+            .unwrap()
+            == [open[2]]
+    );
+    // No field: the customer-level ones only.
+    assert_eq!(
+        deliveries
+            .close_exceptions_where(&crm, a, None, &ExceptionKind::ALL, &auto)
+            .await
+            .unwrap(),
+        [open[6]]
+    );
+    let still_open: Vec<uuid::Uuid> = deliveries
+        .exceptions(
+            &ExceptionFilter {
+                open_only: true,
+                ..ExceptionFilter::default()
+            },
+            100,
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(still_open, [open[3], open[4], open[5]]);
+    let first = deliveries.exception(open[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (first.status, first.resolution_note.as_deref()),
+        (ExceptionStatus::Resolved, Some("the cause went away"))
+    );
+}
+
+async fn a_steward_action_is_noted_on_open_exceptions_only(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    let c = new_customer();
+    let opened = deliveries
+        .open_exception(&new_exception(
+            "crm",
+            c,
+            Some("email"),
+            ExceptionKind::Divergent,
+        ))
+        .await
+        .unwrap();
+    let action = json!({"action": "repush", "by": "steward", "event_id": uuid::Uuid::now_v7()});
+    let at = truncate_to_micros(Utc::now() + chrono::Duration::seconds(1));
+    assert!(
+        deliveries
+            .note_exception_action(opened.id, &action, at)
+            .await
+            .unwrap()
+    );
+    let noted = deliveries.exception(opened.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            noted.status,
+            noted.last_action.as_ref(),
+            noted.updated_at,
+            noted.created_at
+        ),
+        (ExceptionStatus::Open, Some(&action), at, opened.created_at)
+    );
+    // The next action replaces it.
+    let next = json!({"action": "repush", "by": "steward-2"});
+    assert!(
+        deliveries
+            .note_exception_action(opened.id, &next, at)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        deliveries
+            .exception(opened.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_action,
+        Some(next.clone())
+    );
+    // Not on a closed exception, nor an unknown one.
+    deliveries
+        .close_exception(opened.id, &closing(Resolution::Dismissed, "fine"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !deliveries
+            .note_exception_action(opened.id, &action, at)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        deliveries
+            .exception(opened.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_action,
+        Some(next)
+    );
+    assert!(
+        !deliveries
+            .note_exception_action(uuid::Uuid::now_v7(), &action, at)
+            .await
+            .unwrap()
+    );
+}
+
+async fn open_exceptions_are_read_for_customers_and_kinds(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    let (a, b, c) = (new_customer(), new_customer(), new_customer());
+    let mut ids = Vec::new();
+    for (consumer, customer, kind) in [
+        ("crm", a, ExceptionKind::Divergent),
+        ("crm", a, ExceptionKind::Proposal),
+        ("crm", b, ExceptionKind::Stale),
+        ("crm", c, ExceptionKind::Divergent),
+        ("cdp", a, ExceptionKind::Divergent),
+    ] {
+        ids.push(
+            deliveries
+                .open_exception(&new_exception(consumer, customer, Some("email"), kind))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    deliveries
+        .close_exception(ids[3], &closing(Resolution::Auto, "gone"))
+        .await
+        .unwrap()
+        .unwrap();
+    let crm = consumer_id("crm");
+    let reconciled = &ExceptionKind::RECONCILED;
+    let of = |list: Vec<idledger_store::delivery::SyncException>| {
+        let mut ids: Vec<uuid::Uuid> = list.iter().map(|e| e.id).collect();
+        ids.sort();
+        ids
+    };
+    let customers = [a.as_uuid(), b.as_uuid(), c.as_uuid()];
+    assert_eq!(
+        of(deliveries
+            .open_exceptions_of(&crm, &customers, reconciled)
+            .await
+            .unwrap()),
+        [ids[0], ids[2]],
+        "open, this consumer's, of these kinds"
+    );
+    assert_eq!(
+        of(deliveries
+            .open_exceptions_of(&crm, &[a.as_uuid()], &[ExceptionKind::Proposal])
+            .await
+            .unwrap()),
+        [ids[1]]
+    );
+    assert!(
+        deliveries
+            .open_exceptions_of(&crm, &[], reconciled)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // More customers than one statement binds: the last one is found too.
+    let mut many: Vec<uuid::Uuid> = (0..60_000).map(|_| uuid::Uuid::now_v7()).collect();
+    many.push(b.as_uuid());
+    assert_eq!(
+        of(deliveries
+            .open_exceptions_of(&crm, &many, reconciled)
+            .await
+            .unwrap()),
+        [ids[2]]
+    );
+}
+
+async fn exceptions_are_filtered_by_each_criterion_and_limited(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    let (a, b) = (new_customer(), new_customer());
+    let old = Utc::now() - chrono::Duration::hours(2);
+    let mut ids = Vec::new();
+    for (consumer, customer, path, kind, age) in [
+        ("crm", a, Some("email"), ExceptionKind::Divergent, true),
+        ("crm", a, Some("phone"), ExceptionKind::Stale, false),
+        ("cdp", b, Some("email"), ExceptionKind::Stale, false),
+        ("crm", b, None, ExceptionKind::WithdrawalUnconfirmed, false),
+    ] {
+        let mut new = new_exception(consumer, customer, path, kind);
+        if age {
+            new.at = truncate_to_micros(old);
+        }
+        ids.push(deliveries.open_exception(&new).await.unwrap().id);
+    }
+    deliveries
+        .close_exception(ids[1], &closing(Resolution::Dismissed, "known"))
+        .await
+        .unwrap()
+        .unwrap();
+    let list = |filter: ExceptionFilter, limit: u32| async move {
+        deliveries
+            .exceptions(&filter, limit)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    let none = ExceptionFilter::default;
+    assert_eq!(list(none(), 100).await, ids, "in creation order");
+    let cdp = ExceptionFilter {
+        consumer: Some(consumer_id("cdp")),
+        ..none()
+    };
+    assert_eq!(list(cdp, 100).await, [ids[2]]);
+    let stale = ExceptionFilter {
+        kind: Some(ExceptionKind::Stale),
+        ..none()
+    };
+    assert_eq!(list(stale, 100).await, [ids[1], ids[2]]);
+    let email = ExceptionFilter {
+        field: Some("email".to_owned()),
+        ..none()
+    };
+    assert_eq!(list(email, 100).await, [ids[0], ids[2]]);
+    let dismissed = ExceptionFilter {
+        status: Some(ExceptionStatus::Dismissed),
+        ..none()
+    };
+    assert_eq!(list(dismissed, 100).await, [ids[1]]);
+    let aged = ExceptionFilter {
+        created_before: Some(Utc::now() - chrono::Duration::hours(1)),
+        ..none()
+    };
+    assert_eq!(list(aged, 100).await, [ids[0]]);
+    let combined = ExceptionFilter {
+        customer: Some(b),
+        open_only: true,
+        kind: Some(ExceptionKind::WithdrawalUnconfirmed),
+        ..none()
+    };
+    assert_eq!(list(combined, 100).await, [ids[3]]);
+    let nothing = ExceptionFilter {
+        consumer: Some(consumer_id("cdp")),
+        status: Some(ExceptionStatus::Dismissed),
+        ..none()
+    };
+    assert!(list(nothing, 100).await.is_empty());
+    // Paged: a limit, and the last id as the cursor.
+    assert_eq!(list(none(), 2).await, ids[..2]);
+    let after = ExceptionFilter {
+        after: Some(ids[1]),
+        ..none()
+    };
+    assert_eq!(list(after, 2).await, ids[2..]);
+    assert_eq!(
+        list(none(), 0).await,
+        ids[..1],
+        "a limit of 0 still returns one"
+    );
 }

@@ -1,10 +1,19 @@
 //! API tokens on both engines: stored only as hashes, bound to one principal, revocable.
+//!
+//! Covers every public method of `Tokens`:
+//! - [x] `create` (both tests), `authenticate`, `list`, `revoke`
+//!   (`tokens_are_stored_as_hashes_and_revocable`)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use idledger_store::Role;
-use support::{Engine, TestDb};
+use support::{Engine, TestDb, on_both_engines};
+
+on_both_engines!(
+    tokens_are_stored_as_hashes_and_revocable,
+    tokens_must_match_their_role,
+);
 
 async fn tokens_are_stored_as_hashes_and_revocable(engine: Engine) {
     let db = TestDb::new(engine).await;
@@ -42,6 +51,11 @@ async fn tokens_are_stored_as_hashes_and_revocable(engine: Engine) {
 
     let listed = tokens.list().await.unwrap();
     assert_eq!(listed.len(), 2);
+    assert_eq!(
+        listed.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [crm.record.id, auditor.record.id],
+        "oldest first"
+    );
 
     assert!(tokens.revoke(crm.record.id).await.unwrap());
     assert!(
@@ -92,27 +106,5 @@ async fn stored_tokens(db: &TestDb) -> Vec<(Vec<u8>, String)> {
             .fetch_all(&db.sqlite().await)
             .await
             .unwrap(),
-    }
-}
-
-mod postgres {
-    #[tokio::test]
-    async fn tokens_are_stored_as_hashes_and_revocable() {
-        super::tokens_are_stored_as_hashes_and_revocable(super::Engine::Postgres).await;
-    }
-    #[tokio::test]
-    async fn tokens_must_match_their_role() {
-        super::tokens_must_match_their_role(super::Engine::Postgres).await;
-    }
-}
-
-mod sqlite {
-    #[tokio::test]
-    async fn tokens_are_stored_as_hashes_and_revocable() {
-        super::tokens_are_stored_as_hashes_and_revocable(super::Engine::Sqlite).await;
-    }
-    #[tokio::test]
-    async fn tokens_must_match_their_role() {
-        super::tokens_must_match_their_role(super::Engine::Sqlite).await;
     }
 }

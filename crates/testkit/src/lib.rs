@@ -1,12 +1,60 @@
-//! Test support shared by idledger's crates: a fresh database per test, on a real PostgreSQL
-//! server (created, then dropped when the test ends) or in a temporary SQLite file.
+//! Test support shared by idledger's crates (store, relay and api tests):
 //!
-//! A test that needs PostgreSQL and cannot reach it fails with a message naming the server and
-//! how to start it; it never passes silently.
+//! - [`TestDb`]: a fresh database per test, on a real PostgreSQL server (created, then dropped
+//!   when the test ends) or in a temporary SQLite file. A test that needs PostgreSQL and cannot
+//!   reach it fails with a message naming the server and how to start it; it never passes
+//!   silently.
+//! - [`on_both_engines!`]: the one way to run a test body on both engines.
+//! - [`TestStore`]: a ledger and the delivery bookkeeping over a fresh database.
+//! - [`builders`]: principals, commands, changes, consents, consumers… in their domain types.
+//!
+//! What only one crate's tests need (api's `TestApp`, relay's NATS and webhook fixtures) stays
+//! in that crate's `tests/support`: testkit depends on domain and store, never on relay or api.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod builders;
+mod test_store;
 
 use idledger_store::Store;
 use sqlx::Connection;
+
+pub use test_store::TestStore;
+
+/// Runs each named test body once per engine, as `postgres::<name>` and `sqlite::<name>`.
+///
+/// Each name is an `async fn name(engine: Engine)` in the calling module; the generated tests
+/// run it on a multi-threaded runtime (the calling crate needs `tokio` with `macros` and
+/// `rt-multi-thread` as a dev-dependency).
+///
+/// ```ignore
+/// use idledger_testkit::{Engine, on_both_engines};
+///
+/// on_both_engines!(appends_are_ordered, erasure_shreds);
+///
+/// async fn appends_are_ordered(engine: Engine) { /* … */ }
+/// async fn erasure_shreds(engine: Engine) { /* … */ }
+/// ```
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::Engine::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::Engine::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -50,7 +98,8 @@ impl Drop for TestDb {
     }
 }
 
-fn admin_url() -> String {
+/// The server test databases are created on (`IDLEDGER_TEST_DATABASE_URL`, or the default).
+pub fn admin_url() -> String {
     std::env::var("IDLEDGER_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
 }
 

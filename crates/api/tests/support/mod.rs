@@ -9,33 +9,11 @@ use std::time::Duration;
 use idledger_api::{ApiConfig, AppState, FeedSettings};
 use idledger_domain::policy::Policy;
 use idledger_store::{Ledger, LedgerOptions, MasterKey, Role};
-pub use idledger_testkit::{Engine, TestDb};
+#[allow(unused_imports)]
+pub use idledger_testkit::{Engine, TestDb, on_both_engines};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-
-/// Runs a test body once per engine, as `postgres::<name>` and `sqlite::<name>`.
-#[macro_export]
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Engine::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Engine::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
 
 pub const NOTICE_SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 

@@ -1,6 +1,6 @@
-//! Test fixtures for delivery: a fresh database per test (`idledger_testkit`: PostgreSQL on a
-//! real server, or a temp SQLite file), a real NATS server (the shared one, or a throwaway one a test may kill),
-//! a real HTTP receiver, and helpers to read what consumers got.
+//! Test fixtures for delivery: a real NATS server (the shared one, or a throwaway one a test may
+//! kill), a real HTTP receiver, and helpers to read what consumers got. The database, the store,
+//! the macro that runs a test on both engines and the builders come from `idledger_testkit`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,19 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use idledger_domain::command::{Change, Command, Principal, ProvenanceInput};
-use idledger_domain::field::{FieldPath, FieldValue};
-use idledger_domain::ids::{Actor, ActorKind, CustomerId, IdempotencyKey, Key, Purpose, SourceId};
-use idledger_domain::policy::Policy;
-use idledger_domain::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
 use idledger_relay::envelope::CloudEvent;
 use idledger_relay::{Backoff, NatsConfig, Relay, RelayConfig, StreamSettings, WebhookConfig};
-use idledger_store::delivery::{
-    Channel, ConsumerId, FieldSelector, NewConsumer, StartAt, Webhook, WebhookSecret,
-};
-use idledger_store::{Deliveries, Ledger, LedgerOptions, MasterKey};
+use idledger_store::Ledger;
+use idledger_store::delivery::{Channel, ConsumerId, Webhook, WebhookSecret};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,12 +24,10 @@ pub const NATS_BIN: &str = "/usr/sbin/nats-server";
 // Databases
 // ---------------------------------------------------------------------------------------
 
-pub use idledger_testkit::{DEFAULT_PG_URL, Engine, TestDb};
-
-/// The server the test databases are created on (for cutting their connections).
-pub fn admin_url() -> String {
-    std::env::var("IDLEDGER_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
-}
+#[allow(unused_imports)]
+pub use idledger_testkit::builders::*;
+#[allow(unused_imports)]
+pub use idledger_testkit::{Engine, TestDb, TestStore, admin_url, on_both_engines};
 
 /// The name of a PostgreSQL test database.
 pub fn pg_database(db: &TestDb) -> String {
@@ -45,53 +35,14 @@ pub fn pg_database(db: &TestDb) -> String {
     db.url.rsplit_once('/').unwrap().1.to_owned()
 }
 
-pub struct TestStore {
-    pub db: TestDb,
-    pub ledger: Ledger,
-    pub deliveries: Deliveries,
-    master_hex: String,
+/// Waiting for the relay to serve a consumer up to the log's head.
+pub trait CaughtUp {
+    /// Waits until the consumer's checkpoint reaches the log's head; fails after `within`.
+    async fn caught_up(&self, consumer: &str, within: Duration);
 }
 
-impl TestStore {
-    pub async fn new(engine: Engine) -> Self {
-        let db = TestDb::new(engine).await;
-        let master = MasterKey::generate();
-        let master_hex = master.to_hex().to_string();
-        let store = db.store().await;
-        let deliveries = store.deliveries();
-        let ledger = Ledger::new(
-            &store,
-            master,
-            Policy::default_policy().unwrap(),
-            LedgerOptions::default(),
-        );
-        Self {
-            db,
-            ledger,
-            deliveries,
-            master_hex,
-        }
-    }
-
-    /// Another ledger on the same database, with its own pool: what a restarted process has.
-    pub async fn another_ledger(&self) -> Ledger {
-        Ledger::new(
-            &self.db.store().await,
-            MasterKey::from_hex(&self.master_hex).unwrap(),
-            Policy::default_policy().unwrap(),
-            LedgerOptions::default(),
-        )
-    }
-
-    pub async fn register(&self, new: NewConsumer) {
-        self.deliveries
-            .register_consumer(new, Utc::now())
-            .await
-            .unwrap();
-    }
-
-    /// Waits until the consumer's checkpoint reaches the log's head.
-    pub async fn caught_up(&self, consumer: &str, within: Duration) {
+impl CaughtUp for TestStore {
+    async fn caught_up(&self, consumer: &str, within: Duration) {
         let id = ConsumerId::parse(consumer).unwrap();
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -110,103 +61,8 @@ impl TestStore {
 }
 
 // ---------------------------------------------------------------------------------------
-// Commands
-// ---------------------------------------------------------------------------------------
-
-pub fn source(id: &str) -> Principal {
-    Principal::Source(SourceId::parse(id).unwrap())
-}
-
-pub fn field(path: &str) -> FieldPath {
-    FieldPath::parse(path).unwrap()
-}
-
-pub fn set(path: &str, json: serde_json::Value) -> Change {
-    Change::SetField {
-        field: field(path),
-        value: FieldValue::parse(&field(path), &json).unwrap(),
-        expected_version: None,
-    }
-}
-
-pub fn grant(purpose: &str, expires_at: Option<DateTime<Utc>>) -> Change {
-    Change::GrantConsent {
-        purpose: Purpose::parse(purpose).unwrap(),
-        basis: LegalBasis::Consent,
-        notice: NoticeRef::new("privacy-notice", "2026-01", &"ab".repeat(32)).unwrap(),
-        channel: ConsentChannel::Web,
-        jurisdiction: Jurisdiction::parse("FR").unwrap(),
-        expires_at,
-    }
-}
-
-pub fn withdraw(purpose: &str) -> Change {
-    Change::WithdrawConsent {
-        purpose: Purpose::parse(purpose).unwrap(),
-    }
-}
-
-pub fn command(customer: CustomerId, changes: Vec<Change>) -> Command {
-    Command {
-        customer_id: customer,
-        idempotency_key: IdempotencyKey::parse(&uuid::Uuid::now_v7().to_string()).unwrap(),
-        provenance: ProvenanceInput {
-            actor: Actor::new(ActorKind::System, "sync-job").unwrap(),
-            on_behalf_of: None,
-            evidence: Some(Evidence::new(Key::parse("email_link").unwrap(), "link-1").unwrap()),
-            observed_at: None,
-            correlation_id: None,
-            causation_id: None,
-            reason: None,
-        },
-        changes,
-        expected_stream_version: None,
-    }
-}
-
-/// Runs a command as `by`; panics on refusal.
-pub async fn run(ledger: &Ledger, by: &str, customer: CustomerId, changes: Vec<Change>) {
-    ledger
-        .execute(&source(by), &command(customer, changes))
-        .await
-        .unwrap_or_else(|e| panic!("command by {by} for {customer} failed: {e}"));
-}
-
-/// A registered customer who consented to `purposes`.
-pub async fn customer_consenting(ledger: &Ledger, purposes: &[&str]) -> CustomerId {
-    let customer = CustomerId::generate();
-    run(ledger, "idp", customer, vec![Change::Register]).await;
-    if !purposes.is_empty() {
-        let grants = purposes.iter().map(|p| grant(p, None)).collect();
-        run(ledger, "consent_portal", customer, grants).await;
-    }
-    customer
-}
-
-pub fn email(n: usize) -> serde_json::Value {
-    serde_json::json!(format!("user{n}@example.org"))
-}
-
-// ---------------------------------------------------------------------------------------
 // Consumers and the relay
 // ---------------------------------------------------------------------------------------
-
-pub fn consumer(id: &str, channel: Channel, fields: &[&str], purposes: &[&str]) -> NewConsumer {
-    NewConsumer::new(
-        ConsumerId::parse(id).unwrap(),
-        channel,
-        fields
-            .iter()
-            .map(|f| FieldSelector::parse(f).unwrap())
-            .collect(),
-        purposes
-            .iter()
-            .map(|p| Purpose::parse(p).unwrap())
-            .collect(),
-        StartAt::Beginning,
-    )
-    .unwrap()
-}
 
 pub const SECRET: &str = "whsec-test-0123456789abcdef";
 
@@ -602,17 +458,4 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut ch
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Erases a customer as an administrator would; panics on refusal.
-pub async fn erase(ledger: &Ledger, customer: CustomerId) {
-    ledger
-        .erase(
-            customer,
-            &SourceId::parse(idledger_domain::policy::ADMIN_SOURCE).unwrap(),
-            Actor::new(ActorKind::Agent, "dpo@idledger.example").unwrap(),
-            "subject's request",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("erasing {customer} failed: {e}"));
 }

@@ -1,90 +1,28 @@
-//! Test stores: a fresh database per test, on a real PostgreSQL server or a temp SQLite file.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+//! What only the store's tests need; the database, the macro that runs a test on both engines
+//! and the builders come from `idledger_testkit`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    unused_imports
+)]
 
-use idledger_domain::Principal;
-use idledger_domain::command::{Change, Command, ProvenanceInput};
-use idledger_domain::field::{FieldPath, FieldValue};
-use idledger_domain::ids::{Actor, ActorKind, CustomerId, IdempotencyKey, Key, SourceId};
-use idledger_domain::policy::Policy;
-use idledger_domain::values::Evidence;
-use idledger_store::{Ledger, LedgerOptions, MasterKey};
+#[allow(unused_imports)]
+pub use idledger_testkit::builders::*;
+#[allow(unused_imports)]
+pub use idledger_testkit::{Engine, TestDb, TestStore, on_both_engines};
 
-pub use idledger_testkit::{Engine, TestDb};
-
-pub struct TestStore {
-    pub db: TestDb,
-    pub ledger: Ledger,
-    pub master_hex: String,
-}
-
-impl TestStore {
-    pub async fn new(engine: Engine) -> Self {
-        let db = TestDb::new(engine).await;
-        let master = MasterKey::generate();
-        let master_hex = master.to_hex().to_string();
-        let ledger = Ledger::new(
-            &db.store().await,
-            master,
-            Policy::default_policy().unwrap(),
-            LedgerOptions::default(),
-        );
-        Self {
-            db,
-            ledger,
-            master_hex,
-        }
+/// The one integer a query returns (a `COUNT(*)`, say), on either engine.
+pub async fn count(db: &TestDb, sql: &str) -> i64 {
+    match db.engine {
+        Engine::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&db.pg().await)
+            .await
+            .unwrap(),
+        Engine::Sqlite => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&db.sqlite().await)
+            .await
+            .unwrap(),
     }
-
-    /// Another ledger on the same database: its own pool and writer, as a second process would have.
-    pub async fn another_ledger(&self) -> Ledger {
-        Ledger::new(
-            &self.db.store().await,
-            MasterKey::from_hex(&self.master_hex).unwrap(),
-            Policy::default_policy().unwrap(),
-            LedgerOptions::default(),
-        )
-    }
-}
-
-pub fn source(id: &str) -> Principal {
-    Principal::Source(SourceId::parse(id).unwrap())
-}
-
-pub fn field(path: &str) -> FieldPath {
-    FieldPath::parse(path).unwrap()
-}
-
-pub fn set(path: &str, json: serde_json::Value) -> Change {
-    Change::SetField {
-        field: field(path),
-        value: FieldValue::parse(&field(path), &json).unwrap(),
-        expected_version: None,
-    }
-}
-
-pub fn provenance(evidence: bool) -> ProvenanceInput {
-    ProvenanceInput {
-        actor: Actor::new(ActorKind::System, "sync-job").unwrap(),
-        on_behalf_of: None,
-        evidence: evidence
-            .then(|| Evidence::new(Key::parse("email_link").unwrap(), "link-1").unwrap()),
-        observed_at: None,
-        correlation_id: None,
-        causation_id: None,
-        reason: None,
-    }
-}
-
-pub fn command(customer: CustomerId, key: &str, changes: Vec<Change>) -> Command {
-    Command {
-        customer_id: customer,
-        idempotency_key: IdempotencyKey::parse(key).unwrap(),
-        provenance: provenance(true),
-        changes,
-        expected_stream_version: None,
-    }
-}
-
-pub fn new_customer() -> CustomerId {
-    CustomerId::generate()
 }

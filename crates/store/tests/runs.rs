@@ -1,0 +1,395 @@
+//! Reconciliation bookkeeping on both engines: runs and their reports, findings, and the
+//! staged rows of an uploaded snapshot.
+//!
+//! Covers every public method of `Runs`:
+//! - [x] `start`, `get`, `save`
+//! - [x] `list`
+//! - [x] `add_findings`, `findings`
+//! - [x] `add_snapshot_rows`
+//! - [x] `snapshot_customer_page`
+//! - [x] `snapshot_rows_of`
+//! - [x] `drop_snapshot`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use chrono::{DateTime, Duration, Utc};
+use idledger_domain::Change;
+use idledger_store::Runs;
+use idledger_store::model::truncate_to_micros;
+use idledger_store::runs::{Finding, MAX_RUN_PAGE, Run, RunKind, RunStatus, SnapshotRow};
+use serde_json::json;
+use support::*;
+use uuid::Uuid;
+
+on_both_engines!(
+    a_run_is_stored_read_back_and_saved_as_it_progresses,
+    runs_are_listed_newest_first_and_paged_by_start_time,
+    findings_are_read_in_order_after_a_cursor,
+    findings_beyond_one_statement_are_all_stored,
+    snapshot_rows_are_stored_once_per_customer_and_field,
+    the_snapshot_customer_page_unites_records_and_snapshot,
+    snapshot_rows_are_read_for_the_customers_asked,
+    dropping_a_snapshot_deletes_its_rows_only,
+);
+
+async fn runs(engine: Engine) -> (TestDb, Runs) {
+    let db = TestDb::new(engine).await;
+    let runs = db.store().await.runs();
+    (db, runs)
+}
+
+fn new_run(kind: RunKind, started_at: DateTime<Utc>) -> Run {
+    Run {
+        id: Uuid::now_v7(),
+        kind,
+        trigger: "cli".to_owned(),
+        consumer_id: Some(consumer_id("crm")),
+        requested_by: "steward@idledger.example".to_owned(),
+        status: RunStatus::Running,
+        started_at: truncate_to_micros(started_at),
+        finished_at: None,
+        report: json!({"consumers": []}),
+        error: None,
+    }
+}
+
+fn finding(seq: u64, customer: &str) -> Finding {
+    Finding {
+        seq,
+        consumer_id: "crm".to_owned(),
+        customer_id: customer.to_owned(),
+        field: "email".to_owned(),
+        kind: "divergent".to_owned(),
+        detail: json!({"record_version": seq, "line": null}),
+    }
+}
+
+fn snapshot_row(customer: Uuid, field: &str, hash: Option<&str>, line: u64) -> SnapshotRow {
+    SnapshotRow {
+        customer_id: customer,
+        field: field.to_owned(),
+        value_hash: hash.map(str::to_owned),
+        line,
+    }
+}
+
+async fn a_run_is_stored_read_back_and_saved_as_it_progresses(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    assert_eq!(runs.get(Uuid::now_v7()).await.unwrap(), None, "no such run");
+    let mut acks = new_run(RunKind::Acks, Utc::now());
+    runs.start(&acks).await.unwrap();
+    assert_eq!(runs.get(acks.id).await.unwrap().as_ref(), Some(&acks));
+    // Every consumer, and a failure with its error.
+    let mut snapshot = Run {
+        consumer_id: None,
+        trigger: "api".to_owned(),
+        ..new_run(RunKind::Snapshot, Utc::now())
+    };
+    runs.start(&snapshot).await.unwrap();
+    snapshot.status = RunStatus::Failed;
+    snapshot.error = Some("the upload ended mid-row".to_owned());
+    snapshot.finished_at = Some(truncate_to_micros(Utc::now()));
+    runs.save(&snapshot).await.unwrap();
+    assert_eq!(
+        runs.get(snapshot.id).await.unwrap().as_ref(),
+        Some(&snapshot)
+    );
+    // Saving stores the status, report, error and end; the rest is as started.
+    acks.status = RunStatus::Finished;
+    acks.report = json!({"consumers": [{"id": "crm", "counts": {"divergent": 2}}]});
+    acks.finished_at = Some(truncate_to_micros(Utc::now()));
+    let mut changed_elsewhere = acks.clone();
+    changed_elsewhere.trigger = "schedule".to_owned();
+    changed_elsewhere.requested_by = "someone else".to_owned();
+    runs.save(&changed_elsewhere).await.unwrap();
+    assert_eq!(runs.get(acks.id).await.unwrap().as_ref(), Some(&acks));
+    // Saving a run never started stores nothing.
+    let ghost = new_run(RunKind::Acks, Utc::now());
+    runs.save(&ghost).await.unwrap();
+    assert_eq!(runs.get(ghost.id).await.unwrap(), None);
+}
+
+async fn runs_are_listed_newest_first_and_paged_by_start_time(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    assert!(runs.list(None, 10).await.unwrap().is_empty());
+    let t0 = Utc::now() - Duration::hours(1);
+    let mut started = Vec::new();
+    for minutes in [0, 10, 20, 30, 40] {
+        let r = new_run(RunKind::Acks, t0 + Duration::minutes(minutes));
+        runs.start(&r).await.unwrap();
+        started.push(r);
+    }
+    // Two runs started at the same instant are ordered by id, the later id first.
+    let twin = Run {
+        id: Uuid::now_v7(),
+        ..started[2].clone()
+    };
+    runs.start(&twin).await.unwrap();
+    let ids = |list: &[Run]| list.iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = runs.list(None, 100).await.unwrap();
+    assert_eq!(
+        ids(&all),
+        [
+            started[4].id,
+            started[3].id,
+            twin.id,
+            started[2].id,
+            started[1].id,
+            started[0].id
+        ]
+    );
+    assert_eq!(all[0], started[4], "listed as stored");
+    let first = runs.list(None, 2).await.unwrap();
+    assert_eq!(ids(&first), [started[4].id, started[3].id]);
+    let next = runs
+        .list(Some(first.last().unwrap().started_at), 2)
+        .await
+        .unwrap();
+    assert_eq!(ids(&next), [twin.id, started[2].id]);
+    let last = runs.list(Some(started[1].started_at), 2).await.unwrap();
+    assert_eq!(ids(&last), [started[0].id]);
+    assert!(runs.list(Some(t0), 2).await.unwrap().is_empty());
+    // A limit of 0 still returns one run.
+    assert_eq!(ids(&runs.list(None, 0).await.unwrap()), [started[4].id]);
+}
+
+async fn findings_are_read_in_order_after_a_cursor(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    let r = new_run(RunKind::Acks, Utc::now());
+    runs.start(&r).await.unwrap();
+    let other = new_run(RunKind::Acks, Utc::now());
+    runs.start(&other).await.unwrap();
+    assert!(runs.findings(r.id, 0, 10).await.unwrap().is_empty());
+    runs.add_findings(r.id, &[]).await.unwrap();
+    // Stored in two calls, out of order: read back by seq.
+    let found: Vec<Finding> = (1..=5).map(|s| finding(s, &format!("c{s}"))).collect();
+    runs.add_findings(r.id, &[found[3].clone(), found[4].clone()])
+        .await
+        .unwrap();
+    runs.add_findings(r.id, &found[..3]).await.unwrap();
+    runs.add_findings(other.id, &[finding(1, "not-a-uuid")])
+        .await
+        .unwrap();
+    assert_eq!(runs.findings(r.id, 0, 10).await.unwrap(), found);
+    assert_eq!(runs.findings(r.id, 0, 2).await.unwrap(), found[..2]);
+    assert_eq!(runs.findings(r.id, 2, 2).await.unwrap(), found[2..4]);
+    assert_eq!(runs.findings(r.id, 4, 2).await.unwrap(), found[4..]);
+    assert!(runs.findings(r.id, 5, 2).await.unwrap().is_empty());
+    assert_eq!(runs.findings(r.id, 0, 0).await.unwrap(), found[..1]);
+    // Another run's findings are its own, an invalid customer id as given.
+    assert_eq!(
+        runs.findings(other.id, 0, 10).await.unwrap(),
+        [finding(1, "not-a-uuid")]
+    );
+    // The same seq twice in one run is refused.
+    assert!(runs.add_findings(r.id, &[finding(5, "c5")]).await.is_err());
+}
+
+async fn findings_beyond_one_statement_are_all_stored(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    let r = new_run(RunKind::Snapshot, Utc::now());
+    runs.start(&r).await.unwrap();
+    // More rows than one statement binds on either engine (7 parameters a row).
+    let n = 60_000 / 7 + 100;
+    let found: Vec<Finding> = (1..=n as u64).map(|s| finding(s, "c")).collect();
+    runs.add_findings(r.id, &found).await.unwrap();
+    let mut read = Vec::new();
+    loop {
+        let after = read.last().map_or(0, |f: &Finding| f.seq);
+        let page = runs.findings(r.id, after, 5000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= MAX_RUN_PAGE as usize, "{}", page.len());
+        read.extend(page);
+    }
+    assert_eq!(read.len(), n);
+    assert_eq!(read, found);
+}
+
+async fn snapshot_rows_are_stored_once_per_customer_and_field(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    let run_id = Uuid::now_v7();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(runs.add_snapshot_rows(run_id, &[]).await.unwrap(), 0);
+    let rows = [
+        snapshot_row(a, "email", Some("sha256:aa"), 1),
+        snapshot_row(a, "phone", None, 2),
+        // A repeat of (a, email) within the upload: the first one stays.
+        snapshot_row(a, "email", Some("sha256:bb"), 3),
+        snapshot_row(b, "email", Some("sha256:cc"), 4),
+    ];
+    assert_eq!(runs.add_snapshot_rows(run_id, &rows).await.unwrap(), 3);
+    // …and across calls.
+    assert_eq!(
+        runs.add_snapshot_rows(run_id, &[snapshot_row(b, "email", None, 5)])
+            .await
+            .unwrap(),
+        0
+    );
+    let mut expected = vec![rows[0].clone(), rows[1].clone(), rows[3].clone()];
+    expected.sort_by(|x, y| (x.customer_id, &x.field).cmp(&(y.customer_id, &y.field)));
+    assert_eq!(
+        runs.snapshot_rows_of(run_id, &[a, b]).await.unwrap(),
+        expected
+    );
+    // Beyond one statement's parameters (5 a row): every row stored.
+    let many: Vec<SnapshotRow> = (0..60_000 / 5 + 50)
+        .map(|i| snapshot_row(Uuid::now_v7(), "email", None, i as u64 + 10))
+        .collect();
+    let other_run = Uuid::now_v7();
+    assert_eq!(
+        runs.add_snapshot_rows(other_run, &many).await.unwrap(),
+        many.len() as u64
+    );
+    let customers: Vec<Uuid> = many.iter().map(|r| r.customer_id).collect();
+    assert_eq!(
+        runs.snapshot_rows_of(other_run, &customers)
+            .await
+            .unwrap()
+            .len(),
+        many.len()
+    );
+}
+
+async fn the_snapshot_customer_page_unites_records_and_snapshot(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let runs = store.ledger.store().runs();
+    let run_id = Uuid::now_v7();
+    assert!(
+        runs.snapshot_customer_page(run_id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Two customers with a record, one of them also in the snapshot, one erased, and two
+    // known only to the snapshot.
+    let mut with_record = Vec::new();
+    for _ in 0..3 {
+        let c = new_customer();
+        run(&store.ledger, "idp", c, vec![Change::Register]).await;
+        with_record.push(c);
+    }
+    erase(&store.ledger, with_record.pop().unwrap()).await;
+    let with_record: Vec<Uuid> = with_record.iter().map(|c| c.as_uuid()).collect();
+    let only_in_snapshot = [Uuid::now_v7(), Uuid::now_v7()];
+    let rows = [
+        snapshot_row(with_record[0], "email", None, 1),
+        snapshot_row(only_in_snapshot[0], "email", None, 2),
+        snapshot_row(only_in_snapshot[0], "phone", None, 3),
+        snapshot_row(only_in_snapshot[1], "email", None, 4),
+    ];
+    runs.add_snapshot_rows(run_id, &rows).await.unwrap();
+    // Another run's rows are not this run's customers.
+    runs.add_snapshot_rows(
+        Uuid::now_v7(),
+        &[snapshot_row(Uuid::now_v7(), "email", None, 1)],
+    )
+    .await
+    .unwrap();
+    let mut expected: Vec<Uuid> = with_record
+        .iter()
+        .chain(&only_in_snapshot)
+        .copied()
+        .collect();
+    expected.sort();
+    assert_eq!(
+        runs.snapshot_customer_page(run_id, None, 100)
+            .await
+            .unwrap(),
+        expected,
+        "each customer once, in id order, the erased one left out"
+    );
+    let first = runs.snapshot_customer_page(run_id, None, 3).await.unwrap();
+    assert_eq!(first, expected[..3]);
+    let rest = runs
+        .snapshot_customer_page(run_id, first.last().copied(), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest, expected[3..]);
+    assert!(
+        runs.snapshot_customer_page(run_id, expected.last().copied(), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        runs.snapshot_customer_page(run_id, None, 0).await.unwrap(),
+        expected[..1]
+    );
+}
+
+async fn snapshot_rows_are_read_for_the_customers_asked(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    let run_id = Uuid::now_v7();
+    let customers: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let rows: Vec<SnapshotRow> = customers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            [
+                snapshot_row(*c, "phone", None, 2 * i as u64 + 1),
+                snapshot_row(*c, "email", Some("sha256:ee"), 2 * i as u64 + 2),
+            ]
+        })
+        .collect();
+    runs.add_snapshot_rows(run_id, &rows).await.unwrap();
+    assert!(runs.snapshot_rows_of(run_id, &[]).await.unwrap().is_empty());
+    assert!(
+        runs.snapshot_rows_of(Uuid::now_v7(), &customers)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another run's rows"
+    );
+    // Only those asked for, by customer then field, whatever order they were asked in.
+    let asked = [customers[3], customers[1], Uuid::now_v7()];
+    let got = runs.snapshot_rows_of(run_id, &asked).await.unwrap();
+    let mut expected: Vec<SnapshotRow> = rows
+        .iter()
+        .filter(|r| r.customer_id == customers[1] || r.customer_id == customers[3])
+        .cloned()
+        .collect();
+    expected.sort_by(|x, y| (x.customer_id, &x.field).cmp(&(y.customer_id, &y.field)));
+    assert_eq!(got, expected);
+    assert_eq!(got[0].field, "email");
+    // More customers than one statement binds: the rows of the last one are found too.
+    let mut many: Vec<Uuid> = (0..60_000).map(|_| Uuid::now_v7()).collect();
+    many.push(customers[0]);
+    let got = runs.snapshot_rows_of(run_id, &many).await.unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.line).collect::<Vec<_>>(),
+        [2, 1],
+        "{got:?}"
+    );
+}
+
+async fn dropping_a_snapshot_deletes_its_rows_only(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    let (dropped, kept) = (Uuid::now_v7(), Uuid::now_v7());
+    let c = Uuid::now_v7();
+    runs.add_snapshot_rows(dropped, &[snapshot_row(c, "email", None, 1)])
+        .await
+        .unwrap();
+    runs.add_snapshot_rows(kept, &[snapshot_row(c, "email", None, 1)])
+        .await
+        .unwrap();
+    runs.drop_snapshot(dropped).await.unwrap();
+    assert!(
+        runs.snapshot_rows_of(dropped, &[c])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(runs.snapshot_rows_of(kept, &[c]).await.unwrap().len(), 1);
+    // Dropping again (or an unknown run) is a no-op; the run may stage rows anew.
+    runs.drop_snapshot(dropped).await.unwrap();
+    runs.drop_snapshot(Uuid::now_v7()).await.unwrap();
+    assert_eq!(
+        runs.add_snapshot_rows(dropped, &[snapshot_row(c, "email", None, 1)])
+            .await
+            .unwrap(),
+        1
+    );
+}
