@@ -734,6 +734,18 @@ async fn customer_data_is_escaped_and_refusals_are_readable(engine: Engine) {
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.html.contains("not an age like"), "{}", page.html);
     assert!(page.html.contains("bogus"), "{}", page.html);
+    // An age beyond the clock's range is refused like any other (it once panicked).
+    let page = request(
+        &app,
+        Method::GET,
+        "/steward?older_than=100000000d",
+        Some(secret),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.html.contains("not an age like"), "{}", page.html);
 
     // The policy forbids stewards to override email: a readable 403, not a 500.
     let act = format!("/steward/exceptions/{}/act", seeded.divergent.id);

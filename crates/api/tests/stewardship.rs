@@ -24,6 +24,7 @@ on_both_engines!(
     a_proposal_is_accepted_as_itself,
     a_bulk_dismissal_reports_per_item,
     erasure_closes_a_customers_exceptions_and_drops_their_evidence,
+    a_bad_exception_query_is_invalid_query_naming_the_parameter,
 );
 
 fn set(field: &str, value: &str) -> Value {
@@ -864,4 +865,27 @@ async fn erasure_closes_a_customers_exceptions_and_drops_their_evidence(engine: 
     )
     .await
     .problem(409, "exception_closed");
+}
+
+async fn a_bad_exception_query_is_invalid_query_naming_the_parameter(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    for (query, parameter) in [
+        ("?status=any", "status"),
+        ("?kind=sideways", "kind"),
+        ("?field=shoe_size", "field"),
+        ("?limit=0", "limit"),
+        ("?older_than_secs=-5", "older_than_secs"),
+        // Far beyond the clock's range: refused, never a panic.
+        ("?older_than=100000000d", "older_than"),
+        ("?customer=12", "customer"),
+    ] {
+        let reply = app.get(&format!("/v1/exceptions{query}"), "auditor").await;
+        let problem = reply.problem(400, "invalid_query");
+        assert_eq!(problem["parameter"], parameter, "{query}");
+    }
+    // The page's age units are the API's too.
+    let reply = app
+        .get("/v1/exceptions?older_than=4h&status=all", "auditor")
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
 }

@@ -97,6 +97,10 @@ pub enum Command {
     /// Register, list and disable consumers of deliveries (CRM, CDP…).
     #[command(subcommand)]
     Consumer(crate::commands::consumer::ConsumerCommand),
+    /// List, show and act on sync exceptions as a data steward (as the API and the steward
+    /// page do).
+    #[command(subcommand)]
+    Exception(crate::commands::exception::ExceptionCommand),
     /// Compare what consumers acknowledged (or a consumer's uploaded export, with --snapshot)
     /// with the record; open sync exceptions for what differs and print the run's report.
     Reconcile(crate::commands::reconcile::ReconcileArgs),

@@ -54,6 +54,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Consumer(command) => {
                 commands::consumer::run(&settings, command, &mut out).await?
             }
+            Command::Exception(command) => {
+                commands::exception::run(&settings, command, &mut out).await?
+            }
             Command::Reconcile(args) => commands::reconcile::run(&settings, args, &mut out).await?,
             Command::Bench(args) => commands::bench::run(&settings, args, &mut out).await?,
         };

@@ -916,3 +916,241 @@ fn bench_refuses_an_embedded_store_and_bad_sizes() {
         idledger(&dir, &["bench", bad[0], bad[1]]).exit(2);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// exception list|show|act, on both engines
+// ---------------------------------------------------------------------------------------
+
+use idledger_app::App;
+use idledger_domain::command::Change;
+use idledger_store::delivery::{ExceptionKind, NewSyncException};
+use idledger_testkit::builders::{command, consumer_id, field, new_customer, set, source};
+use idledger_testkit::{Engine, TestStore, on_both_engines};
+
+struct Seeded {
+    store: TestStore,
+    customer: String,
+    proposal: String,
+    divergent: String,
+}
+
+/// A customer whose given name crm proposed to change (a `proposal` exception, opened as
+/// production opens it) and whose copy at crm-sync drifted (a `divergent` one).
+async fn seed_exceptions(engine: Engine) -> Seeded {
+    let store = TestStore::new(engine).await;
+    let app = App::new(store.ledger.clone());
+    let customer = new_customer();
+    let register = command(
+        customer,
+        "register",
+        vec![
+            Change::Register,
+            set("name.given", serde_json::json!("Ann")),
+        ],
+    );
+    app.run_command(&source("idp"), &register).await.unwrap();
+    let propose = command(
+        customer,
+        "crm-1",
+        vec![set("name.given", serde_json::json!("Anne"))],
+    );
+    app.run_command(&source("crm"), &propose).await.unwrap();
+    let proposal = app
+        .exceptions(&Default::default())
+        .await
+        .unwrap()
+        .exceptions;
+    assert_eq!(proposal.len(), 1, "the proposal opened an exception");
+    let divergent = app
+        .deliveries()
+        .open_exception(
+            &NewSyncException::about_consumer(
+                ExceptionKind::Divergent,
+                &consumer_id("crm-sync"),
+                customer,
+                Some(field("name.given")),
+                serde_json::json!({"record_version": 1}),
+                chrono::Utc::now(),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Seeded {
+        customer: customer.to_string(),
+        proposal: proposal[0].id.to_string(),
+        divergent: divergent.id.to_string(),
+        store,
+    }
+}
+
+/// `idledger --database <the seeded store> <args…>` with its master key.
+fn on_store(dir: &TempDir, seeded: &Seeded, args: &[&str]) -> Run {
+    let mut all = vec!["--database", seeded.store.db.url.as_str()];
+    all.extend_from_slice(args);
+    idledger_with_env(
+        dir,
+        &all,
+        &[("IDLEDGER__MASTER_KEY", seeded.store.master_hex())],
+    )
+}
+
+async fn exceptions_are_listed_and_filtered(engine: Engine) {
+    let seeded = seed_exceptions(engine).await;
+    let dir = TempDir::new("exceptions-list");
+    let listed = on_store(&dir, &seeded, &["exception", "list"])
+        .success()
+        .stdout_has(&[
+            &seeded.proposal,
+            &seeded.divergent,
+            "proposal",
+            "divergent",
+            "crm-sync",
+        ]);
+    assert!(listed.stdout.contains(&seeded.customer));
+    let only = on_store(&dir, &seeded, &["exception", "list", "--kind", "proposal"]).success();
+    assert!(only.stdout.contains(&seeded.proposal));
+    assert!(!only.stdout.contains(&seeded.divergent));
+    let json = on_store(
+        &dir,
+        &seeded,
+        &["exception", "list", "--consumer", "crm-sync", "--json"],
+    )
+    .success();
+    let page: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let items = page["exceptions"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], seeded.divergent.as_str());
+    assert_eq!(items[0]["consumer_id"], "crm-sync");
+    assert_eq!(items[0]["status"], "open");
+    on_store(
+        &dir,
+        &seeded,
+        &["exception", "list", "--status", "resolved"],
+    )
+    .success()
+    .stdout_has(&["no exceptions match"]);
+}
+
+async fn bad_filters_are_usage_errors_naming_the_option(engine: Engine) {
+    let seeded = seed_exceptions(engine).await;
+    let dir = TempDir::new("exceptions-bad");
+    on_store(&dir, &seeded, &["exception", "list", "--status", "any"])
+        .exit(2)
+        .stderr_has(&["--status", "open, resolved, dismissed, all"]);
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "list",
+            "--older-than",
+            "100000000d",
+            "--kind",
+            "sideways",
+        ],
+    )
+    .exit(2)
+    .stderr_has(&["--older-than", "--kind"]);
+    on_store(
+        &dir,
+        &seeded,
+        &["exception", "show", "0190a0c4-7a4e-7b8e-9d2f-2f4b6c8d0e1f"],
+    )
+    .exit(1)
+    .stderr_has(&["no sync exception"]);
+}
+
+async fn a_steward_dismisses_and_accepts_from_the_command_line(engine: Engine) {
+    let seeded = seed_exceptions(engine).await;
+    let dir = TempDir::new("exceptions-act");
+    let divergent = seeded.divergent.as_str();
+    // A dismissal needs a reason; refused, nothing changes.
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "act",
+            divergent,
+            "--action",
+            "dismiss",
+            "--as",
+            "jane",
+        ],
+    )
+    .exit(1)
+    .stderr_has(&["invalid_value"]);
+    on_store(&dir, &seeded, &["exception", "show", divergent])
+        .success()
+        .stdout_has(&["open"]);
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "act",
+            divergent,
+            "--action",
+            "dismiss",
+            "--as",
+            "jane",
+            "--reason",
+            "test record at crm-sync",
+        ],
+    )
+    .success()
+    .stdout_has(&["dismissed", "steward:jane", "test record at crm-sync"]);
+    let shown = on_store(&dir, &seeded, &["exception", "show", divergent, "--json"]).success();
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["status"], "dismissed");
+    assert_eq!(shown["resolved_by"], "steward:jane");
+    // Acting on a closed exception is refused.
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "act",
+            divergent,
+            "--action",
+            "dismiss",
+            "--as",
+            "jane",
+            "--reason",
+            "again",
+        ],
+    )
+    .exit(1)
+    .stderr_has(&["exception_closed"]);
+
+    // Accepting the proposal takes crm's value into the record, recorded as the steward's.
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "act",
+            &seeded.proposal,
+            "--action",
+            "accept",
+            "--as",
+            "jane",
+            "--json",
+        ],
+    )
+    .success()
+    .stdout_has(&["\"accepted\"", "\"resolved\""]);
+    on_store(&dir, &seeded, &["record", &seeded.customer])
+        .success()
+        .stdout_has(&["Anne"]);
+    on_store(&dir, &seeded, &["history", &seeded.customer, "name.given"])
+        .success()
+        .stdout_has(&["jane"]);
+}
+
+on_both_engines!(
+    exceptions_are_listed_and_filtered,
+    bad_filters_are_usage_errors_naming_the_option,
+    a_steward_dismisses_and_accepts_from_the_command_line,
+);

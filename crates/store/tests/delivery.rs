@@ -1122,7 +1122,7 @@ async fn exceptions_close_where_consumer_customer_field_and_kind_match(engine: E
     // Closed ones are not closed again.
     assert!(
         deliveries
-            .close_exceptions_where(&crm, a, Some(&field("email")), &ExceptionKind::ALL, &auto)
+            .close_exceptions_where(&crm, a, Some(&field("email")), ExceptionKind::ALL, &auto)
             .await
             .unwrap()
             == [open[2]]
@@ -1130,7 +1130,7 @@ async fn exceptions_close_where_consumer_customer_field_and_kind_match(engine: E
     // No field: the customer-level ones only.
     assert_eq!(
         deliveries
-            .close_exceptions_where(&crm, a, None, &ExceptionKind::ALL, &auto)
+            .close_exceptions_where(&crm, a, None, ExceptionKind::ALL, &auto)
             .await
             .unwrap(),
         [open[6]]

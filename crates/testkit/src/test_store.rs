@@ -37,6 +37,11 @@ impl TestStore {
         }
     }
 
+    /// The master key, in hex, for a process that must open this store (the CLI).
+    pub fn master_hex(&self) -> &str {
+        &self.master_hex
+    }
+
     /// Another ledger on the same database, with its own pool and writer: what a second (or a
     /// restarted) process has.
     pub async fn another_ledger(&self) -> Ledger {

@@ -1,0 +1,315 @@
+//! `idledger exception list|show|act`: the data steward's work queue from the command line,
+//! on the same use cases as the API and the steward page (`idledger_app`): the same filters,
+//! parsed by the same parser, and the same actions, each one transaction with the command it
+//! records. `--json` prints the API's shapes.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use idledger_api::views::{ExceptionPageView, ExceptionView};
+use idledger_app::{ActError, App, ExceptionQuery, Steward, StewardRequest};
+use idledger_domain::event::StewardAction;
+use idledger_store::delivery::SyncException;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::render::{kv, opt, time};
+use crate::store::{self, KeyUse};
+
+#[derive(Debug, Subcommand)]
+pub enum ExceptionCommand {
+    /// List sync exceptions, oldest first (open ones unless --status says otherwise).
+    List(ListArgs),
+    /// Show one exception: what it is about, its evidence and where it stands.
+    Show(ShowArgs),
+    /// Act on an exception as a data steward: repush the record's value to the consumer,
+    /// accept a proposal (or the consumer's value, with --value) into the record, or dismiss
+    /// it with a reason. The action is an event in the field's history.
+    Act(ActArgs),
+}
+
+/// The filters, as `GET /v1/exceptions` takes them (and checked by the same parser).
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The consumer (or, for proposal and refused_write, the source system) it is about.
+    #[arg(long, value_name = "ID")]
+    pub consumer: Option<String>,
+    /// The customer (a UUID).
+    #[arg(long, value_name = "ID")]
+    pub customer: Option<String>,
+    /// undelivered, stale, divergent, rejected, withdrawal_unconfirmed, webhook_rejected,
+    /// undeliverable, delivery_failing, proposal or refused_write.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// The field, e.g. email or consent.marketing.
+    #[arg(long, value_name = "FIELD")]
+    pub field: Option<String>,
+    /// open, resolved, dismissed or all. [default: open]
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Only those opened at least this long ago: 45s, 90m, 4h, 2d.
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+    /// Paging: the last id of the previous page.
+    #[arg(long, value_name = "ID")]
+    pub after: Option<String>,
+    /// At most this many (1 to 1000). [default: 100]
+    #[arg(long, value_name = "N")]
+    pub limit: Option<String>,
+    /// Print JSON (the API's page) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The exception's id.
+    #[arg(value_name = "EXCEPTION_ID")]
+    pub id: Uuid,
+    /// Print JSON (the API's shape) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ActArgs {
+    /// The exception's id.
+    #[arg(value_name = "EXCEPTION_ID")]
+    pub id: Uuid,
+    /// repush, accept or dismiss.
+    #[arg(long, value_name = "ACTION", value_parser = parse_action)]
+    pub action: StewardAction,
+    /// Who acts: the steward's name, recorded as the actor of the event and as
+    /// steward:<NAME> on the exception.
+    #[arg(long = "as", value_name = "NAME")]
+    pub steward: String,
+    /// Why (required to dismiss).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// To accept a consumer's value: the value, as JSON (e.g. '"ann@example.com"'). A
+    /// proposal's value is taken from the proposal.
+    #[arg(long, value_name = "JSON")]
+    pub value: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_action(raw: &str) -> Result<StewardAction, String> {
+    match raw {
+        "repush" => Ok(StewardAction::Repush),
+        "accept" => Ok(StewardAction::Accept),
+        "dismiss" => Ok(StewardAction::Dismiss),
+        other => Err(format!("'{other}' is not one of: repush, accept, dismiss")),
+    }
+}
+
+/// Exit status of an action the exception's rules or the record refused (nothing recorded).
+const REFUSED: u8 = 1;
+/// Exit status of bad input (a filter or value that does not parse), as clap's usage errors.
+const USAGE: u8 = 2;
+
+pub async fn run(
+    settings: &Settings,
+    command: &ExceptionCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    // Listing and showing read no payloads; acting runs a command on the record.
+    let key_use = match command {
+        ExceptionCommand::Act(_) => KeyUse::Required,
+        ExceptionCommand::List(_) | ExceptionCommand::Show(_) => KeyUse::NotNeeded,
+    };
+    let app = App::new(store::open_ledger(settings, key_use).await?);
+    match command {
+        ExceptionCommand::List(args) => list(&app, args, out).await,
+        ExceptionCommand::Show(args) => show(&app, args, out).await,
+        ExceptionCommand::Act(args) => act(&app, args, out).await,
+    }
+}
+
+async fn list(app: &App, args: &ListArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let given = [
+        ("consumer", &args.consumer),
+        ("customer", &args.customer),
+        ("kind", &args.kind),
+        ("field", &args.field),
+        ("status", &args.status),
+        ("older_than", &args.older_than),
+        ("after", &args.after),
+        ("limit", &args.limit),
+    ];
+    let query = match ExceptionQuery::parse(
+        given
+            .iter()
+            .filter_map(|(name, value)| value.as_deref().map(|v| (*name, v))),
+    ) {
+        Ok(query) => query,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: --{}: {}", e.parameter.replace('_', "-"), e.message);
+            }
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let page = app.exceptions(&query).await?;
+    if args.json {
+        let view = ExceptionPageView {
+            next_after: page.next_after,
+            exceptions: page
+                .exceptions
+                .into_iter()
+                .map(ExceptionView::from)
+                .collect(),
+        };
+        serde_json::to_writer_pretty(&mut *out, &view)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if page.exceptions.is_empty() {
+        writeln!(out, "no exceptions match")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<22}  {:<16}  {:<36}  {:<18}  {:>5}  {:<9}  opened",
+        "id", "kind", "consumer/system", "customer", "field", "seen", "status"
+    )?;
+    let now = Utc::now();
+    for e in &page.exceptions {
+        writeln!(
+            out,
+            "{:<36}  {:<22}  {:<16}  {:<36}  {:<18}  {:>4}×  {:<9}  {} ago",
+            e.id,
+            e.kind.as_str(),
+            e.subject.as_str(),
+            e.customer_id,
+            e.field.as_deref().unwrap_or("-"),
+            e.occurrences,
+            e.status.as_str(),
+            age(now - e.created_at),
+        )?;
+    }
+    if let Some(next) = page.next_after {
+        writeln!(
+            out,
+            "more: idledger exception list --after {next} (with the same filters)"
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(app: &App, args: &ShowArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let Some(exception) = app.exception(args.id).await? else {
+        eprintln!("error: there is no sync exception {}", args.id);
+        return Ok(ExitCode::from(REFUSED));
+    };
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &ExceptionView::from(exception))?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    describe(out, &exception)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn act(app: &App, args: &ActArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let steward = match Steward::new(&args.steward) {
+        Ok(steward) => steward,
+        Err(e) => {
+            eprintln!("error: --as: {e}");
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let value = match &args.value {
+        None => None,
+        Some(raw) => match serde_json::from_str(raw) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                eprintln!(
+                    "error: --value: not JSON ({e}); quote a string as JSON, e.g. '\"ann@example.com\"'"
+                );
+                return Ok(ExitCode::from(USAGE));
+            }
+        },
+    };
+    let request = StewardRequest {
+        action: args.action,
+        reason: args.reason.clone(),
+        value,
+    };
+    let done = match app.act(&steward, args.id, &request).await {
+        Ok(done) => done,
+        Err(ActError::Refused(refusal)) => {
+            eprintln!("refused ({}): {refusal}", refusal.code());
+            return Ok(ExitCode::from(REFUSED));
+        }
+        Err(ActError::Execute(idledger_store::ExecuteError::Refused(refused))) => {
+            eprintln!("refused ({}): {refused}", refused.refusal.code());
+            return Ok(ExitCode::from(REFUSED));
+        }
+        Err(ActError::Execute(e)) => {
+            return Err(e).context("the action could not be recorded; nothing was changed");
+        }
+    };
+    if args.json {
+        let view = serde_json::json!({
+            "exception_id": args.id,
+            "action": args.action.as_str(),
+            "exception": ExceptionView::from(done.exception),
+            "event_ids": done.event_ids,
+        });
+        serde_json::to_writer_pretty(&mut *out, &view)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = match args.action {
+        StewardAction::Repush => {
+            "re-pushed; it closes when the consumer acknowledges the record's value"
+        }
+        StewardAction::Accept => "accepted",
+        StewardAction::Dismiss => "dismissed",
+    };
+    writeln!(out, "exception {}: {verb}", args.id)?;
+    for id in &done.event_ids {
+        kv(out, 2, "event", id)?;
+    }
+    describe(out, &done.exception)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(out: &mut dyn Write, e: &SyncException) -> std::io::Result<()> {
+    kv(out, 0, "exception", e.id)?;
+    kv(out, 0, "kind", e.kind.as_str())?;
+    kv(out, 0, "consumer/system", e.subject.as_str())?;
+    kv(out, 0, "customer", e.customer_id)?;
+    kv(out, 0, "field", opt(e.field.as_deref()))?;
+    kv(out, 0, "status", e.status.as_str())?;
+    kv(out, 0, "seen", format!("{}×", e.occurrences))?;
+    kv(out, 0, "opened", time(e.created_at))?;
+    kv(out, 0, "updated", time(e.updated_at))?;
+    if let Some(resolution) = e.resolution {
+        kv(out, 0, "resolution", resolution.as_str())?;
+        kv(out, 0, "resolved by", opt(e.resolved_by.as_deref()))?;
+        kv(out, 0, "resolved at", opt(e.resolved_at.map(time)))?;
+        kv(out, 0, "note", opt(e.resolution_note.as_deref()))?;
+    }
+    if let Some(action) = &e.last_action {
+        kv(out, 0, "last action", action)?;
+    }
+    kv(out, 0, "evidence", &e.detail)?;
+    Ok(())
+}
+
+/// A duration in its largest whole unit: 45s, 12m, 3h, 2d.
+fn age(d: chrono::Duration) -> String {
+    let secs = d.num_seconds().max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
