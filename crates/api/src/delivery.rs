@@ -105,27 +105,15 @@ fn invalid(field: &str, detail: impl std::fmt::Display) -> ApiError {
 /// The registration a request asks for, or `invalid_value` naming the member at fault.
 fn new_consumer(body: ConsumerRequest) -> Result<NewConsumer, ApiError> {
     let id = ConsumerId::parse(&body.id).map_err(|e| invalid("id", e))?;
-    let channel = match (ChannelKind::parse(&body.channel), body.webhook) {
-        (Err(e), _) => return Err(invalid("channel", e)),
-        (Ok(ChannelKind::Webhook), Some(WebhookRequest { url, secret })) => {
+    let kind = ChannelKind::parse(&body.channel).map_err(|e| invalid("channel", e))?;
+    let webhook = match body.webhook {
+        Some(WebhookRequest { url, secret }) => {
             let secret = WebhookSecret::parse(&secret).map_err(|e| invalid("webhook.secret", e))?;
-            Channel::Webhook(Webhook::new(&url, secret).map_err(|e| invalid("webhook.url", e))?)
+            Some(Webhook::new(&url, secret).map_err(|e| invalid("webhook.url", e))?)
         }
-        (Ok(ChannelKind::Webhook), None) => {
-            return Err(invalid(
-                "webhook",
-                "the webhook channel needs {\"url\", \"secret\"}",
-            ));
-        }
-        (Ok(kind), Some(_)) => {
-            return Err(invalid(
-                "webhook",
-                format!("only the webhook channel takes one, not {}", kind.as_str()),
-            ));
-        }
-        (Ok(ChannelKind::Nats), None) => Channel::Nats,
-        (Ok(ChannelKind::Feed), None) => Channel::Feed,
+        None => None,
     };
+    let channel = Channel::new(kind, webhook).map_err(|e| invalid("webhook", e))?;
     let fields = body
         .fields
         .iter()
@@ -139,14 +127,8 @@ fn new_consumer(body: ConsumerRequest) -> Result<NewConsumer, ApiError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid("purposes", e))?;
     let start = match body.start_at.as_deref() {
-        None | Some("beginning") => StartAt::Beginning,
-        Some("now") => StartAt::Now,
-        Some(other) => {
-            return Err(invalid(
-                "start_at",
-                format!("'{}' is not one of: beginning, now", truncate(other, 64)),
-            ));
-        }
+        None => StartAt::Beginning,
+        Some(raw) => StartAt::parse(raw).map_err(|e| invalid("start_at", e))?,
     };
     if fields.is_empty() {
         return Err(invalid("fields", "select at least one field"));
@@ -435,7 +417,8 @@ fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiErro
         Some(n) => Err(ApiError::bad_request(
             "invalid_query",
             format!("limit must be between 1 and {max}, not {n}"),
-        )),
+        )
+        .with("parameter", "limit")),
     }
 }
 
@@ -758,6 +741,7 @@ pub async fn consumer_state(
                     truncate(&query.customer, 64)
                 ),
             )
+            .with("parameter", "customer")
         })?;
     registered(&state, &id).await?;
     let fields = state

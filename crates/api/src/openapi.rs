@@ -75,6 +75,8 @@ use crate::{delivery, error, reconcile, routes, steward, views, wire};
         steward::ActionResult,
         views::ExceptionPageView,
         views::ExceptionView,
+        views::RunView,
+        views::FindingView,
         reconcile::BulkActionRequest,
         reconcile::BulkItem,
         reconcile::BulkResult,

@@ -15,7 +15,7 @@ use idledger_app::{ExceptionQuery, QueryError};
 use idledger_reconcile::{ReconcileError, SnapshotFormat};
 use idledger_store::Role;
 use idledger_store::delivery::ConsumerId;
-use idledger_store::runs::{Finding, Run, RunKind};
+use idledger_store::runs::{Run, RunKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use crate::auth::{Authorized, Overseers, Reconcilers, Stewards, Uploaders};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::steward::{self, ActionRequest, ActionResult};
-use crate::views::{ExceptionPageView, ExceptionView};
+use crate::views::{ExceptionPageView, ExceptionView, FindingView, RunView};
 
 /// Largest snapshot upload accepted (streamed; never held in memory).
 pub const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
@@ -272,7 +272,7 @@ pub struct ReconcileRequest {
     post, path = "/v1/reconciliations", tag = "stewardship",
     request_body = ReconcileRequest,
     responses(
-        (status = 202, description = "Started", body = Object, headers(("Location" = String))),
+        (status = 202, description = "Started", body = RunView, headers(("Location" = String))),
         (status = 404, description = "unknown_consumer", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -308,7 +308,7 @@ pub async fn start_reconciliation(
 }
 
 fn run_response(status: StatusCode, run: &Run) -> Response {
-    let mut response = (status, Json(run)).into_response();
+    let mut response = (status, Json(RunView::from(run.clone()))).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/reconciliations/{}", run.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -331,8 +331,7 @@ pub(crate) fn reconcile_error(e: ReconcileError) -> ApiError {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunPage {
-    #[schema(value_type = Vec<Object>)]
-    pub runs: Vec<Run>,
+    pub runs: Vec<RunView>,
 }
 
 /// Recent reconciliation runs, newest first (roles `steward`, `auditor`, `admin`).
@@ -354,7 +353,9 @@ pub async fn list_reconciliations(
         .list(None, limit)
         .await
         .map_err(ApiError::from)?;
-    Ok(Json(RunPage { runs }))
+    Ok(Json(RunPage {
+        runs: runs.into_iter().map(RunView::from).collect(),
+    }))
 }
 
 /// One run with its report (roles `steward`, `auditor`, `admin`); `Accept: text/plain` (or
@@ -363,7 +364,7 @@ pub async fn list_reconciliations(
     get, path = "/v1/reconciliations/{run_id}", tag = "stewardship",
     params(("run_id" = String, Path), ("format" = Option<String>, Query, description = "`text` for the readable summary")),
     responses(
-        (status = 200, body = Object),
+        (status = 200, body = RunView),
         (status = 404, description = "unknown_run", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -388,7 +389,7 @@ pub async fn get_reconciliation(
         )
             .into_response());
     }
-    Ok(Json(run).into_response())
+    Ok(Json(RunView::from(run)).into_response())
 }
 
 async fn run_of(state: &AppState, path: &HashMap<String, String>) -> Result<Run, ApiError> {
@@ -404,8 +405,7 @@ async fn run_of(state: &AppState, path: &HashMap<String, String>) -> Result<Run,
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FindingPage {
-    #[schema(value_type = Vec<Object>)]
-    pub findings: Vec<Finding>,
+    pub findings: Vec<FindingView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_after: Option<u64>,
 }
@@ -442,7 +442,7 @@ pub async fn list_findings(
         .then(|| findings.last().map(|f| f.seq))
         .flatten();
     Ok(Json(FindingPage {
-        findings,
+        findings: findings.into_iter().map(FindingView::from).collect(),
         next_after,
     }))
 }
@@ -456,7 +456,7 @@ pub async fn list_findings(
     params(("consumer_id" = String, Path)),
     request_body(content = String, content_type = "application/x-ndjson", description = "or text/csv"),
     responses(
-        (status = 201, description = "Compared", body = Object, headers(("Location" = String))),
+        (status = 201, description = "Compared", body = RunView, headers(("Location" = String))),
         (status = 404, description = "unknown_consumer", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "unsupported_media_type", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_snapshot", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -537,3 +537,74 @@ pub struct ExceptionPageView {
     #[schema(value_type = Option<String>)]
     pub next_after: Option<uuid::Uuid>,
 }
+
+/// A reconciliation run and its report (partial while it runs).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunView {
+    #[schema(value_type = String)]
+    pub id: uuid::Uuid,
+    /// `acks` (what consumers acknowledged) or `snapshot` (an export a consumer uploaded).
+    #[schema(value_type = String)]
+    pub kind: idledger_store::runs::RunKind,
+    /// What started it: `schedule`, `cli` or `api`.
+    pub trigger: String,
+    /// The consumer it covers; `null`: every enabled consumer.
+    #[schema(value_type = Option<String>)]
+    pub consumer_id: Option<idledger_store::delivery::ConsumerId>,
+    pub requested_by: String,
+    /// `running`, `finished` or `failed`.
+    #[schema(value_type = String)]
+    pub status: idledger_store::runs::RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Counts per consumer and kind, the first examples of each kind, and totals.
+    #[schema(value_type = Object)]
+    pub report: Value,
+    pub error: Option<String>,
+}
+
+impl From<idledger_store::runs::Run> for RunView {
+    fn from(r: idledger_store::runs::Run) -> Self {
+        Self {
+            id: r.id,
+            kind: r.kind,
+            trigger: r.trigger,
+            consumer_id: r.consumer_id,
+            requested_by: r.requested_by,
+            status: r.status,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            report: r.report,
+            error: r.error,
+        }
+    }
+}
+
+/// One difference a run found.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FindingView {
+    /// Its place in the run's findings, from 1: the paging cursor.
+    pub seq: u64,
+    pub consumer_id: String,
+    /// As given (a snapshot's invalid row may not carry a valid id).
+    pub customer_id: String,
+    pub field: String,
+    /// `undelivered`, `stale`, `divergent`, `rejected`, `withdrawal_unconfirmed`, `missing`,
+    /// `extra`, `different` or `invalid_row`.
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+}
+
+impl From<idledger_store::runs::Finding> for FindingView {
+    fn from(f: idledger_store::runs::Finding) -> Self {
+        Self {
+            seq: f.seq,
+            consumer_id: f.consumer_id,
+            customer_id: f.customer_id,
+            field: f.field,
+            kind: f.kind,
+            detail: f.detail,
+        }
+    }
+}

@@ -1,5 +1,5 @@
-//! The `idledger` binary, run as a user runs it, against embedded SQLite stores in temporary
-//! directories. (PostgreSQL is covered by the store's conformance suite.)
+//! The `idledger` binary, run as a user runs it, mostly against embedded SQLite stores in
+//! temporary directories; the steward's `exception` commands on both engines.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};

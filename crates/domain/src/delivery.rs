@@ -267,3 +267,22 @@ impl fmt::Display for ExceptionSubject {
         f.write_str(self.as_str())
     }
 }
+
+string_enum! {
+    /// What a reconciliation run compares the record with.
+    pub enum RunKind as "run kind" {
+        /// What consumers acknowledged.
+        Acks = "acks",
+        /// An export a consumer uploaded of what it holds.
+        Snapshot = "snapshot",
+    }
+}
+
+string_enum! {
+    /// Where a reconciliation run stands.
+    pub enum RunStatus as "run status" {
+        Running = "running",
+        Finished = "finished",
+        Failed = "failed",
+    }
+}

@@ -78,6 +78,19 @@ pub struct Closing {
     pub at: DateTime<Utc>,
 }
 
+impl Closing {
+    /// Closed by idledger itself because its cause went away (an acknowledgement, a run that
+    /// no longer finds it, an erasure): the one form every automatic close takes.
+    pub fn automatic(note: impl Into<String>, at: DateTime<Utc>) -> Self {
+        Self {
+            by: AUTO_RESOLVER.to_owned(),
+            resolution: Resolution::Auto,
+            note: note.into(),
+            at,
+        }
+    }
+}
+
 /// The last steward action that left an exception open (a re-push). Its serde form is the
 /// store's `last_action` column, which the API and steward page show as is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,12 +311,10 @@ pub fn decide(
             })])
         }
         ExceptionCommand::CloseAutomatically { note, at } => match state {
-            Some(state) if state.is_open() => Ok(vec![ExceptionEvent::Closed(Closing {
-                by: AUTO_RESOLVER.to_owned(),
-                resolution: Resolution::Auto,
-                note: note.clone(),
-                at: *at,
-            })]),
+            Some(state) if state.is_open() => Ok(vec![ExceptionEvent::Closed(Closing::automatic(
+                note.clone(),
+                *at,
+            ))]),
             _ => Ok(Vec::new()),
         },
     }

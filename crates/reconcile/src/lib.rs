@@ -31,8 +31,8 @@ use idledger_domain::ids::CustomerId;
 use idledger_domain::state::CustomerState;
 use idledger_relay::entitlement;
 use idledger_store::delivery::{
-    AUTO_RESOLVER, AckStatus, Closing, Consumer, ConsumerFieldState, ConsumerId, ExceptionKind,
-    NewSyncException, Relation, Resolution,
+    AckStatus, Closing, Consumer, ConsumerFieldState, ConsumerId, ExceptionKind, NewSyncException,
+    Relation,
 };
 use idledger_store::runs::{Finding, Run, RunKind, RunStatus, SnapshotRow};
 use idledger_store::{Deliveries, Ledger, Runs, StoreError};
@@ -437,12 +437,10 @@ impl Reconciler {
             if current.contains(&key) {
                 continue;
             }
-            let closing = Closing {
-                by: AUTO_RESOLVER.to_owned(),
-                resolution: Resolution::Auto,
-                note: format!("reconciliation run {} no longer finds it", run.id),
-                at: now,
-            };
+            let closing = Closing::automatic(
+                format!("reconciliation run {} no longer finds it", run.id),
+                now,
+            );
             if self
                 .deliveries
                 .close_exception(e.id, &closing)

@@ -18,8 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use idledger_store::delivery::{
-    AUTO_RESOLVER, Channel, Closing, Consumer, ExceptionKind, NewSyncException, Resolution,
-    WebhookSecret,
+    Channel, Closing, Consumer, ExceptionKind, NewSyncException, WebhookSecret,
 };
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
@@ -180,12 +179,10 @@ impl WebhookSender {
                 Attempt::Delivered => {
                     if self.attempts >= FAILING_AFTER {
                         // It got through: the delivery_failing exception's cause is gone.
-                        let closing = Closing {
-                            by: AUTO_RESOLVER.to_owned(),
-                            resolution: Resolution::Auto,
-                            note: format!("delivered after {} failed attempts", self.attempts),
-                            at: Utc::now(),
-                        };
+                        let closing = Closing::automatic(
+                            format!("delivered after {} failed attempts", self.attempts),
+                            Utc::now(),
+                        );
                         let field =
                             idledger_domain::field::FieldPath::parse(&message.subject_field).ok();
                         if let Err(e) = planner

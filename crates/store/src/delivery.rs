@@ -125,6 +125,27 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// The channel a registration names: a webhook consumer needs its endpoint; the other
+    /// channels take none. Every edge registers consumers through this one rule.
+    pub fn new(kind: ChannelKind, webhook: Option<Webhook>) -> Result<Self, ValueError> {
+        match (kind, webhook) {
+            (ChannelKind::Webhook, Some(webhook)) => Ok(Self::Webhook(webhook)),
+            (ChannelKind::Webhook, None) => Err(ValueError::new(
+                "webhook",
+                "the webhook channel needs the endpoint's URL and signing secret",
+            )),
+            (kind, Some(_)) => Err(ValueError::new(
+                "webhook",
+                format!(
+                    "only the webhook channel takes an endpoint, not {}",
+                    kind.as_str()
+                ),
+            )),
+            (ChannelKind::Nats, None) => Ok(Self::Nats),
+            (ChannelKind::Feed, None) => Ok(Self::Feed),
+        }
+    }
+
     pub fn kind(&self) -> ChannelKind {
         match self {
             Self::Nats => ChannelKind::Nats,
@@ -238,6 +259,23 @@ pub enum StartAt {
     Beginning,
     /// From the head of the log at registration: only what happens next.
     Now,
+}
+
+impl StartAt {
+    /// `beginning` or `now`.
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        match raw {
+            "beginning" => Ok(Self::Beginning),
+            "now" => Ok(Self::Now),
+            other => Err(ValueError::new(
+                "start",
+                format!(
+                    "{:?} is not one of: beginning, now",
+                    other.chars().take(64).collect::<String>()
+                ),
+            )),
+        }
+    }
 }
 
 /// A consumer to register.

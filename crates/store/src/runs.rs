@@ -10,59 +10,7 @@ use crate::delivery::ConsumerId;
 use crate::error::StoreError;
 use crate::sql::{Row, sql};
 
-/// What a run compares the record with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunKind {
-    /// What consumers acknowledged.
-    Acks,
-    /// An export a consumer uploaded of what it holds.
-    Snapshot,
-}
-
-impl RunKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Acks => "acks",
-            Self::Snapshot => "snapshot",
-        }
-    }
-
-    fn parse(raw: &str) -> Result<Self, StoreError> {
-        match raw {
-            "acks" => Ok(Self::Acks),
-            "snapshot" => Ok(Self::Snapshot),
-            _ => Err(StoreError::Integrity(format!("unknown run kind {raw:?}"))),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Running,
-    Finished,
-    Failed,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Finished => "finished",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn parse(raw: &str) -> Result<Self, StoreError> {
-        match raw {
-            "running" => Ok(Self::Running),
-            "finished" => Ok(Self::Finished),
-            "failed" => Ok(Self::Failed),
-            _ => Err(StoreError::Integrity(format!("unknown run status {raw:?}"))),
-        }
-    }
-}
+pub use idledger_domain::delivery::{RunKind, RunStatus};
 
 /// One reconciliation run and its report (partial while it runs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,7 +265,7 @@ fn run(row: &Row) -> Result<Run, StoreError> {
     let consumer: Option<String> = row.try_get("consumer_id")?;
     Ok(Run {
         id: row.try_get("run_id")?,
-        kind: RunKind::parse(&row.try_get::<String>("kind")?)?,
+        kind: row.parse("kind")?,
         trigger: row.try_get("trigger")?,
         consumer_id: consumer
             .as_deref()
@@ -325,7 +273,7 @@ fn run(row: &Row) -> Result<Run, StoreError> {
             .transpose()
             .map_err(|e| StoreError::Integrity(format!("stored run: {e}")))?,
         requested_by: row.try_get("requested_by")?,
-        status: RunStatus::parse(&row.try_get::<String>("status")?)?,
+        status: row.parse("status")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         report: serde_json::from_str(&row.try_get::<String>("report")?)?,

@@ -109,11 +109,7 @@ fn parse_purpose(raw: &str) -> Result<Purpose, String> {
 }
 
 fn parse_start(raw: &str) -> Result<StartAt, String> {
-    match raw {
-        "beginning" => Ok(StartAt::Beginning),
-        "now" => Ok(StartAt::Now),
-        other => Err(format!("'{other}' is not one of: beginning, now")),
-    }
+    StartAt::parse(raw).map_err(|e| e.to_string())
 }
 
 pub async fn run(
@@ -138,28 +134,21 @@ async fn add(
     env: impl Fn(&str) -> Option<String>,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let channel = match args.channel {
-        ChannelKind::Webhook => {
-            let Some(url) = &args.url else {
-                bail!("--channel webhook needs --url <URL>");
-            };
-            let secret = webhook_secret(args, env)?;
-            Channel::Webhook(Webhook::new(url, secret)?)
+    // Flags first, so the message names them; the rule itself is `Channel::new`'s.
+    let webhook = match &args.url {
+        Some(url) if args.channel == ChannelKind::Webhook => {
+            Some(Webhook::new(url, webhook_secret(args, env)?)?)
         }
-        kind => {
-            if args.url.is_some() || args.secret_file.is_some() {
-                bail!(
-                    "--url and --secret-file are for --channel webhook, not {}",
-                    kind.as_str()
-                );
-            }
-            if kind == ChannelKind::Nats {
-                Channel::Nats
-            } else {
-                Channel::Feed
-            }
+        None if args.channel == ChannelKind::Webhook => {
+            bail!("--channel webhook needs --url <URL>")
         }
+        _ if args.url.is_some() || args.secret_file.is_some() => bail!(
+            "--url and --secret-file are for --channel webhook, not {}",
+            args.channel.as_str()
+        ),
+        _ => None,
     };
+    let channel = Channel::new(args.channel, webhook)?;
     let new = NewConsumer::new(
         args.id.clone(),
         channel,

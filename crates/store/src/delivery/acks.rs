@@ -5,8 +5,8 @@ use idledger_domain::ids::CustomerId;
 use uuid::Uuid;
 
 use super::{
-    AUTO_RESOLVER, Ack, AckOutcome, AckStatus, Closing, ConsumerFieldState, ConsumerId, Deliveries,
-    ExceptionKind, MAX_ACK_REASON_CHARS, Relation, Resolution, ValueHash, customer_id,
+    Ack, AckOutcome, AckStatus, Closing, ConsumerFieldState, ConsumerId, Deliveries, ExceptionKind,
+    MAX_ACK_REASON_CHARS, Relation, ValueHash, customer_id,
 };
 use crate::error::StoreError;
 use crate::log;
@@ -136,15 +136,13 @@ impl Deliveries {
         let record_hash = held.as_ref().and_then(|h| h.value_hash.as_deref());
         let field = ack.field.to_string();
         if record_hash == ack.value_hash.as_ref().map(ValueHash::as_str) {
-            let closing = Closing {
-                by: AUTO_RESOLVER.to_owned(),
-                resolution: Resolution::Auto,
-                note: format!(
+            let closing = Closing::automatic(
+                format!(
                     "{} acknowledged version {} of {field}, holding the record's value",
                     ack.consumer_id, ack.version
                 ),
-                at: ack.acked_at,
-            };
+                ack.acked_at,
+            );
             self.close_exceptions_where(
                 &ack.consumer_id,
                 ack.customer_id,
@@ -163,15 +161,13 @@ impl Deliveries {
                     relation == Relation::Withdrawn && since <= ack.acked_at
                 });
             if withdrawn {
-                let closing = Closing {
-                    by: AUTO_RESOLVER.to_owned(),
-                    resolution: Resolution::Auto,
-                    note: format!(
+                let closing = Closing::automatic(
+                    format!(
                         "{} confirmed deleting the customer's data (ack of {field} holding no value)",
                         ack.consumer_id
                     ),
-                    at: ack.acked_at,
-                };
+                    ack.acked_at,
+                );
                 self.close_exceptions_where(
                     &ack.consumer_id,
                     ack.customer_id,

@@ -6,9 +6,8 @@ use idledger_domain::ids::CustomerId;
 use uuid::Uuid;
 
 use super::{
-    AUTO_RESOLVER, Closing, ConsumerId, Deliveries, ExceptionFilter, ExceptionKind,
-    ExceptionStatus, ExceptionSubject, MAX_PAGE, NewSyncException, Resolution, SyncException,
-    customer_id,
+    Closing, ConsumerId, Deliveries, ExceptionFilter, ExceptionKind, ExceptionStatus,
+    ExceptionSubject, MAX_PAGE, NewSyncException, Resolution, SyncException, customer_id,
 };
 use idledger_domain::exception::ExceptionEvent;
 
@@ -141,15 +140,9 @@ impl Deliveries {
         action: &serde_json::Value,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = sql(
-            "UPDATE sync_exceptions SET last_action = $1, updated_at = $2 \
-             WHERE exception_id = $3 AND status = 'open'",
-        )
-        .bind(serde_json::to_string(action)?)
-        .bind(at)
-        .bind(id)
-        .execute(&self.db)
-        .await?;
+        let done = noting(id, serde_json::to_string(action)?, at)
+            .execute(&self.db)
+            .await?;
         Ok(done == 1)
     }
 
@@ -187,6 +180,17 @@ fn select() -> Sql {
     let mut q = sql("SELECT ");
     q.push(EXCEPTION_COLUMNS).push(" FROM sync_exceptions");
     q
+}
+
+/// Records a steward's action on an open exception as its `last_action`.
+fn noting(id: Uuid, action: String, at: DateTime<Utc>) -> Sql {
+    sql(
+        "UPDATE sync_exceptions SET last_action = $1, updated_at = $2 \
+         WHERE exception_id = $3 AND status = 'open'",
+    )
+    .bind(action)
+    .bind(at)
+    .bind(id)
 }
 
 /// `UPDATE … SET <closed> WHERE status = 'open'`, for the caller to narrow.
@@ -248,12 +252,10 @@ pub(crate) async fn close_erased_customers_exceptions(
     tx: &mut Tx,
     customer: Uuid,
 ) -> Result<(), StoreError> {
-    let closing = Closing {
-        by: AUTO_RESOLVER.to_owned(),
-        resolution: Resolution::Auto,
-        note: "the customer was erased".to_owned(),
-        at: crate::model::truncate_to_micros(Utc::now()),
-    };
+    let closing = Closing::automatic(
+        "the customer was erased".to_owned(),
+        crate::model::truncate_to_micros(Utc::now()),
+    );
     let mut q = closing_update(&closing);
     q.push(" AND customer_id = ").push_bind(customer);
     q.execute(&mut *tx).await?;
@@ -278,15 +280,9 @@ pub(crate) async fn apply_exception_event(
             q.execute(&mut *tx).await?
         }
         ExceptionEvent::Repushed(action) => {
-            sql(
-                "UPDATE sync_exceptions SET last_action = $1, updated_at = $2 \
-                 WHERE exception_id = $3 AND status = 'open'",
-            )
-            .bind(serde_json::to_string(action)?)
-            .bind(action.at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
+            noting(id, serde_json::to_string(action)?, action.at)
+                .execute(&mut *tx)
+                .await?
         }
         // Raising is not a steward's action: `Deliveries::open_exception` does it.
         ExceptionEvent::Opened { .. } | ExceptionEvent::Recurred { .. } => {
