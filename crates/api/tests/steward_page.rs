@@ -94,9 +94,9 @@ async fn open(
 ) -> SyncException {
     deliveries(app)
         .open_exception(
-            &NewSyncException::about_consumer(
+            &NewSyncException::new(
                 kind,
-                &consumer_id("crm-sync"),
+                consumer_id("crm-sync"),
                 CustomerId::parse(customer).unwrap(),
                 Some(builders::field(field)),
                 detail,

@@ -89,9 +89,9 @@ impl App {
         kind: ExceptionKind,
         detail: serde_json::Value,
     ) {
-        let opened = match NewSyncException::about_source(
+        let opened = match NewSyncException::new(
             kind,
-            source,
+            source.clone(),
             customer,
             Some(field.clone()),
             detail,

@@ -38,9 +38,9 @@ async fn setup(engine: Engine) -> Setup {
     let exception = app
         .deliveries()
         .open_exception(
-            &NewSyncException::about_consumer(
+            &NewSyncException::new(
                 ExceptionKind::Divergent,
-                &consumer_id("crm"),
+                consumer_id("crm"),
                 customer,
                 Some(field("name.given")),
                 json!({"record_version": 1}),

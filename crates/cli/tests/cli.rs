@@ -964,9 +964,9 @@ async fn seed_exceptions(engine: Engine) -> Seeded {
     let divergent = app
         .deliveries()
         .open_exception(
-            &NewSyncException::about_consumer(
+            &NewSyncException::new(
                 ExceptionKind::Divergent,
-                &consumer_id("crm-sync"),
+                consumer_id("crm-sync"),
                 customer,
                 Some(field("name.given")),
                 serde_json::json!({"record_version": 1}),

@@ -255,6 +255,18 @@ impl ExceptionSubject {
     }
 }
 
+impl From<ConsumerId> for ExceptionSubject {
+    fn from(id: ConsumerId) -> Self {
+        Self::Consumer(id)
+    }
+}
+
+impl From<SourceId> for ExceptionSubject {
+    fn from(id: SourceId) -> Self {
+        Self::Source(id)
+    }
+}
+
 impl serde::Serialize for ExceptionSubject {
     /// As the id it names: the one `consumer_id` member of the wire forms.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

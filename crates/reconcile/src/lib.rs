@@ -410,9 +410,9 @@ impl Reconciler {
             };
             let opened = self
                 .deliveries
-                .open_exception(&NewSyncException::about_consumer(
+                .open_exception(&NewSyncException::new(
                     kind,
-                    &consumer.id,
+                    consumer.id.clone(),
                     customer,
                     field,
                     f.detail.clone(),

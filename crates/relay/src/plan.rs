@@ -208,9 +208,9 @@ impl Planner {
         let event_id = EventId::from(unreadable.event_id);
         tracing::warn!(consumer = %consumer.id, position = unreadable.position, %event_id, reason = unreadable.reason, "event cannot be read; not delivered");
         self.deliveries
-            .open_exception(&NewSyncException::about_consumer(
+            .open_exception(&NewSyncException::new(
                 ExceptionKind::Undeliverable,
-                &consumer.id,
+                consumer.id.clone(),
                 customer_id,
                 Some(field),
                 json!({

@@ -205,9 +205,9 @@ impl WebhookSender {
                 Attempt::Rejected { status, body } => {
                     self.attempts = 0;
                     tracing::warn!(consumer = %consumer.id, message = %message.id, status, "webhook refused a message; opening a sync exception");
-                    let exception = NewSyncException::about_consumer(
+                    let exception = NewSyncException::new(
                         ExceptionKind::WebhookRejected,
-                        &consumer.id,
+                        consumer.id.clone(),
                         message.customer_id,
                         idledger_domain::field::FieldPath::parse(&message.subject_field).ok(),
                         json!({
@@ -234,9 +234,9 @@ impl WebhookSender {
                     self.attempts = self.attempts.saturating_add(1);
                     if self.attempts == FAILING_AFTER {
                         // Retries go on; a steward should know the endpoint keeps failing.
-                        let exception = NewSyncException::about_consumer(
+                        let exception = NewSyncException::new(
                             ExceptionKind::DeliveryFailing,
-                            &consumer.id,
+                            consumer.id.clone(),
                             message.customer_id,
                             idledger_domain::field::FieldPath::parse(&message.subject_field).ok(),
                             json!({

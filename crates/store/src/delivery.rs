@@ -26,7 +26,7 @@ pub use idledger_domain::delivery::{
     Relation, Resolution,
 };
 pub use idledger_domain::exception::{Closing, ExceptionKey, ExceptionState};
-use idledger_domain::ids::{ProposalId, SourceId};
+use idledger_domain::ids::ProposalId;
 
 mod acks;
 mod exceptions;
@@ -513,54 +513,17 @@ pub struct NewSyncException {
 }
 
 impl NewSyncException {
-    /// An exception about a consumer (every kind but `proposal` and `refused_write`).
-    pub fn about_consumer(
+    /// An exception of `kind` about a consumer or, for `proposal` and `refused_write`, a
+    /// source system. A subject of the wrong side is a caller's mistake, not bad input.
+    pub fn new(
         kind: ExceptionKind,
-        consumer: &ConsumerId,
+        subject: impl Into<ExceptionSubject>,
         customer: CustomerId,
         field: Option<FieldPath>,
         detail: serde_json::Value,
         at: DateTime<Utc>,
     ) -> Result<Self, StoreError> {
-        Self::about(
-            kind,
-            ExceptionSubject::Consumer(consumer.clone()),
-            customer,
-            field,
-            detail,
-            at,
-        )
-    }
-
-    /// An exception about a source system (`proposal`, `refused_write`).
-    pub fn about_source(
-        kind: ExceptionKind,
-        source: &SourceId,
-        customer: CustomerId,
-        field: Option<FieldPath>,
-        detail: serde_json::Value,
-        at: DateTime<Utc>,
-    ) -> Result<Self, StoreError> {
-        Self::about(
-            kind,
-            ExceptionSubject::Source(source.clone()),
-            customer,
-            field,
-            detail,
-            at,
-        )
-    }
-
-    fn about(
-        kind: ExceptionKind,
-        subject: ExceptionSubject,
-        customer: CustomerId,
-        field: Option<FieldPath>,
-        detail: serde_json::Value,
-        at: DateTime<Utc>,
-    ) -> Result<Self, StoreError> {
-        // A subject of the wrong side is a caller's mistake, not bad input.
-        let key = ExceptionKey::new(kind, subject, customer, field)
+        let key = ExceptionKey::new(kind, subject.into(), customer, field)
             .map_err(|e| StoreError::Integrity(format!("sync exception: {e}")))?;
         Ok(Self { key, detail, at })
     }

@@ -9,7 +9,11 @@
 //! - [x] acks: `record_ack` (the ack tests, erasure, closing exceptions), `consumer_state`,
 //!   `consumer_state_of`
 //! - [x] exceptions: `open_exception`, `exceptions`, `exception`, `close_exception`,
-//!   `close_exceptions_where`, `note_exception_action`, `open_exceptions_of`
+//!   `close_exceptions_where`, `note_exception_action`, `open_exceptions_of`; and
+//!   `Ledger::execute_with`, which writes a steward's exception change in the command's own
+//!   transaction (`a_command_and_its_exception_change_land_together_or_not_at_all`)
+//! - [x] `NewSyncException::new` (every exception test; the wrong side refused in
+//!   `an_exception_about_the_wrong_side_is_refused`), `SyncException::state`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -50,6 +54,7 @@ on_both_engines!(
     a_steward_action_is_noted_on_open_exceptions_only,
     open_exceptions_are_read_for_customers_and_kinds,
     exceptions_are_filtered_by_each_criterion_and_limited,
+    a_command_and_its_exception_change_land_together_or_not_at_all,
 );
 
 async fn nats_consumer(deliveries: &Deliveries, name: &str) {
@@ -561,9 +566,9 @@ async fn one_open_exception_per_consumer_customer_field_and_kind(engine: Engine)
     let a = new_customer();
     let b = new_customer();
     let open = |customer: CustomerId, path: &str, attempt: u32| {
-        NewSyncException::about_consumer(
+        NewSyncException::new(
             ExceptionKind::WebhookRejected,
-            &consumer_id("crm"),
+            consumer_id("crm"),
             customer,
             Some(field(path)),
             json!({"status": 422, "attempt": attempt}),
@@ -966,11 +971,11 @@ fn new_exception(
     let detail = json!({"record_version": 1});
     if kind.about_source() {
         let source = idledger_domain::ids::SourceId::parse(consumer).unwrap();
-        NewSyncException::about_source(kind, &source, customer, path.map(field), detail, at)
+        NewSyncException::new(kind, source, customer, path.map(field), detail, at)
     } else {
-        NewSyncException::about_consumer(
+        NewSyncException::new(
             kind,
-            &consumer_id(consumer),
+            consumer_id(consumer),
             customer,
             path.map(field),
             detail,
@@ -1384,4 +1389,158 @@ async fn exceptions_are_filtered_by_each_criterion_and_limited(engine: Engine) {
         ids[..1],
         "a limit of 0 still returns one"
     );
+}
+
+async fn a_command_and_its_exception_change_land_together_or_not_at_all(engine: Engine) {
+    use idledger_domain::event::StewardAction;
+    use idledger_domain::exception::{ExceptionEvent, LastAction, action_change};
+    use idledger_store::ExecuteError;
+    use idledger_store::model::ExceptionWrite;
+
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    let (customer, _) = customer_with_email(&store.ledger).await;
+    let opened = deliveries
+        .open_exception(&new_exception(
+            "crm",
+            customer,
+            Some("email"),
+            ExceptionKind::Divergent,
+        ))
+        .await
+        .unwrap();
+    let state = opened.state().unwrap();
+    assert!(state.is_open());
+    assert_eq!(state.customer_id(), customer);
+    let version = |ledger: Ledger| async move {
+        ledger
+            .state(customer)
+            .await
+            .unwrap()
+            .unwrap()
+            .stream_version
+    };
+    let before = version(store.ledger.clone()).await;
+    let steward_command = |key: &str, action: StewardAction| {
+        let mut c = command(
+            customer,
+            key,
+            vec![action_change(&state, action, Some("why"))],
+        );
+        c.provenance.actor =
+            idledger_domain::ids::Actor::new(idledger_domain::ids::ActorKind::Steward, "jane")
+                .unwrap();
+        c
+    };
+    let steward = idledger_domain::Principal::Steward;
+
+    // A re-push: the event and the exception's last action, together.
+    let at = truncate_to_micros(Utc::now());
+    let repush = |result: &idledger_store::CommandResult| {
+        Ok(Some(ExceptionWrite {
+            exception_id: opened.id,
+            event: ExceptionEvent::Repushed(LastAction {
+                action: StewardAction::Repush,
+                by: "steward:jane".to_owned(),
+                at,
+                event_id: result.events.last().map(|e| e.id),
+                reason: Some("why".to_owned()),
+            }),
+        }))
+    };
+    let done = store
+        .ledger
+        .execute_with(
+            &steward,
+            &steward_command("s-1", StewardAction::Repush),
+            &repush,
+        )
+        .await
+        .unwrap();
+    let noted = deliveries.exception(opened.id).await.unwrap().unwrap();
+    assert_eq!(noted.status, ExceptionStatus::Open);
+    let event_id = done.result.events.last().unwrap().id;
+    assert_eq!(
+        noted.last_action.as_ref().and_then(|a| a.get("event_id")),
+        Some(&json!(event_id)),
+        "the exception names the event recorded with it"
+    );
+    assert_eq!(version(store.ledger.clone()).await, before + 1);
+
+    // Closed by someone else meanwhile: neither the event nor the change is written.
+    deliveries
+        .close_exception(opened.id, &closing(Resolution::Auto, "acknowledged"))
+        .await
+        .unwrap()
+        .unwrap();
+    let dismiss = |_: &idledger_store::CommandResult| {
+        Ok(Some(ExceptionWrite {
+            exception_id: opened.id,
+            event: ExceptionEvent::Closed(closing(Resolution::Dismissed, "why")),
+        }))
+    };
+    let refused = store
+        .ledger
+        .execute_with(
+            &steward,
+            &steward_command("s-2", StewardAction::Dismiss),
+            &dismiss,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(ExecuteError::ExceptionNotOpen { exception_id }) if exception_id == opened.id),
+        "{refused:?}"
+    );
+    assert_eq!(version(store.ledger.clone()).await, before + 1);
+    let closed = deliveries.exception(opened.id).await.unwrap().unwrap();
+    assert_eq!(
+        closed.resolution,
+        Some(Resolution::Auto),
+        "the first close stands"
+    );
+    // The key was not consumed: a retry of the refused command is decided afresh.
+    assert!(
+        store
+            .ledger
+            .idempotent_result(
+                &steward,
+                &steward_command("s-2", StewardAction::Dismiss).idempotency_key
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn an_exception_about_the_wrong_side_is_refused() {
+    let customer = new_customer();
+    let source = idledger_domain::ids::SourceId::parse("crm").unwrap();
+    // A consumer's kind about a source system, and a source's kind about a consumer.
+    for (kind, wrong) in [
+        (
+            ExceptionKind::Divergent,
+            NewSyncException::new(
+                ExceptionKind::Divergent,
+                source.clone(),
+                customer,
+                None,
+                json!({}),
+                Utc::now(),
+            ),
+        ),
+        (
+            ExceptionKind::Proposal,
+            NewSyncException::new(
+                ExceptionKind::Proposal,
+                consumer_id("crm"),
+                customer,
+                None,
+                json!({}),
+                Utc::now(),
+            ),
+        ),
+    ] {
+        assert!(wrong.is_err(), "{kind} about the wrong side");
+    }
 }
