@@ -17,6 +17,8 @@ on_both_engines!(
     the_feed_serves_what_the_purpose_allows_as_ndjson,
     the_event_stream_resumes_from_last_event_id,
     acks_become_consumer_state,
+    acks_that_match_nothing_delivered_are_refused_and_change_nothing,
+    the_consumer_state_route_checks_its_input,
     handoffs_are_paged_per_customer_and_per_consumer,
     the_feed_refuses_callers_and_input_it_should,
     an_erased_customer_brings_one_erasure_notice,
@@ -537,7 +539,9 @@ async fn the_event_stream_resumes_from_last_event_id(engine: Engine) {
     assert!(ended.is_ok(), "the stream ended with the server's stop");
 }
 
-async fn acks_become_consumer_state(engine: Engine) {
+/// A feed consumer that was sent two versions of a customer's email, and a token of a
+/// consumer that is not registered.
+async fn acks_scene(engine: Engine) -> (TestApp, String, String, Vec<Value>) {
     let mut app = TestApp::start(engine).await;
     let ghost = app.consumer_token("ghost").await;
     app.add_consumer(feed_consumer("crm-sync", &["service"]))
@@ -547,21 +551,28 @@ async fn acks_become_consumer_state(engine: Engine) {
     assert_eq!(reply.status, StatusCode::OK);
     let (events, _) = feed_page(&app, "consumer", "").await;
     assert_eq!(events.len(), 2);
-    let ack = |e: &Value| {
-        json!({
-            "event_id": e["id"], "customer_id": e["subject"], "field": e["data"]["field"],
-            "version": e["data"]["version"], "value_hash": e["data"]["value_hash"],
-            "status": "applied",
-        })
-    };
-    let post = async |token: &str, body: &Value| {
-        app.send(Method::POST, "/v1/acks", Some(token), None, Some(body))
-            .await
-    };
-    let recorded = post("consumer", &ack(&events[1])).await;
+    (app, ghost, c, events)
+}
+
+fn applied_ack(e: &Value) -> Value {
+    json!({
+        "event_id": e["id"], "customer_id": e["subject"], "field": e["data"]["field"],
+        "version": e["data"]["version"], "value_hash": e["data"]["value_hash"],
+        "status": "applied",
+    })
+}
+
+async fn post_ack(app: &TestApp, token: &str, body: &Value) -> Reply {
+    app.send(Method::POST, "/v1/acks", Some(token), None, Some(body))
+        .await
+}
+
+async fn acks_become_consumer_state(engine: Engine) {
+    let (app, _, c, events) = acks_scene(engine).await;
+    let recorded = post_ack(&app, "consumer", &applied_ack(&events[1])).await;
     assert_eq!(recorded.status, StatusCode::OK, "{}", recorded.text);
     assert_eq!(recorded.body["outcome"], "recorded");
-    let older = post("consumer", &ack(&events[0])).await;
+    let older = post_ack(&app, "consumer", &applied_ack(&events[0])).await;
     assert_eq!(older.status, StatusCode::OK, "{}", older.text);
     assert_eq!(older.body["outcome"], "superseded");
     assert_eq!(older.body["stored_version"], events[1]["data"]["version"]);
@@ -579,10 +590,13 @@ async fn acks_become_consumer_state(engine: Engine) {
     assert_eq!(field["event_id"], events[1]["id"]);
     assert_eq!(field["value_hash"], events[1]["data"]["value_hash"]);
     // A rejection, with its reason, is state too.
-    let mut rejected = ack(&events[1]);
+    let mut rejected = applied_ack(&events[1]);
     rejected["status"] = json!("rejected");
     rejected["reason"] = json!("the CRM refuses addresses at example.org");
-    assert_eq!(post("consumer", &rejected).await.status, StatusCode::OK);
+    assert_eq!(
+        post_ack(&app, "consumer", &rejected).await.status,
+        StatusCode::OK
+    );
     let state = app
         .get(
             &format!("/v1/consumers/crm-sync/state?customer={c}"),
@@ -594,8 +608,16 @@ async fn acks_become_consumer_state(engine: Engine) {
         state.body["fields"][0]["reason"],
         "the CRM refuses addresses at example.org"
     );
+}
 
-    // Acks that match nothing delivered are refused and change nothing.
+async fn acks_that_match_nothing_delivered_are_refused_and_change_nothing(engine: Engine) {
+    let (app, ghost, c, events) = acks_scene(engine).await;
+    let ack = applied_ack;
+    let post = async |token: &str, body: &Value| post_ack(&app, token, body).await;
+    assert_eq!(
+        post("consumer", &ack(&events[1])).await.status,
+        StatusCode::OK
+    );
     let mut bad = Vec::new();
     for (key, value) in [
         ("event_id", json!(uuid::Uuid::now_v7())),
@@ -635,21 +657,25 @@ async fn acks_become_consumer_state(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    post(&ghost, &ack(&events[1]))
+    let mut rejected = ack(&events[1]);
+    rejected["status"] = json!("rejected");
+    rejected["reason"] = json!("refused by the wrong consumer");
+    post(&ghost, &rejected)
         .await
         .problem(403, "consumer_not_registered");
-    post("idp", &ack(&events[1]))
-        .await
-        .problem(403, "forbidden_role");
+    post("idp", &rejected).await.problem(403, "forbidden_role");
     let state = app
         .get(
             &format!("/v1/consumers/crm-sync/state?customer={c}"),
             "auditor",
         )
         .await;
-    assert_eq!(state.body["fields"][0]["status"], "rejected", "unchanged");
+    assert_eq!(state.body["fields"][0]["status"], "applied", "unchanged");
+    assert_eq!(state.body["fields"][0]["event_id"], events[1]["id"]);
+}
 
-    // The state route's own input.
+async fn the_consumer_state_route_checks_its_input(engine: Engine) {
+    let (app, _, c, _) = acks_scene(engine).await;
     app.get("/v1/consumers/crm-sync/state", "auditor")
         .await
         .problem(400, "invalid_query");

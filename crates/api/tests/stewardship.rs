@@ -16,6 +16,7 @@ use support::{Engine, Reply, TestApp, grant, on_both_engines};
 on_both_engines!(
     a_consumer_that_stops_acking_is_found_undelivered_and_stale,
     a_snapshot_diff_finds_extra_missing_and_different_rows,
+    a_snapshot_upload_is_checked_before_it_is_read,
     a_proposal_raises_an_exception_about_its_source,
     accepting_where_the_policy_forbids_steward_override_is_refused,
     only_stewards_act_and_a_dismissal_needs_a_reason,
@@ -326,44 +327,6 @@ async fn a_snapshot_diff_finds_extra_missing_and_different_rows(engine: Engine) 
         "{rows:?}"
     );
     assert!(rows.iter().any(|r| r.0 == "invalid_row"), "{rows:?}");
-
-    // A consumer uploads only its own snapshot, in a format we read.
-    let mut app = app;
-    let other = app.consumer_token("cdp").await;
-    let refused = app
-        .client
-        .post(app.url("/v1/consumers/crm-sync/snapshots"))
-        .bearer_auth(app.token(&other))
-        .header("content-type", "application/x-ndjson")
-        .body("")
-        .send()
-        .await
-        .unwrap();
-    Reply::from(refused)
-        .await
-        .problem(403, "forbidden_consumer");
-    let unsupported = app
-        .client
-        .post(app.url("/v1/consumers/crm-sync/snapshots"))
-        .bearer_auth(app.token("steward"))
-        .header("content-type", "application/pdf")
-        .body("%PDF")
-        .send()
-        .await
-        .unwrap();
-    Reply::from(unsupported)
-        .await
-        .problem(415, "unsupported_media_type");
-    let unknown = app
-        .client
-        .post(app.url("/v1/consumers/nobody/snapshots"))
-        .bearer_auth(app.token("steward"))
-        .header("content-type", "text/csv")
-        .body("customer_id,field,value\n")
-        .send()
-        .await
-        .unwrap();
-    Reply::from(unknown).await.problem(404, "unknown_consumer");
 }
 
 /// A customer with an email and a given name, consenting to `service`; the CRM proposed a
@@ -888,4 +851,48 @@ async fn a_bad_exception_query_is_invalid_query_naming_the_parameter(engine: Eng
         .get("/v1/exceptions?older_than=4h&status=all", "auditor")
         .await;
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+}
+
+async fn a_snapshot_upload_is_checked_before_it_is_read(engine: Engine) {
+    let mut app = TestApp::start(engine).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["email"], "purposes": ["service"],
+    }))
+    .await;
+    // A consumer uploads only its own snapshot, in a format we read.
+    let other = app.consumer_token("cdp").await;
+    let refused = app
+        .client
+        .post(app.url("/v1/consumers/crm-sync/snapshots"))
+        .bearer_auth(app.token(&other))
+        .header("content-type", "application/x-ndjson")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    Reply::from(refused)
+        .await
+        .problem(403, "forbidden_consumer");
+    let unsupported = app
+        .client
+        .post(app.url("/v1/consumers/crm-sync/snapshots"))
+        .bearer_auth(app.token("steward"))
+        .header("content-type", "application/pdf")
+        .body("%PDF")
+        .send()
+        .await
+        .unwrap();
+    Reply::from(unsupported)
+        .await
+        .problem(415, "unsupported_media_type");
+    let unknown = app
+        .client
+        .post(app.url("/v1/consumers/nobody/snapshots"))
+        .bearer_auth(app.token("steward"))
+        .header("content-type", "text/csv")
+        .body("customer_id,field,value\n")
+        .send()
+        .await
+        .unwrap();
+    Reply::from(unknown).await.problem(404, "unknown_consumer");
 }
