@@ -150,7 +150,7 @@ pub async fn get_exception(
         (status = 404, description = "unknown_exception", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "exception_closed", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 410, description = "erased", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid_body, invalid_value, value_required, not_a_consumer, no_field, invalid_transition", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_body, invalid_value, value_required, not_a_consumer, no_field, no_proposal, invalid_transition", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
