@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use idledger_app::Reader;
 use idledger_domain::command::Principal;
 use idledger_domain::ids::SourceId;
 use idledger_store::{Role, TokenRecord};
@@ -44,11 +45,31 @@ impl Caller {
             (Role::Source, Some(subject)) => SourceId::parse(subject)
                 .map(Principal::Source)
                 .map_err(|e| ApiError::internal(&e)),
-            (Role::Steward, _) => Ok(Principal::Steward),
+            (Role::Steward, _) => {
+                Principal::steward(&self.token.label).map_err(|e| ApiError::internal(&e))
+            }
             _ => Err(ApiError::forbidden(
                 "forbidden_role",
                 format!("a {} token cannot send commands", self.token.role),
             )),
+        }
+    }
+
+    /// Who reads a record: a source system (scoped by the policy, its reads logged) or one of
+    /// the people overseeing the record.
+    pub fn reader(&self) -> Result<Reader, ApiError> {
+        match (self.token.role, &self.token.subject) {
+            (Role::Source, Some(subject)) => SourceId::parse(subject)
+                .map(|source| Reader::Source {
+                    source,
+                    token_id: self.token.id,
+                })
+                .map_err(|e| ApiError::internal(&e)),
+            (Role::Source | Role::Consumer, _) => Err(ApiError::forbidden(
+                "forbidden_role",
+                format!("a {} token cannot read records", self.token.role),
+            )),
+            (Role::Steward | Role::Auditor | Role::Admin, _) => Ok(Reader::Overseer),
         }
     }
 
@@ -137,7 +158,6 @@ roles! {
     /// Reading the golden record.
     Readers = [Source, Steward, Auditor];
     /// Reading a field's history with provenance.
-    Historians = [Steward, Auditor];
     /// Operating the instance: erasure, the consumer registry.
     Admins = [Admin];
     /// Receiving deliveries: the change feed and acknowledgements (the consumer id comes from

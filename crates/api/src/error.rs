@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use idledger_app::ReadError;
 use idledger_domain::command::{Refusal, Refused};
 use idledger_domain::exception::ExceptionRefusal;
 use idledger_store::{ExecuteError, StoreError};
@@ -141,7 +142,10 @@ impl From<Refused> for ApiError {
         let detail = refused.to_string();
         let refusal = refused.refusal;
         let status = match &refusal {
-            Refusal::NotAuthoritative { .. } | Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Refusal::NotAuthoritative { .. }
+            | Refusal::Forbidden { .. }
+            | Refusal::ActorNotAllowed { .. }
+            | Refusal::WrongSecret { .. } => StatusCode::FORBIDDEN,
             Refusal::VersionConflict { .. } | Refusal::AlreadyRegistered => StatusCode::CONFLICT,
             Refusal::RecordVersionConflict { .. } => StatusCode::PRECONDITION_FAILED,
             Refusal::NotRegistered | Refusal::UnknownProposal { .. } => StatusCode::NOT_FOUND,
@@ -217,6 +221,21 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Erased { customer, at } => ApiError::gone(customer, at),
             e => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::NotFound(_) | ReadError::NotYetRegistered { .. } => {
+                ApiError::not_found("not_found", e.to_string())
+            }
+            ReadError::Erased { customer, at } => ApiError::gone(customer, at),
+            // The readers `Caller::reader` makes overseers, among those the route admits.
+            ReadError::PastForbidden => ApiError::forbidden("forbidden_role", e.to_string())
+                .with("allowed_roles", ["steward", "auditor"]),
+            ReadError::Store(e) => e.into(),
         }
     }
 }

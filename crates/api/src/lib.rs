@@ -135,6 +135,14 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         )
         .route("/customers/{customer_id}/erasure", post(routes::erase))
         .route(
+            "/customers/{customer_id}/disclosures",
+            get(routes::customer_disclosures),
+        )
+        .route(
+            "/sources/{source_id}/disclosures",
+            get(routes::source_disclosures),
+        )
+        .route(
             "/customers/{customer_id}/handoffs",
             get(delivery::customer_handoffs),
         )

@@ -11,15 +11,20 @@ use chrono::{DateTime, Utc};
 use idledger_domain::command::{Change, Command, Principal, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::field::FieldPath;
-use idledger_domain::ids::CustomerId;
+use idledger_domain::ids::{CustomerId, SourceId};
+use idledger_store::delivery::MAX_PAGE;
+use idledger_store::disclosures::DisclosureFilter;
 use idledger_store::{Executed, Role};
 
 use crate::AppState;
-use crate::auth::{Admins, Anyone, Authorized, Historians, Readers, Sources, Writers};
+use crate::auth::{Admins, Anyone, Auditors, Authorized, Readers, Sources, Writers};
+use crate::delivery::{DEFAULT_HANDOFF_LIMIT, page_limit};
 use crate::error::{ApiError, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams, idempotency_key, if_match, truncate};
 use crate::metrics;
-use crate::views::{CommandResponse, ErasureView, EventView, HistoryView, RecordView, WhoAmI};
+use crate::views::{
+    CommandResponse, DisclosurePageView, ErasureView, EventView, HistoryView, RecordView, WhoAmI,
+};
 use crate::wire::{self, CommandRequest, ErasureRequest, RegisterRequest};
 
 /// Register a customer (role `source`), optionally with first changes, atomically.
@@ -87,7 +92,7 @@ pub async fn register(
         }
         Err(e) => return Err(record_refusal(e.into())),
     };
-    respond(&command, executed, StatusCode::CREATED)
+    respond(&state, &command, executed, StatusCode::CREATED)
 }
 
 /// Send a command: one or more attribute changes, applied atomically (roles `source`,
@@ -138,7 +143,7 @@ pub async fn command(
     )
     .map_err(|r| record_refusal(r.into()))?;
     let executed = execute(&state, &principal, &command).await?;
-    respond(&command, executed, StatusCode::OK)
+    respond(&state, &command, executed, StatusCode::OK)
 }
 
 async fn execute(
@@ -195,6 +200,7 @@ fn check_claimed_source(
 /// The command's response; a non-authoritative set that was turned into a proposal is a 403
 /// `not_authoritative` naming the system of record and the proposal recorded.
 fn respond(
+    state: &AppState,
     command: &Command,
     executed: Executed,
     status: StatusCode,
@@ -218,7 +224,7 @@ fn respond(
         .collect();
     let etag = etag(result.stream_version);
     let customer = result.customer_id;
-    let body = CommandResponse::new(result, replayed);
+    let body = CommandResponse::new(result, replayed, |c| state.ledger.challenge_secret(c));
     if let Some((field, proposal_id, system_of_record)) = proposals.first() {
         let detail = format!(
             "this source may not change {field}; its system of record is '{system_of_record}'. The value was recorded as proposal {proposal_id} for the system of record or a steward to review"
@@ -296,45 +302,20 @@ pub struct RecordQuery {
 )]
 pub async fn record(
     State(state): State<AppState>,
-    Authorized(..): Authorized<Readers>,
+    Authorized(caller, ..): Authorized<Readers>,
     PathParams(params): PathParams,
     QueryParams(query): QueryParams<RecordQuery>,
 ) -> Result<Response, ApiError> {
     let customer = customer_param(&params)?;
-    let now = Utc::now();
-    let (state_at, as_of) = match query.as_of.as_deref() {
-        Some(raw) => {
-            let at = parse_instant(raw)?;
-            (state.ledger.state_as_of(customer, at).await?, Some(at))
-        }
-        None => (state.ledger.state(customer).await?, None),
-    };
-    if let Some(erasure) = state_at.as_ref().and_then(|s| s.erased.as_ref()) {
-        return Err(ApiError::gone(customer, erasure.at));
-    }
-    let Some(record) = state_at else {
-        return Err(match as_of {
-            Some(at) if state.ledger.state(customer).await?.is_some() => ApiError::not_found(
-                "not_found",
-                format!(
-                    "customer {customer} was not yet registered at {}",
-                    at.to_rfc3339()
-                ),
-            ),
-            _ => ApiError::not_found("not_found", format!("no customer {customer}")),
-        });
-    };
-    let view = RecordView::new(
-        customer,
-        &record,
-        state.ledger.policy(),
-        as_of.unwrap_or(now),
-        as_of,
-    );
-    let mut response = Json(view).into_response();
+    let as_of = query.as_of.as_deref().map(parse_instant).transpose()?;
+    let read = state
+        .app
+        .read_record(&caller.reader()?, customer, as_of)
+        .await?;
+    let mut response = Json(RecordView::of(&read, state.ledger.policy())).into_response();
     response
         .headers_mut()
-        .insert(header::ETAG, etag(record.stream_version));
+        .insert(header::ETAG, etag(read.state.stream_version));
     Ok(response)
 }
 
@@ -365,7 +346,7 @@ fn parse_instant(raw: &str) -> Result<DateTime<Utc>, ApiError> {
 )]
 pub async fn history(
     State(state): State<AppState>,
-    Authorized(..): Authorized<Historians>,
+    Authorized(caller, ..): Authorized<Readers>,
     PathParams(params): PathParams,
 ) -> Result<Json<HistoryView>, ApiError> {
     let customer = customer_param(&params)?;
@@ -374,18 +355,98 @@ pub async fn history(
         let refusal: Refusal = e.into();
         ApiError::not_found("unknown_field", refusal.to_string())
     })?;
+    let events = state
+        .app
+        .read_history(&caller.reader()?, customer, &field)
+        .await?;
+    Ok(Json(HistoryView {
+        customer_id: customer,
+        field,
+        events: events.iter().map(EventView::new).collect(),
+    }))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DisclosureQuery {
+    /// The previous page's `next_after` (a disclosure `seq`). Default: from the first.
+    pub after: Option<u64>,
+    /// Rows per page (1..=1000, default 100).
+    pub limit: Option<u32>,
+}
+
+/// Which source systems read which fields of a customer's record, and when, oldest first
+/// (roles `steward`, `auditor`). Field names only; kept after the customer's erasure.
+#[utoipa::path(
+    get, path = "/v1/customers/{customer_id}/disclosures", tag = "records",
+    params(("customer_id" = uuid::Uuid, Path), DisclosureQuery),
+    responses(
+        (status = 200, body = DisclosurePageView),
+        (status = 400, description = "invalid_query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_found, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn customer_disclosures(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Auditors>,
+    PathParams(params): PathParams,
+    QueryParams(query): QueryParams<DisclosureQuery>,
+) -> Result<Json<DisclosurePageView>, ApiError> {
+    let customer = customer_param(&params)?;
+    let limit = page_limit(query.limit, DEFAULT_HANDOFF_LIMIT, MAX_PAGE)?;
     if state.ledger.state(customer).await?.is_none() {
         return Err(ApiError::not_found(
             "not_found",
             format!("no customer {customer}"),
         ));
     }
-    let events = state.ledger.history(customer, &field).await?;
-    Ok(Json(HistoryView {
-        customer_id: customer,
-        field,
-        events: events.iter().map(EventView::new).collect(),
-    }))
+    let page = state
+        .app
+        .disclosures()
+        .list(&DisclosureFilter::Customer(customer), query.after, limit)
+        .await?;
+    Ok(Json(page.into()))
+}
+
+/// What one source system read, oldest first (roles `steward`, `auditor`).
+#[utoipa::path(
+    get, path = "/v1/sources/{source_id}/disclosures", tag = "records",
+    params(("source_id" = String, Path), DisclosureQuery),
+    responses(
+        (status = 200, body = DisclosurePageView),
+        (status = 400, description = "invalid_query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "invalid_source_id", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn source_disclosures(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Auditors>,
+    PathParams(params): PathParams,
+    QueryParams(query): QueryParams<DisclosureQuery>,
+) -> Result<Json<DisclosurePageView>, ApiError> {
+    let raw = params
+        .get("source_id")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let source = SourceId::parse(raw).map_err(|e| {
+        ApiError::not_found(
+            "invalid_source_id",
+            format!("'{}' is not a source id: {e}", truncate(raw, 64)),
+        )
+    })?;
+    let limit = page_limit(query.limit, DEFAULT_HANDOFF_LIMIT, MAX_PAGE)?;
+    let page = state
+        .app
+        .disclosures()
+        .list(&DisclosureFilter::Source(source), query.after, limit)
+        .await?;
+    Ok(Json(page.into()))
 }
 
 /// Who the token belongs to (any role).

@@ -3,16 +3,21 @@
 //! boundary); the CLI prints the same ones.
 
 use chrono::{DateTime, Utc};
+use idledger_app::RecordRead;
+use idledger_domain::challenge::ChallengeSecret;
+use idledger_domain::decide::Outcome;
 use idledger_domain::event::{ConsentTerms, EventPayload, Provenance};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{
     ChallengeId, CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId,
 };
 use idledger_domain::policy::Policy;
+use idledger_domain::scope::ReadScope;
 use idledger_domain::state::{ConsentState, ConsentStatus, CustomerState, Verification};
 use idledger_store::delivery::{
     Channel, ChannelKind, ConsentBasis, Consumer, ConsumerFieldState, HandoffEntry, Page,
 };
+use idledger_store::disclosures::{DisclosureEntry, Recipient};
 use idledger_store::{CommandResult, RecordedEvent};
 use serde::Serialize;
 use serde_json::Value;
@@ -112,38 +117,57 @@ pub struct ProposalView {
 }
 
 impl RecordView {
-    /// The record of `state`, with consents evaluated at `at` (the as-of instant, or now).
+    /// A record as its reader may see it.
+    pub fn of(read: &RecordRead, policy: &Policy) -> Self {
+        Self::new(
+            read.customer_id,
+            &read.state,
+            policy,
+            read.at,
+            read.as_of,
+            &read.scope,
+        )
+    }
+
+    /// What `scope` may see of the record of `state`, with consents evaluated at `at` (the
+    /// as-of instant, or now) on the whole state.
     pub fn new(
         customer_id: CustomerId,
         state: &CustomerState,
         policy: &Policy,
         at: DateTime<Utc>,
         as_of: Option<DateTime<Utc>>,
+        scope: &ReadScope,
     ) -> Self {
-        let fields = state
-            .fields
-            .iter()
-            .map(|(field, rec)| FieldView {
-                field: field.clone(),
-                value: rec.value.as_ref().map(|v| v.to_json()),
-                version: rec.version,
-                source: rec.source.clone(),
-                recorded_at: rec.recorded_at,
-                asserted_at: rec.asserted_at,
-                verification: rec.verification.clone(),
-                pending: rec.pending.as_ref().map(|p| PendingView {
-                    value: p.value.to_json(),
-                    challenge_id: p.challenge_id,
-                    requested_by: p.requested_by.clone(),
-                    requested_at: p.requested_at,
-                    expires_at: p.expires_at,
-                    live: p.expires_at > at,
-                }),
-            })
-            .collect();
+        let fields =
+            state
+                .fields
+                .iter()
+                .filter(|(field, _)| scope.field(policy, field))
+                .map(|(field, rec)| FieldView {
+                    field: field.clone(),
+                    value: rec.value.as_ref().map(|v| v.to_json()),
+                    version: rec.version,
+                    source: rec.source.clone(),
+                    recorded_at: rec.recorded_at,
+                    asserted_at: rec.asserted_at,
+                    verification: rec.verification.clone(),
+                    pending: rec.pending.as_ref().filter(|p| scope.pending(p)).map(|p| {
+                        PendingView {
+                            value: p.value.to_json(),
+                            challenge_id: p.challenge_id,
+                            requested_by: p.requested_by.clone(),
+                            requested_at: p.requested_at,
+                            expires_at: p.expires_at,
+                            live: p.expires_at > at,
+                        }
+                    }),
+                })
+                .collect();
         let consents = state
             .consents
             .iter()
+            .filter(|(purpose, _)| scope.consent(policy, purpose))
             .map(|(purpose, c)| ConsentView {
                 purpose: purpose.clone(),
                 status: state.consent_status(purpose, policy, at),
@@ -159,6 +183,7 @@ impl RecordView {
         let proposals = state
             .proposals
             .iter()
+            .filter(|(_, p)| scope.proposal(policy, p))
             .map(|(id, p)| ProposalView {
                 proposal_id: *id,
                 field: p.field.clone(),
@@ -256,9 +281,11 @@ pub struct CommandResponse {
     /// The stream version after the command: the record's new ETag.
     pub stream_version: u64,
     /// One per change, in order: `{"outcome": "registered" | "applied" | "unchanged" |
-    /// "proposed" | "pending" | "proposal_resolved", …}`.
+    /// "proposed" | "pending" | "proposal_resolved", …}`. A `pending` outcome carries the
+    /// `secret` that confirms it, for the requester alone: pass it to the subject (a link, a
+    /// code) and send it back with `confirm_verification`.
     #[schema(value_type = Vec<Object>)]
-    pub outcomes: Vec<idledger_domain::decide::Outcome>,
+    pub outcomes: Vec<OutcomeView>,
     /// The events recorded: `{id, stream_version, type}`.
     #[schema(value_type = Vec<Object>)]
     pub events: Vec<idledger_store::ledger::EventRef>,
@@ -266,12 +293,37 @@ pub struct CommandResponse {
     pub replayed: bool,
 }
 
+/// One change's outcome, and for a pending change the secret that confirms it.
+#[derive(Debug, Serialize)]
+pub struct OutcomeView {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ChallengeSecret>,
+}
+
 impl CommandResponse {
-    pub fn new(result: CommandResult, replayed: bool) -> Self {
+    /// `secret_for` gives a pending change's confirmation secret (`Ledger::challenge_secret`).
+    pub fn new(
+        result: CommandResult,
+        replayed: bool,
+        secret_for: impl Fn(ChallengeId) -> ChallengeSecret,
+    ) -> Self {
+        let outcomes = result
+            .outcomes
+            .into_iter()
+            .map(|outcome| OutcomeView {
+                secret: match &outcome {
+                    Outcome::Pending { challenge_id, .. } => Some(secret_for(*challenge_id)),
+                    _ => None,
+                },
+                outcome,
+            })
+            .collect();
         Self {
             customer_id: result.customer_id,
             stream_version: result.stream_version,
-            outcomes: result.outcomes,
+            outcomes,
             events: result.events,
             replayed,
         }
@@ -408,6 +460,61 @@ impl From<Page<HandoffEntry>> for HandoffPageView {
     fn from(page: Page<HandoffEntry>) -> Self {
         Self {
             items: page.items.into_iter().map(HandoffView::from).collect(),
+            next_after: page.next,
+        }
+    }
+}
+
+/// One disclosure: a source system's read of the record, or an export given to the subject.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DisclosureView {
+    /// Increases with every row: the paging cursor (`after=`).
+    pub seq: u64,
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    /// `source` (a source system read the record) or `subject` (an access or portability
+    /// export).
+    pub recipient: String,
+    /// The source that read; `null` for the subject.
+    pub source_id: Option<String>,
+    /// The token the request came with; `null` from the command line.
+    pub token_id: Option<uuid::Uuid>,
+    /// The fields (and `consent.<purpose>`) the answer showed.
+    pub fields: Vec<String>,
+    pub disclosed_at: DateTime<Utc>,
+}
+
+/// A page of the disclosure log, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DisclosurePageView {
+    pub items: Vec<DisclosureView>,
+    /// Pass as `after=` for the next page; `null` when this was the last one.
+    pub next_after: Option<u64>,
+}
+
+impl From<Page<DisclosureEntry>> for DisclosurePageView {
+    fn from(page: Page<DisclosureEntry>) -> Self {
+        Self {
+            items: page
+                .items
+                .into_iter()
+                .map(|d| DisclosureView {
+                    seq: d.seq,
+                    customer_id: d.customer_id,
+                    recipient: match d.recipient {
+                        Recipient::Source(_) => "source",
+                        Recipient::Subject => "subject",
+                    }
+                    .to_owned(),
+                    source_id: match d.recipient {
+                        Recipient::Source(s) => Some(s.to_string()),
+                        Recipient::Subject => None,
+                    },
+                    token_id: d.token_id,
+                    fields: d.fields,
+                    disclosed_at: d.disclosed_at,
+                })
+                .collect(),
             next_after: page.next,
         }
     }

@@ -3,6 +3,7 @@
 //! is refused as `invalid_value` naming the change.
 
 use chrono::{DateTime, Utc};
+use idledger_domain::challenge::ChallengeSecret;
 use idledger_domain::command::{Change, Command, ProvenanceInput, Refusal, Refused};
 use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::ids::{ChallengeId, CustomerId, IdempotencyKey, ProposalId, Purpose};
@@ -75,6 +76,8 @@ pub enum ChangeBody {
     ConfirmVerification {
         field: String,
         challenge_id: uuid::Uuid,
+        /// The `secret` the answer to the `request_change` gave its requester.
+        secret: String,
     },
     CancelChange {
         field: String,
@@ -302,9 +305,11 @@ impl ChangeBody {
             Self::ConfirmVerification {
                 field: f,
                 challenge_id,
+                secret,
             } => Change::ConfirmVerification {
                 field: field(index, &f)?,
                 challenge_id: ChallengeId::from(challenge_id),
+                secret: parsed(index, "secret", ChallengeSecret::parse(&secret))?,
             },
             Self::CancelChange {
                 field: f,

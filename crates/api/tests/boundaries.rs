@@ -48,6 +48,13 @@ async fn every_role_against_every_route(engine: Engine) {
             None,
             &["idp", "steward", "auditor"],
         ),
+        // The past is for stewards and auditors: a source reads the record only as it is.
+        (
+            Method::GET,
+            "/v1/customers/{c}?as_of=2100-01-01T00:00:00Z",
+            None,
+            &["steward", "auditor"],
+        ),
         (
             Method::GET,
             "/v1/customers/{c}/fields/email/history",
@@ -86,6 +93,18 @@ async fn every_role_against_every_route(engine: Engine) {
         (
             Method::GET,
             "/v1/customers/{c}/handoffs",
+            None,
+            &["steward", "auditor"],
+        ),
+        (
+            Method::GET,
+            "/v1/customers/{c}/disclosures",
+            None,
+            &["steward", "auditor"],
+        ),
+        (
+            Method::GET,
+            "/v1/sources/idp/disclosures",
             None,
             &["steward", "auditor"],
         ),

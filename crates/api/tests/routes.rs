@@ -159,6 +159,22 @@ async fn email_change_takes_effect_only_after_verification(engine: Engine) {
         .as_str()
         .unwrap()
         .to_owned();
+    let secret = requested.body["outcomes"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(secret.len(), 64);
+    // A retry gets the same secret back: nothing secret is stored, it is derived.
+    let again = app
+        .command(
+            "web_app",
+            &id,
+            "w-1",
+            json!([{"op": "request_change", "field": "email", "value": "new@example.org"}]),
+        )
+        .await;
+    assert_eq!(again.body["replayed"], true);
+    assert_eq!(again.body["outcomes"][0]["secret"], secret.as_str());
 
     let record = app.get(&format!("/v1/customers/{id}"), "web_app").await;
     assert_eq!(record.body["fields"][0]["value"], "old@example.org");
@@ -167,13 +183,26 @@ async fn email_change_takes_effect_only_after_verification(engine: Engine) {
         "new@example.org"
     );
     assert_eq!(record.body["fields"][0]["pending"]["live"], true);
+    // Only the requester sees the pending value and its challenge.
+    let by_idp = app.get(&format!("/v1/customers/{id}"), "idp").await;
+    assert_eq!(by_idp.body["fields"][0]["value"], "old@example.org");
+    assert!(by_idp.body["fields"][0]["pending"].is_null());
 
+    // The challenge id alone confirms nothing.
+    app.command(
+        "web_app",
+        &id,
+        "w-2a",
+        json!([{"op": "confirm_verification", "field": "email", "challenge_id": challenge, "secret": "0".repeat(64)}]),
+    )
+    .await
+    .problem(403, "wrong_secret");
     let confirmed = app
         .command(
             "web_app",
             &id,
             "w-2",
-            json!([{"op": "confirm_verification", "field": "email", "challenge_id": challenge}]),
+            json!([{"op": "confirm_verification", "field": "email", "challenge_id": challenge, "secret": secret}]),
         )
         .await;
     assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.text);
@@ -280,9 +309,15 @@ async fn refusal_codes_over_http(engine: Engine) {
         ),
         (
             "idp",
-            json!([{"op": "confirm_verification", "field": "email", "challenge_id": "0190f0c8-3d2a-7c1e-9b7a-1f2e3d4c5b6a"}]),
+            json!([{"op": "confirm_verification", "field": "email", "challenge_id": "0190f0c8-3d2a-7c1e-9b7a-1f2e3d4c5b6a", "secret": "ab".repeat(32)}]),
             422,
             "invalid_transition",
+        ),
+        (
+            "web_app",
+            json!([{"op": "confirm_verification", "field": "email", "challenge_id": "0190f0c8-3d2a-7c1e-9b7a-1f2e3d4c5b6a", "secret": "not hex"}]),
+            422,
+            "invalid_value",
         ),
         (
             "idp",
@@ -313,6 +348,22 @@ async fn refusal_codes_over_http(engine: Engine) {
     for (i, (source, changes, status, code)) in cases.into_iter().enumerate() {
         let reply = app.command(source, &id, &format!("r-{i}"), changes).await;
         reply.problem(status, code);
+    }
+    // Actors a source may not speak for: the subject through a source that does not face
+    // them, and a steward through any source.
+    for (i, (source, kind)) in [("crm", "subject"), ("idp", "steward")].iter().enumerate() {
+        let body = json!({
+            "provenance": {"actor": {"kind": kind, "id": "someone"}},
+            "changes": [{"op": "withdraw_consent", "purpose": "marketing"}],
+        });
+        let path = format!("/v1/customers/{id}/commands");
+        let key = format!("a-{i}");
+        let reply = app
+            .send(Method::POST, &path, Some(source), Some(&key), Some(&body))
+            .await;
+        let problem = reply.problem(403, "actor_not_allowed");
+        assert_eq!(problem["kind"], *kind);
+        assert_eq!(problem["source_id"], *source);
     }
     let unknown = uuid::Uuid::now_v7();
     app.command(

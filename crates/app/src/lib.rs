@@ -3,6 +3,8 @@
 //!
 //! - [`commands`]: run a command, and open the sync exceptions a proposal or a refused write
 //!   is for stewards; erase a customer.
+//! - [`reads`]: a record as its reader may see it (the policy's read scope), the past only for
+//!   stewards and auditors, and the disclosure log of what source systems read.
 //! - [`stewardship`]: query sync exceptions ([`ExceptionQuery`], the one parser of their
 //!   filters), read one, act on one or many — a steward's action and the exception's change in
 //!   one transaction.
@@ -12,11 +14,13 @@
 //! in the domain, or in the store.
 
 pub mod commands;
+pub mod reads;
 pub mod stewardship;
 
 use idledger_reconcile::Reconciler;
-use idledger_store::{Deliveries, Ledger, Runs, Tokens};
+use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
+pub use reads::{ReadError, Reader, RecordRead};
 pub use stewardship::{ActError, ActionDone, ExceptionQuery, QueryError, Steward, StewardRequest};
 
 /// The use cases over one store. Cheap to clone.
@@ -24,6 +28,7 @@ pub use stewardship::{ActError, ActionDone, ExceptionQuery, QueryError, Steward,
 pub struct App {
     ledger: Ledger,
     deliveries: Deliveries,
+    disclosures: Disclosures,
     runs: Runs,
     tokens: Tokens,
     reconciler: Reconciler,
@@ -34,6 +39,7 @@ impl App {
         let store = ledger.store();
         Self {
             deliveries: store.deliveries(),
+            disclosures: store.disclosures(),
             runs: store.runs(),
             tokens: store.tokens(),
             reconciler: Reconciler::new(ledger.clone()),
@@ -47,6 +53,10 @@ impl App {
 
     pub fn deliveries(&self) -> &Deliveries {
         &self.deliveries
+    }
+
+    pub fn disclosures(&self) -> &Disclosures {
+        &self.disclosures
     }
 
     pub fn runs(&self) -> &Runs {

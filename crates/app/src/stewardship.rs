@@ -405,7 +405,11 @@ impl App {
         };
         let executed = match self
             .ledger
-            .execute_with(&Principal::Steward, &command, &attach)
+            .execute_with(
+                &Principal::Steward(steward.actor.clone()),
+                &command,
+                &attach,
+            )
             .await
         {
             Ok(executed) => executed,

@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use idledger_app::{ActError, App, Steward, StewardRequest};
-use idledger_domain::command::{Change, Command, Principal, ProvenanceInput};
+use idledger_domain::command::{Change, Command, ProvenanceInput};
 use idledger_domain::event::{EventPayload, StewardAction};
 use idledger_domain::exception::{Closing, ExceptionEvent};
 use idledger_domain::ids::{Actor, ActorKind, CustomerId, IdempotencyKey};
@@ -200,7 +200,7 @@ async fn a_command_with_a_closed_exception_is_not_recorded(engine: Engine) {
     let refused = s
         .app
         .ledger()
-        .execute_with(&Principal::Steward, &command, &attach)
+        .execute_with(&idledger_testkit::builders::steward(), &command, &attach)
         .await;
     assert!(
         matches!(refused, Err(ExecuteError::ExceptionNotOpen { exception_id }) if exception_id == id),

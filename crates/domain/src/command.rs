@@ -7,7 +7,8 @@ use uuid::Uuid;
 use crate::event::StewardAction;
 use crate::field::{FieldPath, FieldValue};
 use crate::ids::{
-    Actor, ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose, SourceId,
+    Actor, ActorKind, ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose,
+    SourceId,
 };
 use crate::policy::{Policy, WriteMode};
 use crate::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
@@ -45,6 +46,8 @@ pub enum Change {
     ConfirmVerification {
         field: FieldPath,
         challenge_id: ChallengeId,
+        /// What the requester received with the challenge (see [`crate::challenge`]).
+        secret: crate::challenge::ChallengeSecret,
     },
     CancelChange {
         field: FieldPath,
@@ -144,8 +147,16 @@ pub struct Command {
 pub enum Principal {
     /// A source system; events record it as their source.
     Source(SourceId),
-    /// A data steward; events record the reserved source `steward`.
-    Steward,
+    /// A data steward; events record the reserved source `steward` and this actor (kind
+    /// `steward`, the steward's name), whatever the command says.
+    Steward(Actor),
+}
+
+impl Principal {
+    /// A data steward known by `label` (a token's label, the CLI's `--as`).
+    pub fn steward(label: &str) -> Result<Self, crate::values::ValueError> {
+        Actor::new(ActorKind::Steward, label).map(Self::Steward)
+    }
 }
 
 /// Everything decide needs from outside: the clock, the policy, the caller, and a seed for
@@ -157,6 +168,9 @@ pub struct Context<'a> {
     pub principal: Principal,
     /// A fresh UUIDv7; event, proposal and challenge ids are derived from it in order.
     pub id_seed: Uuid,
+    /// The key a pending change's confirmation secret is derived from (see
+    /// [`crate::challenge`]).
+    pub challenge_key: &'a crate::challenge::ChallengeKey,
 }
 
 /// Why a command was refused. A domain answer, not a failure: nothing was recorded.
@@ -214,6 +228,19 @@ pub enum Refusal {
     UnknownProposal { proposal_id: ProposalId },
     #[error("{reason}")]
     Forbidden { reason: String },
+    /// The command names an actor its source may not speak for: a steward (only idledger's
+    /// stewards are), or the subject through a source the policy does not mark subject-facing.
+    #[error("source {source_id} may not record a {kind} as the actor")]
+    ActorNotAllowed {
+        source_id: SourceId,
+        kind: ActorKind,
+    },
+    /// A pending change's confirmation came without the secret its requester received.
+    #[error("the secret does not confirm the change of {field} with challenge {challenge_id}")]
+    WrongSecret {
+        field: FieldPath,
+        challenge_id: ChallengeId,
+    },
     /// The record was erased; nothing can be recorded for this customer any more.
     #[error("the customer's record was erased at {erased_at}")]
     Erased { erased_at: DateTime<Utc> },
@@ -236,6 +263,8 @@ impl Refusal {
             Self::AlreadyRegistered => "already_registered",
             Self::UnknownProposal { .. } => "unknown_proposal",
             Self::Forbidden { .. } => "forbidden",
+            Self::ActorNotAllowed { .. } => "actor_not_allowed",
+            Self::WrongSecret { .. } => "wrong_secret",
             Self::Erased { .. } => "erased",
         }
     }

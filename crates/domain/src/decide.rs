@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::challenge::ChallengeSecret;
 use crate::command::{
     Change, Command, Context, MAX_CHANGES, MAX_REASON_CHARS, Principal, Refusal, Refused,
 };
@@ -13,7 +14,7 @@ use crate::event::{
     RepushedValue, SetMode, StewardAction,
 };
 use crate::field::{FieldKind, FieldPath, FieldValue};
-use crate::ids::{ChallengeId, EventId, ProposalId, Purpose, SourceId};
+use crate::ids::{Actor, ActorKind, ChallengeId, EventId, ProposalId, Purpose, SourceId};
 use crate::policy::{Policy, STEWARD_SOURCE, WriteMode};
 use crate::state::{ConsentState, ConsentStatus, CustomerState, evolve};
 use crate::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
@@ -90,17 +91,18 @@ pub fn decide(
         }
         .into());
     }
-    let source = match &ctx.principal {
-        Principal::Source(s) => s.clone(),
-        Principal::Steward => {
+    let (source, actor) = match &ctx.principal {
+        Principal::Source(s) => (s.clone(), claimed_actor(s, &command.provenance.actor, ctx)?),
+        Principal::Steward(steward) => (
             SourceId::parse(STEWARD_SOURCE).map_err(|e| Refusal::InvalidCommand {
                 reason: e.to_string(),
-            })?
-        }
+            })?,
+            steward.clone(),
+        ),
     };
     let provenance = Provenance {
         source,
-        actor: command.provenance.actor.clone(),
+        actor,
         on_behalf_of: command.provenance.on_behalf_of.clone(),
         evidence: command.provenance.evidence.clone(),
         observed_at: command.provenance.observed_at,
@@ -129,6 +131,25 @@ pub fn decide(
         events: decider.events,
         outcomes: decider.outcomes,
     })
+}
+
+/// The actor a source's command may record: never a steward (only idledger's stewards act
+/// as one), and the subject only through a source the policy marks subject-facing.
+fn claimed_actor(source: &SourceId, actor: &Actor, ctx: &Context<'_>) -> Result<Actor, Refused> {
+    let allowed = match actor.kind() {
+        ActorKind::Steward => false,
+        ActorKind::Subject => ctx.policy.subject_facing(source),
+        ActorKind::Agent | ActorKind::System => true,
+    };
+    if allowed {
+        Ok(actor.clone())
+    } else {
+        Err(Refusal::ActorNotAllowed {
+            source_id: source.clone(),
+            kind: actor.kind(),
+        }
+        .into())
+    }
 }
 
 /// Decides the erasure of a customer's record (right to erasure): the one `customer_erased`
@@ -254,7 +275,7 @@ impl Decider<'_, '_> {
     }
 
     fn is_steward(&self) -> bool {
-        self.ctx.principal == Principal::Steward
+        matches!(self.ctx.principal, Principal::Steward(_))
     }
 
     fn mode(&self, field: &FieldPath) -> WriteMode {
@@ -321,7 +342,8 @@ impl Decider<'_, '_> {
             Change::ConfirmVerification {
                 field,
                 challenge_id,
-            } => self.confirm(field, *challenge_id),
+                secret,
+            } => self.confirm(field, *challenge_id, secret),
             Change::CancelChange {
                 field,
                 challenge_id,
@@ -718,9 +740,16 @@ impl Decider<'_, '_> {
         &mut self,
         field: &FieldPath,
         challenge_id: ChallengeId,
+        secret: &ChallengeSecret,
     ) -> Result<Outcome, Refusal> {
         self.may_request(field)?;
         let pending = self.pending_with(field, challenge_id)?;
+        if !self.ctx.challenge_key.confirms(challenge_id, secret) {
+            return Err(Refusal::WrongSecret {
+                field: field.clone(),
+                challenge_id,
+            });
+        }
         if pending.expires_at <= self.ctx.now {
             return Err(Refusal::ExpiredChallenge {
                 field: field.clone(),

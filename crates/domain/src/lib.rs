@@ -1,17 +1,20 @@
 //! idledger's domain core: pure and synchronous. It knows nothing of storage, HTTP or NATS.
 //!
+//! - [`challenge`]: the secret that confirms a pending change, derived from its challenge id.
 //! - [`ids`] and [`values`]: validated types (parse, don't validate).
 //! - [`field`]: the field catalog and typed field values.
 //! - [`policy`]: the authority policy (who owns each field, what others may do).
 //! - [`command`], [`mod@decide`]: commands and the decision that turns them into events or a refusal.
 //! - [`event`], [`state`]: events with provenance and the infallible `evolve`.
 //! - [`schema`]: the versioned stored form of events.
+//! - [`scope`]: who may read which parts of a record (the policy's read rules).
 //! - [`delivery`]: the vocabulary of delivery to consumers (consumer ids, channels, handoffs,
 //!   acks, sync exception kinds and statuses, what an exception is about).
 //! - [`exception`]: the sync exception lifecycle (raise, re-push, accept, dismiss, close) as
 //!   its own `decide`/`evolve`, and the steward's planning of the customer command an action
 //!   needs.
 
+pub mod challenge;
 pub mod command;
 pub mod decide;
 pub mod delivery;
@@ -21,6 +24,7 @@ pub mod field;
 pub mod ids;
 pub mod policy;
 pub mod schema;
+pub mod scope;
 pub mod state;
 pub mod values;
 

@@ -4,7 +4,7 @@
 //! Loaded from TOML (see `deploy/policy.toml`). Its [`PolicyVersion`] is a hash of the parsed
 //! content, recorded on every event so an auditor knows which rules admitted it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,10 @@ pub struct FieldRule {
     pub requires_verification: bool,
     #[serde(default)]
     pub steward_override: bool,
+    /// Sources that may read the field without writing it. Every writer (any mode but
+    /// `none`) and the system of record read it anyway.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub readers: BTreeSet<SourceId>,
 }
 
 impl FieldRule {
@@ -74,6 +78,11 @@ impl FieldRule {
             return WriteMode::Authoritative;
         }
         self.writers.get(source).copied().unwrap_or(WriteMode::None)
+    }
+
+    /// Whether `source` may read the field: it writes it in some mode, or is a listed reader.
+    pub fn readable_by(&self, source: &SourceId) -> bool {
+        self.mode_of(source) != WriteMode::None || self.readers.contains(source)
     }
 }
 
@@ -87,6 +96,10 @@ struct PolicyDocument {
     age_of_digital_consent: BTreeMap<Jurisdiction, u8>,
     #[serde(default)]
     consent_max_age_days: BTreeMap<Purpose, u32>,
+    /// Sources that face the data subject (a web app, a consent portal): only they may record
+    /// the subject as the actor of a command.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    subject_facing: BTreeSet<SourceId>,
     fields: BTreeMap<String, FieldRule>,
 }
 
@@ -192,7 +205,9 @@ impl Policy {
             if let Some(p) = path.as_ref().filter(|p| p.family().is_some()) {
                 keyed.insert(p.clone(), rule.clone());
             }
-            let sources = std::iter::once(&rule.system_of_record).chain(rule.writers.keys());
+            let sources = std::iter::once(&rule.system_of_record)
+                .chain(rule.writers.keys())
+                .chain(&rule.readers);
             if sources
                 .clone()
                 .any(|s| RESERVED_SOURCES.contains(&s.as_str()))
@@ -209,6 +224,13 @@ impl Policy {
             if rule.requires_verification && !verifiable {
                 return Err(PolicyError::VerificationNotSupported(name.clone()));
             }
+        }
+        if doc
+            .subject_facing
+            .iter()
+            .any(|s| RESERVED_SOURCES.contains(&s.as_str()))
+        {
+            return Err(PolicyError::ReservedSource("subject_facing".to_owned()));
         }
         let rules = SLOTS
             .iter()
@@ -247,6 +269,16 @@ impl Policy {
 
     pub fn mode(&self, field: &FieldPath, source: &SourceId) -> WriteMode {
         self.rule(field).mode_of(source)
+    }
+
+    /// Whether `source` may read `field` (see [`FieldRule::readable_by`]).
+    pub fn readable(&self, field: &FieldPath, source: &SourceId) -> bool {
+        self.rule(field).readable_by(source)
+    }
+
+    /// Whether `source` faces the data subject, so may name them as a command's actor.
+    pub fn subject_facing(&self, source: &SourceId) -> bool {
+        self.doc.subject_facing.contains(source)
     }
 
     pub fn pending_change_ttl(&self) -> chrono::Duration {
@@ -410,6 +442,47 @@ mod tests {
         refused(
             &DEFAULT_POLICY_TOML.replace("US = 13", "US = 13\nZZ = 3"),
             "ZZ",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace(
+                "readers = [\"web_app\", \"support_portal\"]",
+                "readers = [\"steward\"]",
+            ),
+            "reserved",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace(
+                "subject_facing = [\"web_app\", \"consent_portal\"]",
+                "subject_facing = [\"admin\"]",
+            ),
+            "reserved",
+        );
+    }
+
+    #[test]
+    fn readers_and_subject_facing_sources_come_from_the_policy() {
+        let p = Policy::default_policy().unwrap();
+        let level = FieldPath::VerificationLevel;
+        // The system of record and a listed reader read; a writer in any mode reads.
+        assert!(p.readable(&level, &src("idp")));
+        assert!(p.readable(&level, &src("support_portal")));
+        assert!(!p.readable(&level, &src("crm")));
+        assert!(p.readable(&FieldPath::Email, &src("crm")));
+        assert!(p.readable(&FieldPath::Locale, &src("cdp")));
+        assert!(!p.readable(&FieldPath::BirthDate, &src("web_app")));
+        assert!(p.subject_facing(&src("web_app")));
+        assert!(!p.subject_facing(&src("crm")));
+        // A policy without the new keys keeps its version: empty sets are not serialised.
+        let without = DEFAULT_POLICY_TOML
+            .replace("subject_facing = [\"web_app\", \"consent_portal\"]", "")
+            .replace("readers = [\"web_app\", \"support_portal\"]", "");
+        let with_empty = without.replace(
+            "pending_change_ttl_minutes = 1440",
+            "pending_change_ttl_minutes = 1440\nsubject_facing = []",
+        );
+        assert_eq!(
+            Policy::from_toml(&without).unwrap().version(),
+            Policy::from_toml(&with_empty).unwrap().version()
         );
     }
 }

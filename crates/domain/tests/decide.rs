@@ -4,12 +4,13 @@
 mod support;
 
 use chrono::Duration;
+use idledger_domain::challenge::{ChallengeKey, ChallengeSecret};
 use idledger_domain::command::{Change, Principal, ProvenanceInput, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::event::{CancelReason, EventPayload, RepushedValue, SetMode, StewardAction};
 use idledger_domain::field::FieldValue;
-use idledger_domain::ids::{ChallengeId, ProposalId, Purpose};
-use idledger_domain::policy::WriteMode;
+use idledger_domain::ids::{Actor, ActorKind, ChallengeId, ProposalId, Purpose};
+use idledger_domain::policy::{DEFAULT_POLICY_TOML, Policy, WriteMode};
 use idledger_domain::schema::{StoredEvent, upcast};
 use idledger_domain::state::{ConsentStatus, CustomerState, Erasure, evolve, evolve_unreadable};
 use idledger_domain::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
@@ -82,7 +83,7 @@ fn changes_before_registration_are_refused() {
         vec![set("name.given", json!("Ada")), Change::Register],
     );
     assert_eq!(refusal_code(r), "invalid_command");
-    let r = s.decide_as(Principal::Steward, agent(), vec![Change::Register]);
+    let r = s.decide_as(steward(), agent(), vec![Change::Register]);
     assert_eq!(refusal_code(r), "forbidden");
 }
 
@@ -447,6 +448,7 @@ fn requested_email_takes_over_only_after_verification() {
     let confirm = Change::ConfirmVerification {
         field: field("email"),
         challenge_id: challenge,
+        secret: secret(challenge),
     };
     let d = s
         .apply(source("web_app"), with_evidence(), vec![confirm])
@@ -507,6 +509,7 @@ fn an_expired_challenge_cannot_be_confirmed() {
     let confirm = Change::ConfirmVerification {
         field: field("phone"),
         challenge_id: challenge,
+        secret: secret(challenge),
     };
     assert_eq!(
         refusal_code(s.when("web_app", agent(), vec![confirm])),
@@ -540,9 +543,11 @@ fn confirm_and_cancel_need_the_right_challenge_and_writer() {
         )
         .unwrap();
     let challenge = challenge_of(&d.outcomes[0]);
+    let other = ChallengeId::from(Uuid::now_v7());
     let wrong = Change::ConfirmVerification {
         field: field("email"),
-        challenge_id: ChallengeId::from(Uuid::now_v7()),
+        challenge_id: other,
+        secret: secret(other),
     };
     assert_eq!(
         refusal_code(s.when("web_app", agent(), vec![wrong])),
@@ -551,6 +556,7 @@ fn confirm_and_cancel_need_the_right_challenge_and_writer() {
     let by_crm = Change::ConfirmVerification {
         field: field("email"),
         challenge_id: challenge,
+        secret: secret(challenge),
     };
     assert_eq!(
         refusal_code(s.when("crm", agent(), vec![by_crm])),
@@ -630,13 +636,35 @@ fn consent_granted_by_its_authority_and_withdrawn_by_the_subject_anywhere() {
             .events
             .is_empty()
     );
-    // An agent at the CRM may not withdraw on its own; the subject may, through any source.
+    // An agent at the CRM may not withdraw on its own, nor claim to be the subject: the CRM
+    // does not face the subject. Someone acting on the subject's behalf may, through any source.
     assert_eq!(
         refusal_code(s.when("crm", agent(), vec![withdraw("marketing")])),
         "not_authoritative"
     );
+    assert_eq!(
+        refusal_code(s.when("crm", subject(), vec![withdraw("marketing")])),
+        "actor_not_allowed"
+    );
+    assert_eq!(
+        types(
+            &s.when("crm", guardian(), vec![withdraw("marketing")])
+                .unwrap()
+        ),
+        ["consent_withdrawn"]
+    );
+    // The subject may withdraw through any subject-facing source, whatever it may write.
+    s.policy = Policy::from_toml(&DEFAULT_POLICY_TOML.replace(
+        "subject_facing = [\"web_app\", \"consent_portal\"]",
+        "subject_facing = [\"web_app\", \"consent_portal\", \"support_desk\"]",
+    ))
+    .unwrap();
     let d = s
-        .apply(source("crm"), subject(), vec![withdraw("marketing")])
+        .apply(
+            source("support_desk"),
+            subject(),
+            vec![withdraw("marketing")],
+        )
         .unwrap();
     assert_eq!(types(&d), ["consent_withdrawn"]);
     assert_eq!(
@@ -644,11 +672,69 @@ fn consent_granted_by_its_authority_and_withdrawn_by_the_subject_anywhere() {
         ConsentStatus::Withdrawn
     );
     assert!(
-        s.when("crm", subject(), vec![withdraw("marketing")])
+        s.when("support_desk", subject(), vec![withdraw("marketing")])
             .unwrap()
             .events
             .is_empty()
     );
+}
+
+#[test]
+fn no_source_speaks_as_a_steward_and_a_steward_is_recorded_as_themself() {
+    let mut s = Scenario::registered();
+    let as_steward = ProvenanceInput {
+        actor: Actor::new(ActorKind::Steward, "mallory").unwrap(),
+        ..agent()
+    };
+    assert_eq!(
+        refusal_code(s.when("idp", as_steward, vec![set("name.given", json!("Ada"))])),
+        "actor_not_allowed"
+    );
+    // A steward's command says "agent-7"; the event records the steward who acted.
+    let d = s
+        .apply(steward(), agent(), vec![set("name.given", json!("Ada"))])
+        .unwrap();
+    let actor = &d.events[0].event.provenance.actor;
+    assert_eq!((actor.kind(), actor.id()), (ActorKind::Steward, "jane"));
+    assert_eq!(d.events[0].event.provenance.source.as_str(), "steward");
+}
+
+#[test]
+fn a_confirmation_needs_the_requesters_secret() {
+    let mut s = Scenario::registered();
+    let d = s
+        .apply(
+            source("web_app"),
+            subject(),
+            vec![request("email", json!("a@example.org"))],
+        )
+        .unwrap();
+    let challenge = challenge_of(&d.outcomes[0]);
+    let guessed = Change::ConfirmVerification {
+        field: field("email"),
+        challenge_id: challenge,
+        secret: ChallengeSecret::parse(&"0".repeat(64)).unwrap(),
+    };
+    assert_eq!(
+        refusal_code(s.when("web_app", with_evidence(), vec![guessed])),
+        "wrong_secret"
+    );
+    let under_another_key = Change::ConfirmVerification {
+        field: field("email"),
+        challenge_id: challenge,
+        secret: ChallengeKey::new([1; 32]).secret_for(challenge),
+    };
+    assert_eq!(
+        refusal_code(s.when("web_app", with_evidence(), vec![under_another_key])),
+        "wrong_secret"
+    );
+    let right = Change::ConfirmVerification {
+        field: field("email"),
+        challenge_id: challenge,
+        secret: secret(challenge),
+    };
+    let d = s.when("web_app", with_evidence(), vec![right]).unwrap();
+    assert_eq!(types(&d), ["change_verified"]);
 }
 
 #[test]
@@ -790,9 +876,7 @@ fn steward_accepts_a_proposal_where_the_policy_allows_override() {
         refusal_code(s.when("idp", agent(), vec![accept()])),
         "forbidden"
     );
-    let d = s
-        .apply(Principal::Steward, agent(), vec![accept()])
-        .unwrap();
+    let d = s.apply(steward(), agent(), vec![accept()]).unwrap();
     assert_eq!(types(&d), ["proposal_accepted", "field_set"]);
     let state = s.state();
     assert_eq!(
@@ -802,7 +886,7 @@ fn steward_accepts_a_proposal_where_the_policy_allows_override() {
     let rec = state.field(&field("name.family")).unwrap();
     assert_eq!(rec.source.as_ref().unwrap().as_str(), "steward");
     assert!(state.proposals.is_empty());
-    let r = s.decide_as(Principal::Steward, agent(), vec![accept()]);
+    let r = s.decide_as(steward(), agent(), vec![accept()]);
     assert_eq!(refusal_code(r), "unknown_proposal");
 }
 
@@ -823,7 +907,7 @@ fn steward_override_is_refused_where_the_policy_forbids_it() {
     let id = proposal_of(&d.outcomes[0]);
     let err = s
         .decide_as(
-            Principal::Steward,
+            steward(),
             agent(),
             vec![Change::AcceptProposal { proposal_id: id }],
         )
@@ -835,7 +919,7 @@ fn steward_override_is_refused_where_the_policy_forbids_it() {
         "{err}"
     );
     let direct = s.decide_as(
-        Principal::Steward,
+        steward(),
         agent(),
         vec![set("email", json!("c@example.org"))],
     );
@@ -844,7 +928,7 @@ fn steward_override_is_refused_where_the_policy_forbids_it() {
         proposal_id: id,
         reason: "CRM typo".to_owned(),
     };
-    let d = s.apply(Principal::Steward, agent(), vec![reject]).unwrap();
+    let d = s.apply(steward(), agent(), vec![reject]).unwrap();
     assert_eq!(types(&d), ["proposal_rejected"]);
     assert!(s.state().proposals.is_empty());
 }
@@ -852,7 +936,7 @@ fn steward_override_is_refused_where_the_policy_forbids_it() {
 #[test]
 fn stewards_do_not_act_as_sources() {
     let mut s = Scenario::registered();
-    let r = s.decide_as(Principal::Steward, agent(), vec![grant("marketing", "DE")]);
+    let r = s.decide_as(steward(), agent(), vec![grant("marketing", "DE")]);
     assert_eq!(refusal_code(r), "forbidden");
 }
 
@@ -996,7 +1080,7 @@ fn an_erased_record_refuses_every_command() {
             }],
         ),
         (
-            Principal::Steward,
+            steward(),
             agent(),
             vec![Change::AcceptProposal {
                 proposal_id: proposal,
@@ -1112,6 +1196,7 @@ fn every_event_type_round_trips_through_the_stored_schema() {
         vec![Change::ConfirmVerification {
             field: field("email"),
             challenge_id: c,
+            secret: secret(c),
         }],
     )
     .unwrap();
@@ -1144,13 +1229,13 @@ fn every_event_type_round_trips_through_the_stored_schema() {
             .outcomes[0],
     );
     s.apply(
-        Principal::Steward,
+        steward(),
         agent(),
         vec![Change::AcceptProposal { proposal_id: p1 }],
     )
     .unwrap();
     s.apply(
-        Principal::Steward,
+        steward(),
         agent(),
         vec![Change::RejectProposal {
             proposal_id: p2,
@@ -1173,7 +1258,7 @@ fn every_event_type_round_trips_through_the_stored_schema() {
         .unwrap();
     assert_eq!(types(&d), ["change_cancelled", "change_requested"]);
     s.apply(
-        Principal::Steward,
+        steward(),
         agent(),
         vec![act(StewardAction::Repush, "name.family", None)],
     )
@@ -1233,7 +1318,7 @@ fn a_repush_carries_the_fields_current_value_and_changes_nothing() {
     let before = s.state();
     let d = s
         .apply(
-            Principal::Steward,
+            steward(),
             agent(),
             vec![act(StewardAction::Repush, "email", Some("CRM drifted"))],
         )
@@ -1263,13 +1348,13 @@ fn a_repush_carries_the_fields_current_value_and_changes_nothing() {
 fn steward_actions_are_checked() {
     let mut s = Scenario::registered();
     let never_set = s.decide_as(
-        Principal::Steward,
+        steward(),
         agent(),
         vec![act(StewardAction::Repush, "phone", None)],
     );
     assert_eq!(refusal_code(never_set), "invalid_transition");
     let no_reason = s.decide_as(
-        Principal::Steward,
+        steward(),
         agent(),
         vec![act(StewardAction::Dismiss, "phone", None)],
     );
@@ -1282,7 +1367,7 @@ fn steward_actions_are_checked() {
     assert_eq!(refusal_code(by_source), "forbidden");
     let dismissed = s
         .apply(
-            Principal::Steward,
+            steward(),
             agent(),
             vec![act(
                 StewardAction::Dismiss,

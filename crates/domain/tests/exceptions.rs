@@ -5,7 +5,7 @@
 mod support;
 
 use chrono::{DateTime, Duration, Utc};
-use idledger_domain::command::{Change, Principal};
+use idledger_domain::command::Change;
 use idledger_domain::decide::Outcome;
 use idledger_domain::delivery::{
     AUTO_RESOLVER, AckStatus, ChannelKind, ConsumerId, ExceptionKind, ExceptionStatus,
@@ -940,7 +940,7 @@ fn a_steward_accepts_a_proposal_through_its_exception() {
         at: at(0),
     }]);
     let changes = steward_changes(&exception, StewardAction::Accept, None, None).unwrap();
-    let d = s.apply(Principal::Steward, agent(), changes).unwrap();
+    let d = s.apply(steward(), agent(), changes).unwrap();
     assert_eq!(
         types(&d),
         ["proposal_accepted", "field_set", "steward_acted"]
@@ -966,7 +966,7 @@ fn a_steward_takes_a_consumers_value_through_its_exception() {
         Some(&json!("Lovelace")),
     )
     .unwrap();
-    let d = s.apply(Principal::Steward, agent(), changes).unwrap();
+    let d = s.apply(steward(), agent(), changes).unwrap();
     assert_eq!(types(&d), ["field_set", "steward_acted"]);
     let changes = steward_changes(
         &exception,
@@ -976,7 +976,7 @@ fn a_steward_takes_a_consumers_value_through_its_exception() {
     )
     .unwrap();
     assert_eq!(
-        types(&s.apply(Principal::Steward, agent(), changes).unwrap()),
+        types(&s.apply(steward(), agent(), changes).unwrap()),
         ["steward_acted"]
     );
 }

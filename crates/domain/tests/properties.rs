@@ -174,12 +174,16 @@ fn to_change(state: &CustomerState, step: &Step, now: chrono::DateTime<chrono::U
             value: value(FIELDS[*f], sample(FIELDS[*f], *variant)),
             expected_version: None,
         },
-        Step::Confirm { field: f, real } => Change::ConfirmVerification {
-            field: field(FIELDS[*f]),
-            challenge_id: pending(FIELDS[*f])
+        Step::Confirm { field: f, real } => {
+            let challenge_id = pending(FIELDS[*f])
                 .filter(|_| *real)
-                .unwrap_or_else(|| ChallengeId::from(uuid::Uuid::nil())),
-        },
+                .unwrap_or_else(|| ChallengeId::from(uuid::Uuid::nil()));
+            Change::ConfirmVerification {
+                field: field(FIELDS[*f]),
+                challenge_id,
+                secret: secret(challenge_id),
+            }
+        }
         Step::Cancel { field: f } => Change::CancelChange {
             field: field(FIELDS[*f]),
             challenge_id: pending(FIELDS[*f])
@@ -370,7 +374,7 @@ proptest! {
             let touched = touched_field(&change);
             let principal = match (SOURCES[a.source], touched) {
                 (_, Some(f)) if a.as_authority => Principal::Source(policy.rule(&f).system_of_record.clone()),
-                ("steward", _) => Principal::Steward,
+                ("steward", _) => steward(),
                 (id, _) => source(id),
             };
             if a.erase {

@@ -7,6 +7,8 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{AeadCore, XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::StoreError;
@@ -43,6 +45,18 @@ impl MasterKey {
 
     pub fn to_hex(&self) -> Zeroizing<String> {
         Zeroizing::new(hex::encode(*self.0))
+    }
+
+    /// A key for one purpose, derived from the master key (HMAC-SHA256 over the purpose's
+    /// label), so every secret idledger needs follows from the one configured key and no two
+    /// purposes share one.
+    pub fn derive(&self, label: &str) -> [u8; KEY_LEN] {
+        #[allow(clippy::expect_used)] // HMAC takes a key of any length.
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..]).expect("HMAC accepts any key");
+        mac.update(b"idledger key derivation v1\0");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {

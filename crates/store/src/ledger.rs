@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use idledger_domain::challenge::{ChallengeKey, ChallengeSecret};
 use idledger_domain::command::{Command, Context, Principal};
 use idledger_domain::decide::{Outcome, decide, decide_erasure};
 use idledger_domain::event::{Event, EventEnvelope, Provenance};
+use idledger_domain::ids::ChallengeId;
 use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId};
 use idledger_domain::policy::{Policy, STEWARD_SOURCE};
 use idledger_domain::schema::{CURRENT_SCHEMA_VERSION, EVENT_TYPES, SchemaError, StoredEvent};
@@ -122,6 +124,7 @@ pub struct Ledger {
     store: Store,
     log: EventLog,
     master: Arc<MasterKey>,
+    challenge_key: Arc<ChallengeKey>,
     policy: Arc<Policy>,
     writer: mpsc::Sender<WriteJob>,
 }
@@ -135,6 +138,7 @@ impl Ledger {
         Self {
             store: store.clone(),
             log,
+            challenge_key: Arc::new(ChallengeKey::new(master.derive("challenge secrets"))),
             master: Arc::new(master),
             policy: Arc::new(policy),
             writer: tx,
@@ -143,6 +147,12 @@ impl Ledger {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The secret that confirms a pending change: the answer to its `request_change` gives it
+    /// to the requester (and only there).
+    pub fn challenge_secret(&self, challenge: ChallengeId) -> ChallengeSecret {
+        self.challenge_key.secret_for(challenge)
     }
 
     /// The database this ledger writes to, for the other areas (deliveries, runs, tokens).
@@ -183,7 +193,7 @@ impl Ledger {
     ) -> Result<Executed, ExecuteError> {
         let source = match principal {
             Principal::Source(s) => s.as_str().to_owned(),
-            Principal::Steward => STEWARD_SOURCE.to_owned(),
+            Principal::Steward(_) => STEWARD_SOURCE.to_owned(),
         };
         let key = command.idempotency_key.as_str();
         let request_hash =
@@ -202,6 +212,7 @@ impl Ledger {
                 policy: &self.policy,
                 principal: principal.clone(),
                 id_seed: Uuid::now_v7(),
+                challenge_key: &self.challenge_key,
             };
             let decision = match decide(&state, command, &ctx) {
                 Ok(decision) => decision,
@@ -294,7 +305,7 @@ impl Ledger {
     ) -> Result<Option<CommandResult>, StoreError> {
         let source = match principal {
             Principal::Source(s) => s.as_str(),
-            Principal::Steward => STEWARD_SOURCE,
+            Principal::Steward(_) => STEWARD_SOURCE,
         };
         match self.log.idempotency(source, key.as_str()).await? {
             Some((_, result)) => Ok(Some(serde_json::from_str(&result)?)),

@@ -3,7 +3,7 @@
 //! of delivery, reconciliation and API tokens beside it.
 //!
 //! - [`Store`]: opens a database and hands out each area: [`Tokens`], [`Deliveries`],
-//!   [`Runs`] and the raw [`EventLog`].
+//!   [`Runs`], [`Disclosures`] and the raw [`EventLog`].
 //! - [`Ledger`]: runs commands and serves decrypted reads; the way to the log for other crates.
 //! - [`sql`]: statements written once for both engines; only what really differs is
 //!   engine-specific (the append lock, PostgreSQL's bulk append in `log/postgres.rs`).
@@ -14,6 +14,7 @@
 pub mod chain;
 pub mod crypto;
 pub mod delivery;
+pub mod disclosures;
 pub mod error;
 pub mod ledger;
 pub mod log;
@@ -26,6 +27,7 @@ pub mod tokens;
 
 pub use crypto::MasterKey;
 pub use delivery::Deliveries;
+pub use disclosures::Disclosures;
 pub use error::{ExecuteError, StoreError};
 pub use ledger::{CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, VerifyReport};
 pub use log::EventLog;

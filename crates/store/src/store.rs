@@ -8,6 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::delivery::Deliveries;
+use crate::disclosures::Disclosures;
 use crate::error::StoreError;
 use crate::log::EventLog;
 use crate::runs::Runs;
@@ -95,6 +96,11 @@ impl Store {
     /// The consumer registry, handoff log, consumer state and sync exceptions.
     pub fn deliveries(&self) -> Deliveries {
         Deliveries::new(self.db.clone())
+    }
+
+    /// The disclosure log: who read which fields of whom.
+    pub fn disclosures(&self) -> Disclosures {
+        Disclosures::new(self.db.clone())
     }
 
     /// Reconciliation runs, findings and staged snapshots.

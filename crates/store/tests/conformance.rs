@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use idledger_domain::command::{Change, Principal, Refusal};
+use idledger_domain::command::{Change, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::event::EventPayload;
 use idledger_domain::ids::CustomerId;
@@ -564,7 +564,7 @@ async fn rebuilt_projection_equals_the_live_one(engine: Engine) {
     store
         .ledger
         .execute(
-            &Principal::Steward,
+            &idledger_testkit::builders::steward(),
             &command(
                 c,
                 "accept",
@@ -1009,7 +1009,7 @@ async fn every_command_on_an_erased_record_is_refused_and_writes_nothing(engine:
         store
             .ledger
             .execute(
-                &Principal::Steward,
+                &idledger_testkit::builders::steward(),
                 &command(
                     c,
                     "accept",

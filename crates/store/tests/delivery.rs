@@ -1432,7 +1432,7 @@ async fn a_command_and_its_exception_change_land_together_or_not_at_all(engine: 
                 .unwrap();
         c
     };
-    let steward = idledger_domain::Principal::Steward;
+    let steward = idledger_testkit::builders::steward();
 
     // A re-push: the event and the exception's last action, together.
     let at = truncate_to_micros(Utc::now());

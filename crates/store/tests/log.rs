@@ -261,7 +261,7 @@ async fn idempotency_records_are_kept_per_source_and_key(engine: Engine) {
     assert_eq!(
         store
             .ledger
-            .idempotent_result(&idledger_domain::Principal::Steward, &key)
+            .idempotent_result(&idledger_testkit::builders::steward(), &key)
             .await
             .unwrap(),
         None

@@ -16,6 +16,11 @@ pub fn source(id: &str) -> Principal {
     Principal::Source(SourceId::parse(id).unwrap())
 }
 
+/// The data steward `jane`.
+pub fn steward() -> Principal {
+    Principal::steward("jane").unwrap()
+}
+
 /// The reserved source administrators erase under.
 pub fn admin() -> SourceId {
     SourceId::parse(ADMIN_SOURCE).unwrap()

@@ -276,6 +276,7 @@ enum Op {
     ConfirmVerification {
         field: &'static str,
         challenge_id: ChallengeId,
+        secret: String,
     },
     GrantConsent {
         purpose: &'static str,
@@ -314,9 +315,17 @@ impl Reply {
 struct CommandReply {
     customer_id: CustomerId,
     stream_version: u64,
-    outcomes: Vec<Outcome>,
+    outcomes: Vec<OutcomeReply>,
     events: Vec<EventRef>,
     replayed: bool,
+}
+
+/// One change's outcome; a pending change's comes with the secret that confirms it.
+#[derive(Debug, PartialEq, Deserialize)]
+struct OutcomeReply {
+    #[serde(flatten)]
+    outcome: Outcome,
+    secret: Option<String>,
 }
 
 /// A problem document (RFC 9457) with the members the demo shows (its `code` is checked
@@ -483,10 +492,21 @@ impl Demo<'_> {
         let (requested, _) = self
             .expect_ok("web_app", Some(&ada), &key, &body, StatusCode::OK)
             .await?;
-        let (challenge, requested_event) =
+        let (challenge, secret, requested_event) =
             match (requested.outcomes.as_slice(), requested.events.as_slice()) {
-                ([Outcome::Pending { challenge_id, .. }], [event]) => (*challenge_id, event.id),
-                _ => return Err(self.fail("the email change should be pending verification")),
+                (
+                    [
+                        OutcomeReply {
+                            outcome: Outcome::Pending { challenge_id, .. },
+                            secret: Some(secret),
+                        },
+                    ],
+                    [event],
+                ) => (*challenge_id, secret.clone(), event.id),
+                _ => {
+                    return Err(self
+                        .fail("the email change should be pending verification, with its secret"));
+                }
             };
         let record = self.record("web_app", &ada, None).await?;
         kv(self.out, 2, "email now", email(&record))?;
@@ -511,6 +531,7 @@ impl Demo<'_> {
             changes: vec![Op::ConfirmVerification {
                 field: "email",
                 challenge_id: challenge,
+                secret,
             }],
         };
         let key = self.key();
@@ -931,7 +952,7 @@ impl Demo<'_> {
                 self.out,
                 2,
                 if i == 0 { "outcome" } else { "" },
-                render::outcome(outcome),
+                render::outcome(&outcome.outcome),
             )?;
         }
         let events = result.events.len();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use chrono::Utc;
 use idledger_api::views::RecordView;
+use idledger_domain::scope::ReadScope;
 
 use crate::cli::RecordArgs;
 use crate::config::Settings;
@@ -39,7 +40,14 @@ pub async fn run(
         }
     };
     let at = args.as_of.unwrap_or_else(Utc::now);
-    let view = RecordView::new(args.customer, &state, ledger.policy(), at, args.as_of);
+    let view = RecordView::new(
+        args.customer,
+        &state,
+        ledger.policy(),
+        at,
+        args.as_of,
+        &ReadScope::Everything,
+    );
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &view)?;
         writeln!(out)?;

@@ -2,12 +2,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use idledger_domain::challenge::{ChallengeKey, ChallengeSecret};
 use idledger_domain::command::{Change, Command, Context, Principal, ProvenanceInput, Refused};
 use idledger_domain::decide::{Decision, decide, decide_erasure};
 use idledger_domain::event::{EventEnvelope, Provenance};
 use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::ids::{
-    Actor, ActorKind, CustomerId, IdempotencyKey, OnBehalfOf, Relationship, SourceId,
+    Actor, ActorKind, ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, Relationship, SourceId,
 };
 use idledger_domain::policy::Policy;
 use idledger_domain::state::{CustomerState, fold};
@@ -28,6 +29,22 @@ pub fn value(path: &str, json: serde_json::Value) -> FieldValue {
 
 pub fn source(id: &str) -> Principal {
     Principal::Source(SourceId::parse(id).unwrap())
+}
+
+/// The data steward `jane`.
+pub fn steward() -> Principal {
+    Principal::steward("jane").unwrap()
+}
+
+/// The key every scenario derives challenge secrets from.
+pub fn challenge_key() -> &'static ChallengeKey {
+    static KEY: std::sync::OnceLock<ChallengeKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| ChallengeKey::new([42; 32]))
+}
+
+/// The secret the requester of `challenge` received.
+pub fn secret(challenge: ChallengeId) -> ChallengeSecret {
+    challenge_key().secret_for(challenge)
 }
 
 pub fn agent() -> ProvenanceInput {
@@ -134,6 +151,7 @@ impl Scenario {
             policy: &self.policy,
             principal,
             id_seed: Uuid::now_v7(),
+            challenge_key: challenge_key(),
         };
         decide(&self.state(), &command, &ctx)
     }

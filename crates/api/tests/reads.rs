@@ -1,0 +1,250 @@
+//! Scoped reads over real HTTP, on both engines: what each source may read of a record (the
+//! read matrix: every source × every field family × record, as-of and history, against the
+//! policy), what only the requester of a pending change or the parties to a proposal see, and
+//! the disclosure log of every read by a source.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use idledger_domain::field::FieldPath;
+use idledger_domain::ids::SourceId;
+use idledger_domain::policy::Policy;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Engine, TestApp, grant, on_both_engines};
+
+on_both_engines!(
+    each_source_reads_what_the_policy_lets_it_and_only_overseers_read_the_past,
+    pending_changes_and_proposals_show_only_to_their_parties,
+    every_read_by_a_source_is_logged_as_a_disclosure,
+);
+
+const SOURCES: [&str; 5] = ["idp", "crm", "web_app", "consent_portal", "support_portal"];
+
+/// A field, the source that may set it, and a value for it.
+type FamilyField = (&'static str, &'static str, fn() -> Value);
+
+/// One field of each family, and the source that may set it.
+const FAMILY_FIELDS: [FamilyField; 13] = [
+    ("email", "idp", || json!("ada@example.org")),
+    ("phone", "idp", || json!("+14155552671")),
+    ("name.given", "idp", || json!("Ada")),
+    ("name.family", "idp", || json!("Lovelace")),
+    ("birth_date", "idp", || json!("1990-12-10")),
+    ("jurisdiction", "idp", || json!("GB")),
+    ("verification.level", "idp", || json!("substantial")),
+    ("external_id.crm", "idp", || json!("C-1")),
+    (
+        "postal_address",
+        "web_app",
+        || json!({"lines": ["12 St James's Square"], "locality": "London", "postal_code": "SW1Y 4JH", "country": "GB"}),
+    ),
+    ("locale", "web_app", || json!("en-GB")),
+    ("preferences.newsletter", "web_app", || json!(true)),
+    ("sharing.acme", "consent_portal", || json!(true)),
+    // Consents are fields too; granted below.
+    ("consent.marketing", "consent_portal", || Value::Null),
+];
+
+/// A customer with a value in every field family.
+async fn full_record(app: &TestApp) -> String {
+    let id = app.register("idp", json!([])).await;
+    for (i, (field, source, value)) in FAMILY_FIELDS.iter().enumerate() {
+        let change = if field.starts_with("consent.") {
+            grant("marketing", "GB")
+        } else {
+            json!({"op": "set_field", "field": field, "value": value()})
+        };
+        let reply = app
+            .command(source, &id, &format!("full-{i}"), json!([change]))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{field}: {}", reply.text);
+    }
+    id
+}
+
+/// The fields (and `consent.<purpose>`) a record view shows.
+fn shown(record: &Value) -> BTreeSet<String> {
+    let fields = record["fields"].as_array().unwrap().iter();
+    let consents = record["consents"].as_array().unwrap().iter();
+    fields
+        .map(|f| f["field"].as_str().unwrap().to_owned())
+        .chain(consents.map(|c| format!("consent.{}", c["purpose"].as_str().unwrap())))
+        .collect()
+}
+
+async fn each_source_reads_what_the_policy_lets_it_and_only_overseers_read_the_past(
+    engine: Engine,
+) {
+    let app = TestApp::start(engine).await;
+    let id = full_record(&app).await;
+    let policy = Policy::default_policy().unwrap();
+    let all: BTreeSet<String> = FAMILY_FIELDS.iter().map(|f| f.0.to_owned()).collect();
+    let path = format!("/v1/customers/{id}");
+    for source in SOURCES {
+        let record = app.get(&path, source).await;
+        assert_eq!(record.status, StatusCode::OK, "{source}: {}", record.text);
+        let expected: BTreeSet<String> = all
+            .iter()
+            .filter(|f| {
+                let field = FieldPath::parse(f).unwrap();
+                policy.readable(&field, &SourceId::parse(source).unwrap())
+            })
+            .cloned()
+            .collect();
+        assert_eq!(shown(&record.body), expected, "{source} reads");
+        // The past and the history are not a source's to read, whatever the field.
+        app.get(&format!("{path}?as_of=2100-01-01T00:00:00Z"), source)
+            .await
+            .problem(403, "forbidden_role");
+        for field in &all {
+            app.get(&format!("{path}/fields/{field}/history"), source)
+                .await
+                .problem(403, "forbidden_role");
+        }
+    }
+    // Spot checks of the default policy, so the matrix above is not only the policy read back.
+    let crm = shown(&app.get(&path, "crm").await.body);
+    assert!(crm.contains("email") && crm.contains("birth_date") && crm.contains("locale"));
+    assert!(!crm.contains("consent.marketing") && !crm.contains("verification.level"));
+    assert!(crm.contains("phone") && !crm.contains("sharing.acme"));
+    let web = shown(&app.get(&path, "web_app").await.body);
+    assert!(web.contains("consent.marketing") && web.contains("verification.level"));
+    assert!(!web.contains("birth_date") && !web.contains("external_id.crm"));
+    let portal = shown(&app.get(&path, "consent_portal").await.body);
+    assert_eq!(
+        portal,
+        BTreeSet::from(["consent.marketing".to_owned(), "sharing.acme".to_owned()])
+    );
+    // Stewards and auditors read everything, now, in the past and field by field.
+    for overseer in ["steward", "auditor"] {
+        assert_eq!(shown(&app.get(&path, overseer).await.body), all);
+        let then = app
+            .get(&format!("{path}?as_of=2100-01-01T00:00:00Z"), overseer)
+            .await;
+        assert_eq!(shown(&then.body), all, "{overseer} as of");
+        for field in &all {
+            let history = app
+                .get(&format!("{path}/fields/{field}/history"), overseer)
+                .await;
+            assert_eq!(history.status, StatusCode::OK, "{field}: {}", history.text);
+            assert!(!history.body["events"].as_array().unwrap().is_empty());
+        }
+    }
+}
+
+async fn pending_changes_and_proposals_show_only_to_their_parties(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let id = app
+        .register(
+            "idp",
+            json!([{"op": "set_field", "field": "email", "value": "old@example.org"}]),
+        )
+        .await;
+    let requested = app
+        .command(
+            "web_app",
+            &id,
+            "p-1",
+            json!([{"op": "request_change", "field": "email", "value": "new@example.org"}]),
+        )
+        .await;
+    assert_eq!(requested.status, StatusCode::OK, "{}", requested.text);
+    // The CRM proposes a name: it and the name's system of record (idp) see the proposal.
+    app.command(
+        "crm",
+        &id,
+        "p-2",
+        json!([{"op": "propose_value", "field": "name.given", "value": "Ada"}]),
+    )
+    .await;
+    let path = format!("/v1/customers/{id}");
+    let pending = |record: &Value| record["fields"][0]["pending"].clone();
+    let proposals = |record: &Value| record["proposals"].as_array().unwrap().len();
+    let web = app.get(&path, "web_app").await.body;
+    assert_eq!(pending(&web)["value"], "new@example.org");
+    assert!(pending(&web)["challenge_id"].is_string());
+    assert_eq!(
+        proposals(&web),
+        0,
+        "web_app writes names but made no proposal"
+    );
+    let idp = app.get(&path, "idp").await.body;
+    assert!(pending(&idp).is_null(), "the requester's pending change");
+    assert_eq!(idp["fields"][0]["value"], "old@example.org");
+    assert_eq!(
+        proposals(&idp),
+        1,
+        "the system of record sees what waits for it"
+    );
+    let crm = app.get(&path, "crm").await.body;
+    assert!(pending(&crm).is_null());
+    assert_eq!(proposals(&crm), 1, "its own proposal");
+    let steward = app.get(&path, "steward").await.body;
+    assert_eq!(pending(&steward)["value"], "new@example.org");
+    assert_eq!(proposals(&steward), 1);
+}
+
+async fn every_read_by_a_source_is_logged_as_a_disclosure(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let id = full_record(&app).await;
+    let path = format!("/v1/customers/{id}");
+    let mut expected = Vec::new();
+    for source in ["crm", "web_app", "crm"] {
+        let record = app.get(&path, source).await;
+        expected.push((source.to_owned(), shown(&record.body)));
+    }
+    // Overseers' reads are theirs to make and are not disclosures to a source.
+    app.get(&path, "auditor").await;
+    let log = app.get(&format!("{path}/disclosures"), "auditor").await;
+    assert_eq!(log.status, StatusCode::OK, "{}", log.text);
+    let got: Vec<(String, BTreeSet<String>)> = log.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["customer_id"], id.as_str());
+            assert_eq!(d["recipient"], "source");
+            assert!(d["token_id"].is_string() && d["disclosed_at"].is_string());
+            let fields = d["fields"].as_array().unwrap();
+            (
+                d["source_id"].as_str().unwrap().to_owned(),
+                fields
+                    .iter()
+                    .map(|f| f.as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert!(log.body["next_after"].is_null());
+    // No value is in the log, only field names.
+    assert!(!log.text.contains("ada@example.org"));
+    // Per source, paged.
+    let first = app
+        .get("/v1/sources/crm/disclosures?limit=1", "steward")
+        .await;
+    assert_eq!(first.body["items"].as_array().unwrap().len(), 1);
+    let after = first.body["next_after"].as_u64().unwrap();
+    let rest = app
+        .get(
+            &format!("/v1/sources/crm/disclosures?after={after}"),
+            "steward",
+        )
+        .await;
+    assert_eq!(rest.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(rest.body["items"][0]["source_id"], "crm");
+    // A source cannot read the log, and a bad source id is named.
+    app.get(&format!("{path}/disclosures"), "crm")
+        .await
+        .problem(403, "forbidden_role");
+    app.get("/v1/sources/Not A Source/disclosures", "auditor")
+        .await
+        .problem(404, "invalid_source_id");
+    let unknown = uuid::Uuid::now_v7();
+    app.get(&format!("/v1/customers/{unknown}/disclosures"), "auditor")
+        .await
+        .problem(404, "not_found");
+}

@@ -1,0 +1,148 @@
+//! Reading a customer's record: what each reader may see of it, and the disclosure log of
+//! what source systems read.
+
+use chrono::{DateTime, Utc};
+use idledger_domain::field::FieldPath;
+use idledger_domain::ids::{CustomerId, SourceId};
+use idledger_domain::scope::ReadScope;
+use idledger_domain::state::CustomerState;
+use idledger_store::StoreError;
+use idledger_store::disclosures::{Disclosure, Recipient};
+use idledger_store::model::RecordedEvent;
+use uuid::Uuid;
+
+use crate::App;
+
+/// Who reads, as their credential proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reader {
+    /// A source system, reading with the token `token_id`: sees what the policy lets it, and
+    /// each read is logged as a disclosure.
+    Source { source: SourceId, token_id: Uuid },
+    /// A steward, an auditor, an administrator or the operator: sees everything, the past too.
+    Overseer,
+}
+
+impl Reader {
+    pub fn scope(&self) -> ReadScope {
+        match self {
+            Self::Source { source, .. } => ReadScope::Source(source.clone()),
+            Self::Overseer => ReadScope::Everything,
+        }
+    }
+}
+
+/// A record as one reader may see it: the whole state (consent statuses are evaluated on all
+/// of it, e.g. a minor's age) and the scope that decides what of it is shown.
+#[derive(Debug, Clone)]
+pub struct RecordRead {
+    pub customer_id: CustomerId,
+    pub state: CustomerState,
+    pub scope: ReadScope,
+    /// The instant shown, when not the present.
+    pub as_of: Option<DateTime<Utc>>,
+    /// The instant consents are evaluated at (`as_of`, or now).
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no customer {0}")]
+    NotFound(CustomerId),
+    #[error("customer {customer} was not yet registered at {at}")]
+    NotYetRegistered {
+        customer: CustomerId,
+        at: DateTime<Utc>,
+    },
+    #[error("customer {customer} was erased at {at}")]
+    Erased {
+        customer: CustomerId,
+        at: DateTime<Utc>,
+    },
+    /// The record's past (`as_of`, a field's history) is for stewards and auditors.
+    #[error("only stewards and auditors read a record's past (as_of, history)")]
+    PastForbidden,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ReadError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Erased { customer, at } => match CustomerId::from_uuid(customer) {
+                Ok(customer) => Self::Erased { customer, at },
+                Err(_) => Self::Store(StoreError::Erased { customer, at }),
+            },
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl App {
+    /// The record now, or as of an instant (overseers only). A source's read is logged as a
+    /// disclosure of the fields it is shown before it is answered.
+    pub async fn read_record(
+        &self,
+        reader: &Reader,
+        customer: CustomerId,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<RecordRead, ReadError> {
+        let scope = reader.scope();
+        if as_of.is_some() && !scope.reads_the_past() {
+            return Err(ReadError::PastForbidden);
+        }
+        let state = match as_of {
+            Some(at) => self.ledger.state_as_of(customer, at).await?,
+            None => self.ledger.state(customer).await?,
+        };
+        if let Some(erasure) = state.as_ref().and_then(|s| s.erased.as_ref()) {
+            return Err(ReadError::Erased {
+                customer,
+                at: erasure.at,
+            });
+        }
+        let Some(state) = state else {
+            return Err(match as_of {
+                Some(at) if self.ledger.state(customer).await?.is_some() => {
+                    ReadError::NotYetRegistered { customer, at }
+                }
+                _ => ReadError::NotFound(customer),
+            });
+        };
+        let now = Utc::now();
+        if let Reader::Source { source, token_id } = reader {
+            self.disclosures
+                .record(&Disclosure {
+                    customer_id: customer,
+                    recipient: Recipient::Source(source.clone()),
+                    token_id: Some(*token_id),
+                    fields: scope.disclosed(self.ledger.policy(), &state),
+                    disclosed_at: now,
+                })
+                .await?;
+        }
+        Ok(RecordRead {
+            customer_id: customer,
+            state,
+            scope,
+            as_of,
+            at: as_of.unwrap_or(now),
+        })
+    }
+
+    /// One field's history with full provenance, oldest first (overseers only).
+    pub async fn read_history(
+        &self,
+        reader: &Reader,
+        customer: CustomerId,
+        field: &FieldPath,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        if !reader.scope().reads_the_past() {
+            return Err(ReadError::PastForbidden);
+        }
+        if self.ledger.state(customer).await?.is_none() {
+            return Err(ReadError::NotFound(customer));
+        }
+        Ok(self.ledger.history(customer, field).await?)
+    }
+}
