@@ -65,7 +65,7 @@ impl Caller {
                     token_id: self.token.id,
                 })
                 .map_err(|e| ApiError::internal(&e)),
-            (Role::Source | Role::Consumer, _) => Err(ApiError::forbidden(
+            (Role::Source | Role::Consumer | Role::Dsar, _) => Err(ApiError::forbidden(
                 "forbidden_role",
                 format!("a {} token cannot read records", self.token.role),
             )),
@@ -155,9 +155,10 @@ roles! {
     Sources = [Source];
     /// Sending commands: sources, and stewards resolving proposals.
     Writers = [Source, Steward];
-    /// Reading the golden record.
+    /// Reading the golden record and a field's history (what each may see: `ReadScope`).
     Readers = [Source, Steward, Auditor];
-    /// Reading a field's history with provenance.
+    /// A data subject's access and portability export.
+    Exporters = [Admin, Dsar];
     /// Operating the instance: erasure, the consumer registry.
     Admins = [Admin];
     /// Receiving deliveries: the change feed and acknowledgements (the consumer id comes from
@@ -175,5 +176,5 @@ roles! {
     /// itself.
     Uploaders = [Steward, Admin, Consumer];
     /// Any valid token.
-    Anyone = [Source, Consumer, Steward, Auditor, Admin];
+    Anyone = [Source, Consumer, Steward, Auditor, Admin, Dsar];
 }

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod delivery;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
@@ -134,6 +135,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
             get(routes::history),
         )
         .route("/customers/{customer_id}/erasure", post(routes::erase))
+        .route("/customers/{customer_id}/export", get(export::export))
         .route(
             "/customers/{customer_id}/disclosures",
             get(routes::customer_disclosures),

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{delivery, error, reconcile, routes, steward, views, wire};
+use crate::{delivery, error, export, reconcile, routes, steward, views, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use crate::{delivery, error, reconcile, routes, steward, views, wire};
         delivery::ack,
         delivery::customer_handoffs,
         routes::customer_disclosures,
+        export::export,
         routes::source_disclosures,
         delivery::consumer_handoffs,
         delivery::consumer_state,
@@ -58,6 +59,8 @@ use crate::{delivery, error, reconcile, routes, steward, views, wire};
         wire::AckDoc,
         views::CommandResponse,
         views::DisclosurePageView,
+        export::ExportView,
+        export::ExportFormat,
         views::DisclosureView,
         views::RecordView,
         views::FieldView,

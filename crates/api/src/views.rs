@@ -492,29 +492,28 @@ pub struct DisclosurePageView {
     pub next_after: Option<u64>,
 }
 
+impl From<DisclosureEntry> for DisclosureView {
+    fn from(d: DisclosureEntry) -> Self {
+        let (recipient, source_id) = match d.recipient {
+            Recipient::Source(s) => ("source", Some(s.to_string())),
+            Recipient::Subject => ("subject", None),
+        };
+        Self {
+            seq: d.seq,
+            customer_id: d.customer_id,
+            recipient: recipient.to_owned(),
+            source_id,
+            token_id: d.token_id,
+            fields: d.fields,
+            disclosed_at: d.disclosed_at,
+        }
+    }
+}
+
 impl From<Page<DisclosureEntry>> for DisclosurePageView {
     fn from(page: Page<DisclosureEntry>) -> Self {
         Self {
-            items: page
-                .items
-                .into_iter()
-                .map(|d| DisclosureView {
-                    seq: d.seq,
-                    customer_id: d.customer_id,
-                    recipient: match d.recipient {
-                        Recipient::Source(_) => "source",
-                        Recipient::Subject => "subject",
-                    }
-                    .to_owned(),
-                    source_id: match d.recipient {
-                        Recipient::Source(s) => Some(s.to_string()),
-                        Recipient::Subject => None,
-                    },
-                    token_id: d.token_id,
-                    fields: d.fields,
-                    disclosed_at: d.disclosed_at,
-                })
-                .collect(),
+            items: page.items.into_iter().map(DisclosureView::from).collect(),
             next_after: page.next,
         }
     }

@@ -15,7 +15,7 @@ on_both_engines!(
     erasure_makes_the_record_gone,
 );
 
-const NAMES: [&str; 5] = ["idp", "consumer", "steward", "auditor", "admin"];
+const NAMES: [&str; 6] = ["idp", "consumer", "steward", "auditor", "admin", "dsar"];
 
 async fn every_role_against_every_route(engine: Engine) {
     let app = TestApp::start(engine).await;
@@ -95,6 +95,18 @@ async fn every_role_against_every_route(engine: Engine) {
             "/v1/customers/{c}/handoffs",
             None,
             &["steward", "auditor"],
+        ),
+        (
+            Method::GET,
+            "/v1/customers/{c}/export",
+            None,
+            &["admin", "dsar"],
+        ),
+        (
+            Method::GET,
+            "/v1/customers/{c}/export?format=csv",
+            None,
+            &["admin", "dsar"],
         ),
         (
             Method::GET,

@@ -1,7 +1,7 @@
 //! Scoped reads over real HTTP, on both engines: what each source may read of a record (the
 //! read matrix: every source × every field family × record, as-of and history, against the
-//! policy), what only the requester of a pending change or the parties to a proposal see, and
-//! the disclosure log of every read by a source.
+//! policy), what only the requester of a pending change or the parties to a proposal see, the
+//! disclosure log of every read by a source, and the subject's export (JSON and CSV).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -19,6 +19,7 @@ on_both_engines!(
     each_source_reads_what_the_policy_lets_it_and_only_overseers_read_the_past,
     pending_changes_and_proposals_show_only_to_their_parties,
     every_read_by_a_source_is_logged_as_a_disclosure,
+    the_subject_export_holds_everything_and_is_logged,
 );
 
 const SOURCES: [&str; 5] = ["idp", "crm", "web_app", "consent_portal", "support_portal"];
@@ -247,4 +248,136 @@ async fn every_read_by_a_source_is_logged_as_a_disclosure(engine: Engine) {
     app.get(&format!("/v1/customers/{unknown}/disclosures"), "auditor")
         .await
         .problem(404, "not_found");
+}
+
+async fn the_subject_export_holds_everything_and_is_logged(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    // A feed consumer of emails for marketing: reading the feed hands the email over.
+    app.add_consumer(json!({"id": "crm-sync", "channel": "feed", "fields": ["email"], "purposes": ["marketing"]}))
+        .await;
+    let id = full_record(&app).await;
+    let feed = app.get("/v1/feed", "consumer").await;
+    assert_eq!(feed.status, StatusCode::OK, "{}", feed.text);
+    // A proposal opens an exception about the customer.
+    app.command(
+        "crm",
+        &id,
+        "x-1",
+        json!([{"op": "propose_value", "field": "name.given", "value": "Augusta"}]),
+    )
+    .await;
+    app.get(&format!("/v1/customers/{id}"), "crm").await;
+
+    let path = format!("/v1/customers/{id}/export");
+    let export = app.get(&path, "dsar").await;
+    assert_eq!(export.status, StatusCode::OK, "{}", export.text);
+    let body = &export.body;
+    assert_eq!(body["customer_id"], id.as_str());
+    let all: BTreeSet<String> = FAMILY_FIELDS.iter().map(|f| f.0.to_owned()).collect();
+    assert_eq!(shown(&body["record"]), all, "every field and consent");
+    let history = body["history"].as_array().unwrap();
+    assert_eq!(
+        history.len() as u64,
+        body["record"]["stream_version"].as_u64().unwrap(),
+        "every event of the stream"
+    );
+    assert!(
+        history
+            .iter()
+            .all(|e| e["provenance"]["source"].is_string())
+    );
+    let handoffs = body["handoffs"].as_array().unwrap();
+    assert!(
+        handoffs
+            .iter()
+            .any(|h| h["consumer_id"] == "crm-sync" && h["fields"] == json!(["email"])),
+        "{handoffs:?}"
+    );
+    let exceptions = body["exceptions"].as_array().unwrap();
+    assert!(exceptions.iter().any(|e| e["kind"] == "proposal"));
+    // The crm's read, then this export, as a disclosure to the subject.
+    let disclosures = body["disclosures"].as_array().unwrap();
+    let last = disclosures.last().unwrap();
+    assert_eq!(last["recipient"], "subject");
+    assert!(last["source_id"].is_null() && last["token_id"].is_string());
+    assert!(disclosures.iter().any(|d| d["source_id"] == "crm"));
+    let log = app
+        .get(&format!("/v1/customers/{id}/disclosures"), "auditor")
+        .await;
+    let subjects = log.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["recipient"] == "subject")
+        .count();
+    assert_eq!(subjects, 1);
+
+    // The CSV form: a zip of one CSV per part.
+    let zipped = app
+        .client
+        .get(app.url(&format!("{path}?format=csv")))
+        .bearer_auth(app.token("admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(zipped.status(), StatusCode::OK);
+    assert_eq!(
+        zipped.headers()["content-type"].to_str().unwrap(),
+        "application/zip"
+    );
+    let bytes = zipped.bytes().await.unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let mut names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.unwrap().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "consents.csv",
+            "customer.csv",
+            "disclosures.csv",
+            "exceptions.csv",
+            "fields.csv",
+            "handoffs.csv",
+            "history.csv",
+            "proposals.csv"
+        ]
+    );
+    let mut fields = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name("fields.csv").unwrap(), &mut fields)
+        .unwrap();
+    let mut rows = csv::Reader::from_reader(fields.as_bytes());
+    let headers = rows.headers().unwrap().clone();
+    let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (field, value) = (at("field"), at("value"));
+    let email = rows
+        .records()
+        .map(Result::unwrap)
+        .find(|r| &r[field] == "email")
+        .unwrap();
+    assert_eq!(&email[value], "ada@example.org");
+
+    // Nothing to export of an unknown customer; an erased one has nothing left.
+    app.get(
+        &format!("/v1/customers/{}/export", uuid::Uuid::now_v7()),
+        "dsar",
+    )
+    .await
+    .problem(404, "not_found");
+    let erased = app
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/customers/{id}/erasure"),
+            Some("admin"),
+            None,
+            Some(&json!({"reason": "subject request", "actor": {"kind": "agent", "id": "dpo"}})),
+        )
+        .await;
+    assert_eq!(erased.status, StatusCode::OK, "{}", erased.text);
+    app.get(&path, "dsar").await.problem(410, "erased");
+    app.get(&format!("{path}?format=xml"), "dsar")
+        .await
+        .problem(400, "invalid_query");
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`commands`]: run a command, and open the sync exceptions a proposal or a refused write
 //!   is for stewards; erase a customer.
+//! - [`export`]: a data subject's access and portability export, logged as a disclosure.
 //! - [`reads`]: a record as its reader may see it (the policy's read scope), the past only for
 //!   stewards and auditors, and the disclosure log of what source systems read.
 //! - [`stewardship`]: query sync exceptions ([`ExceptionQuery`], the one parser of their
@@ -14,12 +15,14 @@
 //! in the domain, or in the store.
 
 pub mod commands;
+pub mod export;
 pub mod reads;
 pub mod stewardship;
 
 use idledger_reconcile::Reconciler;
 use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
+pub use export::SubjectExport;
 pub use reads::{ReadError, Reader, RecordRead};
 pub use stewardship::{ActError, ActionDone, ExceptionQuery, QueryError, Steward, StewardRequest};
 

@@ -86,6 +86,9 @@ pub enum Command {
     History(HistoryArgs),
     /// Print a customer's golden record: fields, consents and open proposals.
     Record(RecordArgs),
+    /// Export everything about a customer for the data subject (access and portability):
+    /// the record, every event with provenance, handoffs, disclosures and sync exceptions.
+    Export(crate::commands::export::ExportArgs),
     /// Run a guided scenario on a fresh embedded store, through the HTTP API, and print each
     /// step.
     Demo,
@@ -155,7 +158,8 @@ pub enum TokenCommand {
 
 #[derive(Debug, Args)]
 pub struct TokenCreateArgs {
-    /// source (a source system), consumer (a CRM/CDP integration), steward, auditor or admin.
+    /// source (a source system), consumer (a CRM/CDP integration), steward, auditor, admin or
+    /// dsar (answers data subjects' access and portability requests).
     #[arg(long, value_name = "ROLE", value_parser = parse_role)]
     pub role: idledger_store::Role,
     /// The source system the token speaks for (role source), e.g. crm; events record it.
@@ -234,7 +238,7 @@ pub struct RecordArgs {
     pub json: bool,
 }
 
-fn parse_customer_id(raw: &str) -> Result<CustomerId, String> {
+pub(crate) fn parse_customer_id(raw: &str) -> Result<CustomerId, String> {
     CustomerId::parse(raw).map_err(|e| e.to_string())
 }
 

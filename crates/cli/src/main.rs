@@ -48,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Rebuild(args) => commands::rebuild::run(&settings, args, &mut out).await?,
             Command::History(args) => commands::history::run(&settings, args, &mut out).await?,
             Command::Record(args) => commands::record::run(&settings, args, &mut out).await?,
+            Command::Export(args) => commands::export::run(&settings, args, &mut out).await?,
             Command::Demo => commands::demo::run(&settings, &mut out).await?,
             Command::Serve(args) => commands::serve::run(&settings, args, &mut out).await?,
             Command::Token(command) => commands::token::run(&settings, command, &mut out).await?,

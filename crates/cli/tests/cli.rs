@@ -427,6 +427,90 @@ fn history_and_record_show_provenance() {
 }
 
 #[test]
+fn export_writes_json_or_a_csv_zip_whole_and_never_over_a_file() {
+    let dir = TempDir::new("export");
+    let (ada, _) = demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let run = idledger(&dir, &["--database", &url, "export", &ada]).success();
+    let export: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(export["customer_id"], ada.as_str());
+    assert_eq!(
+        export["history"].as_array().unwrap().len() as u64,
+        export["record"]["stream_version"].as_u64().unwrap()
+    );
+    // The export is a disclosure to the subject, from the command line (no token).
+    let last = export["disclosures"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["recipient"], "subject");
+    assert!(last["token_id"].is_null());
+
+    let out = dir.path().join("ada.zip");
+    let out_arg = out.to_str().unwrap();
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "export",
+            &ada,
+            "--format",
+            "csv",
+            "--out",
+            out_arg,
+        ],
+    )
+    .success();
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(bytes.starts_with(b"PK"), "a zip archive");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "personal data is readable by its owner only"
+        );
+    }
+    // Never over an existing file: the first export stays as it was.
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "export",
+            &ada,
+            "--format",
+            "csv",
+            "--out",
+            out_arg,
+        ],
+    )
+    .exit(1)
+    .stderr_has(&["exists; an export is never written over a file"]);
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let unknown = uuid::Uuid::now_v7().to_string();
+    idledger(&dir, &["--database", &url, "export", &unknown])
+        .exit(1)
+        .stderr_has(&["is not in this store"]);
+    idledger(
+        &dir,
+        &["--database", &url, "export", &ada, "--format", "xml"],
+    )
+    .exit(2);
+}
+
+#[test]
 fn bad_customer_ids_and_fields_are_usage_errors() {
     let dir = TempDir::new("usage");
     idledger(&dir, &["history", "not-a-customer", "email"])

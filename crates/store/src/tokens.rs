@@ -36,15 +36,18 @@ pub enum Role {
     Auditor,
     /// Operates the instance (erasure, consumers, tokens).
     Admin,
+    /// Answers data subjects' access and portability requests: exports a customer's data.
+    Dsar,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Source,
         Role::Consumer,
         Role::Steward,
         Role::Auditor,
         Role::Admin,
+        Role::Dsar,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Role {
             Role::Steward => "steward",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::Dsar => "dsar",
         }
     }
 
@@ -78,7 +82,7 @@ impl FromStr for Role {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 StoreError::Config(format!(
-                    "unknown role '{s}'; the roles are source, consumer, steward, auditor, admin"
+                    "unknown role '{s}'; the roles are source, consumer, steward, auditor, admin, dsar"
                 ))
             })
     }

@@ -23,7 +23,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub ledger: Ledger,
     /// Token secrets by name: "idp", "crm", "web_app", "consent_portal", "support_portal",
-    /// "consumer", "steward", "auditor", "admin".
+    /// "consumer", "steward", "auditor", "admin", "dsar".
     pub tokens: HashMap<String, String>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -62,6 +62,7 @@ impl TestApp {
             ("steward", Role::Steward, None),
             ("auditor", Role::Auditor, None),
             ("admin", Role::Admin, None),
+            ("dsar", Role::Dsar, None),
         ] {
             let issued = tokens.create(role, subject, name).await.unwrap();
             secrets.insert(name.to_owned(), issued.secret);

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod consumer;
 pub mod demo;
 pub mod exception;
+pub mod export;
 pub mod history;
 pub mod migrate;
 pub mod rebuild;
