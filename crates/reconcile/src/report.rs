@@ -182,3 +182,39 @@ pub fn summary(run: &Run) -> String {
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Erasure scrubs stored reports without knowing this crate: the store relies on the
+    /// serialised shape (`consumers[].examples.<kind>[].customer_id`), which this pins.
+    #[test]
+    fn the_store_finds_and_drops_a_customers_examples() {
+        let mut section = ConsumerReport::new("crm", 300);
+        let detail = serde_json::json!({"record": {"value_hash": "sha256:00"}});
+        section.count("divergent", "erased-one", "email", &detail);
+        section.count("divergent", "kept-one", "email", &detail);
+        section.count("stale", "erased-one", "phone", &detail);
+        let mut report = Report {
+            consumers: vec![section],
+            ..Report::default()
+        };
+        report.total();
+        let mut stored = serde_json::to_value(&report).unwrap();
+        assert!(idledger_store::runs::drop_examples(&mut stored, |c| c == "erased-one"));
+        let scrubbed: Report = serde_json::from_value(stored).unwrap();
+        let examples = &scrubbed.consumers[0].examples;
+        let left: Vec<(&str, &str)> = examples
+            .iter()
+            .flat_map(|(kind, list)| {
+                list.iter()
+                    .map(move |e| (kind.as_str(), e.customer_id.as_str()))
+            })
+            .collect();
+        assert_eq!(left, [("divergent", "kept-one")]);
+        assert_eq!(scrubbed.consumers[0].counts, report.consumers[0].counts);
+        assert_eq!(scrubbed.totals, report.totals);
+    }
+}

@@ -24,6 +24,7 @@
 
 use chrono::{DateTime, Utc};
 use idledger_domain::event::{EventPayload, Repush, RepushedValue};
+use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{CustomerId, EventId};
 use idledger_store::delivery::{
     ChannelKind, ConsentBasis, Consumer, ConsumerId, Handoff, HandoffKind,
@@ -51,8 +52,6 @@ pub const CONSENT_GRANTED: &str = "idledger.consent.granted.v1";
 /// Erasure notice: the customer was erased (right to erasure); delete everything of them.
 /// Final: nothing of this customer follows.
 pub const CUSTOMER_ERASED: &str = "idledger.customer.erased.v1";
-/// The subject's last token for an erasure notice (it concerns no one field).
-pub const ERASURE_SUBJECT_FIELD: &str = "customer.erased";
 
 /// A CloudEvents 1.0 event in structured JSON mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,8 +85,9 @@ pub struct Message {
     pub customer_id: CustomerId,
     pub event_id: EventId,
     pub position: u64,
-    /// The field path the subject ends in.
-    pub subject_field: String,
+    /// The field path the subject ends in; `None` for an erasure notice, which concerns the
+    /// customer as a whole: its subject ends at the customer id.
+    pub subject_field: Option<String>,
     /// Fields whose data it carries (for a notice: the consumer's selectors, to delete).
     pub fields: Vec<String>,
     pub basis: Vec<ConsentBasis>,
@@ -96,14 +96,22 @@ pub struct Message {
 }
 
 impl Message {
-    /// `<prefix>.<consumer>.<customer>.<field path>`: consumers filter by wildcard
-    /// (`idledger.v1.crm.*.email`, `idledger.v1.crm.>`) and NATS permissions can confine a
-    /// consumer to `<prefix>.<consumer>.>`.
+    /// `<prefix>.<consumer>.<customer>.<field path>`, or `<prefix>.<consumer>.<customer>` for an
+    /// erasure notice: consumers filter by wildcard (`idledger.v1.crm.*.email`,
+    /// `idledger.v1.crm.>`) and NATS permissions can confine a consumer to
+    /// `<prefix>.<consumer>.>`.
     pub fn subject(&self, prefix: &str, consumer: &ConsumerId) -> String {
-        format!(
-            "{prefix}.{consumer}.{}.{}",
-            self.customer_id, self.subject_field
-        )
+        match &self.subject_field {
+            Some(field) => format!("{prefix}.{consumer}.{}.{field}", self.customer_id),
+            None => format!("{prefix}.{consumer}.{}", self.customer_id),
+        }
+    }
+
+    /// The field the message is about; `None`: the customer as a whole.
+    pub fn field(&self) -> Option<FieldPath> {
+        self.subject_field
+            .as_deref()
+            .and_then(|f| FieldPath::parse(f).ok())
     }
 
     /// Unique per delivery: the same event goes to many consumers through one stream.
@@ -159,7 +167,7 @@ pub fn message(
                 HandoffKind::Change,
                 event_type,
                 Some(change.version()),
-                field.clone(),
+                Some(field.clone()),
                 vec![field],
                 data,
             )
@@ -171,7 +179,7 @@ pub fn message(
                 HandoffKind::Notice,
                 CONSENT_WITHDRAWN,
                 None,
-                field,
+                Some(field),
                 selectors(consumer),
                 data,
             )
@@ -183,7 +191,7 @@ pub fn message(
                 HandoffKind::Resume,
                 CONSENT_GRANTED,
                 None,
-                first_consent_field(consumer),
+                Some(first_consent_field(consumer)),
                 selectors(consumer),
                 data,
             )
@@ -199,7 +207,7 @@ pub fn message(
                 HandoffKind::Erasure,
                 CUSTOMER_ERASED,
                 None,
-                ERASURE_SUBJECT_FIELD.to_owned(),
+                None,
                 selectors(consumer),
                 data,
             )
@@ -271,11 +279,17 @@ pub fn sweep_notice(
         customer_id: sweep.customer_id,
         event_id,
         position: sweep.position,
-        subject_field: field,
+        subject_field: Some(field),
         fields: selectors(consumer),
         basis: basis.to_vec(),
         body,
     })
+}
+
+/// Every message of `customer` to any consumer but the erasure notices: `>` needs at least one
+/// more token, which a notice's subject lacks. What erasure removes from the stream.
+pub fn customer_data_subjects(prefix: &str, customer: CustomerId) -> String {
+    format!("{prefix}.*.{customer}.>")
 }
 
 pub use idledger_domain::state::consent_digest;

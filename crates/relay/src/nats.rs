@@ -7,6 +7,10 @@
 //! published only after the previous one is stored. After any failure the step stops, commits
 //! the acknowledged prefix and starts again from it; re-published messages carry the same
 //! `Nats-Msg-Id`, which JetStream drops within its duplicate window.
+//!
+//! Erasure: at a customer's `customer_erased` event each consumer's task removes every message
+//! of that customer from the stream (every consumer's, but the erasure notices) before its
+//! checkpoint may pass the event, so the stream keeps no copy of an erased customer's data.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -21,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acks;
 use crate::config::{Backoff, NatsConfig, Retention, StreamSettings};
+use crate::envelope;
 use crate::error::RelayError;
 use crate::plan::Batch;
 use crate::worker::Sent;
@@ -119,6 +124,8 @@ pub struct NatsSender {
     js: jetstream::Context,
     settings: StreamSettings,
     max_in_flight: usize,
+    /// How long one answer of NATS may take (the publish timeout).
+    request_timeout: Duration,
 }
 
 impl NatsSender {
@@ -127,6 +134,7 @@ impl NatsSender {
             js,
             settings: config.stream.clone(),
             max_in_flight: config.max_in_flight.max(1),
+            request_timeout: config.publish_timeout,
         }
     }
 
@@ -196,6 +204,25 @@ impl NatsSender {
                 }
             }
         }
+        let first_unhandled = stored.iter().position(|s| !s);
+        // Erasures up to the first message not stored: by then every message of the customer
+        // this step sends (their erasure notice last) is in the stream.
+        let handled_before = first_unhandled.map(|i| messages[i].message.position);
+        let mut stopped_at = None;
+        for erased in &batch.erasures {
+            if handled_before.is_some_and(|p| erased.position >= p) {
+                break;
+            }
+            if cancel.is_cancelled() {
+                stopped_at = Some(erased.position);
+                break;
+            }
+            if let Err(e) = self.remove_customer(erased.customer_id).await {
+                stopped_at = Some(erased.position);
+                error.get_or_insert(e);
+                break;
+            }
+        }
         if error.is_some() {
             // A lost stream (e.g. NATS restarted without its storage) is created again before
             // the retry; the checkpoint keeps what was already delivered from being re-sent.
@@ -209,11 +236,107 @@ impl NatsSender {
                 .enumerate()
                 .filter_map(|(i, s)| s.then_some(i))
                 .collect(),
-            first_unhandled: stored.iter().position(|s| !s),
+            first_unhandled,
             error,
             retry_in: None,
+            stopped_at,
         }
     }
+
+    /// Removes every message of an erased customer from the stream, for every consumer
+    /// (disabled ones too), but the erasure notices, whose subject the filter does not match.
+    /// Each is erased by sequence, which overwrites its bytes in NATS's storage (a purge only
+    /// marks them deleted); a filtered purge then takes whatever the listing missed.
+    /// Idempotent: after a failure the step retries from before the erasure.
+    async fn remove_customer(&self, customer: CustomerId) -> Result<(), RelayError> {
+        let filter = envelope::customer_data_subjects(&self.settings.subject_prefix, customer);
+        let stream = self
+            .js
+            .get_stream_no_info(&self.settings.name)
+            .await
+            .map_err(RelayError::nats)?;
+        let mut erased = 0u64;
+        for sequence in self.sequences(&stream, &filter).await? {
+            match stream.delete_message(sequence).await {
+                Ok(_) => erased += 1,
+                // Gone already: another consumer's task erased it, or it aged out.
+                Err(e) if is_sequence_not_found(&e) => {}
+                Err(e) => return Err(RelayError::nats(format!("erasing a message: {e}"))),
+            }
+        }
+        let purged = stream
+            .purge()
+            .filter(filter)
+            .await
+            .map_err(|e| RelayError::nats(format!("purging an erased customer: {e}")))?;
+        tracing::info!(
+            erased,
+            purged = purged.purged,
+            "removed an erased customer's messages from the stream"
+        );
+        Ok(())
+    }
+
+    /// The stream sequences of the messages under `filter`, read through a short-lived ordered
+    /// consumer that fetches headers only.
+    async fn sequences(
+        &self,
+        stream: &stream::Stream<()>,
+        filter: &str,
+    ) -> Result<Vec<u64>, RelayError> {
+        let listing = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(RelayError::nats)?;
+        let name = listing.cached_info().name.clone();
+        let listed = Self::list(listing, self.request_timeout).await;
+        // Deleted rather than left to expire: a consumer catching up from the beginning meets
+        // every erasure ever made.
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "could not delete the listing consumer; it expires");
+        }
+        listed
+    }
+
+    async fn list(
+        listing: jetstream::consumer::Consumer<pull::OrderedConfig>,
+        timeout: Duration,
+    ) -> Result<Vec<u64>, RelayError> {
+        let mut pending = listing.cached_info().num_pending;
+        let mut sequences = Vec::new();
+        if pending == 0 {
+            return Ok(sequences);
+        }
+        let mut messages = listing.messages().await.map_err(RelayError::nats)?;
+        while pending > 0 {
+            let next = tokio::time::timeout(timeout, messages.next())
+                .await
+                .map_err(|_| {
+                    RelayError::Nats("listing an erased customer's messages timed out".to_owned())
+                })?;
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return Err(RelayError::nats(e)),
+                None => return Err(RelayError::Nats("the listing ended early".to_owned())),
+            };
+            let info = message.info().map_err(RelayError::nats)?;
+            sequences.push(info.stream_sequence);
+            pending = info.pending;
+        }
+        Ok(sequences)
+    }
+}
+
+fn is_sequence_not_found(e: &jetstream::stream::DeleteMessageError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::stream::DeleteMessageErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::SEQUENCE_NOT_FOUND
+    )
 }
 
 /// Reads acknowledgements from the ack stream until cancelled, recording each as consumer

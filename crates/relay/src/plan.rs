@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use chrono::{DateTime, Utc};
+use idledger_domain::event::EventPayload;
 use idledger_domain::ids::{CustomerId, EventId};
 use idledger_domain::state::CustomerState;
 use idledger_store::delivery::{
@@ -23,6 +24,8 @@ use crate::error::RelayError;
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub message: Message,
+    /// The consumer's relation to the customer once this is delivered, where this batch
+    /// changes it.
     pub relation: Option<Relation>,
 }
 
@@ -33,6 +36,16 @@ pub struct Batch {
     pub messages: Vec<Planned>,
     /// The position of the last event read (`None`: nothing new).
     pub last_position: Option<u64>,
+    /// Every customer erasure read, in log order, whether or not it concerns the consumer: a
+    /// channel that keeps copies of messages (the NATS stream) removes the customer's.
+    pub erasures: Vec<Erased>,
+}
+
+/// A customer's erasure event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Erased {
+    pub customer_id: CustomerId,
+    pub position: u64,
 }
 
 /// What every delivery task shares.
@@ -108,9 +121,12 @@ impl Planner {
             })
             .collect();
         let mut relations = self.deliveries.relations(&consumer.id, &customers).await?;
+        // Relations this batch changes, until it is committed.
+        let mut changed: HashMap<CustomerId, Relation> = HashMap::new();
         let mut states: HashMap<CustomerId, Option<CustomerState>> = HashMap::new();
         let policy = self.ledger.policy();
         let mut messages = Vec::new();
+        let mut erasures = Vec::new();
         for read in reads {
             let event = match read {
                 Read::Event(event) => event,
@@ -120,6 +136,15 @@ impl Planner {
                     continue;
                 }
             };
+            if matches!(
+                event.envelope.event.payload,
+                EventPayload::CustomerErased { .. }
+            ) {
+                erasures.push(Erased {
+                    customer_id: event.customer_id,
+                    position: event.global_position,
+                });
+            }
             let relation = relations.get(&event.customer_id).copied();
             if !entitlement::may_concern(consumer, &event, relation) {
                 continue;
@@ -132,17 +157,25 @@ impl Planner {
                 entitlement::decide(consumer, &event, state.as_ref(), relation, policy, now);
             if let Some(r) = decision.relation {
                 relations.insert(event.customer_id, r);
+                changed.insert(event.customer_id, r);
             }
+            // Later messages of the customer in this batch carry the relation too: the one that
+            // established it may be skipped (a webhook refusing it) while they are delivered,
+            // and a consumer sent data must be known as such (its notices depend on it).
+            let relation = decision
+                .relation
+                .or_else(|| changed.get(&event.customer_id).copied());
             for outgoing in &decision.messages {
                 messages.push(Planned {
                     message: envelope::message(&self.source, consumer, &event, outgoing)?,
-                    relation: decision.relation,
+                    relation,
                 });
             }
         }
         Ok(Batch {
             messages,
             last_position: Some(last_position),
+            erasures,
         })
     }
 

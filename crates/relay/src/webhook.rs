@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use idledger_store::delivery::{
-    Channel, Closing, Consumer, ExceptionKind, NewSyncException, WebhookSecret,
+    Channel, Closing, Consumer, ExceptionKind, HandoffKind, NewSyncException, WebhookSecret,
 };
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
@@ -27,6 +27,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WebhookConfig;
+use crate::envelope::Message;
 use crate::error::RelayError;
 use crate::plan::{Batch, Planner};
 use crate::worker::Sent;
@@ -183,8 +184,7 @@ impl WebhookSender {
                             format!("delivered after {} failed attempts", self.attempts),
                             Utc::now(),
                         );
-                        let field =
-                            idledger_domain::field::FieldPath::parse(&message.subject_field).ok();
+                        let field = message.field();
                         if let Err(e) = planner
                             .deliveries
                             .close_exceptions_where(
@@ -205,11 +205,14 @@ impl WebhookSender {
                 Attempt::Rejected { status, body } => {
                     self.attempts = 0;
                     tracing::warn!(consumer = %consumer.id, message = %message.id, status, "webhook refused a message; opening a sync exception");
+                    // A receiver's answer may quote what it holds of the customer: once they
+                    // are erased, the exception keeps only the status.
+                    let body = (!erased_or_unknown(planner, message).await).then_some(body);
                     let exception = NewSyncException::new(
                         ExceptionKind::WebhookRejected,
                         consumer.id.clone(),
                         message.customer_id,
-                        idledger_domain::field::FieldPath::parse(&message.subject_field).ok(),
+                        message.field(),
                         json!({
                             "status": status,
                             "body": body,
@@ -238,7 +241,7 @@ impl WebhookSender {
                             ExceptionKind::DeliveryFailing,
                             consumer.id.clone(),
                             message.customer_id,
-                            idledger_domain::field::FieldPath::parse(&message.subject_field).ok(),
+                            message.field(),
                             json!({
                                 "attempts": self.attempts,
                                 "last_error": reason,
@@ -271,7 +274,7 @@ impl WebhookSender {
         consumer: &Consumer,
         url: &str,
         secret: &WebhookSecret,
-        message: &crate::envelope::Message,
+        message: &Message,
     ) -> Attempt {
         let timestamp = Utc::now().timestamp();
         let response = self
@@ -313,6 +316,21 @@ impl WebhookSender {
         Attempt::Rejected {
             status: status.as_u16(),
             body: body.chars().take(1000).collect(),
+        }
+    }
+}
+
+/// Whether the message's customer is erased (an erasure notice's always is), or that could not
+/// be read: then nothing the receiver answered about them is stored.
+async fn erased_or_unknown(planner: &Planner, message: &Message) -> bool {
+    if message.kind == HandoffKind::Erasure {
+        return true;
+    }
+    match planner.ledger.state(message.customer_id).await {
+        Ok(state) => state.is_some_and(|s| s.erased.is_some()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read whether a customer is erased; the webhook's answer is not kept");
+            true
         }
     }
 }

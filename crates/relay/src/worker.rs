@@ -31,6 +31,9 @@ pub struct Sent {
     pub error: Option<RelayError>,
     /// The channel asks to be retried after this long (e.g. `Retry-After`).
     pub retry_in: Option<Duration>,
+    /// The position of an event whose work is not done though it has no message pending (an
+    /// erased customer's messages not yet removed): the checkpoint stops just before it too.
+    pub stopped_at: Option<u64>,
 }
 
 /// A push channel.
@@ -151,6 +154,7 @@ async fn step(
         Batch {
             messages: planner.sweep(consumer, after, now).await?,
             last_position: None,
+            erasures: Vec::new(),
         }
     } else {
         planner
@@ -162,9 +166,15 @@ async fn step(
     }
     let sent = sender.send(planner, consumer, &batch, cancel).await;
     let delivered: Vec<&Planned> = sent.delivered.iter().map(|i| &batch.messages[*i]).collect();
-    let new_checkpoint = match sent.first_unhandled {
+    let unhandled = sent
+        .first_unhandled
+        .map(|i| batch.messages[i].message.position)
+        .into_iter()
+        .chain(sent.stopped_at)
+        .min();
+    let new_checkpoint = match unhandled {
         None => batch.last_position,
-        Some(i) => batch.messages[i].message.position.checked_sub(1),
+        Some(position) => position.checked_sub(1),
     }
     .filter(|p| *p > after);
     planner

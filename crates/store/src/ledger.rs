@@ -35,6 +35,8 @@ use crate::store::Store;
 const MAX_ATTEMPTS: u32 = 16;
 /// Events per page when scanning the whole log.
 const SCAN_PAGE: u32 = 10_000;
+/// Tries at truncating SQLite's WAL after an erasure.
+const WAL_ATTEMPTS: u32 = 5;
 
 /// Tuning knobs.
 #[derive(Debug, Clone)]
@@ -368,6 +370,7 @@ impl Ledger {
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
                     tracing::info!("customer erased");
+                    self.truncate_wal().await;
                     return Ok(erasure);
                 }
                 // Re-decided on the fresh state: a concurrent erasure makes this a refusal.
@@ -383,6 +386,28 @@ impl Ledger {
         Err(ExecuteError::Contention {
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// After an erasure on SQLite: the WAL still holds images of the pages as they were before
+    /// it (with the customer's plaintext) until a checkpoint truncates it. Readers holding a
+    /// snapshot keep it from completing, so it is tried a few times; failing that, the next
+    /// checkpoint takes them and the erasure stands regardless.
+    async fn truncate_wal(&self) {
+        for attempt in 0..WAL_ATTEMPTS {
+            match self.log.truncate_wal().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not truncate the SQLite WAL after an erasure");
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+        }
+        tracing::warn!(
+            attempts = WAL_ATTEMPTS,
+            "readers kept the SQLite WAL from being truncated after an erasure; older page images stay in it until the next checkpoint"
+        );
     }
 
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {

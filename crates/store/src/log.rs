@@ -61,6 +61,12 @@ impl EventLog {
         }
     }
 
+    /// SQLite: empties the write-ahead log into the database (see [`Db::truncate_wal`]);
+    /// false if readers kept it from completing.
+    pub(crate) async fn truncate_wal(&self) -> Result<bool, StoreError> {
+        self.db.truncate_wal().await
+    }
+
     /// `(request_hash, result)` stored for an idempotency key.
     pub async fn idempotency(
         &self,
@@ -457,5 +463,7 @@ async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
         .bind(customer.to_string())
         .execute(&mut *tx)
         .await?;
+    // Reports keep up to a few examples per kind, with value hashes.
+    crate::runs::drop_erased_customers_examples(tx, customer).await?;
     crate::delivery::close_erased_customers_exceptions(tx, customer).await
 }

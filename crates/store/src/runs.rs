@@ -2,13 +2,15 @@
 //! snapshots while a run compares them. What runs decide lives in `idledger-reconcile`; this
 //! module only keeps it. The statements are written once for both engines ([`crate::sql`]).
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::delivery::ConsumerId;
 use crate::error::StoreError;
-use crate::sql::{Row, sql};
+use crate::sql::{Row, Tx, sql};
 
 pub use idledger_domain::delivery::{RunKind, RunStatus};
 
@@ -89,20 +91,32 @@ impl Runs {
         Ok(())
     }
 
-    /// Stores the run's status, report and error as they are now.
+    /// Stores the run's status, report and error as they are now. Examples of customers
+    /// erased while the run went on are left out: the erasure could not remove them from a
+    /// report not yet stored.
     pub async fn save(&self, r: &Run) -> Result<(), StoreError> {
+        let mut report = r.report.clone();
+        // Under the append lock, as an erasure is: either the erasure is seen here, or it sees
+        // (and scrubs) this report.
+        let mut tx = self.db.begin_exclusive().await?;
+        let erased = erased_during(&mut tx, r.id, &example_customers(&report)).await?;
+        if !erased.is_empty() {
+            drop_examples(&mut report, |c| {
+                parse_customer(c).is_some_and(|id| erased.contains(&id))
+            });
+        }
         sql(
             "UPDATE reconcile_runs SET status = $1, finished_at = $2, report = $3, error = $4 \
              WHERE run_id = $5",
         )
         .bind(r.status.as_str())
         .bind(r.finished_at)
-        .bind(serde_json::to_string(&r.report)?)
+        .bind(serde_json::to_string(&report)?)
         .bind(r.error.as_deref())
         .bind(r.id)
-        .execute(&self.db)
+        .execute(&mut tx)
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<Run>, StoreError> {
@@ -133,8 +147,21 @@ impl Runs {
         q.fetch_all(&self.db).await?.iter().map(run).collect()
     }
 
+    /// Stores findings, but those of customers erased since the run started (it read them
+    /// before): the erasure has already deleted the customer's findings. (A customer erased
+    /// before the run is reported as the run finds it: e.g. held by a consumer still.)
     pub async fn add_findings(&self, run_id: Uuid, findings: &[Finding]) -> Result<(), StoreError> {
-        for chunk in findings.chunks(self.db.rows_per_statement(7)) {
+        let mut tx = self.db.begin().await?;
+        let customers: Vec<Uuid> = findings
+            .iter()
+            .filter_map(|f| parse_customer(&f.customer_id))
+            .collect();
+        let erased = erased_during(&mut tx, run_id, &customers).await?;
+        let kept: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| parse_customer(&f.customer_id).is_none_or(|id| !erased.contains(&id)))
+            .collect();
+        for chunk in kept.chunks(self.db.rows_per_statement(7)) {
             let mut rows = Vec::with_capacity(chunk.len());
             for f in chunk {
                 rows.push(vec![
@@ -151,9 +178,9 @@ impl Runs {
                 "INSERT INTO reconcile_findings (run_id, seq, consumer_id, customer_id, field, kind, detail) ",
             );
             q.push_values(rows, |r| r);
-            q.execute(&self.db).await?;
+            q.execute(&mut tx).await?;
         }
-        Ok(())
+        tx.commit().await
     }
 
     /// The run's findings with `seq > after`, in order.
@@ -259,6 +286,110 @@ impl Runs {
             .await?;
         Ok(())
     }
+}
+
+/// Erasure, in its transaction: the customer's examples leave every stored report (the counts
+/// stay: they say how many, not whom).
+pub(crate) async fn drop_erased_customers_examples(
+    tx: &mut Tx,
+    customer: Uuid,
+) -> Result<(), StoreError> {
+    // Most reports never name the customer: only those that do are read. Lower case, as a
+    // snapshot's ids are kept as given.
+    let rows = sql("SELECT run_id, report FROM reconcile_runs WHERE LOWER(report) LIKE $1")
+        .bind(format!("%{customer}%"))
+        .fetch_all(&mut *tx)
+        .await?;
+    for row in rows {
+        let id: Uuid = row.try_get("run_id")?;
+        let mut report: serde_json::Value =
+            serde_json::from_str(&row.try_get::<String>("report")?)?;
+        if drop_examples(&mut report, |c| parse_customer(c) == Some(customer)) {
+            sql("UPDATE reconcile_runs SET report = $1 WHERE run_id = $2")
+                .bind(serde_json::to_string(&report)?)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes from a report the examples whose `customer_id` `erased` picks; true if any went.
+/// The store knows this much of `idledger-reconcile`'s `Report`: per consumer
+/// (`consumers[]`), examples per kind (`examples.<kind>[]`), each naming its `customer_id`.
+pub fn drop_examples(report: &mut serde_json::Value, erased: impl Fn(&str) -> bool) -> bool {
+    let mut dropped = false;
+    for list in example_lists(report) {
+        let before = list.len();
+        list.retain(|e| {
+            !e.get("customer_id")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(&erased)
+        });
+        dropped |= list.len() != before;
+    }
+    dropped
+}
+
+fn example_lists(
+    report: &mut serde_json::Value,
+) -> impl Iterator<Item = &mut Vec<serde_json::Value>> {
+    report
+        .get_mut("consumers")
+        .and_then(serde_json::Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get_mut("examples"))
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|kinds| kinds.values_mut())
+        .filter_map(serde_json::Value::as_array_mut)
+}
+
+/// The customers a report's examples name.
+fn example_customers(report: &serde_json::Value) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = report
+        .get("consumers")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("examples")?.as_object())
+        .flat_map(|kinds| kinds.values())
+        .filter_map(serde_json::Value::as_array)
+        .flatten()
+        .filter_map(|e| e.get("customer_id")?.as_str().and_then(parse_customer))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// A customer id as a report or finding holds it (a snapshot's as given, so perhaps not one).
+fn parse_customer(id: &str) -> Option<Uuid> {
+    Uuid::parse_str(id.trim()).ok()
+}
+
+/// Of `customers`, those erased since the run started.
+async fn erased_during(
+    tx: &mut Tx,
+    run_id: Uuid,
+    customers: &[Uuid],
+) -> Result<HashSet<Uuid>, StoreError> {
+    let mut erased = HashSet::new();
+    // Both engines take at least this many parameters; a report names a few dozen customers.
+    for chunk in customers.chunks(MAX_RUN_PAGE as usize) {
+        let mut q = sql(
+            "SELECT customer_id FROM events WHERE event_type = 'customer_erased' \
+             AND recorded_at >= (SELECT started_at FROM reconcile_runs WHERE run_id = ",
+        );
+        q.push_bind(run_id)
+            .push(") AND customer_id IN ")
+            .push_list(chunk);
+        for row in q.fetch_all(&mut *tx).await? {
+            erased.insert(row.try_get("customer_id")?);
+        }
+    }
+    Ok(erased)
 }
 
 fn run(row: &Row) -> Result<Run, StoreError> {

@@ -91,6 +91,35 @@ impl Db {
         })
     }
 
+    /// SQLite: copies the write-ahead log into the database file and truncates it, so that no
+    /// older image of a page (one holding rows deleted since, e.g. an erased customer's)
+    /// stays in the WAL. `Ok(false)` when readers or a writer kept it from completing within
+    /// a short wait; PostgreSQL has nothing to do here (`Ok(true)`).
+    pub async fn truncate_wal(&self) -> Result<bool, StoreError> {
+        use sqlx::Connection as _;
+        let Self::Sqlite(pool) = self else {
+            return Ok(true);
+        };
+        let mut conn = pool.acquire().await?;
+        // Not the pool's 30 s: the checkpoint holds the write lock while it waits for readers.
+        sqlx::query("PRAGMA busy_timeout = 200")
+            .execute(&mut *conn)
+            .await?;
+        let checkpoint = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await;
+        // Closed rather than returned to the pool with a busy timeout unlike its siblings'.
+        if let Err(e) = conn.detach().close().await {
+            tracing::debug!(error = %e, "closing the checkpoint's connection failed");
+        }
+        match checkpoint {
+            // The first column is 1 when the checkpoint could not complete.
+            Ok(row) => Ok(row.try_get::<i64, _>(0)? == 0),
+            Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| is_busy(&c)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Starts a transaction that holds off every append until it ends: the append lock on
     /// PostgreSQL, the write lock on SQLite.
     pub async fn begin_exclusive(&self) -> Result<Tx, StoreError> {
@@ -103,6 +132,11 @@ impl Db {
         }
         Ok(tx)
     }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED, plain or extended (the low byte is the primary code).
+fn is_busy(code: &str) -> bool {
+    code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// A transaction on either engine. Dropped without [`Tx::commit`], it rolls back.

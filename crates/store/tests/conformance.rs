@@ -4,7 +4,8 @@
 //! Covers every public method of `Ledger`:
 //! - [x] `new`, `store`, `policy` (every test; `policy` in `history_and_record_as_of_an_instant`)
 //! - [x] `execute`: idempotency, races, refusals, erased records
-//! - [x] `erase`: the erasure tests
+//! - [x] `erase`: the erasure tests (on SQLite also the raw files, WAL included:
+//!   `sqlite_files_keep_no_plaintext_of_an_erased_customer`)
 //! - [x] `state`, `state_as_of`, `history`, `stream`: `history_and_record_as_of_an_instant`,
 //!   the erasure tests
 //! - [x] `read_all`, `read_raw`: `tail_reader_sees_every_committed_event_once_in_order`,
@@ -1285,6 +1286,52 @@ async fn no_plaintext_of_an_erased_customer_anywhere(engine: Engine) {
     assert_eq!(
         count(&store.db, "SELECT COUNT(*) FROM idempotency").await,
         1
+    );
+}
+
+/// The raw bytes of the SQLite database and its `-wal` and `-shm` files, lower-cased.
+fn sqlite_files(db: &TestDb) -> String {
+    let path = db.url.strip_prefix("sqlite://").unwrap();
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
+            all.extend(bytes);
+        }
+    }
+    String::from_utf8_lossy(&all).to_lowercase()
+}
+
+/// Deleted rows are zeroed (`secure_delete`), and the WAL, whose older frames still hold the
+/// pages as they were, is truncated after the erasure commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_files_keep_no_plaintext_of_an_erased_customer() {
+    let store = TestStore::new(Engine::Sqlite).await;
+    let c = new_customer();
+    let d = new_customer();
+    write_person(&store, c, "c").await;
+    write_other(&store, d, "d").await;
+    let files = sqlite_files(&store.db);
+    for needle in ERASED_VALUES {
+        assert!(
+            files.contains(needle),
+            "'{needle}' not in the files before erasure"
+        );
+    }
+    store
+        .ledger
+        .erase(c, &admin(), dpo(), "subject's request")
+        .await
+        .unwrap();
+    let files = sqlite_files(&store.db);
+    for needle in ERASED_VALUES {
+        assert!(
+            !files.contains(needle),
+            "plaintext '{needle}' of an erased customer found in the SQLite files"
+        );
+    }
+    assert!(
+        files.contains("grace.hopper@example.org"),
+        "the other customer is untouched"
     );
 }
 

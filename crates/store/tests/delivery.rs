@@ -9,7 +9,9 @@
 //! - [x] acks: `record_ack` (the ack tests, erasure, closing exceptions), `consumer_state`,
 //!   `consumer_state_of`
 //! - [x] exceptions: `open_exception`, `exceptions`, `exception`, `close_exception`,
-//!   `close_exceptions_where`, `note_exception_action`, `open_exceptions_of`; and
+//!   `close_exceptions_where`, `note_exception_action`, `open_exceptions_of`; what erasure
+//!   leaves of an exception
+//!   (`erasure_leaves_an_exception_its_outcome_and_nothing_of_the_customer`); and
 //!   `Ledger::execute_with`, which writes a steward's exception change in the command's own
 //!   transaction (`a_command_and_its_exception_change_land_together_or_not_at_all`)
 //! - [x] `NewSyncException::new` (every exception test; the wrong side refused in
@@ -50,6 +52,7 @@ on_both_engines!(
     an_applied_ack_holding_the_records_value_closes_its_exceptions,
     an_exception_is_read_by_id,
     an_exception_closes_once,
+    erasure_leaves_an_exception_its_outcome_and_nothing_of_the_customer,
     exceptions_close_where_consumer_customer_field_and_kind_match,
     a_steward_action_is_noted_on_open_exceptions_only,
     open_exceptions_are_read_for_customers_and_kinds,
@@ -1086,6 +1089,101 @@ async fn an_exception_closes_once(engine: Engine) {
         .unwrap()
         .unwrap();
     assert_eq!(accepted.status, ExceptionStatus::Resolved);
+}
+
+async fn erasure_leaves_an_exception_its_outcome_and_nothing_of_the_customer(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    let (erased, _) = customer_with_email(&store.ledger).await;
+    let (kept, _) = customer_with_email(&store.ledger).await;
+    // A steward's note may quote the record; a re-push names what was sent.
+    let note = "CRM holds ada@example.org on purpose";
+    let dismissed = deliveries
+        .open_exception(&new_exception(
+            "crm",
+            erased,
+            Some("email"),
+            ExceptionKind::Divergent,
+        ))
+        .await
+        .unwrap();
+    deliveries
+        .close_exception(dismissed.id, &closing(Resolution::Dismissed, note))
+        .await
+        .unwrap()
+        .unwrap();
+    let repushed = deliveries
+        .open_exception(&new_exception(
+            "crm",
+            erased,
+            Some("email"),
+            ExceptionKind::Stale,
+        ))
+        .await
+        .unwrap();
+    let action = json!({"action": "repush", "value": "ada@example.org"});
+    assert!(
+        deliveries
+            .note_exception_action(repushed.id, &action, truncate_to_micros(Utc::now()))
+            .await
+            .unwrap()
+    );
+    let other = deliveries
+        .open_exception(&new_exception(
+            "crm",
+            kept,
+            Some("email"),
+            ExceptionKind::Divergent,
+        ))
+        .await
+        .unwrap();
+    deliveries
+        .close_exception(other.id, &closing(Resolution::Dismissed, note))
+        .await
+        .unwrap()
+        .unwrap();
+
+    erase(&store.ledger, erased).await;
+    let dismissed = deliveries.exception(dismissed.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            dismissed.status,
+            dismissed.resolution,
+            dismissed.resolved_by.as_deref(),
+            dismissed.resolution_note.as_deref(),
+            &dismissed.detail,
+        ),
+        (
+            ExceptionStatus::Dismissed,
+            Some(Resolution::Dismissed),
+            Some("steward@idledger.example"),
+            Some("the customer was erased"),
+            &json!({}),
+        ),
+        "how it ended stays; the steward's words go"
+    );
+    let repushed = deliveries.exception(repushed.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            repushed.status,
+            repushed.resolved_by.as_deref(),
+            repushed.resolution_note.as_deref(),
+            repushed.last_action,
+        ),
+        (
+            ExceptionStatus::Resolved,
+            Some(AUTO_RESOLVER),
+            Some("the customer was erased"),
+            None,
+        )
+    );
+    let other = deliveries.exception(other.id).await.unwrap().unwrap();
+    assert_eq!(
+        other.resolution_note.as_deref(),
+        Some(note),
+        "another customer's"
+    );
+    assert_eq!(other.detail, json!({"record_version": 1}));
 }
 
 async fn exceptions_close_where_consumer_customer_field_and_kind_match(engine: Engine) {

@@ -5,6 +5,10 @@
 //! - [x] `start`, `get`, `save`
 //! - [x] `list`
 //! - [x] `add_findings`, `findings`
+//! - [x] erasure: the customer's examples leave every stored report
+//!   (`erasure_drops_the_customers_examples_from_every_report`); a run in progress keeps
+//!   nothing of a customer erased meanwhile
+//!   (`a_run_keeps_nothing_of_a_customer_erased_while_it_ran`); `drop_examples`
 //! - [x] `add_snapshot_rows`
 //! - [x] `snapshot_customer_page`
 //! - [x] `snapshot_rows_of`
@@ -31,6 +35,8 @@ on_both_engines!(
     the_snapshot_customer_page_unites_records_and_snapshot,
     snapshot_rows_are_read_for_the_customers_asked,
     dropping_a_snapshot_deletes_its_rows_only,
+    erasure_drops_the_customers_examples_from_every_report,
+    a_run_keeps_nothing_of_a_customer_erased_while_it_ran,
 );
 
 async fn runs(engine: Engine) -> (TestDb, Runs) {
@@ -392,4 +398,150 @@ async fn dropping_a_snapshot_deletes_its_rows_only(engine: Engine) {
             .unwrap(),
         1
     );
+}
+
+/// A report as `idledger-reconcile` writes it: per consumer, counts and examples per kind.
+fn report_naming(examples: &[(&str, &str)]) -> serde_json::Value {
+    let mut by_kind = serde_json::Map::new();
+    for (kind, customer) in examples {
+        by_kind
+            .entry(kind.to_string())
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .unwrap()
+            .push(json!({
+                "customer_id": customer,
+                "field": "email",
+                "detail": {"record": {"version": 1, "value_hash": format!("sha256:{}", "ab".repeat(32))}},
+            }));
+    }
+    json!({
+        "consumers": [{"consumer_id": "crm", "counts": {"divergent": 7, "undelivered": 3}, "examples": by_kind}],
+        "totals": {"findings": 10},
+    })
+}
+
+fn examples_of(run: &Run) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for consumer in run.report["consumers"].as_array().unwrap() {
+        for (kind, list) in consumer["examples"].as_object().unwrap() {
+            for e in list.as_array().unwrap() {
+                out.push((kind.clone(), e["customer_id"].as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    out
+}
+
+async fn registered(store: &TestStore) -> idledger_domain::ids::CustomerId {
+    let c = new_customer();
+    run(&store.ledger, "idp", c, vec![Change::Register]).await;
+    c
+}
+
+async fn erasure_drops_the_customers_examples_from_every_report(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let runs = store.ledger.store().runs();
+    let (c, d) = (registered(&store).await, registered(&store).await);
+    let (c_id, d_id) = (c.to_string(), d.to_string());
+    // A snapshot's ids are kept as given: upper case too.
+    let c_upper = c_id.to_uppercase();
+    let mut naming = Vec::new();
+    for examples in [
+        vec![
+            ("divergent", c_id.as_str()),
+            ("divergent", d_id.as_str()),
+            ("undelivered", c_id.as_str()),
+        ],
+        vec![
+            ("undelivered", c_upper.as_str()),
+            ("undelivered", d_id.as_str()),
+        ],
+    ] {
+        let mut r = new_run(RunKind::Acks, Utc::now());
+        runs.start(&r).await.unwrap();
+        r.status = RunStatus::Finished;
+        r.report = report_naming(&examples);
+        runs.save(&r).await.unwrap();
+        naming.push(r);
+    }
+    let mut other = new_run(RunKind::Acks, Utc::now());
+    runs.start(&other).await.unwrap();
+    other.report = report_naming(&[("divergent", d_id.as_str())]);
+    runs.save(&other).await.unwrap();
+
+    erase(&store.ledger, c).await;
+    let first = runs.get(naming[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        examples_of(&first),
+        [("divergent".to_owned(), d_id.clone())]
+    );
+    assert_eq!(
+        first.report["consumers"][0]["counts"], naming[0].report["consumers"][0]["counts"],
+        "counts say how many, not whom: they stay"
+    );
+    assert_eq!(first.report["totals"], naming[0].report["totals"]);
+    let second = runs.get(naming[1].id).await.unwrap().unwrap();
+    assert_eq!(
+        examples_of(&second),
+        [("undelivered".to_owned(), d_id.clone())]
+    );
+    assert_eq!(
+        runs.get(other.id).await.unwrap().unwrap(),
+        other,
+        "never named the customer"
+    );
+}
+
+async fn a_run_keeps_nothing_of_a_customer_erased_while_it_ran(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let runs = store.ledger.store().runs();
+    let (before, during, kept) = (
+        registered(&store).await,
+        registered(&store).await,
+        registered(&store).await,
+    );
+    erase(&store.ledger, before).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let mut r = new_run(RunKind::Snapshot, Utc::now());
+    runs.start(&r).await.unwrap();
+    // The run read all three; then one is erased before it stores what it found.
+    erase(&store.ledger, during).await;
+    let ids = [before, during, kept].map(|c| c.to_string());
+    runs.add_findings(
+        r.id,
+        &[
+            finding(1, &ids[0]),
+            finding(2, &ids[1]),
+            finding(3, &ids[2]),
+            finding(4, "not-an-id"),
+        ],
+    )
+    .await
+    .unwrap();
+    r.status = RunStatus::Finished;
+    r.report = report_naming(&[
+        ("extra", &ids[0]),
+        ("different", &ids[1]),
+        ("different", &ids[2]),
+    ]);
+    runs.save(&r).await.unwrap();
+
+    // A customer erased before the run is what the run found (a consumer still holds them).
+    let stored = runs.get(r.id).await.unwrap().unwrap();
+    assert_eq!(
+        examples_of(&stored),
+        [
+            ("different".to_owned(), ids[2].clone()),
+            ("extra".to_owned(), ids[0].clone())
+        ]
+    );
+    let findings: Vec<String> = runs
+        .findings(r.id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.customer_id)
+        .collect();
+    assert_eq!(findings, [ids[0].as_str(), ids[2].as_str(), "not-an-id"]);
 }

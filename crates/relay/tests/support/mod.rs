@@ -311,6 +311,24 @@ pub async fn read_stream(js: &jetstream::Context, stream: &str, filter: &str) ->
     out
 }
 
+/// Every message the stream holds, read by sequence (no JetStream consumer needed): subject
+/// and payload.
+pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<(String, Vec<u8>)> {
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        // A gap is a message deleted or purged.
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            out.push((message.subject.to_string(), message.payload.to_vec()));
+        }
+    }
+    out
+}
+
 /// Drops re-publishes by id, checking that each is an exact copy.
 pub fn dedupe(delivered: &[Delivered]) -> Vec<Delivered> {
     let mut seen: HashMap<&str, &[u8]> = HashMap::new();

@@ -247,24 +247,34 @@ fn exception(row: &Row) -> Result<SyncException, StoreError> {
 }
 
 /// Erasure, in its own transaction: the customer's exceptions keep that they existed and how
-/// they ended, not their evidence (value hashes); open ones close.
+/// they ended (status, resolution, who, when), not their evidence (value hashes, a webhook's
+/// answer), the last action nor the resolution note (a steward's words may quote the record);
+/// open ones close.
 pub(crate) async fn close_erased_customers_exceptions(
     tx: &mut Tx,
     customer: Uuid,
 ) -> Result<(), StoreError> {
     let closing = Closing::automatic(
-        "the customer was erased".to_owned(),
+        ERASED_NOTE.to_owned(),
         crate::model::truncate_to_micros(Utc::now()),
     );
     let mut q = closing_update(&closing);
     q.push(" AND customer_id = ").push_bind(customer);
     q.execute(&mut *tx).await?;
-    sql("UPDATE sync_exceptions SET detail = '{}', last_action = NULL WHERE customer_id = $1")
-        .bind(customer)
-        .execute(&mut *tx)
-        .await?;
+    // Every one is closed now, and a closed exception has a note: this one.
+    sql(
+        "UPDATE sync_exceptions SET detail = '{}', last_action = NULL, resolution_note = $1 \
+         WHERE customer_id = $2",
+    )
+    .bind(ERASED_NOTE)
+    .bind(customer)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
+
+/// The resolution note of every exception of an erased customer.
+const ERASED_NOTE: &str = "the customer was erased";
 
 /// Writes a steward action's change of an open exception in the action's own transaction;
 /// false (nothing written) if the exception is no longer open.
