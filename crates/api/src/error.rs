@@ -216,10 +216,14 @@ impl From<ExceptionRefusal> for ApiError {
     }
 }
 
+/// What `Retry-After` suggests while the store is unreachable.
+const STORE_RETRY_AFTER_SECS: u32 = 2;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Erased { customer, at } => ApiError::gone(customer, at),
+            e if e.is_unavailable() => ApiError::store_unavailable(&e),
             e => ApiError::internal(&e),
         }
     }
@@ -241,6 +245,19 @@ impl From<ReadError> for ApiError {
 }
 
 impl ApiError {
+    /// 503 `store_unavailable` with `Retry-After`: the database cannot be reached now. The
+    /// cause is logged, not told.
+    pub fn store_unavailable(error: &StoreError) -> Self {
+        tracing::warn!(error = %error, "the store is unavailable");
+        let mut problem = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store is not reachable right now; retry shortly",
+        );
+        problem.retry_after = Some(STORE_RETRY_AFTER_SECS);
+        problem
+    }
+
     /// 410: the customer's record was erased; nothing of it can be read or changed.
     pub fn gone(customer: impl std::fmt::Display, at: chrono::DateTime<chrono::Utc>) -> Self {
         ApiError::new(

@@ -14,7 +14,7 @@ use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{CustomerId, SourceId};
 use idledger_store::delivery::MAX_PAGE;
 use idledger_store::disclosures::DisclosureFilter;
-use idledger_store::{Executed, Role};
+use idledger_store::{Executed, Role, StoreError};
 
 use crate::AppState;
 use crate::auth::{Admins, Anyone, Auditors, Authorized, Readers, Sources, Writers};
@@ -475,20 +475,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
     (status = 200, description = "the store is reachable"),
     (status = 503, description = "the store is not reachable", body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    match state.ledger.head_position().await {
+    // Bounded even if the network hangs rather than refuses: a probe must answer fast.
+    let head = tokio::time::timeout(READYZ_TIMEOUT, state.ledger.head_position())
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("no answer in time".to_owned())));
+    match head {
         Ok(head) => Ok(Json(
             serde_json::json!({"status": "ready", "head_position": head}),
         )),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the store is not reachable",
-            ))
-        }
+        Err(e) => Err(ApiError::store_unavailable(&e)),
     }
 }
+
+/// The longest `/readyz` waits for the store.
+const READYZ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]

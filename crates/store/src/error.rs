@@ -46,6 +46,10 @@ pub enum StoreError {
     BatchFailed(String),
     #[error("the store's writer has shut down")]
     WriterGone,
+    /// The database could not be reached (down, restarting, unreachable): the caller may
+    /// retry later (a 503, not a 500).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// The customer was erased: their events can no longer be read (a 410, not a 5xx).
     #[error("customer {customer} was erased at {at}")]
     Erased {
@@ -67,5 +71,33 @@ impl StoreError {
     /// A unique-key violation: another writer got there first.
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, Self::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
+impl StoreError {
+    /// Whether the database could not be reached, rather than refused or failed a statement:
+    /// a pool that could not get a connection in time, a broken or refused connection, or a
+    /// server shutting down or starting up. Such a failure is temporary; a retry may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Database(e) => database_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        // SQLSTATE class 08 (connection exception); 57P01-03: the server is shutting down,
+        // crashed or is not yet accepting connections.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }

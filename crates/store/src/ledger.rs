@@ -892,8 +892,14 @@ async fn run_writer(log: EventLog, mut jobs: mpsc::Receiver<WriteJob>, max_batch
             Err(e) => {
                 tracing::error!(error = %e, commands = requests.len(), "group commit failed; no command in the batch was recorded");
                 let message = e.to_string();
+                let unavailable = e.is_unavailable();
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
+                    let error = if unavailable {
+                        StoreError::Unavailable(message.clone())
+                    } else {
+                        StoreError::BatchFailed(message.clone())
+                    };
+                    let _ = reply.send(Err(error));
                 }
             }
         }

@@ -15,6 +15,10 @@ use crate::runs::Runs;
 use crate::sql::{Db, Engine};
 use crate::tokens::Tokens;
 
+/// How long a PostgreSQL statement waits for a pooled connection before the store reports
+/// itself unavailable.
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// An open, migrated database. Cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -45,7 +49,9 @@ impl Store {
             .map_err(|e| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            // While PostgreSQL is down a request waits this long for a connection before it
+            // is answered 503: short, so callers learn it at once and retry elsewhere/later.
+            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         Self::migrated(Db::Postgres(pool)).await

@@ -6,6 +6,7 @@
 //!   silently.
 //! - [`on_both_engines!`]: the one way to run a test body on both engines.
 //! - [`TestStore`]: a ledger and the delivery bookkeeping over a fresh database.
+//! - [`PrivatePostgres`]: a PostgreSQL server of the test's own, to stop and start (outages).
 //! - [`builders`]: principals, commands, changes, consents, consumers… in their domain types.
 //!
 //! What only one crate's tests need (api's `TestApp`, relay's NATS and webhook fixtures) stays
@@ -13,11 +14,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod builders;
+mod private_pg;
 mod test_store;
 
 use idledger_store::Store;
 use sqlx::Connection;
 
+pub use private_pg::PrivatePostgres;
 pub use test_store::TestStore;
 
 /// Runs each named test body once per engine, as `postgres::<name>` and `sqlite::<name>`.

@@ -1,0 +1,140 @@
+//! A PostgreSQL outage, over real HTTP against a PostgreSQL server of the test's own: while the
+//! database is down, commands, reads and `/readyz` answer at once with `503
+//! store_unavailable` and `Retry-After` (not a 500 after waiting out a 10 s pool timeout), and
+//! once it is back the same server takes commands again without a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use idledger_api::{ApiConfig, AppState};
+use idledger_domain::policy::Policy;
+use idledger_store::{Ledger, LedgerOptions, MasterKey, Role, Store};
+use idledger_testkit::PrivatePostgres;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Far above what the store's pool and `/readyz` wait (under a second each), far below the
+/// 10 s a request used to hang: a generous bound, so a loaded CI machine does not flake.
+const PROMPT: Duration = Duration::from_secs(4);
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    idp: String,
+}
+
+impl Server {
+    async fn start(url: &str) -> Self {
+        let store = Store::open(url).await.unwrap();
+        let ledger = Ledger::new(
+            &store,
+            MasterKey::generate(),
+            Policy::default_policy().unwrap(),
+            LedgerOptions::default(),
+        );
+        let idp = store
+            .tokens()
+            .create(Role::Source, Some("idp"), "idp")
+            .await
+            .unwrap()
+            .secret;
+        let config = ApiConfig::default();
+        let router = idledger_api::router(AppState::new(ledger), &config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(idledger_api::serve(
+            listener,
+            router,
+            std::future::pending::<()>(),
+            config.shutdown_grace,
+        ));
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            idp,
+        }
+    }
+
+    async fn register(&self, key: &str) -> (StatusCode, Option<String>, Value, Duration) {
+        let started = Instant::now();
+        let response = self
+            .client
+            .post(format!("{}/v1/customers", self.base))
+            .bearer_auth(&self.idp)
+            .header("Idempotency-Key", key)
+            .json(&json!({
+                "provenance": {"actor": {"kind": "system", "id": "signup"}},
+                "changes": [{"op": "set_field", "field": "name.given", "value": "Ada"}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, retry_after, body, started.elapsed())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value, Duration) {
+        let started = Instant::now();
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.idp)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body, started.elapsed())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_answers_503_at_once_and_the_server_recovers() {
+    let pg = PrivatePostgres::start();
+    let server = Server::start(&pg.url()).await;
+    let (status, _, body, _) = server.register("before").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let customer = body["customer_id"].as_str().unwrap().to_owned();
+
+    pg.stop();
+    let (status, retry_after, body, took) = server.register("during").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "store_unavailable");
+    assert_eq!(retry_after.as_deref(), Some("2"));
+    assert!(
+        took < PROMPT,
+        "a command took {took:?} to learn the store is down"
+    );
+    let (status, body, took) = server.get(&format!("/v1/customers/{customer}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "store_unavailable");
+    assert!(took < PROMPT, "a read took {took:?}");
+    let (status, body, took) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "store_unavailable");
+    assert!(took < PROMPT, "/readyz took {took:?}");
+    // Nothing internal is told.
+    assert!(!body["detail"].as_str().unwrap().contains("127.0.0.1"));
+
+    pg.start_server();
+    // The pool reconnects by itself: the same key, retried, is recorded once.
+    let mut answer = server.register("during").await;
+    for _ in 0..50 {
+        if answer.0 != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = server.register("during").await;
+    }
+    assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.2);
+    let (status, _, _) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body, _) = server.get(&format!("/v1/customers/{customer}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["fields"][0]["value"], "Ada");
+}
