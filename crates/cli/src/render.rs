@@ -96,6 +96,7 @@ pub fn field_version(payload: &EventPayload) -> Option<u64> {
     match payload {
         EventPayload::FieldSet { version, .. }
         | EventPayload::FieldCleared { version, .. }
+        | EventPayload::FieldExpired { version, .. }
         | EventPayload::ChangeRequested { version, .. }
         | EventPayload::ChangeVerified { version, .. }
         | EventPayload::ChangeCancelled { version, .. }
@@ -131,6 +132,7 @@ pub fn payload(p: &EventPayload) -> String {
             }
         }
         EventPayload::FieldCleared { .. } => "cleared".to_owned(),
+        EventPayload::FieldExpired { .. } => "expired (retention)".to_owned(),
         EventPayload::StewardActed {
             exception_id,
             consumer_id,

@@ -14,8 +14,10 @@ use crate::event::{
     RepushedValue, SetMode, StewardAction,
 };
 use crate::field::{FieldKind, FieldPath, FieldValue};
-use crate::ids::{Actor, ActorKind, ChallengeId, EventId, ProposalId, Purpose, SourceId};
-use crate::policy::{Policy, STEWARD_SOURCE, WriteMode};
+use crate::ids::{
+    Actor, ActorKind, ChallengeId, EventId, IdempotencyKey, ProposalId, Purpose, SourceId,
+};
+use crate::policy::{Policy, RETENTION_SOURCE, STEWARD_SOURCE, WriteMode};
 use crate::state::{ConsentState, ConsentStatus, CustomerState, evolve};
 use crate::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
 
@@ -183,6 +185,80 @@ pub fn decide_erasure(
             provenance,
             policy_version: policy.version().clone(),
         },
+    })
+}
+
+/// Decides what the retention policy expires in a customer's record at `now`: one
+/// `field_expired` event per value not changed for longer than the policy's `retain_days` for
+/// its field, and per consent record (granted or withdrawn) not renewed or changed for longer
+/// than `consent_retention_days` for its purpose — nothing if none, or if the record is erased
+/// or unknown. "Changed" is when the current value, or the consent record, was last recorded;
+/// a write of the same value is no change (it records nothing), so it does not renew it.
+/// `provenance` is the retention job's ([`retention_provenance`]); `id_seed` is a fresh
+/// UUIDv7 the event ids are derived from.
+pub fn decide_expiry(
+    state: &CustomerState,
+    now: DateTime<Utc>,
+    policy: &Policy,
+    provenance: &Provenance,
+    id_seed: Uuid,
+) -> Vec<EventEnvelope> {
+    if state.erased.is_some() || !state.registered {
+        return Vec::new();
+    }
+    let expired = |field: &FieldPath, changed_at: DateTime<Utc>| {
+        policy
+            .retention_of(field)
+            .and_then(|keep| changed_at.checked_add_signed(keep))
+            .is_some_and(|until| until <= now)
+    };
+    let values = state.fields.iter().filter_map(|(field, rec)| {
+        let changed_at = rec.recorded_at?;
+        (rec.value.is_some() && expired(field, changed_at)).then(|| (field.clone(), rec.version))
+    });
+    let consents = state.consents.iter().filter_map(|(purpose, c)| {
+        let field = FieldPath::Consent(purpose.clone());
+        expired(&field, c.provenance.recorded_at).then_some((field, c.version))
+    });
+    values
+        .chain(consents)
+        .enumerate()
+        .map(|(n, (field, version))| EventEnvelope {
+            id: EventId::from(derive_id(id_seed, n as u64)),
+            stream_version: state.stream_version + 1 + n as u64,
+            event: Event {
+                payload: EventPayload::FieldExpired {
+                    field,
+                    version: version + 1,
+                },
+                provenance: provenance.clone(),
+                policy_version: policy.version().clone(),
+            },
+        })
+        .collect()
+}
+
+/// The provenance of the retention job's events at `now`: the reserved source `retention`, a
+/// `system` actor of that name, and the policy version whose retention rules it applied as
+/// the reason.
+pub fn retention_provenance(
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Result<Provenance, crate::values::ValueError> {
+    Ok(Provenance {
+        source: SourceId::parse(RETENTION_SOURCE)?,
+        actor: Actor::new(ActorKind::System, RETENTION_SOURCE)?,
+        on_behalf_of: None,
+        evidence: None,
+        observed_at: None,
+        recorded_at: now,
+        correlation_id: None,
+        causation_id: None,
+        idempotency_key: IdempotencyKey::parse(&format!(
+            "{RETENTION_SOURCE}:{}",
+            now.timestamp_micros()
+        ))?,
+        reason: Some(format!("retention under policy {}", policy.version())),
     })
 }
 
@@ -837,7 +913,7 @@ impl Decider<'_, '_> {
         {
             return Ok(Outcome::Unchanged { field });
         }
-        let version = current.map_or(0, |c| c.version) + 1;
+        let version = self.state.consent_version(purpose) + 1;
         self.emit(EventPayload::ConsentGranted {
             purpose: purpose.clone(),
             terms,

@@ -127,6 +127,12 @@ pub enum EventPayload {
         field: FieldPath,
         version: u64,
     },
+    /// The retention job found the value (or, for `consent.<purpose>`, the consent record) not
+    /// changed for longer than the policy keeps it, and cleared it.
+    FieldExpired {
+        field: FieldPath,
+        version: u64,
+    },
     ChangeRequested {
         field: FieldPath,
         value: FieldValue,
@@ -199,6 +205,7 @@ impl EventPayload {
             Self::CustomerRegistered => "customer_registered",
             Self::FieldSet { .. } => "field_set",
             Self::FieldCleared { .. } => "field_cleared",
+            Self::FieldExpired { .. } => "field_expired",
             Self::ChangeRequested { .. } => "change_requested",
             Self::ChangeVerified { .. } => "change_verified",
             Self::ChangeCancelled { .. } => "change_cancelled",
@@ -219,6 +226,7 @@ impl EventPayload {
             Self::CustomerRegistered | Self::CustomerErased { .. } => None,
             Self::FieldSet { field, .. }
             | Self::FieldCleared { field, .. }
+            | Self::FieldExpired { field, .. }
             | Self::ChangeRequested { field, .. }
             | Self::ChangeVerified { field, .. }
             | Self::ChangeCancelled { field, .. }

@@ -29,7 +29,7 @@ pub mod state;
 pub mod values;
 
 pub use command::{Change, Command, Context, Principal, ProvenanceInput, Refusal, Refused};
-pub use decide::{Decision, Outcome, decide, decide_erasure};
+pub use decide::{Decision, Outcome, decide, decide_erasure, decide_expiry, retention_provenance};
 pub use event::{Event, EventEnvelope, EventPayload, Provenance};
 pub use field::{FieldPath, FieldValue};
 pub use policy::{Policy, PolicyVersion, WriteMode};

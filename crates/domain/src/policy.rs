@@ -23,8 +23,11 @@ pub const STEWARD_SOURCE: &str = "steward";
 /// The source id administrators act under (erasure); no source system may use it.
 pub const ADMIN_SOURCE: &str = "admin";
 
-/// Source ids a policy may not name: they identify people acting inside idledger.
-pub const RESERVED_SOURCES: [&str; 2] = [STEWARD_SOURCE, ADMIN_SOURCE];
+/// The source id the retention job acts under (`field_expired`); no source system may use it.
+pub const RETENTION_SOURCE: &str = "retention";
+
+/// Source ids a policy may not name: they identify people and jobs acting inside idledger.
+pub const RESERVED_SOURCES: [&str; 3] = [STEWARD_SOURCE, ADMIN_SOURCE, RETENTION_SOURCE];
 
 /// What a writer may do to a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -70,6 +73,10 @@ pub struct FieldRule {
     /// `none`) and the system of record read it anyway.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub readers: BTreeSet<SourceId>,
+    /// Days a value is kept without changing before the retention job expires it; `None`:
+    /// kept. Consents are kept per purpose instead (`[consent_retention_days]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_days: Option<u32>,
 }
 
 impl FieldRule {
@@ -100,7 +107,30 @@ struct PolicyDocument {
     /// the subject as the actor of a command.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     subject_facing: BTreeSet<SourceId>,
+    /// Days a consent record (granted or withdrawn) is kept without being renewed or changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    consent_retention_days: BTreeMap<Purpose, u32>,
+    #[serde(default, skip_serializing_if = "RetentionDocument::keeps_everything")]
+    retention: RetentionDocument,
     fields: BTreeMap<String, FieldRule>,
+}
+
+/// `[retention]`: how long idledger's own bookkeeping is kept, in days; absent = for ever.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionDocument {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handoffs_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_reports_days: Option<u32>,
+}
+
+impl RetentionDocument {
+    fn keeps_everything(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `sha256:<hex>` of the canonical form of a policy.
@@ -129,7 +159,7 @@ pub enum PolicyError {
     #[error("policy has no rule for '{0}'; every field and family needs one")]
     MissingRule(String),
     #[error(
-        "policy names a reserved source ('{STEWARD_SOURCE}' or '{ADMIN_SOURCE}') for '{0}'; those ids are kept for data stewards and administrators"
+        "policy names a reserved source ('{STEWARD_SOURCE}', '{ADMIN_SOURCE}' or '{RETENTION_SOURCE}') for '{0}'; those ids are kept for data stewards, administrators and the retention job"
     )]
     ReservedSource(String),
     #[error(
@@ -140,6 +170,12 @@ pub enum PolicyError {
     VerificationNotSupported(String),
     #[error("pending_change_ttl_minutes must be at least 1")]
     ZeroTtl,
+    #[error("retention for '{0}' must be at least 1 day (leave it out to keep for ever)")]
+    ZeroRetention(String),
+    #[error(
+        "'{0}' sets retain_days, but consents are kept per purpose: use [consent_retention_days]"
+    )]
+    ConsentRetainDays(String),
 }
 
 /// A validated authority policy.
@@ -220,6 +256,14 @@ impl Policy {
                     source_id: rule.system_of_record.to_string(),
                 });
             }
+            if rule.retain_days.is_some()
+                && (name == "consent.*" || matches!(path, Some(FieldPath::Consent(_))))
+            {
+                return Err(PolicyError::ConsentRetainDays(name.clone()));
+            }
+            if rule.retain_days == Some(0) {
+                return Err(PolicyError::ZeroRetention(name.clone()));
+            }
             let verifiable = matches!(path, Some(FieldPath::Email | FieldPath::Phone));
             if rule.requires_verification && !verifiable {
                 return Err(PolicyError::VerificationNotSupported(name.clone()));
@@ -231,6 +275,20 @@ impl Policy {
             .any(|s| RESERVED_SOURCES.contains(&s.as_str()))
         {
             return Err(PolicyError::ReservedSource("subject_facing".to_owned()));
+        }
+        let r = &doc.retention;
+        let zero = doc
+            .consent_retention_days
+            .iter()
+            .map(|(purpose, days)| (format!("consent_retention_days.{purpose}"), Some(*days)))
+            .chain([
+                ("retention.handoffs_days".to_owned(), r.handoffs_days),
+                ("retention.idempotency_days".to_owned(), r.idempotency_days),
+                ("retention.run_reports_days".to_owned(), r.run_reports_days),
+            ])
+            .find(|(_, days)| *days == Some(0));
+        if let Some((name, _)) = zero {
+            return Err(PolicyError::ZeroRetention(name));
         }
         let rules = SLOTS
             .iter()
@@ -293,6 +351,30 @@ impl Policy {
             .map(|days| chrono::Duration::days(i64::from(*days)))
     }
 
+    /// How long a value of `field` (or, for `consent.<purpose>`, the consent record) is kept
+    /// without changing before the retention job expires it; `None` = kept.
+    pub fn retention_of(&self, field: &FieldPath) -> Option<chrono::Duration> {
+        days(match field {
+            FieldPath::Consent(purpose) => self.doc.consent_retention_days.get(purpose).copied(),
+            other => self.rule(other).retain_days,
+        })
+    }
+
+    /// How long the handoff log is kept; `None` = for ever.
+    pub fn handoff_retention(&self) -> Option<chrono::Duration> {
+        days(self.doc.retention.handoffs_days)
+    }
+
+    /// How long idempotency records (a command's first result, for retries) are kept.
+    pub fn idempotency_retention(&self) -> Option<chrono::Duration> {
+        days(self.doc.retention.idempotency_days)
+    }
+
+    /// How long reconciliation runs, their reports and findings are kept.
+    pub fn run_report_retention(&self) -> Option<chrono::Duration> {
+        days(self.doc.retention.run_reports_days)
+    }
+
     /// Age of digital consent in `jurisdiction`: its subdivision's entry, else its country's,
     /// else the default.
     pub fn age_of_digital_consent(&self, jurisdiction: &Jurisdiction) -> u8 {
@@ -306,6 +388,10 @@ impl Policy {
             .map(|(_, age)| *age)
             .unwrap_or(self.doc.default_age_of_digital_consent)
     }
+}
+
+fn days(days: Option<u32>) -> Option<chrono::Duration> {
+    days.map(|d| chrono::Duration::days(i64::from(d)))
 }
 
 #[cfg(test)]
@@ -454,6 +540,84 @@ mod tests {
             &DEFAULT_POLICY_TOML.replace(
                 "subject_facing = [\"web_app\", \"consent_portal\"]",
                 "subject_facing = [\"admin\"]",
+            ),
+            "reserved",
+        );
+    }
+
+    #[test]
+    fn retention_is_optional_and_checked() {
+        let base = Policy::default_policy().unwrap();
+        assert_eq!(base.retention_of(&FieldPath::Email), None);
+        assert_eq!(base.handoff_retention(), None);
+        let text = DEFAULT_POLICY_TOML
+            .replace(
+                "[fields.\"preferences.*\"]\n",
+                "[fields.\"preferences.*\"]\nretain_days = 730\n",
+            )
+            .replace(
+                "[consent_max_age_days]",
+                "[consent_retention_days]\nmarketing = 1095\n\n[retention]\nhandoffs_days = 365\nidempotency_days = 30\nrun_reports_days = 90\n\n[consent_max_age_days]",
+            );
+        let p = Policy::from_toml(&text).unwrap();
+        let pref = FieldPath::parse("preferences.newsletter").unwrap();
+        assert_eq!(p.retention_of(&pref), Some(chrono::Duration::days(730)));
+        assert_eq!(p.retention_of(&FieldPath::Email), None);
+        let marketing = FieldPath::parse("consent.marketing").unwrap();
+        let billing = FieldPath::parse("consent.billing").unwrap();
+        assert_eq!(
+            p.retention_of(&marketing),
+            Some(chrono::Duration::days(1095))
+        );
+        assert_eq!(p.retention_of(&billing), None);
+        assert_eq!(p.handoff_retention(), Some(chrono::Duration::days(365)));
+        assert_eq!(p.idempotency_retention(), Some(chrono::Duration::days(30)));
+        assert_eq!(p.run_report_retention(), Some(chrono::Duration::days(90)));
+        assert_ne!(p.version(), base.version());
+        // A policy without retention keeps its version: empty members are not serialised.
+        let with_empty = DEFAULT_POLICY_TOML.replace(
+            "[consent_max_age_days]",
+            "[consent_retention_days]\n\n[retention]\n\n[consent_max_age_days]",
+        );
+        assert_eq!(
+            Policy::from_toml(&with_empty).unwrap().version(),
+            base.version()
+        );
+        refused(
+            &text.replace("retain_days = 730", "retain_days = 0"),
+            "'preferences.*' must be at least 1 day",
+        );
+        refused(
+            &text.replace("marketing = 1095", "marketing = 0"),
+            "consent_retention_days.marketing",
+        );
+        refused(
+            &text.replace("handoffs_days = 365", "handoffs_days = 0"),
+            "retention.handoffs_days",
+        );
+        refused(
+            &text.replace("idempotency_days = 30", "idempotency_days = 0"),
+            "retention.idempotency_days",
+        );
+        refused(
+            &text.replace("run_reports_days = 90", "run_reports_days = 0"),
+            "retention.run_reports_days",
+        );
+        refused(
+            &text.replace("run_reports_days = 90", "reports_days = 90"),
+            "reports_days",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace(
+                "[fields.\"consent.*\"]\n",
+                "[fields.\"consent.*\"]\nretain_days = 10\n",
+            ),
+            "[consent_retention_days]",
+        );
+        refused(
+            &DEFAULT_POLICY_TOML.replace(
+                "cdp = \"propose\" }\n\n[fields.phone]",
+                "retention = \"propose\" }\n\n[fields.phone]",
             ),
             "reserved",
         );

@@ -159,6 +159,10 @@ pub struct CustomerState {
     /// every further command is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased: Option<Erasure>,
+    /// The version each expired consent record had reached, so a later grant continues from
+    /// it: consumers order a field's changes by version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expired_consents: BTreeMap<Purpose, u64>,
 }
 
 /// A field as a consumer that holds the record holds it: the version of the change that made
@@ -281,6 +285,14 @@ impl CustomerState {
         ConsentStatus::Granted
     }
 
+    /// The version of `purpose`'s consent: its record's, or the one it expired at; 0 = never.
+    pub fn consent_version(&self, purpose: &Purpose) -> u64 {
+        self.consents.get(purpose).map_or_else(
+            || self.expired_consents.get(purpose).copied().unwrap_or(0),
+            |c| c.version,
+        )
+    }
+
     fn record_mut(&mut self, field: &FieldPath) -> &mut FieldRecord {
         self.fields
             .entry(field.clone())
@@ -322,6 +334,27 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
             rec.value_version = *version;
             rec.source = Some(prov.source.clone());
             rec.asserted_at = prov.observed_at;
+            rec.provenance = Some(prov.clone());
+        }
+        EventPayload::FieldExpired {
+            field: FieldPath::Consent(purpose),
+            version,
+        } => {
+            state.consents.remove(purpose);
+            state.expired_consents.insert(purpose.clone(), *version);
+        }
+        EventPayload::FieldExpired { field, version } => {
+            let rec = state.record_mut(field);
+            rec.value = None;
+            rec.verification = None;
+            rec.pending = None;
+            // The digests of expired values go too: nothing of them is kept.
+            rec.recent.clear();
+            touch(rec, envelope, *version);
+            rec.value_version = *version;
+            rec.source = Some(prov.source.clone());
+            rec.asserted_at = None;
+            rec.recorded_at = Some(at);
             rec.provenance = Some(prov.clone());
         }
         EventPayload::ChangeRequested {
@@ -366,6 +399,7 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
             terms,
             version,
         } => {
+            state.expired_consents.remove(purpose);
             state.consents.insert(
                 purpose.clone(),
                 ConsentRecord {
@@ -417,6 +451,7 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
             state.fields.clear();
             state.consents.clear();
             state.proposals.clear();
+            state.expired_consents.clear();
             state.erased = Some(Erasure {
                 at,
                 source: prov.source.clone(),

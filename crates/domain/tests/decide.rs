@@ -12,7 +12,9 @@ use idledger_domain::field::FieldValue;
 use idledger_domain::ids::{Actor, ActorKind, ChallengeId, ProposalId, Purpose};
 use idledger_domain::policy::{DEFAULT_POLICY_TOML, Policy, WriteMode};
 use idledger_domain::schema::{StoredEvent, upcast};
-use idledger_domain::state::{ConsentStatus, CustomerState, Erasure, evolve, evolve_unreadable};
+use idledger_domain::state::{
+    ConsentStatus, CustomerState, Erasure, evolve, evolve_unreadable, fold,
+};
 use idledger_domain::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
 use serde_json::json;
 use support::*;
@@ -1263,6 +1265,15 @@ fn every_event_type_round_trips_through_the_stored_schema() {
         vec![act(StewardAction::Repush, "name.family", None)],
     )
     .unwrap();
+    s.apply(
+        source("web_app"),
+        agent(),
+        vec![set("preferences.newsletter", json!(true))],
+    )
+    .unwrap();
+    s.policy = retention_policy();
+    s.now += Duration::days(731);
+    assert!(!s.expire().is_empty());
     s.erase("admin", "subject's request 42").unwrap();
 
     let seen: std::collections::BTreeSet<&str> = s
@@ -1382,4 +1393,200 @@ fn steward_actions_are_checked() {
         Some(field("phone")),
         "steward actions are indexed under their field, so they show in its history"
     );
+}
+
+// ---- retention ----
+
+fn expiring() -> Scenario {
+    let mut s = Scenario::registered()
+        .given(
+            "web_app",
+            agent(),
+            vec![set("preferences.newsletter", json!(true))],
+        )
+        .given("consent_portal", subject(), vec![grant("marketing", "DE")])
+        .given("consent_portal", subject(), vec![grant("analytics", "DE")])
+        .given("idp", agent(), vec![set("name.given", json!("Ada"))]);
+    s.policy = retention_policy();
+    s
+}
+
+fn expired_fields(events: &[idledger_domain::event::EventEnvelope]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.event.payload {
+            EventPayload::FieldExpired { field, .. } => field.to_string(),
+            other => panic!("expected field_expired, got {}", other.type_name()),
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_expires_before_its_retention_period() {
+    let mut s = expiring().advance(Duration::days(730) - Duration::seconds(1));
+    assert!(s.expire().is_empty());
+    // Without retention in the policy nothing ever expires.
+    let mut s = expiring().advance(Duration::days(100_000));
+    s.policy = Policy::default_policy().unwrap();
+    assert!(s.expire().is_empty());
+}
+
+#[test]
+fn a_value_unchanged_for_its_retention_period_expires_and_is_cleared() {
+    let mut s = expiring().advance(Duration::days(730));
+    let before = s.state();
+    let events = s.expire();
+    assert_eq!(expired_fields(&events), ["preferences.newsletter"]);
+    let e = &events[0];
+    assert_eq!(e.stream_version, before.stream_version + 1);
+    let EventPayload::FieldExpired { version, .. } = e.event.payload else {
+        unreachable!()
+    };
+    assert_eq!(
+        version,
+        before.field_version(&field("preferences.newsletter")) + 1
+    );
+    let prov = &e.event.provenance;
+    assert_eq!(prov.source.as_str(), "retention");
+    assert_eq!(prov.actor.kind(), ActorKind::System);
+    assert_eq!(prov.recorded_at, s.now);
+    assert_eq!(e.event.policy_version, *s.policy.version());
+    assert!(
+        prov.reason
+            .as_deref()
+            .unwrap()
+            .contains(s.policy.version().as_str())
+    );
+    let after = s.state();
+    let rec = after.field(&field("preferences.newsletter")).unwrap();
+    assert_eq!(rec.value, None);
+    assert!(
+        rec.recent.is_empty(),
+        "no digest of the expired value is kept"
+    );
+    assert_eq!(rec.value_version, version);
+    let held = after.held(&field("preferences.newsletter")).unwrap();
+    assert_eq!(held.value_hash, None);
+    // Fields without retention stay; expiring again finds nothing.
+    assert!(after.value(&field("name.given")).is_some());
+    assert!(s.expire().is_empty());
+}
+
+#[test]
+fn a_value_changed_recently_does_not_expire() {
+    let s = expiring().advance(Duration::days(300));
+    let mut s = s.given(
+        "web_app",
+        agent(),
+        vec![set("preferences.newsletter", json!(false))],
+    );
+    s.now += Duration::days(400);
+    assert!(s.expire().is_empty());
+    s.now += Duration::days(330);
+    assert_eq!(expired_fields(&s.expire()), ["preferences.newsletter"]);
+}
+
+#[test]
+fn a_consent_not_renewed_expires_and_its_record_is_cleared() {
+    let mut s = expiring().advance(Duration::days(1095));
+    let before = s.state();
+    let marketing = Purpose::parse("marketing").unwrap();
+    let old_version = before.consents[&marketing].version;
+    let events = s.expire();
+    assert_eq!(
+        expired_fields(&events),
+        ["preferences.newsletter", "consent.marketing"]
+    );
+    let after = s.state();
+    assert!(!after.consents.contains_key(&marketing));
+    assert_eq!(
+        after.consent_status(&marketing, &s.policy, s.now),
+        ConsentStatus::NeverGranted
+    );
+    // Analytics has no retention: kept (stale under its maximum age, which is not retention).
+    assert!(
+        after
+            .consents
+            .contains_key(&Purpose::parse("analytics").unwrap())
+    );
+    // A new grant continues the consent's versions, so consumers order it after the expiry.
+    assert_eq!(after.consent_version(&marketing), old_version + 1);
+    let d = s
+        .apply(
+            source("consent_portal"),
+            subject(),
+            vec![grant("marketing", "DE")],
+        )
+        .unwrap();
+    assert_eq!(
+        d.outcomes[0],
+        Outcome::Applied {
+            field: field("consent.marketing"),
+            version: old_version + 2
+        }
+    );
+    assert_eq!(
+        s.state().consent_status(&marketing, &s.policy, s.now),
+        ConsentStatus::Granted
+    );
+}
+
+#[test]
+fn a_withdrawn_consent_expires_too_and_a_renewed_one_does_not() {
+    let s = expiring().advance(Duration::days(600));
+    let mut s = s
+        .given("consent_portal", subject(), vec![withdraw("marketing")])
+        .advance(Duration::days(1094));
+    assert_eq!(expired_fields(&s.expire()), ["preferences.newsletter"]);
+    s.now += Duration::days(1);
+    assert_eq!(expired_fields(&s.expire()), ["consent.marketing"]);
+}
+
+#[test]
+fn an_erased_or_unknown_record_expires_nothing() {
+    let mut s = expiring();
+    s.erase("admin", "subject's request").unwrap();
+    s.now += Duration::days(5000);
+    assert!(s.expire().is_empty());
+    let mut s = Scenario::new().advance(Duration::days(5000));
+    s.policy = retention_policy();
+    assert!(s.expire().is_empty());
+}
+
+#[test]
+fn fold_agrees_with_the_state_expiry_was_decided_on() {
+    let mut s = expiring().advance(Duration::days(1095));
+    let events = s.expire();
+    let mut live = fold(&s.events[..s.events.len() - events.len()]);
+    for e in &events {
+        live = evolve(live, e);
+    }
+    assert_eq!(live, s.state());
+    // Through the stored schema too.
+    let restored: Vec<_> = s
+        .events
+        .iter()
+        .map(|e| idledger_domain::event::EventEnvelope {
+            event: StoredEvent::from_event(&e.event)
+                .unwrap()
+                .into_event()
+                .unwrap(),
+            ..e.clone()
+        })
+        .collect();
+    assert_eq!(fold(&restored), s.state());
+    // An erasure after an expiry folds to the same state as from the clear metadata alone.
+    s.erase("admin", "subject's request").unwrap();
+    let erased = s.state();
+    let last = s.events.last().unwrap();
+    let mut unreadable = CustomerState::default();
+    for e in &s.events[..s.events.len() - 1] {
+        unreadable = evolve_unreadable(
+            unreadable,
+            e.stream_version,
+            e.event.payload.type_name(),
+            e.event.provenance.recorded_at,
+        );
+    }
+    assert_eq!(evolve(unreadable, last), erased);
 }

@@ -78,14 +78,10 @@ impl Outgoing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldChange {
     /// A value became current (`field_set`, `change_verified`).
-    Set {
-        field: FieldPath,
-        version: u64,
-    },
-    Cleared {
-        field: FieldPath,
-        version: u64,
-    },
+    Set { field: FieldPath, version: u64 },
+    /// The value is gone: cleared by a writer (`field_cleared`) or expired by retention
+    /// (`field_expired`, for a consent too: its record is gone).
+    Cleared { field: FieldPath, version: u64 },
     /// A consent was granted or withdrawn (the field `consent.<purpose>`).
     Consent {
         field: FieldPath,
@@ -120,7 +116,10 @@ impl FieldChange {
                 field: field.clone(),
                 version: *version,
             }),
-            EventPayload::FieldCleared { field, version } => Some(Self::Cleared {
+            // An expired value (or consent record) is gone from the record like a cleared one,
+            // so consumers holding it are told to drop it the same way.
+            EventPayload::FieldCleared { field, version }
+            | EventPayload::FieldExpired { field, version } => Some(Self::Cleared {
                 field: field.clone(),
                 version: *version,
             }),

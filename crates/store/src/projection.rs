@@ -23,6 +23,9 @@ struct CustomerRow {
     /// Left out until set, so that rows written before erasure existed read back identical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     erased: Option<Erasure>,
+    /// Left out while empty, for the same reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    expired_consents: BTreeMap<idledger_domain::ids::Purpose, u64>,
 }
 
 /// Every row of a customer's projection, sorted by (kind, key).
@@ -34,6 +37,7 @@ pub fn rows(state: &CustomerState) -> Result<Vec<ProjectionRow>, StoreError> {
         registered_at: state.registered_at,
         stream_version: state.stream_version,
         erased: state.erased.clone(),
+        expired_consents: state.expired_consents.clone(),
     };
     rows.push(row(CUSTOMER, String::new(), &customer)?);
     for (path, rec) in &state.fields {
@@ -92,6 +96,7 @@ pub fn state(rows: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
                 state.registered_at = c.registered_at;
                 state.stream_version = c.stream_version;
                 state.erased = c.erased;
+                state.expired_consents = c.expired_consents;
             }
             FIELD => {
                 let rec: FieldRecord = serde_json::from_str(&r.record)?;

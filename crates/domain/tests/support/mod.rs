@@ -4,13 +4,15 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use idledger_domain::challenge::{ChallengeKey, ChallengeSecret};
 use idledger_domain::command::{Change, Command, Context, Principal, ProvenanceInput, Refused};
-use idledger_domain::decide::{Decision, decide, decide_erasure};
+use idledger_domain::decide::{
+    Decision, decide, decide_erasure, decide_expiry, retention_provenance,
+};
 use idledger_domain::event::{EventEnvelope, Provenance};
 use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::ids::{
     Actor, ActorKind, ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, Relationship, SourceId,
 };
-use idledger_domain::policy::Policy;
+use idledger_domain::policy::{DEFAULT_POLICY_TOML, Policy};
 use idledger_domain::state::{CustomerState, fold};
 use idledger_domain::values::Evidence;
 use uuid::Uuid;
@@ -212,6 +214,36 @@ impl Scenario {
         )?;
         self.events.push(event.clone());
         Ok(event)
+    }
+}
+
+/// The default policy with retention: preferences kept 730 days, marketing consents 1095.
+pub fn retention_policy() -> Policy {
+    let text = DEFAULT_POLICY_TOML
+        .replace(
+            "[fields.\"preferences.*\"]\n",
+            "[fields.\"preferences.*\"]\nretain_days = 730\n",
+        )
+        .replace(
+            "[consent_max_age_days]",
+            "[consent_retention_days]\nmarketing = 1095\n\n[consent_max_age_days]",
+        );
+    Policy::from_toml(&text).unwrap()
+}
+
+impl Scenario {
+    /// Decides what retention expires now, and records it.
+    pub fn expire(&mut self) -> Vec<EventEnvelope> {
+        let provenance = retention_provenance(self.now, &self.policy).unwrap();
+        let events = decide_expiry(
+            &self.state(),
+            self.now,
+            &self.policy,
+            &provenance,
+            Uuid::now_v7(),
+        );
+        self.events.extend(events.clone());
+        events
     }
 }
 
