@@ -6,6 +6,8 @@
 //! - [`export`]: a data subject's access and portability export, logged as a disclosure.
 //! - [`reads`]: a record as its reader may see it (the policy's read scope), the past only for
 //!   stewards and auditors, and the disclosure log of what source systems read.
+//! - [`retention`]: expire what the policy keeps too long (values, consent records) and delete
+//!   old handoffs, idempotency records and reconciliation runs, at an instant the caller gives.
 //! - [`stewardship`]: query sync exceptions ([`ExceptionQuery`], the one parser of their
 //!   filters), read one, act on one or many — a steward's action and the exception's change in
 //!   one transaction.
@@ -17,6 +19,7 @@
 pub mod commands;
 pub mod export;
 pub mod reads;
+pub mod retention;
 pub mod stewardship;
 
 use idledger_reconcile::Reconciler;
@@ -24,6 +27,7 @@ use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
 pub use export::SubjectExport;
 pub use reads::{ReadError, Reader, RecordRead};
+pub use retention::{RetentionError, RetentionProgress, RetentionReport};
 pub use stewardship::{ActError, ActionDone, ExceptionQuery, QueryError, Steward, StewardRequest};
 
 /// The use cases over one store. Cheap to clone.

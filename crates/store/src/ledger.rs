@@ -8,8 +8,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use idledger_domain::challenge::{ChallengeKey, ChallengeSecret};
 use idledger_domain::command::{Command, Context, Principal};
-use idledger_domain::decide::{Outcome, decide, decide_erasure};
+use idledger_domain::decide::{
+    Outcome, decide, decide_erasure, decide_expiry, retention_provenance,
+};
 use idledger_domain::event::{Event, EventEnvelope, Provenance};
+use idledger_domain::field::FieldPath;
 use idledger_domain::ids::ChallengeId;
 use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId};
 use idledger_domain::policy::{Policy, STEWARD_SOURCE};
@@ -386,6 +389,84 @@ impl Ledger {
         Err(ExecuteError::Contention {
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Expires what the policy's retention rules say the customer's record keeps too long at
+    /// `now` (`decide_expiry`): records the `field_expired` events through the same writer
+    /// and expected-version check as commands (a concurrent command makes it decide again on
+    /// the fresh state), and returns the fields expired (`consent.<purpose>` for consents).
+    /// A `dry_run` decides and records nothing. Nothing for an unknown or erased customer.
+    #[tracing::instrument(skip_all, fields(customer_id = %customer))]
+    pub async fn expire(
+        &self,
+        customer: CustomerId,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<Vec<FieldPath>, ExecuteError> {
+        let id = customer.as_uuid();
+        let now = truncate_to_micros(now);
+        let provenance = retention_provenance(now, &self.policy)
+            .map_err(|e| StoreError::Integrity(e.to_string()))?;
+        for _ in 0..MAX_ATTEMPTS {
+            let rows = self.log.projection_rows(id).await?;
+            let state = projection::state(&rows)?;
+            let events = decide_expiry(&state, now, &self.policy, &provenance, Uuid::now_v7());
+            let fields: Vec<FieldPath> = events
+                .iter()
+                .filter_map(|e| e.event.payload.field())
+                .collect();
+            if events.is_empty() || dry_run {
+                return Ok(fields);
+            }
+            let Some(wrapped) = self.log.data_key(id).await? else {
+                // Erased after the state was read: the next attempt decides nothing.
+                continue;
+            };
+            let data_key = self.master.unwrap_key(&wrapped, id)?;
+            let mut prepared = Vec::with_capacity(events.len());
+            let mut after = state.clone();
+            for envelope in &events {
+                prepared.push(prepare(id, envelope, Some(&data_key))?);
+                after = evolve(after, envelope);
+            }
+            let request = AppendRequest {
+                customer_id: id,
+                expected_version: state.stream_version,
+                events: prepared,
+                new_data_key: None,
+                idempotency: None,
+                projection: projection::diff(&rows, &projection::rows(&after)?),
+                erase: false,
+                exception: None,
+            };
+            match self.append(request).await? {
+                AppendOutcome::Appended { .. } => {
+                    tracing::info!(expired = fields.len(), "values expired");
+                    return Ok(fields);
+                }
+                AppendOutcome::VersionConflict => continue,
+                AppendOutcome::Duplicate { .. } | AppendOutcome::ExceptionNotOpen { .. } => {
+                    return Err(ExecuteError::Store(StoreError::Integrity(
+                        "an expiry, which has no idempotency record nor exception, was taken for a duplicate"
+                            .to_owned(),
+                    )));
+                }
+            }
+        }
+        Err(ExecuteError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Retention of idempotency records: those created before `before` are counted
+    /// (`dry_run`) or deleted. A retry of a command whose record is gone is decided again as
+    /// a new command on the record as it is then.
+    pub async fn expire_idempotency(
+        &self,
+        before: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        self.log.expire_idempotency(before, dry_run).await
     }
 
     /// After an erasure on SQLite: the WAL still holds images of the pages as they were before

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::chain::{GENESIS, chained_rows};
 use crate::error::StoreError;
 use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent, from_micros, micros};
-use crate::sql::{Db, Row, Tx, sql};
+use crate::sql::{Arg, Db, Row, Tx, count_or_delete, sql};
 
 const EVENT_COLUMNS: &str = "global_position, event_id, customer_id, stream_version, event_type, schema_version, field, recorded_at, payload, hash";
 
@@ -74,6 +74,22 @@ impl EventLog {
         key: &str,
     ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
         stored_idempotency(&self.db, source, key).await
+    }
+
+    /// Retention: the idempotency records created before `before`, counted (`dry_run`) or
+    /// deleted. A record created at `before` or later is never taken.
+    pub async fn expire_idempotency(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        count_or_delete(
+            &self.db,
+            dry_run,
+            "idempotency WHERE created_at < $1",
+            [Arg::DbClockTime(Some(before))],
+        )
+        .await
     }
 
     /// The customer's wrapped data key; `None` before their first event and after erasure.

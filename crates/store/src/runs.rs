@@ -10,9 +10,16 @@ use uuid::Uuid;
 
 use crate::delivery::ConsumerId;
 use crate::error::StoreError;
-use crate::sql::{Row, Tx, sql};
+use crate::sql::{Arg, Row, Tx, count_or_delete, sql};
 
 pub use idledger_domain::delivery::{RunKind, RunStatus};
+
+/// What retention took (or, in a dry run, would take) of the reconciliation runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiredRuns {
+    pub runs: u64,
+    pub findings: u64,
+}
 
 /// One reconciliation run and its report (partial while it runs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,6 +283,42 @@ impl Runs {
             }
         }
         Ok(out)
+    }
+
+    /// Retention: the runs started before `before` that ended (finished or failed), with their
+    /// findings and staged snapshot rows — counted (`dry_run`) or deleted in one transaction.
+    /// A run still `running` is left alone.
+    pub async fn expire_runs(
+        &self,
+        before: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<ExpiredRuns, StoreError> {
+        const OLD_RUNS: &str =
+            "SELECT run_id FROM reconcile_runs WHERE started_at < $1 AND status <> 'running'";
+        let mut tx = self.db.begin().await?;
+        let findings = count_or_delete(
+            &mut tx,
+            dry_run,
+            &format!("reconcile_findings WHERE run_id IN ({OLD_RUNS})"),
+            [Arg::from(before)],
+        )
+        .await?;
+        count_or_delete(
+            &mut tx,
+            dry_run,
+            &format!("snapshot_rows WHERE run_id IN ({OLD_RUNS})"),
+            [Arg::from(before)],
+        )
+        .await?;
+        let runs = count_or_delete(
+            &mut tx,
+            dry_run,
+            "reconcile_runs WHERE started_at < $1 AND status <> 'running'",
+            [Arg::from(before)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ExpiredRuns { runs, findings })
     }
 
     /// Deletes the snapshot's staged rows (done with them, whatever the run's outcome).

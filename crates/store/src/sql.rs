@@ -7,6 +7,8 @@
 //! - **Times**: `TIMESTAMPTZ` on PostgreSQL, integer microseconds since the epoch on SQLite.
 //!   A `DateTime<Utc>` binds as either ([`Arg::Time`]) and reads back from either
 //!   ([`Column`]).
+//!   A column the database's clock fills in (`idempotency.created_at`: `unixepoch()`, seconds,
+//!   on SQLite) is compared with [`Arg::DbClockTime`].
 //! - **Write transactions**: SQLite's take the write lock up front (`BEGIN IMMEDIATE`), so two
 //!   writers never deadlock upgrading a read lock; PostgreSQL's are plain `BEGIN`.
 //! - **Lists**: `IN ($1, $2, …)` on both, chunked to the engine's limit on bound parameters
@@ -166,6 +168,11 @@ pub enum Arg {
     Bytes(Option<Vec<u8>>),
     /// `TIMESTAMPTZ` on PostgreSQL, microseconds on SQLite.
     Time(Option<DateTime<Utc>>),
+    /// A time compared with a column the database's own clock filled in by default:
+    /// `TIMESTAMPTZ` (`now()`) on PostgreSQL, whole seconds (`unixepoch()`) on SQLite — only
+    /// `idempotency.created_at`. Seconds round down, so `column < $n` never takes a row from
+    /// the second of the bound time or later.
+    DbClockTime(Option<DateTime<Utc>>),
 }
 
 macro_rules! arg_from {
@@ -210,6 +217,34 @@ impl From<u32> for Arg {
 pub struct Sql {
     text: String,
     args: Vec<Arg>,
+}
+
+/// Counts (`dry_run`) or deletes the rows of `from_where` (`<table> WHERE …` with `$n`
+/// parameters, bound from `args`): how many there are, or how many went. Retention's one
+/// shape, so a dry run counts exactly what the real run deletes.
+pub async fn count_or_delete(
+    on: impl Conn,
+    dry_run: bool,
+    from_where: &str,
+    args: impl IntoIterator<Item = Arg>,
+) -> Result<u64, StoreError> {
+    let verb = if dry_run {
+        "SELECT COUNT(*) AS n FROM "
+    } else {
+        "DELETE FROM "
+    };
+    let mut q = sql(verb);
+    q.push(from_where);
+    for arg in args {
+        q = q.bind(arg);
+    }
+    if dry_run {
+        q.fetch_optional(on)
+            .await?
+            .map_or(Ok(0), |row| row.get_u64("n"))
+    } else {
+        q.execute(on).await
+    }
 }
 
 /// A statement with `$n` parameters, bound in order with [`Sql::bind`].
@@ -309,7 +344,7 @@ impl Sql {
                 Arg::Int4(v) => args.add(v),
                 Arg::Uuid(v) => args.add(v),
                 Arg::Bytes(v) => args.add(v),
-                Arg::Time(v) => args.add(v),
+                Arg::Time(v) | Arg::DbClockTime(v) => args.add(v),
             }
             .map_err(StoreError::bind)?;
         }
@@ -326,6 +361,7 @@ impl Sql {
                 Arg::Uuid(v) => args.add(v),
                 Arg::Bytes(v) => args.add(v),
                 Arg::Time(v) => args.add(v.map(micros)),
+                Arg::DbClockTime(v) => args.add(v.map(|t| t.timestamp())),
             }
             .map_err(StoreError::bind)?;
         }

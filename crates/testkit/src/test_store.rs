@@ -18,17 +18,17 @@ pub struct TestStore {
 
 impl TestStore {
     pub async fn new(engine: Engine) -> Self {
+        Self::with_policy(engine, Policy::default_policy().unwrap()).await
+    }
+
+    /// The same with another policy (e.g. one with retention).
+    pub async fn with_policy(engine: Engine, policy: Policy) -> Self {
         let db = TestDb::new(engine).await;
         let master = MasterKey::generate();
         let master_hex = master.to_hex().to_string();
         let store = db.store().await;
         let deliveries = store.deliveries();
-        let ledger = Ledger::new(
-            &store,
-            master,
-            Policy::default_policy().unwrap(),
-            LedgerOptions::default(),
-        );
+        let ledger = Ledger::new(&store, master, policy, LedgerOptions::default());
         Self {
             db,
             ledger,

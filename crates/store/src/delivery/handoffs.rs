@@ -12,7 +12,7 @@ use super::{
     HandoffKind, MAX_PAGE, Page, Relation, customer_id,
 };
 use crate::error::StoreError;
-use crate::sql::{Row, sql};
+use crate::sql::{Arg, Row, count_or_delete, sql};
 
 const HANDOFF_COLUMNS: &str = "seq, consumer_id, message_id, kind, event_id, global_position, customer_id, fields, basis, channel, delivered_at";
 
@@ -179,6 +179,22 @@ impl Deliveries {
             .iter()
             .map(|r| customer_id(r.try_get("customer_id")?))
             .collect()
+    }
+
+    /// Retention: the handoffs logged before `before`, counted (`dry_run`) or deleted.
+    /// Relations (`consumer_customers`) stay: they make notices one-offs.
+    pub async fn expire_handoffs(
+        &self,
+        before: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        count_or_delete(
+            &self.db,
+            dry_run,
+            "handoffs WHERE delivered_at < $1",
+            [Arg::from(before)],
+        )
+        .await
     }
 
     /// Customers with a record that was not erased, in id order, `limit` after `after`.
