@@ -107,6 +107,10 @@ pub enum Command {
     /// Compare what consumers acknowledged (or a consumer's uploaded export, with --snapshot)
     /// with the record; open sync exceptions for what differs and print the run's report.
     Reconcile(crate::commands::reconcile::ReconcileArgs),
+    /// Apply the policy's retention: expire values and consent records kept too long and
+    /// delete old handoffs, idempotency records and reconciliation runs.
+    #[command(subcommand)]
+    Retention(crate::commands::retention::RetentionCommand),
     /// Measure command throughput, commit-to-consumer latency, rebuild and read speed, each
     /// as a ratio to a raw database baseline in the same run (needs PostgreSQL and NATS).
     Bench(crate::commands::bench::BenchArgs),
@@ -144,6 +148,10 @@ pub struct ServeArgs {
     /// schedule off. [default: 3600]
     #[arg(long, value_name = "SECS", env = "IDLEDGER__RECONCILE__INTERVAL_SECS")]
     pub reconcile_every: Option<u64>,
+    /// Seconds between scheduled retention runs (see `idledger retention run`); 0 turns the
+    /// schedule off. [default: 86400]
+    #[arg(long, value_name = "SECS", env = "IDLEDGER__RETENTION__INTERVAL_SECS")]
+    pub retention_every: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

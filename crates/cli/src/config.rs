@@ -36,6 +36,15 @@ pub struct ConfigFile {
     pub relay: RelayFile,
     #[serde(default)]
     pub reconcile: ReconcileFile,
+    #[serde(default)]
+    pub retention: RetentionFile,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Seconds between scheduled retention runs in `serve`; 0: none. [default: 86400]
+    pub interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -105,6 +114,7 @@ pub struct Settings {
     pub nats: NatsFile,
     pub relay: RelayFile,
     pub reconcile: ReconcileFile,
+    pub retention: RetentionFile,
 }
 
 /// Which database to open.
@@ -210,6 +220,7 @@ impl Settings {
             nats: file.nats,
             relay: file.relay,
             reconcile: file.reconcile,
+            retention: file.retention,
         })
     }
 

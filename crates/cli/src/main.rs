@@ -59,6 +59,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commands::exception::run(&settings, command, &mut out).await?
             }
             Command::Reconcile(args) => commands::reconcile::run(&settings, args, &mut out).await?,
+            Command::Retention(command) => {
+                commands::retention::run(&settings, command, &mut out).await?
+            }
             Command::Bench(args) => commands::bench::run(&settings, args, &mut out).await?,
         };
         out.flush()?;

@@ -1238,3 +1238,63 @@ on_both_engines!(
     bad_filters_are_usage_errors_naming_the_option,
     a_steward_dismisses_and_accepts_from_the_command_line,
 );
+
+#[test]
+fn retention_run_counts_on_a_dry_run_then_deletes() {
+    let dir = TempDir::new("retention");
+    demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let policy = dir.path().join("policy.toml");
+    let with_retention = |idempotency_days: u32| {
+        idledger_domain::policy::DEFAULT_POLICY_TOML.replace(
+            "[consent_max_age_days]",
+            &format!(
+                "[retention]\nidempotency_days = {idempotency_days}\n\n[consent_max_age_days]"
+            ),
+        )
+    };
+    std::fs::write(&policy, with_retention(30)).unwrap();
+    let db = |args: &[&str]| {
+        let mut all = with_database(&url, &["--policy", policy.to_str().unwrap()]);
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        all
+    };
+    // The demo's records are fresh: nothing to do.
+    idledger(&dir, &db(&["retention", "run", "--dry-run"]))
+        .success()
+        .stdout_has(&[
+            "retention (dry run)",
+            "would delete: 0 handoffs, 0 idempotency records",
+        ]);
+    // Age its idempotency records by 40 days, as the clock would.
+    let aged = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let aged = sqlx::query("UPDATE idempotency SET created_at = created_at - 40 * 86400")
+            .execute(&mut conn)
+            .await
+            .unwrap()
+            .rows_affected();
+        conn.close().await.unwrap();
+        aged
+    });
+    assert!(aged > 0);
+    let dry = idledger(&dir, &db(&["retention", "run", "--dry-run", "--json"])).success();
+    let dry: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["idempotency_records_deleted"], aged);
+    assert_eq!(dry["values_expired"], 0);
+    idledger(&dir, &db(&["retention", "run"]))
+        .success()
+        .stdout_has(&[&format!("deleted: 0 handoffs, {aged} idempotency records")]);
+    idledger(&dir, &db(&["retention", "run", "--json"]))
+        .success()
+        .stdout_has(&["\"idempotency_records_deleted\": 0"]);
+    // Nonsense retention is refused naming the key.
+    std::fs::write(&policy, with_retention(0)).unwrap();
+    idledger(&dir, &db(&["retention", "run"]))
+        .exit(1)
+        .stderr_has(&["retention.idempotency_days", "at least 1 day"]);
+    // A mistyped command is a usage error.
+    idledger(&dir, &db(&["retention", "run", "--dry"])).exit(2);
+}

@@ -95,7 +95,7 @@ pub async fn run(
         .reconcile_every
         .or(settings.reconcile.interval_secs)
         .unwrap_or(DEFAULT_RECONCILE_SECS);
-    let stop_reconciling = CancellationToken::new();
+    let stop_schedules = CancellationToken::new();
     let reconciling = if every == 0 {
         writeln!(out, "  reconcile off (scheduled runs disabled)")?;
         None
@@ -105,18 +105,38 @@ pub async fn run(
         Some(tokio::spawn(reconcile_on_schedule(
             reconciler,
             Duration::from_secs(every),
-            stop_reconciling.clone(),
+            stop_schedules.clone(),
+        )))
+    };
+    let every = args
+        .retention_every
+        .or(settings.retention.interval_secs)
+        .unwrap_or(DEFAULT_RETENTION_SECS);
+    let retaining = if every == 0 {
+        writeln!(out, "  retention off (scheduled runs disabled)")?;
+        None
+    } else {
+        writeln!(out, "  retention every {every} s")?;
+        Some(tokio::spawn(retention_on_schedule(
+            idledger_app::App::new(ledger.clone()),
+            Duration::from_secs(every),
+            stop_schedules.clone(),
         )))
     };
     out.flush()?;
     let router = idledger_api::router(AppState::new(ledger), &config);
     let served =
         idledger_api::serve(listener, router, shutdown_signal(), config.shutdown_grace).await;
-    stop_reconciling.cancel();
+    stop_schedules.cancel();
     if let Some(task) = reconciling
         && let Err(e) = task.await
     {
         tracing::error!(error = %e, "the reconciliation schedule failed");
+    }
+    if let Some(task) = retaining
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "the retention schedule failed");
     }
     // The relay stops after the API: every command acknowledged before the stop is in the log,
     // and the relay resumes from its checkpoints on the next start.
@@ -155,6 +175,37 @@ async fn reconcile_on_schedule(
             result = reconciler.reconcile(None, "schedule", "idledger", &|_| {}) => match result {
                 Ok(run) => tracing::info!(run = %run.id, report = %run.report, "scheduled reconciliation finished"),
                 Err(e) => tracing::error!(error = %e, "scheduled reconciliation failed"),
+            },
+        }
+    }
+}
+
+/// Seconds between scheduled retention runs unless configured: daily.
+const DEFAULT_RETENTION_SECS: u64 = 86_400;
+
+/// Applies the policy's retention each `every`, the first run one interval after the start.
+/// A run stopped at shutdown has recorded each customer's expiries whole (one append each);
+/// the next run carries on.
+async fn retention_on_schedule(app: idledger_app::App, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            result = app.retention_run(chrono::Utc::now(), false, &|_| {}) => match result {
+                Ok(report) => tracing::info!(
+                    values = report.values_expired,
+                    consents = report.consents_expired,
+                    handoffs = report.handoffs_deleted,
+                    idempotency = report.idempotency_records_deleted,
+                    runs = report.runs_deleted,
+                    "scheduled retention run finished"
+                ),
+                Err(e) => tracing::error!(error = %e, "scheduled retention run failed"),
             },
         }
     }
