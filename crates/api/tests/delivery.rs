@@ -22,6 +22,7 @@ on_both_engines!(
     handoffs_are_paged_per_customer_and_per_consumer,
     the_feed_refuses_callers_and_input_it_should,
     an_erased_customer_brings_one_erasure_notice,
+    an_expired_value_reaches_the_feed_as_cleared,
 );
 
 const SECRET: &str = "whsec-0123456789abcdef-never-shown";
@@ -916,4 +917,66 @@ async fn an_erased_customer_brings_one_erasure_notice(engine: Engine) {
         .map(|h| h["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["change", "erasure"]);
+}
+
+/// Retention: an expired value goes to the consumer as `cleared`, from the retention source;
+/// an expired consent record ends the basis, and the consumer gets the withdrawal notice.
+async fn an_expired_value_reaches_the_feed_as_cleared(engine: Engine) {
+    let policy = idledger_domain::policy::DEFAULT_POLICY_TOML
+        .replace(
+            "[fields.\"preferences.*\"]\n",
+            "[fields.\"preferences.*\"]\nretain_days = 730\n",
+        )
+        .replace(
+            "[consent_max_age_days]",
+            "[consent_retention_days]\nmarketing = 1095\n\n[consent_max_age_days]",
+        );
+    let policy = idledger_domain::policy::Policy::from_toml(&policy).unwrap();
+    let app = TestApp::start_with_policy(engine, idledger_api::ApiConfig::default(), policy).await;
+    app.add_consumer(
+        json!({"id": "crm-sync", "channel": "feed", "fields": ["preferences.*"], "purposes": ["marketing"]}),
+    )
+    .await;
+    let c = customer(&app, 1, &["marketing"]).await;
+    let reply = app
+        .command(
+            "web_app",
+            &c,
+            "pref-1",
+            json!([{"op": "set_field", "field": "preferences.newsletter", "value": true}]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let (events, after) = feed_page(&app, "consumer", "").await;
+    assert_eq!(kinds(&events), [change(&c)]);
+
+    let retention = idledger_app::App::new(app.ledger.clone());
+    let start = chrono::Utc::now();
+    let report = retention
+        .retention_run(start + chrono::Duration::days(731), false, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.values_expired, 1);
+    let (events, after) = feed_page(&app, "consumer", &format!("?after={after}")).await;
+    assert_eq!(
+        kinds(&events),
+        [("idledger.field.cleared.v1".to_owned(), c.clone())]
+    );
+    let data = &events[0]["data"];
+    assert_eq!(data["field"], "preferences.newsletter");
+    assert_eq!(data["value"], Value::Null);
+    assert_eq!(data["value_hash"], Value::Null);
+    assert_eq!(data["provenance"]["source"], "retention");
+
+    let report = retention
+        .retention_run(start + chrono::Duration::days(1096), false, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.consents_expired, 1);
+    let (events, _) = feed_page(&app, "consumer", &format!("?after={after}")).await;
+    assert_eq!(
+        kinds(&events),
+        [("idledger.consent.withdrawn.v1".to_owned(), c.clone())]
+    );
+    assert_eq!(events[0]["data"]["reason"], "never_granted");
 }

@@ -42,12 +42,16 @@ impl TestApp {
     }
 
     pub async fn start_with(engine: Engine, config: ApiConfig) -> Self {
+        Self::start_with_policy(engine, config, Policy::default_policy().unwrap()).await
+    }
+
+    pub async fn start_with_policy(engine: Engine, config: ApiConfig, policy: Policy) -> Self {
         let db = TestDb::new(engine).await;
         let store = db.store().await;
         let ledger = Ledger::new(
             &store,
             MasterKey::generate(),
-            Policy::default_policy().unwrap(),
+            policy,
             LedgerOptions::default(),
         );
         let tokens = store.tokens();
