@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod reconcile;
+pub mod retention;
 pub mod routes;
 pub mod steward;
 pub mod views;
@@ -135,6 +136,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
             get(routes::history),
         )
         .route("/customers/{customer_id}/erasure", post(routes::erase))
+        .route("/retention/runs", post(retention::run_retention))
         .route("/customers/{customer_id}/export", get(export::export))
         .route(
             "/customers/{customer_id}/disclosures",

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{delivery, error, export, reconcile, routes, steward, views, wire};
+use crate::{delivery, error, export, reconcile, retention, routes, steward, views, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +40,7 @@ use crate::{delivery, error, export, reconcile, routes, steward, views, wire};
         reconcile::get_reconciliation,
         reconcile::list_findings,
         reconcile::upload_snapshot,
+        retention::run_retention,
         routes::me,
         routes::healthz,
         routes::readyz,
@@ -54,6 +55,8 @@ use crate::{delivery, error, export, reconcile, routes, steward, views, wire};
         wire::ProvenanceDoc,
         wire::NoticeDoc,
         wire::ErasureRequest,
+        retention::RetentionRequest,
+        retention::RetentionReportView,
         wire::ConsumerRequest,
         wire::WebhookRequest,
         wire::AckDoc,

@@ -32,6 +32,12 @@ async fn every_role_against_every_route(engine: Engine) {
     let routes: Vec<(Method, &str, Option<Value>, &[&str])> = vec![
         (
             Method::POST,
+            "/v1/retention/runs",
+            Some(json!({"dry_run": true})),
+            &["admin"],
+        ),
+        (
+            Method::POST,
             "/v1/customers",
             Some(json!({"provenance": provenance()})),
             &["idp"],

@@ -643,6 +643,7 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/v1/feed", "get"),
         ("/v1/acks", "post"),
         ("/v1/me", "get"),
+        ("/v1/retention/runs", "post"),
         ("/v1/openapi.json", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
@@ -666,6 +667,7 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         "ConsumerStateView",
         "AckDoc",
         "AckView",
+        "RetentionReportView",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
