@@ -105,6 +105,7 @@ on_both_engines!(
     old_handoffs_are_deleted_and_younger_ones_kept,
     old_idempotency_records_are_deleted_and_younger_ones_kept,
     old_ended_runs_are_deleted_with_their_findings,
+    racing_runs_and_commands_expire_a_value_once,
 );
 
 async fn run(s: &Scene, now: DateTime<Utc>) -> RetentionReport {
@@ -407,4 +408,45 @@ async fn old_ended_runs_are_deleted_with_their_findings(engine: Engine) {
         .collect();
     assert_eq!(left.len(), 2);
     assert!(left.contains(&running.id) && left.contains(&young.id));
+}
+
+async fn racing_runs_and_commands_expire_a_value_once(engine: Engine) {
+    let s = scene(engine).await;
+    let now = s.start + Duration::days(731);
+    let change = command(
+        s.customer,
+        "p-race",
+        vec![set("preferences.newsletter", json!(false))],
+    );
+    // A second process, with its own pool and writer.
+    let other = App::new(s.store.another_ledger().await);
+    let web_app = source("web_app");
+    let (a, b, c) = tokio::join!(
+        s.app.retention_run(now, false, no_progress()),
+        other.retention_run(now, false, no_progress()),
+        s.app.run_command(&web_app, &change),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    c.unwrap();
+    // Whatever the order, each value is expired once: the loser of a race decides again on
+    // the stream as the winner left it.
+    let history = s
+        .store
+        .ledger
+        .history(s.customer, &field("preferences.newsletter"))
+        .await
+        .unwrap();
+    let expired: Vec<bool> = history
+        .iter()
+        .map(|e| matches!(e.envelope.event.payload, EventPayload::FieldExpired { .. }))
+        .collect();
+    assert!(
+        !expired.windows(2).any(|w| w[0] && w[1]),
+        "a value expired twice: {expired:?}"
+    );
+    assert_eq!(
+        a.values_expired + b.values_expired,
+        expired.iter().filter(|e| **e).count() as u64
+    );
+    assert!(s.store.ledger.rebuild(&|_, _| {}).await.unwrap().identical);
 }

@@ -13,6 +13,8 @@
 //!   `read_raw` in log.rs)
 //! - [x] `head_position`, `verify`, `rebuild`
 //! - [x] `idempotent_result`: log.rs (`idempotency_records_are_kept_per_source_and_key`)
+//! - [x] `expire`, `expire_idempotency`: crates/app/tests/retention.rs, through
+//!   `App::retention_run` (both engines, racing runs and commands included)
 //!
 //! and, under it, `EventLog::write_batch` (`concurrent_appends_at_the_same_version_exactly_one_wins`);
 //! the rest of `EventLog` and `Store` is in log.rs.

@@ -6,6 +6,8 @@
 //!   `checkpoint` (`consumers_register_list_and_disable`, `a_checkpoint_never_goes_back`)
 //! - [x] handoffs: `commit` (the checkpoint, relation and handoff tests), `handoffs`,
 //!   `relations`, `relations_since`, `receiving_customers`, `customer_page`
+//! - [x] `expire_handoffs`: crates/app/tests/retention.rs
+//!   (`old_handoffs_are_deleted_and_younger_ones_kept`)
 //! - [x] acks: `record_ack` (the ack tests, erasure, closing exceptions), `consumer_state`,
 //!   `consumer_state_of`
 //! - [x] exceptions: `open_exception`, `exceptions`, `exception`, `close_exception`,

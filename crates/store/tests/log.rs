@@ -7,6 +7,8 @@
 //! - [x] `Store::log`, `Store::tokens`, `Store::deliveries`, `Store::runs` (every test)
 //! - [x] `EventLog::head_position`, `EventLog::read_all`, `EventLog::stream`
 //! - [x] `EventLog::idempotency`
+//! - [x] `EventLog::expire_idempotency`: crates/app/tests/retention.rs
+//!   (`old_idempotency_records_are_deleted_and_younger_ones_kept`)
 //! - [x] `EventLog::data_key`, `EventLog::data_keys`
 //! - [x] `EventLog::erasures`
 //! - [x] `EventLog::projection_rows`, `EventLog::projection_page`

@@ -13,6 +13,8 @@
 //! - [x] `snapshot_customer_page`
 //! - [x] `snapshot_rows_of`
 //! - [x] `drop_snapshot`
+//! - [x] `expire_runs`: crates/app/tests/retention.rs
+//!   (`old_ended_runs_are_deleted_with_their_findings`)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;

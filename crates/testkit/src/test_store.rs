@@ -42,13 +42,13 @@ impl TestStore {
         &self.master_hex
     }
 
-    /// Another ledger on the same database, with its own pool and writer: what a second (or a
-    /// restarted) process has.
+    /// Another ledger on the same database, with its own pool and writer and the same policy:
+    /// what a second (or a restarted) process has.
     pub async fn another_ledger(&self) -> Ledger {
         Ledger::new(
             &self.db.store().await,
             MasterKey::from_hex(&self.master_hex).unwrap(),
-            Policy::default_policy().unwrap(),
+            self.ledger.policy().clone(),
             LedgerOptions::default(),
         )
     }
