@@ -89,6 +89,8 @@ struct Act {
     advance_hours: u16,
     /// Erase the record instead of the step (rarely, so most runs exercise the rest).
     erase: bool,
+    /// Run retention after the step.
+    expire: bool,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -123,10 +125,19 @@ fn act() -> impl Strategy<Value = Act> {
         any::<bool>(),
         prop::bool::weighted(0.2),
         prop_oneof![Just(0u16), 1u16..48, Just(24 * 400)],
-        prop::bool::weighted(0.01),
+        (prop::bool::weighted(0.01), prop::bool::weighted(0.2)),
     )
         .prop_map(
-            |(source, as_authority, step, evidence, subject, guardian, advance_hours, erase)| Act {
+            |(
+                source,
+                as_authority,
+                step,
+                evidence,
+                subject,
+                guardian,
+                advance_hours,
+                (erase, expire),
+            )| Act {
                 source,
                 as_authority,
                 step,
@@ -135,6 +146,7 @@ fn act() -> impl Strategy<Value = Act> {
                 guardian,
                 advance_hours,
                 erase,
+                expire,
             },
         )
 }
@@ -301,6 +313,24 @@ fn check_event(
                 WriteMode::Authoritative
             );
         }
+        // Only retention expires, and only what was kept past the policy's limit.
+        EventPayload::FieldExpired { field, .. } => {
+            prop_assert_eq!(prov.source.as_str(), "retention");
+            let keep = policy.retention_of(field);
+            prop_assert!(keep.is_some(), "{} expired without retention", field);
+            let changed_at = match field {
+                FieldPath::Consent(p) => before.consents.get(p).map(|c| c.provenance.recorded_at),
+                _ => before
+                    .field(field)
+                    .filter(|r| r.value.is_some())
+                    .and_then(|r| r.recorded_at),
+            };
+            prop_assert!(
+                changed_at.is_some_and(|at| keep.is_some_and(|k| at + k <= prov.recorded_at)),
+                "{} expired early or had nothing to expire",
+                field
+            );
+        }
         _ => {}
     }
     Ok(())
@@ -366,6 +396,7 @@ proptest! {
     #[test]
     fn random_command_sequences_keep_the_record_sound(acts in prop::collection::vec(act(), 1..40)) {
         let mut s = Scenario::registered();
+        s.policy = retention_policy();
         let policy = s.policy.clone();
         let mut state = s.state();
         for a in &acts {
@@ -407,6 +438,13 @@ proptest! {
                     state = evolve(state, e);
                 }
                 s.events.extend(decision.events);
+            }
+            if a.expire {
+                for e in &s.expire() {
+                    prop_assert_eq!(e.stream_version, state.stream_version + 1);
+                    check_event(&policy, &state, e)?;
+                    state = evolve(state, e);
+                }
             }
             // fold(events) is the state decide saw, also after a trip through the stored schema.
             prop_assert_eq!(&fold(&s.events), &state);
