@@ -135,6 +135,10 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
             get(routes::history),
         )
         .route("/customers/{customer_id}/erasure", post(routes::erase))
+        .route(
+            "/customers/{customer_id}/restriction",
+            post(routes::restrict),
+        )
         .route("/customers/{customer_id}/export", get(export::export))
         .route(
             "/customers/{customer_id}/disclosures",

@@ -69,6 +69,14 @@ async fn every_role_against_every_route(engine: Engine) {
         ),
         (
             Method::POST,
+            "/v1/customers/{c}/restriction",
+            Some(
+                json!({"restricted": true, "reason": "art. 18", "actor": {"kind": "agent", "id": "dpo"}}),
+            ),
+            &["admin"],
+        ),
+        (
+            Method::POST,
             "/v1/consumers",
             Some(
                 json!({"id": "new-{n}", "channel": "nats", "fields": ["email"], "purposes": ["service"]}),

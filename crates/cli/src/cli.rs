@@ -89,6 +89,9 @@ pub enum Command {
     /// Export everything about a customer for the data subject (access and portability):
     /// the record, every event with provenance, handoffs, disclosures and sync exceptions.
     Export(crate::commands::export::ExportArgs),
+    /// Restrict the processing of a customer's data (GDPR Art. 18: kept, nothing delivered),
+    /// or lift the restriction with --lift.
+    Restrict(crate::commands::restrict::RestrictArgs),
     /// Run a guided scenario on a fresh embedded store, through the HTTP API, and print each
     /// step.
     Demo,

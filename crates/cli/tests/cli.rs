@@ -511,6 +511,41 @@ fn export_writes_json_or_a_csv_zip_whole_and_never_over_a_file() {
 }
 
 #[test]
+fn restrict_sets_and_lifts_a_restriction_of_processing() {
+    let dir = TempDir::new("restrict");
+    let (ada, _) = demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let restrict = |extra: &[&str]| {
+        let mut args = vec![
+            "--database",
+            &url,
+            "restrict",
+            &ada,
+            "--as",
+            "dpo@example.org",
+        ];
+        args.extend_from_slice(extra);
+        idledger(&dir, &args)
+    };
+    restrict(&["--reason", "art. 18 request #7"])
+        .success()
+        .stdout_has(&["processing restricted: nothing is delivered until it is lifted"]);
+    restrict(&["--reason", "again"])
+        .success()
+        .stdout_has(&["unchanged: processing was already restricted"]);
+    let run = idledger(&dir, &["--database", &url, "record", &ada, "--json"]).success();
+    let record: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(record["restricted_since"].is_string());
+    restrict(&["--reason", "resolved", "--lift"])
+        .success()
+        .stdout_has(&["restriction lifted: deliveries resume"]);
+    restrict(&["--reason", " "])
+        .exit(1)
+        .stderr_has(&["refused (invalid_value)"]);
+    restrict(&[]).exit(2);
+}
+
+#[test]
 fn bad_customer_ids_and_fields_are_usage_errors() {
     let dir = TempDir::new("usage");
     idledger(&dir, &["history", "not-a-customer", "email"])

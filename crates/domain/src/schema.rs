@@ -12,7 +12,7 @@ use crate::event::Event;
 pub const CURRENT_SCHEMA_VERSION: u16 = 1;
 
 /// Every event type name ever written. Renaming one is a breaking change to the log.
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 15] = [
     "customer_registered",
     "field_set",
     "field_cleared",
@@ -26,6 +26,8 @@ pub const EVENT_TYPES: [&str; 13] = [
     "proposal_rejected",
     "customer_erased",
     "steward_acted",
+    "processing_restricted",
+    "restriction_lifted",
 ];
 
 /// An event as stored: type name, schema version and JSON data (payload, provenance, policy

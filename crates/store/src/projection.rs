@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use idledger_domain::state::{ConsentRecord, CustomerState, Erasure, FieldRecord, Proposal};
+use idledger_domain::state::{
+    ConsentRecord, CustomerState, Erasure, FieldRecord, Proposal, Restriction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -23,6 +25,9 @@ struct CustomerRow {
     /// Left out until set, so that rows written before erasure existed read back identical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     erased: Option<Erasure>,
+    /// Likewise left out unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restricted: Option<Restriction>,
 }
 
 /// Every row of a customer's projection, sorted by (kind, key).
@@ -34,6 +39,7 @@ pub fn rows(state: &CustomerState) -> Result<Vec<ProjectionRow>, StoreError> {
         registered_at: state.registered_at,
         stream_version: state.stream_version,
         erased: state.erased.clone(),
+        restricted: state.restricted.clone(),
     };
     rows.push(row(CUSTOMER, String::new(), &customer)?);
     for (path, rec) in &state.fields {
@@ -92,6 +98,7 @@ pub fn state(rows: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
                 state.registered_at = c.registered_at;
                 state.stream_version = c.stream_version;
                 state.erased = c.erased;
+                state.restricted = c.restricted;
             }
             FIELD => {
                 let rec: FieldRecord = serde_json::from_str(&r.record)?;
