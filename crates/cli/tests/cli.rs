@@ -1273,3 +1273,52 @@ on_both_engines!(
     bad_filters_are_usage_errors_naming_the_option,
     a_steward_dismisses_and_accepts_from_the_command_line,
 );
+
+/// A wrong master key is refused whatever was erased: the store keeps the key's check value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_master_key_is_refused_even_when_the_first_customer_was_erased() {
+    let store = TestStore::new(Engine::Sqlite).await;
+    let app = App::new(store.ledger.clone());
+    let (first, second) = (new_customer(), new_customer());
+    for (customer, name) in [(first, "Ann"), (second, "Bo")] {
+        let register = command(
+            customer,
+            &format!("register-{name}"),
+            vec![Change::Register, set("name.given", serde_json::json!(name))],
+        );
+        app.run_command(&source("idp"), &register).await.unwrap();
+    }
+    app.erase(
+        first,
+        idledger_testkit::builders::dpo(),
+        "subject's request",
+    )
+    .await
+    .unwrap();
+    let dir = TempDir::new("key-check");
+    let url = store.db.url.clone();
+    let wrong = "11".repeat(32);
+    let record = |key: &str| {
+        idledger_with_env(
+            &dir,
+            &["--database", &url, "record", &second.to_string()],
+            &[("IDLEDGER__MASTER_KEY", key)],
+        )
+    };
+    // The first customer's key is gone; the second's still tells.
+    record(&wrong)
+        .exit(1)
+        .stderr_has(&["is not the key the database"]);
+    record(store.master_hex()).success().stdout_has(&["Bo"]);
+    // Now every customer is erased: no data key is left, the check value still tells.
+    app.erase(
+        second,
+        idledger_testkit::builders::dpo(),
+        "subject's request",
+    )
+    .await
+    .unwrap();
+    record(&wrong)
+        .exit(1)
+        .stderr_has(&["is not the key the database"]);
+}
