@@ -249,6 +249,7 @@ async fn registered(state: &AppState, id: &ConsumerId) -> Result<Consumer, ApiEr
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// Continue after this global log position: the previous page's `Idledger-Next-After`
@@ -629,6 +630,7 @@ pub async fn ack(
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffQuery {
     /// The previous page's `next_after` (a handoff `seq`). Default: from the first.
@@ -703,6 +705,7 @@ pub async fn consumer_handoffs(
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StateQuery {
     /// The customer (required).

@@ -281,6 +281,7 @@ pub(crate) fn customer_param(params: &HashMap<String, String>) -> Result<Custome
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RecordQuery {
     /// Show the record as it stood at this instant (RFC 3339), folded from the log.
@@ -368,6 +369,7 @@ pub async fn history(
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DisclosureQuery {
     /// The previous page's `next_after` (a disclosure `seq`). Default: from the first.

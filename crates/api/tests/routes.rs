@@ -634,6 +634,10 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/v1/customers/{customer_id}/fields/{field}/history", "get"),
         ("/v1/customers/{customer_id}/erasure", "post"),
         ("/v1/customers/{customer_id}/handoffs", "get"),
+        ("/v1/customers/{customer_id}/disclosures", "get"),
+        ("/v1/sources/{source_id}/disclosures", "get"),
+        ("/v1/customers/{customer_id}/export", "get"),
+        ("/v1/customers/{customer_id}/restriction", "post"),
         ("/v1/consumers", "post"),
         ("/v1/consumers", "get"),
         ("/v1/consumers/{consumer_id}", "get"),
@@ -670,4 +674,28 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
     assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+    // Every path parameter is in its path's template, and query parameters are in the query
+    // (a schema-driven client or fuzzer must be able to reach them).
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                if p["in"] == "path" {
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: '{name}' is declared a path parameter"
+                    );
+                }
+            }
+        }
+    }
+    let record = &paths["/v1/customers/{customer_id}"]["get"]["parameters"];
+    let as_of = record
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "as_of")
+        .unwrap();
+    assert_eq!(as_of["in"], "query");
+    assert_ne!(as_of["required"], true);
 }
