@@ -604,8 +604,13 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         json!([{"op": "set_field", "field": "shoe_size", "value": 1}]),
     )
     .await;
+    // An invented method is counted, under a bounded label.
+    let invented = Method::from_bytes(b"BREW-COFFEE-7").unwrap();
+    app.send(invented, "/healthz", None, None, None).await;
     let metrics = app.send(Method::GET, "/metrics", None, None, None).await;
     assert_eq!(metrics.status, StatusCode::OK);
+    assert!(!metrics.text.contains("BREW-COFFEE-7"));
+    assert!(metrics.text.contains("method=\"other\""));
     for needle in [
         "idledger_http_requests_total",
         "idledger_http_request_duration_seconds_bucket",
