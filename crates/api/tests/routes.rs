@@ -683,6 +683,17 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
     // (a schema-driven client or fuzzer must be able to reach them).
     for (path, ops) in paths {
         for (method, op) in ops.as_object().unwrap() {
+            let codes = op["responses"].as_object().unwrap();
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                for code in ["401", "403"] {
+                    assert!(codes.contains_key(code), "{method} {path} lacks {code}");
+                }
+            }
+            if op.get("requestBody").is_some() {
+                for code in ["400", "415", "422"] {
+                    assert!(codes.contains_key(code), "{method} {path} lacks {code}");
+                }
+            }
             for p in op["parameters"].as_array().into_iter().flatten() {
                 let name = p["name"].as_str().unwrap();
                 if p["in"] == "path" {
