@@ -23,6 +23,7 @@ on_both_engines!(
     the_feed_refuses_callers_and_input_it_should,
     an_erased_customer_brings_one_erasure_notice,
     a_restriction_pauses_delivery_with_a_notice_and_a_resume,
+    a_token_holds_a_bounded_number_of_event_streams,
 );
 
 const SECRET: &str = "whsec-0123456789abcdef-never-shown";
@@ -1005,4 +1006,50 @@ async fn a_restriction_pauses_delivery_with_a_notice_and_a_resume(engine: Engine
     app.send(Method::POST, &unknown, Some("admin"), None, Some(&body))
         .await
         .problem(404, "not_registered");
+}
+
+async fn a_token_holds_a_bounded_number_of_event_streams(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(feed_consumer("crm-sync", &["marketing"]))
+        .await;
+    let max = idledger_api::FeedSettings::default().max_streams_per_token;
+    let mut open = Vec::new();
+    for _ in 0..max {
+        open.push(SseReader::open(&app, "consumer", None).await);
+    }
+    let refused = app
+        .client
+        .get(app.url("/v1/feed"))
+        .bearer_auth(app.token("consumer"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "too_many_streams");
+    // Pages are not streams: NDJSON still answers.
+    feed_page(&app, "consumer", "").await;
+    // Closing a stream gives its place back.
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = app
+            .client
+            .get(app.url("/v1/feed"))
+            .bearer_auth(app.token("consumer"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        if again.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed stream's place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
