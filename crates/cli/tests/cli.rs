@@ -1322,3 +1322,45 @@ async fn a_wrong_master_key_is_refused_even_when_the_first_customer_was_erased()
         .exit(1)
         .stderr_has(&["is not the key the database"]);
 }
+
+#[test]
+fn tokens_expire_and_rotate_from_the_command_line() {
+    let dir = TempDir::new("token-lifecycle");
+    let run = idledger(
+        &dir,
+        &[
+            "token",
+            "create",
+            "--role",
+            "auditor",
+            "--expires-in",
+            "2d",
+            "--json",
+        ],
+    )
+    .success();
+    let created: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(created["record"]["expires_at"].is_string());
+    let id = created["record"]["id"].as_str().unwrap().to_owned();
+    let run = idledger(&dir, &["token", "rotate", &id, "--overlap", "1h", "--json"])
+        .success()
+        .stderr_has(&["keeps working until"]);
+    let rotated: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_ne!(rotated["token"], created["token"]);
+    assert_eq!(rotated["record"]["role"], "auditor");
+    idledger(&dir, &["token", "list"])
+        .success()
+        .stdout_has(&["expires", "last used", &id]);
+    idledger(
+        &dir,
+        &["token", "rotate", &uuid::Uuid::now_v7().to_string()],
+    )
+    .exit(1)
+    .stderr_has(&["no live token"]);
+    idledger(
+        &dir,
+        &["token", "create", "--role", "auditor", "--expires-in", "5x"],
+    )
+    .exit(2)
+    .stderr_has(&["not a duration"]);
+}
