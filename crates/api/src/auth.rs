@@ -85,8 +85,19 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let secret = bearer(&parts.headers)?;
         let token = state.tokens.authenticate(secret).await?.ok_or_else(|| {
-            ApiError::unauthenticated("invalid_token", "the token is unknown or revoked")
+            ApiError::unauthenticated("invalid_token", "the token is unknown, revoked or expired")
         })?;
+        let now = chrono::Utc::now();
+        if token.use_is_stale(now) {
+            // Off the request's path: the answer never waits for this write (on SQLite it
+            // would queue behind the writer), and a failure only leaves it less fresh.
+            let (tokens, id) = (state.tokens.clone(), token.id);
+            tokio::spawn(async move {
+                if let Err(e) = tokens.touch(id, now).await {
+                    tracing::debug!(error = %e, "could not record a token's last use");
+                }
+            });
+        }
         tracing::Span::current().record("role", token.role.as_str());
         if let Some(subject) = &token.subject {
             tracing::Span::current().record("subject", subject.as_str());

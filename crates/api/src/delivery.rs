@@ -249,6 +249,7 @@ async fn registered(state: &AppState, id: &ConsumerId) -> Result<Consumer, ApiEr
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// Continue after this global log position: the previous page's `Idledger-Next-After`
@@ -326,7 +327,22 @@ pub async fn feed(
                 Some(id) => id,
                 None => query.after.unwrap_or(0),
             };
+            let max = state.feed_settings.max_streams_per_token;
+            let slot = state
+                .open_streams
+                .take(caller.token.id, max)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_streams",
+                        format!(
+                            "this token holds {max} event streams open already; close one, or read pages (NDJSON)"
+                        ),
+                    )
+                    .retry_after(5)
+                })?;
             let stream = EventStream {
+                _slot: slot,
                 secret: bearer(&headers)?.to_owned(),
                 keep_alive: state.feed_settings.keep_alive,
                 closing: closing.map(|Extension(c)| c.0).unwrap_or_default(),
@@ -482,8 +498,56 @@ fn relay_error(e: RelayError) -> ApiError {
     }
 }
 
+/// How many event streams each token holds open. Shared by the server's handlers.
+#[derive(Debug, Clone, Default)]
+pub struct OpenStreams(std::sync::Arc<std::sync::Mutex<HashMap<uuid::Uuid, usize>>>);
+
+impl OpenStreams {
+    /// A slot for one more stream of `token`, or `None` when it holds `max` already.
+    fn take(&self, token: uuid::Uuid, max: usize) -> Option<StreamSlot> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(token).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            streams: self.clone(),
+            token,
+        })
+    }
+}
+
+/// One open stream's place in its token's count, given back when the stream ends.
+#[derive(Debug)]
+struct StreamSlot {
+    streams: OpenStreams,
+    token: uuid::Uuid,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.token) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.token);
+            }
+        }
+    }
+}
+
 /// An open SSE feed: pages one after another, then polls at the head of the log.
 struct EventStream {
+    /// Held while the stream is open.
+    _slot: StreamSlot,
     state: AppState,
     consumer: Consumer,
     /// The bearer secret: a token revoked while the stream is open ends it.
@@ -629,6 +693,7 @@ pub async fn ack(
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffQuery {
     /// The previous page's `next_after` (a handoff `seq`). Default: from the first.
@@ -703,6 +768,7 @@ pub async fn consumer_handoffs(
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StateQuery {
     /// The customer (required).

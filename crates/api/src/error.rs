@@ -60,6 +60,12 @@ impl ApiError {
         }
     }
 
+    /// Says when to retry (`Retry-After`, seconds).
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     /// Adds an extension member to the problem document.
     pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
         self.extensions.insert(

@@ -67,6 +67,8 @@ pub struct FeedSettings {
     pub poll_interval: Duration,
     /// How often an idle event stream sends a keep-alive comment (proxies close silent ones).
     pub keep_alive: Duration,
+    /// Event streams one token may hold open at once; more are answered 429.
+    pub max_streams_per_token: usize,
 }
 
 impl Default for FeedSettings {
@@ -75,6 +77,7 @@ impl Default for FeedSettings {
             source: idledger_relay::DEFAULT_SOURCE.to_owned(),
             poll_interval: Duration::from_secs(1),
             keep_alive: Duration::from_secs(15),
+            max_streams_per_token: 4,
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct AppState {
     pub feed: Feed,
     pub feed_settings: FeedSettings,
     pub reconciler: idledger_reconcile::Reconciler,
+    /// Open event streams per token (see `FeedSettings::max_streams_per_token`).
+    pub open_streams: delivery::OpenStreams,
 }
 
 impl AppState {
@@ -112,6 +117,7 @@ impl AppState {
             deliveries,
             feed,
             feed_settings,
+            open_streams: delivery::OpenStreams::default(),
         }
     }
 }
@@ -137,6 +143,10 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         )
         .route("/customers/{customer_id}/erasure", post(routes::erase))
         .route("/retention/runs", post(retention::run_retention))
+        .route(
+            "/customers/{customer_id}/restriction",
+            post(routes::restrict),
+        )
         .route("/customers/{customer_id}/export", get(export::export))
         .route(
             "/customers/{customer_id}/disclosures",

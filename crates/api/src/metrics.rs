@@ -37,7 +37,7 @@ pub fn handle() -> Option<PrometheusHandle> {
 /// Middleware: counts each request and observes its latency by method, route and status.
 pub async fn track(request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -49,6 +49,24 @@ pub async fn track(request: Request, next: Next) -> Response {
     metrics::histogram!("idledger_http_request_duration_seconds", &labels)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: the standard methods by name, anything else as `other`, so a caller
+/// cannot grow the metrics without bound by inventing methods.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 /// Counts a command by its result: `applied`, `replayed`, or the refusal/error code.

@@ -27,6 +27,7 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, view
         delivery::ack,
         delivery::customer_handoffs,
         routes::customer_disclosures,
+        routes::restrict,
         export::export,
         routes::source_disclosures,
         delivery::consumer_handoffs,
@@ -61,6 +62,8 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, view
         wire::WebhookRequest,
         wire::AckDoc,
         views::CommandResponse,
+        views::RestrictionView,
+        wire::RestrictionRequest,
         views::DisclosurePageView,
         export::ExportView,
         export::ExportFormat,
@@ -94,7 +97,7 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, view
         reconcile::RunPage,
         reconcile::FindingPage,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonProblems),
     tags(
         (name = "commands", description = "Changes to customers' records"),
         (name = "records", description = "Golden records and history"),
@@ -121,6 +124,75 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Adds the problem answers every route of a kind can give, where its annotation does not
+/// list them: 401 and 403 on authenticated routes (a missing or revoked token, another role),
+/// 400 on routes with query parameters (`invalid_query`), 400/413/415/422 on routes with a
+/// body (`malformed_json`, `payload_too_large`, `unsupported_media_type`, `invalid_body`), and
+/// 503 on every route that reads the store. Listing them by hand on each route is how they
+/// went missing; a schema-driven client needs them all.
+struct CommonProblems;
+
+impl Modify for CommonProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for op in operations.into_iter().flatten() {
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let has_query = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                let has_body = op.request_body.is_some();
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, description: &str| {
+                    responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                };
+                if secured {
+                    add("401", "unauthenticated, invalid_token");
+                    add("403", "forbidden_role");
+                }
+                if has_query {
+                    add("400", "invalid_query");
+                }
+                if has_body {
+                    add("400", "malformed_json, unreadable_body");
+                    add("413", "payload_too_large");
+                    add("415", "unsupported_media_type");
+                    add("422", "invalid_body");
+                }
+                if path.starts_with("/v1/") && path != "/v1/openapi.json" {
+                    add(
+                        "503",
+                        "store_unavailable, contention (retry after Retry-After)",
+                    );
+                }
+            }
+        }
     }
 }
 

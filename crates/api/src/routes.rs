@@ -23,9 +23,10 @@ use crate::error::{ApiError, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams, idempotency_key, if_match, truncate};
 use crate::metrics;
 use crate::views::{
-    CommandResponse, DisclosurePageView, ErasureView, EventView, HistoryView, RecordView, WhoAmI,
+    CommandResponse, DisclosurePageView, ErasureView, EventView, HistoryView, RecordView,
+    RestrictionView, WhoAmI,
 };
-use crate::wire::{self, CommandRequest, ErasureRequest, RegisterRequest};
+use crate::wire::{self, CommandRequest, ErasureRequest, RegisterRequest, RestrictionRequest};
 
 /// Register a customer (role `source`), optionally with first changes, atomically.
 #[utoipa::path(
@@ -280,6 +281,7 @@ pub(crate) fn customer_param(params: &HashMap<String, String>) -> Result<Custome
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RecordQuery {
     /// Show the record as it stood at this instant (RFC 3339), folded from the log.
@@ -367,6 +369,7 @@ pub async fn history(
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DisclosureQuery {
     /// The previous page's `next_after` (a disclosure `seq`). Default: from the first.
@@ -517,6 +520,50 @@ pub async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method; see /v1/openapi.json",
     )
+}
+
+/// Restrict the processing of a customer's data, or lift the restriction (GDPR Art. 18; role
+/// `admin`). While restricted the record is kept and still takes commands, but nothing of it
+/// is delivered: consumers that were receiving it get a restriction notice, and a resume
+/// notice when it is lifted. Recorded as an event (source `admin`); the same state again
+/// records nothing.
+#[utoipa::path(
+    post, path = "/v1/customers/{customer_id}/restriction", tag = "commands",
+    params(("customer_id" = uuid::Uuid, Path)),
+    request_body = RestrictionRequest,
+    responses(
+        (status = 200, body = RestrictionView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_registered, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_body, invalid_value (reason)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn restrict(
+    State(state): State<AppState>,
+    Authorized(..): Authorized<Admins>,
+    PathParams(params): PathParams,
+    JsonBody(body): JsonBody<RestrictionRequest>,
+) -> Result<Json<RestrictionView>, ApiError> {
+    let customer = customer_param(&params)?;
+    let executed = state
+        .app
+        .restrict(customer, body.actor, &body.reason, body.restricted)
+        .await
+        .map_err(|e| record_refusal(e.into()))?;
+    let changed = matches!(
+        executed.result.outcomes.as_slice(),
+        [Outcome::Restriction { changed: true, .. }]
+    );
+    metrics::command(if changed { "applied" } else { "unchanged" });
+    Ok(Json(RestrictionView {
+        customer_id: customer,
+        restricted: body.restricted,
+        changed,
+        stream_version: executed.result.stream_version,
+    }))
 }
 
 /// Erase a customer (right to erasure; role `admin`): their data key is destroyed, so every

@@ -37,6 +37,10 @@ pub struct RecordView {
     pub registered_at: Option<DateTime<Utc>>,
     /// Events in the customer's stream; also the record's ETag.
     pub stream_version: u64,
+    /// Since when the processing of the customer's data is restricted (GDPR Art. 18):
+    /// nothing is delivered while it is. Absent when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restricted_since: Option<DateTime<Utc>>,
     pub fields: Vec<FieldView>,
     pub consents: Vec<ConsentView>,
     /// Values proposed by non-authoritative sources, waiting for a steward.
@@ -198,6 +202,7 @@ impl RecordView {
             evaluated_at: at,
             registered_at: state.registered_at,
             stream_version: state.stream_version,
+            restricted_since: state.restricted.as_ref().map(|r| r.since),
             fields,
             consents,
             proposals,
@@ -350,6 +355,18 @@ pub struct ErasureView {
     /// Always `admin`.
     pub source: String,
     pub reason: String,
+}
+
+/// The result of setting or lifting a restriction of processing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RestrictionView {
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    pub restricted: bool,
+    /// Whether this request changed it (`false`: it already was so; nothing recorded).
+    pub changed: bool,
+    /// The stream version after the request.
+    pub stream_version: u64,
 }
 
 /// A registered consumer of deliveries. A webhook's secret is never shown.

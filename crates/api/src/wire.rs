@@ -129,6 +129,19 @@ pub struct ErasureRequest {
     pub actor: idledger_domain::ids::Actor,
 }
 
+/// `POST /v1/customers/{id}/restriction`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestrictionRequest {
+    /// `true` restricts processing (GDPR Art. 18), `false` lifts the restriction.
+    pub restricted: bool,
+    /// Why (e.g. the ticket of the data subject's request; 1 to 1000 characters).
+    pub reason: String,
+    /// Who decided it: `{"kind": "agent", "id": "dpo@example.org"}`.
+    #[schema(value_type = Object)]
+    pub actor: idledger_domain::ids::Actor,
+}
+
 /// `POST /v1/consumers`: register a consumer of deliveries (role `admin`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -75,6 +75,14 @@ async fn every_role_against_every_route(engine: Engine) {
         ),
         (
             Method::POST,
+            "/v1/customers/{c}/restriction",
+            Some(
+                json!({"restricted": true, "reason": "art. 18", "actor": {"kind": "agent", "id": "dpo"}}),
+            ),
+            &["admin"],
+        ),
+        (
+            Method::POST,
             "/v1/consumers",
             Some(
                 json!({"id": "new-{n}", "channel": "nats", "fields": ["email"], "purposes": ["service"]}),
@@ -343,6 +351,35 @@ async fn revoked_and_malformed_tokens_are_unauthenticated(engine: Engine) {
         me(format!("Bearer {}", issued.secret)).await.status(),
         StatusCode::OK
     );
+    // The use is recorded (off the request's path, so it may take a moment).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokens
+        .get(issued.record.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "last use not recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A rotated token works until its overlap ends; then it is refused like a revoked one.
+    let rotated = tokens
+        .rotate(issued.record.id, chrono::Duration::zero())
+        .await
+        .unwrap()
+        .unwrap();
+    let expired = me(format!("Bearer {}", issued.secret)).await;
+    assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me(format!("Bearer {}", rotated.secret)).await.status(),
+        StatusCode::OK
+    );
+    let issued = rotated;
     tokens.revoke(issued.record.id).await.unwrap();
     let revoked = me(format!("Bearer {}", issued.secret)).await;
     assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED);

@@ -23,6 +23,8 @@ on_both_engines!(
     the_feed_refuses_callers_and_input_it_should,
     an_erased_customer_brings_one_erasure_notice,
     an_expired_value_reaches_the_feed_as_cleared,
+    a_restriction_pauses_delivery_with_a_notice_and_a_resume,
+    a_token_holds_a_bounded_number_of_event_streams,
 );
 
 const SECRET: &str = "whsec-0123456789abcdef-never-shown";
@@ -979,4 +981,138 @@ async fn an_expired_value_reaches_the_feed_as_cleared(engine: Engine) {
         [("idledger.consent.withdrawn.v1".to_owned(), c.clone())]
     );
     assert_eq!(events[0]["data"]["reason"], "never_granted");
+}
+
+async fn restrict(app: &TestApp, c: &str, restricted: bool) -> Value {
+    let reply = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{c}/restriction"),
+            Some("admin"),
+            None,
+            Some(&json!({"restricted": restricted, "reason": "art. 18 request #7", "actor": {"kind": "agent", "id": "dpo"}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.body
+}
+
+async fn a_restriction_pauses_delivery_with_a_notice_and_a_resume(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(feed_consumer("crm-sync", &["marketing"]))
+        .await;
+    let ada = customer(&app, 1, &["marketing"]).await;
+    let (events, mut after) = feed_page(&app, "consumer", "").await;
+    assert_eq!(kinds(&events), [change(&ada)]);
+
+    // Restricted: one notice (keep, do not use), then nothing of the customer.
+    let body = restrict(&app, &ada, true).await;
+    assert_eq!(
+        (body["restricted"].as_bool(), body["changed"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let again = restrict(&app, &ada, true).await;
+    assert_eq!(again["changed"], false, "restricting twice records nothing");
+    let record = app.get(&format!("/v1/customers/{ada}"), "auditor").await;
+    assert!(record.body["restricted_since"].is_string());
+    app.command("idp", &ada, "during", set_email(2)).await;
+    let (events, next) = feed_page(&app, "consumer", &format!("?after={after}")).await;
+    after = next;
+    assert_eq!(
+        kinds(&events),
+        [("idledger.processing.restricted.v1".to_owned(), ada.clone())]
+    );
+    assert_eq!(events[0]["data"]["action"], "restrict");
+    assert_eq!(events[0]["data"]["fields"], json!(["email"]));
+    // Lifted: a resume notice at once; then changes flow again.
+    let lifted = restrict(&app, &ada, false).await;
+    assert_eq!(lifted["changed"], true);
+    let (events, next) = feed_page(&app, "consumer", &format!("?after={after}")).await;
+    after = next;
+    assert_eq!(
+        kinds(&events),
+        [("idledger.consent.granted.v1".to_owned(), ada.clone())]
+    );
+    app.command("idp", &ada, "after-lift", set_email(3)).await;
+    let (events, next) = feed_page(&app, "consumer", &format!("?after={after}")).await;
+    after = next;
+    assert_eq!(kinds(&events), [change(&ada)]);
+    assert_eq!(events[0]["data"]["value"], "user3@example.org");
+
+    // A withdrawal while restricted: the consumer holds the data, so it is told to delete it.
+    // (Read together, the two would be one withdrawal notice: decided on the state now.)
+    restrict(&app, &ada, true).await;
+    let (events, next) = feed_page(&app, "consumer", &format!("?after={after}")).await;
+    after = next;
+    assert_eq!(
+        kinds(&events),
+        [("idledger.processing.restricted.v1".to_owned(), ada.clone())]
+    );
+    withdraw(&app, &ada, "marketing").await;
+    let (events, _) = feed_page(&app, "consumer", &format!("?after={after}")).await;
+    assert_eq!(
+        kinds(&events),
+        [("idledger.consent.withdrawn.v1".to_owned(), ada.clone())]
+    );
+
+    // Only admins restrict; a reason is required; an unknown customer is named.
+    let path = format!("/v1/customers/{ada}/restriction");
+    let body = json!({"restricted": true, "reason": "x", "actor": {"kind": "agent", "id": "dpo"}});
+    app.send(Method::POST, &path, Some("steward"), None, Some(&body))
+        .await
+        .problem(403, "forbidden_role");
+    let blank = json!({"restricted": true, "reason": " ", "actor": {"kind": "agent", "id": "dpo"}});
+    app.send(Method::POST, &path, Some("admin"), None, Some(&blank))
+        .await
+        .problem(422, "invalid_value");
+    let unknown = format!("/v1/customers/{}/restriction", uuid::Uuid::now_v7());
+    app.send(Method::POST, &unknown, Some("admin"), None, Some(&body))
+        .await
+        .problem(404, "not_registered");
+}
+
+async fn a_token_holds_a_bounded_number_of_event_streams(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(feed_consumer("crm-sync", &["marketing"]))
+        .await;
+    let max = idledger_api::FeedSettings::default().max_streams_per_token;
+    let mut open = Vec::new();
+    for _ in 0..max {
+        open.push(SseReader::open(&app, "consumer", None).await);
+    }
+    let refused = app
+        .client
+        .get(app.url("/v1/feed"))
+        .bearer_auth(app.token("consumer"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "too_many_streams");
+    // Pages are not streams: NDJSON still answers.
+    feed_page(&app, "consumer", "").await;
+    // Closing a stream gives its place back.
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = app
+            .client
+            .get(app.url("/v1/feed"))
+            .bearer_auth(app.token("consumer"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        if again.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed stream's place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -604,8 +604,13 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         json!([{"op": "set_field", "field": "shoe_size", "value": 1}]),
     )
     .await;
+    // An invented method is counted, under a bounded label.
+    let invented = Method::from_bytes(b"BREW-COFFEE-7").unwrap();
+    app.send(invented, "/healthz", None, None, None).await;
     let metrics = app.send(Method::GET, "/metrics", None, None, None).await;
     assert_eq!(metrics.status, StatusCode::OK);
+    assert!(!metrics.text.contains("BREW-COFFEE-7"));
+    assert!(metrics.text.contains("method=\"other\""));
     for needle in [
         "idledger_http_requests_total",
         "idledger_http_request_duration_seconds_bucket",
@@ -634,6 +639,10 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/v1/customers/{customer_id}/fields/{field}/history", "get"),
         ("/v1/customers/{customer_id}/erasure", "post"),
         ("/v1/customers/{customer_id}/handoffs", "get"),
+        ("/v1/customers/{customer_id}/disclosures", "get"),
+        ("/v1/sources/{source_id}/disclosures", "get"),
+        ("/v1/customers/{customer_id}/export", "get"),
+        ("/v1/customers/{customer_id}/restriction", "post"),
         ("/v1/consumers", "post"),
         ("/v1/consumers", "get"),
         ("/v1/consumers/{consumer_id}", "get"),
@@ -672,4 +681,39 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
     assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+    // Every path parameter is in its path's template, and query parameters are in the query
+    // (a schema-driven client or fuzzer must be able to reach them).
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            let codes = op["responses"].as_object().unwrap();
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                for code in ["401", "403"] {
+                    assert!(codes.contains_key(code), "{method} {path} lacks {code}");
+                }
+            }
+            if op.get("requestBody").is_some() {
+                for code in ["400", "415", "422"] {
+                    assert!(codes.contains_key(code), "{method} {path} lacks {code}");
+                }
+            }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                if p["in"] == "path" {
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: '{name}' is declared a path parameter"
+                    );
+                }
+            }
+        }
+    }
+    let record = &paths["/v1/customers/{customer_id}"]["get"]["parameters"];
+    let as_of = record
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "as_of")
+        .unwrap();
+    assert_eq!(as_of["in"], "query");
+    assert_ne!(as_of["required"], true);
 }

@@ -26,6 +26,7 @@ on_both_engines!(
     a_bulk_dismissal_reports_per_item,
     erasure_closes_a_customers_exceptions_and_drops_their_evidence,
     a_bad_exception_query_is_invalid_query_naming_the_parameter,
+    a_restricted_customer_is_owed_nothing_while_restricted,
 );
 
 fn set(field: &str, value: &str) -> Value {
@@ -895,4 +896,28 @@ async fn a_snapshot_upload_is_checked_before_it_is_read(engine: Engine) {
         .await
         .unwrap();
     Reply::from(unknown).await.problem(404, "unknown_consumer");
+}
+
+/// Nothing is delivered while processing is restricted, so reconciliation finds nothing owed
+/// for the customer; once the restriction is lifted the undelivered change is found again.
+async fn a_restricted_customer_is_owed_nothing_while_restricted(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["email"],
+        "purposes": ["service"], "sla_secs": 0,
+    }))
+    .await;
+    let c = customer(&app, &[("email", "ada@example.org")], true).await;
+    let restriction = |restricted: bool| json!({"restricted": restricted, "reason": "art. 18", "actor": {"kind": "agent", "id": "dpo"}});
+    let path = format!("/v1/customers/{c}/restriction");
+    let reply = post(&app, &path, "admin", &restriction(true)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let run = reconcile(&app, "crm-sync").await;
+    assert!(counts(&run)["undelivered"].is_null(), "{run}");
+    assert_eq!(run["report"]["consumers"][0]["customers_checked"], 0);
+    assert!(exceptions(&app, &format!("?customer={c}")).await.is_empty());
+    let reply = post(&app, &path, "admin", &restriction(false)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let run = reconcile(&app, "crm-sync").await;
+    assert_eq!(counts(&run)["undelivered"], 1, "{run}");
 }

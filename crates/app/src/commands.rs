@@ -1,10 +1,10 @@
 //! Running commands, and the exceptions they open for stewards.
 
 use chrono::Utc;
-use idledger_domain::command::{Command, Principal, Refusal};
+use idledger_domain::command::{Change, Command, Principal, ProvenanceInput, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::field::FieldPath;
-use idledger_domain::ids::{Actor, CustomerId, SourceId};
+use idledger_domain::ids::{Actor, CustomerId, IdempotencyKey, SourceId};
 use idledger_domain::policy::ADMIN_SOURCE;
 use idledger_domain::state::Erasure;
 use idledger_store::delivery::{ExceptionKind, NewSyncException};
@@ -103,6 +103,47 @@ impl App {
         if let Err(e) = opened {
             tracing::warn!(error = %e, kind = kind.as_str(), "could not open a sync exception");
         }
+    }
+
+    /// Restricts (or, with `restricted` false, lifts the restriction of) the processing of a
+    /// customer's data (GDPR Art. 18) as the administrator `actor`: while it holds, nothing
+    /// of the customer is delivered. Setting the state it already has records nothing.
+    pub async fn restrict(
+        &self,
+        customer: CustomerId,
+        actor: Actor,
+        reason: &str,
+        restricted: bool,
+    ) -> Result<Executed, ExecuteError> {
+        let change = if restricted {
+            Change::RestrictProcessing {
+                reason: reason.to_owned(),
+            }
+        } else {
+            Change::LiftRestriction {
+                reason: reason.to_owned(),
+            }
+        };
+        let key = IdempotencyKey::parse(&format!("restriction:{}", uuid::Uuid::now_v7()))
+            .map_err(|e| ExecuteError::Store(StoreError::Integrity(e.to_string())))?;
+        let command = Command {
+            customer_id: customer,
+            idempotency_key: key,
+            provenance: ProvenanceInput {
+                actor: actor.clone(),
+                on_behalf_of: None,
+                evidence: None,
+                observed_at: None,
+                correlation_id: None,
+                causation_id: None,
+                reason: None,
+            },
+            changes: vec![change],
+            expected_stream_version: None,
+        };
+        self.ledger
+            .execute(&Principal::Admin(actor), &command)
+            .await
     }
 
     /// Erases a customer's record (right to erasure) as the administrator: see

@@ -28,7 +28,9 @@ use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 pub use export::SubjectExport;
 pub use reads::{ReadError, Reader, RecordRead};
 pub use retention::{RetentionError, RetentionProgress, RetentionReport};
-pub use stewardship::{ActError, ActionDone, ExceptionQuery, QueryError, Steward, StewardRequest};
+pub use stewardship::{
+    ActError, ActionDone, ExceptionQuery, QueryError, Steward, StewardRequest, parse_age,
+};
 
 /// The use cases over one store. Cheap to clone.
 #[derive(Debug, Clone)]

@@ -223,8 +223,9 @@ fn value(parameter: &'static str, e: ValueError) -> QueryError {
     QueryError::new(parameter, e)
 }
 
-/// `45s`, `90m`, `4h`, `2d`, or a bare number of minutes; at most 10 years.
-fn parse_age(raw: &str) -> Option<Duration> {
+/// `45s`, `90m`, `4h`, `2d`, or a bare number of minutes; at most 10 years. The one parser of
+/// ages and durations an edge takes (exception filters, token expiry and overlap).
+pub fn parse_age(raw: &str) -> Option<Duration> {
     let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => raw.split_at(i),
         None => (raw, "m"),

@@ -89,6 +89,9 @@ pub enum Command {
     /// Export everything about a customer for the data subject (access and portability):
     /// the record, every event with provenance, handoffs, disclosures and sync exceptions.
     Export(crate::commands::export::ExportArgs),
+    /// Restrict the processing of a customer's data (GDPR Art. 18: kept, nothing delivered),
+    /// or lift the restriction with --lift.
+    Restrict(crate::commands::restrict::RestrictArgs),
     /// Run a guided scenario on a fresh embedded store, through the HTTP API, and print each
     /// step.
     Demo,
@@ -162,6 +165,28 @@ pub enum TokenCommand {
     List(JsonArg),
     /// Revoke a token by id; it stops working at once.
     Revoke(TokenRevokeArgs),
+    /// Replace a token with a new one (printed once) for the same role, system and label;
+    /// the old one keeps working for --overlap, so clients switch without an outage.
+    Rotate(TokenRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRotateArgs {
+    /// The token's id (from `idledger token list`).
+    #[arg(value_name = "TOKEN_ID")]
+    pub id: uuid::Uuid,
+    /// How long the old token keeps working: 45s, 90m, 4h, 2d (at most 10 years).
+    #[arg(long, value_name = "AGE", default_value = "1d", value_parser = parse_duration)]
+    pub overlap: chrono::Duration,
+    /// Print the new token and its record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(raw: &str) -> Result<chrono::Duration, String> {
+    idledger_app::parse_age(raw).ok_or_else(|| {
+        format!("'{raw}' is not a duration such as 45s, 90m, 4h or 2d (at most 10 years)")
+    })
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +204,9 @@ pub struct TokenCreateArgs {
     /// A note for people: who holds it, where it is deployed. [default: the role and id]
     #[arg(long, value_name = "TEXT")]
     pub label: Option<String>,
+    /// Let it expire after this long: 45s, 90m, 4h, 2d (at most 10 years). [default: never]
+    #[arg(long, value_name = "AGE", value_parser = parse_duration)]
+    pub expires_in: Option<chrono::Duration>,
     /// Print the token and its record as JSON.
     #[arg(long)]
     pub json: bool,

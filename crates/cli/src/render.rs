@@ -81,6 +81,16 @@ pub fn outcome(o: &Outcome) -> String {
                 if *accepted { "accepted" } else { "rejected" }
             )
         }
+        Outcome::Restriction {
+            restricted,
+            changed,
+        } => match (restricted, changed) {
+            (true, true) => "processing restricted: nothing is delivered until it is lifted",
+            (true, false) => "unchanged: processing was already restricted",
+            (false, true) => "restriction lifted: deliveries resume",
+            (false, false) => "unchanged: processing was not restricted",
+        }
+        .to_owned(),
         Outcome::StewardActed {
             exception_id,
             action,
@@ -107,6 +117,8 @@ pub fn field_version(payload: &EventPayload) -> Option<u64> {
         | EventPayload::ProposalAccepted { .. }
         | EventPayload::ProposalRejected { .. }
         | EventPayload::StewardActed { .. }
+        | EventPayload::ProcessingRestricted { .. }
+        | EventPayload::RestrictionLifted { .. }
         | EventPayload::CustomerErased { .. } => None,
     }
 }
@@ -133,6 +145,10 @@ pub fn payload(p: &EventPayload) -> String {
         }
         EventPayload::FieldCleared { .. } => "cleared".to_owned(),
         EventPayload::FieldExpired { .. } => "expired (retention)".to_owned(),
+        EventPayload::ProcessingRestricted { reason } => {
+            format!("processing restricted: {reason}")
+        }
+        EventPayload::RestrictionLifted { reason } => format!("restriction lifted: {reason}"),
         EventPayload::StewardActed {
             exception_id,
             consumer_id,

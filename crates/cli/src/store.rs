@@ -109,33 +109,54 @@ async fn master_key(settings: &Settings, log: &EventLog) -> anyhow::Result<Maste
     generate_key_file(path)
 }
 
-/// Refuses a master key that cannot unwrap the first customer's data key. Without this, a
-/// wrong key goes unnoticed by reads served from the projection, and new customers' data keys
-/// would be wrapped under it: one store, two master keys.
+/// Refuses a master key that is not the one the store was written with. The store keeps the
+/// key's check value (recorded the first time a key is known to be right: on a new store, or
+/// once it unwrapped a customer's data key), so a wrong key is refused even when every
+/// customer whose data key could have told was erased. Without this, reads served from the
+/// projection would not notice, and new data keys would be wrapped under the wrong key: one
+/// store, two master keys.
 async fn check_key_matches(
     settings: &Settings,
     log: &EventLog,
     key: &MasterKey,
 ) -> anyhow::Result<()> {
-    let first = log.read_all(0, 1).await.context("cannot read the log")?;
-    let Some(event) = first.first() else {
-        return Ok(());
-    };
-    // A shredded customer has no key left to check against.
-    let Some(wrapped) = log.data_key(event.customer_id).await? else {
-        return Ok(());
-    };
-    if key.unwrap_key(&wrapped, event.customer_id).is_err() {
+    let wrong = || {
         let source = match &settings.master_key {
             KeySource::Env(_) => MASTER_KEY_ENV.to_owned(),
             KeySource::File { path, .. } => format!("the key file {}", path.display()),
         };
-        bail!(
+        anyhow::anyhow!(
             "the master key from {source} is not the key the database {} was written with",
             settings.database
-        );
+        )
+    };
+    let stored = log
+        .master_key_check()
+        .await
+        .context("cannot read the master key's check value")?;
+    if let Some(stored) = stored {
+        return if key.matches_check(&stored) {
+            Ok(())
+        } else {
+            Err(wrong())
+        };
     }
-    Ok(())
+    // A store from before check values: a data key tells (any customer's, not only the
+    // first's, who may be erased). With none left, nothing readable remains to protect.
+    if let Some((customer, wrapped)) = log.any_data_key().await?
+        && key.unwrap_key(&wrapped, customer).is_err()
+    {
+        return Err(wrong());
+    }
+    let standing = log
+        .record_master_key_check(&key.check_value())
+        .await
+        .context("cannot record the master key's check value")?;
+    if key.matches_check(&standing) {
+        Ok(())
+    } else {
+        Err(wrong())
+    }
 }
 
 fn read_key_file(path: &Path) -> anyhow::Result<Option<MasterKey>> {

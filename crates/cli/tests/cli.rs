@@ -511,6 +511,41 @@ fn export_writes_json_or_a_csv_zip_whole_and_never_over_a_file() {
 }
 
 #[test]
+fn restrict_sets_and_lifts_a_restriction_of_processing() {
+    let dir = TempDir::new("restrict");
+    let (ada, _) = demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let restrict = |extra: &[&str]| {
+        let mut args = vec![
+            "--database",
+            &url,
+            "restrict",
+            &ada,
+            "--as",
+            "dpo@example.org",
+        ];
+        args.extend_from_slice(extra);
+        idledger(&dir, &args)
+    };
+    restrict(&["--reason", "art. 18 request #7"])
+        .success()
+        .stdout_has(&["processing restricted: nothing is delivered until it is lifted"]);
+    restrict(&["--reason", "again"])
+        .success()
+        .stdout_has(&["unchanged: processing was already restricted"]);
+    let run = idledger(&dir, &["--database", &url, "record", &ada, "--json"]).success();
+    let record: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(record["restricted_since"].is_string());
+    restrict(&["--reason", "resolved", "--lift"])
+        .success()
+        .stdout_has(&["restriction lifted: deliveries resume"]);
+    restrict(&["--reason", " "])
+        .exit(1)
+        .stderr_has(&["refused (invalid_value)"]);
+    restrict(&[]).exit(2);
+}
+
+#[test]
 fn bad_customer_ids_and_fields_are_usage_errors() {
     let dir = TempDir::new("usage");
     idledger(&dir, &["history", "not-a-customer", "email"])
@@ -1297,4 +1332,95 @@ fn retention_run_counts_on_a_dry_run_then_deletes() {
         .stderr_has(&["retention.idempotency_days", "at least 1 day"]);
     // A mistyped command is a usage error.
     idledger(&dir, &db(&["retention", "run", "--dry"])).exit(2);
+}
+
+/// A wrong master key is refused whatever was erased: the store keeps the key's check value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_master_key_is_refused_even_when_the_first_customer_was_erased() {
+    let store = TestStore::new(Engine::Sqlite).await;
+    let app = App::new(store.ledger.clone());
+    let (first, second) = (new_customer(), new_customer());
+    for (customer, name) in [(first, "Ann"), (second, "Bo")] {
+        let register = command(
+            customer,
+            &format!("register-{name}"),
+            vec![Change::Register, set("name.given", serde_json::json!(name))],
+        );
+        app.run_command(&source("idp"), &register).await.unwrap();
+    }
+    app.erase(
+        first,
+        idledger_testkit::builders::dpo(),
+        "subject's request",
+    )
+    .await
+    .unwrap();
+    let dir = TempDir::new("key-check");
+    let url = store.db.url.clone();
+    let wrong = "11".repeat(32);
+    let record = |key: &str| {
+        idledger_with_env(
+            &dir,
+            &["--database", &url, "record", &second.to_string()],
+            &[("IDLEDGER__MASTER_KEY", key)],
+        )
+    };
+    // The first customer's key is gone; the second's still tells.
+    record(&wrong)
+        .exit(1)
+        .stderr_has(&["is not the key the database"]);
+    record(store.master_hex()).success().stdout_has(&["Bo"]);
+    // Now every customer is erased: no data key is left, the check value still tells.
+    app.erase(
+        second,
+        idledger_testkit::builders::dpo(),
+        "subject's request",
+    )
+    .await
+    .unwrap();
+    record(&wrong)
+        .exit(1)
+        .stderr_has(&["is not the key the database"]);
+}
+
+#[test]
+fn tokens_expire_and_rotate_from_the_command_line() {
+    let dir = TempDir::new("token-lifecycle");
+    let run = idledger(
+        &dir,
+        &[
+            "token",
+            "create",
+            "--role",
+            "auditor",
+            "--expires-in",
+            "2d",
+            "--json",
+        ],
+    )
+    .success();
+    let created: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(created["record"]["expires_at"].is_string());
+    let id = created["record"]["id"].as_str().unwrap().to_owned();
+    let run = idledger(&dir, &["token", "rotate", &id, "--overlap", "1h", "--json"])
+        .success()
+        .stderr_has(&["keeps working until"]);
+    let rotated: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_ne!(rotated["token"], created["token"]);
+    assert_eq!(rotated["record"]["role"], "auditor");
+    idledger(&dir, &["token", "list"])
+        .success()
+        .stdout_has(&["expires", "last used", &id]);
+    idledger(
+        &dir,
+        &["token", "rotate", &uuid::Uuid::now_v7().to_string()],
+    )
+    .exit(1)
+    .stderr_has(&["no live token"]);
+    idledger(
+        &dir,
+        &["token", "create", "--role", "auditor", "--expires-in", "5x"],
+    )
+    .exit(2)
+    .stderr_has(&["not a duration"]);
 }

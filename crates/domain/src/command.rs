@@ -78,6 +78,15 @@ pub enum Change {
         proposal_id: ProposalId,
         reason: String,
     },
+    /// Administrator only: restrict the processing of the customer's data (GDPR Art. 18):
+    /// kept, not used; nothing is delivered while it holds.
+    RestrictProcessing {
+        reason: String,
+    },
+    /// Administrator only: lift a restriction of processing.
+    LiftRestriction {
+        reason: String,
+    },
     /// Steward only: records an action on a sync exception (see `EventPayload::StewardActed`).
     ActOnException {
         exception_id: Uuid,
@@ -105,6 +114,8 @@ impl Change {
             Self::AcceptProposal { .. } => "accept_proposal",
             Self::RejectProposal { .. } => "reject_proposal",
             Self::ActOnException { .. } => "act_on_exception",
+            Self::RestrictProcessing { .. } => "restrict_processing",
+            Self::LiftRestriction { .. } => "lift_restriction",
         }
     }
 }
@@ -150,9 +161,21 @@ pub enum Principal {
     /// A data steward; events record the reserved source `steward` and this actor (kind
     /// `steward`, the steward's name), whatever the command says.
     Steward(Actor),
+    /// An administrator (restriction of processing); events record the reserved source
+    /// `admin` and this actor.
+    Admin(Actor),
 }
 
 impl Principal {
+    /// The source its events record: its own, or the reserved `steward` / `admin`.
+    pub fn source_name(&self) -> &str {
+        match self {
+            Self::Source(s) => s.as_str(),
+            Self::Steward(_) => crate::policy::STEWARD_SOURCE,
+            Self::Admin(_) => crate::policy::ADMIN_SOURCE,
+        }
+    }
+
     /// A data steward known by `label` (a token's label, the CLI's `--as`).
     pub fn steward(label: &str) -> Result<Self, crate::values::ValueError> {
         Actor::new(ActorKind::Steward, label).map(Self::Steward)

@@ -17,7 +17,7 @@ use crate::field::{FieldKind, FieldPath, FieldValue};
 use crate::ids::{
     Actor, ActorKind, ChallengeId, EventId, IdempotencyKey, ProposalId, Purpose, SourceId,
 };
-use crate::policy::{Policy, RETENTION_SOURCE, STEWARD_SOURCE, WriteMode};
+use crate::policy::{ADMIN_SOURCE, Policy, RETENTION_SOURCE, STEWARD_SOURCE, WriteMode};
 use crate::state::{ConsentState, ConsentStatus, CustomerState, evolve};
 use crate::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
 
@@ -55,6 +55,12 @@ pub enum Outcome {
     ProposalResolved {
         proposal_id: ProposalId,
         accepted: bool,
+    },
+    /// The customer's processing is (`restricted`) or is no longer restricted; `changed`:
+    /// whether this command changed it.
+    Restriction {
+        restricted: bool,
+        changed: bool,
     },
     /// A steward's action on a sync exception was recorded.
     StewardActed {
@@ -100,6 +106,12 @@ pub fn decide(
                 reason: e.to_string(),
             })?,
             steward.clone(),
+        ),
+        Principal::Admin(admin) => (
+            SourceId::parse(ADMIN_SOURCE).map_err(|e| Refusal::InvalidCommand {
+                reason: e.to_string(),
+            })?,
+            admin.clone(),
         ),
     };
     let provenance = Provenance {
@@ -399,6 +411,23 @@ impl Decider<'_, '_> {
                 reason: "only data stewards resolve proposals and sync exceptions".to_owned(),
             });
         }
+        let admin_op = matches!(
+            change,
+            Change::RestrictProcessing { .. } | Change::LiftRestriction { .. }
+        );
+        let is_admin = matches!(self.ctx.principal, Principal::Admin(_));
+        if admin_op != is_admin {
+            return Err(Refusal::Forbidden {
+                reason: if is_admin {
+                    format!(
+                        "administrators restrict processing here; {} is not theirs",
+                        change.op()
+                    )
+                } else {
+                    "only administrators restrict the processing of a customer's data".to_owned()
+                },
+            });
+        }
         match change {
             Change::Register => self.register(),
             Change::SetField {
@@ -441,6 +470,8 @@ impl Decider<'_, '_> {
                 Ok(self.propose(field, value))
             }
             Change::AcceptProposal { proposal_id } => self.accept(*proposal_id),
+            Change::RestrictProcessing { reason } => self.restrict(true, reason),
+            Change::LiftRestriction { reason } => self.restrict(false, reason),
             Change::RejectProposal {
                 proposal_id,
                 reason,
@@ -843,6 +874,24 @@ impl Decider<'_, '_> {
         Ok(Outcome::Applied {
             field: field.clone(),
             version,
+        })
+    }
+
+    /// Sets or lifts a restriction of processing; the same state again records nothing.
+    fn restrict(&mut self, restricted: bool, reason: &str) -> Result<Outcome, Refusal> {
+        check_reason(reason)?;
+        let changed = self.state.restricted.is_some() != restricted;
+        if changed {
+            let reason = reason.trim().to_owned();
+            self.emit(if restricted {
+                EventPayload::ProcessingRestricted { reason }
+            } else {
+                EventPayload::RestrictionLifted { reason }
+            });
+        }
+        Ok(Outcome::Restriction {
+            restricted,
+            changed,
         })
     }
 

@@ -71,6 +71,9 @@ string_enum! {
         Receiving = "receiving",
         /// It was sent a withdrawal notice and nothing since.
         Withdrawn = "withdrawn",
+        /// It was sent a restriction notice (GDPR Art. 18: keep the data, do not use it) and
+        /// nothing since.
+        Restricted = "restricted",
         /// It was sent the erasure notice of the customer: final, nothing of the customer
         /// follows.
         Erased = "erased",

@@ -181,6 +181,15 @@ pub enum EventPayload {
     CustomerErased {
         reason: String,
     },
+    /// An administrator restricted the processing of the customer's data (GDPR Art. 18):
+    /// kept, but nothing is delivered until the restriction is lifted.
+    ProcessingRestricted {
+        reason: String,
+    },
+    /// An administrator lifted the restriction of processing.
+    RestrictionLifted {
+        reason: String,
+    },
     /// A data steward acted on a sync exception about `consumer_id`. Changes nothing in the
     /// record (an accepted value is its own `field_set` in the same command); recorded so
     /// every steward action shows in the field's history. A re-push carries the value re-sent,
@@ -216,6 +225,8 @@ impl EventPayload {
             Self::ProposalRejected { .. } => "proposal_rejected",
             Self::CustomerErased { .. } => "customer_erased",
             Self::StewardActed { .. } => "steward_acted",
+            Self::ProcessingRestricted { .. } => "processing_restricted",
+            Self::RestrictionLifted { .. } => "restriction_lifted",
         }
     }
 
@@ -223,7 +234,10 @@ impl EventPayload {
     /// registration and erasure. Stores index history by it.
     pub fn field(&self) -> Option<FieldPath> {
         match self {
-            Self::CustomerRegistered | Self::CustomerErased { .. } => None,
+            Self::CustomerRegistered
+            | Self::CustomerErased { .. }
+            | Self::ProcessingRestricted { .. }
+            | Self::RestrictionLifted { .. } => None,
             Self::FieldSet { field, .. }
             | Self::FieldCleared { field, .. }
             | Self::FieldExpired { field, .. }

@@ -265,16 +265,7 @@ impl FieldValue {
                 if !json.is_object() {
                     return Err(wrong_type("an object"));
                 }
-                // The address's own error already reads "invalid postal address: …".
-                Self::PostalAddress(PostalAddress::deserialize(json).map_err(|e| {
-                    ValueError {
-                        what: "postal address",
-                        reason: e
-                            .to_string()
-                            .trim_start_matches("invalid postal address: ")
-                            .to_owned(),
-                    }
-                })?)
+                Self::PostalAddress(PostalAddress::from_json(json)?)
             }
             FieldKind::BirthDate => Self::BirthDate(BirthDate::parse(text()?)?),
             FieldKind::Locale => Self::Locale(Locale::parse(text()?)?),

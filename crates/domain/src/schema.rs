@@ -12,7 +12,7 @@ use crate::event::Event;
 pub const CURRENT_SCHEMA_VERSION: u16 = 1;
 
 /// Every event type name ever written. Renaming one is a breaking change to the log.
-pub const EVENT_TYPES: [&str; 14] = [
+pub const EVENT_TYPES: [&str; 16] = [
     "customer_registered",
     "field_set",
     "field_cleared",
@@ -27,6 +27,8 @@ pub const EVENT_TYPES: [&str; 14] = [
     "customer_erased",
     "steward_acted",
     "field_expired",
+    "processing_restricted",
+    "restriction_lifted",
 ];
 
 /// An event as stored: type name, schema version and JSON data (payload, provenance, policy

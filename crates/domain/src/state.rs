@@ -163,6 +163,17 @@ pub struct CustomerState {
     /// it: consumers order a field's changes by version.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expired_consents: BTreeMap<Purpose, u64>,
+    /// Set while the processing of the customer's data is restricted (GDPR Art. 18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restricted: Option<Restriction>,
+}
+
+/// A restriction of processing: since when, by whom, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    pub since: DateTime<Utc>,
+    pub by: crate::ids::Actor,
+    pub reason: String,
 }
 
 /// A field as a consumer that holds the record holds it: the version of the change that made
@@ -446,8 +457,17 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
         }
         // A record of what a steward did; the record itself is unchanged.
         EventPayload::StewardActed { .. } => {}
+        EventPayload::ProcessingRestricted { reason } => {
+            state.restricted = Some(Restriction {
+                since: at,
+                by: prov.actor.clone(),
+                reason: reason.clone(),
+            });
+        }
+        EventPayload::RestrictionLifted { .. } => state.restricted = None,
         EventPayload::CustomerErased { reason } => {
             // Registration stays so that the customer reads as erased rather than unknown.
+            state.restricted = None;
             state.fields.clear();
             state.consents.clear();
             state.proposals.clear();

@@ -35,7 +35,31 @@ impl ValueError {
 /// Display, `AsRef<str>`, `FromStr`, `TryFrom<&str | String>`, `From<T> for String` and serde
 /// (as a string, deserialised through `parse`) for a type with `parse(&str)` and `as_str()`.
 macro_rules! str_conversions {
+    // `stored`: how a value already recorded is read back, when input rules have since become
+    // stricter than the rules it was accepted under (stored events are never rewritten).
+    ($ty:ty, stored = $stored:path) => {
+        $crate::values::str_conversions!(@common $ty);
+        impl<'de> ::serde::Deserialize<'de> for $ty {
+            fn deserialize<D: ::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::core::result::Result<Self, D::Error> {
+                let s = <::std::string::String as ::serde::Deserialize>::deserialize(deserializer)?;
+                $stored(&s).map_err(<D::Error as ::serde::de::Error>::custom)
+            }
+        }
+    };
     ($ty:ty) => {
+        $crate::values::str_conversions!(@common $ty);
+        impl<'de> ::serde::Deserialize<'de> for $ty {
+            fn deserialize<D: ::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::core::result::Result<Self, D::Error> {
+                let s = <::std::string::String as ::serde::Deserialize>::deserialize(deserializer)?;
+                Self::parse(&s).map_err(<D::Error as ::serde::de::Error>::custom)
+            }
+        }
+    };
+    (@common $ty:ty) => {
         impl ::core::fmt::Display for $ty {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.write_str(self.as_str())
@@ -75,14 +99,6 @@ macro_rules! str_conversions {
                 serializer: S,
             ) -> ::core::result::Result<S::Ok, S::Error> {
                 serializer.serialize_str(self.as_str())
-            }
-        }
-        impl<'de> ::serde::Deserialize<'de> for $ty {
-            fn deserialize<D: ::serde::Deserializer<'de>>(
-                deserializer: D,
-            ) -> ::core::result::Result<Self, D::Error> {
-                let s = <::std::string::String as ::serde::Deserialize>::deserialize(deserializer)?;
-                Self::parse(&s).map_err(<D::Error as ::serde::de::Error>::custom)
             }
         }
     };
@@ -175,7 +191,11 @@ pub(crate) fn quoted(s: &str) -> String {
 /// Quotes one character for an error message; invisible ones are named by code point
 /// (`U+0000`), which a person can look up.
 pub(crate) fn quoted_char(c: char) -> String {
-    if c.is_control() || (c.is_whitespace() && c != ' ') || is_bidi_control(c) {
+    if c.is_control()
+        || (c.is_whitespace() && c != ' ')
+        || is_bidi_control(c)
+        || is_invisible_format(c)
+    {
         format!("U+{:04X}", u32::from(c))
     } else {
         format!("'{c}'")
@@ -187,6 +207,53 @@ pub(crate) fn quoted_char(c: char) -> String {
 /// identity data. The marks U+200E/U+200F stay allowed; mixed-script names may need them.
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Invisible format characters that make look-alike text differ: soft hyphen, the Mongolian
+/// vowel separator, the zero-width space, the word joiner and invisible operators, and the
+/// byte order mark. The zero-width (non-)joiners U+200C/U+200D stay allowed (Persian and Indic
+/// names need them), as do the directional marks (see [`is_bidi_control`]).
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{180E}' | '\u{200B}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+    )
+}
+
+/// How a text part is checked and normalised.
+type TextRule = fn(&'static str, &str, &str, usize) -> Result<String, ValueError>;
+
+/// [`text`], owned: the rules stored values were accepted under.
+fn stored_text(
+    what: &'static str,
+    label: &str,
+    raw: &str,
+    max: usize,
+) -> Result<String, ValueError> {
+    text(what, label, raw, max).map(str::to_owned)
+}
+
+/// [`text`] for what people read and compare (names, addresses): no invisible formatting
+/// characters, and in Unicode Normalization Form C, so the same name typed with composed or
+/// decomposed characters is one value (and one hash) and look-alikes cannot hide.
+fn visible_text(
+    what: &'static str,
+    label: &str,
+    raw: &str,
+    max: usize,
+) -> Result<String, ValueError> {
+    use unicode_normalization::UnicodeNormalization as _;
+    let s = text(what, label, raw, max)?;
+    if let Some(c) = s.chars().find(|c| is_invisible_format(*c)) {
+        return Err(ValueError::new(
+            what,
+            format!(
+                "{label} contains an invisible formatting character ({})",
+                quoted_char(c)
+            ),
+        ));
+    }
+    Ok(s.nfc().collect())
 }
 
 /// Trims `raw` and checks it is 1..=`max` characters of printable text (no control or
@@ -452,13 +519,23 @@ pub struct PersonName(String);
 impl PersonName {
     /// Collapses whitespace and checks the name.
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        Self::checked(raw, visible_text)
+    }
+
+    /// A name as recorded: under the rules of its day (before NFC and the refusal of
+    /// invisible characters), so that every stored event stays readable.
+    fn stored(raw: &str) -> Result<Self, ValueError> {
+        Self::checked(raw, stored_text)
+    }
+
+    fn checked(raw: &str, clean: TextRule) -> Result<Self, ValueError> {
         const WHAT: &str = "person name";
         let collapsed = raw.split_whitespace().collect::<Vec<_>>().join(" ");
-        let name = text(WHAT, "the name", &collapsed, 200)?;
+        let name = clean(WHAT, "the name", &collapsed, 200)?;
         if !name.chars().any(char::is_alphabetic) {
             return Err(ValueError::new(WHAT, "must contain at least one letter"));
         }
-        Ok(Self(name.to_owned()))
+        Ok(Self(name))
     }
 
     /// The normalised name.
@@ -467,7 +544,7 @@ impl PersonName {
     }
 }
 
-str_conversions!(PersonName);
+str_conversions!(PersonName, stored = PersonName::stored);
 
 // ---------------------------------------------------------------------------------------------
 // Country, jurisdiction
@@ -621,6 +698,19 @@ impl PostalAddress {
         postal_code: Option<&str>,
         country: CountryCode,
     ) -> Result<Self, ValueError> {
+        Self::build(lines, locality, region, postal_code, country, visible_text)
+    }
+
+    /// `new` with `clean` for the text parts: [`visible_text`] for input, the rules of their
+    /// day for an address already recorded (so every stored event stays readable).
+    fn build(
+        lines: Vec<String>,
+        locality: &str,
+        region: Option<&str>,
+        postal_code: Option<&str>,
+        country: CountryCode,
+        clean: TextRule,
+    ) -> Result<Self, ValueError> {
         const WHAT: &str = "postal address";
         if lines.is_empty() {
             return Err(ValueError::new(WHAT, "needs at least one address line"));
@@ -634,12 +724,12 @@ impl PostalAddress {
         let lines = lines
             .iter()
             .enumerate()
-            .map(|(i, line)| text(WHAT, &format!("line {}", i + 1), line, 200).map(str::to_owned))
+            .map(|(i, line)| clean(WHAT, &format!("line {}", i + 1), line, 200))
             .collect::<Result<Vec<_>, _>>()?;
-        let locality = text(WHAT, "the locality", locality, 100)?.to_owned();
+        let locality = clean(WHAT, "the locality", locality, 100)?;
         let region = match region.map(str::trim) {
             None | Some("") => None,
-            Some(region) => Some(text(WHAT, "the region", region, 32)?.to_owned()),
+            Some(region) => Some(clean(WHAT, "the region", region, 32)?),
         };
         let postal_code = match postal_code.map(str::trim) {
             None | Some("") => None,
@@ -721,28 +811,47 @@ impl fmt::Display for PostalAddress {
     }
 }
 
+/// A postal address's JSON form, before its parts are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAddress {
+    lines: Vec<String>,
+    locality: String,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    postal_code: Option<String>,
+    country: CountryCode,
+}
+
+impl RawAddress {
+    fn build(self, clean: TextRule) -> Result<PostalAddress, ValueError> {
+        PostalAddress::build(
+            self.lines,
+            &self.locality,
+            self.region.as_deref(),
+            self.postal_code.as_deref(),
+            self.country,
+            clean,
+        )
+    }
+}
+
+impl PostalAddress {
+    /// Parses an address as input (its JSON form), under today's rules ([`visible_text`]).
+    pub fn from_json(json: &serde_json::Value) -> Result<Self, ValueError> {
+        RawAddress::deserialize(json)
+            .map_err(|e| ValueError::new("postal address", e.to_string()))?
+            .build(visible_text)
+    }
+}
+
+/// Reads a recorded address under the rules it was accepted under (see `stored_text`).
 impl<'de> Deserialize<'de> for PostalAddress {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            lines: Vec<String>,
-            locality: String,
-            #[serde(default)]
-            region: Option<String>,
-            #[serde(default)]
-            postal_code: Option<String>,
-            country: CountryCode,
-        }
-        let raw = Raw::deserialize(deserializer)?;
-        Self::new(
-            raw.lines,
-            &raw.locality,
-            raw.region.as_deref(),
-            raw.postal_code.as_deref(),
-            raw.country,
-        )
-        .map_err(serde::de::Error::custom)
+        RawAddress::deserialize(deserializer)?
+            .build(stored_text)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -1406,6 +1515,47 @@ pub(crate) mod tests {
         c(
             "Jane \u{202e}eoD",
             Err("bidirectional formatting character (U+202E)"),
+        );
+        c(
+            "\u{645}\u{6cc}\u{200c}\u{631}",
+            Ok("\u{645}\u{6cc}\u{200c}\u{631}"),
+        );
+        // Input only (a stored name reads back as it was recorded, see below): composed and
+        // decomposed forms are one name (NFC), and invisible characters that make look-alikes
+        // are refused — but not the joiners Persian and Indic names need (above).
+        let input = |raw: &str| PersonName::parse(raw).map(|n| n.to_string());
+        assert_eq!(input("Jose\u{301}").unwrap(), "Jos\u{e9}");
+        assert_eq!(input("Zoe\u{308} A\u{30a}se").unwrap(), "Zo\u{eb} \u{c5}se");
+        for (raw, code) in [
+            ("Ja\u{200b}ne", "U+200B"),
+            ("Jane\u{ad}", "U+00AD"),
+            ("\u{feff}Jane", "U+FEFF"),
+            ("Ja\u{2060}ne", "U+2060"),
+        ] {
+            let err = input(raw).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("invisible formatting character ({code})")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_and_addresses_recorded_under_older_rules_still_read() {
+        // Stored events are never rewritten: what was accepted stays readable as it was.
+        let stored: PersonName = serde_json::from_str("\"Ja\u{200b}ne\"").unwrap();
+        assert_eq!(stored.as_str(), "Ja\u{200b}ne");
+        let decomposed: PersonName = serde_json::from_str("\"Jose\u{301}\"").unwrap();
+        assert_eq!(decomposed.as_str(), "Jose\u{301}");
+        let json = serde_json::json!({"lines": ["1\u{200b} Main St"], "locality": "Springfield", "country": "US"});
+        assert!(serde_json::from_value::<PostalAddress>(json.clone()).is_ok());
+        let err = PostalAddress::from_json(&json).unwrap_err().to_string();
+        assert!(err.contains("invisible formatting character"), "{err}");
+        let composed = serde_json::json!({"lines": ["Rue de l'E\u{301}glise"], "locality": "Orle\u{301}ans", "country": "FR"});
+        let address = PostalAddress::from_json(&composed).unwrap();
+        assert_eq!(
+            serde_json::to_value(&address).unwrap()["locality"],
+            "Orl\u{e9}ans"
         );
     }
 

@@ -1274,6 +1274,16 @@ fn every_event_type_round_trips_through_the_stored_schema() {
     s.policy = retention_policy();
     s.now += Duration::days(731);
     assert!(!s.expire().is_empty());
+    s.apply(admin(), agent(), vec![restrict("art. 18")])
+        .unwrap();
+    s.apply(
+        admin(),
+        agent(),
+        vec![Change::LiftRestriction {
+            reason: "resolved".into(),
+        }],
+    )
+    .unwrap();
     s.erase("admin", "subject's request 42").unwrap();
 
     let seen: std::collections::BTreeSet<&str> = s
@@ -1589,4 +1599,81 @@ fn fold_agrees_with_the_state_expiry_was_decided_on() {
         );
     }
     assert_eq!(evolve(unreadable, last), erased);
+}
+
+// ---- restriction of processing ----
+
+fn admin() -> Principal {
+    Principal::Admin(Actor::new(ActorKind::Agent, "dpo@example.org").unwrap())
+}
+
+fn restrict(reason: &str) -> Change {
+    Change::RestrictProcessing {
+        reason: reason.to_owned(),
+    }
+}
+
+#[test]
+fn an_administrator_restricts_and_lifts_processing_once_each() {
+    let mut s = Scenario::registered();
+    let d = s
+        .apply(admin(), agent(), vec![restrict("art. 18 request #7")])
+        .unwrap();
+    assert_eq!(types(&d), ["processing_restricted"]);
+    assert_eq!(
+        d.outcomes,
+        [Outcome::Restriction {
+            restricted: true,
+            changed: true
+        }]
+    );
+    let event = &d.events[0].event;
+    assert_eq!(event.provenance.source.as_str(), "admin");
+    assert_eq!(event.provenance.actor.id(), "dpo@example.org");
+    let restriction = s.state().restricted.unwrap();
+    assert_eq!(restriction.reason, "art. 18 request #7");
+    assert_eq!(restriction.since, s.now);
+    // The same state again records nothing.
+    let again = s.when_as(admin(), vec![restrict("again")]).unwrap();
+    assert!(again.events.is_empty());
+    // The record still takes commands while restricted: it is kept, only not used.
+    s.apply(
+        source("idp"),
+        agent(),
+        vec![set("name.given", json!("Ada"))],
+    )
+    .unwrap();
+    let lift = Change::LiftRestriction {
+        reason: "resolved".to_owned(),
+    };
+    let d = s.apply(admin(), agent(), vec![lift.clone()]).unwrap();
+    assert_eq!(types(&d), ["restriction_lifted"]);
+    assert!(s.state().restricted.is_none());
+    assert!(s.when_as(admin(), vec![lift]).unwrap().events.is_empty());
+    // Folding the log gives the same state.
+    assert_eq!(idledger_domain::state::fold(&s.events), s.state());
+}
+
+#[test]
+fn only_administrators_restrict_and_they_do_nothing_else() {
+    let mut s = Scenario::registered();
+    for by in [source("idp"), steward()] {
+        assert_eq!(
+            refusal_code(s.when_as(by, vec![restrict("x")])),
+            "forbidden"
+        );
+    }
+    assert_eq!(
+        refusal_code(s.when_as(admin(), vec![set("name.given", json!("Ada"))])),
+        "forbidden"
+    );
+    assert_eq!(
+        refusal_code(s.when_as(admin(), vec![restrict("   ")])),
+        "invalid_value"
+    );
+    s.erase("admin", "subject's request").unwrap();
+    assert_eq!(
+        refusal_code(s.when_as(admin(), vec![restrict("x")])),
+        "erased"
+    );
 }

@@ -196,7 +196,7 @@ fn every_variant_round_trips_through_its_wire_name() {
     );
     check(
         Relation::ALL,
-        &["receiving", "withdrawn", "erased"],
+        &["receiving", "withdrawn", "restricted", "erased"],
         Relation::as_str,
     );
     check(

@@ -284,7 +284,8 @@ impl Reconciler {
             let Some(state) = states.get(&customer) else {
                 continue;
             };
-            if state.erased.is_some() {
+            // While processing is restricted nothing is delivered, so nothing is owed.
+            if state.erased.is_some() || state.restricted.is_some() {
                 continue;
             }
             section.customers_checked += 1;

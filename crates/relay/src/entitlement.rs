@@ -14,6 +14,11 @@
 //!   notice, then the change.
 //! - A consumer that never received anything of a customer gets nothing while the basis fails:
 //!   not even a notice, which would itself reveal the customer to it.
+//! - While the processing of a customer's data is restricted (GDPR Art. 18), nothing of it is
+//!   delivered. A consumer that was receiving it gets one restriction notice (keep the data,
+//!   do not use it); when the restriction is lifted, a resume notice (and from then on the
+//!   customer's changes, as after a withdrawal). If the basis fails meanwhile, a restricted
+//!   consumer still gets the withdrawal notice (delete), since it holds the data.
 //! - An erased customer's data is never delivered. A consumer that was ever sent data of the
 //!   customer (`receiving` or `withdrawn`) gets one erasure notice at the `customer_erased`
 //!   event (delete everything, including what a withdrawal let it keep), then nothing, ever.
@@ -56,6 +61,12 @@ pub enum Outgoing {
     Notice { basis: Vec<ConsentBasis> },
     /// The basis holds again after a notice: deliveries resume.
     Resume { basis: Vec<ConsentBasis> },
+    /// Processing of the customer is restricted: keep their data, do not use it, until a
+    /// resume notice.
+    Restriction {
+        since: DateTime<Utc>,
+        basis: Vec<ConsentBasis>,
+    },
     /// The customer was erased: delete everything of them. Final.
     Erasure {
         erased_at: DateTime<Utc>,
@@ -69,6 +80,7 @@ impl Outgoing {
             Self::Change { basis, .. }
             | Self::Notice { basis }
             | Self::Resume { basis }
+            | Self::Restriction { basis, .. }
             | Self::Erasure { basis, .. } => basis,
         }
     }
@@ -163,6 +175,8 @@ impl FieldChange {
             | EventPayload::ValueProposed { .. }
             | EventPayload::ProposalAccepted { .. }
             | EventPayload::ProposalRejected { .. }
+            | EventPayload::ProcessingRestricted { .. }
+            | EventPayload::RestrictionLifted { .. }
             | EventPayload::CustomerErased { .. } => None,
         }
     }
@@ -209,7 +223,7 @@ pub fn holds(basis: &[ConsentBasis]) -> bool {
 pub fn may_concern(consumer: &Consumer, event: &RecordedEvent, relation: Option<Relation>) -> bool {
     match relation {
         Some(Relation::Erased) => false,
-        Some(Relation::Receiving) => true,
+        Some(Relation::Receiving | Relation::Restricted) => true,
         Some(Relation::Withdrawn) if is_erasure(event) => true,
         _ => selected_change(consumer, event).is_some(),
     }
@@ -261,8 +275,12 @@ pub fn decide(
             Decision::skip()
         };
     }
+    if let Some(restriction) = state.and_then(|s| s.restricted.as_ref()) {
+        return restricted(consumer, state, relation, policy, now, restriction.since);
+    }
     let change = selected_change(consumer, event);
-    if change.is_none() && relation != Some(Relation::Receiving) {
+    let lifted = relation == Some(Relation::Restricted);
+    if change.is_none() && relation != Some(Relation::Receiving) && !lifted {
         return Decision::skip();
     }
     let basis = basis(consumer, state, policy, now);
@@ -270,10 +288,19 @@ pub fn decide(
         return notice_if_receiving(relation, basis);
     }
     let Some(change) = change else {
-        return Decision::skip();
+        // The restriction was lifted and this event changes nothing the consumer selects:
+        // tell it at once that deliveries resume.
+        return if lifted {
+            Decision {
+                messages: vec![Outgoing::Resume { basis }],
+                relation: Some(Relation::Receiving),
+            }
+        } else {
+            Decision::skip()
+        };
     };
     let mut messages = Vec::with_capacity(2);
-    if relation == Some(Relation::Withdrawn) {
+    if matches!(relation, Some(Relation::Withdrawn | Relation::Restricted)) {
         messages.push(Outgoing::Resume {
             basis: basis.clone(),
         });
@@ -285,9 +312,34 @@ pub fn decide(
     }
 }
 
-/// The consumer's basis for a customer no longer holds: a notice if it was receiving.
+/// While processing is restricted nothing is delivered: a consumer receiving the customer
+/// gets the restriction notice once; one already told gets the withdrawal notice if the
+/// basis fails meanwhile (it holds the data and must now delete it).
+fn restricted(
+    consumer: &Consumer,
+    state: Option<&CustomerState>,
+    relation: Option<Relation>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    since: DateTime<Utc>,
+) -> Decision {
+    let basis = basis(consumer, state, policy, now);
+    match relation {
+        Some(Relation::Receiving) if holds(&basis) => Decision {
+            messages: vec![Outgoing::Restriction { since, basis }],
+            relation: Some(Relation::Restricted),
+        },
+        Some(Relation::Receiving | Relation::Restricted) if !holds(&basis) => Decision {
+            messages: vec![Outgoing::Notice { basis }],
+            relation: Some(Relation::Withdrawn),
+        },
+        _ => Decision::skip(),
+    }
+}
+
+/// The consumer's basis for a customer no longer holds: a notice if it held the data.
 fn notice_if_receiving(relation: Option<Relation>, basis: Vec<ConsentBasis>) -> Decision {
-    if relation == Some(Relation::Receiving) {
+    if matches!(relation, Some(Relation::Receiving | Relation::Restricted)) {
         Decision {
             messages: vec![Outgoing::Notice { basis }],
             relation: Some(Relation::Withdrawn),

@@ -49,6 +49,11 @@ pub const CONSENT_CHANGED: &str = "idledger.consent.changed.v1";
 pub const CONSENT_WITHDRAWN: &str = "idledger.consent.withdrawn.v1";
 /// The basis holds again after a withdrawal notice; deliveries of this customer resume.
 pub const CONSENT_GRANTED: &str = "idledger.consent.granted.v1";
+/// Restriction notice: the processing of the customer's data is restricted (GDPR Art. 18);
+/// keep it, do not use it. Nothing further follows until a resume notice.
+pub const PROCESSING_RESTRICTED: &str = "idledger.processing.restricted.v1";
+/// The subject's last tokens for a restriction notice.
+pub const RESTRICTION_SUBJECT_FIELD: &str = "processing.restricted";
 /// Erasure notice: the customer was erased (right to erasure); delete everything of them.
 /// Final: nothing of this customer follows.
 pub const CUSTOMER_ERASED: &str = "idledger.customer.erased.v1";
@@ -192,6 +197,22 @@ pub fn message(
                 CONSENT_GRANTED,
                 None,
                 Some(first_consent_field(consumer)),
+                selectors(consumer),
+                data,
+            )
+        }
+        Outgoing::Restriction { since, .. } => {
+            let data = json!({
+                "action": "restrict",
+                "since": since,
+                "fields": selectors(consumer),
+            });
+            (
+                None,
+                HandoffKind::Notice,
+                PROCESSING_RESTRICTED,
+                None,
+                Some(RESTRICTION_SUBJECT_FIELD.to_owned()),
                 selectors(consumer),
                 data,
             )

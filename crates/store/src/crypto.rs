@@ -15,6 +15,8 @@ use crate::error::StoreError;
 
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
+/// The label the master key's check value is derived under.
+const CHECK_LABEL: &str = "master key check";
 
 /// The key that wraps every customer's data key. Comes from configuration; never stored.
 pub struct MasterKey(Zeroizing<[u8; KEY_LEN]>);
@@ -51,12 +53,27 @@ impl MasterKey {
     /// label), so every secret idledger needs follows from the one configured key and no two
     /// purposes share one.
     pub fn derive(&self, label: &str) -> [u8; KEY_LEN] {
+        self.mac(label).finalize().into_bytes().into()
+    }
+
+    fn mac(&self, label: &str) -> Hmac<Sha256> {
         #[allow(clippy::expect_used)] // HMAC takes a key of any length.
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..]).expect("HMAC accepts any key");
         mac.update(b"idledger key derivation v1\0");
         mac.update(label.as_bytes());
-        mac.finalize().into_bytes().into()
+        mac
+    }
+
+    /// A check value of this key: stored with the data, it tells a wrong key at once without
+    /// revealing anything of the right one.
+    pub fn check_value(&self) -> [u8; KEY_LEN] {
+        self.derive(CHECK_LABEL)
+    }
+
+    /// Whether `stored` is this key's check value (compared in constant time).
+    pub fn matches_check(&self, stored: &[u8]) -> bool {
+        self.mac(CHECK_LABEL).verify_slice(stored).is_ok()
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {

@@ -15,7 +15,7 @@ use idledger_domain::event::{Event, EventEnvelope, Provenance};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::ChallengeId;
 use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId};
-use idledger_domain::policy::{Policy, STEWARD_SOURCE};
+use idledger_domain::policy::Policy;
 use idledger_domain::schema::{CURRENT_SCHEMA_VERSION, EVENT_TYPES, SchemaError, StoredEvent};
 use idledger_domain::state::{CustomerState, Erasure, evolve, evolve_unreadable};
 use serde::{Deserialize, Serialize};
@@ -196,10 +196,7 @@ impl Ledger {
              dyn Fn(&CommandResult) -> Result<Option<ExceptionWrite>, ExecuteError> + Send + Sync
          ),
     ) -> Result<Executed, ExecuteError> {
-        let source = match principal {
-            Principal::Source(s) => s.as_str().to_owned(),
-            Principal::Steward(_) => STEWARD_SOURCE.to_owned(),
-        };
+        let source = principal.source_name().to_owned();
         let key = command.idempotency_key.as_str();
         let request_hash =
             Sha256::digest(serde_json::to_vec(command).map_err(StoreError::from)?).to_vec();
@@ -308,10 +305,7 @@ impl Ledger {
         principal: &Principal,
         key: &idledger_domain::ids::IdempotencyKey,
     ) -> Result<Option<CommandResult>, StoreError> {
-        let source = match principal {
-            Principal::Source(s) => s.as_str(),
-            Principal::Steward(_) => STEWARD_SOURCE,
-        };
+        let source = principal.source_name();
         match self.log.idempotency(source, key.as_str()).await? {
             Some((_, result)) => Ok(Some(serde_json::from_str(&result)?)),
             None => Ok(None),

@@ -102,6 +102,38 @@ impl EventLog {
             .transpose()
     }
 
+    /// The master key's check value, if one was recorded.
+    pub async fn master_key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        sql("SELECT check_value FROM master_key_check WHERE id = 1")
+            .fetch_optional(&self.db)
+            .await?
+            .map(|r| r.try_get("check_value"))
+            .transpose()
+    }
+
+    /// Records the master key's check value unless one is recorded already; returns the one
+    /// that stands (a concurrent first start may have won).
+    pub async fn record_master_key_check(&self, check: &[u8]) -> Result<Vec<u8>, StoreError> {
+        sql("INSERT INTO master_key_check (id, check_value, created_at) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING")
+            .bind(check.to_vec())
+            .bind(crate::model::truncate_to_micros(chrono::Utc::now()))
+            .execute(&self.db)
+            .await?;
+        self.master_key_check().await?.ok_or_else(|| {
+            StoreError::Integrity("the master key check value was not recorded".to_owned())
+        })
+    }
+
+    /// Any one wrapped data key, with its customer: `None` when no customer has one (none yet,
+    /// or all erased).
+    pub async fn any_data_key(&self) -> Result<Option<(Uuid, Vec<u8>)>, StoreError> {
+        sql("SELECT customer_id, wrapped_key FROM data_keys LIMIT 1")
+            .fetch_optional(&self.db)
+            .await?
+            .map(|r| Ok((r.try_get("customer_id")?, r.try_get("wrapped_key")?)))
+            .transpose()
+    }
+
     /// Wrapped data keys of those of `customers` who have one.
     pub async fn data_keys(&self, customers: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
         let mut out = Vec::with_capacity(customers.len());

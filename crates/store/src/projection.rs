@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use idledger_domain::state::{ConsentRecord, CustomerState, Erasure, FieldRecord, Proposal};
+use idledger_domain::state::{
+    ConsentRecord, CustomerState, Erasure, FieldRecord, Proposal, Restriction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -26,6 +28,9 @@ struct CustomerRow {
     /// Left out while empty, for the same reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     expired_consents: BTreeMap<idledger_domain::ids::Purpose, u64>,
+    /// Likewise left out unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restricted: Option<Restriction>,
 }
 
 /// Every row of a customer's projection, sorted by (kind, key).
@@ -38,6 +43,7 @@ pub fn rows(state: &CustomerState) -> Result<Vec<ProjectionRow>, StoreError> {
         stream_version: state.stream_version,
         erased: state.erased.clone(),
         expired_consents: state.expired_consents.clone(),
+        restricted: state.restricted.clone(),
     };
     rows.push(row(CUSTOMER, String::new(), &customer)?);
     for (path, rec) in &state.fields {
@@ -97,6 +103,7 @@ pub fn state(rows: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
                 state.stream_version = c.stream_version;
                 state.erased = c.erased;
                 state.expired_consents = c.expired_consents;
+                state.restricted = c.restricted;
             }
             FIELD => {
                 let rec: FieldRecord = serde_json::from_str(&r.record)?;

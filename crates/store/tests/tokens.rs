@@ -3,6 +3,8 @@
 //! Covers every public method of `Tokens`:
 //! - [x] `create` (both tests), `authenticate`, `list`, `revoke`
 //!   (`tokens_are_stored_as_hashes_and_revocable`)
+//! - [x] `create_expiring`, `rotate`, `get`, `touch`
+//!   (`tokens_expire_rotate_with_an_overlap_and_record_their_last_use`)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -13,7 +15,94 @@ use support::{Engine, TestDb, on_both_engines};
 on_both_engines!(
     tokens_are_stored_as_hashes_and_revocable,
     tokens_must_match_their_role,
+    tokens_expire_rotate_with_an_overlap_and_record_their_last_use,
 );
+
+async fn tokens_expire_rotate_with_an_overlap_and_record_their_last_use(engine: Engine) {
+    use chrono::{Duration, Utc};
+    let db = TestDb::new(engine).await;
+    let tokens = db.store().await.tokens();
+    // An expired token no longer authenticates; one that expires later does.
+    let past = Utc::now() - Duration::seconds(1);
+    let expired = tokens
+        .create_expiring(Role::Auditor, None, "temp", Some(past))
+        .await
+        .unwrap();
+    assert!(
+        tokens
+            .authenticate(&expired.secret)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let later = tokens
+        .create_expiring(
+            Role::Auditor,
+            None,
+            "temp",
+            Some(Utc::now() + Duration::hours(1)),
+        )
+        .await
+        .unwrap();
+    assert!(tokens.authenticate(&later.secret).await.unwrap().is_some());
+
+    // Rotation: a new secret for the same role, system and label; the old one works for the
+    // overlap, then not.
+    let old = tokens
+        .create(Role::Source, Some("crm"), "crm prod")
+        .await
+        .unwrap();
+    let new = tokens
+        .rotate(old.record.id, Duration::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(new.secret, old.secret);
+    assert_eq!(
+        (
+            new.record.role,
+            new.record.subject.as_deref(),
+            new.record.label.as_str()
+        ),
+        (Role::Source, Some("crm"), "crm prod")
+    );
+    assert!(tokens.authenticate(&new.secret).await.unwrap().is_some());
+    let still = tokens.authenticate(&old.secret).await.unwrap().unwrap();
+    assert!(still.expires_at.is_some_and(|at| at > Utc::now()));
+    let cut = tokens
+        .rotate(new.record.id, Duration::zero())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(tokens.authenticate(&new.secret).await.unwrap().is_none());
+    assert!(tokens.authenticate(&cut.secret).await.unwrap().is_some());
+    // A dead token cannot be rotated.
+    assert!(
+        tokens
+            .rotate(new.record.id, Duration::hours(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokens.revoke(cut.record.id).await.unwrap();
+    assert!(
+        tokens
+            .rotate(cut.record.id, Duration::hours(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The last use, to the minute.
+    let fresh = tokens.get(later.record.id).await.unwrap().unwrap();
+    assert!(fresh.last_used_at.is_none() && fresh.use_is_stale(Utc::now()));
+    let at = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    tokens.touch(later.record.id, at).await.unwrap();
+    let used = tokens.get(later.record.id).await.unwrap().unwrap();
+    assert_eq!(used.last_used_at, Some(at));
+    assert!(!used.use_is_stale(at + Duration::seconds(30)));
+    assert!(used.use_is_stale(at + Duration::seconds(61)));
+}
 
 async fn tokens_are_stored_as_hashes_and_revocable(engine: Engine) {
     let db = TestDb::new(engine).await;

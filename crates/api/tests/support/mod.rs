@@ -76,6 +76,7 @@ impl TestApp {
             source: "urn:idledger:test".to_owned(),
             poll_interval: Duration::from_millis(50),
             keep_alive: Duration::from_millis(300),
+            ..FeedSettings::default()
         };
         let router = idledger_api::router(AppState::with_feed(ledger.clone(), feed), &config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -11,6 +11,7 @@ pub mod migrate;
 pub mod rebuild;
 pub mod reconcile;
 pub mod record;
+pub mod restrict;
 pub mod retention;
 pub mod serve;
 pub mod token;

@@ -9,7 +9,7 @@ use idledger_domain::ids::SourceId;
 use idledger_domain::policy::RESERVED_SOURCES;
 use idledger_store::{Role, Tokens};
 
-use crate::cli::{JsonArg, TokenCommand, TokenCreateArgs, TokenRevokeArgs};
+use crate::cli::{JsonArg, TokenCommand, TokenCreateArgs, TokenRevokeArgs, TokenRotateArgs};
 use crate::config::Settings;
 use crate::render::time;
 use crate::store;
@@ -25,6 +25,7 @@ pub async fn run(
         TokenCommand::Create(args) => create(&tokens, args, out).await,
         TokenCommand::List(args) => list(&tokens, args, out).await,
         TokenCommand::Revoke(args) => revoke(&tokens, args, out).await,
+        TokenCommand::Rotate(args) => rotate(&tokens, args, out).await,
     }
 }
 
@@ -56,8 +57,21 @@ async fn create(
         Some(s) => format!("{} {s}", args.role),
         None => args.role.to_string(),
     });
-    let issued = tokens.create(args.role, subject.as_deref(), &label).await?;
-    if args.json {
+    let expires_at = args.expires_in.map(|d| chrono::Utc::now() + d);
+    let issued = tokens
+        .create_expiring(args.role, subject.as_deref(), &label, expires_at)
+        .await?;
+    print_issued(&issued, args.json, out)
+}
+
+/// Prints a new token: its secret (once) on stdout, what it is on stderr; or both as JSON.
+fn print_issued(
+    issued: &idledger_store::IssuedToken,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let label = &issued.record.label;
+    if json {
         serde_json::to_writer_pretty(
             &mut *out,
             &serde_json::json!({"token": issued.secret, "record": issued.record}),
@@ -93,18 +107,21 @@ async fn list(tokens: &Tokens, args: &JsonArg, out: &mut dyn Write) -> anyhow::R
     }
     writeln!(
         out,
-        "{:<36}  {:<8}  {:<16}  {:<27}  {:<27}  label",
-        "id", "role", "speaks for", "created", "revoked"
+        "{:<36}  {:<8}  {:<16}  {:<27}  {:<27}  {:<27}  {:<27}  label",
+        "id", "role", "speaks for", "created", "expires", "last used", "revoked"
     )?;
+    let never = || "-".to_owned();
     for t in &all {
         writeln!(
             out,
-            "{:<36}  {:<8}  {:<16}  {:<27}  {:<27}  {}",
+            "{:<36}  {:<8}  {:<16}  {:<27}  {:<27}  {:<27}  {:<27}  {}",
             t.id,
             t.role.as_str(),
             t.subject.as_deref().unwrap_or("-"),
             time(t.created_at),
-            t.revoked_at.map_or_else(|| "-".to_owned(), time),
+            t.expires_at.map_or_else(never, time),
+            t.last_used_at.map_or_else(never, time),
+            t.revoked_at.map_or_else(never, time),
             t.label
         )?;
     }
@@ -122,4 +139,26 @@ async fn revoke(
     } else {
         bail!("no live token {} (unknown, or already revoked)", args.id)
     }
+}
+
+async fn rotate(
+    tokens: &Tokens,
+    args: &TokenRotateArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let Some(issued) = tokens.rotate(args.id, args.overlap).await? else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "no live token {}: nothing to rotate (see `idledger token list`)",
+            args.id
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "token {} keeps working until {}",
+        args.id,
+        time(chrono::Utc::now() + args.overlap)
+    );
+    print_issued(&issued, args.json, out)
 }

@@ -176,6 +176,15 @@ impl Scenario {
         self.decide_as(source(by), provenance, changes)
     }
 
+    /// Decides as `principal` without recording.
+    pub fn when_as(
+        &mut self,
+        principal: Principal,
+        changes: Vec<Change>,
+    ) -> Result<Decision, Refused> {
+        self.decide_as(principal, agent(), changes)
+    }
+
     /// Decides and records what was decided.
     pub fn apply(
         &mut self,
