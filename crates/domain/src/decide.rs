@@ -203,8 +203,8 @@ pub fn decide_erasure(
 /// Decides what the retention policy expires in a customer's record at `now`: one
 /// `field_expired` event per value not changed for longer than the policy's `retain_days` for
 /// its field, and per consent record (granted or withdrawn) not renewed or changed for longer
-/// than `consent_retention_days` for its purpose — nothing if none, or if the record is erased
-/// or unknown. "Changed" is when the current value, or the consent record, was last recorded;
+/// than `consent_retention_days` for its purpose — nothing if none, or if the record is erased,
+/// restricted or unknown. "Changed" is when the current value, or the consent record, was last recorded;
 /// a write of the same value is no change (it records nothing), so it does not renew it.
 /// `provenance` is the retention job's ([`retention_provenance`]); `id_seed` is a fresh
 /// UUIDv7 the event ids are derived from.
@@ -215,7 +215,9 @@ pub fn decide_expiry(
     provenance: &Provenance,
     id_seed: Uuid,
 ) -> Vec<EventEnvelope> {
-    if state.erased.is_some() || !state.registered {
+    // A restricted record is kept as it is (GDPR Art. 18: the subject may need the data for
+    // a claim); retention resumes once the restriction is lifted.
+    if state.erased.is_some() || state.restricted.is_some() || !state.registered {
         return Vec::new();
     }
     let expired = |field: &FieldPath, changed_at: DateTime<Utc>| {

@@ -1677,3 +1677,24 @@ fn only_administrators_restrict_and_they_do_nothing_else() {
         "erased"
     );
 }
+
+#[test]
+fn a_restricted_record_expires_nothing_until_the_restriction_is_lifted() {
+    let mut s = expiring();
+    s.apply(admin(), agent(), vec![restrict("art. 18 request #9")])
+        .unwrap();
+    s.now += Duration::days(5000);
+    assert!(s.expire().is_empty());
+    s.apply(
+        admin(),
+        agent(),
+        vec![Change::LiftRestriction {
+            reason: "claim settled".into(),
+        }],
+    )
+    .unwrap();
+    assert_eq!(
+        expired_fields(&s.expire()),
+        ["preferences.newsletter", "consent.marketing"]
+    );
+}
