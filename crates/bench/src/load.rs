@@ -216,11 +216,14 @@ async fn drive(
                 if !expect_ok(&mut tally, "request an email change", status, &answer) {
                     continue;
                 }
-                let Some(challenge) = answer["outcomes"][0]["challenge_id"].as_str() else {
+                let pending = &answer["outcomes"][0];
+                let (Some(challenge), Some(secret)) =
+                    (pending["challenge_id"].as_str(), pending["secret"].as_str())
+                else {
                     tally.error("request an email change (no challenge)", status, &answer);
                     continue;
                 };
-                let body = confirm(challenge);
+                let body = confirm(challenge, secret);
                 let t = Instant::now();
                 let (status, answer) = server
                     .command(&server.web_app, customer, &format!("{key}-confirm"), &body)
@@ -261,7 +264,7 @@ async fn drive(
             }
             _ => {
                 // A stale verification link: a challenge that was never issued.
-                let body = confirm(&Uuid::now_v7().to_string());
+                let body = confirm(&Uuid::now_v7().to_string(), &"0".repeat(64));
                 let (status, answer) = server
                     .command(&server.web_app, customer, &key, &body)
                     .await?;
@@ -309,10 +312,12 @@ pub(crate) fn set(field: &str, value: Value) -> Value {
     json!({"provenance": actor("system"), "changes": [{"op": "set_field", "field": field, "value": value}]})
 }
 
-fn confirm(challenge: &str) -> Value {
+/// The confirmation of a pending change: its challenge and the secret its requester got.
+fn confirm(challenge: &str, secret: &str) -> Value {
     json!({"provenance": {"actor": {"kind": "subject", "id": "bench"},
         "evidence": {"kind": "email_link", "reference": format!("confirm-{challenge}")}},
-        "changes": [{"op": "confirm_verification", "field": "email", "challenge_id": challenge}]})
+        "changes": [{"op": "confirm_verification", "field": "email", "challenge_id": challenge,
+            "secret": secret}]})
 }
 
 fn grant_body() -> Value {
