@@ -675,7 +675,7 @@ pub async fn ack(
         return Err(not_registered(consumer.as_str()));
     }
     let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(&e))?;
-    match acks::intake(&state.deliveries, &consumer, &bytes).await? {
+    match acks::intake(&state.deliveries, &state.ledger, &consumer, &bytes).await? {
         AckOutcome::Recorded => Ok(Json(AckView {
             outcome: "recorded".to_owned(),
             stored_version: None,

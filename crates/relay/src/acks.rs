@@ -15,7 +15,7 @@ use chrono::Utc;
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{CustomerId, EventId};
 use idledger_store::delivery::{Ack, AckOutcome, AckStatus, ConsumerId, ValueHash};
-use idledger_store::{Deliveries, StoreError};
+use idledger_store::{Deliveries, Ledger, StoreError};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -49,14 +49,16 @@ pub fn parse(consumer: &ConsumerId, body: &[u8]) -> Result<Ack, String> {
 }
 
 /// Parses and records an acknowledgement. `Ok(Invalid)` for one that is malformed or does not
-/// match a recorded change; `Err` only when the store failed (the caller may retry).
+/// match a recorded change; `Err` only when the store failed (the caller may retry). `ledger`
+/// reads the record an applied ack is compared with.
 pub async fn intake(
     deliveries: &Deliveries,
+    ledger: &Ledger,
     consumer: &ConsumerId,
     body: &[u8],
 ) -> Result<AckOutcome, StoreError> {
     match parse(consumer, body) {
-        Ok(ack) => deliveries.record_ack(&ack).await,
+        Ok(ack) => deliveries.record_ack(ledger, &ack).await,
         Err(reason) => Ok(AckOutcome::Invalid(reason)),
     }
 }

@@ -19,8 +19,8 @@ use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, strea
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use idledger_domain::ids::CustomerId;
-use idledger_store::Deliveries;
 use idledger_store::delivery::{AckOutcome, Consumer, ConsumerId};
+use idledger_store::{Deliveries, Ledger};
 use tokio_util::sync::CancellationToken;
 
 use crate::acks;
@@ -345,13 +345,14 @@ fn is_sequence_not_found(e: &jetstream::stream::DeleteMessageError) -> bool {
 pub async fn run_ack_intake(
     js: jetstream::Context,
     deliveries: Deliveries,
+    ledger: Ledger,
     config: NatsConfig,
     retry: Backoff,
     cancel: CancellationToken,
 ) {
     let mut failures = 0u32;
     while !cancel.is_cancelled() {
-        match intake(&js, &deliveries, &config, &cancel).await {
+        match intake(&js, &deliveries, &ledger, &config, &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "ack intake failed; retrying");
@@ -369,6 +370,7 @@ pub async fn run_ack_intake(
 async fn intake(
     js: &jetstream::Context,
     deliveries: &Deliveries,
+    ledger: &Ledger,
     config: &NatsConfig,
     cancel: &CancellationToken,
 ) -> Result<(), RelayError> {
@@ -420,7 +422,7 @@ async fn intake(
             .strip_prefix(&prefix)
             .map(ConsumerId::parse);
         let outcome = match consumer_id {
-            Some(Ok(id)) => acks::intake(deliveries, &id, &message.payload).await,
+            Some(Ok(id)) => acks::intake(deliveries, ledger, &id, &message.payload).await,
             _ => Ok(AckOutcome::Invalid(format!(
                 "subject {} names no consumer",
                 message.subject

@@ -55,6 +55,7 @@ impl Relay {
             tasks.spawn(nats::run_ack_intake(
                 js.clone(),
                 self.planner.deliveries.clone(),
+                self.planner.ledger.clone(),
                 nats.clone(),
                 config.retry,
                 shutdown.child_token(),

@@ -26,10 +26,11 @@ use uuid::Uuid;
 use crate::chain::{GENESIS, event_hash};
 use crate::crypto::{DataKey, MasterKey};
 use crate::error::{ExecuteError, StoreError};
+use crate::key_cache::KeyCache;
 use crate::log::EventLog;
 use crate::model::{
     AppendOutcome, AppendRequest, ExceptionWrite, IdempotencyRecord, LogEntry, PreparedEvent,
-    ProjectionRow, RawEvent, RecordedEvent, ShreddedEvent, from_micros, micros,
+    ProjectionDiff, ProjectionRow, RawEvent, RecordedEvent, ShreddedEvent, from_micros, micros,
 };
 use crate::projection;
 use crate::store::Store;
@@ -48,6 +49,10 @@ pub struct LedgerOptions {
     pub max_batch: usize,
     /// Commands waiting for the writer before senders wait (back-pressure).
     pub queue: usize,
+    /// Unwrapped data keys kept in memory (0: none), so that a customer's commands and reads
+    /// of their record do not fetch and unwrap the key each time. 32 bytes and a little
+    /// bookkeeping each.
+    pub key_cache: usize,
 }
 
 impl Default for LedgerOptions {
@@ -55,6 +60,7 @@ impl Default for LedgerOptions {
         Self {
             max_batch: 256,
             queue: 4096,
+            key_cache: 10_000,
         }
     }
 }
@@ -111,11 +117,17 @@ pub struct RebuildReport {
     pub events: u64,
     pub customers: u64,
     pub rows: u64,
-    /// Whether the rebuilt projection equals, byte for byte, what was there.
+    /// Whether the rebuilt projection equals what was there, compared opened: sealed records
+    /// differ in their random nonces each time they are written, so what is compared is the
+    /// plaintext, byte for byte. Rows still in the clear from before sealing count as equal
+    /// when their content is (see `resealed_count`).
     pub identical: bool,
     /// Customers whose rows differed (at most 20 listed).
     pub differing_customers: Vec<Uuid>,
     pub differing_count: u64,
+    /// Customers whose rows held what the log gives but were still in the clear, written
+    /// before the projection was sealed: rewritten sealed.
+    pub resealed_count: u64,
 }
 
 struct WriteJob {
@@ -132,6 +144,7 @@ pub struct Ledger {
     challenge_key: Arc<ChallengeKey>,
     policy: Arc<Policy>,
     writer: mpsc::Sender<WriteJob>,
+    keys: Arc<KeyCache>,
 }
 
 impl Ledger {
@@ -147,6 +160,7 @@ impl Ledger {
             master: Arc::new(master),
             policy: Arc::new(policy),
             writer: tx,
+            keys: Arc::new(KeyCache::new(options.key_cache)),
         }
     }
 
@@ -206,8 +220,12 @@ impl Ledger {
             if let Some((hash, result)) = self.log.idempotency(&source, key).await? {
                 return replay(&source, key, &request_hash, &hash, &result);
             }
-            let rows = self.log.projection_rows(customer).await?;
-            let state = projection::state(&rows)?;
+            // Taken before anything is read, so that a key this attempt reads before an erasure
+            // commits is not cached after it (see `KeyCache`).
+            let epoch = self.keys.epoch();
+            let (stored, mut data_key) = self.stored_record(customer).await?;
+            let opened = projection::open(customer, &stored, data_key.as_ref())?;
+            let state = projection::state(&opened)?;
             let now = truncate_to_micros(Utc::now());
             let ctx = Context {
                 now,
@@ -227,24 +245,37 @@ impl Ledger {
                     return Err(ExecuteError::Refused(refused));
                 }
             };
-            let (data_key, new_data_key) = if decision.events.is_empty() {
-                (None, None)
-            } else {
-                match self.log.data_key(customer).await? {
-                    Some(wrapped) => (Some(self.master.unwrap_key(&wrapped, customer)?), None),
-                    None => {
-                        let key = DataKey::generate();
-                        let wrapped = self.master.wrap(&key, customer)?;
-                        (Some(key), Some(wrapped))
-                    }
-                }
-            };
-            let mut events = Vec::with_capacity(decision.events.len());
             let mut after = state.clone();
             for envelope in &decision.events {
-                events.push(prepare(customer, envelope, data_key.as_ref())?);
                 after = evolve(after, envelope);
             }
+            let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
+            let sealing = !decision.events.is_empty()
+                || changes
+                    .upserts
+                    .iter()
+                    .any(|r| projection::is_sealed_kind(&r.kind));
+            // The key that opened the rows seals the events and rows: unwrapped once.
+            let mut new_data_key = None;
+            if sealing && data_key.is_none() {
+                data_key = match self.cached_key(customer, epoch).await? {
+                    Some(key) => Some(key),
+                    None => {
+                        let key = DataKey::generate();
+                        new_data_key = Some(self.master.wrap(&key, customer)?);
+                        Some(key)
+                    }
+                };
+            }
+            let events = decision
+                .events
+                .iter()
+                .map(|envelope| prepare(customer, envelope, data_key.as_ref()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let projection = ProjectionDiff {
+                upserts: projection::seal(customer, changes.upserts, data_key.as_ref())?,
+                deletes: changes.deletes,
+            };
             let result = CommandResult {
                 customer_id: command.customer_id,
                 stream_version: after.stream_version,
@@ -263,19 +294,23 @@ impl Ledger {
                 customer_id: customer,
                 expected_version: state.stream_version,
                 events,
-                new_data_key,
+                new_data_key: new_data_key.clone(),
                 idempotency: Some(IdempotencyRecord {
                     source: source.clone(),
                     key: key.to_owned(),
                     request_hash: request_hash.clone(),
                     result: serde_json::to_string(&result).map_err(StoreError::from)?,
                 }),
-                projection: projection::diff(&rows, &projection::rows(&after)?),
+                projection,
                 erase: false,
                 exception: attach(&result)?,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
+                    // Cached only once stored: a losing writer's key was never the customer's.
+                    if let (Some(_), Some(key)) = (new_data_key, data_key) {
+                        self.keys.insert(customer, key, epoch);
+                    }
                     return Ok(Executed {
                         result,
                         replayed: false,
@@ -334,8 +369,10 @@ impl Ledger {
         let idempotency_key = IdempotencyKey::parse(&format!("erasure:{id}"))
             .map_err(|e| StoreError::Integrity(e.to_string()))?;
         for _ in 0..MAX_ATTEMPTS {
+            // Decided on the clear customer row alone: erasure needs no key. Every other row
+            // goes (the diff deletes them, and so does the erasure's own statement).
             let rows = self.log.projection_rows(id).await?;
-            let state = projection::state(&rows)?;
+            let state = projection::registration(&rows)?;
             let provenance = Provenance {
                 source: by.clone(),
                 actor: actor.clone(),
@@ -366,6 +403,9 @@ impl Ledger {
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
+                    // After the commit: a key read before it is not cached again (the epoch),
+                    // and from now on the database has none to read.
+                    self.keys.invalidate(id);
                     tracing::info!("customer erased");
                     self.truncate_wal().await;
                     return Ok(erasure);
@@ -402,8 +442,10 @@ impl Ledger {
         let provenance = retention_provenance(now, &self.policy)
             .map_err(|e| StoreError::Integrity(e.to_string()))?;
         for _ in 0..MAX_ATTEMPTS {
-            let rows = self.log.projection_rows(id).await?;
-            let state = projection::state(&rows)?;
+            let epoch = self.keys.epoch();
+            let (stored, data_key) = self.stored_record(id).await?;
+            let opened = projection::open(id, &stored, data_key.as_ref())?;
+            let state = projection::state(&opened)?;
             let events = decide_expiry(&state, now, &self.policy, &provenance, Uuid::now_v7());
             let fields: Vec<FieldPath> = events
                 .iter()
@@ -412,24 +454,32 @@ impl Ledger {
             if events.is_empty() || dry_run {
                 return Ok(fields);
             }
-            let Some(wrapped) = self.log.data_key(id).await? else {
-                // Erased after the state was read: the next attempt decides nothing.
-                continue;
+            // The key that opened the rows, or (rows still in the clear) the customer's.
+            let data_key = match data_key {
+                Some(key) => key,
+                None => match self.cached_key(id, epoch).await? {
+                    Some(key) => key,
+                    // Erased after the state was read: the next attempt decides nothing.
+                    None => continue,
+                },
             };
-            let data_key = self.master.unwrap_key(&wrapped, id)?;
             let mut prepared = Vec::with_capacity(events.len());
             let mut after = state.clone();
             for envelope in &events {
                 prepared.push(prepare(id, envelope, Some(&data_key))?);
                 after = evolve(after, envelope);
             }
+            let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
             let request = AppendRequest {
                 customer_id: id,
                 expected_version: state.stream_version,
                 events: prepared,
                 new_data_key: None,
                 idempotency: None,
-                projection: projection::diff(&rows, &projection::rows(&after)?),
+                projection: ProjectionDiff {
+                    upserts: projection::seal(id, changes.upserts, Some(&data_key))?,
+                    deletes: changes.deletes,
+                },
                 erase: false,
                 exception: None,
             };
@@ -494,13 +544,64 @@ impl Ledger {
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Whether the customer's unwrapped data key is held in this ledger's cache: never once
+    /// their erasure committed here, nor once this ledger read their erased record. For tests
+    /// and diagnostics.
+    pub fn holds_key_of(&self, customer: CustomerId) -> bool {
+        self.keys.contains(customer.as_uuid())
+    }
+
     /// The customer's current record, from the projection (`None`: never registered).
     pub async fn state(&self, customer: CustomerId) -> Result<Option<CustomerState>, StoreError> {
-        let rows = self.log.projection_rows(customer.as_uuid()).await?;
-        if rows.is_empty() {
+        let id = customer.as_uuid();
+        let (stored, key) = self.stored_record(id).await?;
+        if stored.is_empty() {
             return Ok(None);
         }
-        projection::state(&rows).map(Some)
+        projection::state(&projection::open(id, &stored, key.as_ref())?).map(Some)
+    }
+
+    /// The customer's projection rows as stored, with the data key that opens them when some
+    /// are sealed. Sealed rows were read from a state in which the customer was not erased
+    /// (erasure removes them in the transaction that deletes the key), so a cached key is
+    /// theirs to use — also if another process erased the customer since. A key found missing
+    /// may mean an erasure committed between the two reads: the rows are read again, and then
+    /// hold nothing sealed.
+    async fn stored_record(
+        &self,
+        customer: Uuid,
+    ) -> Result<(Vec<ProjectionRow>, Option<DataKey>), StoreError> {
+        for _ in 0..2 {
+            let epoch = self.keys.epoch();
+            let stored = self.log.projection_rows(customer).await?;
+            if !projection::needs_key(&stored) {
+                if projection::registration(&stored)?.erased.is_some() {
+                    // Erased, maybe by another process: this one's copy of the key goes too.
+                    self.keys.forget(customer);
+                }
+                return Ok((stored, None));
+            }
+            if let Some(key) = self.cached_key(customer, epoch).await? {
+                return Ok((stored, Some(key)));
+            }
+        }
+        Err(StoreError::Integrity(format!(
+            "customer {customer} has sealed projection rows but no data key"
+        )))
+    }
+
+    /// The customer's data key: from the cache, or read, unwrapped and cached (unless an
+    /// erasure invalidated keys since `epoch` was taken). `None`: the customer has none.
+    async fn cached_key(&self, customer: Uuid, epoch: u64) -> Result<Option<DataKey>, StoreError> {
+        if let Some(key) = self.keys.get(customer) {
+            return Ok(Some(key));
+        }
+        let Some(wrapped) = self.log.data_key(customer).await? else {
+            return Ok(None);
+        };
+        let key = self.master.unwrap_key(&wrapped, customer)?;
+        self.keys.insert(customer, key.clone(), epoch);
+        Ok(Some(key))
     }
 
     /// The customer's record as it stood at `at`, folded from the log. An erased customer's
@@ -731,27 +832,39 @@ impl Ledger {
                 rebuilt.insert(*customer, projection::rows(state)?);
             }
             let live = self.all_projection_rows().await?;
-            let changed: Vec<Uuid> = rebuilt
+            let mut differing = Vec::new();
+            let mut resealed = Vec::new();
+            for customer in rebuilt
                 .keys()
                 .chain(live.keys().filter(|c| !rebuilt.contains_key(*c)))
-                .filter(|c| rebuilt.get(*c) != live.get(*c))
-                .copied()
-                .collect();
-            // Only the customers whose rows differ are rewritten: the rest already hold
-            // exactly what the log gives.
-            let flat: Vec<(Uuid, ProjectionRow)> = changed
-                .iter()
-                .filter_map(|c| rebuilt.get(c).map(|rows| (c, rows)))
-                .flat_map(|(c, rows)| rows.iter().map(move |r| (*c, r.clone())))
-                .collect();
+            {
+                let key = keys.data.get(customer);
+                match compare(*customer, live.get(customer), rebuilt.get(customer), key) {
+                    Comparison::Same => {}
+                    Comparison::OldForm => resealed.push(*customer),
+                    Comparison::Differs => differing.push(*customer),
+                }
+            }
+            // Only the customers whose rows differ, or are still in the clear, are rewritten:
+            // the rest already hold exactly what the log gives.
+            let changed: Vec<Uuid> = differing.iter().chain(&resealed).copied().collect();
+            let mut flat: Vec<(Uuid, ProjectionRow)> = Vec::new();
+            for customer in &changed {
+                if let Some(rows) = rebuilt.get(customer) {
+                    let sealed =
+                        projection::seal(*customer, rows.clone(), keys.data.get(customer))?;
+                    flat.extend(sealed.into_iter().map(|r| (*customer, r)));
+                }
+            }
             if self.log.replace_projections(&changed, &flat, after).await? {
                 return Ok(RebuildReport {
                     events,
                     customers: rebuilt.len() as u64,
                     rows: rebuilt.values().map(|rows| rows.len() as u64).sum(),
-                    identical: changed.is_empty(),
-                    differing_customers: changed.iter().take(20).copied().collect(),
-                    differing_count: changed.len() as u64,
+                    identical: differing.is_empty(),
+                    differing_customers: differing.iter().take(20).copied().collect(),
+                    differing_count: differing.len() as u64,
+                    resealed_count: resealed.len() as u64,
                 });
             }
             // The log moved on while we compared: fold the new events in and try again.
@@ -773,6 +886,47 @@ impl Ledger {
             rows.sort();
         }
         Ok(all)
+    }
+}
+
+/// How a customer's live rows compare with those rebuilt from the log.
+enum Comparison {
+    Same,
+    /// The same record, still in the clear from before sealing.
+    OldForm,
+    Differs,
+}
+
+/// Compares opened: sealed records differ in their nonces every time they are written. Rows
+/// that cannot be opened (altered, moved from another row, plaintext under a customer row
+/// that vouches for sealing) differ, and are rewritten.
+fn compare(
+    customer: Uuid,
+    live: Option<&Vec<ProjectionRow>>,
+    rebuilt: Option<&Vec<ProjectionRow>>,
+    key: Option<&DataKey>,
+) -> Comparison {
+    let (Some(live), Some(rebuilt)) = (live, rebuilt) else {
+        return Comparison::Differs;
+    };
+    let Ok(opened) = projection::open(customer, live, key) else {
+        return Comparison::Differs;
+    };
+    if projection::is_current_form(live) {
+        return if &opened == rebuilt {
+            Comparison::Same
+        } else {
+            Comparison::Differs
+        };
+    }
+    // Rows of before sealing lack the customer row's `sealed` mark: compare what they say.
+    let same = projection::state(&opened)
+        .and_then(|state| projection::rows(&state))
+        .is_ok_and(|rows| &rows == rebuilt);
+    if same {
+        Comparison::OldForm
+    } else {
+        Comparison::Differs
     }
 }
 

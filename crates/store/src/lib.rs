@@ -7,7 +7,8 @@
 //! - [`Ledger`]: runs commands and serves decrypted reads; the way to the log for other crates.
 //! - [`sql`]: statements written once for both engines; only what really differs is
 //!   engine-specific (the append lock, PostgreSQL's bulk append in `log/postgres.rs`).
-//! - [`crypto`]: per-customer data keys under a master key; [`chain`]: the hash chain.
+//! - [`crypto`]: per-customer data keys under a master key (they seal events and the
+//!   projection's personal rows, see [`projection`]); [`chain`]: the hash chain.
 //!
 //! Architecture invariant: this crate knows SQL and nothing of HTTP or NATS.
 
@@ -16,6 +17,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod disclosures;
 pub mod error;
+mod key_cache;
 pub mod ledger;
 pub mod log;
 pub mod model;

@@ -15,8 +15,9 @@ pub struct PreparedEvent {
     pub payload: Vec<u8>,
 }
 
-/// A projection row: one part of a customer's record, as JSON text (so that a rebuilt row can
-/// be compared byte for byte with the live one).
+/// A projection row: one part of a customer's record. `record` is the record's JSON text, or,
+/// as stored for the kinds that hold personal data, that text sealed (see
+/// [`crate::projection`]); the ledger opens rows before it compares or reads them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ProjectionRow {
     pub kind: String,

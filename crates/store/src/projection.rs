@@ -1,14 +1,32 @@
 //! The per-customer projection: the domain state split into rows (the customer, each field,
 //! each consent, each open proposal). Written in the append transaction, read back to decide
 //! the next command, and rebuilt from the log to prove it equals the live one.
+//!
+//! Sealing: the records of `field`, `consent`, `proposal` and `restriction` rows hold
+//! personal data (values, pending values, proposals, provenance, a restriction's actor and
+//! reason), so they are stored sealed under the customer's data key — the key of their events
+//! — as [`SEALED_PREFIX`] + base64(nonce ‖ ciphertext), with the customer id, kind and key as
+//! associated data: a sealed record opens only in its own row. The `customer` row
+//! (registration, stream version, erasure, expired consents' versions) stays clear, so
+//! `verify` and erasure need no key. Rows written before sealing are plain JSON (they start with `{`)
+//! and are still read; a customer row that says `"sealed": true` (every row written since)
+//! vouches that every other row of its customer is sealed, so a plaintext row slipped in
+//! under it is an integrity error.
+//!
+//! Here rows are plaintext: [`rows`] gives them, [`diff`] compares them, [`state`] reads them.
+//! [`seal`] and [`open`] convert to and from the stored form.
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use idledger_domain::state::{
     ConsentRecord, CustomerState, Erasure, FieldRecord, Proposal, Restriction,
 };
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
+use crate::crypto::DataKey;
 use crate::error::StoreError;
 use crate::model::{ProjectionDiff, ProjectionRow};
 
@@ -16,6 +34,12 @@ pub const CUSTOMER: &str = "customer";
 pub const FIELD: &str = "field";
 pub const CONSENT: &str = "consent";
 pub const PROPOSAL: &str = "proposal";
+/// The restriction of processing, while there is one: who restricted it and why.
+pub const RESTRICTION: &str = "restriction";
+
+/// How a sealed record starts; a plaintext one is JSON and starts with `{`. The version is
+/// bound into the associated data too.
+pub const SEALED_PREFIX: &str = "sealed:v1:";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct CustomerRow {
@@ -28,9 +52,13 @@ struct CustomerRow {
     /// Left out while empty, for the same reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     expired_consents: BTreeMap<idledger_domain::ids::Purpose, u64>,
-    /// Likewise left out unless set.
+    /// Only in rows written before sealing: the restriction (its actor and free-text reason)
+    /// is now a sealed row of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     restricted: Option<Restriction>,
+    /// Every other row of the customer is sealed. Absent in rows written before sealing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sealed: bool,
 }
 
 /// Every row of a customer's projection, sorted by (kind, key).
@@ -43,9 +71,13 @@ pub fn rows(state: &CustomerState) -> Result<Vec<ProjectionRow>, StoreError> {
         stream_version: state.stream_version,
         erased: state.erased.clone(),
         expired_consents: state.expired_consents.clone(),
-        restricted: state.restricted.clone(),
+        restricted: None,
+        sealed: true,
     };
     rows.push(row(CUSTOMER, String::new(), &customer)?);
+    if let Some(restriction) = &state.restricted {
+        rows.push(row(RESTRICTION, String::new(), restriction)?);
+    }
     for (path, rec) in &state.fields {
         rows.push(row(FIELD, path.to_string(), rec)?);
     }
@@ -91,20 +123,12 @@ pub fn diff(before: &[ProjectionRow], after: &[ProjectionRow]) -> ProjectionDiff
     }
 }
 
-/// The domain state stored in a customer's rows.
+/// The domain state in a customer's rows (plaintext: opened by [`open`]).
 pub fn state(rows: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
     let mut state = CustomerState::default();
     for r in rows {
         match r.kind.as_str() {
-            CUSTOMER => {
-                let c: CustomerRow = serde_json::from_str(&r.record)?;
-                state.registered = c.registered;
-                state.registered_at = c.registered_at;
-                state.stream_version = c.stream_version;
-                state.erased = c.erased;
-                state.expired_consents = c.expired_consents;
-                state.restricted = c.restricted;
-            }
+            CUSTOMER => customer_into(&r.record, &mut state)?,
             FIELD => {
                 let rec: FieldRecord = serde_json::from_str(&r.record)?;
                 let path = idledger_domain::field::FieldPath::parse(&r.key)
@@ -117,6 +141,7 @@ pub fn state(rows: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
                     .map_err(|e| StoreError::Integrity(format!("projection row: {e}")))?;
                 state.consents.insert(purpose, rec);
             }
+            RESTRICTION => state.restricted = Some(serde_json::from_str(&r.record)?),
             PROPOSAL => {
                 let p: Proposal = serde_json::from_str(&r.record)?;
                 let id = idledger_domain::ids::ProposalId::parse(&r.key)
@@ -131,4 +156,242 @@ pub fn state(rows: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
         }
     }
     Ok(state)
+}
+
+fn customer_into(record: &str, state: &mut CustomerState) -> Result<(), StoreError> {
+    let c: CustomerRow = serde_json::from_str(record)?;
+    state.registered = c.registered;
+    state.registered_at = c.registered_at;
+    state.stream_version = c.stream_version;
+    state.erased = c.erased;
+    state.expired_consents = c.expired_consents;
+    if c.restricted.is_some() {
+        state.restricted = c.restricted;
+    }
+    Ok(())
+}
+
+/// What the clear `customer` row alone says (registration, stream version, erasure), from
+/// stored rows: enough to decide an erasure, and readable without the data key.
+pub fn registration(stored: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
+    let mut state = CustomerState::default();
+    if let Some(row) = stored.iter().find(|r| r.kind == CUSTOMER) {
+        customer_into(&row.record, &mut state)?;
+    }
+    Ok(state)
+}
+
+/// Whether rows of this kind hold personal data and are stored sealed.
+pub fn is_sealed_kind(kind: &str) -> bool {
+    kind != CUSTOMER
+}
+
+/// Whether a stored record is sealed (else it is the record's JSON).
+pub fn is_sealed(record: &str) -> bool {
+    record.starts_with(SEALED_PREFIX)
+}
+
+/// Whether opening `stored` needs the customer's data key.
+pub fn needs_key(stored: &[ProjectionRow]) -> bool {
+    stored.iter().any(|r| is_sealed(&r.record))
+}
+
+/// Whether every row is in the current form: the customer row vouches for sealing and every
+/// other row is sealed. False for rows written before sealing (which a write or `rebuild`
+/// turns into the current form).
+pub fn is_current_form(stored: &[ProjectionRow]) -> bool {
+    stored.iter().all(|r| {
+        if is_sealed_kind(&r.kind) {
+            is_sealed(&r.record)
+        } else {
+            serde_json::from_str::<CustomerRow>(&r.record).is_ok_and(|c| c.sealed)
+        }
+    })
+}
+
+/// Associated data of a sealed record: the format's version, the customer, the row's kind
+/// and key. Kinds hold no NUL, so the split between kind and key is unambiguous.
+fn aad(customer: Uuid, kind: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEALED_PREFIX.len() + 16 + kind.len() + 1 + key.len());
+    out.extend_from_slice(SEALED_PREFIX.as_bytes());
+    out.extend_from_slice(customer.as_bytes());
+    out.extend_from_slice(kind.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The stored form of plaintext rows: the records of [`is_sealed_kind`] rows sealed under the
+/// customer's data key (needed only if there is one to seal), the customer row as it is.
+pub fn seal(
+    customer: Uuid,
+    rows: Vec<ProjectionRow>,
+    key: Option<&DataKey>,
+) -> Result<Vec<ProjectionRow>, StoreError> {
+    rows.into_iter()
+        .map(|mut row| {
+            if is_sealed_kind(&row.kind) {
+                let key = key.ok_or_else(|| {
+                    StoreError::Integrity(format!(
+                        "no data key to seal the projection of {customer}"
+                    ))
+                })?;
+                let sealed =
+                    key.seal(row.record.as_bytes(), &aad(customer, &row.kind, &row.key))?;
+                row.record = format!("{SEALED_PREFIX}{}", STANDARD_NO_PAD.encode(sealed));
+            }
+            Ok(row)
+        })
+        .collect()
+}
+
+/// The plaintext of stored rows. A sealed record opens only with the customer's key and in
+/// the row it was sealed for; a plaintext record of a sealed kind is read only where the
+/// customer row does not vouch for sealing (a row written before sealing).
+pub fn open(
+    customer: Uuid,
+    stored: &[ProjectionRow],
+    key: Option<&DataKey>,
+) -> Result<Vec<ProjectionRow>, StoreError> {
+    let vouched = stored
+        .iter()
+        .find(|r| r.kind == CUSTOMER)
+        .map(|r| serde_json::from_str::<CustomerRow>(&r.record).map(|c| c.sealed))
+        .transpose()?;
+    stored
+        .iter()
+        .map(|row| {
+            let Some(encoded) = row.record.strip_prefix(SEALED_PREFIX) else {
+                if is_sealed_kind(&row.kind) && vouched != Some(false) {
+                    return Err(StoreError::Integrity(format!(
+                        "a {} row of customer {customer} is not sealed",
+                        row.kind
+                    )));
+                }
+                return Ok(row.clone());
+            };
+            let key = key.ok_or_else(|| {
+                StoreError::Integrity(format!(
+                    "customer {customer} has sealed rows but no data key"
+                ))
+            })?;
+            let sealed = STANDARD_NO_PAD.decode(encoded).map_err(|_| {
+                StoreError::Integrity(format!(
+                    "a sealed {} row of {customer} is not base64",
+                    row.kind
+                ))
+            })?;
+            let plaintext = key.open(&sealed, &aad(customer, &row.kind, &row.key))?;
+            let record = String::from_utf8(plaintext).map_err(|_| {
+                StoreError::Integrity(format!(
+                    "a sealed {} row of {customer} is not UTF-8",
+                    row.kind
+                ))
+            })?;
+            Ok(ProjectionRow {
+                kind: row.kind.clone(),
+                key: row.key.clone(),
+                record,
+            })
+        })
+        .collect()
+}
+
+/// [`diff`] from stored rows (and their plaintext) to `after`, also rewriting every row still
+/// in the form of before sealing, so that a customer once written is wholly sealed.
+pub fn diff_stored(
+    stored: &[ProjectionRow],
+    opened: &[ProjectionRow],
+    after: &[ProjectionRow],
+) -> ProjectionDiff {
+    let mut changes = diff(opened, after);
+    if !is_current_form(stored) {
+        let old_form: std::collections::BTreeSet<(&str, &str)> = stored
+            .iter()
+            .filter(|r| is_sealed_kind(&r.kind) && !is_sealed(&r.record))
+            .map(|r| (r.kind.as_str(), r.key.as_str()))
+            .collect();
+        for row in after {
+            let pending = changes
+                .upserts
+                .iter()
+                .any(|u| u.kind == row.kind && u.key == row.key);
+            if !pending && old_form.contains(&(row.kind.as_str(), row.key.as_str())) {
+                changes.upserts.push(row.clone());
+            }
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn row(kind: &str, key: &str, record: &str) -> ProjectionRow {
+        ProjectionRow {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            record: record.to_owned(),
+        }
+    }
+
+    const CUSTOMER_ROW: &str =
+        r#"{"registered":true,"registered_at":null,"stream_version":1,"sealed":true}"#;
+    const OLD_CUSTOMER_ROW: &str = r#"{"registered":true,"registered_at":null,"stream_version":1}"#;
+
+    #[test]
+    fn sealed_rows_open_only_in_their_own_row_with_their_customers_key() {
+        let (c, d) = (Uuid::now_v7(), Uuid::now_v7());
+        let key = DataKey::generate();
+        let plain = vec![
+            row(CUSTOMER, "", CUSTOMER_ROW),
+            row(FIELD, "email", r#"{"v":"ada@example.org"}"#),
+            row(FIELD, "phone", r#"{"v":"+44"}"#),
+        ];
+        let stored = seal(c, plain.clone(), Some(&key)).unwrap();
+        assert_eq!(stored[0], plain[0], "the customer row stays clear");
+        assert!(stored[1..].iter().all(|r| is_sealed(&r.record)));
+        assert!(!stored.iter().any(|r| r.record.contains("ada")));
+        assert!(is_current_form(&stored) && needs_key(&stored));
+        assert_eq!(open(c, &stored, Some(&key)).unwrap(), plain);
+
+        // Swapped between fields, moved to another customer, opened with another key.
+        let mut swapped = stored.clone();
+        swapped[1].record = stored[2].record.clone();
+        assert!(open(c, &swapped, Some(&key)).is_err());
+        assert!(open(d, &stored, Some(&key)).is_err());
+        assert!(open(c, &stored, Some(&DataKey::generate())).is_err());
+        assert!(open(c, &stored, None).is_err());
+        // A plaintext row slipped in under a customer row that vouches for sealing.
+        let mut downgraded = stored.clone();
+        downgraded[1].record = plain[1].record.clone();
+        assert!(open(c, &downgraded, Some(&key)).is_err());
+    }
+
+    #[test]
+    fn rows_from_before_sealing_are_read_and_rewritten_sealed_by_the_next_write() {
+        let c = Uuid::now_v7();
+        let old = vec![
+            row(CUSTOMER, "", OLD_CUSTOMER_ROW),
+            row(FIELD, "email", r#"{"v":"ada@example.org"}"#),
+            row(FIELD, "phone", r#"{"v":"+44"}"#),
+        ];
+        assert!(!is_current_form(&old) && !needs_key(&old));
+        assert_eq!(open(c, &old, None).unwrap(), old);
+        // A write that changes only the email also rewrites the phone, and vouches for both.
+        let after = vec![
+            row(CUSTOMER, "", CUSTOMER_ROW),
+            row(FIELD, "email", r#"{"v":"grace@example.org"}"#),
+            row(FIELD, "phone", r#"{"v":"+44"}"#),
+        ];
+        let changes = diff_stored(&old, &old, &after);
+        let mut upserted: Vec<&str> = changes.upserts.iter().map(|r| r.key.as_str()).collect();
+        upserted.sort_unstable();
+        assert_eq!(upserted, ["", "email", "phone"]);
+        // Once current, only what changed is written.
+        let stored = seal(c, after.clone(), Some(&DataKey::generate())).unwrap();
+        assert!(diff_stored(&stored, &after, &after).upserts.is_empty());
+    }
 }

@@ -51,6 +51,12 @@ on_both_engines!(
     removed_events_are_detected,
     rebuilt_projection_equals_the_live_one,
     no_plaintext_personal_data_in_the_events_table,
+    no_plaintext_personal_data_in_the_projection,
+    a_sealed_record_read_in_another_row_is_an_integrity_error,
+    rows_from_before_sealing_are_read_and_sealed_by_a_write,
+    rows_from_before_sealing_are_sealed_by_rebuild,
+    the_key_cache_never_keeps_an_erased_customers_key,
+    another_process_drops_an_erased_customers_key_and_reads_them_as_erased,
     history_and_record_as_of_an_instant,
     refused_commands_write_nothing,
     erasure_leaves_the_registration_and_nothing_else,
@@ -579,11 +585,16 @@ async fn rebuilt_projection_equals_the_live_one(engine: Engine) {
         .await
         .unwrap();
     let before = store.ledger.state(c).await.unwrap().unwrap();
+    let stored = raw_projections(&store.db).await;
 
+    // Compared opened, the rows are what the log gives: nothing is rewritten, so the sealed
+    // rows stay byte for byte (a rewrite would draw new nonces).
     let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
     assert!(report.identical, "{report:?}");
+    assert_eq!((report.differing_count, report.resealed_count), (0, 0));
     assert_eq!((report.events, report.customers), (16, 3));
     assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), before);
+    assert_eq!(raw_projections(&store.db).await, stored);
 
     // A damaged projection row is reported and repaired.
     store
@@ -595,6 +606,7 @@ async fn rebuilt_projection_equals_the_live_one(engine: Engine) {
     assert_eq!(report.differing_count, 3);
     assert!(store.ledger.rebuild(&|_, _| {}).await.unwrap().identical);
     assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), before);
+    assert_sealed(&raw_projections(&store.db).await, &["ada@example.org"]);
 }
 
 async fn no_plaintext_personal_data_in_the_events_table(engine: Engine) {
@@ -1258,7 +1270,14 @@ async fn no_plaintext_of_an_erased_customer_anywhere(engine: Engine) {
     let d = new_customer();
     write_person(&store, c, "c").await;
     write_other(&store, d, "d").await;
-    // The dump sees what the projection holds in the clear.
+    let other = store.ledger.state(d).await.unwrap();
+    // Sealed, the projection shows nothing; rows written before sealing held it in the clear,
+    // which the dump sees (so the search is not vacuous).
+    let dump = dump_database(&store.db).await;
+    for needle in ERASED_VALUES {
+        assert!(!dump.contains(needle), "'{needle}' in the clear");
+    }
+    write_as_before_sealing(&store, c).await;
     let dump = dump_database(&store.db).await;
     for needle in ERASED_VALUES {
         assert!(
@@ -1278,8 +1297,9 @@ async fn no_plaintext_of_an_erased_customer_anywhere(engine: Engine) {
             "plaintext '{needle}' of an erased customer found"
         );
     }
-    assert!(
-        dump.contains("grace.hopper@example.org"),
+    assert_eq!(
+        store.ledger.state(d).await.unwrap(),
+        other,
         "the other customer is untouched"
     );
     assert!(dump.contains("customer_erased"));
@@ -1312,6 +1332,9 @@ async fn sqlite_files_keep_no_plaintext_of_an_erased_customer() {
     let d = new_customer();
     write_person(&store, c, "c").await;
     write_other(&store, d, "d").await;
+    let other = store.ledger.state(d).await.unwrap();
+    // Rows from before sealing hold the customer in the clear, in the file and the WAL.
+    write_as_before_sealing(&store, c).await;
     let files = sqlite_files(&store.db);
     for needle in ERASED_VALUES {
         assert!(
@@ -1331,8 +1354,9 @@ async fn sqlite_files_keep_no_plaintext_of_an_erased_customer() {
             "plaintext '{needle}' of an erased customer found in the SQLite files"
         );
     }
-    assert!(
-        files.contains("grace.hopper@example.org"),
+    assert_eq!(
+        store.ledger.state(d).await.unwrap(),
+        other,
         "the other customer is untouched"
     );
 }
@@ -1490,5 +1514,359 @@ async fn erasure_happens_once_and_only_to_a_registered_customer(engine: Engine) 
             .unwrap()
             .first_broken
             .is_none()
+    );
+}
+
+/// What the projection holds of `write_person`'s customer, a proposal's value, a command's
+/// reason and evidence reference and a restriction's reason: none of it may be readable in the
+/// `projections` table.
+const PROJECTED_VALUES: [&str; 11] = [
+    "augusta.king@example.org",
+    "lovelace",
+    "2079460958",
+    "james square",
+    "marylebone",
+    "countess",
+    "ada.next@example.org",
+    "proposed.mailbox@example.org",
+    "settlement papers of mrs king",
+    "passport-nx551190",
+    "disputes the st james address",
+];
+
+/// `write_person`, then a proposal (crm proposes emails), a change with a reason and an
+/// evidence reference, and a restriction of processing.
+async fn write_person_with_proposal_and_reasons(store: &TestStore, c: CustomerId) {
+    write_person(store, c, "c").await;
+    store
+        .ledger
+        .execute(
+            &source("crm"),
+            &command(
+                c,
+                "proposal",
+                vec![set("email", json!("proposed.mailbox@example.org"))],
+            ),
+        )
+        .await
+        .unwrap();
+    let mut why = command(c, "why", vec![set("name.family", json!("Lovelace-King"))]);
+    why.provenance.reason = Some("Settlement papers of Mrs King".to_owned());
+    why.provenance.evidence = Some(
+        idledger_domain::values::Evidence::new(
+            idledger_domain::ids::Key::parse("passport").unwrap(),
+            "passport-NX551190",
+        )
+        .unwrap(),
+    );
+    store.ledger.execute(&source("idp"), &why).await.unwrap();
+    let dpo = idledger_domain::command::Principal::Admin(dpo());
+    let restrict = command(
+        c,
+        "restrict",
+        vec![Change::RestrictProcessing {
+            reason: "Disputes the St James address".to_owned(),
+        }],
+    );
+    store.ledger.execute(&dpo, &restrict).await.unwrap();
+}
+
+async fn no_plaintext_personal_data_in_the_projection(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    write_person_with_proposal_and_reasons(&store, c).await;
+    // The record holds every value…
+    let state = store.ledger.state(c).await.unwrap().unwrap();
+    let record = serde_json::to_string(&state).unwrap().to_lowercase();
+    for needle in PROJECTED_VALUES {
+        assert!(record.contains(needle), "'{needle}' is not in the record");
+    }
+    assert_eq!(state.proposals.len(), 2);
+    assert!(state.restricted.is_some());
+    // …and no row of the projection shows one: every row but the customer's is sealed.
+    let rows = raw_projections(&store.db).await;
+    assert_eq!(rows.len(), 1 + state.fields.len() + 1 + 2 + 1, "{rows:?}");
+    assert_sealed(&rows, &PROJECTED_VALUES);
+}
+
+/// Puts the record stored in one row into another, as someone who can write to the database
+/// could: `(customer, kind, key)` each.
+async fn copy_record(db: &TestDb, from: (CustomerId, &str, &str), to: (CustomerId, &str, &str)) {
+    const READ: &str =
+        "SELECT record FROM projections WHERE customer_id = $1 AND kind = $2 AND key = $3";
+    const WRITE: &str =
+        "UPDATE projections SET record = $1 WHERE customer_id = $2 AND kind = $3 AND key = $4";
+    let affected = match db.engine {
+        Engine::Postgres => {
+            let pg = db.pg().await;
+            let record: String = sqlx::query_scalar(READ)
+                .bind(from.0.as_uuid())
+                .bind(from.1)
+                .bind(from.2)
+                .fetch_one(&pg)
+                .await
+                .unwrap();
+            sqlx::query(WRITE)
+                .bind(record)
+                .bind(to.0.as_uuid())
+                .bind(to.1)
+                .bind(to.2)
+                .execute(&pg)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+        Engine::Sqlite => {
+            let lite = db.sqlite().await;
+            let record: String = sqlx::query_scalar(READ)
+                .bind(from.0.as_uuid())
+                .bind(from.1)
+                .bind(from.2)
+                .fetch_one(&lite)
+                .await
+                .unwrap();
+            sqlx::query(WRITE)
+                .bind(record)
+                .bind(to.0.as_uuid())
+                .bind(to.1)
+                .bind(to.2)
+                .execute(&lite)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+    };
+    assert_eq!(affected, 1, "no row {to:?}");
+}
+
+#[track_caller]
+fn assert_integrity<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
+    match result {
+        Err(StoreError::Integrity(_)) => {}
+        other => panic!("{what}: expected an integrity error, got {other:?}"),
+    }
+}
+
+async fn a_sealed_record_read_in_another_row_is_an_integrity_error(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let (c, d) = (new_customer(), new_customer());
+    write_person(&store, c, "c").await;
+    write_other(&store, d, "d").await;
+    let (before_c, before_d) = (
+        store.ledger.state(c).await.unwrap(),
+        store.ledger.state(d).await.unwrap(),
+    );
+    let moves = [
+        (
+            "another customer's",
+            (d, "field", "email"),
+            (c, "field", "email"),
+        ),
+        (
+            "another field's",
+            (c, "field", "phone"),
+            (c, "field", "email"),
+        ),
+        (
+            "another kind's",
+            (c, "consent", "marketing"),
+            (c, "field", "email"),
+        ),
+    ];
+    for (i, (what, from, to)) in moves.into_iter().enumerate() {
+        copy_record(&store.db, from, to).await;
+        assert_integrity(store.ledger.state(c).await, what);
+        // A command on the altered record fails, and writes nothing.
+        let head = store.ledger.head_position().await.unwrap();
+        let refused = store
+            .ledger
+            .execute(
+                &source("web_app"),
+                &command(
+                    c,
+                    &format!("moved-{i}"),
+                    vec![set("locale", json!("en-GB"))],
+                ),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(ExecuteError::Store(StoreError::Integrity(_)))),
+            "{what}: {refused:?}"
+        );
+        assert_eq!(store.ledger.head_position().await.unwrap(), head);
+        // Rebuild finds the row differing and puts back what the log gives.
+        let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+        assert_eq!(report.differing_customers, [c.as_uuid()], "{what}");
+        assert_eq!(store.ledger.state(c).await.unwrap(), before_c, "{what}");
+        assert_eq!(store.ledger.state(d).await.unwrap(), before_d, "{what}");
+    }
+    // Plaintext put in a sealed row (d has no phone): the customer row vouches for sealing.
+    store
+        .db
+        .exec("UPDATE projections SET record = '{\"value\":null}' WHERE kind = 'field' AND key = 'phone'")
+        .await;
+    assert_integrity(store.ledger.state(c).await, "plaintext in a sealed row");
+    assert_eq!(store.ledger.state(d).await.unwrap(), before_d);
+}
+
+async fn rows_from_before_sealing_are_read_and_sealed_by_a_write(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    write_person(&store, c, "c").await;
+    let before = store.ledger.state(c).await.unwrap().unwrap();
+    write_as_before_sealing(&store, c).await;
+    let rows = raw_projections(&store.db).await;
+    assert!(
+        rows.iter()
+            .any(|(_, r)| r.contains("augusta.king@example.org"))
+    );
+    // Read as they are…
+    assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), before);
+    // …and a write that changes one field leaves every row of the customer sealed.
+    store
+        .ledger
+        .execute(
+            &source("web_app"),
+            &command(c, "locale", vec![set("locale", json!("en-GB"))]),
+        )
+        .await
+        .unwrap();
+    let after = store.ledger.state(c).await.unwrap().unwrap();
+    assert_eq!(after.fields.len(), before.fields.len() + 1);
+    assert_eq!(after.stream_version, before.stream_version + 1);
+    assert_sealed(&raw_projections(&store.db).await, &ERASED_VALUES);
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!(report.resealed_count, 0);
+}
+
+async fn rows_from_before_sealing_are_sealed_by_rebuild(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let (c, d) = (new_customer(), new_customer());
+    write_person(&store, c, "c").await;
+    write_other(&store, d, "d").await;
+    let (before_c, before_d) = (
+        store.ledger.state(c).await.unwrap(),
+        store.ledger.state(d).await.unwrap(),
+    );
+    write_as_before_sealing(&store, c).await;
+    // The content is what the log gives: identical, and rewritten sealed.
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!((report.differing_count, report.resealed_count), (0, 1));
+    let rows = raw_projections(&store.db).await;
+    assert_sealed(&rows, &ERASED_VALUES);
+    assert_eq!(store.ledger.state(c).await.unwrap(), before_c);
+    assert_eq!(store.ledger.state(d).await.unwrap(), before_d);
+    // Done once: the next rebuild rewrites nothing.
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!(report.resealed_count, 0);
+    assert_eq!(raw_projections(&store.db).await, rows);
+}
+
+async fn the_key_cache_never_keeps_an_erased_customers_key(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    write_person(&store, c, "c").await;
+    assert!(store.ledger.holds_key_of(c), "a command keeps its key");
+    // Readers and a writer of the record race its erasure: each sees the record before or
+    // after it, never an error, and none leaves the destroyed key in the cache.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for reader in 0..3 {
+        let (ledger, stop) = (store.ledger.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut reads = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let state = ledger.state(c).await.unwrap().unwrap();
+                assert!(state.erased.is_some() || state.fields.contains_key(&field("email")));
+                if reader == 0 {
+                    match ledger.history(c, &field("email")).await {
+                        Ok(events) => assert!(!events.is_empty()),
+                        Err(StoreError::Erased { .. }) => {}
+                        Err(e) => panic!("history: {e}"),
+                    }
+                }
+                reads += 1;
+            }
+            reads
+        });
+    }
+    {
+        let (ledger, stop) = (store.ledger.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut writes = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let locale = if writes.is_multiple_of(2) {
+                    "en-GB"
+                } else {
+                    "de-DE"
+                };
+                let result = ledger
+                    .execute(
+                        &source("web_app"),
+                        &fresh_command(c, vec![set("locale", json!(locale))]),
+                    )
+                    .await;
+                match result {
+                    Ok(_) => {}
+                    Err(ExecuteError::Refused(r))
+                        if matches!(r.refusal, Refusal::Erased { .. }) => {}
+                    Err(e) => panic!("a command racing the erasure: {e}"),
+                }
+                writes += 1;
+            }
+            writes
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store
+        .ledger
+        .erase(c, &admin(), dpo(), "subject's request")
+        .await
+        .unwrap();
+    assert!(!store.ledger.holds_key_of(c), "the erasure drops the key");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, Ordering::SeqCst);
+    while let Some(done) = tasks.join_next().await {
+        assert!(done.unwrap() > 0, "a task did nothing");
+    }
+    assert!(
+        !store.ledger.holds_key_of(c),
+        "a key read before the erasure was put back"
+    );
+    let state = store.ledger.state(c).await.unwrap().unwrap();
+    assert!(state.erased.is_some() && state.fields.is_empty());
+}
+
+async fn another_process_drops_an_erased_customers_key_and_reads_them_as_erased(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    write_person(&store, c, "c").await;
+    let other = store.another_ledger().await;
+    assert!(other.state(c).await.unwrap().is_some());
+    assert!(other.holds_key_of(c));
+    let erasure = store
+        .ledger
+        .erase(c, &admin(), dpo(), "subject's request")
+        .await
+        .unwrap();
+    // The other process learns of the erasure from the record it reads, and drops its copy.
+    let state = other.state(c).await.unwrap().unwrap();
+    assert_eq!(state.erased.as_ref(), Some(&erasure));
+    assert!(state.fields.is_empty());
+    assert!(!other.holds_key_of(c));
+    assert_erased(other.history(c, &field("email")).await, c, erasure.at);
+    assert_refused(
+        other
+            .execute(
+                &source("web_app"),
+                &command(c, "late", vec![set("locale", json!("en-GB"))]),
+            )
+            .await,
+        &Refusal::Erased {
+            erased_at: erasure.at,
+        },
     );
 }

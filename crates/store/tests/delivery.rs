@@ -411,14 +411,17 @@ async fn acks_become_consumer_state_newest_version_wins(engine: Engine) {
     let ack = |version, status, reason| setup.ack(version, status, reason);
     assert_eq!(
         deliveries
-            .record_ack(&ack(2, AckStatus::Applied, None))
+            .record_ack(&setup.store.ledger, &ack(2, AckStatus::Applied, None))
             .await
             .unwrap(),
         AckOutcome::Recorded
     );
     assert_eq!(
         deliveries
-            .record_ack(&ack(1, AckStatus::Rejected, Some("older")))
+            .record_ack(
+                &setup.store.ledger,
+                &ack(1, AckStatus::Rejected, Some("older"))
+            )
             .await
             .unwrap(),
         AckOutcome::Superseded { stored_version: 2 }
@@ -445,7 +448,7 @@ async fn a_later_ack_of_the_same_version_may_change_its_status(engine: Engine) {
     let ack = |version, status, reason| setup.ack(version, status, reason);
     assert_eq!(
         deliveries
-            .record_ack(&ack(2, AckStatus::Applied, None))
+            .record_ack(&setup.store.ledger, &ack(2, AckStatus::Applied, None))
             .await
             .unwrap(),
         AckOutcome::Recorded
@@ -453,7 +456,10 @@ async fn a_later_ack_of_the_same_version_may_change_its_status(engine: Engine) {
     // The same version again may change its status (e.g. a retry that now applies).
     assert_eq!(
         deliveries
-            .record_ack(&ack(2, AckStatus::Rejected, Some("format")))
+            .record_ack(
+                &setup.store.ledger,
+                &ack(2, AckStatus::Rejected, Some("format"))
+            )
             .await
             .unwrap(),
         AckOutcome::Recorded
@@ -474,7 +480,7 @@ async fn acks_that_match_nothing_delivered_are_refused_and_change_nothing(engine
     let ack = |version, status, reason| setup.ack(version, status, reason);
     assert_eq!(
         deliveries
-            .record_ack(&ack(2, AckStatus::Applied, None))
+            .record_ack(&setup.store.ledger, &ack(2, AckStatus::Applied, None))
             .await
             .unwrap(),
         AckOutcome::Recorded
@@ -501,7 +507,10 @@ async fn acks_that_match_nothing_delivered_are_refused_and_change_nothing(engine
         ack(3, AckStatus::Rejected, Some(&"x".repeat(1001))),
     ];
     for bad in invalid {
-        let outcome = deliveries.record_ack(&bad).await.unwrap();
+        let outcome = deliveries
+            .record_ack(&setup.store.ledger, &bad)
+            .await
+            .unwrap();
         assert!(
             matches!(outcome, AckOutcome::Invalid(_)),
             "{bad:?}: {outcome:?}"
@@ -533,7 +542,10 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
     };
     for (c, e) in [(erased, erased_event), (kept, kept_event)] {
         assert_eq!(
-            deliveries.record_ack(&ack(c, e)).await.unwrap(),
+            deliveries
+                .record_ack(&store.ledger, &ack(c, e))
+                .await
+                .unwrap(),
             AckOutcome::Recorded
         );
     }
@@ -548,7 +560,7 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
         [kept]
     );
     let outcome = deliveries
-        .record_ack(&ack(erased, erased_event))
+        .record_ack(&store.ledger, &ack(erased, erased_event))
         .await
         .unwrap();
     assert!(
@@ -851,7 +863,7 @@ async fn consumer_state_is_read_for_the_customers_asked(engine: Engine) {
     ];
     for ack in &acks {
         assert_eq!(
-            deliveries.record_ack(ack).await.unwrap(),
+            deliveries.record_ack(&store.ledger, ack).await.unwrap(),
             AckOutcome::Recorded
         );
     }
@@ -922,7 +934,7 @@ async fn an_applied_ack_holding_the_records_value_closes_its_exceptions(engine: 
     // Another value: nothing closes.
     let other = format!("sha256:{}", "cd".repeat(32));
     deliveries
-        .record_ack(&applied("crm", c, event, &other))
+        .record_ack(&store.ledger, &applied("crm", c, event, &other))
         .await
         .unwrap();
     for e in &opened {
@@ -934,7 +946,7 @@ async fn an_applied_ack_holding_the_records_value_closes_its_exceptions(engine: 
     // The record's value: the field's drift exceptions close by themselves, a proposal stays.
     assert_eq!(
         deliveries
-            .record_ack(&applied("crm", c, event, &record_hash))
+            .record_ack(&store.ledger, &applied("crm", c, event, &record_hash))
             .await
             .unwrap(),
         AckOutcome::Recorded

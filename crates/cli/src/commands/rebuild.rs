@@ -73,6 +73,14 @@ pub fn write_text(
         "rate",
         format!("{:.0} events/s", rate(report.events, elapsed)),
     )?;
+    if report.resealed_count > 0 {
+        writeln!(
+            out,
+            "{:indent$}{} customers' rows were still in the clear (written before the projection \
+             was sealed) and are now sealed",
+            "", report.resealed_count
+        )?;
+    }
     if report.identical {
         return writeln!(
             out,

@@ -9,6 +9,7 @@ use super::{
     MAX_ACK_REASON_CHARS, Relation, ValueHash, customer_id,
 };
 use crate::error::StoreError;
+use crate::ledger::Ledger;
 use crate::log;
 use crate::sql::{Row, sql};
 
@@ -19,8 +20,9 @@ impl Deliveries {
     /// Stores an acknowledgement as the consumer's state of that field, after checking that it
     /// names a registered consumer and an event of that customer and field, and that the
     /// customer was not erased. An ack for an older version than the one stored does not
-    /// overwrite it (acks may arrive out of order).
-    pub async fn record_ack(&self, ack: &Ack) -> Result<AckOutcome, StoreError> {
+    /// overwrite it (acks may arrive out of order). `ledger` (on the same database) reads the
+    /// record an applied ack is compared with: its rows are sealed.
+    pub async fn record_ack(&self, ledger: &Ledger, ack: &Ack) -> Result<AckOutcome, StoreError> {
         if self.consumer(&ack.consumer_id).await?.is_none() {
             return Ok(AckOutcome::Invalid(format!(
                 "no consumer '{}' is registered",
@@ -79,7 +81,7 @@ impl Deliveries {
             return Ok(AckOutcome::Superseded { stored_version });
         }
         if ack.status == AckStatus::Applied {
-            self.close_causes_gone(ack).await?;
+            self.close_causes_gone(ledger, ack).await?;
         }
         Ok(AckOutcome::Recorded)
     }
@@ -125,13 +127,11 @@ impl Deliveries {
     /// An applied ack that matches the record closes the exceptions it answers: the field's
     /// delivery and drift exceptions when the consumer now holds the record's value, and an
     /// unconfirmed withdrawal when it confirms deleting (acks holding no value) after one.
-    async fn close_causes_gone(&self, ack: &Ack) -> Result<(), StoreError> {
+    async fn close_causes_gone(&self, ledger: &Ledger, ack: &Ack) -> Result<(), StoreError> {
         let customer = ack.customer_id.as_uuid();
-        let rows = log::projection_rows(&self.db, customer).await?;
-        if rows.is_empty() {
+        let Some(state) = ledger.state(ack.customer_id).await? else {
             return Ok(());
-        }
-        let state = crate::projection::state(&rows)?;
+        };
         let held = state.held(&ack.field);
         let record_hash = held.as_ref().and_then(|h| h.value_hash.as_deref());
         let field = ack.field.to_string();

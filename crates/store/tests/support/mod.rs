@@ -26,3 +26,75 @@ pub async fn count(db: &TestDb, sql: &str) -> i64 {
             .unwrap(),
     }
 }
+
+/// Rewrites a customer's projection rows as idledger wrote them before the projection was
+/// sealed: every record plain JSON, the customer row without its `sealed` mark.
+pub async fn write_as_before_sealing(
+    store: &TestStore,
+    customer: idledger_domain::ids::CustomerId,
+) {
+    let state = store.ledger.state(customer).await.unwrap().unwrap();
+    let rows: Vec<(uuid::Uuid, idledger_store::model::ProjectionRow)> =
+        idledger_store::projection::rows(&state)
+            .unwrap()
+            .into_iter()
+            .map(|mut row| {
+                row.record = row.record.replace(",\"sealed\":true", "");
+                (customer.as_uuid(), row)
+            })
+            .collect();
+    assert!(rows.iter().all(|(_, r)| !r.record.contains("sealed")));
+    let log = store.ledger.store().log();
+    let head = log.head_position().await.unwrap();
+    assert!(
+        log.replace_projections(&[customer.as_uuid()], &rows, head)
+            .await
+            .unwrap()
+    );
+}
+
+/// Every projection row as the database holds it: its kind, and the whole row — customer id,
+/// kind, key and record — as text, lower-cased.
+pub async fn raw_projections(db: &TestDb) -> Vec<(String, String)> {
+    let rows: Vec<(String, String)> = match db.engine {
+        Engine::Postgres => sqlx::query_as(
+            "SELECT kind, p::text FROM projections p ORDER BY customer_id, kind, key",
+        )
+        .fetch_all(&db.pg().await)
+        .await
+        .unwrap(),
+        Engine::Sqlite => {
+            let raw: Vec<(Vec<u8>, String, String, String)> = sqlx::query_as(
+                "SELECT customer_id, kind, key, record FROM projections ORDER BY customer_id, kind, key",
+            )
+            .fetch_all(&db.sqlite().await)
+            .await
+            .unwrap();
+            raw.into_iter()
+                .map(|(c, kind, key, record)| {
+                    let text = format!("{} {kind} {key} {record}", String::from_utf8_lossy(&c));
+                    (kind, text)
+                })
+                .collect()
+        }
+    };
+    rows.into_iter()
+        .map(|(kind, text)| (kind, text.to_lowercase()))
+        .collect()
+}
+
+/// Asserts that every projection row but the customer's is sealed, and that none holds one
+/// of `needles` in the clear.
+#[track_caller]
+pub fn assert_sealed(rows: &[(String, String)], needles: &[&str]) {
+    assert!(!rows.is_empty());
+    for (kind, row) in rows {
+        for needle in needles {
+            assert!(!row.contains(needle), "plaintext '{needle}' in {row}");
+        }
+        assert!(
+            kind == "customer" || row.contains("sealed:v1:"),
+            "a {kind} row in the clear: {row}"
+        );
+    }
+}
