@@ -186,6 +186,22 @@ roles! {
     /// Uploading a consumer's snapshot: stewards and admins for any consumer, a consumer for
     /// itself.
     Uploaders = [Steward, Admin, Consumer];
-    /// Any valid token.
-    Anyone = [Source, Consumer, Steward, Auditor, Admin, Dsar];
+}
+
+/// Any valid token, whatever its role (so a new role can never be left out).
+#[derive(Debug)]
+pub struct Anyone;
+
+impl Roles for Anyone {
+    const ROLES: &'static [Role] = &Role::ALL;
+}
+
+/// The roles among `Readers` that read a record's past (`as_of`, history): those
+/// `Caller::reader` makes overseers, not sources.
+pub fn past_readers() -> Vec<&'static str> {
+    Readers::ROLES
+        .iter()
+        .filter(|r| **r != Role::Source)
+        .map(|r| r.as_str())
+        .collect()
 }

@@ -242,9 +242,8 @@ impl From<ReadError> for ApiError {
                 ApiError::not_found("not_found", e.to_string())
             }
             ReadError::Erased { customer, at } => ApiError::gone(customer, at),
-            // The readers `Caller::reader` makes overseers, among those the route admits.
             ReadError::PastForbidden => ApiError::forbidden("forbidden_role", e.to_string())
-                .with("allowed_roles", ["steward", "auditor"]),
+                .with("allowed_roles", crate::auth::past_readers()),
             ReadError::Store(e) => e.into(),
         }
     }
