@@ -8,6 +8,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use idledger_app::Reader;
 use idledger_domain::command::Principal;
+use idledger_domain::delivery::ConsumerId;
 use idledger_domain::ids::SourceId;
 use idledger_store::{Role, TokenRecord};
 
@@ -37,6 +38,19 @@ impl Caller {
         )
         .with("role", self.token.role)
         .with("allowed_roles", allowed))
+    }
+
+    /// Refuses (403 `forbidden_consumer`) a consumer token acting for another consumer than its
+    /// own; every other role the route admits acts for any consumer.
+    pub fn act_for(&self, consumer: &ConsumerId) -> Result<(), ApiError> {
+        if self.token.role == Role::Consumer && self.subject() != Some(consumer.as_str()) {
+            return Err(ApiError::forbidden(
+                "forbidden_consumer",
+                "a consumer token acts only for its own consumer",
+            )
+            .with("consumer_id", consumer));
+        }
+        Ok(())
     }
 
     /// The principal commands run as: a source system or a steward.
@@ -186,6 +200,8 @@ roles! {
     /// Uploading a consumer's snapshot: stewards and admins for any consumer, a consumer for
     /// itself.
     Uploaders = [Steward, Admin, Consumer];
+    /// Reading a consumer's value-hash key: admins for any consumer, a consumer for itself.
+    KeyHolders = [Admin, Consumer];
 }
 
 /// Any valid token, whatever its role (so a new role can never be left out).

@@ -25,12 +25,13 @@ use idledger_store::delivery::{
     NewConsumer, RegisterError, StartAt, Webhook, WebhookSecret,
 };
 
-use crate::auth::{Admins, Auditors, Authorized, Caller, Consumers, bearer};
+use crate::auth::{Admins, Auditors, Authorized, Caller, Consumers, KeyHolders, bearer};
 use crate::error::{ApiError, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams, truncate};
 use crate::routes::customer_param;
 use crate::views::{
     AckView, ConsumerListView, ConsumerStateView, ConsumerView, FieldStateView, HandoffPageView,
+    HashKeyView,
 };
 use crate::wire::{ConsumerRequest, WebhookRequest};
 use crate::{AppState, Closing};
@@ -217,6 +218,39 @@ pub async fn disable_consumer(
     let consumer = registered(&state, &id).await?;
     let checkpoint = state.deliveries.checkpoint(&id).await?;
     Ok(Json(ConsumerView::new(&consumer, checkpoint)))
+}
+
+/// The key a consumer computes `value_hash` with (roles `admin`, or the consumer itself):
+/// `hmac-sha256:` and the lowercase hex HMAC-SHA256, under this key, of the UTF-8 bytes of the
+/// value's natural JSON form as delivered in `data.value` (compact, object keys sorted). Each
+/// consumer has its own key, derived from the master key, so its hashes cannot be linked to
+/// another consumer's, nor reversed without the key.
+#[utoipa::path(
+    get, path = "/v1/consumers/{consumer_id}/hash-key", tag = "delivery",
+    params(("consumer_id" = String, Path)),
+    responses(
+        (status = 200, body = HashKeyView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden_role, forbidden_consumer", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "consumer_not_found, invalid_consumer_id", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn hash_key(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<KeyHolders>,
+    PathParams(params): PathParams,
+) -> Result<Response, ApiError> {
+    let id = consumer_param(&params)?;
+    caller.act_for(&id)?;
+    let consumer = registered(&state, &id).await?;
+    let view = HashKeyView {
+        consumer_id: consumer.id.to_string(),
+        algorithm: "hmac-sha256",
+        key: state.ledger.hash_key(&consumer.id).to_hex(),
+    };
+    // A secret: no cache keeps it.
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(view)).into_response())
 }
 
 fn consumer_param(params: &HashMap<String, String>) -> Result<ConsumerId, ApiError> {

@@ -177,6 +177,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
             "/consumers/{consumer_id}/state",
             get(delivery::consumer_state),
         )
+        .route("/consumers/{consumer_id}/hash-key", get(delivery::hash_key))
         .route(
             "/consumers/{consumer_id}/snapshots",
             post(reconcile::upload_snapshot),

@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use idledger_domain::event::{EventPayload, StewardAction};
 use idledger_domain::field::FieldPath;
+use idledger_domain::hashing::HashKey;
 use idledger_domain::state::{ConsentState, CustomerState};
 use idledger_store::delivery::{
     ConsumerFieldState, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
@@ -710,6 +711,9 @@ async fn exception_page(
     let steward_override = field
         .as_ref()
         .map(|f| state.ledger.policy().rule(f).steward_override);
+    // Hashes are keyed per consumer: the record's is shown under the consumer's key, to be
+    // compared with what it acknowledged.
+    let hash_key = consumer.as_ref().map(|c| state.ledger.hash_key(&c.id));
     let title = format!("{} exception", exception.kind);
     let body = html! {
         p { a href="/steward" { "← all exceptions" } }
@@ -727,8 +731,8 @@ async fn exception_page(
             Record::Erased(message) => p.msg.error id="erased" role="alert" { (message) },
             Record::Missing => p.msg.error { "The customer " (exception.customer_id) " has no record." },
             Record::Found { state: current, history } => div.cols {
-                (record_section(&exception, field.as_ref(), current))
-                (consumer_section(&exception, consumer.is_some(), field.as_ref(), current, &held_by_consumer))
+                (record_section(&exception, field.as_ref(), current, hash_key.as_ref()))
+                (consumer_section(&exception, hash_key.as_ref(), field.as_ref(), current, &held_by_consumer))
                 (history_section(&exception, history))
             },
         }
@@ -805,9 +809,14 @@ fn action_forms(e: &SyncException, steward_override: Option<bool>) -> Markup {
     }
 }
 
-fn record_section(e: &SyncException, field: Option<&FieldPath>, state: &CustomerState) -> Markup {
+fn record_section(
+    e: &SyncException,
+    field: Option<&FieldPath>,
+    state: &CustomerState,
+    hash_key: Option<&HashKey>,
+) -> Markup {
     let record = field.and_then(|f| state.field(f));
-    let held = field.and_then(|f| state.held(f));
+    let held = field.zip(hash_key).and_then(|(f, key)| state.held(f, key));
     html! {
         section id="record" {
             h2 { "The record" }
@@ -818,7 +827,7 @@ fn record_section(e: &SyncException, field: Option<&FieldPath>, state: &Customer
                         Some(v) => code { (compact(&v.to_json())) },
                         None => span.muted { "no value" },
                     } }
-                    dt { "Version" } dd { (held.as_ref().map_or(0, |h| h.version)) }
+                    dt { "Version" } dd { (held.as_ref().map_or_else(|| record.map_or(0, |r| r.value_version), |h| h.version)) }
                     dt { "Source" } dd { (record.and_then(|r| r.source.as_ref()).map(ToString::to_string).unwrap_or_else(|| "—".to_owned())) }
                     dt { "Value hash" } dd.mono id="record-hash" { (held.as_ref().and_then(|h| h.value_hash.as_deref()).unwrap_or("—")) }
                     @if let Some(at) = record.and_then(|r| r.recorded_at) {
@@ -855,12 +864,16 @@ fn record_section(e: &SyncException, field: Option<&FieldPath>, state: &Customer
 
 fn consumer_section(
     e: &SyncException,
-    is_consumer: bool,
+    hash_key: Option<&HashKey>,
     field: Option<&FieldPath>,
     state: &CustomerState,
     held: &[ConsumerFieldState],
 ) -> Markup {
-    let record_hash = field.and_then(|f| state.held(f)).and_then(|h| h.value_hash);
+    let is_consumer = hash_key.is_some();
+    let record_hash = field
+        .zip(hash_key)
+        .and_then(|(f, key)| state.held(f, key))
+        .and_then(|h| h.value_hash);
     html! {
         section id="consumer" {
             h2 { "What " (e.subject) " holds" }

@@ -13,7 +13,6 @@ use futures::TryStreamExt;
 use idledger_app::stewardship::MAX_BULK;
 use idledger_app::{ExceptionQuery, QueryError};
 use idledger_reconcile::{ReconcileError, SnapshotFormat};
-use idledger_store::Role;
 use idledger_store::delivery::ConsumerId;
 use idledger_store::runs::{Run, RunKind};
 use serde::{Deserialize, Serialize};
@@ -476,12 +475,7 @@ pub async fn upload_snapshot(
         .unwrap_or_default();
     let consumer =
         ConsumerId::parse(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
-    if caller.token.role == Role::Consumer && caller.subject() != Some(consumer.as_str()) {
-        return Err(ApiError::forbidden(
-            "forbidden_consumer",
-            "a consumer token uploads only its own consumer's snapshot",
-        ));
-    }
+    caller.act_for(&consumer)?;
     let format = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -369,6 +369,24 @@ pub struct RestrictionView {
     pub stream_version: u64,
 }
 
+/// A consumer's value-hash key (see `GET /v1/consumers/{consumer_id}/hash-key`).
+#[derive(Serialize, ToSchema)]
+pub struct HashKeyView {
+    pub consumer_id: String,
+    /// Always `hmac-sha256`.
+    pub algorithm: &'static str,
+    /// 64 lowercase hex characters: the HMAC key's 32 bytes.
+    pub key: String,
+}
+
+impl std::fmt::Debug for HashKeyView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashKeyView")
+            .field("consumer_id", &self.consumer_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A registered consumer of deliveries. A webhook's secret is never shown.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConsumerView {

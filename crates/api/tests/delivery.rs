@@ -7,8 +7,10 @@ mod support;
 
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use support::{Engine, Reply, TestApp, grant, on_both_engines};
 
 on_both_engines!(
@@ -18,6 +20,7 @@ on_both_engines!(
     the_event_stream_resumes_from_last_event_id,
     acks_become_consumer_state,
     acks_that_match_nothing_delivered_are_refused_and_change_nothing,
+    a_consumer_computes_value_hashes_with_its_own_key,
     the_consumer_state_route_checks_its_input,
     handoffs_are_paged_per_customer_and_per_consumer,
     the_feed_refuses_callers_and_input_it_should,
@@ -675,6 +678,60 @@ async fn acks_that_match_nothing_delivered_are_refused_and_change_nothing(engine
         .await;
     assert_eq!(state.body["fields"][0]["status"], "applied", "unchanged");
     assert_eq!(state.body["fields"][0]["event_id"], events[1]["id"]);
+}
+
+async fn a_consumer_computes_value_hashes_with_its_own_key(engine: Engine) {
+    let (app, ghost, c, events) = acks_scene(engine).await;
+    app.add_consumer(feed_consumer("cdp", &["service"])).await;
+    let route = "/v1/consumers/crm-sync/hash-key";
+    let own = app.get(route, "consumer").await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.text);
+    assert_eq!(own.header("cache-control"), Some("no-store"));
+    assert_eq!(own.body["algorithm"], "hmac-sha256");
+    let key = hex::decode(own.body["key"].as_str().unwrap()).unwrap();
+    // What the contract says, computed by the consumer: HMAC-SHA256 of the value's JSON.
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(json!("user2@example.org").to_string().as_bytes());
+    let expected = format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(events[1]["data"]["value_hash"], expected.as_str());
+    let mut ack = applied_ack(&events[1]);
+    ack["value_hash"] = json!(expected);
+    assert_eq!(
+        post_ack(&app, "consumer", &ack).await.status,
+        StatusCode::OK
+    );
+    let state = app
+        .get(
+            &format!("/v1/consumers/crm-sync/state?customer={c}"),
+            "auditor",
+        )
+        .await;
+    assert_eq!(state.body["fields"][0]["value_hash"], expected.as_str());
+    // An unkeyed SHA-256 of the value is refused: it would expose the value to a dictionary.
+    let unkeyed = hex::encode(Sha256::digest(b"\"user2@example.org\""));
+    ack["value_hash"] = json!(format!("sha256:{unkeyed}"));
+    post_ack(&app, "consumer", &ack)
+        .await
+        .problem(422, "invalid_ack");
+
+    // An admin reads any consumer's key; each consumer has its own.
+    assert_eq!(app.get(route, "admin").await.body["key"], own.body["key"]);
+    let other = app.get("/v1/consumers/cdp/hash-key", "admin").await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text);
+    assert_ne!(other.body["key"], own.body["key"]);
+    // Nobody else reads one.
+    app.get("/v1/consumers/cdp/hash-key", "consumer")
+        .await
+        .problem(403, "forbidden_consumer");
+    app.get(route, &ghost)
+        .await
+        .problem(403, "forbidden_consumer");
+    for role in ["idp", "steward", "auditor"] {
+        app.get(route, role).await.problem(403, "forbidden_role");
+    }
+    app.get("/v1/consumers/nobody/hash-key", "admin")
+        .await
+        .problem(404, "consumer_not_found");
 }
 
 async fn the_consumer_state_route_checks_its_input(engine: Engine) {

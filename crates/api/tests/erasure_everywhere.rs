@@ -2,10 +2,11 @@
 //! customer's email, phone and name are delivered (NATS, a webhook that answers quoting what it
 //! holds), acknowledged, reconciled, quoted in a steward's note; a NATS consumer that received
 //! them is retired. After `POST /v1/customers/{id}/erasure` and the relay's pass over it, none
-//! of the values — nor the SHA-256 digests idledger delivers, acknowledges and reconciles — is
+//! of the values — nor their keyed hashes that idledger delivers, acknowledges and reconciles — is
 //! left in the whole database (`pg_dump` on PostgreSQL; the raw `.db`, `-wal` and `-shm` files
 //! on SQLite) nor in any message of the delivery or ack stream, while the erasure notice is.
-//! The same search finds them before the erasure, so it is not vacuous.
+//! The same search finds them before the erasure, so it is not vacuous; no plain SHA-256 of
+//! a value is anywhere, before or after.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -16,11 +17,13 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use idledger_domain::field::{FieldPath, FieldValue};
+use idledger_domain::hashing::HashKey;
 use idledger_relay::envelope::CUSTOMER_ERASED;
 use idledger_relay::{Backoff, NatsConfig, Relay, RelayConfig, StreamSettings, WebhookConfig};
 use idledger_store::delivery::{ConsumerId, HandoffFilter, HandoffKind};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use support::{Engine, Reply, TestApp, grant, on_both_engines};
 use tokio_util::sync::CancellationToken;
 
@@ -34,48 +37,80 @@ const FAMILY: &str = "Quillfeather-Drummond";
 const CONTROL_EMAIL: &str = "control.customer@example.org";
 const SECRET: &str = "whsec-erasure-0123456789abcdef";
 
-/// What must not survive: each value as the record holds it, and the hex of its digest
-/// (`FieldValue::digest`: the `value_hash` of deliveries, acks, reports and exceptions).
-fn needles() -> Vec<(String, String)> {
+/// What is searched for, each with what it is.
+struct Needles(Vec<(String, String)>);
+
+const FIELDS: [(&str, &str); 4] = [
+    ("email", EMAIL),
+    ("phone", PHONE),
+    ("name.given", GIVEN),
+    ("name.family", FAMILY),
+];
+
+fn value(field: &str, text: &str) -> FieldValue {
+    FieldValue::parse(&FieldPath::parse(field).unwrap(), &json!(text)).unwrap()
+}
+
+/// What must not survive: each value as the record holds it, and its keyed hash under `key`
+/// (the `value_hash` of that consumer's deliveries, acks, reports and exceptions).
+fn needles(key: &HashKey) -> Needles {
     let mut out = Vec::new();
-    for (field, value) in [
-        ("email", EMAIL),
-        ("phone", PHONE),
-        ("name.given", GIVEN),
-        ("name.family", FAMILY),
-    ] {
-        let value = FieldValue::parse(&FieldPath::parse(field).unwrap(), &json!(value)).unwrap();
+    for (field, text) in FIELDS {
+        let value = value(field, text);
         let plain = value.to_json().as_str().unwrap().to_lowercase();
-        let digest = value.digest();
-        let hex = digest.strip_prefix("sha256:").unwrap().to_owned();
+        let keyed = key
+            .value(&value)
+            .as_str()
+            .strip_prefix("hmac-sha256:")
+            .unwrap()
+            .to_owned();
         out.push((format!("{field} value"), plain));
-        out.push((format!("{field} digest"), hex));
+        out.push((format!("{field} keyed hash"), keyed));
     }
-    out
+    Needles(out)
 }
 
-/// The needles found in `haystack`, whatever its case.
-fn found(haystack: &str) -> Vec<String> {
-    let haystack = haystack.to_lowercase();
-    needles()
-        .into_iter()
-        .filter(|(_, needle)| haystack.contains(needle.as_str()))
-        .map(|(what, _)| what)
-        .collect()
+/// What must never be anywhere: each value's plain SHA-256 (the unkeyed `value_hash` of old,
+/// which a dictionary reverses).
+fn unkeyed() -> Needles {
+    Needles(
+        FIELDS
+            .iter()
+            .map(|(field, text)| {
+                let json = value(field, text).to_json().to_string();
+                (
+                    format!("{field} sha256"),
+                    hex::encode(Sha256::digest(json.as_bytes())),
+                )
+            })
+            .collect(),
+    )
 }
 
-/// Where the first needle sits in `haystack`, for a failure to say.
-fn first_hit(haystack: &str) -> String {
-    let haystack = haystack.to_lowercase();
-    needles()
-        .iter()
-        .find_map(|(what, needle)| {
-            let at = haystack.find(needle.as_str())?;
-            let from = haystack.floor_char_boundary(at.saturating_sub(300));
-            let to = haystack.ceil_char_boundary(at + needle.len() + 600);
-            Some(format!("{what} in …{}…", &haystack[from..to]))
-        })
-        .unwrap_or_default()
+impl Needles {
+    /// The needles found in `haystack`, whatever its case.
+    fn found(&self, haystack: &str) -> Vec<String> {
+        let haystack = haystack.to_lowercase();
+        self.0
+            .iter()
+            .filter(|(_, needle)| haystack.contains(needle.as_str()))
+            .map(|(what, _)| what.clone())
+            .collect()
+    }
+
+    /// Where the first needle sits in `haystack`, for a failure to say.
+    fn first_hit(&self, haystack: &str) -> String {
+        let haystack = haystack.to_lowercase();
+        self.0
+            .iter()
+            .find_map(|(what, needle)| {
+                let at = haystack.find(needle.as_str())?;
+                let from = haystack.floor_char_boundary(at.saturating_sub(300));
+                let to = haystack.ceil_char_boundary(at + needle.len() + 600);
+                Some(format!("{what} in …{}…", &haystack[from..to]))
+            })
+            .unwrap_or_default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -417,14 +452,35 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
     assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.text);
 
     // The control: before the erasure the same search finds the customer everywhere.
+    let needles = needles(&app.ledger.hash_key(&ConsumerId::parse("crm-sync").unwrap()));
     let db = database_copies(&app);
     assert_eq!(
-        found(&db).len(),
-        needles().len(),
+        needles.found(&db).len(),
+        needles.0.len(),
         "the database search misses values before the erasure"
     );
+    // No hash is unkeyed, ever.
+    assert_eq!(
+        unkeyed().found(&db),
+        Vec::<String>::new(),
+        "{}",
+        unkeyed().first_hit(&db)
+    );
     let stream = stream_copies(&js, &nats.stream.name).await;
-    let in_stream: Vec<String> = stream.iter().flat_map(|(_, body)| found(body)).collect();
+    let in_stream: Vec<String> = stream
+        .iter()
+        .flat_map(|(_, body)| needles.found(body))
+        .collect();
+    assert!(
+        in_stream.contains(&"email keyed hash".to_owned()),
+        "the stream search does not find the email's hash before the erasure"
+    );
+    assert!(
+        stream
+            .iter()
+            .all(|(_, body)| unkeyed().found(body).is_empty()),
+        "a delivery carries an unkeyed hash"
+    );
     assert!(
         in_stream.contains(&"email value".to_owned()),
         "the stream search does not find the email before the erasure"
@@ -465,10 +521,10 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
     // Nothing of the customer in the database…
     let db = database_copies(&app);
     assert_eq!(
-        found(&db),
+        needles.found(&db),
         Vec::<String>::new(),
         "the database still holds the erased customer's, e.g. {}",
-        first_hit(&db)
+        needles.first_hit(&db)
     );
     assert!(db.contains(CONTROL_EMAIL), "another customer's data stays");
     // …the webhook refused the erasure notice quoting the email: its answer was not kept…
@@ -487,7 +543,7 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
     for name in [&nats.stream.name, &nats.ack_stream] {
         for (subject, body) in stream_copies(&js, name).await {
             assert_eq!(
-                found(&body),
+                needles.found(&body),
                 Vec::<String>::new(),
                 "{subject} in {name} holds the erased customer's"
             );

@@ -27,7 +27,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// A value hash the consumer claims that is not the record's: the consumer drifted.
 const DRIFTED_HASH: &str =
-    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    "hmac-sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 on_both_engines!(
     pages_need_a_steward_session,
@@ -427,7 +427,11 @@ async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
     );
     assert_eq!(text(browser, "#record-value").await, seeded.email);
     assert_eq!(text(browser, "#consumer-hash").await, DRIFTED_HASH);
-    assert!(text(browser, "#record-hash").await.starts_with("sha256:"));
+    assert!(
+        text(browser, "#record-hash")
+            .await
+            .starts_with("hmac-sha256:")
+    );
     assert_eq!(text(browser, "#differs").await, "differs from the record");
     let history = text(browser, "#history").await;
     assert!(history.contains("field_set"), "{history}");

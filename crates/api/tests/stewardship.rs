@@ -367,7 +367,7 @@ async fn steward_scene(engine: Engine) -> StewardScene {
         .find(|e| e["data"]["field"] == "email")
         .unwrap();
     let mut drifted = ack_of(email);
-    drifted["value_hash"] = json!(format!("sha256:{}", "0".repeat(64)));
+    drifted["value_hash"] = json!(format!("hmac-sha256:{}", "0".repeat(64)));
     assert_eq!(
         post(&app, "/v1/acks", "consumer", &drifted).await.status,
         StatusCode::OK
@@ -377,7 +377,7 @@ async fn steward_scene(engine: Engine) -> StewardScene {
         .find(|e| e["data"]["field"] == "name.given")
         .unwrap();
     let mut name_drift = ack_of(name);
-    name_drift["value_hash"] = json!(format!("sha256:{}", "1".repeat(64)));
+    name_drift["value_hash"] = json!(format!("hmac-sha256:{}", "1".repeat(64)));
     assert_eq!(
         post(&app, "/v1/acks", "consumer", &name_drift).await.status,
         StatusCode::OK
@@ -700,7 +700,7 @@ async fn drift_is_found_repushed_and_closes_itself_over_nats() {
 
     // It drifts: a local edit in the CRM, acknowledged with the hash it now holds.
     let mut drift = ack_of(&change);
-    drift["value_hash"] = json!(format!("sha256:{}", "d".repeat(64)));
+    drift["value_hash"] = json!(format!("hmac-sha256:{}", "d".repeat(64)));
     publish_ack(drift.clone()).await;
     wait_for("the drift", &|h| *h == drift["value_hash"]).await;
     let run = reconcile(&app, "crm-sync").await;

@@ -789,6 +789,25 @@ fn consumers_are_added_listed_and_disabled() {
     assert_eq!(listed[0]["checkpoint"], 18);
     assert_eq!(listed[2]["checkpoint"], 0);
 
+    // Each consumer's value-hash key: stable, its own, and only for registered consumers.
+    let key = |id: &str| {
+        idledger(&dir, &db(&["consumer", "hash-key", id]))
+            .success()
+            .stdout
+    };
+    let crm = key("crm");
+    assert_eq!(crm.trim().len(), 64, "{crm}");
+    assert!(crm.trim().bytes().all(|b| b.is_ascii_hexdigit()), "{crm}");
+    assert_eq!(key("crm"), crm);
+    assert_ne!(key("cdp"), crm);
+    let run = idledger(&dir, &db(&["consumer", "hash-key", "crm", "--json"])).success();
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["key"], crm.trim());
+    assert_eq!(json["algorithm"], "hmac-sha256");
+    idledger(&dir, &db(&["consumer", "hash-key", "nobody"]))
+        .exit(1)
+        .stderr_has(&["no consumer 'nobody'"]);
+
     // Refused: a taken id, a webhook without URL or secret, webhook options on other channels.
     for (args, env, needle) in [
         (

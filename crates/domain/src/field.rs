@@ -347,9 +347,10 @@ impl FieldValue {
         result.unwrap_or(serde_json::Value::Null)
     }
 
-    /// `sha256:<hex>` of the natural JSON form: what consumers report back as the value they
-    /// hold, so reconciliation never needs their plaintext.
-    pub fn digest(&self) -> String {
+    /// `sha256:<hex>` of the natural JSON form, unkeyed: only for recognising echoes of our own
+    /// deliveries inside a record, which is stored sealed. Never stored in the clear or sent;
+    /// hashes that leave a sealed record are keyed ([`crate::hashing`]).
+    pub fn fingerprint(&self) -> String {
         let canonical = self.to_json().to_string();
         format!(
             "sha256:{}",
@@ -472,7 +473,7 @@ mod tests {
         assert_eq!(stored, r#"{"kind":"phone","value":"+442079460958"}"#);
         let back: FieldValue = serde_json::from_str(&stored).unwrap();
         assert_eq!(back, v);
-        assert_eq!(v.digest(), back.digest());
-        assert!(v.digest().starts_with("sha256:"));
+        assert_eq!(v.fingerprint(), back.fingerprint());
+        assert!(v.fingerprint().starts_with("sha256:"));
     }
 }

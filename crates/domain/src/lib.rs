@@ -3,6 +3,7 @@
 //! - [`challenge`]: the secret that confirms a pending change, derived from its challenge id.
 //! - [`ids`] and [`values`]: validated types (parse, don't validate).
 //! - [`field`]: the field catalog and typed field values.
+//! - [`hashing`]: keyed value hashes, per consumer (what consumers acknowledge and report).
 //! - [`policy`]: the authority policy (who owns each field, what others may do).
 //! - [`command`], [`mod@decide`]: commands and the decision that turns them into events or a refusal.
 //! - [`event`], [`state`]: events with provenance and the infallible `evolve`.
@@ -21,6 +22,7 @@ pub mod delivery;
 pub mod event;
 pub mod exception;
 pub mod field;
+pub mod hashing;
 pub mod ids;
 pub mod policy;
 pub mod schema;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{ConsentTerms, EventEnvelope, EventPayload, Provenance};
 use crate::field::{FieldPath, FieldValue};
+use crate::hashing::HashKey;
 use crate::ids::{ChallengeId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId};
 use crate::policy::Policy;
 use crate::values::{Evidence, Jurisdiction};
@@ -79,7 +80,7 @@ impl FieldRecord {
 
     /// Whether `causation` names an event of ours that set this field to `value`.
     pub fn is_echo(&self, causation: &EventId, value: &FieldValue) -> bool {
-        let digest = value.digest();
+        let digest = value.fingerprint();
         self.recent
             .iter()
             .any(|(id, d)| id == causation && *d == digest)
@@ -177,7 +178,7 @@ pub struct Restriction {
 }
 
 /// A field as a consumer that holds the record holds it: the version of the change that made
-/// the current value (or its absence), the value's hash as consumers acknowledge it
+/// the current value (or its absence), the value's keyed hash as that consumer acknowledges it
 /// (`None`: no value), and when that change was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldFact {
@@ -186,51 +187,40 @@ pub struct HeldFact {
     pub changed_at: DateTime<Utc>,
 }
 
-/// `sha256:<hex>` of a consent field's natural value, its state (`"granted"`/`"withdrawn"`),
-/// hashed the way [`FieldValue::digest`] hashes values: consumers acknowledge consents with it.
-pub fn consent_digest(granted: bool) -> String {
-    use sha2::{Digest, Sha256};
-    let value = serde_json::Value::String(consent_value(granted).to_owned());
-    format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(value.to_string().as_bytes()))
-    )
-}
-
 /// A consent field's natural value as delivered: `"granted"` or `"withdrawn"`.
 pub fn consent_value(granted: bool) -> &'static str {
     if granted { "granted" } else { "withdrawn" }
 }
 
 impl CustomerState {
-    /// What holding `field` as recorded means (see [`HeldFact`]); `None` if the field was never
-    /// set, cleared or (for consents) recorded.
-    pub fn held(&self, field: &FieldPath) -> Option<HeldFact> {
+    /// What holding `field` as recorded means (see [`HeldFact`]), its value hashed under the
+    /// consumer's `key`; `None` if the field was never set, cleared or (for consents) recorded.
+    pub fn held(&self, field: &FieldPath, key: &HashKey) -> Option<HeldFact> {
         if let FieldPath::Consent(purpose) = field {
             let c = self.consents.get(purpose)?;
             let granted = c.state == ConsentState::Granted;
             return Some(HeldFact {
                 version: c.version,
-                value_hash: Some(consent_digest(granted)),
+                value_hash: Some(key.consent(granted).into()),
                 changed_at: c.provenance.recorded_at,
             });
         }
         let rec = self.fields.get(field).filter(|r| r.value_version > 0)?;
         Some(HeldFact {
             version: rec.value_version,
-            value_hash: rec.value.as_ref().map(FieldValue::digest),
+            value_hash: rec.value.as_ref().map(|v| key.value(v).into()),
             changed_at: rec.provenance.as_ref()?.recorded_at,
         })
     }
 
     /// Every field [`Self::held`] knows, consents included, in field order.
-    pub fn held_fields(&self) -> Vec<(FieldPath, HeldFact)> {
+    pub fn held_fields(&self, key: &HashKey) -> Vec<(FieldPath, HeldFact)> {
         let consents = self.consents.keys().map(|p| FieldPath::Consent(p.clone()));
         self.fields
             .keys()
             .cloned()
             .chain(consents)
-            .filter_map(|f| self.held(&f).map(|h| (f, h)))
+            .filter_map(|f| self.held(&f, key).map(|h| (f, h)))
             .collect()
     }
 
@@ -514,7 +504,7 @@ fn set_value(rec: &mut FieldRecord, value: &FieldValue, envelope: &EventEnvelope
     rec.provenance = Some(prov.clone());
     touch(rec, envelope, version);
     rec.value_version = version;
-    rec.recent.push((envelope.id, value.digest()));
+    rec.recent.push((envelope.id, value.fingerprint()));
     if rec.recent.len() > ECHO_WINDOW {
         rec.recent.remove(0);
     }

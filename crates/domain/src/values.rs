@@ -243,7 +243,10 @@ fn visible_text(
     max: usize,
 ) -> Result<String, ValueError> {
     use unicode_normalization::UnicodeNormalization as _;
-    let s = text(what, label, raw, max)?;
+    // Normalised before the length check: NFC can lengthen a string (characters excluded from
+    // composition decompose), and the stored form must pass the same check when read back.
+    let normalised: String = raw.nfc().collect();
+    let s = text(what, label, &normalised, max)?;
     if let Some(c) = s.chars().find(|c| is_invisible_format(*c)) {
         return Err(ValueError::new(
             what,
@@ -253,7 +256,7 @@ fn visible_text(
             ),
         ));
     }
-    Ok(s.nfc().collect())
+    Ok(s.to_owned())
 }
 
 /// Trims `raw` and checks it is 1..=`max` characters of printable text (no control or

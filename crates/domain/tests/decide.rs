@@ -1475,7 +1475,8 @@ fn a_value_unchanged_for_its_retention_period_expires_and_is_cleared() {
         "no digest of the expired value is kept"
     );
     assert_eq!(rec.value_version, version);
-    let held = after.held(&field("preferences.newsletter")).unwrap();
+    let key = idledger_domain::hashing::HashKey::from_hex(&"11".repeat(32)).unwrap();
+    let held = after.held(&field("preferences.newsletter"), &key).unwrap();
     assert_eq!(held.value_hash, None);
     // Fields without retention stay; expiring again finds nothing.
     assert!(after.value(&field("name.given")).is_some());

@@ -27,6 +27,7 @@ use std::io::Read;
 
 use chrono::{DateTime, Duration, Utc};
 use idledger_domain::field::FieldPath;
+use idledger_domain::hashing::HashKey;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::state::CustomerState;
 use idledger_relay::entitlement;
@@ -279,6 +280,7 @@ impl Reconciler {
             .collect();
         let sla = Duration::seconds(i64::try_from(consumer.sla_secs).unwrap_or(i64::MAX / 2));
         let policy = self.ledger.policy();
+        let hash_key = self.ledger.hash_key(&consumer.id);
         let mut findings = Vec::new();
         for &customer in page {
             let Some(state) = states.get(&customer) else {
@@ -316,7 +318,7 @@ impl Reconciler {
             }
             // The SLA runs from the change, or from when the consumer became entitled.
             let entitled_since = basis.iter().filter_map(|b| b.granted_at).max();
-            for (field, fact) in state.held_fields() {
+            for (field, fact) in state.held_fields(&hash_key) {
                 if !consumer.selects(&field) {
                     continue;
                 }
@@ -501,10 +503,16 @@ impl Reconciler {
         format: SnapshotFormat,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(SnapshotStats, Vec<Finding>), ReconcileError> {
+        let Some(consumer) = run.consumer_id.as_ref() else {
+            return Err(ReconcileError::Aborted(
+                "a snapshot run names no consumer".to_owned(),
+            ));
+        };
+        let key = self.ledger.hash_key(consumer);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Parsed>>(4);
         let reader = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(ROW_BATCH);
-            let result = snapshot::read(input, format, |parsed| {
+            let result = snapshot::read(input, format, &key, |parsed| {
                 batch.push(parsed);
                 if batch.len() >= ROW_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(ROW_BATCH));
@@ -591,6 +599,7 @@ impl Reconciler {
             .collect();
         self.runs.add_findings(run.id, &invalid).await?;
         let policy = self.ledger.policy();
+        let hash_key = self.ledger.hash_key(&consumer.id);
         let mut done = Progress {
             rows: stats.rows,
             ..Progress::default()
@@ -614,6 +623,7 @@ impl Reconciler {
                 let rows = rows_by.remove(&customer).unwrap_or_default();
                 let found = diff_customer(
                     consumer,
+                    &hash_key,
                     customer,
                     states.get(&customer),
                     &rows,
@@ -660,6 +670,7 @@ fn finding(
 #[expect(clippy::too_many_arguments, reason = "the comparison's whole context")]
 fn diff_customer(
     consumer: &Consumer,
+    hash_key: &HashKey,
     customer: Uuid,
     state: Option<&CustomerState>,
     rows: &[SnapshotRow],
@@ -717,7 +728,7 @@ fn diff_customer(
             continue;
         }
         section.fields_checked += 1;
-        let fact = state.held(&field);
+        let fact = state.held(&field, hash_key);
         let record_hash = fact.as_ref().and_then(|f| f.value_hash.clone());
         if record_hash == row.value_hash {
             section.in_sync += 1;
@@ -739,7 +750,7 @@ fn diff_customer(
             });
         }
     }
-    for (field, fact) in state.held_fields() {
+    for (field, fact) in state.held_fields(hash_key) {
         let name = field.to_string();
         if fact.value_hash.is_none() || !consumer.selects(&field) || seen.contains(name.as_str()) {
             continue;

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 
 use idledger_domain::field::{FieldPath, FieldValue};
-use idledger_domain::state::consent_digest;
+use idledger_domain::hashing::{HashKey, ValueHash};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -87,19 +87,22 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::
 }
 
 /// Reads every row, handing each to `sink`; stops early when `sink` returns false.
+/// Values are hashed under the consumer's `key`, the way it acknowledges them.
 pub fn read(
     input: impl Read,
     format: SnapshotFormat,
+    key: &HashKey,
     mut sink: impl FnMut(Parsed) -> bool,
 ) -> Result<(), SnapshotError> {
     match format {
-        SnapshotFormat::Ndjson => read_ndjson(input, &mut sink),
-        SnapshotFormat::Csv => read_csv(input, &mut sink),
+        SnapshotFormat::Ndjson => read_ndjson(input, key, &mut sink),
+        SnapshotFormat::Csv => read_csv(input, key, &mut sink),
     }
 }
 
 fn read_ndjson(
     input: impl Read,
+    key: &HashKey,
     sink: &mut impl FnMut(Parsed) -> bool,
 ) -> Result<(), SnapshotError> {
     let mut reader = BufReader::new(input);
@@ -136,6 +139,7 @@ fn read_ndjson(
         }
         let parsed = match serde_json::from_str::<JsonRow>(text) {
             Ok(row) => row_of(
+                key,
                 line,
                 &row.customer_id,
                 &row.field,
@@ -150,7 +154,11 @@ fn read_ndjson(
     }
 }
 
-fn read_csv(input: impl Read, sink: &mut impl FnMut(Parsed) -> bool) -> Result<(), SnapshotError> {
+fn read_csv(
+    input: impl Read,
+    key: &HashKey,
+    sink: &mut impl FnMut(Parsed) -> bool,
+) -> Result<(), SnapshotError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -199,7 +207,14 @@ fn read_csv(input: impl Read, sink: &mut impl FnMut(Parsed) -> bool) -> Result<(
             (None, None) => Some(serde_json::Value::Null),
             _ => value,
         };
-        if !sink(row_of(line, customer, field, value.as_ref(), get(hash_col))) {
+        if !sink(row_of(
+            key,
+            line,
+            customer,
+            field,
+            value.as_ref(),
+            get(hash_col),
+        )) {
             return Ok(());
         }
     }
@@ -216,6 +231,7 @@ fn invalid(line: u64, customer: &str, field: &str, error: String) -> Parsed {
 
 /// Checks a row and works out the hash of what it holds, the way consumers acknowledge.
 fn row_of(
+    key: &HashKey,
     line: u64,
     customer: &str,
     field: &str,
@@ -246,19 +262,12 @@ fn row_of(
         (None, None) => {
             return invalid(line, customer, field, "give value or value_hash".to_owned());
         }
-        (None, Some(hash)) => {
-            if !is_hash(hash) {
-                return invalid(
-                    line,
-                    customer,
-                    field,
-                    "value_hash must be sha256:<64 lowercase hex digits>".to_owned(),
-                );
-            }
-            Some(hash.to_owned())
-        }
+        (None, Some(hash)) => match ValueHash::parse(hash) {
+            Ok(hash) => Some(String::from(hash)),
+            Err(e) => return invalid(line, customer, field, e.to_string()),
+        },
         (Some(serde_json::Value::Null), None) => None,
-        (Some(value), None) => match hash_of(&path, value) {
+        (Some(value), None) => match hash_of(key, &path, value) {
             Ok(hash) => Some(hash),
             Err(e) => return invalid(line, customer, field, e),
         },
@@ -271,26 +280,17 @@ fn row_of(
     })
 }
 
-fn hash_of(field: &FieldPath, value: &serde_json::Value) -> Result<String, String> {
+fn hash_of(key: &HashKey, field: &FieldPath, value: &serde_json::Value) -> Result<String, String> {
     if let FieldPath::Consent(_) = field {
         return match value.as_str() {
-            Some("granted") => Ok(consent_digest(true)),
-            Some("withdrawn") => Ok(consent_digest(false)),
+            Some("granted") => Ok(key.consent(true).into()),
+            Some("withdrawn") => Ok(key.consent(false).into()),
             _ => Err("a consent's value is \"granted\" or \"withdrawn\"".to_owned()),
         };
     }
     FieldValue::parse(field, value)
-        .map(|v| v.digest())
+        .map(|v| key.value(&v).into())
         .map_err(|e| e.to_string())
-}
-
-fn is_hash(raw: &str) -> bool {
-    raw.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 #[cfg(test)]
@@ -298,9 +298,13 @@ fn is_hash(raw: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn key() -> HashKey {
+        HashKey::from_hex(&"5a".repeat(32)).unwrap()
+    }
+
     fn rows(input: &str, format: SnapshotFormat) -> Vec<Parsed> {
         let mut out = Vec::new();
-        read(input.as_bytes(), format, |p| {
+        read(input.as_bytes(), format, &key(), |p| {
             out.push(p);
             true
         })
@@ -330,14 +334,14 @@ mod tests {
         };
         assert_eq!(
             first.value_hash.as_deref(),
-            Some(email.digest().as_str()),
+            Some(key().value(&email).as_str()),
             "normalised before hashing"
         );
         let Parsed::Row(consent) = &parsed[1] else {
             panic!("{parsed:?}")
         };
         assert_eq!(consent.line, 3);
-        assert_eq!(consent.value_hash, Some(consent_digest(true)));
+        assert_eq!(consent.value_hash, Some(key().consent(true).into()));
         let Parsed::Row(phone) = &parsed[2] else {
             panic!("{parsed:?}")
         };
@@ -350,12 +354,13 @@ mod tests {
 
     #[test]
     fn csv_rows_take_values_or_hashes_and_report_lines() {
-        let hash = format!("sha256:{}", "a".repeat(64));
+        let hash = format!("hmac-sha256:{}", "a".repeat(64));
+        let unkeyed = format!("sha256:{}", "a".repeat(64));
         let input = format!(
-            "customer_id,field,value,value_hash\n{ID},email,ada@example.org,\n{ID},name.given,,{hash}\n{ID},phone,,\n{ID},email,x,{hash}\n"
+            "customer_id,field,value,value_hash\n{ID},email,ada@example.org,\n{ID},name.given,,{hash}\n{ID},phone,,\n{ID},email,x,{hash}\n{ID},phone,,{unkeyed}\n"
         );
         let parsed = rows(&input, SnapshotFormat::Csv);
-        assert_eq!(parsed.len(), 4);
+        assert_eq!(parsed.len(), 5);
         assert!(matches!(&parsed[0], Parsed::Row(r) if r.line == 2 && r.value_hash.is_some()));
         assert!(
             matches!(&parsed[1], Parsed::Row(r) if r.value_hash.as_deref() == Some(hash.as_str()))
@@ -364,11 +369,21 @@ mod tests {
         assert!(
             matches!(&parsed[3], Parsed::Invalid { line: 5, error, .. } if error.contains("not both"))
         );
+        // An unkeyed hash is refused: it would never match, and it exposes the value.
+        assert!(
+            matches!(&parsed[4], Parsed::Invalid { line: 6, error, .. } if error.contains("hmac-sha256"))
+        );
     }
 
     #[test]
     fn a_csv_without_the_columns_is_refused_as_a_whole() {
-        let err = read("id,value\n1,2\n".as_bytes(), SnapshotFormat::Csv, |_| true).unwrap_err();
+        let err = read(
+            "id,value\n1,2\n".as_bytes(),
+            SnapshotFormat::Csv,
+            &key(),
+            |_| true,
+        )
+        .unwrap_err();
         assert!(matches!(err, SnapshotError::Header(_)), "{err}");
     }
 }

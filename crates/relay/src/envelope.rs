@@ -14,10 +14,13 @@
 //!   "idledgerversion": 3,
 //!   "idledgerconsumer": "crm",
 //!   "idledgerevent": "<the event this message came from>",
-//!   "data": { "field": "email", "value": "ada@example.org", "value_hash": "sha256:…",
+//!   "data": { "field": "email", "value": "ada@example.org", "value_hash": "hmac-sha256:…",
 //!             "version": 3, "previous_version": 2, "provenance": { … } }
 //! }
 //! ```
+//!
+//! `value_hash` is keyed per consumer (`idledger_domain::hashing`): the consumer computes it
+//! with the hash key the consumer registry gives it, and acknowledges with it.
 //!
 //! A message with a given id always carries the same content, so a re-publish after a crash
 //! is an exact duplicate that JetStream (by `Nats-Msg-Id`) or the consumer (by `id`) drops.
@@ -25,6 +28,7 @@
 use chrono::{DateTime, Utc};
 use idledger_domain::event::{EventPayload, Repush, RepushedValue};
 use idledger_domain::field::FieldPath;
+use idledger_domain::hashing::HashKey;
 use idledger_domain::ids::{CustomerId, EventId};
 use idledger_store::delivery::{
     ChannelKind, ConsentBasis, Consumer, ConsumerId, Handoff, HandoffKind,
@@ -159,13 +163,14 @@ pub struct Sweep {
 pub fn message(
     source: &str,
     consumer: &Consumer,
+    hash_key: &HashKey,
     event: &RecordedEvent,
     outgoing: &Outgoing,
 ) -> Result<Message, serde_json::Error> {
     let envelope = &event.envelope;
     let (id, kind, event_type, version, subject_field, fields, data) = match outgoing {
         Outgoing::Change { change, .. } => {
-            let (event_type, data) = change_data(change, &envelope.event.payload, event)?;
+            let (event_type, data) = change_data(change, &envelope.event.payload, event, hash_key)?;
             let field = change.field().to_string();
             (
                 Some(envelope.id.as_uuid()),
@@ -313,8 +318,6 @@ pub fn customer_data_subjects(prefix: &str, customer: CustomerId) -> String {
     format!("{prefix}.*.{customer}.>")
 }
 
-pub use idledger_domain::state::consent_digest;
-
 fn consent_state(granted: bool) -> &'static str {
     idledger_domain::state::consent_value(granted)
 }
@@ -335,6 +338,7 @@ fn change_data(
     change: &FieldChange,
     payload: &EventPayload,
     event: &RecordedEvent,
+    hash_key: &HashKey,
 ) -> Result<(&'static str, Value), serde_json::Error> {
     let version = change.version();
     let mut data = serde_json::Map::new();
@@ -354,12 +358,12 @@ fn change_data(
             },
         ) => {
             data.insert("value".to_owned(), value.to_json());
-            data.insert("value_hash".to_owned(), json!(value.digest()));
+            data.insert("value_hash".to_owned(), json!(hash_key.value(value)));
             FIELD_CHANGED
         }
         (FieldChange::Consent { granted, .. }, _) => {
             data.insert("value".to_owned(), json!(consent_state(*granted)));
-            data.insert("value_hash".to_owned(), json!(consent_digest(*granted)));
+            data.insert("value_hash".to_owned(), json!(hash_key.consent(*granted)));
             if let EventPayload::ConsentGranted { terms, .. } = payload {
                 data.insert("terms".to_owned(), serde_json::to_value(terms)?);
             }

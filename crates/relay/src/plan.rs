@@ -125,6 +125,7 @@ impl Planner {
         let mut changed: HashMap<CustomerId, Relation> = HashMap::new();
         let mut states: HashMap<CustomerId, Option<CustomerState>> = HashMap::new();
         let policy = self.ledger.policy();
+        let hash_key = self.ledger.hash_key(&consumer.id);
         let mut messages = Vec::new();
         let mut erasures = Vec::new();
         for read in reads {
@@ -167,7 +168,13 @@ impl Planner {
                 .or_else(|| changed.get(&event.customer_id).copied());
             for outgoing in &decision.messages {
                 messages.push(Planned {
-                    message: envelope::message(&self.source, consumer, &event, outgoing)?,
+                    message: envelope::message(
+                        &self.source,
+                        consumer,
+                        &hash_key,
+                        &event,
+                        outgoing,
+                    )?,
                     relation,
                 });
             }

@@ -138,7 +138,11 @@ async fn purpose_limitation_withdrawal_and_resume(engine: Engine) {
     assert_eq!(withdrawn.data["value"], "withdrawn");
     assert_eq!(
         withdrawn.data["value_hash"],
-        serde_json::json!(idledger_relay::envelope::consent_digest(false))
+        serde_json::json!(
+            ledger
+                .hash_key(&idledger_store::delivery::ConsumerId::parse("crm").unwrap())
+                .consent(false)
+        )
     );
 
     // The handoff log: what went to whom, on which basis.

@@ -422,43 +422,7 @@ pub enum HandoffFilter {
     Consumer(ConsumerId),
 }
 
-/// `sha256:<64 lowercase hex>`: the digest of a value's natural JSON form
-/// (`FieldValue::digest`), which consumers report instead of the value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ValueHash(String);
-
-impl ValueHash {
-    pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        let hex = raw.strip_prefix("sha256:").ok_or_else(|| {
-            ValueError::new("value hash", "must have the form sha256:<64 hex digits>")
-        })?;
-        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ValueError::new(
-                "value hash",
-                "must have the form sha256:<64 hex digits>",
-            ));
-        }
-        Ok(Self(format!("sha256:{}", hex.to_ascii_lowercase())))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for ValueHash {
-    type Error = ValueError;
-    fn try_from(raw: String) -> Result<Self, ValueError> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<ValueHash> for String {
-    fn from(v: ValueHash) -> String {
-        v.0
-    }
-}
+pub use idledger_domain::hashing::ValueHash;
 
 /// What a consumer reports it did with a change: the value it now holds (by hash; `None`
 /// when it holds none, e.g. after a clear) at that field version, or that it rejected it.

@@ -6,13 +6,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use idledger_domain::challenge::{ChallengeKey, ChallengeSecret};
 use idledger_domain::command::{Command, Context, Principal};
 use idledger_domain::decide::{
     Outcome, decide, decide_erasure, decide_expiry, retention_provenance,
 };
+use idledger_domain::delivery::ConsumerId;
 use idledger_domain::event::{Event, EventEnvelope, Provenance};
 use idledger_domain::field::FieldPath;
+use idledger_domain::hashing::{HashKey, HashRoot};
 use idledger_domain::ids::ChallengeId;
 use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId};
 use idledger_domain::policy::Policy;
@@ -142,6 +145,8 @@ pub struct Ledger {
     log: EventLog,
     master: Arc<MasterKey>,
     challenge_key: Arc<ChallengeKey>,
+    hash_root: Arc<HashRoot>,
+    request_key: Arc<[u8; 32]>,
     policy: Arc<Policy>,
     writer: mpsc::Sender<WriteJob>,
     keys: Arc<KeyCache>,
@@ -157,6 +162,8 @@ impl Ledger {
             store: store.clone(),
             log,
             challenge_key: Arc::new(ChallengeKey::new(master.derive("challenge secrets"))),
+            hash_root: Arc::new(HashRoot::new(master.derive("value hashes"))),
+            request_key: Arc::new(master.derive("request hashes")),
             master: Arc::new(master),
             policy: Arc::new(policy),
             writer: tx,
@@ -172,6 +179,11 @@ impl Ledger {
     /// to the requester (and only there).
     pub fn challenge_secret(&self, challenge: ChallengeId) -> ChallengeSecret {
         self.challenge_key.secret_for(challenge)
+    }
+
+    /// The key `consumer`'s value hashes are computed under (see `idledger_domain::hashing`).
+    pub fn hash_key(&self, consumer: &ConsumerId) -> HashKey {
+        self.hash_root.for_consumer(consumer)
     }
 
     /// The database this ledger writes to, for the other areas (deliveries, runs, tokens).
@@ -212,8 +224,10 @@ impl Ledger {
     ) -> Result<Executed, ExecuteError> {
         let source = principal.source_name().to_owned();
         let key = command.idempotency_key.as_str();
-        let request_hash =
-            Sha256::digest(serde_json::to_vec(command).map_err(StoreError::from)?).to_vec();
+        let request_hash = RequestHash::of(
+            &self.request_key,
+            serde_json::to_vec(command).map_err(StoreError::from)?,
+        );
         let customer = command.customer_id.as_uuid();
         for _ in 0..MAX_ATTEMPTS {
             // Checked on every attempt: a concurrent duplicate may have committed meanwhile.
@@ -298,7 +312,7 @@ impl Ledger {
                 idempotency: Some(IdempotencyRecord {
                     source: source.clone(),
                     key: key.to_owned(),
-                    request_hash: request_hash.clone(),
+                    request_hash: request_hash.keyed.clone(),
                     result: serde_json::to_string(&result).map_err(StoreError::from)?,
                 }),
                 projection,
@@ -945,11 +959,11 @@ fn report(
 fn replay(
     source: &str,
     key: &str,
-    request_hash: &[u8],
+    request_hash: &RequestHash,
     stored_hash: &[u8],
     result: &str,
 ) -> Result<Executed, ExecuteError> {
-    if request_hash != stored_hash {
+    if !request_hash.matches(stored_hash) {
         return Err(ExecuteError::IdempotencyConflict {
             source_id: source.to_owned(),
             key: key.to_owned(),
@@ -959,6 +973,33 @@ fn replay(
         result: serde_json::from_str(result).map_err(StoreError::from)?,
         replayed: true,
     })
+}
+
+/// A command's fingerprint under its idempotency key. Keyed (HMAC-SHA256 under a key derived
+/// from the master key), since a command carries personal values and a plain digest of one is
+/// reversed by trying likely values.
+struct RequestHash {
+    keyed: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl RequestHash {
+    fn of(key: &[u8; 32], body: Vec<u8>) -> Self {
+        #[allow(clippy::expect_used)] // HMAC takes a key of any length.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");
+        mac.update(&body);
+        Self {
+            keyed: mac.finalize().into_bytes().to_vec(),
+            body,
+        }
+    }
+
+    /// Whether `stored` fingerprints this very command. Records written before fingerprints
+    /// were keyed hold a plain SHA-256; a retry across the upgrade still matches them, and
+    /// retention deletes them in time.
+    fn matches(&self, stored: &[u8]) -> bool {
+        stored == self.keyed.as_slice() || stored == Sha256::digest(&self.body).as_slice()
+    }
 }
 
 /// Databases keep microseconds; so do we, so that a stored event reads back identical.

@@ -390,8 +390,8 @@ async fn ack_setup(engine: Engine) -> AckSetup {
     let store = TestStore::new(engine).await;
     nats_consumer(&store.deliveries, "crm").await;
     let (customer, event) = customer_with_email(&store.ledger).await;
-    let hash = ValueHash::parse(&format!("sha256:{}", "AB".repeat(32))).unwrap();
-    assert_eq!(hash.as_str(), format!("sha256:{}", "ab".repeat(32)));
+    let hash = ValueHash::parse(&format!("hmac-sha256:{}", "AB".repeat(32))).unwrap();
+    assert_eq!(hash.as_str(), format!("hmac-sha256:{}", "ab".repeat(32)));
     AckSetup {
         store,
         customer,
@@ -535,7 +535,7 @@ async fn erasure_removes_consumer_state_and_refuses_acks(engine: Engine) {
         customer_id: customer,
         field: field("email"),
         version: 1,
-        value_hash: Some(ValueHash::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap()),
+        value_hash: Some(ValueHash::parse(&format!("hmac-sha256:{}", "ab".repeat(32))).unwrap()),
         status: AckStatus::Applied,
         reason: None,
         acked_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),
@@ -848,7 +848,7 @@ async fn consumer_state_is_read_for_the_customers_asked(engine: Engine) {
     let (a, a_event) = customer_with_email(&store.ledger).await;
     let (b, b_event) = customer_with_email(&store.ledger).await;
     let (c, c_event) = customer_with_email(&store.ledger).await;
-    let hash = format!("sha256:{}", "ab".repeat(32));
+    let hash = format!("hmac-sha256:{}", "ab".repeat(32));
     assert!(
         deliveries
             .consumer_state_of(&crm, &[a.as_uuid()])
@@ -914,10 +914,13 @@ async fn an_applied_ack_holding_the_records_value_closes_its_exceptions(engine: 
     let deliveries = &store.deliveries;
     nats_consumer(deliveries, "crm").await;
     let (c, event) = customer_with_email(&store.ledger).await;
-    let record_hash =
-        idledger_domain::FieldValue::parse(&field("email"), &json!("ada@example.org"))
-            .unwrap()
-            .digest();
+    let email =
+        idledger_domain::FieldValue::parse(&field("email"), &json!("ada@example.org")).unwrap();
+    let record_hash = store
+        .ledger
+        .hash_key(&idledger_store::delivery::ConsumerId::parse("crm").unwrap())
+        .value(&email)
+        .to_string();
     let mut opened = Vec::new();
     for kind in [
         ExceptionKind::Divergent,
@@ -932,7 +935,7 @@ async fn an_applied_ack_holding_the_records_value_closes_its_exceptions(engine: 
         );
     }
     // Another value: nothing closes.
-    let other = format!("sha256:{}", "cd".repeat(32));
+    let other = format!("hmac-sha256:{}", "cd".repeat(32));
     deliveries
         .record_ack(&store.ledger, &applied("crm", c, event, &other))
         .await

@@ -414,7 +414,7 @@ fn report_naming(examples: &[(&str, &str)]) -> serde_json::Value {
             .push(json!({
                 "customer_id": customer,
                 "field": "email",
-                "detail": {"record": {"version": 1, "value_hash": format!("sha256:{}", "ab".repeat(32))}},
+                "detail": {"record": {"version": 1, "value_hash": format!("hmac-sha256:{}", "ab".repeat(32))}},
             }));
     }
     json!({

@@ -36,6 +36,11 @@ pub enum ConsumerCommand {
     List(ListArgs),
     /// Stop deliveries to a consumer; its position, handoff log and state are kept.
     Disable(DisableArgs),
+    /// Print the key the consumer computes `value_hash` with (HMAC-SHA256 of a value's JSON
+    /// form as delivered; see docs/contracts.md). Needs the master key. Hand it to the
+    /// consumer's operators as a secret; the consumer can also read it with its own token
+    /// from `GET /v1/consumers/<ID>/hash-key`.
+    HashKey(HashKeyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +97,16 @@ pub struct DisableArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct HashKeyArgs {
+    /// The consumer's id.
+    #[arg(value_name = "ID", value_parser = parse_consumer_id)]
+    pub id: ConsumerId,
+    /// Print {consumer_id, algorithm, key} as JSON instead of the key alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
 fn parse_consumer_id(raw: &str) -> Result<ConsumerId, String> {
     ConsumerId::parse(raw).map_err(|e| e.to_string())
 }
@@ -117,15 +132,48 @@ pub async fn run(
     command: &ConsumerCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    // The registry holds no personal data: no master key is needed.
-    let deliveries = store::open_store(settings).await?.deliveries();
     match command {
         ConsumerCommand::Add(args) => {
+            let deliveries = registry(settings).await?;
             add(&deliveries, args, |name| std::env::var(name).ok(), out).await
         }
-        ConsumerCommand::List(args) => list(&deliveries, args, out).await,
-        ConsumerCommand::Disable(args) => disable(&deliveries, args, out).await,
+        ConsumerCommand::List(args) => list(&registry(settings).await?, args, out).await,
+        ConsumerCommand::Disable(args) => disable(&registry(settings).await?, args, out).await,
+        ConsumerCommand::HashKey(args) => hash_key(settings, args, out).await,
     }
+}
+
+/// The registry holds no personal data: no master key is needed.
+async fn registry(settings: &Settings) -> anyhow::Result<Deliveries> {
+    Ok(store::open_store(settings).await?.deliveries())
+}
+
+/// The key is derived from the master key, so this one command of the registry needs it.
+async fn hash_key(
+    settings: &Settings,
+    args: &HashKeyArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let ledger = store::open_ledger(settings, store::KeyUse::Required).await?;
+    if ledger
+        .store()
+        .deliveries()
+        .consumer(&args.id)
+        .await?
+        .is_none()
+    {
+        bail!("no consumer '{}' (see `idledger consumer list`)", args.id);
+    }
+    let key = ledger.hash_key(&args.id).to_hex();
+    if args.json {
+        let view = serde_json::json!({
+            "consumer_id": args.id, "algorithm": "hmac-sha256", "key": key,
+        });
+        writeln!(out, "{view}")?;
+    } else {
+        writeln!(out, "{key}")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn add(

@@ -132,7 +132,7 @@ impl Deliveries {
         let Some(state) = ledger.state(ack.customer_id).await? else {
             return Ok(());
         };
-        let held = state.held(&ack.field);
+        let held = state.held(&ack.field, &ledger.hash_key(&ack.consumer_id));
         let record_hash = held.as_ref().and_then(|h| h.value_hash.as_deref());
         let field = ack.field.to_string();
         if record_hash == ack.value_hash.as_ref().map(ValueHash::as_str) {
