@@ -46,6 +46,8 @@ pub struct ApiConfig {
     pub max_concurrency: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// The steward page's sessions: idle and absolute expiry, `Secure` cookies.
+    pub sessions: page::SessionSettings,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +56,7 @@ impl Default for ApiConfig {
             max_body_bytes: 256 * 1024,
             max_concurrency: 1024,
             shutdown_grace: Duration::from_secs(30),
+            sessions: page::SessionSettings::default(),
         }
     }
 }
@@ -206,7 +209,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/openapi.json", get(routes::openapi));
     Router::new()
         .nest("/v1", v1)
-        .merge(page::routes())
+        .merge(page::routes(config.sessions))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::prometheus))

@@ -137,6 +137,16 @@ pub struct ServeArgs {
         env = "IDLEDGER__SERVER__SHUTDOWN_GRACE_SECS"
     )]
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds a steward page session lasts without a request. [default: 1800]
+    #[arg(long, value_name = "SECS", env = "IDLEDGER__SERVER__SESSION_IDLE_SECS")]
+    pub session_idle_secs: Option<u64>,
+    /// Seconds a steward page session lasts at most, however busy. [default: 43200]
+    #[arg(long, value_name = "SECS", env = "IDLEDGER__SERVER__SESSION_MAX_SECS")]
+    pub session_max_secs: Option<u64>,
+    /// Mark the steward page's session cookie `Secure`: set it when the page is reached
+    /// over HTTPS (a TLS-terminating proxy in front of idledger).
+    #[arg(long, env = "IDLEDGER__SERVER__SECURE_COOKIES")]
+    pub secure_cookies: bool,
     /// NATS server the relay publishes consumers' changes to (JetStream), e.g.
     /// nats://127.0.0.1:4222. Without it the relay still delivers webhooks.
     #[arg(long, value_name = "URL", env = "IDLEDGER__NATS__URL")]
