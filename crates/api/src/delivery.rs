@@ -25,7 +25,7 @@ use idledger_store::delivery::{
     NewConsumer, RegisterError, StartAt, Webhook, WebhookSecret,
 };
 
-use crate::auth::{Admins, Auditors, Authorized, Caller, Consumers, bearer};
+use crate::auth::{Ackers, Admins, Auditors, Authorized, Caller, FeedReaders, bearer};
 use crate::error::{ApiError, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams, truncate};
 use crate::routes::customer_param;
@@ -288,7 +288,7 @@ pub struct FeedQuery {
 )]
 pub async fn feed(
     State(state): State<AppState>,
-    Authorized(caller, ..): Authorized<Consumers>,
+    Authorized(caller, ..): Authorized<FeedReaders>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<FeedQuery>,
     closing: Option<Extension<Closing>>,
@@ -667,7 +667,7 @@ fn sse_events(items: &[FeedItem]) -> Vec<SseItem> {
 )]
 pub async fn ack(
     State(state): State<AppState>,
-    Authorized(caller, ..): Authorized<Consumers>,
+    Authorized(caller, ..): Authorized<Ackers>,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Json<AckView>, ApiError> {
     let consumer = own_consumer_id(&caller)?;

@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod retention;
 pub mod routes;
 pub mod steward;
+pub mod tokens;
 pub mod views;
 pub mod wire;
 
@@ -205,6 +206,13 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         )
         .route("/feed", get(delivery::feed))
         .route("/acks", post(delivery::ack))
+        .route(
+            "/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/tokens/{token_id}", get(tokens::get_token))
+        .route("/tokens/{token_id}/rotate", post(tokens::rotate_token))
+        .route("/tokens/{token_id}/revoke", post(tokens::revoke_token))
         .route("/me", get(routes::me))
         .route("/openapi.json", get(routes::openapi));
     Router::new()

@@ -217,6 +217,11 @@ pub struct TokenCreateArgs {
     /// Let it expire after this long: 45s, 90m, 4h, 2d (at most 10 years). [default: never]
     #[arg(long, value_name = "AGE", value_parser = parse_duration)]
     pub expires_in: Option<chrono::Duration>,
+    /// Limit it to these operation groups, within what its role allows (repeat, or separate
+    /// with commas): commands, reads, feed, acks, reconcile, stewardship, admin, export.
+    /// [default: all its role allows]
+    #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',', value_parser = parse_scope)]
+    pub scopes: Vec<idledger_store::Scope>,
     /// Print the token and its record as JSON.
     #[arg(long)]
     pub json: bool,
@@ -234,6 +239,11 @@ pub struct JsonArg {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_scope(raw: &str) -> Result<idledger_store::Scope, String> {
+    raw.parse()
+        .map_err(|e: idledger_store::StoreError| e.to_string())
 }
 
 fn parse_role(raw: &str) -> Result<idledger_store::Role, String> {
