@@ -1447,6 +1447,7 @@ fn tokens_expire_and_rotate_from_the_command_line() {
         scoped["record"]["scopes"],
         serde_json::json!(["commands", "reads"])
     );
+    assert_eq!(scoped["record"]["live"], true, "the API's IssuedTokenView");
     idledger(&dir, &["token", "list"])
         .success()
         .stdout_has(&["scopes", "commands,reads"]);

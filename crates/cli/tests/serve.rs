@@ -71,6 +71,7 @@ fn tokens_are_created_once_listed_and_revoked() {
     let (_, json, _) = run(&dir, &["token", "list", "--json"]);
     let record: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     let id = record["id"].as_str().unwrap().to_owned();
+    assert_eq!(record["live"], true, "the API's TokenView: {record}");
     assert!(
         !std::fs::read(dir.join("idledger.db"))
             .unwrap()

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::bail;
+use idledger_api::tokens::{IssuedTokenView, TokenView};
 use idledger_app::{NewToken, Revoked, TokenAdmin, TokenError};
 use idledger_store::Role;
 
@@ -62,10 +63,12 @@ fn print_issued(
 ) -> anyhow::Result<ExitCode> {
     let label = &issued.record.label;
     if json {
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &serde_json::json!({"token": issued.secret, "record": issued.record}),
-        )?;
+        // The answer of `POST /v1/tokens`.
+        let view = IssuedTokenView {
+            token: issued.secret.clone(),
+            record: TokenView::new(&issued.record, chrono::Utc::now()),
+        };
+        serde_json::to_writer_pretty(&mut *out, &view)?;
         writeln!(out)?;
     } else {
         writeln!(out, "{}", issued.secret)?;
@@ -85,9 +88,11 @@ async fn list(
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     let all = tokens.list().await?;
+    let now = chrono::Utc::now();
     if args.json {
         for token in &all {
-            serde_json::to_writer(&mut *out, token)?;
+            // One `GET /v1/tokens` item per line.
+            serde_json::to_writer(&mut *out, &TokenView::new(token, now))?;
             writeln!(out)?;
         }
         return Ok(ExitCode::SUCCESS);
