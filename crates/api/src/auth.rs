@@ -10,7 +10,7 @@ use idledger_app::Reader;
 use idledger_domain::command::Principal;
 use idledger_domain::delivery::ConsumerId;
 use idledger_domain::ids::SourceId;
-use idledger_store::{Role, TokenRecord};
+use idledger_store::{Role, Scope, TokenRecord};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -51,6 +51,29 @@ impl Caller {
             .with("consumer_id", consumer));
         }
         Ok(())
+    }
+
+    /// Refuses the request (403 `out_of_scope`) unless the token's scopes allow `scope`.
+    pub fn require_scope(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.token.allows(scope) {
+            return Ok(());
+        }
+        let scopes: Vec<&str> = self
+            .token
+            .scopes
+            .iter()
+            .flatten()
+            .map(|s| s.as_str())
+            .collect();
+        Err(ApiError::forbidden(
+            "out_of_scope",
+            format!(
+                "this route needs the scope {scope}; the token is limited to {}",
+                scopes.join(", ")
+            ),
+        )
+        .with("scope", scope)
+        .with("token_scopes", scopes))
     }
 
     /// The principal commands run as: a source system or a steward.
@@ -144,13 +167,17 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-/// A set of roles a route admits.
+/// A set of roles a route admits, and the operation group (scope) the route belongs to.
 pub trait Roles: Send + Sync + 'static {
     const ROLES: &'static [Role];
+    /// The scope a token limited to scopes needs for the route; `None`: any token of the
+    /// roles (`/v1/me`).
+    const SCOPE: Option<Scope>;
 }
 
-/// The caller, once its role is checked against `R` — before the body is read, so a caller
-/// without the role learns nothing from body validation.
+/// The caller, once its role is checked against `R` and its scopes against `R::SCOPE` —
+/// before the body is read, so a caller without them learns nothing from body validation.
+/// This is the one place scopes are enforced on the API.
 #[derive(Debug)]
 pub struct Authorized<R: Roles>(pub Caller, pub PhantomData<R>);
 
@@ -160,56 +187,64 @@ impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
         caller.require(R::ROLES)?;
+        if let Some(scope) = R::SCOPE {
+            caller.require_scope(scope)?;
+        }
         Ok(Self(caller, PhantomData))
     }
 }
 
 macro_rules! roles {
-    ($($(#[$meta:meta])* $name:ident = [$($role:ident),+];)+) => {$(
+    ($($(#[$meta:meta])* $name:ident = [$($role:ident),+] in $scope:ident;)+) => {$(
         $(#[$meta])*
         #[derive(Debug)]
         pub struct $name;
         impl Roles for $name {
             const ROLES: &'static [Role] = &[$(Role::$role),+];
+            const SCOPE: Option<Scope> = Some(Scope::$scope);
         }
     )+};
 }
 
 roles! {
     /// Registering customers.
-    Sources = [Source];
+    Sources = [Source] in Commands;
     /// Sending commands: sources, and stewards resolving proposals.
-    Writers = [Source, Steward];
+    Writers = [Source, Steward] in Commands;
     /// Reading the golden record and a field's history (what each may see: `ReadScope`).
-    Readers = [Source, Steward, Auditor];
+    Readers = [Source, Steward, Auditor] in Reads;
     /// A data subject's access and portability export.
-    Exporters = [Admin, Dsar];
-    /// Operating the instance: erasure, the consumer registry.
-    Admins = [Admin];
-    /// Receiving deliveries: the change feed and acknowledgements (the consumer id comes from
-    /// the token).
-    Consumers = [Consumer];
+    Exporters = [Admin, Dsar] in Export;
+    /// Operating the instance: erasure, restriction, retention, the consumer registry,
+    /// tokens.
+    Admins = [Admin] in Admin;
+    /// Receiving deliveries: the change feed (the consumer id comes from the token).
+    FeedReaders = [Consumer] in Feed;
+    /// Acknowledging deliveries (the consumer id comes from the token).
+    Ackers = [Consumer] in Acks;
     /// Reading delivery records: the handoff log and what consumers acknowledged.
-    Auditors = [Steward, Auditor];
+    Auditors = [Steward, Auditor] in Reads;
     /// Reading sync exceptions and reconciliation reports.
-    Overseers = [Steward, Auditor, Admin];
+    Overseers = [Steward, Auditor, Admin] in Reads;
     /// Acting on sync exceptions.
-    Stewards = [Steward];
+    Stewards = [Steward] in Stewardship;
     /// Starting reconciliation runs.
-    Reconcilers = [Steward, Admin];
+    Reconcilers = [Steward, Admin] in Reconcile;
     /// Uploading a consumer's snapshot: stewards and admins for any consumer, a consumer for
     /// itself.
-    Uploaders = [Steward, Admin, Consumer];
-    /// Reading a consumer's value-hash key: admins for any consumer, a consumer for itself.
-    KeyHolders = [Admin, Consumer];
+    Uploaders = [Steward, Admin, Consumer] in Reconcile;
+    /// Reading a consumer's value-hash key, which acks are computed with: admins for any
+    /// consumer, a consumer for itself.
+    KeyHolders = [Admin, Consumer] in Acks;
 }
 
-/// Any valid token, whatever its role (so a new role can never be left out).
+/// Any valid token, whatever its role and scopes (so a new role can never be left out).
 #[derive(Debug)]
 pub struct Anyone;
 
 impl Roles for Anyone {
     const ROLES: &'static [Role] = &Role::ALL;
+    const SCOPE: Option<Scope> = None;
 }
 
 /// The roles among `Readers` that read a record's past (`as_of`, history): those

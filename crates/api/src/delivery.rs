@@ -25,7 +25,9 @@ use idledger_store::delivery::{
     NewConsumer, RegisterError, StartAt, Webhook, WebhookSecret,
 };
 
-use crate::auth::{Admins, Auditors, Authorized, Caller, Consumers, KeyHolders, bearer};
+use crate::auth::{
+    Ackers, Admins, Auditors, Authorized, Caller, FeedReaders, KeyHolders, bearer,
+};
 use crate::error::{ApiError, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams, truncate};
 use crate::routes::customer_param;
@@ -322,7 +324,7 @@ pub struct FeedQuery {
 )]
 pub async fn feed(
     State(state): State<AppState>,
-    Authorized(caller, ..): Authorized<Consumers>,
+    Authorized(caller, ..): Authorized<FeedReaders>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<FeedQuery>,
     closing: Option<Extension<Closing>>,
@@ -701,7 +703,7 @@ fn sse_events(items: &[FeedItem]) -> Vec<SseItem> {
 )]
 pub async fn ack(
     State(state): State<AppState>,
-    Authorized(caller, ..): Authorized<Consumers>,
+    Authorized(caller, ..): Authorized<Ackers>,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Json<AckView>, ApiError> {
     let consumer = own_consumer_id(&caller)?;

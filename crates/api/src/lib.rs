@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod retention;
 pub mod routes;
 pub mod steward;
+pub mod tokens;
 pub mod views;
 pub mod wire;
 
@@ -46,6 +47,8 @@ pub struct ApiConfig {
     pub max_concurrency: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// The steward page's sessions: idle and absolute expiry, `Secure` cookies.
+    pub sessions: page::SessionSettings,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +57,7 @@ impl Default for ApiConfig {
             max_body_bytes: 256 * 1024,
             max_concurrency: 1024,
             shutdown_grace: Duration::from_secs(30),
+            sessions: page::SessionSettings::default(),
         }
     }
 }
@@ -203,11 +207,18 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         )
         .route("/feed", get(delivery::feed))
         .route("/acks", post(delivery::ack))
+        .route(
+            "/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/tokens/{token_id}", get(tokens::get_token))
+        .route("/tokens/{token_id}/rotate", post(tokens::rotate_token))
+        .route("/tokens/{token_id}/revoke", post(tokens::revoke_token))
         .route("/me", get(routes::me))
         .route("/openapi.json", get(routes::openapi));
     Router::new()
         .nest("/v1", v1)
-        .merge(page::routes())
+        .merge(page::routes(config.sessions))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::prometheus))

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{delivery, error, export, reconcile, retention, routes, steward, views, wire};
+use crate::{delivery, error, export, reconcile, retention, routes, steward, tokens, views, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,11 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, view
         reconcile::list_findings,
         reconcile::upload_snapshot,
         retention::run_retention,
+        tokens::list_tokens,
+        tokens::create_token,
+        tokens::get_token,
+        tokens::rotate_token,
+        tokens::revoke_token,
         routes::me,
         routes::healthz,
         routes::readyz,
@@ -98,6 +103,11 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, view
         reconcile::ReconcileRequest,
         reconcile::RunPage,
         reconcile::FindingPage,
+        tokens::TokenView,
+        tokens::TokenListView,
+        tokens::IssuedTokenView,
+        tokens::TokenRequest,
+        tokens::RotateRequest,
     )),
     modifiers(&BearerAuth, &CommonProblems),
     tags(
@@ -105,6 +115,7 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, view
         (name = "records", description = "Golden records and history"),
         (name = "delivery", description = "Consumers, the change feed, acknowledgements, the handoff log"),
         (name = "stewardship", description = "Sync exceptions, steward actions, reconciliation runs and snapshot diffs"),
+        (name = "tokens", description = "API tokens: create, list, rotate, revoke (admin)"),
         (name = "meta", description = "Health, metrics, identity, this document"),
     )
 )]
@@ -176,7 +187,7 @@ impl Modify for CommonProblems {
                 };
                 if secured {
                     add("401", "unauthenticated, invalid_token");
-                    add("403", "forbidden_role");
+                    add("403", "forbidden_role, out_of_scope");
                 }
                 if has_query {
                     add("400", "invalid_query");

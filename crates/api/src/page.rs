@@ -1,15 +1,17 @@
 //! The data steward's web page, under `/steward`: server-rendered HTML (maud, which escapes
 //! every splice — customer data is never trusted as markup), no JavaScript, no external assets.
-//! Stewards log in by pasting a steward token, kept in an `HttpOnly; SameSite=Strict` cookie
-//! and checked again on every request, so revoking the token ends the session at once.
+//! Stewards log in by pasting a steward token; the server opens a session
+//! (`Tokens::open_session`) and the cookie carries the session id, never the token: the cookie
+//! does not work as a bearer on the API, and the token is not kept in the browser. The session
+//! is checked on every request and ends after `SessionSettings::limits` (idle, absolute), at
+//! logout (deleted), or when its token is revoked or expires.
 //! Every action goes through [`crate::steward::act`], as the JSON API's do.
 //!
-//! Cross-site requests: the cookie is `SameSite=Strict`, and state-changing requests whose
-//! `Origin` (when sent) is not this host are refused. The cookie is not `Secure` because
-//! `serve` speaks plain HTTP; behind a TLS-terminating proxy the browser still keeps it to
-//! this host and path.
+//! Cross-site requests: the cookie is `HttpOnly; SameSite=Strict; Path=/steward`, and
+//! state-changing requests whose `Origin` (when sent) is not this host are refused. It is
+//! also `Secure` when `SessionSettings::secure_cookies` says the page is served over TLS
+//! (directly or behind a TLS-terminating proxy); `serve` itself speaks plain HTTP.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
@@ -17,6 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use idledger_domain::event::{EventPayload, StewardAction};
 use idledger_domain::field::FieldPath;
@@ -25,7 +28,7 @@ use idledger_domain::state::{ConsentState, CustomerState};
 use idledger_store::delivery::{
     ConsumerFieldState, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
 };
-use idledger_store::{RecordedEvent, Role, StoreError, TokenRecord};
+use idledger_store::{RecordedEvent, Role, Scope, SessionLimits, StoreError, TokenRecord};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use uuid::Uuid;
 
@@ -34,13 +37,25 @@ use crate::error::ApiError;
 use crate::steward::{self, ActionRequest, ActionResult};
 use idledger_app::ExceptionQuery;
 
-/// The session cookie: the steward's token itself (the server keeps no sessions).
+/// The session cookie: a steward session's id (never the token).
 pub const COOKIE: &str = "idl_steward";
 const LOGIN: &str = "/steward/login";
+/// What the page does: read exceptions and records, act on exceptions. A steward token
+/// limited to fewer scopes does not log in.
+const PAGE_SCOPES: [Scope; 2] = [Scope::Reads, Scope::Stewardship];
 const PAGE_SIZE: usize = 50;
 
+/// How the steward page's sessions last and whether their cookie is `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionSettings {
+    /// Idle and absolute expiry (30 minutes and 12 hours by default).
+    pub limits: SessionLimits,
+    /// Mark the cookie `Secure` (the page is served over TLS, or behind a TLS proxy).
+    pub secure_cookies: bool,
+}
+
 /// The steward page's routes; `router` merges them beside `/v1`.
-pub fn routes() -> Router<AppState> {
+pub fn routes(settings: SessionSettings) -> Router<AppState> {
     Router::new()
         .route("/steward", get(list))
         .route(LOGIN, get(login_form).post(login))
@@ -49,13 +64,14 @@ pub fn routes() -> Router<AppState> {
         .route("/steward/exceptions/{id}/act", post(act_one))
         .route("/steward/bulk", post(bulk))
         .layer(axum::middleware::from_fn(same_origin))
+        .layer(Extension(settings))
 }
 
 // ---------------------------------------------------------------------------------------
 // Session and request checks
 // ---------------------------------------------------------------------------------------
 
-/// The logged-in steward, checked against the token store on every request.
+/// The logged-in steward: the token of a live session, checked on every request.
 #[derive(Debug)]
 pub struct Steward(TokenRecord);
 
@@ -63,22 +79,36 @@ impl FromRequestParts<AppState> for Steward {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let settings = settings(parts);
         let Some(secret) = cookie(&parts.headers, COOKIE) else {
             return Err(Redirect::to(LOGIN).into_response());
         };
-        match state.tokens.authenticate(secret).await {
-            Ok(Some(token)) if token.role == Role::Steward => {
-                tracing::Span::current().record("role", token.role.as_str());
-                Ok(Self(token))
+        match state
+            .tokens
+            .session(secret, Utc::now(), settings.limits)
+            .await
+        {
+            Ok(Some(session)) => {
+                tracing::Span::current().record("role", session.token.role.as_str());
+                Ok(Self(session.token))
             }
-            // Revoked since login: forget the cookie and ask again.
-            Ok(_) => Err(with_cookie(
+            // Logged out, expired, or its token revoked or expired: forget the cookie and ask
+            // again.
+            Ok(None) => Err(with_cookie(
                 Redirect::to(LOGIN).into_response(),
-                &clear_cookie(),
+                &clear_cookie(settings),
             )),
             Err(e) => Err(PageError::from(ApiError::from(e)).into_response()),
         }
     }
+}
+
+fn settings(parts: &Parts) -> SessionSettings {
+    parts
+        .extensions
+        .get::<SessionSettings>()
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Refuses state-changing requests sent from another origin (CSRF), on top of the
@@ -121,12 +151,26 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-fn session_cookie(secret: &str) -> String {
-    format!("{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/steward")
+fn session_cookie(secret: &str, settings: SessionSettings) -> String {
+    format!(
+        "{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/steward{}",
+        secure(settings)
+    )
 }
 
-fn clear_cookie() -> String {
-    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/steward; Max-Age=0")
+fn clear_cookie(settings: SessionSettings) -> String {
+    format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/steward; Max-Age=0{}",
+        secure(settings)
+    )
+}
+
+fn secure(settings: SessionSettings) -> &'static str {
+    if settings.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 fn with_cookie(mut response: Response, cookie: &str) -> Response {
@@ -331,33 +375,71 @@ fn login_page(status: StatusCode, error: Option<&str>) -> Response {
     page(status, layout("Login", None, body))
 }
 
-async fn login(State(state): State<AppState>, body: Bytes) -> Response {
+async fn login(
+    State(state): State<AppState>,
+    Extension(settings): Extension<SessionSettings>,
+    body: Bytes,
+) -> Response {
     let form = pairs(&body);
     let Some(secret) = one(&form, "token") else {
         return login_page(StatusCode::UNPROCESSABLE_ENTITY, Some("Paste a token."));
     };
-    match state.tokens.authenticate(secret).await {
-        Ok(Some(token)) if token.role == Role::Steward => with_cookie(
+    let token = match state.tokens.authenticate(secret).await {
+        Ok(Some(token))
+            if token.role == Role::Steward && PAGE_SCOPES.iter().all(|s| token.allows(*s)) =>
+        {
+            token
+        }
+        Ok(Some(token)) if token.role == Role::Steward => {
+            return login_page(
+                StatusCode::FORBIDDEN,
+                Some(
+                    "This steward token is limited to scopes that leave out the page's: reads and stewardship.",
+                ),
+            );
+        }
+        Ok(Some(token)) => {
+            return login_page(
+                StatusCode::FORBIDDEN,
+                Some(&format!(
+                    "This is a {} token; the steward page needs a steward token.",
+                    token.role
+                )),
+            );
+        }
+        Ok(None) => {
+            return login_page(
+                StatusCode::UNAUTHORIZED,
+                Some("This token is unknown or revoked."),
+            );
+        }
+        Err(e) => return PageError::from(ApiError::from(e)).into_response(),
+    };
+    match state
+        .tokens
+        .open_session(&token, Utc::now(), settings.limits)
+        .await
+    {
+        Ok(opened) => with_cookie(
             Redirect::to("/steward").into_response(),
-            &session_cookie(secret),
-        ),
-        Ok(Some(token)) => login_page(
-            StatusCode::FORBIDDEN,
-            Some(&format!(
-                "This is a {} token; the steward page needs a steward token.",
-                token.role
-            )),
-        ),
-        Ok(None) => login_page(
-            StatusCode::UNAUTHORIZED,
-            Some("This token is unknown or revoked."),
+            &session_cookie(&opened.secret, settings),
         ),
         Err(e) => PageError::from(ApiError::from(e)).into_response(),
     }
 }
 
-async fn logout() -> Response {
-    with_cookie(Redirect::to(LOGIN).into_response(), &clear_cookie())
+/// Ends the session (deleted: its cookie no longer opens anything) and forgets the cookie.
+async fn logout(
+    State(state): State<AppState>,
+    Extension(settings): Extension<SessionSettings>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(secret) = cookie(&headers, COOKIE)
+        && let Err(e) = state.tokens.end_session(secret).await
+    {
+        return PageError::from(ApiError::from(e)).into_response();
+    }
+    with_cookie(Redirect::to(LOGIN).into_response(), &clear_cookie(settings))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -464,6 +464,11 @@ pub async fn me(Authorized(caller, ..): Authorized<Anyone>) -> Json<WhoAmI> {
         role: caller.token.role.to_string(),
         subject: caller.token.subject.clone(),
         label: caller.token.label.clone(),
+        scopes: caller
+            .token
+            .scopes
+            .as_ref()
+            .map(|s| s.iter().map(|s| s.as_str().to_owned()).collect()),
     })
 }
 

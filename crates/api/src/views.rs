@@ -344,6 +344,8 @@ pub struct WhoAmI {
     /// The source or consumer id the token speaks for.
     pub subject: Option<String>,
     pub label: String,
+    /// The operation groups the token is limited to; `null`: all its role allows.
+    pub scopes: Option<Vec<String>>,
 }
 
 /// The result of an erasure.

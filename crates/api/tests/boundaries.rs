@@ -136,6 +136,13 @@ async fn every_role_against_every_route(engine: Engine) {
         ),
         (Method::GET, "/v1/feed", None, &["consumer"]),
         (Method::POST, "/v1/acks", Some(ack), &["consumer"]),
+        (Method::GET, "/v1/tokens", None, &["admin"]),
+        (
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "auditor", "label": "new {n}"})),
+            &["admin"],
+        ),
         (Method::GET, "/v1/me", None, &NAMES),
     ];
     let mut checked = 0;

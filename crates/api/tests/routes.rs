@@ -653,6 +653,11 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/v1/acks", "post"),
         ("/v1/me", "get"),
         ("/v1/retention/runs", "post"),
+        ("/v1/tokens", "get"),
+        ("/v1/tokens", "post"),
+        ("/v1/tokens/{token_id}", "get"),
+        ("/v1/tokens/{token_id}/rotate", "post"),
+        ("/v1/tokens/{token_id}/revoke", "post"),
         ("/v1/openapi.json", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
@@ -677,6 +682,9 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         "AckDoc",
         "AckView",
         "RetentionReportView",
+        "TokenView",
+        "TokenRequest",
+        "IssuedTokenView",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }

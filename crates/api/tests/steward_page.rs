@@ -1,7 +1,9 @@
 //! The steward web page: a steward logs in, filters exceptions, opens one, resolves it and
 //! resolves another in bulk — in headless Chromium driven over WebDriver (chromedriver), on a
 //! real server over PostgreSQL. Then, without a browser, the page's guards on both engines:
-//! login redirects, role and revocation checks, cross-origin POSTs, escaping, 404 and 410.
+//! login redirects, role and revocation checks, sessions (the cookie is a session id, not the
+//! token, and no bearer; logout, idle and absolute expiry end it; `Secure` when configured),
+//! cross-origin POSTs, escaping, 404 and 410.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -13,15 +15,18 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fantoccini::{Client, ClientBuilder, Locator};
+use idledger_api::ApiConfig;
+use idledger_api::page::SessionSettings;
 use idledger_domain::ids::CustomerId;
 use idledger_store::Role;
+use idledger_store::SessionLimits;
 use idledger_store::delivery::{
     Deliveries, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
 };
 use idledger_testkit::builders::{self, consumer_id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, TestApp, grant, on_both_engines};
+use support::{Engine, Reply, TestApp, grant, on_both_engines};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -31,6 +36,10 @@ const DRIFTED_HASH: &str =
 
 on_both_engines!(
     pages_need_a_steward_session,
+    the_session_cookie_is_not_the_token_and_no_bearer,
+    logout_ends_the_session,
+    sessions_end_when_idle_and_at_their_lifetime,
+    the_cookie_is_secure_when_configured,
     cross_origin_posts_are_refused,
     customer_data_is_escaped_and_refusals_are_readable,
     unknown_and_erased_are_readable_pages,
@@ -487,6 +496,19 @@ async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
     browser.goto(&app.url("/steward")).await.unwrap();
     assert!(listed_ids(browser).await.is_empty());
     assert!(text(browser, "#empty").await.contains("No exceptions"));
+
+    // Logging out ends the session: the page asks to log in again.
+    submit(browser, "header form button").await;
+    browser.goto(&app.url("/steward")).await.unwrap();
+    assert!(
+        browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/steward/login"),
+        "logged out"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -590,34 +612,36 @@ async fn pages_need_a_steward_session(engine: Engine) {
         unknown.html
     );
 
-    // A steward token: the cookie, then the list.
-    let secret = app.token("steward");
-    let login = request(
-        &app,
-        Method::POST,
-        "/steward/login",
-        None,
-        None,
-        &[("token", secret)],
-    )
-    .await;
-    assert_eq!(login.status, StatusCode::SEE_OTHER);
-    assert_eq!(login.location.as_deref(), Some("/steward"));
-    assert_eq!(
-        login.set_cookie.as_deref(),
-        Some(format!("idl_steward={secret}; HttpOnly; SameSite=Strict; Path=/steward").as_str())
-    );
-    let page = request(&app, Method::GET, "/steward", Some(secret), None, &[]).await;
+    // A steward token: a session, then the list.
+    let session = log_in(&app).await;
+    let page = request(&app, Method::GET, "/steward", Some(&session), None, &[]).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.html.contains("Sync exceptions"));
+    // The token itself is no cookie.
+    let page = request(
+        &app,
+        Method::GET,
+        "/steward",
+        Some(app.token("steward")),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location.as_deref(), Some("/steward/login"));
 
     // Revoking the token ends the session on the next request.
     let tokens = app.ledger.store().tokens();
-    let record = tokens.authenticate(secret).await.unwrap().unwrap();
+    let record = tokens
+        .authenticate(app.token("steward"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.role, Role::Steward);
     assert!(tokens.revoke(record.id).await.unwrap());
-    let page = request(&app, Method::GET, "/steward", Some(secret), None, &[]).await;
+    let page = request(&app, Method::GET, "/steward", Some(&session), None, &[]).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location.as_deref(), Some("/steward/login"));
     assert!(
         page.set_cookie.unwrap().contains("Max-Age=0"),
         "the cookie is cleared"
@@ -627,10 +651,178 @@ async fn pages_need_a_steward_session(engine: Engine) {
     assert_eq!(logout.location.as_deref(), Some("/steward/login"));
 }
 
+/// Logs in with the steward token; returns the session cookie's value.
+async fn log_in(app: &TestApp) -> String {
+    log_in_with(app, app.token("steward")).await.0
+}
+
+/// Logs in with `token`; returns the session cookie's value and the whole `Set-Cookie`.
+async fn log_in_with(app: &TestApp, token: &str) -> (String, String) {
+    let login = request(
+        app,
+        Method::POST,
+        "/steward/login",
+        None,
+        None,
+        &[("token", token)],
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.html);
+    assert_eq!(login.location.as_deref(), Some("/steward"));
+    let set_cookie = login.set_cookie.expect("a session cookie");
+    let value = set_cookie
+        .strip_prefix("idl_steward=")
+        .and_then(|rest| rest.split(';').next())
+        .expect("the idl_steward cookie")
+        .to_owned();
+    (value, set_cookie)
+}
+
+async fn the_session_cookie_is_not_the_token_and_no_bearer(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let token = app.token("steward");
+    let (session, set_cookie) = log_in_with(&app, token).await;
+    assert_ne!(session, token);
+    assert!(!set_cookie.contains(token), "{set_cookie}");
+    assert!(
+        session.len() >= 43,
+        "at least 256 bits, base64url: {session}"
+    );
+    assert_eq!(
+        set_cookie,
+        format!("idl_steward={session}; HttpOnly; SameSite=Strict; Path=/steward"),
+        "not Secure unless configured"
+    );
+    // Two logins, two sessions.
+    assert_ne!(log_in(&app).await, session);
+
+    // The session id opens the page, and nothing under /v1: not as a bearer, not as a cookie.
+    let page = request(&app, Method::GET, "/steward", Some(&session), None, &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    for path in ["/v1/me", "/v1/exceptions"] {
+        let reply = Reply::from(
+            app.client
+                .get(app.url(path))
+                .bearer_auth(&session)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        reply.problem(401, "invalid_token");
+        let reply = Reply::from(
+            app.client
+                .get(app.url(path))
+                .header("cookie", format!("idl_steward={session}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        reply.problem(401, "unauthenticated");
+    }
+    // The token still works on the API.
+    assert_eq!(app.get("/v1/me", "steward").await.status, StatusCode::OK);
+}
+
+async fn logout_ends_the_session(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let session = log_in(&app).await;
+    let other = log_in(&app).await;
+    let logout = request(
+        &app,
+        Method::POST,
+        "/steward/logout",
+        Some(&session),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(logout.status, StatusCode::SEE_OTHER);
+    assert_eq!(logout.location.as_deref(), Some("/steward/login"));
+    assert!(logout.set_cookie.unwrap().contains("Max-Age=0"));
+    // The old cookie, sent again (a copy kept, a replay), opens nothing.
+    let page = request(&app, Method::GET, "/steward", Some(&session), None, &[]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location.as_deref(), Some("/steward/login"));
+    // Another session of the same token is its own.
+    let page = request(&app, Method::GET, "/steward", Some(&other), None, &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+}
+
+async fn sessions_end_when_idle_and_at_their_lifetime(engine: Engine) {
+    let config = ApiConfig {
+        sessions: SessionSettings {
+            limits: SessionLimits {
+                idle: chrono::Duration::seconds(2),
+                absolute: chrono::Duration::seconds(3),
+            },
+            secure_cookies: false,
+        },
+        ..ApiConfig::default()
+    };
+    let app = TestApp::start_with(engine, config).await;
+    let open = |session: String| {
+        let app = &app;
+        async move {
+            request(app, Method::GET, "/steward", Some(&session), None, &[])
+                .await
+                .status
+        }
+    };
+
+    // Idle: unused for longer than 2 s, it ends.
+    let idle = log_in(&app).await;
+    assert_eq!(open(idle.clone()).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(open(idle).await, StatusCode::SEE_OTHER);
+
+    // Absolute: used every second (each use moves the idle expiry on), it still ends 3 s
+    // after login.
+    let busy = log_in(&app).await;
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(open(busy.clone()).await, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(started.elapsed())).await;
+    assert_eq!(open(busy).await, StatusCode::SEE_OTHER);
+}
+
+async fn the_cookie_is_secure_when_configured(engine: Engine) {
+    let config = ApiConfig {
+        sessions: SessionSettings {
+            secure_cookies: true,
+            ..SessionSettings::default()
+        },
+        ..ApiConfig::default()
+    };
+    let app = TestApp::start_with(engine, config).await;
+    let (session, set_cookie) = log_in_with(&app, app.token("steward")).await;
+    assert_eq!(
+        set_cookie,
+        format!("idl_steward={session}; HttpOnly; SameSite=Strict; Path=/steward; Secure")
+    );
+    let logout = request(
+        &app,
+        Method::POST,
+        "/steward/logout",
+        Some(&session),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        logout.set_cookie.as_deref(),
+        Some("idl_steward=; HttpOnly; SameSite=Strict; Path=/steward; Max-Age=0; Secure")
+    );
+}
+
 async fn cross_origin_posts_are_refused(engine: Engine) {
     let app = TestApp::start(engine).await;
     let seeded = seed(&app).await;
-    let secret = app.token("steward");
+    let session = log_in(&app).await;
+    let secret = session.as_str();
     let act = format!("/steward/exceptions/{}/act", seeded.divergent.id);
     let form = [("action", "dismiss"), ("reason", "a forged form")];
     for origin in ["http://evil.example", "null"] {
@@ -676,7 +868,8 @@ async fn cross_origin_posts_are_refused(engine: Engine) {
 async fn customer_data_is_escaped_and_refusals_are_readable(engine: Engine) {
     let app = TestApp::start(engine).await;
     let seeded = seed(&app).await;
-    let secret = app.token("steward");
+    let session = log_in(&app).await;
+    let secret = session.as_str();
     let script = r#"<script>alert("pwned")</script>"#;
     let evil = app
         .register(
@@ -794,7 +987,8 @@ async fn customer_data_is_escaped_and_refusals_are_readable(engine: Engine) {
 async fn unknown_and_erased_are_readable_pages(engine: Engine) {
     let app = TestApp::start(engine).await;
     let seeded = seed(&app).await;
-    let secret = app.token("steward");
+    let session = log_in(&app).await;
+    let secret = session.as_str();
     for id in ["0190a4c6-0000-7000-8000-000000000000", "not-an-id"] {
         let page = request(
             &app,

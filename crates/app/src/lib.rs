@@ -8,6 +8,8 @@
 //!   stewards and auditors, and the disclosure log of what source systems read.
 //! - [`retention`]: expire what the policy keeps too long (values, consent records) and delete
 //!   old handoffs, idempotency records and reconciliation runs, at an instant the caller gives.
+//! - [`tokens`]: token administration ([`TokenAdmin`]): create (checked: the system a token
+//!   speaks for, its label, expiry and scopes), list, rotate, revoke — for the CLI and the API.
 //! - [`stewardship`]: query sync exceptions ([`ExceptionQuery`], the one parser of their
 //!   filters), read one, act on one or many — a steward's action and the exception's change in
 //!   one transaction.
@@ -21,6 +23,7 @@ pub mod export;
 pub mod reads;
 pub mod retention;
 pub mod stewardship;
+pub mod tokens;
 
 use idledger_reconcile::Reconciler;
 use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
@@ -31,6 +34,7 @@ pub use retention::{RetentionError, RetentionProgress, RetentionReport};
 pub use stewardship::{
     ActError, ActionDone, ExceptionQuery, QueryError, Steward, StewardRequest, parse_age,
 };
+pub use tokens::{NewToken, Revoked, TokenAdmin, TokenError};
 
 /// The use cases over one store. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -74,6 +78,11 @@ impl App {
 
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// Token administration over this store.
+    pub fn token_admin(&self) -> TokenAdmin {
+        TokenAdmin::new(self.tokens.clone())
     }
 
     pub fn reconciler(&self) -> &Reconciler {

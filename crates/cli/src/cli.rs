@@ -137,6 +137,16 @@ pub struct ServeArgs {
         env = "IDLEDGER__SERVER__SHUTDOWN_GRACE_SECS"
     )]
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds a steward page session lasts without a request. [default: 1800]
+    #[arg(long, value_name = "SECS", env = "IDLEDGER__SERVER__SESSION_IDLE_SECS")]
+    pub session_idle_secs: Option<u64>,
+    /// Seconds a steward page session lasts at most, however busy. [default: 43200]
+    #[arg(long, value_name = "SECS", env = "IDLEDGER__SERVER__SESSION_MAX_SECS")]
+    pub session_max_secs: Option<u64>,
+    /// Mark the steward page's session cookie `Secure`: set it when the page is reached
+    /// over HTTPS (a TLS-terminating proxy in front of idledger).
+    #[arg(long, env = "IDLEDGER__SERVER__SECURE_COOKIES")]
+    pub secure_cookies: bool,
     /// NATS server the relay publishes consumers' changes to (JetStream), e.g.
     /// nats://127.0.0.1:4222. Without it the relay still delivers webhooks.
     #[arg(long, value_name = "URL", env = "IDLEDGER__NATS__URL")]
@@ -207,6 +217,11 @@ pub struct TokenCreateArgs {
     /// Let it expire after this long: 45s, 90m, 4h, 2d (at most 10 years). [default: never]
     #[arg(long, value_name = "AGE", value_parser = parse_duration)]
     pub expires_in: Option<chrono::Duration>,
+    /// Limit it to these operation groups, within what its role allows (repeat, or separate
+    /// with commas): commands, reads, feed, acks, reconcile, stewardship, admin, export.
+    /// [default: all its role allows]
+    #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',', value_parser = parse_scope)]
+    pub scopes: Vec<idledger_store::Scope>,
     /// Print the token and its record as JSON.
     #[arg(long)]
     pub json: bool,
@@ -224,6 +239,11 @@ pub struct JsonArg {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_scope(raw: &str) -> Result<idledger_store::Scope, String> {
+    raw.parse()
+        .map_err(|e: idledger_store::StoreError| e.to_string())
 }
 
 fn parse_role(raw: &str) -> Result<idledger_store::Role, String> {

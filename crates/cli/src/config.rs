@@ -86,6 +86,11 @@ pub struct ServerFile {
     pub max_body_bytes: Option<usize>,
     pub max_concurrency: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
+    /// Steward page sessions: seconds without a request, seconds at most. [default: 1800, 43200]
+    pub session_idle_secs: Option<u64>,
+    pub session_max_secs: Option<u64>,
+    /// Mark the steward page's session cookie `Secure` (served over HTTPS). [default: false]
+    pub secure_cookies: Option<bool>,
 }
 
 impl ConfigFile {

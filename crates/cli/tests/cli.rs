@@ -1442,4 +1442,64 @@ fn tokens_expire_and_rotate_from_the_command_line() {
     )
     .exit(2)
     .stderr_has(&["not a duration"]);
+
+    // Scopes: given once or several times, kept sorted; an unknown one is a usage error.
+    let run = idledger(
+        &dir,
+        &[
+            "token",
+            "create",
+            "--role",
+            "source",
+            "--source",
+            "crm",
+            "--scope",
+            "reads,commands",
+            "--scope",
+            "reads",
+            "--json",
+        ],
+    )
+    .success();
+    let scoped: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        scoped["record"]["scopes"],
+        serde_json::json!(["commands", "reads"])
+    );
+    assert_eq!(scoped["record"]["live"], true, "the API's IssuedTokenView");
+    idledger(&dir, &["token", "list"])
+        .success()
+        .stdout_has(&["scopes", "commands,reads"]);
+    idledger(
+        &dir,
+        &[
+            "token",
+            "create",
+            "--role",
+            "auditor",
+            "--scope",
+            "everything",
+        ],
+    )
+    .exit(2)
+    .stderr_has(&["unknown scope"]);
+    // The checks of `POST /v1/tokens`: a consumer id, a label that is not blank.
+    idledger(
+        &dir,
+        &[
+            "token",
+            "create",
+            "--role",
+            "consumer",
+            "--consumer",
+            "Crm Sync",
+        ],
+    )
+    .exit(1);
+    idledger(
+        &dir,
+        &["token", "create", "--role", "auditor", "--label", " "],
+    )
+    .exit(1)
+    .stderr_has(&["blank"]);
 }

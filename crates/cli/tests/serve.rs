@@ -71,6 +71,7 @@ fn tokens_are_created_once_listed_and_revoked() {
     let (_, json, _) = run(&dir, &["token", "list", "--json"]);
     let record: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     let id = record["id"].as_str().unwrap().to_owned();
+    assert_eq!(record["live"], true, "the API's TokenView: {record}");
     assert!(
         !std::fs::read(dir.join("idledger.db"))
             .unwrap()
@@ -117,11 +118,23 @@ fn serve_answers_with_command_line_tokens_and_stops_on_sigterm() {
         &["token", "create", "--role", "source", "--source", "idp"],
     );
     let secret = secret.trim().to_owned();
-    let mut child = idledger(&dir, &["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (_, steward, _) = run(&dir, &["token", "create", "--role", "steward"]);
+    let steward = steward.trim().to_owned();
+    let mut child = idledger(
+        &dir,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--secure-cookies",
+            "--session-idle-secs",
+            "60",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let addr = first
@@ -159,6 +172,20 @@ fn serve_answers_with_command_line_tokens_and_stops_on_sigterm() {
             .await
             .unwrap();
         assert_eq!(anonymous.status(), 401);
+        // The steward page's session cookie is Secure, as configured.
+        let login = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("http://{addr}/steward/login"))
+            .form(&[("token", steward.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 303);
+        let cookie = login.headers()["set-cookie"].to_str().unwrap();
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+        assert!(!cookie.contains(&steward), "{cookie}");
     });
 
     let pid = child.id().to_string();
@@ -173,6 +200,11 @@ fn serve_answers_with_command_line_tokens_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("/steward (sessions: 60 s idle, 43200 s at most, Secure cookie)")),
+        "{rest:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -37,4 +37,6 @@ pub use model::{LogEntry, RecordedEvent, ShreddedEvent};
 pub use runs::Runs;
 pub use sql::Engine;
 pub use store::Store;
-pub use tokens::{IssuedToken, Role, TokenRecord, Tokens};
+pub use tokens::{
+    IssuedToken, OpenedSession, Role, Scope, Session, SessionLimits, TokenRecord, Tokens,
+};

@@ -5,21 +5,303 @@
 //!   (`tokens_are_stored_as_hashes_and_revocable`)
 //! - [x] `create_expiring`, `rotate`, `get`, `touch`
 //!   (`tokens_expire_rotate_with_an_overlap_and_record_their_last_use`)
+//! - [x] `create_scoped`, `Scope`, `TokenRecord::allows` (`tokens_may_be_limited_to_scopes`)
+//! - [x] `open_session`, `session`, `end_session` (`steward_sessions_*`), and `revoke` ending
+//!   them (`steward_sessions_end_with_their_token`)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
-use idledger_store::Role;
+use chrono::{DateTime, Duration, Utc};
+use idledger_store::{Role, Scope, SessionLimits};
 use support::{Engine, TestDb, on_both_engines};
 
 on_both_engines!(
     tokens_are_stored_as_hashes_and_revocable,
     tokens_must_match_their_role,
     tokens_expire_rotate_with_an_overlap_and_record_their_last_use,
+    steward_sessions_are_stored_as_hashes_and_end_at_logout,
+    steward_sessions_expire_idle_and_absolute,
+    steward_sessions_end_with_their_token,
+    tokens_may_be_limited_to_scopes,
 );
 
+async fn tokens_may_be_limited_to_scopes(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let tokens = db.store().await.tokens();
+    let all = tokens
+        .create(Role::Source, Some("crm"), "all")
+        .await
+        .unwrap();
+    assert_eq!(all.record.scopes, None);
+    assert!(Scope::ALL.iter().all(|s| all.record.allows(*s)));
+    let scoped = tokens
+        .create_scoped(
+            Role::Source,
+            Some("crm"),
+            "crm writer",
+            None,
+            Some(&[Scope::Reads, Scope::Commands, Scope::Reads]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        scoped.record.scopes.as_deref(),
+        Some(&[Scope::Commands, Scope::Reads][..]),
+        "sorted, once each"
+    );
+    assert!(scoped.record.allows(Scope::Commands) && !scoped.record.allows(Scope::Feed));
+    let found = tokens.authenticate(&scoped.secret).await.unwrap().unwrap();
+    assert_eq!(found, scoped.record, "stored and read back");
+    let rotated = tokens
+        .rotate(scoped.record.id, Duration::zero())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rotated.record.scopes, scoped.record.scopes,
+        "a rotation keeps them"
+    );
+    assert!(
+        tokens
+            .create_scoped(Role::Auditor, None, "none", None, Some(&[]))
+            .await
+            .is_err(),
+        "an empty set is refused"
+    );
+    assert_eq!("feed".parse::<Scope>().unwrap(), Scope::Feed);
+    assert!("everything".parse::<Scope>().is_err());
+}
+
+fn limits() -> SessionLimits {
+    SessionLimits {
+        idle: Duration::minutes(30),
+        absolute: Duration::hours(12),
+    }
+}
+
+/// A whole microsecond, as both engines keep times.
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap()
+}
+
+async fn steward_sessions_are_stored_as_hashes_and_end_at_logout(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let tokens = db.store().await.tokens();
+    let steward = tokens.create(Role::Steward, None, "ann").await.unwrap();
+    let at = now();
+    let opened = tokens
+        .open_session(&steward.record, at, limits())
+        .await
+        .unwrap();
+    assert!(opened.secret.starts_with("idls_"));
+    assert!(opened.secret.len() >= 5 + 43, "256 random bits");
+    assert!(!format!("{opened:?}").contains(&opened.secret));
+    assert_eq!(opened.session.expires_at, at + Duration::hours(12));
+    assert_eq!(opened.session.idle_expires_at, at + Duration::minutes(30));
+
+    // The session id is not a token, and the token is not a session id.
+    assert!(tokens.authenticate(&opened.secret).await.unwrap().is_none());
+    assert!(
+        tokens
+            .session(&steward.secret, at, limits())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let found = tokens
+        .session(&opened.secret, at + Duration::minutes(1), limits())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.token, steward.record);
+
+    // Only the hash is stored.
+    let stored: Vec<(Vec<u8>,)> = rows(&db, "SELECT session_hash FROM steward_sessions").await;
+    assert_eq!(
+        stored,
+        [(idledger_store::tokens::token_hash(&opened.secret),)]
+    );
+
+    // A second session of the same token is its own; logout ends one.
+    let other = tokens
+        .open_session(&steward.record, at, limits())
+        .await
+        .unwrap();
+    assert!(tokens.end_session(&opened.secret).await.unwrap());
+    assert!(!tokens.end_session(&opened.secret).await.unwrap());
+    assert!(
+        tokens
+            .session(&opened.secret, at, limits())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        tokens
+            .session(&other.secret, at, limits())
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Only a live steward token opens one.
+    let auditor = tokens.create(Role::Auditor, None, "dpo").await.unwrap();
+    assert!(
+        tokens
+            .open_session(&auditor.record, at, limits())
+            .await
+            .is_err()
+    );
+}
+
+async fn steward_sessions_expire_idle_and_absolute(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let tokens = db.store().await.tokens();
+    let steward = tokens.create(Role::Steward, None, "ann").await.unwrap();
+    let at = now();
+    let minutes = |n| at + Duration::minutes(n);
+
+    // Idle: each use moves the idle expiry on; 30 minutes without one end it.
+    let idle = tokens
+        .open_session(&steward.record, at, limits())
+        .await
+        .unwrap();
+    let used = tokens
+        .session(&idle.secret, minutes(29), limits())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(used.idle_expires_at, minutes(59));
+    assert!(
+        tokens
+            .session(&idle.secret, minutes(58), limits())
+            .await
+            .unwrap()
+            .is_some(),
+        "29 minutes after the last use"
+    );
+    assert!(
+        tokens
+            .session(&idle.secret, minutes(88), limits())
+            .await
+            .unwrap()
+            .is_none(),
+        "30 minutes after the last use"
+    );
+    assert!(
+        tokens
+            .session(&idle.secret, minutes(60), limits())
+            .await
+            .unwrap()
+            .is_none(),
+        "an ended session is deleted: it does not come back"
+    );
+
+    // Absolute: however busy, it ends 12 hours after login, and the idle expiry never runs
+    // past that.
+    let busy = tokens
+        .open_session(&steward.record, at, limits())
+        .await
+        .unwrap();
+    let mut last = None;
+    for n in (20..=12 * 60 - 1).step_by(20) {
+        last = tokens
+            .session(&busy.secret, minutes(n), limits())
+            .await
+            .unwrap();
+        assert!(last.is_some(), "used every 20 minutes: live at minute {n}");
+    }
+    assert_eq!(last.unwrap().idle_expires_at, minutes(12 * 60));
+    assert!(
+        tokens
+            .session(&busy.secret, minutes(12 * 60), limits())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Opening a session deletes those that have ended.
+    tokens
+        .open_session(&steward.record, at, limits())
+        .await
+        .unwrap();
+    tokens
+        .open_session(&steward.record, minutes(24 * 60), limits())
+        .await
+        .unwrap();
+    let stored: Vec<(i64,)> = rows(&db, "SELECT COUNT(*) FROM steward_sessions").await;
+    assert_eq!(stored, [(1,)], "the one opened a day later");
+}
+
+async fn steward_sessions_end_with_their_token(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let tokens = db.store().await.tokens();
+    let at = now();
+
+    // Revoked: the sessions end and are deleted.
+    let revoked = tokens.create(Role::Steward, None, "ann").await.unwrap();
+    let session = tokens
+        .open_session(&revoked.record, at, limits())
+        .await
+        .unwrap();
+    assert!(tokens.revoke(revoked.record.id).await.unwrap());
+    assert!(
+        tokens
+            .session(&session.secret, at, limits())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let stored: Vec<(i64,)> = rows(&db, "SELECT COUNT(*) FROM steward_sessions").await;
+    assert_eq!(stored, [(0,)]);
+
+    // Expired (here at the end of a rotation's overlap): the sessions end with it.
+    let rotated = tokens.create(Role::Steward, None, "bob").await.unwrap();
+    let session = tokens
+        .open_session(&rotated.record, now(), limits())
+        .await
+        .unwrap();
+    tokens
+        .rotate(rotated.record.id, Duration::minutes(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let later = Utc::now();
+    assert!(
+        tokens
+            .session(&session.secret, later, limits())
+            .await
+            .unwrap()
+            .is_some(),
+        "within the overlap"
+    );
+    assert!(
+        tokens
+            .session(&session.secret, later + Duration::minutes(6), limits())
+            .await
+            .unwrap()
+            .is_none(),
+        "after the overlap"
+    );
+}
+
+async fn rows<T>(db: &TestDb, sql: &'static str) -> Vec<T>
+where
+    T: Send + Unpin,
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    match db.engine {
+        Engine::Postgres => sqlx::query_as(sql).fetch_all(&db.pg().await).await.unwrap(),
+        Engine::Sqlite => sqlx::query_as(sql)
+            .fetch_all(&db.sqlite().await)
+            .await
+            .unwrap(),
+    }
+}
+
 async fn tokens_expire_rotate_with_an_overlap_and_record_their_last_use(engine: Engine) {
-    use chrono::{Duration, Utc};
     let db = TestDb::new(engine).await;
     let tokens = db.store().await.tokens();
     // An expired token no longer authenticates; one that expires later does.

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use idledger_api::page::SessionSettings;
 use idledger_api::{ApiConfig, AppState};
 use idledger_relay::{NatsConfig, Relay, RelayConfig};
+use idledger_store::SessionLimits;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
@@ -16,6 +18,39 @@ use crate::config::Settings;
 use crate::store::{self, KeyUse};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The steward page's session settings: flag, then the `[server]` table, then the defaults.
+fn session_settings(
+    args: &ServeArgs,
+    file: &crate::config::ServerFile,
+    defaults: SessionSettings,
+) -> anyhow::Result<SessionSettings> {
+    let secs = |given: Option<u64>, default: chrono::Duration, what: &str| match given {
+        None => Ok(default),
+        Some(0) => anyhow::bail!("the steward session's {what} must be at least a second"),
+        Some(secs) => i64::try_from(secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .filter(|d| *d <= chrono::Duration::days(3650))
+            .with_context(|| format!("the steward session's {what} is longer than 10 years")),
+    };
+    let limits = SessionLimits {
+        idle: secs(
+            args.session_idle_secs.or(file.session_idle_secs),
+            defaults.limits.idle,
+            "idle expiry",
+        )?,
+        absolute: secs(
+            args.session_max_secs.or(file.session_max_secs),
+            defaults.limits.absolute,
+            "lifetime",
+        )?,
+    };
+    Ok(SessionSettings {
+        limits,
+        secure_cookies: args.secure_cookies || file.secure_cookies.unwrap_or(false),
+    })
+}
 
 pub async fn run(
     settings: &Settings,
@@ -37,6 +72,7 @@ pub async fn run(
             .shutdown_grace_secs
             .or(file.shutdown_grace_secs)
             .map_or(defaults.shutdown_grace, Duration::from_secs),
+        sessions: session_settings(args, file, defaults.sessions)?,
     };
     let listen: SocketAddr = match args.listen.or(file.listen) {
         Some(addr) => addr,
@@ -62,6 +98,17 @@ pub async fn run(
     )?;
     writeln!(out, "  store     {}", settings.database)?;
     writeln!(out, "  API       http://{addr}/v1/openapi.json")?;
+    writeln!(
+        out,
+        "  steward   http://{addr}/steward (sessions: {} s idle, {} s at most{})",
+        config.sessions.limits.idle.num_seconds(),
+        config.sessions.limits.absolute.num_seconds(),
+        if config.sessions.secure_cookies {
+            ", Secure cookie"
+        } else {
+            ""
+        }
+    )?;
     writeln!(out, "  tokens    {tokens} live")?;
     if tokens == 0 {
         writeln!(

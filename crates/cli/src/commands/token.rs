@@ -1,13 +1,14 @@
-//! `idledger token create|list|revoke`: API tokens, stored only as hashes. A token's secret is
-//! printed once, when it is created.
+//! `idledger token create|list|revoke|rotate`: API tokens, stored only as hashes. A token's
+//! secret is printed once, when it is created. The checks are `idledger_app::TokenAdmin`'s,
+//! which `/v1/tokens` uses too.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use idledger_domain::ids::SourceId;
-use idledger_domain::policy::RESERVED_SOURCES;
-use idledger_store::{Role, Tokens};
+use idledger_api::tokens::{IssuedTokenView, TokenView};
+use idledger_app::{NewToken, Revoked, TokenAdmin, TokenError};
+use idledger_store::Role;
 
 use crate::cli::{JsonArg, TokenCommand, TokenCreateArgs, TokenRevokeArgs, TokenRotateArgs};
 use crate::config::Settings;
@@ -20,7 +21,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     // Tokens are not personal data: no master key is needed to manage them.
-    let tokens = store::open_store(settings).await?.tokens();
+    let tokens = TokenAdmin::new(store::open_store(settings).await?.tokens());
     match command {
         TokenCommand::Create(args) => create(&tokens, args, out).await,
         TokenCommand::List(args) => list(&tokens, args, out).await,
@@ -30,37 +31,27 @@ pub async fn run(
 }
 
 async fn create(
-    tokens: &Tokens,
+    tokens: &TokenAdmin,
     args: &TokenCreateArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     let subject = match (args.role, &args.source, &args.consumer) {
-        (Role::Source, Some(source), None) => {
-            let id = SourceId::parse(source)?;
-            if RESERVED_SOURCES.contains(&id.as_str()) {
-                bail!(
-                    "'{id}' is reserved for idledger's own stewards and administrators; use --role {id} instead"
-                );
-            }
-            Some(id.as_str().to_owned())
-        }
-        (Role::Consumer, None, Some(consumer)) => {
-            Some(SourceId::parse(consumer)?.as_str().to_owned())
-        }
+        (Role::Source, Some(source), None) => Some(source.clone()),
+        (Role::Consumer, None, Some(consumer)) => Some(consumer.clone()),
         (Role::Source | Role::Consumer, _, _) => {
             bail!("--role source takes --source <ID>; --role consumer takes --consumer <ID>")
         }
         (_, None, None) => None,
         (role, _, _) => bail!("{role} tokens are not bound to a system: drop --source/--consumer"),
     };
-    let label = args.label.clone().unwrap_or_else(|| match &subject {
-        Some(s) => format!("{} {s}", args.role),
-        None => args.role.to_string(),
-    });
-    let expires_at = args.expires_in.map(|d| chrono::Utc::now() + d);
-    let issued = tokens
-        .create_expiring(args.role, subject.as_deref(), &label, expires_at)
-        .await?;
+    let new = NewToken {
+        role: args.role,
+        subject,
+        label: args.label.clone(),
+        expires_in: args.expires_in,
+        scopes: (!args.scopes.is_empty()).then(|| args.scopes.clone()),
+    };
+    let issued = tokens.create(&new, chrono::Utc::now()).await?;
     print_issued(&issued, args.json, out)
 }
 
@@ -72,10 +63,12 @@ fn print_issued(
 ) -> anyhow::Result<ExitCode> {
     let label = &issued.record.label;
     if json {
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &serde_json::json!({"token": issued.secret, "record": issued.record}),
-        )?;
+        // The answer of `POST /v1/tokens`.
+        let view = IssuedTokenView {
+            token: issued.secret.clone(),
+            record: TokenView::new(&issued.record, chrono::Utc::now()),
+        };
+        serde_json::to_writer_pretty(&mut *out, &view)?;
         writeln!(out)?;
     } else {
         writeln!(out, "{}", issued.secret)?;
@@ -89,11 +82,17 @@ fn print_issued(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list(tokens: &Tokens, args: &JsonArg, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+async fn list(
+    tokens: &TokenAdmin,
+    args: &JsonArg,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let all = tokens.list().await?;
+    let now = chrono::Utc::now();
     if args.json {
         for token in &all {
-            serde_json::to_writer(&mut *out, token)?;
+            // One `GET /v1/tokens` item per line.
+            serde_json::to_writer(&mut *out, &TokenView::new(token, now))?;
             writeln!(out)?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -107,14 +106,14 @@ async fn list(tokens: &Tokens, args: &JsonArg, out: &mut dyn Write) -> anyhow::R
     }
     writeln!(
         out,
-        "{:<36}  {:<8}  {:<16}  {:<27}  {:<27}  {:<27}  {:<27}  label",
-        "id", "role", "speaks for", "created", "expires", "last used", "revoked"
+        "{:<36}  {:<8}  {:<16}  {:<27}  {:<27}  {:<27}  {:<27}  {:<16}  label",
+        "id", "role", "speaks for", "created", "expires", "last used", "revoked", "scopes"
     )?;
     let never = || "-".to_owned();
     for t in &all {
         writeln!(
             out,
-            "{:<36}  {:<8}  {:<16}  {:<27}  {:<27}  {:<27}  {:<27}  {}",
+            "{:<36}  {:<8}  {:<16}  {:<27}  {:<27}  {:<27}  {:<27}  {:<16}  {}",
             t.id,
             t.role.as_str(),
             t.subject.as_deref().unwrap_or("-"),
@@ -122,6 +121,10 @@ async fn list(tokens: &Tokens, args: &JsonArg, out: &mut dyn Write) -> anyhow::R
             t.expires_at.map_or_else(never, time),
             t.last_used_at.map_or_else(never, time),
             t.revoked_at.map_or_else(never, time),
+            t.scopes.as_ref().map_or_else(
+                || "all".to_owned(),
+                |s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+            ),
             t.label
         )?;
     }
@@ -129,30 +132,39 @@ async fn list(tokens: &Tokens, args: &JsonArg, out: &mut dyn Write) -> anyhow::R
 }
 
 async fn revoke(
-    tokens: &Tokens,
+    tokens: &TokenAdmin,
     args: &TokenRevokeArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    if tokens.revoke(args.id).await? {
-        writeln!(out, "revoked token {}", args.id)?;
-        Ok(ExitCode::SUCCESS)
-    } else {
-        bail!("no live token {} (unknown, or already revoked)", args.id)
+    match tokens.revoke(args.id).await {
+        Ok(Revoked { now: true, .. }) => {
+            writeln!(out, "revoked token {}", args.id)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Revoked { now: false, .. }) => {
+            bail!("no live token {} (already revoked)", args.id)
+        }
+        Err(TokenError::Unknown(id)) => bail!("no live token {id} (there is no such token)"),
+        Err(e) => Err(e.into()),
     }
 }
 
 async fn rotate(
-    tokens: &Tokens,
+    tokens: &TokenAdmin,
     args: &TokenRotateArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let Some(issued) = tokens.rotate(args.id, args.overlap).await? else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "no live token {}: nothing to rotate (see `idledger token list`)",
-            args.id
-        );
-        return Ok(ExitCode::FAILURE);
+    let issued = match tokens.rotate(args.id, args.overlap).await {
+        Ok(issued) => issued,
+        Err(TokenError::Unknown(_) | TokenError::NotLive(_)) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "no live token {}: nothing to rotate (unknown, revoked or expired; see `idledger token list`)",
+                args.id
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
     };
     let _ = writeln!(
         std::io::stderr(),
