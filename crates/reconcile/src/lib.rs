@@ -34,7 +34,7 @@ use idledger_store::delivery::{
     AckStatus, Closing, Consumer, ConsumerFieldState, ConsumerId, ExceptionKind, NewSyncException,
     Relation,
 };
-use idledger_store::runs::{Finding, Run, RunKind, RunStatus, SnapshotRow};
+use idledger_store::runs::{Finding, Run, RunKind, RunStart, RunStatus, SnapshotRow};
 use idledger_store::{Deliveries, Ledger, Runs, StoreError};
 use serde_json::json;
 use uuid::Uuid;
@@ -59,6 +59,54 @@ pub enum ReconcileError {
     UnknownConsumer(ConsumerId),
     #[error("reading the snapshot stopped: {0}")]
     Aborted(String),
+    /// A run of the same consumer (or another run over every consumer) is still running.
+    #[error("{}", busy_message(.0.as_ref()))]
+    Busy(Option<ConsumerId>),
+}
+
+fn busy_message(consumer: Option<&ConsumerId>) -> String {
+    match consumer {
+        Some(c) => format!("a reconciliation run of consumer '{c}' is running; one at a time"),
+        None => "a reconciliation run over every consumer is running; one at a time".to_owned(),
+    }
+}
+
+/// Marks its run failed if dropped before the run completes: a run whose task is cancelled
+/// (the request carrying its upload dropped, the process stopping) does not stay `running`,
+/// which would keep its consumer's next runs from starting.
+struct Unfinished {
+    runs: Runs,
+    id: Option<Uuid>,
+}
+
+impl Unfinished {
+    fn new(runs: &Runs, run: &Run) -> Self {
+        Self {
+            runs: runs.clone(),
+            id: Some(run.id),
+        }
+    }
+
+    fn completed(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        let runs = self.runs.clone();
+        // Drop cannot wait: the update goes on the runtime, if there still is one.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = runs.abandon(id, "interrupted: the run was cancelled").await {
+                    tracing::warn!(run = %id, error = %e, "could not record an interrupted run");
+                }
+            });
+        }
+    }
 }
 
 /// Where a run is, for progress output.
@@ -118,8 +166,10 @@ impl Reconciler {
             report: serde_json::to_value(Report::default()).unwrap_or_default(),
             error: None,
         };
-        self.runs.start(&run).await?;
-        Ok(run)
+        match self.runs.start(&run).await? {
+            RunStart::Started => Ok(run),
+            RunStart::Busy => Err(ReconcileError::Busy(run.consumer_id)),
+        }
     }
 
     /// Starts and completes an acks run.
@@ -142,8 +192,11 @@ impl Reconciler {
         run: Run,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Run, ReconcileError> {
+        let unfinished = Unfinished::new(&self.runs, &run);
         let result = self.compare_acks(&run, progress).await;
-        self.complete(run, result).await
+        let done = self.complete(run, result).await;
+        unfinished.completed();
+        done
     }
 
     /// Stores a run's outcome: its report, or its failure.
@@ -480,6 +533,7 @@ impl Reconciler {
         format: SnapshotFormat,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Run, ReconcileError> {
+        let unfinished = Unfinished::new(&self.runs, &run);
         let result = match self.load_snapshot(&run, input, format, progress).await {
             Ok((stats, invalid)) => self.compare_snapshot(&run, stats, invalid, progress).await,
             Err(e) => Err(e),
@@ -490,7 +544,9 @@ impl Reconciler {
             (Ok(_), Err(e)) => Err(e.into()),
             (result, _) => result,
         };
-        self.complete(run, result).await
+        let done = self.complete(run, result).await;
+        unfinished.completed();
+        done
     }
 
     /// Reads and stores the upload; returns its stats and the invalid rows as findings.
