@@ -131,7 +131,9 @@ impl Drop for Slot {
 
 /// Seconds to put in `Retry-After` for a wait: rounded up, at least 1.
 fn retry_secs(wait: Duration) -> u32 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
     u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
 }
 
