@@ -137,17 +137,17 @@ fn retry_secs(wait: Duration) -> u32 {
     u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
 }
 
-/// Authenticates a request's bearer token once (the `Caller` extractor reuses it) and holds it
-/// to its token's rate and requests in progress: over either, 429 with `Retry-After` before
-/// the handler runs. A request without a valid token passes on, to be refused where it needs
-/// one.
+/// Authenticates a request's token once — its bearer token (the `Caller` extractor reuses the
+/// lookup), or the steward page's session cookie — and holds it to its token's rate and
+/// requests in progress: over either, 429 with `Retry-After` before the handler runs. A request
+/// without a valid token passes on, to be refused where it needs one.
 pub async fn per_token(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = match bearer(request.headers()) {
-        Ok(secret) => match Caller::authenticate(&state, secret).await {
+    let token = if let Ok(secret) = bearer(request.headers()) {
+        match Caller::authenticate(&state, secret).await {
             Ok(caller) => {
                 let id = caller.as_ref().map(|c| c.token.id);
                 request.extensions_mut().insert(Authentication(caller));
@@ -155,8 +155,18 @@ pub async fn per_token(
             }
             // The extractor tries again and answers the failure (503 when the store is down).
             Err(_) => None,
-        },
-        Err(_) => None,
+        }
+    } else if let Some(secret) = crate::page::session_secret(request.headers()) {
+        // The page checks its cookie itself (and sends a person to log in); this only counts.
+        state
+            .tokens
+            .authenticate(secret)
+            .await
+            .ok()
+            .flatten()
+            .map(|t| t.id)
+    } else {
+        None
     };
     let Some(token) = token else {
         return next.run(request).await;

@@ -108,6 +108,11 @@ fn origin_is_host(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
         .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
 }
 
+/// The steward token's secret a page request carries in its session cookie, if any.
+pub fn session_secret(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
+}
+
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)

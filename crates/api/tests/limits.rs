@@ -467,3 +467,22 @@ async fn no_query_value_makes_the_server_fail() {
     let feed = app.get("/v1/feed?limit=4294967295", "consumer").await;
     assert_eq!(feed.status, StatusCode::BAD_REQUEST, "{}", feed.text);
 }
+
+#[tokio::test]
+async fn the_steward_page_counts_against_its_token() {
+    let app = TestApp::start_with(Engine::Sqlite, limited(1, 2, 0)).await;
+    let page = |app: &TestApp| {
+        app.client
+            .get(app.url("/steward"))
+            .header("cookie", format!("idl_steward={}", app.token("steward")))
+            .send()
+    };
+    // Its session cookie and its bearer token are one token with one budget.
+    assert_eq!(page(&app).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(app.get("/v1/me", "steward").await.status, StatusCode::OK);
+    let over = page(&app).await.unwrap();
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(over.headers().contains_key("retry-after"));
+    let reply = app.get("/v1/me", "steward").await;
+    assert_eq!(reply.body["code"], "rate_limited", "{}", reply.text);
+}
