@@ -56,7 +56,8 @@ pub struct ApiConfig {
     /// How long a request may take until its answer starts (`408 request_timeout` beyond);
     /// an event stream's body, which goes on, is not bounded by it.
     pub request_timeout: Duration,
-    /// The same for snapshot uploads and retention runs, whose work grows with the data.
+    /// The same for snapshot uploads and retention runs, whose work grows with the data. (An
+    /// upload that sends nothing for `request_timeout` is stopped, 408, all the same.)
     pub long_request_timeout: Duration,
     /// What one token may take of the server (429 beyond).
     pub token_limits: limits::TokenLimits,
@@ -119,6 +120,9 @@ pub struct AppState {
     pub per_token: limits::PerToken,
     /// Largest snapshot upload (`ApiConfig::max_upload_bytes`, set by [`router`]).
     pub max_upload_bytes: u64,
+    /// Longest a snapshot upload may send nothing (`ApiConfig::request_timeout`, set by
+    /// [`router`]): the long route's bound alone would let a trickling sender hold it an hour.
+    pub upload_idle_timeout: Duration,
 }
 
 impl AppState {
@@ -144,6 +148,7 @@ impl AppState {
             open_streams: delivery::OpenStreams::default(),
             per_token: limits::PerToken::new(ApiConfig::default().token_limits),
             max_upload_bytes: ApiConfig::default().max_upload_bytes,
+            upload_idle_timeout: ApiConfig::default().request_timeout,
         }
     }
 }
@@ -161,6 +166,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
     let _ = metrics::handle();
     state.per_token = limits::PerToken::new(config.token_limits);
     state.max_upload_bytes = config.max_upload_bytes;
+    state.upload_idle_timeout = config.request_timeout;
     let timeouts = limits::Timeouts {
         request: config.request_timeout,
         long_request: config.long_request_timeout,

@@ -562,6 +562,13 @@ pub async fn upload_snapshot(
             std::io::Error::other(e.to_string())
         }
     });
+    // A sender that stops sending is stopped too, however long the route's own bound.
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = Box::pin(until_idle(
+        stream,
+        state.upload_idle_timeout,
+        stalled.clone(),
+    ));
     let reader = tokio_util::io::StreamReader::new(stream);
     let input = Box::new(tokio_util::io::SyncIoBridge::new(reader));
     let done = state
@@ -574,6 +581,44 @@ pub async fn upload_snapshot(
         state.reconciler.runs().discard(run_id).await?;
         return Err(upload_too_large(max));
     }
+    if done.is_err() && stalled.load(std::sync::atomic::Ordering::Relaxed) {
+        let idle = state.upload_idle_timeout.as_secs();
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the upload sent nothing for {idle} s and was stopped; send it again"),
+        ));
+    }
     let run = done.map_err(reconcile_error)?;
     Ok(run_response(StatusCode::CREATED, &run))
+}
+
+/// `stream`, ended with a `TimedOut` error (and `stalled` set) when its next item takes longer
+/// than `idle`.
+fn until_idle<S>(
+    stream: S,
+    idle: std::time::Duration,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>>
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Unpin,
+{
+    futures::stream::unfold(Some(stream), move |stream| {
+        let stalled = stalled.clone();
+        async move {
+            let mut stream = stream?;
+            match tokio::time::timeout(idle, futures::StreamExt::next(&mut stream)).await {
+                Ok(Some(item)) => Some((item, Some(stream))),
+                Ok(None) => None,
+                Err(_) => {
+                    stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let error = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the upload sent nothing for too long",
+                    );
+                    Some((Err(error), None))
+                }
+            }
+        }
+    })
 }

@@ -21,6 +21,7 @@ on_both_engines!(
     a_second_run_of_a_consumer_waits_for_the_first,
     an_upload_over_the_cap_is_413_and_stores_nothing,
     an_upload_stopped_by_its_time_bound_leaves_no_run_running,
+    an_upload_that_stops_sending_is_answered_408,
 );
 
 /// Far beyond any bound under test: a test that hangs fails instead.
@@ -58,7 +59,7 @@ async fn read_to_close(stream: &mut TcpStream) -> (String, Duration) {
 }
 
 /// Reads one answer to a request (headers and a `Content-Length` body).
-async fn read_answer(stream: &mut TcpStream) -> (u16, String) {
+async fn read_answer(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u16, String) {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -398,31 +399,74 @@ async fn an_upload_over_the_cap_is_413_and_stores_nothing(engine: Engine) {
     assert_eq!(runs(&app).await.len(), 1);
 }
 
+/// Waits until the run is no longer running; returns it.
+async fn until_ended(app: &TestApp, run: &Value) -> Value {
+    let path = format!("/v1/reconciliations/{}", run["id"].as_str().unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let reply = app.get(&path, "steward").await;
+        if reply.body["status"] != "running" {
+            return reply.body;
+        }
+        assert!(Instant::now() < deadline, "the run stayed running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn an_upload_stopped_by_its_time_bound_leaves_no_run_running(engine: Engine) {
     let app = TestApp::start_with(engine, config()).await;
     add_consumers(&app).await;
     let customer = app.register("idp", json!([])).await;
+    let upload = open_upload(&app, "crm-sync", &customer).await;
+    let run = until_running(&app, "crm-sync").await;
+    // It keeps sending (so it is never idle), more slowly than the route's bound allows.
+    let (mut answer, mut rows) = upload.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            let chunk = format!("{customer},email,ada@example.org\n");
+            let chunk = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+            if rows.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let (status, body) = read_answer(&mut answer).await;
+    assert_eq!(status, 408, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    trickle.abort();
+    // Dropping the request cancelled the run: it is marked failed (just after the answer),
+    // and the consumer's next run starts.
+    let ended = until_ended(&app, &run).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    let next = start_run(&app, "crm-sync").await;
+    assert_eq!(next.status, StatusCode::ACCEPTED, "{}", next.text);
+}
+
+async fn an_upload_that_stops_sending_is_answered_408(engine: Engine) {
+    let app = TestApp::start_with(
+        engine,
+        ApiConfig {
+            request_timeout: Duration::from_secs(1),
+            long_request_timeout: Duration::from_secs(600),
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    add_consumers(&app).await;
+    let customer = app.register("idp", json!([])).await;
     let mut upload = open_upload(&app, "crm-sync", &customer).await;
     let run = until_running(&app, "crm-sync").await;
+    let started = Instant::now();
     let (status, body) = read_answer(&mut upload).await;
     assert_eq!(status, 408, "{body}");
-    // The run is recorded as failed (the update follows the answer: poll for it), and the
-    // consumer's next run starts.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let reply = app
-            .get(
-                &format!("/v1/reconciliations/{}", run["id"].as_str().unwrap()),
-                "steward",
-            )
-            .await;
-        if reply.body["status"] == "failed" {
-            break;
-        }
-        assert_eq!(reply.body["status"], "running", "{}", reply.text);
-        assert!(Instant::now() < deadline, "the run stayed running");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let problem: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["code"], "request_timeout");
+    // Long before the route's own bound.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let ended = until_ended(&app, &run).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
     let next = start_run(&app, "crm-sync").await;
     assert_eq!(next.status, StatusCode::ACCEPTED, "{}", next.text);
 }

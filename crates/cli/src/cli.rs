@@ -149,8 +149,8 @@ pub struct ServeArgs {
         env = "IDLEDGER__SERVER__HEADER_TIMEOUT_SECS"
     )]
     pub header_timeout_secs: Option<u64>,
-    /// Seconds a request may take until its answer starts (408 beyond); event streams go
-    /// on. [default: 30]
+    /// Seconds a request may take until its answer starts (408 beyond), and a snapshot
+    /// upload may send nothing; event streams go on. [default: 30]
     #[arg(
         long,
         value_name = "SECS",
