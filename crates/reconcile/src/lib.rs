@@ -64,6 +64,13 @@ pub enum ReconcileError {
     Busy(Option<ConsumerId>),
 }
 
+/// Whether `span` after `since` is `now` or before it; a sum beyond the calendar never is.
+fn past(since: DateTime<Utc>, span: Duration, now: DateTime<Utc>) -> bool {
+    since
+        .checked_add_signed(span)
+        .is_some_and(|until| until <= now)
+}
+
 fn busy_message(consumer: Option<&ConsumerId>) -> String {
     match consumer {
         Some(c) => format!("a reconciliation run of consumer '{c}' is running; one at a time"),
@@ -330,7 +337,11 @@ impl Reconciler {
             .into_iter()
             .map(|(c, r, at)| (c, (r, at)))
             .collect();
-        let sla = Duration::seconds(i64::try_from(consumer.sla_secs).unwrap_or(i64::MAX / 2));
+        // At most 30 days when registered; whatever a row says, no arithmetic here panics.
+        let sla = i64::try_from(consumer.sla_secs)
+            .ok()
+            .and_then(Duration::try_seconds)
+            .unwrap_or(Duration::MAX);
         let policy = self.ledger.policy();
         let mut findings = Vec::new();
         for &customer in page {
@@ -348,7 +359,7 @@ impl Reconciler {
                     let confirmed = deletion_acks
                         .get(&customer)
                         .is_some_and(|acks| acks.iter().any(|at| at >= since));
-                    if !confirmed && *since + sla <= now {
+                    if !confirmed && past(*since, sla, now) {
                         findings.push(finding(
                             consumer,
                             customer,
@@ -375,11 +386,12 @@ impl Reconciler {
                 }
                 section.fields_checked += 1;
                 let field_name = field.to_string();
-                let due = fact
-                    .changed_at
-                    .max(entitled_since.unwrap_or(fact.changed_at))
-                    + sla
-                    <= now;
+                let due = past(
+                    fact.changed_at
+                        .max(entitled_since.unwrap_or(fact.changed_at)),
+                    sla,
+                    now,
+                );
                 let acked = held_by.get(&(customer, field_name.clone()));
                 let record = json!({
                     "version": fact.version,
@@ -814,4 +826,26 @@ fn diff_customer(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_past_the_calendar_is_never_over() {
+        let now = Utc::now();
+        assert!(past(
+            now - Duration::seconds(10),
+            Duration::seconds(10),
+            now
+        ));
+        assert!(!past(
+            now - Duration::seconds(9),
+            Duration::seconds(10),
+            now
+        ));
+        assert!(!past(now, Duration::MAX, now));
+        assert!(!past(DateTime::<Utc>::MAX_UTC, Duration::seconds(1), now));
+    }
 }
