@@ -230,6 +230,10 @@ async fn reconcile_on_schedule(
             () = stop.cancelled() => return,
             result = reconciler.reconcile(None, "schedule", "idledger", &|_| {}) => match result {
                 Ok(run) => tracing::info!(run = %run.id, report = %run.report, "scheduled reconciliation finished"),
+                // Another instance's schedule (or a steward) got there first: nothing wrong.
+                Err(e @ idledger_reconcile::ReconcileError::Busy(_)) => {
+                    tracing::info!(reason = %e, "scheduled reconciliation skipped");
+                }
                 Err(e) => tracing::error!(error = %e, "scheduled reconciliation failed"),
             },
         }
