@@ -116,14 +116,32 @@ impl Caller {
     }
 }
 
+/// A request's bearer token, already looked up (by the per-token limits, which need to know
+/// whose request it is): the caller, or `None` for an unknown, revoked or expired token.
+#[derive(Debug, Clone)]
+pub struct Authentication(pub Option<Caller>);
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let secret = bearer(&parts.headers)?;
-        let token = state.tokens.authenticate(secret).await?.ok_or_else(|| {
+        let caller = match parts.extensions.get::<Authentication>() {
+            Some(Authentication(caller)) => caller.clone(),
+            None => Caller::authenticate(state, secret).await?,
+        };
+        caller.ok_or_else(|| {
             ApiError::unauthenticated("invalid_token", "the token is unknown, revoked or expired")
-        })?;
+        })
+    }
+}
+
+impl Caller {
+    /// Looks a bearer secret up: the caller, or `None` when no live token has it.
+    pub async fn authenticate(state: &AppState, secret: &str) -> Result<Option<Self>, ApiError> {
+        let Some(token) = state.tokens.authenticate(secret).await? else {
+            return Ok(None);
+        };
         let now = chrono::Utc::now();
         if token.use_is_stale(now) {
             // Off the request's path: the answer never waits for this write (on SQLite it
@@ -139,7 +157,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(subject) = &token.subject {
             tracing::Span::current().record("subject", subject.as_str());
         }
-        Ok(Caller { token })
+        Ok(Some(Caller { token }))
     }
 }
 

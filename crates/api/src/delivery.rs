@@ -25,9 +25,7 @@ use idledger_store::delivery::{
     NewConsumer, RegisterError, StartAt, Webhook, WebhookSecret,
 };
 
-use crate::auth::{
-    Ackers, Admins, Auditors, Authorized, Caller, FeedReaders, KeyHolders, bearer,
-};
+use crate::auth::{Ackers, Admins, Auditors, Authorized, Caller, FeedReaders, KeyHolders, bearer};
 use crate::error::{ApiError, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams, truncate};
 use crate::routes::customer_param;
@@ -535,55 +533,12 @@ fn relay_error(e: RelayError) -> ApiError {
 }
 
 /// How many event streams each token holds open. Shared by the server's handlers.
-#[derive(Debug, Clone, Default)]
-pub struct OpenStreams(std::sync::Arc<std::sync::Mutex<HashMap<uuid::Uuid, usize>>>);
-
-impl OpenStreams {
-    /// A slot for one more stream of `token`, or `None` when it holds `max` already.
-    fn take(&self, token: uuid::Uuid, max: usize) -> Option<StreamSlot> {
-        let mut open = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = open.entry(token).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(StreamSlot {
-            streams: self.clone(),
-            token,
-        })
-    }
-}
-
-/// One open stream's place in its token's count, given back when the stream ends.
-#[derive(Debug)]
-struct StreamSlot {
-    streams: OpenStreams,
-    token: uuid::Uuid,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .streams
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.token) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.token);
-            }
-        }
-    }
-}
+pub type OpenStreams = crate::limits::Slots;
 
 /// An open SSE feed: pages one after another, then polls at the head of the log.
 struct EventStream {
     /// Held while the stream is open.
-    _slot: StreamSlot,
+    _slot: crate::limits::Slot,
     state: AppState,
     consumer: Consumer,
     /// The bearer secret: a token revoked while the stream is open ends it.

@@ -222,6 +222,18 @@ impl From<ExceptionRefusal> for ApiError {
     }
 }
 
+/// The answer to a request whose handler panicked: `500 internal`, nothing of the panic told.
+/// (The panic hook has printed it; it is not logged again, as it might quote a value.)
+pub fn panicked(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request's handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the request could not be completed",
+    )
+    .into_response()
+}
+
 /// What `Retry-After` suggests while the store is unreachable.
 const STORE_RETRY_AFTER_SECS: u32 = 2;
 

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
@@ -38,26 +39,45 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-/// Limits the server applies to every request.
+/// Limits the server applies to every connection and request.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Largest request body accepted (413 beyond).
+    /// Largest request body accepted (413 beyond), but snapshot uploads'.
     pub max_body_bytes: usize,
+    /// Largest snapshot upload accepted (413 beyond). Uploads are streamed, never held whole.
+    pub max_upload_bytes: u64,
     /// Requests handled at once; more wait their turn.
     pub max_concurrency: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// The steward page's sessions: idle and absolute expiry, `Secure` cookies.
     pub sessions: page::SessionSettings,
+    /// How long a client may take to send a request's header, from the connection's opening
+    /// or, on a kept-alive connection, from the previous answer: the connection is closed
+    /// then. So it is also how long an idle kept-alive connection stays open.
+    pub header_read_timeout: Duration,
+    /// How long a request may take until its answer starts (`408 request_timeout` beyond);
+    /// an event stream's body, which goes on, is not bounded by it.
+    pub request_timeout: Duration,
+    /// The same for snapshot uploads and retention runs, whose work grows with the data. (An
+    /// upload that sends nothing for `request_timeout` is stopped, 408, all the same.)
+    pub long_request_timeout: Duration,
+    /// What one token may take of the server (429 beyond).
+    pub token_limits: limits::TokenLimits,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 256 * 1024,
+            max_upload_bytes: 1 << 30,
             max_concurrency: 1024,
             shutdown_grace: Duration::from_secs(30),
             sessions: page::SessionSettings::default(),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            long_request_timeout: Duration::from_secs(3600),
+            token_limits: limits::TokenLimits::default(),
         }
     }
 }
@@ -99,6 +119,16 @@ pub struct AppState {
     pub reconciler: idledger_reconcile::Reconciler,
     /// Open event streams per token (see `FeedSettings::max_streams_per_token`).
     pub open_streams: delivery::OpenStreams,
+    /// Each token's request rate and requests in progress (`ApiConfig::token_limits`, set
+    /// by [`router`]).
+    pub per_token: limits::PerToken,
+    /// The steward page's sessions (`ApiConfig::sessions`, set by [`router`]).
+    pub sessions: page::SessionSettings,
+    /// Largest snapshot upload (`ApiConfig::max_upload_bytes`, set by [`router`]).
+    pub max_upload_bytes: u64,
+    /// Longest a snapshot upload may send nothing (`ApiConfig::request_timeout`, set by
+    /// [`router`]): the long route's bound alone would let a trickling sender hold it an hour.
+    pub upload_idle_timeout: Duration,
 }
 
 impl AppState {
@@ -122,6 +152,10 @@ impl AppState {
             feed,
             feed_settings,
             open_streams: delivery::OpenStreams::default(),
+            per_token: limits::PerToken::new(ApiConfig::default().token_limits),
+            sessions: ApiConfig::default().sessions,
+            max_upload_bytes: ApiConfig::default().max_upload_bytes,
+            upload_idle_timeout: ApiConfig::default().request_timeout,
         }
     }
 }
@@ -134,9 +168,17 @@ pub struct Closing(pub CancellationToken);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole API as a router; tests and `serve` both use it.
-pub fn router(state: AppState, config: &ApiConfig) -> Router {
+pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
     // Touch the recorder so /metrics has something to render from the first request on.
     let _ = metrics::handle();
+    state.per_token = limits::PerToken::new(config.token_limits);
+    state.max_upload_bytes = config.max_upload_bytes;
+    state.upload_idle_timeout = config.request_timeout;
+    state.sessions = config.sessions;
+    let timeouts = limits::Timeouts {
+        request: config.request_timeout,
+        long_request: config.long_request_timeout,
+    };
     let v1 = Router::new()
         .route("/customers", post(routes::register))
         .route("/customers/{customer_id}/commands", post(routes::command))
@@ -222,10 +264,23 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::prometheus))
+        // Chosen by the matched route, so only routes (not the fallbacks) have it.
+        .route_layer(axum::middleware::from_fn_with_state(
+            timeouts,
+            limits::timeout,
+        ))
         .fallback(routes::fallback)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::per_token,
+        ))
         .with_state(state)
         .layer(axum::middleware::from_fn(metrics::track))
+        // A bug in a handler answers 500 (and is logged) rather than dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panicked,
+        ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.max_concurrency.max(1),
@@ -253,28 +308,65 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests (and so in-flight commands) finish, for at most the grace period. Open
-/// event streams are ended at once (see [`Closing`]).
-pub async fn serve(
+/// event streams are ended at once (see [`Closing`]). A connection that does not send a
+/// request's header within `config.header_read_timeout` (after opening, or after the previous
+/// answer) is closed: a slow or silent client holds no connection for long.
+pub fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    config: &ApiConfig,
+) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+    let (header_read_timeout, grace) = (config.header_read_timeout, config.shutdown_grace);
+    serve_until(listener, router, shutdown, header_read_timeout, grace)
+}
+
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_read_timeout: Duration,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
     let closing = Closing::default();
     let router = router.layer(Extension(closing.clone()));
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        closing.0.cancel();
-        let _ = stopping_tx.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin; the listener stays.
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    closing.0.cancel();
     tokio::select! {
-        result = &mut server => result,
-        () = async {
-            let _ = stopping_rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
+        () = connections.shutdown() => Ok(()),
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period; stopping");
             Ok(())
         }

@@ -92,6 +92,7 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, toke
         views::FieldStateView,
         views::AckView,
         steward::ActionRequest,
+        steward::ActionName,
         steward::ActionResult,
         views::ExceptionPageView,
         views::ExceptionView,
@@ -141,7 +142,8 @@ impl Modify for BearerAuth {
 }
 
 /// Adds the problem answers every route of a kind can give, where its annotation does not
-/// list them: 401 and 403 on authenticated routes (a missing or revoked token, another role),
+/// list them: 408 on every route (its time bound), 401, 403 and 429 on authenticated routes (a
+/// missing or revoked token, another role, the token's rate or requests in progress),
 /// 400 on routes with query parameters (`invalid_query`), 400/413/415/422 on routes with a
 /// body (`malformed_json`, `payload_too_large`, `unsupported_media_type`, `invalid_body`), and
 /// 503 on every route that reads the store. Listing them by hand on each route is how they
@@ -188,7 +190,15 @@ impl Modify for CommonProblems {
                 if secured {
                     add("401", "unauthenticated, invalid_token");
                     add("403", "forbidden_role, out_of_scope");
+                    add(
+                        "429",
+                        "rate_limited, too_many_in_flight: the token's limits (retry after Retry-After)",
+                    );
                 }
+                add(
+                    "408",
+                    "request_timeout: no answer within the server's bound",
+                );
                 if has_query {
                     add("400", "invalid_query");
                 }
@@ -212,4 +222,77 @@ impl Modify for CommonProblems {
 /// The API's OpenAPI document.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    fn document() -> Value {
+        serde_json::to_value(super::document()).unwrap_or_default()
+    }
+
+    /// Every `allOf` in the document, with where it is.
+    fn all_ofs<'a>(at: &str, value: &'a Value, found: &mut Vec<(String, &'a Vec<Value>)>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "allOf"
+                        && let Value::Array(parts) = v
+                    {
+                        found.push((at.to_owned(), parts));
+                    }
+                    all_ofs(&format!("{at}/{k}"), v, found);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    all_ofs(&format!("{at}/{i}"), v, found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A part of an `allOf` that forbids members it does not list makes the whole schema
+    /// unsatisfiable as soon as another part lists a member: a schema-driven client could not
+    /// build a valid body.
+    #[test]
+    fn no_all_of_has_a_closed_part() {
+        let doc = document();
+        let mut found = Vec::new();
+        all_ofs("", &doc, &mut found);
+        for (at, parts) in found {
+            for part in parts {
+                assert_ne!(
+                    part.get("additionalProperties"),
+                    Some(&Value::Bool(false)),
+                    "a closed object inside allOf at {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_bulk_action_request_is_one_closed_object_with_every_member() {
+        let doc = document();
+        let schema = &doc["components"]["schemas"]["BulkActionRequest"];
+        assert_eq!(schema["type"], "object", "{schema}");
+        assert_eq!(schema["additionalProperties"], false, "{schema}");
+        let mut members: Vec<&str> = schema["properties"]
+            .as_object()
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        members.sort_unstable();
+        assert_eq!(members, ["action", "exception_ids", "reason", "value"]);
+        assert_eq!(
+            schema["required"],
+            serde_json::json!(["exception_ids", "action"])
+        );
+        let action = &doc["components"]["schemas"]["ActionName"];
+        assert_eq!(
+            action["enum"],
+            serde_json::json!(["repush", "accept", "dismiss"])
+        );
+    }
 }

@@ -28,7 +28,7 @@ use idledger_domain::state::{ConsentState, CustomerState};
 use idledger_store::delivery::{
     ConsumerFieldState, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
 };
-use idledger_store::{RecordedEvent, Role, Scope, SessionLimits, StoreError, TokenRecord};
+use idledger_store::{RecordedEvent, Role, Scope, Session, SessionLimits, StoreError, TokenRecord};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use uuid::Uuid;
 
@@ -83,11 +83,11 @@ impl FromRequestParts<AppState> for Steward {
         let Some(secret) = cookie(&parts.headers, COOKIE) else {
             return Err(Redirect::to(LOGIN).into_response());
         };
-        match state
-            .tokens
-            .session(secret, Utc::now(), settings.limits)
-            .await
-        {
+        let looked_up = match parts.extensions.remove::<PageSession>() {
+            Some(PageSession(session)) => Ok(session),
+            None => PageSession::look_up(state, secret).await.map(|s| s.0),
+        };
+        match looked_up {
             Ok(Some(session)) => {
                 tracing::Span::current().record("role", session.token.role.as_str());
                 Ok(Self(session.token))
@@ -100,6 +100,26 @@ impl FromRequestParts<AppState> for Steward {
             )),
             Err(e) => Err(PageError::from(ApiError::from(e)).into_response()),
         }
+    }
+}
+
+/// A page request's session as looked up once for the request (by the per-token limits,
+/// which count page requests against the session's token); `None`: no live session.
+#[derive(Debug, Clone)]
+pub struct PageSession(Option<Session>);
+
+impl PageSession {
+    /// The live session `secret` names now, its idle expiry moved on.
+    pub async fn look_up(state: &AppState, secret: &str) -> Result<Self, StoreError> {
+        state
+            .tokens
+            .session(secret, Utc::now(), state.sessions.limits)
+            .await
+            .map(Self)
+    }
+
+    pub fn token_id(&self) -> Option<uuid::Uuid> {
+        self.0.as_ref().map(|s| s.token.id)
     }
 }
 
@@ -137,6 +157,11 @@ fn origin_is_host(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
         .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
+/// The steward token's secret a page request carries in its session cookie, if any.
+pub fn session_secret(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

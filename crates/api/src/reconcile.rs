@@ -26,9 +26,6 @@ use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::steward::{self, ActionRequest, ActionResult};
 use crate::views::{ExceptionPageView, ExceptionView, FindingView, RunView};
 
-/// Largest snapshot upload accepted (streamed; never held in memory).
-pub const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
-
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     params
         .get(name)
@@ -165,14 +162,36 @@ pub async fn act_on_exception(
         .map(Json)
 }
 
+/// The ids and the action, side by side in one object. Its members are spelled out rather
+/// than a flattened `ActionRequest`: flattening made the OpenAPI schema an `allOf` of two
+/// closed objects (each forbidding the other's members), which no body satisfies, and serde
+/// does not support `deny_unknown_fields` with `flatten`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkActionRequest {
-    /// Up to 500 exception ids.
-    #[schema(value_type = Vec<String>)]
+    /// 1 to 500 exception ids.
+    #[schema(value_type = Vec<String>, format = Uuid, min_items = 1, max_items = 500)]
     pub exception_ids: Vec<Uuid>,
-    #[serde(flatten)]
-    pub action: ActionRequest,
+    /// The action taken on each.
+    #[schema(value_type = crate::steward::ActionName)]
+    pub action: idledger_domain::event::StewardAction,
+    /// Why (required to dismiss).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// For `accept` of a consumer's value: the value to take into the record.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+impl BulkActionRequest {
+    /// The action every id gets.
+    pub fn action(&self) -> ActionRequest {
+        ActionRequest {
+            action: self.action,
+            reason: self.reason.clone(),
+            value: self.value.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -253,7 +272,7 @@ pub async fn act_in_bulk(
         ));
     }
     Ok(Json(
-        bulk(&state, &caller.token, &body.exception_ids, &body.action).await?,
+        bulk(&state, &caller.token, &body.exception_ids, &body.action()).await?,
     ))
 }
 
@@ -273,6 +292,7 @@ pub struct ReconcileRequest {
     responses(
         (status = 202, description = "Started", body = RunView, headers(("Location" = String))),
         (status = 404, description = "unknown_consumer", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "run_in_progress: a run of this consumer (or over every consumer) is going on", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -314,6 +334,19 @@ fn run_response(status: StatusCode, run: &Run) -> Response {
     response
 }
 
+/// What `Retry-After` suggests when a run of the same consumer is going on.
+const RUN_RETRY_AFTER_SECS: u32 = 30;
+
+/// 413 `payload_too_large` for a snapshot over `max` bytes.
+fn upload_too_large(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("a snapshot upload may be at most {max} bytes; split the consumer's export"),
+    )
+    .with("max_bytes", max)
+}
+
 pub(crate) fn reconcile_error(e: ReconcileError) -> ApiError {
     match e {
         ReconcileError::Store(e) => e.into(),
@@ -324,6 +357,12 @@ pub(crate) fn reconcile_error(e: ReconcileError) -> ApiError {
         ReconcileError::Snapshot(e) => ApiError::unprocessable("invalid_snapshot", e.to_string()),
         ReconcileError::Aborted(reason) => {
             ApiError::unprocessable("invalid_snapshot", format!("the upload stopped: {reason}"))
+        }
+        ReconcileError::Busy(consumer) => {
+            let detail = ReconcileError::Busy(consumer.clone()).to_string();
+            ApiError::new(StatusCode::CONFLICT, "run_in_progress", detail)
+                .with("consumer_id", consumer)
+                .retry_after(RUN_RETRY_AFTER_SECS)
         }
     }
 }
@@ -457,6 +496,8 @@ pub async fn list_findings(
     responses(
         (status = 201, description = "Compared", body = RunView, headers(("Location" = String))),
         (status = 404, description = "unknown_consumer", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "run_in_progress: a run of this consumer is going on", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "payload_too_large (with `max_bytes`)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "unsupported_media_type", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_snapshot", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
@@ -487,22 +528,91 @@ pub async fn upload_snapshot(
                 "send the snapshot as application/x-ndjson or text/csv",
             )
         })?;
+    let max = state.max_upload_bytes;
+    // Refused before anything is stored when the client says how big it is.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(upload_too_large(max));
+    }
     let by = format!("{}:{}", caller.token.role, caller.token.label);
     let run = state
         .reconciler
         .start(RunKind::Snapshot, Some(consumer), "api", &by)
         .await
         .map_err(reconcile_error)?;
+    let run_id = run.id;
     // Stream the body into the blocking parser: nothing of it is held whole.
-    let limited = http_body_util::Limited::new(body, MAX_SNAPSHOT_BYTES);
-    let stream = http_body_util::BodyDataStream::new(limited)
-        .map_err(|e| std::io::Error::other(e.to_string()));
+    let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    let stream = http_body_util::BodyDataStream::new(limited).map_err({
+        let over = over.clone();
+        move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                over.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::io::Error::other(e.to_string())
+        }
+    });
+    // A sender that stops sending is stopped too, however long the route's own bound.
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = Box::pin(until_idle(
+        stream,
+        state.upload_idle_timeout,
+        stalled.clone(),
+    ));
     let reader = tokio_util::io::StreamReader::new(stream);
     let input = Box::new(tokio_util::io::SyncIoBridge::new(reader));
-    let run = state
+    let done = state
         .reconciler
         .run_snapshot(run, input, format, &|_| {})
-        .await
-        .map_err(reconcile_error)?;
+        .await;
+    if done.is_err() && over.load(std::sync::atomic::Ordering::Relaxed) {
+        // The upload was refused as a whole: its run leaves nothing behind, as if refused
+        // before it started.
+        state.reconciler.runs().discard(run_id).await?;
+        return Err(upload_too_large(max));
+    }
+    if done.is_err() && stalled.load(std::sync::atomic::Ordering::Relaxed) {
+        let idle = state.upload_idle_timeout.as_secs();
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the upload sent nothing for {idle} s and was stopped; send it again"),
+        ));
+    }
+    let run = done.map_err(reconcile_error)?;
     Ok(run_response(StatusCode::CREATED, &run))
+}
+
+/// `stream`, ended with a `TimedOut` error (and `stalled` set) when its next item takes longer
+/// than `idle`.
+fn until_idle<S>(
+    stream: S,
+    idle: std::time::Duration,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>>
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Unpin,
+{
+    futures::stream::unfold(Some(stream), move |stream| {
+        let stalled = stalled.clone();
+        async move {
+            let mut stream = stream?;
+            match tokio::time::timeout(idle, futures::StreamExt::next(&mut stream)).await {
+                Ok(Some(item)) => Some((item, Some(stream))),
+                Ok(None) => None,
+                Err(_) => {
+                    stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let error = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the upload sent nothing for too long",
+                    );
+                    Some((Err(error), None))
+                }
+            }
+        }
+    })
 }

@@ -13,12 +13,22 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::views::ExceptionView;
 
+/// The name of a steward's action, for the OpenAPI document (the domain's `StewardAction`
+/// knows nothing of schemas).
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ActionName {
+    Repush,
+    Accept,
+    Dismiss,
+}
+
 /// What a steward asks to do with an exception.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     /// `repush`, `accept` or `dismiss`.
-    #[schema(value_type = String)]
+    #[schema(value_type = ActionName)]
     pub action: StewardAction,
     /// Why (required to dismiss).
     #[serde(default)]

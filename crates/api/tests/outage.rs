@@ -46,7 +46,7 @@ impl Server {
             listener,
             router,
             std::future::pending::<()>(),
-            config.shutdown_grace,
+            &config,
         ));
         Self {
             base,

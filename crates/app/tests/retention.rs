@@ -250,7 +250,10 @@ async fn old_bookkeeping(s: &Scene) {
     commit_handoffs(s, &[s.start, s.start]).await;
     for status in [RunStatus::Finished, RunStatus::Failed] {
         let run = ended_run(s.start, status);
-        s.app.runs().start(&run).await.unwrap();
+        assert_eq!(
+            s.app.runs().start(&run).await.unwrap(),
+            idledger_store::runs::RunStart::Started
+        );
         if status == RunStatus::Finished {
             s.app
                 .runs()
@@ -392,9 +395,15 @@ async fn old_ended_runs_are_deleted_with_their_findings(engine: Engine) {
     let s = scene(engine).await;
     old_bookkeeping(&s).await;
     let running = ended_run(s.start, RunStatus::Running);
-    s.app.runs().start(&running).await.unwrap();
+    assert_eq!(
+        s.app.runs().start(&running).await.unwrap(),
+        idledger_store::runs::RunStart::Started
+    );
     let young = ended_run(s.start + Duration::days(10), RunStatus::Finished);
-    s.app.runs().start(&young).await.unwrap();
+    assert_eq!(
+        s.app.runs().start(&young).await.unwrap(),
+        idledger_store::runs::RunStart::Started
+    );
     let report = run(&s, s.start + Duration::days(31)).await;
     assert_eq!((report.runs_deleted, report.findings_deleted), (2, 1));
     let left: Vec<Uuid> = s

@@ -90,6 +90,9 @@ impl Server {
         };
         let config = ApiConfig {
             shutdown_grace: Duration::from_secs(5),
+            // The benchmark measures the server: a few tokens make all its load, which a
+            // per-token quota would cap.
+            token_limits: idledger_api::limits::TokenLimits::UNLIMITED,
             ..ApiConfig::default()
         };
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -103,7 +106,7 @@ impl Server {
             async move {
                 let _ = stopped.await;
             },
-            config.shutdown_grace,
+            &config,
         ));
         let client = reqwest::Client::builder()
             // The server is in this process: no proxy from the environment between.

@@ -147,6 +147,43 @@ pub struct ServeArgs {
     /// over HTTPS (a TLS-terminating proxy in front of idledger).
     #[arg(long, env = "IDLEDGER__SERVER__SECURE_COOKIES")]
     pub secure_cookies: bool,
+    /// Largest snapshot upload accepted, in bytes (413 beyond). [default: 1073741824]
+    #[arg(long, value_name = "BYTES", env = "IDLEDGER__SERVER__MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Seconds a client may take to send a request's header, from connecting or from the
+    /// previous answer (so also how long an idle kept-alive connection stays open); the
+    /// connection is closed then. 1 to 3600. [default: 10]
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "IDLEDGER__SERVER__HEADER_TIMEOUT_SECS"
+    )]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a request may take until its answer starts (408 beyond), and a snapshot
+    /// upload may send nothing; event streams go on. [default: 30]
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "IDLEDGER__SERVER__REQUEST_TIMEOUT_SECS"
+    )]
+    pub request_timeout_secs: Option<u64>,
+    /// The same for snapshot uploads and retention runs. [default: 3600]
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "IDLEDGER__SERVER__LONG_REQUEST_TIMEOUT_SECS"
+    )]
+    pub long_request_timeout_secs: Option<u64>,
+    /// Requests per second one token may make on average (429 beyond); 0: no limit.
+    /// [default: 1000]
+    #[arg(long, value_name = "N", env = "IDLEDGER__SERVER__TOKEN_RATE")]
+    pub token_rate: Option<u32>,
+    /// Requests one token may make at once above its rate. [default: 2000]
+    #[arg(long, value_name = "N", env = "IDLEDGER__SERVER__TOKEN_BURST")]
+    pub token_burst: Option<u32>,
+    /// Requests of one token in progress at once (429 beyond); 0: no limit. [default: 64]
+    #[arg(long, value_name = "N", env = "IDLEDGER__SERVER__TOKEN_MAX_IN_FLIGHT")]
+    pub token_max_in_flight: Option<u32>,
     /// NATS server the relay publishes consumers' changes to (JetStream), e.g.
     /// nats://127.0.0.1:4222. Without it the relay still delivers webhooks.
     #[arg(long, value_name = "URL", env = "IDLEDGER__NATS__URL")]

@@ -91,6 +91,13 @@ pub struct ServerFile {
     pub session_max_secs: Option<u64>,
     /// Mark the steward page's session cookie `Secure` (served over HTTPS). [default: false]
     pub secure_cookies: Option<bool>,
+    pub max_upload_bytes: Option<u64>,
+    pub header_timeout_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub long_request_timeout_secs: Option<u64>,
+    pub token_rate: Option<u32>,
+    pub token_burst: Option<u32>,
+    pub token_max_in_flight: Option<u32>,
 }
 
 impl ConfigFile {
@@ -395,6 +402,17 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    /// The annotated example names every key the server reads, so it must parse.
+    #[test]
+    fn the_example_configuration_file_is_valid() {
+        let file: ConfigFile = toml::from_str(include_str!("../../../deploy/idledger.toml"))
+            .expect("deploy/idledger.toml");
+        let server = file.server;
+        assert_eq!(server.header_timeout_secs, Some(10));
+        assert_eq!(server.token_rate, Some(1000));
+        assert_eq!(server.max_upload_bytes, Some(1 << 30));
     }
 
     #[test]

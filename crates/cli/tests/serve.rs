@@ -228,6 +228,28 @@ fn a_config_file_configures_serve_and_bad_ones_are_named() {
     child.kill().unwrap();
     let _ = child.wait();
 
+    // A timeout of 0 would close every connection at once: refused, naming the setting.
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_timeout_secs = 0\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&dir, &["--config", config.to_str().unwrap(), "serve"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("header-timeout-secs"), "{err}");
+    let (code, _, err) = run(
+        &dir,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--request-timeout-secs",
+            "0",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("request-timeout-secs"), "{err}");
+
     std::fs::write(&config, "[server]\nlisten = 8080\n").unwrap();
     let (code, _, err) = run(
         &dir,

@@ -275,7 +275,12 @@ impl CustomerState {
         }
         if policy
             .consent_max_age(purpose)
-            .is_some_and(|max| c.granted_at + max <= now)
+            // Checked: a policy's maximum age may reach past the calendar (never stale then).
+            .is_some_and(|max| {
+                c.granted_at
+                    .checked_add_signed(max)
+                    .is_some_and(|until| until <= now)
+            })
         {
             return ConsentStatus::Stale;
         }

@@ -35,7 +35,7 @@ use idledger_store::delivery::{
     AckStatus, Closing, Consumer, ConsumerFieldState, ConsumerId, ExceptionKind, NewSyncException,
     Relation,
 };
-use idledger_store::runs::{Finding, Run, RunKind, RunStatus, SnapshotRow};
+use idledger_store::runs::{Finding, Run, RunKind, RunStart, RunStatus, SnapshotRow};
 use idledger_store::{Deliveries, Ledger, Runs, StoreError};
 use serde_json::json;
 use uuid::Uuid;
@@ -60,6 +60,61 @@ pub enum ReconcileError {
     UnknownConsumer(ConsumerId),
     #[error("reading the snapshot stopped: {0}")]
     Aborted(String),
+    /// A run of the same consumer (or another run over every consumer) is still running.
+    #[error("{}", busy_message(.0.as_ref()))]
+    Busy(Option<ConsumerId>),
+}
+
+/// Whether `span` after `since` is `now` or before it; a sum beyond the calendar never is.
+fn past(since: DateTime<Utc>, span: Duration, now: DateTime<Utc>) -> bool {
+    since
+        .checked_add_signed(span)
+        .is_some_and(|until| until <= now)
+}
+
+fn busy_message(consumer: Option<&ConsumerId>) -> String {
+    match consumer {
+        Some(c) => format!("a reconciliation run of consumer '{c}' is running; one at a time"),
+        None => "a reconciliation run over every consumer is running; one at a time".to_owned(),
+    }
+}
+
+/// Marks its run failed if dropped before the run completes: a run whose task is cancelled
+/// (the request carrying its upload dropped, the process stopping) does not stay `running`,
+/// which would keep its consumer's next runs from starting.
+struct Unfinished {
+    runs: Runs,
+    id: Option<Uuid>,
+}
+
+impl Unfinished {
+    fn new(runs: &Runs, run: &Run) -> Self {
+        Self {
+            runs: runs.clone(),
+            id: Some(run.id),
+        }
+    }
+
+    fn completed(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        let runs = self.runs.clone();
+        // Drop cannot wait: the update goes on the runtime, if there still is one.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = runs.abandon(id, "interrupted: the run was cancelled").await {
+                    tracing::warn!(run = %id, error = %e, "could not record an interrupted run");
+                }
+            });
+        }
+    }
 }
 
 /// Where a run is, for progress output.
@@ -119,8 +174,10 @@ impl Reconciler {
             report: serde_json::to_value(Report::default()).unwrap_or_default(),
             error: None,
         };
-        self.runs.start(&run).await?;
-        Ok(run)
+        match self.runs.start(&run).await? {
+            RunStart::Started => Ok(run),
+            RunStart::Busy => Err(ReconcileError::Busy(run.consumer_id)),
+        }
     }
 
     /// Starts and completes an acks run.
@@ -143,8 +200,11 @@ impl Reconciler {
         run: Run,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Run, ReconcileError> {
+        let unfinished = Unfinished::new(&self.runs, &run);
         let result = self.compare_acks(&run, progress).await;
-        self.complete(run, result).await
+        let done = self.complete(run, result).await;
+        unfinished.completed();
+        done
     }
 
     /// Stores a run's outcome: its report, or its failure.
@@ -278,7 +338,11 @@ impl Reconciler {
             .into_iter()
             .map(|(c, r, at)| (c, (r, at)))
             .collect();
-        let sla = Duration::seconds(i64::try_from(consumer.sla_secs).unwrap_or(i64::MAX / 2));
+        // At most 30 days when registered; whatever a row says, no arithmetic here panics.
+        let sla = i64::try_from(consumer.sla_secs)
+            .ok()
+            .and_then(Duration::try_seconds)
+            .unwrap_or(Duration::MAX);
         let policy = self.ledger.policy();
         let hash_key = self.ledger.hash_key(&consumer.id);
         let mut findings = Vec::new();
@@ -297,7 +361,7 @@ impl Reconciler {
                     let confirmed = deletion_acks
                         .get(&customer)
                         .is_some_and(|acks| acks.iter().any(|at| at >= since));
-                    if !confirmed && *since + sla <= now {
+                    if !confirmed && past(*since, sla, now) {
                         findings.push(finding(
                             consumer,
                             customer,
@@ -324,11 +388,12 @@ impl Reconciler {
                 }
                 section.fields_checked += 1;
                 let field_name = field.to_string();
-                let due = fact
-                    .changed_at
-                    .max(entitled_since.unwrap_or(fact.changed_at))
-                    + sla
-                    <= now;
+                let due = past(
+                    fact.changed_at
+                        .max(entitled_since.unwrap_or(fact.changed_at)),
+                    sla,
+                    now,
+                );
                 let acked = held_by.get(&(customer, field_name.clone()));
                 let record = json!({
                     "version": fact.version,
@@ -482,6 +547,7 @@ impl Reconciler {
         format: SnapshotFormat,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Run, ReconcileError> {
+        let unfinished = Unfinished::new(&self.runs, &run);
         let result = match self.load_snapshot(&run, input, format, progress).await {
             Ok((stats, invalid)) => self.compare_snapshot(&run, stats, invalid, progress).await,
             Err(e) => Err(e),
@@ -492,7 +558,9 @@ impl Reconciler {
             (Ok(_), Err(e)) => Err(e.into()),
             (result, _) => result,
         };
-        self.complete(run, result).await
+        let done = self.complete(run, result).await;
+        unfinished.completed();
+        done
     }
 
     /// Reads and stores the upload; returns its stats and the invalid rows as findings.
@@ -769,4 +837,26 @@ fn diff_customer(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_past_the_calendar_is_never_over() {
+        let now = Utc::now();
+        assert!(past(
+            now - Duration::seconds(10),
+            Duration::seconds(10),
+            now
+        ));
+        assert!(!past(
+            now - Duration::seconds(9),
+            Duration::seconds(10),
+            now
+        ));
+        assert!(!past(now, Duration::MAX, now));
+        assert!(!past(DateTime::<Utc>::MAX_UTC, Duration::seconds(1), now));
+    }
 }

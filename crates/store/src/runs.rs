@@ -62,6 +62,18 @@ pub struct SnapshotRow {
     pub line: u64,
 }
 
+/// Whether a run could start (see [`Runs::start`]).
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStart {
+    Started,
+    /// Another run of the same consumer is running; nothing was recorded.
+    Busy,
+}
+
+/// How long a run may stay `running` before a new run of its consumer takes it for abandoned.
+pub const ABANDONED_AFTER: chrono::Duration = chrono::Duration::hours(6);
+
 /// Reconciliation bookkeeping of one database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Runs {
@@ -78,8 +90,28 @@ impl Runs {
         Self { db }
     }
 
-    pub async fn start(&self, r: &Run) -> Result<(), StoreError> {
-        sql(
+    /// Records a run as it starts. A run of the same consumer (or, for `consumer_id: None`,
+    /// another run over every consumer) still `running` makes it [`RunStart::Busy`] and
+    /// records nothing: the partial unique index of migration 0012 is the one place this is
+    /// decided, so racing starts, in any process, cannot both win. A run left `running` for
+    /// [`ABANDONED_AFTER`] is taken for abandoned (its process stopped mid-run) and marked
+    /// failed first, so a crash does not block a consumer's runs for ever.
+    pub async fn start(&self, r: &Run) -> Result<RunStart, StoreError> {
+        if r.status == RunStatus::Running
+            && let Some(cutoff) = r.started_at.checked_sub_signed(ABANDONED_AFTER)
+        {
+            sql(
+                "UPDATE reconcile_runs SET status = 'failed', finished_at = $1, error = $2 \
+                 WHERE status = 'running' AND COALESCE(consumer_id, '') = $3 AND started_at < $4",
+            )
+            .bind(r.started_at)
+            .bind("abandoned: still running long after it started (its process stopped?)")
+            .bind(r.consumer_id.as_ref().map_or("", ConsumerId::as_str))
+            .bind(cutoff)
+            .execute(&self.db)
+            .await?;
+        }
+        let inserted = sql(
             "INSERT INTO reconcile_runs (run_id, kind, trigger, consumer_id, requested_by, status, started_at, finished_at, report, error) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
@@ -94,8 +126,41 @@ impl Runs {
         .bind(serde_json::to_string(&r.report)?)
         .bind(r.error.as_deref())
         .execute(&self.db)
+        .await;
+        match inserted {
+            Ok(_) => Ok(RunStart::Started),
+            Err(e) if e.is_unique_violation() => Ok(RunStart::Busy),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks a run that will not complete (its task was cancelled: the request carrying its
+    /// upload was dropped, say) as failed, if it is still running.
+    pub async fn abandon(&self, id: Uuid, error: &str) -> Result<(), StoreError> {
+        sql(
+            "UPDATE reconcile_runs SET status = 'failed', finished_at = $1, error = $2 \
+             WHERE run_id = $3 AND status = 'running'",
+        )
+        .bind(Utc::now())
+        .bind(error)
+        .bind(id)
+        .execute(&self.db)
         .await?;
         Ok(())
+    }
+
+    /// Removes a run and all it stored (findings, staged rows): for a run whose input was
+    /// refused as a whole (an upload over the size limit), which leaves nothing behind.
+    pub async fn discard(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        for statement in [
+            "DELETE FROM snapshot_rows WHERE run_id = $1",
+            "DELETE FROM reconcile_findings WHERE run_id = $1",
+            "DELETE FROM reconcile_runs WHERE run_id = $1",
+        ] {
+            sql(statement).bind(id).execute(&mut tx).await?;
+        }
+        tx.commit().await
     }
 
     /// Stores the run's status, report and error as they are now. Examples of customers

@@ -2,7 +2,10 @@
 //! staged rows of an uploaded snapshot.
 //!
 //! Covers every public method of `Runs`:
-//! - [x] `start`, `get`, `save`
+//! - [x] `start`, `get`, `save`; one run of a consumer at a time
+//!   (`one_run_of_a_consumer_runs_at_a_time`, `a_run_abandoned_long_ago_gives_way`),
+//!   `abandon`
+//! - [x] `discard` (`a_discarded_run_leaves_nothing`)
 //! - [x] `list`
 //! - [x] `add_findings`, `findings`
 //! - [x] erasure: the customer's examples leave every stored report
@@ -23,7 +26,9 @@ use chrono::{DateTime, Duration, Utc};
 use idledger_domain::Change;
 use idledger_store::Runs;
 use idledger_store::model::truncate_to_micros;
-use idledger_store::runs::{Finding, MAX_RUN_PAGE, Run, RunKind, RunStatus, SnapshotRow};
+use idledger_store::runs::{
+    ABANDONED_AFTER, Finding, MAX_RUN_PAGE, Run, RunKind, RunStart, RunStatus, SnapshotRow,
+};
 use serde_json::json;
 use support::*;
 use uuid::Uuid;
@@ -39,7 +44,14 @@ on_both_engines!(
     dropping_a_snapshot_deletes_its_rows_only,
     erasure_drops_the_customers_examples_from_every_report,
     a_run_keeps_nothing_of_a_customer_erased_while_it_ran,
+    one_run_of_a_consumer_runs_at_a_time,
+    a_run_abandoned_long_ago_gives_way,
+    a_discarded_run_leaves_nothing,
 );
+
+async fn started_ok(runs: &Runs, run: &Run) {
+    assert_eq!(runs.start(run).await.unwrap(), RunStart::Started);
+}
 
 async fn runs(engine: Engine) -> (TestDb, Runs) {
     let db = TestDb::new(engine).await;
@@ -86,7 +98,7 @@ async fn a_run_is_stored_read_back_and_saved_as_it_progresses(engine: Engine) {
     let (_db, runs) = runs(engine).await;
     assert_eq!(runs.get(Uuid::now_v7()).await.unwrap(), None, "no such run");
     let mut acks = new_run(RunKind::Acks, Utc::now());
-    runs.start(&acks).await.unwrap();
+    started_ok(&runs, &acks).await;
     assert_eq!(runs.get(acks.id).await.unwrap().as_ref(), Some(&acks));
     // Every consumer, and a failure with its error.
     let mut snapshot = Run {
@@ -94,7 +106,7 @@ async fn a_run_is_stored_read_back_and_saved_as_it_progresses(engine: Engine) {
         trigger: "api".to_owned(),
         ..new_run(RunKind::Snapshot, Utc::now())
     };
-    runs.start(&snapshot).await.unwrap();
+    started_ok(&runs, &snapshot).await;
     snapshot.status = RunStatus::Failed;
     snapshot.error = Some("the upload ended mid-row".to_owned());
     snapshot.finished_at = Some(truncate_to_micros(Utc::now()));
@@ -124,16 +136,21 @@ async fn runs_are_listed_newest_first_and_paged_by_start_time(engine: Engine) {
     let t0 = Utc::now() - Duration::hours(1);
     let mut started = Vec::new();
     for minutes in [0, 10, 20, 30, 40] {
-        let r = new_run(RunKind::Acks, t0 + Duration::minutes(minutes));
-        runs.start(&r).await.unwrap();
+        // Each of its own consumer: one run of a consumer runs at a time.
+        let r = Run {
+            consumer_id: Some(consumer_id(&format!("c{minutes}"))),
+            ..new_run(RunKind::Acks, t0 + Duration::minutes(minutes))
+        };
+        started_ok(&runs, &r).await;
         started.push(r);
     }
     // Two runs started at the same instant are ordered by id, the later id first.
     let twin = Run {
         id: Uuid::now_v7(),
+        consumer_id: Some(consumer_id("twin")),
         ..started[2].clone()
     };
-    runs.start(&twin).await.unwrap();
+    started_ok(&runs, &twin).await;
     let ids = |list: &[Run]| list.iter().map(|r| r.id).collect::<Vec<_>>();
     let all = runs.list(None, 100).await.unwrap();
     assert_eq!(
@@ -165,9 +182,12 @@ async fn runs_are_listed_newest_first_and_paged_by_start_time(engine: Engine) {
 async fn findings_are_read_in_order_after_a_cursor(engine: Engine) {
     let (_db, runs) = runs(engine).await;
     let r = new_run(RunKind::Acks, Utc::now());
-    runs.start(&r).await.unwrap();
-    let other = new_run(RunKind::Acks, Utc::now());
-    runs.start(&other).await.unwrap();
+    started_ok(&runs, &r).await;
+    let other = Run {
+        consumer_id: Some(consumer_id("other")),
+        ..new_run(RunKind::Acks, Utc::now())
+    };
+    started_ok(&runs, &other).await;
     assert!(runs.findings(r.id, 0, 10).await.unwrap().is_empty());
     runs.add_findings(r.id, &[]).await.unwrap();
     // Stored in two calls, out of order: read back by seq.
@@ -197,7 +217,7 @@ async fn findings_are_read_in_order_after_a_cursor(engine: Engine) {
 async fn findings_beyond_one_statement_are_all_stored(engine: Engine) {
     let (_db, runs) = runs(engine).await;
     let r = new_run(RunKind::Snapshot, Utc::now());
-    runs.start(&r).await.unwrap();
+    started_ok(&runs, &r).await;
     // More rows than one statement binds on either engine (7 parameters a row).
     let n = 60_000 / 7 + 100;
     let found: Vec<Finding> = (1..=n as u64).map(|s| finding(s, "c")).collect();
@@ -461,14 +481,14 @@ async fn erasure_drops_the_customers_examples_from_every_report(engine: Engine) 
         ],
     ] {
         let mut r = new_run(RunKind::Acks, Utc::now());
-        runs.start(&r).await.unwrap();
+        started_ok(&runs, &r).await;
         r.status = RunStatus::Finished;
         r.report = report_naming(&examples);
         runs.save(&r).await.unwrap();
         naming.push(r);
     }
     let mut other = new_run(RunKind::Acks, Utc::now());
-    runs.start(&other).await.unwrap();
+    started_ok(&runs, &other).await;
     other.report = report_naming(&[("divergent", d_id.as_str())]);
     runs.save(&other).await.unwrap();
 
@@ -506,7 +526,7 @@ async fn a_run_keeps_nothing_of_a_customer_erased_while_it_ran(engine: Engine) {
     erase(&store.ledger, before).await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let mut r = new_run(RunKind::Snapshot, Utc::now());
-    runs.start(&r).await.unwrap();
+    started_ok(&runs, &r).await;
     // The run read all three; then one is erased before it stores what it found.
     erase(&store.ledger, during).await;
     let ids = [before, during, kept].map(|c| c.to_string());
@@ -546,4 +566,115 @@ async fn a_run_keeps_nothing_of_a_customer_erased_while_it_ran(engine: Engine) {
         .map(|f| f.customer_id)
         .collect();
     assert_eq!(findings, [ids[0].as_str(), ids[2].as_str(), "not-an-id"]);
+}
+
+async fn one_run_of_a_consumer_runs_at_a_time(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    let first = new_run(RunKind::Snapshot, Utc::now());
+    started_ok(&runs, &first).await;
+    // Another run of crm, of either kind, is busy and records nothing.
+    for kind in [RunKind::Acks, RunKind::Snapshot] {
+        let second = new_run(kind, Utc::now());
+        assert_eq!(runs.start(&second).await.unwrap(), RunStart::Busy);
+        assert_eq!(runs.get(second.id).await.unwrap(), None);
+    }
+    // Another consumer's, and one over every consumer, start; a second over every consumer
+    // is busy.
+    let billing = Run {
+        consumer_id: Some(consumer_id("billing")),
+        ..new_run(RunKind::Acks, Utc::now())
+    };
+    started_ok(&runs, &billing).await;
+    let every = Run {
+        consumer_id: None,
+        ..new_run(RunKind::Acks, Utc::now())
+    };
+    started_ok(&runs, &every).await;
+    let again = Run {
+        consumer_id: None,
+        ..new_run(RunKind::Acks, Utc::now())
+    };
+    assert_eq!(runs.start(&again).await.unwrap(), RunStart::Busy);
+    // An ended run (finished, or abandoned) holds nothing back.
+    let mut done = first.clone();
+    done.status = RunStatus::Finished;
+    done.finished_at = Some(truncate_to_micros(Utc::now()));
+    runs.save(&done).await.unwrap();
+    let next = new_run(RunKind::Acks, Utc::now());
+    started_ok(&runs, &next).await;
+    runs.abandon(next.id, "interrupted").await.unwrap();
+    let abandoned = runs.get(next.id).await.unwrap().unwrap();
+    assert_eq!(abandoned.status, RunStatus::Failed);
+    assert_eq!(abandoned.error.as_deref(), Some("interrupted"));
+    // Abandoning an ended run changes nothing.
+    runs.abandon(done.id, "late").await.unwrap();
+    assert_eq!(
+        runs.get(done.id).await.unwrap().unwrap().status,
+        RunStatus::Finished
+    );
+    started_ok(&runs, &new_run(RunKind::Snapshot, Utc::now())).await;
+}
+
+async fn a_run_abandoned_long_ago_gives_way(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    let now = Utc::now();
+    let old = new_run(RunKind::Acks, now - ABANDONED_AFTER - Duration::minutes(1));
+    started_ok(&runs, &old).await;
+    let recent = Run {
+        consumer_id: Some(consumer_id("billing")),
+        ..new_run(RunKind::Acks, now - ABANDONED_AFTER + Duration::minutes(1))
+    };
+    started_ok(&runs, &recent).await;
+    // crm's run is past the limit: a new one takes its place, and it is marked failed.
+    started_ok(&runs, &new_run(RunKind::Acks, now)).await;
+    let taken = runs.get(old.id).await.unwrap().unwrap();
+    assert_eq!(taken.status, RunStatus::Failed);
+    assert!(taken.error.unwrap().starts_with("abandoned"));
+    // billing's is not.
+    let billing = Run {
+        consumer_id: Some(consumer_id("billing")),
+        ..new_run(RunKind::Acks, now)
+    };
+    assert_eq!(runs.start(&billing).await.unwrap(), RunStart::Busy);
+    assert_eq!(
+        runs.get(recent.id).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+}
+
+async fn a_discarded_run_leaves_nothing(engine: Engine) {
+    let (_db, runs) = runs(engine).await;
+    let r = new_run(RunKind::Snapshot, Utc::now());
+    started_ok(&runs, &r).await;
+    let customer = Uuid::now_v7();
+    runs.add_findings(r.id, &[finding(1, &customer.to_string())])
+        .await
+        .unwrap();
+    let row = SnapshotRow {
+        customer_id: customer,
+        field: "email".to_owned(),
+        value_hash: None,
+        line: 2,
+    };
+    runs.add_snapshot_rows(r.id, &[row]).await.unwrap();
+    let kept = Run {
+        consumer_id: Some(consumer_id("billing")),
+        ..new_run(RunKind::Snapshot, Utc::now())
+    };
+    started_ok(&runs, &kept).await;
+    runs.add_findings(kept.id, &[finding(1, &customer.to_string())])
+        .await
+        .unwrap();
+    runs.discard(r.id).await.unwrap();
+    assert_eq!(runs.get(r.id).await.unwrap(), None);
+    assert!(runs.findings(r.id, 0, 10).await.unwrap().is_empty());
+    assert!(
+        runs.snapshot_rows_of(r.id, &[customer])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(runs.findings(kept.id, 0, 10).await.unwrap().len(), 1);
+    // The consumer's next run starts.
+    started_ok(&runs, &new_run(RunKind::Acks, Utc::now())).await;
 }

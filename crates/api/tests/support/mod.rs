@@ -88,7 +88,7 @@ impl TestApp {
             async move {
                 let _ = stopped.await;
             },
-            config.shutdown_grace,
+            &config,
         ));
         Self {
             db,

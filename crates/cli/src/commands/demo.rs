@@ -90,7 +90,7 @@ pub async fn run(settings: &Settings, out: &mut dyn Write) -> anyhow::Result<Exi
         async move {
             let _ = stopped.await;
         },
-        config.shutdown_grace,
+        &config,
     ));
     kv(
         out,

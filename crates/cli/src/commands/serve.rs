@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use idledger_api::limits::TokenLimits;
 use idledger_api::page::SessionSettings;
 use idledger_api::{ApiConfig, AppState};
 use idledger_relay::{NatsConfig, Relay, RelayConfig};
@@ -52,6 +53,25 @@ fn session_settings(
     })
 }
 
+/// Bounds of the timeouts in seconds: a timer that never fires is no bound, and one too far
+/// off overflows the clock.
+const MAX_HEADER_TIMEOUT_SECS: u64 = 3600;
+const MAX_REQUEST_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// A timeout setting in seconds, 1 to `max`, or `default` when not given.
+fn seconds(
+    name: &str,
+    given: Option<u64>,
+    default: Duration,
+    max: u64,
+) -> anyhow::Result<Duration> {
+    match given {
+        None => Ok(default),
+        Some(secs) if (1..=max).contains(&secs) => Ok(Duration::from_secs(secs)),
+        Some(secs) => anyhow::bail!("--{name} must be 1 to {max} seconds, not {secs}"),
+    }
+}
+
 pub async fn run(
     settings: &Settings,
     args: &ServeArgs,
@@ -73,6 +93,43 @@ pub async fn run(
             .or(file.shutdown_grace_secs)
             .map_or(defaults.shutdown_grace, Duration::from_secs),
         sessions: session_settings(args, file, defaults.sessions)?,
+        max_upload_bytes: args
+            .max_upload_bytes
+            .or(file.max_upload_bytes)
+            .unwrap_or(defaults.max_upload_bytes),
+        header_read_timeout: seconds(
+            "header-timeout-secs",
+            args.header_timeout_secs.or(file.header_timeout_secs),
+            defaults.header_read_timeout,
+            MAX_HEADER_TIMEOUT_SECS,
+        )?,
+        request_timeout: seconds(
+            "request-timeout-secs",
+            args.request_timeout_secs.or(file.request_timeout_secs),
+            defaults.request_timeout,
+            MAX_REQUEST_TIMEOUT_SECS,
+        )?,
+        long_request_timeout: seconds(
+            "long-request-timeout-secs",
+            args.long_request_timeout_secs
+                .or(file.long_request_timeout_secs),
+            defaults.long_request_timeout,
+            MAX_REQUEST_TIMEOUT_SECS,
+        )?,
+        token_limits: TokenLimits {
+            rate_per_sec: args
+                .token_rate
+                .or(file.token_rate)
+                .unwrap_or(defaults.token_limits.rate_per_sec),
+            burst: args
+                .token_burst
+                .or(file.token_burst)
+                .unwrap_or(defaults.token_limits.burst),
+            max_in_flight: args
+                .token_max_in_flight
+                .or(file.token_max_in_flight)
+                .unwrap_or(defaults.token_limits.max_in_flight),
+        },
     };
     let listen: SocketAddr = match args.listen.or(file.listen) {
         Some(addr) => addr,
@@ -172,8 +229,7 @@ pub async fn run(
     };
     out.flush()?;
     let router = idledger_api::router(AppState::new(ledger), &config);
-    let served =
-        idledger_api::serve(listener, router, shutdown_signal(), config.shutdown_grace).await;
+    let served = idledger_api::serve(listener, router, shutdown_signal(), &config).await;
     stop_schedules.cancel();
     if let Some(task) = reconciling
         && let Err(e) = task.await
@@ -221,6 +277,10 @@ async fn reconcile_on_schedule(
             () = stop.cancelled() => return,
             result = reconciler.reconcile(None, "schedule", "idledger", &|_| {}) => match result {
                 Ok(run) => tracing::info!(run = %run.id, report = %run.report, "scheduled reconciliation finished"),
+                // Another instance's schedule (or a steward) got there first: nothing wrong.
+                Err(e @ idledger_reconcile::ReconcileError::Busy(_)) => {
+                    tracing::info!(reason = %e, "scheduled reconciliation skipped");
+                }
                 Err(e) => tracing::error!(error = %e, "scheduled reconciliation failed"),
             },
         }
