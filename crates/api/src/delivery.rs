@@ -140,8 +140,11 @@ fn new_consumer(body: ConsumerRequest) -> Result<NewConsumer, ApiError> {
             "name at least one purpose the consumer processes data for",
         ));
     }
-    let new =
+    let mut new =
         NewConsumer::new(id, channel, fields, purposes, start).map_err(|e| invalid("fields", e))?;
+    if body.pseudonymous {
+        new = new.pseudonymous();
+    }
     match body.sla_secs {
         Some(secs) => new.with_sla(secs).map_err(|e| invalid("sla_secs", e)),
         None => Ok(new),
@@ -661,10 +664,10 @@ pub async fn ack(
     Authorized(caller, ..): Authorized<Ackers>,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Json<AckView>, ApiError> {
-    let consumer = own_consumer_id(&caller)?;
-    if state.deliveries.consumer(&consumer).await?.is_none() {
-        return Err(not_registered(consumer.as_str()));
-    }
+    let id = own_consumer_id(&caller)?;
+    let Some(consumer) = state.deliveries.consumer(&id).await? else {
+        return Err(not_registered(id.as_str()));
+    };
     let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(&e))?;
     match acks::intake(&state.deliveries, &state.ledger, &consumer, &bytes).await? {
         AckOutcome::Recorded => Ok(Json(AckView {

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use idledger_app::stewardship::MAX_BULK;
 use idledger_app::{ExceptionQuery, QueryError};
+use idledger_domain::ids::CustomerId;
 use idledger_reconcile::{ReconcileError, SnapshotFormat};
+use idledger_store::Role;
 use idledger_store::delivery::ConsumerId;
 use idledger_store::runs::{Run, RunKind};
 use serde::{Deserialize, Serialize};
@@ -540,7 +542,7 @@ pub async fn upload_snapshot(
     let by = format!("{}:{}", caller.token.role, caller.token.label);
     let run = state
         .reconciler
-        .start(RunKind::Snapshot, Some(consumer), "api", &by)
+        .start(RunKind::Snapshot, Some(consumer.clone()), "api", &by)
         .await
         .map_err(reconcile_error)?;
     let run_id = run.id;
@@ -583,7 +585,19 @@ pub async fn upload_snapshot(
             format!("the upload sent nothing for {idle} s and was stopped; send it again"),
         ));
     }
-    let run = done.map_err(reconcile_error)?;
+    let mut run = done.map_err(reconcile_error)?;
+    // A pseudonymous consumer is answered with its own names of customers, never their ids.
+    if caller.token.role == Role::Consumer
+        && let Some(consumer) = state.deliveries.consumer(&consumer).await?
+        && consumer.pseudonymous
+    {
+        let names = state.ledger.customer_names(&consumer);
+        idledger_store::runs::rename_example_customers(&mut run.report, |id| {
+            CustomerId::parse(id)
+                .ok()
+                .map(|c| names.show(c).to_string())
+        });
+    }
     Ok(run_response(StatusCode::CREATED, &run))
 }
 

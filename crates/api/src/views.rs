@@ -404,6 +404,8 @@ pub struct ConsumerView {
     pub enabled: bool,
     /// Seconds a change may stay unacknowledged before reconciliation reports it.
     pub sla_secs: u64,
+    /// It is shown its own aliases of customers, never their ids.
+    pub pseudonymous: bool,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
     /// How far the relay has delivered (push channels): a global log position. A feed
@@ -426,6 +428,7 @@ impl ConsumerView {
             purposes: consumer.purposes.iter().map(ToString::to_string).collect(),
             enabled: consumer.is_enabled(),
             sla_secs: consumer.sla_secs,
+            pseudonymous: consumer.pseudonymous,
             created_at: consumer.created_at,
             disabled_at: consumer.disabled_at,
             checkpoint: checkpoint.filter(|_| push),

@@ -169,6 +169,11 @@ pub struct ConsumerRequest {
     /// undelivered or stale (default 300, at most 30 days).
     #[serde(default)]
     pub sla_secs: Option<u64>,
+    /// Show it its own stable alias of each customer instead of the customer's id (in
+    /// subjects, envelopes and the feed; its acks and snapshots name customers by alias).
+    /// Default false.
+    #[serde(default)]
+    pub pseudonymous: bool,
 }
 
 /// Where a webhook consumer receives its messages and the key it verifies signatures with.

@@ -21,6 +21,7 @@ on_both_engines!(
     acks_become_consumer_state,
     acks_that_match_nothing_delivered_are_refused_and_change_nothing,
     a_consumer_computes_value_hashes_with_its_own_key,
+    a_pseudonymous_consumer_sees_and_answers_with_its_own_aliases,
     the_consumer_state_route_checks_its_input,
     handoffs_are_paged_per_customer_and_per_consumer,
     the_feed_refuses_callers_and_input_it_should,
@@ -732,6 +733,114 @@ async fn a_consumer_computes_value_hashes_with_its_own_key(engine: Engine) {
     app.get("/v1/consumers/nobody/hash-key", "admin")
         .await
         .problem(404, "consumer_not_found");
+}
+
+async fn a_pseudonymous_consumer_sees_and_answers_with_its_own_aliases(engine: Engine) {
+    let mut app = TestApp::start(engine).await;
+    let mut crm = feed_consumer("crm-sync", &["service"]);
+    crm["pseudonymous"] = json!(true);
+    crm["fields"] = json!(["email", "phone"]);
+    let registered = app.add_consumer(crm).await;
+    assert_eq!(registered["pseudonymous"], true, "{registered}");
+    let mut other = feed_consumer("cdp", &["service"]);
+    other["pseudonymous"] = json!(true);
+    app.add_consumer(other).await;
+    let cdp = app.consumer_token("cdp").await;
+    let a = customer(&app, 1, &["service"]).await;
+    let b = customer(&app, 2, &["service"]).await;
+    let reply = app.command("idp", &a, "second", set_email(3)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+
+    // Subjects are aliases: stable per customer, one per consumer, never the id.
+    let (events, _) = feed_page(&app, "consumer", "").await;
+    let page = app.get("/v1/feed", "consumer").await.text;
+    assert!(!page.contains(&a) && !page.contains(&b), "{page}");
+    let subjects: Vec<&str> = events
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects.len(), 3, "{subjects:?}");
+    assert_eq!(subjects[0], subjects[2], "one alias per customer");
+    assert_ne!(subjects[0], subjects[1]);
+    let (cdp_events, _) = feed_page(&app, &cdp, "").await;
+    assert_ne!(
+        cdp_events[0]["subject"], events[0]["subject"],
+        "another consumer's alias"
+    );
+
+    // Acks name the customer by alias; the id itself is not this consumer's name for it.
+    let latest = &events[2];
+    let ack = applied_ack(latest);
+    assert_eq!(
+        post_ack(&app, "consumer", &ack).await.status,
+        StatusCode::OK
+    );
+    let state = app
+        .get(
+            &format!("/v1/consumers/crm-sync/state?customer={a}"),
+            "auditor",
+        )
+        .await;
+    assert_eq!(
+        state.body["fields"][0]["event_id"], latest["id"],
+        "{}",
+        state.text
+    );
+    let mut by_id = ack.clone();
+    by_id["customer_id"] = json!(a);
+    post_ack(&app, "consumer", &by_id)
+        .await
+        .problem(422, "invalid_ack");
+    let mut by_other_alias = ack.clone();
+    by_other_alias["customer_id"] = cdp_events[0]["subject"].clone();
+    post_ack(&app, "consumer", &by_other_alias)
+        .await
+        .problem(422, "invalid_ack");
+
+    // Its snapshot names customers by alias too, and its answer never shows their ids.
+    let csv = format!(
+        "customer_id,field,value\n{},email,user3@example.org\n{},email,wrong@example.org\n{},email,user3@example.org\n",
+        subjects[0],
+        subjects[1],
+        cdp_events[0]["subject"].as_str().unwrap()
+    );
+    let reply = app
+        .client
+        .post(app.url("/v1/consumers/crm-sync/snapshots"))
+        .bearer_auth(app.token("consumer"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    let reply = Reply::from(reply).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let report = &reply.body["report"]["consumers"][0];
+    assert_eq!(report["in_sync"], 1, "{}", reply.text);
+    assert_eq!(report["counts"]["different"], 1, "{}", reply.text);
+    assert_eq!(
+        report["counts"]["invalid_row"], 1,
+        "another's alias: {}",
+        reply.text
+    );
+    assert_eq!(
+        report["examples"]["different"][0]["customer_id"], subjects[1],
+        "{}",
+        reply.text
+    );
+    assert!(
+        !reply.text.contains(&a) && !reply.text.contains(&b),
+        "{}",
+        reply.text
+    );
+    // A steward reads the same run with the customers' ids.
+    let run = app
+        .get(
+            &format!("/v1/reconciliations/{}", reply.body["id"].as_str().unwrap()),
+            "steward",
+        )
+        .await;
+    assert!(run.text.contains(&b), "{}", run.text);
 }
 
 async fn the_consumer_state_route_checks_its_input(engine: Engine) {

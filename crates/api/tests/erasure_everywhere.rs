@@ -345,6 +345,9 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
     for consumer in [
         json!({"id": "crm-sync", "channel": "nats", "fields": ["*"], "purposes": ["service"], "sla_secs": 0}),
         json!({"id": "old-crm", "channel": "nats", "fields": ["*"], "purposes": ["service"]}),
+        // Its messages carry its alias of the customer, not the id: erasure finds them too.
+        json!({"id": "pseudo", "channel": "nats", "fields": ["*"], "purposes": ["service"],
+               "pseudonymous": true}),
         json!({"id": "hooks", "channel": "webhook", "webhook": {"url": hook_url, "secret": SECRET},
                "fields": ["email", "phone"], "purposes": ["service"]}),
     ] {
@@ -363,8 +366,38 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
     let control = customer(&app, &[("email", CONTROL_EMAIL)]).await;
     let stop = CancellationToken::new();
     let relay = tokio::spawn(Relay::new(app.ledger.clone(), relay_config(&nats)).run(stop.clone()));
-    caught_up(&app, &["crm-sync", "old-crm", "hooks"]).await;
+    caught_up(&app, &["crm-sync", "old-crm", "hooks", "pseudo"]).await;
     let prefix = &nats.stream.subject_prefix;
+    let alias = app
+        .ledger
+        .customer_names(
+            &app.ledger
+                .store()
+                .deliveries()
+                .consumer(&ConsumerId::parse("pseudo").unwrap())
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .show(idledger_domain::ids::CustomerId::parse(&c).unwrap())
+        .to_string();
+    let pseudo_messages = stream_copies(&js, &nats.stream.name)
+        .await
+        .into_iter()
+        .filter(|(subject, _)| subject.starts_with(&format!("{prefix}.pseudo.")))
+        .collect::<Vec<_>>();
+    assert!(
+        pseudo_messages
+            .iter()
+            .any(|(subject, _)| subject.contains(&alias)),
+        "{pseudo_messages:?}"
+    );
+    assert!(
+        pseudo_messages
+            .iter()
+            .all(|(subject, body)| !subject.contains(&c) && !body.contains(&c)),
+        "a pseudonymous consumer is never sent the id"
+    );
 
     // The webhook refused the email, quoting it: its answer is the exception's evidence.
     let refused = exceptions(&app, &format!("?customer={c}&kind=webhook_rejected")).await;
@@ -497,7 +530,7 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
     .await;
     assert_eq!(erased.status, StatusCode::OK, "{}", erased.text);
     // The relay's pass over the erasure: crm-sync's notice out, every push consumer past it.
-    caught_up(&app, &["crm-sync", "hooks"]).await;
+    caught_up(&app, &["crm-sync", "hooks", "pseudo"]).await;
     let deliveries = app.ledger.store().deliveries();
     let customer = idledger_domain::ids::CustomerId::parse(&c).unwrap();
     let notices: Vec<String> = deliveries
@@ -509,7 +542,15 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
         .filter(|h| h.handoff.kind == HandoffKind::Erasure)
         .map(|h| h.handoff.consumer_id.to_string())
         .collect();
-    assert_eq!(notices, ["crm-sync"], "the retired consumer is not served");
+    assert_eq!(
+        notices
+            .iter()
+            .filter(|n| *n != "pseudo")
+            .collect::<Vec<_>>(),
+        ["crm-sync"],
+        "the retired consumer is not served"
+    );
+    assert!(notices.iter().any(|n| n == "pseudo"), "{notices:?}");
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), relay)
         .await
@@ -550,6 +591,15 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
         }
     }
     let stream = stream_copies(&js, &nats.stream.name).await;
+    assert_eq!(
+        stream
+            .iter()
+            .filter(|(subject, _)| subject.contains(&alias))
+            .map(|(subject, _)| subject.as_str())
+            .collect::<Vec<_>>(),
+        [format!("{prefix}.pseudo.{alias}")],
+        "of the pseudonymous consumer's messages, its erasure notice alone stays"
+    );
     let notice: Vec<&(String, String)> = stream
         .iter()
         .filter(|(_, body)| body.contains(&c))

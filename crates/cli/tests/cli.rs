@@ -699,12 +699,14 @@ fn consumers_are_added_listed_and_disabled() {
             "*",
             "--purposes",
             "marketing,analytics",
+            "--pseudonymous",
             "--json",
         ]),
     )
     .success();
     let feed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(feed["channel"], "feed");
+    assert_eq!(feed["pseudonymous"], true);
     assert_eq!(
         feed["purposes"],
         serde_json::json!(["marketing", "analytics"])

@@ -1,5 +1,6 @@
 //! idledger's domain core: pure and synchronous. It knows nothing of storage, HTTP or NATS.
 //!
+//! - [`alias`]: pseudonymous customer ids, per consumer (what a pseudonymous consumer sees).
 //! - [`challenge`]: the secret that confirms a pending change, derived from its challenge id.
 //! - [`ids`] and [`values`]: validated types (parse, don't validate).
 //! - [`field`]: the field catalog and typed field values.
@@ -15,6 +16,7 @@
 //!   its own `decide`/`evolve`, and the steward's planning of the customer command an action
 //!   needs.
 
+pub mod alias;
 pub mod challenge;
 pub mod command;
 pub mod decide;

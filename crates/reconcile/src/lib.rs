@@ -576,11 +576,17 @@ impl Reconciler {
                 "a snapshot run names no consumer".to_owned(),
             ));
         };
-        let key = self.ledger.hash_key(consumer);
+        let Some(consumer) = self.deliveries.consumer(consumer).await? else {
+            return Err(ReconcileError::UnknownConsumer(consumer.clone()));
+        };
+        let keys = snapshot::RowKeys {
+            hash: self.ledger.hash_key(&consumer.id),
+            names: self.ledger.customer_names(&consumer),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Parsed>>(4);
         let reader = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(ROW_BATCH);
-            let result = snapshot::read(input, format, &key, |parsed| {
+            let result = snapshot::read(input, format, &keys, |parsed| {
                 batch.push(parsed);
                 if batch.len() >= ROW_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(ROW_BATCH));

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 
+use idledger_domain::alias::CustomerNames;
 use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::hashing::{HashKey, ValueHash};
 use serde::Deserialize;
@@ -86,23 +87,30 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::
     serde_json::Value::deserialize(d).map(Some)
 }
 
+/// How the consumer's rows are read: values hashed under its key, the way it acknowledges
+/// them, and customers named as it names them (ids, or its aliases).
+#[derive(Debug, Clone)]
+pub struct RowKeys {
+    pub hash: HashKey,
+    pub names: CustomerNames,
+}
+
 /// Reads every row, handing each to `sink`; stops early when `sink` returns false.
-/// Values are hashed under the consumer's `key`, the way it acknowledges them.
 pub fn read(
     input: impl Read,
     format: SnapshotFormat,
-    key: &HashKey,
+    keys: &RowKeys,
     mut sink: impl FnMut(Parsed) -> bool,
 ) -> Result<(), SnapshotError> {
     match format {
-        SnapshotFormat::Ndjson => read_ndjson(input, key, &mut sink),
-        SnapshotFormat::Csv => read_csv(input, key, &mut sink),
+        SnapshotFormat::Ndjson => read_ndjson(input, keys, &mut sink),
+        SnapshotFormat::Csv => read_csv(input, keys, &mut sink),
     }
 }
 
 fn read_ndjson(
     input: impl Read,
-    key: &HashKey,
+    keys: &RowKeys,
     sink: &mut impl FnMut(Parsed) -> bool,
 ) -> Result<(), SnapshotError> {
     let mut reader = BufReader::new(input);
@@ -139,7 +147,7 @@ fn read_ndjson(
         }
         let parsed = match serde_json::from_str::<JsonRow>(text) {
             Ok(row) => row_of(
-                key,
+                keys,
                 line,
                 &row.customer_id,
                 &row.field,
@@ -156,7 +164,7 @@ fn read_ndjson(
 
 fn read_csv(
     input: impl Read,
-    key: &HashKey,
+    keys: &RowKeys,
     sink: &mut impl FnMut(Parsed) -> bool,
 ) -> Result<(), SnapshotError> {
     let mut reader = csv::ReaderBuilder::new()
@@ -208,7 +216,7 @@ fn read_csv(
             _ => value,
         };
         if !sink(row_of(
-            key,
+            keys,
             line,
             customer,
             field,
@@ -231,20 +239,25 @@ fn invalid(line: u64, customer: &str, field: &str, error: String) -> Parsed {
 
 /// Checks a row and works out the hash of what it holds, the way consumers acknowledge.
 fn row_of(
-    key: &HashKey,
+    keys: &RowKeys,
     line: u64,
     customer: &str,
     field: &str,
     value: Option<&serde_json::Value>,
     value_hash: Option<&str>,
 ) -> Parsed {
-    let Ok(customer_id) = Uuid::parse_str(customer) else {
-        return invalid(
-            line,
-            customer,
-            field,
-            "customer_id is not a UUID".to_owned(),
-        );
+    // Any UUID may name a customer the record does not know (an `extra` finding); an alias
+    // must be one of this consumer's.
+    let customer_id = match &keys.names {
+        CustomerNames::Ids => Uuid::parse_str(customer).map_err(|_| "is not a UUID".to_owned()),
+        names => names
+            .resolve(customer)
+            .map(|c| c.as_uuid())
+            .map_err(|_| "is not one of this consumer's customer aliases".to_owned()),
+    };
+    let customer_id = match customer_id {
+        Ok(id) => id,
+        Err(e) => return invalid(line, customer, field, format!("customer_id {e}")),
     };
     let path = match FieldPath::parse(field) {
         Ok(path) => path,
@@ -267,7 +280,7 @@ fn row_of(
             Err(e) => return invalid(line, customer, field, e.to_string()),
         },
         (Some(serde_json::Value::Null), None) => None,
-        (Some(value), None) => match hash_of(key, &path, value) {
+        (Some(value), None) => match hash_of(&keys.hash, &path, value) {
             Ok(hash) => Some(hash),
             Err(e) => return invalid(line, customer, field, e),
         },
@@ -302,9 +315,16 @@ mod tests {
         HashKey::from_hex(&"5a".repeat(32)).unwrap()
     }
 
+    fn keys() -> RowKeys {
+        RowKeys {
+            hash: key(),
+            names: CustomerNames::Ids,
+        }
+    }
+
     fn rows(input: &str, format: SnapshotFormat) -> Vec<Parsed> {
         let mut out = Vec::new();
-        read(input.as_bytes(), format, &key(), |p| {
+        read(input.as_bytes(), format, &keys(), |p| {
             out.push(p);
             true
         })
@@ -380,7 +400,7 @@ mod tests {
         let err = read(
             "id,value\n1,2\n".as_bytes(),
             SnapshotFormat::Csv,
-            &key(),
+            &keys(),
             |_| true,
         )
         .unwrap_err();

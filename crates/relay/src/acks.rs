@@ -3,18 +3,21 @@
 //!
 //! ```json
 //! { "event_id": "<the CloudEvent id of the change>", "customer_id": "<id>",
-//!   "field": "email", "version": 3, "value_hash": "sha256:<hex>" | null,
+//!   "field": "email", "version": 3, "value_hash": "hmac-sha256:<hex>" | null,
 //!   "status": "applied" | "rejected", "reason": "<why, required when rejected>" }
 //! ```
+//!
+//! A pseudonymous consumer names the customer by its alias, as it was shown it.
 //!
 //! `value_hash` is the `data.value_hash` of the change the consumer now holds (`null` when it
 //! holds no value, e.g. after `idledger.field.cleared.v1`). Unknown keys are refused, so a
 //! misspelt key is an error rather than a silently missing value.
 
 use chrono::Utc;
+use idledger_domain::alias::CustomerNames;
 use idledger_domain::field::FieldPath;
-use idledger_domain::ids::{CustomerId, EventId};
-use idledger_store::delivery::{Ack, AckOutcome, AckStatus, ConsumerId, ValueHash};
+use idledger_domain::ids::EventId;
+use idledger_store::delivery::{Ack, AckOutcome, AckStatus, Consumer, ConsumerId, ValueHash};
 use idledger_store::{Deliveries, Ledger, StoreError};
 use serde::Deserialize;
 
@@ -22,7 +25,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct AckBody {
     event_id: EventId,
-    customer_id: CustomerId,
+    /// The customer's id, or (a pseudonymous consumer) its alias.
+    customer_id: String,
     field: FieldPath,
     version: u64,
     value_hash: Option<ValueHash>,
@@ -31,14 +35,18 @@ struct AckBody {
     reason: Option<String>,
 }
 
-/// Parses an acknowledgement `consumer` sent; the error says what is wrong with it.
-pub fn parse(consumer: &ConsumerId, body: &[u8]) -> Result<Ack, String> {
+/// Parses an acknowledgement `consumer` sent, naming customers as `names` says; the error
+/// says what is wrong with it.
+pub fn parse(consumer: &ConsumerId, names: &CustomerNames, body: &[u8]) -> Result<Ack, String> {
     let body: AckBody =
         serde_json::from_slice(body).map_err(|e| format!("not a valid acknowledgement: {e}"))?;
+    let customer_id = names
+        .resolve(&body.customer_id)
+        .map_err(|e| format!("not a valid acknowledgement: customer_id {e}"))?;
     Ok(Ack {
         consumer_id: consumer.clone(),
         event_id: body.event_id,
-        customer_id: body.customer_id,
+        customer_id,
         field: body.field,
         version: body.version,
         value_hash: body.value_hash,
@@ -54,10 +62,11 @@ pub fn parse(consumer: &ConsumerId, body: &[u8]) -> Result<Ack, String> {
 pub async fn intake(
     deliveries: &Deliveries,
     ledger: &Ledger,
-    consumer: &ConsumerId,
+    consumer: &Consumer,
     body: &[u8],
 ) -> Result<AckOutcome, StoreError> {
-    match parse(consumer, body) {
+    let names = ledger.customer_names(consumer);
+    match parse(&consumer.id, &names, body) {
         Ok(ack) => deliveries.record_ack(ledger, &ack).await,
         Err(reason) => Ok(AckOutcome::Invalid(reason)),
     }

@@ -19,6 +19,10 @@
 //! }
 //! ```
 //!
+//! A consumer registered as pseudonymous sees its own alias of the customer
+//! (`idledger_domain::alias`) wherever others see the customer id: in `subject` and in the
+//! NATS subject.
+//!
 //! `value_hash` is keyed per consumer (`idledger_domain::hashing`): the consumer computes it
 //! with the hash key the consumer registry gives it, and acknowledges with it.
 //!
@@ -26,6 +30,7 @@
 //! is an exact duplicate that JetStream (by `Nats-Msg-Id`) or the consumer (by `id`) drops.
 
 use chrono::{DateTime, Utc};
+use idledger_domain::alias::CustomerNames;
 use idledger_domain::event::{EventPayload, Repush, RepushedValue};
 use idledger_domain::field::FieldPath;
 use idledger_domain::hashing::HashKey;
@@ -92,6 +97,9 @@ pub struct Message {
     pub kind: HandoffKind,
     pub event_type: &'static str,
     pub customer_id: CustomerId,
+    /// The customer as the consumer is shown it: its id, or (a pseudonymous consumer) its
+    /// alias.
+    pub shown_customer: Uuid,
     pub event_id: EventId,
     pub position: u64,
     /// The field path the subject ends in; `None` for an erasure notice, which concerns the
@@ -111,8 +119,8 @@ impl Message {
     /// `<prefix>.<consumer>.>`.
     pub fn subject(&self, prefix: &str, consumer: &ConsumerId) -> String {
         match &self.subject_field {
-            Some(field) => format!("{prefix}.{consumer}.{}.{field}", self.customer_id),
-            None => format!("{prefix}.{consumer}.{}", self.customer_id),
+            Some(field) => format!("{prefix}.{consumer}.{}.{field}", self.shown_customer),
+            None => format!("{prefix}.{consumer}.{}", self.shown_customer),
         }
     }
 
@@ -163,14 +171,15 @@ pub struct Sweep {
 pub fn message(
     source: &str,
     consumer: &Consumer,
-    hash_key: &HashKey,
+    keys: &ConsumerKeys,
     event: &RecordedEvent,
     outgoing: &Outgoing,
 ) -> Result<Message, serde_json::Error> {
     let envelope = &event.envelope;
     let (id, kind, event_type, version, subject_field, fields, data) = match outgoing {
         Outgoing::Change { change, .. } => {
-            let (event_type, data) = change_data(change, &envelope.event.payload, event, hash_key)?;
+            let (event_type, data) =
+                change_data(change, &envelope.event.payload, event, &keys.hash)?;
             let field = change.field().to_string();
             (
                 Some(envelope.id.as_uuid()),
@@ -244,7 +253,7 @@ pub fn message(
         id: id.map(|id| id.to_string()).unwrap_or_default(),
         source: source.to_owned(),
         event_type: event_type.to_owned(),
-        subject: event.customer_id.to_string(),
+        subject: keys.names.show(event.customer_id).to_string(),
         time: event.recorded_at,
         datacontenttype: "application/json".to_owned(),
         idledgerposition: event.global_position,
@@ -259,6 +268,7 @@ pub fn message(
         kind,
         event_type,
         customer_id: event.customer_id,
+        shown_customer: keys.names.show(event.customer_id),
         event_id: envelope.id,
         position: event.global_position,
         subject_field,
@@ -273,6 +283,7 @@ pub fn message(
 pub fn sweep_notice(
     source: &str,
     consumer: &Consumer,
+    names: &CustomerNames,
     sweep: &Sweep,
     basis: &[ConsentBasis],
 ) -> Result<Message, serde_json::Error> {
@@ -288,7 +299,7 @@ pub fn sweep_notice(
         id: String::new(),
         source: source.to_owned(),
         event_type: CONSENT_WITHDRAWN.to_owned(),
-        subject: sweep.customer_id.to_string(),
+        subject: names.show(sweep.customer_id).to_string(),
         time: sweep.time,
         datacontenttype: "application/json".to_owned(),
         idledgerposition: sweep.position,
@@ -303,6 +314,7 @@ pub fn sweep_notice(
         kind: HandoffKind::Notice,
         event_type: CONSENT_WITHDRAWN,
         customer_id: sweep.customer_id,
+        shown_customer: names.show(sweep.customer_id),
         event_id,
         position: sweep.position,
         subject_field: Some(field),
@@ -312,10 +324,33 @@ pub fn sweep_notice(
     })
 }
 
-/// Every message of `customer` to any consumer but the erasure notices: `>` needs at least one
-/// more token, which a notice's subject lacks. What erasure removes from the stream.
+/// Every message of `customer` to any consumer that names customers by id, but the erasure
+/// notices: `>` needs at least one more token, which a notice's subject lacks. With
+/// [`aliased_data_subjects`], what erasure removes from the stream.
 pub fn customer_data_subjects(prefix: &str, customer: CustomerId) -> String {
     format!("{prefix}.*.{customer}.>")
+}
+
+/// The same for a pseudonymous consumer, whose subjects carry its alias of the customer.
+pub fn aliased_data_subjects(prefix: &str, consumer: &ConsumerId, alias: Uuid) -> String {
+    format!("{prefix}.{consumer}.{alias}.>")
+}
+
+/// What a consumer's messages are written with: its value-hash key and how it names
+/// customers.
+#[derive(Debug, Clone)]
+pub struct ConsumerKeys {
+    pub hash: HashKey,
+    pub names: CustomerNames,
+}
+
+impl ConsumerKeys {
+    pub fn of(ledger: &idledger_store::Ledger, consumer: &Consumer) -> Self {
+        Self {
+            hash: ledger.hash_key(&consumer.id),
+            names: ledger.customer_names(consumer),
+        }
+    }
 }
 
 fn consent_state(granted: bool) -> &'static str {

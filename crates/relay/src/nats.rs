@@ -27,7 +27,7 @@ use crate::acks;
 use crate::config::{Backoff, NatsConfig, Retention, StreamSettings};
 use crate::envelope;
 use crate::error::RelayError;
-use crate::plan::Batch;
+use crate::plan::{Batch, Erased};
 use crate::worker::Sent;
 
 /// Connects (in the background: the relay starts even while NATS is down) and builds the
@@ -217,7 +217,7 @@ impl NatsSender {
                 stopped_at = Some(erased.position);
                 break;
             }
-            if let Err(e) = self.remove_customer(erased.customer_id).await {
+            if let Err(e) = self.remove_customer(erased).await {
                 stopped_at = Some(erased.position);
                 error.get_or_insert(e);
                 break;
@@ -248,30 +248,43 @@ impl NatsSender {
     /// Each is erased by sequence, which overwrites its bytes in NATS's storage (a purge only
     /// marks them deleted); a filtered purge then takes whatever the listing missed.
     /// Idempotent: after a failure the step retries from before the erasure.
-    async fn remove_customer(&self, customer: CustomerId) -> Result<(), RelayError> {
-        let filter = envelope::customer_data_subjects(&self.settings.subject_prefix, customer);
+    async fn remove_customer(&self, customer: &Erased) -> Result<(), RelayError> {
+        let prefix = &self.settings.subject_prefix;
+        let mut filters = vec![envelope::customer_data_subjects(
+            prefix,
+            customer.customer_id,
+        )];
+        filters.extend(
+            customer
+                .aliases
+                .iter()
+                .map(|(consumer, alias)| envelope::aliased_data_subjects(prefix, consumer, *alias)),
+        );
         let stream = self
             .js
             .get_stream_no_info(&self.settings.name)
             .await
             .map_err(RelayError::nats)?;
-        let mut erased = 0u64;
-        for sequence in self.sequences(&stream, &filter).await? {
-            match stream.delete_message(sequence).await {
-                Ok(_) => erased += 1,
-                // Gone already: another consumer's task erased it, or it aged out.
-                Err(e) if is_sequence_not_found(&e) => {}
-                Err(e) => return Err(RelayError::nats(format!("erasing a message: {e}"))),
+        let (mut erased, mut purged) = (0u64, 0u64);
+        for filter in &filters {
+            for sequence in self.sequences(&stream, filter).await? {
+                match stream.delete_message(sequence).await {
+                    Ok(_) => erased += 1,
+                    // Gone already: another consumer's task erased it, or it aged out.
+                    Err(e) if is_sequence_not_found(&e) => {}
+                    Err(e) => return Err(RelayError::nats(format!("erasing a message: {e}"))),
+                }
             }
+            purged += stream
+                .purge()
+                .filter(filter)
+                .await
+                .map_err(|e| RelayError::nats(format!("purging an erased customer: {e}")))?
+                .purged;
         }
-        let purged = stream
-            .purge()
-            .filter(filter)
-            .await
-            .map_err(|e| RelayError::nats(format!("purging an erased customer: {e}")))?;
         tracing::info!(
             erased,
-            purged = purged.purged,
+            purged,
             "removed an erased customer's messages from the stream"
         );
         Ok(())
@@ -421,12 +434,19 @@ async fn intake(
             .as_str()
             .strip_prefix(&prefix)
             .map(ConsumerId::parse);
-        let outcome = match consumer_id {
-            Some(Ok(id)) => acks::intake(deliveries, ledger, &id, &message.payload).await,
-            _ => Ok(AckOutcome::Invalid(format!(
-                "subject {} names no consumer",
+        let consumer = match consumer_id {
+            Some(Ok(id)) => deliveries.consumer(&id).await,
+            _ => Ok(None),
+        };
+        let outcome = match consumer {
+            Ok(Some(consumer)) => {
+                acks::intake(deliveries, ledger, &consumer, &message.payload).await
+            }
+            Ok(None) => Ok(AckOutcome::Invalid(format!(
+                "subject {} names no registered consumer",
                 message.subject
             ))),
+            Err(e) => Err(e),
         };
         let kind = match outcome {
             Ok(AckOutcome::Recorded | AckOutcome::Superseded { .. }) => jetstream::AckKind::Ack,

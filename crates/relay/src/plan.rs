@@ -10,11 +10,13 @@ use idledger_domain::event::EventPayload;
 use idledger_domain::ids::{CustomerId, EventId};
 use idledger_domain::state::CustomerState;
 use idledger_store::delivery::{
-    ChannelKind, Consumer, DeliveryCommit, ExceptionKind, Handoff, NewSyncException, Relation,
+    ChannelKind, Consumer, ConsumerId, DeliveryCommit, ExceptionKind, Handoff, NewSyncException,
+    Relation,
 };
 use idledger_store::model::{LogEntry, RecordedEvent};
 use idledger_store::{Deliveries, Ledger, StoreError};
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::entitlement;
 use crate::envelope::{self, Message};
@@ -42,10 +44,13 @@ pub struct Batch {
 }
 
 /// A customer's erasure event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erased {
     pub customer_id: CustomerId,
     pub position: u64,
+    /// Every pseudonymous consumer's alias of the customer (disabled ones too): their
+    /// messages carry it instead of the id.
+    pub aliases: Vec<(ConsumerId, Uuid)>,
 }
 
 /// What every delivery task shares.
@@ -125,7 +130,7 @@ impl Planner {
         let mut changed: HashMap<CustomerId, Relation> = HashMap::new();
         let mut states: HashMap<CustomerId, Option<CustomerState>> = HashMap::new();
         let policy = self.ledger.policy();
-        let hash_key = self.ledger.hash_key(&consumer.id);
+        let keys = envelope::ConsumerKeys::of(&self.ledger, consumer);
         let mut messages = Vec::new();
         let mut erasures = Vec::new();
         for read in reads {
@@ -144,6 +149,7 @@ impl Planner {
                 erasures.push(Erased {
                     customer_id: event.customer_id,
                     position: event.global_position,
+                    aliases: self.aliases(event.customer_id).await?,
                 });
             }
             let relation = relations.get(&event.customer_id).copied();
@@ -168,13 +174,7 @@ impl Planner {
                 .or_else(|| changed.get(&event.customer_id).copied());
             for outgoing in &decision.messages {
                 messages.push(Planned {
-                    message: envelope::message(
-                        &self.source,
-                        consumer,
-                        &hash_key,
-                        &event,
-                        outgoing,
-                    )?,
+                    message: envelope::message(&self.source, consumer, &keys, &event, outgoing)?,
                     relation,
                 });
             }
@@ -184,6 +184,18 @@ impl Planner {
             last_position: Some(last_position),
             erasures,
         })
+    }
+
+    /// Every pseudonymous consumer's alias of `customer`.
+    async fn aliases(&self, customer: CustomerId) -> Result<Vec<(ConsumerId, Uuid)>, RelayError> {
+        Ok(self
+            .deliveries
+            .consumers()
+            .await?
+            .iter()
+            .filter(|c| c.pseudonymous)
+            .map(|c| (c.id.clone(), self.ledger.customer_names(c).show(customer)))
+            .collect())
     }
 
     /// A page of the log; if some event in it cannot be read, the page is read one event at a
@@ -305,6 +317,7 @@ impl Planner {
         now: DateTime<Utc>,
     ) -> Result<Vec<Planned>, RelayError> {
         let mut notices = Vec::new();
+        let names = self.ledger.customer_names(consumer);
         let mut after = None;
         loop {
             let page = self
@@ -330,7 +343,8 @@ impl Planner {
                     position,
                     time,
                 };
-                let message = envelope::sweep_notice(&self.source, consumer, &sweep, &basis)?;
+                let message =
+                    envelope::sweep_notice(&self.source, consumer, &names, &sweep, &basis)?;
                 notices.push(Planned {
                     message,
                     relation: Some(Relation::Withdrawn),

@@ -230,6 +230,9 @@ pub struct Consumer {
     pub purposes: Vec<Purpose>,
     /// How long a change may stay unacknowledged before reconciliation reports it.
     pub sla_secs: u64,
+    /// It is shown its own aliases of customers, never their ids
+    /// (`idledger_domain::alias`).
+    pub pseudonymous: bool,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
 }
@@ -287,6 +290,7 @@ pub struct NewConsumer {
     pub purposes: Vec<Purpose>,
     pub start: StartAt,
     pub sla_secs: u64,
+    pub pseudonymous: bool,
 }
 
 impl NewConsumer {
@@ -300,6 +304,12 @@ impl NewConsumer {
         }
         self.sla_secs = sla_secs;
         Ok(self)
+    }
+
+    /// Shown its own aliases of customers instead of their ids.
+    pub fn pseudonymous(mut self) -> Self {
+        self.pseudonymous = true;
+        self
     }
 
     /// Checks that it receives something and processes it for some purpose; drops duplicates
@@ -332,6 +342,7 @@ impl NewConsumer {
             purposes,
             start,
             sla_secs: DEFAULT_SLA_SECS,
+            pseudonymous: false,
         })
     }
 }

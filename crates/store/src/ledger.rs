@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
+use idledger_domain::alias::{AliasRoot, CustomerNames};
 use idledger_domain::challenge::{ChallengeKey, ChallengeSecret};
 use idledger_domain::command::{Command, Context, Principal};
 use idledger_domain::decide::{
@@ -28,6 +29,7 @@ use uuid::Uuid;
 
 use crate::chain::{GENESIS, event_hash};
 use crate::crypto::{DataKey, MasterKey};
+use crate::delivery::Consumer;
 use crate::error::{ExecuteError, StoreError};
 use crate::key_cache::KeyCache;
 use crate::log::EventLog;
@@ -146,6 +148,7 @@ pub struct Ledger {
     master: Arc<MasterKey>,
     challenge_key: Arc<ChallengeKey>,
     hash_root: Arc<HashRoot>,
+    alias_root: Arc<AliasRoot>,
     request_key: Arc<[u8; 32]>,
     policy: Arc<Policy>,
     writer: mpsc::Sender<WriteJob>,
@@ -163,6 +166,7 @@ impl Ledger {
             log,
             challenge_key: Arc::new(ChallengeKey::new(master.derive("challenge secrets"))),
             hash_root: Arc::new(HashRoot::new(master.derive("value hashes"))),
+            alias_root: Arc::new(AliasRoot::new(master.derive("customer aliases"))),
             request_key: Arc::new(master.derive("request hashes")),
             master: Arc::new(master),
             policy: Arc::new(policy),
@@ -184,6 +188,15 @@ impl Ledger {
     /// The key `consumer`'s value hashes are computed under (see `idledger_domain::hashing`).
     pub fn hash_key(&self, consumer: &ConsumerId) -> HashKey {
         self.hash_root.for_consumer(consumer)
+    }
+
+    /// How `consumer` names customers: their ids, or its own aliases of them.
+    pub fn customer_names(&self, consumer: &Consumer) -> CustomerNames {
+        if consumer.pseudonymous {
+            CustomerNames::Aliases(Box::new(self.alias_root.for_consumer(&consumer.id)))
+        } else {
+            CustomerNames::Ids
+        }
     }
 
     /// The database this ledger writes to, for the other areas (deliveries, runs, tokens).

@@ -440,6 +440,23 @@ pub fn drop_examples(report: &mut serde_json::Value, erased: impl Fn(&str) -> bo
     dropped
 }
 
+/// Renames the customers of a report's examples (`rename` gives the new name, or `None` to
+/// keep one): for a consumer that must see its own names of customers.
+pub fn rename_example_customers(
+    report: &mut serde_json::Value,
+    rename: impl Fn(&str) -> Option<String>,
+) {
+    for example in example_lists(report).flatten() {
+        let renamed = example
+            .get("customer_id")
+            .and_then(serde_json::Value::as_str)
+            .and_then(&rename);
+        if let Some(name) = renamed {
+            example["customer_id"] = serde_json::Value::String(name);
+        }
+    }
+}
+
 fn example_lists(
     report: &mut serde_json::Value,
 ) -> impl Iterator<Item = &mut Vec<serde_json::Value>> {

@@ -204,6 +204,13 @@ impl From<u64> for Arg {
     }
 }
 
+impl From<bool> for Arg {
+    /// Flags: stored as an integer, 0 or 1, on both engines.
+    fn from(v: bool) -> Self {
+        Arg::Int4(Some(i32::from(v)))
+    }
+}
+
 impl From<u32> for Arg {
     fn from(v: u32) -> Self {
         Arg::Int(Some(i64::from(v)))
@@ -492,6 +499,16 @@ macro_rules! column_as_is {
 }
 
 column_as_is!(String, i64, i32, Uuid, Vec<u8>);
+
+impl Column for bool {
+    /// Flags are stored as an integer, 0 or 1 (see `From<bool> for Arg`).
+    fn from_pg(row: &PgRow, name: &str) -> Result<Self, sqlx::Error> {
+        i32::from_pg(row, name).map(|v| v != 0)
+    }
+    fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, sqlx::Error> {
+        i32::from_sqlite(row, name).map(|v| v != 0)
+    }
+}
 
 impl Column for DateTime<Utc> {
     fn from_pg(row: &PgRow, name: &str) -> Result<Self, sqlx::Error> {

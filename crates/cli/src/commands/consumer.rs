@@ -75,6 +75,10 @@ pub struct AddArgs {
     /// undelivered or stale (at most 30 days).
     #[arg(long, value_name = "SECS", default_value_t = idledger_store::delivery::DEFAULT_SLA_SECS)]
     pub sla_secs: u64,
+    /// Show it its own stable alias of each customer instead of the customer's id (subjects,
+    /// envelopes, the feed); its acks and snapshots name customers by alias.
+    #[arg(long)]
+    pub pseudonymous: bool,
     /// Print the consumer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -197,7 +201,7 @@ async fn add(
         _ => None,
     };
     let channel = Channel::new(args.channel, webhook)?;
-    let new = NewConsumer::new(
+    let mut new = NewConsumer::new(
         args.id.clone(),
         channel,
         args.fields.clone(),
@@ -205,6 +209,9 @@ async fn add(
         args.start_at,
     )?
     .with_sla(args.sla_secs)?;
+    if args.pseudonymous {
+        new = new.pseudonymous();
+    }
     let consumer = match deliveries.register_consumer(new, Utc::now()).await {
         Ok(consumer) => consumer,
         Err(RegisterError::Exists(id)) => {
@@ -342,6 +349,9 @@ fn describe(
     kv(out, "fields", &view.fields.join(", "))?;
     kv(out, "purposes", &view.purposes.join(", "))?;
     kv(out, "ack SLA", &format!("{} s", view.sla_secs))?;
+    if view.pseudonymous {
+        kv(out, "customers", "by its own aliases, never their ids")?;
+    }
     if let Some(url) = &view.webhook_url {
         kv(out, "endpoint", url)?;
         kv(out, "secret", "stored (never shown)")?;

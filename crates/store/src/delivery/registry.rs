@@ -11,7 +11,7 @@ use crate::log;
 use crate::model::truncate_to_micros;
 use crate::sql::{Row, sql};
 
-const CONSUMER_COLUMNS: &str = "consumer_id, channel, webhook_url, webhook_secret, fields, purposes, sla_secs, created_at, disabled_at";
+const CONSUMER_COLUMNS: &str = "consumer_id, channel, webhook_url, webhook_secret, fields, purposes, sla_secs, pseudonymous, created_at, disabled_at";
 
 impl Deliveries {
     /// Registers a consumer; its checkpoint starts at 0 or at the log's current head.
@@ -30,6 +30,7 @@ impl Deliveries {
             fields: new.fields,
             purposes: new.purposes,
             sla_secs: new.sla_secs,
+            pseudonymous: new.pseudonymous,
             created_at: truncate_to_micros(now),
             disabled_at: None,
         };
@@ -39,8 +40,8 @@ impl Deliveries {
         };
         let mut tx = self.db.begin().await?;
         let inserted = sql(
-            "INSERT INTO consumers (consumer_id, channel, webhook_url, webhook_secret, fields, purposes, created_at, sla_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (consumer_id) DO NOTHING",
+            "INSERT INTO consumers (consumer_id, channel, webhook_url, webhook_secret, fields, purposes, created_at, sla_secs, pseudonymous) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (consumer_id) DO NOTHING",
         )
         .bind(consumer.id.as_str())
         .bind(consumer.channel.kind().as_str())
@@ -50,6 +51,7 @@ impl Deliveries {
         .bind(serde_json::to_string(&consumer.purposes).map_err(StoreError::from)?)
         .bind(consumer.created_at)
         .bind(consumer.sla_secs)
+        .bind(consumer.pseudonymous)
         .execute(&mut tx)
         .await?;
         if inserted == 0 {
@@ -135,6 +137,7 @@ fn consumer(row: &Row) -> Result<Consumer, StoreError> {
         fields: serde_json::from_str(&row.try_get::<String>("fields")?)?,
         purposes: serde_json::from_str(&row.try_get::<String>("purposes")?)?,
         sla_secs: row.get_u64("sla_secs")?,
+        pseudonymous: row.try_get("pseudonymous")?,
         created_at: row.try_get("created_at")?,
         disabled_at: row.try_get("disabled_at")?,
     })
