@@ -48,12 +48,16 @@ pub async fn open_ledger(settings: &Settings, key_use: KeyUse) -> anyhow::Result
         // The ledger wants a key; this one never unwraps anything.
         KeyUse::NotNeeded => MasterKey::generate(),
     };
-    Ok(Ledger::new(
-        &store,
-        master,
-        policy,
-        LedgerOptions::default(),
-    ))
+    let ledger = Ledger::new(&store, master, policy, LedgerOptions::default());
+    if key_use == KeyUse::Required {
+        // Rewrites a new version needs that only the key makes possible (e.g. keying value
+        // hashes): once, by the first command that has the key.
+        ledger
+            .run_pending_upgrades()
+            .await
+            .context("cannot upgrade the stored data to this version")?;
+    }
+    Ok(ledger)
 }
 
 fn check_key_source(settings: &Settings) -> anyhow::Result<()> {

@@ -26,6 +26,7 @@ pub mod runs;
 pub mod sql;
 mod store;
 pub mod tokens;
+mod upgrade;
 
 pub use crypto::MasterKey;
 pub use delivery::Deliveries;

@@ -94,6 +94,10 @@ impl Store {
         EventLog::new(self.db.clone())
     }
 
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// API tokens.
     pub fn tokens(&self) -> Tokens {
         Tokens::new(self.db.clone())

@@ -37,6 +37,7 @@ use serde_json::json;
 use support::*;
 
 on_both_engines!(
+    unkeyed_value_hashes_are_rekeyed_once_the_key_is_there,
     consumers_register_list_and_disable,
     a_checkpoint_never_goes_back,
     the_last_relation_of_a_commit_wins,
@@ -824,6 +825,93 @@ async fn the_customer_page_lists_unerased_records_in_id_order(engine: Engine) {
 }
 
 // ---- consumer state ----
+
+/// A store written before hashes were keyed: its consumer state and evidence hold plain
+/// SHA-256s, and migration 0016 left the upgrade pending.
+async fn unkeyed_value_hashes_are_rekeyed_once_the_key_is_there(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let deliveries = &store.deliveries;
+    nats_consumer(deliveries, "crm").await;
+    let crm = consumer_id("crm");
+    let (c, event) = customer_with_email(&store.ledger).await;
+    let key = store.ledger.hash_key(&crm);
+    let email =
+        idledger_domain::FieldValue::parse(&field("email"), &json!("ada@example.org")).unwrap();
+    let keyed = key.value(&email).to_string();
+    deliveries
+        .record_ack(&store.ledger, &applied("crm", c, event, &keyed))
+        .await
+        .unwrap();
+    let exception = deliveries
+        .open_exception(&new_exception(
+            "crm",
+            c,
+            Some("email"),
+            ExceptionKind::Divergent,
+        ))
+        .await
+        .unwrap();
+    let plain = |text: &str| {
+        use sha2::Digest as _;
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        )
+    };
+    let held = plain("\"ada@example.org\"");
+    let other = plain("\"eve@example.org\"");
+    store
+        .db
+        .exec(&format!("UPDATE consumer_state SET value_hash = '{held}'"))
+        .await;
+    store
+        .db
+        .exec(&format!(
+            "UPDATE sync_exceptions SET detail = '{{\"record\":{{\"value_hash\":\"{held}\"}},\"consumer\":{{\"value_hash\":\"{other}\"}}}}'"
+        ))
+        .await;
+    store
+        .db
+        .exec("INSERT INTO pending_upgrades (name) VALUES ('keyed_value_hashes')")
+        .await;
+
+    assert_eq!(
+        store.ledger.run_pending_upgrades().await.unwrap(),
+        ["keyed_value_hashes"]
+    );
+    // The consumer's hash of the record's value is now that value's keyed hash: still in sync.
+    let state = deliveries.consumer_state(&crm, Some(c)).await.unwrap();
+    assert_eq!(state[0].value_hash.as_deref(), Some(keyed.as_str()));
+    // Evidence keeps its shape, equal stays equal, and nothing unkeyed is left.
+    let detail = deliveries
+        .exception(exception.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .detail;
+    let text = detail.to_string();
+    assert!(
+        !text.replace("hmac-sha256:", "").contains("sha256:"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&held[7..]) && !text.contains(&other[7..]),
+        "{text}"
+    );
+    let record = detail["record"]["value_hash"].as_str().unwrap();
+    let consumer = detail["consumer"]["value_hash"].as_str().unwrap();
+    assert!(record.starts_with("hmac-sha256:") && consumer.starts_with("hmac-sha256:"));
+    assert_ne!(record, consumer);
+    // Done once: nothing is pending any more.
+    assert!(
+        store
+            .ledger
+            .run_pending_upgrades()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
 
 fn applied(consumer: &str, customer: CustomerId, event: EventId, hash: &str) -> Ack {
     Ack {
