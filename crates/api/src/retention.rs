@@ -33,6 +33,7 @@ pub struct RetentionReportView {
     pub consents_expired: u64,
     pub handoffs_deleted: u64,
     pub idempotency_records_deleted: u64,
+    pub disclosures_deleted: u64,
     pub runs_deleted: u64,
     pub findings_deleted: u64,
 }
@@ -48,6 +49,7 @@ impl From<RetentionReport> for RetentionReportView {
             consents_expired: r.consents_expired,
             handoffs_deleted: r.handoffs_deleted,
             idempotency_records_deleted: r.idempotency_records_deleted,
+            disclosures_deleted: r.disclosures_deleted,
             runs_deleted: r.runs_deleted,
             findings_deleted: r.findings_deleted,
         }

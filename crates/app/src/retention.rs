@@ -33,6 +33,7 @@ pub struct RetentionReport {
     pub consents_expired: u64,
     pub handoffs_deleted: u64,
     pub idempotency_records_deleted: u64,
+    pub disclosures_deleted: u64,
     pub runs_deleted: u64,
     pub findings_deleted: u64,
 }
@@ -79,6 +80,14 @@ impl App {
             report.idempotency_records_deleted =
                 self.ledger.expire_idempotency(before, dry_run).await?;
         }
+        if let Some(before) = cutoff(now, policy.disclosure_retention()) {
+            report.disclosures_deleted = self
+                .ledger
+                .store()
+                .disclosures()
+                .expire_disclosures(before, dry_run)
+                .await?;
+        }
         if let Some(before) = cutoff(now, policy.run_report_retention()) {
             let runs = self.runs.expire_runs(before, dry_run).await?;
             report.runs_deleted = runs.runs;
@@ -89,6 +98,7 @@ impl App {
             consents = report.consents_expired,
             handoffs = report.handoffs_deleted,
             idempotency = report.idempotency_records_deleted,
+            disclosures = report.disclosures_deleted,
             runs = report.runs_deleted,
             "retention run done"
         );

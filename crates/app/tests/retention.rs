@@ -31,7 +31,7 @@ fn retention_policy() -> Policy {
         )
         .replace(
             "[consent_max_age_days]",
-            "[consent_retention_days]\nmarketing = 1095\n\n[retention]\nhandoffs_days = 30\nidempotency_days = 30\nrun_reports_days = 30\n\n[consent_max_age_days]",
+            "[consent_retention_days]\nmarketing = 1095\n\n[retention]\nhandoffs_days = 30\nidempotency_days = 30\nrun_reports_days = 30\ndisclosures_days = 30\n\n[consent_max_age_days]",
         );
     Policy::from_toml(&text).unwrap()
 }
@@ -105,6 +105,7 @@ on_both_engines!(
     old_handoffs_are_deleted_and_younger_ones_kept,
     old_idempotency_records_are_deleted_and_younger_ones_kept,
     old_ended_runs_are_deleted_with_their_findings,
+    old_disclosures_are_deleted_and_younger_ones_kept,
     racing_runs_and_commands_expire_a_value_once,
 );
 
@@ -330,6 +331,49 @@ fn finding(customer: &CustomerId) -> Finding {
         kind: "undelivered".to_owned(),
         detail: json!({}),
     }
+}
+
+async fn old_disclosures_are_deleted_and_younger_ones_kept(engine: Engine) {
+    use idledger_store::disclosures::{Disclosure, DisclosureFilter, Recipient};
+    let s = scene(engine).await;
+    let log = s.store.ledger.store().disclosures();
+    for at in [
+        s.start,
+        s.start + Duration::days(1),
+        s.start + Duration::days(10),
+    ] {
+        log.record(&Disclosure {
+            customer_id: s.customer,
+            recipient: Recipient::Source(idledger_domain::ids::SourceId::parse("crm").unwrap()),
+            token_id: None,
+            fields: vec![idledger_domain::FieldPath::parse("email").unwrap()],
+            disclosed_at: at,
+        })
+        .await
+        .unwrap();
+    }
+    let listed = async || {
+        log.list(&DisclosureFilter::Customer(s.customer), None, 100)
+            .await
+            .unwrap()
+            .items
+    };
+    let before = listed().await.len();
+    let dry = s
+        .app
+        .retention_run(s.start + Duration::days(32), true, no_progress())
+        .await
+        .unwrap();
+    assert_eq!(dry.disclosures_deleted, 2);
+    assert_eq!(listed().await.len(), before, "a dry run deletes nothing");
+    let report = run(&s, s.start + Duration::days(32)).await;
+    assert_eq!(report.disclosures_deleted, 2);
+    let left = listed().await;
+    assert_eq!(left.len(), before - 2);
+    assert!(
+        left.iter()
+            .all(|d| d.disclosed_at > s.start + Duration::days(2))
+    );
 }
 
 async fn old_handoffs_are_deleted_and_younger_ones_kept(engine: Engine) {

@@ -125,6 +125,8 @@ struct RetentionDocument {
     idempotency_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run_reports_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disclosures_days: Option<u32>,
 }
 
 impl RetentionDocument {
@@ -285,6 +287,7 @@ impl Policy {
                 ("retention.handoffs_days".to_owned(), r.handoffs_days),
                 ("retention.idempotency_days".to_owned(), r.idempotency_days),
                 ("retention.run_reports_days".to_owned(), r.run_reports_days),
+                ("retention.disclosures_days".to_owned(), r.disclosures_days),
             ])
             .find(|(_, days)| *days == Some(0));
         if let Some((name, _)) = zero {
@@ -368,6 +371,11 @@ impl Policy {
     /// How long idempotency records (a command's first result, for retries) are kept.
     pub fn idempotency_retention(&self) -> Option<chrono::Duration> {
         days(self.doc.retention.idempotency_days)
+    }
+
+    /// How long the disclosure log (which source read which fields of whom) is kept.
+    pub fn disclosure_retention(&self) -> Option<chrono::Duration> {
+        days(self.doc.retention.disclosures_days)
     }
 
     /// How long reconciliation runs, their reports and findings are kept.

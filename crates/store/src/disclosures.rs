@@ -66,6 +66,21 @@ impl Disclosures {
 
     /// Logs one disclosure. Called before the answer leaves: what cannot be logged is not
     /// answered.
+    /// Deletes (or, for a dry run, counts) the disclosures logged before `before`.
+    pub async fn expire_disclosures(
+        &self,
+        before: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        crate::sql::count_or_delete(
+            &self.db,
+            dry_run,
+            "disclosures WHERE disclosed_at < $1",
+            [crate::sql::Arg::from(before)],
+        )
+        .await
+    }
+
     pub async fn record(&self, disclosure: &Disclosure) -> Result<(), StoreError> {
         let fields: Vec<String> = disclosure.fields.iter().map(ToString::to_string).collect();
         let (kind, source) = match &disclosure.recipient {

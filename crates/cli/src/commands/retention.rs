@@ -59,7 +59,7 @@ fn summary(r: &RetentionReport) -> String {
         ("expired", "deleted")
     };
     format!(
-        "retention{} at {}\n  customers read: {}\n  {expired}: {} values, {} consent records ({} customers)\n  {deleted}: {} handoffs, {} idempotency records, {} reconciliation runs ({} findings)\n",
+        "retention{} at {}\n  customers read: {}\n  {expired}: {} values, {} consent records ({} customers)\n  {deleted}: {} handoffs, {} idempotency records, {} disclosures, {} reconciliation runs ({} findings)\n",
         if r.dry_run { " (dry run)" } else { "" },
         r.now.to_rfc3339(),
         r.customers,
@@ -68,6 +68,7 @@ fn summary(r: &RetentionReport) -> String {
         r.customers_expired,
         r.handoffs_deleted,
         r.idempotency_records_deleted,
+        r.disclosures_deleted,
         r.runs_deleted,
         r.findings_deleted,
     )
