@@ -294,6 +294,7 @@ pub struct FeedQuery {
     pub after: Option<u64>,
     /// Most log events one page examines (1..=1000, default 100). Most events carry nothing
     /// for a given consumer, so a page may hold fewer messages, or none, and still move on.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -693,6 +694,7 @@ pub struct HandoffQuery {
     /// The previous page's `next_after` (a handoff `seq`). Default: from the first.
     pub after: Option<u64>,
     /// Rows per page (1..=1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

@@ -60,6 +60,8 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, toke
         wire::CommandRequest,
         wire::ChangeBody,
         wire::ProvenanceDoc,
+        wire::ActorDoc,
+        wire::ActorKindDoc,
         wire::NoticeDoc,
         wire::ErasureRequest,
         retention::RetentionRequest,
@@ -180,6 +182,11 @@ impl Modify for CommonProblems {
                     .iter()
                     .flatten()
                     .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                let has_path = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Path));
                 let has_body = op.request_body.is_some();
                 let responses = &mut op.responses.responses;
                 let mut add = |code: &str, description: &str| {
@@ -201,6 +208,12 @@ impl Modify for CommonProblems {
                 );
                 if has_query {
                     add("400", "invalid_query");
+                }
+                if has_path {
+                    add(
+                        "400",
+                        "invalid_id, invalid_path: a path segment that does not parse",
+                    );
                 }
                 if has_body {
                     add("400", "malformed_json, unreadable_body");

@@ -69,8 +69,8 @@ fn limit_of(params: &HashMap<String, String>, default: u32) -> Result<u32, ApiEr
         ("consumer" = Option<String>, Query), ("customer" = Option<String>, Query),
         ("kind" = Option<String>, Query), ("field" = Option<String>, Query),
         ("status" = Option<String>, Query), ("older_than" = Option<String>, Query),
-        ("older_than_secs" = Option<i64>, Query),
-        ("after" = Option<String>, Query), ("limit" = Option<u32>, Query),
+        ("older_than_secs" = Option<i64>, Query, minimum = 0, maximum = 315_360_000),
+        ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
     ),
     responses(
         (status = 200, body = ExceptionPageView),
@@ -113,7 +113,7 @@ fn id_param(params: &HashMap<String, String>, name: &str, what: &str) -> Result<
 /// One sync exception with its evidence and lifecycle (roles `steward`, `auditor`, `admin`).
 #[utoipa::path(
     get, path = "/v1/exceptions/{exception_id}", tag = "stewardship",
-    params(("exception_id" = String, Path)),
+    params(("exception_id" = uuid::Uuid, Path)),
     responses(
         (status = 200, body = ExceptionView),
         (status = 404, description = "unknown_exception", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -140,7 +140,7 @@ pub async fn get_exception(
 /// it with a reason. Every action is an event in the field's history.
 #[utoipa::path(
     post, path = "/v1/exceptions/{exception_id}/actions", tag = "stewardship",
-    params(("exception_id" = String, Path)),
+    params(("exception_id" = uuid::Uuid, Path)),
     request_body = ActionRequest,
     responses(
         (status = 200, body = ActionResult),
@@ -377,7 +377,7 @@ pub struct RunPage {
 /// Recent reconciliation runs, newest first (roles `steward`, `auditor`, `admin`).
 #[utoipa::path(
     get, path = "/v1/reconciliations", tag = "stewardship",
-    params(("limit" = Option<u32>, Query)),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
     responses((status = 200, body = RunPage)),
     security(("bearer" = []))
 )]
@@ -402,7 +402,7 @@ pub async fn list_reconciliations(
 /// `?format=text`) gives the readable summary instead.
 #[utoipa::path(
     get, path = "/v1/reconciliations/{run_id}", tag = "stewardship",
-    params(("run_id" = String, Path), ("format" = Option<String>, Query, description = "`text` for the readable summary")),
+    params(("run_id" = uuid::Uuid, Path), ("format" = Option<String>, Query, description = "`text` for the readable summary")),
     responses(
         (status = 200, body = RunView),
         (status = 404, description = "unknown_run", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -454,8 +454,11 @@ pub struct FindingPage {
 /// `admin`); paging with `after` (a `seq`) and `limit`.
 #[utoipa::path(
     get, path = "/v1/reconciliations/{run_id}/findings", tag = "stewardship",
-    params(("run_id" = String, Path), ("after" = Option<u64>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, body = FindingPage)),
+    params(("run_id" = uuid::Uuid, Path), ("after" = Option<u64>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
+    responses(
+        (status = 200, body = FindingPage),
+        (status = 404, description = "unknown_run", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
     security(("bearer" = []))
 )]
 pub async fn list_findings(

@@ -375,6 +375,7 @@ pub struct DisclosureQuery {
     /// The previous page's `next_after` (a disclosure `seq`). Default: from the first.
     pub after: Option<u64>,
     /// Rows per page (1..=1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

@@ -125,7 +125,7 @@ pub struct ErasureRequest {
     /// quote the record.
     pub reason: String,
     /// Who asked for it: `{"kind": "agent", "id": "dpo@example.org"}`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = ActorDoc)]
     pub actor: idledger_domain::ids::Actor,
 }
 
@@ -138,7 +138,7 @@ pub struct RestrictionRequest {
     /// Why (e.g. the ticket of the data subject's request; 1 to 1000 characters).
     pub reason: String,
     /// Who decided it: `{"kind": "agent", "id": "dpo@example.org"}`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = ActorDoc)]
     pub actor: idledger_domain::ids::Actor,
 }
 
@@ -219,9 +219,8 @@ pub struct AckDoc {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct ProvenanceDoc {
-    /// Who acted: `{"kind": "subject" | "agent" | "system" | "steward", "id": "…"}`.
-    #[schema(value_type = Object)]
-    actor: (),
+    /// Who acted.
+    actor: ActorDoc,
     /// `{"relationship": "guardian" | "delegate", "id": "…"}` when acting for the customer.
     #[schema(value_type = Option<Object>)]
     on_behalf_of: Option<()>,
@@ -234,6 +233,32 @@ pub struct ProvenanceDoc {
     /// The event this command reacts to (echoes of our own deliveries are recognised).
     causation_id: Option<uuid::Uuid>,
     reason: Option<String>,
+}
+
+/// Who acted (documentation shape of the domain's `Actor`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ActorDoc {
+    kind: ActorKindDoc,
+    /// The party's id in its source system: 1 to 256 characters once trimmed, no control or
+    /// bidirectional formatting characters.
+    #[schema(min_length = 1, max_length = 256)]
+    id: String,
+}
+
+/// What kind of party acted.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ActorKindDoc {
+    /// The customer the record is about (only through a subject-facing source).
+    Subject,
+    /// A person working in a source system.
+    Agent,
+    /// An automated process of a source system.
+    System,
+    /// A data steward (only with a steward's token).
+    Steward,
 }
 
 /// The privacy notice a consent was given against.

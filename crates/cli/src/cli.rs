@@ -111,7 +111,7 @@ pub enum Command {
     /// with the record; open sync exceptions for what differs and print the run's report.
     Reconcile(crate::commands::reconcile::ReconcileArgs),
     /// Apply the policy's retention: expire values and consent records kept too long and
-    /// delete old handoffs, idempotency records and reconciliation runs.
+    /// delete old handoffs, idempotency records, disclosures and reconciliation runs.
     #[command(subcommand)]
     Retention(crate::commands::retention::RetentionCommand),
     /// Measure command throughput, commit-to-consumer latency, rebuild and read speed, each
