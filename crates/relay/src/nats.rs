@@ -42,7 +42,10 @@ pub async fn connect(config: &NatsConfig) -> Result<jetstream::Context, RelayErr
         })
         .connect(config.url.as_str())
         .await
-        .map_err(|e| RelayError::Config(format!("NATS URL {}: {e}", config.url)))?;
+        .map_err(|e| {
+            let url = idledger_store::redact_url(&config.url);
+            RelayError::Config(format!("NATS URL {url}: {e}"))
+        })?;
     Ok(jetstream::ContextBuilder::new()
         .timeout(config.publish_timeout)
         .build(client))

@@ -41,3 +41,41 @@ pub use store::Store;
 pub use tokens::{
     IssuedToken, OpenedSession, Role, Scope, Session, SessionLimits, TokenRecord, Tokens,
 };
+
+/// Replaces the password of `scheme://user:password@host/…` and any `password=` query
+/// parameter with `***`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    // The userinfo ends at the last '@' before any query: a password may hold '/' or '@'.
+    let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = match rest[..query_start].rfind('@') {
+        Some(at) => {
+            let (userinfo, host_and_path) = (&rest[..at], &rest[at + 1..]);
+            let userinfo = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => userinfo.to_owned(),
+            };
+            (format!("{userinfo}@"), host_and_path)
+        }
+        None => (String::new(), rest),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}

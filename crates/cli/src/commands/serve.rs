@@ -182,7 +182,7 @@ pub async fn run(
                 Some(nats) => writeln!(
                     out,
                     "  relay     NATS JetStream {} (stream {}), webhooks",
-                    redact(&nats.url),
+                    idledger_store::redact_url(&nats.url),
                     nats.stream.name
                 )?,
                 None => writeln!(out, "  relay     webhooks (no NATS configured)")?,
@@ -359,20 +359,6 @@ fn relay_config(settings: &Settings, args: &ServeArgs) -> Option<RelayConfig> {
             nats
         });
     Some(config)
-}
-
-/// A URL with any password replaced.
-fn redact(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| {
-        rest.split_once('@')
-            .map(|(creds, host)| (scheme, creds, host))
-    }) {
-        Some((scheme, creds, host)) if creds.contains(':') => {
-            let user = creds.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what service managers send).
