@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::delivery::Deliveries;
@@ -43,6 +43,10 @@ impl Store {
     }
 
     /// Connects to PostgreSQL with a pool of at most `max_connections`, and migrates.
+    ///
+    /// The URL goes to sqlx whole, so libpq's TLS parameters apply: `sslmode` (`disable`,
+    /// `prefer` (the default, or `PGSSLMODE`), `require`, `verify-ca`, `verify-full`),
+    /// `sslrootcert`, and `sslcert`/`sslkey` for a client certificate.
     pub async fn postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
@@ -52,8 +56,9 @@ impl Store {
             // While PostgreSQL is down a request waits this long for a connection before it
             // is answered 503: short, so callers learn it at once and retry elsewhere/later.
             .acquire_timeout(PG_ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| first_connection_error(&options, e))?;
         Self::migrated(Db::Postgres(pool)).await
     }
 
@@ -116,5 +121,79 @@ impl Store {
     /// Reconciliation runs, findings and staged snapshots.
     pub fn runs(&self) -> Runs {
         Runs::new(self.db.clone())
+    }
+}
+
+/// Why the first connection to PostgreSQL failed. A TLS failure there is the URL's `sslmode`
+/// and the server disagreeing (or a certificate file missing): a configuration error, said
+/// with the database it was for (never the password) and what the URL demanded. Other
+/// failures keep their kind (an unreachable server stays "unavailable").
+fn first_connection_error(options: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    let mode = ssl_mode_name(options.get_ssl_mode());
+    let uses_tls = !matches!(
+        options.get_ssl_mode(),
+        PgSslMode::Disable | PgSslMode::Allow
+    );
+    let target = format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("")
+    );
+    match e {
+        // sqlx's own words for a server that answered "no" to TLS; the TLS test holds us to
+        // them.
+        sqlx::Error::Tls(reason) if reason.to_string().contains("does not support TLS") => {
+            StoreError::Config(format!(
+                "cannot connect to PostgreSQL {target}: TLS was required (sslmode={mode}) but \
+                 the server does not offer it; enable ssl on the server, or lower sslmode"
+            ))
+        }
+        sqlx::Error::Tls(reason) => handshake_failed(&target, mode, &reason.to_string()),
+        // rustls's refusals (a certificate that does not verify) reach us as I/O errors.
+        sqlx::Error::Io(io)
+            if uses_tls
+                && io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            handshake_failed(&target, mode, &io.to_string())
+        }
+        // Reading sslrootcert, sslcert or sslkey: a network failure is never "not found".
+        sqlx::Error::Io(io)
+            if uses_tls
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+        {
+            StoreError::Config(format!(
+                "cannot connect to PostgreSQL {target} over TLS (sslmode={mode}): cannot read \
+                 a certificate or key file the URL names (sslrootcert, sslcert, sslkey): {io}"
+            ))
+        }
+        other => StoreError::Database(other),
+    }
+}
+
+fn handshake_failed(target: &str, mode: &str, reason: &str) -> StoreError {
+    StoreError::Config(format!(
+        "cannot connect to PostgreSQL {target} over TLS (sslmode={mode}): the TLS handshake \
+         failed: {reason}; with verify-ca or verify-full the server's certificate must be \
+         signed by the CA in sslrootcert (or a public CA), and with verify-full it must name \
+         the host"
+    ))
+}
+
+/// The URL's spelling of an sslmode.
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
     }
 }

@@ -6,7 +6,8 @@
 //!   silently.
 //! - [`on_both_engines!`]: the one way to run a test body on both engines.
 //! - [`TestStore`]: a ledger and the delivery bookkeeping over a fresh database.
-//! - [`PrivatePostgres`]: a PostgreSQL server of the test's own, to stop and start (outages).
+//! - [`PrivatePostgres`]: a PostgreSQL server of the test's own, to stop and start (outages), or
+//!   with TLS on and a CA of its own.
 //! - [`builders`]: principals, commands, changes, consents, consumers… in their domain types.
 //!
 //! What only one crate's tests need (api's `TestApp`, relay's NATS and webhook fixtures) stays

@@ -1,7 +1,7 @@
 //! A PostgreSQL server of a test's own, on a free port, that the test may stop and start
-//! (outages, restarts) without touching the machine's shared server.
+//! (outages, restarts, TLS) without touching the machine's shared server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A throwaway PostgreSQL cluster in a temporary directory, stopped when dropped.
@@ -10,12 +10,32 @@ pub struct PrivatePostgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    tls: bool,
 }
+
+/// File names, in the cluster's directory, of the TLS material [`PrivatePostgres::start_tls`]
+/// makes.
+const SERVER_CERT: &str = "server.crt";
+const SERVER_KEY: &str = "server.key";
+const CA_CERT: &str = "ca.pem";
+const OTHER_CA_CERT: &str = "other-ca.pem";
 
 impl PrivatePostgres {
     /// Creates a cluster (`initdb`, trust authentication) and starts it. Fails the test with
     /// what is missing if PostgreSQL's server binaries are not installed.
     pub fn start() -> Self {
+        Self::create(false)
+    }
+
+    /// Like [`start`](Self::start), with TLS on (`ssl = on`): the server's certificate names
+    /// `localhost` only (not `127.0.0.1`, so a test can tell `verify-full` from `verify-ca`)
+    /// and is signed by a CA made for this server alone ([`ca_cert`](Self::ca_cert)). Clients
+    /// may still connect without TLS.
+    pub fn start_tls() -> Self {
+        Self::create(true)
+    }
+
+    fn create(tls: bool) -> Self {
         let bin = bindir();
         let dir = tempfile::Builder::new()
             .prefix("idledger-pg-")
@@ -31,6 +51,7 @@ impl PrivatePostgres {
             port: free_port(),
             bin,
             dir,
+            tls,
         };
         this.run(
             "initdb",
@@ -45,8 +66,57 @@ impl PrivatePostgres {
                 "--no-sync",
             ],
         );
+        if tls {
+            this.write_tls_material();
+        }
         this.start_server();
         this
+    }
+
+    /// The PEM certificate of the CA that signed this server's certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        assert!(
+            self.tls,
+            "ca_cert: this server was not started with start_tls"
+        );
+        self.dir.path().join(CA_CERT)
+    }
+
+    /// The PEM certificate of a CA that did not sign this server's certificate.
+    pub fn other_ca_cert(&self) -> PathBuf {
+        assert!(
+            self.tls,
+            "other_ca_cert: this server was not started with start_tls"
+        );
+        self.dir.path().join(OTHER_CA_CERT)
+    }
+
+    /// A CA, a server certificate it signs, and an unrelated CA, written beside the data.
+    fn write_tls_material(&self) {
+        let ca = certificate_authority("idledger test CA");
+        let other_ca = certificate_authority("idledger unrelated test CA");
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "idledger test server");
+        let server = params.signed_by(&server_key, &ca).unwrap();
+        let dir = self.dir.path();
+        self.write_private(&dir.join(SERVER_CERT), &server.pem());
+        // PostgreSQL refuses a key file others may read.
+        self.write_private(&dir.join(SERVER_KEY), &server_key.serialize_pem());
+        std::fs::write(dir.join(CA_CERT), ca.pem()).unwrap();
+        std::fs::write(dir.join(OTHER_CA_CERT), other_ca.pem()).unwrap();
+    }
+
+    /// Writes a file only the server's user may read.
+    fn write_private(&self, path: &Path, contents: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, contents).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(path, Some(postgres_uid()), None).unwrap();
+        }
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -61,11 +131,19 @@ impl PrivatePostgres {
 
     /// Starts the server again after [`stop`](Self::stop).
     pub fn start_server(&self) {
-        let options = format!(
+        let dir = self.dir.path();
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
-            self.dir.path().display()
+            dir.display()
         );
+        if self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                dir.join(SERVER_CERT).display(),
+                dir.join(SERVER_KEY).display()
+            ));
+        }
         let log = self.dir.path().join("server.log");
         self.pg_ctl(&["start", "-w", "-o", &options, "-l", log.to_str().unwrap()]);
     }
@@ -154,6 +232,21 @@ fn postgres_uid() -> u32 {
         .unwrap_or_else(|_| {
             panic!("running as root, this test needs the `postgres` user to run PostgreSQL as")
         })
+}
+
+/// A self-signed CA that can sign certificates.
+fn certificate_authority(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, key).unwrap()
 }
 
 fn free_port() -> u16 {
