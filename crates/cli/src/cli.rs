@@ -114,6 +114,9 @@ pub enum Command {
     /// delete old handoffs, idempotency records, disclosures and reconciliation runs.
     #[command(subcommand)]
     Retention(crate::commands::retention::RetentionCommand),
+    /// Manage the master key: re-wrap every data key under a new one.
+    #[command(subcommand)]
+    Keys(crate::commands::keys::KeysCommand),
     /// Measure command throughput, commit-to-consumer latency, rebuild and read speed, each
     /// as a ratio to a raw database baseline in the same run (needs PostgreSQL and NATS).
     Bench(crate::commands::bench::BenchArgs),

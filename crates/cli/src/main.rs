@@ -63,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Retention(command) => {
                 commands::retention::run(&settings, command, &mut out).await?
             }
+            Command::Keys(command) => commands::keys::run(&settings, command, &mut out).await?,
             Command::Bench(args) => commands::bench::run(&settings, args, &mut out).await?,
         };
         out.flush()?;

@@ -4,7 +4,7 @@ use std::io::{ErrorKind, Write as _};
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use idledger_store::{EventLog, Ledger, LedgerOptions, MasterKey, Store};
+use idledger_store::{EventLog, KeyEncryptionKey as _, Ledger, LedgerOptions, MasterKey, Store};
 use zeroize::Zeroizing;
 
 use crate::config::{KeySource, MASTER_KEY_ENV, Settings};
@@ -33,31 +33,51 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 /// Opens the database and starts a ledger on it with the configured policy and key.
 pub async fn open_ledger(settings: &Settings, key_use: KeyUse) -> anyhow::Result<Ledger> {
     let policy = settings.load_policy()?;
-    if key_use == KeyUse::Required {
-        // Before connecting: a missing key is a configuration error, whatever the server says.
-        check_key_source(settings)?;
+    if key_use == KeyUse::NotNeeded {
+        // The ledger wants a key; this one never unwraps anything (nor reads the stored root).
+        let store = open_store(settings).await?;
+        return Ok(Ledger::new(
+            &store,
+            MasterKey::generate(),
+            policy,
+            LedgerOptions::default(),
+        ));
     }
-    let store = open_store(settings).await?;
-    let master = match key_use {
-        KeyUse::Required => {
-            let log = store.log();
-            let key = master_key(settings, &log).await?;
-            check_key_matches(settings, &log, &key).await?;
-            key
-        }
-        // The ledger wants a key; this one never unwraps anything.
-        KeyUse::NotNeeded => MasterKey::generate(),
-    };
-    let ledger = Ledger::new(&store, master, policy, LedgerOptions::default());
-    if key_use == KeyUse::Required {
-        // Rewrites a new version needs that only the key makes possible (e.g. keying value
-        // hashes): once, by the first command that has the key.
-        ledger
-            .run_pending_upgrades()
-            .await
-            .context("cannot upgrade the stored data to this version")?;
-    }
+    let (store, master) = open_with_key(settings, Rewrap::Refused).await?;
+    let ledger = Ledger::open(&store, master, policy, LedgerOptions::default()).await?;
+    // Rewrites a new version needs that only the key makes possible (e.g. keying value
+    // hashes): once, by the first command that has the key.
+    ledger
+        .run_pending_upgrades()
+        .await
+        .context("cannot upgrade the stored data to this version")?;
     Ok(ledger)
+}
+
+/// Whether opening goes on while a rewrap of the keys is unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrap {
+    /// Only `idledger keys rewrap`, which finishes it.
+    Allowed,
+    Refused,
+}
+
+/// Opens the database with the configured master key, checked against the store's.
+pub async fn open_with_key(
+    settings: &Settings,
+    rewrap: Rewrap,
+) -> anyhow::Result<(Store, MasterKey)> {
+    // Before connecting: a missing key is a configuration error, whatever the server says.
+    check_key_source(settings)?;
+    let store = open_store(settings).await?;
+    if rewrap == Rewrap::Refused {
+        // Before the key check, which the new key would fail with a less helpful message.
+        store.keys().refuse_unfinished_rewrap().await?;
+    }
+    let log = store.log();
+    let key = master_key(settings, &log).await?;
+    check_key_matches(settings, &log, &key).await?;
+    Ok((store, key))
 }
 
 fn check_key_source(settings: &Settings) -> anyhow::Result<()> {
@@ -163,7 +183,7 @@ async fn check_key_matches(
     }
 }
 
-fn read_key_file(path: &Path) -> anyhow::Result<Option<MasterKey>> {
+pub fn read_key_file(path: &Path) -> anyhow::Result<Option<MasterKey>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => Zeroizing::new(text),
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),

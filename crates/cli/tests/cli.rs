@@ -1505,3 +1505,79 @@ fn tokens_expire_and_rotate_from_the_command_line() {
     .exit(1)
     .stderr_has(&["blank"]);
 }
+
+/// `keys rewrap` moves an embedded store to a new master key: interrupted, it leaves the store
+/// refusing to open until a second run finishes; then only the new key opens it and every
+/// record reads as before.
+#[test]
+fn keys_rewrap_moves_an_embedded_store_to_a_new_master_key() {
+    let dir = TempDir::new("keys-rewrap");
+    let (ada, _) = demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let old_key = dir.path().join("master.key");
+    let new_key = dir.path().join("new.key");
+    std::fs::write(&new_key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let new_key = new_key.to_str().unwrap();
+    let record = |key: &Path| {
+        idledger(
+            &dir,
+            &[
+                "--database",
+                &url,
+                "--master-key-file",
+                key.to_str().unwrap(),
+                "record",
+                &ada,
+                "--json",
+            ],
+        )
+    };
+    let before = record(&old_key).success().stdout;
+    let rewrap = |extra: &[&str]| {
+        let mut args = vec!["--database", &url, "keys", "rewrap"];
+        args.extend_from_slice(extra);
+        idledger(&dir, &args)
+    };
+    rewrap(&["--new-key-file", new_key, "--dry-run"])
+        .success()
+        .stdout_has(&["would re-wrap", "data keys and the derivation root"]);
+    // The current key as the new one is refused; so is a missing new key.
+    rewrap(&["--new-key-file", old_key.to_str().unwrap()])
+        .exit(1)
+        .stderr_has(&["the new master key is the current one"]);
+    rewrap(&[]).exit(1).stderr_has(&["--new-key-file"]);
+
+    rewrap(&[
+        "--new-key-file",
+        new_key,
+        "--batch-size",
+        "1",
+        "--max-batches",
+        "1",
+    ])
+    .exit(1)
+    .stdout_has(&["re-wrapped 1 data keys", "unfinished"]);
+    for key in [old_key.as_path(), Path::new(new_key)] {
+        record(key)
+            .exit(1)
+            .stderr_has(&["unfinished", "idledger keys rewrap"]);
+    }
+    let done = rewrap(&["--new-key-file", new_key])
+        .success()
+        .stdout_has(&["finished"]);
+    assert!(!done.stdout.contains(&"5a".repeat(32)) && !done.stderr.contains(&"5a".repeat(32)));
+
+    record(&old_key)
+        .exit(1)
+        .stderr_has(&["is not the key the database"]);
+    // The same record, but for the instant it was evaluated at.
+    let json = |text: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["evaluated_at"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(
+        json(&record(Path::new(new_key)).success().stdout),
+        json(&before)
+    );
+}

@@ -28,14 +28,15 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::chain::{GENESIS, event_hash};
-use crate::crypto::{DataKey, MasterKey};
+use crate::crypto::{DataKey, DerivationRoot, KeyEncryptionKey, MasterKey};
 use crate::delivery::Consumer;
 use crate::error::{ExecuteError, StoreError};
 use crate::key_cache::KeyCache;
 use crate::log::EventLog;
 use crate::model::{
     AppendOutcome, AppendRequest, ExceptionWrite, IdempotencyRecord, LogEntry, PreparedEvent,
-    ProjectionDiff, ProjectionRow, RawEvent, RecordedEvent, ShreddedEvent, from_micros, micros,
+    ProjectionDiff, ProjectionRow, RawEvent, RecordedEvent, ShreddedEvent, WrappedKey, from_micros,
+    micros,
 };
 use crate::projection;
 use crate::store::Store;
@@ -145,7 +146,7 @@ struct WriteJob {
 pub struct Ledger {
     store: Store,
     log: EventLog,
-    master: Arc<MasterKey>,
+    master: Arc<dyn KeyEncryptionKey>,
     challenge_key: Arc<ChallengeKey>,
     hash_root: Arc<HashRoot>,
     alias_root: Arc<AliasRoot>,
@@ -156,19 +157,51 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Starts the ledger's writer task on the current tokio runtime. Run migrations first.
+    /// Opens the ledger with the store's master key: its derivation root is read (created on
+    /// first use) and unwrapped with `master`. Refused while a rewrap is unfinished. Starts
+    /// the writer task on the current tokio runtime. Run migrations first.
+    pub async fn open(
+        store: &Store,
+        master: impl KeyEncryptionKey + 'static,
+        policy: Policy,
+        options: LedgerOptions,
+    ) -> Result<Self, StoreError> {
+        let root = store.keys().derivation_root(&master).await?;
+        Ok(Self::with_root(
+            store,
+            Arc::new(master),
+            &root,
+            policy,
+            options,
+        ))
+    }
+
+    /// A ledger whose derivation root is `master` itself, without reading the store: what a
+    /// store's root is until its first rewrap. For tests, benchmarks and commands that
+    /// unwrap nothing; [`Ledger::open`] serves every store.
     pub fn new(store: &Store, master: MasterKey, policy: Policy, options: LedgerOptions) -> Self {
+        let root = master.initial_derivation_root();
+        Self::with_root(store, Arc::new(master), &root, policy, options)
+    }
+
+    fn with_root(
+        store: &Store,
+        master: Arc<dyn KeyEncryptionKey>,
+        root: &DerivationRoot,
+        policy: Policy,
+        options: LedgerOptions,
+    ) -> Self {
         let log = store.log();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         tokio::spawn(run_writer(log.clone(), rx, options.max_batch.max(1)));
         Self {
             store: store.clone(),
             log,
-            challenge_key: Arc::new(ChallengeKey::new(master.derive("challenge secrets"))),
-            hash_root: Arc::new(HashRoot::new(master.derive("value hashes"))),
-            alias_root: Arc::new(AliasRoot::new(master.derive("customer aliases"))),
-            request_key: Arc::new(master.derive("request hashes")),
-            master: Arc::new(master),
+            challenge_key: Arc::new(ChallengeKey::new(root.derive("challenge secrets"))),
+            hash_root: Arc::new(HashRoot::new(root.derive("value hashes"))),
+            alias_root: Arc::new(AliasRoot::new(root.derive("customer aliases"))),
+            request_key: Arc::new(root.derive("request hashes")),
+            master,
             policy: Arc::new(policy),
             writer: tx,
             keys: Arc::new(KeyCache::new(options.key_cache)),
@@ -289,7 +322,10 @@ impl Ledger {
                     Some(key) => Some(key),
                     None => {
                         let key = DataKey::generate();
-                        new_data_key = Some(self.master.wrap(&key, customer)?);
+                        new_data_key = Some(WrappedKey {
+                            wrapped: self.master.wrap(&key, customer)?,
+                            key_id: self.master.key_id(),
+                        });
                         Some(key)
                     }
                 };

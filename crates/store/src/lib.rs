@@ -8,7 +8,8 @@
 //! - [`sql`]: statements written once for both engines; only what really differs is
 //!   engine-specific (the append lock, PostgreSQL's bulk append in `log/postgres.rs`).
 //! - [`crypto`]: per-customer data keys under a master key (they seal events and the
-//!   projection's personal rows, see [`projection`]); [`chain`]: the hash chain.
+//!   projection's personal rows, see [`projection`]); [`keys`]: the wrapped keys and the
+//!   master key's rewrap; [`chain`]: the hash chain.
 //!
 //! Architecture invariant: this crate knows SQL and nothing of HTTP or NATS.
 
@@ -18,6 +19,7 @@ pub mod delivery;
 pub mod disclosures;
 pub mod error;
 mod key_cache;
+pub mod keys;
 pub mod ledger;
 pub mod log;
 pub mod model;
@@ -28,10 +30,11 @@ mod store;
 pub mod tokens;
 mod upgrade;
 
-pub use crypto::MasterKey;
+pub use crypto::{DerivationRoot, KeyEncryptionKey, MasterKey};
 pub use delivery::Deliveries;
 pub use disclosures::Disclosures;
 pub use error::{ExecuteError, StoreError};
+pub use keys::{Keys, RewrapOptions, RewrapPlan, RewrapReport};
 pub use ledger::{CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, VerifyReport};
 pub use log::EventLog;
 pub use model::{LogEntry, RecordedEvent, ShreddedEvent};

@@ -416,10 +416,11 @@ async fn append_one(
     if version != req.expected_version {
         return Ok(AppendOutcome::VersionConflict);
     }
-    if let Some(wrapped) = &req.new_data_key {
-        sql("INSERT INTO data_keys (customer_id, wrapped_key) VALUES ($1, $2)")
+    if let Some(key) = &req.new_data_key {
+        sql("INSERT INTO data_keys (customer_id, wrapped_key, key_id) VALUES ($1, $2, $3)")
             .bind(customer)
-            .bind(wrapped)
+            .bind(&key.wrapped)
+            .bind(&key.key_id)
             .execute(&mut *tx)
             .await?;
     }

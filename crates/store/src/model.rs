@@ -42,6 +42,13 @@ pub struct IdempotencyRecord {
     pub result: String,
 }
 
+/// A key as stored: encrypted under a master key, with that key's id.
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    pub wrapped: Vec<u8>,
+    pub key_id: String,
+}
+
 /// One command's write: its events, the projection rows they change and its idempotency
 /// record — all or nothing, and only if the stream is still at `expected_version`.
 #[derive(Debug, Clone)]
@@ -50,7 +57,7 @@ pub struct AppendRequest {
     pub expected_version: u64,
     pub events: Vec<PreparedEvent>,
     /// A newly generated, wrapped data key when the customer has none yet.
-    pub new_data_key: Option<Vec<u8>>,
+    pub new_data_key: Option<WrappedKey>,
     /// `None` for an erasure, which is not a client's idempotent request.
     pub idempotency: Option<IdempotencyRecord>,
     pub projection: ProjectionDiff,

@@ -104,6 +104,10 @@ impl Store {
     }
 
     /// API tokens.
+    pub fn keys(&self) -> crate::keys::Keys {
+        crate::keys::Keys::new(self.db.clone())
+    }
+
     pub fn tokens(&self) -> Tokens {
         Tokens::new(self.db.clone())
     }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod exception;
 pub mod export;
 pub mod history;
+pub mod keys;
 pub mod migrate;
 pub mod rebuild;
 pub mod reconcile;

@@ -147,6 +147,7 @@ struct BulkWrite {
     events: Vec<RawEvent>,
     key_customers: Vec<Uuid>,
     wrapped_keys: Vec<Vec<u8>>,
+    key_ids: Vec<String>,
     /// The net projection change per row: `None` deletes it. Appends apply in batch order.
     projection: BTreeMap<(Uuid, String, String), Option<String>>,
     idempotency: Vec<(Uuid, IdempotencyRecord)>,
@@ -155,9 +156,10 @@ struct BulkWrite {
 impl BulkWrite {
     fn add(&mut self, req: &AppendRequest, rows: Vec<RawEvent>) {
         self.events.extend(rows);
-        if let Some(wrapped) = &req.new_data_key {
+        if let Some(key) = &req.new_data_key {
             self.key_customers.push(req.customer_id);
-            self.wrapped_keys.push(wrapped.clone());
+            self.wrapped_keys.push(key.wrapped.clone());
+            self.key_ids.push(key.key_id.clone());
         }
         for r in &req.projection.upserts {
             self.projection.insert(
@@ -177,10 +179,11 @@ impl BulkWrite {
     async fn execute(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
         if !self.key_customers.is_empty() {
             sqlx::query(
-                "INSERT INTO data_keys (customer_id, wrapped_key) SELECT * FROM UNNEST($1::uuid[], $2::bytea[])",
+                "INSERT INTO data_keys (customer_id, wrapped_key, key_id) SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::text[])",
             )
             .bind(&self.key_customers)
             .bind(&self.wrapped_keys)
+            .bind(&self.key_ids)
             .execute(&mut **tx)
             .await?;
         }
