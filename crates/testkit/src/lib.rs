@@ -125,10 +125,9 @@ impl TestDb {
                     .execute(&mut conn)
                     .await
                     .unwrap();
-                let (base, _) = admin.rsplit_once('/').unwrap();
                 Self {
                     engine,
-                    url: format!("{base}/{name}"),
+                    url: database_url(&admin, &name),
                     pg_name: Some(name),
                     _dir: None,
                 }
@@ -174,5 +173,34 @@ impl TestDb {
                 statement.execute(&mut conn).await.unwrap();
             }
         }
+    }
+}
+
+/// `admin` (a PostgreSQL URL) naming the database `name` instead, its query (`sslmode`,
+/// `sslrootcert=/path/…`) kept.
+fn database_url(admin: &str, name: &str) -> String {
+    let (path, query) = match admin.split_once('?') {
+        Some((path, query)) => (path, format!("?{query}")),
+        None => (admin, String::new()),
+    };
+    let base = path.rsplit_once('/').map_or(path, |(base, _)| base);
+    format!("{base}/{name}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_test_databases_url_keeps_the_admin_urls_query() {
+        assert_eq!(
+            super::database_url("postgres://u@h:5432/postgres", "t1"),
+            "postgres://u@h:5432/t1"
+        );
+        assert_eq!(
+            super::database_url(
+                "postgres://u@h/postgres?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+                "t1"
+            ),
+            "postgres://u@h/t1?sslmode=verify-full&sslrootcert=/etc/ca.pem"
+        );
     }
 }
