@@ -227,7 +227,8 @@ pub async fn disable_consumer(
 /// `hmac-sha256:` and the lowercase hex HMAC-SHA256, under this key, of the UTF-8 bytes of the
 /// value's natural JSON form as delivered in `data.value` (compact, object keys sorted). Each
 /// consumer has its own key, derived from the master key, so its hashes cannot be linked to
-/// another consumer's, nor reversed without the key.
+/// another consumer's, nor reversed without the key. `ack_key` is the key the consumer signs
+/// its NATS acknowledgements with.
 #[utoipa::path(
     get, path = "/v1/consumers/{consumer_id}/hash-key", tag = "delivery",
     params(("consumer_id" = String, Path)),
@@ -251,6 +252,7 @@ pub async fn hash_key(
         consumer_id: consumer.id.to_string(),
         algorithm: "hmac-sha256",
         key: state.ledger.hash_key(&consumer.id).to_hex(),
+        ack_key: state.ledger.ack_key(&consumer.id).to_hex(),
     };
     // A secret: no cache keeps it.
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(view)).into_response())
@@ -670,7 +672,7 @@ pub async fn ack(
         return Err(not_registered(id.as_str()));
     };
     let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(&e))?;
-    match acks::intake(&state.deliveries, &state.ledger, &consumer, &bytes).await? {
+    match acks::intake(&state.deliveries, &state.ledger, &consumer, "http", &bytes).await? {
         AckOutcome::Recorded => Ok(Json(AckView {
             outcome: "recorded".to_owned(),
             stored_version: None,

@@ -379,6 +379,9 @@ pub struct HashKeyView {
     pub algorithm: &'static str,
     /// 64 lowercase hex characters: the HMAC key's 32 bytes.
     pub key: String,
+    /// 64 lowercase hex characters: the key the consumer signs its NATS acknowledgements with
+    /// (header `Idledger-Signature: v1=<hex HMAC-SHA256 of the body>`).
+    pub ack_key: String,
 }
 
 impl std::fmt::Debug for HashKeyView {

@@ -690,6 +690,10 @@ async fn a_consumer_computes_value_hashes_with_its_own_key(engine: Engine) {
     assert_eq!(own.header("cache-control"), Some("no-store"));
     assert_eq!(own.body["algorithm"], "hmac-sha256");
     let key = hex::decode(own.body["key"].as_str().unwrap()).unwrap();
+    // The ack signing key is a second secret of the consumer's, the one the relay checks.
+    let crm = idledger_store::delivery::ConsumerId::parse("crm-sync").unwrap();
+    assert_eq!(own.body["ack_key"], app.ledger.ack_key(&crm).to_hex());
+    assert_ne!(own.body["ack_key"], own.body["key"]);
     // What the contract says, computed by the consumer: HMAC-SHA256 of the value's JSON.
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(json!("user2@example.org").to_string().as_bytes());

@@ -422,13 +422,14 @@ async fn erasure_leaves_no_copy_of_the_customer_anywhere(engine: Engine) {
         "status": "applied",
     });
     let ack_subject = format!("{}.crm-sync", nats.ack_subject_prefix);
+    let body = serde_json::to_vec(&ack).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    let ack_key = app.ledger.ack_key(&ConsumerId::parse("crm-sync").unwrap());
+    headers.insert("Idledger-Signature", ack_key.sign(&body).as_str());
     eventually("the ack is published", async || {
         // The relay creates the ack stream when it starts.
         match js
-            .publish(
-                ack_subject.clone(),
-                serde_json::to_vec(&ack).unwrap().into(),
-            )
+            .publish_with_headers(ack_subject.clone(), headers.clone(), body.clone().into())
             .await
         {
             Ok(sent) => sent.await.is_ok(),

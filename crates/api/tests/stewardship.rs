@@ -632,6 +632,9 @@ async fn drift_is_found_repushed_and_closes_itself_over_nats() {
     let relay = tokio::spawn(Relay::new(app.ledger.clone(), config).run(stop.clone()));
     let js = async_nats::jetstream::new(client.clone());
     let ack_subject = format!("{}.crm-sync", nats.ack_subject_prefix);
+    let ack_key = app
+        .ledger
+        .ack_key(&idledger_store::delivery::ConsumerId::parse("crm-sync").unwrap());
 
     let next = async |deliveries: &mut async_nats::Subscriber| -> Value {
         let msg = tokio::time::timeout(
@@ -646,12 +649,12 @@ async fn drift_is_found_repushed_and_closes_itself_over_nats() {
     let publish_ack = async |ack: Value| {
         // The relay creates the ack stream when it starts; retry until it exists.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let body = serde_json::to_vec(&ack).unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Idledger-Signature", ack_key.sign(&body).as_str());
         loop {
             let sent = js
-                .publish(
-                    ack_subject.clone(),
-                    serde_json::to_vec(&ack).unwrap().into(),
-                )
+                .publish_with_headers(ack_subject.clone(), headers.clone(), body.clone().into())
                 .await;
             if let Ok(ack) = sent
                 && ack.await.is_ok()

@@ -70,6 +70,19 @@ pub struct NatsFile {
     pub replicas: Option<usize>,
     /// JetStream's duplicate-detection window, in seconds. [default: 120]
     pub duplicate_window_secs: Option<u64>,
+    /// NATS user; the password comes from IDLEDGER__NATS__PASSWORD (never from this file).
+    pub user: Option<String>,
+    /// A file holding the relay's nkey seed (`SU…`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA file the server's certificate must chain to.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key (mutual TLS): both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse a NATS connection without TLS. [default: false]
+    pub tls_required: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -127,6 +140,29 @@ pub struct Settings {
     pub relay: RelayFile,
     pub reconcile: ReconcileFile,
     pub retention: RetentionFile,
+    /// NATS secrets from the environment (IDLEDGER__NATS__PASSWORD, IDLEDGER__NATS__TOKEN).
+    pub nats_secrets: NatsSecrets,
+}
+
+/// The environment variable holding the NATS password of `[nats] user`.
+pub const NATS_PASSWORD_ENV: &str = "IDLEDGER__NATS__PASSWORD";
+/// The environment variable holding a NATS token.
+pub const NATS_TOKEN_ENV: &str = "IDLEDGER__NATS__TOKEN";
+
+/// NATS secrets, taken from the environment only; never shown by `Debug`.
+#[derive(Clone, Default)]
+pub struct NatsSecrets {
+    pub password: Option<Zeroizing<String>>,
+    pub token: Option<Zeroizing<String>>,
+}
+
+impl fmt::Debug for NatsSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSecrets")
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// Which database to open.
@@ -233,6 +269,10 @@ impl Settings {
             relay: file.relay,
             reconcile: file.reconcile,
             retention: file.retention,
+            nats_secrets: NatsSecrets {
+                password: env(NATS_PASSWORD_ENV).map(Zeroizing::new),
+                token: env(NATS_TOKEN_ENV).map(Zeroizing::new),
+            },
         })
     }
 
@@ -521,5 +561,9 @@ mod tests {
         check_redact("postgres://a:s3cret@x@db/x", "postgres://a:***@db/x");
         check_redact("postgres://a:s3/cret@db/x", "postgres://a:***@db/x");
         check_redact("postgres://db/x?user=a@b", "postgres://db/x?user=a@b");
+        // A NATS URL's lone userinfo is a token.
+        check_redact("nats://s3cret@nats:4222", "nats://***@nats:4222");
+        check_redact("tls://relay:s3cret@nats:4222", "tls://relay:***@nats:4222");
+        check_redact("nats://nats:4222", "nats://nats:4222");
     }
 }

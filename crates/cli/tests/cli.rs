@@ -806,6 +806,29 @@ fn consumers_are_added_listed_and_disabled() {
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(json["key"], crm.trim());
     assert_eq!(json["algorithm"], "hmac-sha256");
+    // The ack signing key is another secret of the same consumer.
+    let ack = idledger(&dir, &db(&["consumer", "hash-key", "crm", "--ack"]))
+        .success()
+        .stdout;
+    assert_eq!(json["ack_key"], ack.trim());
+    assert_eq!(ack.trim().len(), 64, "{ack}");
+    assert_ne!(ack, crm);
+    // NATS accounts: idledger's own user and one per NATS consumer, confined to its subjects.
+    let accounts = idledger(&dir, &db(&["consumer", "nats-config"]))
+        .success()
+        .stdout;
+    assert!(accounts.contains("user: \"idledger\""), "{accounts}");
+    assert!(accounts.contains("user: \"crm\""), "{accounts}");
+    assert!(
+        accounts.contains("\"$JS.API.CONSUMER.MSG.NEXT.IDLEDGER.crm\""),
+        "{accounts}"
+    );
+    for other in ["crm-sync", "cdp"] {
+        assert!(
+            !accounts.contains(&format!("user: \"{other}\"")),
+            "{accounts}"
+        );
+    }
     idledger(&dir, &db(&["consumer", "hash-key", "nobody"]))
         .exit(1)
         .stderr_has(&["no consumer 'nobody'"]);

@@ -250,6 +250,52 @@ fn a_config_file_configures_serve_and_bad_ones_are_named() {
     assert_eq!(code, Some(1));
     assert!(err.contains("request-timeout-secs"), "{err}");
 
+    // NATS settings that cannot work stop serve at start, naming what is wrong, and never
+    // print a secret.
+    for (file, env, needle) in [
+        (
+            "[nats]\nuser = \"idledger\"\n",
+            &[][..],
+            "IDLEDGER__NATS__PASSWORD",
+        ),
+        (
+            "[nats]\nuser = \"idledger\"\n",
+            &[
+                ("IDLEDGER__NATS__PASSWORD", "s3cret-password"),
+                ("IDLEDGER__NATS__TOKEN", "s3cret-token"),
+            ],
+            "more than one way",
+        ),
+        (
+            "[nats]\ncreds_file = \"/nonexistent/relay.creds\"\n",
+            &[],
+            "/nonexistent/relay.creds",
+        ),
+        (
+            "[nats]\ntls_cert_file = \"/tmp/c.pem\"\n",
+            &[],
+            "tls_cert_file and tls_key_file",
+        ),
+        (
+            "[nats]\n",
+            &[("IDLEDGER__NATS__PASSWORD", "s3cret-password")],
+            "without [nats] user",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!("[server]\nlisten = \"192.0.2.1:9\"\n{file}url = \"nats://127.0.0.1:1\"\n"),
+        )
+        .unwrap();
+        let mut command = idledger(&dir, &["--config", config.to_str().unwrap(), "serve"]);
+        command.envs(env.iter().copied());
+        let output = command.output().unwrap();
+        let err = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{file}: {err}");
+        assert!(err.contains(needle), "{file}: {err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
     std::fs::write(&config, "[server]\nlisten = 8080\n").unwrap();
     let (code, _, err) = run(
         &dir,

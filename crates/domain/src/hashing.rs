@@ -10,6 +10,10 @@
 //! The hash of a value is `hmac-sha256:<64 lowercase hex>` of the UTF-8 bytes of its natural
 //! JSON form as delivered in `data.value` (compact, object keys in sorted order; a consent's
 //! value is `"granted"` or `"withdrawn"`).
+//!
+//! The same root gives each consumer an [`AckKey`], a second secret it signs the
+//! acknowledgements it sends over NATS with, so that an ack proves which consumer sent it
+//! whatever the NATS server lets others publish.
 
 use std::fmt;
 
@@ -46,6 +50,54 @@ impl HashRoot {
         mac.update(b"idledger consumer hash key v1\0");
         mac.update(consumer.as_str().as_bytes());
         HashKey(mac.finalize().into_bytes().into())
+    }
+
+    /// The key `consumer` signs its NATS acknowledgements with.
+    pub fn ack_key(&self, consumer: &ConsumerId) -> AckKey {
+        let mut mac = hmac(&self.0);
+        mac.update(b"idledger consumer ack key v1\0");
+        mac.update(consumer.as_str().as_bytes());
+        AckKey(mac.finalize().into_bytes().into())
+    }
+}
+
+/// One consumer's acknowledgement signing key. A signature is `v1=<64 lowercase hex>`, the
+/// HMAC-SHA256 of the ack's raw body under this key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AckKey([u8; LEN]);
+
+impl fmt::Debug for AckKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AckKey(…)")
+    }
+}
+
+impl AckKey {
+    /// The key as the consumer receives it: 64 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The signature of an ack body, as the `Idledger-Signature` header carries it.
+    pub fn sign(&self, body: &[u8]) -> String {
+        let mut mac = hmac(&self.0);
+        mac.update(body);
+        format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// Whether `signature` (the header's value) signs `body` under this key; compared in
+    /// constant time.
+    pub fn verifies(&self, signature: &str, body: &[u8]) -> bool {
+        let Some(tag) = signature
+            .trim()
+            .strip_prefix("v1=")
+            .and_then(|hex| hex::decode(hex).ok())
+        else {
+            return false;
+        };
+        let mut mac = hmac(&self.0);
+        mac.update(body);
+        mac.verify_slice(&tag).is_ok()
     }
 }
 
@@ -187,6 +239,27 @@ mod tests {
         assert_ne!(crm.value(&ada), crm.value(&email("bob@example.org")));
         // Another root (another master key) gives other keys.
         assert_ne!(HashRoot::new([8; LEN]).for_consumer(&consumer("crm")), crm);
+    }
+
+    #[test]
+    fn ack_signatures_are_hmac_sha256_of_the_body_under_the_consumers_ack_key() {
+        let root = HashRoot::new([3; LEN]);
+        let crm = root.ack_key(&consumer("crm"));
+        let body = br#"{"event_id":"x"}"#;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&hex::decode(crm.to_hex()).unwrap()).unwrap();
+        mac.update(body);
+        let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(crm.sign(body), expected);
+        assert!(crm.verifies(&expected, body));
+        assert!(crm.verifies(&expected.to_ascii_uppercase().replace("V1=", "v1="), body));
+        assert!(!crm.verifies(&expected, br#"{"event_id":"y"}"#));
+        let cdp = root.ack_key(&consumer("cdp"));
+        assert!(!cdp.verifies(&expected, body));
+        // Neither the value-hash key nor a malformed header verifies.
+        assert_ne!(crm.to_hex(), root.for_consumer(&consumer("crm")).to_hex());
+        for bad in ["", "v1=", "v1=zz", "v2=00", &expected[3..]] {
+            assert!(!crm.verifies(bad, body), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //!
 //! A pseudonymous consumer names the customer by its alias, as it was shown it.
 //!
+//! On NATS an ack must be signed: header `Idledger-Signature: v1=<hex>`, the HMAC-SHA256 of the
+//! raw body under the consumer's ack key (`Ledger::ack_key`). The subject names the consumer,
+//! but on a NATS server without per-consumer permissions anyone may publish on any subject;
+//! the signature is what proves the sender. A replayed ack changes nothing: an ack only ever
+//! moves a consumer's state forward by version. Over HTTP the consumer's token authenticates.
+//!
 //! `value_hash` is the `data.value_hash` of the change the consumer now holds (`null` when it
 //! holds no value, e.g. after `idledger.field.cleared.v1`). Unknown keys are refused, so a
 //! misspelt key is an error rather than a silently missing value.
@@ -35,6 +41,65 @@ struct AckBody {
     reason: Option<String>,
 }
 
+/// The NATS header that carries an ack's signature.
+pub const SIGNATURE_HEADER: &str = "Idledger-Signature";
+
+/// Why an ack arriving on NATS was not taken to come from the consumer its subject names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Unsigned,
+    BadSignature,
+}
+
+impl Refusal {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unsigned => "no Idledger-Signature header: a NATS ack must be signed",
+            Self::BadSignature => "Idledger-Signature does not verify under the consumer's ack key",
+        })
+    }
+}
+
+/// Checks that an ack arriving on NATS for `consumer` is signed with `consumer`'s ack key.
+pub fn authenticate(
+    ledger: &Ledger,
+    consumer: &Consumer,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<(), Refusal> {
+    let signature = signature.ok_or(Refusal::Unsigned)?;
+    if ledger.ack_key(&consumer.id).verifies(signature, body) {
+        Ok(())
+    } else {
+        Err(Refusal::BadSignature)
+    }
+}
+
+/// Counts an ack by channel (`nats`, `http`) and outcome (`idledger_acks_total`): the labels
+/// are fixed words.
+pub fn count(channel: &'static str, outcome: &'static str) {
+    metrics::counter!("idledger_acks_total", "channel" => channel, "outcome" => outcome)
+        .increment(1);
+}
+
+fn label(outcome: &AckOutcome) -> &'static str {
+    match outcome {
+        AckOutcome::Recorded => "recorded",
+        AckOutcome::Superseded { .. } => "superseded",
+        AckOutcome::Invalid(_) => "invalid",
+    }
+}
+
 /// Parses an acknowledgement `consumer` sent, naming customers as `names` says; the error
 /// says what is wrong with it.
 pub fn parse(consumer: &ConsumerId, names: &CustomerNames, body: &[u8]) -> Result<Ack, String> {
@@ -56,18 +121,22 @@ pub fn parse(consumer: &ConsumerId, names: &CustomerNames, body: &[u8]) -> Resul
     })
 }
 
-/// Parses and records an acknowledgement. `Ok(Invalid)` for one that is malformed or does not
-/// match a recorded change; `Err` only when the store failed (the caller may retry). `ledger`
-/// reads the record an applied ack is compared with.
+/// Parses and records an acknowledgement that arrived on `channel`, and counts it.
+/// `Ok(Invalid)` for one that is malformed or does not match a recorded change; `Err` only
+/// when the store failed (the caller may retry). `ledger` reads the record an applied ack is
+/// compared with.
 pub async fn intake(
     deliveries: &Deliveries,
     ledger: &Ledger,
     consumer: &Consumer,
+    channel: &'static str,
     body: &[u8],
 ) -> Result<AckOutcome, StoreError> {
     let names = ledger.customer_names(consumer);
-    match parse(&consumer.id, &names, body) {
-        Ok(ack) => deliveries.record_ack(ledger, &ack).await,
-        Err(reason) => Ok(AckOutcome::Invalid(reason)),
-    }
+    let outcome = match parse(&consumer.id, &names, body) {
+        Ok(ack) => deliveries.record_ack(ledger, &ack).await?,
+        Err(reason) => AckOutcome::Invalid(reason),
+    };
+    count(channel, label(&outcome));
+    Ok(outcome)
 }

@@ -1,6 +1,10 @@
 //! Relay settings, with defaults that suit one instance on one machine.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use zeroize::Zeroizing;
 
 /// The CloudEvents `source` when none is configured. Set a real one per instance (e.g.
 /// `urn:idledger:prod-eu`): consumers may receive from several.
@@ -48,7 +52,12 @@ impl Default for RelayConfig {
 /// How to reach NATS and shape the stream.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
+    /// May carry `user:password@` or `token@` (then `auth` must be `None`); only ever shown
+    /// redacted.
     pub url: String,
+    /// How the relay authenticates to NATS besides the URL.
+    pub auth: NatsAuth,
+    pub tls: NatsTls,
     pub stream: StreamSettings,
     /// Consumers publish acknowledgements to `<ack_subject_prefix>.<consumer id>`. Outside the
     /// delivery stream's subjects, so acks are never stored as deliveries.
@@ -67,6 +76,8 @@ impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
+            auth: NatsAuth::None,
+            tls: NatsTls::default(),
             stream: StreamSettings::default(),
             ack_subject_prefix: "idledger.acks.v1".to_owned(),
             ack_stream: "IDLEDGER_ACKS".to_owned(),
@@ -75,6 +86,47 @@ impl Default for NatsConfig {
             publish_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// The relay's credentials for NATS. Secrets are held in memory only as long as the
+/// configuration lives, and never shown by `Debug`.
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    /// None, or what the URL carries.
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: Zeroizing<String>,
+    },
+    Token(Zeroizing<String>),
+    /// An nkey seed (`SU…`): NATS challenges, the relay signs.
+    NKey(Zeroizing<String>),
+    /// The contents of a `.creds` file: a user JWT and its nkey seed (decentralised auth).
+    Credentials(Zeroizing<String>),
+}
+
+impl fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "None",
+            Self::UserPassword { .. } => "UserPassword(…)",
+            Self::Token(_) => "Token(…)",
+            Self::NKey(_) => "NKey(…)",
+            Self::Credentials(_) => "Credentials(…)",
+        })
+    }
+}
+
+/// TLS to NATS (a `tls://` URL, or a server that requires it, turns it on too).
+#[derive(Debug, Clone, Default)]
+pub struct NatsTls {
+    /// PEM file of the CA(s) the server's certificate must chain to, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate and key files the relay presents (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Refuse to talk to NATS without TLS.
+    pub required: bool,
 }
 
 /// The delivery stream. Created if missing and updated to these settings if it differs.

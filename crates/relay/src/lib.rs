@@ -10,6 +10,7 @@
 //! Architecture invariant: only this crate knows NATS and outbound HTTP. It reads the log and
 //! records deliveries through `idledger-store`; it never writes events.
 
+pub mod access;
 pub mod acks;
 pub mod config;
 pub mod entitlement;
@@ -23,7 +24,8 @@ pub mod webhook;
 pub mod worker;
 
 pub use config::{
-    Backoff, DEFAULT_SOURCE, NatsConfig, RelayConfig, Retention, StreamSettings, WebhookConfig,
+    Backoff, DEFAULT_SOURCE, NatsAuth, NatsConfig, NatsTls, RelayConfig, Retention, StreamSettings,
+    WebhookConfig,
 };
 pub use error::RelayError;
 pub use feed::{Feed, FeedItem, FeedPage};

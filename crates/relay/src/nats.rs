@@ -22,9 +22,10 @@ use idledger_domain::ids::CustomerId;
 use idledger_store::delivery::{AckOutcome, Consumer, ConsumerId};
 use idledger_store::{Deliveries, Ledger};
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
 
 use crate::acks;
-use crate::config::{Backoff, NatsConfig, Retention, StreamSettings};
+use crate::config::{Backoff, NatsAuth, NatsConfig, Retention, StreamSettings};
 use crate::envelope;
 use crate::error::RelayError;
 use crate::plan::{Batch, Erased};
@@ -33,12 +34,25 @@ use crate::worker::Sent;
 /// Connects (in the background: the relay starts even while NATS is down) and builds the
 /// JetStream context whose timeout bounds every publish's wait for its PubAck.
 pub async fn connect(config: &NatsConfig) -> Result<jetstream::Context, RelayError> {
-    let client = async_nats::ConnectOptions::new()
+    let client = connect_options(config)?
         .name("idledger-relay")
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis(100u64.saturating_mul(1 << attempt.min(5)))
+        })
+        .event_callback(|event| async move {
+            // Refused credentials and permission violations are configuration faults the
+            // operator must see; the rest (disconnects, reconnects) is routine.
+            match event {
+                async_nats::Event::ServerError(e) => {
+                    tracing::warn!(error = %e, "NATS server refused the relay");
+                }
+                async_nats::Event::ClientError(e) => {
+                    tracing::warn!(error = %e, "NATS client error");
+                }
+                other => tracing::debug!(event = %other, "NATS connection"),
+            }
         })
         .connect(config.url.as_str())
         .await
@@ -49,6 +63,91 @@ pub async fn connect(config: &NatsConfig) -> Result<jetstream::Context, RelayErr
     Ok(jetstream::ContextBuilder::new()
         .timeout(config.publish_timeout)
         .build(client))
+}
+
+/// The connection options `config` asks for: credentials (configured, or in the URL, which
+/// async-nats itself ignores) and TLS. Checks them without connecting, so `serve` can refuse
+/// an unusable configuration at start.
+pub fn connect_options(config: &NatsConfig) -> Result<async_nats::ConnectOptions, RelayError> {
+    let bad = |what: String| RelayError::Config(format!("NATS: {what}"));
+    let options = async_nats::ConnectOptions::new();
+    let auth = match (&config.auth, url_credentials(&config.url)?) {
+        (NatsAuth::None, from_url) => from_url.unwrap_or_default(),
+        (configured, None) => configured.clone(),
+        (_, Some(_)) => {
+            return Err(bad(
+                "credentials are both in the URL and configured; keep one".to_owned(),
+            ));
+        }
+    };
+    let options = match auth {
+        NatsAuth::None => options,
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user, password.to_string())
+        }
+        NatsAuth::Token(token) => options.token(token.to_string()),
+        NatsAuth::NKey(seed) => {
+            // Checked here: async-nats would only fail at the first connection.
+            nkeys::KeyPair::from_seed(seed.trim())
+                .map_err(|_| bad("the nkey seed is not a valid user seed".to_owned()))?;
+            options.nkey(seed.trim().to_owned())
+        }
+        NatsAuth::Credentials(creds) => options
+            .credentials(&creds)
+            .map_err(|e| bad(format!("the credentials file is not valid: {e}")))?,
+    };
+    let mut options = options.require_tls(config.tls.required);
+    if let Some(ca) = &config.tls.ca_file {
+        readable(ca).map_err(&bad)?;
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &config.tls.client_cert {
+        readable(cert).map_err(&bad)?;
+        readable(key).map_err(&bad)?;
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options)
+}
+
+fn readable(path: &std::path::Path) -> Result<(), String> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The credentials a NATS URL (or comma-separated list) carries: `user:password@` or
+/// `token@`. Every URL of a list must carry the same, or none.
+fn url_credentials(urls: &str) -> Result<Option<NatsAuth>, RelayError> {
+    let mut found: Option<(String, Option<String>)> = None;
+    for raw in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let Ok(url) = url::Url::parse(raw) else {
+            continue; // async-nats names the malformed URL when it connects.
+        };
+        if url.username().is_empty() {
+            continue;
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let this = (decode(url.username()), url.password().map(decode));
+        match &found {
+            Some(seen) if *seen != this => {
+                return Err(RelayError::Config(
+                    "NATS: the URLs carry different credentials".to_owned(),
+                ));
+            }
+            _ => found = Some(this),
+        }
+    }
+    Ok(found.map(|(user, password)| match password {
+        Some(password) => NatsAuth::UserPassword {
+            user,
+            password: Zeroizing::new(password),
+        },
+        None => NatsAuth::Token(Zeroizing::new(user)),
+    }))
 }
 
 fn stream_config(settings: &StreamSettings) -> stream::Config {
@@ -121,6 +220,42 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
+/// The name of the durable pull consumer idledger keeps for `consumer` on the delivery
+/// stream: the consumer's id.
+pub fn durable_name(consumer: &ConsumerId) -> &str {
+    consumer.as_str()
+}
+
+/// Keeps a durable pull consumer for `consumer` on the delivery stream, filtered to its
+/// subjects (`<prefix>.<consumer>.>`). A consumer that NATS permissions confine (see
+/// `server_config`) reads from it, since it may not create consumers on the stream itself.
+/// Created if missing; an existing one is left as it is (its position is the consumer's).
+pub async fn ensure_durable(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+    consumer: &ConsumerId,
+) -> Result<(), RelayError> {
+    let stream = js
+        .get_stream(&settings.name)
+        .await
+        .map_err(RelayError::nats)?;
+    let name = durable_name(consumer);
+    stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                filter_subject: format!("{}.{}.>", settings.subject_prefix, consumer),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                description: Some(format!("idledger: deliveries to {consumer}")),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(RelayError::nats)?;
+    Ok(())
+}
+
 /// Publishes one consumer's messages to the delivery stream.
 #[derive(Debug)]
 pub struct NatsSender {
@@ -129,6 +264,8 @@ pub struct NatsSender {
     max_in_flight: usize,
     /// How long one answer of NATS may take (the publish timeout).
     request_timeout: Duration,
+    /// Whether the consumer's durable exists (checked once per task).
+    durable_ready: bool,
 }
 
 impl NatsSender {
@@ -138,6 +275,7 @@ impl NatsSender {
             settings: config.stream.clone(),
             max_in_flight: config.max_in_flight.max(1),
             request_timeout: config.publish_timeout,
+            durable_ready: false,
         }
     }
 
@@ -165,6 +303,12 @@ impl NatsSender {
         }
         let mut stored = vec![false; messages.len()];
         let mut error: Option<RelayError> = None;
+        if !self.durable_ready {
+            match ensure_durable(&self.js, &self.settings, &consumer.id).await {
+                Ok(()) => self.durable_ready = true,
+                Err(e) => error = Some(e),
+            }
+        }
         let mut in_flight = FuturesUnordered::new();
         loop {
             while error.is_none() && !cancel.is_cancelled() && in_flight.len() < self.max_in_flight
@@ -443,7 +587,25 @@ async fn intake(
         };
         let outcome = match consumer {
             Ok(Some(consumer)) => {
-                acks::intake(deliveries, ledger, &consumer, &message.payload).await
+                let signature = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(acks::SIGNATURE_HEADER))
+                    .map(|v| v.as_str());
+                match acks::authenticate(ledger, &consumer, signature, &message.payload) {
+                    Ok(()) => {
+                        acks::intake(deliveries, ledger, &consumer, "nats", &message.payload).await
+                    }
+                    Err(refusal) => {
+                        acks::count("nats", refusal.label());
+                        tracing::warn!(subject = %message.subject, reason = %refusal, "refused an acknowledgement");
+                        message
+                            .ack_with(jetstream::AckKind::Term)
+                            .await
+                            .map_err(RelayError::nats)?;
+                        continue;
+                    }
+                }
             }
             Ok(None) => Ok(AckOutcome::Invalid(format!(
                 "subject {} names no registered consumer",

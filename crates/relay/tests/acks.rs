@@ -45,13 +45,18 @@ async fn acks_on_nats_update_consumer_state_and_bad_ones_are_dropped() {
         })
     };
     let subject = format!("{}.crm", nats.ack_subject_prefix);
+    let ack_key = ledger.ack_key(&ConsumerId::parse("crm").unwrap());
     let publish = |subject: String, body: Vec<u8>| {
         let js = js.clone();
+        let headers = signed(&ack_key, &body);
         async move {
             // The relay creates the ack stream; wait for it before publishing.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             loop {
-                match js.publish(subject.clone(), body.clone().into()).await {
+                match js
+                    .publish_with_headers(subject.clone(), headers.clone(), body.clone().into())
+                    .await
+                {
                     Ok(ack) => match ack.await {
                         Ok(_) => return,
                         Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),

@@ -183,8 +183,9 @@ async fn the_checkpoint_waits_until_the_customers_messages_left_the_stream(engin
     let nats = unique_nats(&url);
     let js = jetstream(&url).await;
     let (name, prefix) = (&nats.stream.name, &nats.stream.subject_prefix);
-    // The stream as the relay wants it, but allowed one JetStream consumer, which the test
-    // takes: the relay cannot list the erased customer's messages until it is freed.
+    // The stream as the relay wants it, but allowed three JetStream consumers: the durables
+    // the relay keeps for crm and old, and one the test takes: the relay cannot list the
+    // erased customer's messages until it is freed.
     let delivery = js
         .create_stream(stream::Config {
             name: name.clone(),
@@ -192,7 +193,7 @@ async fn the_checkpoint_waits_until_the_customers_messages_left_the_stream(engin
             max_age: nats.stream.max_age.unwrap(),
             num_replicas: 1,
             duplicate_window: nats.stream.duplicate_window,
-            max_consumers: 1,
+            max_consumers: 3,
             ..Default::default()
         })
         .await

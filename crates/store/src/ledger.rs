@@ -16,7 +16,7 @@ use idledger_domain::decide::{
 use idledger_domain::delivery::ConsumerId;
 use idledger_domain::event::{Event, EventEnvelope, Provenance};
 use idledger_domain::field::FieldPath;
-use idledger_domain::hashing::{HashKey, HashRoot};
+use idledger_domain::hashing::{AckKey, HashKey, HashRoot};
 use idledger_domain::ids::ChallengeId;
 use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId};
 use idledger_domain::policy::Policy;
@@ -221,6 +221,11 @@ impl Ledger {
     /// The key `consumer`'s value hashes are computed under (see `idledger_domain::hashing`).
     pub fn hash_key(&self, consumer: &ConsumerId) -> HashKey {
         self.hash_root.for_consumer(consumer)
+    }
+
+    /// The key `consumer` signs its NATS acknowledgements with.
+    pub fn ack_key(&self, consumer: &ConsumerId) -> AckKey {
+        self.hash_root.ack_key(consumer)
     }
 
     /// How `consumer` names customers: their ids, or its own aliases of them.

@@ -45,8 +45,8 @@ pub use tokens::{
     IssuedToken, OpenedSession, Role, Scope, Session, SessionLimits, TokenRecord, Tokens,
 };
 
-/// Replaces the password of `scheme://user:password@host/…` and any `password=` query
-/// parameter with `***`.
+/// Replaces the password of `scheme://user:password@host/…`, the token of a NATS URL
+/// (`nats://token@host`) and any `password=` query parameter with `***`.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some(parts) => parts,
@@ -59,6 +59,8 @@ pub fn redact_url(url: &str) -> String {
             let (userinfo, host_and_path) = (&rest[..at], &rest[at + 1..]);
             let userinfo = match userinfo.split_once(':') {
                 Some((user, _)) => format!("{user}:***"),
+                // NATS reads a lone userinfo as a token, a secret; elsewhere it is a user name.
+                None if matches!(scheme, "nats" | "tls" | "ws" | "wss") => "***".to_owned(),
                 None => userinfo.to_owned(),
             };
             (format!("{userinfo}@"), host_and_path)

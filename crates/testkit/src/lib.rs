@@ -8,6 +8,7 @@
 //! - [`TestStore`]: a ledger and the delivery bookkeeping over a fresh database.
 //! - [`PrivatePostgres`]: a PostgreSQL server of the test's own, to stop and start (outages), or
 //!   with TLS on and a CA of its own.
+//! - [`TestCerts`]: a CA, server and client certificates, and an unrelated CA, for TLS tests.
 //! - [`builders`]: principals, commands, changes, consents, consumers… in their domain types.
 //!
 //! What only one crate's tests need (api's `TestApp`, relay's NATS and webhook fixtures) stays
@@ -15,12 +16,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod builders;
+mod certs;
 mod private_pg;
 mod test_store;
 
 use idledger_store::Store;
 use sqlx::Connection;
 
+pub use certs::TestCerts;
 pub use private_pg::PrivatePostgres;
 pub use test_store::TestStore;
 

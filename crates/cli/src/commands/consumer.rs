@@ -39,8 +39,22 @@ pub enum ConsumerCommand {
     /// Print the key the consumer computes `value_hash` with (HMAC-SHA256 of a value's JSON
     /// form as delivered; see docs/contracts.md). Needs the master key. Hand it to the
     /// consumer's operators as a secret; the consumer can also read it with its own token
-    /// from `GET /v1/consumers/<ID>/hash-key`.
+    /// from `GET /v1/consumers/<ID>/hash-key`. With --ack, the key it signs its NATS
+    /// acknowledgements with instead.
     HashKey(HashKeyArgs),
+    /// Write nats-server accounts for idledger and every NATS consumer: each consumer may
+    /// read only its own deliveries (from the durable named after it, with the inbox prefix
+    /// `_INBOX_<ID>`) and publish only its own acks; only idledger publishes deliveries.
+    /// Passwords are read by nats-server from `NATS_PASSWORD_<USER>` variables. See
+    /// deploy/nats/.
+    NatsConfig(NatsConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NatsConfigArgs {
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -106,7 +120,10 @@ pub struct HashKeyArgs {
     /// The consumer's id.
     #[arg(value_name = "ID", value_parser = parse_consumer_id)]
     pub id: ConsumerId,
-    /// Print {consumer_id, algorithm, key} as JSON instead of the key alone.
+    /// Print the ack signing key instead of the value-hash key.
+    #[arg(long, conflicts_with = "json")]
+    pub ack: bool,
+    /// Print {consumer_id, algorithm, key, ack_key} as JSON instead of one key alone.
     #[arg(long)]
     pub json: bool,
 }
@@ -144,12 +161,45 @@ pub async fn run(
         ConsumerCommand::List(args) => list(&registry(settings).await?, args, out).await,
         ConsumerCommand::Disable(args) => disable(&registry(settings).await?, args, out).await,
         ConsumerCommand::HashKey(args) => hash_key(settings, args, out).await,
+        ConsumerCommand::NatsConfig(args) => nats_config(settings, args, out).await,
     }
 }
 
 /// The registry holds no personal data: no master key is needed.
 async fn registry(settings: &Settings) -> anyhow::Result<Deliveries> {
     Ok(store::open_store(settings).await?.deliveries())
+}
+
+async fn nats_config(
+    settings: &Settings,
+    args: &NatsConfigArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let consumers: Vec<ConsumerId> = registry(settings)
+        .await?
+        .consumers()
+        .await?
+        .into_iter()
+        .filter(|c| matches!(c.channel, Channel::Nats))
+        .map(|c| c.id)
+        .collect();
+    let layout = crate::commands::serve::nats_layout(settings, String::new());
+    let text = idledger_relay::access::server_accounts(&layout, &consumers)
+        .map_err(|e| anyhow::anyhow!("cannot write NATS accounts: {e}"))?;
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            writeln!(
+                out,
+                "wrote NATS accounts for idledger and {} consumer(s) to {}",
+                consumers.len(),
+                path.display()
+            )?;
+        }
+        None => out.write_all(text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The key is derived from the master key, so this one command of the registry needs it.
@@ -169,11 +219,14 @@ async fn hash_key(
         bail!("no consumer '{}' (see `idledger consumer list`)", args.id);
     }
     let key = ledger.hash_key(&args.id).to_hex();
+    let ack_key = ledger.ack_key(&args.id).to_hex();
     if args.json {
         let view = serde_json::json!({
-            "consumer_id": args.id, "algorithm": "hmac-sha256", "key": key,
+            "consumer_id": args.id, "algorithm": "hmac-sha256", "key": key, "ack_key": ack_key,
         });
         writeln!(out, "{view}")?;
+    } else if args.ack {
+        writeln!(out, "{ack_key}")?;
     } else {
         writeln!(out, "{key}")?;
     }

@@ -10,13 +10,14 @@ use anyhow::Context as _;
 use idledger_api::limits::TokenLimits;
 use idledger_api::page::SessionSettings;
 use idledger_api::{ApiConfig, AppState};
-use idledger_relay::{NatsConfig, Relay, RelayConfig};
+use idledger_relay::{NatsAuth, NatsConfig, NatsTls, Relay, RelayConfig};
 use idledger_store::SessionLimits;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
-use crate::config::Settings;
+use crate::config::{NATS_PASSWORD_ENV, NATS_TOKEN_ENV, Settings};
 use crate::store::{self, KeyUse};
+use zeroize::Zeroizing;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -135,6 +136,7 @@ pub async fn run(
         Some(addr) => addr,
         None => DEFAULT_LISTEN.parse()?,
     };
+    let relay_config = relay_config(settings, args)?;
     let ledger = store::open_ledger(settings, KeyUse::Required).await?;
     let tokens = ledger
         .store()
@@ -174,7 +176,6 @@ pub async fn run(
         )?;
     }
     writeln!(out, "stop with Ctrl-C (in-flight requests finish first)")?;
-    let relay_config = relay_config(settings, args);
     let stop_relay = CancellationToken::new();
     let relay = match &relay_config {
         Some(config) => {
@@ -319,46 +320,112 @@ async fn retention_on_schedule(app: idledger_app::App, every: Duration, stop: Ca
 }
 
 /// The relay's settings from flags, environment and the configuration file; `None` when the
-/// relay is disabled.
-fn relay_config(settings: &Settings, args: &ServeArgs) -> Option<RelayConfig> {
+/// relay is disabled. Refuses NATS settings that cannot work (conflicting credentials,
+/// unreadable files), so `serve` stops at start rather than retrying for ever.
+fn relay_config(settings: &Settings, args: &ServeArgs) -> anyhow::Result<Option<RelayConfig>> {
     if args.no_relay || settings.relay.disabled == Some(true) {
-        return None;
+        return Ok(None);
     }
     let mut config = RelayConfig::default();
     if let Some(source) = args.event_source.clone().or(settings.relay.source.clone()) {
         config.source = source;
     }
-    config.nats = args
+    config.nats = match args
         .nats_url
         .clone()
         .or(settings.nats.url.clone())
         .filter(|url| !url.trim().is_empty())
-        .map(|url| {
-            let mut nats = NatsConfig {
-                url,
-                ..NatsConfig::default()
-            };
-            if let Some(name) = &settings.nats.stream {
-                nats.stream.name.clone_from(name);
-            }
-            if let Some(prefix) = &settings.nats.subject_prefix {
-                nats.stream.subject_prefix.clone_from(prefix);
-            }
-            if let Some(prefix) = &settings.nats.ack_subject_prefix {
-                nats.ack_subject_prefix.clone_from(prefix);
-            }
-            if let Some(stream) = &settings.nats.ack_stream {
-                nats.ack_stream.clone_from(stream);
-            }
-            if let Some(replicas) = settings.nats.replicas {
-                nats.stream.replicas = replicas;
-            }
-            if let Some(secs) = settings.nats.duplicate_window_secs {
-                nats.stream.duplicate_window = Duration::from_secs(secs);
-            }
-            nats
+    {
+        Some(url) => Some(nats_config(settings, url)?),
+        None => None,
+    };
+    Ok(Some(config))
+}
+
+fn nats_config(settings: &Settings, url: String) -> anyhow::Result<NatsConfig> {
+    let file = &settings.nats;
+    let nats = NatsConfig {
+        auth: nats_auth(settings)?,
+        tls: NatsTls {
+            ca_file: file.tls_ca_file.clone(),
+            client_cert: match (&file.tls_cert_file, &file.tls_key_file) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                (None, None) => None,
+                _ => anyhow::bail!("[nats] tls_cert_file and tls_key_file go together"),
+            },
+            required: file.tls_required.unwrap_or(false),
+        },
+        ..nats_layout(settings, url)
+    };
+    idledger_relay::nats::connect_options(&nats)?;
+    Ok(nats)
+}
+
+/// The stream, subjects and ack stream `[nats]` names (no credentials).
+pub(crate) fn nats_layout(settings: &Settings, url: String) -> NatsConfig {
+    let file = &settings.nats;
+    let mut nats = NatsConfig {
+        url,
+        ..NatsConfig::default()
+    };
+    if let Some(name) = &file.stream {
+        nats.stream.name.clone_from(name);
+    }
+    if let Some(prefix) = &file.subject_prefix {
+        nats.stream.subject_prefix.clone_from(prefix);
+    }
+    if let Some(prefix) = &file.ack_subject_prefix {
+        nats.ack_subject_prefix.clone_from(prefix);
+    }
+    if let Some(stream) = &file.ack_stream {
+        nats.ack_stream.clone_from(stream);
+    }
+    if let Some(replicas) = file.replicas {
+        nats.stream.replicas = replicas;
+    }
+    if let Some(secs) = file.duplicate_window_secs {
+        nats.stream.duplicate_window = Duration::from_secs(secs);
+    }
+    nats
+}
+
+/// The one way the relay authenticates to NATS, from `[nats]` and the environment.
+fn nats_auth(settings: &Settings) -> anyhow::Result<NatsAuth> {
+    let file = &settings.nats;
+    let secrets = &settings.nats_secrets;
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read_to_string(path)
+            .map(Zeroizing::new)
+            .with_context(|| format!("cannot read the NATS {what} {}", path.display()))
+    };
+    let mut chosen = Vec::new();
+    if let Some(user) = &file.user {
+        let Some(password) = secrets.password.clone() else {
+            anyhow::bail!("[nats] user is set: give its password in {NATS_PASSWORD_ENV}");
+        };
+        chosen.push(NatsAuth::UserPassword {
+            user: user.clone(),
+            password,
         });
-    Some(config)
+    } else if secrets.password.is_some() {
+        anyhow::bail!("{NATS_PASSWORD_ENV} is set without [nats] user");
+    }
+    if let Some(token) = &secrets.token {
+        chosen.push(NatsAuth::Token(token.clone()));
+    }
+    if let Some(path) = &file.nkey_seed_file {
+        chosen.push(NatsAuth::NKey(read(path, "nkey seed file")?));
+    }
+    if let Some(path) = &file.creds_file {
+        chosen.push(NatsAuth::Credentials(read(path, "credentials file")?));
+    }
+    if chosen.len() > 1 {
+        anyhow::bail!(
+            "NATS credentials are given more than one way ([nats] user, {NATS_TOKEN_ENV}, \
+             nkey_seed_file, creds_file): keep one"
+        );
+    }
+    Ok(chosen.pop().unwrap_or_default())
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what service managers send).

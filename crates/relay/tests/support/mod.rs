@@ -87,6 +87,7 @@ pub fn unique_nats(url: &str) -> NatsConfig {
         ack_durable: "acks".to_owned(),
         max_in_flight: 64,
         publish_timeout: Duration::from_secs(2),
+        ..NatsConfig::default()
     }
 }
 
@@ -175,6 +176,16 @@ pub async fn shared_nats() -> String {
     }
 }
 
+/// The headers of an ack signed with `key` (see `idledger_relay::acks`).
+pub fn signed(key: &idledger_domain::hashing::AckKey, body: &[u8]) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        idledger_relay::acks::SIGNATURE_HEADER,
+        key.sign(body).as_str(),
+    );
+    headers
+}
+
 pub async fn jetstream(url: &str) -> jetstream::Context {
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
@@ -191,10 +202,26 @@ pub struct OwnNats {
     pub url: String,
     dir: tempfile::TempDir,
     child: Option<tokio::process::Child>,
+    /// A configuration file (`-c`) and the environment it reads variables from.
+    config: Option<(std::path::PathBuf, Vec<(String, String)>)>,
 }
 
 impl OwnNats {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A server started with `config` (nats-server syntax; port, JetStream and store come
+    /// from flags) and `env` (the variables it names, such as passwords).
+    pub async fn start_with_config(config: &str, env: &[(&str, &str)]) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_with(Some((config.to_owned(), env))).await
+    }
+
+    async fn start_with(config: Option<(String, Vec<(String, String)>)>) -> Self {
         assert!(
             std::path::Path::new(NATS_BIN).exists(),
             "{NATS_BIN} is missing; install it (apt-get install nats-server) or run scripts/services.sh"
@@ -204,11 +231,18 @@ impl OwnNats {
             .local_addr()
             .unwrap()
             .port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config.map(|(text, env)| {
+            let file = dir.path().join("nats-server.conf");
+            std::fs::write(&file, text).unwrap();
+            (file, env)
+        });
         let mut nats = Self {
             port,
             url: format!("nats://127.0.0.1:{port}"),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             child: None,
+            config,
         };
         nats.restart().await;
         nats
@@ -216,7 +250,11 @@ impl OwnNats {
 
     /// Starts the server (again) and waits until it accepts connections.
     pub async fn restart(&mut self) {
-        let child = tokio::process::Command::new(NATS_BIN)
+        let mut command = tokio::process::Command::new(NATS_BIN);
+        if let Some((file, env)) = &self.config {
+            command.arg("-c").arg(file).envs(env.iter().cloned());
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",
