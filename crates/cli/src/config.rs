@@ -38,6 +38,15 @@ pub struct ConfigFile {
     pub reconcile: ReconcileFile,
     #[serde(default)]
     pub retention: RetentionFile,
+    #[serde(default)]
+    pub checkpoints: CheckpointsFile,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointsFile {
+    /// Seconds between signed checkpoints in `serve`; 0: none. [default: 600]
+    pub interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -127,6 +136,7 @@ pub struct Settings {
     pub relay: RelayFile,
     pub reconcile: ReconcileFile,
     pub retention: RetentionFile,
+    pub checkpoints: CheckpointsFile,
 }
 
 /// Which database to open.
@@ -233,6 +243,7 @@ impl Settings {
             relay: file.relay,
             reconcile: file.reconcile,
             retention: file.retention,
+            checkpoints: file.checkpoints,
         })
     }
 
