@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use idledger_store::checkpoints::{CHECKPOINT_PURPOSE, kid_of};
 
 use crate::config::Settings;
-use crate::render::{kv, time};
+use crate::render::{hex, kv, time};
 use crate::store::{self, KeyUse};
 
 #[derive(Debug, Args)]
@@ -125,8 +125,4 @@ async fn export(
         None => out.write_all(&bytes)?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

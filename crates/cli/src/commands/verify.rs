@@ -12,7 +12,7 @@ use idledger_store::checkpoints::{CheckpointExport, EXPORT_FORMAT, kid_of};
 use crate::cli::VerifyArgs;
 use crate::config::Settings;
 use crate::progress::Progress;
-use crate::render::{kv, time};
+use crate::render::{hex, kv, time};
 use crate::store::{self, KeyUse};
 
 pub async fn run(
@@ -26,9 +26,6 @@ pub async fn run(
         .map(parse_public_key)
         .transpose()?;
     let export = args.checkpoints.as_deref().map(read_export).transpose()?;
-    if pinned.is_some() && export.is_none() {
-        bail!("--public-key pins the key of --checkpoints FILE: give the file too");
-    }
     let ledger = store::open_ledger(settings, KeyUse::NotNeeded).await?;
     let progress = Progress::new("verifying");
     let report = match &export {
@@ -111,10 +108,6 @@ fn read_export(path: &std::path::Path) -> anyhow::Result<CheckpointExport> {
         );
     }
     Ok(export)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn write_text(
