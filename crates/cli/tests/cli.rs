@@ -1706,4 +1706,26 @@ fn keys_rewrap_moves_an_embedded_store_to_a_new_master_key() {
         json(&record(Path::new(new_key)).success().stdout),
         json(&before)
     );
+    // Checkpoint signing goes on under the new key (its key is sealed under the derivation
+    // root, which the rewrap moved whole), and the demo's checkpoint still holds.
+    let with_new_key = |args: &[&str]| {
+        let mut all = vec!["--database", url.as_str(), "--master-key-file", new_key];
+        all.extend_from_slice(args);
+        idledger(&dir, &all)
+    };
+    with_new_key(&[
+        "restrict",
+        &ada,
+        "--as",
+        "dpo",
+        "--reason",
+        "after the rewrap",
+    ])
+    .success();
+    with_new_key(&["checkpoint"])
+        .success()
+        .stdout_has(&["signed a checkpoint of the log", "position         19"]);
+    with_new_key(&["verify"])
+        .success()
+        .stdout_has(&["2 checkpoints hold: the log up to position 19 is the one signed"]);
 }
