@@ -78,8 +78,12 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Open the database and apply pending schema migrations.
     Migrate,
-    /// Check every stream's hash chain and the log's positions; exit 1 if the log was altered.
+    /// Check every stream's hash chain, the log's positions and the signed checkpoints (the
+    /// stored ones, or an export's with --checkpoints); exit 1 if the log was altered.
     Verify(VerifyArgs),
+    /// Sign a checkpoint of the log now and print it; `checkpoint export` writes every
+    /// checkpoint with the public keys that signed them.
+    Checkpoint(crate::commands::checkpoint::CheckpointArgs),
     /// Re-create every projection from the log and report whether it matched the live one.
     Rebuild(RebuildArgs),
     /// Print every event that touched one field of a customer, with full provenance.
@@ -205,6 +209,14 @@ pub struct ServeArgs {
     /// schedule off. [default: 86400]
     #[arg(long, value_name = "SECS", env = "IDLEDGER__RETENTION__INTERVAL_SECS")]
     pub retention_every: Option<u64>,
+    /// Seconds between signed checkpoints of the log (one is signed only when the log has
+    /// grown); 0 turns the schedule off. [default: 600]
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "IDLEDGER__CHECKPOINTS__INTERVAL_SECS"
+    )]
+    pub checkpoint_every: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,6 +308,14 @@ pub struct VerifyArgs {
     /// Print the verification report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Check the checkpoints of this export (`idledger checkpoint export`) instead of the
+    /// stored ones: each signature, and the log hash at each checkpoint's position.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoints: Option<PathBuf>,
+    /// Accept only checkpoints signed by this Ed25519 public key (64 hex characters), not
+    /// any key the file names.
+    #[arg(long, value_name = "HEX", requires = "checkpoints")]
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Args)]

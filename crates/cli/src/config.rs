@@ -38,6 +38,15 @@ pub struct ConfigFile {
     pub reconcile: ReconcileFile,
     #[serde(default)]
     pub retention: RetentionFile,
+    #[serde(default)]
+    pub checkpoints: CheckpointsFile,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointsFile {
+    /// Seconds between signed checkpoints in `serve`; 0: none. [default: 600]
+    pub interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -140,6 +149,7 @@ pub struct Settings {
     pub relay: RelayFile,
     pub reconcile: ReconcileFile,
     pub retention: RetentionFile,
+    pub checkpoints: CheckpointsFile,
     /// NATS secrets from the environment (IDLEDGER__NATS__PASSWORD, IDLEDGER__NATS__TOKEN).
     pub nats_secrets: NatsSecrets,
 }
@@ -269,6 +279,7 @@ impl Settings {
             relay: file.relay,
             reconcile: file.reconcile,
             retention: file.retention,
+            checkpoints: file.checkpoints,
             nats_secrets: NatsSecrets {
                 password: env(NATS_PASSWORD_ENV).map(Zeroizing::new),
                 token: env(NATS_TOKEN_ENV).map(Zeroizing::new),

@@ -45,6 +45,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let code = match &cli.command {
             Command::Migrate => commands::migrate::run(&settings, &mut out).await?,
             Command::Verify(args) => commands::verify::run(&settings, args, &mut out).await?,
+            Command::Checkpoint(args) => {
+                commands::checkpoint::run(&settings, args, &mut out).await?
+            }
             Command::Rebuild(args) => commands::rebuild::run(&settings, args, &mut out).await?,
             Command::History(args) => commands::history::run(&settings, args, &mut out).await?,
             Command::Record(args) => commands::record::run(&settings, args, &mut out).await?,

@@ -24,6 +24,11 @@ pub fn time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Bytes as lower-case hex (hashes, public keys, signatures).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn opt(value: Option<impl Display>) -> String {
     value.map_or_else(|| NONE.to_owned(), |v| v.to_string())
 }

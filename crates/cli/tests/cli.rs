@@ -377,6 +377,132 @@ fn verify_names_the_first_altered_event_and_fails() {
 }
 
 #[test]
+fn checkpoints_are_signed_exported_and_catch_a_rewritten_log() {
+    let dir = TempDir::new("checkpoints");
+    demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--database", url.as_str()];
+        all.extend_from_slice(args);
+        idledger(&dir, &all)
+    };
+    // The demo signed the log's 18 events; nothing has been added since.
+    cli(&["checkpoint"]).success().stdout_has(&[
+        "has not grown",
+        "position         18",
+        "key id",
+        "public key",
+    ]);
+    let run = cli(&["checkpoint", "--json"]).success();
+    let checkpoint: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(checkpoint["position"], 18);
+    assert_eq!(checkpoint["log_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(checkpoint["signature"].as_str().unwrap().len(), 128);
+
+    let file = dir.path().join("checkpoints.json");
+    let file = file.to_str().unwrap();
+    let run = cli(&["checkpoint", "export", "--out", file]).success();
+    let export: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    assert_eq!(export["format"], "idledger.checkpoints.v1");
+    assert_eq!(export["checkpoints"][0], checkpoint);
+    let public = export["keys"][0]["public_key"].as_str().unwrap().to_owned();
+    assert_eq!(export["keys"][0]["kid"], checkpoint["kid"]);
+    assert!(run.stderr.contains(&public), "{}", run.stderr);
+    cli(&["checkpoint", "export", "--out", file])
+        .exit(1)
+        .stderr_has(&["exists"]);
+    let printed: serde_json::Value =
+        serde_json::from_str(&cli(&["checkpoint", "export"]).success().stdout).unwrap();
+    assert_eq!(printed, export);
+
+    cli(&["verify", "--checkpoints", file])
+        .success()
+        .stdout_has(&[
+            "the log is intact",
+            "1 checkpoints hold: the log up to position 18 is the one signed",
+            "pin it with --public-key",
+        ]);
+    cli(&["verify", "--checkpoints", file, "--public-key", &public])
+        .success()
+        .stdout_has(&["checked with the pinned key"]);
+    cli(&[
+        "verify",
+        "--checkpoints",
+        file,
+        "--public-key",
+        &"ab".repeat(32),
+    ])
+    .exit(1)
+    .stdout_has(&["CHECKPOINTS FAIL", "not signed by the pinned key"]);
+    cli(&["verify", "--checkpoints", file, "--public-key", "abc"])
+        .exit(1)
+        .stderr_has(&["64 hex characters"]);
+    cli(&["verify", "--public-key", &public]).exit(2);
+
+    // Someone with the file changes an event and recomputes its stream's chain: every chain
+    // holds, and only the checkpoints tell.
+    let db = dir.path().join("demo.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("DROP TRIGGER events_no_update")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE events SET payload = substr(payload, 1, 30) || x'ff' || substr(payload, 32) \
+             WHERE global_position = 3",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let log = idledger_store::Store::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap()
+            .log();
+        let versions = log.chain_versions().await.unwrap();
+        let mut heads = std::collections::HashMap::new();
+        for raw in log.read_all(0, 1000).await.unwrap() {
+            let prev: Vec<u8> = heads
+                .get(&raw.customer_id)
+                .cloned()
+                .unwrap_or(idledger_store::chain::GENESIS.to_vec());
+            let hash = versions.event_hash(&prev, &raw.chain_input()).to_vec();
+            sqlx::query("UPDATE events SET hash = $1 WHERE event_id = $2")
+                .bind(&hash)
+                .bind(raw.event_id)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            heads.insert(raw.customer_id, hash);
+        }
+        conn.close().await.unwrap();
+    });
+    cli(&["verify"]).exit(1).stdout_has(&[
+        "verified 18 events in 2 streams: the log is intact",
+        "CHECKPOINTS FAIL: 1 of 1 do not hold",
+        "checkpoint at position 18",
+        "the log changed",
+    ]);
+    cli(&["verify", "--checkpoints", file, "--public-key", &public])
+        .exit(1)
+        .stdout_has(&["checkpoint at position 18", "the log changed"]);
+    let run = cli(&["verify", "--checkpoints", file, "--json"]).exit(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(report["first_broken"].is_null());
+    assert_eq!(report["checkpoints"][0]["failure"]["kind"], "log_changed");
+
+    // An empty store has nothing to sign.
+    let empty = dir.sqlite_url("empty.db");
+    idledger(&dir, &["--database", &empty, "checkpoint"])
+        .success()
+        .stdout_has(&["the log is empty: nothing to sign"]);
+}
+
+#[test]
 fn history_and_record_show_provenance() {
     let dir = TempDir::new("history");
     let (ada, _) = demo_into(&dir);
@@ -1603,4 +1729,26 @@ fn keys_rewrap_moves_an_embedded_store_to_a_new_master_key() {
         json(&record(Path::new(new_key)).success().stdout),
         json(&before)
     );
+    // Checkpoint signing goes on under the new key (its key is sealed under the derivation
+    // root, which the rewrap moved whole), and the demo's checkpoint still holds.
+    let with_new_key = |args: &[&str]| {
+        let mut all = vec!["--database", url.as_str(), "--master-key-file", new_key];
+        all.extend_from_slice(args);
+        idledger(&dir, &all)
+    };
+    with_new_key(&[
+        "restrict",
+        &ada,
+        "--as",
+        "dpo",
+        "--reason",
+        "after the rewrap",
+    ])
+    .success();
+    with_new_key(&["checkpoint"])
+        .success()
+        .stdout_has(&["signed a checkpoint of the log", "position         19"]);
+    with_new_key(&["verify"])
+        .success()
+        .stdout_has(&["2 checkpoints hold: the log up to position 19 is the one signed"]);
 }

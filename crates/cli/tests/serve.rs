@@ -129,6 +129,8 @@ fn serve_answers_with_command_line_tokens_and_stops_on_sigterm() {
             "--secure-cookies",
             "--session-idle-secs",
             "60",
+            "--checkpoint-every",
+            "1",
         ],
     )
     .stdout(Stdio::piped())
@@ -187,6 +189,19 @@ fn serve_answers_with_command_line_tokens_and_stops_on_sigterm() {
         assert!(cookie.ends_with("; Secure"), "{cookie}");
         assert!(!cookie.contains(&steward), "{cookie}");
     });
+    // The log grew: within a few seconds the schedule signs a checkpoint of it.
+    let mut signed = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (code, export, _) = run(&dir, &["checkpoint", "export"]);
+        assert_eq!(code, Some(0));
+        let export: serde_json::Value = serde_json::from_str(&export).unwrap();
+        if let Some(first) = export["checkpoints"].get(0) {
+            signed = first.clone();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(signed["position"].as_u64().unwrap() >= 1, "{signed}");
 
     let pid = child.id().to_string();
     assert!(
@@ -203,6 +218,11 @@ fn serve_answers_with_command_line_tokens_and_stops_on_sigterm() {
     assert!(
         rest.iter()
             .any(|l| l.contains("/steward (sessions: 60 s idle, 43200 s at most, Secure cookie)")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("checkpoints signed every 1 s while the log grows")),
         "{rest:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

@@ -206,6 +206,11 @@ impl DataKey {
         Self(Zeroizing::new(bytes))
     }
 
+    /// A key from a derived secret (e.g. the key that seals signing keys).
+    pub(crate) fn from_secret(secret: [u8; KEY_LEN]) -> Self {
+        Self(Zeroizing::new(secret))
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&*self.0).into())
     }

@@ -27,7 +27,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::chain::{GENESIS, event_hash};
+use crate::chain::{GENESIS, LOG_GENESIS, log_hash};
+use crate::checkpoints::{
+    CHECKPOINT_PURPOSE, Checkpoint, CheckpointCheck, CheckpointExport, CheckpointFailure,
+    SigningKeys, Trust, signed_message,
+};
 use crate::crypto::{DataKey, DerivationRoot, KeyEncryptionKey, MasterKey};
 use crate::delivery::Consumer;
 use crate::error::{ExecuteError, StoreError};
@@ -112,10 +116,90 @@ pub struct BrokenEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
+    /// Events verified before the first broken one (all of them when the log is intact).
     pub events: u64,
     pub streams: u64,
-    /// The first event (in log order) whose chain does not hold; `None` = the log is intact.
+    /// The first event (in log order) whose chain does not hold; `None` = the chains hold.
     pub first_broken: Option<BrokenEvent>,
+    /// Every checkpoint checked, by position: the stored ones, or an export's.
+    pub checkpoints: Vec<CheckpointCheck>,
+}
+
+impl VerifyReport {
+    /// The chains hold and so does every checkpoint.
+    pub fn intact(&self) -> bool {
+        self.first_broken.is_none() && self.checkpoints.iter().all(|c| c.failure.is_none())
+    }
+}
+
+/// What [`Ledger::sign_checkpoint`] gives: the checkpoint at the head, and whether it was
+/// signed now (false: the log has not grown since it was signed, here or by another process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub checkpoint: Checkpoint,
+    pub new: bool,
+}
+
+/// The log hash of a verification pass and the checkpoints it settles.
+struct Scan {
+    log_hash: [u8; 32],
+    /// The highest position a checkpoint held at so far.
+    unchanged_up_to: u64,
+    /// The first position whose event does not hold.
+    first_broken: Option<u64>,
+}
+
+impl Scan {
+    /// Compares the checkpoints due at `position` with the log hash there.
+    fn settle(
+        &mut self,
+        position: u64,
+        checkpoints: &[Checkpoint],
+        checks: &mut [CheckpointCheck],
+        due: &mut BTreeMap<u64, Vec<usize>>,
+    ) {
+        let Some(waiting) = due.remove(&position) else {
+            return;
+        };
+        let mut held = false;
+        for i in waiting {
+            if checkpoints[i].log_hash.as_slice() == self.log_hash.as_slice()
+                && self.first_broken.is_none_or(|broken| broken > position)
+            {
+                held = true;
+            } else {
+                checks[i].failure = Some(self.changed());
+            }
+        }
+        if held {
+            self.unchanged_up_to = position;
+        }
+    }
+
+    /// Fails the checkpoints due before `position` that were not settled: the log has no
+    /// event at their position.
+    fn skip_before(
+        &mut self,
+        position: u64,
+        checks: &mut [CheckpointCheck],
+        due: &mut BTreeMap<u64, Vec<usize>>,
+    ) {
+        while let Some(entry) = due.first_entry() {
+            if *entry.key() >= position {
+                break;
+            }
+            for i in entry.remove() {
+                checks[i].failure = Some(self.changed());
+            }
+        }
+    }
+
+    fn changed(&self) -> CheckpointFailure {
+        CheckpointFailure::LogChanged {
+            unchanged_up_to: self.unchanged_up_to,
+            first_broken: self.first_broken,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -151,6 +235,8 @@ pub struct Ledger {
     hash_root: Arc<HashRoot>,
     alias_root: Arc<AliasRoot>,
     request_key: Arc<[u8; 32]>,
+    /// Seals and opens signing keys' private halves.
+    signing_seal: Arc<DataKey>,
     policy: Arc<Policy>,
     writer: mpsc::Sender<WriteJob>,
     keys: Arc<KeyCache>,
@@ -201,6 +287,7 @@ impl Ledger {
             hash_root: Arc::new(HashRoot::new(root.derive("value hashes"))),
             alias_root: Arc::new(AliasRoot::new(root.derive("customer aliases"))),
             request_key: Arc::new(root.derive("request hashes")),
+            signing_seal: Arc::new(DataKey::from_secret(root.derive("signing keys"))),
             master,
             policy: Arc::new(policy),
             writer: tx,
@@ -789,59 +876,146 @@ impl Ledger {
     }
 
     /// Checks every stream's hash chain and the log's positions, naming the first broken
-    /// event. Needs no data keys: the chain covers the ciphertext.
+    /// event, and every stored checkpoint against the log (signed by a stored key, and the
+    /// log hash at its position the one signed). Needs no data keys: the chain covers the
+    /// ciphertext.
     pub async fn verify(&self, progress: ProgressFn<'_>) -> Result<VerifyReport, StoreError> {
+        let checkpoints = self.store.checkpoints();
+        let list = checkpoints.list().await?;
+        let trust = Trust::Keys(checkpoints.public_keys(CHECKPOINT_PURPOSE).await?);
+        self.verify_against(&list, &trust, progress).await
+    }
+
+    /// [`Ledger::verify`], checking the checkpoints of an export instead of the stored ones:
+    /// each must be signed by a key of the export, or by `pinned` (a 32-byte Ed25519 public
+    /// key) alone when given, and the log hash at its position must be the one signed.
+    pub async fn verify_checkpoints(
+        &self,
+        export: &CheckpointExport,
+        pinned: Option<&[u8]>,
+        progress: ProgressFn<'_>,
+    ) -> Result<VerifyReport, StoreError> {
+        let trust = match pinned {
+            Some(public) => Trust::Pinned(public.to_vec()),
+            None => Trust::Keys(export.keys.clone()),
+        };
+        self.verify_against(&export.checkpoints, &trust, progress)
+            .await
+    }
+
+    /// One pass over the log: every event's hash recomputed from its bytes and its stream
+    /// predecessor's recomputed hash (so the result depends on what is stored, never on the
+    /// stored hashes), compared with the stored one; the log hash folded from the recomputed
+    /// hashes and compared at each checkpoint's position. Goes on past a broken event so that
+    /// every checkpoint gets its answer.
+    async fn verify_against(
+        &self,
+        checkpoints: &[Checkpoint],
+        trust: &Trust,
+        progress: ProgressFn<'_>,
+    ) -> Result<VerifyReport, StoreError> {
+        let versions = self.log.chain_versions().await?;
         let total = self.log.head_position().await?;
+        let mut checks: Vec<CheckpointCheck> = checkpoints
+            .iter()
+            .map(|c| CheckpointCheck {
+                position: c.position,
+                kid: c.kid.clone(),
+                signed_at: c.signed_at,
+                failure: trust.refuse(c),
+            })
+            .collect();
+        // Signed by a trusted key: compared with the log when the scan reaches its position.
+        let mut due: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, c) in checkpoints.iter().enumerate() {
+            if checks[i].failure.is_none() {
+                due.entry(c.position).or_default().push(i);
+            }
+        }
+        let mut scan = Scan {
+            log_hash: LOG_GENESIS,
+            unchanged_up_to: 0,
+            first_broken: None,
+        };
+        scan.settle(0, checkpoints, &mut checks, &mut due);
         let mut heads: HashMap<Uuid, (u64, Vec<u8>)> = HashMap::new();
         let mut after = 0u64;
         let mut events = 0u64;
+        let mut first_broken: Option<BrokenEvent> = None;
         loop {
             let page = self.log.read_all(after, SCAN_PAGE).await?;
             if page.is_empty() {
                 break;
             }
             for raw in &page {
-                let broken = |reason: String| BrokenEvent {
-                    global_position: raw.global_position,
-                    customer_id: raw.customer_id,
-                    stream_version: raw.stream_version,
-                    event_id: raw.event_id,
-                    reason,
+                // A checkpoint at a position the log skips cannot hold.
+                scan.skip_before(raw.global_position, &mut checks, &mut due);
+                let mut broken = |reason: String| {
+                    scan.first_broken.get_or_insert(raw.global_position);
+                    first_broken.get_or_insert(BrokenEvent {
+                        global_position: raw.global_position,
+                        customer_id: raw.customer_id,
+                        stream_version: raw.stream_version,
+                        event_id: raw.event_id,
+                        reason,
+                    });
                 };
                 if raw.global_position != after + 1 {
-                    let reason = format!(
+                    broken(format!(
                         "global position jumps from {after} to {} (events are missing)",
                         raw.global_position
-                    );
-                    return Ok(report(events, &heads, Some(broken(reason))));
+                    ));
                 }
                 let (version, prev) = heads
                     .get(&raw.customer_id)
                     .map_or((0, GENESIS.to_vec()), |(v, h)| (*v, h.clone()));
                 if raw.stream_version != version + 1 {
-                    let reason = format!(
+                    broken(format!(
                         "stream version jumps from {version} to {} (events are missing)",
                         raw.stream_version
-                    );
-                    return Ok(report(events, &heads, Some(broken(reason))));
+                    ));
                 }
-                let hash = event_hash(&prev, &raw.chain_input());
+                let hash = versions.event_hash(&prev, &raw.chain_input());
                 if hash.as_slice() != raw.hash.as_slice() {
-                    let reason =
-                        "hash does not match: the event's stored bytes were altered".to_owned();
-                    return Ok(report(events, &heads, Some(broken(reason))));
+                    broken("hash does not match: the event's stored bytes were altered".to_owned());
                 }
-                heads.insert(raw.customer_id, (raw.stream_version, raw.hash.clone()));
+                heads.insert(raw.customer_id, (raw.stream_version, hash.to_vec()));
+                scan.log_hash = log_hash(&scan.log_hash, raw.global_position, &hash);
                 after = raw.global_position;
-                events += 1;
+                if first_broken.is_none() {
+                    events += 1;
+                }
+                scan.settle(after, checkpoints, &mut checks, &mut due);
             }
-            progress(events, total.max(events));
+            progress(after.min(total), total.max(after));
         }
-        // A stream cut short at its end breaks no chain; the projection remembers its length.
+        for (_, waiting) in std::mem::take(&mut due) {
+            for i in waiting {
+                checks[i].failure = Some(CheckpointFailure::LogShorter { head: after });
+            }
+        }
+        if first_broken.is_none() {
+            first_broken = self.stream_cut_short(&heads).await?;
+        }
+        Ok(VerifyReport {
+            events,
+            streams: heads.len() as u64,
+            first_broken,
+            checkpoints: checks,
+        })
+    }
+
+    /// A stream cut short at its end breaks no chain; the projection remembers its length.
+    async fn stream_cut_short(
+        &self,
+        heads: &HashMap<Uuid, (u64, Vec<u8>)>,
+    ) -> Result<Option<BrokenEvent>, StoreError> {
         let mut cursor = None;
         loop {
             let page = self.log.projection_page(cursor, 1000).await?;
-            let Some((last, _)) = page.last() else { break };
+            let Some((last, _)) = page.last() else {
+                return Ok(None);
+            };
             cursor = Some(*last);
             for (customer, row) in page.iter().filter(|(_, r)| r.kind == projection::CUSTOMER) {
                 let state = projection::state(std::slice::from_ref(row))?;
@@ -851,18 +1025,99 @@ impl Ledger {
                         "the record says the stream has {} events but the log holds {logged} (events were removed)",
                         state.stream_version
                     );
-                    let broken = BrokenEvent {
+                    return Ok(Some(BrokenEvent {
                         global_position: 0,
                         customer_id: *customer,
                         stream_version: logged + 1,
                         event_id: Uuid::nil(),
                         reason,
-                    };
-                    return Ok(report(events, &heads, Some(broken)));
+                    }));
                 }
             }
         }
-        Ok(report(events, &heads, None))
+    }
+
+    /// The store's signing keys (their private halves open with a key derived from the
+    /// derivation root).
+    pub fn signing_keys(&self) -> SigningKeys {
+        SigningKeys::new(self.store.db().clone(), self.signing_seal.clone())
+    }
+
+    /// Signs a checkpoint of the log as it is now: the log hash at the head, computed from
+    /// the latest checkpoint on (only the events after it are read), signed with the key in
+    /// use for checkpoints (created on first use). When the log has not grown since the
+    /// latest checkpoint, that one is returned (`new` false); `None` for an empty log.
+    ///
+    /// The latest checkpoint is built on only if its signature verifies: an altered one
+    /// would make every later checkpoint vouch for whatever it claims.
+    pub async fn sign_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StoreError> {
+        let checkpoints = self.store.checkpoints();
+        let base = checkpoints.latest().await?;
+        let (mut position, mut hash) = match &base {
+            None => (0, LOG_GENESIS),
+            Some(c) => {
+                let trust = Trust::Keys(checkpoints.public_keys(CHECKPOINT_PURPOSE).await?);
+                if let Some(failure) = trust.refuse(c) {
+                    return Err(StoreError::Integrity(format!(
+                        "the latest checkpoint (position {}) does not verify: {failure}; \
+                         run `idledger verify`",
+                        c.position
+                    )));
+                }
+                let hash: [u8; 32] = c.log_hash.as_slice().try_into().map_err(|_| {
+                    StoreError::Integrity("a checkpoint's log hash is not 32 bytes".to_owned())
+                })?;
+                (c.position, hash)
+            }
+        };
+        let head = self.log.head_position().await?;
+        if head < position {
+            return Err(StoreError::Integrity(format!(
+                "the log ends at position {head}, before its latest checkpoint at {position}"
+            )));
+        }
+        if head == position {
+            return Ok(base.map(|checkpoint| SignedCheckpoint {
+                checkpoint,
+                new: false,
+            }));
+        }
+        while position < head {
+            let page = self.log.read_all(position, SCAN_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for raw in page.iter().take_while(|r| r.global_position <= head) {
+                if raw.global_position != position + 1 {
+                    return Err(StoreError::Integrity(format!(
+                        "global position jumps from {position} to {}",
+                        raw.global_position
+                    )));
+                }
+                hash = log_hash(&hash, raw.global_position, &raw.hash);
+                position = raw.global_position;
+            }
+        }
+        if position != head {
+            return Err(StoreError::Integrity(format!(
+                "the log ends at position {position}, before its head {head}"
+            )));
+        }
+        let key = self.signing_keys().in_use(CHECKPOINT_PURPOSE).await?;
+        let signed_at = crate::model::truncate_to_micros(Utc::now());
+        let checkpoint = Checkpoint {
+            position,
+            log_hash: hash.to_vec(),
+            signed_at,
+            kid: key.kid.clone(),
+            signature: key.sign(&signed_message(position, &hash, signed_at)),
+        };
+        let stored = checkpoints.insert(&checkpoint).await?;
+        let new = stored == checkpoint;
+        Ok(Some(SignedCheckpoint {
+            checkpoint: stored,
+            new,
+        }))
     }
 
     /// Re-creates every projection row from the log and reports whether the result equals
@@ -995,18 +1250,6 @@ fn compare(
         Comparison::OldForm
     } else {
         Comparison::Differs
-    }
-}
-
-fn report(
-    events: u64,
-    heads: &HashMap<Uuid, (u64, Vec<u8>)>,
-    first_broken: Option<BrokenEvent>,
-) -> VerifyReport {
-    VerifyReport {
-        events,
-        streams: heads.len() as u64,
-        first_broken,
     }
 }
 

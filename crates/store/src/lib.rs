@@ -9,11 +9,13 @@
 //!   engine-specific (the append lock, PostgreSQL's bulk append in `log/postgres.rs`).
 //! - [`crypto`]: per-customer data keys under a master key (they seal events and the
 //!   projection's personal rows, see [`projection`]); [`keys`]: the wrapped keys and the
-//!   master key's rewrap; [`chain`]: the hash chain.
+//!   master key's rewrap; [`chain`]: the hash chains and the log hash; [`checkpoints`]: signed
+//!   checkpoints of the log and the signing keys.
 //!
 //! Architecture invariant: this crate knows SQL and nothing of HTTP or NATS.
 
 pub mod chain;
+pub mod checkpoints;
 pub mod crypto;
 pub mod delivery;
 pub mod disclosures;
@@ -30,12 +32,15 @@ mod store;
 pub mod tokens;
 mod upgrade;
 
+pub use checkpoints::{Checkpoint, CheckpointExport, Checkpoints, Trust};
 pub use crypto::{DerivationRoot, KeyEncryptionKey, MasterKey};
 pub use delivery::Deliveries;
 pub use disclosures::Disclosures;
 pub use error::{ExecuteError, StoreError};
 pub use keys::{Keys, RewrapOptions, RewrapPlan, RewrapReport};
-pub use ledger::{CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, VerifyReport};
+pub use ledger::{
+    CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, SignedCheckpoint, VerifyReport,
+};
 pub use log::EventLog;
 pub use model::{LogEntry, RecordedEvent, ShreddedEvent};
 pub use runs::Runs;

@@ -248,6 +248,18 @@ impl EventLog {
         Ok(true)
     }
 
+    /// Which chain each stored event's hash follows: v1 before `log_chain.v2_from`, v2 from
+    /// it on.
+    pub async fn chain_versions(&self) -> Result<crate::chain::ChainVersions, StoreError> {
+        let v2_from = sql("SELECT v2_from FROM log_chain WHERE id = 1")
+            .fetch_optional(&self.db)
+            .await?
+            .map(|r| r.get_u64("v2_from"))
+            .transpose()?
+            .ok_or_else(|| StoreError::Integrity("log_chain has no row".to_owned()))?;
+        Ok(crate::chain::ChainVersions { v2_from })
+    }
+
     /// The highest global position, 0 when the log is empty.
     pub async fn head_position(&self) -> Result<u64, StoreError> {
         head_position(&self.db).await

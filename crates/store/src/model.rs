@@ -111,6 +111,7 @@ pub struct RawEvent {
 impl RawEvent {
     pub fn chain_input(&self) -> crate::chain::ChainInput<'_> {
         crate::chain::ChainInput {
+            global_position: self.global_position,
             customer_id: self.customer_id,
             stream_version: self.stream_version,
             event_id: self.event_id,

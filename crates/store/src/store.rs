@@ -103,7 +103,12 @@ impl Store {
         &self.db
     }
 
-    /// API tokens.
+    /// Signed checkpoints and the public keys that sign them (signing is the ledger's).
+    pub fn checkpoints(&self) -> crate::checkpoints::Checkpoints {
+        crate::checkpoints::Checkpoints::new(self.db.clone())
+    }
+
+    /// The wrapped keys and the master key's rewrap.
     pub fn keys(&self) -> crate::keys::Keys {
         crate::keys::Keys::new(self.db.clone())
     }

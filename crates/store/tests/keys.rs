@@ -3,6 +3,8 @@
 //!
 //! - [x] `Keys::rewrap`, `Keys::plan_rewrap`, `Keys::pending_rewrap`
 //! - [x] `Keys::refuse_unfinished_rewrap`, `Keys::derivation_root` (through `Ledger::open`)
+//! - [x] checkpoint signing keys, sealed under the derivation root, survive a rewrap
+//!   (`derived_secrets_are_the_same_after_a_rewrap`)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -244,6 +246,15 @@ async fn derived_secrets_are_the_same_after_a_rewrap(engine: Engine) {
         )
     };
     let before = secrets(&open(&store, &old).await.unwrap());
+    // A checkpoint signed before the rewrap, with a key sealed under the derivation root.
+    let first = open(&store, &old)
+        .await
+        .unwrap()
+        .sign_checkpoint()
+        .await
+        .unwrap()
+        .unwrap()
+        .checkpoint;
     // What a ledger of a store from before the root was stored derived: the same.
     let legacy = Ledger::new(
         &store,
@@ -259,8 +270,24 @@ async fn derived_secrets_are_the_same_after_a_rewrap(engine: Engine) {
     );
 
     keys_rewrap(&store, &old, &new).await;
-    let after = secrets(&open(&store, &new).await.unwrap());
+    let ledger = open(&store, &new).await.unwrap();
+    let after = secrets(&ledger);
     assert_eq!(after, before);
+    // Checkpoint signing goes on with the same key, and every checkpoint still holds.
+    run(
+        &ledger,
+        "idp",
+        customers[1],
+        vec![set("email", json!("moved@example.org"))],
+    )
+    .await;
+    let second = ledger.sign_checkpoint().await.unwrap().unwrap();
+    assert!(second.new);
+    assert_eq!(second.checkpoint.kid, first.kid);
+    assert!(second.checkpoint.position > first.position);
+    let report = ledger.verify(&|_, _| {}).await.unwrap();
+    assert!(report.intact(), "{report:?}");
+    assert_eq!(report.checkpoints.len(), 2);
     // Whereas the new key's own derivations differ: the root, not the key, is what counts.
     let naive = Ledger::new(
         &store,

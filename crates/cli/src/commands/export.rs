@@ -79,7 +79,7 @@ pub async fn run(
 
 /// Writes `bytes` to a new file at `path`, whole or not at all: a temporary file beside it,
 /// readable by its owner only, renamed into place once written and synced.
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -2,6 +2,7 @@
 //! its report to `out`, and returns the process's exit status.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod consumer;
 pub mod demo;
 pub mod exception;

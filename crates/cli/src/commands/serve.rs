@@ -228,6 +228,24 @@ pub async fn run(
             stop_schedules.clone(),
         )))
     };
+    let every = args
+        .checkpoint_every
+        .or(settings.checkpoints.interval_secs)
+        .unwrap_or(DEFAULT_CHECKPOINT_SECS);
+    let checkpointing = if every == 0 {
+        writeln!(out, "  checkpoints off (no scheduled signing)")?;
+        None
+    } else {
+        writeln!(
+            out,
+            "  checkpoints signed every {every} s while the log grows"
+        )?;
+        Some(tokio::spawn(checkpoint_on_schedule(
+            ledger.clone(),
+            Duration::from_secs(every),
+            stop_schedules.clone(),
+        )))
+    };
     out.flush()?;
     let router = idledger_api::router(AppState::new(ledger), &config);
     let served = idledger_api::serve(listener, router, shutdown_signal(), &config).await;
@@ -241,6 +259,11 @@ pub async fn run(
         && let Err(e) = task.await
     {
         tracing::error!(error = %e, "the retention schedule failed");
+    }
+    if let Some(task) = checkpointing
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "the checkpoint schedule failed");
     }
     // The relay stops after the API: every command acknowledged before the stop is in the log,
     // and the relay resumes from its checkpoints on the next start.
@@ -314,6 +337,39 @@ async fn retention_on_schedule(app: idledger_app::App, every: Duration, stop: Ca
                     "scheduled retention run finished"
                 ),
                 Err(e) => tracing::error!(error = %e, "scheduled retention run failed"),
+            },
+        }
+    }
+}
+
+/// Seconds between signed checkpoints unless configured: ten minutes.
+const DEFAULT_CHECKPOINT_SECS: u64 = 600;
+
+/// Signs a checkpoint of the log each `every` when it has grown (`sign_checkpoint` reads only
+/// the events since the latest one), the first one interval after the start. Several
+/// instances may sign: the same head is stored once.
+async fn checkpoint_on_schedule(
+    ledger: idledger_store::Ledger,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            result = ledger.sign_checkpoint() => match result {
+                Ok(Some(signed)) if signed.new => tracing::info!(
+                    position = signed.checkpoint.position,
+                    kid = %signed.checkpoint.kid,
+                    "signed a checkpoint of the log"
+                ),
+                Ok(_) => tracing::debug!("the log has not grown since its latest checkpoint"),
+                Err(e) => tracing::error!(error = %e, "signing a checkpoint failed"),
             },
         }
     }
