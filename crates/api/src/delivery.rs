@@ -293,6 +293,7 @@ async fn registered(state: &AppState, id: &ConsumerId) -> Result<Consumer, ApiEr
 pub struct FeedQuery {
     /// Continue after this global log position: the previous page's `Idledger-Next-After`
     /// (or, for SSE, the last `id`; a `Last-Event-ID` header wins). Default 0: from the start.
+    #[serde(default, deserialize_with = "crate::extract::position")]
     pub after: Option<u64>,
     /// Most log events one page examines (1..=1000, default 100). Most events carry nothing
     /// for a given consumer, so a page may hold fewer messages, or none, and still move on.
@@ -694,6 +695,7 @@ pub async fn ack(
 #[serde(deny_unknown_fields)]
 pub struct HandoffQuery {
     /// The previous page's `next_after` (a handoff `seq`). Default: from the first.
+    #[serde(default, deserialize_with = "crate::extract::position")]
     pub after: Option<u64>,
     /// Rows per page (1..=1000, default 100).
     #[param(minimum = 1, maximum = 1000)]

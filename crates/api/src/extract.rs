@@ -73,6 +73,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// A log position or page cursor in a query (`after=`): 0 to 2^63 - 1, what the store can
+/// hold and what the document's `int64` promises; anything larger is refused, not wrapped.
+pub fn position<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::Deserialize as _;
+    match Option::<u64>::deserialize(d)? {
+        Some(n) if i64::try_from(n).is_err() => Err(serde::de::Error::custom(format!(
+            "{n} is larger than the largest position, {}",
+            i64::MAX
+        ))),
+        n => Ok(n),
+    }
+}
+
 /// The `Idempotency-Key` header every command needs.
 pub fn idempotency_key(parts: &axum::http::HeaderMap) -> Result<IdempotencyKey, ApiError> {
     let raw = parts

@@ -237,12 +237,41 @@ pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The operations whose query parameters read an empty value as absent (the steward page's
+/// filter form sends every field, filled or not): their parameters say `allowEmptyValue`.
+const EMPTY_MEANS_ABSENT: &[&str] = &[
+    "/v1/exceptions",
+    "/v1/reconciliations",
+    "/v1/reconciliations/{run_id}/findings",
+];
+
+/// The document as served. utoipa has no `allowEmptyValue` (OpenAPI keeps it, deprecated, and
+/// schema-driven clients read it), so it is added here for [`EMPTY_MEANS_ABSENT`].
+pub fn document_json() -> serde_json::Value {
+    let mut doc = serde_json::to_value(document()).unwrap_or_default();
+    for path in EMPTY_MEANS_ABSENT {
+        let Some(get) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/get/parameters",
+                path.replace('/', "~1")
+            ))
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            continue;
+        };
+        for parameter in get.iter_mut().filter(|p| p["in"] == "query") {
+            parameter["allowEmptyValue"] = serde_json::Value::Bool(true);
+        }
+    }
+    doc
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
 
     fn document() -> Value {
-        serde_json::to_value(super::document()).unwrap_or_default()
+        super::document_json()
     }
 
     /// Every `allOf` in the document, with where it is.
@@ -283,6 +312,27 @@ mod tests {
                     "a closed object inside allOf at {at}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn parameters_that_read_empty_as_absent_say_so_and_no_others() {
+        let doc = document();
+        let params = |path: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let exceptions = params("/v1/exceptions");
+        assert!(exceptions.len() >= 9, "{exceptions:?}");
+        for p in exceptions {
+            assert_eq!(p["allowEmptyValue"], true, "{p}");
+        }
+        let feed = params("/v1/feed");
+        assert!(!feed.is_empty());
+        for p in feed {
+            assert!(p.get("allowEmptyValue").is_none(), "{p}");
         }
     }
 

@@ -472,7 +472,9 @@ pub async fn list_findings(
         None => 0,
         Some(raw) => raw
             .parse::<u64>()
-            .map_err(|_| bad_param("after", "not a finding seq"))?,
+            .ok()
+            .filter(|n| i64::try_from(*n).is_ok())
+            .ok_or_else(|| bad_param("after", "not a finding seq"))?,
     };
     let limit = limit_of(&params, 100)?;
     let findings = state

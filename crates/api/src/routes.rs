@@ -31,7 +31,7 @@ use crate::wire::{self, CommandRequest, ErasureRequest, RegisterRequest, Restric
 /// Register a customer (role `source`), optionally with first changes, atomically.
 #[utoipa::path(
     post, path = "/v1/customers", tag = "commands",
-    params(("Idempotency-Key" = String, Header, description = "Unique per intended command; a retry with the same key returns the first result")),
+    params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "Unique per intended command (1 to 255 visible ASCII characters, no spaces); a retry with the same key returns the first result")),
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Registered (or the replayed first result)", body = CommandResponse,
@@ -102,7 +102,7 @@ pub async fn register(
     post, path = "/v1/customers/{customer_id}/commands", tag = "commands",
     params(
         ("customer_id" = uuid::Uuid, Path),
-        ("Idempotency-Key" = String, Header, description = "Unique per intended command; a retry with the same key returns the first result"),
+        ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "Unique per intended command (1 to 255 visible ASCII characters, no spaces); a retry with the same key returns the first result"),
         ("If-Match" = Option<String>, Header, description = "The record's ETag (stream version); the command is refused with 412 if the record changed since"),
     ),
     request_body = CommandRequest,
@@ -373,6 +373,7 @@ pub async fn history(
 #[serde(deny_unknown_fields)]
 pub struct DisclosureQuery {
     /// The previous page's `next_after` (a disclosure `seq`). Default: from the first.
+    #[serde(default, deserialize_with = "crate::extract::position")]
     pub after: Option<u64>,
     /// Rows per page (1..=1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -510,8 +511,8 @@ pub async fn prometheus() -> Response {
 
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3.1 document")))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi::document())
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document_json())
 }
 
 /// Any path or method the API does not have.

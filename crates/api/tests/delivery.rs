@@ -940,6 +940,9 @@ async fn handoffs_are_paged_per_customer_and_per_consumer(engine: Engine) {
         format!("/v1/customers/{a}/handoffs?limit=0"),
         format!("/v1/customers/{a}/handoffs?limit=1001"),
         format!("/v1/customers/{a}/handoffs?after=-1"),
+        // Past the largest position the document's int64 allows: refused, not wrapped.
+        format!("/v1/customers/{a}/handoffs?after=9223372036854775808"),
+        format!("/v1/customers/{a}/disclosures?after=9223372036854775808"),
         format!("/v1/customers/{a}/handoffs?page=2"),
         "/v1/consumers/crm-sync/handoffs?limit=x".to_owned(),
     ] {
@@ -989,6 +992,7 @@ async fn the_feed_refuses_callers_and_input_it_should(engine: Engine) {
         "?limit=1001",
         "?after=-3",
         "?after=abc",
+        "?after=9223372036854775808",
         "?from=1",
     ] {
         app.get(&format!("/v1/feed{query}"), "consumer")
