@@ -420,7 +420,7 @@ fn checkpoints_are_signed_exported_and_catch_a_rewritten_log() {
         .success()
         .stdout_has(&[
             "the log is intact",
-            "1 checkpoints hold: the log up to position 18 is the one signed",
+            "1 checkpoint holds: the log up to position 18 is the one signed",
             "pin it with --public-key",
         ]);
     cli(&["verify", "--checkpoints", file, "--public-key", &public])

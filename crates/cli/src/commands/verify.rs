@@ -156,8 +156,13 @@ pub fn write_text(
             let last = report.checkpoints.iter().map(|c| c.position).max();
             writeln!(
                 out,
-                "{:indent$}{total} checkpoints hold: the log up to position {} is the one signed",
+                "{:indent$}{total} {} the log up to position {} is the one signed",
                 "",
+                if total == 1 {
+                    "checkpoint holds:"
+                } else {
+                    "checkpoints hold:"
+                },
                 last.unwrap_or_default()
             )?;
         } else {
