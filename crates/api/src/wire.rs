@@ -1,6 +1,9 @@
 //! Request bodies as the API accepts them, and their conversion into domain commands. Field
 //! values arrive in their natural JSON form and are parsed by the field's kind, so a bad value
 //! is refused as `invalid_value` naming the change.
+//!
+//! The `command_body` fuzz target (`fuzz/`) compiles this file on its own, without the rest of
+//! the api crate: keep it to the domain, serde, chrono, uuid and utoipa (no `crate::` paths).
 
 use chrono::{DateTime, Utc};
 use idledger_domain::challenge::ChallengeSecret;
