@@ -504,8 +504,12 @@ async fn no_query_value_makes_the_server_fail() {
         "id": "crm-sync", "channel": "feed", "fields": ["email"], "purposes": ["service"],
     }))
     .await;
+    // Past the largest position (an int64, as the document says): refused, not wrapped.
+    app.get("/v1/feed?after=18446744073709551615", "consumer")
+        .await
+        .problem(400, "invalid_query");
     let feed = app
-        .get("/v1/feed?after=18446744073709551615", "consumer")
+        .get("/v1/feed?after=9223372036854775807", "consumer")
         .await;
     assert_eq!(feed.status, StatusCode::OK, "{}", feed.text);
     let feed = app.get("/v1/feed?limit=4294967295", "consumer").await;
