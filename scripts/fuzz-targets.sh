@@ -3,7 +3,7 @@
 # split evenly between them. Exits non-zero if a target finds a crash (a panic or a broken
 # property), printing the reproducer's path; crashes are kept in fuzz/artifacts/<target>/.
 #
-#   bash scripts/fuzz-targets.sh [SECONDS]      (default 80, all targets together)
+#   bash scripts/fuzz-targets.sh [SECONDS]      (default 60, all targets together)
 #
 # Works on a stable toolchain: cargo-fuzz needs nightly-only compiler flags (sanitizer coverage
 # instrumentation), which RUSTC_BOOTSTRAP=1 allows on stable. Installs cargo-fuzz with
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-total=${1:-80}
+total=${1:-60}
 case $total in
   '' | *[!0-9]*) echo "fuzz-targets.sh: SECONDS must be a whole number, not '$total'" >&2; exit 2 ;;
 esac

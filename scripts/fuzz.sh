@@ -69,7 +69,9 @@ declare -A tokens=(
 )
 
 # Generous limits: the fuzzer is one client sending as fast as it can.
-idl serve --listen "127.0.0.1:$port" --no-relay --token-rate 0 --token-max-in-flight 0 \
+# The binary itself in the background (not the `idl` function, whose subshell would be the
+# process the cleanup kills, leaving the server running).
+"$bin" serve --listen "127.0.0.1:$port" --no-relay --token-rate 0 --token-max-in-flight 0 \
   >"$work/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do
