@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::{Args, Subcommand};
 use idledger_store::checkpoints::{CHECKPOINT_PURPOSE, kid_of};
 
@@ -90,14 +89,7 @@ async fn export(
     args: &ExportArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(path) = &args.out
-        && path.exists()
-    {
-        bail!(
-            "{} exists; an export is never written over a file (choose another --out)",
-            path.display()
-        );
-    }
+    crate::commands::export::refuse_existing(args.out.as_deref())?;
     // Public keys and signatures only: no key needed.
     let store = store::open_store(settings).await?;
     let export = store.checkpoints().export().await?;

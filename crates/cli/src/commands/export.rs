@@ -41,14 +41,7 @@ pub async fn run(
     args: &ExportArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(path) = &args.out
-        && path.exists()
-    {
-        bail!(
-            "{} exists; an export is never written over a file (choose another --out)",
-            path.display()
-        );
-    }
+    refuse_existing(args.out.as_deref())?;
     if args.format == Format::Csv && args.out.is_none() && std::io::stdout().is_terminal() {
         bail!("a csv export is a zip file: give --out FILE, or redirect standard output");
     }
@@ -75,6 +68,19 @@ pub async fn run(
         None => out.write_all(&bytes)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses an `--out` that exists before any work is done: an export never replaces a file.
+pub(crate) fn refuse_existing(out: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(path) = out
+        && path.exists()
+    {
+        bail!(
+            "{} exists; an export is never written over a file (choose another --out)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to a new file at `path`, whole or not at all: a temporary file beside it,

@@ -283,96 +283,95 @@ pub async fn run(
 /// Seconds between scheduled reconciliation runs unless configured.
 const DEFAULT_RECONCILE_SECS: u64 = 3600;
 
-/// Reconciles every consumer each `every`, the first run one interval after the start; a run
-/// in progress at shutdown is abandoned (its row stays `running`, its exceptions are kept).
+/// Runs `job` each `every`, the first time one interval after the start, until `stop`; a job
+/// in progress at the stop is abandoned. Runs that fall behind are delayed, not bunched.
+async fn on_schedule<F, Fut>(every: Duration, stop: CancellationToken, mut job: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = job() => {}
+        }
+    }
+}
+
+/// Reconciles every consumer each `every`; a run abandoned at shutdown keeps its row
+/// `running` and its exceptions.
 async fn reconcile_on_schedule(
     reconciler: idledger_reconcile::Reconciler,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
+    on_schedule(every, stop, || async {
+        match reconciler
+            .reconcile(None, "schedule", "idledger", &|_| {})
+            .await
+        {
+            Ok(run) => tracing::info!(run = %run.id, report = %run.report, "scheduled reconciliation finished"),
+            // Another instance's schedule (or a steward) got there first: nothing wrong.
+            Err(e @ idledger_reconcile::ReconcileError::Busy(_)) => {
+                tracing::info!(reason = %e, "scheduled reconciliation skipped");
+            }
+            Err(e) => tracing::error!(error = %e, "scheduled reconciliation failed"),
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            result = reconciler.reconcile(None, "schedule", "idledger", &|_| {}) => match result {
-                Ok(run) => tracing::info!(run = %run.id, report = %run.report, "scheduled reconciliation finished"),
-                // Another instance's schedule (or a steward) got there first: nothing wrong.
-                Err(e @ idledger_reconcile::ReconcileError::Busy(_)) => {
-                    tracing::info!(reason = %e, "scheduled reconciliation skipped");
-                }
-                Err(e) => tracing::error!(error = %e, "scheduled reconciliation failed"),
-            },
-        }
-    }
+    })
+    .await;
 }
 
 /// Seconds between scheduled retention runs unless configured: daily.
 const DEFAULT_RETENTION_SECS: u64 = 86_400;
 
-/// Applies the policy's retention each `every`, the first run one interval after the start.
-/// A run stopped at shutdown has recorded each customer's expiries whole (one append each);
-/// the next run carries on.
+/// Applies the policy's retention each `every`. A run stopped at shutdown has recorded each
+/// customer's expiries whole (one append each); the next run carries on.
 async fn retention_on_schedule(app: idledger_app::App, every: Duration, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
+    on_schedule(every, stop, || async {
+        match app.retention_run(chrono::Utc::now(), false, &|_| {}).await {
+            Ok(report) => tracing::info!(
+                values = report.values_expired,
+                consents = report.consents_expired,
+                handoffs = report.handoffs_deleted,
+                idempotency = report.idempotency_records_deleted,
+                runs = report.runs_deleted,
+                "scheduled retention run finished"
+            ),
+            Err(e) => tracing::error!(error = %e, "scheduled retention run failed"),
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            result = app.retention_run(chrono::Utc::now(), false, &|_| {}) => match result {
-                Ok(report) => tracing::info!(
-                    values = report.values_expired,
-                    consents = report.consents_expired,
-                    handoffs = report.handoffs_deleted,
-                    idempotency = report.idempotency_records_deleted,
-                    runs = report.runs_deleted,
-                    "scheduled retention run finished"
-                ),
-                Err(e) => tracing::error!(error = %e, "scheduled retention run failed"),
-            },
-        }
-    }
+    })
+    .await;
 }
 
 /// Seconds between signed checkpoints unless configured: ten minutes.
 const DEFAULT_CHECKPOINT_SECS: u64 = 600;
 
 /// Signs a checkpoint of the log each `every` when it has grown (`sign_checkpoint` reads only
-/// the events since the latest one), the first one interval after the start. Several
-/// instances may sign: the same head is stored once.
+/// the events since the latest one). Several instances may sign: the same head is stored
+/// once.
 async fn checkpoint_on_schedule(
     ledger: idledger_store::Ledger,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
+    on_schedule(every, stop, || async {
+        match ledger.sign_checkpoint().await {
+            Ok(Some(signed)) if signed.new => tracing::info!(
+                position = signed.checkpoint.position,
+                kid = %signed.checkpoint.kid,
+                "signed a checkpoint of the log"
+            ),
+            Ok(_) => tracing::debug!("the log has not grown since its latest checkpoint"),
+            Err(e) => tracing::error!(error = %e, "signing a checkpoint failed"),
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            result = ledger.sign_checkpoint() => match result {
-                Ok(Some(signed)) if signed.new => tracing::info!(
-                    position = signed.checkpoint.position,
-                    kid = %signed.checkpoint.kid,
-                    "signed a checkpoint of the log"
-                ),
-                Ok(_) => tracing::debug!("the log has not grown since its latest checkpoint"),
-                Err(e) => tracing::error!(error = %e, "signing a checkpoint failed"),
-            },
-        }
-    }
+    })
+    .await;
 }
 
 /// The relay's settings from flags, environment and the configuration file; `None` when the
