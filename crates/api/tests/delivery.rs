@@ -801,9 +801,23 @@ async fn a_pseudonymous_consumer_sees_and_answers_with_its_own_aliases(engine: E
         .await
         .problem(422, "invalid_ack");
 
-    // Its snapshot names customers by alias too, and its answer never shows their ids.
+    // Its snapshot names customers by alias too, and its answer never shows their ids. An
+    // alias this consumer was never given (another's, or one of a customer the record never
+    // held) is an invalid row, not an unknown customer.
+    let never_held = app
+        .ledger
+        .customer_names(
+            &app.ledger
+                .store()
+                .deliveries()
+                .consumer(&idledger_store::delivery::ConsumerId::parse("crm-sync").unwrap())
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .show(idledger_domain::ids::CustomerId::generate());
     let csv = format!(
-        "customer_id,field,value\n{},email,user3@example.org\n{},email,wrong@example.org\n{},email,user3@example.org\n",
+        "customer_id,field,value\n{},email,user3@example.org\n{},email,wrong@example.org\n{},email,user3@example.org\n{never_held},email,user3@example.org\n",
         subjects[0],
         subjects[1],
         cdp_events[0]["subject"].as_str().unwrap()
@@ -823,8 +837,8 @@ async fn a_pseudonymous_consumer_sees_and_answers_with_its_own_aliases(engine: E
     assert_eq!(report["in_sync"], 1, "{}", reply.text);
     assert_eq!(report["counts"]["different"], 1, "{}", reply.text);
     assert_eq!(
-        report["counts"]["invalid_row"], 1,
-        "another's alias: {}",
+        report["counts"]["invalid_row"], 2,
+        "another's alias, and one never given: {}",
         reply.text
     );
     assert_eq!(

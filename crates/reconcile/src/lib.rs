@@ -773,6 +773,20 @@ fn diff_customer(
             out.extend(rows.iter().map(|r| extra(r, "erased")));
             return out;
         }
+        // An alias is only ever made for a customer the record holds, so one that decodes to
+        // no customer was not made for this consumer (another's alias decodes to a well-formed
+        // id about once in 64).
+        None if consumer.pseudonymous => {
+            out.extend(rows.iter().map(|r| Finding {
+                kind: "invalid_row".to_owned(),
+                detail: json!({
+                    "line": r.line,
+                    "error": "customer_id is not one of this consumer's customer aliases",
+                }),
+                ..extra(r, "")
+            }));
+            return out;
+        }
         None => {
             out.extend(rows.iter().map(|r| extra(r, "unknown_customer")));
             return out;
