@@ -387,6 +387,69 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// `name.*`: both parts of the name, as a selector (the policy names them one by one).
+const NAME_GROUP: &str = "name.*";
+
+/// Which fields a consumer receives: one field, a family (`consent.*`, or `name.*` for both
+/// parts of the name), or everything (`*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FieldSelector {
+    All,
+    Family(&'static str),
+    Field(FieldPath),
+}
+
+impl FieldSelector {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        if raw == "*" {
+            return Ok(Self::All);
+        }
+        if raw == NAME_GROUP {
+            return Ok(Self::Family(NAME_GROUP));
+        }
+        if let Some(family) = FAMILIES.iter().find(|f| **f == raw) {
+            return Ok(Self::Family(family));
+        }
+        FieldPath::parse(raw)
+            .map(Self::Field)
+            .map_err(|e| ValueError::new("field selector", e.to_string()))
+    }
+
+    pub fn matches(&self, field: &FieldPath) -> bool {
+        match self {
+            Self::All => true,
+            Self::Family(NAME_GROUP) => {
+                matches!(field, FieldPath::NameGiven | FieldPath::NameFamily)
+            }
+            Self::Family(family) => field.family() == Some(*family),
+            Self::Field(f) => f == field,
+        }
+    }
+}
+
+impl fmt::Display for FieldSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("*"),
+            Self::Family(family) => f.write_str(family),
+            Self::Field(field) => write!(f, "{field}"),
+        }
+    }
+}
+
+impl Serialize for FieldSelector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldSelector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

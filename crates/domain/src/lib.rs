@@ -30,6 +30,7 @@ pub mod policy;
 pub mod schema;
 pub mod scope;
 pub mod state;
+pub mod usage;
 pub mod values;
 
 pub use command::{Change, Command, Context, Principal, ProvenanceInput, Refusal, Refused};

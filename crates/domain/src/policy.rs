@@ -10,9 +10,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::field::{FAMILIES, FieldPath};
+use crate::field::{FAMILIES, FieldPath, FieldSelector};
 use crate::ids::{Purpose, SourceId};
-use crate::values::Jurisdiction;
+use crate::values::{CountryCode, Jurisdiction, LegalBasis, TransferBasis, VerificationLevel};
 
 /// The policy that ships with the project.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../deploy/policy.toml");
@@ -112,7 +112,89 @@ struct PolicyDocument {
     consent_retention_days: BTreeMap<Purpose, u32>,
     #[serde(default, skip_serializing_if = "RetentionDocument::keeps_everything")]
     retention: RetentionDocument,
+    /// `[purposes.<purpose>]`: what a use for the purpose may rest on and which fields it may
+    /// use. Decisions at the moment of use are only made for purposes named here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    purposes: BTreeMap<Purpose, PurposeRule>,
+    /// `[tiers.<tier>]`: how fresh a consent and how sure the identity must be for a kind of
+    /// action.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tiers: BTreeMap<String, TierRule>,
+    /// `[actions]`: action name → tier, so callers may name what they do rather than its tier.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    actions: BTreeMap<String, String>,
+    /// `[transfers]`: zones inside which data moves freely, and the bases that make a transfer
+    /// out of one lawful.
+    #[serde(default, skip_serializing_if = "TransferDocument::is_empty")]
+    transfers: TransferDocument,
     fields: BTreeMap<String, FieldRule>,
+}
+
+/// `[purposes.<purpose>]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeRule {
+    /// The legal bases a use for the purpose may rest on (the basis recorded with the
+    /// customer's `consent.<purpose>` must be one of them).
+    pub bases: BTreeSet<LegalBasis>,
+    /// The fields the purpose may use (data minimisation): fields, families, `name.*`, `*`.
+    pub fields: Vec<FieldSelector>,
+    /// The tier every use for the purpose meets at least, whatever the caller names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+impl PurposeRule {
+    /// Whether the purpose may use `field`.
+    pub fn needs(&self, field: &FieldPath) -> bool {
+        self.fields.iter().any(|s| s.matches(field))
+    }
+}
+
+/// `[tiers.<tier>]`: the bar a kind of action sets. Absent limits do not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierRule {
+    /// A consent given longer ago than this does not count for the tier (consent-based uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_consent_age_days: Option<u32>,
+    /// The customer's recorded `verification.level` must be at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_verification: Option<VerificationLevel>,
+}
+
+/// `[transfers]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferDocument {
+    /// Zone name (3 or more of `A-Z0-9_`, so never a country code) → its countries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    zones: BTreeMap<String, BTreeSet<CountryCode>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<TransferRule>,
+}
+
+impl TransferDocument {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether a rule side (`*`, a country or a zone) covers `country`.
+    fn covers(&self, side: &str, country: CountryCode) -> bool {
+        side == "*"
+            || side == country.as_str()
+            || self.zones.get(side).is_some_and(|z| z.contains(&country))
+    }
+}
+
+/// `[[transfers.rules]]`: a transfer of data of a subject in `from` to a processor in `to` is
+/// lawful on any of `bases`. Sides are `*`, a country code or a zone name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRule {
+    pub from: String,
+    pub to: String,
+    pub bases: BTreeSet<TransferBasis>,
 }
 
 /// `[retention]`: how long idledger's own bookkeeping is kept, in days; absent = for ever.
@@ -178,6 +260,8 @@ pub enum PolicyError {
         "'{0}' sets retain_days, but consents are kept per purpose: use [consent_retention_days]"
     )]
     ConsentRetainDays(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// A validated authority policy.
@@ -293,6 +377,7 @@ impl Policy {
         if let Some((name, _)) = zero {
             return Err(PolicyError::ZeroRetention(name));
         }
+        check_usage(&doc)?;
         let rules = SLOTS
             .iter()
             .map(|name| {
@@ -385,6 +470,58 @@ impl Policy {
 
     /// Age of digital consent in `jurisdiction`: its subdivision's entry, else its country's,
     /// else the default.
+    /// The rule of `purpose` for decisions at the moment of use; `None`: not a purpose the
+    /// policy decides uses for.
+    pub fn purpose_rule(&self, purpose: &Purpose) -> Option<&PurposeRule> {
+        self.doc.purposes.get(purpose)
+    }
+
+    /// The purposes decisions can be asked for.
+    pub fn decision_purposes(&self) -> impl Iterator<Item = &Purpose> {
+        self.doc.purposes.keys()
+    }
+
+    /// The tier named `name`, or the tier of the action `name`; `None`: neither.
+    pub fn tier(&self, name: &str) -> Option<(&str, &TierRule)> {
+        self.doc
+            .tiers
+            .get_key_value(name)
+            .map(|(n, r)| (n.as_str(), r))
+    }
+
+    /// The tier the action `action` belongs to.
+    pub fn tier_of_action(&self, action: &str) -> Option<(&str, &TierRule)> {
+        self.doc
+            .actions
+            .get(action)
+            .and_then(|tier| self.tier(tier))
+    }
+
+    /// The bases on which data of a subject in `subject` may go to a processor in
+    /// `processor`: `None` when no transfer is involved (the same country, or one zone holds
+    /// both); otherwise those of every matching rule (empty: no lawful transfer).
+    pub fn transfer_bases(
+        &self,
+        subject: CountryCode,
+        processor: CountryCode,
+    ) -> Option<BTreeSet<TransferBasis>> {
+        let t = &self.doc.transfers;
+        let same_zone = t
+            .zones
+            .values()
+            .any(|z| z.contains(&subject) && z.contains(&processor));
+        if subject == processor || same_zone {
+            return None;
+        }
+        Some(
+            t.rules
+                .iter()
+                .filter(|r| t.covers(&r.from, subject) && t.covers(&r.to, processor))
+                .flat_map(|r| r.bases.iter().copied())
+                .collect(),
+        )
+    }
+
     pub fn age_of_digital_consent(&self, jurisdiction: &Jurisdiction) -> u8 {
         let table = &self.doc.age_of_digital_consent;
         if let Some(age) = table.get(jurisdiction) {
@@ -396,6 +533,81 @@ impl Policy {
             .map(|(_, age)| *age)
             .unwrap_or(self.doc.default_age_of_digital_consent)
     }
+}
+
+/// Checks `[purposes]`, `[tiers]`, `[actions]` and `[transfers]` against each other.
+fn check_usage(doc: &PolicyDocument) -> Result<(), PolicyError> {
+    let bad = |m: String| Err(PolicyError::Usage(m));
+    let is_name = |n: &str| {
+        (1..=32).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    for name in doc.tiers.keys().chain(doc.actions.keys()) {
+        if !is_name(name) {
+            return bad(format!(
+                "tier and action names are 1 to 32 of a-z, 0-9 and _; '{}' is not",
+                name.chars().take(40).collect::<String>()
+            ));
+        }
+    }
+    for (tier, rule) in &doc.tiers {
+        if rule.max_consent_age_days == Some(0) {
+            return bad(format!(
+                "tiers.{tier}.max_consent_age_days must be at least 1 (leave it out for no limit)"
+            ));
+        }
+    }
+    for (action, tier) in &doc.actions {
+        if !doc.tiers.contains_key(tier) {
+            return bad(format!(
+                "actions.{action} names the tier '{tier}', which [tiers] does not define"
+            ));
+        }
+    }
+    for (purpose, rule) in &doc.purposes {
+        if rule.bases.is_empty() || rule.fields.is_empty() {
+            return bad(format!(
+                "purposes.{purpose} needs at least one basis and one field"
+            ));
+        }
+        if let Some(tier) = rule.tier.as_ref().filter(|t| !doc.tiers.contains_key(*t)) {
+            return bad(format!(
+                "purposes.{purpose}.tier is '{tier}', which [tiers] does not define"
+            ));
+        }
+    }
+    let t = &doc.transfers;
+    for (zone, countries) in &t.zones {
+        let shaped = zone.len() >= 3
+            && zone.len() <= 32
+            && zone
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !shaped || countries.is_empty() {
+            return bad(format!(
+                "transfers.zones: a zone is named by 3 to 32 of A-Z, 0-9 and _ and lists at least one country; '{}' is not",
+                zone.chars().take(40).collect::<String>()
+            ));
+        }
+    }
+    for rule in &t.rules {
+        for side in [&rule.from, &rule.to] {
+            let known = side == "*"
+                || t.zones.contains_key(side)
+                || (side.len() == 2 && CountryCode::parse(side).is_ok_and(|c| c.as_str() == side));
+            if !known {
+                return bad(format!(
+                    "transfers.rules: '{}' is not '*', an uppercase country code or a zone of [transfers.zones]",
+                    side.chars().take(40).collect::<String>()
+                ));
+            }
+        }
+        if rule.bases.is_empty() {
+            return bad("transfers.rules: every rule needs at least one basis".to_owned());
+        }
+    }
+    Ok(())
 }
 
 fn days(days: Option<u32>) -> Option<chrono::Duration> {
@@ -655,6 +867,50 @@ mod tests {
         assert_eq!(
             Policy::from_toml(&without).unwrap().version(),
             Policy::from_toml(&with_empty).unwrap().version()
+        );
+    }
+
+    #[test]
+    fn usage_rules_are_checked_against_each_other() {
+        let base = DEFAULT_POLICY_TOML;
+        for (find, replace, says) in [
+            ("tier = \"high\"\n", "tier = \"top\"\n", "does not define"),
+            (
+                "profile_export = \"high\"",
+                "profile_export = \"top\"",
+                "does not define",
+            ),
+            ("to = \"ADEQUATE\"", "to = \"MARS\"", "zone"),
+            ("to = \"ADEQUATE\"", "to = \"jp\"", "uppercase"),
+            (
+                "max_consent_age_days = 365",
+                "max_consent_age_days = 0",
+                "at least 1",
+            ),
+            (
+                "bases = [\"consent\"]\nfields = [\"email\", \"phone\", \"name.given\"",
+                "bases = []\nfields = [\"email\", \"phone\", \"name.given\"",
+                "at least one basis",
+            ),
+            ("[tiers.low]", "[tiers.Low]", "a-z"),
+            ("EEA = [", "EU = [", "3 to 32"),
+        ] {
+            assert!(base.contains(find), "{find}");
+            let err = Policy::from_toml(&base.replacen(find, replace, 1)).unwrap_err();
+            assert!(err.to_string().contains(says), "{find}: {err}");
+        }
+        let p = Policy::default_policy().unwrap();
+        let c = |s: &str| CountryCode::parse(s).unwrap();
+        assert_eq!(p.transfer_bases(c("DE"), c("NO")), None, "one zone");
+        assert_eq!(p.transfer_bases(c("US"), c("US")), None);
+        assert_eq!(
+            p.transfer_bases(c("DE"), c("JP")).unwrap().len(),
+            4,
+            "adequacy, scc, bcr and derogation"
+        );
+        assert!(
+            p.transfer_bases(c("US"), c("DE")).unwrap().is_empty(),
+            "no rule covers the way in"
         );
     }
 }

@@ -62,7 +62,7 @@ pub struct FieldRecord {
 }
 
 impl FieldRecord {
-    fn empty() -> Self {
+    pub fn empty() -> Self {
         Self {
             value: None,
             version: 0,

@@ -1093,6 +1093,20 @@ string_enum! {
 }
 
 string_enum! {
+    /// What makes a transfer of personal data to another country lawful (GDPR Chapter V).
+    pub enum TransferBasis as "transfer basis" {
+        /// An adequacy decision covers the destination (Art. 45).
+        Adequacy = "adequacy",
+        /// Standard contractual clauses (Art. 46(2)(c)).
+        Scc = "scc",
+        /// Binding corporate rules (Art. 47).
+        Bcr = "bcr",
+        /// A derogation for a specific situation (Art. 49).
+        Derogation = "derogation",
+    }
+}
+
+string_enum! {
     /// Where a consent was collected, which regulators ask when it is challenged.
     pub enum ConsentChannel as "consent channel" {
         /// A web form.
