@@ -59,6 +59,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 base=http://127.0.0.1:$port
 
 idl consumer add --id crm-sync --channel feed --fields '*' --purposes marketing,service >/dev/null
+idl processor add --id journey --fields '*' --purposes marketing,service >/dev/null
 declare -A tokens=(
   [source]=$(token --role source --source idp)
   [consumer]=$(token --role consumer --consumer crm-sync)
@@ -66,6 +67,7 @@ declare -A tokens=(
   [auditor]=$(token --role auditor)
   [admin]=$(token --role admin)
   [dsar]=$(token --role dsar)
+  [processor]=$(token --role processor --processor journey)
 )
 
 # Generous limits: the fuzzer is one client sending as fast as it can.
@@ -96,7 +98,7 @@ customer=$(curl -fsS -X POST "$base/v1/customers" \
 }
 
 failed=0
-for role in ${FUZZ_ROLES:-source consumer steward auditor admin dsar}; do
+for role in ${FUZZ_ROLES:-source consumer steward auditor admin dsar processor}; do
   echo "== schemathesis as $role ($max_examples examples per operation) =="
   if ! st --config-file scripts/schemathesis.toml run "$base/v1/openapi.json" \
     --header "Authorization: Bearer ${tokens[$role]}" \

@@ -102,10 +102,12 @@ impl Caller {
                     token_id: self.token.id,
                 })
                 .map_err(|e| ApiError::internal(&e)),
-            (Role::Source | Role::Consumer | Role::Dsar, _) => Err(ApiError::forbidden(
-                "forbidden_role",
-                format!("a {} token cannot read records", self.token.role),
-            )),
+            (Role::Source | Role::Consumer | Role::Dsar | Role::Processor, _) => {
+                Err(ApiError::forbidden(
+                    "forbidden_role",
+                    format!("a {} token cannot read records", self.token.role),
+                ))
+            }
             (Role::Steward | Role::Auditor | Role::Admin, _) => Ok(Reader::Overseer),
         }
     }
@@ -246,6 +248,9 @@ roles! {
     Overseers = [Steward, Auditor, Admin] in Reads;
     /// Acting on sync exceptions.
     Stewards = [Steward] in Stewardship;
+    /// Asking for decisions at the moment of use: processors, and consumers (which are
+    /// processors too) — the processor is the token's.
+    Askers = [Processor, Consumer] in Decisions;
     /// Starting reconciliation runs.
     Reconcilers = [Steward, Admin] in Reconcile;
     /// Uploading a consumer's snapshot: stewards and admins for any consumer, a consumer for

@@ -9,6 +9,7 @@
 //! may receive is decided by `idledger_relay` (the feed is the relay's `Feed`), never here.
 
 pub mod auth;
+pub mod decisions;
 pub mod delivery;
 pub mod error;
 pub mod export;
@@ -39,6 +40,10 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+/// How long a decision token stays valid unless configured otherwise: long enough for the use
+/// it was asked for, short enough that a withdrawal soon binds every holder.
+pub const DEFAULT_DECISION_TOKEN_TTL: Duration = Duration::from_secs(300);
+
 /// Limits the server applies to every connection and request.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -64,6 +69,8 @@ pub struct ApiConfig {
     pub long_request_timeout: Duration,
     /// What one token may take of the server (429 beyond).
     pub token_limits: limits::TokenLimits,
+    /// How long a decision token stays valid after its decision.
+    pub decision_token_ttl: Duration,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +85,7 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(30),
             long_request_timeout: Duration::from_secs(3600),
             token_limits: limits::TokenLimits::default(),
+            decision_token_ttl: DEFAULT_DECISION_TOKEN_TTL,
         }
     }
 }
@@ -129,6 +137,9 @@ pub struct AppState {
     /// Longest a snapshot upload may send nothing (`ApiConfig::request_timeout`, set by
     /// [`router`]): the long route's bound alone would let a trickling sender hold it an hour.
     pub upload_idle_timeout: Duration,
+    /// How long a decision token stays valid (`ApiConfig::decision_token_ttl`, set by
+    /// [`router`]).
+    pub decision_token_ttl: chrono::Duration,
 }
 
 impl AppState {
@@ -156,8 +167,13 @@ impl AppState {
             sessions: ApiConfig::default().sessions,
             max_upload_bytes: ApiConfig::default().max_upload_bytes,
             upload_idle_timeout: ApiConfig::default().request_timeout,
+            decision_token_ttl: ttl(DEFAULT_DECISION_TOKEN_TTL),
         }
     }
+}
+
+fn ttl(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Cancelled when the server starts shutting down: open event streams end then (clients
@@ -175,6 +191,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
     state.max_upload_bytes = config.max_upload_bytes;
     state.upload_idle_timeout = config.request_timeout;
     state.sessions = config.sessions;
+    state.decision_token_ttl = ttl(config.decision_token_ttl);
     let timeouts = limits::Timeouts {
         request: config.request_timeout,
         long_request: config.long_request_timeout,
@@ -256,6 +273,20 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
         .route("/tokens/{token_id}", get(tokens::get_token))
         .route("/tokens/{token_id}/rotate", post(tokens::rotate_token))
         .route("/tokens/{token_id}/revoke", post(tokens::revoke_token))
+        .route(
+            "/decisions",
+            post(decisions::decide).get(decisions::list_decisions),
+        )
+        .route("/decisions/batch", post(decisions::decide_batch))
+        .route(
+            "/processors",
+            post(decisions::register_processor).get(decisions::list_processors),
+        )
+        .route("/processors/{processor_id}", get(decisions::get_processor))
+        .route(
+            "/processors/{processor_id}/disable",
+            post(decisions::disable_processor),
+        )
         .route("/me", get(routes::me))
         .route("/openapi.json", get(routes::openapi));
     Router::new()

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{delivery, error, export, reconcile, retention, routes, steward, tokens, views, wire};
+use crate::{
+    decisions, delivery, error, export, reconcile, retention, routes, steward, tokens, views, wire,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,6 +50,13 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, toke
         tokens::get_token,
         tokens::rotate_token,
         tokens::revoke_token,
+        decisions::decide,
+        decisions::decide_batch,
+        decisions::list_decisions,
+        decisions::register_processor,
+        decisions::list_processors,
+        decisions::get_processor,
+        decisions::disable_processor,
         routes::me,
         routes::healthz,
         routes::readyz,
@@ -111,6 +120,15 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, toke
         tokens::IssuedTokenView,
         tokens::TokenRequest,
         tokens::RotateRequest,
+        decisions::DecisionRequest,
+        decisions::BatchDecisionRequest,
+        decisions::DecisionView,
+        decisions::FieldAnswerView,
+        decisions::BasisView,
+        decisions::DecisionLogView,
+        decisions::DecisionPageView,
+        decisions::ProcessorRequest,
+        decisions::ProcessorView,
     )),
     modifiers(&BearerAuth, &CommonProblems),
     tags(
@@ -119,6 +137,7 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, toke
         (name = "delivery", description = "Consumers, the change feed, acknowledgements, the handoff log"),
         (name = "stewardship", description = "Sync exceptions, steward actions, reconciliation runs and snapshot diffs"),
         (name = "tokens", description = "API tokens: create, list, rotate, revoke (admin)"),
+        (name = "decisions", description = "Decisions at the moment of use: may a processor use fields of a customer for a purpose, now; the decision log; the processor registry"),
         (name = "meta", description = "Health, metrics, identity, this document"),
     )
 )]

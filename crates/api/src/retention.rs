@@ -34,6 +34,7 @@ pub struct RetentionReportView {
     pub handoffs_deleted: u64,
     pub idempotency_records_deleted: u64,
     pub disclosures_deleted: u64,
+    pub decisions_deleted: u64,
     pub runs_deleted: u64,
     pub findings_deleted: u64,
 }
@@ -50,6 +51,7 @@ impl From<RetentionReport> for RetentionReportView {
             handoffs_deleted: r.handoffs_deleted,
             idempotency_records_deleted: r.idempotency_records_deleted,
             disclosures_deleted: r.disclosures_deleted,
+            decisions_deleted: r.decisions_deleted,
             runs_deleted: r.runs_deleted,
             findings_deleted: r.findings_deleted,
         }

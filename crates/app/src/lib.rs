@@ -3,6 +3,8 @@
 //!
 //! - [`commands`]: run a command, and open the sync exceptions a proposal or a refused write
 //!   is for stewards; erase a customer.
+//! - [`decisions`]: decisions at the moment of use ([`Decider`]): may a processor use fields
+//!   of customers for a purpose, now — decided on fresh state, logged before answered.
 //! - [`export`]: a data subject's access and portability export, logged as a disclosure.
 //! - [`reads`]: a record as its reader may see it (the policy's read scope), the past only for
 //!   stewards and auditors, and the disclosure log of what source systems read.
@@ -19,6 +21,7 @@
 //! in the domain, or in the store.
 
 pub mod commands;
+pub mod decisions;
 pub mod export;
 pub mod reads;
 pub mod retention;
@@ -28,6 +31,7 @@ pub mod tokens;
 use idledger_reconcile::Reconciler;
 use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
+pub use decisions::{AskedBy, DecideError, Decided, Decider};
 pub use export::SubjectExport;
 pub use reads::{ReadError, Reader, RecordRead};
 pub use retention::{RetentionError, RetentionProgress, RetentionReport};
@@ -45,6 +49,7 @@ pub struct App {
     runs: Runs,
     tokens: Tokens,
     reconciler: Reconciler,
+    decider: Decider,
 }
 
 impl App {
@@ -56,6 +61,7 @@ impl App {
             runs: store.runs(),
             tokens: store.tokens(),
             reconciler: Reconciler::new(ledger.clone()),
+            decider: Decider::new(ledger.clone()),
             ledger,
         }
     }
@@ -87,5 +93,10 @@ impl App {
 
     pub fn reconciler(&self) -> &Reconciler {
         &self.reconciler
+    }
+
+    /// Decisions at the moment of use, the processor registry and the decision log.
+    pub fn decider(&self) -> &Decider {
+        &self.decider
     }
 }

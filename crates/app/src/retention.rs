@@ -34,6 +34,7 @@ pub struct RetentionReport {
     pub handoffs_deleted: u64,
     pub idempotency_records_deleted: u64,
     pub disclosures_deleted: u64,
+    pub decisions_deleted: u64,
     pub runs_deleted: u64,
     pub findings_deleted: u64,
 }
@@ -88,6 +89,13 @@ impl App {
                 .expire_disclosures(before, dry_run)
                 .await?;
         }
+        if let Some(before) = cutoff(now, policy.decision_retention()) {
+            report.decisions_deleted = self
+                .decider
+                .decisions()
+                .expire_decisions(before, dry_run)
+                .await?;
+        }
         if let Some(before) = cutoff(now, policy.run_report_retention()) {
             let runs = self.runs.expire_runs(before, dry_run).await?;
             report.runs_deleted = runs.runs;
@@ -99,6 +107,7 @@ impl App {
             handoffs = report.handoffs_deleted,
             idempotency = report.idempotency_records_deleted,
             disclosures = report.disclosures_deleted,
+            decisions = report.decisions_deleted,
             runs = report.runs_deleted,
             "retention run done"
         );

@@ -189,7 +189,10 @@ fn subject(role: Role, subject: Option<&str>) -> Result<Option<String>, TokenErr
         (Role::Consumer, Some(raw)) => ConsumerId::parse(raw)
             .map(|id| Some(id.to_string()))
             .map_err(|e| invalid("subject", e.to_string())),
-        (Role::Source | Role::Consumer, None) => Err(invalid(
+        (Role::Processor, Some(raw)) => idledger_store::decisions::ProcessorId::parse(raw)
+            .map(|id| Some(id.to_string()))
+            .map_err(|e| invalid("subject", e.to_string())),
+        (Role::Source | Role::Consumer | Role::Processor, None) => Err(invalid(
             "subject",
             format!("a {role} token names the {role} it speaks for"),
         )),

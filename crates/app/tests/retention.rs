@@ -31,7 +31,7 @@ fn retention_policy() -> Policy {
         )
         .replace(
             "[consent_max_age_days]",
-            "[consent_retention_days]\nmarketing = 1095\n\n[retention]\nhandoffs_days = 30\nidempotency_days = 30\nrun_reports_days = 30\ndisclosures_days = 30\n\n[consent_max_age_days]",
+            "[consent_retention_days]\nmarketing = 1095\n\n[retention]\nhandoffs_days = 30\nidempotency_days = 30\nrun_reports_days = 30\ndisclosures_days = 30\ndecisions_days = 30\n\n[consent_max_age_days]",
         );
     Policy::from_toml(&text).unwrap()
 }
@@ -98,6 +98,7 @@ async fn scene(engine: Engine) -> Scene {
 }
 
 on_both_engines!(
+    old_decisions_are_deleted_and_younger_ones_kept,
     values_expire_as_events_of_the_retention_source,
     consents_expire_and_a_new_grant_continues_their_version,
     nothing_expires_early_and_a_changed_value_is_kept,
@@ -374,6 +375,55 @@ async fn old_disclosures_are_deleted_and_younger_ones_kept(engine: Engine) {
         left.iter()
             .all(|d| d.disclosed_at > s.start + Duration::days(2))
     );
+}
+
+async fn old_decisions_are_deleted_and_younger_ones_kept(engine: Engine) {
+    use idledger_store::decisions::{DecisionFilter, DecisionRecord};
+    let s = scene(engine).await;
+    let log = s.store.ledger.store().decisions();
+    let records: Vec<DecisionRecord> = [
+        s.start,
+        s.start + Duration::days(1),
+        s.start + Duration::days(10),
+    ]
+    .into_iter()
+    .map(|at| DecisionRecord {
+        decision_id: uuid::Uuid::now_v7(),
+        decided_at: at,
+        processor_id: "journey".to_owned(),
+        token_id: uuid::Uuid::now_v7(),
+        customer_id: s.customer,
+        purpose: idledger_domain::ids::Purpose::parse("marketing").unwrap(),
+        tiers: vec!["low".to_owned()],
+        answers: vec![],
+        allowed: false,
+        basis: None,
+        basis_event_id: None,
+        basis_version: None,
+        stream_version: 1,
+        policy_version: "sha256:x".to_owned(),
+        token_expires_at: None,
+    })
+    .collect();
+    log.record(&records).await.unwrap();
+    let filter = DecisionFilter {
+        customer: Some(s.customer),
+        ..DecisionFilter::default()
+    };
+    let listed = async || log.list(&filter, None, 100).await.unwrap().items;
+    assert_eq!(listed().await.len(), 3);
+    let dry = s
+        .app
+        .retention_run(s.start + Duration::days(32), true, no_progress())
+        .await
+        .unwrap();
+    assert_eq!(dry.decisions_deleted, 2);
+    assert_eq!(listed().await.len(), 3, "a dry run deletes nothing");
+    let report = run(&s, s.start + Duration::days(32)).await;
+    assert_eq!(report.decisions_deleted, 2);
+    let left = listed().await;
+    assert_eq!(left.len(), 1);
+    assert!(left[0].decision.decided_at > s.start + Duration::days(9));
 }
 
 async fn old_handoffs_are_deleted_and_younger_ones_kept(engine: Engine) {

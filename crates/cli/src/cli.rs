@@ -107,6 +107,10 @@ pub enum Command {
     /// Register, list and disable consumers of deliveries (CRM, CDP…).
     #[command(subcommand)]
     Consumer(crate::commands::consumer::ConsumerCommand),
+    /// Register, list and disable processors: systems that ask (POST /v1/decisions) before
+    /// they use customers' data. Consumers are processors already.
+    #[command(subcommand)]
+    Processor(crate::commands::processor::ProcessorCommand),
     /// List, show and act on sync exceptions as a data steward (as the API and the steward
     /// page do).
     #[command(subcommand)]
@@ -217,6 +221,9 @@ pub struct ServeArgs {
         env = "IDLEDGER__CHECKPOINTS__INTERVAL_SECS"
     )]
     pub checkpoint_every: Option<u64>,
+    /// Seconds a decision token stays valid after its decision (1 to 86400). [default: 300]
+    #[arg(long, value_name = "SECS", env = "IDLEDGER__DECISIONS__TOKEN_TTL_SECS")]
+    pub decision_token_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,8 +260,9 @@ fn parse_duration(raw: &str) -> Result<chrono::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct TokenCreateArgs {
-    /// source (a source system), consumer (a CRM/CDP integration), steward, auditor, admin or
-    /// dsar (answers data subjects' access and portability requests).
+    /// source (a source system), consumer (a CRM/CDP integration), steward, auditor, admin,
+    /// dsar (answers data subjects' access and portability requests) or processor (asks for
+    /// decisions before it uses data).
     #[arg(long, value_name = "ROLE", value_parser = parse_role)]
     pub role: idledger_store::Role,
     /// The source system the token speaks for (role source), e.g. crm; events record it.
@@ -263,6 +271,10 @@ pub struct TokenCreateArgs {
     /// The consumer the token belongs to (role consumer).
     #[arg(long, value_name = "ID", required_if_eq("role", "consumer"))]
     pub consumer: Option<String>,
+    /// The processor the token belongs to (role processor): one registered with `idledger
+    /// processor add`, or a consumer's id.
+    #[arg(long, value_name = "ID", required_if_eq("role", "processor"))]
+    pub processor: Option<String>,
     /// A note for people: who holds it, where it is deployed. [default: the role and id]
     #[arg(long, value_name = "TEXT")]
     pub label: Option<String>,
@@ -270,7 +282,8 @@ pub struct TokenCreateArgs {
     #[arg(long, value_name = "AGE", value_parser = parse_duration)]
     pub expires_in: Option<chrono::Duration>,
     /// Limit it to these operation groups, within what its role allows (repeat, or separate
-    /// with commas): commands, reads, feed, acks, reconcile, stewardship, admin, export.
+    /// with commas): commands, reads, feed, acks, reconcile, stewardship, admin, export,
+    /// decisions.
     /// [default: all its role allows]
     #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',', value_parser = parse_scope)]
     pub scopes: Vec<idledger_store::Scope>,

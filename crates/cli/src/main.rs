@@ -59,6 +59,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Consumer(command) => {
                 commands::consumer::run(&settings, command, &mut out).await?
             }
+            Command::Processor(command) => {
+                commands::processor::run(&settings, command, &mut out).await?
+            }
             Command::Exception(command) => {
                 commands::exception::run(&settings, command, &mut out).await?
             }

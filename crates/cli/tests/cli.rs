@@ -66,6 +66,18 @@ impl Run {
         self
     }
 
+    /// Refused: a usage error (2) or a failure (1).
+    #[track_caller]
+    fn fail(self) -> Self {
+        assert!(
+            matches!(self.code, Some(1 | 2)),
+            "expected a refusal\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
     #[track_caller]
     fn exit(self, code: i32) -> Self {
         assert_eq!(
@@ -778,6 +790,116 @@ fn with_database(url: &str, args: &[&str]) -> Vec<String> {
     let mut all = vec!["--database".to_owned(), url.to_owned()];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     all
+}
+
+#[test]
+fn processors_are_added_listed_disabled_and_given_tokens() {
+    let dir = TempDir::new("processors");
+    let url = dir.sqlite_url("processors.db");
+    let db = |args: &[&str]| with_database(&url, args);
+    idledger(&dir, &db(&["processor", "list"]))
+        .success()
+        .stdout_has(&["no processors"]);
+    idledger(
+        &dir,
+        &db(&[
+            "processor",
+            "add",
+            "--id",
+            "ads",
+            "--purposes",
+            "marketing",
+            "--fields",
+            "email,name.*",
+            "--region",
+            "us",
+            "--transfer-basis",
+            "scc",
+        ]),
+    )
+    .success()
+    .stdout_has(&[
+        "registered processor ads",
+        "idledger token create --role processor --processor ads",
+    ]);
+    let run = idledger(&dir, &db(&["processor", "list", "--json"])).success();
+    let ads: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(ads["region"], "US");
+    assert_eq!(ads["fields"], serde_json::json!(["email", "name.*"]));
+    idledger(&dir, &db(&["processor", "list"]))
+        .success()
+        .stdout_has(&["ads", "enabled", "marketing", "email,name.*", "US", "scc"]);
+    // Refused, with nothing registered: a taken id, a basis without a region, bad values.
+    for (args, needle) in [
+        (
+            vec![
+                "--id",
+                "ads",
+                "--purposes",
+                "marketing",
+                "--fields",
+                "email",
+            ],
+            "already registered",
+        ),
+        (
+            vec![
+                "--id",
+                "x",
+                "--purposes",
+                "marketing",
+                "--fields",
+                "email",
+                "--transfer-basis",
+                "scc",
+            ],
+            "region",
+        ),
+        (
+            vec!["--id", "x", "--purposes", "marketing", "--fields", "shoe"],
+            "shoe",
+        ),
+        (
+            vec![
+                "--id",
+                "x",
+                "--purposes",
+                "marketing",
+                "--fields",
+                "email",
+                "--region",
+                "XX",
+            ],
+            "XX",
+        ),
+    ] {
+        let mut full = vec!["processor", "add"];
+        full.extend(args);
+        idledger(&dir, &db(&full)).fail().stderr_has(&[needle]);
+    }
+    idledger(
+        &dir,
+        &db(&[
+            "token",
+            "create",
+            "--role",
+            "processor",
+            "--processor",
+            "ads",
+        ]),
+    )
+    .success()
+    .stdout_has(&["idl_"]);
+    idledger(&dir, &db(&["token", "create", "--role", "processor"])).fail();
+    idledger(&dir, &db(&["processor", "disable", "ads"]))
+        .success()
+        .stdout_has(&["disabled processor ads"]);
+    idledger(&dir, &db(&["processor", "disable", "ads"]))
+        .success()
+        .stdout_has(&["already disabled"]);
+    idledger(&dir, &db(&["processor", "disable", "nobody"]))
+        .exit(1)
+        .stderr_has(&["no processor 'nobody'"]);
 }
 
 #[test]

@@ -491,3 +491,158 @@ fn serve_relays_changes_to_a_nats_consumer_within_its_purpose() {
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two `serve` processes on one PostgreSQL: a decision asked of one right after a withdrawal
+/// was answered by the other never allows (each question reads the customer's state fresh).
+#[test]
+fn a_decision_on_one_process_sees_a_withdrawal_made_through_another() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = runtime.block_on(idledger_testkit::TestDb::new(
+        idledger_testkit::Engine::Postgres,
+    ));
+    let dir = data_dir("two-processes");
+    // A PostgreSQL store's master key is provisioned, never generated: one file for both.
+    let key_file = dir.join("master.key");
+    std::fs::write(&key_file, "ab".repeat(32)).unwrap();
+    let key = key_file.to_str().unwrap();
+    let with_db = |args: &[&str]| {
+        let mut all = vec!["--database", db.url.as_str(), "--master-key-file", key];
+        all.extend_from_slice(args);
+        run(&dir, &all)
+    };
+    let (code, _, err) = with_db(&[
+        "processor",
+        "add",
+        "--id",
+        "journey",
+        "--purposes",
+        "marketing",
+        "--fields",
+        "email",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let token = |args: &[&str]| with_db(args).1.trim().to_owned();
+    let idp = token(&["token", "create", "--role", "source", "--source", "idp"]);
+    let portal = token(&[
+        "token",
+        "create",
+        "--role",
+        "source",
+        "--source",
+        "consent_portal",
+    ]);
+    let journey = token(&[
+        "token",
+        "create",
+        "--role",
+        "processor",
+        "--processor",
+        "journey",
+    ]);
+    let start = || {
+        let mut child = idledger(
+            &dir,
+            &[
+                "--database",
+                db.url.as_str(),
+                "--master-key-file",
+                key,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-relay",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.split("http://").nth(1).unwrap().trim().to_owned();
+        // Kept open: a server whose standard output is closed dies on its next line.
+        (child, addr, lines)
+    };
+    let (mut a, on_a, _a_out) = start();
+    let (mut b, on_b, _b_out) = start();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let post = |addr: &str, path: String, token: &str, key: String, body: serde_json::Value| {
+            client
+                .post(format!("http://{addr}{path}"))
+                .bearer_auth(token)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+        };
+        let provenance = serde_json::json!({"actor": {"kind": "system", "id": "e2e"},
+            "evidence": {"kind": "email_link", "reference": "l-1"}});
+        for n in 0..5 {
+            let created = post(
+                &on_a,
+                "/v1/customers".to_owned(),
+                &idp,
+                format!("r{n}"),
+                serde_json::json!({"provenance": provenance, "changes": [
+                    {"op": "set_field", "field": "email", "value": format!("u{n}@example.org")}]}),
+            )
+            .await
+            .unwrap();
+            assert_eq!(created.status(), 201);
+            let customer = created.json::<serde_json::Value>().await.unwrap()["customer_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let change = |op: serde_json::Value, key: String| {
+                post(
+                    &on_a,
+                    format!("/v1/customers/{customer}/commands"),
+                    &portal,
+                    key,
+                    serde_json::json!({"provenance": provenance, "changes": [op]}),
+                )
+            };
+            let granted = change(
+                serde_json::json!({"op": "grant_consent", "purpose": "marketing", "basis": "consent",
+                    "channel": "web", "jurisdiction": "DE",
+                    "notice": {"id": "pn", "version": "1", "sha256": "0".repeat(64)}}),
+                format!("g{n}"),
+            )
+            .await
+            .unwrap();
+            assert_eq!(granted.status(), 200);
+            let ask = || {
+                post(
+                    &on_b,
+                    "/v1/decisions".to_owned(),
+                    &journey,
+                    String::new(),
+                    serde_json::json!({"customer_id": customer, "purpose": "marketing",
+                        "fields": ["email"]}),
+                )
+            };
+            let before: serde_json::Value = ask().await.unwrap().json().await.unwrap();
+            assert_eq!(before["allowed"], true, "{before}");
+            let withdrawn = change(
+                serde_json::json!({"op": "withdraw_consent", "purpose": "marketing"}),
+                format!("w{n}"),
+            )
+            .await
+            .unwrap();
+            assert_eq!(withdrawn.status(), 200);
+            // Asked of the other process the moment the withdrawal was acknowledged.
+            let after: serde_json::Value = ask().await.unwrap().json().await.unwrap();
+            assert_eq!(after["allowed"], false, "{after}");
+            assert_eq!(after["fields"][0]["reason"], "consent_withdrawn", "{after}");
+        }
+    });
+    for child in [&mut a, &mut b] {
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+    drop(db);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

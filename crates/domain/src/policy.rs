@@ -209,6 +209,8 @@ struct RetentionDocument {
     run_reports_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     disclosures_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decisions_days: Option<u32>,
 }
 
 impl RetentionDocument {
@@ -372,6 +374,7 @@ impl Policy {
                 ("retention.idempotency_days".to_owned(), r.idempotency_days),
                 ("retention.run_reports_days".to_owned(), r.run_reports_days),
                 ("retention.disclosures_days".to_owned(), r.disclosures_days),
+                ("retention.decisions_days".to_owned(), r.decisions_days),
             ])
             .find(|(_, days)| *days == Some(0));
         if let Some((name, _)) = zero {
@@ -461,6 +464,11 @@ impl Policy {
     /// How long the disclosure log (which source read which fields of whom) is kept.
     pub fn disclosure_retention(&self) -> Option<chrono::Duration> {
         days(self.doc.retention.disclosures_days)
+    }
+
+    /// How long the decision log is kept; `None` = for ever.
+    pub fn decision_retention(&self) -> Option<chrono::Duration> {
+        days(self.doc.retention.decisions_days)
     }
 
     /// How long reconciliation runs, their reports and findings are kept.

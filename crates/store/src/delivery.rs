@@ -547,7 +547,7 @@ pub struct Deliveries {
 /// Why registering a consumer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error("a consumer with id '{0}' is already registered")]
+    #[error("a consumer or processor with id '{0}' is already registered")]
     Exists(ConsumerId),
     #[error(transparent)]
     Store(#[from] StoreError),

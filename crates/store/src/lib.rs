@@ -17,6 +17,7 @@
 pub mod chain;
 pub mod checkpoints;
 pub mod crypto;
+pub mod decisions;
 pub mod delivery;
 pub mod disclosures;
 pub mod error;

@@ -122,6 +122,11 @@ impl Store {
         Deliveries::new(self.db.clone())
     }
 
+    /// The processor registry and the decision log.
+    pub fn decisions(&self) -> crate::decisions::Decisions {
+        crate::decisions::Decisions::new(self.db.clone())
+    }
+
     /// The disclosure log: who read which fields of whom.
     pub fn disclosures(&self) -> Disclosures {
         Disclosures::new(self.db.clone())

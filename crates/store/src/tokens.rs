@@ -38,16 +38,20 @@ pub enum Role {
     Admin,
     /// Answers data subjects' access and portability requests: exports a customer's data.
     Dsar,
+    /// A system that uses customers' data (a consumer, or one that only asks): asks whether
+    /// it may, before each use.
+    Processor,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Source,
         Role::Consumer,
         Role::Steward,
         Role::Auditor,
         Role::Admin,
         Role::Dsar,
+        Role::Processor,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,12 +62,14 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Admin => "admin",
             Role::Dsar => "dsar",
+            Role::Processor => "processor",
         }
     }
 
-    /// Sources and consumers are bound to the system they speak for; the others to no one.
+    /// Sources, consumers and processors are bound to the system they speak for; the others
+    /// to no one.
     pub fn needs_subject(self) -> bool {
-        matches!(self, Role::Source | Role::Consumer)
+        matches!(self, Role::Source | Role::Consumer | Role::Processor)
     }
 }
 
@@ -82,7 +88,7 @@ impl FromStr for Role {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 StoreError::Config(format!(
-                    "unknown role '{s}'; the roles are source, consumer, steward, auditor, admin, dsar"
+                    "unknown role '{s}'; the roles are source, consumer, steward, auditor, admin, dsar, processor"
                 ))
             })
     }
@@ -111,10 +117,12 @@ pub enum Scope {
     Admin,
     /// Data subjects' exports.
     Export,
+    /// Asking for decisions at the moment of use.
+    Decisions,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::Commands,
         Scope::Reads,
         Scope::Feed,
@@ -123,6 +131,7 @@ impl Scope {
         Scope::Stewardship,
         Scope::Admin,
         Scope::Export,
+        Scope::Decisions,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -135,6 +144,7 @@ impl Scope {
             Scope::Stewardship => "stewardship",
             Scope::Admin => "admin",
             Scope::Export => "export",
+            Scope::Decisions => "decisions",
         }
     }
 }

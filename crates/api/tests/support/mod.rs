@@ -228,6 +228,20 @@ impl TestApp {
         name
     }
 
+    /// A new token of `role` for `subject`; returns the name to use it by.
+    pub async fn token_of(&mut self, role: Role, subject: Option<&str>) -> String {
+        let name = format!("{role}:{}", subject.unwrap_or("-"));
+        let issued = self
+            .ledger
+            .store()
+            .tokens()
+            .create(role, subject, &name)
+            .await
+            .unwrap();
+        self.tokens.insert(name.clone(), issued.secret);
+        name
+    }
+
     /// The database's event count (to prove nothing was written).
     pub async fn head(&self) -> u64 {
         self.ledger.head_position().await.unwrap()

@@ -10,6 +10,7 @@ pub mod export;
 pub mod history;
 pub mod keys;
 pub mod migrate;
+pub mod processor;
 pub mod rebuild;
 pub mod reconcile;
 pub mod record;

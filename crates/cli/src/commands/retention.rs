@@ -59,7 +59,7 @@ fn summary(r: &RetentionReport) -> String {
         ("expired", "deleted")
     };
     format!(
-        "retention{} at {}\n  customers read: {}\n  {expired}: {} values, {} consent records ({} customers)\n  {deleted}: {} handoffs, {} idempotency records, {} disclosures, {} reconciliation runs ({} findings)\n",
+        "retention{} at {}\n  customers read: {}\n  {expired}: {} values, {} consent records ({} customers)\n  {deleted}: {} handoffs, {} idempotency records, {} disclosures, {} decisions, {} reconciliation runs ({} findings)\n",
         if r.dry_run { " (dry run)" } else { "" },
         r.now.to_rfc3339(),
         r.customers,
@@ -69,6 +69,7 @@ fn summary(r: &RetentionReport) -> String {
         r.handoffs_deleted,
         r.idempotency_records_deleted,
         r.disclosures_deleted,
+        r.decisions_deleted,
         r.runs_deleted,
         r.findings_deleted,
     )

@@ -58,6 +58,8 @@ fn session_settings(
 /// off overflows the clock.
 const MAX_HEADER_TIMEOUT_SECS: u64 = 3600;
 const MAX_REQUEST_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// A decision token is proof for one use, not a standing permission: a day at most.
+const MAX_DECISION_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
 /// A timeout setting in seconds, 1 to `max`, or `default` when not given.
 fn seconds(
@@ -109,6 +111,12 @@ pub async fn run(
             args.request_timeout_secs.or(file.request_timeout_secs),
             defaults.request_timeout,
             MAX_REQUEST_TIMEOUT_SECS,
+        )?,
+        decision_token_ttl: seconds(
+            "decision-token-ttl-secs",
+            args.decision_token_ttl_secs,
+            defaults.decision_token_ttl,
+            MAX_DECISION_TOKEN_TTL_SECS,
         )?,
         long_request_timeout: seconds(
             "long-request-timeout-secs",

@@ -35,14 +35,17 @@ async fn create(
     args: &TokenCreateArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let subject = match (args.role, &args.source, &args.consumer) {
-        (Role::Source, Some(source), None) => Some(source.clone()),
-        (Role::Consumer, None, Some(consumer)) => Some(consumer.clone()),
-        (Role::Source | Role::Consumer, _, _) => {
-            bail!("--role source takes --source <ID>; --role consumer takes --consumer <ID>")
+    let subject = match (args.role, &args.source, &args.consumer, &args.processor) {
+        (Role::Source, Some(source), None, None) => Some(source.clone()),
+        (Role::Consumer, None, Some(consumer), None) => Some(consumer.clone()),
+        (Role::Processor, None, None, Some(processor)) => Some(processor.clone()),
+        (Role::Source | Role::Consumer | Role::Processor, _, _, _) => bail!(
+            "--role source takes --source <ID>; --role consumer takes --consumer <ID>; --role processor takes --processor <ID>"
+        ),
+        (_, None, None, None) => None,
+        (role, _, _, _) => {
+            bail!("{role} tokens are not bound to a system: drop --source/--consumer/--processor")
         }
-        (_, None, None) => None,
-        (role, _, _) => bail!("{role} tokens are not bound to a system: drop --source/--consumer"),
     };
     let new = NewToken {
         role: args.role,

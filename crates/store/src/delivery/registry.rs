@@ -39,6 +39,15 @@ impl Deliveries {
             Channel::Nats | Channel::Feed => (None, None),
         };
         let mut tx = self.db.begin().await?;
+        // Consumers and processors share one namespace (`crate::decisions`).
+        let taken = sql("SELECT 1 AS one FROM processors WHERE processor_id = $1")
+            .bind(consumer.id.as_str())
+            .fetch_optional(&mut tx)
+            .await?
+            .is_some();
+        if taken {
+            return Err(RegisterError::Exists(consumer.id));
+        }
         let inserted = sql(
             "INSERT INTO consumers (consumer_id, channel, webhook_url, webhook_secret, fields, purposes, created_at, sla_secs, pseudonymous) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (consumer_id) DO NOTHING",

@@ -1,0 +1,46 @@
+-- Decisions at the moment of use (issue 14).
+--
+-- Processors: systems that ask whether they may use a customer's data. Every consumer is one
+-- (its purposes and fields are its registration in `consumers`); a processor that only asks
+-- is registered here. One namespace: an id names a consumer or a processor, never both.
+-- Times in microseconds.
+CREATE TABLE processors (
+    processor_id   TEXT    PRIMARY KEY,
+    -- JSON arrays of purposes and of field selectors ("email", "name.*", "*").
+    purposes       TEXT    NOT NULL,
+    fields         TEXT    NOT NULL,
+    -- ISO 3166-1 country it processes data in; NULL: where the controller does.
+    region         TEXT,
+    transfer_basis TEXT    CHECK (transfer_basis IN ('adequacy', 'scc', 'bcr', 'derogation')),
+    created_at     INTEGER NOT NULL,
+    disabled_at    INTEGER
+);
+
+-- The decision log: every answer, allowing or not. Field names and reasons, never values.
+CREATE TABLE decisions (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    decision_id    BLOB    NOT NULL UNIQUE,
+    decided_at     INTEGER NOT NULL,
+    processor_id   TEXT    NOT NULL,
+    -- The API token that asked.
+    token_id       BLOB    NOT NULL,
+    customer_id    BLOB    NOT NULL,
+    purpose        TEXT    NOT NULL,
+    -- JSON array of the tiers that applied.
+    tiers          TEXT    NOT NULL,
+    -- JSON array of {field, allowed, reason}.
+    answers        TEXT    NOT NULL,
+    allowed        INTEGER NOT NULL CHECK (allowed IN (0, 1)),
+    basis          TEXT,
+    basis_event_id BLOB,
+    basis_version  INTEGER,
+    -- The customer's stream version and the policy the answer was decided on.
+    stream_version INTEGER NOT NULL,
+    policy_version TEXT    NOT NULL,
+    -- When a decision token was issued: its expiry (its id is the decision id).
+    token_expires_at INTEGER
+);
+
+CREATE INDEX decisions_customer ON decisions (customer_id, seq);
+CREATE INDEX decisions_processor ON decisions (processor_id, seq);
+CREATE INDEX decisions_time ON decisions (decided_at);
