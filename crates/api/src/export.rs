@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::{Authorized, Exporters};
+use crate::decisions::DecisionLogView;
 use crate::error::{ApiError, Problem};
 use crate::extract::{PathParams, QueryParams};
 use crate::routes::customer_param;
@@ -39,6 +40,8 @@ pub struct ExportView {
     pub handoffs: Vec<HandoffView>,
     /// Every read of the record by a source system, and every export (this one included).
     pub disclosures: Vec<DisclosureView>,
+    /// Every question a processor asked about the customer's data, and the answer.
+    pub decisions: Vec<DecisionLogView>,
     /// Every sync exception about the customer, open or closed.
     pub exceptions: Vec<ExceptionView>,
 }
@@ -52,6 +55,7 @@ impl ExportView {
             events,
             handoffs,
             disclosures,
+            decisions,
             exceptions,
         } = export;
         Self {
@@ -68,12 +72,14 @@ impl ExportView {
             history: events.iter().map(EventView::new).collect(),
             handoffs: handoffs.into_iter().map(HandoffView::from).collect(),
             disclosures: disclosures.into_iter().map(DisclosureView::from).collect(),
+            decisions: decisions.into_iter().map(DecisionLogView::from).collect(),
             exceptions: exceptions.into_iter().map(ExceptionView::from).collect(),
         }
     }
 
     /// The CSV form: a zip with one file per part (`fields.csv`, `consents.csv`,
-    /// `proposals.csv`, `history.csv`, `handoffs.csv`, `disclosures.csv`, `exceptions.csv`)
+    /// `proposals.csv`, `history.csv`, `handoffs.csv`, `disclosures.csv`, `decisions.csv`,
+    /// `exceptions.csv`)
     /// and the record's header in `customer.csv`. Each row is one item; nested members are
     /// JSON text in their cell.
     pub fn to_zip(&self) -> Result<Vec<u8>, ExportError> {
@@ -83,7 +89,7 @@ impl ExportView {
             "registered_at": self.record.registered_at,
             "stream_version": self.record.stream_version,
         });
-        let parts: [(&str, Vec<Value>); 8] = [
+        let parts: [(&str, Vec<Value>); 9] = [
             ("customer.csv", vec![customer]),
             ("fields.csv", values(&self.record.fields)?),
             ("consents.csv", values(&self.record.consents)?),
@@ -91,6 +97,7 @@ impl ExportView {
             ("history.csv", values(&self.history)?),
             ("handoffs.csv", values(&self.handoffs)?),
             ("disclosures.csv", values(&self.disclosures)?),
+            ("decisions.csv", values(&self.decisions)?),
             ("exceptions.csv", values(&self.exceptions)?),
         ];
         let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));

@@ -267,6 +267,17 @@ async fn the_subject_export_holds_everything_and_is_logged(engine: Engine) {
     )
     .await;
     app.get(&format!("/v1/customers/{id}"), "crm").await;
+    // The consumer asks whether it may use the email for marketing.
+    let asked = app
+        .send(
+            reqwest::Method::POST,
+            "/v1/decisions",
+            Some("consumer"),
+            None,
+            Some(&json!({"customer_id": id, "purpose": "marketing", "fields": ["email"]})),
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.text);
 
     let path = format!("/v1/customers/{id}/export");
     let export = app.get(&path, "dsar").await;
@@ -295,6 +306,10 @@ async fn the_subject_export_holds_everything_and_is_logged(engine: Engine) {
     );
     let exceptions = body["exceptions"].as_array().unwrap();
     assert!(exceptions.iter().any(|e| e["kind"] == "proposal"));
+    let decisions = body["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["decision_id"], asked.body["decision_id"]);
+    assert_eq!(decisions[0]["processor_id"], "crm-sync");
     // The crm's read, then this export, as a disclosure to the subject.
     let disclosures = body["disclosures"].as_array().unwrap();
     let last = disclosures.last().unwrap();
@@ -337,6 +352,7 @@ async fn the_subject_export_holds_everything_and_is_logged(engine: Engine) {
         [
             "consents.csv",
             "customer.csv",
+            "decisions.csv",
             "disclosures.csv",
             "exceptions.csv",
             "fields.csv",

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use idledger_domain::ids::CustomerId;
 use idledger_domain::scope::ReadScope;
 use idledger_domain::state::CustomerState;
+use idledger_store::decisions::{DecisionEntry, DecisionFilter};
 use idledger_store::delivery::{
     ExceptionFilter, HandoffEntry, HandoffFilter, MAX_PAGE, SyncException,
 };
@@ -17,7 +18,8 @@ use crate::reads::ReadError;
 
 /// Everything about one customer: the record, every event of their stream with its provenance
 /// (consents are among them), every handoff to a consumer, every disclosure (reads by source
-/// systems, earlier exports) and every sync exception about them, open or closed.
+/// systems, earlier exports), every decision on the use of their data and every sync
+/// exception about them, open or closed.
 #[derive(Debug, Clone)]
 pub struct SubjectExport {
     pub customer_id: CustomerId,
@@ -28,6 +30,8 @@ pub struct SubjectExport {
     pub handoffs: Vec<HandoffEntry>,
     /// Including this export's own entry.
     pub disclosures: Vec<DisclosureEntry>,
+    /// Every question a processor asked about the customer, and the answer.
+    pub decisions: Vec<DecisionEntry>,
     pub exceptions: Vec<SyncException>,
 }
 
@@ -65,6 +69,7 @@ impl App {
         let events = self.ledger.stream(customer, None, None).await?;
         let handoffs = self.all_handoffs(customer).await?;
         let disclosures = self.all_disclosures(customer).await?;
+        let decisions = self.all_decisions(customer).await?;
         let exceptions = self.all_exceptions(customer).await?;
         Ok(SubjectExport {
             customer_id: customer,
@@ -73,8 +78,30 @@ impl App {
             events,
             handoffs,
             disclosures,
+            decisions,
             exceptions,
         })
+    }
+
+    async fn all_decisions(&self, customer: CustomerId) -> Result<Vec<DecisionEntry>, ReadError> {
+        let filter = DecisionFilter {
+            customer: Some(customer),
+            ..DecisionFilter::default()
+        };
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .decider
+                .decisions()
+                .list(&filter, after, MAX_PAGE)
+                .await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
     }
 
     async fn all_handoffs(&self, customer: CustomerId) -> Result<Vec<HandoffEntry>, ReadError> {
