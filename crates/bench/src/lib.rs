@@ -8,6 +8,7 @@
 //! | [`baseline`] | raw single-row `INSERT` of an event-sized row, N clients, PostgreSQL and SQLite | — |
 //! | [`load`] | the real API over HTTP with a realistic mix, N clients, on both engines | the INSERT tps of its engine |
 //! | [`delivery`] | command acknowledged → CloudEvent received by a NATS subscriber, paced | — (target: p99 ≤ 20 ms) |
+//! | [`decisions`] | `POST /v1/decisions` paced at 1,000 and 5,000/s, and its batch form, on fresh state | — (target: p99 ≤ 5 ms at 1,000/s) |
 //! | [`rebuild`] | `Ledger::rebuild` over ≥ 1M events | a raw paged scan of `events` |
 //! | [`rebuild`] | history and as-of reads of a customer with 1,000 events, over HTTP | the raw `SELECT` of the same rows |
 //!
@@ -16,6 +17,7 @@
 //! Scratch PostgreSQL databases are created beside the given one and dropped at the end.
 
 pub mod baseline;
+pub mod decisions;
 pub mod delivery;
 pub mod error;
 pub mod load;
@@ -45,6 +47,8 @@ pub struct BenchConfig {
     pub duration: Duration,
     /// Commands per second for the commit-to-consumer phase.
     pub rate: u32,
+    /// Decisions per second of the decisions phase, one measurement each.
+    pub decision_rates: Vec<u32>,
     /// Events in the log that `rebuild` folds.
     pub rebuild_events: u64,
     /// Events of the customer whose history and as-of record are read.
@@ -65,6 +69,7 @@ impl BenchConfig {
             clients: 32,
             duration: Duration::from_secs(20),
             rate: 1000,
+            decision_rates: vec![1000, 5000],
             rebuild_events: 1_000_000,
             read_events: 1000,
             read_samples: 500,
@@ -79,6 +84,7 @@ impl BenchConfig {
             clients: 4,
             duration: Duration::from_secs(2),
             rate: 50,
+            decision_rates: vec![100],
             rebuild_events: 2000,
             read_events: 100,
             read_samples: 20,
@@ -160,12 +166,34 @@ async fn run_phases(
         config.rate
     ));
     let commit_to_consumer = delivery::run(&pg_server, config.rate, config.duration).await;
+    let decisions = match &commit_to_consumer {
+        Ok(c) => {
+            note(&format!(
+                "  {:.0} commands/s reached, p99 {:.2} ms",
+                c.achieved_rate, c.latency.p99_ms
+            ));
+            note(&format!(
+                "decisions on PostgreSQL: paced at {:?} decisions/s, then batches of {}, {secs:.0} s each",
+                config.decision_rates,
+                decisions::BATCH
+            ));
+            decisions::run(&pg_server, &config.decision_rates, config.duration).await
+        }
+        Err(_) => Err(BenchError::Failed("skipped".to_owned())),
+    };
     let stopped = pg_server.stop().await;
     let commit_to_consumer = commit_to_consumer?;
+    let decisions = decisions?;
     stopped?;
+    for p in &decisions.single {
+        note(&format!(
+            "  {:.0} decisions/s reached (of {}), p99 {:.2} ms",
+            p.achieved_rate, p.target_rate, p.latency.p99_ms
+        ));
+    }
     note(&format!(
-        "  {:.0} commands/s reached, p99 {:.2} ms",
-        commit_to_consumer.achieved_rate, commit_to_consumer.latency.p99_ms
+        "  batches: {:.0}/s of {}, p99 {:.2} ms",
+        decisions.batch.achieved_rate, decisions.batch_size, decisions.batch.latency.p99_ms
     ));
 
     note(&format!(
@@ -196,6 +224,7 @@ async fn run_phases(
         commands_pg,
         commands_sqlite,
         commit_to_consumer,
+        decisions,
         rebuild,
         reads,
     ))

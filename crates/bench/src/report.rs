@@ -25,6 +25,7 @@ pub struct Report {
     pub commands_postgres: LoadResult,
     pub commands_sqlite: LoadResult,
     pub commit_to_consumer: CommitToConsumer,
+    pub decisions: crate::decisions::Decisions,
     pub rebuild: RebuildResult,
     pub reads: Reads,
     /// VmHWM of this process (server and load generator together), KiB.
@@ -105,6 +106,7 @@ impl Report {
         commands_postgres: LoadResult,
         commands_sqlite: LoadResult,
         commit_to_consumer: CommitToConsumer,
+        decisions: crate::decisions::Decisions,
         rebuild: RebuildResult,
         reads: Reads,
     ) -> Self {
@@ -126,6 +128,7 @@ impl Report {
             commands_postgres,
             commands_sqlite,
             commit_to_consumer,
+            decisions,
             rebuild,
             reads,
             peak_memory_kib: None,
@@ -160,6 +163,17 @@ impl Report {
                 ));
             }
         }
+        let d = &self.decisions;
+        for p in d.single.iter().chain(std::iter::once(&d.batch)) {
+            if p.errors > 0 {
+                out.push(format!(
+                    "decisions at {}/s: {} unexpected answers, the first: {}",
+                    p.target_rate,
+                    p.errors,
+                    p.first_error.as_deref().unwrap_or("?")
+                ));
+            }
+        }
         if self.commit_to_consumer.missing > 0 {
             out.push(format!(
                 "commit-to-consumer: {} acknowledged changes never reached the NATS subscriber",
@@ -188,6 +202,21 @@ impl Report {
                     d.latency.p99_ms, d.achieved_rate
                 ),
                 met: d.latency.p99_ms <= 20.0 && d.achieved_rate >= 990.0 && d.missing == 0,
+            },
+            Target {
+                target: "decision p99 <= 5 ms at 1,000 decisions/s (fresh state, over HTTP)",
+                measured: self.decisions.at(1000).map_or_else(
+                    || "not measured at 1,000/s".to_owned(),
+                    |p| {
+                        format!(
+                            "p99 {:.2} ms at {:.0} decisions/s",
+                            p.latency.p99_ms, p.achieved_rate
+                        )
+                    },
+                ),
+                met: self.decisions.at(1000).is_some_and(|p| {
+                    p.latency.p99_ms <= 5.0 && p.achieved_rate >= 990.0 && p.errors == 0
+                }),
             },
             Target {
                 target: "rebuild >= 100,000 events/s",
@@ -346,6 +375,37 @@ impl Report {
             "| p50 ms | p90 ms | p99 ms | max ms |\n| --- | --- | --- | --- |\n| {:.2} | {:.2} | {:.2} | {:.2} |",
             d.latency.p50_ms, d.latency.p90_ms, d.latency.p99_ms, d.latency.max_ms
         )?;
+        let q = &self.decisions;
+        writeln!(
+            s,
+            "\n## Decisions (PostgreSQL, `POST /v1/decisions`, fresh state)\n"
+        )?;
+        writeln!(
+            s,
+            "| question | paced at /s | reached /s | p50 ms | p90 ms | p99 ms | max ms | unexpected |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- |"
+        )?;
+        for (what, p) in q
+            .single
+            .iter()
+            .map(|p| ("one customer".to_owned(), p))
+            .chain(std::iter::once((
+                format!("batch of {}", q.batch_size),
+                &q.batch,
+            )))
+        {
+            writeln!(
+                s,
+                "| {what} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                p.target_rate,
+                p.achieved_rate,
+                p.latency.p50_ms,
+                p.latency.p90_ms,
+                p.latency.p99_ms,
+                p.latency.max_ms,
+                p.errors
+            )?;
+        }
         let r = &self.rebuild;
         writeln!(s, "\n## Rebuild (PostgreSQL)\n")?;
         writeln!(

@@ -1,0 +1,224 @@
+//! Decisions at the moment of use over HTTP: `POST /v1/decisions` paced at fixed rates (open
+//! loop, at most [`IN_FLIGHT`] outstanding), and `POST /v1/decisions/batch` of [`BATCH`]
+//! customers. Every question reads its customer's state fresh from the database, as in
+//! production; the customers have consented, so answers allow and are logged like any other.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use idledger_domain::field::FieldSelector;
+use idledger_domain::ids::Purpose;
+use idledger_store::Role;
+use idledger_store::decisions::{NewProcessor, ProcessorId};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::error::{BenchError, Step as _};
+use crate::load;
+use crate::server::{PURPOSE, Server};
+use crate::stats::{self, Latency};
+
+/// Most questions outstanding at once (as in the commit-to-consumer phase): an overloaded
+/// server shows as a lower achieved rate rather than as queueing in the latency.
+const IN_FLIGHT: usize = 64;
+/// Customers per batch question.
+pub const BATCH: usize = 100;
+/// Customers the questions are spread over.
+const CUSTOMERS: usize = 200;
+const PROCESSOR: &str = "bench-journey";
+
+/// Single questions at one paced rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paced {
+    pub target_rate: u32,
+    pub achieved_rate: f64,
+    pub seconds: f64,
+    /// Answers other than 200 with every field allowed.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub latency: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decisions {
+    /// One per rate asked for, in order.
+    pub single: Vec<Paced>,
+    /// Batch questions of [`BATCH`] customers, paced at the first rate's decisions per second.
+    pub batch: Paced,
+    pub batch_size: usize,
+}
+
+impl Decisions {
+    /// The single-question result at `rate`, if it was measured.
+    pub fn at(&self, rate: u32) -> Option<&Paced> {
+        self.single.iter().find(|p| p.target_rate == rate)
+    }
+}
+
+pub async fn run(
+    server: &Server,
+    rates: &[u32],
+    duration: Duration,
+) -> Result<Decisions, BenchError> {
+    let store = server.ledger.store();
+    store
+        .decisions()
+        .register_processor(
+            NewProcessor::new(
+                ProcessorId::parse(PROCESSOR).step("processor id")?,
+                vec![Purpose::parse(PURPOSE).step("purpose")?],
+                vec![FieldSelector::parse("email").step("field")?],
+                None,
+                None,
+            )
+            .step("processor")?,
+            Utc::now(),
+        )
+        .await
+        .map_err(|e| BenchError::Failed(format!("cannot register the bench processor: {e}")))?;
+    let token = store
+        .tokens()
+        .create(Role::Processor, Some(PROCESSOR), "idledger bench")
+        .await
+        .step("cannot create the processor's token")?
+        .secret;
+    let mut customers = Vec::with_capacity(CUSTOMERS);
+    for i in 0..CUSTOMERS {
+        let key = format!("decide-{i}");
+        let customer = load::register(server, &key).await?;
+        load::grant(server, customer, &format!("{key}-grant")).await?;
+        customers.push(customer);
+    }
+    let customers = Arc::new(customers);
+    let ask = Asker {
+        client: server.client.clone(),
+        base: server.base.clone(),
+        token,
+        customers,
+    };
+    let mut single = Vec::with_capacity(rates.len());
+    for &rate in rates {
+        single.push(ask.paced(rate, duration, 1).await?);
+    }
+    let first = rates.first().copied().unwrap_or(100);
+    let batches = u32::try_from((first as usize / BATCH).max(1)).unwrap_or(1);
+    let batch = ask.paced(batches, duration, BATCH).await?;
+    Ok(Decisions {
+        single,
+        batch,
+        batch_size: BATCH,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Asker {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    customers: Arc<Vec<Uuid>>,
+}
+
+/// Failed answers, the first one, and every answer's latency.
+type Outcome = (u64, Option<String>, hdrhistogram::Histogram<u64>);
+
+impl Asker {
+    /// `rate` questions a second for `duration`, each about `size` customers (1: the single
+    /// route, more: the batch route).
+    async fn paced(&self, rate: u32, duration: Duration, size: usize) -> Result<Paced, BenchError> {
+        let outcome: Arc<Mutex<Outcome>> = Arc::new(Mutex::new((0, None, stats::histogram()?)));
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut ticker =
+            tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = Instant::now();
+        let deadline = started + duration;
+        let mut sent = 0usize;
+        while Instant::now() < deadline {
+            ticker.tick().await;
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .step("the pacing semaphore closed")?;
+            sent += 1;
+            let (asker, outcome) = (self.clone(), outcome.clone());
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let answer = asker.ask(sent, size).await;
+                let elapsed = t.elapsed();
+                if let Ok(mut outcome) = outcome.lock() {
+                    stats::record(&mut outcome.2, elapsed);
+                    if let Err(e) = answer {
+                        outcome.0 += 1;
+                        outcome.1.get_or_insert(e);
+                    }
+                }
+                drop(permit);
+            });
+        }
+        let _all = permits
+            .acquire_many(u32::try_from(IN_FLIGHT).unwrap_or(u32::MAX))
+            .await
+            .step("the pacing semaphore closed")?;
+        let elapsed = started.elapsed();
+        let (errors, first_error, latency) = outcome
+            .lock()
+            .map(|o| (o.0, o.1.clone(), Latency::of(&o.2)))
+            .unwrap_or_default();
+        Ok(Paced {
+            target_rate: rate,
+            achieved_rate: stats::rate(sent as u64, elapsed),
+            seconds: elapsed.as_secs_f64(),
+            errors,
+            first_error,
+            latency,
+        })
+    }
+
+    /// One question about `size` customers; `Err` describes an answer that is not a full
+    /// allowance.
+    async fn ask(&self, n: usize, size: usize) -> Result<(), String> {
+        let pick = |i: usize| self.customers[(n * size + i) % self.customers.len()];
+        let (path, body) = if size == 1 {
+            (
+                "/v1/decisions",
+                json!({"customer_id": pick(0), "purpose": PURPOSE, "fields": ["email"]}),
+            )
+        } else {
+            let customers: Vec<Uuid> = (0..size).map(pick).collect();
+            (
+                "/v1/decisions/batch",
+                json!({"customers": customers, "purpose": PURPOSE, "fields": ["email"]}),
+            )
+        };
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let answers: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let all_allowed = answers.len() == size && answers.iter().all(|a| a["allowed"] == true);
+        if status.is_success() && all_allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "POST {path}: {status} {}",
+                text.chars().take(300).collect::<String>()
+            ))
+        }
+    }
+}
