@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -34,7 +35,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use idledger_app::App;
 use idledger_relay::Feed;
-use idledger_store::{Deliveries, Ledger, Tokens};
+use idledger_store::jws::DEFAULT_REFRESH;
+use idledger_store::{Deliveries, Ledger, TokenSigner, Tokens};
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -64,6 +66,10 @@ pub struct ApiConfig {
     pub long_request_timeout: Duration,
     /// What one token may take of the server (429 beyond).
     pub token_limits: limits::TokenLimits,
+    /// How long the token signer keeps the `jws` key it read, and its public key set, before
+    /// reading them again: after a rotation by another process, tokens are signed with the
+    /// old (still verifying) key for at most this long.
+    pub token_key_refresh: Duration,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +84,7 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(30),
             long_request_timeout: Duration::from_secs(3600),
             token_limits: limits::TokenLimits::default(),
+            token_key_refresh: DEFAULT_REFRESH,
         }
     }
 }
@@ -117,6 +124,10 @@ pub struct AppState {
     pub feed: Feed,
     pub feed_settings: FeedSettings,
     pub reconciler: idledger_reconcile::Reconciler,
+    /// Signs decision tokens and consent receipts (`signer.sign(typ, &claims)`) with the key
+    /// in use for `jws`, cached (`ApiConfig::token_key_refresh`, set by [`router`]); also the
+    /// public key set it serves.
+    pub signer: TokenSigner,
     /// Open event streams per token (see `FeedSettings::max_streams_per_token`).
     pub open_streams: delivery::OpenStreams,
     /// Each token's request rate and requests in progress (`ApiConfig::token_limits`, set
@@ -143,9 +154,11 @@ impl AppState {
         let feed = Feed::new(ledger.clone(), &feed_settings.source);
         let app = App::new(ledger.clone());
         let reconciler = app.reconciler().clone();
+        let signer = TokenSigner::new(ledger.signing_keys(), DEFAULT_REFRESH);
         Self {
             app,
             reconciler,
+            signer,
             ledger,
             tokens,
             deliveries,
@@ -175,6 +188,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
     state.max_upload_bytes = config.max_upload_bytes;
     state.upload_idle_timeout = config.request_timeout;
     state.sessions = config.sessions;
+    state.signer = TokenSigner::new(state.ledger.signing_keys(), config.token_key_refresh);
     let timeouts = limits::Timeouts {
         request: config.request_timeout,
         long_request: config.long_request_timeout,
@@ -261,6 +275,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
     Router::new()
         .nest("/v1", v1)
         .merge(page::routes(config.sessions))
+        .route("/.well-known/jwks.json", get(jwks::jwks))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::prometheus))

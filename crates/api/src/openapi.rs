@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{delivery, error, export, reconcile, retention, routes, steward, tokens, views, wire};
+use crate::{
+    delivery, error, export, jwks, reconcile, retention, routes, steward, tokens, views, wire,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -53,6 +55,7 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, toke
         routes::readyz,
         routes::prometheus,
         routes::openapi,
+        jwks::jwks,
     ),
     components(schemas(
         error::Problem,
@@ -111,6 +114,8 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, toke
         tokens::IssuedTokenView,
         tokens::TokenRequest,
         tokens::RotateRequest,
+        jwks::JwksView,
+        jwks::JwkView,
     )),
     modifiers(&BearerAuth, &CommonProblems),
     tags(
@@ -119,7 +124,7 @@ use crate::{delivery, error, export, reconcile, retention, routes, steward, toke
         (name = "delivery", description = "Consumers, the change feed, acknowledgements, the handoff log"),
         (name = "stewardship", description = "Sync exceptions, steward actions, reconciliation runs and snapshot diffs"),
         (name = "tokens", description = "API tokens: create, list, rotate, revoke (admin)"),
-        (name = "meta", description = "Health, metrics, identity, this document"),
+        (name = "meta", description = "Health, metrics, identity, this document, the token signing keys"),
     )
 )]
 struct ApiDoc;

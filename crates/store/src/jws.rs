@@ -335,9 +335,16 @@ impl TokenSigner {
         Ok(keys)
     }
 
-    /// The public key set, as `/.well-known/jwks.json` serves it.
+    /// The public key set, as `/.well-known/jwks.json` serves it. Creates the key in use if
+    /// there is none yet, so that a set a client keeps has the key the next token is signed
+    /// with.
     pub async fn jwks(&self) -> Result<Value, StoreError> {
-        Ok(jwks(&self.public_keys().await?))
+        let pair = self.key_pair().await?;
+        let mut keys = self.public_keys().await?;
+        if !keys.iter().any(|k| k.kid == pair.kid) {
+            keys = self.public_keys_fresher_than(Duration::ZERO).await?;
+        }
+        Ok(jwks(&keys))
     }
 
     /// Verifies a token with the public keys ([`verify_compact_at`]); an unknown kid reloads
