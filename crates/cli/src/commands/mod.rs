@@ -11,6 +11,7 @@ pub mod history;
 pub mod keys;
 pub mod migrate;
 pub mod rebuild;
+pub mod receipt;
 pub mod reconcile;
 pub mod record;
 pub mod restrict;
