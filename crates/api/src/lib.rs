@@ -1,8 +1,9 @@
 //! idledger's HTTP API (axum, under `/v1`): commands, golden records, history, per-source
 //! bearer-token authentication with roles, problem+json errors, OpenAPI, health and metrics;
 //! and the HTTP side of delivery: the consumer registry, the change feed (NDJSON or
-//! Server-Sent Events), acknowledgements, the handoff log and consumer state; and the data
-//! steward's web page (`/steward`, server-rendered HTML).
+//! Server-Sent Events), acknowledgements, the handoff log and consumer state; the data
+//! steward's web page (`/steward`, server-rendered HTML); and the public key set that verifies
+//! signed tokens (`/.well-known/jwks.json`), whose signer is in [`AppState::signer`].
 //!
 //! Architecture invariant: only this crate knows HTTP and the JSON request shapes; it turns
 //! requests into domain commands and reads through `idledger_store::Ledger`. What a consumer
