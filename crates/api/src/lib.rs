@@ -1,8 +1,9 @@
 //! idledger's HTTP API (axum, under `/v1`): commands, golden records, history, per-source
 //! bearer-token authentication with roles, problem+json errors, OpenAPI, health and metrics;
 //! and the HTTP side of delivery: the consumer registry, the change feed (NDJSON or
-//! Server-Sent Events), acknowledgements, the handoff log and consumer state; and the data
-//! steward's web page (`/steward`, server-rendered HTML).
+//! Server-Sent Events), acknowledgements, the handoff log and consumer state; the data
+//! steward's web page (`/steward`, server-rendered HTML); and the public key set that verifies
+//! signed tokens (`/.well-known/jwks.json`), whose signer is in [`AppState::signer`].
 //!
 //! Architecture invariant: only this crate knows HTTP and the JSON request shapes; it turns
 //! requests into domain commands and reads through `idledger_store::Ledger`. What a consumer
@@ -14,6 +15,7 @@ pub mod delivery;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -35,7 +37,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use idledger_app::App;
 use idledger_relay::Feed;
-use idledger_store::{Deliveries, Ledger, Tokens};
+use idledger_store::jws::DEFAULT_REFRESH;
+use idledger_store::{Deliveries, Ledger, TokenSigner, Tokens};
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -71,6 +74,10 @@ pub struct ApiConfig {
     pub token_limits: limits::TokenLimits,
     /// How long a decision token stays valid after its decision.
     pub decision_token_ttl: Duration,
+    /// How long the token signer keeps the `jws` key it read, and its public key set, before
+    /// reading them again: after a rotation by another process, tokens are signed with the
+    /// old (still verifying) key for at most this long.
+    pub token_key_refresh: Duration,
 }
 
 impl Default for ApiConfig {
@@ -86,6 +93,7 @@ impl Default for ApiConfig {
             long_request_timeout: Duration::from_secs(3600),
             token_limits: limits::TokenLimits::default(),
             decision_token_ttl: DEFAULT_DECISION_TOKEN_TTL,
+            token_key_refresh: DEFAULT_REFRESH,
         }
     }
 }
@@ -125,6 +133,10 @@ pub struct AppState {
     pub feed: Feed,
     pub feed_settings: FeedSettings,
     pub reconciler: idledger_reconcile::Reconciler,
+    /// Signs decision tokens and consent receipts (`signer.sign(typ, &claims)`) with the key
+    /// in use for `jws`, cached (`ApiConfig::token_key_refresh`, set by [`router`]); also the
+    /// public key set it serves.
+    pub signer: TokenSigner,
     /// Open event streams per token (see `FeedSettings::max_streams_per_token`).
     pub open_streams: delivery::OpenStreams,
     /// Each token's request rate and requests in progress (`ApiConfig::token_limits`, set
@@ -154,9 +166,11 @@ impl AppState {
         let feed = Feed::new(ledger.clone(), &feed_settings.source);
         let app = App::new(ledger.clone());
         let reconciler = app.reconciler().clone();
+        let signer = TokenSigner::new(ledger.signing_keys(), DEFAULT_REFRESH);
         Self {
             app,
             reconciler,
+            signer,
             ledger,
             tokens,
             deliveries,
@@ -192,6 +206,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
     state.upload_idle_timeout = config.request_timeout;
     state.sessions = config.sessions;
     state.decision_token_ttl = ttl(config.decision_token_ttl);
+    state.signer = TokenSigner::new(state.ledger.signing_keys(), config.token_key_refresh);
     let timeouts = limits::Timeouts {
         request: config.request_timeout,
         long_request: config.long_request_timeout,
@@ -292,6 +307,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
     Router::new()
         .nest("/v1", v1)
         .merge(page::routes(config.sessions))
+        .route("/.well-known/jwks.json", get(jwks::jwks))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::prometheus))

@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    decisions, delivery, error, export, reconcile, retention, routes, steward, tokens, views, wire,
+    decisions, delivery, error, export, jwks, reconcile, retention, routes, steward, tokens, views,
+    wire,
 };
 
 #[derive(OpenApi)]
@@ -62,6 +63,7 @@ use crate::{
         routes::readyz,
         routes::prometheus,
         routes::openapi,
+        jwks::jwks,
     ),
     components(schemas(
         error::Problem,
@@ -129,6 +131,8 @@ use crate::{
         decisions::DecisionPageView,
         decisions::ProcessorRequest,
         decisions::ProcessorView,
+        jwks::JwksView,
+        jwks::JwkView,
     )),
     modifiers(&BearerAuth, &CommonProblems),
     tags(
@@ -138,7 +142,7 @@ use crate::{
         (name = "stewardship", description = "Sync exceptions, steward actions, reconciliation runs and snapshot diffs"),
         (name = "tokens", description = "API tokens: create, list, rotate, revoke (admin)"),
         (name = "decisions", description = "Decisions at the moment of use: may a processor use fields of a customer for a purpose, now; the decision log; the processor registry"),
-        (name = "meta", description = "Health, metrics, identity, this document"),
+        (name = "meta", description = "Health, metrics, identity, this document, the token signing keys"),
     )
 )]
 struct ApiDoc;

@@ -209,7 +209,13 @@ async fn every_role_against_every_route(engine: Engine) {
     }
     assert_eq!(checked, routes.len() * NAMES.len());
     // Public routes answer everyone.
-    for path in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/openapi.json",
+        "/.well-known/jwks.json",
+    ] {
         let reply = app.send(Method::GET, path, None, None, None).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
     }

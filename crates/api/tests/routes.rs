@@ -662,6 +662,7 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
+        ("/.well-known/jwks.json", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -122,9 +122,13 @@ pub enum Command {
     /// delete old handoffs, idempotency records, disclosures and reconciliation runs.
     #[command(subcommand)]
     Retention(crate::commands::retention::RetentionCommand),
-    /// Manage the master key: re-wrap every data key under a new one.
+    /// Manage the keys: re-wrap every data key under a new master key; list, rotate and
+    /// remove the signing keys (decision tokens and consent receipts, checkpoints).
     #[command(subcommand)]
     Keys(crate::commands::keys::KeysCommand),
+    /// Verify a decision token or consent receipt (a compact JWS) with the public keys.
+    #[command(subcommand)]
+    Receipt(crate::commands::receipt::ReceiptCommand),
     /// Measure command throughput, commit-to-consumer latency, rebuild and read speed, each
     /// as a ratio to a raw database baseline in the same run (needs PostgreSQL and NATS).
     Bench(crate::commands::bench::BenchArgs),

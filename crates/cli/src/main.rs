@@ -70,6 +70,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commands::retention::run(&settings, command, &mut out).await?
             }
             Command::Keys(command) => commands::keys::run(&settings, command, &mut out).await?,
+            Command::Receipt(command) => {
+                commands::receipt::run(&settings, command, &mut out).await?
+            }
             Command::Bench(args) => commands::bench::run(&settings, args, &mut out).await?,
         };
         out.flush()?;

@@ -1564,6 +1564,7 @@ on_both_engines!(
     exceptions_are_listed_and_filtered,
     bad_filters_are_usage_errors_naming_the_option,
     a_steward_dismisses_and_accepts_from_the_command_line,
+    signing_keys_rotate_list_and_remove_and_receipts_verify,
 );
 
 #[test]
@@ -1873,4 +1874,134 @@ fn keys_rewrap_moves_an_embedded_store_to_a_new_master_key() {
     with_new_key(&["verify"])
         .success()
         .stdout_has(&["2 checkpoints hold: the log up to position 19 is the one signed"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// keys list|rotate|remove, receipt verify, on both engines
+// ---------------------------------------------------------------------------------------
+
+/// `keys rotate` prints the new kid and `keys list` shows it in use beside the retired one;
+/// `receipt verify` accepts a token of the store's key (store keys, a saved key set, a
+/// server's) and refuses a tampered, an expired and a removed key's token with exit 1.
+async fn signing_keys_rotate_list_and_remove_and_receipts_verify(engine: Engine) {
+    use idledger_store::TokenSigner;
+    use idledger_store::jws;
+
+    let store = TestStore::new(engine).await;
+    let dir = TempDir::new("receipts");
+    let url = store.db.url.clone();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--database", url.as_str()];
+        all.extend_from_slice(args);
+        idledger_with_env(&dir, &all, &[("IDLEDGER__MASTER_KEY", store.master_hex())])
+    };
+    cli(&["keys", "list"])
+        .success()
+        .stdout_has(&["no signing keys yet"]);
+
+    // A receipt signed as the server signs it (the first use creates the jws key).
+    let signer = TokenSigner::new(store.ledger.signing_keys(), jws::DEFAULT_REFRESH);
+    let claims =
+        serde_json::json!({"purpose": "marketing", "exp": chrono::Utc::now().timestamp() + 3600});
+    let token = signer.sign("receipt+jwt", &claims).await.unwrap();
+    let first = signer.key_pair().await.unwrap().kid.clone();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let good = write("receipt.jws", &format!("\n{token}\n"));
+
+    let rotated = cli(&["keys", "rotate"]).success();
+    let second = rotated.stdout.trim().to_owned();
+    assert_eq!(second.len(), 16, "{}", rotated.stdout);
+    assert_ne!(second, first);
+    let checkpoint = cli(&["keys", "rotate", "--purpose", "checkpoint"]).success();
+    let checkpoint = checkpoint.stdout.trim().to_owned();
+    cli(&["keys", "rotate", "--purpose", "nope"]).exit(2);
+    let listed = cli(&["keys", "list"]).success();
+    let line = |kid: &str| {
+        listed
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(kid))
+            .unwrap_or_else(|| panic!("{kid} not listed:\n{}", listed.stdout))
+            .to_owned()
+    };
+    assert!(line(&first).contains("jws") && !line(&first).contains("in use"));
+    assert!(line(&second).contains("jws") && line(&second).contains("in use"));
+    assert!(line(&checkpoint).contains("checkpoint") && line(&checkpoint).contains("in use"));
+    let json: serde_json::Value =
+        serde_json::from_str(&cli(&["keys", "list", "--json"]).success().stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3, "{json}");
+
+    // Verified with the store's keys: the old key still verifies.
+    cli(&["receipt", "verify", &good]).success().stdout_has(&[
+        &first,
+        "receipt+jwt",
+        "\"purpose\": \"marketing\"",
+    ]);
+    // With a saved key set, and with a server's.
+    let keys = store
+        .ledger
+        .signing_keys()
+        .list(Some(jws::TOKEN_PURPOSE))
+        .await
+        .unwrap();
+    let set = write("jwks.json", &jws::jwks(&keys).to_string());
+    cli(&["receipt", "verify", &good, "--jwks", &set])
+        .success()
+        .stdout_has(&[&first]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let config = idledger_api::ApiConfig::default();
+    let router = idledger_api::router(idledger_api::AppState::new(store.ledger.clone()), &config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(idledger_api::serve(
+        listener,
+        router,
+        async move {
+            let _ = stopped.await;
+        },
+        &config,
+    ));
+    // The binary blocks this thread; the server answers on the runtime's others.
+    cli(&["receipt", "verify", &good, "--server", &server])
+        .success()
+        .stdout_has(&[&first]);
+    let _ = stop.send(());
+
+    // Refused: tampered, expired, garbage, a removed key's.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    // One character of the payload: other claims, the same signature.
+    let last = parts[1].pop().unwrap();
+    parts[1].push(if last == 'A' { 'B' } else { 'A' });
+    let tampered = write("tampered.jws", &parts.join("."));
+    cli(&["receipt", "verify", &tampered])
+        .exit(1)
+        .stderr_has(&["not valid", "signature is invalid"]);
+    let expired = signer
+        .sign(
+            "receipt+jwt",
+            &serde_json::json!({"exp": chrono::Utc::now().timestamp() - 1}),
+        )
+        .await
+        .unwrap();
+    let expired = write("expired.jws", &expired);
+    cli(&["receipt", "verify", &expired])
+        .exit(1)
+        .stderr_has(&["expired"]);
+    let garbage = write("garbage.jws", "not a token");
+    cli(&["receipt", "verify", &garbage])
+        .exit(1)
+        .stderr_has(&["malformed"]);
+    cli(&["keys", "remove", &second])
+        .exit(1)
+        .stderr_has(&["in use", "rotate it first"]);
+    cli(&["keys", "remove", &first])
+        .success()
+        .stdout_has(&["removed"]);
+    cli(&["receipt", "verify", &good])
+        .exit(1)
+        .stderr_has(&["unknown key", &first]);
 }

@@ -6,32 +6,23 @@
 //! of them is unchanged, even against someone who can rewrite the database and recompute
 //! every stream's chain: they cannot sign. The formats are in docs/contracts.md.
 //!
-//! Signing keys are stored in `signing_keys`, one in use per purpose (`checkpoint`; decision
-//! tokens later), the private key sealed under a key derived from the derivation root — not
-//! the master key itself, so a master key rewrap leaves them as they are.
+//! The signing keys live in [`crate::signing`] (re-exported here, where they started).
 
 use chrono::{DateTime, Utc};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use rand::RngCore as _;
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
-use crate::crypto::DataKey;
 use crate::error::StoreError;
-use crate::model::truncate_to_micros;
+pub use crate::signing::{
+    CHECKPOINT_PURPOSE, ED25519, KeyPair, PublicSigningKey, SigningKeys, kid_of,
+};
+use crate::signing::{KEY_COLUMNS, hex_bytes, public_key};
 use crate::sql::{Db, Row, sql};
 
-/// The purpose of the keys that sign checkpoints.
-pub const CHECKPOINT_PURPOSE: &str = "checkpoint";
-/// The one signature algorithm, as stored and exported.
-pub const ED25519: &str = "Ed25519";
 /// The `format` of an export file.
 pub const EXPORT_FORMAT: &str = "idledger.checkpoints.v1";
 /// Domain separation of the signed bytes.
 const SIGNED_TAG: &[u8] = b"idledger.checkpoint.v1";
-/// Associated data of a sealed private key (with its kid), so it cannot pass for anything else.
-const SEAL_AAD: &[u8] = b"idledger signing key\0";
 
 /// A signed statement of the log hash at a position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,26 +71,6 @@ pub fn signed_message(position: u64, log_hash: &[u8], signed_at: DateTime<Utc>) 
     message.extend_from_slice(log_hash);
     message.extend_from_slice(&signed_at.timestamp_micros().to_be_bytes());
     message
-}
-
-/// A key's id: the first 16 hex characters of SHA-256 of its public key.
-pub fn kid_of(public_key: &[u8]) -> String {
-    let mut id = hex::encode(Sha256::digest(public_key));
-    id.truncate(16);
-    id
-}
-
-/// A signing key as anyone may see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublicSigningKey {
-    pub kid: String,
-    pub algorithm: String,
-    pub purpose: String,
-    /// 32 bytes (hex in JSON).
-    #[serde(with = "hex_bytes")]
-    pub public_key: Vec<u8>,
-    pub created_at: DateTime<Utc>,
-    pub retired_at: Option<DateTime<Utc>>,
 }
 
 /// The export file: every checkpoint with the public keys that signed them, so it is
@@ -221,7 +192,6 @@ pub struct Checkpoints {
 }
 
 const CHECKPOINT_COLUMNS: &str = "position, log_hash, signed_at, kid, signature";
-const KEY_COLUMNS: &str = "kid, algorithm, purpose, public_key, created_at, retired_at";
 
 impl Checkpoints {
     pub(crate) fn new(db: Db) -> Self {
@@ -310,143 +280,12 @@ fn checkpoint(row: &Row) -> Result<Checkpoint, StoreError> {
     })
 }
 
-fn public_key(row: &Row) -> Result<PublicSigningKey, StoreError> {
-    Ok(PublicSigningKey {
-        kid: row.try_get("kid")?,
-        algorithm: row.try_get("algorithm")?,
-        purpose: row.try_get("purpose")?,
-        public_key: row.try_get("public_key")?,
-        created_at: row.try_get("created_at")?,
-        retired_at: row.try_get("retired_at")?,
-    })
-}
-
-/// The store's signing keys, with the key that seals their private halves (derived from the
-/// derivation root). From [`crate::Ledger::signing_keys`].
-#[derive(Debug, Clone)]
-pub struct SigningKeys {
-    db: Db,
-    seal: std::sync::Arc<DataKey>,
-}
-
-/// A signing key in use: its id and private key (zeroed when dropped).
-pub struct KeyPair {
-    pub kid: String,
-    key: SigningKey,
-}
-
-impl std::fmt::Debug for KeyPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyPair({}, ..)", self.kid)
-    }
-}
-
-impl KeyPair {
-    pub fn public_key(&self) -> [u8; 32] {
-        self.key.verifying_key().to_bytes()
-    }
-
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.key.sign(message).to_bytes().to_vec()
-    }
-}
-
-impl SigningKeys {
-    pub(crate) fn new(db: Db, seal: std::sync::Arc<DataKey>) -> Self {
-        Self { db, seal }
-    }
-
-    /// The key in use for `purpose`, created (and stored) on first use. Racing first uses
-    /// in several processes agree: one insert wins, every caller reads the winner.
-    pub async fn in_use(&self, purpose: &str) -> Result<KeyPair, StoreError> {
-        if let Some(pair) = self.read_in_use(purpose).await? {
-            return Ok(pair);
-        }
-        let mut seed = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(&mut seed[..]);
-        let key = SigningKey::from_bytes(&seed);
-        let public = key.verifying_key().to_bytes();
-        let kid = kid_of(&public);
-        let sealed = self.seal.seal(&seed[..], &aad(&kid))?;
-        sql("INSERT INTO signing_keys (kid, algorithm, purpose, public_key, sealed_private_key, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
-            .bind(kid.as_str())
-            .bind(ED25519)
-            .bind(purpose)
-            .bind(public.to_vec())
-            .bind(sealed)
-            .bind(truncate_to_micros(Utc::now()))
-            .execute(&self.db)
-            .await?;
-        self.read_in_use(purpose)
-            .await?
-            .ok_or_else(|| StoreError::Integrity(format!("no {purpose} signing key was stored")))
-    }
-
-    async fn read_in_use(&self, purpose: &str) -> Result<Option<KeyPair>, StoreError> {
-        let Some(row) = sql(
-            "SELECT kid, algorithm, public_key, sealed_private_key FROM signing_keys \
-             WHERE purpose = $1 AND retired_at IS NULL",
-        )
-        .bind(purpose)
-        .fetch_optional(&self.db)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let kid: String = row.try_get("kid")?;
-        let algorithm: String = row.try_get("algorithm")?;
-        if algorithm != ED25519 {
-            return Err(StoreError::Integrity(format!(
-                "the {purpose} signing key {kid} is of an unknown algorithm"
-            )));
-        }
-        let sealed: Vec<u8> = row.try_get("sealed_private_key")?;
-        let seed = Zeroizing::new(self.seal.open(&sealed, &aad(&kid)).map_err(|_| {
-            StoreError::Integrity(format!(
-                "the {purpose} signing key {kid} does not open with this store's derivation root"
-            ))
-        })?);
-        let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
-            StoreError::Integrity(format!(
-                "the {purpose} signing key {kid} has the wrong length"
-            ))
-        })?;
-        let key = SigningKey::from_bytes(seed);
-        let public: Vec<u8> = row.try_get("public_key")?;
-        if public != key.verifying_key().to_bytes() || kid_of(&public) != kid {
-            return Err(StoreError::Integrity(format!(
-                "the {purpose} signing key {kid} does not match its public key"
-            )));
-        }
-        Ok(Some(KeyPair { kid, key }))
-    }
-}
-
-fn aad(kid: &str) -> Vec<u8> {
-    let mut aad = SEAL_AAD.to_vec();
-    aad.extend_from_slice(kid.as_bytes());
-    aad
-}
-
-/// Bytes as lower-case hex in JSON.
-mod hex_bytes {
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        hex::decode(text.trim()).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::model::truncate_to_micros;
+    use ed25519_dalek::{Signer as _, SigningKey};
 
     fn signed(key: &SigningKey, position: u64) -> Checkpoint {
         let signed_at = truncate_to_micros(Utc::now());

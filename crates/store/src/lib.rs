@@ -10,7 +10,8 @@
 //! - [`crypto`]: per-customer data keys under a master key (they seal events and the
 //!   projection's personal rows, see [`projection`]); [`keys`]: the wrapped keys and the
 //!   master key's rewrap; [`chain`]: the hash chains and the log hash; [`checkpoints`]: signed
-//!   checkpoints of the log and the signing keys.
+//!   checkpoints of the log; [`signing`]: the signing keys (rotation, removal); [`jws`]:
+//!   compact JWS (decision tokens, consent receipts), the public key set, [`TokenSigner`].
 //!
 //! Architecture invariant: this crate knows SQL and nothing of HTTP or NATS.
 
@@ -21,6 +22,7 @@ pub mod decisions;
 pub mod delivery;
 pub mod disclosures;
 pub mod error;
+pub mod jws;
 mod key_cache;
 pub mod keys;
 pub mod ledger;
@@ -28,6 +30,7 @@ pub mod log;
 pub mod model;
 pub mod projection;
 pub mod runs;
+pub mod signing;
 pub mod sql;
 mod store;
 pub mod tokens;
@@ -38,6 +41,7 @@ pub use crypto::{DerivationRoot, KeyEncryptionKey, MasterKey};
 pub use delivery::Deliveries;
 pub use disclosures::Disclosures;
 pub use error::{ExecuteError, StoreError};
+pub use jws::TokenSigner;
 pub use keys::{Keys, RewrapOptions, RewrapPlan, RewrapReport};
 pub use ledger::{
     CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, SignedCheckpoint, VerifyReport,

@@ -2,6 +2,9 @@
 //! master key (the usual settings) to a new one, in batches, resumably; at the end only the
 //! new key opens the store. The new key comes from a file or the environment, never the
 //! command line (which other users can see).
+//!
+//! `idledger keys list|rotate|remove`: the signing keys (`jws`: decision tokens and consent
+//! receipts; `checkpoint`: signed checkpoints of the log).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,12 +12,15 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use idledger_store::jws::TOKEN_PURPOSE;
 use idledger_store::keys::DEFAULT_REWRAP_BATCH;
+use idledger_store::signing::CHECKPOINT_PURPOSE;
 use idledger_store::{KeyEncryptionKey as _, MasterKey, RewrapOptions};
 
 use crate::config::Settings;
 use crate::progress::Progress;
-use crate::store;
+use crate::render::{hex, time};
+use crate::store::{self, KeyUse};
 
 /// The environment variable that may hold the new master key (64 hex characters).
 pub const NEW_MASTER_KEY_ENV: &str = "IDLEDGER__NEW_MASTER_KEY";
@@ -25,6 +31,35 @@ pub enum KeysCommand {
     /// other idledger process first. Resumable: after a crash, run it again. Once finished,
     /// configure the new key: the old one is refused from then on.
     Rewrap(RewrapArgs),
+    /// List the signing keys: id, purpose, public key, created, retired (or in use).
+    List(ListArgs),
+    /// Retire the signing key in use for a purpose and put a new one in use (one
+    /// transaction); prints the new key's id. The retired key still verifies until removed.
+    /// Running servers sign with the new key within 30 seconds.
+    Rotate(RotateArgs),
+    /// Delete a retired signing key: what it signed no longer verifies. Refused for the key
+    /// in use and for a key that signed checkpoints.
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print the keys as JSON (public halves only).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Whose key: `jws` (decision tokens and consent receipts) or `checkpoint`.
+    #[arg(long, default_value = TOKEN_PURPOSE, value_parser = [TOKEN_PURPOSE, CHECKPOINT_PURPOSE])]
+    pub purpose: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The key's id (16 hex characters, as `keys list` shows it).
+    pub kid: String,
 }
 
 #[derive(Debug, Args)]
@@ -48,7 +83,90 @@ pub async fn run(
     command: &KeysCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let KeysCommand::Rewrap(args) = command;
+    match command {
+        KeysCommand::Rewrap(args) => rewrap(settings, args, out).await,
+        KeysCommand::List(args) => list(settings, args, out).await,
+        KeysCommand::Rotate(args) => rotate(settings, args, out).await,
+        KeysCommand::Remove(args) => remove(settings, args, out).await,
+    }
+}
+
+async fn list(
+    settings: &Settings,
+    args: &ListArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    // Public halves only: no master key needed.
+    let ledger = store::open_ledger(settings, KeyUse::NotNeeded).await?;
+    let keys = ledger.signing_keys().list(None).await?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &keys)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if keys.is_empty() {
+        writeln!(
+            out,
+            "no signing keys yet: each purpose's is created on first use"
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<16}  {:<10}  {:<7}  {:<27}  {:<27}  public key",
+        "kid", "purpose", "alg", "created", "retired"
+    )?;
+    for k in &keys {
+        writeln!(
+            out,
+            "{:<16}  {:<10}  {:<7}  {:<27}  {:<27}  {}",
+            k.kid,
+            k.purpose,
+            k.algorithm,
+            time(k.created_at),
+            k.retired_at.map_or_else(|| "in use".to_owned(), time),
+            hex(&k.public_key)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate(
+    settings: &Settings,
+    args: &RotateArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    // The new private key is sealed under a key derived from the master key's root.
+    let ledger = store::open_ledger(settings, KeyUse::Required).await?;
+    let kid = ledger
+        .signing_keys()
+        .rotate(&args.purpose)
+        .await
+        .with_context(|| format!("cannot rotate the {} signing key", args.purpose))?;
+    writeln!(out, "{kid}")?;
+    eprintln!(
+        "the new {} key {kid} is in use; a retired key still verifies until `idledger keys remove KID`",
+        args.purpose
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove(
+    settings: &Settings,
+    args: &RemoveArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let ledger = store::open_ledger(settings, KeyUse::NotNeeded).await?;
+    ledger.signing_keys().remove(&args.kid).await?;
+    writeln!(out, "removed the signing key {}", args.kid)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rewrap(
+    settings: &Settings,
+    args: &RewrapArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let new = new_key(args)?;
     let (store, current) = store::open_with_key(settings, store::Rewrap::Allowed).await?;
     if new.key_id() == current.key_id() {

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod migrate;
 pub mod processor;
 pub mod rebuild;
+pub mod receipt;
 pub mod reconcile;
 pub mod record;
 pub mod restrict;

@@ -139,6 +139,7 @@ pub async fn run(
                 .or(file.token_max_in_flight)
                 .unwrap_or(defaults.token_limits.max_in_flight),
         },
+        token_key_refresh: defaults.token_key_refresh,
     };
     let listen: SocketAddr = match args.listen.or(file.listen) {
         Some(addr) => addr,
