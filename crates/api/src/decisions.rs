@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use idledger_app::decisions::{KnownAsker, MAX_BATCH};
-use idledger_app::{AskedBy, DecideError, Decided};
+use idledger_app::{AskedBy, DecideError, Decided, TokenIssue};
 use idledger_domain::field::{FieldPath, FieldSelector};
 use idledger_domain::ids::{CustomerId, Purpose};
 use idledger_domain::usage::UseQuestion;
@@ -153,6 +153,12 @@ pub struct DecisionView {
     /// The customer's stream version the answer was decided on.
     pub stream_version: u64,
     pub policy_version: String,
+    /// When some field is allowed: a compact JWS (EdDSA, `typ` `idledger-decision+jwt`,
+    /// verifiable with `/.well-known/jwks.json`) proving it, valid until `token_expires_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<DateTime<Utc>>,
 }
 
 impl DecisionView {
@@ -189,6 +195,8 @@ impl DecisionView {
             }),
             stream_version: r.stream_version,
             policy_version: r.policy_version.clone(),
+            token: d.token.clone(),
+            token_expires_at: d.token.as_ref().and(r.token_expires_at),
         }
     }
 }
@@ -214,6 +222,14 @@ fn decide_error(e: DecideError) -> ApiError {
         )
         .with("field", "customers"),
         DecideError::Store(e) => e.into(),
+    }
+}
+
+fn issue(state: &AppState) -> TokenIssue<'_> {
+    TokenIssue {
+        signer: &state.signer,
+        ttl: state.decision_token_ttl,
+        issuer: &state.feed_settings.source,
     }
 }
 
@@ -265,7 +281,7 @@ pub async fn decide(
             other => decide_error(other),
         })?;
     let decided = decider
-        .decide(&asker, &question, &customers, state.decision_token_ttl)
+        .decide(&asker, &question, &customers, &issue(&state))
         .await
         .map_err(decide_error)?;
     let one = decided
@@ -311,7 +327,6 @@ pub async fn decide_batch(
         .decider()
         .customers(&asker, &body.customers)
         .map_err(decide_error)?;
-    let ttl = state.decision_token_ttl;
     let steps: Vec<Vec<CustomerId>> = customers.chunks(BATCH_STEP).map(<[_]>::to_vec).collect();
     let lines = futures::stream::iter(steps).then(move |step| {
         let (state, asker, question) = (state.clone(), asker.clone(), question.clone());
@@ -319,7 +334,7 @@ pub async fn decide_batch(
             let decided = state
                 .app
                 .decider()
-                .decide(&asker, &question, &step, ttl)
+                .decide(&asker, &question, &step, &issue(&state))
                 .await
                 .map_err(|e| {
                     // The answers already sent stand; the stream ends short of the rest.

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use support::{Engine, NOTICE_SHA, TestApp, grant, on_both_engines};
 
 on_both_engines!(
+    an_allowing_answer_carries_a_decision_token_anyone_can_verify,
     a_processor_is_answered_per_field_on_the_customers_current_state,
     processors_are_registered_checked_and_disabled,
     a_batch_is_answered_line_by_line_in_the_order_asked,
@@ -617,4 +618,143 @@ async fn consumers_ask_as_processors_and_pseudonymous_ones_by_alias(engine: Engi
     // The log, for auditors, holds the id.
     let log = app.get("/v1/decisions?processor=cdp", "auditor").await;
     assert_eq!(log.body["items"][0]["customer_id"], c.as_str());
+}
+
+/// Verifies a compact JWS with jwt-compact (another JOSE implementation than the signer's)
+/// against the server's public key set; returns its header's kid and its claims.
+async fn verify(app: &TestApp, token: &str) -> Result<(String, Value), String> {
+    use jwt_compact::alg::Ed25519;
+    use jwt_compact::jwk::JsonWebKey;
+    use jwt_compact::{AlgorithmExt as _, UntrustedToken};
+    let set = app
+        .send(Method::GET, "/.well-known/jwks.json", None, None, None)
+        .await
+        .body;
+    let untrusted = UntrustedToken::new(token).map_err(|e| e.to_string())?;
+    let kid = untrusted.header().key_id.clone().unwrap_or_default();
+    assert_eq!(untrusted.algorithm(), "EdDSA");
+    assert_eq!(
+        untrusted.header().token_type.as_deref(),
+        Some("idledger-decision+jwt")
+    );
+    let jwk = set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .ok_or_else(|| format!("no key {kid} in the set"))?;
+    let jwk: JsonWebKey<'_> = serde_json::from_value(jwk.clone()).unwrap();
+    let key = ed25519_dalek::VerifyingKey::try_from(&jwk).unwrap();
+    let verified = Ed25519
+        .validator::<Value>(&key)
+        .validate(&untrusted)
+        .map_err(|e| e.to_string())?;
+    let mut claims = verified.claims().custom.clone();
+    claims["exp"] = json!(verified.claims().expiration.map(|t| t.timestamp()));
+    claims["iat"] = json!(verified.claims().issued_at.map(|t| t.timestamp()));
+    Ok((kid, claims))
+}
+
+async fn an_allowing_answer_carries_a_decision_token_anyone_can_verify(engine: Engine) {
+    let mut app = TestApp::start_with(
+        engine,
+        idledger_api::ApiConfig {
+            token_key_refresh: std::time::Duration::from_millis(100),
+            decision_token_ttl: std::time::Duration::from_secs(120),
+            ..idledger_api::ApiConfig::default()
+        },
+    )
+    .await;
+    add_processor(&app, journey()).await;
+    let token = app.token_of(Role::Processor, Some("journey")).await;
+    let c = customer(&app, 1).await;
+    let reply = ask(
+        &app,
+        &token,
+        json!({"customer_id": c, "purpose": "marketing", "fields": ["email", "phone"]}),
+    )
+    .await;
+    let a = &reply.body;
+    let jws = a["token"].as_str().unwrap().to_owned();
+    let (kid, claims) = verify(&app, &jws).await.unwrap();
+    assert_eq!(claims["jti"], a["decision_id"]);
+    assert_eq!(claims["sub"], c.as_str());
+    assert_eq!(claims["processor"], "journey");
+    assert_eq!(claims["purpose"], "marketing");
+    assert_eq!(claims["fields"], json!(["email"]), "only what was allowed");
+    assert_eq!(claims["basis"], "consent");
+    assert_eq!(claims["consent"]["event_id"], a["basis"]["event_id"]);
+    assert_eq!(claims["consent"]["version"], 1);
+    assert_eq!(claims["consent"]["notice_sha256"], NOTICE_SHA);
+    assert_eq!(claims["policy_version"], a["policy_version"]);
+    assert_eq!(claims["iss"], "urn:idledger:test");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        120
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        a["token_expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(expires.timestamp(), claims["exp"].as_i64().unwrap());
+    // Tampered: refused.
+    let mut parts: Vec<String> = jws.split('.').map(str::to_owned).collect();
+    parts[1] = parts[1].replacen('e', "f", 1);
+    assert!(verify(&app, &parts.join(".")).await.is_err());
+
+    // A denial carries none.
+    let denied = ask(
+        &app,
+        &token,
+        json!({"customer_id": c, "purpose": "marketing", "fields": ["birth_date"]}),
+    )
+    .await;
+    assert_eq!(denied.body["allowed"], false);
+    assert!(denied.body.get("token").is_none(), "{}", denied.text);
+
+    // After a rotation elsewhere, new tokens name the new key; the old token still verifies.
+    let new_kid = app
+        .ledger
+        .signing_keys()
+        .rotate(idledger_store::jws::TOKEN_PURPOSE)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let again = ask(
+        &app,
+        &token,
+        json!({"customer_id": c, "purpose": "marketing", "fields": ["email"]}),
+    )
+    .await;
+    let (again_kid, _) = verify(&app, again.body["token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again_kid, new_kid);
+    assert_ne!(again_kid, kid);
+    assert!(
+        verify(&app, &jws).await.is_ok(),
+        "a retired key still verifies"
+    );
+    // Removed: its tokens no longer verify.
+    app.ledger.signing_keys().remove(&kid).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(verify(&app, &jws).await.is_err());
+
+    // Batch answers carry one each.
+    let reply = app
+        .client
+        .post(app.url("/v1/decisions/batch"))
+        .bearer_auth(app.token(&token))
+        .json(&json!({"customers": [c, c], "purpose": "marketing", "fields": ["email"]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in reply.lines() {
+        let answer: Value = serde_json::from_str(line).unwrap();
+        let (_, claims) = verify(&app, answer["token"].as_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(claims["jti"], answer["decision_id"]);
+    }
 }

@@ -1,8 +1,9 @@
 //! Decisions at the moment of use: a processor asks whether it may use fields of customers
 //! for a purpose, now. Each customer's state is read fresh from the store (never a cached
 //! copy, so a withdrawal committed by any process before the question is read is seen), the
-//! answer is decided by `idledger_domain::usage::decide_use`, every answer is logged before it
-//! leaves, and an allowing one carries a signed decision token.
+//! answer is decided by `idledger_domain::usage::decide_use`, an allowing one is given a signed
+//! decision token (a compact JWS, [`DECISION_TYP`]), and every answer is logged before any
+//! leaves.
 
 use chrono::{DateTime, Duration, Utc};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -10,8 +11,52 @@ use idledger_domain::alias::CustomerNames;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::usage::{UseAnswer, UseQuestion, decide_use};
 use idledger_store::decisions::{Asker, DecisionRecord, Decisions};
-use idledger_store::{Ledger, StoreError};
+use idledger_store::{Ledger, StoreError, TokenSigner};
+use serde::Serialize;
 use uuid::Uuid;
+
+/// The JWS `typ` of a decision token.
+pub const DECISION_TYP: &str = "idledger-decision+jwt";
+
+/// How decision tokens are issued: the signer (its key in use), how long one is valid, and
+/// the issuer it names (`iss`: this instance).
+#[derive(Debug, Clone)]
+pub struct TokenIssue<'a> {
+    pub signer: &'a TokenSigner,
+    pub ttl: Duration,
+    pub issuer: &'a str,
+}
+
+/// The claims of a decision token: proof that `processor` was allowed to use `fields` of
+/// `sub` for `purpose` at `iat`, on the basis named, until `exp`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionClaims<'a> {
+    pub iss: &'a str,
+    /// The decision's id: its entry in the decision log.
+    pub jti: Uuid,
+    /// The customer, as the processor names them.
+    pub sub: &'a str,
+    pub processor: &'a str,
+    pub purpose: &'a str,
+    /// The fields allowed (only those).
+    pub fields: Vec<String>,
+    pub basis: Option<&'a str>,
+    pub consent: Option<ConsentClaim<'a>>,
+    pub policy_version: &'a str,
+    pub stream_version: u64,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// The consent record a decision rests on.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentClaim<'a> {
+    pub event_id: Uuid,
+    pub version: u64,
+    pub notice_id: &'a str,
+    pub notice_version: &'a str,
+    pub notice_sha256: &'a str,
+}
 
 /// How many customers' states a batch reads at once.
 const READ_CONCURRENCY: usize = 8;
@@ -48,6 +93,8 @@ pub struct Decided {
     pub answer: UseAnswer,
     /// The customer as the asker names them (an alias for a pseudonymous consumer).
     pub customer_name: String,
+    /// The decision token, when some field was allowed.
+    pub token: Option<String>,
 }
 
 /// Answers questions over one store.
@@ -118,15 +165,16 @@ impl Decider {
             .collect()
     }
 
-    /// Decides `question` for each of `customers` on their current state, and logs every
-    /// answer before returning them (in the order given).
+    /// Decides `question` for each of `customers` on their current state, signs a token for
+    /// each allowing answer, and logs every answer before returning them (in the order given).
     pub async fn decide(
         &self,
         asker: &KnownAsker,
         question: &UseQuestion,
         customers: &[CustomerId],
-        token_ttl: Duration,
+        issue: &TokenIssue<'_>,
     ) -> Result<Vec<Decided>, DecideError> {
+        let token_ttl = issue.ttl;
         let grant = asker.asker.grant();
         let policy = self.ledger.policy();
         let states: Vec<_> = futures::stream::iter(customers.iter().copied())
@@ -138,7 +186,16 @@ impl Decider {
         for (customer, state) in states {
             let now = Utc::now();
             let answer = decide_use(policy, &grant, question, state.as_ref(), now);
-            decided.push(self.record_of(asker, question, customer, answer, now, token_ttl));
+            let mut d = self.record_of(asker, question, customer, answer, now, token_ttl);
+            if let Some(exp) = d.record.token_expires_at {
+                d.token = Some(
+                    issue
+                        .signer
+                        .sign(DECISION_TYP, &claims(&d, issue.issuer, exp))
+                        .await?,
+                );
+            }
+            decided.push(d);
         }
         let records: Vec<DecisionRecord> = decided.iter().map(|d| d.record.clone()).collect();
         self.decisions.record(&records).await?;
@@ -177,6 +234,31 @@ impl Decider {
             record,
             answer,
             customer_name: asker.names.show(customer).to_string(),
+            token: None,
         }
+    }
+}
+
+fn claims<'a>(d: &'a Decided, issuer: &'a str, exp: DateTime<Utc>) -> DecisionClaims<'a> {
+    let r = &d.record;
+    DecisionClaims {
+        iss: issuer,
+        jti: r.decision_id,
+        sub: &d.customer_name,
+        processor: &r.processor_id,
+        purpose: r.purpose.as_str(),
+        fields: d.answer.allowed().iter().map(ToString::to_string).collect(),
+        basis: d.answer.basis.as_ref().map(|b| b.basis.as_str()),
+        consent: d.answer.basis.as_ref().map(|b| ConsentClaim {
+            event_id: b.event_id.as_uuid(),
+            version: b.version,
+            notice_id: b.notice.id(),
+            notice_version: b.notice.version(),
+            notice_sha256: b.notice.sha256(),
+        }),
+        policy_version: &r.policy_version,
+        stream_version: r.stream_version,
+        iat: r.decided_at.timestamp(),
+        exp: exp.timestamp(),
     }
 }

@@ -31,7 +31,7 @@ pub mod tokens;
 use idledger_reconcile::Reconciler;
 use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
-pub use decisions::{AskedBy, DecideError, Decided, Decider};
+pub use decisions::{AskedBy, DecideError, Decided, Decider, TokenIssue};
 pub use export::SubjectExport;
 pub use reads::{ReadError, Reader, RecordRead};
 pub use retention::{RetentionError, RetentionProgress, RetentionReport};
