@@ -704,3 +704,61 @@ pub async fn disable_processor(
         .map(|p| Json(ProcessorView::from(p)))
         .ok_or_else(|| not_found(&id))
 }
+
+// ---------------------------------------------------------------------------------------
+// Consent receipts
+// ---------------------------------------------------------------------------------------
+
+/// A signed consent receipt, and what it says.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceiptView {
+    /// The receipt: a compact JWS (EdDSA, `typ` `idledger-consent-receipt+jwt`), verifiable
+    /// offline with `/.well-known/jwks.json` or `idledger receipt verify`.
+    pub receipt: String,
+    /// Its claims, as signed.
+    #[schema(value_type = Object)]
+    pub claims: idledger_domain::receipt::ReceiptClaims,
+}
+
+/// The receipt of the customer's consent for a purpose, as it stands: granted or withdrawn
+/// (roles `source` — one that may read `consent.<purpose>`, the read logged —, `steward`,
+/// `auditor`).
+#[utoipa::path(
+    get, path = "/v1/customers/{customer_id}/consents/{purpose}/receipt", tag = "decisions",
+    params(("customer_id" = uuid::Uuid, Path), ("purpose" = String, Path)),
+    responses(
+        (status = 200, body = ReceiptView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden_role, not_readable", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_found, invalid_customer_id, invalid_purpose, no_consent", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn consent_receipt(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<crate::auth::Readers>,
+    PathParams(params): PathParams,
+) -> Result<Json<ReceiptView>, ApiError> {
+    let customer = crate::routes::customer_param(&params)?;
+    let raw = params
+        .get("purpose")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let purpose = Purpose::parse(raw).map_err(|e| {
+        ApiError::not_found(
+            "invalid_purpose",
+            format!("'{}' is not a purpose: {e}", truncate(raw, 64)),
+        )
+    })?;
+    let reader = caller.reader()?;
+    let claims = state
+        .app
+        .consent_receipt(&reader, customer, &purpose, &state.feed_settings.source)
+        .await?;
+    let receipt = state
+        .signer
+        .sign(idledger_domain::receipt::RECEIPT_TYP, &claims)
+        .await?;
+    Ok(Json(ReceiptView { receipt, claims }))
+}

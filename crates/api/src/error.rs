@@ -254,6 +254,12 @@ impl From<ReadError> for ApiError {
                 ApiError::not_found("not_found", e.to_string())
             }
             ReadError::Erased { customer, at } => ApiError::gone(customer, at),
+            ReadError::OutOfScope(field) => ApiError::forbidden(
+                "not_readable",
+                format!("the policy does not let this source read {field}"),
+            )
+            .with("field", field.to_string()),
+            ReadError::NoConsent { .. } => ApiError::not_found("no_consent", e.to_string()),
             ReadError::PastForbidden => ApiError::forbidden("forbidden_role", e.to_string())
                 .with("allowed_roles", crate::auth::past_readers()),
             ReadError::Store(e) => e.into(),

@@ -294,6 +294,10 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
         )
         .route("/decisions/batch", post(decisions::decide_batch))
         .route(
+            "/customers/{customer_id}/consents/{purpose}/receipt",
+            get(decisions::consent_receipt),
+        )
+        .route(
             "/processors",
             post(decisions::register_processor).get(decisions::list_processors),
         )

@@ -734,6 +734,8 @@ enum Record {
     Found {
         state: Box<CustomerState>,
         history: Vec<RecordedEvent>,
+        /// The customer's latest decisions, newest first.
+        decisions: Vec<idledger_store::decisions::DecisionEntry>,
     },
     Erased(String),
     Missing,
@@ -761,11 +763,22 @@ async fn load_record(
         },
         None => Vec::new(),
     };
+    let decisions = state
+        .app
+        .decider()
+        .decisions()
+        .latest(customer, LATEST_DECISIONS)
+        .await
+        .map_err(ApiError::from)?;
     Ok(Record::Found {
         state: Box::new(current),
         history,
+        decisions,
     })
 }
+
+/// Decisions the exception page shows of its customer.
+const LATEST_DECISIONS: u32 = 10;
 
 fn erased_message(at: DateTime<Utc>) -> String {
     format!(
@@ -837,10 +850,12 @@ async fn exception_page(
         @match &record {
             Record::Erased(message) => p.msg.error id="erased" role="alert" { (message) },
             Record::Missing => p.msg.error { "The customer " (exception.customer_id) " has no record." },
-            Record::Found { state: current, history } => div.cols {
+            Record::Found { state: current, history, decisions } => div.cols {
                 (record_section(&exception, field.as_ref(), current, hash_key.as_ref()))
                 (consumer_section(&exception, hash_key.as_ref(), field.as_ref(), current, &held_by_consumer))
                 (history_section(&exception, history))
+                (consents_section(current))
+                (decisions_section(decisions))
             },
         }
         section id="evidence" {
@@ -849,6 +864,61 @@ async fn exception_page(
         }
     };
     Ok(page(status, layout(&title, Some(token), body)))
+}
+
+/// Each consent with what its receipt states (the signed receipt itself is
+/// `GET /v1/customers/{id}/consents/{purpose}/receipt`).
+fn consents_section(state: &CustomerState) -> Markup {
+    html! {
+        section id="consents" {
+            h2 { "Consents and their receipts" }
+            @if state.consents.is_empty() {
+                p.muted { "No consent recorded." }
+            } @else {
+                table.compact {
+                    tr { th { "purpose" } th { "state" } th { "basis" } th { "notice" } th { "collected" } th { "receipt id" } }
+                    @for (purpose, c) in &state.consents {
+                        tr {
+                            td { code { (purpose) } }
+                            td { (if c.state == ConsentState::Granted { "granted" } else { "withdrawn" }) " v" (c.version) }
+                            td { (c.terms.basis) }
+                            td.mono { (c.terms.notice.id()) "@" (c.terms.notice.version()) }
+                            td { (c.terms.channel) " via " (c.provenance.source) ", " (time(c.withdrawn_at.unwrap_or(c.granted_at))) }
+                            td.mono { (c.last_event_id) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The customer's latest decisions: who asked to use what, and the answer.
+fn decisions_section(decisions: &[idledger_store::decisions::DecisionEntry]) -> Markup {
+    html! {
+        section id="decisions" {
+            h2 { "Latest decisions" }
+            @if decisions.is_empty() {
+                p.muted { "No processor has asked about this customer." }
+            } @else {
+                table.compact {
+                    tr { th { "when" } th { "processor" } th { "purpose" } th { "allowed" } th { "denied" } }
+                    @for entry in decisions {
+                        @let d = &entry.decision;
+                        tr {
+                            td { (time(d.decided_at)) }
+                            td { (d.processor_id) }
+                            td { (d.purpose) }
+                            td { @for f in d.answers.iter().filter(|f| f.allowed) { code { (f.field) } " " } }
+                            td { @for f in d.answers.iter().filter(|f| !f.allowed) {
+                                code { (f.field) } " (" (f.reason.map_or("?", |r| r.as_str())) ") "
+                            } }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn lifecycle(e: &SyncException) -> Markup {

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use support::{Engine, NOTICE_SHA, TestApp, grant, on_both_engines};
 
 on_both_engines!(
+    a_consents_receipt_is_signed_scoped_and_follows_the_record,
     an_allowing_answer_carries_a_decision_token_anyone_can_verify,
     a_processor_is_answered_per_field_on_the_customers_current_state,
     processors_are_registered_checked_and_disabled,
@@ -623,6 +624,10 @@ async fn consumers_ask_as_processors_and_pseudonymous_ones_by_alias(engine: Engi
 /// Verifies a compact JWS with jwt-compact (another JOSE implementation than the signer's)
 /// against the server's public key set; returns its header's kid and its claims.
 async fn verify(app: &TestApp, token: &str) -> Result<(String, Value), String> {
+    verify_typed(app, token, "idledger-decision+jwt").await
+}
+
+async fn verify_typed(app: &TestApp, token: &str, typ: &str) -> Result<(String, Value), String> {
     use jwt_compact::alg::Ed25519;
     use jwt_compact::jwk::JsonWebKey;
     use jwt_compact::{AlgorithmExt as _, UntrustedToken};
@@ -633,10 +638,7 @@ async fn verify(app: &TestApp, token: &str) -> Result<(String, Value), String> {
     let untrusted = UntrustedToken::new(token).map_err(|e| e.to_string())?;
     let kid = untrusted.header().key_id.clone().unwrap_or_default();
     assert_eq!(untrusted.algorithm(), "EdDSA");
-    assert_eq!(
-        untrusted.header().token_type.as_deref(),
-        Some("idledger-decision+jwt")
-    );
+    assert_eq!(untrusted.header().token_type.as_deref(), Some(typ));
     let jwk = set["keys"]
         .as_array()
         .unwrap()
@@ -757,4 +759,95 @@ async fn an_allowing_answer_carries_a_decision_token_anyone_can_verify(engine: E
             .unwrap();
         assert_eq!(claims["jti"], answer["decision_id"]);
     }
+}
+
+async fn a_consents_receipt_is_signed_scoped_and_follows_the_record(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let c = customer(&app, 1).await;
+    let path = format!("/v1/customers/{c}/consents/marketing/receipt");
+    let granted = app.get(&path, "auditor").await;
+    assert_eq!(granted.status, StatusCode::OK, "{}", granted.text);
+    let jws = granted.body["receipt"].as_str().unwrap();
+    let (_, claims) = verify_typed(&app, jws, "idledger-consent-receipt+jwt")
+        .await
+        .unwrap();
+    // The claims shown are the claims signed (jwt-compact hands `iat` apart).
+    let mut shown = granted.body["claims"].clone();
+    assert_eq!(shown["iat"], claims["iat"]);
+    shown["exp"] = Value::Null;
+    assert_eq!(shown, claims);
+    assert_eq!(claims["sub"], c.as_str());
+    assert_eq!(claims["state"], "granted");
+    assert_eq!(claims["purpose"], "marketing");
+    assert_eq!(claims["legal_basis"], "consent");
+    assert_eq!(claims["jurisdiction"], "DE");
+    assert_eq!(claims["collection_method"], "web");
+    assert_eq!(claims["collected_by"], "consent_portal");
+    assert_eq!(claims["notice"]["sha256"], NOTICE_SHA);
+    assert_eq!(claims["controller"], "Example Retail Ltd");
+    assert_eq!(claims["consent_version"], 1);
+    assert_eq!(claims["sensitive"], false);
+    assert_eq!(claims["receipt_version"], "idledger-consent-receipt-1");
+    // The same record, the same receipt.
+    assert_eq!(app.get(&path, "steward").await.body["receipt"], jws);
+
+    // Withdrawn: a new receipt, of the withdrawal.
+    let reply = app
+        .command(
+            "consent_portal",
+            &c,
+            "withdraw",
+            json!([{"op": "withdraw_consent", "purpose": "marketing"}]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let withdrawn = app.get(&path, "consent_portal").await;
+    assert_eq!(withdrawn.status, StatusCode::OK, "{}", withdrawn.text);
+    let (_, after) = verify_typed(
+        &app,
+        withdrawn.body["receipt"].as_str().unwrap(),
+        "idledger-consent-receipt+jwt",
+    )
+    .await
+    .unwrap();
+    assert_eq!(after["state"], "withdrawn");
+    assert_eq!(after["consent_version"], 2);
+    assert_ne!(after["jti"], claims["jti"]);
+    // The consent portal's read of it is in the disclosure log, as that one field.
+    let log = app
+        .get(&format!("/v1/customers/{c}/disclosures"), "auditor")
+        .await;
+    let last = log.body["items"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["source_id"], "consent_portal");
+    assert_eq!(last["fields"], json!(["consent.marketing"]));
+
+    // Who may not, and what is not there.
+    app.get(&path, "crm").await.problem(403, "not_readable");
+    app.get(&path, "consumer")
+        .await
+        .problem(403, "forbidden_role");
+    app.get(
+        &format!("/v1/customers/{c}/consents/service/receipt"),
+        "auditor",
+    )
+    .await
+    .problem(404, "no_consent");
+    app.get(
+        &format!("/v1/customers/{c}/consents/Not%20A%20Purpose/receipt"),
+        "auditor",
+    )
+    .await
+    .problem(404, "invalid_purpose");
+    let nobody = uuid::Uuid::now_v7();
+    app.get(
+        &format!("/v1/customers/{nobody}/consents/marketing/receipt"),
+        "auditor",
+    )
+    .await
+    .problem(404, "not_found");
 }

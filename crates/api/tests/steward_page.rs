@@ -43,6 +43,7 @@ on_both_engines!(
     cross_origin_posts_are_refused,
     customer_data_is_escaped_and_refusals_are_readable,
     unknown_and_erased_are_readable_pages,
+    an_exception_shows_its_customers_consents_and_latest_decisions,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1031,4 +1032,67 @@ async fn unknown_and_erased_are_readable_pages(engine: Engine) {
     .await;
     assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.html);
     assert!(page.html.contains("already resolved"), "{}", page.html);
+}
+
+async fn an_exception_shows_its_customers_consents_and_latest_decisions(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let seeded = seed(&app).await;
+    let cookie = log_in(&app).await;
+    let path = format!("/steward/exceptions/{}", seeded.divergent.id);
+    let before = request(&app, Method::GET, &path, Some(&cookie), None, &[]).await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.html);
+    assert!(
+        section(&before.html, "decisions").contains("No processor has asked"),
+        "{}",
+        before.html
+    );
+
+    let ann = &seeded.divergent.customer_id.to_string();
+    let reply = app
+        .command(
+            "consent_portal",
+            ann,
+            "ann-grants",
+            json!([support::grant("marketing", "DE")]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let grant_event = reply.body["events"][0]["id"].as_str().unwrap().to_owned();
+    let asked = app
+        .send(
+            Method::POST,
+            "/v1/decisions",
+            Some("consumer"),
+            None,
+            Some(&json!({"customer_id": ann, "purpose": "service", "fields": ["email", "phone"]})),
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.text);
+
+    let after = request(&app, Method::GET, &path, Some(&cookie), None, &[]).await;
+    let consents = section(&after.html, "consents");
+    assert!(consents.contains("<code>marketing</code>"), "{consents}");
+    assert!(consents.contains("<code>service</code>"), "{consents}");
+    assert!(consents.contains("privacy-notice@2026-01"), "{consents}");
+    assert!(
+        consents.contains(&grant_event),
+        "the receipt id: {consents}"
+    );
+    let decisions = section(&after.html, "decisions");
+    assert!(decisions.contains("crm-sync"), "{decisions}");
+    assert!(
+        decisions.contains("field_not_allowed_for_processor"),
+        "{decisions}"
+    );
+}
+
+/// The HTML of the `<section id="…">` of a page.
+fn section<'a>(html: &'a str, id: &str) -> &'a str {
+    let start = html
+        .find(&format!("<section id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no section {id}: {html}"));
+    let end = html[start..]
+        .find("</section>")
+        .map_or(html.len(), |e| start + e);
+    &html[start..end]
 }

@@ -59,6 +59,15 @@ pub enum ReadError {
         customer: CustomerId,
         at: DateTime<Utc>,
     },
+    /// The reader's scope does not cover the field (a source reading a consent it may not).
+    #[error("this reader may not read {0}")]
+    OutOfScope(FieldPath),
+    /// The customer has no record of consent (granted or withdrawn) for the purpose.
+    #[error("customer {customer} has no consent record for {purpose}")]
+    NoConsent {
+        customer: CustomerId,
+        purpose: idledger_domain::ids::Purpose,
+    },
     /// The record's past (`as_of`, a field's history) is for stewards and auditors.
     #[error("only stewards and auditors read a record's past (as_of, history)")]
     PastForbidden,
@@ -128,6 +137,59 @@ impl App {
             as_of,
             at: as_of.unwrap_or(now),
         })
+    }
+
+    /// The receipt of the customer's consent for `purpose`, as it stands (unsigned: the edge
+    /// signs it), issued by `issuer`. A source must be able to read `consent.<purpose>`; its
+    /// read is logged as a disclosure of that field alone.
+    pub async fn consent_receipt(
+        &self,
+        reader: &Reader,
+        customer: CustomerId,
+        purpose: &idledger_domain::ids::Purpose,
+        issuer: &str,
+    ) -> Result<idledger_domain::receipt::ReceiptClaims, ReadError> {
+        let field = FieldPath::Consent(purpose.clone());
+        let policy = self.ledger.policy();
+        if !reader.scope().consent(policy, purpose) {
+            return Err(ReadError::OutOfScope(field));
+        }
+        let state = self
+            .ledger
+            .state(customer)
+            .await?
+            .ok_or(ReadError::NotFound(customer))?;
+        if let Some(erasure) = &state.erased {
+            return Err(ReadError::Erased {
+                customer,
+                at: erasure.at,
+            });
+        }
+        let record = state
+            .consents
+            .get(purpose)
+            .ok_or_else(|| ReadError::NoConsent {
+                customer,
+                purpose: purpose.clone(),
+            })?;
+        if let Reader::Source { source, token_id } = reader {
+            self.disclosures
+                .record(&Disclosure {
+                    customer_id: customer,
+                    recipient: Recipient::Source(source.clone()),
+                    token_id: Some(*token_id),
+                    fields: vec![field],
+                    disclosed_at: Utc::now(),
+                })
+                .await?;
+        }
+        Ok(idledger_domain::receipt::receipt_claims(
+            &customer.to_string(),
+            purpose,
+            record,
+            policy,
+            issuer,
+        ))
     }
 
     /// One field's history with full provenance, oldest first (overseers only).

@@ -27,6 +27,7 @@ pub mod field;
 pub mod hashing;
 pub mod ids;
 pub mod policy;
+pub mod receipt;
 pub mod schema;
 pub mod scope;
 pub mod state;

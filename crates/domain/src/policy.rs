@@ -97,6 +97,9 @@ impl FieldRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyDocument {
+    /// The controller consents are given to, as consent receipts name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    controller: Option<String>,
     pending_change_ttl_minutes: u32,
     default_age_of_digital_consent: u8,
     #[serde(default)]
@@ -142,6 +145,9 @@ pub struct PurposeRule {
     /// The tier every use for the purpose meets at least, whatever the caller names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// The purpose processes special categories of data (GDPR Art. 9); consent receipts say so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
 
 impl PurposeRule {
@@ -484,6 +490,11 @@ impl Policy {
         self.doc.purposes.get(purpose)
     }
 
+    /// The controller consents are given to, as consent receipts name it.
+    pub fn controller(&self) -> Option<&str> {
+        self.doc.controller.as_deref()
+    }
+
     /// The purposes decisions can be asked for.
     pub fn decision_purposes(&self) -> impl Iterator<Item = &Purpose> {
         self.doc.purposes.keys()
@@ -546,6 +557,13 @@ impl Policy {
 /// Checks `[purposes]`, `[tiers]`, `[actions]` and `[transfers]` against each other.
 fn check_usage(doc: &PolicyDocument) -> Result<(), PolicyError> {
     let bad = |m: String| Err(PolicyError::Usage(m));
+    if doc.controller.as_deref().is_some_and(|c| {
+        c.trim().is_empty() || c.chars().count() > 200 || c.chars().any(char::is_control)
+    }) {
+        return bad(
+            "controller is 1 to 200 characters, none of them control characters".to_owned(),
+        );
+    }
     let is_name = |n: &str| {
         (1..=32).contains(&n.len())
             && n.bytes()

@@ -174,12 +174,17 @@ pub fn message(
     keys: &ConsumerKeys,
     event: &RecordedEvent,
     outgoing: &Outgoing,
+    receipt: Option<&str>,
 ) -> Result<Message, serde_json::Error> {
     let envelope = &event.envelope;
     let (id, kind, event_type, version, subject_field, fields, data) = match outgoing {
         Outgoing::Change { change, .. } => {
-            let (event_type, data) =
+            let (event_type, mut data) =
                 change_data(change, &envelope.event.payload, event, &keys.hash)?;
+            if let (Some(receipt), Value::Object(map)) = (receipt, &mut data) {
+                // The consent's signed receipt: checkable offline with the public key set.
+                map.insert("receipt".to_owned(), json!(receipt));
+            }
             let field = change.field().to_string();
             (
                 Some(envelope.id.as_uuid()),

@@ -48,13 +48,8 @@ pub struct Feed {
 impl Feed {
     /// `source` is the CloudEvents `source`, the same as the relay's.
     pub fn new(ledger: Ledger, source: &str) -> Self {
-        let deliveries = ledger.store().deliveries();
         Self {
-            planner: Planner {
-                ledger,
-                deliveries,
-                source: source.to_owned(),
-            },
+            planner: Planner::new(ledger, source),
         }
     }
 

@@ -19,6 +19,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::entitlement;
+use crate::entitlement::{FieldChange, Outgoing};
 use crate::envelope::{self, Message};
 use crate::error::RelayError;
 
@@ -59,6 +60,22 @@ pub struct Planner {
     pub ledger: Ledger,
     pub deliveries: Deliveries,
     pub source: String,
+    /// Signs the consent receipts consent CloudEvents carry.
+    pub signer: idledger_store::TokenSigner,
+}
+
+impl Planner {
+    pub fn new(ledger: Ledger, source: &str) -> Self {
+        Self {
+            deliveries: ledger.store().deliveries(),
+            signer: idledger_store::TokenSigner::new(
+                ledger.signing_keys(),
+                idledger_store::jws::DEFAULT_REFRESH,
+            ),
+            ledger,
+            source: source.to_owned(),
+        }
+    }
 }
 
 enum Read {
@@ -133,6 +150,8 @@ impl Planner {
         let keys = envelope::ConsumerKeys::of(&self.ledger, consumer);
         let mut messages = Vec::new();
         let mut erasures = Vec::new();
+        // The receipt signing key, read once a batch and only when a consent change is sent.
+        let mut pair = None;
         for read in reads {
             let event = match read {
                 Read::Event(event) => event,
@@ -173,8 +192,25 @@ impl Planner {
                 .relation
                 .or_else(|| changed.get(&event.customer_id).copied());
             for outgoing in &decision.messages {
+                let receipt = match outgoing {
+                    Outgoing::Change {
+                        change: FieldChange::Consent { .. },
+                        ..
+                    } => {
+                        self.receipt(&keys, &event, state.as_ref(), &mut pair)
+                            .await?
+                    }
+                    _ => None,
+                };
                 messages.push(Planned {
-                    message: envelope::message(&self.source, consumer, &keys, &event, outgoing)?,
+                    message: envelope::message(
+                        &self.source,
+                        consumer,
+                        &keys,
+                        &event,
+                        outgoing,
+                        receipt.as_deref(),
+                    )?,
                     relation,
                 });
             }
@@ -184,6 +220,54 @@ impl Planner {
             last_position: Some(last_position),
             erasures,
         })
+    }
+
+    /// The signed receipt of the consent record `event` left, naming the customer as the
+    /// consumer does.
+    async fn receipt(
+        &self,
+        keys: &envelope::ConsumerKeys,
+        event: &RecordedEvent,
+        state: Option<&CustomerState>,
+        pair: &mut Option<std::sync::Arc<idledger_store::signing::KeyPair>>,
+    ) -> Result<Option<String>, RelayError> {
+        use idledger_domain::receipt;
+        let found = match receipt::record_at_event(&event.envelope, state) {
+            Some(found) => Some(found),
+            // A withdrawal whose record has changed since: its record, from its history.
+            None => match &event.envelope.event.payload {
+                EventPayload::ConsentWithdrawn { purpose, .. } => {
+                    let field = idledger_domain::field::FieldPath::Consent(purpose.clone());
+                    let history = self.ledger.history(event.customer_id, &field).await?;
+                    receipt::record_from_history(
+                        history.iter().map(|e| &e.envelope),
+                        purpose,
+                        event.envelope.id,
+                    )
+                    .map(|record| (purpose.clone(), record))
+                }
+                _ => None,
+            },
+        };
+        let Some((purpose, record)) = found else {
+            return Ok(None);
+        };
+        let pair = match pair {
+            Some(pair) => pair,
+            None => pair.insert(self.signer.key_pair().await?),
+        };
+        let claims = idledger_domain::receipt::receipt_claims(
+            &keys.names.show(event.customer_id).to_string(),
+            &purpose,
+            &record,
+            self.ledger.policy(),
+            &self.source,
+        );
+        Ok(Some(idledger_store::jws::sign_compact(
+            pair,
+            idledger_domain::receipt::RECEIPT_TYP,
+            &claims,
+        )?))
     }
 
     /// Every pseudonymous consumer's alias of `customer`.

@@ -30,13 +30,8 @@ struct Running {
 
 impl Relay {
     pub fn new(ledger: Ledger, config: RelayConfig) -> Self {
-        let deliveries = ledger.store().deliveries();
         Self {
-            planner: Planner {
-                ledger,
-                deliveries,
-                source: config.source.clone(),
-            },
+            planner: Planner::new(ledger, &config.source),
             config: Arc::new(config),
         }
     }

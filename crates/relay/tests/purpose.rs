@@ -136,6 +136,38 @@ async fn purpose_limitation_withdrawal_and_resume(engine: Engine) {
         .nth(3)
         .unwrap();
     assert_eq!(withdrawn.data["value"], "withdrawn");
+
+    // Each consent change carries its signed receipt, which the subscriber checks offline
+    // with the public key set alone (and another JOSE implementation than the signer's).
+    let keys = ledger
+        .signing_keys()
+        .list(Some(idledger_store::jws::TOKEN_PURPOSE))
+        .await
+        .unwrap();
+    let set = idledger_store::jws::jwks(&keys);
+    let consents: Vec<&CloudEvent> = crm
+        .iter()
+        .filter(|e| e.subject == a.to_string() && e.event_type == CONSENT_CHANGED)
+        .collect();
+    assert_eq!(consents.len(), 4);
+    for event in &consents {
+        let claims = verify_receipt(&set, event.data["receipt"].as_str().unwrap());
+        assert_eq!(
+            claims["jti"],
+            event.idledgerevent.as_str(),
+            "the consent's event"
+        );
+        assert_eq!(claims["sub"], a.to_string());
+        assert_eq!(claims["state"], event.data["value"]);
+        assert_eq!(
+            claims["purpose"],
+            event.data["field"].as_str().unwrap()[8..]
+        );
+        assert_eq!(claims["consent_version"], event.idledgerversion.unwrap());
+        assert_eq!(claims["collection_method"], "web");
+        assert_eq!(claims["notice"]["id"], "privacy-notice");
+        assert_eq!(claims["controller"], "Example Retail Ltd");
+    }
     assert_eq!(
         withdrawn.data["value_hash"],
         serde_json::json!(
@@ -251,4 +283,32 @@ async fn a_consent_that_expires_while_the_customer_is_quiet_brings_a_notice() {
     let again = read_stream(&js, &nats.stream.name, &filter).await;
     assert_eq!(dedupe(&again).len(), 2, "{again:?}");
     relay.stop().await;
+}
+
+/// The claims of a consent receipt, verified by jwt-compact against the key set.
+fn verify_receipt(set: &serde_json::Value, receipt: &str) -> serde_json::Value {
+    use jwt_compact::alg::Ed25519;
+    use jwt_compact::jwk::JsonWebKey;
+    use jwt_compact::{AlgorithmExt as _, UntrustedToken};
+    let untrusted = UntrustedToken::new(receipt).unwrap();
+    assert_eq!(
+        untrusted.header().token_type.as_deref(),
+        Some("idledger-consent-receipt+jwt")
+    );
+    let kid = untrusted.header().key_id.clone().unwrap();
+    let jwk = set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap();
+    let jwk: JsonWebKey<'_> = serde_json::from_value(jwk.clone()).unwrap();
+    let key = ed25519_dalek::VerifyingKey::try_from(&jwk).unwrap();
+    Ed25519
+        .validator::<serde_json::Value>(&key)
+        .validate(&untrusted)
+        .unwrap()
+        .claims()
+        .custom
+        .clone()
 }

@@ -404,6 +404,21 @@ impl Decisions {
         Ok(Page { items, next })
     }
 
+    /// The customer's `limit` latest decisions, newest first.
+    pub async fn latest(
+        &self,
+        customer: CustomerId,
+        limit: u32,
+    ) -> Result<Vec<DecisionEntry>, StoreError> {
+        let mut q = sql("SELECT seq, ");
+        q.push(COLUMNS)
+            .push(" FROM decisions WHERE customer_id = ")
+            .push_bind(customer.as_uuid())
+            .push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(limit.clamp(1, MAX_PAGE));
+        q.fetch_all(&self.db).await?.iter().map(entry).collect()
+    }
+
     /// Deletes (or, for a dry run, counts) the decisions logged before `before`.
     pub async fn expire_decisions(
         &self,
