@@ -449,12 +449,15 @@ pub struct DecisionPageView {
 }
 
 /// The decision log: every answer, allowing or not, oldest first (roles `steward`,
-/// `auditor`, `admin`); per customer, per processor and by time.
+/// `auditor`, `admin`); per customer, per processor and by time. With `Accept:
+/// application/x-ndjson`, every matching entry after `after` as one `DecisionLogView` per line
+/// (an export; `limit` does not apply), read a page at a time.
 #[utoipa::path(
     get, path = "/v1/decisions", tag = "decisions",
     params(DecisionQuery),
     responses(
-        (status = 200, body = DecisionPageView),
+        (status = 200, description = "A page (JSON), or with Accept: application/x-ndjson every matching entry, one per line",
+         content((DecisionPageView = "application/json"), (String = "application/x-ndjson"))),
         (status = 400, description = "invalid_query", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -464,8 +467,9 @@ pub struct DecisionPageView {
 pub async fn list_decisions(
     State(state): State<AppState>,
     Authorized(..): Authorized<Overseers>,
+    headers: axum::http::HeaderMap,
     QueryParams(query): QueryParams<DecisionQuery>,
-) -> Result<Json<DecisionPageView>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(query.limit, DEFAULT_LIMIT, MAX_PAGE)?;
     let customer = query
         .customer
@@ -481,6 +485,14 @@ pub async fn list_decisions(
         since: query.since,
         until: query.until,
     };
+    let export = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().starts_with(NDJSON)));
+    if export {
+        return Ok(export_log(state, filter, query.after));
+    }
     let page = state
         .app
         .decider()
@@ -490,7 +502,44 @@ pub async fn list_decisions(
     Ok(Json(DecisionPageView {
         items: page.items.into_iter().map(Into::into).collect(),
         next_after: page.next,
-    }))
+    })
+    .into_response())
+}
+
+/// Every entry of `filter` after `after`, as NDJSON, a page of the log at a time (memory stays
+/// at one page whatever the log's size).
+fn export_log(state: AppState, filter: DecisionFilter, after: Option<u64>) -> Response {
+    let pages = futures::stream::try_unfold(Some(after), move |next| {
+        let (state, filter) = (state.clone(), filter.clone());
+        async move {
+            let Some(after) = next else {
+                return Ok(None);
+            };
+            let page = state
+                .app
+                .decider()
+                .decisions()
+                .list(&filter, after, MAX_PAGE)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "exporting the decision log failed");
+                    std::io::Error::other("the decision log could not be read")
+                })?;
+            let mut out = Vec::new();
+            for entry in page.items {
+                serde_json::to_writer(&mut out, &DecisionLogView::from(entry))
+                    .map_err(std::io::Error::other)?;
+                out.push(b'\n');
+            }
+            let next = page.next.map(Some);
+            Ok::<_, std::io::Error>(Some((axum::body::Bytes::from(out), next)))
+        }
+    });
+    let mut response = Body::from_stream(pages).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    response
 }
 
 // ---------------------------------------------------------------------------------------
