@@ -398,10 +398,7 @@ impl Decisions {
             .iter()
             .map(entry)
             .collect::<Result<Vec<_>, _>>()?;
-        let next = (items.len() == limit as usize)
-            .then(|| items.last().map(|d| d.seq))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::of(items, limit, |d| d.seq))
     }
 
     /// The customer's `limit` latest decisions, newest first.

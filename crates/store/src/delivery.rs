@@ -365,6 +365,17 @@ pub struct Page<T> {
     pub next: Option<u64>,
 }
 
+impl<T> Page<T> {
+    /// A page of up to `limit` rows: a full one may have more after it, from the last row's
+    /// position (`seq`); a shorter one is the last.
+    pub(crate) fn of(items: Vec<T>, limit: u32, seq: impl Fn(&T) -> u64) -> Self {
+        let next = (items.len() == limit as usize)
+            .then(|| items.last().map(seq))
+            .flatten();
+        Self { items, next }
+    }
+}
+
 /// Which handoffs to list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandoffFilter {

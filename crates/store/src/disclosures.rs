@@ -124,10 +124,7 @@ impl Disclosures {
             .iter()
             .map(entry)
             .collect::<Result<Vec<_>, _>>()?;
-        let next = (items.len() == limit as usize)
-            .then(|| items.last().map(|d| d.seq))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::of(items, limit, |d| d.seq))
     }
 }
 

@@ -136,11 +136,11 @@ fn parse_channel(raw: &str) -> Result<ChannelKind, String> {
     ChannelKind::parse(raw).map_err(|e| e.to_string())
 }
 
-fn parse_selector(raw: &str) -> Result<FieldSelector, String> {
+pub(crate) fn parse_selector(raw: &str) -> Result<FieldSelector, String> {
     FieldSelector::parse(raw.trim()).map_err(|e| e.to_string())
 }
 
-fn parse_purpose(raw: &str) -> Result<Purpose, String> {
+pub(crate) fn parse_purpose(raw: &str) -> Result<Purpose, String> {
     Purpose::parse(raw.trim()).map_err(|e| e.to_string())
 }
 

@@ -16,6 +16,7 @@ use idledger_store::decisions::{
     Decisions, NewProcessor, Processor, ProcessorId, RegisterProcessorError,
 };
 
+use crate::commands::consumer::{parse_purpose, parse_selector};
 use crate::config::Settings;
 use crate::render::time;
 use crate::store;
@@ -75,14 +76,6 @@ pub struct DisableArgs {
 
 fn parse_id(raw: &str) -> Result<ProcessorId, String> {
     ProcessorId::parse(raw).map_err(|e| e.to_string())
-}
-
-fn parse_purpose(raw: &str) -> Result<Purpose, String> {
-    Purpose::parse(raw.trim()).map_err(|e| e.to_string())
-}
-
-fn parse_selector(raw: &str) -> Result<FieldSelector, String> {
-    FieldSelector::parse(raw.trim()).map_err(|e| e.to_string())
 }
 
 fn parse_region(raw: &str) -> Result<CountryCode, String> {

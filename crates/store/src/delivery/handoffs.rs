@@ -111,10 +111,7 @@ impl Deliveries {
             .iter()
             .map(handoff)
             .collect::<Result<Vec<_>, _>>()?;
-        let next = (items.len() == limit as usize)
-            .then(|| items.last().map(|h| h.seq))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::of(items, limit, |h| h.seq))
     }
 
     /// The consumer's relation to each of `customers` that it has one with.
