@@ -13,7 +13,7 @@ use idledger_app::decisions::{KnownAsker, MAX_BATCH};
 use idledger_app::{AskedBy, DecideError, Decided, TokenIssue};
 use idledger_domain::field::{FieldPath, FieldSelector};
 use idledger_domain::ids::{CustomerId, Purpose};
-use idledger_domain::usage::UseQuestion;
+use idledger_domain::usage::{Location, UseQuestion};
 use idledger_domain::values::{CountryCode, TransferBasis};
 use idledger_store::decisions::{
     DecisionEntry, DecisionFilter, NewProcessor, Processor, ProcessorId, RegisterProcessorError,
@@ -583,8 +583,8 @@ impl From<&Processor> for ProcessorView {
             id: p.id.to_string(),
             purposes: p.purposes.iter().map(ToString::to_string).collect(),
             fields: p.fields.iter().map(ToString::to_string).collect(),
-            region: p.region.map(|r| r.as_str().to_owned()),
-            transfer_basis: p.transfer_basis.map(|b| b.as_str().to_owned()),
+            region: p.location.region().map(|r| r.as_str().to_owned()),
+            transfer_basis: p.location.transfer_basis().map(|b| b.as_str().to_owned()),
             created_at: p.created_at,
             disabled_at: p.disabled_at,
         }
@@ -606,19 +606,22 @@ pub fn new_processor(body: &ProcessorRequest) -> Result<NewProcessor, ApiError> 
         .map(|f| FieldSelector::parse(f))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid("fields", e))?;
-    let region = body
-        .region
-        .as_deref()
+    let location = location(body.region.as_deref(), body.transfer_basis.as_deref())?;
+    NewProcessor::new(id, purposes, fields, location).map_err(|e| invalid(e.what, e))
+}
+
+/// Where a processor or consumer registration says it processes data, or `invalid_value`
+/// naming `region` or `transfer_basis`.
+pub fn location(region: Option<&str>, basis: Option<&str>) -> Result<Location, ApiError> {
+    let region = region
         .map(CountryCode::parse)
         .transpose()
         .map_err(|e| invalid("region", e))?;
-    let basis = body
-        .transfer_basis
-        .as_deref()
+    let basis = basis
         .map(TransferBasis::parse)
         .transpose()
         .map_err(|e| invalid("transfer_basis", e))?;
-    NewProcessor::new(id, purposes, fields, region, basis).map_err(|e| invalid(e.what, e))
+    Location::new(region, basis).map_err(|e| invalid(e.what, e))
 }
 
 /// Register a processor that asks before it uses data (role `admin`). Its token is made

@@ -64,7 +64,7 @@ pub const DEFAULT_HANDOFF_LIMIT: u32 = 100;
         (status = 409, description = "consumer_exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid_body, invalid_value (with `field`: id, channel, webhook, webhook.url, webhook.secret, fields, purposes, start_at)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_body, invalid_value (with `field`: id, channel, webhook, webhook.url, webhook.secret, fields, purposes, start_at, sla_secs, region, transfer_basis)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -145,6 +145,10 @@ fn new_consumer(body: ConsumerRequest) -> Result<NewConsumer, ApiError> {
     if body.pseudonymous {
         new = new.pseudonymous();
     }
+    new = new.located(crate::decisions::location(
+        body.region.as_deref(),
+        body.transfer_basis.as_deref(),
+    )?);
     match body.sla_secs {
         Some(secs) => new.with_sla(secs).map_err(|e| invalid("sla_secs", e)),
         None => Ok(new),

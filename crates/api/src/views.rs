@@ -409,6 +409,10 @@ pub struct ConsumerView {
     pub sla_secs: u64,
     /// It is shown its own aliases of customers, never their ids.
     pub pseudonymous: bool,
+    /// The ISO 3166-1 country it processes data in; `null`: where the controller does.
+    pub region: Option<String>,
+    /// What makes sending data to it lawful when it is in another country than the customer.
+    pub transfer_basis: Option<String>,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
     /// How far the relay has delivered (push channels): a global log position. A feed
@@ -432,6 +436,11 @@ impl ConsumerView {
             enabled: consumer.is_enabled(),
             sla_secs: consumer.sla_secs,
             pseudonymous: consumer.pseudonymous,
+            region: consumer.location.region().map(|r| r.as_str().to_owned()),
+            transfer_basis: consumer
+                .location
+                .transfer_basis()
+                .map(|b| b.as_str().to_owned()),
             created_at: consumer.created_at,
             disabled_at: consumer.disabled_at,
             checkpoint: checkpoint.filter(|_| push),

@@ -177,6 +177,14 @@ pub struct ConsumerRequest {
     /// Default false.
     #[serde(default)]
     pub pseudonymous: bool,
+    /// The ISO 3166-1 country it processes data in; absent: where the controller does.
+    /// Delivery there follows the policy's transfer rules, as decisions do.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// adequacy, scc, bcr or derogation: what makes sending data to it lawful when it is in
+    /// another country than the customer (only with `region`).
+    #[serde(default)]
+    pub transfer_basis: Option<String>,
 }
 
 /// Where a webhook consumer receives its messages and the key it verifies signatures with.
@@ -272,6 +280,10 @@ pub struct NoticeDoc {
     version: String,
     /// SHA-256 of the notice text shown, 64 hex digits.
     sha256: String,
+    /// Where the notice is published: an absolute https (or http) URL, at most 2,048
+    /// characters; consent receipts carry it.
+    #[schema(max_length = 2048)]
+    url: Option<String>,
 }
 
 fn refused(index: usize, refusal: Refusal) -> Refused {

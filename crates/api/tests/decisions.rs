@@ -654,6 +654,24 @@ async fn consumers_ask_as_processors_and_pseudonymous_ones_by_alias(engine: Engi
     // The log, for auditors, holds the id.
     let log = app.get("/v1/decisions?processor=cdp", "auditor").await;
     assert_eq!(log.body["items"][0]["customer_id"], c.as_str());
+
+    // A consumer abroad is judged on its region and transfer basis, as a processor is.
+    for (id, basis, want) in [
+        ("us-plain", None, json!("transfer_without_basis")),
+        ("us-scc", Some("scc"), Value::Null),
+    ] {
+        app.add_consumer(json!({"id": id, "channel": "feed", "fields": ["email"], "purposes": ["marketing"], "region": "US", "transfer_basis": basis}))
+            .await;
+        let token = app.consumer_token(id).await;
+        let reply = ask(
+            &app,
+            &token,
+            json!({"customer_id": c, "purpose": "marketing", "fields": ["email"]}),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        assert_eq!(reasons(&reply.body), [("email".to_owned(), want)], "{id}");
+    }
 }
 
 /// Verifies a compact JWS with jwt-compact (another JOSE implementation than the signer's)
@@ -860,6 +878,37 @@ async fn a_consents_receipt_is_signed_scoped_and_follows_the_record(engine: Engi
         .clone();
     assert_eq!(last["source_id"], "consent_portal");
     assert_eq!(last["fields"], json!(["consent.marketing"]));
+    assert!(claims["notice"].get("url").is_none(), "{claims}");
+
+    // Granted again against a published notice: the receipt names where it is.
+    let mut regrant = grant("marketing", "DE");
+    regrant["notice"]["url"] = json!("https://example.com/privacy/2026-01");
+    let reply = app
+        .command("consent_portal", &c, "regrant", json!([regrant]))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let published = app.get(&path, "auditor").await;
+    let (_, regranted) = verify_typed(
+        &app,
+        published.body["receipt"].as_str().unwrap(),
+        "idledger-consent-receipt+jwt",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        regranted["notice"]["url"],
+        "https://example.com/privacy/2026-01"
+    );
+    // A URL that is not one is refused with the command, and nothing is recorded.
+    let mut bad = grant("marketing", "DE");
+    bad["notice"]["url"] = json!("javascript:alert(1)");
+    app.command("consent_portal", &c, "bad-url", json!([bad]))
+        .await
+        .problem(422, "invalid_value");
+    assert_eq!(
+        app.get(&path, "auditor").await.body["receipt"],
+        published.body["receipt"]
+    );
 
     // Who may not, and what is not there.
     app.get(&path, "crm").await.problem(403, "not_readable");

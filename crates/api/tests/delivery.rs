@@ -134,6 +134,8 @@ async fn consumers_are_registered_listed_and_disabled(engine: Engine) {
     assert_eq!(reply.body["fields"], json!(["email", "consent.*"]));
     assert_eq!(reply.body["purposes"], json!(["analytics"]));
     assert_eq!(reply.body["enabled"], true);
+    assert_eq!(reply.body["region"], Value::Null, "where the controller is");
+    assert_eq!(reply.body["transfer_basis"], Value::Null);
     assert_eq!(
         reply.body["checkpoint"], head,
         "start_at now: from the head"
@@ -144,6 +146,15 @@ async fn consumers_are_registered_listed_and_disabled(engine: Engine) {
         )
         .await;
     assert_eq!(crm["checkpoint"], 0, "start_at beginning by default");
+    let abroad = app
+        .add_consumer(json!({
+            "id": "us-crm", "channel": "nats", "fields": ["email"], "purposes": ["service"],
+            "region": "us", "transfer_basis": "scc",
+        }))
+        .await;
+    assert_eq!(abroad["region"], "US");
+    assert_eq!(abroad["transfer_basis"], "scc");
+    assert_eq!(app.get("/v1/consumers/us-crm", "admin").await.body, abroad);
     let feed = app
         .add_consumer(feed_consumer("crm-sync", &["service"]))
         .await;
@@ -162,7 +173,7 @@ async fn consumers_are_registered_listed_and_disabled(engine: Engine) {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["cdp", "crm", "crm-sync"]);
+    assert_eq!(ids, ["cdp", "crm", "crm-sync", "us-crm"]);
     let one = app.get("/v1/consumers/cdp", "admin").await;
     assert_eq!(one.status, StatusCode::OK);
     assert!(!one.text.contains(SECRET));
@@ -265,6 +276,16 @@ async fn bad_registrations_are_refused_and_register_nothing(engine: Engine) {
         (with("purposes", json!([])), "purposes"),
         (with("purposes", json!(["Not A Purpose"])), "purposes"),
         (with("start_at", json!("yesterday")), "start_at"),
+        (with("region", json!("UK")), "region"),
+        (with("transfer_basis", json!("scc")), "transfer_basis"),
+        (
+            {
+                let mut body = with("region", json!("US"));
+                body["transfer_basis"] = json!("handshake");
+                body
+            },
+            "transfer_basis",
+        ),
     ];
     for (i, (body, field)) in cases.iter().enumerate() {
         let reply = app

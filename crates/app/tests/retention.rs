@@ -289,6 +289,7 @@ async fn commit_handoffs(s: &Scene, times: &[DateTime<Utc>]) {
                     notice: None,
                     granted_at: None,
                     expires_at: None,
+                    transfer: None,
                 }],
                 channel: ChannelKind::Nats,
                 delivered_at: truncate_to_micros(*at),

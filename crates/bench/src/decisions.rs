@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use idledger_domain::field::FieldSelector;
 use idledger_domain::ids::Purpose;
+use idledger_domain::usage::Location;
 use idledger_store::Role;
 use idledger_store::decisions::{NewProcessor, ProcessorId};
 use serde::Serialize;
@@ -71,8 +72,7 @@ pub async fn run(
                 ProcessorId::parse(PROCESSOR).step("processor id")?,
                 vec![Purpose::parse(PURPOSE).step("purpose")?],
                 vec![FieldSelector::parse("email").step("field")?],
-                None,
-                None,
+                Location::CONTROLLERS,
             )
             .step("processor")?,
             Utc::now(),

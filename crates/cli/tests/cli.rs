@@ -960,6 +960,47 @@ fn consumers_are_added_listed_and_disabled() {
         serde_json::json!(["marketing", "analytics"])
     );
     assert!(feed["checkpoint"].is_null());
+    // A consumer abroad: where it processes, and on what transfer basis.
+    idledger(
+        &dir,
+        &db(&[
+            "consumer",
+            "add",
+            "--id",
+            "us-cdp",
+            "--channel",
+            "feed",
+            "--fields",
+            "email",
+            "--purposes",
+            "marketing",
+            "--region",
+            "us",
+            "--transfer-basis",
+            "scc",
+        ]),
+    )
+    .success()
+    .stdout_has(&["processes in", "US (transfer basis: scc)"]);
+    idledger(
+        &dir,
+        &db(&[
+            "consumer",
+            "add",
+            "--id",
+            "nowhere",
+            "--channel",
+            "feed",
+            "--fields",
+            "email",
+            "--purposes",
+            "marketing",
+            "--transfer-basis",
+            "scc",
+        ]),
+    )
+    .fail()
+    .stderr_has(&["--region"]);
 
     // A webhook's secret comes from a file (or the environment), and is never printed.
     let secret = "whsec-from-a-file-0123456789";
@@ -1035,7 +1076,7 @@ fn consumers_are_added_listed_and_disabled() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let ids: Vec<&str> = listed.iter().map(|c| c["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["cdp", "cdp-eu", "crm", "crm-sync"]);
+    assert_eq!(ids, ["cdp", "cdp-eu", "crm", "crm-sync", "us-cdp"]);
     assert_eq!(listed[0]["checkpoint"], 18);
     assert_eq!(listed[2]["checkpoint"], 0);
 

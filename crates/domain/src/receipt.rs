@@ -65,6 +65,9 @@ pub struct ReceiptNotice {
     pub id: String,
     pub version: String,
     pub sha256: String,
+    /// Where the notice is published, when the consent recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// The receipt of the `purpose` consent of the customer named `subject`, as `record` stands,
@@ -96,6 +99,7 @@ pub fn receipt_claims(
             id: terms.notice.id().to_owned(),
             version: terms.notice.version().to_owned(),
             sha256: terms.notice.sha256().to_owned(),
+            url: terms.notice.url().map(str::to_owned),
         },
         purpose: purpose.to_string(),
         legal_basis: terms.basis.to_string(),

@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::event::ConsentTerms;
 use crate::field::{FieldPath, FieldSelector, FieldValue};
 use crate::ids::{EventId, Purpose};
 use crate::policy::{Policy, PurposeRule, TierRule};
@@ -40,10 +41,71 @@ use crate::values::{
 pub struct ProcessorGrant {
     pub purposes: Vec<Purpose>,
     pub fields: Vec<FieldSelector>,
+    pub location: Location,
+}
+
+/// Where a processor (or consumer) processes data, and what makes sending data there lawful.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Location {
+    region: Option<CountryCode>,
+    transfer_basis: Option<TransferBasis>,
+}
+
+impl Location {
+    /// Where the controller processes: no transfer.
+    pub const CONTROLLERS: Self = Self {
+        region: None,
+        transfer_basis: None,
+    };
+
+    /// A transfer basis only means something for a processor in a region of its own.
+    pub fn new(
+        region: Option<CountryCode>,
+        transfer_basis: Option<TransferBasis>,
+    ) -> Result<Self, ValueError> {
+        if transfer_basis.is_some() && region.is_none() {
+            return Err(ValueError::new(
+                "transfer_basis",
+                "only applies to a processor with a region",
+            ));
+        }
+        Ok(Self {
+            region,
+            transfer_basis,
+        })
+    }
+
     /// Where it processes data; `None`: where the controller does (no transfer).
-    pub region: Option<CountryCode>,
+    pub fn region(&self) -> Option<CountryCode> {
+        self.region
+    }
+
     /// What makes sending data to it lawful when it is in another country than the subject.
-    pub transfer_basis: Option<TransferBasis>,
+    pub fn transfer_basis(&self) -> Option<TransferBasis> {
+        self.transfer_basis
+    }
+
+    /// Whether sending the data of a subject of `subject` (their country) here is lawful: no
+    /// transfer (the controller's region, the subject's country, or a zone holding both), or
+    /// a transfer basis the policy's rules accept from there to here. The one transfer rule
+    /// of decisions and of delivery.
+    pub fn lawful_for(&self, policy: &Policy, subject: CountryCode) -> bool {
+        let Some(region) = self.region else {
+            return true;
+        };
+        policy
+            .transfer_bases(subject, region)
+            .is_none_or(|bases| self.transfer_basis.is_some_and(|b| bases.contains(&b)))
+    }
+}
+
+/// The country a subject's data is protected under: their recorded `jurisdiction`, else the
+/// one their consent record (`terms`) was given under.
+pub fn subject_country(state: &CustomerState, terms: &ConsentTerms) -> CountryCode {
+    match state.value(&FieldPath::Jurisdiction) {
+        Some(FieldValue::Jurisdiction(j)) => j.country(),
+        _ => terms.jurisdiction.country(),
+    }
 }
 
 /// Why a use is not allowed. The wire names are stable: callers branch on them.
@@ -330,18 +392,11 @@ fn customer_reason(
     {
         return Some(DenyReason::AssuranceTooLow);
     }
-    if let Some(region) = processor.region {
-        // The recorded jurisdiction, else the one the consent was given under.
-        let subject = match state.value(&FieldPath::Jurisdiction) {
-            Some(FieldValue::Jurisdiction(j)) => j.country(),
-            _ => record.terms.jurisdiction.country(),
-        };
-        let lawful = policy
-            .transfer_bases(subject, region)
-            .is_none_or(|bases| processor.transfer_basis.is_some_and(|b| bases.contains(&b)));
-        if !lawful {
-            return Some(DenyReason::TransferWithoutBasis);
-        }
+    if !processor
+        .location
+        .lawful_for(policy, subject_country(state, &record.terms))
+    {
+        return Some(DenyReason::TransferWithoutBasis);
     }
     None
 }
@@ -395,8 +450,7 @@ mod tests {
                 .iter()
                 .map(|f| FieldSelector::parse(f).unwrap())
                 .collect(),
-            region: None,
-            transfer_basis: None,
+            location: Location::CONTROLLERS,
         }
     }
 
@@ -654,11 +708,20 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_basis_needs_a_region() {
+        let error = Location::new(None, Some(TransferBasis::Scc)).unwrap_err();
+        assert_eq!(error.what, "transfer_basis");
+        let home = Location::new(None, None).unwrap();
+        assert_eq!(home, Location::CONTROLLERS);
+        let us = CountryCode::parse("US").unwrap();
+        assert!(home.lawful_for(&policy(), us), "no region: no transfer");
+    }
+
+    #[test]
     fn a_processor_abroad_needs_a_transfer_basis_the_policy_accepts_there() {
         let state = customer("marketing", LegalBasis::Consent, Duration::days(10));
         let abroad = |region: &str, basis: Option<TransferBasis>| ProcessorGrant {
-            region: Some(CountryCode::parse(region).unwrap()),
-            transfer_basis: basis,
+            location: Location::new(Some(CountryCode::parse(region).unwrap()), basis).unwrap(),
             ..processor(&["marketing"], &["*"])
         };
         let q = |p: &ProcessorGrant, s: &CustomerState| {

@@ -1131,13 +1131,20 @@ string_enum! {
 }
 
 /// The exact privacy notice a consent was given against: its id, version and the SHA-256 of
-/// the text shown, so "which words did they agree to?" has a provable answer.
+/// the text shown, so "which words did they agree to?" has a provable answer; optionally where
+/// the notice is published (the receipt's policy URL).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct NoticeRef {
     id: String,
     version: String,
     sha256: String,
+    // Absent on notices recorded without one: their stored form stays as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
 }
+
+/// The longest notice URL accepted.
+pub const MAX_NOTICE_URL: usize = 2048;
 
 impl NoticeRef {
     /// Checks the parts: id (1..=128) and version (1..=64) of `[A-Za-z0-9._-]`, and 64 hex
@@ -1189,7 +1196,36 @@ impl NoticeRef {
             id,
             version,
             sha256: sha256.to_ascii_lowercase(),
+            url: None,
         })
+    }
+
+    /// The same notice, published at `url`: an absolute `https` (or `http`) URL of at most
+    /// [`MAX_NOTICE_URL`] characters, without credentials.
+    pub fn with_url(mut self, url: &str) -> Result<Self, ValueError> {
+        const WHAT: &str = "privacy notice reference";
+        if url.len() > MAX_NOTICE_URL {
+            return Err(ValueError::new(
+                WHAT,
+                format!("the url is longer than {MAX_NOTICE_URL} characters"),
+            ));
+        }
+        let parsed = url::Url::parse(url)
+            .map_err(|e| ValueError::new(WHAT, format!("the url is not an absolute URL: {e}")))?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(ValueError::new(
+                WHAT,
+                "the url must be an https or http URL".to_owned(),
+            ));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(ValueError::new(
+                WHAT,
+                "the url must not carry credentials".to_owned(),
+            ));
+        }
+        self.url = Some(parsed.into());
+        Ok(self)
     }
 
     /// The notice's id, e.g. `privacy-policy`.
@@ -1205,6 +1241,11 @@ impl NoticeRef {
     /// SHA-256 of the notice text, 64 lowercase hex digits.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// Where the notice is published, when that was recorded.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
     }
 }
 
@@ -1222,9 +1263,16 @@ impl<'de> Deserialize<'de> for NoticeRef {
             id: String,
             version: String,
             sha256: String,
+            #[serde(default)]
+            url: Option<String>,
         }
         let raw = Raw::deserialize(deserializer)?;
-        Self::new(&raw.id, &raw.version, &raw.sha256).map_err(serde::de::Error::custom)
+        let notice =
+            Self::new(&raw.id, &raw.version, &raw.sha256).map_err(serde::de::Error::custom)?;
+        match raw.url {
+            Some(url) => notice.with_url(&url).map_err(serde::de::Error::custom),
+            None => Ok(notice),
+        }
     }
 }
 
@@ -1968,6 +2016,46 @@ pub(crate) mod tests {
     }
 
     const SHA: &str = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+
+    #[test]
+    fn a_notice_may_name_where_it_is_published() {
+        let plain = NoticeRef::new("privacy-policy", "2024-06", SHA).unwrap();
+        assert_eq!(plain.url(), None);
+        // A notice without a URL keeps the stored form it always had.
+        assert!(!serde_json::to_string(&plain).unwrap().contains("url"));
+
+        let published = plain
+            .clone()
+            .with_url("https://example.com/privacy/2024-06")
+            .unwrap();
+        assert_eq!(published.url(), Some("https://example.com/privacy/2024-06"));
+        assert_json_round_trip(&published);
+        let parsed: NoticeRef = serde_json::from_value(serde_json::json!({
+            "id": "privacy-policy", "version": "2024-06", "sha256": SHA,
+            "url": "https://example.com/privacy/2024-06"
+        }))
+        .unwrap();
+        assert_eq!(parsed, published);
+
+        #[track_caller]
+        fn refused(url: &str, want: &str) {
+            let notice = NoticeRef::new("privacy-policy", "2024-06", SHA).unwrap();
+            let error = notice.with_url(url).unwrap_err();
+            assert!(
+                error.reason.contains(want),
+                "{:?} lacks {want:?}",
+                error.reason
+            );
+        }
+        refused("/privacy", "not an absolute URL");
+        refused("ftp://example.com/privacy", "https or http");
+        refused("javascript:alert(1)", "https or http");
+        refused("https://user:pw@example.com/", "credentials");
+        refused(
+            &format!("https://example.com/{}", "a".repeat(MAX_NOTICE_URL)),
+            "longer than 2048",
+        );
+    }
 
     #[test]
     fn notice_ref() {

@@ -8,6 +8,10 @@
 //!   not expired, not stale under the policy, not a minor's consent without a guardian). A
 //!   consent record's `basis` is the legal basis (consent, contract, legitimate interests…)
 //!   under which the customer's data may be used for that purpose.
+//! - A consumer registered in a region of its own receives it only while the transfer there is
+//!   lawful under the policy's transfer rules (`Location::lawful_for`, the rule decisions
+//!   apply): losing that (the customer's recorded jurisdiction changed, say) ends the basis
+//!   like a withdrawal.
 //! - When the basis stops holding for a customer the consumer was receiving, it gets one
 //!   withdrawal notice (stop using and delete the data) and nothing further.
 //! - When the basis holds again and there is something to deliver, it first gets a resume
@@ -28,7 +32,8 @@ use idledger_domain::event::{EventPayload, RepushedValue};
 use idledger_domain::field::FieldPath;
 use idledger_domain::policy::Policy;
 use idledger_domain::state::{ConsentStatus, CustomerState};
-use idledger_store::delivery::{ConsentBasis, Consumer, Relation};
+use idledger_domain::usage::subject_country;
+use idledger_store::delivery::{ConsentBasis, Consumer, Relation, TransferStanding};
 use idledger_store::model::RecordedEvent;
 
 /// What one event means to one consumer.
@@ -197,6 +202,16 @@ pub fn basis(
                 s.consent_status(purpose, policy, now)
             });
             let record = state.and_then(|s| s.consents.get(purpose));
+            let transfer = consumer.location.region().map(|region| TransferStanding {
+                region,
+                basis: consumer.location.transfer_basis(),
+                // Without a record nothing is sent, transfer or not.
+                lawful: state.zip(record).is_some_and(|(s, r)| {
+                    consumer
+                        .location
+                        .lawful_for(policy, subject_country(s, &r.terms))
+                }),
+            });
             ConsentBasis {
                 purpose: purpose.clone(),
                 status,
@@ -206,14 +221,15 @@ pub fn basis(
                 notice: record.map(|c| c.terms.notice.clone()),
                 granted_at: record.map(|c| c.granted_at),
                 expires_at: record.and_then(|c| c.terms.expires_at),
+                transfer,
             }
         })
         .collect()
 }
 
-/// Whether every purpose's basis holds.
+/// Whether every purpose's basis holds, and with it the transfer to a consumer abroad.
 pub fn holds(basis: &[ConsentBasis]) -> bool {
-    basis.iter().all(|b| b.status == ConsentStatus::Granted)
+    basis.iter().all(ConsentBasis::holds)
 }
 
 /// Whether an event can matter to the consumer before any state is read: it changes a field

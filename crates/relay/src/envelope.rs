@@ -446,16 +446,19 @@ fn notice_data(
     consumer: &Consumer,
     basis: &[ConsentBasis],
 ) -> Result<(String, Value), serde_json::Error> {
-    let failing = basis
-        .iter()
-        .find(|b| b.status != idledger_domain::state::ConsentStatus::Granted);
+    let failing = basis.iter().find(|b| !b.holds());
     let field = failing.map_or_else(
         || first_consent_field(consumer),
         |b| format!("consent.{}", b.purpose),
     );
+    // The consent's own standing first; a granted one failed on the transfer.
+    let reason = failing.map(|b| match b.status {
+        idledger_domain::state::ConsentStatus::Granted => "transfer_without_basis",
+        status => status_name(status),
+    });
     let data = json!({
         "field": field,
-        "reason": failing.map(|b| status_name(b.status)),
+        "reason": reason,
         "action": "stop_processing_and_delete",
         "fields": selectors(consumer),
         "basis": serde_json::to_value(basis)?,

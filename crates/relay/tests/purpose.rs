@@ -9,13 +9,18 @@ use std::time::Duration;
 use chrono::Utc;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::state::ConsentStatus;
+use idledger_domain::usage::Location;
+use idledger_domain::values::{CountryCode, TransferBasis};
 use idledger_relay::envelope::{
     CONSENT_CHANGED, CONSENT_GRANTED, CONSENT_WITHDRAWN, CloudEvent, FIELD_CHANGED,
 };
 use idledger_store::delivery::{Channel, HandoffFilter, HandoffKind};
 use support::*;
 
-on_both_engines!(purpose_limitation_withdrawal_and_resume);
+on_both_engines!(
+    purpose_limitation_withdrawal_and_resume,
+    a_consumer_abroad_is_sent_only_what_may_lawfully_go_there
+);
 
 fn of(events: &[CloudEvent], customer: CustomerId) -> Vec<(String, Option<String>)> {
     events
@@ -212,6 +217,124 @@ async fn purpose_limitation_withdrawal_and_resume(engine: Engine) {
             .all(|h| h.handoff.consumer_id.as_str() == "crm"),
         "nothing of B was handed to the marketing tool"
     );
+    relay.stop().await;
+}
+
+/// Consumers are processors: one registered in a region of its own is sent a customer's data
+/// only while the transfer there is lawful under the policy's rules, judged on the
+/// customer's recorded jurisdiction (else the consent's) — the rule decisions apply.
+async fn a_consumer_abroad_is_sent_only_what_may_lawfully_go_there(engine: Engine) {
+    let url = shared_nats().await;
+    let store = TestStore::new(engine).await;
+    let nats = unique_nats(&url);
+    let abroad = |id: &str, region: &str, basis: Option<TransferBasis>| {
+        let location = Location::new(Some(CountryCode::parse(region).unwrap()), basis).unwrap();
+        consumer(id, Channel::Nats, &["email"], &["marketing"]).located(location)
+    };
+    // Japan has an adequacy decision; the US needs SCCs (deploy/policy.toml's rules).
+    store
+        .register(abroad("jp", "JP", Some(TransferBasis::Adequacy)))
+        .await;
+    store.register(abroad("us", "US", None)).await;
+    store
+        .register(abroad("us_scc", "US", Some(TransferBasis::Scc)))
+        .await;
+    let ledger = &store.ledger;
+    // Consented under French law (the builder's grant).
+    let a = customer_consenting(ledger, &["marketing"]).await;
+    run(ledger, "idp", a, vec![set("email", email(1))]).await;
+    let relay = RunningRelay::start(ledger.clone(), test_config(Some(nats.clone())));
+    // Delivery is decided on the state when the relay gets there: each step is caught up.
+    let caught_up = || async {
+        for id in ["jp", "us", "us_scc"] {
+            store.caught_up(id, Duration::from_secs(20)).await;
+        }
+    };
+    caught_up().await;
+    // Moves to Brazil: no rule lets a Brazilian subject's data go to Japan or the US.
+    run(
+        ledger,
+        "idp",
+        a,
+        vec![set("jurisdiction", serde_json::json!("BR"))],
+    )
+    .await;
+    run(ledger, "idp", a, vec![set("email", email(2))]).await;
+    caught_up().await;
+    // Back in the EEA: deliveries resume where the transfer is lawful again.
+    run(
+        ledger,
+        "idp",
+        a,
+        vec![set("jurisdiction", serde_json::json!("DE"))],
+    )
+    .await;
+    run(ledger, "idp", a, vec![set("email", email(3))]).await;
+    caught_up().await;
+
+    let js = jetstream(&url).await;
+    let prefix = &nats.stream.subject_prefix;
+    let mut sent = std::collections::BTreeMap::new();
+    for id in ["jp", "us", "us_scc"] {
+        let events: Vec<CloudEvent> =
+            dedupe(&read_stream(&js, &nats.stream.name, &format!("{prefix}.{id}.>")).await)
+                .into_iter()
+                .map(|d| d.event)
+                .collect();
+        sent.insert(id, events);
+    }
+    let e1 = email(1).as_str().unwrap().to_owned();
+    let e3 = email(3).as_str().unwrap().to_owned();
+    let lawful_twice = kinds(&[
+        (FIELD_CHANGED, Some(&e1)),
+        (CONSENT_WITHDRAWN, None),
+        (CONSENT_GRANTED, None),
+        (FIELD_CHANGED, Some(&e3)),
+    ]);
+    assert_eq!(of(&sent["jp"], a), lawful_twice);
+    assert_eq!(of(&sent["us_scc"], a), lawful_twice);
+    assert_eq!(
+        of(&sent["us"], a),
+        vec![],
+        "no transfer basis: nothing of an EEA subject goes to the US"
+    );
+    let notice = sent["jp"]
+        .iter()
+        .find(|e| e.event_type == CONSENT_WITHDRAWN)
+        .unwrap();
+    assert_eq!(notice.data["reason"], "transfer_without_basis");
+    assert_eq!(notice.data["action"], "stop_processing_and_delete");
+    assert_eq!(
+        notice.data["basis"][0]["transfer"],
+        serde_json::json!({"region": "JP", "basis": "adequacy", "lawful": false})
+    );
+    assert_eq!(notice.data["basis"][0]["status"], "granted");
+
+    // The handoff log agrees: each change to Japan on a lawful transfer, nothing handed to the
+    // consumer without a basis.
+    let log = store
+        .deliveries
+        .handoffs(&HandoffFilter::Customer(a), None, 100)
+        .await
+        .unwrap();
+    assert!(
+        log.items
+            .iter()
+            .all(|h| h.handoff.consumer_id.as_str() != "us"),
+        "{log:?}"
+    );
+    let to_japan: Vec<_> = log
+        .items
+        .iter()
+        .map(|h| &h.handoff)
+        .filter(|h| h.consumer_id.as_str() == "jp" && h.kind == HandoffKind::Change)
+        .collect();
+    assert_eq!(to_japan.len(), 2);
+    for h in to_japan {
+        let transfer = h.basis[0].transfer.as_ref().unwrap();
+        assert!(transfer.lawful);
+        assert_eq!(transfer.region.as_str(), "JP");
+    }
     relay.stop().await;
 }
 

@@ -12,12 +12,12 @@
 use chrono::{DateTime, Utc};
 use idledger_domain::field::FieldSelector;
 use idledger_domain::ids::{CustomerId, EventId, Purpose};
-use idledger_domain::usage::{FieldAnswer, ProcessorGrant};
+use idledger_domain::usage::{FieldAnswer, Location, ProcessorGrant};
 use idledger_domain::values::{CountryCode, LegalBasis, TransferBasis, ValueError};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::delivery::{ConsumerId, MAX_PAGE, Page, customer_id};
+use crate::delivery::{ConsumerId, MAX_PAGE, Page, customer_id, dedup_in_order};
 use crate::error::StoreError;
 use crate::model::truncate_to_micros;
 use crate::sql::{Arg, Db, Row, sql};
@@ -54,8 +54,8 @@ pub struct Processor {
     pub purposes: Vec<Purpose>,
     /// Non-empty, without duplicates.
     pub fields: Vec<FieldSelector>,
-    pub region: Option<CountryCode>,
-    pub transfer_basis: Option<TransferBasis>,
+    #[serde(flatten)]
+    pub location: Location,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
 }
@@ -65,8 +65,7 @@ impl Processor {
         ProcessorGrant {
             purposes: self.purposes.clone(),
             fields: self.fields.clone(),
-            region: self.region,
-            transfer_basis: self.transfer_basis,
+            location: self.location,
         }
     }
 }
@@ -77,19 +76,17 @@ pub struct NewProcessor {
     pub id: ProcessorId,
     pub purposes: Vec<Purpose>,
     pub fields: Vec<FieldSelector>,
-    pub region: Option<CountryCode>,
-    pub transfer_basis: Option<TransferBasis>,
+    pub location: Location,
 }
 
 impl NewProcessor {
-    /// Checks that it uses some field for some purpose, and that a transfer basis comes with
-    /// a region; drops duplicates (keeping the order given).
+    /// Checks that it uses some field for some purpose; drops duplicates (keeping the order
+    /// given).
     pub fn new(
         id: ProcessorId,
         mut purposes: Vec<Purpose>,
         mut fields: Vec<FieldSelector>,
-        region: Option<CountryCode>,
-        transfer_basis: Option<TransferBasis>,
+        location: Location,
     ) -> Result<Self, ValueError> {
         if purposes.is_empty() {
             return Err(ValueError::new(
@@ -100,33 +97,15 @@ impl NewProcessor {
         if fields.is_empty() {
             return Err(ValueError::new("processor", "must use at least one field"));
         }
-        if transfer_basis.is_some() && region.is_none() {
-            return Err(ValueError::new(
-                "transfer_basis",
-                "only applies to a processor with a region",
-            ));
-        }
-        dedup(&mut purposes);
-        dedup(&mut fields);
+        dedup_in_order(&mut purposes);
+        dedup_in_order(&mut fields);
         Ok(Self {
             id,
             purposes,
             fields,
-            region,
-            transfer_basis,
+            location,
         })
     }
-}
-
-fn dedup<T: PartialEq + Clone>(items: &mut Vec<T>) {
-    let mut seen: Vec<T> = Vec::with_capacity(items.len());
-    items.retain(|i| {
-        let new = !seen.contains(i);
-        if new {
-            seen.push(i.clone());
-        }
-        new
-    });
 }
 
 /// Why a processor was not registered.
@@ -149,12 +128,10 @@ impl Asker {
     pub fn grant(&self) -> ProcessorGrant {
         match self {
             Self::Processor(p) => p.grant(),
-            // Consumers process where the controller does (no region of their own yet).
             Self::Consumer(c) => ProcessorGrant {
                 purposes: c.purposes.clone(),
                 fields: c.fields.clone(),
-                region: None,
-                transfer_basis: None,
+                location: c.location,
             },
         }
     }
@@ -233,8 +210,7 @@ impl Decisions {
             id: new.id,
             purposes: new.purposes,
             fields: new.fields,
-            region: new.region,
-            transfer_basis: new.transfer_basis,
+            location: new.location,
             created_at: truncate_to_micros(now),
             disabled_at: None,
         };
@@ -257,8 +233,8 @@ impl Decisions {
             .bind(processor.id.as_str())
             .bind(serde_json::to_string(&processor.purposes).map_err(StoreError::from)?)
             .bind(serde_json::to_string(&processor.fields).map_err(StoreError::from)?)
-            .bind(processor.region.map(|r| r.as_str()))
-            .bind(processor.transfer_basis.map(|b| b.as_str()))
+            .bind(processor.location.region().map(|r| r.as_str()))
+            .bind(processor.location.transfer_basis().map(|b| b.as_str()))
             .bind(processor.created_at)
             .execute(&mut tx)
             .await?
@@ -432,25 +408,35 @@ impl Decisions {
     }
 }
 
-fn processor(row: &Row) -> Result<Processor, StoreError> {
-    let id: String = row.try_get("processor_id")?;
-    let bad = |e: ValueError| StoreError::Integrity(format!("stored processor {id}: {e}"));
+/// The `region` and `transfer_basis` columns of a processor's or consumer's row (`what`
+/// names it in an integrity error).
+pub(crate) fn location(row: &Row, what: &str) -> Result<Location, StoreError> {
+    let bad = |e: ValueError| StoreError::Integrity(format!("stored {what}: {e}"));
     let region: Option<String> = row.try_get("region")?;
     let basis: Option<String> = row.try_get("transfer_basis")?;
-    Ok(Processor {
-        id: ProcessorId::parse(&id).map_err(bad)?,
-        purposes: serde_json::from_str(&row.try_get::<String>("purposes")?)?,
-        fields: serde_json::from_str(&row.try_get::<String>("fields")?)?,
-        region: region
+    Location::new(
+        region
             .as_deref()
             .map(CountryCode::parse)
             .transpose()
             .map_err(bad)?,
-        transfer_basis: basis
+        basis
             .as_deref()
             .map(TransferBasis::parse)
             .transpose()
             .map_err(bad)?,
+    )
+    .map_err(bad)
+}
+
+fn processor(row: &Row) -> Result<Processor, StoreError> {
+    let id: String = row.try_get("processor_id")?;
+    let bad = |e: ValueError| StoreError::Integrity(format!("stored processor {id}: {e}"));
+    Ok(Processor {
+        id: ProcessorId::parse(&id).map_err(bad)?,
+        purposes: serde_json::from_str(&row.try_get::<String>("purposes")?)?,
+        fields: serde_json::from_str(&row.try_get::<String>("fields")?)?,
+        location: location(row, &format!("processor {id}"))?,
         created_at: row.try_get("created_at")?,
         disabled_at: row.try_get("disabled_at")?,
     })

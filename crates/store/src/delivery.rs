@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{CustomerId, EventId, Purpose};
 use idledger_domain::state::ConsentStatus;
-use idledger_domain::values::{LegalBasis, NoticeRef, ValueError};
+use idledger_domain::usage::Location;
+use idledger_domain::values::{CountryCode, LegalBasis, NoticeRef, TransferBasis, ValueError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -172,6 +173,9 @@ pub struct Consumer {
     /// It is shown its own aliases of customers, never their ids
     /// (`idledger_domain::alias`).
     pub pseudonymous: bool,
+    /// Where it processes data: delivery to it abroad needs a transfer basis the policy
+    /// accepts, as a decision does.
+    pub location: Location,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
 }
@@ -230,9 +234,16 @@ pub struct NewConsumer {
     pub start: StartAt,
     pub sla_secs: u64,
     pub pseudonymous: bool,
+    pub location: Location,
 }
 
 impl NewConsumer {
+    /// Processing in `location` instead of where the controller does.
+    pub fn located(mut self, location: Location) -> Self {
+        self.location = location;
+        self
+    }
+
     /// With an acknowledgement SLA other than [`DEFAULT_SLA_SECS`].
     pub fn with_sla(mut self, sla_secs: u64) -> Result<Self, ValueError> {
         if sla_secs > MAX_SLA_SECS {
@@ -282,11 +293,12 @@ impl NewConsumer {
             start,
             sla_secs: DEFAULT_SLA_SECS,
             pseudonymous: false,
+            location: Location::CONTROLLERS,
         })
     }
 }
 
-fn dedup_in_order<T: PartialEq>(items: &mut Vec<T>) {
+pub(crate) fn dedup_in_order<T: PartialEq>(items: &mut Vec<T>) {
     let mut i = 0;
     while i < items.len() {
         if items[..i].contains(&items[i]) {
@@ -316,6 +328,27 @@ pub struct ConsentBasis {
     pub granted_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// For a consumer with a region of its own: whether sending the customer's data there is
+    /// a lawful transfer now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferStanding>,
+}
+
+impl ConsentBasis {
+    /// Whether this purpose's basis holds now, the transfer to the consumer included.
+    pub fn holds(&self) -> bool {
+        self.status == ConsentStatus::Granted && self.transfer.as_ref().is_none_or(|t| t.lawful)
+    }
+}
+
+/// A transfer to a consumer abroad, as judged at delivery. The subject's country is left out:
+/// it is the customer's data, which the consumer may not be entitled to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStanding {
+    pub region: CountryCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<TransferBasis>,
+    pub lawful: bool,
 }
 
 /// One delivered message, as the handoff log keeps it.

@@ -206,6 +206,7 @@ fn handoff(consumer: &str, customer: CustomerId, event: EventId, position: u64) 
             notice: None,
             granted_at: None,
             expires_at: None,
+            transfer: None,
         }],
         channel: ChannelKind::Nats,
         delivered_at: idledger_store::model::from_micros(Utc::now().timestamp_micros()),

@@ -93,6 +93,8 @@ pub struct AddArgs {
     /// envelopes, the feed); its acks and snapshots name customers by alias.
     #[arg(long)]
     pub pseudonymous: bool,
+    #[command(flatten)]
+    pub location: super::processor::LocationArgs,
     /// Print the consumer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -265,6 +267,7 @@ async fn add(
     if args.pseudonymous {
         new = new.pseudonymous();
     }
+    new = new.located(args.location.location()?);
     let consumer = match deliveries.register_consumer(new, Utc::now()).await {
         Ok(consumer) => consumer,
         Err(RegisterError::Exists(id)) => {
@@ -404,6 +407,14 @@ fn describe(
     kv(out, "ack SLA", &format!("{} s", view.sla_secs))?;
     if view.pseudonymous {
         kv(out, "customers", "by its own aliases, never their ids")?;
+    }
+    if let Some(region) = &view.region {
+        let basis = view.transfer_basis.as_deref().unwrap_or("none");
+        kv(
+            out,
+            "processes in",
+            &format!("{region} (transfer basis: {basis})"),
+        )?;
     }
     if let Some(url) = &view.webhook_url {
         kv(out, "endpoint", url)?;

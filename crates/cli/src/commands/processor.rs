@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use idledger_api::decisions::ProcessorView;
 use idledger_domain::field::FieldSelector;
 use idledger_domain::ids::Purpose;
+use idledger_domain::usage::Location;
 use idledger_domain::values::{CountryCode, TransferBasis};
 use idledger_store::decisions::{
     Decisions, NewProcessor, Processor, ProcessorId, RegisterProcessorError,
@@ -44,14 +45,8 @@ pub struct AddArgs {
     /// (preferences.*), name.* or * for all.
     #[arg(long, value_name = "LIST", value_delimiter = ',', required = true, value_parser = parse_selector)]
     pub fields: Vec<FieldSelector>,
-    /// The country it processes data in (ISO 3166-1, e.g. US). [default: where the
-    /// controller does; no transfer]
-    #[arg(long, value_name = "CC", value_parser = parse_region)]
-    pub region: Option<CountryCode>,
-    /// What makes sending data to it lawful when it is in another country than the customer:
-    /// adequacy, scc, bcr or derogation (needs --region).
-    #[arg(long, value_name = "BASIS", value_parser = parse_basis)]
-    pub transfer_basis: Option<TransferBasis>,
+    #[command(flatten)]
+    pub location: LocationArgs,
     /// Print the processor as JSON.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +71,25 @@ pub struct DisableArgs {
 
 fn parse_id(raw: &str) -> Result<ProcessorId, String> {
     ProcessorId::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Where a processor or consumer processes data (`processor add`, `consumer add`).
+#[derive(Debug, Args)]
+pub struct LocationArgs {
+    /// The country it processes data in (ISO 3166-1, e.g. US). [default: where the
+    /// controller does; no transfer]
+    #[arg(long, value_name = "CC", value_parser = parse_region)]
+    pub region: Option<CountryCode>,
+    /// What makes sending data to it lawful when it is in another country than the customer:
+    /// adequacy, scc, bcr or derogation (needs --region).
+    #[arg(long, value_name = "BASIS", value_parser = parse_basis, requires = "region")]
+    pub transfer_basis: Option<TransferBasis>,
+}
+
+impl LocationArgs {
+    pub fn location(&self) -> anyhow::Result<Location> {
+        Ok(Location::new(self.region, self.transfer_basis)?)
+    }
 }
 
 fn parse_region(raw: &str) -> Result<CountryCode, String> {
@@ -109,8 +123,7 @@ async fn add(
         args.id.clone(),
         args.purposes.clone(),
         args.fields.clone(),
-        args.region,
-        args.transfer_basis,
+        args.location.location()?,
     )?;
     let processor = match decisions.register_processor(new, Utc::now()).await {
         Ok(p) => p,

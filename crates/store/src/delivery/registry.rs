@@ -11,7 +11,7 @@ use crate::log;
 use crate::model::truncate_to_micros;
 use crate::sql::{Row, sql};
 
-const CONSUMER_COLUMNS: &str = "consumer_id, channel, webhook_url, webhook_secret, fields, purposes, sla_secs, pseudonymous, created_at, disabled_at";
+const CONSUMER_COLUMNS: &str = "consumer_id, channel, webhook_url, webhook_secret, fields, purposes, sla_secs, pseudonymous, region, transfer_basis, created_at, disabled_at";
 
 impl Deliveries {
     /// Registers a consumer; its checkpoint starts at 0 or at the log's current head.
@@ -31,6 +31,7 @@ impl Deliveries {
             purposes: new.purposes,
             sla_secs: new.sla_secs,
             pseudonymous: new.pseudonymous,
+            location: new.location,
             created_at: truncate_to_micros(now),
             disabled_at: None,
         };
@@ -49,8 +50,8 @@ impl Deliveries {
             return Err(RegisterError::Exists(consumer.id));
         }
         let inserted = sql(
-            "INSERT INTO consumers (consumer_id, channel, webhook_url, webhook_secret, fields, purposes, created_at, sla_secs, pseudonymous) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (consumer_id) DO NOTHING",
+            "INSERT INTO consumers (consumer_id, channel, webhook_url, webhook_secret, fields, purposes, created_at, sla_secs, pseudonymous, region, transfer_basis) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (consumer_id) DO NOTHING",
         )
         .bind(consumer.id.as_str())
         .bind(consumer.channel.kind().as_str())
@@ -61,6 +62,8 @@ impl Deliveries {
         .bind(consumer.created_at)
         .bind(consumer.sla_secs)
         .bind(consumer.pseudonymous)
+        .bind(consumer.location.region().map(|r| r.as_str()))
+        .bind(consumer.location.transfer_basis().map(|b| b.as_str()))
         .execute(&mut tx)
         .await?;
         if inserted == 0 {
@@ -147,6 +150,7 @@ fn consumer(row: &Row) -> Result<Consumer, StoreError> {
         purposes: serde_json::from_str(&row.try_get::<String>("purposes")?)?,
         sla_secs: row.get_u64("sla_secs")?,
         pseudonymous: row.try_get("pseudonymous")?,
+        location: crate::decisions::location(row, &format!("consumer {id}"))?,
         created_at: row.try_get("created_at")?,
         disabled_at: row.try_get("disabled_at")?,
     })
