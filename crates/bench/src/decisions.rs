@@ -2,6 +2,7 @@
 //! loop, at most [`IN_FLIGHT`] outstanding), and `POST /v1/decisions/batch` of [`BATCH`]
 //! customers. Every question reads its customer's state fresh from the database, as in
 //! production; the customers have consented, so answers allow and are logged like any other.
+//! The phase starts once the relay has caught up with the commands before it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,6 +94,8 @@ pub async fn run(
         customers.push(customer);
     }
     let customers = Arc::new(customers);
+    // The previous phase leaves the relay a backlog: the decisions are timed without it.
+    crate::delivery::wait_caught_up(server).await?;
     let ask = Asker {
         client: server.client.clone(),
         base: server.base.clone(),

@@ -214,7 +214,7 @@ pub async fn run(
 
 /// Waits until the relay has delivered everything committed so far, so that the timed phase
 /// measures fresh commands, not a backlog.
-async fn wait_caught_up(server: &Server) -> Result<(), BenchError> {
+pub(crate) async fn wait_caught_up(server: &Server) -> Result<(), BenchError> {
     let id = ConsumerId::parse(CONSUMER).map_err(|e| BenchError::Failed(e.to_string()))?;
     let deliveries = server.ledger.store().deliveries();
     let until = Instant::now() + Duration::from_secs(120);
