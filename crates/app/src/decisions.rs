@@ -10,7 +10,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use idledger_domain::alias::CustomerNames;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::usage::{UseAnswer, UseQuestion, decide_use};
-use idledger_store::decisions::{Asker, DecisionRecord, Decisions};
+use idledger_store::decisions::{Asker, DecisionLog, DecisionRecord, Decisions};
 use idledger_store::{Ledger, StoreError, TokenSigner};
 use serde::Serialize;
 use uuid::Uuid;
@@ -102,6 +102,7 @@ pub struct Decided {
 pub struct Decider {
     ledger: Ledger,
     decisions: Decisions,
+    log: DecisionLog,
 }
 
 /// An asker, checked: registered, enabled, and how it names customers.
@@ -114,8 +115,10 @@ pub struct KnownAsker {
 
 impl Decider {
     pub fn new(ledger: Ledger) -> Self {
+        let decisions = ledger.store().decisions();
         Self {
-            decisions: ledger.store().decisions(),
+            log: DecisionLog::new(decisions.clone()),
+            decisions,
             ledger,
         }
     }
@@ -198,7 +201,7 @@ impl Decider {
             decided.push(d);
         }
         let records: Vec<DecisionRecord> = decided.iter().map(|d| d.record.clone()).collect();
-        self.decisions.record(&records).await?;
+        self.log.record(records).await?;
         Ok(decided)
     }
 

@@ -406,7 +406,9 @@ async fn old_decisions_are_deleted_and_younger_ones_kept(engine: Engine) {
         token_expires_at: None,
     })
     .collect();
-    log.record(&records).await.unwrap();
+    log.record(&records.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
     let filter = DecisionFilter {
         customer: Some(s.customer),
         ..DecisionFilter::default()

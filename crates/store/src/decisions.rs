@@ -9,12 +9,15 @@
 //! per field with its reason, the state version and policy it was decided on, and the decision
 //! token's expiry when one was issued. Field names and reasons only, never values.
 
+use std::sync::{Arc, OnceLock};
+
 use chrono::{DateTime, Utc};
 use idledger_domain::field::FieldSelector;
 use idledger_domain::ids::{CustomerId, EventId, Purpose};
 use idledger_domain::usage::{FieldAnswer, Location, ProcessorGrant};
 use idledger_domain::values::{CountryCode, LegalBasis, TransferBasis, ValueError};
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::delivery::{ConsumerId, MAX_PAGE, Page, customer_id, dedup_in_order};
@@ -309,9 +312,14 @@ impl Decisions {
             .map(Asker::Consumer))
     }
 
-    /// Logs decisions, in as few statements as the engine's parameter limit allows. Called
-    /// before the answers leave: what cannot be logged is not answered.
-    pub async fn record(&self, decisions: &[DecisionRecord]) -> Result<(), StoreError> {
+    /// Logs decisions in one transaction, in as few statements as the engine's parameter
+    /// limit allows. Called before the answers leave: what cannot be logged is not answered.
+    /// Concurrent questions share commits through [`DecisionLog`].
+    pub async fn record(&self, decisions: &[&DecisionRecord]) -> Result<(), StoreError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
         for chunk in decisions.chunks(self.db.rows_per_statement(COLUMN_COUNT)) {
             let mut rows = Vec::with_capacity(chunk.len());
             for d in chunk {
@@ -338,9 +346,9 @@ impl Decisions {
             }
             let mut q = sql("INSERT INTO decisions (");
             q.push(COLUMNS).push(") ").push_values(rows, |r| r);
-            q.execute(&self.db).await?;
+            q.execute(&mut tx).await?;
         }
-        Ok(())
+        tx.commit().await
     }
 
     /// A page of the log, oldest first, after `after`.
@@ -475,4 +483,90 @@ fn entry(row: &Row) -> Result<DecisionEntry, StoreError> {
             token_expires_at: row.try_get("token_expires_at")?,
         },
     })
+}
+
+/// The most decisions one group commit takes: the rest wait for the next.
+const GROUP_ROWS: usize = 5_000;
+
+/// The decision log's writer: questions answered at the same moment are logged with one
+/// commit (one fsync) between them, still before any of their answers leaves. One task per
+/// log, started with the first decision; it ends when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct DecisionLog {
+    decisions: Decisions,
+    writer: Arc<OnceLock<mpsc::Sender<LogJob>>>,
+}
+
+#[derive(Debug)]
+struct LogJob {
+    records: Vec<DecisionRecord>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl DecisionLog {
+    pub fn new(decisions: Decisions) -> Self {
+        Self {
+            decisions,
+            writer: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Logs `records`, committed when this returns `Ok`.
+    pub async fn record(&self, records: Vec<DecisionRecord>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let writer = self.writer.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(1024);
+            tokio::spawn(write_groups(self.decisions.clone(), rx));
+            tx
+        });
+        let (done, answer) = oneshot::channel();
+        writer
+            .send(LogJob { records, done })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+/// Takes what is waiting (up to [`GROUP_ROWS`]), commits it at once, and answers each
+/// question. A group that fails is retried question by question, so that each gets its own
+/// outcome rather than a neighbour's.
+async fn write_groups(decisions: Decisions, mut jobs: mpsc::Receiver<LogJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut rows = first.records.len();
+        let mut group = vec![first];
+        while rows < GROUP_ROWS {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    rows += job.records.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<&DecisionRecord> = group.iter().flat_map(|j| &j.records).collect();
+        let outcome = decisions.record(&all).await;
+        drop(all);
+        match outcome {
+            Ok(()) => {
+                for job in group {
+                    let _gone = job.done.send(Ok(()));
+                }
+            }
+            Err(e) if group.len() == 1 => {
+                if let Some(job) = group.pop() {
+                    let _gone = job.done.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for job in group {
+                    let refs: Vec<&DecisionRecord> = job.records.iter().collect();
+                    let alone = decisions.record(&refs).await;
+                    let _gone = job.done.send(alone);
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,105 @@
+//! The decision log's writer on both engines: questions answered together share a commit, each
+//! is answered only once its decisions are committed, and one that cannot be logged fails
+//! alone. (The routes, the rules and the log's readers are tested in crates/api/tests and
+//! crates/app/tests.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use chrono::Utc;
+use idledger_domain::ids::Purpose;
+use idledger_store::decisions::{DecisionFilter, DecisionLog, DecisionRecord};
+use support::*;
+use uuid::Uuid;
+
+on_both_engines!(
+    concurrent_questions_are_all_logged_once,
+    a_question_that_cannot_be_logged_fails_alone
+);
+
+fn record(customer: idledger_domain::ids::CustomerId) -> DecisionRecord {
+    DecisionRecord {
+        decision_id: Uuid::now_v7(),
+        decided_at: Utc::now(),
+        processor_id: "journey".to_owned(),
+        token_id: Uuid::now_v7(),
+        customer_id: customer,
+        purpose: Purpose::parse("marketing").unwrap(),
+        tiers: vec!["low".to_owned()],
+        answers: vec![],
+        allowed: false,
+        basis: None,
+        basis_event_id: None,
+        basis_version: None,
+        stream_version: 1,
+        policy_version: "sha256:x".to_owned(),
+        token_expires_at: None,
+    }
+}
+
+async fn logged_ids(store: &TestStore) -> Vec<Uuid> {
+    let decisions = store.ledger.store().decisions();
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        let page = decisions
+            .list(&DecisionFilter::default(), after, 1000)
+            .await
+            .unwrap();
+        ids.extend(page.items.iter().map(|e| e.decision.decision_id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+async fn concurrent_questions_are_all_logged_once(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let log = DecisionLog::new(store.ledger.store().decisions());
+    let customer = new_customer();
+    // 300 questions of 1 to 3 customers at once: they share commits as they arrive.
+    let questions: Vec<Vec<DecisionRecord>> = (0..300)
+        .map(|i| (0..=i % 3).map(|_| record(customer)).collect())
+        .collect();
+    let sent: BTreeSet<Uuid> = questions.iter().flatten().map(|r| r.decision_id).collect();
+    let answers = futures::future::join_all(questions.into_iter().map(|q| {
+        let log = log.clone();
+        async move { log.record(q).await }
+    }))
+    .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let logged = logged_ids(&store).await;
+    assert_eq!(logged.len(), sent.len(), "each decision once");
+    assert_eq!(logged.into_iter().collect::<BTreeSet<_>>(), sent);
+    // Nothing to log is no commit and no error.
+    log.record(Vec::new()).await.unwrap();
+}
+
+async fn a_question_that_cannot_be_logged_fails_alone(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let log = DecisionLog::new(store.ledger.store().decisions());
+    let customer = new_customer();
+    let first = record(customer);
+    log.record(vec![first.clone()]).await.unwrap();
+    // A decision id logged already cannot be logged again (it is unique): that question fails,
+    // whichever group it lands in; its neighbours are logged.
+    let mut questions: Vec<Vec<DecisionRecord>> = (0..50).map(|_| vec![record(customer)]).collect();
+    questions.insert(25, vec![record(customer), first.clone()]);
+    let answers = futures::future::join_all(questions.iter().cloned().map(|q| {
+        let log = log.clone();
+        async move { log.record(q).await }
+    }))
+    .await;
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.is_err(), i == 25, "question {i}: {answer:?}");
+    }
+    let logged: BTreeSet<Uuid> = logged_ids(&store).await.into_iter().collect();
+    assert_eq!(logged.len(), 51, "the first and the 50 others");
+    assert!(
+        !logged.contains(&questions[25][0].decision_id),
+        "the failed question's other decision is not logged either: its transaction rolled back"
+    );
+}
