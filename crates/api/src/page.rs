@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use idledger_domain::event::{EventPayload, StewardAction};
 use idledger_domain::field::FieldPath;
 use idledger_domain::hashing::HashKey;
+use idledger_domain::ids::CustomerId;
 use idledger_domain::state::{ConsentState, CustomerState};
 use idledger_store::delivery::{
     ConsumerFieldState, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
@@ -63,6 +64,12 @@ pub fn routes(settings: SessionSettings) -> Router<AppState> {
         .route("/steward/exceptions/{id}", get(detail))
         .route("/steward/exceptions/{id}/act", post(act_one))
         .route("/steward/bulk", post(bulk))
+        .route("/steward/customers", get(find_customer))
+        .route("/steward/customers/{id}", get(customer_page))
+        .route(
+            "/steward/customers/{id}/consents/{purpose}/receipt",
+            get(receipt_download),
+        )
         .layer(axum::middleware::from_fn(same_origin))
         .layer(Extension(settings))
 }
@@ -225,12 +232,12 @@ fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 const STYLE: &str = r#"
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
 header{background:#22313f;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1rem;align-items:center}
-header a{color:#fff;text-decoration:none;font-weight:600}header form{margin-left:auto}
+header a{color:#fff;text-decoration:none;font-weight:600}header form{margin-left:auto}header form~form{margin-left:0}
 main{padding:1rem 1.2rem;max-width:1400px}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border-bottom:1px solid #dde1e6;padding:.35rem .5rem;text-align:left;vertical-align:top}
 th{background:#eef1f4;font-weight:600}
-code,pre,.mono{font-family:ui-monospace,monospace;font-size:12.5px}.mono{word-break:break-all}.nowrap{white-space:nowrap}
+code,pre,.mono{font-family:ui-monospace,monospace;font-size:12.5px}.mono{word-break:break-all}.nowrap{white-space:nowrap}.wrap{overflow-wrap:anywhere}
 pre{white-space:pre-wrap;word-break:break-all;background:#fff;border:1px solid #dde1e6;padding:.5rem;margin:0}
 .filters{display:flex;flex-wrap:wrap;gap:.6rem;align-items:end;margin-bottom:1rem}
 .filters label,.act label{display:flex;flex-direction:column;font-size:12px;color:#4a5561}
@@ -262,9 +269,15 @@ fn layout(title: &str, steward: Option<&TokenRecord>, body: Markup) -> Markup {
             body {
                 header {
                     a href="/steward" { "idledger · sync exceptions" }
+                    @if steward.is_some() {
+                        form id="find-customer" method="get" action="/steward/customers" {
+                            input type="text" name="id" size="38" placeholder="customer id" aria-label="customer id";
+                            button type="submit" { "Open record" }
+                        }
+                    }
                     @if let Some(token) = steward {
                         span.muted { "signed in as " "steward:" (token.label) }
-                        form method="post" action="/steward/logout" {
+                        form id="logout" method="post" action="/steward/logout" {
                             button type="submit" { "Log out" }
                         }
                     }
@@ -578,7 +591,7 @@ async fn list(
                                 td { input type="checkbox" name="id" value=(e.id) aria-label="select"; }
                                 td { a href={ "/steward/exceptions/" (e.id) } { (e.kind) } }
                                 td { (e.subject) }
-                                td.mono { (e.customer_id) }
+                                td.mono { a href={ "/steward/customers/" (e.customer_id) } { (e.customer_id) } }
                                 td { (e.field.as_deref().unwrap_or("—")) }
                                 td title=(time(e.created_at)) { (age(e.created_at, now)) }
                                 td { (e.occurrences) "×" }
@@ -854,7 +867,7 @@ async fn exception_page(
                 (record_section(&exception, field.as_ref(), current, hash_key.as_ref()))
                 (consumer_section(&exception, hash_key.as_ref(), field.as_ref(), current, &held_by_consumer))
                 (history_section(&exception, history))
-                (consents_section(current))
+                (consents_section(exception.customer_id, current))
                 (decisions_section(decisions))
             },
         }
@@ -868,7 +881,7 @@ async fn exception_page(
 
 /// Each consent with what its receipt states (the signed receipt itself is
 /// `GET /v1/customers/{id}/consents/{purpose}/receipt`).
-fn consents_section(state: &CustomerState) -> Markup {
+fn consents_section(customer: CustomerId, state: &CustomerState) -> Markup {
     html! {
         section id="consents" {
             h2 { "Consents and their receipts" }
@@ -884,13 +897,181 @@ fn consents_section(state: &CustomerState) -> Markup {
                             td { (c.terms.basis) }
                             td.mono { (c.terms.notice.id()) "@" (c.terms.notice.version()) }
                             td { (c.terms.channel) " via " (c.provenance.source) ", " (time(c.withdrawn_at.unwrap_or(c.granted_at))) }
-                            td.mono { (c.last_event_id) }
+                            td.mono { a href={ "/steward/customers/" (customer) "/consents/" (purpose) "/receipt" } title="the signed receipt (compact JWS)" { (c.last_event_id) } }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// `GET /steward/customers?id=…`: the header's "open record" form.
+async fn find_customer(
+    Steward(_): Steward,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageError> {
+    let query = pairs(query.unwrap_or_default().as_bytes());
+    let raw = one(&query, "id").unwrap_or_default().trim();
+    let id = parse_customer(raw)?;
+    Ok(Redirect::to(&format!("/steward/customers/{id}")).into_response())
+}
+
+fn parse_customer(raw: &str) -> Result<CustomerId, PageError> {
+    CustomerId::parse(raw).map_err(|_| {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "That is not a customer id: paste the id (a UUID) of a customer.",
+        )
+    })
+}
+
+/// A customer's record as a steward sees it: every field with its source, version,
+/// verification and pending change, proposals, consents with their receipts, the latest
+/// decisions and the customer's open exceptions.
+async fn customer_page(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path(raw): Path<String>,
+) -> Result<Response, PageError> {
+    let id = parse_customer(&raw)?;
+    let not_found = || {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("There is no customer {id}."),
+        )
+    };
+    let current = state
+        .ledger
+        .state(id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(not_found)?;
+    let title = format!("Customer {id}");
+    if let Some(erasure) = &current.erased {
+        let body = html! {
+            h1 { "Customer " span.mono { (id) } }
+            p.msg.error id="erased" role="alert" { (erased_message(erasure.at)) }
+        };
+        return Ok(page(StatusCode::GONE, layout(&title, Some(&token), body)));
+    }
+    let decisions = state
+        .app
+        .decider()
+        .decisions()
+        .latest(id, LATEST_DECISIONS)
+        .await
+        .map_err(ApiError::from)?;
+    let open = state
+        .deliveries
+        .exceptions(
+            &ExceptionFilter {
+                customer: Some(id),
+                open_only: true,
+                ..ExceptionFilter::default()
+            },
+            PAGE_SIZE as u32,
+        )
+        .await
+        .map_err(ApiError::from)?;
+    let body = html! {
+        h1 { "Customer " span.mono { (id) } }
+        dl {
+            dt { "Registered" } dd { (current.registered_at.map(time).unwrap_or_else(|| "—".to_owned())) }
+            dt { "Stream version" } dd { (current.stream_version) }
+            @if let Some(r) = &current.restricted {
+                dt { "Processing" } dd id="restricted" { "restricted since " (time(r.since)) ": " (r.reason) }
+            }
+        }
+        div.cols {
+            section id="fields" {
+                h2 { "Fields" }
+                table.compact {
+                    tr { th { "field" } th { "value" } th { "version" } th { "source" } th { "verified" } th { "pending" } }
+                    @for (path, rec) in &current.fields {
+                        tr {
+                            td { code { (path) } }
+                            td.wrap { @match &rec.value { Some(v) => (compact(&v.to_json())), None => span.muted { "—" } } }
+                            td.muted { "v" (rec.version) }
+                            td { (rec.source.as_ref().map(ToString::to_string).unwrap_or_default()) }
+                            td { @if let Some(v) = &rec.verification { "by " (v.verified_by) ", " (time(v.verified_at)) } }
+                            td { @if let Some(p) = &rec.pending { "requested by " (p.requested_by) " until " (time(p.expires_at)) } }
+                        }
+                    }
+                }
+                @if !current.proposals.is_empty() {
+                    h2 { "Proposals waiting" }
+                    ul { @for (pid, p) in &current.proposals {
+                        li { code { (p.field) } ": " code { (compact(&p.value.to_json())) } " from " (p.proposed_by) " " span.muted.mono { (pid) } }
+                    } }
+                }
+            }
+            (consents_section(id, &current))
+            (decisions_section(&decisions))
+            section id="open-exceptions" {
+                h2 { "Open exceptions" }
+                @if open.is_empty() {
+                    p.muted { "None." }
+                } @else {
+                    ul { @for e in &open {
+                        li { a href={ "/steward/exceptions/" (e.id) } { (e.kind) } " · " (e.subject) " · " (e.field.as_deref().unwrap_or("whole customer")) }
+                    } }
+                }
+            }
+        }
+    };
+    Ok(page(StatusCode::OK, layout(&title, Some(&token), body)))
+}
+
+/// The signed receipt of a consent as it stands, to download (a compact JWS that
+/// `idledger receipt verify` or any JOSE library checks against `/.well-known/jwks.json`).
+async fn receipt_download(
+    State(state): State<AppState>,
+    Steward(_): Steward,
+    Path((raw, purpose)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    let id = parse_customer(&raw)?;
+    let purpose = idledger_domain::ids::Purpose::parse(&purpose).map_err(|_| {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such consent.",
+        )
+    })?;
+    let claims = state
+        .app
+        .consent_receipt(
+            &idledger_app::Reader::Overseer,
+            id,
+            &purpose,
+            &state.feed_settings.source,
+        )
+        .await
+        .map_err(ApiError::from)?;
+    let receipt = state
+        .signer
+        .sign(idledger_domain::receipt::RECEIPT_TYP, &claims)
+        .await
+        .map_err(ApiError::from)?;
+    let mut response = (StatusCode::OK, receipt).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jose"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(disposition) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"receipt-{id}-{purpose}.jws\""
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    Ok(response)
 }
 
 /// The customer's latest decisions: who asked to use what, and the answer.
@@ -926,7 +1107,7 @@ fn lifecycle(e: &SyncException) -> Markup {
         section id="lifecycle" {
             dl {
                 dt { "Status" } dd id="status" class={ "status-" (e.status.as_str()) } { (e.status.as_str()) }
-                dt { "Customer" } dd.mono { (e.customer_id) }
+                dt { "Customer" } dd.mono { a id="customer-link" href={ "/steward/customers/" (e.customer_id) } { (e.customer_id) } }
                 dt { "Opened" } dd { (time(e.created_at)) " (" (age(e.created_at, Utc::now())) " ago), seen " (e.occurrences) "×, last " (time(e.updated_at)) }
                 @if let Some(resolution) = e.resolution {
                     dt { "Resolution" } dd id="resolution" { (resolution.as_str()) }

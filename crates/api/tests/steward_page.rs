@@ -44,6 +44,7 @@ on_both_engines!(
     customer_data_is_escaped_and_refusals_are_readable,
     unknown_and_erased_are_readable_pages,
     an_exception_shows_its_customers_consents_and_latest_decisions,
+    a_customers_record_shows_fields_consents_receipts_decisions_and_exceptions,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -473,6 +474,23 @@ async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
         "no actions on a closed exception"
     );
 
+    // The customer's whole record is a click away, and any record can be opened by id.
+    submit(browser, "#customer-link").await;
+    let customer = seeded.divergent.customer_id.to_string();
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        format!("/steward/customers/{customer}")
+    );
+    assert!(text(browser, "#fields").await.contains(&seeded.email));
+    assert!(text(browser, "#consents").await.contains("service"));
+    browser.goto(&app.url("/steward")).await.unwrap();
+    fill(browser, "#find-customer input[name=id]", &customer).await;
+    submit(browser, "#find-customer button").await;
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        format!("/steward/customers/{customer}")
+    );
+
     // The open list no longer has it; dismiss the other one in bulk.
     browser.goto(&app.url("/steward")).await.unwrap();
     assert_eq!(listed_ids(browser).await, vec![stale.clone()]);
@@ -499,7 +517,7 @@ async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
     assert!(text(browser, "#empty").await.contains("No exceptions"));
 
     // Logging out ends the session: the page asks to log in again.
-    submit(browser, "header form button").await;
+    submit(browser, "#logout button").await;
     browser.goto(&app.url("/steward")).await.unwrap();
     assert!(
         browser
@@ -1084,6 +1102,135 @@ async fn an_exception_shows_its_customers_consents_and_latest_decisions(engine: 
         decisions.contains("field_not_allowed_for_processor"),
         "{decisions}"
     );
+}
+
+async fn a_customers_record_shows_fields_consents_receipts_decisions_and_exceptions(
+    engine: Engine,
+) {
+    let app = TestApp::start(engine).await;
+    let seeded = seed(&app).await;
+    let cookie = log_in(&app).await;
+    let ann = seeded.divergent.customer_id.to_string();
+    let reply = app
+        .command(
+            "consent_portal",
+            &ann,
+            "ann-grants",
+            json!([support::grant("marketing", "DE")]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let asked = app
+        .send(
+            Method::POST,
+            "/v1/decisions",
+            Some("consumer"),
+            None,
+            Some(&json!({"customer_id": ann, "purpose": "service", "fields": ["email"]})),
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.text);
+
+    let path = format!("/steward/customers/{ann}");
+    let page = request(&app, Method::GET, &path, Some(&cookie), None, &[]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    let fields = section(&page.html, "fields");
+    assert!(fields.contains("<code>email</code>"), "{fields}");
+    assert!(fields.contains(&seeded.email), "{fields}");
+    assert!(fields.contains("idp"), "the source: {fields}");
+    let consents = section(&page.html, "consents");
+    assert!(consents.contains("<code>marketing</code>"), "{consents}");
+    let decisions = section(&page.html, "decisions");
+    assert!(decisions.contains("crm-sync"), "{decisions}");
+    let open = section(&page.html, "open-exceptions");
+    assert!(
+        open.contains(&format!("/steward/exceptions/{}", seeded.divergent.id)),
+        "{open}"
+    );
+
+    // Each consent's signed receipt downloads as a compact JWS the key set verifies.
+    let receipt = client()
+        .get(app.url(&format!("{path}/consents/marketing/receipt")))
+        .header("cookie", format!("idl_steward={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(receipt.status(), StatusCode::OK);
+    assert_eq!(
+        receipt.headers()["content-type"].to_str().unwrap(),
+        "application/jose"
+    );
+    assert!(
+        receipt.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment;")
+    );
+    let jws = receipt.text().await.unwrap();
+    let keys = app
+        .ledger
+        .signing_keys()
+        .list(Some(idledger_store::jws::TOKEN_PURPOSE))
+        .await
+        .unwrap();
+    let verified = idledger_store::jws::verify_compact(&jws, &keys).unwrap();
+    assert_eq!(verified.claims["sub"], ann.as_str());
+    assert_eq!(verified.claims["purpose"], "marketing");
+    let none = request(
+        &app,
+        Method::GET,
+        &format!("{path}/consents/analytics/receipt"),
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND, "{}", none.html);
+
+    // The header's form opens a record by id; what is not one is a readable 404.
+    let found = request(
+        &app,
+        Method::GET,
+        &format!("/steward/customers?id=+{ann}+"),
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(found.status, StatusCode::SEE_OTHER);
+    assert_eq!(found.location.as_deref(), Some(path.as_str()));
+    for raw in ["not-an-id", "0190a4c6-0000-7000-8000-000000000000"] {
+        let page = request(
+            &app,
+            Method::GET,
+            &format!("/steward/customers/{raw}"),
+            Some(&cookie),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{raw}");
+        assert!(page.html.contains("customer"), "{}", page.html);
+    }
+    // No session, no record.
+    let anonymous = request(&app, Method::GET, &path, None, None, &[]).await;
+    assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+
+    // Erased: nothing of the record is shown.
+    let reply = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{ann}/erasure"),
+            Some("admin"),
+            None,
+            Some(&json!({"reason": "ticket DSR-2", "actor": {"kind": "agent", "id": "dpo@example.org"}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let page = request(&app, Method::GET, &path, Some(&cookie), None, &[]).await;
+    assert_eq!(page.status, StatusCode::GONE);
+    assert!(page.html.contains("was erased at"), "{}", page.html);
+    assert!(!page.html.contains(&seeded.email));
 }
 
 /// The HTML of the `<section id="…">` of a page.
