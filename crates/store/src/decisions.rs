@@ -316,39 +316,22 @@ impl Decisions {
     /// limit allows. Called before the answers leave: what cannot be logged is not answered.
     /// Concurrent questions share commits through [`DecisionLog`].
     pub async fn record(&self, decisions: &[&DecisionRecord]) -> Result<(), StoreError> {
-        if decisions.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.db.begin().await?;
-        for chunk in decisions.chunks(self.db.rows_per_statement(COLUMN_COUNT)) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            for d in chunk {
-                rows.push(vec![
-                    Arg::from(d.decision_id),
-                    Arg::from(truncate_to_micros(d.decided_at)),
-                    Arg::from(d.processor_id.as_str()),
-                    Arg::from(d.token_id),
-                    Arg::from(d.customer_id.as_uuid()),
-                    Arg::from(d.purpose.as_str()),
-                    Arg::from(serde_json::to_string(&d.tiers)?),
-                    Arg::from(serde_json::to_string(&d.answers)?),
-                    Arg::from(d.allowed),
-                    Arg::from(d.basis.map(|b| b.as_str())),
-                    Arg::from(d.basis_event_id.map(|e| e.as_uuid())),
-                    Arg::from(
-                        d.basis_version
-                            .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
-                    ),
-                    Arg::from(d.stream_version),
-                    Arg::from(d.policy_version.as_str()),
-                    Arg::from(d.token_expires_at.map(truncate_to_micros)),
-                ]);
+        let per_statement = self.db.rows_per_statement(COLUMN_COUNT);
+        match decisions.len() {
+            0 => Ok(()),
+            // One statement commits on its own: no transaction's round trips.
+            n if n <= per_statement => insert_decisions(decisions)?
+                .execute(&self.db)
+                .await
+                .map(drop),
+            _ => {
+                let mut tx = self.db.begin().await?;
+                for chunk in decisions.chunks(per_statement) {
+                    insert_decisions(chunk)?.execute(&mut tx).await?;
+                }
+                tx.commit().await
             }
-            let mut q = sql("INSERT INTO decisions (");
-            q.push(COLUMNS).push(") ").push_values(rows, |r| r);
-            q.execute(&mut tx).await?;
         }
-        tx.commit().await
     }
 
     /// A page of the log, oldest first, after `after`.
@@ -414,6 +397,36 @@ impl Decisions {
         )
         .await
     }
+}
+
+/// One `INSERT` of `chunk` into the decision log.
+fn insert_decisions(chunk: &[&DecisionRecord]) -> Result<crate::sql::Sql, StoreError> {
+    let mut rows = Vec::with_capacity(chunk.len());
+    for d in chunk {
+        rows.push(vec![
+            Arg::from(d.decision_id),
+            Arg::from(truncate_to_micros(d.decided_at)),
+            Arg::from(d.processor_id.as_str()),
+            Arg::from(d.token_id),
+            Arg::from(d.customer_id.as_uuid()),
+            Arg::from(d.purpose.as_str()),
+            Arg::from(serde_json::to_string(&d.tiers)?),
+            Arg::from(serde_json::to_string(&d.answers)?),
+            Arg::from(d.allowed),
+            Arg::from(d.basis.map(|b| b.as_str())),
+            Arg::from(d.basis_event_id.map(|e| e.as_uuid())),
+            Arg::from(
+                d.basis_version
+                    .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+            ),
+            Arg::from(d.stream_version),
+            Arg::from(d.policy_version.as_str()),
+            Arg::from(d.token_expires_at.map(truncate_to_micros)),
+        ]);
+    }
+    let mut q = sql("INSERT INTO decisions (");
+    q.push(COLUMNS).push(") ").push_values(rows, |r| r);
+    Ok(q)
 }
 
 /// The `region` and `transfer_basis` columns of a processor's or consumer's row (`what`
