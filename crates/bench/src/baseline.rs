@@ -73,9 +73,11 @@ pub async fn pg_insert(
     clients: usize,
     duration: Duration,
 ) -> Result<Throughput, BenchError> {
+    // Connected as the server's store connects (the same TLS default), so the two compare.
+    let options = idledger_store::pg_connect_options(url).step("bad baseline database URL")?;
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(clients).unwrap_or(u32::MAX))
-        .connect(url)
+        .connect_with(options)
         .await
         .step("cannot connect to the baseline database")?;
     sqlx::raw_sql(PG_TABLE)

@@ -50,7 +50,7 @@ pub use log::EventLog;
 pub use model::{LogEntry, RecordedEvent, ShreddedEvent};
 pub use runs::Runs;
 pub use sql::Engine;
-pub use store::Store;
+pub use store::{Store, pg_connect_options};
 pub use tokens::{
     IssuedToken, OpenedSession, Role, Scope, Session, SessionLimits, TokenRecord, Tokens,
 };

@@ -45,12 +45,11 @@ impl Store {
     /// Connects to PostgreSQL with a pool of at most `max_connections`, and migrates.
     ///
     /// The URL goes to sqlx whole, so libpq's TLS parameters apply: `sslmode` (`disable`,
-    /// `prefer` (the default, or `PGSSLMODE`), `require`, `verify-ca`, `verify-full`),
+    /// `prefer` (the default, or `PGSSLMODE`; but see [`pg_connect_options`] for a loopback
+    /// host), `require`, `verify-ca`, `verify-full`),
     /// `sslrootcert`, and `sslcert`/`sslkey` for a client certificate.
     pub async fn postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?;
+        let options = pg_connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             // While PostgreSQL is down a request waits this long for a connection before it
@@ -138,6 +137,43 @@ impl Store {
     }
 }
 
+/// The connection options a PostgreSQL URL names, as libpq reads them, but for one default:
+/// a server on a loopback address (`localhost`, `127.0.0.0/8`, `::1`) or a Unix socket is
+/// reached without TLS unless the URL's `sslmode` or `PGSSLMODE` asks for it. TLS there
+/// protects nothing (whoever can read loopback traffic can read the process), and through
+/// sqlx's rustls socket it costs most of the command throughput (docs/benchmarks.md, run 7).
+/// Any other host keeps libpq's `prefer`.
+pub fn pg_connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    connect_options(url, std::env::var_os("PGSSLMODE").is_some())
+}
+
+fn connect_options(url: &str, pgsslmode_set: bool) -> Result<PgConnectOptions, StoreError> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?;
+    let asked = pgsslmode_set
+        || url::Url::parse(url)
+            .map(|u| {
+                u.query_pairs()
+                    .any(|(k, _)| k == "sslmode" || k == "ssl-mode")
+            })
+            .unwrap_or(true);
+    if asked || !is_local(options.get_host()) {
+        return Ok(options);
+    }
+    Ok(options.ssl_mode(PgSslMode::Disable))
+}
+
+/// A loopback address or a Unix socket directory.
+fn is_local(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Why the first connection to PostgreSQL failed. A TLS failure there is the URL's `sslmode`
 /// and the server disagreeing (or a certificate file missing): a configuration error, said
 /// with the database it was for (never the password) and what the URL demanded. Other
@@ -209,5 +245,54 @@ fn ssl_mode_name(mode: PgSslMode) -> &'static str {
         PgSslMode::Require => "require",
         PgSslMode::VerifyCa => "verify-ca",
         PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn mode(url: &str, pgsslmode_set: bool) -> &'static str {
+        ssl_mode_name(connect_options(url, pgsslmode_set).unwrap().get_ssl_mode())
+    }
+
+    /// What sqlx alone makes of the URL (libpq's rules, PGSSLMODE included).
+    fn libpq(url: &str) -> &'static str {
+        ssl_mode_name(url.parse::<PgConnectOptions>().unwrap().get_ssl_mode())
+    }
+
+    #[test]
+    fn loopback_defaults_to_no_tls_and_an_asked_sslmode_always_wins() {
+        for local in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@127.1.2.3/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]:5432/db",
+        ] {
+            assert_eq!(mode(local, false), "disable", "{local}");
+            // PGSSLMODE set: libpq's reading of it stands.
+            assert_eq!(mode(local, true), libpq(local), "{local}");
+        }
+        for remote in [
+            "postgres://u@db.internal:5432/db",
+            "postgres://u@10.0.0.7/db",
+        ] {
+            assert_eq!(mode(remote, false), libpq(remote), "{remote}");
+            assert_ne!(libpq(&format!("{remote}?sslmode=prefer")), "disable");
+        }
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require", false),
+            "require"
+        );
+        assert_eq!(
+            mode("postgres://u@localhost/db?sslmode=prefer", false),
+            "prefer"
+        );
+        assert_eq!(
+            mode("postgres://u@10.0.0.7/db?ssl-mode=disable", false),
+            "disable"
+        );
+        assert!(connect_options("postgres://u@[bad/db", false).is_err());
     }
 }
