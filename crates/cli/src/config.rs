@@ -139,8 +139,10 @@ impl ConfigFile {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub database: Database,
-    /// Whether the database came from a flag or the environment rather than the default.
-    pub database_given: bool,
+    /// Where the database setting came from.
+    pub database_from: DatabaseFrom,
+    /// Whether the data directory was named (flag or `IDLEDGER__DATA_DIR`), not defaulted.
+    pub data_dir_given: bool,
     pub master_key: KeySource,
     pub policy: PolicySource,
     /// The configuration file's `[server]` table (flags and variables override it in `serve`).
@@ -152,6 +154,19 @@ pub struct Settings {
     pub checkpoints: CheckpointsFile,
     /// NATS secrets from the environment (IDLEDGER__NATS__PASSWORD, IDLEDGER__NATS__TOKEN).
     pub nats_secrets: NatsSecrets,
+}
+
+/// Where [`Settings::database`] came from, in order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseFrom {
+    /// `--database` or `IDLEDGER__DATABASE_URL`: said to idledger itself.
+    Flag,
+    /// The generic `DATABASE_URL` variable (often set for other tools in the same shell).
+    DatabaseUrl,
+    /// The configuration file's `database_url`.
+    File,
+    /// The embedded store in the data directory.
+    DataDir,
 }
 
 /// The environment variable holding the NATS password of `[nats] user`.
@@ -232,11 +247,18 @@ impl Settings {
             .database
             .clone()
             .filter(|url| !url.trim().is_empty())
-            .or_else(|| env("DATABASE_URL"))
-            .or(file.database_url.filter(|url| !url.trim().is_empty()));
-        let database = match &given {
-            Some(url) => Database::parse(url)?,
-            None => Database::Sqlite(data_dir.join(DB_FILE)),
+            .map(|url| (url, DatabaseFrom::Flag))
+            .or_else(|| env("DATABASE_URL").map(|url| (url, DatabaseFrom::DatabaseUrl)))
+            .or(file
+                .database_url
+                .filter(|url| !url.trim().is_empty())
+                .map(|url| (url, DatabaseFrom::File)));
+        let (database, database_from) = match &given {
+            Some((url, from)) => (Database::parse(url)?, *from),
+            None => (
+                Database::Sqlite(data_dir.join(DB_FILE)),
+                DatabaseFrom::DataDir,
+            ),
         };
         let key_file = args
             .master_key_file
@@ -271,7 +293,8 @@ impl Settings {
         Ok(Self {
             data_dir,
             database,
-            database_given: given.is_some(),
+            database_from,
+            data_dir_given: args.data_dir.is_some(),
             master_key,
             policy,
             server: file.server,
@@ -285,6 +308,32 @@ impl Settings {
                 token: env(NATS_TOKEN_ENV).map(Zeroizing::new),
             },
         })
+    }
+
+    /// Whether a database was named at all (else the data directory's embedded store).
+    pub fn database_given(&self) -> bool {
+        self.database_from != DatabaseFrom::DataDir
+    }
+
+    /// What a user should know about how the settings were read: a data directory named
+    /// while a database from elsewhere wins over its embedded store.
+    pub fn notes(&self) -> Vec<String> {
+        let from = match self.database_from {
+            DatabaseFrom::DatabaseUrl => "DATABASE_URL",
+            DatabaseFrom::File => "the configuration file's database_url",
+            DatabaseFrom::Flag | DatabaseFrom::DataDir => return Vec::new(),
+        };
+        if !self.data_dir_given {
+            return Vec::new();
+        }
+        vec![format!(
+            "note: using the database from {from} ({}), not the embedded store in --data-dir {} \
+             (which still holds the master key file, unless one is named); pass --database to \
+             choose: --database sqlite://{}",
+            self.database,
+            self.data_dir.display(),
+            self.data_dir.join(DB_FILE).display()
+        )]
     }
 
     /// Loads the authority policy, naming the file when it does not parse.
@@ -437,22 +486,37 @@ mod tests {
             s.database,
             Database::Sqlite(PathBuf::from("/var/lib/idledger/idledger.db"))
         );
-        assert!(!s.database_given);
+        assert!(!s.database_given());
+        assert_eq!(s.database_from, DatabaseFrom::DataDir);
         let s = Settings::resolve(
             &args(None, None),
             env(&[("DATABASE_URL", "postgres://h/db")]),
         )
         .unwrap();
         assert_eq!(s.database, Database::Postgres("postgres://h/db".to_owned()));
-        assert!(s.database_given);
+        assert_eq!(s.database_from, DatabaseFrom::DatabaseUrl);
+        // The data directory was named (the helper names one): the user is told which wins.
+        let notes = s.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("DATABASE_URL"), "{notes:?}");
+        assert!(notes[0].contains("--database sqlite:///var/lib/idledger/idledger.db"));
+        let mut unnamed = args(None, None);
+        unnamed.data_dir = None;
+        let s = Settings::resolve(&unnamed, env(&[("DATABASE_URL", "postgres://h/db")])).unwrap();
+        assert!(
+            s.notes().is_empty(),
+            "no data directory named: nothing to say"
+        );
         let s = Settings::resolve(
             &args(Some("sqlite://x.db"), None),
             env(&[("DATABASE_URL", "postgres://h/db")]),
         )
         .unwrap();
         assert_eq!(s.database, Database::Sqlite(PathBuf::from("x.db")));
+        assert_eq!(s.database_from, DatabaseFrom::Flag);
+        assert!(s.notes().is_empty(), "the flag said it");
         let s = Settings::resolve(&args(None, None), env(&[("DATABASE_URL", "  ")])).unwrap();
-        assert!(!s.database_given);
+        assert!(!s.database_given());
     }
 
     #[test]

@@ -36,6 +36,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&cli.global, |name| std::env::var(name).ok())?;
     tracing::debug!(?settings, "settings");
+    // The demo always takes a fresh embedded store: the notes are about the others.
+    if !matches!(cli.command, Command::Demo) {
+        for note in settings.notes() {
+            let _ = writeln!(std::io::stderr(), "{note}");
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -21,7 +21,7 @@ pub enum KeyUse {
 
 /// Opens the database and applies pending migrations.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    if settings.database.sqlite_path().is_some() && !settings.database_given {
+    if settings.database.sqlite_path().is_some() && !settings.database_given() {
         settings.ensure_data_dir()?;
     }
     let url = settings.database.url()?;

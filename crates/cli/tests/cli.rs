@@ -325,6 +325,42 @@ fn demo_refuses_a_database_that_holds_events() {
 }
 
 #[test]
+fn the_demo_takes_a_fresh_store_whatever_database_url_says_and_others_say_which_they_use() {
+    let dir = TempDir::new("demo-database-url");
+    // A shell set up for another tool: no server listens there, so using it would fail.
+    let elsewhere = [(
+        "DATABASE_URL",
+        "postgres://someone:secret@127.0.0.1:1/other",
+    )];
+    let run = idledger_with_env(&dir, &["demo"], &elsewhere).success();
+    assert!(
+        run.stdout.contains("demo-"),
+        "a fresh demo file: {}",
+        run.stdout
+    );
+    assert!(!run.stderr.contains("note:"), "{}", run.stderr);
+    // Another command with --data-dir (the helper names one) and DATABASE_URL: it says which
+    // database it took and how to choose, without the password.
+    let run = idledger_with_env(&dir, &["migrate"], &elsewhere).fail();
+    assert!(
+        run.stderr
+            .contains("note: using the database from DATABASE_URL (postgres://someone:***@"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("pass --database to choose"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("secret"), "{}", run.stderr);
+    // The flag says it: no note.
+    let url = dir.sqlite_url("chosen.db");
+    let run = idledger_with_env(&dir, &["--database", &url, "migrate"], &elsewhere).success();
+    assert!(!run.stderr.contains("note:"), "{}", run.stderr);
+}
+
+#[test]
 fn migrate_then_verify_an_empty_store() {
     let dir = TempDir::new("migrate");
     idledger(&dir, &["migrate"])

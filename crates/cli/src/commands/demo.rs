@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use crate::commands::{rebuild, verify};
-use crate::config::{Database, Settings};
+use crate::config::{Database, DatabaseFrom, Settings};
 use crate::render::{self, kv, time};
 use crate::store::{self, KeyUse};
 use crate::view;
@@ -65,7 +65,7 @@ pub async fn run(settings: &Settings, out: &mut dyn Write) -> anyhow::Result<Exi
     if events > 0 {
         bail!(
             "the demo records sample customers and needs an empty database, but {} holds {events} events; \
-             leave out --database (and DATABASE_URL) to use a fresh file in the data directory",
+             leave out --database to use a fresh file in the data directory",
             settings.database
         );
     }
@@ -184,10 +184,13 @@ pub async fn run(settings: &Settings, out: &mut dyn Write) -> anyhow::Result<Exi
 }
 
 /// The settings with the database replaced by a new SQLite file in the data directory,
-/// unless a database was given.
+/// unless `--database` (or `IDLEDGER__DATABASE_URL`) names one: a `DATABASE_URL` set for other
+/// tools, or a configuration file's database, is no request to fill that database with
+/// sample customers.
 fn demo_settings(settings: &Settings) -> anyhow::Result<Settings> {
     let mut settings = settings.clone();
-    if !settings.database_given {
+    if settings.database_from != DatabaseFrom::Flag {
+        settings.database_from = DatabaseFrom::DataDir;
         let name = format!("demo-{}.db", Utc::now().format("%Y%m%dT%H%M%S%3fZ"));
         let path = settings.data_dir.join(name);
         if path.exists() {
