@@ -22,12 +22,13 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use idledger_domain::event::{EventPayload, StewardAction};
-use idledger_domain::field::FieldPath;
+use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::hashing::HashKey;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::state::{ConsentState, CustomerState};
 use idledger_store::delivery::{
-    ConsumerFieldState, ExceptionFilter, ExceptionKind, ExceptionStatus, SyncException,
+    ConsumerFieldState, ExceptionFilter, ExceptionKind, ExceptionStatus, ExceptionSubject,
+    SyncException,
 };
 use idledger_store::{RecordedEvent, Role, Scope, Session, SessionLimits, StoreError, TokenRecord};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -570,6 +571,10 @@ async fn list(
         items.last().map(|e| e.id)
     });
     let next = next.flatten();
+    let labels = match labels(&state, &items).await {
+        Ok(labels) => labels,
+        Err(e) => return PageError::from(ApiError::from(e)).into_response(),
+    };
     let body = html! {
         h1 { "Sync exceptions" }
         @for error in &errors {
@@ -582,7 +587,7 @@ async fn list(
             form method="post" action="/steward/bulk" {
                 table id="exceptions" {
                     thead { tr {
-                        th { "" } th { "Kind" } th { "Consumer / system" } th { "Customer" }
+                        th { "" } th { "Kind" } th { "About" } th { "Customer" }
                         th { "Field" } th { "Age" } th { "Seen" } th { "Status" }
                     } }
                     tbody {
@@ -590,8 +595,13 @@ async fn list(
                             tr data-id=(e.id) {
                                 td { input type="checkbox" name="id" value=(e.id) aria-label="select"; }
                                 td { a href={ "/steward/exceptions/" (e.id) } { (e.kind) } }
-                                td { (e.subject) }
-                                td.mono { a href={ "/steward/customers/" (e.customer_id) } { (e.customer_id) } }
+                                td { (subject_label(&e.subject)) }
+                                td { a href={ "/steward/customers/" (e.customer_id) } {
+                                    @match labels.get(&e.customer_id) {
+                                        Some(label) => (label),
+                                        None => span.mono { (e.customer_id) },
+                                    }
+                                } }
                                 td { (e.field.as_deref().unwrap_or("—")) }
                                 td title=(time(e.created_at)) { (age(e.created_at, now)) }
                                 td { (e.occurrences) "×" }
@@ -850,7 +860,7 @@ async fn exception_page(
     let title = format!("{} exception", exception.kind);
     let body = html! {
         p { a href="/steward" { "← all exceptions" } }
-        h1 { (exception.kind) " · " (exception.subject) " · " (exception.field.as_deref().unwrap_or("whole customer")) }
+        h1 { (exception.kind) " · " (subject_label(&exception.subject)) " · " (exception.field.as_deref().unwrap_or("whole customer")) }
         @match &notice {
             Some(Notice::Done(message)) => p.msg.ok role="status" { (message) },
             Some(Notice::Failed(message)) => p.msg.error role="alert" { (message) },
@@ -977,7 +987,10 @@ async fn customer_page(
         .await
         .map_err(ApiError::from)?;
     let body = html! {
-        h1 { "Customer " span.mono { (id) } }
+        h1 { @match display_label(&current) {
+            Some(label) => { (label) " " span.muted.mono { (id) } },
+            None => { "Customer " span.mono { (id) } },
+        } }
         dl {
             dt { "Registered" } dd { (current.registered_at.map(time).unwrap_or_else(|| "—".to_owned())) }
             dt { "Stream version" } dd { (current.stream_version) }
@@ -1074,6 +1087,63 @@ async fn receipt_download(
     Ok(response)
 }
 
+/// How a steward recognises a customer: their name and a masked email (`a…@example.org`), as
+/// far as the record holds them; `None` for a record with neither (or an erased one).
+fn display_label(state: &CustomerState) -> Option<String> {
+    let name = [FieldPath::NameGiven, FieldPath::NameFamily]
+        .iter()
+        .filter_map(|f| match state.value(f) {
+            Some(FieldValue::PersonName(n)) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let email = match state.value(&FieldPath::Email) {
+        Some(FieldValue::Email(e)) => Some(mask_email(e.as_str())),
+        _ => None,
+    };
+    let parts: Vec<String> = (!name.is_empty())
+        .then_some(name)
+        .into_iter()
+        .chain(email)
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
+/// The first character of the local part and the domain: enough to tell customers apart on a
+/// list, not the address.
+fn mask_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}…@{domain}")
+        }
+        None => "…".to_owned(),
+    }
+}
+
+/// Each listed exception's customer label, by customer (read 8 at a time).
+async fn labels(
+    state: &AppState,
+    items: &[SyncException],
+) -> Result<std::collections::HashMap<CustomerId, String>, StoreError> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    let mut customers: Vec<CustomerId> = items.iter().map(|e| e.customer_id).collect();
+    customers.sort_unstable();
+    customers.dedup();
+    futures::stream::iter(customers)
+        .map(|c| async move { state.ledger.state(c).await.map(|s| (c, s)) })
+        .buffer_unordered(8)
+        .try_filter_map(|(c, s)| async move {
+            Ok(s.filter(|s| s.erased.is_none())
+                .as_ref()
+                .and_then(display_label)
+                .map(|label| (c, label)))
+        })
+        .try_collect()
+        .await
+}
+
 /// The customer's latest decisions: who asked to use what, and the answer.
 fn decisions_section(decisions: &[idledger_store::decisions::DecisionEntry]) -> Markup {
     html! {
@@ -1099,6 +1169,15 @@ fn decisions_section(decisions: &[idledger_store::decisions::DecisionEntry]) -> 
                 }
             }
         }
+    }
+}
+
+/// Whom an exception is about, said as what it is: a consumer, or a source system.
+fn subject_label(subject: &ExceptionSubject) -> String {
+    match (subject.consumer(), subject.source()) {
+        (Some(c), _) => format!("consumer {c}"),
+        (None, Some(s)) => format!("source {s}"),
+        (None, None) => subject.to_string(),
     }
 }
 
@@ -1207,7 +1286,7 @@ fn record_section(
                 @for (path, rec) in &state.fields {
                     tr class=[(Some(path) == field).then_some("mine")] {
                         td { code { (path) } }
-                        td { @match &rec.value { Some(v) => (compact(&v.to_json())), None => span.muted { "—" } } }
+                        td.wrap { @match &rec.value { Some(v) => (compact(&v.to_json())), None => span.muted { "—" } } }
                         td.muted { "v" (rec.version) }
                         td.muted { (rec.source.as_ref().map(ToString::to_string).unwrap_or_default()) }
                     }
@@ -1279,9 +1358,9 @@ fn history_section(e: &SyncException, history: &[RecordedEvent]) -> Markup {
                             tr class=[mine.then_some("mine")] data-type=(event.payload.type_name()) {
                                 td { (r.envelope.stream_version) }
                                 td { code { (event.payload.type_name()) } }
-                                td { (event.provenance.source) br; span.muted { (event.provenance.actor) } }
+                                td.wrap { (event.provenance.source) br; span.muted { (event.provenance.actor) } }
                                 td.nowrap { (r.recorded_at.format("%Y-%m-%d")) br; (r.recorded_at.format("%H:%M:%S")) }
-                                td { (describe(&event.payload)) }
+                                td.wrap { (describe(&event.payload)) }
                             }
                         }
                     }

@@ -1131,9 +1131,47 @@ async fn a_customers_record_shows_fields_consents_receipts_decisions_and_excepti
         .await;
     assert_eq!(asked.status, StatusCode::OK, "{}", asked.text);
 
+    // Customers are named readably on the list: a masked email, never the address, and what
+    // each exception is about (a consumer here).
+    let reply = app
+        .command(
+            "idp",
+            &ann,
+            "ann-named",
+            json!([
+                {"op": "set_field", "field": "name.given", "value": "Ann"},
+                {"op": "set_field", "field": "name.family", "value": "Lee"}
+            ]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let list = request(
+        &app,
+        Method::GET,
+        "/steward?status=all",
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.html);
+    assert!(
+        list.html.contains("Ann Lee · a…@example.org"),
+        "{}",
+        list.html
+    );
+    assert!(list.html.contains("b…@example.net"), "{}", list.html);
+    assert!(list.html.contains("consumer crm-sync"), "{}", list.html);
+    assert!(!list.html.contains(&seeded.email), "the address is masked");
+
     let path = format!("/steward/customers/{ann}");
     let page = request(&app, Method::GET, &path, Some(&cookie), None, &[]).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    assert!(
+        page.html.contains("<h1>Ann Lee · a…@example.org"),
+        "{}",
+        page.html
+    );
     let fields = section(&page.html, "fields");
     assert!(fields.contains("<code>email</code>"), "{fields}");
     assert!(fields.contains(&seeded.email), "{fields}");
