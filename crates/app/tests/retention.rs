@@ -299,6 +299,7 @@ async fn commit_handoffs(s: &Scene, times: &[DateTime<Utc>]) {
     s.app
         .deliveries()
         .commit(&DeliveryCommit {
+            outbox_done: &[],
             consumer: &crm,
             handoffs: &handoffs,
             relations: &[],

@@ -67,6 +67,21 @@ pub const RESTRICTION_SUBJECT_FIELD: &str = "processing.restricted";
 /// Final: nothing of this customer follows.
 pub const CUSTOMER_ERASED: &str = "idledger.customer.erased.v1";
 
+/// The constant for a CloudEvent type we send (`None`: not one of ours).
+pub fn known_type(event_type: &str) -> Option<&'static str> {
+    [
+        FIELD_CHANGED,
+        FIELD_CLEARED,
+        CONSENT_CHANGED,
+        CONSENT_WITHDRAWN,
+        CONSENT_GRANTED,
+        PROCESSING_RESTRICTED,
+        CUSTOMER_ERASED,
+    ]
+    .into_iter()
+    .find(|t| *t == event_type)
+}
+
 /// A CloudEvents 1.0 event in structured JSON mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CloudEvent {

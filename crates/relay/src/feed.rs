@@ -69,7 +69,7 @@ impl Feed {
             .await?;
         let served: Vec<&Planned> = batch.messages.iter().collect();
         self.planner
-            .commit(consumer, ChannelKind::Feed, &served, None, now)
+            .commit(consumer, ChannelKind::Feed, &served, &[], None, now)
             .await?;
         Ok(FeedPage {
             items: batch

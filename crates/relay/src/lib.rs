@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod error;
 pub mod feed;
 pub mod nats;
+mod outbox;
 pub mod plan;
 mod relay;
 pub mod webhook;

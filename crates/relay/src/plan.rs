@@ -30,6 +30,8 @@ pub struct Planned {
     /// The consumer's relation to the customer once this is delivered, where this batch
     /// changes it.
     pub relation: Option<Relation>,
+    /// Its place in the consumer's outbox batch, once recorded there.
+    pub seq: u32,
 }
 
 /// What one step has to send.
@@ -52,6 +54,8 @@ pub struct Erased {
     /// Every pseudonymous consumer's alias of the customer (disabled ones too): their
     /// messages carry it instead of the id.
     pub aliases: Vec<(ConsumerId, Uuid)>,
+    /// Its place in the consumer's outbox batch, once recorded there.
+    pub seq: u32,
 }
 
 /// What every delivery task shares.
@@ -169,6 +173,7 @@ impl Planner {
                     customer_id: event.customer_id,
                     position: event.global_position,
                     aliases: self.aliases(event.customer_id).await?,
+                    seq: 0,
                 });
             }
             let relation = relations.get(&event.customer_id).copied();
@@ -212,6 +217,7 @@ impl Planner {
                         receipt.as_deref(),
                     )?,
                     relation,
+                    seq: 0,
                 });
             }
         }
@@ -360,16 +366,18 @@ impl Planner {
         Ok(())
     }
 
-    /// Records delivered messages (handoff log and relations) and the new checkpoint at once.
+    /// Records delivered messages (handoff log and relations), the outbox items now handled
+    /// and the new checkpoint at once.
     pub async fn commit(
         &self,
         consumer: &Consumer,
         channel: ChannelKind,
         delivered: &[&Planned],
+        outbox_done: &[u32],
         checkpoint: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<(), RelayError> {
-        if delivered.is_empty() && checkpoint.is_none() {
+        if delivered.is_empty() && outbox_done.is_empty() && checkpoint.is_none() {
             return Ok(());
         }
         let handoffs: Vec<Handoff> = delivered
@@ -386,6 +394,7 @@ impl Planner {
                 handoffs: &handoffs,
                 relations: &relations,
                 checkpoint,
+                outbox_done,
                 at: now,
             })
             .await?;
@@ -432,6 +441,7 @@ impl Planner {
                 notices.push(Planned {
                     message,
                     relation: Some(Relation::Withdrawn),
+                    seq: 0,
                 });
             }
         }

@@ -1,6 +1,14 @@
 //! One consumer's delivery loop, the same for every push channel: read from its checkpoint,
-//! plan, send, commit what was delivered together with the new checkpoint; back off on
-//! failure; now and then sweep for consents that ran out without an event.
+//! plan, record the plan in the outbox, send, commit what was delivered together with the new
+//! checkpoint; back off on failure; now and then sweep for consents that ran out without an
+//! event.
+//!
+//! Decided once: a batch is recorded in the consumer's outbox before anything of it is sent,
+//! and after a failure (a PubAck that never came, a webhook timing out, a crash) the retry
+//! sends what the outbox holds — the same messages, same ids — before planning anything new.
+//! So a message that reached the consumer though its send seemed to fail is sent again under
+//! its id (NATS drops the duplicate, webhook receivers by `Idledger-Message-Id`) and lands in
+//! the handoff log, rather than being replaced by whatever a new decision would say.
 //!
 //! Each consumer has its own checkpoint and task, so a consumer whose endpoint is down, or one
 //! registered later and catching up from the beginning, holds back no one else.
@@ -16,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RelayConfig;
 use crate::error::RelayError;
 use crate::nats::NatsSender;
+use crate::outbox;
 use crate::plan::{Batch, Planned, Planner};
 use crate::webhook::WebhookSender;
 
@@ -74,6 +83,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut checkpoint: Option<u64> = None;
+    // Whether the consumer's outbox is known to be empty; read again after any failure.
+    let mut outbox_clear = false;
     let mut failures = 0u32;
     let mut next_sweep = Instant::now() + config.expiry_sweep_interval;
     tracing::info!(consumer = %consumer.id, channel = sender.kind().as_str(), "delivery started");
@@ -85,6 +96,7 @@ pub async fn run(
             &consumer,
             &mut sender,
             &mut checkpoint,
+            &mut outbox_clear,
             sweep,
             &cancel,
         )
@@ -129,12 +141,14 @@ enum Step {
     RetryIn(Duration),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn step(
     planner: &Planner,
     config: &RelayConfig,
     consumer: &Consumer,
     sender: &mut Sender,
     checkpoint: &mut Option<u64>,
+    outbox_clear: &mut bool,
     sweep: bool,
     cancel: &CancellationToken,
 ) -> Result<Step, RelayError> {
@@ -149,21 +163,52 @@ async fn step(
             })?,
     };
     *checkpoint = Some(after);
-    let now = Utc::now();
-    let batch = if sweep {
-        Batch {
-            messages: planner.sweep(consumer, after, now).await?,
-            last_position: None,
-            erasures: Vec::new(),
+    // Items handled without being sent: those of a customer erased since they were decided.
+    let mut done: Vec<u32> = Vec::new();
+    let mut decided = None;
+    if !*outbox_clear {
+        let pending = planner.ledger.pending_outbox(&consumer.id).await?;
+        if !pending.items.is_empty() {
+            tracing::info!(consumer = %consumer.id, items = pending.items.len(), "sending again a batch decided before a failure");
+            let (batch, dropped) = outbox::batch(pending)?;
+            done = dropped;
+            decided = Some(batch);
         }
-    } else {
-        planner
-            .plan(consumer, after, config.batch_size, now)
-            .await?
+    }
+    let batch = match decided {
+        Some(batch) => batch,
+        None => {
+            let now = Utc::now();
+            let mut batch = if sweep {
+                Batch {
+                    messages: planner.sweep(consumer, after, now).await?,
+                    last_position: None,
+                    erasures: Vec::new(),
+                }
+            } else {
+                planner
+                    .plan(consumer, after, config.batch_size, now)
+                    .await?
+            };
+            if !batch.messages.is_empty() || !batch.erasures.is_empty() {
+                let kept = planner
+                    .ledger
+                    .record_outbox(&consumer.id, &outbox::items(&batch)?, batch.last_position)
+                    .await?;
+                outbox::number(&mut batch, &kept);
+            }
+            batch
+        }
     };
-    if batch.messages.is_empty() && batch.last_position.is_none() {
+    if batch.messages.is_empty()
+        && batch.erasures.is_empty()
+        && batch.last_position.is_none()
+        && done.is_empty()
+    {
+        *outbox_clear = true;
         return Ok(Step::Idle);
     }
+    *outbox_clear = false;
     let sent = sender.send(planner, consumer, &batch, cancel).await;
     let delivered: Vec<&Planned> = sent.delivered.iter().map(|i| &batch.messages[*i]).collect();
     let unhandled = sent
@@ -172,6 +217,21 @@ async fn step(
         .into_iter()
         .chain(sent.stopped_at)
         .min();
+    // Handled: delivered, or before the first message not handled (skipped ones included);
+    // an erasure, once no unhandled message or erasure comes before it.
+    let mut handled = 0usize;
+    for (i, planned) in batch.messages.iter().enumerate() {
+        if sent.first_unhandled.is_none_or(|f| i < f) || sent.delivered.contains(&i) {
+            done.push(planned.seq);
+            handled += 1;
+        }
+    }
+    for erased in &batch.erasures {
+        if unhandled.is_none_or(|u| erased.position < u) {
+            done.push(erased.seq);
+            handled += 1;
+        }
+    }
     let new_checkpoint = match unhandled {
         None => batch.last_position,
         Some(position) => position.checked_sub(1),
@@ -182,6 +242,7 @@ async fn step(
             consumer,
             sender.kind(),
             &delivered,
+            &done,
             new_checkpoint,
             Utc::now(),
         )
@@ -189,6 +250,7 @@ async fn step(
     if let Some(position) = new_checkpoint {
         *checkpoint = Some(position);
     }
+    *outbox_clear = handled == batch.messages.len() + batch.erasures.len();
     if let Some(e) = sent.error {
         return Err(e);
     }

@@ -388,6 +388,8 @@ pub struct DeliveryCommit<'a> {
     pub relations: &'a [(CustomerId, Relation)],
     /// The new checkpoint; never moves backwards.
     pub checkpoint: Option<u64>,
+    /// Outbox items now handled (delivered or skipped): they leave the outbox.
+    pub outbox_done: &'a [u32],
     pub at: DateTime<Utc>,
 }
 

@@ -745,6 +745,11 @@ impl Ledger {
         )))
     }
 
+    /// The customer's data key (`None`: they have none, e.g. erased), through the cache.
+    pub(crate) async fn data_key(&self, customer: Uuid) -> Result<Option<DataKey>, StoreError> {
+        self.cached_key(customer, self.keys.epoch()).await
+    }
+
     /// The customer's data key: from the cache, or read, unwrapped and cached (unless an
     /// erasure invalidated keys since `epoch` was taken). `None`: the customer has none.
     async fn cached_key(&self, customer: Uuid, epoch: u64) -> Result<Option<DataKey>, StoreError> {

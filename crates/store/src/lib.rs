@@ -28,6 +28,7 @@ pub mod keys;
 pub mod ledger;
 pub mod log;
 pub mod model;
+pub mod outbox;
 pub mod projection;
 pub mod runs;
 pub mod signing;

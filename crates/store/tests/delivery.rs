@@ -16,6 +16,9 @@
 //!   (`erasure_leaves_an_exception_its_outcome_and_nothing_of_the_customer`); and
 //!   `Ledger::execute_with`, which writes a steward's exception change in the command's own
 //!   transaction (`a_command_and_its_exception_change_land_together_or_not_at_all`)
+//! - [x] the delivery outbox (`Ledger::record_outbox`, `Ledger::pending_outbox`, the
+//!   commit's `outbox_done`, erasure):
+//!   `the_outbox_keeps_a_batch_sealed_until_its_items_are_committed`
 //! - [x] `NewSyncException::new` (every exception test; the wrong side refused in
 //!   `an_exception_about_the_wrong_side_is_refused`), `SyncException::state`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -61,6 +64,7 @@ on_both_engines!(
     open_exceptions_are_read_for_customers_and_kinds,
     exceptions_are_filtered_by_each_criterion_and_limited,
     a_command_and_its_exception_change_land_together_or_not_at_all,
+    the_outbox_keeps_a_batch_sealed_until_its_items_are_committed,
 );
 
 async fn nats_consumer(deliveries: &Deliveries, name: &str) {
@@ -241,6 +245,7 @@ async fn committed(engine: Engine) -> Committed {
     ];
     let crm = consumer_id("crm");
     let commit = DeliveryCommit {
+        outbox_done: &[],
         consumer: &crm,
         handoffs: &first,
         relations: &[
@@ -254,6 +259,7 @@ async fn committed(engine: Engine) -> Committed {
     deliveries.commit(&commit).await.unwrap();
     // A re-delivery of the same messages after a crash, with an older checkpoint.
     let again = DeliveryCommit {
+        outbox_done: &[],
         checkpoint: Some(2),
         relations: &[],
         ..commit.clone()
@@ -262,6 +268,7 @@ async fn committed(engine: Engine) -> Committed {
     let cdp = consumer_id("cdp");
     deliveries
         .commit(&DeliveryCommit {
+            outbox_done: &[],
             consumer: &cdp,
             handoffs: &[handoff("cdp", a, events[0], 1)],
             relations: &[],
@@ -659,6 +666,7 @@ fn commit<'a>(
     at: chrono::DateTime<Utc>,
 ) -> DeliveryCommit<'a> {
     DeliveryCommit {
+        outbox_done: &[],
         consumer,
         handoffs: &[],
         relations,
@@ -1747,4 +1755,114 @@ fn an_exception_about_the_wrong_side_is_refused() {
     ] {
         assert!(wrong.is_err(), "{kind} about the wrong side");
     }
+}
+
+/// Every outbox payload as stored, whichever the engine.
+async fn outbox_payloads(store: &TestStore) -> Vec<Vec<u8>> {
+    let query = "SELECT payload FROM delivery_outbox ORDER BY consumer_id, seq";
+    match store.db.engine {
+        Engine::Postgres => sqlx::query_scalar(query)
+            .fetch_all(&store.db.pg().await)
+            .await
+            .unwrap(),
+        Engine::Sqlite => sqlx::query_scalar(query)
+            .fetch_all(&store.db.sqlite().await)
+            .await
+            .unwrap(),
+    }
+}
+
+async fn the_outbox_keeps_a_batch_sealed_until_its_items_are_committed(engine: Engine) {
+    use idledger_store::outbox::OutboxItem;
+    let store = TestStore::new(engine).await;
+    nats_consumer(&store.deliveries, "crm").await;
+    let crm = consumer_id("crm");
+    let (customer, _) = customer_with_email(&store.ledger).await;
+    let change = b"{\"value\":\"ada@example.org\"}".to_vec();
+    let items = [
+        OutboxItem {
+            customer_id: customer,
+            personal: true,
+            payload: change.clone(),
+        },
+        OutboxItem {
+            customer_id: customer,
+            personal: false,
+            payload: b"notice".to_vec(),
+        },
+    ];
+    let kept = store
+        .ledger
+        .record_outbox(&crm, &items, Some(7))
+        .await
+        .unwrap();
+    assert_eq!(kept, [true, true]);
+    for stored in outbox_payloads(&store).await {
+        assert!(
+            !stored.windows(change.len()).any(|w| w == change.as_slice())
+                && !stored.windows(6).any(|w| w == b"notice"),
+            "a customer with a data key has every item sealed"
+        );
+    }
+    // A second batch while one waits is refused: the waiting one is sent first.
+    assert!(
+        store
+            .ledger
+            .record_outbox(&crm, &items[..1], Some(8))
+            .await
+            .is_err()
+    );
+    let pending = store.ledger.pending_outbox(&crm).await.unwrap();
+    assert_eq!(pending.through, Some(7));
+    let payloads: Vec<Option<Vec<u8>>> = pending.items.iter().map(|p| p.payload.clone()).collect();
+    assert_eq!(payloads, [Some(change.clone()), Some(b"notice".to_vec())]);
+    assert_eq!(
+        pending.items.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert!(
+        store
+            .ledger
+            .pending_outbox(&consumer_id("cdp"))
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "outboxes are per consumer"
+    );
+
+    // Committing the first item takes it out; the other waits.
+    let mut done = commit(&crm, &[], Utc::now());
+    done.outbox_done = &[0];
+    store.deliveries.commit(&done).await.unwrap();
+    let pending = store.ledger.pending_outbox(&crm).await.unwrap();
+    assert_eq!(pending.items.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
+
+    // Erasure takes the customer's items with the key; a personal item of a customer with no
+    // key is not kept (not to be sent), a notice is kept as it is.
+    store
+        .ledger
+        .erase(customer, &admin(), dpo(), "subject's request")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .ledger
+            .pending_outbox(&crm)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let kept = store
+        .ledger
+        .record_outbox(&crm, &items, None)
+        .await
+        .unwrap();
+    assert_eq!(kept, [false, true]);
+    let pending = store.ledger.pending_outbox(&crm).await.unwrap();
+    assert_eq!(pending.through, None);
+    assert_eq!(pending.items.len(), 1);
+    assert_eq!(pending.items[0].seq, 1);
+    assert_eq!(pending.items[0].payload.as_deref(), Some(&b"notice"[..]));
 }

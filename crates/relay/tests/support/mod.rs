@@ -515,3 +515,88 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut ch
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A TCP proxy that can hold back what the server says
+// ---------------------------------------------------------------------------------------
+
+/// A TCP proxy to `upstream` that forwards both ways until [`stall`](Self::stall)ed: then
+/// what the client sends still reaches the server, but the server's answers (PubAcks) wait in
+/// the proxy until [`resume`](Self::resume) — a publish that is stored but never acknowledged.
+pub struct StallingProxy {
+    pub url: String,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl StallingProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = stalled.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let held = held.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        while held.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        let n = match server_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while held.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, stalled, task }
+    }
+
+    pub fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The address a `nats://host:port` URL names.
+pub fn nats_addr(url: &str) -> SocketAddr {
+    let rest = url.strip_prefix("nats://").unwrap_or(url);
+    let host_port = rest.rsplit('@').next().unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .unwrap()
+        .next()
+        .unwrap()
+}

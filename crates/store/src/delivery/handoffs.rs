@@ -76,6 +76,13 @@ impl Deliveries {
             );
             q.execute(&mut tx).await?;
         }
+        for chunk in commit.outbox_done.chunks(self.db.rows_per_statement(1) - 1) {
+            let mut q = sql("DELETE FROM delivery_outbox WHERE consumer_id = ");
+            q.push_bind(consumer)
+                .push(" AND seq IN ")
+                .push_list(chunk.iter().copied());
+            q.execute(&mut tx).await?;
+        }
         if let Some(position) = commit.checkpoint {
             sql("UPDATE delivery_checkpoints SET position = $2, updated_at = $3 WHERE consumer_id = $1 AND position < $2")
                 .bind(consumer)
