@@ -146,6 +146,7 @@ impl Caller {
         };
         let now = chrono::Utc::now();
         if token.use_is_stale(now) {
+            state.tokens.note_use(token.id, now);
             // Off the request's path: the answer never waits for this write (on SQLite it
             // would queue behind the writer), and a failure only leaves it less fresh.
             let (tokens, id) = (state.tokens.clone(), token.id);

@@ -34,6 +34,7 @@ pub mod runs;
 pub mod signing;
 pub mod sql;
 mod store;
+pub mod token_cache;
 pub mod tokens;
 mod upgrade;
 

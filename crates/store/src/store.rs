@@ -2,6 +2,8 @@
 //! of the schema is reached through it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
@@ -13,16 +15,18 @@ use crate::error::StoreError;
 use crate::log::EventLog;
 use crate::runs::Runs;
 use crate::sql::{Db, Engine};
+use crate::token_cache::{TokenCache, spawn_listener};
 use crate::tokens::Tokens;
 
 /// How long a PostgreSQL statement waits for a pooled connection before the store reports
 /// itself unavailable.
 const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// An open, migrated database. Cheap to clone (the pool is shared).
+/// An open, migrated database. Cheap to clone (the pool and the token cache are shared).
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    token_cache: Arc<TokenCache>,
 }
 
 impl Store {
@@ -85,7 +89,9 @@ impl Store {
 
     async fn migrated(db: Db) -> Result<Self, StoreError> {
         crate::log::migrate(&db).await?;
-        Ok(Self { db })
+        // PostgreSQL: usable once the change listener is connected (see `token_cache`).
+        let token_cache = Arc::new(TokenCache::new(db.engine() == Engine::Sqlite));
+        Ok(Self { db, token_cache })
     }
 
     /// Which engine it runs on.
@@ -113,7 +119,21 @@ impl Store {
     }
 
     pub fn tokens(&self) -> Tokens {
-        Tokens::new(self.db.clone())
+        if let Some(pool) = self.db.pg()
+            && tokio::runtime::Handle::try_current().is_ok()
+            && !self.token_cache.listening.swap(true, Ordering::SeqCst)
+        {
+            spawn_listener(pool.clone(), Arc::downgrade(&self.token_cache));
+        }
+        Tokens::new(self.db.clone(), self.token_cache.clone())
+    }
+
+    /// How long a token read from the database is trusted before it is read again: the most
+    /// a revocation by another process takes to reach this one (default
+    /// [`token_cache::DEFAULT_TTL`](crate::token_cache::DEFAULT_TTL); zero turns the cache
+    /// off). Clears the cache.
+    pub fn set_token_cache_ttl(&self, ttl: Duration) {
+        self.token_cache.set_ttl(ttl);
     }
 
     /// The consumer registry, handoff log, consumer state and sync exceptions.

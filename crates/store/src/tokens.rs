@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,7 +16,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::model::{from_micros, micros, truncate_to_micros};
-use crate::sql::{Db, Row, Sql, sql};
+use crate::sql::{Db, Row, Sql, Tx, sql};
+use crate::token_cache::TokenCache;
 
 /// Every token starts with this, so leaked tokens are easy to find by secret scanners.
 pub const TOKEN_PREFIX: &str = "idl_";
@@ -231,10 +233,12 @@ impl fmt::Debug for IssuedToken {
     }
 }
 
-/// Creates, checks, lists and revokes tokens.
+/// Creates, checks, lists and revokes tokens. Authenticating goes through the store's token
+/// cache (see [`crate::token_cache`] for how late a revocation may take effect).
 #[derive(Debug, Clone)]
 pub struct Tokens {
     db: Db,
+    cache: Arc<TokenCache>,
 }
 
 /// Token times are stored as microseconds on both engines (`BIGINT` / `INTEGER`).
@@ -242,8 +246,21 @@ const TOKEN_COLUMNS: &str =
     "token_id, role, subject, label, created_at, revoked_at, expires_at, last_used_at, scopes";
 
 impl Tokens {
-    pub(crate) fn new(db: Db) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Db, cache: Arc<TokenCache>) -> Self {
+        Self { db, cache }
+    }
+
+    /// Tells every process that tokens changed, in the change's transaction (PostgreSQL:
+    /// delivered at commit; SQLite has no other process to tell, the cache's TTL bounds it).
+    async fn announce(tx: &mut Tx, id: Uuid) -> Result<(), StoreError> {
+        if matches!(tx, Tx::Postgres(_)) {
+            sql("SELECT pg_notify($1, $2)")
+                .bind(crate::token_cache::CHANNEL)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Creates a token. `subject` must be given for sources and consumers (and is checked by
@@ -311,7 +328,9 @@ impl Tokens {
             .bind(id)
             .execute(&mut tx)
             .await?;
+        Self::announce(&mut tx, id).await?;
         tx.commit().await?;
+        self.cache.clear();
         Ok(Some(new))
     }
 
@@ -326,6 +345,18 @@ impl Tokens {
             .as_ref()
             .map(token)
             .transpose()
+    }
+
+    /// Whether authenticating may answer from the cache now (on PostgreSQL: the change
+    /// listener is connected). For tests and diagnostics.
+    pub fn cache_is_live(&self) -> bool {
+        self.cache.is_usable()
+    }
+
+    /// Notes in the cache that a token was used at `at`, so that the requests after this one
+    /// do not find its last use stale too; the caller then [`touch`](Self::touch)es it.
+    pub fn note_use(&self, id: Uuid, at: DateTime<Utc>) {
+        self.cache.note_use(id, at);
     }
 
     /// Records that a token was used at `at` (callers do it at most once a minute per token:
@@ -344,17 +375,27 @@ impl Tokens {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
+        let hash = token_hash(secret);
+        let now = Utc::now();
+        if let Some(cached) = self.cache.get(&hash, now) {
+            return Ok(Some(cached));
+        }
+        let epoch = self.cache.epoch();
         let mut q = sql("SELECT ");
         q.push(TOKEN_COLUMNS)
             .push(" FROM api_tokens WHERE token_hash = ")
-            .push_bind(token_hash(secret));
+            .push_bind(hash.clone());
         let record = q
             .fetch_optional(&self.db)
             .await?
             .as_ref()
             .map(token)
-            .transpose()?;
-        Ok(record.filter(|r| r.live_at(Utc::now())))
+            .transpose()?
+            .filter(|r| r.live_at(now));
+        if let Some(record) = &record {
+            self.cache.insert(hash, record, epoch);
+        }
+        Ok(record)
     }
 
     /// Every token, oldest first, revoked ones included.
@@ -379,7 +420,9 @@ impl Tokens {
             .bind(id)
             .execute(&mut tx)
             .await?;
+        Self::announce(&mut tx, id).await?;
         tx.commit().await?;
+        self.cache.clear();
         Ok(done == 1)
     }
 

@@ -6,6 +6,10 @@
 //! - [x] `create_expiring`, `rotate`, `get`, `touch`
 //!   (`tokens_expire_rotate_with_an_overlap_and_record_their_last_use`)
 //! - [x] `create_scoped`, `Scope`, `TokenRecord::allows` (`tokens_may_be_limited_to_scopes`)
+//! - [x] the token cache: `authenticate` answering from it, `revoke` and `rotate` reaching a
+//!   second store on the same database (another process) by notification (PostgreSQL) or
+//!   within the TTL (SQLite), `Store::set_token_cache_ttl`, `cache_is_live`
+//!   (`a_revocation_reaches_another_process_within_the_bound`)
 //! - [x] `open_session`, `session`, `end_session` (`steward_sessions_*`), and `revoke` ending
 //!   them (`steward_sessions_end_with_their_token`)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -24,6 +28,7 @@ on_both_engines!(
     steward_sessions_expire_idle_and_absolute,
     steward_sessions_end_with_their_token,
     tokens_may_be_limited_to_scopes,
+    a_revocation_reaches_another_process_within_the_bound,
 );
 
 async fn tokens_may_be_limited_to_scopes(engine: Engine) {
@@ -477,5 +482,71 @@ async fn stored_tokens(db: &TestDb) -> Vec<(Vec<u8>, String)> {
             .fetch_all(&db.sqlite().await)
             .await
             .unwrap(),
+    }
+}
+
+/// Two stores on one database stand for two processes. The second trusts what it read for a
+/// long time (60 s): on PostgreSQL only the notification can make it refuse a revoked token
+/// at once; on SQLite, with no notifications, the TTL is the bound.
+async fn a_revocation_reaches_another_process_within_the_bound(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let here = db.store().await;
+    let there = db.store().await;
+    let (admin, remote) = (here.tokens(), there.tokens());
+    let ttl = match engine {
+        Engine::Postgres => std::time::Duration::from_secs(60),
+        Engine::Sqlite => std::time::Duration::from_millis(400),
+    };
+    there.set_token_cache_ttl(ttl);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !remote.cache_is_live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token change listener never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The cache answers: a revocation written behind the store's back (no notification) is
+    // not seen until the entry is read again.
+    let quiet = admin.create(Role::Steward, None, "quiet").await.unwrap();
+    assert!(remote.authenticate(&quiet.secret).await.unwrap().is_some());
+    db.exec("UPDATE api_tokens SET revoked_at = 1 WHERE label = 'quiet'")
+        .await;
+    assert!(
+        remote.authenticate(&quiet.secret).await.unwrap().is_some(),
+        "answered from the cache"
+    );
+
+    for change in ["revoke", "rotate"] {
+        let token = admin.create(Role::Steward, None, change).await.unwrap();
+        assert!(remote.authenticate(&token.secret).await.unwrap().is_some());
+        let changed_at = tokio::time::Instant::now();
+        match change {
+            "revoke" => assert!(admin.revoke(token.record.id).await.unwrap()),
+            _ => {
+                admin
+                    .rotate(token.record.id, Duration::zero())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        while remote.authenticate(&token.secret).await.unwrap().is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let took = changed_at.elapsed();
+        let bound = match engine {
+            Engine::Postgres => std::time::Duration::from_secs(1),
+            Engine::Sqlite => ttl + std::time::Duration::from_millis(300),
+        };
+        assert!(
+            took < bound,
+            "a {change} took {took:?} to reach the other store (bound {bound:?})"
+        );
+        assert!(
+            admin.authenticate(&token.secret).await.unwrap().is_none(),
+            "the store that changed it refuses it at once"
+        );
     }
 }
