@@ -646,3 +646,257 @@ fn a_decision_on_one_process_sees_a_withdrawal_made_through_another() {
     drop(db);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two `serve` processes on one PostgreSQL, each with its relay, as two replicas behind a
+/// load balancer: both take commands and see each other's writes at once; exactly one
+/// delivers; when it is killed (`kill -9`) the other takes over, and every change reaches the
+/// NATS consumer.
+#[test]
+fn two_replicas_take_commands_and_one_delivers_with_takeover_when_it_is_killed() {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let nats_url = std::env::var("IDLEDGER_TEST_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = runtime.block_on(idledger_testkit::TestDb::new(
+        idledger_testkit::Engine::Postgres,
+    ));
+    let dir = data_dir("replicas");
+    let key_file = dir.join("master.key");
+    std::fs::write(&key_file, "cd".repeat(32)).unwrap();
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("rep{unique}");
+    let config = dir.join("idledger.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{}\"\nmaster_key_file = \"{}\"\n\n[nats]\nurl = \"{nats_url}\"\n\
+             stream = \"REP_{unique}\"\nsubject_prefix = \"{prefix}\"\n\
+             ack_subject_prefix = \"{prefix}acks\"\nack_stream = \"REP_ACKS_{unique}\"\n",
+            db.url,
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, _, err) = run(
+        &dir,
+        &[
+            "--config",
+            cfg,
+            "consumer",
+            "add",
+            "--id",
+            "crm",
+            "--channel",
+            "nats",
+            "--fields",
+            "email",
+            "--purposes",
+            "service",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let token = |source: &str| {
+        run(
+            &dir,
+            &[
+                "--config", cfg, "token", "create", "--role", "source", "--source", source,
+            ],
+        )
+        .1
+        .trim()
+        .to_owned()
+    };
+    let (idp, portal) = (token("idp"), token("consent_portal"));
+
+    let nats = runtime
+        .block_on(async_nats::connect(&nats_url))
+        .unwrap_or_else(|e| {
+            panic!(
+                "NATS is not reachable at {nats_url}: {e}\nThis test needs a real NATS server with \
+                 JetStream. Start one with `bash scripts/services.sh` (or `nats-server -js`), or \
+                 point IDLEDGER_TEST_NATS_URL at one."
+            )
+        });
+    let mut deliveries = runtime
+        .block_on(nats.subscribe(format!("{prefix}.crm.>")))
+        .unwrap();
+
+    // A replica: its address, and its log lines saying it leads delivery, as they come.
+    let (leads_tx, leads) = mpsc::channel::<(&'static str, Instant)>();
+    let start = |name: &'static str| {
+        let mut child = idledger(&dir, &["--config", cfg, "serve", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "idledger_relay=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.split("http://").nth(1).unwrap().trim().to_owned();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let leads_tx = leads_tx.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains("this process leads delivery") {
+                    let _ = leads_tx.send((name, Instant::now()));
+                }
+            }
+        });
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        (child, addr)
+    };
+    let (mut a, on_a) = start("a");
+    let (first, _) = leads.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(first, "a");
+    let (mut b, on_b) = start("b");
+    assert!(
+        leads.recv_timeout(Duration::from_secs(2)).is_err(),
+        "a second replica does not deliver while the first does"
+    );
+
+    let provenance = serde_json::json!({"actor": {"kind": "system", "id": "e2e"},
+        "evidence": {"kind": "email_link", "reference": "l-1"}});
+    let client = reqwest::Client::new();
+    let command_at =
+        |addr: &str, path: String, key: String, body: serde_json::Value, version: Option<u64>| {
+            // Consents come from the consent portal, the rest from the identity provider.
+            let by = if body.to_string().contains("grant_consent") {
+                &portal
+            } else {
+                &idp
+            };
+            let request = client
+                .post(format!("http://{addr}{path}"))
+                .bearer_auth(by)
+                .header("Idempotency-Key", key)
+                .json(&body);
+            let request = match version {
+                Some(v) => request.header("If-Match", format!("\"{v}\"")),
+                None => request,
+            };
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert!(status.is_success(), "{status} {body}");
+                body
+            }
+        };
+    let command = |addr: &str, path: String, key: String, body: serde_json::Value| {
+        command_at(addr, path, key, body, None)
+    };
+    let grant = serde_json::json!({"op": "grant_consent", "purpose": "service",
+        "basis": "contract", "channel": "web", "jurisdiction": "DE",
+        "notice": {"id": "pn", "version": "1", "sha256": "0".repeat(64)}});
+    let mut expected: Vec<String> = Vec::new();
+    let killed_at = runtime.block_on(async {
+        let mut customers = Vec::new();
+        for n in 0..6 {
+            let (here, there) = if n % 2 == 0 {
+                (&on_a, &on_b)
+            } else {
+                (&on_b, &on_a)
+            };
+            let created = command(
+                here,
+                "/v1/customers".to_owned(),
+                format!("r{n}"),
+                serde_json::json!({"provenance": provenance, "changes": [
+                    {"op": "set_field", "field": "name.given", "value": "Ada"}]}),
+            )
+            .await;
+            let customer = created["customer_id"].as_str().unwrap().to_owned();
+            command(
+                there,
+                format!("/v1/customers/{customer}/commands"),
+                format!("g{n}"),
+                serde_json::json!({"provenance": provenance, "changes": [grant.clone()]}),
+            )
+            .await;
+            let email = format!("first{n}@example.org");
+            let first = command(
+                here,
+                format!("/v1/customers/{customer}/commands"),
+                format!("f{n}"),
+                serde_json::json!({"provenance": provenance,
+                    "changes": [{"op": "set_field", "field": "email", "value": email}]}),
+            )
+            .await;
+            expected.push(email);
+            let version = first["stream_version"].as_u64().unwrap();
+            // The other replica sees the version at once: a command that expects it passes.
+            let email = format!("second{n}@example.org");
+            let next = command_at(
+                there,
+                format!("/v1/customers/{customer}/commands"),
+                format!("s{n}"),
+                serde_json::json!({"provenance": provenance,
+                    "changes": [{"op": "set_field", "field": "email", "value": email}]}),
+                Some(version),
+            )
+            .await;
+            assert_eq!(next["stream_version"].as_u64(), Some(version + 1), "{next}");
+            expected.push(email);
+            customers.push(customer);
+        }
+        // Delivery is under way; the leader dies without a word.
+        let killed_at = Instant::now();
+        a.kill().unwrap();
+        let _ = a.wait();
+        for (n, customer) in customers.iter().enumerate() {
+            let email = format!("third{n}@example.org");
+            command(
+                &on_b,
+                format!("/v1/customers/{customer}/commands"),
+                format!("t{n}"),
+                serde_json::json!({"provenance": provenance,
+                    "changes": [{"op": "set_field", "field": "email", "value": email}]}),
+            )
+            .await;
+            expected.push(email);
+        }
+        killed_at
+    });
+    let (next, took_over_at) = leads.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(next, "b");
+    let gap = took_over_at - killed_at;
+    eprintln!("takeover after kill -9: {gap:?}");
+    assert!(gap < Duration::from_secs(5), "took over after {gap:?}");
+
+    let received = runtime.block_on(async {
+        use futures::StreamExt as _;
+        let mut seen = std::collections::BTreeSet::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while seen.len() < expected.len() {
+                let message = deliveries.next().await.unwrap();
+                let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+                if let Some(value) = event["data"]["value"].as_str() {
+                    seen.insert(value.to_owned());
+                }
+            }
+        })
+        .await;
+        seen
+    });
+    let wanted: std::collections::BTreeSet<String> = expected.into_iter().collect();
+    assert_eq!(
+        received, wanted,
+        "every change reached the consumer across the takeover"
+    );
+
+    b.kill().unwrap();
+    let _ = b.wait();
+    runtime.block_on(async {
+        let js = async_nats::jetstream::new(nats);
+        let _ = js.delete_stream(format!("REP_{unique}")).await;
+        let _ = js.delete_stream(format!("REP_ACKS_{unique}")).await;
+    });
+    drop(db);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

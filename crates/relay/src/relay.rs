@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use idledger_store::Ledger;
 use idledger_store::delivery::{Channel, Consumer, ConsumerId};
+use idledger_store::leader::Job;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -37,9 +38,35 @@ impl Relay {
     }
 
     /// Runs until `shutdown` is cancelled, then stops every task (each commits what it
-    /// delivered) and returns. Failures of the database or NATS are logged and retried, never
-    /// returned; an error means the configuration is unusable (e.g. a malformed NATS URL).
+    /// delivered) and returns. Delivers only while this process leads delivery among those
+    /// sharing the store ([`idledger_store::leader`]): it waits for the lead, and stops
+    /// delivering the moment it loses it, to wait again. Failures of the database or NATS are
+    /// logged and retried, never returned; an error means the configuration is unusable (e.g.
+    /// a malformed NATS URL).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        let store = self.planner.ledger.store().clone();
+        loop {
+            let mut lease = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                lease = store.lead(Job::Delivery) => lease,
+            };
+            tracing::info!("this process leads delivery");
+            let term = shutdown.child_token();
+            let deliver = self.deliver(term.clone());
+            tokio::pin!(deliver);
+            tokio::select! {
+                result = &mut deliver => return result,
+                () = lease.lost() => {
+                    tracing::warn!("lost the lead of delivery; stopping delivery until it is regained");
+                    term.cancel();
+                    deliver.await?;
+                }
+            }
+        }
+    }
+
+    /// Delivers until `shutdown` is cancelled.
+    async fn deliver(&self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let config = &self.config;
         let js = match &config.nats {
             Some(nats) => Some(nats::connect(nats).await?),

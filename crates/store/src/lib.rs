@@ -25,6 +25,7 @@ pub mod error;
 pub mod jws;
 mod key_cache;
 pub mod keys;
+pub mod leader;
 pub mod ledger;
 pub mod log;
 pub mod model;
