@@ -43,6 +43,7 @@ use crate::model::{
     micros,
 };
 use crate::projection;
+use crate::state_cache::StateCache;
 use crate::store::Store;
 
 /// How often a command is re-decided when its customer's stream moved on underneath it.
@@ -63,6 +64,9 @@ pub struct LedgerOptions {
     /// of their record do not fetch and unwrap the key each time. 32 bytes and a little
     /// bookkeeping each.
     pub key_cache: usize,
+    /// Customers whose record (as stored, sealed) this process keeps after writing it, so
+    /// their next command is decided without reading it (0: none). See `state_cache`.
+    pub state_cache: usize,
 }
 
 impl Default for LedgerOptions {
@@ -71,6 +75,7 @@ impl Default for LedgerOptions {
             max_batch: 256,
             queue: 4096,
             key_cache: 10_000,
+            state_cache: 10_000,
         }
     }
 }
@@ -240,6 +245,7 @@ pub struct Ledger {
     policy: Arc<Policy>,
     writer: mpsc::Sender<WriteJob>,
     keys: Arc<KeyCache>,
+    states: Arc<StateCache>,
 }
 
 impl Ledger {
@@ -292,6 +298,7 @@ impl Ledger {
             policy: Arc::new(policy),
             writer: tx,
             keys: Arc::new(KeyCache::new(options.key_cache)),
+            states: Arc::new(StateCache::new(options.state_cache)),
         }
     }
 
@@ -367,15 +374,24 @@ impl Ledger {
             serde_json::to_vec(command).map_err(StoreError::from)?,
         );
         let customer = command.customer_id.as_uuid();
-        for _ in 0..MAX_ATTEMPTS {
-            // Checked on every attempt: a concurrent duplicate may have committed meanwhile.
-            if let Some((hash, result)) = self.log.idempotency(&source, key).await? {
-                return replay(&source, key, &request_hash, &hash, &result);
-            }
+        // No idempotency read up front: the write transaction finds a duplicate
+        // (`AppendOutcome::Duplicate`), and a refusal looks for one before it is given.
+        for attempt in 0..MAX_ATTEMPTS {
             // Taken before anything is read, so that a key this attempt reads before an erasure
             // commits is not cached after it (see `KeyCache`).
             let epoch = self.keys.epoch();
-            let (stored, mut data_key) = self.stored_record(customer).await?;
+            // The first attempt starts from the record this process last wrote, if any: the
+            // append's version check catches one another process has moved on from.
+            let cached = if attempt == 0 {
+                self.cached_record(customer, epoch).await?
+            } else {
+                None
+            };
+            let from_cache = cached.is_some();
+            let (stored, mut data_key) = match cached {
+                Some(record) => record,
+                None => self.stored_record(customer).await?,
+            };
             let opened = projection::open(customer, &stored, data_key.as_ref())?;
             let state = projection::state(&opened)?;
             let now = truncate_to_micros(Utc::now());
@@ -388,6 +404,11 @@ impl Ledger {
             };
             let decision = match decide(&state, command, &ctx) {
                 Ok(decision) => decision,
+                // A refusal is given on the record as stored, never on a cached copy.
+                Err(_) if from_cache => {
+                    self.states.remove(customer);
+                    continue;
+                }
                 Err(refused) => {
                     // The state may already hold this very command's effect, committed by a
                     // concurrent duplicate after the check above: its result is the answer.
@@ -431,6 +452,8 @@ impl Ledger {
                 upserts: projection::seal(customer, changes.upserts, data_key.as_ref())?,
                 deletes: changes.deletes,
             };
+            let stored_after =
+                crate::state_cache::applied(&stored, &projection.upserts, &projection.deletes);
             let result = CommandResult {
                 customer_id: command.customer_id,
                 stream_version: after.stream_version,
@@ -466,6 +489,8 @@ impl Ledger {
                     if let (Some(_), Some(key)) = (new_data_key, data_key) {
                         self.keys.insert(customer, key, epoch);
                     }
+                    self.states
+                        .put(customer, stored_after, result.stream_version);
                     return Ok(Executed {
                         result,
                         replayed: false,
@@ -473,6 +498,7 @@ impl Ledger {
                 }
                 AppendOutcome::VersionConflict => {
                     tracing::debug!("stream moved on; deciding again");
+                    self.states.remove(customer);
                     continue;
                 }
                 AppendOutcome::Duplicate {
@@ -561,6 +587,7 @@ impl Ledger {
                     // After the commit: a key read before it is not cached again (the epoch),
                     // and from now on the database has none to read.
                     self.keys.invalidate(id);
+                    self.states.remove(id);
                     tracing::info!("customer erased");
                     self.truncate_wal().await;
                     return Ok(erasure);
@@ -640,6 +667,7 @@ impl Ledger {
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
+                    self.states.remove(id);
                     tracing::info!(expired = fields.len(), "values expired");
                     return Ok(fields);
                 }
@@ -743,6 +771,25 @@ impl Ledger {
         Err(StoreError::Integrity(format!(
             "customer {customer} has sealed projection rows but no data key"
         )))
+    }
+
+    /// The record this process last wrote for the customer, with the key that opens it;
+    /// `None` if none is cached, or its key is gone (erased since: read it again).
+    async fn cached_record(
+        &self,
+        customer: Uuid,
+        epoch: u64,
+    ) -> Result<Option<(Vec<ProjectionRow>, Option<DataKey>)>, StoreError> {
+        let Some(rows) = self.states.get(customer) else {
+            return Ok(None);
+        };
+        if !projection::needs_key(&rows) {
+            return Ok(Some((rows, None)));
+        }
+        Ok(self
+            .cached_key(customer, epoch)
+            .await?
+            .map(|key| (rows, Some(key))))
     }
 
     /// The customer's data key (`None`: they have none, e.g. erased), through the cache.
@@ -1185,6 +1232,8 @@ impl Ledger {
                 }
             }
             if self.log.replace_projections(&changed, &flat, after).await? {
+                // Rows rewritten under the same versions: nothing cached from before stands.
+                self.states.clear();
                 return Ok(RebuildReport {
                     events,
                     customers: rebuilt.len() as u64,

@@ -34,6 +34,7 @@ pub mod projection;
 pub mod runs;
 pub mod signing;
 pub mod sql;
+mod state_cache;
 mod store;
 pub mod token_cache;
 pub mod tokens;

@@ -41,6 +41,7 @@ use serde_json::json;
 use support::*;
 
 on_both_engines!(
+    a_record_kept_by_one_process_yields_to_another_processs_writes,
     concurrent_appends_at_the_same_version_exactly_one_wins,
     concurrent_registrations_through_separate_ledgers_one_wins,
     idempotent_retry_returns_the_first_result,
@@ -1673,13 +1674,15 @@ async fn a_sealed_record_read_in_another_row_is_an_integrity_error(engine: Engin
             (c, "field", "email"),
         ),
     ];
+    // A process that reads the record (this one keeps what it last wrote, and decides on
+    // that: it never reads the altered rows).
+    let reader = store.another_ledger().await;
     for (i, (what, from, to)) in moves.into_iter().enumerate() {
         copy_record(&store.db, from, to).await;
         assert_integrity(store.ledger.state(c).await, what);
         // A command on the altered record fails, and writes nothing.
         let head = store.ledger.head_position().await.unwrap();
-        let refused = store
-            .ledger
+        let refused = reader
             .execute(
                 &source("web_app"),
                 &command(
@@ -1722,9 +1725,11 @@ async fn rows_from_before_sealing_are_read_and_sealed_by_a_write(engine: Engine)
     );
     // Read as they are…
     assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), before);
-    // …and a write that changes one field leaves every row of the customer sealed.
+    // …and a write that changes one field leaves every row of the customer sealed (by a
+    // process of this version started on the old rows: this one kept what it wrote).
     store
-        .ledger
+        .another_ledger()
+        .await
         .execute(
             &source("web_app"),
             &command(c, "locale", vec![set("locale", json!("en-GB"))]),
@@ -1869,4 +1874,82 @@ async fn another_process_drops_an_erased_customers_key_and_reads_them_as_erased(
             erased_at: erasure.at,
         },
     );
+}
+
+/// A process decides a customer's next command on the record it last wrote; another process
+/// writing meanwhile is never overlooked: the append's version check sends the first back to
+/// the stored record, and a refusal is only ever given on the stored record.
+async fn a_record_kept_by_one_process_yields_to_another_processs_writes(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let here = &store.ledger;
+    let there = store.another_ledger().await;
+    let c = new_customer();
+    let registered = here
+        .execute(
+            &source("idp"),
+            &command(
+                c,
+                "r",
+                vec![Change::Register, set("email", json!("a@example.org"))],
+            ),
+        )
+        .await
+        .unwrap();
+    let v = registered.result.stream_version;
+    // The other process moves the record on twice.
+    there
+        .execute(
+            &source("web_app"),
+            &command(c, "o1", vec![set("locale", json!("de-DE"))]),
+        )
+        .await
+        .unwrap();
+    there
+        .execute(
+            &source("web_app"),
+            &command(c, "o2", vec![set("locale", json!("fr-FR"))]),
+        )
+        .await
+        .unwrap();
+    // Decided here on the record as it now stands: the next version, both locales seen.
+    let next = here
+        .execute(
+            &source("idp"),
+            &command(c, "h1", vec![set("email", json!("b@example.org"))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.result.stream_version, v + 3);
+    // A command that expects the version the other process left is not refused for a
+    // version this process remembers.
+    there
+        .execute(
+            &source("web_app"),
+            &command(c, "o3", vec![set("locale", json!("it-IT"))]),
+        )
+        .await
+        .unwrap();
+    let mut expecting = command(c, "h2", vec![set("locale", json!("es-ES"))]);
+    expecting.expected_stream_version = Some(v + 4);
+    let accepted = here.execute(&source("web_app"), &expecting).await.unwrap();
+    assert_eq!(accepted.result.stream_version, v + 5);
+    // Erased by the other process: refused here, though this process had the record.
+    there
+        .erase(c, &admin(), dpo(), "subject's request")
+        .await
+        .unwrap();
+    let refused = here
+        .execute(
+            &source("web_app"),
+            &command(c, "h3", vec![set("locale", json!("en-GB"))]),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(ExecuteError::Refused(r)) if r.refusal.code() == "erased"),
+        "{refused:?}"
+    );
+    // And what is stored is what each write said, in order.
+    let state = there.state(c).await.unwrap().unwrap();
+    assert!(state.erased.is_some());
+    assert_eq!(state.stream_version, v + 6);
 }
