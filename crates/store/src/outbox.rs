@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::delivery::{ConsumerId, customer_id};
 use crate::error::StoreError;
 use crate::ledger::Ledger;
-use crate::sql::{Arg, sql};
+use crate::sql::{Arg, Tx, sql};
 
 /// Binds a sealed payload to its place: a row copied to another consumer, customer or
 /// position does not open.
@@ -111,6 +111,14 @@ impl Ledger {
         }
         let db = self.store().db();
         let mut tx = db.begin().await?;
+        if matches!(tx, Tx::Postgres(_)) {
+            // Not waited for on disk: the commit that logs the handoffs is, and flushes this
+            // with it. A relay that dies after sending finds the rows; only PostgreSQL itself
+            // failing in between could lose them (and then the batch is decided again).
+            sql("SET LOCAL synchronous_commit = off")
+                .execute(&mut tx)
+                .await?;
+        }
         let mut rows = rows.into_iter().peekable();
         let per_statement = db.rows_per_statement(6);
         while rows.peek().is_some() {
