@@ -2,7 +2,8 @@
 //! relay (a stalled connection, a relay killed while waiting) is sent again as it was decided
 //! — same id, same content — and lands in the handoff log, even when the customer withdrew
 //! consent in the meantime. Before, the retry decided again on the new state, sent only the
-//! withdrawal notice, and the consumer held a change the handoff log did not show.
+//! withdrawal notice, and the consumer held a change the handoff log did not show. The same
+//! for a webhook whose receiver took a message but answered after the relay gave up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -16,7 +17,8 @@ use support::*;
 
 on_both_engines!(
     a_publish_acknowledged_late_is_resent_as_decided,
-    a_relay_killed_before_the_ack_resends_the_decided_batch
+    a_relay_killed_before_the_ack_resends_the_decided_batch,
+    a_webhook_answered_too_late_is_sent_the_decided_message_again
 );
 
 /// What the scenarios share: a marketing consumer receiving a consenting customer's email,
@@ -177,4 +179,110 @@ async fn a_relay_killed_before_the_ack_resends_the_decided_batch(engine: Engine)
     scene.store.caught_up("mkt", Duration::from_secs(30)).await;
     scene.assert_every_message_logged().await;
     scene.stop().await;
+}
+
+async fn a_webhook_answered_too_late_is_sent_the_decided_message_again(engine: Engine) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let store = TestStore::new(engine).await;
+    let ledger = &store.ledger;
+    // The first request carrying the second email is taken and answered too late.
+    let stalled = Arc::new(AtomicBool::new(false));
+    let once = stalled.clone();
+    let late = email(2);
+    let receiver = Receiver::start(
+        0,
+        Arc::new(move |event, _| {
+            if event.data["value"] == late && !once.swap(true, Ordering::SeqCst) {
+                (TOO_LATE, None)
+            } else {
+                (200, None)
+            }
+        }),
+    )
+    .await;
+    store
+        .register(consumer(
+            "hook",
+            webhook_channel(&receiver.url()),
+            &["email"],
+            &["marketing"],
+        ))
+        .await;
+    let customer = customer_consenting(ledger, &["marketing"]).await;
+    run(ledger, "idp", customer, vec![set("email", email(1))]).await;
+    let relay = RunningRelay::start(ledger.clone(), test_config(None));
+    store.caught_up("hook", Duration::from_secs(20)).await;
+    run(ledger, "idp", customer, vec![set("email", email(2))]).await;
+    eventually(
+        Duration::from_secs(20),
+        "the receiver takes the new email",
+        || stalled.load(Ordering::SeqCst),
+    )
+    .await;
+    // Withdrawn while the relay waits for the answer.
+    run(
+        ledger,
+        "consent_portal",
+        customer,
+        vec![withdraw("marketing")],
+    )
+    .await;
+    store.caught_up("hook", Duration::from_secs(30)).await;
+
+    let received = receiver.received();
+    let got: BTreeSet<String> = received
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<idledger_relay::envelope::CloudEvent>(&r.body)
+                .unwrap()
+                .id
+        })
+        .collect();
+    let logged: BTreeSet<String> = store
+        .deliveries
+        .handoffs(
+            &HandoffFilter::Consumer(ConsumerId::parse("hook").unwrap()),
+            None,
+            100,
+        )
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|h| h.handoff.message_id.to_string())
+        .collect();
+    assert_eq!(
+        got, logged,
+        "every message the receiver took is in the handoff log"
+    );
+    let accepted: Vec<(String, Option<String>)> = receiver
+        .accepted()
+        .iter()
+        .map(|e| {
+            (
+                e.event_type.clone(),
+                e.data["value"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let e1 = email(1).as_str().unwrap().to_owned();
+    let e2 = email(2).as_str().unwrap().to_owned();
+    assert_eq!(
+        accepted,
+        vec![
+            (FIELD_CHANGED.to_owned(), Some(e1)),
+            (FIELD_CHANGED.to_owned(), Some(e2)),
+            (CONSENT_WITHDRAWN.to_owned(), None),
+        ],
+        "the change decided before the withdrawal is answered in time on the retry, then the notice"
+    );
+    let ids: Vec<Option<String>> = received.iter().map(|r| r.message_id.clone()).collect();
+    assert_eq!(ids.len(), 4, "the late request, its retry, and two others");
+    assert_eq!(
+        ids[1], ids[2],
+        "the retry is the message the receiver took, under the same id"
+    );
+    assert_eq!(received[1].body, received[2].body, "and the same content");
+    relay.stop().await;
 }

@@ -417,8 +417,13 @@ pub struct Received {
     pub at: tokio::time::Instant,
 }
 
-/// How the receiver answers a request: status and optional `Retry-After`.
+/// How the receiver answers a request: status and optional `Retry-After`. Status
+/// [`TOO_LATE`] takes the request and answers 200 only after [`LATE_BY`], longer than the
+/// relay's webhook timeout in [`test_config`]: a delivery that seems to fail but arrived.
 pub type Responder = Arc<dyn Fn(&CloudEvent, usize) -> (u16, Option<String>) + Send + Sync>;
+
+pub const TOO_LATE: u16 = 0;
+pub const LATE_BY: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct Receiver {
@@ -455,6 +460,12 @@ impl Receiver {
                     status,
                     at: tokio::time::Instant::now(),
                 });
+                let status = if status == TOO_LATE {
+                    tokio::time::sleep(LATE_BY).await;
+                    200
+                } else {
+                    status
+                };
                 let mut response_headers = HeaderMap::new();
                 if let Some(ra) = retry_after {
                     response_headers.insert("retry-after", ra.parse().unwrap());
