@@ -1181,28 +1181,23 @@ impl Ledger {
         let mut events = 0u64;
         let total = self.log.head_position().await?;
         loop {
-            // Streamed: the next page is read while this one is decrypted, and decryption (the
-            // bulk of the work) is spread over every core; the fold stays in log order.
-            let mut next = Some(self.read_page(after));
-            while let Some(reading) = next.take() {
-                let page = reading.await?;
-                let Some(last) = page.last().map(|r| r.global_position) else {
+            loop {
+                let page = self.log.read_all(after, SCAN_PAGE).await?;
+                if page.is_empty() {
                     break;
-                };
-                next = Some(self.read_page(last));
+                }
                 self.load_keys(&page, &mut keys).await?;
-                let entries = decode_page(page, &keys).await?;
-                for (raw_customer, position, entry) in entries {
-                    let state = states.remove(&raw_customer).unwrap_or_default();
-                    let state = match entry? {
+                for raw in &page {
+                    let state = states.remove(&raw.customer_id).unwrap_or_default();
+                    let state = match keys.entry(raw)? {
                         LogEntry::Event(recorded) => evolve(state, &recorded.envelope),
                         // The customer's erasure, later in the log, clears all but this.
                         LogEntry::Shredded(s) => {
                             evolve_unreadable(state, s.stream_version, &s.event_type, s.recorded_at)
                         }
                     };
-                    states.insert(raw_customer, state);
-                    after = position;
+                    states.insert(raw.customer_id, state);
+                    after = raw.global_position;
                     events += 1;
                 }
                 progress(events, total.max(events));
@@ -1250,20 +1245,6 @@ impl Ledger {
                 });
             }
             // The log moved on while we compared: fold the new events in and try again.
-        }
-    }
-
-    /// A page of the raw log after `after`, read on its own task (so that it overlaps the
-    /// work on the page before).
-    fn read_page(
-        &self,
-        after: u64,
-    ) -> impl std::future::Future<Output = Result<Vec<RawEvent>, StoreError>> + use<> {
-        let log = self.log.clone();
-        let task = tokio::spawn(async move { log.read_all(after, SCAN_PAGE).await });
-        async move {
-            task.await
-                .map_err(|e| StoreError::Integrity(format!("a log reader failed: {e}")))?
         }
     }
 
@@ -1425,58 +1406,6 @@ impl Keys {
             erased_at: *erased_at,
         }))
     }
-}
-
-/// One decoded entry of a page: its customer, position and what it holds.
-type Decoded = (Uuid, u64, Result<LogEntry, StoreError>);
-
-/// Decodes a page (decrypts and parses each event) on the blocking pool, one part per core,
-/// and returns the entries in log order.
-async fn decode_page(page: Vec<RawEvent>, keys: &Keys) -> Result<Vec<Decoded>, StoreError> {
-    let parts = std::thread::available_parallelism()
-        .map(std::num::NonZeroUsize::get)
-        .unwrap_or(1)
-        .clamp(1, 8);
-    // Only the keys this page needs travel to the workers.
-    let mut needed = Keys::default();
-    for raw in &page {
-        if let Some(key) = keys.data.get(&raw.customer_id) {
-            needed
-                .data
-                .entry(raw.customer_id)
-                .or_insert_with(|| key.clone());
-        } else if let Some(at) = keys.erased.get(&raw.customer_id) {
-            needed.erased.insert(raw.customer_id, *at);
-        }
-    }
-    let needed = Arc::new(needed);
-    let size = page.len().div_ceil(parts).max(1);
-    let mut page = page;
-    let mut chunks = Vec::with_capacity(parts);
-    while !page.is_empty() {
-        let rest = page.split_off(size.min(page.len()));
-        chunks.push(std::mem::replace(&mut page, rest));
-    }
-    let tasks: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
-            let keys = needed.clone();
-            tokio::task::spawn_blocking(move || {
-                chunk
-                    .iter()
-                    .map(|raw| (raw.customer_id, raw.global_position, keys.entry(raw)))
-                    .collect::<Vec<Decoded>>()
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for task in tasks {
-        out.extend(
-            task.await
-                .map_err(|e| StoreError::Integrity(format!("a decoding worker failed: {e}")))?,
-        );
-    }
-    Ok(out)
 }
 
 /// The stored form of an event: sealed under the customer's data key, or plain JSON for the
