@@ -332,28 +332,40 @@ fn a_config_file_configures_serve_and_bad_ones_are_named() {
 /// The whole path on the real binary: a consumer registered with the CLI, `serve` with the
 /// relay on a real NATS server, commands over HTTP, and the CloudEvent on the consumer's
 /// subject — only once the customer's consent for the consumer's purpose holds.
-#[test]
-fn serve_relays_changes_to_a_nats_consumer_within_its_purpose() {
-    let nats_url = std::env::var("IDLEDGER_TEST_NATS_URL")
-        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let dir = data_dir("relay");
-    let unique = uuid::Uuid::now_v7().simple().to_string();
-    let prefix = format!("e2e{unique}");
-    let config = dir.join("idledger.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[nats]\nurl = \"{nats_url}\"\nstream = \"E2E_{unique}\"\nsubject_prefix = \"{prefix}\"\n\
-             ack_subject_prefix = \"{prefix}acks\"\nack_stream = \"E2E_ACKS_{unique}\"\n"
-        ),
+/// The shared NATS server's URL (`IDLEDGER_TEST_NATS_URL`, else the local default).
+fn nats_url() -> String {
+    std::env::var("IDLEDGER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// The `[nats]` section of a configuration whose streams and subjects no other test uses:
+/// streams `<NAME>_<unique>` and `<NAME>_ACKS_<unique>`, subjects under `<prefix>`.
+fn nats_section(url: &str, name: &str, unique: &str, prefix: &str) -> String {
+    format!(
+        "[nats]\nurl = \"{url}\"\nstream = \"{name}_{unique}\"\nsubject_prefix = \"{prefix}\"\n\
+         ack_subject_prefix = \"{prefix}acks\"\nack_stream = \"{name}_ACKS_{unique}\"\n"
     )
-    .unwrap();
-    let cfg = config.to_str().unwrap();
+}
+
+/// Connects to the shared NATS server, or fails saying how to start one.
+fn connect_nats(runtime: &tokio::runtime::Runtime, url: &str) -> async_nats::Client {
+    runtime
+        .block_on(async_nats::connect(url))
+        .unwrap_or_else(|e| {
+            panic!(
+                "NATS is not reachable at {url}: {e}\nThis test needs a real NATS server with \
+             JetStream. Start one with `bash scripts/services.sh` (or `nats-server -js`), or \
+             point IDLEDGER_TEST_NATS_URL at one."
+            )
+        })
+}
+
+/// Registers a NATS consumer `crm` of `email` for `purpose` through the command line.
+fn add_nats_consumer(dir: &PathBuf, config: &str, purpose: &str) {
     let (code, _, err) = run(
-        &dir,
+        dir,
         &[
             "--config",
-            cfg,
+            config,
             "consumer",
             "add",
             "--id",
@@ -363,10 +375,22 @@ fn serve_relays_changes_to_a_nats_consumer_within_its_purpose() {
             "--fields",
             "email",
             "--purposes",
-            "marketing",
+            purpose,
         ],
     );
     assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn serve_relays_changes_to_a_nats_consumer_within_its_purpose() {
+    let nats_url = nats_url();
+    let dir = data_dir("relay");
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("e2e{unique}");
+    let config = dir.join("idledger.toml");
+    std::fs::write(&config, nats_section(&nats_url, "E2E", &unique, &prefix)).unwrap();
+    let cfg = config.to_str().unwrap();
+    add_nats_consumer(&dir, cfg, "marketing");
     let token = |args: &[&str]| run(&dir, args).1.trim().to_owned();
     let idp = token(&["token", "create", "--role", "source", "--source", "idp"]);
     let portal = token(&[
@@ -382,15 +406,7 @@ fn serve_relays_changes_to_a_nats_consumer_within_its_purpose() {
         .enable_all()
         .build()
         .unwrap();
-    let nats = runtime
-        .block_on(async_nats::connect(&nats_url))
-        .unwrap_or_else(|e| {
-            panic!(
-                "NATS is not reachable at {nats_url}: {e}\nThis test needs a real NATS server with \
-             JetStream. Start one with `bash scripts/services.sh` (or `nats-server -js`), or \
-             point IDLEDGER_TEST_NATS_URL at one."
-            )
-        });
+    let nats = connect_nats(&runtime, &nats_url);
     let mut deliveries = runtime
         .block_on(nats.subscribe(format!("{prefix}.crm.>")))
         .unwrap();
@@ -656,8 +672,7 @@ fn two_replicas_take_commands_and_one_delivers_with_takeover_when_it_is_killed()
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    let nats_url = std::env::var("IDLEDGER_TEST_NATS_URL")
-        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let nats_url = nats_url();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -674,33 +689,15 @@ fn two_replicas_take_commands_and_one_delivers_with_takeover_when_it_is_killed()
     std::fs::write(
         &config,
         format!(
-            "database_url = \"{}\"\nmaster_key_file = \"{}\"\n\n[nats]\nurl = \"{nats_url}\"\n\
-             stream = \"REP_{unique}\"\nsubject_prefix = \"{prefix}\"\n\
-             ack_subject_prefix = \"{prefix}acks\"\nack_stream = \"REP_ACKS_{unique}\"\n",
+            "database_url = \"{}\"\nmaster_key_file = \"{}\"\n\n{}",
             db.url,
-            key_file.display()
+            key_file.display(),
+            nats_section(&nats_url, "REP", &unique, &prefix)
         ),
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
-    let (code, _, err) = run(
-        &dir,
-        &[
-            "--config",
-            cfg,
-            "consumer",
-            "add",
-            "--id",
-            "crm",
-            "--channel",
-            "nats",
-            "--fields",
-            "email",
-            "--purposes",
-            "service",
-        ],
-    );
-    assert_eq!(code, Some(0), "{err}");
+    add_nats_consumer(&dir, cfg, "service");
     let token = |source: &str| {
         run(
             &dir,
@@ -714,15 +711,7 @@ fn two_replicas_take_commands_and_one_delivers_with_takeover_when_it_is_killed()
     };
     let (idp, portal) = (token("idp"), token("consent_portal"));
 
-    let nats = runtime
-        .block_on(async_nats::connect(&nats_url))
-        .unwrap_or_else(|e| {
-            panic!(
-                "NATS is not reachable at {nats_url}: {e}\nThis test needs a real NATS server with \
-                 JetStream. Start one with `bash scripts/services.sh` (or `nats-server -js`), or \
-                 point IDLEDGER_TEST_NATS_URL at one."
-            )
-        });
+    let nats = connect_nats(&runtime, &nats_url);
     let mut deliveries = runtime
         .block_on(nats.subscribe(format!("{prefix}.crm.>")))
         .unwrap();

@@ -100,19 +100,8 @@ impl Scene {
     /// before the withdrawal is in both, ahead of the withdrawal notice.
     async fn assert_every_message_logged(&self) {
         let stream = self.in_stream().await;
-        let mkt = ConsumerId::parse("mkt").unwrap();
-        let handoffs = self
-            .store
-            .deliveries
-            .handoffs(&HandoffFilter::Consumer(mkt), None, 100)
-            .await
-            .unwrap()
-            .items;
         let sent: BTreeSet<String> = stream.iter().map(|d| d.event.id.clone()).collect();
-        let logged: BTreeSet<String> = handoffs
-            .iter()
-            .map(|h| h.handoff.message_id.to_string())
-            .collect();
+        let logged = logged_ids(&self.store, "mkt").await;
         assert_eq!(
             sent, logged,
             "every message the consumer can read is in the handoff log, and only those"
@@ -138,6 +127,23 @@ impl Scene {
             "the change decided before the withdrawal went out once, then the notice"
         );
     }
+}
+
+/// The ids of the messages the handoff log holds for `consumer`.
+async fn logged_ids(store: &TestStore, consumer: &str) -> BTreeSet<String> {
+    store
+        .deliveries
+        .handoffs(
+            &HandoffFilter::Consumer(ConsumerId::parse(consumer).unwrap()),
+            None,
+            100,
+        )
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|h| h.handoff.message_id.to_string())
+        .collect()
 }
 
 async fn a_publish_acknowledged_late_is_resent_as_decided(engine: Engine) {
@@ -239,19 +245,7 @@ async fn a_webhook_answered_too_late_is_sent_the_decided_message_again(engine: E
                 .id
         })
         .collect();
-    let logged: BTreeSet<String> = store
-        .deliveries
-        .handoffs(
-            &HandoffFilter::Consumer(ConsumerId::parse("hook").unwrap()),
-            None,
-            100,
-        )
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|h| h.handoff.message_id.to_string())
-        .collect();
+    let logged = logged_ids(&store, "hook").await;
     assert_eq!(
         got, logged,
         "every message the receiver took is in the handoff log"

@@ -10,26 +10,15 @@
 //! the database; so a key read before an erasure committed is never put back after the
 //! erasure's invalidation, even by a command that raced it.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use hashlink::LruCache;
 use uuid::Uuid;
 
 use crate::crypto::DataKey;
-
-/// Shards, so that concurrent commands rarely wait on one lock.
-const SHARDS: usize = 8;
-
-type Shard = LruCache<Uuid, DataKey, RandomState>;
+use crate::sharded::ShardedLru;
 
 pub(crate) struct KeyCache {
-    /// Empty when the cache is disabled (capacity 0).
-    shards: Box<[Mutex<Shard>]>,
-    /// Picks a shard. Random per process: customer ids come from clients.
-    hasher: RandomState,
+    keys: ShardedLru<DataKey>,
     /// Bumped by every invalidation (under the customer's shard lock).
     epoch: AtomicU64,
 }
@@ -46,36 +35,19 @@ impl KeyCache {
     /// Holds at most `capacity` keys (rounded up to a multiple of the shard count); 0 turns
     /// the cache off.
     pub(crate) fn new(capacity: usize) -> Self {
-        let shards = if capacity == 0 {
-            Vec::new()
-        } else {
-            let per_shard = capacity.div_ceil(SHARDS);
-            (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::with_hasher(per_shard, RandomState::new())))
-                .collect()
-        };
         Self {
-            shards: shards.into_boxed_slice(),
-            hasher: RandomState::new(),
+            keys: ShardedLru::new(capacity),
             epoch: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).capacity()).sum()
+        self.keys.capacity()
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
-    }
-
-    fn shard(&self, customer: Uuid) -> Option<MutexGuard<'_, Shard>> {
-        if self.shards.is_empty() {
-            return None;
-        }
-        let index = (self.hasher.hash_one(customer) % SHARDS as u64) as usize;
-        self.shards.get(index).map(lock)
+        self.keys.len()
     }
 
     /// Take this before reading a key from the database, and hand it to [`KeyCache::insert`].
@@ -84,7 +56,7 @@ impl KeyCache {
     }
 
     pub(crate) fn get(&self, customer: Uuid) -> Option<DataKey> {
-        let hit = self.shard(customer)?.get(&customer).cloned();
+        let hit = self.keys.shard(customer)?.get(&customer).cloned();
         metrics::counter!("idledger_data_key_cache_total", "result" => if hit.is_some() { "hit" } else { "miss" })
             .increment(1);
         hit
@@ -93,7 +65,7 @@ impl KeyCache {
     /// Keeps `key` unless a key was invalidated since `epoch` was taken: it may be one that an
     /// erasure destroyed after it was read.
     pub(crate) fn insert(&self, customer: Uuid, key: DataKey, epoch: u64) {
-        if let Some(mut shard) = self.shard(customer)
+        if let Some(mut shard) = self.keys.shard(customer)
             && self.epoch.load(Ordering::SeqCst) == epoch
         {
             shard.insert(customer, key);
@@ -102,7 +74,8 @@ impl KeyCache {
 
     /// Whether the customer's key is held (without counting as a use).
     pub(crate) fn contains(&self, customer: Uuid) -> bool {
-        self.shard(customer)
+        self.keys
+            .shard(customer)
             .is_some_and(|shard| shard.contains_key(&customer))
     }
 
@@ -110,7 +83,7 @@ impl KeyCache {
     /// theirs will need it again. No epoch bump, so that reads of erased records cannot keep
     /// the cache from filling.
     pub(crate) fn forget(&self, customer: Uuid) {
-        if let Some(mut shard) = self.shard(customer) {
+        if let Some(mut shard) = self.keys.shard(customer) {
             shard.remove(&customer);
         }
     }
@@ -118,7 +91,7 @@ impl KeyCache {
     /// Forgets the customer's key (their erasure committed) and makes every key read before
     /// now unfit to be put in.
     pub(crate) fn invalidate(&self, customer: Uuid) {
-        match self.shard(customer) {
+        match self.keys.shard(customer) {
             Some(mut shard) => {
                 shard.remove(&customer);
                 // Under the shard's lock, so an insert of this customer sees it.
@@ -129,11 +102,6 @@ impl KeyCache {
             }
         }
     }
-}
-
-/// A panic while holding a shard leaves nothing half-done (each operation is one map call).
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod model;
 pub mod outbox;
 pub mod projection;
 pub mod runs;
+mod sharded;
 pub mod signing;
 pub mod sql;
 mod state_cache;

@@ -10,17 +10,13 @@
 //! newer version. Rows rewritten without a new version (`idledger rebuild`) clear this
 //! process's cache; another process's rebuild is seen within [`MAX_AGE`].
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use hashlink::LruCache;
 use uuid::Uuid;
 
 use crate::model::ProjectionRow;
+use crate::sharded::ShardedLru;
 
-const SHARDS: usize = 8;
 /// How long an entry is used without being read again.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
 
@@ -30,17 +26,14 @@ struct Entry {
     written_at: Instant,
 }
 
-type Shard = LruCache<Uuid, Entry, RandomState>;
-
 pub(crate) struct StateCache {
-    shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    records: ShardedLru<Entry>,
 }
 
 impl std::fmt::Debug for StateCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateCache")
-            .field("shards", &self.shards.len())
+            .field("capacity", &self.records.capacity())
             .finish_non_exhaustive()
     }
 }
@@ -48,33 +41,14 @@ impl std::fmt::Debug for StateCache {
 impl StateCache {
     /// Holds at most about `capacity` customers; 0 turns it off.
     pub(crate) fn new(capacity: usize) -> Self {
-        let shards = if capacity == 0 {
-            Vec::new()
-        } else {
-            let per_shard = capacity.div_ceil(SHARDS);
-            (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::with_hasher(per_shard, RandomState::new())))
-                .collect()
-        };
         Self {
-            shards: shards.into_boxed_slice(),
-            hasher: RandomState::new(),
+            records: ShardedLru::new(capacity),
         }
-    }
-
-    fn shard(&self, customer: Uuid) -> Option<MutexGuard<'_, Shard>> {
-        if self.shards.is_empty() {
-            return None;
-        }
-        let index = (self.hasher.hash_one(customer) % SHARDS as u64) as usize;
-        self.shards
-            .get(index)
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The rows this process last wrote for the customer, if recent.
     pub(crate) fn get(&self, customer: Uuid) -> Option<Vec<ProjectionRow>> {
-        let mut shard = self.shard(customer)?;
+        let mut shard = self.records.shard(customer)?;
         let fresh = shard
             .get(&customer)
             .is_some_and(|e| e.written_at.elapsed() < MAX_AGE);
@@ -91,7 +65,7 @@ impl StateCache {
 
     /// Keeps the rows of the customer's stream at `version`, unless a newer one is held.
     pub(crate) fn put(&self, customer: Uuid, rows: Vec<ProjectionRow>, version: u64) {
-        let Some(mut shard) = self.shard(customer) else {
+        let Some(mut shard) = self.records.shard(customer) else {
             return;
         };
         if shard.get(&customer).is_some_and(|e| e.version > version) {
@@ -108,15 +82,13 @@ impl StateCache {
     }
 
     pub(crate) fn remove(&self, customer: Uuid) {
-        if let Some(mut shard) = self.shard(customer) {
+        if let Some(mut shard) = self.records.shard(customer) {
             shard.remove(&customer);
         }
     }
 
     pub(crate) fn clear(&self) {
-        for shard in &self.shards {
-            shard.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        }
+        self.records.clear();
     }
 }
 
