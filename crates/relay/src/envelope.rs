@@ -105,7 +105,7 @@ pub struct CloudEvent {
 }
 
 /// A message ready for any channel: the envelope's bytes plus what the handoff log keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Message {
     /// The CloudEvent id.
     pub id: Uuid,
@@ -125,6 +125,22 @@ pub struct Message {
     pub basis: Vec<ConsentBasis>,
     /// The serialised CloudEvent.
     pub body: Vec<u8>,
+}
+
+/// Never the body: it carries the customer's values.
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("event_type", &self.event_type)
+            .field("customer_id", &self.customer_id)
+            .field("event_id", &self.event_id)
+            .field("position", &self.position)
+            .field("subject_field", &self.subject_field)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Message {

@@ -21,13 +21,24 @@ use crate::sql::{Arg, Tx, sql};
 const AAD_PREFIX: &[u8] = b"idledger-outbox-v1\0";
 
 /// One decided item, in sending order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct OutboxItem {
     pub customer_id: CustomerId,
     /// It carries the customer's data: it is kept only sealed under their data key, and not
     /// at all once they have none (erased: it must not be sent either).
     pub personal: bool,
     pub payload: Vec<u8>,
+}
+
+/// Never the payload: it may hold the customer's values.
+impl std::fmt::Debug for OutboxItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxItem")
+            .field("customer_id", &self.customer_id)
+            .field("personal", &self.personal)
+            .field("payload_bytes", &self.payload.len())
+            .finish()
+    }
 }
 
 /// An item waiting in the outbox.
@@ -42,6 +53,7 @@ pub struct Pending {
     pub payload: Option<Vec<u8>>,
 }
 
+/// Never the payload: it may hold the customer's values.
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")

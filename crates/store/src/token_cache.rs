@@ -33,7 +33,6 @@ pub const CHANNEL: &str = "idledger_tokens";
 /// Most tokens held; a deployment has tens or hundreds.
 pub const CAPACITY: usize = 10_000;
 
-#[derive(Debug)]
 pub(crate) struct TokenCache {
     entries: Mutex<HashMap<Vec<u8>, (TokenRecord, Instant)>>,
     epoch: AtomicU64,
@@ -43,6 +42,22 @@ pub(crate) struct TokenCache {
     usable: AtomicBool,
     /// The listener task was started (PostgreSQL).
     pub(crate) listening: AtomicBool,
+}
+
+/// Counts only: the entries are keyed by token hashes.
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        f.debug_struct("TokenCache")
+            .field("held", &held)
+            .field("usable", &self.is_usable())
+            .field("ttl", &self.ttl())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenCache {
