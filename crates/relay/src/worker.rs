@@ -219,9 +219,13 @@ async fn step(
         .min();
     // Handled: delivered, or before the first message not handled (skipped ones included);
     // an erasure, once no unhandled message or erasure comes before it.
+    let mut was_delivered = vec![false; batch.messages.len()];
+    for i in &sent.delivered {
+        was_delivered[*i] = true;
+    }
     let mut handled = 0usize;
     for (i, planned) in batch.messages.iter().enumerate() {
-        if sent.first_unhandled.is_none_or(|f| i < f) || sent.delivered.contains(&i) {
+        if sent.first_unhandled.is_none_or(|f| i < f) || was_delivered[i] {
             done.push(planned.seq);
             handled += 1;
         }
