@@ -508,10 +508,18 @@ fn serve_relays_changes_to_a_nats_consumer_within_its_purpose() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Two `serve` processes on one PostgreSQL: a decision asked of one right after a withdrawal
-/// was answered by the other never allows (each question reads the customer's state fresh).
-#[test]
-fn a_decision_on_one_process_sees_a_withdrawal_made_through_another() {
+/// A PostgreSQL test database and a data directory holding the master key file (`hex`
+/// repeated), for tests that start several processes on one store; and the runtime the
+/// database lives on.
+fn postgres_store(
+    name: &str,
+    hex: &str,
+) -> (
+    tokio::runtime::Runtime,
+    idledger_testkit::TestDb,
+    PathBuf,
+    PathBuf,
+) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -519,10 +527,18 @@ fn a_decision_on_one_process_sees_a_withdrawal_made_through_another() {
     let db = runtime.block_on(idledger_testkit::TestDb::new(
         idledger_testkit::Engine::Postgres,
     ));
-    let dir = data_dir("two-processes");
-    // A PostgreSQL store's master key is provisioned, never generated: one file for both.
+    let dir = data_dir(name);
+    // A PostgreSQL store's master key is provisioned, never generated: one file for all.
     let key_file = dir.join("master.key");
-    std::fs::write(&key_file, "ab".repeat(32)).unwrap();
+    std::fs::write(&key_file, hex.repeat(32)).unwrap();
+    (runtime, db, dir, key_file)
+}
+
+/// Two `serve` processes on one PostgreSQL: a decision asked of one right after a withdrawal
+/// was answered by the other never allows (each question reads the customer's state fresh).
+#[test]
+fn a_decision_on_one_process_sees_a_withdrawal_made_through_another() {
+    let (runtime, db, dir, key_file) = postgres_store("two-processes", "ab");
     let key = key_file.to_str().unwrap();
     let with_db = |args: &[&str]| {
         let mut all = vec!["--database", db.url.as_str(), "--master-key-file", key];
@@ -673,16 +689,7 @@ fn two_replicas_take_commands_and_one_delivers_with_takeover_when_it_is_killed()
     use std::time::{Duration, Instant};
 
     let nats_url = nats_url();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let db = runtime.block_on(idledger_testkit::TestDb::new(
-        idledger_testkit::Engine::Postgres,
-    ));
-    let dir = data_dir("replicas");
-    let key_file = dir.join("master.key");
-    std::fs::write(&key_file, "cd".repeat(32)).unwrap();
+    let (runtime, db, dir, key_file) = postgres_store("replicas", "cd");
     let unique = uuid::Uuid::now_v7().simple().to_string();
     let prefix = format!("rep{unique}");
     let config = dir.join("idledger.toml");

@@ -106,27 +106,37 @@ impl Scene {
             sent, logged,
             "every message the consumer can read is in the handoff log, and only those"
         );
-        let kinds: Vec<(String, Option<String>)> = stream
-            .iter()
-            .map(|d| {
-                (
-                    d.event.event_type.clone(),
-                    d.event.data["value"].as_str().map(str::to_owned),
-                )
-            })
-            .collect();
-        let e1 = email(1).as_str().unwrap().to_owned();
-        let e2 = email(2).as_str().unwrap().to_owned();
         assert_eq!(
-            kinds,
-            vec![
-                (FIELD_CHANGED.to_owned(), Some(e1)),
-                (FIELD_CHANGED.to_owned(), Some(e2)),
-                (CONSENT_WITHDRAWN.to_owned(), None),
-            ],
+            kinds(stream.iter().map(|d| &d.event)),
+            decided_then_withdrawn(),
             "the change decided before the withdrawal went out once, then the notice"
         );
     }
+}
+
+/// Each event's type and the value it carries.
+fn kinds<'a>(
+    events: impl Iterator<Item = &'a idledger_relay::envelope::CloudEvent>,
+) -> Vec<(String, Option<String>)> {
+    events
+        .map(|e| {
+            (
+                e.event_type.clone(),
+                e.data["value"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// What every scenario's consumer must end up with: the first email, the second (decided
+/// before the withdrawal), then the withdrawal notice.
+fn decided_then_withdrawn() -> Vec<(String, Option<String>)> {
+    let value = |n| email(n).as_str().map(str::to_owned);
+    vec![
+        (FIELD_CHANGED.to_owned(), value(1)),
+        (FIELD_CHANGED.to_owned(), value(2)),
+        (CONSENT_WITHDRAWN.to_owned(), None),
+    ]
 }
 
 /// The ids of the messages the handoff log holds for `consumer`.
@@ -250,25 +260,9 @@ async fn a_webhook_answered_too_late_is_sent_the_decided_message_again(engine: E
         got, logged,
         "every message the receiver took is in the handoff log"
     );
-    let accepted: Vec<(String, Option<String>)> = receiver
-        .accepted()
-        .iter()
-        .map(|e| {
-            (
-                e.event_type.clone(),
-                e.data["value"].as_str().map(str::to_owned),
-            )
-        })
-        .collect();
-    let e1 = email(1).as_str().unwrap().to_owned();
-    let e2 = email(2).as_str().unwrap().to_owned();
     assert_eq!(
-        accepted,
-        vec![
-            (FIELD_CHANGED.to_owned(), Some(e1)),
-            (FIELD_CHANGED.to_owned(), Some(e2)),
-            (CONSENT_WITHDRAWN.to_owned(), None),
-        ],
+        kinds(receiver.accepted().iter()),
+        decided_then_withdrawn(),
         "the change decided before the withdrawal is answered in time on the retry, then the notice"
     );
     let ids: Vec<Option<String>> = received.iter().map(|r| r.message_id.clone()).collect();
