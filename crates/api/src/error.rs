@@ -151,7 +151,8 @@ impl From<Refused> for ApiError {
             Refusal::NotAuthoritative { .. }
             | Refusal::Forbidden { .. }
             | Refusal::ActorNotAllowed { .. }
-            | Refusal::WrongSecret { .. } => StatusCode::FORBIDDEN,
+            | Refusal::WrongSecret { .. }
+            | Refusal::ApprovalRequired { .. } => StatusCode::FORBIDDEN,
             Refusal::VersionConflict { .. } | Refusal::AlreadyRegistered => StatusCode::CONFLICT,
             Refusal::RecordVersionConflict { .. } => StatusCode::PRECONDITION_FAILED,
             Refusal::NotRegistered | Refusal::UnknownProposal { .. } => StatusCode::NOT_FOUND,

@@ -27,6 +27,7 @@ pub mod steward;
 pub mod tokens;
 pub mod views;
 pub mod wire;
+pub mod workspace;
 
 use std::future::Future;
 use std::time::Duration;
@@ -262,11 +263,21 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
         )
         .route("/exceptions", get(reconcile::list_exceptions))
         .route("/exceptions/actions", post(reconcile::act_in_bulk))
+        .route("/exceptions/counts", get(workspace::counts))
         .route("/exceptions/{exception_id}", get(reconcile::get_exception))
         .route(
             "/exceptions/{exception_id}/actions",
             post(reconcile::act_on_exception),
         )
+        .route(
+            "/exceptions/{exception_id}/assignment",
+            post(workspace::assign),
+        )
+        .route("/approvals", get(workspace::list_approvals))
+        .route("/approvals/{approval_id}", get(workspace::get_approval))
+        .route("/approvals/{approval_id}/approve", post(workspace::approve))
+        .route("/approvals/{approval_id}/reject", post(workspace::reject))
+        .route("/steward-activity", get(workspace::activity))
         .route(
             "/reconciliations",
             post(reconcile::start_reconciliation).get(reconcile::list_reconciliations),

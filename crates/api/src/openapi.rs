@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::{
     decisions, delivery, error, export, jwks, reconcile, retention, routes, steward, tokens, views,
-    wire,
+    wire, workspace,
 };
 
 #[derive(OpenApi)]
@@ -40,6 +40,13 @@ use crate::{
         reconcile::get_exception,
         reconcile::act_on_exception,
         reconcile::act_in_bulk,
+        workspace::assign,
+        workspace::counts,
+        workspace::list_approvals,
+        workspace::get_approval,
+        workspace::approve,
+        workspace::reject,
+        workspace::activity,
         reconcile::start_reconciliation,
         reconcile::list_reconciliations,
         reconcile::get_reconciliation,
@@ -113,6 +120,14 @@ use crate::{
         views::RunView,
         views::FindingView,
         reconcile::BulkActionRequest,
+        workspace::AssignmentRequest,
+        workspace::KindCountView,
+        workspace::CountsView,
+        workspace::ApprovalView,
+        workspace::ApprovalPageView,
+        workspace::ApprovalDecisionRequest,
+        workspace::ActivityView,
+        workspace::ActivityPageView,
         reconcile::BulkItem,
         reconcile::BulkResult,
         reconcile::ReconcileRequest,

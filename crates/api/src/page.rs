@@ -26,9 +26,10 @@ use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::hashing::HashKey;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::state::{ConsentState, CustomerState};
+use idledger_store::approvals::{Approval, ApprovalStatus};
 use idledger_store::delivery::{
     ConsumerFieldState, ExceptionFilter, ExceptionKind, ExceptionStatus, ExceptionSubject,
-    SyncException,
+    KindCount, SyncException,
 };
 use idledger_store::{RecordedEvent, Role, Scope, Session, SessionLimits, StoreError, TokenRecord};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -64,7 +65,11 @@ pub fn routes(settings: SessionSettings) -> Router<AppState> {
         .route("/steward/logout", post(logout))
         .route("/steward/exceptions/{id}", get(detail))
         .route("/steward/exceptions/{id}/act", post(act_one))
+        .route("/steward/exceptions/{id}/assign", post(assign_one))
         .route("/steward/bulk", post(bulk))
+        .route("/steward/approvals", get(approvals_page))
+        .route("/steward/approvals/{id}/decide", post(decide_approval))
+        .route("/steward/activity", get(activity_page))
         .route("/steward/customers", get(find_customer))
         .route("/steward/customers/{id}", get(customer_page))
         .route(
@@ -271,6 +276,8 @@ fn layout(title: &str, steward: Option<&TokenRecord>, body: Markup) -> Markup {
                 header {
                     a href="/steward" { "idledger · sync exceptions" }
                     @if steward.is_some() {
+                        a id="nav-approvals" href="/steward/approvals" { "Approvals" }
+                        a id="nav-activity" href="/steward/activity" { "Activity" }
                         form id="find-customer" method="get" action="/steward/customers" {
                             input type="text" name="id" size="38" placeholder="customer id" aria-label="customer id";
                             button type="submit" { "Open record" }
@@ -494,6 +501,10 @@ struct Filters {
     /// `open` (the default), `resolved`, `dismissed` or `all`.
     status: String,
     older_than: String,
+    /// `me`, `none`, a steward's label, or empty: anyone's.
+    assignee: String,
+    /// `true`: only those past their SLA.
+    overdue: String,
 }
 
 impl Filters {
@@ -506,22 +517,30 @@ impl Filters {
             field: get("field"),
             status,
             older_than: get("older_than"),
+            assignee: get("assignee"),
+            overdue: get("overdue"),
         }
     }
 
     /// The store's filter, or what is wrong with the input (the API's own parser, so the
     /// page and the API agree on every filter).
-    fn to_filter(&self, now: DateTime<Utc>) -> Result<ExceptionFilter, Vec<String>> {
+    fn to_filter(
+        &self,
+        now: DateTime<Utc>,
+        me: &idledger_app::Steward,
+    ) -> Result<ExceptionFilter, Vec<String>> {
         let pairs = [
             ("consumer", self.consumer.as_str()),
             ("kind", self.kind.as_str()),
             ("field", self.field.as_str()),
             ("status", self.status.as_str()),
             ("older_than", self.older_than.as_str()),
+            ("assignee", self.assignee.as_str()),
+            ("overdue", self.overdue.as_str()),
         ];
         ExceptionQuery::parse(pairs)
-            .map(|query| query.filter(now))
             .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+            .and_then(|query| query.filter(now, Some(me)).map_err(|e| vec![e.to_string()]))
     }
 
     /// The query string of these filters (for paging links).
@@ -533,6 +552,8 @@ impl Filters {
             ("field", &self.field),
             ("status", &self.status),
             ("older_than", &self.older_than),
+            ("assignee", &self.assignee),
+            ("overdue", &self.overdue),
         ] {
             if !v.is_empty() {
                 q.append_pair(k, v);
@@ -551,7 +572,15 @@ async fn list(
     let filters = Filters::from_query(&query);
     let now = Utc::now();
     let after = one(&query, "after").and_then(|raw| Uuid::parse_str(raw).ok());
-    let (status, errors, mut items) = match filters.to_filter(now) {
+    let me = match steward::steward_of(&token) {
+        Ok(me) => me,
+        Err(e) => return PageError::from(e).into_response(),
+    };
+    let counts = match state.app.open_counts().await {
+        Ok(counts) => counts,
+        Err(e) => return PageError::from(ApiError::from(e)).into_response(),
+    };
+    let (status, errors, mut items) = match filters.to_filter(now, &me) {
         Ok(mut filter) => {
             filter.after = after;
             // One more than a page, to know whether there is a next one.
@@ -580,6 +609,7 @@ async fn list(
         @for error in &errors {
             p.msg.error role="alert" { (error) }
         }
+        (counts_table(&counts))
         (filter_form(&filters))
         @if items.is_empty() {
             p.muted id="empty" { "No exceptions match." }
@@ -588,7 +618,7 @@ async fn list(
                 table id="exceptions" {
                     thead { tr {
                         th { "" } th { "Kind" } th { "About" } th { "Customer" }
-                        th { "Field" } th { "Age" } th { "Seen" } th { "Status" }
+                        th { "Field" } th { "Age" } th { "Seen" } th { "Status" } th { "Assigned" }
                     } }
                     tbody {
                         @for e in &items {
@@ -606,6 +636,7 @@ async fn list(
                                 td title=(time(e.created_at)) { (age(e.created_at, now)) }
                                 td { (e.occurrences) "×" }
                                 td class={ "status-" (e.status.as_str()) } { (e.status.as_str()) }
+                                td.assignee { (e.assigned_to.as_deref().unwrap_or("—")) }
                             }
                         }
                     }
@@ -652,6 +683,19 @@ fn filter_form(f: &Filters) -> Markup {
                 }
             }
             label { "Older than" input type="text" name="older_than" value=(f.older_than) placeholder="90m, 4h, 2d" size="8"; }
+            label { "Assigned to"
+                select name="assignee" {
+                    option value="" { "anyone" }
+                    option value="me" selected[f.assignee == "me"] { "me" }
+                    option value="none" selected[f.assignee == "none"] { "nobody" }
+                    @if !["", "me", "none"].contains(&f.assignee.as_str()) {
+                        option value=(f.assignee) selected { (f.assignee) }
+                    }
+                }
+            }
+            label { "Overdue only"
+                input type="checkbox" name="overdue" value="true" checked[f.overdue == "true"];
+            }
             button type="submit" { "Filter" }
         }
     }
@@ -690,6 +734,10 @@ async fn detail(
             "repush" => "Re-pushed: the record's value is on its way to the consumer again. The exception closes when the consumer acknowledges it.".to_owned(),
             "accept" => "Accepted into the record.".to_owned(),
             "dismiss" => "Dismissed.".to_owned(),
+            "approval" => "A second steward must approve this change (four eyes): nothing changed yet. It waits under Approvals.".to_owned(),
+            "assign" => "Assignment saved.".to_owned(),
+            "approve" => "Approved: the change is in the record.".to_owned(),
+            "reject" => "Rejected: nothing changed; the exception stays open.".to_owned(),
             other => format!("Done: {other}."),
         })
     });
@@ -719,9 +767,15 @@ async fn act_one(
     };
     match steward::act(&state, &token, id, &request).await {
         // Post/redirect/get: reloading the page does not act twice.
-        Ok(done) => Ok(
-            Redirect::to(&format!("/steward/exceptions/{id}?done={}", done.action)).into_response(),
-        ),
+        Ok(done) => Ok(Redirect::to(&format!(
+            "/steward/exceptions/{id}?done={}",
+            if done.approval.is_some() {
+                "approval"
+            } else {
+                done.action
+            }
+        ))
+        .into_response()),
         Err(e) if e.status == StatusCode::NOT_FOUND && e.code == "unknown_exception" => {
             Err(e.into())
         }
@@ -854,6 +908,11 @@ async fn exception_page(
     let steward_override = field
         .as_ref()
         .map(|f| state.ledger.policy().rule(f).steward_override);
+    let approvals = state
+        .app
+        .approvals(Some(ApprovalStatus::Pending), Some(id), None, 10)
+        .await
+        .map_err(ApiError::from)?;
     // Hashes are keyed per consumer: the record's is shown under the consumer's key, to be
     // compared with what it acknowledged.
     let hash_key = consumer.as_ref().map(|c| state.ledger.hash_key(&c.id));
@@ -868,7 +927,13 @@ async fn exception_page(
         }
         (lifecycle(&exception))
         @if exception.status == ExceptionStatus::Open && !matches!(record, Record::Erased(_)) {
-            (action_forms(&exception, steward_override))
+            (assign_form(&exception))
+            @for approval in &approvals {
+                (approval_section(approval, token))
+            }
+            @if approvals.iter().all(|a| a.status != ApprovalStatus::Pending) {
+                (action_forms(&exception, steward_override))
+            }
         }
         @match &record {
             Record::Erased(message) => p.msg.error id="erased" role="alert" { (message) },
@@ -1203,6 +1268,13 @@ fn lifecycle(e: &SyncException) -> Markup {
                 @if let Some(action) = &e.last_action {
                     dt { "Last action" } dd { code { (action.to_string()) } }
                 }
+                dt { "Assigned to" } dd id="assigned-to" {
+                    @match (&e.assigned_to, e.assigned_at) {
+                        (Some(who), Some(at)) => { (who) " since " (time(at)) },
+                        (Some(who), None) => { (who) },
+                        _ => span.muted { "nobody" },
+                    }
+                }
             }
         }
     }
@@ -1244,6 +1316,259 @@ fn action_forms(e: &SyncException, steward_override: Option<bool>) -> Markup {
             }
         }
     }
+}
+
+/// Open exceptions per kind: how many, past their SLA, nobody's, and by age. Each kind
+/// links to its list.
+fn counts_table(counts: &[KindCount]) -> Markup {
+    html! {
+        @if !counts.is_empty() {
+            table id="counts" {
+                thead { tr {
+                    th { "Open" } th { "Count" } th { "Overdue" } th { "Unassigned" }
+                    th { "< 1 h" } th { "1 h – 1 d" } th { "1 – 7 d" } th { "> 7 d" }
+                } }
+                tbody {
+                    @for c in counts {
+                        tr data-kind=(c.kind) {
+                            td { a href={ "/steward?kind=" (c.kind) } { (c.kind) } }
+                            td.count { (c.open) }
+                            td.overdue { @if c.overdue > 0 { a href={ "/steward?kind=" (c.kind) "&overdue=true" } { (c.overdue) } } @else { "0" } }
+                            td.unassigned { (c.unassigned) }
+                            td { (c.by_age.under_1h) } td { (c.by_age.under_1d) }
+                            td { (c.by_age.under_7d) } td { (c.by_age.older) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn assign_form(e: &SyncException) -> Markup {
+    let action = format!("/steward/exceptions/{}/assign", e.id);
+    html! {
+        div.act {
+            form id="assign-me" method="post" action=(action) {
+                input type="hidden" name="assignee" value="me";
+                button type="submit" { "Assign to me" }
+            }
+            form id="assign" method="post" action=(action) {
+                label { "Steward" input type="text" name="assignee" size="16" placeholder="label"; }
+                button type="submit" { "Assign" }
+            }
+            @if e.assigned_to.is_some() {
+                form id="unassign" method="post" action=(action) {
+                    input type="hidden" name="assignee" value="";
+                    button type="submit" { "Unassign" }
+                }
+            }
+        }
+    }
+}
+
+/// A pending four-eyes approval: who asked, and (for any other steward) approve or reject.
+fn approval_section(approval: &Approval, token: &TokenRecord) -> Markup {
+    let mine = approval.requested_by == format!("steward:{}", token.label);
+    let action = format!("/steward/approvals/{}/decide", approval.id);
+    html! {
+        section id="approval" data-approval=(approval.id) {
+            h2 { "Waiting for a second steward" }
+            p { (approval.requested_by) " asked to change " code { (approval.field) } " on " (time(approval.requested_at))
+                ". The policy needs a second steward for this field (four eyes); the value stays sealed until then." }
+            @if mine {
+                p.muted id="approval-mine" { "You asked for this change: another steward must approve or reject it." }
+            } @else {
+                div.act {
+                    form id="approve" method="post" action=(action) {
+                        input type="hidden" name="decision" value="approve";
+                        label { "Reason (optional)" input type="text" name="reason" size="24"; }
+                        button type="submit" { "Approve" }
+                    }
+                    form id="reject" method="post" action=(action) {
+                        input type="hidden" name="decision" value="reject";
+                        label { "Reason (optional)" input type="text" name="reason" size="24"; }
+                        button type="submit" { "Reject" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn assign_one(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let id = parse_id(&raw)?;
+    let form = pairs(&body);
+    let me = steward::steward_of(&token)?;
+    let to = crate::workspace::assign_to(one(&form, "assignee"));
+    match state.app.assign(&me, id, &to).await.map_err(ApiError::from) {
+        Ok(_) => Ok(Redirect::to(&format!("/steward/exceptions/{id}?done=assign")).into_response()),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Err(e.into()),
+        Err(e) => {
+            let message = readable(&e);
+            exception_page(&state, &token, id, e.status, Some(Notice::Failed(message))).await
+        }
+    }
+}
+
+async fn decide_approval(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let id = Uuid::parse_str(&raw).map_err(|_| {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("There is no approval {raw}."),
+        )
+    })?;
+    let form = pairs(&body);
+    let me = steward::steward_of(&token)?;
+    let approval = state
+        .app
+        .approval(id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::from(idledger_app::WorkflowError::UnknownApproval(id)))?;
+    let reason = one(&form, "reason");
+    let (result, done) = match one(&form, "decision") {
+        Some("approve") => (
+            crate::workspace::approve_as(&state, &me, id, reason)
+                .await
+                .map(|_| ()),
+            "approve",
+        ),
+        Some("reject") => (
+            state
+                .app
+                .reject_approval(&me, id, reason)
+                .await
+                .map(|_| ())
+                .map_err(ApiError::from),
+            "reject",
+        ),
+        _ => (
+            Err(ApiError::unprocessable(
+                "invalid_body",
+                "Choose approve or reject.",
+            )),
+            "",
+        ),
+    };
+    let exception = approval.exception_id;
+    match result {
+        Ok(()) => Ok(
+            Redirect::to(&format!("/steward/exceptions/{exception}?done={done}")).into_response(),
+        ),
+        Err(e) => {
+            let message = readable(&e);
+            exception_page(
+                &state,
+                &token,
+                exception,
+                e.status,
+                Some(Notice::Failed(message)),
+            )
+            .await
+        }
+    }
+}
+
+/// Pending four-eyes approvals, oldest first.
+async fn approvals_page(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+) -> Result<Response, PageError> {
+    let approvals = state
+        .app
+        .approvals(Some(ApprovalStatus::Pending), None, None, PAGE_SIZE as u32)
+        .await
+        .map_err(ApiError::from)?;
+    let now = Utc::now();
+    let body = html! {
+        h1 { "Waiting for a second steward" }
+        @if approvals.is_empty() {
+            p.muted id="empty" { "No change is waiting for approval." }
+        } @else {
+            table id="approvals" {
+                thead { tr { th { "Field" } th { "Customer" } th { "Asked by" } th { "Waiting" } th { "" } } }
+                tbody {
+                    @for a in &approvals {
+                        tr data-id=(a.id) {
+                            td { code { (a.field) } }
+                            td.mono { a href={ "/steward/customers/" (a.customer_id) } { (a.customer_id) } }
+                            td { (a.requested_by) }
+                            td title=(time(a.requested_at)) { (age(a.requested_at, now)) }
+                            td { a href={ "/steward/exceptions/" (a.exception_id) } { "open the exception" } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page(
+        StatusCode::OK,
+        layout("Approvals", Some(&token), body),
+    ))
+}
+
+/// What a steward did (`?steward=<label>`; the signed-in steward by default), newest last.
+async fn activity_page(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageError> {
+    let query = pairs(query.unwrap_or_default().as_bytes());
+    let label = one(&query, "steward").unwrap_or(&token.label).to_owned();
+    let mut params: std::collections::HashMap<String, String> = query.into_iter().collect();
+    params.insert("steward".to_owned(), label.clone());
+    let filter = crate::workspace::activity_filter(&params)?;
+    let activity = state
+        .app
+        .activity(&filter, crate::workspace::ACTIVITY_PAGE)
+        .await
+        .map_err(ApiError::from)?;
+    let next = (activity.len() == crate::workspace::ACTIVITY_PAGE as usize)
+        .then(|| activity.last().map(|a| a.id))
+        .flatten();
+    let body = html! {
+        h1 { "Activity of steward:" (label) }
+        form.filters method="get" action="/steward/activity" {
+            label { "Steward" input type="text" name="steward" value=(label) size="20"; }
+            button type="submit" { "Show" }
+        }
+        @if activity.is_empty() {
+            p.muted id="empty" { "Nothing recorded." }
+        } @else {
+            table id="activity" {
+                thead { tr { th { "When" } th { "Action" } th { "Customer" } th { "Field" } th { "Detail" } th { "Why" } th { "" } } }
+                tbody {
+                    @for a in &activity {
+                        tr data-action=(a.action) {
+                            td.nowrap { (time(a.at)) }
+                            td { (a.action) }
+                            td.mono { a href={ "/steward/customers/" (a.customer_id) } { (a.customer_id) } }
+                            td { (a.field.as_deref().unwrap_or("—")) }
+                            td.wrap { (a.detail.as_deref().unwrap_or("")) }
+                            td.wrap { (a.reason.as_deref().unwrap_or("")) }
+                            td { @if let Some(id) = a.exception_id { a href={ "/steward/exceptions/" (id) } { "exception" } } }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = next {
+            p { a id="next" href={ "/steward/activity?steward=" (label) "&after=" (next) } { "Next page →" } }
+        }
+    };
+    Ok(page(StatusCode::OK, layout("Activity", Some(&token), body)))
 }
 
 fn record_section(

@@ -82,7 +82,7 @@ fn limit_of(params: &HashMap<String, String>, default: u32) -> Result<u32, ApiEr
 )]
 pub async fn list_exceptions(
     State(state): State<AppState>,
-    Authorized(..): Authorized<Overseers>,
+    Authorized(caller, ..): Authorized<Overseers>,
     QueryParams(params): QueryParams<Vec<(String, String)>>,
 ) -> Result<Json<ExceptionPageView>, ApiError> {
     let query = ExceptionQuery::parse(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -92,7 +92,17 @@ pub async fn list_exceptions(
                 bad_query,
             )
         })?;
-    let page = state.app.exceptions(&query).await?;
+    let me = (caller.token.role == Role::Steward)
+        .then(|| steward::steward_of(&caller.token))
+        .transpose()?;
+    let page = state
+        .app
+        .exceptions(&query, me.as_ref())
+        .await
+        .map_err(|e| match e {
+            idledger_app::ListError::Query(e) => bad_query(&e),
+            idledger_app::ListError::Store(e) => e.into(),
+        })?;
     Ok(Json(ExceptionPageView {
         exceptions: page
             .exceptions
@@ -144,9 +154,10 @@ pub async fn get_exception(
     request_body = ActionRequest,
     responses(
         (status = 200, body = ActionResult),
+        (status = 202, description = "four eyes: the change waits for a second steward's approval (`approval`)", body = ActionResult),
         (status = 403, description = "forbidden (e.g. the policy forbids steward override), forbidden_role", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown_exception", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "exception_closed", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "exception_closed, approval_pending", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 410, description = "erased", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_body, invalid_value, value_required, not_a_consumer, no_field, no_proposal, invalid_transition", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
@@ -157,11 +168,15 @@ pub async fn act_on_exception(
     Authorized(caller, ..): Authorized<Stewards>,
     PathParams(params): PathParams,
     JsonBody(body): JsonBody<ActionRequest>,
-) -> Result<Json<ActionResult>, ApiError> {
+) -> Result<(StatusCode, Json<ActionResult>), ApiError> {
     let id = id_param(&params, "exception_id", "the exception id")?;
-    steward::act(&state, &caller.token, id, &body)
-        .await
-        .map(Json)
+    let result = steward::act(&state, &caller.token, id, &body).await?;
+    let status = if result.approval.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(result)))
 }
 
 /// The ids and the action, side by side in one object. Its members are spelled out rather

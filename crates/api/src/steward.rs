@@ -58,8 +58,14 @@ pub struct ActionResult {
     /// The exception as it stands after the action.
     pub exception: ExceptionView,
     /// The event recording the action (and, for accept, the value's own event first).
+    /// Empty while a four-eyes approval is pending.
     #[schema(value_type = Vec<String>)]
     pub event_ids: Vec<Uuid>,
+    /// Four eyes: the policy needs a second steward for this change. Nothing changed yet;
+    /// this approval waits for them (`POST /v1/approvals/{id}/approve`). With it the answer
+    /// is `202 Accepted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::workspace::ApprovalView>,
 }
 
 impl ActionResult {
@@ -69,6 +75,7 @@ impl ActionResult {
             action: action.as_str(),
             exception: ExceptionView::from(done.exception),
             event_ids: done.event_ids,
+            approval: done.approval.map(crate::workspace::ApprovalView::from),
         }
     }
 }
@@ -119,6 +126,21 @@ impl From<ActError> for ApiError {
         match e {
             ActError::Refused(refusal) => refusal.into(),
             ActError::Execute(e) => e.into(),
+            ActError::Approval(idledger_store::approvals::ApprovalError::AlreadyPending {
+                approval_id,
+                ..
+            }) => ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "approval_pending",
+                format!("a change of this exception is already waiting for approval {approval_id}"),
+            )
+            .with("approval_id", approval_id),
+            ActError::Approval(idledger_store::approvals::ApprovalError::Erased) => ApiError::new(
+                axum::http::StatusCode::GONE,
+                "erased",
+                "the customer's record was erased",
+            ),
+            ActError::Approval(idledger_store::approvals::ApprovalError::Store(e)) => e.into(),
         }
     }
 }

@@ -662,6 +662,11 @@ pub struct ExceptionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub last_action: Option<Value>,
+    /// The steward working it (`steward:<label>`), and since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned_at: Option<DateTime<Utc>>,
 }
 
 impl From<idledger_store::delivery::SyncException> for ExceptionView {
@@ -682,6 +687,8 @@ impl From<idledger_store::delivery::SyncException> for ExceptionView {
             resolution: e.resolution,
             resolution_note: e.resolution_note,
             last_action: e.last_action,
+            assigned_to: e.assigned_to,
+            assigned_at: e.assigned_at,
         }
     }
 }

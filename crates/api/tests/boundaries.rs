@@ -19,7 +19,8 @@ const NAMES: [&str; 6] = ["idp", "consumer", "steward", "auditor", "admin", "dsa
 
 async fn every_role_against_every_route(engine: Engine) {
     let app = TestApp::start(engine).await;
-    let set = json!({"provenance": provenance(), "changes": [{"op": "set_field", "field": "name.given", "value": "Ada"}]});
+    // A field a steward may override alone (name fields are four-eyes).
+    let set = json!({"provenance": provenance(), "changes": [{"op": "set_field", "field": "jurisdiction", "value": "DE"}]});
     let erase = json!({"reason": "subject request #1", "actor": {"kind": "agent", "id": "dpo"}});
     // The consumer token's own consumer reads the feed.
     app.add_consumer(
@@ -72,6 +73,24 @@ async fn every_role_against_every_route(engine: Engine) {
             "/v1/customers/{c}/erasure",
             Some(erase),
             &["admin"],
+        ),
+        (
+            Method::GET,
+            "/v1/exceptions/counts",
+            None,
+            &["steward", "auditor", "admin"],
+        ),
+        (
+            Method::GET,
+            "/v1/approvals",
+            None,
+            &["steward", "auditor", "admin"],
+        ),
+        (
+            Method::GET,
+            "/v1/steward-activity",
+            None,
+            &["steward", "auditor", "admin"],
         ),
         (
             Method::POST,

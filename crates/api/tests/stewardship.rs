@@ -27,6 +27,9 @@ on_both_engines!(
     erasure_closes_a_customers_exceptions_and_drops_their_evidence,
     a_bad_exception_query_is_invalid_query_naming_the_parameter,
     a_restricted_customer_is_owed_nothing_while_restricted,
+    exceptions_are_assigned_listed_by_assignee_and_logged_as_activity,
+    overdue_follows_the_consumers_sla_and_the_kinds_default_and_counts_show_it,
+    a_rejected_approval_changes_nothing_and_erasure_leaves_no_request_or_reason,
 );
 
 fn set(field: &str, value: &str) -> Value {
@@ -403,6 +406,55 @@ async fn act(app: &TestApp, id: &str, as_: &str, body: Value) -> Reply {
     post(app, &format!("/v1/exceptions/{id}/actions"), as_, &body).await
 }
 
+/// Four eyes: `name.given` needs a second steward. The first steward's action waits (202, an
+/// approval, nothing recorded); the first steward may not approve it; a second one does.
+/// Returns the approval's answer.
+async fn accept_with_four_eyes(app: &mut TestApp, exc: &str, body: Value) -> Reply {
+    let head = app.head().await;
+    let asked = act(app, exc, "steward", body).await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.text);
+    assert_eq!(asked.body["event_ids"], json!([]), "{}", asked.text);
+    assert_eq!(asked.body["exception"]["status"], "open");
+    assert_eq!(
+        app.head().await,
+        head,
+        "a pending approval records no event"
+    );
+    let approval = asked.body["approval"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(asked.body["approval"]["requested_by"], "steward:steward");
+    // Asking again while one waits is a conflict, and the asker cannot approve their own.
+    act(
+        app,
+        exc,
+        "steward",
+        json!({"action": "accept", "value": "x"}),
+    )
+    .await
+    .problem(409, "approval_pending");
+    let approve = format!("/v1/approvals/{approval}/approve");
+    post(app, &approve, "steward", &json!({}))
+        .await
+        .problem(403, "same_steward");
+    let second = app.second_steward().await;
+    let approved = post(
+        app,
+        &approve,
+        &second,
+        &json!({"reason": "checked the passport"}),
+    )
+    .await;
+    assert_eq!(approved.status, StatusCode::OK, "{}", approved.text);
+    let decided = app
+        .get(&format!("/v1/approvals/{approval}"), "auditor")
+        .await;
+    assert_eq!(decided.body["status"], "approved", "{}", decided.text);
+    assert_eq!(decided.body["decided_by"], "steward:steward-b");
+    post(app, &approve, &second, &json!({}))
+        .await
+        .problem(409, "approval_decided");
+    approved
+}
+
 async fn a_proposal_raises_an_exception_about_its_source(engine: Engine) {
     let StewardScene { app, proposed, .. } = steward_scene(engine).await;
     let proposals = exceptions(&app, "?kind=proposal").await;
@@ -457,21 +509,33 @@ async fn only_stewards_act_and_a_dismissal_needs_a_reason(engine: Engine) {
 
 async fn accepting_a_consumers_value_records_it_with_the_stewards_provenance(engine: Engine) {
     let StewardScene {
-        app, c, name_exc, ..
+        mut app,
+        c,
+        name_exc,
+        ..
     } = steward_scene(engine).await;
-    let act = async |id: &str, as_: &str, body: Value| act(&app, id, as_, body).await;
-    // Accepting the consumer's name is allowed: the record takes it, with the steward's
-    // provenance, and the exception is resolved.
-    let accepted = act(
+    // Accepting the consumer's name is allowed, with a second steward's approval (four
+    // eyes): the record takes it, with both stewards' provenance, and the exception is
+    // resolved.
+    let before = given_name(&app, &c).await;
+    let accepted = accept_with_four_eyes(
+        &mut app,
         &name_exc,
-        "steward",
         json!({"action": "accept", "value": "Ada Lovelace", "reason": "confirmed with the customer"}),
     )
     .await;
-    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    assert_ne!(before, "Ada Lovelace");
     assert_eq!(accepted.body["exception"]["status"], "resolved");
     assert_eq!(accepted.body["exception"]["resolution"], "accepted");
     assert_eq!(accepted.body["exception"]["resolved_by"], "steward:steward");
+    assert!(
+        accepted.body["exception"]["resolution_note"]
+            .as_str()
+            .unwrap()
+            .ends_with("(approved by steward:steward-b)"),
+        "{}",
+        accepted.text
+    );
     assert_eq!(given_name(&app, &c).await, "Ada Lovelace");
     let history = app
         .get(
@@ -489,20 +553,43 @@ async fn accepting_a_consumers_value_records_it_with_the_stewards_provenance(eng
         types.ends_with(&["field_set", "steward_acted"]),
         "{types:?}"
     );
+    let set = &history.body["events"].as_array().unwrap()[types.len() - 2];
+    assert_eq!(set["provenance"]["actor"]["id"], "steward", "{set}");
+    assert_eq!(set["provenance"]["approved_by"]["id"], "steward-b", "{set}");
+    // A steward's own command on a four-eyes field is refused: only the approval makes it.
+    let direct = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{c}/commands"),
+            Some("steward"),
+            Some("direct-1"),
+            Some(
+                &json!({"provenance": {"actor": {"kind": "steward", "id": "steward"}},
+                         "changes": [set_field("name.given", "Eve")]}),
+            ),
+        )
+        .await;
+    direct.problem(403, "approval_required");
+    assert_eq!(given_name(&app, &c).await, "Ada Lovelace");
+}
+
+fn set_field(field: &str, value: &str) -> Value {
+    set(field, value)
 }
 
 async fn acting_on_a_closed_exception_is_a_conflict(engine: Engine) {
-    let StewardScene { app, name_exc, .. } = steward_scene(engine).await;
-    let act = async |id: &str, as_: &str, body: Value| act(&app, id, as_, body).await;
-    let accepted = act(
+    let StewardScene {
+        mut app, name_exc, ..
+    } = steward_scene(engine).await;
+    accept_with_four_eyes(
+        &mut app,
         &name_exc,
-        "steward",
         json!({"action": "accept", "value": "Ada Lovelace", "reason": "confirmed with the customer"}),
     )
     .await;
-    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
     // Acting again on a closed exception is a conflict.
     act(
+        &app,
         &name_exc,
         "steward",
         json!({"action": "dismiss", "reason": "again"}),
@@ -512,33 +599,34 @@ async fn acting_on_a_closed_exception_is_a_conflict(engine: Engine) {
 }
 
 async fn a_proposal_is_accepted_as_itself(engine: Engine) {
-    let StewardScene { app, c, .. } = steward_scene(engine).await;
-    let act = async |id: &str, as_: &str, body: Value| act(&app, id, as_, body).await;
+    let StewardScene { mut app, c, .. } = steward_scene(engine).await;
     let proposals = exceptions(&app, "?kind=proposal").await;
-    // The proposal is accepted as itself.
-    let proposal_exc = proposals[0]["id"].as_str().unwrap();
-    let taken = act(proposal_exc, "steward", json!({"action": "accept"})).await;
-    assert_eq!(taken.status, StatusCode::OK, "{}", taken.text);
+    // The proposal is accepted as itself (with a second steward's approval).
+    let proposal_exc = proposals[0]["id"].as_str().unwrap().to_owned();
+    let taken = accept_with_four_eyes(&mut app, &proposal_exc, json!({"action": "accept"})).await;
+    assert_eq!(
+        taken.body["exception"]["status"], "resolved",
+        "{}",
+        taken.text
+    );
     assert_eq!(given_name(&app, &c).await, "Ada L.");
 }
 
 async fn a_bulk_dismissal_reports_per_item(engine: Engine) {
     let StewardScene {
-        app,
+        mut app,
         c,
         email_exc,
         name_exc,
         ..
     } = steward_scene(engine).await;
     // The name's exception is resolved first, so that no divergent one is left at the end.
-    let accepted = act(
-        &app,
+    accept_with_four_eyes(
+        &mut app,
         &name_exc,
-        "steward",
         json!({"action": "accept", "value": "Ada Lovelace", "reason": "confirmed with the customer"}),
     )
     .await;
-    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
     // Bulk: dismiss the email exception and an unknown id; each reports its own outcome.
     let ghost = uuid::Uuid::now_v7().to_string();
     let bulk = post(
@@ -923,4 +1011,280 @@ async fn a_restricted_customer_is_owed_nothing_while_restricted(engine: Engine) 
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     let run = reconcile(&app, "crm-sync").await;
     assert_eq!(counts(&run)["undelivered"], 1, "{run}");
+}
+
+async fn activity_of(app: &TestApp, query: &str) -> Vec<Value> {
+    let reply = app
+        .get(&format!("/v1/steward-activity{query}"), "auditor")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.body["activity"].as_array().unwrap().clone()
+}
+
+fn actions(activity: &[Value]) -> Vec<&str> {
+    activity
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect()
+}
+
+fn ids(exceptions: &[Value]) -> Vec<&str> {
+    exceptions
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect()
+}
+
+async fn exceptions_are_assigned_listed_by_assignee_and_logged_as_activity(engine: Engine) {
+    let StewardScene {
+        mut app,
+        email_exc,
+        name_exc,
+        ..
+    } = steward_scene(engine).await;
+    let second = app.second_steward().await;
+    let assign = async |app: &TestApp, id: &str, as_: &str, to: Value| {
+        post(
+            app,
+            &format!("/v1/exceptions/{id}/assignment"),
+            as_,
+            &json!({ "assignee": to }),
+        )
+        .await
+    };
+    let mine = assign(&app, &name_exc, "steward", json!("me")).await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.text);
+    assert_eq!(mine.body["assigned_to"], "steward:steward");
+    assert!(mine.body["assigned_at"].is_string());
+    // "Mine" is the asking steward's; another steward's "mine" is their own.
+    let listed = app.get("/v1/exceptions?assignee=me", "steward").await;
+    assert_eq!(
+        ids(listed.body["exceptions"].as_array().unwrap()),
+        [name_exc.as_str()]
+    );
+    let theirs = app.get("/v1/exceptions?assignee=me", &second).await;
+    assert!(
+        theirs.body["exceptions"].as_array().unwrap().is_empty(),
+        "{}",
+        theirs.text
+    );
+    let by_label = exceptions(&app, "?assignee=steward").await;
+    assert_eq!(ids(&by_label), [name_exc.as_str()]);
+    let nobodys = exceptions(&app, "?assignee=none").await;
+    assert!(ids(&nobodys).contains(&email_exc.as_str()));
+    assert!(!ids(&nobodys).contains(&name_exc.as_str()));
+    // An auditor has no exceptions of their own.
+    app.get("/v1/exceptions?assignee=me", "auditor")
+        .await
+        .problem(400, "invalid_query");
+    // Only to a steward who exists; only by a steward; only while open.
+    assign(&app, &name_exc, "steward", json!("nobody-here"))
+        .await
+        .problem(422, "unknown_steward");
+    assign(&app, &name_exc, "auditor", json!("me"))
+        .await
+        .problem(403, "forbidden_role");
+    let given = assign(&app, &name_exc, "steward", json!("steward-b")).await;
+    assert_eq!(
+        given.body["assigned_to"], "steward:steward-b",
+        "{}",
+        given.text
+    );
+    let dropped = assign(&app, &name_exc, &second, Value::Null).await;
+    assert_eq!(dropped.status, StatusCode::OK, "{}", dropped.text);
+    assert!(
+        dropped.body.get("assigned_to").is_none(),
+        "{}",
+        dropped.text
+    );
+    let dismissed = act(
+        &app,
+        &email_exc,
+        "steward",
+        json!({"action": "dismiss", "reason": "CRM test data"}),
+    )
+    .await;
+    assert_eq!(dismissed.status, StatusCode::OK, "{}", dismissed.text);
+    assign(&app, &email_exc, "steward", json!("me"))
+        .await
+        .problem(409, "exception_closed");
+    // What each steward did, when and why, readable by an auditor.
+    let stewards = activity_of(&app, "?steward=steward").await;
+    assert_eq!(actions(&stewards), ["assign", "assign", "dismiss"]);
+    assert_eq!(stewards[0]["detail"], "steward:steward");
+    assert_eq!(stewards[1]["detail"], "steward:steward-b");
+    assert_eq!(stewards[2]["reason"], "CRM test data");
+    assert_eq!(stewards[2]["exception_id"], email_exc.as_str());
+    assert_eq!(stewards[2]["event_ids"].as_array().unwrap().len(), 1);
+    let seconds = activity_of(&app, "?steward=steward-b").await;
+    assert_eq!(actions(&seconds), ["unassign"]);
+    app.get("/v1/steward-activity?limit=0", "auditor")
+        .await
+        .problem(400, "invalid_query");
+    app.get("/v1/steward-activity", "idp")
+        .await
+        .problem(403, "forbidden_role");
+}
+
+async fn overdue_follows_the_consumers_sla_and_the_kinds_default_and_counts_show_it(
+    engine: Engine,
+) {
+    // The consumer's SLA is 0 s: its divergent exceptions are overdue at once. The proposal
+    // is about a source system: its kind's default (3 days) applies.
+    let StewardScene {
+        app,
+        email_exc,
+        name_exc,
+        ..
+    } = steward_scene(engine).await;
+    let overdue = exceptions(&app, "?overdue=true").await;
+    let mut expected = vec![email_exc.as_str(), name_exc.as_str()];
+    expected.sort_unstable();
+    let mut got = ids(&overdue);
+    got.sort_unstable();
+    assert_eq!(got, expected);
+    let counts = app.get("/v1/exceptions/counts", "auditor").await;
+    assert_eq!(counts.status, StatusCode::OK, "{}", counts.text);
+    let kinds = counts.body["kinds"].as_array().unwrap();
+    let of = |kind: &str| kinds.iter().find(|k| k["kind"] == kind).unwrap().clone();
+    let divergent = of("divergent");
+    assert_eq!(divergent["open"], 2);
+    assert_eq!(divergent["overdue"], 2);
+    assert_eq!(divergent["unassigned"], 2);
+    assert_eq!(divergent["under_1h"], 2);
+    let proposal = of("proposal");
+    assert_eq!(proposal["open"], 1);
+    assert_eq!(proposal["overdue"], 0);
+    // A consumer with an hour's SLA: its exceptions are not overdue yet.
+    app.add_consumer(json!({
+        "id": "cdp-sync", "channel": "feed", "fields": ["email"],
+        "purposes": ["service"], "sla_secs": 3600,
+    }))
+    .await;
+    let customer_id = app
+        .get(&format!("/v1/exceptions/{email_exc}"), "auditor")
+        .await
+        .body["customer_id"]
+        .clone();
+    let opened = app
+        .ledger
+        .store()
+        .deliveries()
+        .open_exception(&idledger_store::delivery::NewSyncException {
+            key: idledger_store::delivery::ExceptionKey::new(
+                idledger_store::delivery::ExceptionKind::Stale,
+                idledger_store::delivery::ExceptionSubject::parse(
+                    idledger_store::delivery::ExceptionKind::Stale,
+                    "cdp-sync",
+                )
+                .unwrap(),
+                idledger_domain::ids::CustomerId::from_uuid(
+                    customer_id.as_str().unwrap().parse().unwrap(),
+                )
+                .unwrap(),
+                Some(idledger_domain::field::FieldPath::Email),
+            )
+            .unwrap(),
+            detail: json!({}),
+            at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let overdue = exceptions(&app, "?overdue=true").await;
+    assert!(!ids(&overdue).contains(&opened.id.to_string().as_str()));
+    assert_eq!(exceptions(&app, "?overdue=true&kind=stale").await.len(), 0);
+    assert_eq!(exceptions(&app, "?kind=stale").await.len(), 1);
+    app.get("/v1/exceptions?overdue=soon", "auditor")
+        .await
+        .problem(400, "invalid_query");
+}
+
+async fn a_rejected_approval_changes_nothing_and_erasure_leaves_no_request_or_reason(
+    engine: Engine,
+) {
+    let StewardScene {
+        mut app,
+        c,
+        name_exc,
+        ..
+    } = steward_scene(engine).await;
+    let second = app.second_steward().await;
+    let before = given_name(&app, &c).await;
+    let head = app.head().await;
+    let asked = act(
+        &app,
+        &name_exc,
+        "steward",
+        json!({"action": "accept", "value": "Mallory", "reason": "she called"}),
+    )
+    .await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.text);
+    let approval = asked.body["approval"]["id"].as_str().unwrap().to_owned();
+    let pending = app.get("/v1/approvals", "auditor").await;
+    assert_eq!(
+        pending.body["approvals"][0]["id"],
+        approval.as_str(),
+        "{}",
+        pending.text
+    );
+    // The sealed value is never shown, in the list or on its own.
+    assert!(!pending.text.contains("Mallory"), "{}", pending.text);
+    let reject = format!("/v1/approvals/{approval}/reject");
+    post(&app, &reject, "steward", &json!({}))
+        .await
+        .problem(403, "same_steward");
+    let rejected = post(&app, &reject, &second, &json!({"reason": "no evidence"})).await;
+    assert_eq!(rejected.status, StatusCode::OK, "{}", rejected.text);
+    assert_eq!(rejected.body["status"], "rejected");
+    assert_eq!(rejected.body["decision_note"], "no evidence");
+    assert_eq!(app.head().await, head, "a rejection records no event");
+    assert_eq!(given_name(&app, &c).await, before);
+    let still = app
+        .get(&format!("/v1/exceptions/{name_exc}"), "auditor")
+        .await;
+    assert_eq!(still.body["status"], "open");
+    post(
+        &app,
+        &format!("/v1/approvals/{approval}/approve"),
+        &second,
+        &json!({}),
+    )
+    .await
+    .problem(409, "approval_decided");
+    assert!(
+        app.get("/v1/approvals", "auditor").await.body["approvals"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let log = activity_of(&app, "").await;
+    assert_eq!(actions(&log), ["request_approval", "reject_approval"]);
+    assert_eq!(log[0]["reason"], "she called");
+    // Asked again, then the customer is erased: the request is gone with them, and the
+    // stewards' reasons (which may quote the record) are replaced.
+    let again = act(
+        &app,
+        &name_exc,
+        "steward",
+        json!({"action": "accept", "value": "Mallory", "reason": "she called again"}),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text);
+    let waiting = again.body["approval"]["id"].as_str().unwrap().to_owned();
+    let erased = post(
+        &app,
+        &format!("/v1/customers/{c}/erasure"),
+        "admin",
+        &json!({"reason": "DSR-10", "actor": {"kind": "agent", "id": "dpo"}}),
+    )
+    .await;
+    assert_eq!(erased.status, StatusCode::OK, "{}", erased.text);
+    app.get(&format!("/v1/approvals/{waiting}"), "auditor")
+        .await
+        .problem(404, "unknown_approval");
+    for entry in activity_of(&app, "").await {
+        if let Some(reason) = entry["reason"].as_str() {
+            assert_eq!(reason, "the customer was erased", "{entry}");
+        }
+    }
 }

@@ -36,7 +36,8 @@ pub use export::SubjectExport;
 pub use reads::{ReadError, Reader, RecordRead};
 pub use retention::{RetentionError, RetentionProgress, RetentionReport};
 pub use stewardship::{
-    ActError, ActionDone, ExceptionQuery, QueryError, Steward, StewardRequest, parse_age,
+    ActError, ActionDone, AssignTo, AssigneeQuery, ExceptionQuery, ListError, QueryError, Steward,
+    StewardRequest, WorkflowError, parse_age,
 };
 pub use tokens::{NewToken, Revoked, TokenAdmin, TokenError};
 

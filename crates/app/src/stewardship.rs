@@ -2,15 +2,19 @@
 //! a steward's actions — each action's command and the exception's change in one transaction.
 
 use chrono::{DateTime, Duration, Utc};
-use idledger_domain::command::{Command, Principal, ProvenanceInput};
+use idledger_domain::command::{Command, Principal, ProvenanceInput, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::event::StewardAction;
 use idledger_domain::exception::{self, ExceptionCommand, ExceptionRefusal};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{Actor, ActorKind, CustomerId, IdempotencyKey};
 use idledger_domain::values::ValueError;
+use idledger_store::approvals::{
+    Approval, ApprovalDecision, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval,
+};
+use idledger_store::delivery::{ActivityFilter, KindCount, NewActivity, StewardActivity};
 use idledger_store::delivery::{
-    ConsumerId, ExceptionFilter, ExceptionKind, ExceptionStatus, MAX_PAGE, SyncException,
+    Assignee, ConsumerId, ExceptionFilter, ExceptionKind, ExceptionStatus, MAX_PAGE, SyncException,
 };
 use idledger_store::model::ExceptionWrite;
 use idledger_store::{CommandResult, ExecuteError, StoreError};
@@ -37,6 +41,8 @@ const MAX_AGE: Duration = Duration::days(10 * 365);
 /// | `status` | `open` (the default), `resolved`, `dismissed` or `all` |
 /// | `older_than` | an age: `45s`, `90m`, `4h`, `2d` (a bare number is minutes) |
 /// | `older_than_secs` | the same in seconds |
+/// | `assignee` | `me` (the steward asking), `none` (unassigned) or a steward's label |
+/// | `overdue` | `true`: only open exceptions past their SLA (`false`: no filter) |
 /// | `after` | the paging cursor: the last exception id of the previous page |
 /// | `limit` | 1 to 1000 (default 100) |
 ///
@@ -52,6 +58,19 @@ pub struct ExceptionQuery {
     pub older_than: Option<Duration>,
     pub after: Option<Uuid>,
     pub limit: u32,
+    pub assignee: Option<AssigneeQuery>,
+    pub overdue: bool,
+}
+
+/// Whose exceptions a query asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssigneeQuery {
+    /// The steward asking.
+    Me,
+    /// Nobody's.
+    Nobody,
+    /// This steward's.
+    Steward(Steward),
 }
 
 impl Default for ExceptionQuery {
@@ -65,6 +84,8 @@ impl Default for ExceptionQuery {
             older_than: None,
             after: None,
             limit: DEFAULT_LIMIT,
+            assignee: None,
+            overdue: false,
         }
     }
 }
@@ -162,6 +183,22 @@ impl ExceptionQuery {
                         .map_err(|_| QueryError::new("after", "not an exception id"))?,
                 );
             }
+            "assignee" => {
+                self.assignee = Some(match raw {
+                    "me" => AssigneeQuery::Me,
+                    "none" => AssigneeQuery::Nobody,
+                    label => AssigneeQuery::Steward(
+                        Steward::new(label).map_err(|e| value("assignee", e))?,
+                    ),
+                });
+            }
+            "overdue" => {
+                self.overdue = match raw {
+                    "true" | "1" | "on" => true,
+                    "false" | "0" | "off" => false,
+                    _ => return Err(QueryError::new("overdue", "must be true or false")),
+                };
+            }
             "limit" => {
                 self.limit = raw
                     .parse::<u32>()
@@ -174,9 +211,25 @@ impl ExceptionQuery {
         Ok(())
     }
 
-    /// The store's filter, with ages measured from `now`.
-    pub fn filter(&self, now: DateTime<Utc>) -> ExceptionFilter {
-        ExceptionFilter {
+    /// The store's filter, with ages measured from `now`; `me` is the steward asking (an
+    /// `assignee=me` query needs one).
+    pub fn filter(
+        &self,
+        now: DateTime<Utc>,
+        me: Option<&Steward>,
+    ) -> Result<ExceptionFilter, QueryError> {
+        let assignee = match &self.assignee {
+            None => None,
+            Some(AssigneeQuery::Nobody) => Some(Assignee::Nobody),
+            Some(AssigneeQuery::Steward(steward)) => Some(Assignee::Steward(steward.name())),
+            Some(AssigneeQuery::Me) => Some(Assignee::Steward(
+                me.ok_or_else(|| {
+                    QueryError::new("assignee", "only a steward has exceptions of their own")
+                })?
+                .name(),
+            )),
+        };
+        Ok(ExceptionFilter {
             consumer: self.consumer.clone(),
             customer: self.customer,
             kind: self.kind,
@@ -185,7 +238,9 @@ impl ExceptionQuery {
             created_before: self.older_than.and_then(|age| now.checked_sub_signed(age)),
             open_only: false,
             after: self.after,
-        }
+            assignee,
+            overdue_at: self.overdue.then_some(now),
+        })
     }
 
     /// The query as `name=value` pairs, for a next page's link or a form filled again.
@@ -211,6 +266,15 @@ impl ExceptionQuery {
         ));
         if let Some(age) = self.older_than {
             out.push(("older_than_secs", age.num_seconds().to_string()));
+        }
+        match &self.assignee {
+            Some(AssigneeQuery::Me) => out.push(("assignee", "me".to_owned())),
+            Some(AssigneeQuery::Nobody) => out.push(("assignee", "none".to_owned())),
+            Some(AssigneeQuery::Steward(s)) => out.push(("assignee", s.label().to_owned())),
+            None => {}
+        }
+        if self.overdue {
+            out.push(("overdue", "true".to_owned()));
         }
         if self.limit != DEFAULT_LIMIT {
             out.push(("limit", self.limit.to_string()));
@@ -267,6 +331,62 @@ impl Steward {
     pub fn name(&self) -> String {
         format!("steward:{}", self.actor.id())
     }
+
+    /// The label alone (a token's label).
+    pub fn label(&self) -> &str {
+        self.actor.id()
+    }
+}
+
+/// Why a list was not given.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who an exception is to be assigned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignTo {
+    /// The steward asking.
+    Me,
+    /// Another steward, by their token's label: a live steward token must have it.
+    Steward(String),
+    /// Nobody: unassign.
+    Nobody,
+}
+
+/// Why an assignment, approval or rejection was not done. Nothing was recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error(transparent)]
+    Refused(#[from] ExceptionRefusal),
+    /// No live steward token has this label.
+    #[error("there is no steward named {label:?}")]
+    UnknownSteward { label: String },
+    #[error("no approval {0}")]
+    UnknownApproval(Uuid),
+    #[error("approval {id} is already {status}")]
+    ApprovalDecided { id: Uuid, status: &'static str },
+    /// Four eyes: the steward who asked may not approve or reject their own request.
+    #[error("a second steward must decide: {0} asked for this approval")]
+    SameSteward(String),
+    /// The approval's command was refused or could not be recorded.
+    #[error(transparent)]
+    Act(#[from] ActError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<idledger_store::delivery::AssignError> for WorkflowError {
+    fn from(e: idledger_store::delivery::AssignError) -> Self {
+        match e {
+            idledger_store::delivery::AssignError::Refused(r) => Self::Refused(r),
+            idledger_store::delivery::AssignError::Store(e) => Self::Store(e),
+        }
+    }
 }
 
 /// What a steward asks to do with an exception.
@@ -287,6 +407,9 @@ pub struct ActionDone {
     pub exception: SyncException,
     /// The events the action recorded: for accept, the value's own event first.
     pub event_ids: Vec<Uuid>,
+    /// Four eyes: the policy needs a second steward for this change, so nothing was changed
+    /// yet and this approval waits for them.
+    pub approval: Option<Approval>,
 }
 
 /// Why an action was not done. Nothing was recorded.
@@ -299,6 +422,9 @@ pub enum ActError {
     /// override), or it could not be recorded.
     #[error(transparent)]
     Execute(#[from] ExecuteError),
+    /// The four-eyes approval it needs could not be asked for (one is already waiting).
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
 }
 
 impl From<StoreError> for ActError {
@@ -312,11 +438,15 @@ impl App {
         self.deliveries.exception(id).await
     }
 
-    /// A page of the exceptions `query` asks for.
-    pub async fn exceptions(&self, query: &ExceptionQuery) -> Result<ExceptionPage, StoreError> {
+    /// A page of the exceptions `query` asks for, as steward `me` (if a steward asks).
+    pub async fn exceptions(
+        &self,
+        query: &ExceptionQuery,
+        me: Option<&Steward>,
+    ) -> Result<ExceptionPage, ListError> {
         let exceptions = self
             .deliveries
-            .exceptions(&query.filter(Utc::now()), query.limit)
+            .exceptions(&query.filter(Utc::now(), me)?, query.limit)
             .await?;
         let next_after = (exceptions.len() == query.limit as usize)
             .then(|| exceptions.last().map(|e| e.id))
@@ -331,7 +461,12 @@ impl App {
     /// customer's record, run as the steward principal (so it is in the field's history with
     /// the steward's provenance), and the exception's change (`accept` and `dismiss` close
     /// it, `repush` records itself and leaves it open until the consumer acknowledges) is
-    /// written in the command's transaction: both are recorded, or neither.
+    /// written in the command's transaction with its line in the activity log: all are
+    /// recorded, or none.
+    ///
+    /// Four eyes: where the policy needs a second steward for the change (the customer's
+    /// `decide` refuses it `approval_required`), nothing changes yet: the request is kept,
+    /// sealed, as a pending approval ([`ActionDone::approval`]) for [`App::approve`].
     pub async fn act(
         &self,
         steward: &Steward,
@@ -343,6 +478,77 @@ impl App {
             .exception(id)
             .await?
             .ok_or(ExceptionRefusal::Unknown)?;
+        let principal = Principal::Steward(steward.actor.clone());
+        match self
+            .carry_out(&exception, &principal, steward, request, None)
+            .await
+        {
+            Err(ActError::Execute(ExecuteError::Refused(refused)))
+                if matches!(refused.refusal, Refusal::ApprovalRequired { .. }) =>
+            {
+                self.request_approval(&exception, steward, request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn request_approval(
+        &self,
+        exception: &SyncException,
+        steward: &Steward,
+        request: &StewardRequest,
+    ) -> Result<ActionDone, ActError> {
+        let at = Utc::now();
+        let reason = trimmed(request.reason.as_deref());
+        let field = exception.field.clone().unwrap_or_default();
+        let approval = self
+            .ledger
+            .request_approval(
+                &NewApproval {
+                    exception_id: exception.id,
+                    customer_id: exception.customer_id,
+                    field: field.clone(),
+                    requested_by: steward.name(),
+                    request: ApprovalRequest {
+                        action: request.action,
+                        reason: reason.clone(),
+                        value: request.value.clone(),
+                    },
+                    at,
+                },
+                &NewActivity {
+                    steward: steward.name(),
+                    action: "request_approval",
+                    exception_id: Some(exception.id),
+                    approval_id: None,
+                    customer_id: exception.customer_id,
+                    field: exception.field.clone(),
+                    event_ids: Vec::new(),
+                    detail: Some(request.action.as_str().to_owned()),
+                    reason,
+                    at,
+                },
+            )
+            .await?;
+        Ok(ActionDone {
+            exception: exception.clone(),
+            event_ids: Vec::new(),
+            approval: Some(approval),
+        })
+    }
+
+    /// Runs `request` on `exception` as `principal`: the command, the exception's change and
+    /// the activity line (by `acting`, the steward whose request this is, or the approver of
+    /// `approval`) in one transaction.
+    async fn carry_out(
+        &self,
+        exception: &SyncException,
+        principal: &Principal,
+        acting: &Steward,
+        request: &StewardRequest,
+        approval: Option<ApprovalDecision>,
+    ) -> Result<ActionDone, ActError> {
+        let id = exception.id;
         let state = exception.state()?;
         let changes = exception::steward_changes(
             &state,
@@ -350,18 +556,20 @@ impl App {
             request.reason.as_deref(),
             request.value.as_ref(),
         )?;
-        let reason = request
-            .reason
-            .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned);
+        let reason = trimmed(request.reason.as_deref());
+        let (by, approver) = match principal {
+            Principal::ApprovedSteward { steward, approver } => (
+                format!("steward:{}", steward.id()),
+                Some(format!("steward:{}", approver.id())),
+            ),
+            _ => (acting.name(), None),
+        };
         let command = Command {
             customer_id: state.customer_id(),
             idempotency_key: IdempotencyKey::parse(&format!("steward-{}", Uuid::now_v7()))
                 .map_err(|e| StoreError::Integrity(e.to_string()))?,
             provenance: ProvenanceInput {
-                actor: steward.actor.clone(),
+                actor: acting.actor.clone(),
                 on_behalf_of: None,
                 evidence: None,
                 observed_at: None,
@@ -372,7 +580,6 @@ impl App {
             changes,
             expected_stream_version: None,
         };
-        let by = steward.name();
         let action = request.action;
         let attach = |result: &CommandResult| -> Result<Option<ExceptionWrite>, ExecuteError> {
             let at = Utc::now();
@@ -385,9 +592,15 @@ impl App {
                 },
                 StewardAction::Accept => ExceptionCommand::Accept {
                     by: by.clone(),
-                    note: reason
-                        .clone()
-                        .unwrap_or_else(|| describe_accept(&result.outcomes)),
+                    note: {
+                        let note = reason
+                            .clone()
+                            .unwrap_or_else(|| describe_accept(&result.outcomes));
+                        match &approver {
+                            Some(approver) => format!("{note} (approved by {approver})"),
+                            None => note,
+                        }
+                    },
                     at,
                 },
                 StewardAction::Dismiss => ExceptionCommand::Dismiss {
@@ -396,25 +609,39 @@ impl App {
                     at,
                 },
             };
+            let activity = NewActivity {
+                steward: approver.clone().unwrap_or_else(|| by.clone()),
+                action: if approver.is_some() {
+                    "approve"
+                } else {
+                    action.as_str()
+                },
+                exception_id: Some(id),
+                approval_id: approval.as_ref().map(|a| a.approval_id),
+                customer_id: exception.customer_id,
+                field: exception.field.clone(),
+                event_ids: result.events.iter().map(|e| e.id.as_uuid()).collect(),
+                detail: approver.is_some().then(|| by.clone()),
+                reason: match &approval {
+                    Some(decision) => decision.note.clone(),
+                    None => reason.clone(),
+                },
+                at,
+            };
             Ok(exception::decide(Some(&state), &command)?
                 .into_iter()
                 .next()
                 .map(|event| ExceptionWrite {
                     exception_id: id,
                     event,
+                    activity: Some(activity),
+                    approval: approval.clone(),
                 }))
         };
-        let executed = match self
-            .ledger
-            .execute_with(
-                &Principal::Steward(steward.actor.clone()),
-                &command,
-                &attach,
-            )
-            .await
-        {
+        let executed = match self.ledger.execute_with(principal, &command, &attach).await {
             Ok(executed) => executed,
-            // Another steward, or the consumer's acknowledgement, closed it meanwhile.
+            // Another steward, or the consumer's acknowledgement, closed it meanwhile (or,
+            // for an approval, another steward decided it).
             Err(ExecuteError::ExceptionNotOpen { .. }) => {
                 let status = self
                     .deliveries
@@ -438,7 +665,218 @@ impl App {
                 .iter()
                 .map(|e| e.id.as_uuid())
                 .collect(),
+            approval: None,
         })
+    }
+
+    /// A second steward approves pending approval `id`: its request runs now, recorded with
+    /// the first steward as the actor and `steward` as `approved_by`, and the approval closes
+    /// in the same transaction. If the exception closed meanwhile, the approval is void.
+    pub async fn approve(
+        &self,
+        steward: &Steward,
+        id: Uuid,
+        note: Option<&str>,
+    ) -> Result<ActionDone, WorkflowError> {
+        let (approval, requester) = self.pending_approval(steward, id).await?;
+        let request = self
+            .ledger
+            .approval_request(id)
+            .await?
+            .ok_or(WorkflowError::UnknownApproval(id))?;
+        let exception = self
+            .deliveries
+            .exception(approval.exception_id)
+            .await?
+            .ok_or(ExceptionRefusal::Unknown)?;
+        let decision = ApprovalDecision {
+            approval_id: id,
+            decided_by: steward.name(),
+            note: trimmed(note),
+            at: Utc::now(),
+        };
+        let principal = Principal::ApprovedSteward {
+            steward: requester.actor.clone(),
+            approver: steward.actor.clone(),
+        };
+        let request = StewardRequest {
+            action: request.action,
+            reason: request.reason,
+            value: request.value,
+        };
+        match self
+            .carry_out(
+                &exception,
+                &principal,
+                &requester,
+                &request,
+                Some(decision.clone()),
+            )
+            .await
+        {
+            Ok(mut done) => {
+                done.approval = self.ledger.approval(id).await?;
+                Ok(done)
+            }
+            Err(ActError::Refused(ExceptionRefusal::Closed { status })) => {
+                let void = ApprovalDecision {
+                    note: Some(format!("the exception was {status} before it was approved")),
+                    ..decision
+                };
+                self.ledger
+                    .close_approval(&void, ApprovalStatus::Void, None)
+                    .await?;
+                Err(ExceptionRefusal::Closed { status }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A second steward rejects pending approval `id`: nothing changes in the record and the
+    /// exception stays open.
+    pub async fn reject_approval(
+        &self,
+        steward: &Steward,
+        id: Uuid,
+        reason: Option<&str>,
+    ) -> Result<Approval, WorkflowError> {
+        let (approval, _) = self.pending_approval(steward, id).await?;
+        let at = Utc::now();
+        let reason = trimmed(reason);
+        let decision = ApprovalDecision {
+            approval_id: id,
+            decided_by: steward.name(),
+            note: reason.clone(),
+            at,
+        };
+        let activity = NewActivity {
+            steward: steward.name(),
+            action: "reject_approval",
+            exception_id: Some(approval.exception_id),
+            approval_id: Some(id),
+            customer_id: approval.customer_id,
+            field: Some(approval.field.clone()).filter(|f| !f.is_empty()),
+            event_ids: Vec::new(),
+            detail: Some(approval.requested_by.clone()),
+            reason,
+            at,
+        };
+        if !self
+            .ledger
+            .close_approval(&decision, ApprovalStatus::Rejected, Some(&activity))
+            .await?
+        {
+            return Err(self.decided(id).await);
+        }
+        self.ledger
+            .approval(id)
+            .await?
+            .ok_or(WorkflowError::UnknownApproval(id))
+    }
+
+    /// Approval `id` if it is pending and `steward` is not the one who asked for it, with the
+    /// steward who did.
+    async fn pending_approval(
+        &self,
+        steward: &Steward,
+        id: Uuid,
+    ) -> Result<(Approval, Steward), WorkflowError> {
+        let approval = self
+            .ledger
+            .approval(id)
+            .await?
+            .ok_or(WorkflowError::UnknownApproval(id))?;
+        if approval.status != ApprovalStatus::Pending {
+            return Err(WorkflowError::ApprovalDecided {
+                id,
+                status: approval.status.as_str(),
+            });
+        }
+        if approval.requested_by == steward.name() {
+            return Err(WorkflowError::SameSteward(approval.requested_by));
+        }
+        let label = approval
+            .requested_by
+            .strip_prefix("steward:")
+            .unwrap_or(&approval.requested_by);
+        let requester = Steward::new(label).map_err(|e| StoreError::Integrity(e.to_string()))?;
+        Ok((approval, requester))
+    }
+
+    async fn decided(&self, id: Uuid) -> WorkflowError {
+        match self.ledger.approval(id).await {
+            Ok(Some(a)) => WorkflowError::ApprovalDecided {
+                id,
+                status: a.status.as_str(),
+            },
+            Ok(None) => WorkflowError::UnknownApproval(id),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Approvals of `status` (`None`: all), of one exception if given, oldest first.
+    pub async fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        exception: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Approval>, StoreError> {
+        self.ledger.approvals(status, exception, after, limit).await
+    }
+
+    pub async fn approval(&self, id: Uuid) -> Result<Option<Approval>, StoreError> {
+        self.ledger.approval(id).await
+    }
+
+    /// Gives exception `id` to a steward, or to nobody, as `steward`; recorded in the
+    /// activity log.
+    pub async fn assign(
+        &self,
+        steward: &Steward,
+        id: Uuid,
+        to: &AssignTo,
+    ) -> Result<SyncException, WorkflowError> {
+        let to = match to {
+            AssignTo::Me => Some(steward.name()),
+            AssignTo::Nobody => None,
+            AssignTo::Steward(label) => {
+                let now = Utc::now();
+                let known = self.tokens.list().await?.iter().any(|t| {
+                    t.role == idledger_store::Role::Steward && t.label == *label && t.live_at(now)
+                });
+                if !known {
+                    return Err(WorkflowError::UnknownSteward {
+                        label: label.clone(),
+                    });
+                }
+                Some(
+                    Steward::new(label)
+                        .map_err(|_| WorkflowError::UnknownSteward {
+                            label: label.clone(),
+                        })?
+                        .name(),
+                )
+            }
+        };
+        Ok(self
+            .deliveries
+            .assign_exception(id, to.as_deref(), &steward.name(), Utc::now())
+            .await?)
+    }
+
+    /// The open exceptions per kind now: how many, overdue, unassigned, by age.
+    pub async fn open_counts(&self) -> Result<Vec<KindCount>, StoreError> {
+        self.deliveries.open_counts(Utc::now()).await
+    }
+
+    /// What stewards did, oldest first.
+    pub async fn activity(
+        &self,
+        filter: &ActivityFilter,
+        limit: u32,
+    ) -> Result<Vec<StewardActivity>, StoreError> {
+        self.deliveries.activity(filter, limit).await
     }
 
     /// The same action on many exceptions (at most [`MAX_BULK`], repeats acted on once);
@@ -458,6 +896,14 @@ impl App {
         }
         out
     }
+}
+
+/// The reason trimmed; `None` if blank.
+fn trimmed(reason: Option<&str>) -> Option<String> {
+    reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
 }
 
 /// The note an accepted exception keeps when the steward gave no reason.
@@ -605,7 +1051,45 @@ mod tests {
     fn the_age_is_measured_from_now() {
         let now = Utc::now();
         let q = parses(&[("older_than", "1h")]);
-        assert_eq!(q.filter(now).created_before, Some(now - Duration::hours(1)));
-        assert_eq!(parses(&[]).filter(now).created_before, None);
+        assert_eq!(
+            q.filter(now, None).unwrap().created_before,
+            Some(now - Duration::hours(1))
+        );
+        assert_eq!(parses(&[]).filter(now, None).unwrap().created_before, None);
+    }
+
+    #[test]
+    fn assignee_and_overdue_become_the_store_filter() {
+        let now = Utc::now();
+        let me = Steward::new("jane").unwrap();
+        let mine = parses(&[("assignee", "me"), ("overdue", "true")]);
+        let filter = mine.filter(now, Some(&me)).unwrap();
+        assert_eq!(
+            filter.assignee,
+            Some(Assignee::Steward("steward:jane".to_owned()))
+        );
+        assert_eq!(filter.overdue_at, Some(now));
+        // "me" means nobody for a caller who is not a steward: refused, not guessed.
+        assert_eq!(mine.filter(now, None).unwrap_err().parameter, "assignee");
+        let nobody = parses(&[("assignee", "none")]).filter(now, None).unwrap();
+        assert_eq!(nobody.assignee, Some(Assignee::Nobody));
+        assert_eq!(nobody.overdue_at, None);
+        let bob = parses(&[("assignee", "bob")]).filter(now, None).unwrap();
+        assert_eq!(
+            bob.assignee,
+            Some(Assignee::Steward("steward:bob".to_owned()))
+        );
+        refused(&[("overdue", "soon")], "overdue");
+        let again = parses(&[("assignee", "bob"), ("overdue", "true")]);
+        let pairs = again.pairs();
+        assert_eq!(
+            parses(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect::<Vec<_>>()
+            ),
+            again
+        );
     }
 }

@@ -195,6 +195,8 @@ async fn a_command_with_a_closed_exception_is_not_recorded(engine: Engine) {
                 note: "late".to_owned(),
                 at: Utc::now(),
             }),
+            activity: None,
+            approval: None,
         }))
     };
     let refused = s

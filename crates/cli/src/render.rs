@@ -251,6 +251,9 @@ pub fn event(w: &mut dyn Write, indent: usize, e: &RecordedEvent) -> io::Result<
     kv(w, indent, "what", payload(&event.payload))?;
     kv(w, indent, "source", &p.source)?;
     kv(w, indent, "actor", &p.actor)?;
+    if let Some(approver) = &p.approved_by {
+        kv(w, indent, "approved by", approver)?;
+    }
     kv(w, indent, "on behalf of", opt(p.on_behalf_of.as_ref()))?;
     kv(w, indent, "evidence", opt(p.evidence.as_ref()))?;
     kv(w, indent, "observed at", opt(p.observed_at.map(time)))?;

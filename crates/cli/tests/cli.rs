@@ -1444,7 +1444,7 @@ async fn seed_exceptions(engine: Engine) -> Seeded {
     );
     app.run_command(&source("crm"), &propose).await.unwrap();
     let proposal = app
-        .exceptions(&Default::default())
+        .exceptions(&Default::default(), None)
         .await
         .unwrap()
         .exceptions;
@@ -1612,8 +1612,45 @@ async fn a_steward_dismisses_and_accepts_from_the_command_line(engine: Engine) {
     .exit(1)
     .stderr_has(&["exception_closed"]);
 
-    // Accepting the proposal takes crm's value into the record, recorded as the steward's.
+    // Jane takes the proposal; it is hers to work.
     on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "assign",
+            &seeded.proposal,
+            "--to",
+            "me",
+            "--as",
+            "jane",
+        ],
+    )
+    .success()
+    .stdout_has(&["assigned to steward:jane"]);
+    let mine = on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "list",
+            "--assignee",
+            "me",
+            "--as",
+            "jane",
+            "--json",
+        ],
+    )
+    .success();
+    let mine: serde_json::Value = serde_json::from_str(&mine.stdout).unwrap();
+    assert_eq!(mine["exceptions"][0]["id"], seeded.proposal.as_str());
+    assert_eq!(mine["exceptions"].as_array().unwrap().len(), 1);
+    on_store(&dir, &seeded, &["exception", "list", "--assignee", "me"])
+        .exit(2)
+        .stderr_has(&["--as"]);
+    // Accepting the proposal needs a second steward (name.given is four-eyes): jane's
+    // accept waits, and only another steward's approval takes crm's value into the record.
+    let asked = on_store(
         &dir,
         &seeded,
         &[
@@ -1627,14 +1664,55 @@ async fn a_steward_dismisses_and_accepts_from_the_command_line(engine: Engine) {
             "--json",
         ],
     )
+    .success();
+    let asked: serde_json::Value = serde_json::from_str(&asked.stdout).unwrap();
+    let approval = asked["approval"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(asked["exception"]["status"], "open");
+    on_store(&dir, &seeded, &["exception", "approvals"])
+        .success()
+        .stdout_has(&[&approval, "steward:jane"]);
+    on_store(
+        &dir,
+        &seeded,
+        &["exception", "approve", &approval, "--as", "jane"],
+    )
+    .exit(1)
+    .stderr_has(&["second steward"]);
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "approve",
+            &approval,
+            "--as",
+            "joe",
+            "--reason",
+            "checked",
+        ],
+    )
     .success()
-    .stdout_has(&["\"accepted\"", "\"resolved\""]);
+    .stdout_has(&["approved", "resolved"]);
     on_store(&dir, &seeded, &["record", &seeded.customer])
         .success()
         .stdout_has(&["Anne"]);
     on_store(&dir, &seeded, &["history", &seeded.customer, "name.given"])
         .success()
-        .stdout_has(&["jane"]);
+        .stdout_has(&["jane", "joe"]);
+    on_store(
+        &dir,
+        &seeded,
+        &["exception", "activity", "--steward", "joe"],
+    )
+    .success()
+    .stdout_has(&["steward:joe", "approve", "name.given"]);
+    on_store(
+        &dir,
+        &seeded,
+        &["exception", "activity", "--steward", "jane"],
+    )
+    .success()
+    .stdout_has(&["assign", "dismiss", "request_approval"]);
 }
 
 on_both_engines!(

@@ -161,6 +161,10 @@ pub enum Principal {
     /// A data steward; events record the reserved source `steward` and this actor (kind
     /// `steward`, the steward's name), whatever the command says.
     Steward(Actor),
+    /// A data steward's change that a second steward approved (four-eyes, see the policy's
+    /// `four_eyes`): events record the steward as the actor, like `Steward`, and the approver
+    /// as `approved_by`. Only idledger's approval workflow issues it, never a request body.
+    ApprovedSteward { steward: Actor, approver: Actor },
     /// An administrator (restriction of processing); events record the reserved source
     /// `admin` and this actor.
     Admin(Actor),
@@ -171,7 +175,7 @@ impl Principal {
     pub fn source_name(&self) -> &str {
         match self {
             Self::Source(s) => s.as_str(),
-            Self::Steward(_) => crate::policy::STEWARD_SOURCE,
+            Self::Steward(_) | Self::ApprovedSteward { .. } => crate::policy::STEWARD_SOURCE,
             Self::Admin(_) => crate::policy::ADMIN_SOURCE,
         }
     }
@@ -264,6 +268,10 @@ pub enum Refusal {
         field: FieldPath,
         challenge_id: ChallengeId,
     },
+    /// A steward's override of a `four_eyes` field was sent without a second steward's
+    /// approval: it is recorded as a pending approval instead (`App::act`).
+    #[error("a steward's change of {field} needs a second steward's approval")]
+    ApprovalRequired { field: FieldPath },
     /// The record was erased; nothing can be recorded for this customer any more.
     #[error("the customer's record was erased at {erased_at}")]
     Erased { erased_at: DateTime<Utc> },
@@ -288,6 +296,7 @@ impl Refusal {
             Self::Forbidden { .. } => "forbidden",
             Self::ActorNotAllowed { .. } => "actor_not_allowed",
             Self::WrongSecret { .. } => "wrong_secret",
+            Self::ApprovalRequired { .. } => "approval_required",
             Self::Erased { .. } => "erased",
         }
     }

@@ -101,7 +101,7 @@ pub fn decide(
     }
     let (source, actor) = match &ctx.principal {
         Principal::Source(s) => (s.clone(), claimed_actor(s, &command.provenance.actor, ctx)?),
-        Principal::Steward(steward) => (
+        Principal::Steward(steward) | Principal::ApprovedSteward { steward, .. } => (
             SourceId::parse(STEWARD_SOURCE).map_err(|e| Refusal::InvalidCommand {
                 reason: e.to_string(),
             })?,
@@ -125,6 +125,10 @@ pub fn decide(
         causation_id: command.provenance.causation_id,
         idempotency_key: command.idempotency_key.clone(),
         reason: command.provenance.reason.clone(),
+        approved_by: match &ctx.principal {
+            Principal::ApprovedSteward { approver, .. } => Some(approver.clone()),
+            _ => None,
+        },
     };
     let mut decider = Decider {
         state: state.clone(),
@@ -273,6 +277,7 @@ pub fn retention_provenance(
             now.timestamp_micros()
         ))?,
         reason: Some(format!("retention under policy {}", policy.version())),
+        approved_by: None,
     })
 }
 
@@ -365,7 +370,31 @@ impl Decider<'_, '_> {
     }
 
     fn is_steward(&self) -> bool {
-        matches!(self.ctx.principal, Principal::Steward(_))
+        matches!(
+            self.ctx.principal,
+            Principal::Steward(_) | Principal::ApprovedSteward { .. }
+        )
+    }
+
+    /// Whether a steward may override `field`: the policy allows it, and for a `four_eyes`
+    /// field a second, different steward approved this change.
+    fn steward_may_override(&self, field: &FieldPath) -> Result<(), Refusal> {
+        let rule = self.ctx.policy.rule(field);
+        if !rule.steward_override {
+            return Err(Refusal::Forbidden {
+                reason: format!("the policy does not allow stewards to override {field}"),
+            });
+        }
+        let approved = matches!(
+            &self.ctx.principal,
+            Principal::ApprovedSteward { steward, approver } if steward != approver
+        );
+        if rule.four_eyes && !approved {
+            return Err(Refusal::ApprovalRequired {
+                field: field.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn mode(&self, field: &FieldPath) -> WriteMode {
@@ -690,9 +719,7 @@ impl Decider<'_, '_> {
         self.check_value(field, value)?;
         let rule = self.ctx.policy.rule(field);
         let mode = if self.is_steward() {
-            if !rule.steward_override {
-                return Err(steward_override_forbidden(field));
-            }
+            self.steward_may_override(field)?;
             None
         } else {
             Some(self.mode(field))
@@ -744,9 +771,7 @@ impl Decider<'_, '_> {
             });
         }
         if self.is_steward() {
-            if !self.ctx.policy.rule(field).steward_override {
-                return Err(steward_override_forbidden(field));
-            }
+            self.steward_may_override(field)?;
         } else if self.mode(field) != WriteMode::Authoritative {
             return Err(self.not_authoritative(field));
         }
@@ -1036,9 +1061,7 @@ impl Decider<'_, '_> {
             .get(&proposal_id)
             .cloned()
             .ok_or(Refusal::UnknownProposal { proposal_id })?;
-        if !self.ctx.policy.rule(&proposal.field).steward_override {
-            return Err(steward_override_forbidden(&proposal.field));
-        }
+        self.steward_may_override(&proposal.field)?;
         self.emit(EventPayload::ProposalAccepted {
             proposal_id,
             field: proposal.field.clone(),
@@ -1074,11 +1097,5 @@ impl Decider<'_, '_> {
             proposal_id,
             accepted: false,
         })
-    }
-}
-
-fn steward_override_forbidden(field: &FieldPath) -> Refusal {
-    Refusal::Forbidden {
-        reason: format!("the policy does not allow stewards to override {field}"),
     }
 }

@@ -104,6 +104,9 @@ string_enum! {
     }
 }
 
+/// How long a consumer has to acknowledge a change unless it is registered with another SLA.
+pub const DEFAULT_ACK_SLA_SECS: u64 = 300;
+
 string_enum! {
     /// Kinds of sync exception.
     pub enum ExceptionKind as "exception kind" {
@@ -157,6 +160,18 @@ impl ExceptionKind {
     /// sent the record, so there is nothing to re-push to it.
     pub const fn about_source(self) -> bool {
         matches!(self, Self::Proposal | Self::RefusedWrite)
+    }
+
+    /// How long a steward has to deal with an exception of this kind when no consumer SLA
+    /// applies (see `exception::resolution_sla`): a proposal or a refused write waits for a
+    /// business decision, so three and one days; a consumer's exception, the default
+    /// acknowledgement SLA.
+    pub const fn default_resolution_sla(self) -> chrono::Duration {
+        match self {
+            Self::Proposal => chrono::Duration::days(3),
+            Self::RefusedWrite => chrono::Duration::days(1),
+            _ => chrono::Duration::seconds(DEFAULT_ACK_SLA_SECS as i64),
+        }
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Provenance {
     pub idempotency_key: IdempotencyKey,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The second steward who approved a steward's change of a `four_eyes` field; the first
+    /// is the actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<Actor>,
 }
 
 /// How a value came to be set.

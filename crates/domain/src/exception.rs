@@ -105,6 +105,20 @@ pub struct LastAction {
     pub reason: Option<String>,
 }
 
+/// How long a steward has to deal with an exception before it is overdue: as long as its
+/// consumer has to acknowledge a change (`consumer_sla`, the consumer's `sla_secs`), or, for
+/// an exception about a source system (or a consumer no longer registered), the kind's own
+/// default. The one rule every list, count and filter of overdue exceptions follows.
+pub fn resolution_sla(
+    kind: ExceptionKind,
+    consumer_sla: Option<chrono::Duration>,
+) -> chrono::Duration {
+    match (kind.about_source(), consumer_sla) {
+        (false, Some(sla)) => sla,
+        _ => kind.default_resolution_sla(),
+    }
+}
+
 /// One sync exception as it stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExceptionState {
@@ -123,6 +137,8 @@ pub struct ExceptionState {
     /// `None` while open. The status is derived from it, so the two cannot disagree.
     pub closed: Option<Closing>,
     pub last_action: Option<LastAction>,
+    /// The steward working it (`steward:<label>`), if any.
+    pub assigned_to: Option<String>,
 }
 
 impl ExceptionState {
@@ -188,6 +204,13 @@ pub enum ExceptionCommand {
     },
     /// Its cause went away (an acknowledgement, a reconciliation run, an erasure).
     CloseAutomatically { note: String, at: DateTime<Utc> },
+    /// A steward (`by`) gave it to a steward (`to`, `steward:<label>`), or took it back from
+    /// whoever had it (`to: None`).
+    Assign {
+        to: Option<String>,
+        by: String,
+        at: DateTime<Utc>,
+    },
 }
 
 /// What happened to an exception.
@@ -210,6 +233,11 @@ pub enum ExceptionEvent {
     },
     Repushed(LastAction),
     Closed(Closing),
+    Assigned {
+        to: Option<String>,
+        by: String,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why a command on an exception was refused. Messages name ids, kinds, statuses and fields,
@@ -317,6 +345,22 @@ pub fn decide(
             ))]),
             _ => Ok(Vec::new()),
         },
+        ExceptionCommand::Assign { to, by, at } => {
+            let state = state.ok_or(ExceptionRefusal::Unknown)?;
+            if !state.is_open() {
+                return Err(ExceptionRefusal::Closed {
+                    status: state.status(),
+                });
+            }
+            if state.assigned_to == *to {
+                return Ok(Vec::new());
+            }
+            Ok(vec![ExceptionEvent::Assigned {
+                to: to.clone(),
+                by: by.clone(),
+                at: *at,
+            }])
+        }
     }
 }
 
@@ -382,6 +426,7 @@ pub fn evolve(state: Option<ExceptionState>, event: &ExceptionEvent) -> Option<E
             updated_at: *at,
             closed: None,
             last_action: None,
+            assigned_to: None,
         });
     }
     let mut state = state?;
@@ -404,6 +449,10 @@ pub fn evolve(state: Option<ExceptionState>, event: &ExceptionEvent) -> Option<E
         ExceptionEvent::Closed(closing) => {
             state.updated_at = closing.at;
             state.closed = Some(closing.clone());
+        }
+        ExceptionEvent::Assigned { to, at, .. } => {
+            state.updated_at = *at;
+            state.assigned_to = to.clone();
         }
     }
     Some(state)

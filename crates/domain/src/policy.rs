@@ -69,6 +69,11 @@ pub struct FieldRule {
     pub requires_verification: bool,
     #[serde(default)]
     pub steward_override: bool,
+    /// A steward's override of the field (a set, a clear, an accepted proposal) takes effect
+    /// only once a second, different steward approves it: for fields that decide who a
+    /// customer is. Needs `steward_override`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub four_eyes: bool,
     /// Sources that may read the field without writing it. Every writer (any mode but
     /// `none`) and the system of record read it anyway.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -260,6 +265,10 @@ pub enum PolicyError {
     Redundant { field: String, source_id: String },
     #[error("requires_verification is only supported for email and phone, not '{0}'")]
     VerificationNotSupported(String),
+    #[error(
+        "'{0}' sets four_eyes without steward_override: there is no steward override to approve"
+    )]
+    FourEyesWithoutOverride(String),
     #[error("pending_change_ttl_minutes must be at least 1")]
     ZeroTtl,
     #[error("retention for '{0}' must be at least 1 day (leave it out to keep for ever)")]
@@ -357,6 +366,9 @@ impl Policy {
             }
             if rule.retain_days == Some(0) {
                 return Err(PolicyError::ZeroRetention(name.clone()));
+            }
+            if rule.four_eyes && !rule.steward_override {
+                return Err(PolicyError::FourEyesWithoutOverride(name.clone()));
             }
             let verifiable = matches!(path, Some(FieldPath::Email | FieldPath::Phone));
             if rule.requires_verification && !verifiable {

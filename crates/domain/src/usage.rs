@@ -466,6 +466,7 @@ mod tests {
             causation_id: None,
             idempotency_key: IdempotencyKey::parse("k").unwrap(),
             reason: None,
+            approved_by: None,
         }
     }
 

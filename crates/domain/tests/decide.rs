@@ -694,7 +694,7 @@ fn no_source_speaks_as_a_steward_and_a_steward_is_recorded_as_themself() {
     );
     // A steward's command says "agent-7"; the event records the steward who acted.
     let d = s
-        .apply(steward(), agent(), vec![set("name.given", json!("Ada"))])
+        .apply(steward(), agent(), vec![set("locale", json!("de-DE"))])
         .unwrap();
     let actor = &d.events[0].event.provenance.actor;
     assert_eq!((actor.kind(), actor.id()), (ActorKind::Steward, "jane"));
@@ -878,8 +878,18 @@ fn steward_accepts_a_proposal_where_the_policy_allows_override() {
         refusal_code(s.when("idp", agent(), vec![accept()])),
         "forbidden"
     );
-    let d = s.apply(steward(), agent(), vec![accept()]).unwrap();
+    // name.family is four-eyes: one steward alone may not; approved by a second, it is.
+    assert_eq!(
+        refusal_code(s.decide_as(steward(), agent(), vec![accept()])),
+        "approval_required"
+    );
+    let d = s
+        .apply(approved_steward(), agent(), vec![accept()])
+        .unwrap();
     assert_eq!(types(&d), ["proposal_accepted", "field_set"]);
+    let provenance = &d.events[1].event.provenance;
+    assert_eq!(provenance.actor.id(), "jane");
+    assert_eq!(provenance.approved_by.as_ref().map(|a| a.id()), Some("joe"));
     let state = s.state();
     assert_eq!(
         state.value(&field("name.family")),
@@ -888,8 +898,81 @@ fn steward_accepts_a_proposal_where_the_policy_allows_override() {
     let rec = state.field(&field("name.family")).unwrap();
     assert_eq!(rec.source.as_ref().unwrap().as_str(), "steward");
     assert!(state.proposals.is_empty());
-    let r = s.decide_as(steward(), agent(), vec![accept()]);
+    let r = s.decide_as(approved_steward(), agent(), vec![accept()]);
     assert_eq!(refusal_code(r), "unknown_proposal");
+}
+
+#[test]
+fn a_four_eyes_field_needs_a_second_different_steward() {
+    let mut s = Scenario::registered().given(
+        "idp",
+        agent(),
+        vec![
+            set("name.given", json!("Ada")),
+            set("locale", json!("en-GB")),
+        ],
+    );
+    // A set, a clear, and the same steward "approving" themself: all wait for approval.
+    for changes in [
+        vec![set("name.given", json!("Eve"))],
+        vec![Change::ClearField {
+            field: field("name.given"),
+            expected_version: None,
+        }],
+    ] {
+        assert_eq!(
+            refusal_code(s.decide_as(steward(), agent(), changes.clone())),
+            "approval_required"
+        );
+        let themself = Principal::ApprovedSteward {
+            steward: Actor::new(ActorKind::Steward, "jane").unwrap(),
+            approver: Actor::new(ActorKind::Steward, "jane").unwrap(),
+        };
+        assert_eq!(
+            refusal_code(s.decide_as(themself, agent(), changes)),
+            "approval_required"
+        );
+    }
+    // A field without four_eyes needs no second steward, and records no approver.
+    let d = s
+        .apply(steward(), agent(), vec![set("locale", json!("de-DE"))])
+        .unwrap();
+    assert_eq!(d.events[0].event.provenance.approved_by, None);
+    // Approved: recorded with both stewards.
+    let d = s
+        .apply(
+            approved_steward(),
+            agent(),
+            vec![set("name.given", json!("Eve"))],
+        )
+        .unwrap();
+    let p = &d.events[0].event.provenance;
+    assert_eq!((p.source.as_str(), p.actor.id()), ("steward", "jane"));
+    assert_eq!(p.approved_by.as_ref().map(|a| a.id()), Some("joe"));
+    // Where stewards may not override at all, an approval changes nothing.
+    assert_eq!(
+        refusal_code(s.decide_as(
+            approved_steward(),
+            agent(),
+            vec![set("verification.level", json!("high"))]
+        )),
+        "forbidden"
+    );
+}
+
+#[test]
+fn four_eyes_needs_steward_override() {
+    let text = idledger_domain::policy::DEFAULT_POLICY_TOML.replace(
+        "[fields.locale]\nsystem_of_record = \"web_app\"\nsteward_override = true\n",
+        "[fields.locale]\nsystem_of_record = \"web_app\"\nsteward_override = false\nfour_eyes = true\n",
+    );
+    assert_ne!(text, idledger_domain::policy::DEFAULT_POLICY_TOML);
+    let err = idledger_domain::policy::Policy::from_toml(&text).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("four_eyes without steward_override"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1231,7 +1314,7 @@ fn every_event_type_round_trips_through_the_stored_schema() {
             .outcomes[0],
     );
     s.apply(
-        steward(),
+        approved_steward(),
         agent(),
         vec![Change::AcceptProposal { proposal_id: p1 }],
     )

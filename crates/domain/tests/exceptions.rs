@@ -141,6 +141,8 @@ fn names(events: &[ExceptionEvent]) -> Vec<&'static str> {
             ExceptionEvent::Opened { .. } => "opened",
             ExceptionEvent::Recurred { .. } => "recurred",
             ExceptionEvent::Repushed(_) => "repushed",
+            ExceptionEvent::Assigned { to: Some(_), .. } => "assigned",
+            ExceptionEvent::Assigned { to: None, .. } => "unassigned",
             ExceptionEvent::Closed(c) => match c.resolution {
                 Resolution::Accepted => "closed:accepted",
                 Resolution::Dismissed => "closed:dismissed",
@@ -940,7 +942,7 @@ fn a_steward_accepts_a_proposal_through_its_exception() {
         at: at(0),
     }]);
     let changes = steward_changes(&exception, StewardAction::Accept, None, None).unwrap();
-    let d = s.apply(steward(), agent(), changes).unwrap();
+    let d = s.apply(approved_steward(), agent(), changes).unwrap();
     assert_eq!(
         types(&d),
         ["proposal_accepted", "field_set", "steward_acted"]
@@ -966,7 +968,8 @@ fn a_steward_takes_a_consumers_value_through_its_exception() {
         Some(&json!("Lovelace")),
     )
     .unwrap();
-    let d = s.apply(steward(), agent(), changes).unwrap();
+    // name.family is four-eyes: the change is made with a second steward's approval.
+    let d = s.apply(approved_steward(), agent(), changes).unwrap();
     assert_eq!(types(&d), ["field_set", "steward_acted"]);
     let changes = steward_changes(
         &exception,
@@ -1027,4 +1030,46 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn an_open_exception_is_assigned_and_unassigned_and_a_closed_one_is_not() {
+    let k = divergent_email();
+    let mut state = open_state(&[raise(&k, 1, 0)]);
+    let assign = |to: Option<&str>| ExceptionCommand::Assign {
+        to: to.map(str::to_owned),
+        by: "steward:jane".to_owned(),
+        at: at(5),
+    };
+    let events = decide(Some(&state), &assign(Some("steward:joe"))).unwrap();
+    assert_eq!(names(&events), ["assigned"]);
+    state = evolve(Some(state), &events[0]).unwrap();
+    assert_eq!(state.assigned_to.as_deref(), Some("steward:joe"));
+    // The same again changes nothing.
+    assert!(
+        decide(Some(&state), &assign(Some("steward:joe")))
+            .unwrap()
+            .is_empty()
+    );
+    let events = decide(Some(&state), &assign(None)).unwrap();
+    assert_eq!(names(&events), ["unassigned"]);
+    state = evolve(Some(state), &events[0]).unwrap();
+    assert_eq!(state.assigned_to, None);
+    assert_eq!(
+        decide(None, &assign(Some("steward:joe")))
+            .unwrap_err()
+            .code(),
+        "unknown_exception"
+    );
+    let closed = evolve(
+        Some(state),
+        &ExceptionEvent::Closed(Closing::automatic("gone", at(6))),
+    )
+    .unwrap();
+    assert_eq!(
+        decide(Some(&closed), &assign(Some("steward:joe")))
+            .unwrap_err()
+            .code(),
+        "exception_closed"
+    );
 }

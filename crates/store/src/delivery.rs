@@ -31,8 +31,11 @@ use idledger_domain::ids::ProposalId;
 
 mod acks;
 mod exceptions;
+mod workspace;
 
+pub use exceptions::AssignError;
 pub(crate) use exceptions::{apply_exception_event, close_erased_customers_exceptions};
+pub(crate) use workspace::insert_activity;
 mod handoffs;
 mod registry;
 
@@ -181,7 +184,7 @@ pub struct Consumer {
 }
 
 /// The acknowledgement SLA a consumer gets unless it is registered with another.
-pub const DEFAULT_SLA_SECS: u64 = 300;
+pub const DEFAULT_SLA_SECS: u64 = idledger_domain::delivery::DEFAULT_ACK_SLA_SECS;
 /// The longest SLA accepted (30 days): beyond that, reconciliation would never report.
 pub const MAX_SLA_SECS: u64 = 30 * 24 * 3600;
 
@@ -516,6 +519,11 @@ pub struct SyncException {
     /// The last steward action that left it open (a re-push): who, when, which event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_action: Option<serde_json::Value>,
+    /// The steward working it (`steward:<label>`), and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_at: Option<DateTime<Utc>>,
 }
 
 impl SyncException {
@@ -563,6 +571,7 @@ impl SyncException {
             updated_at: self.updated_at,
             closed,
             last_action,
+            assigned_to: self.assigned_to.clone(),
         })
     }
 }
@@ -579,6 +588,88 @@ pub struct ExceptionFilter {
     pub created_before: Option<DateTime<Utc>>,
     pub open_only: bool,
     /// Paging cursor: ids are UUIDv7, so id order is creation order.
+    pub after: Option<Uuid>,
+    pub assignee: Option<Assignee>,
+    /// Only open exceptions past their resolution SLA at this instant
+    /// (`idledger_domain::exception::resolution_sla`).
+    pub overdue_at: Option<DateTime<Utc>>,
+}
+
+/// Whose exceptions to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignee {
+    /// Assigned to nobody.
+    Nobody,
+    /// Assigned to this steward (`steward:<label>`).
+    Steward(String),
+}
+
+/// The open exceptions of one kind: how many, how many past their SLA, unassigned, and by
+/// age (under an hour, under a day, under a week, older).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KindCount {
+    pub kind: ExceptionKind,
+    pub open: u64,
+    pub overdue: u64,
+    pub unassigned: u64,
+    pub by_age: AgeBuckets,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AgeBuckets {
+    pub under_1h: u64,
+    pub under_1d: u64,
+    pub under_7d: u64,
+    pub older: u64,
+}
+
+/// One steward action, as the activity view shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StewardActivity {
+    pub id: Uuid,
+    /// `steward:<label>`.
+    pub steward: String,
+    /// `repush`, `accept`, `dismiss`, `assign`, `unassign`, `request_approval`, `approve`,
+    /// `reject_approval`.
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exception_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<Uuid>,
+    pub customer_id: CustomerId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The events the action recorded in the customer's log.
+    pub event_ids: Vec<Uuid>,
+    /// The assignee of an assignment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A steward action to record in the activity view (written in the action's transaction).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewActivity {
+    pub steward: String,
+    pub action: &'static str,
+    pub exception_id: Option<Uuid>,
+    pub approval_id: Option<Uuid>,
+    pub customer_id: CustomerId,
+    pub field: Option<String>,
+    pub event_ids: Vec<Uuid>,
+    pub detail: Option<String>,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Which steward actions to list, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActivityFilter {
+    /// `steward:<label>`.
+    pub steward: Option<String>,
+    pub customer: Option<CustomerId>,
     pub after: Option<Uuid>,
 }
 

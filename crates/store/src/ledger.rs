@@ -565,6 +565,7 @@ impl Ledger {
                 causation_id: None,
                 idempotency_key: idempotency_key.clone(),
                 reason: None,
+                approved_by: None,
             };
             let envelope =
                 decide_erasure(&state, reason, provenance, &self.policy, Uuid::now_v7())?;

@@ -15,6 +15,7 @@
 //!
 //! Architecture invariant: this crate knows SQL and nothing of HTTP or NATS.
 
+pub mod approvals;
 pub mod chain;
 pub mod checkpoints;
 pub mod crypto;

@@ -518,6 +518,8 @@ async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
         "DELETE FROM snapshot_rows WHERE customer_id = $1",
         // Messages decided for consumers and not yet sent: none of them is to be sent now.
         "DELETE FROM delivery_outbox WHERE customer_id = $1",
+        // Steward overrides waiting for a second steward: sealed, and no longer to be made.
+        "DELETE FROM steward_approvals WHERE customer_id = $1",
         // The erased record is the customer row alone; the append's diff removes the others
         // already, this makes sure no sealed row outlives the key.
         "DELETE FROM projections WHERE customer_id = $1 AND kind <> 'customer'",

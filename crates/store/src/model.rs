@@ -75,6 +75,11 @@ pub struct ExceptionWrite {
     pub exception_id: uuid::Uuid,
     /// `Repushed` or `Closed`: what a steward's action does to an open exception.
     pub event: idledger_domain::exception::ExceptionEvent,
+    /// The action as the steward activity view shows it, written with it.
+    pub activity: Option<crate::delivery::NewActivity>,
+    /// The pending approval (four-eyes) this action carries out: marked approved in the same
+    /// transaction. If it is no longer pending, nothing is written.
+    pub approval: Option<crate::approvals::ApprovalDecision>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

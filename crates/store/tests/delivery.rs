@@ -1658,6 +1658,8 @@ async fn a_command_and_its_exception_change_land_together_or_not_at_all(engine: 
                 event_id: result.events.last().map(|e| e.id),
                 reason: Some("why".to_owned()),
             }),
+            activity: None,
+            approval: None,
         }))
     };
     let done = store
@@ -1689,6 +1691,8 @@ async fn a_command_and_its_exception_change_land_together_or_not_at_all(engine: 
         Ok(Some(ExceptionWrite {
             exception_id: opened.id,
             event: ExceptionEvent::Closed(closing(Resolution::Dismissed, "why")),
+            activity: None,
+            approval: None,
         }))
     };
     let refused = store

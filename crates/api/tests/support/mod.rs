@@ -228,6 +228,22 @@ impl TestApp {
         name
     }
 
+    /// A second steward's token (four eyes), labelled `steward-b`; returns its name.
+    pub async fn second_steward(&mut self) -> String {
+        let name = "steward-b".to_owned();
+        if !self.tokens.contains_key(&name) {
+            let issued = self
+                .ledger
+                .store()
+                .tokens()
+                .create(Role::Steward, None, &name)
+                .await
+                .unwrap();
+            self.tokens.insert(name.clone(), issued.secret);
+        }
+        name
+    }
+
     /// A new token of `role` for `subject`; returns the name to use it by.
     pub async fn token_of(&mut self, role: Role, subject: Option<&str>) -> String {
         let name = format!("{role}:{}", subject.unwrap_or("-"));

@@ -38,6 +38,14 @@ pub fn steward() -> Principal {
     Principal::steward("jane").unwrap()
 }
 
+/// `jane`'s change, approved by a second steward, `joe` (four eyes).
+pub fn approved_steward() -> Principal {
+    Principal::ApprovedSteward {
+        steward: Actor::new(ActorKind::Steward, "jane").unwrap(),
+        approver: Actor::new(ActorKind::Steward, "joe").unwrap(),
+    }
+}
+
 /// The key every scenario derives challenge secrets from.
 pub fn challenge_key() -> &'static ChallengeKey {
     static KEY: std::sync::OnceLock<ChallengeKey> = std::sync::OnceLock::new();
@@ -213,6 +221,7 @@ impl Scenario {
             causation_id: None,
             idempotency_key: IdempotencyKey::parse(&format!("erasure:{}", self.customer)).unwrap(),
             reason: None,
+            approved_by: None,
         };
         let event = decide_erasure(
             &self.state(),

@@ -1,23 +1,162 @@
 //! Sync exceptions: opened (or counted again), listed, annotated and closed.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
+use idledger_domain::exception::{ExceptionCommand, resolution_sla};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::CustomerId;
 use uuid::Uuid;
 
 use super::{
-    Closing, ConsumerId, Deliveries, ExceptionFilter, ExceptionKind, ExceptionStatus,
-    ExceptionSubject, MAX_PAGE, NewSyncException, Resolution, SyncException, customer_id,
+    AgeBuckets, Closing, ConsumerId, Deliveries, ExceptionFilter, ExceptionKind, ExceptionStatus,
+    ExceptionSubject, KindCount, MAX_PAGE, NewActivity, NewSyncException, Resolution,
+    SyncException, customer_id, insert_activity,
 };
 use idledger_domain::exception::ExceptionEvent;
+
+/// Why an assignment was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignError {
+    #[error(transparent)]
+    Refused(#[from] idledger_domain::exception::ExceptionRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 use crate::error::StoreError;
 use crate::model::ExceptionWrite;
 use crate::sql::{Row, Sql, Tx, sql};
 
-const EXCEPTION_COLUMNS: &str = "exception_id, consumer_id, customer_id, field, kind, detail, status, occurrences, created_at, updated_at, resolved_at, resolved_by, resolution, resolution_note, last_action";
+const EXCEPTION_COLUMNS: &str = "exception_id, consumer_id, customer_id, field, kind, detail, status, occurrences, created_at, updated_at, resolved_at, resolved_by, resolution, resolution_note, last_action, assigned_to, assigned_at";
 
 impl Deliveries {
+    /// Every registered consumer's acknowledgement SLA: the SLA its exceptions are due by.
+    pub(super) async fn consumer_slas(&self) -> Result<Vec<(ConsumerId, Duration)>, StoreError> {
+        let rows = sql("SELECT consumer_id, sla_secs FROM consumers")
+            .fetch_all(&self.db)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id = ConsumerId::parse(&row.try_get::<String>("consumer_id")?)
+                    .map_err(|e| StoreError::Integrity(format!("stored consumer: {e}")))?;
+                let secs = i64::try_from(row.get_u64("sla_secs")?).unwrap_or(i64::MAX);
+                Ok((id, Duration::try_seconds(secs).unwrap_or(Duration::MAX)))
+            })
+            .collect()
+    }
+
+    /// Gives open exception `id` to `to` (`steward:<label>`) or to nobody, as `by`, and
+    /// records it in the activity log, in one transaction. Refused if the exception is
+    /// unknown or closed; assigning it to whoever has it already changes nothing.
+    pub async fn assign_exception(
+        &self,
+        id: Uuid,
+        to: Option<&str>,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<SyncException, AssignError> {
+        let at = crate::model::truncate_to_micros(at);
+        let current = self
+            .exception(id)
+            .await?
+            .ok_or(idledger_domain::exception::ExceptionRefusal::Unknown)?;
+        let state = current.state()?;
+        let command = ExceptionCommand::Assign {
+            to: to.map(str::to_owned),
+            by: by.to_owned(),
+            at,
+        };
+        let events = idledger_domain::exception::decide(Some(&state), &command)?;
+        let Some(ExceptionEvent::Assigned { to, .. }) = events.into_iter().next() else {
+            return Ok(current);
+        };
+        let mut tx = self.db.begin().await?;
+        let changed = sql(
+            "UPDATE sync_exceptions SET assigned_to = $1, assigned_at = $2, updated_at = $3 \
+             WHERE exception_id = $4 AND status = 'open'",
+        )
+        .bind(to.clone())
+        .bind(to.as_ref().map(|_| at))
+        .bind(at)
+        .bind(id)
+        .execute(&mut tx)
+        .await?;
+        if changed != 1 {
+            // Closed meanwhile (an acknowledgement, another steward).
+            let status = self.exception(id).await?.map(|e| e.status);
+            return Err(idledger_domain::exception::ExceptionRefusal::Closed {
+                status: status.unwrap_or(super::ExceptionStatus::Resolved),
+            }
+            .into());
+        }
+        insert_activity(
+            &mut tx,
+            &NewActivity {
+                steward: by.to_owned(),
+                action: if to.is_some() { "assign" } else { "unassign" },
+                exception_id: Some(id),
+                approval_id: None,
+                customer_id: current.customer_id,
+                field: current.field.clone(),
+                event_ids: Vec::new(),
+                detail: to.clone().or(current.assigned_to.clone()),
+                reason: None,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(self
+            .exception(id)
+            .await?
+            .ok_or(idledger_domain::exception::ExceptionRefusal::Unknown)?)
+    }
+
+    /// The open exceptions per kind at `now`: how many, past their SLA, unassigned, by age.
+    /// Kinds with none open are left out.
+    pub async fn open_counts(&self, now: DateTime<Utc>) -> Result<Vec<KindCount>, StoreError> {
+        let slas = self.consumer_slas().await?;
+        let mut q = sql("SELECT kind, COUNT(*) AS open, SUM(CASE WHEN ");
+        push_overdue(&mut q, now, &slas);
+        q.push(" THEN 1 ELSE 0 END) AS overdue, ")
+            .push("SUM(CASE WHEN assigned_to IS NULL THEN 1 ELSE 0 END) AS unassigned");
+        let ages = [
+            ("under_1h", Duration::hours(1)),
+            ("under_1d", Duration::days(1)),
+            ("under_7d", Duration::days(7)),
+        ];
+        for (name, age) in ages {
+            q.push(", SUM(CASE WHEN created_at >= ")
+                .push_bind(now - age)
+                .push(" THEN 1 ELSE 0 END) AS ")
+                .push(name);
+        }
+        q.push(" FROM sync_exceptions WHERE status = 'open' GROUP BY kind ORDER BY kind");
+        let mut out = Vec::new();
+        for row in q.fetch_all(&self.db).await? {
+            let sum = |name: &str| -> Result<u64, StoreError> {
+                Ok(row
+                    .try_get::<Option<i64>>(name)?
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0))
+            };
+            let (h, d, w) = (sum("under_1h")?, sum("under_1d")?, sum("under_7d")?);
+            let open = row.get_u64("open")?;
+            out.push(KindCount {
+                kind: row.parse("kind")?,
+                open,
+                overdue: sum("overdue")?,
+                unassigned: sum("unassigned")?,
+                by_age: AgeBuckets {
+                    under_1h: h,
+                    under_1d: d.saturating_sub(h),
+                    under_7d: w.saturating_sub(d),
+                    older: open.saturating_sub(w),
+                },
+            });
+        }
+        Ok(out)
+    }
+
     /// Opens a sync exception, or counts a repeat of the open one (same system, customer,
     /// field and kind) with the newest detail.
     pub async fn open_exception(&self, e: &NewSyncException) -> Result<SyncException, StoreError> {
@@ -70,6 +209,20 @@ impl Deliveries {
         }
         if let Some(after) = filter.after {
             q.push(" AND exception_id > ").push_bind(after);
+        }
+        match &filter.assignee {
+            Some(super::Assignee::Nobody) => {
+                q.push(" AND assigned_to IS NULL");
+            }
+            Some(super::Assignee::Steward(steward)) => {
+                q.push(" AND assigned_to = ").push_bind(steward.as_str());
+            }
+            None => {}
+        }
+        if let Some(now) = filter.overdue_at {
+            let slas = self.consumer_slas().await?;
+            q.push(" AND status = 'open' AND ");
+            push_overdue(&mut q, now, &slas);
         }
         q.push(" ORDER BY exception_id LIMIT ")
             .push_bind(limit.clamp(1, MAX_PAGE));
@@ -170,6 +323,52 @@ impl Deliveries {
     }
 }
 
+/// `(<exception past its resolution SLA at now>)`, for a WHERE or a CASE: per kind, the
+/// exceptions opened before `now` minus the kind's SLA, where that SLA is the consumer's for
+/// each group of consumers sharing one, and the kind's default for any other subject.
+fn push_overdue(q: &mut Sql, now: DateTime<Utc>, slas: &[(ConsumerId, Duration)]) {
+    let mut groups: std::collections::BTreeMap<Duration, Vec<&str>> = Default::default();
+    for (id, sla) in slas {
+        groups.entry(*sla).or_default().push(id.as_str());
+    }
+    let cutoff = |sla: Duration| {
+        now.checked_sub_signed(sla)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    };
+    q.push("(");
+    for (i, kind) in ExceptionKind::ALL.iter().enumerate() {
+        if i > 0 {
+            q.push(" OR ");
+        }
+        q.push("(kind = ").push_bind(kind.as_str()).push(" AND (");
+        let mut first = true;
+        if !kind.about_source() {
+            for (sla, ids) in &groups {
+                if !first {
+                    q.push(" OR ");
+                }
+                first = false;
+                q.push("(consumer_id IN ")
+                    .push_list(ids.iter().copied())
+                    .push(" AND created_at < ")
+                    .push_bind(cutoff(resolution_sla(*kind, Some(*sla))))
+                    .push(")");
+            }
+        }
+        if !first {
+            q.push(" OR ");
+        }
+        q.push("(created_at < ")
+            .push_bind(cutoff(resolution_sla(*kind, None)));
+        if !kind.about_source() && !slas.is_empty() {
+            q.push(" AND consumer_id NOT IN ")
+                .push_list(slas.iter().map(|(id, _)| id.as_str()));
+        }
+        q.push(")))");
+    }
+    q.push(")");
+}
+
 /// How the one `field` column stores "no field" (the customer as a whole): an empty string,
 /// so that the unique index on open exceptions covers it.
 fn field_column(field: Option<&FieldPath>) -> String {
@@ -243,6 +442,8 @@ fn exception(row: &Row) -> Result<SyncException, StoreError> {
             .as_deref()
             .map(serde_json::from_str)
             .transpose()?,
+        assigned_to: row.try_get("assigned_to")?,
+        assigned_at: row.try_get("assigned_at")?,
     })
 }
 
@@ -270,6 +471,12 @@ pub(crate) async fn close_erased_customers_exceptions(
     .bind(customer)
     .execute(&mut *tx)
     .await?;
+    // A steward's reason may quote the record too; what they did, when, stays.
+    sql("UPDATE steward_activity SET reason = $1 WHERE customer_id = $2 AND reason IS NOT NULL")
+        .bind(ERASED_NOTE)
+        .bind(customer)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -294,12 +501,26 @@ pub(crate) async fn apply_exception_event(
                 .execute(&mut *tx)
                 .await?
         }
-        // Raising is not a steward's action: `Deliveries::open_exception` does it.
-        ExceptionEvent::Opened { .. } | ExceptionEvent::Recurred { .. } => {
+        // Raising is not a steward's action: `Deliveries::open_exception` does it; nor is an
+        // assignment a command's (`Deliveries::assign_exception`).
+        ExceptionEvent::Opened { .. }
+        | ExceptionEvent::Recurred { .. }
+        | ExceptionEvent::Assigned { .. } => {
             return Err(StoreError::Integrity(format!(
-                "a command may only repush or close exception {id}, not raise one"
+                "a command may only repush or close exception {id}"
             )));
         }
     };
-    Ok(changed == 1)
+    if changed != 1 {
+        return Ok(false);
+    }
+    if let Some(approval) = &write.approval
+        && !crate::approvals::mark_approved(tx, approval).await?
+    {
+        return Ok(false);
+    }
+    if let Some(activity) = &write.activity {
+        super::insert_activity(tx, activity).await?;
+    }
+    Ok(true)
 }
