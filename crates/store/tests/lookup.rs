@@ -9,6 +9,7 @@
 //! - [x] `Ledger::run_pending_upgrades` — `lookup_index` fills the index of customers written
 //!   before it
 //! - [x] the table holds no plaintext: digests only, keyed
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
