@@ -213,7 +213,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
         long_request: config.long_request_timeout,
     };
     let v1 = Router::new()
-        .route("/customers", post(routes::register))
+        .route("/customers", post(routes::register).get(routes::find))
         .route("/customers/{customer_id}/commands", post(routes::command))
         .route("/customers/{customer_id}", get(routes::record))
         .route(

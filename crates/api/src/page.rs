@@ -25,6 +25,7 @@ use idledger_domain::event::{EventPayload, StewardAction};
 use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::hashing::HashKey;
 use idledger_domain::ids::CustomerId;
+use idledger_domain::lookup::Identifier;
 use idledger_domain::state::{ConsentState, CustomerState};
 use idledger_store::approvals::{Approval, ApprovalStatus};
 use idledger_store::delivery::{
@@ -279,8 +280,8 @@ fn layout(title: &str, steward: Option<&TokenRecord>, body: Markup) -> Markup {
                         a id="nav-approvals" href="/steward/approvals" { "Approvals" }
                         a id="nav-activity" href="/steward/activity" { "Activity" }
                         form id="find-customer" method="get" action="/steward/customers" {
-                            input type="text" name="id" size="38" placeholder="customer id" aria-label="customer id";
-                            button type="submit" { "Open record" }
+                            input type="search" name="q" size="38" placeholder="id, email, phone, system:id or name" aria-label="find a customer";
+                            button type="submit" { "Find" }
                         }
                     }
                     @if let Some(token) = steward {
@@ -981,15 +982,70 @@ fn consents_section(customer: CustomerId, state: &CustomerState) -> Markup {
     }
 }
 
-/// `GET /steward/customers?id=…`: the header's "open record" form.
+/// `GET /steward/customers?q=…` (or `id=…`): the header's search. A customer id opens the
+/// record; anything else is an identifier (`Identifier::infer`: an email, a phone, a
+/// `<system>:<id>` external id or a full name) found through the blind index, as the API
+/// finds it (`App::find_customers`; a steward reads everything): one customer opens their
+/// record, several are listed by their labels, none says so.
 async fn find_customer(
-    Steward(_): Steward,
+    State(state): State<AppState>,
+    Steward(token): Steward,
     RawQuery(query): RawQuery,
 ) -> Result<Response, PageError> {
     let query = pairs(query.unwrap_or_default().as_bytes());
-    let raw = one(&query, "id").unwrap_or_default().trim();
-    let id = parse_customer(raw)?;
-    Ok(Redirect::to(&format!("/steward/customers/{id}")).into_response())
+    let raw = one(&query, "q")
+        .or_else(|| one(&query, "id"))
+        .unwrap_or_default();
+    if let Ok(id) = CustomerId::parse(raw) {
+        return Ok(Redirect::to(&format!("/steward/customers/{id}")).into_response());
+    }
+    // Never quoted back: what was typed may be an email or a name.
+    let identifier = Identifier::infer(raw).map_err(|_| {
+        PageError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Cannot search for that",
+            "Type a customer id, an email, a phone number with its country code (+44 20…), \
+             an external id as system:id, or a full name.",
+        )
+    })?;
+    let found = state
+        .app
+        .find_customers(&idledger_app::Reader::Overseer, &identifier)
+        .await
+        .map_err(ApiError::from)?;
+    if let [id] = found.customer_ids.as_slice() {
+        return Ok(Redirect::to(&format!("/steward/customers/{id}")).into_response());
+    }
+    let labels = customer_labels(&state, found.customer_ids.clone())
+        .await
+        .map_err(ApiError::from)?;
+    let kind = identifier.kind().as_str().replace('_', " ");
+    let body = html! {
+        h1 { "Find a customer" }
+        @if found.customer_ids.is_empty() {
+            p.muted id="no-match" { "No customer has this " (kind) "." }
+        } @else {
+            p { (found.customer_ids.len()) " customers have this " (kind) "." }
+            table id="matches" {
+                thead { tr { th { "Customer" } th { "Id" } } }
+                tbody { @for id in &found.customer_ids {
+                    tr data-id=(id) {
+                        td { a href={ "/steward/customers/" (id) } {
+                            (labels.get(id).map_or("(no name or email)", String::as_str))
+                        } }
+                        td.mono { (id) }
+                    }
+                } }
+            }
+            @if found.truncated {
+                p.muted id="truncated" { "More customers have it; the first " (found.customer_ids.len()) " are listed." }
+            }
+        }
+    };
+    Ok(page(
+        StatusCode::OK,
+        layout("Find a customer", Some(&token), body),
+    ))
 }
 
 fn parse_customer(raw: &str) -> Result<CustomerId, PageError> {
@@ -1187,13 +1243,21 @@ fn mask_email(email: &str) -> String {
     }
 }
 
-/// Each listed exception's customer label, by customer (read 8 at a time).
+/// Each listed exception's customer label, by customer.
 async fn labels(
     state: &AppState,
     items: &[SyncException],
 ) -> Result<std::collections::HashMap<CustomerId, String>, StoreError> {
+    customer_labels(state, items.iter().map(|e| e.customer_id).collect()).await
+}
+
+/// The customers' labels (read 8 at a time); none for an erased one or one with neither a
+/// name nor an email.
+async fn customer_labels(
+    state: &AppState,
+    mut customers: Vec<CustomerId>,
+) -> Result<std::collections::HashMap<CustomerId, String>, StoreError> {
     use futures::{StreamExt as _, TryStreamExt as _};
-    let mut customers: Vec<CustomerId> = items.iter().map(|e| e.customer_id).collect();
     customers.sort_unstable();
     customers.dedup();
     futures::stream::iter(customers)

@@ -12,6 +12,7 @@ use idledger_domain::command::{Change, Command, Principal, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{CustomerId, SourceId};
+use idledger_domain::lookup::{Identifier, LookupKind};
 use idledger_store::delivery::MAX_PAGE;
 use idledger_store::disclosures::DisclosureFilter;
 use idledger_store::{Executed, Role, StoreError};
@@ -23,8 +24,8 @@ use crate::error::{ApiError, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams, idempotency_key, if_match, truncate};
 use crate::metrics;
 use crate::views::{
-    CommandResponse, DisclosurePageView, ErasureView, EventView, HistoryView, RecordView,
-    RestrictionView, WhoAmI,
+    CommandResponse, CustomerMatchesView, DisclosurePageView, ErasureView, EventView, HistoryView,
+    RecordView, RestrictionView, WhoAmI,
 };
 use crate::wire::{self, CommandRequest, ErasureRequest, RegisterRequest, RestrictionRequest};
 
@@ -319,6 +320,82 @@ pub async fn record(
         .headers_mut()
         .insert(header::ETAG, etag(read.state.stream_version));
     Ok(response)
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    /// An email address, found however it is cased or padded (the record keeps it lowercase).
+    pub email: Option<String>,
+    /// A phone number with its country code, in any usual notation (`+44 20 7946 0958`,
+    /// `0044 (0)20…`): compared in E.164.
+    pub phone: Option<String>,
+    /// `<system>:<id>`: the value of the field `external_id.<system>`, compared exactly.
+    pub external_id: Option<String>,
+    /// The full name, given then family name: compared whole, after Unicode NFC, case
+    /// folding and whitespace collapsing.
+    pub name: Option<String>,
+}
+
+impl LookupQuery {
+    /// The one identifier asked for. Refusals name the parameter, never its value.
+    fn identifier(self) -> Result<Identifier, ApiError> {
+        let given: Vec<(LookupKind, String)> = [
+            (LookupKind::Email, self.email),
+            (LookupKind::Phone, self.phone),
+            (LookupKind::ExternalId, self.external_id),
+            (LookupKind::Name, self.name),
+        ]
+        .into_iter()
+        .filter_map(|(kind, value)| value.map(|v| (kind, v)))
+        .collect();
+        let [(kind, raw)] = given.as_slice() else {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "give exactly one of email, phone, external_id, name",
+            ));
+        };
+        Identifier::parse(*kind, raw).map_err(|_| {
+            ApiError::unprocessable(
+                "invalid_value",
+                format!("{kind} must be {}", kind.expected()),
+            )
+            .with("parameter", kind.as_str())
+        })
+    }
+}
+
+/// Find customers by an identifier (roles `source`, `steward`, `auditor`): exactly one of
+/// `email`, `phone`, `external_id` (`<system>:<id>`) or `name` (the full name). Answers the
+/// ids of every customer whose current value matches — several when an identifier is shared
+/// (a household's phone) — in id order, at most 100. Pending changes and proposals are not
+/// found, nor is an erased customer. A source may look up only by fields it may read, and
+/// each customer it finds is logged as a disclosure of those fields. Looked up through a
+/// blind index (keyed digests of the normalised values), never a plaintext index.
+#[utoipa::path(
+    get, path = "/v1/customers", tag = "records",
+    params(LookupQuery),
+    responses(
+        (status = 200, body = CustomerMatchesView),
+        (status = 400, description = "invalid_query: none or more than one identifier, an unknown parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden_role, out_of_scope, not_readable (the source may not read the field)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_value, naming the parameter (never its value)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn find(
+    State(state): State<AppState>,
+    Authorized(caller, ..): Authorized<Readers>,
+    QueryParams(query): QueryParams<LookupQuery>,
+) -> Result<Json<CustomerMatchesView>, ApiError> {
+    let identifier = query.identifier()?;
+    let matches = state
+        .app
+        .find_customers(&caller.reader()?, &identifier)
+        .await?;
+    Ok(Json(CustomerMatchesView::from(matches)))
 }
 
 fn parse_instant(raw: &str) -> Result<DateTime<Utc>, ApiError> {

@@ -348,6 +348,24 @@ pub struct WhoAmI {
     pub scopes: Option<Vec<String>>,
 }
 
+/// The customers a lookup found (`GET /v1/customers?email=…`), in id order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerMatchesView {
+    #[schema(value_type = Vec<uuid::Uuid>)]
+    pub customer_ids: Vec<CustomerId>,
+    /// More customers hold the identifier than the 100 listed.
+    pub truncated: bool,
+}
+
+impl From<idledger_app::Matches> for CustomerMatchesView {
+    fn from(m: idledger_app::Matches) -> Self {
+        Self {
+            customer_ids: m.customer_ids,
+            truncated: m.truncated,
+        }
+    }
+}
+
 /// The result of an erasure.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErasureView {

@@ -55,6 +55,13 @@ async fn every_role_against_every_route(engine: Engine) {
             None,
             &["idp", "steward", "auditor"],
         ),
+        // A lookup by an identifier: the reading roles (the idp may read emails).
+        (
+            Method::GET,
+            "/v1/customers?email=ada%40example.org",
+            None,
+            &["idp", "steward", "auditor"],
+        ),
         // The past is for stewards and auditors: a source reads the record only as it is.
         (
             Method::GET,

@@ -20,6 +20,9 @@ on_both_engines!(
     pending_changes_and_proposals_show_only_to_their_parties,
     every_read_by_a_source_is_logged_as_a_disclosure,
     the_subject_export_holds_everything_and_is_logged,
+    customers_are_found_by_each_identifier_within_the_readers_scope,
+    lookups_follow_changes_shared_values_erasure_and_rebuild,
+    bad_lookups_are_refused_with_stable_codes_and_never_quote_the_value,
 );
 
 const SOURCES: [&str; 5] = ["idp", "crm", "web_app", "consent_portal", "support_portal"];
@@ -396,4 +399,267 @@ async fn the_subject_export_holds_everything_and_is_logged(engine: Engine) {
     app.get(&format!("{path}?format=xml"), "dsar")
         .await
         .problem(400, "invalid_query");
+}
+
+/// The ids a lookup answers (asserting 200).
+async fn found(app: &TestApp, query: &str, as_: &str) -> Vec<String> {
+    let reply = app.get(&format!("/v1/customers?{query}"), as_).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{query} as {as_}: {}",
+        reply.text
+    );
+    assert_eq!(reply.body["truncated"], false);
+    reply.body["customer_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn customers_are_found_by_each_identifier_within_the_readers_scope(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let id = full_record(&app).await;
+    let other = app
+        .register(
+            "idp",
+            json!([{"op": "set_field", "field": "email", "value": "grace@example.org"}]),
+        )
+        .await;
+    for query in [
+        "email=ada%40example.org",
+        "email=%20ADA%40Example.org",
+        "phone=%2B14155552671",
+        "phone=%2B1%20415%20555%202671",
+        "external_id=crm%3AC-1",
+        "name=Ada%20Lovelace",
+        "name=ada%20%20LOVELACE",
+    ] {
+        assert_eq!(
+            found(&app, query, "steward").await,
+            std::slice::from_ref(&id),
+            "{query}"
+        );
+    }
+    assert_eq!(
+        found(&app, "email=grace%40example.org", "auditor").await,
+        [other]
+    );
+    assert!(
+        found(&app, "email=nobody%40example.org", "steward")
+            .await
+            .is_empty()
+    );
+    assert!(
+        found(&app, "external_id=cdp%3AC-1", "steward")
+            .await
+            .is_empty()
+    );
+    assert!(found(&app, "name=Ada", "steward").await.is_empty());
+
+    // A source looks up by what it may read: the crm proposes emails, so it reads them; the
+    // consent portal writes consents only, and finds nothing by an email — it is refused.
+    assert_eq!(
+        found(&app, "email=ada%40example.org", "crm").await,
+        std::slice::from_ref(&id)
+    );
+    let refused = app
+        .get("/v1/customers?email=ada%40example.org", "consent_portal")
+        .await;
+    assert_eq!(refused.problem(403, "not_readable")["field"], "email");
+    assert!(!refused.text.contains("ada@"));
+    // A name is both name fields: the web app writes them, the consent portal neither.
+    assert_eq!(
+        found(&app, "name=Ada%20Lovelace", "web_app").await,
+        std::slice::from_ref(&id)
+    );
+    app.get("/v1/customers?name=Ada%20Lovelace", "consent_portal")
+        .await
+        .problem(403, "not_readable");
+    // Not a reader's role: consumers, administrators.
+    for role in ["consumer", "admin"] {
+        app.get("/v1/customers?email=ada%40example.org", role)
+            .await
+            .problem(403, "forbidden_role");
+    }
+
+    // The crm's and the web app's lookups are disclosures of the fields looked up by; the
+    // overseers' and the refused ones are not.
+    let log = app
+        .get(&format!("/v1/customers/{id}/disclosures"), "auditor")
+        .await;
+    let got: Vec<(String, Vec<String>)> = log.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["source_id"] != "idp")
+        .map(|d| {
+            (
+                d["source_id"].as_str().unwrap().to_owned(),
+                d["fields"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("crm".to_owned(), vec!["email".to_owned()]),
+            (
+                "web_app".to_owned(),
+                vec!["name.given".to_owned(), "name.family".to_owned()]
+            ),
+        ]
+    );
+    assert!(!log.text.contains("ada@example.org"));
+}
+
+async fn lookups_follow_changes_shared_values_erasure_and_rebuild(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let ada = app
+        .register(
+            "idp",
+            json!([
+                {"op": "set_field", "field": "email", "value": "ada@example.org"},
+                {"op": "set_field", "field": "phone", "value": "+442079460958"},
+                {"op": "set_field", "field": "external_id.crm", "value": "C-1"},
+            ]),
+        )
+        .await;
+    let byron = app
+        .register(
+            "idp",
+            json!([{"op": "set_field", "field": "phone", "value": "+44 20 7946 0958"}]),
+        )
+        .await;
+    // A household's phone finds both, in id order.
+    let mut both = vec![ada.clone(), byron.clone()];
+    both.sort();
+    assert_eq!(found(&app, "phone=%2B442079460958", "idp").await, both);
+
+    // A changed email: the old one finds nobody. A pending one is not the customer's yet.
+    let changed = app
+        .command(
+            "idp",
+            &ada,
+            "change-1",
+            json!([{"op": "set_field", "field": "email", "value": "countess@example.org"}]),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    assert!(
+        found(&app, "email=ada%40example.org", "idp")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        found(&app, "email=countess%40example.org", "idp").await,
+        std::slice::from_ref(&ada)
+    );
+    let pending = app
+        .command(
+            "web_app",
+            &ada,
+            "change-2",
+            json!([{"op": "request_change", "field": "email", "value": "new@example.org"}]),
+        )
+        .await;
+    assert_eq!(pending.status, StatusCode::OK, "{}", pending.text);
+    assert!(
+        found(&app, "email=new%40example.org", "steward")
+            .await
+            .is_empty()
+    );
+    // A cleared external id finds nobody.
+    let cleared = app
+        .command(
+            "idp",
+            &ada,
+            "change-3",
+            json!([{"op": "clear_field", "field": "external_id.crm"}]),
+        )
+        .await;
+    assert_eq!(cleared.status, StatusCode::OK, "{}", cleared.text);
+    assert!(
+        found(&app, "external_id=crm%3AC-1", "steward")
+            .await
+            .is_empty()
+    );
+
+    // Rebuilt from the log: the same answers.
+    let report = app.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(report.reindexed_count, 0);
+    assert_eq!(found(&app, "phone=%2B442079460958", "idp").await, both);
+    assert_eq!(
+        found(&app, "email=countess%40example.org", "idp").await,
+        std::slice::from_ref(&ada)
+    );
+
+    // Erased: found by nothing; the household's other member still is.
+    let erased = app
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/customers/{ada}/erasure"),
+            Some("admin"),
+            None,
+            Some(&json!({"reason": "subject request", "actor": {"kind": "agent", "id": "dpo"}})),
+        )
+        .await;
+    assert_eq!(erased.status, StatusCode::OK, "{}", erased.text);
+    assert!(
+        found(&app, "email=countess%40example.org", "steward")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        found(&app, "phone=%2B442079460958", "steward").await,
+        [byron]
+    );
+}
+
+async fn bad_lookups_are_refused_with_stable_codes_and_never_quote_the_value(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let head = app.head().await;
+    for query in [
+        "",
+        "?",
+        "?email=a%40example.org&phone=%2B442079460958",
+        "?email=a%40example.org&email=b%40example.org",
+        "?mail=a%40example.org",
+        "?email=a%40example.org&limit=3",
+    ] {
+        app.get(&format!("/v1/customers{query}"), "steward")
+            .await
+            .problem(400, "invalid_query");
+    }
+    for (parameter, value) in [
+        ("email", "secret-person%40"),
+        ("email", "secret-person%40-bad-.org"),
+        ("phone", "secret-person"),
+        ("external_id", "secret-person"),
+        ("external_id", "Secret:person"),
+        ("name", "1234-5678"),
+        ("name", ""),
+    ] {
+        let reply = app
+            .get(&format!("/v1/customers?{parameter}={value}"), "steward")
+            .await;
+        assert_eq!(
+            reply.problem(422, "invalid_value")["parameter"],
+            parameter,
+            "{value}"
+        );
+        assert!(
+            !reply.text.to_lowercase().contains("secret") && !reply.text.contains("bad-"),
+            "{}",
+            reply.text
+        );
+    }
+    assert_eq!(app.head().await, head, "a lookup writes nothing");
 }

@@ -634,6 +634,7 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
     let paths = doc.body["paths"].as_object().unwrap();
     for (path, method) in [
         ("/v1/customers", "post"),
+        ("/v1/customers", "get"),
         ("/v1/customers/{customer_id}/commands", "post"),
         ("/v1/customers/{customer_id}", "get"),
         ("/v1/customers/{customer_id}/fields/{field}/history", "get"),
@@ -675,6 +676,7 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         "ChangeBody",
         "CommandRequest",
         "RecordView",
+        "CustomerMatchesView",
         "HistoryView",
         "ConsumerRequest",
         "ConsumerView",

@@ -45,6 +45,7 @@ on_both_engines!(
     unknown_and_erased_are_readable_pages,
     an_exception_shows_its_customers_consents_and_latest_decisions,
     a_customers_record_shows_fields_consents_receipts_decisions_and_exceptions,
+    a_steward_finds_customers_by_any_identifier,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -484,11 +485,37 @@ async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
     assert!(text(browser, "#fields").await.contains(&seeded.email));
     assert!(text(browser, "#consents").await.contains("service"));
     browser.goto(&app.url("/steward")).await.unwrap();
-    fill(browser, "#find-customer input[name=id]", &customer).await;
+    fill(browser, "#find-customer input[name=q]", &customer).await;
     submit(browser, "#find-customer button").await;
     assert_eq!(
         browser.current_url().await.unwrap().path(),
         format!("/steward/customers/{customer}")
+    );
+    // The same box finds a customer by email (one match opens the record), and says when
+    // nobody has one.
+    browser.goto(&app.url("/steward")).await.unwrap();
+    fill(
+        browser,
+        "#find-customer input[name=q]",
+        &seeded.email.to_uppercase(),
+    )
+    .await;
+    submit(browser, "#find-customer button").await;
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        format!("/steward/customers/{customer}")
+    );
+    fill(
+        browser,
+        "#find-customer input[name=q]",
+        "nobody@example.org",
+    )
+    .await;
+    submit(browser, "#find-customer button").await;
+    assert!(
+        text(browser, "#no-match")
+            .await
+            .contains("No customer has this email")
     );
 
     // The open list no longer has it; dismiss the other one in bulk.
@@ -1280,4 +1307,123 @@ fn section<'a>(html: &'a str, id: &str) -> &'a str {
         .find("</section>")
         .map_or(html.len(), |e| start + e);
     &html[start..end]
+}
+
+/// The header's search: an id or an identifier of any kind; one customer opens the record,
+/// several are listed by their labels, none says so; an erased customer is never found.
+async fn a_steward_finds_customers_by_any_identifier(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let ada = customer(
+        &app,
+        json!([
+            {"op": "set_field", "field": "email", "value": "ada@example.org"},
+            {"op": "set_field", "field": "phone", "value": "+442079460958"},
+            {"op": "set_field", "field": "external_id.crm", "value": "C-42"},
+            {"op": "set_field", "field": "name.given", "value": "Ada"},
+            {"op": "set_field", "field": "name.family", "value": "Lovelace"},
+        ]),
+    )
+    .await;
+    let byron = customer(
+        &app,
+        json!([
+            {"op": "set_field", "field": "phone", "value": "+44 20 7946 0958"},
+            {"op": "set_field", "field": "name.given", "value": "Byron"},
+        ]),
+    )
+    .await;
+    let cookie = log_in(&app).await;
+    let record = format!("/steward/customers/{ada}");
+    for q in [
+        "  ADA@example.org ",
+        "crm:C-42",
+        "ada   lovelace",
+        ada.as_str().trim(),
+    ] {
+        let page = search(&app, &cookie, q).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{q}: {}", page.html);
+        assert_eq!(page.location.as_deref(), Some(record.as_str()), "{q}");
+    }
+    // The household's phone: both, each by its label.
+    let page = search(&app, &cookie, "+44 (0)20 7946 0958").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    let matches = section_by_id(&page.html, "matches");
+    for (id, label) in [(&ada, "Ada Lovelace · a…@example.org"), (&byron, "Byron")] {
+        assert!(
+            matches.contains(&format!("href=\"/steward/customers/{id}\"")),
+            "{matches}"
+        );
+        assert!(matches.contains(label), "{matches}");
+    }
+    // Nobody, and what cannot be searched for: readable, never quoting what was typed.
+    let page = search(&app, &cookie, "grace@example.org").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.html.contains("id=\"no-match\""), "{}", page.html);
+    assert!(!page.html.contains("grace@"));
+    let page = search(&app, &cookie, "12345").await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("Type a customer id") && !page.html.contains("12345"));
+    // The old form's parameter still opens a record by id.
+    let page = request(
+        &app,
+        Method::GET,
+        &format!("/steward/customers?id={ada}"),
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page.location.as_deref(), Some(record.as_str()));
+    // Erased: the phone finds Byron alone (his record opens), the email nobody.
+    let reply = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{ada}/erasure"),
+            Some("admin"),
+            None,
+            Some(&json!({"reason": "ticket DSR-3", "actor": {"kind": "agent", "id": "dpo@example.org"}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let page = search(&app, &cookie, "+442079460958").await;
+    assert_eq!(
+        page.location.as_deref(),
+        Some(format!("/steward/customers/{byron}").as_str())
+    );
+    let page = search(&app, &cookie, "ada@example.org").await;
+    assert!(page.html.contains("id=\"no-match\""), "{}", page.html);
+    // No session, no search.
+    let anonymous = request(
+        &app,
+        Method::GET,
+        "/steward/customers?q=ada%40example.org",
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+}
+
+/// The header's search for `q`, with a session.
+async fn search(app: &TestApp, cookie: &str, q: &str) -> Page {
+    let path = format!(
+        "/steward/customers?q={}",
+        form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
+    );
+    request(app, Method::GET, &path, Some(cookie), None, &[]).await
+}
+
+/// The HTML of the element `id="…"` onwards to its table's end.
+fn section_by_id<'a>(html: &'a str, id: &str) -> &'a str {
+    let start = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {html}"));
+    let rest = &html[start..];
+    &rest[..rest.find("</table>").unwrap_or(rest.len())]
 }

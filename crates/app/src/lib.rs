@@ -7,7 +7,8 @@
 //!   of customers for a purpose, now — decided on fresh state, logged before answered.
 //! - [`export`]: a data subject's access and portability export, logged as a disclosure.
 //! - [`reads`]: a record as its reader may see it (the policy's read scope), the past only for
-//!   stewards and auditors, and the disclosure log of what source systems read.
+//!   stewards and auditors, and the disclosure log of what source systems read; finding
+//!   customers by identifier (the blind index) within the same scope.
 //! - [`retention`]: expire what the policy keeps too long (values, consent records) and delete
 //!   old handoffs, idempotency records and reconciliation runs, at an instant the caller gives.
 //! - [`tokens`]: token administration ([`TokenAdmin`]): create (checked: the system a token
@@ -33,7 +34,7 @@ use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
 pub use decisions::{AskedBy, DecideError, Decided, Decider, TokenIssue};
 pub use export::SubjectExport;
-pub use reads::{ReadError, Reader, RecordRead};
+pub use reads::{MAX_MATCHES, Matches, ReadError, Reader, RecordRead};
 pub use retention::{RetentionError, RetentionProgress, RetentionReport};
 pub use stewardship::{
     ActError, ActionDone, AssignTo, AssigneeQuery, ExceptionQuery, ListError, QueryError, Steward,

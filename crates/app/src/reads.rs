@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{CustomerId, SourceId};
+use idledger_domain::lookup::Identifier;
 use idledger_domain::scope::ReadScope;
 use idledger_domain::state::CustomerState;
 use idledger_store::StoreError;
@@ -87,7 +88,60 @@ impl From<StoreError> for ReadError {
     }
 }
 
+/// At most this many customers answer one lookup; more are said to be there
+/// ([`Matches::truncated`]) but not listed.
+pub const MAX_MATCHES: u32 = 100;
+
+/// The customers a lookup found, in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matches {
+    pub customer_ids: Vec<CustomerId>,
+    /// More customers hold the identifier than [`MAX_MATCHES`].
+    pub truncated: bool,
+}
+
 impl App {
+    /// The customers whose current values hold `identifier` (through the blind index: an
+    /// erased customer, a pending or a proposed value is never found). A source finds by an
+    /// identifier only if it may read every field it is made of
+    /// ([`ReadError::OutOfScope`] otherwise, and nothing is looked up); each customer it
+    /// finds is logged as a disclosure of those fields before the answer, as a read is.
+    pub async fn find_customers(
+        &self,
+        reader: &Reader,
+        identifier: &Identifier,
+    ) -> Result<Matches, ReadError> {
+        let scope = reader.scope();
+        let fields = identifier.fields();
+        if let Some(field) = fields
+            .iter()
+            .find(|f| !scope.field(self.ledger.policy(), f))
+        {
+            return Err(ReadError::OutOfScope(field.clone()));
+        }
+        let mut customer_ids = self.ledger.find(identifier, MAX_MATCHES + 1).await?;
+        let truncated = customer_ids.len() > MAX_MATCHES as usize;
+        customer_ids.truncate(MAX_MATCHES as usize);
+        if let Reader::Source { source, token_id } = reader {
+            let now = Utc::now();
+            for customer in &customer_ids {
+                self.disclosures
+                    .record(&Disclosure {
+                        customer_id: *customer,
+                        recipient: Recipient::Source(source.clone()),
+                        token_id: Some(*token_id),
+                        fields: fields.clone(),
+                        disclosed_at: now,
+                    })
+                    .await?;
+            }
+        }
+        Ok(Matches {
+            customer_ids,
+            truncated,
+        })
+    }
+
     /// The record now, or as of an instant (overseers only). A source's read is logged as a
     /// disclosure of the fields it is shown before it is answered.
     pub async fn read_record(

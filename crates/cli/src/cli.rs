@@ -90,6 +90,9 @@ pub enum Command {
     History(HistoryArgs),
     /// Print a customer's golden record: fields, consents and open proposals.
     Record(RecordArgs),
+    /// Find customers by email, phone, external id (SYSTEM:ID) or full name, through the
+    /// blind index; prints their ids, one a line.
+    Find(crate::commands::find::FindArgs),
     /// Export everything about a customer for the data subject (access and portability):
     /// the record, every event with provenance, handoffs, disclosures and sync exceptions.
     Export(crate::commands::export::ExportArgs),

@@ -1720,6 +1720,7 @@ on_both_engines!(
     bad_filters_are_usage_errors_naming_the_option,
     a_steward_dismisses_and_accepts_from_the_command_line,
     signing_keys_rotate_list_and_remove_and_receipts_verify,
+    find_prints_the_customers_an_identifier_finds,
 );
 
 #[test]
@@ -2159,4 +2160,133 @@ async fn signing_keys_rotate_list_and_remove_and_receipts_verify(engine: Engine)
     cli(&["receipt", "verify", &good])
         .exit(1)
         .stderr_has(&["unknown key", &first]);
+}
+
+// ---------------------------------------------------------------------------------------
+// find, on both engines
+// ---------------------------------------------------------------------------------------
+
+/// Ada and Byron share a phone; Ada has every other identifier. The index is then emptied
+/// and its upgrade marked pending, as a store written before the index finds itself: the
+/// first command with the key (here `find`) fills it.
+async fn find_prints_the_customers_an_identifier_finds(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let (ada, byron) = (new_customer(), new_customer());
+    let app = App::new(store.ledger.clone());
+    let register = |customer, changes| command(customer, &format!("reg-{customer}"), changes);
+    app.run_command(
+        &source("idp"),
+        &register(
+            ada,
+            vec![
+                Change::Register,
+                set("email", serde_json::json!("ada@example.org")),
+                set("phone", serde_json::json!("+44 20 7946 0958")),
+                set("external_id.crm", serde_json::json!("C-42")),
+                set("name.given", serde_json::json!("Ada")),
+                set("name.family", serde_json::json!("Lovelace")),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    app.run_command(
+        &source("idp"),
+        &register(
+            byron,
+            vec![
+                Change::Register,
+                set("phone", serde_json::json!("+442079460958")),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    for statement in [
+        "DELETE FROM lookup_index",
+        "INSERT INTO pending_upgrades (name) VALUES ('lookup_index')",
+    ] {
+        match store.db.engine {
+            Engine::Postgres => {
+                sqlx::query(statement)
+                    .execute(&store.db.pg().await)
+                    .await
+                    .unwrap();
+            }
+            Engine::Sqlite => {
+                sqlx::query(statement)
+                    .execute(&store.db.sqlite().await)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let seeded = Seeded {
+        store,
+        customer: ada.to_string(),
+        proposal: String::new(),
+        divergent: String::new(),
+    };
+    let dir = TempDir::new("find");
+    let (ada, byron) = (ada.to_string(), byron.to_string());
+    let one = |args: &[&str]| {
+        let run = on_store(&dir, &seeded, args).success();
+        assert_eq!(
+            run.stdout.lines().collect::<Vec<_>>(),
+            [seeded.customer.as_str()]
+        );
+    };
+    one(&["find", "--email", "ADA@example.org"]);
+    one(&["find", "--external-id", "crm:C-42"]);
+    one(&["find", "--name", "ada  lovelace"]);
+    let mut both = [ada.as_str(), byron.as_str()];
+    both.sort_unstable();
+    let run = on_store(&dir, &seeded, &["find", "--phone", "0044 20 7946 0958"]).success();
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), both);
+    let run = on_store(
+        &dir,
+        &seeded,
+        &["find", "--phone", "+442079460958", "--json"],
+    )
+    .success();
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"customer_ids": both, "truncated": false})
+    );
+    // Nobody: nothing on stdout, a note on stderr, success.
+    let run = on_store(&dir, &seeded, &["find", "--email", "grace@example.org"])
+        .success()
+        .stderr_has(&["no customer has this email"]);
+    assert!(run.stdout.is_empty());
+    // Usage errors: none, two, a bad value (not repeated).
+    on_store(&dir, &seeded, &["find"]).exit(2);
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "find",
+            "--email",
+            "a@example.org",
+            "--phone",
+            "+442079460958",
+        ],
+    )
+    .exit(2);
+    let run = on_store(&dir, &seeded, &["find", "--external-id", "secret-person"]).exit(2);
+    assert!(run.stderr.contains("--external-id must be") && !run.stderr.contains("secret"));
+    // Erased: found by nothing.
+    seeded
+        .store
+        .ledger
+        .erase(
+            idledger_domain::ids::CustomerId::parse(&ada).unwrap(),
+            &idledger_testkit::builders::admin(),
+            idledger_testkit::builders::dpo(),
+            "subject's request",
+        )
+        .await
+        .unwrap();
+    let run = on_store(&dir, &seeded, &["find", "--phone", "+442079460958"]).success();
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), [byron.as_str()]);
 }

@@ -5,6 +5,8 @@
 //! - [`ids`] and [`values`]: validated types (parse, don't validate).
 //! - [`field`]: the field catalog and typed field values.
 //! - [`hashing`]: keyed value hashes, per consumer (what consumers acknowledge and report).
+//! - [`lookup`]: the blind index's rules: which identifiers find a customer, normalised and
+//!   digested under a key of its own.
 //! - [`policy`]: the authority policy (who owns each field, what others may do).
 //! - [`command`], [`mod@decide`]: commands and the decision that turns them into events or a refusal.
 //! - [`event`], [`state`]: events with provenance and the infallible `evolve`.
@@ -26,6 +28,7 @@ pub mod exception;
 pub mod field;
 pub mod hashing;
 pub mod ids;
+pub mod lookup;
 pub mod policy;
 pub mod receipt;
 pub mod schema;

@@ -19,6 +19,7 @@ use idledger_domain::field::FieldPath;
 use idledger_domain::hashing::{AckKey, HashKey, HashRoot};
 use idledger_domain::ids::ChallengeId;
 use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId};
+use idledger_domain::lookup::{Identifier, LookupKey, identifiers};
 use idledger_domain::policy::Policy;
 use idledger_domain::schema::{CURRENT_SCHEMA_VERSION, EVENT_TYPES, SchemaError, StoredEvent};
 use idledger_domain::state::{CustomerState, Erasure, evolve, evolve_unreadable};
@@ -223,6 +224,9 @@ pub struct RebuildReport {
     /// Customers whose rows held what the log gives but were still in the clear, written
     /// before the projection was sealed: rewritten sealed.
     pub resealed_count: u64,
+    /// Customers whose blind-index rows were not those of their record (missing, stale or
+    /// extra): rewritten. 0 on a store whose index was kept in step by every append.
+    pub reindexed_count: u64,
 }
 
 struct WriteJob {
@@ -239,6 +243,8 @@ pub struct Ledger {
     challenge_key: Arc<ChallengeKey>,
     hash_root: Arc<HashRoot>,
     alias_root: Arc<AliasRoot>,
+    /// Makes the blind index's digests (a key of its own: it opens nothing).
+    lookup_key: Arc<LookupKey>,
     request_key: Arc<[u8; 32]>,
     /// Seals and opens signing keys' private halves.
     signing_seal: Arc<DataKey>,
@@ -292,6 +298,7 @@ impl Ledger {
             challenge_key: Arc::new(ChallengeKey::new(root.derive("challenge secrets"))),
             hash_root: Arc::new(HashRoot::new(root.derive("value hashes"))),
             alias_root: Arc::new(AliasRoot::new(root.derive("customer aliases"))),
+            lookup_key: Arc::new(LookupKey::new(root.derive("lookup index"))),
             request_key: Arc::new(root.derive("request hashes")),
             signing_seal: Arc::new(DataKey::from_secret(root.derive("signing keys"))),
             master,
@@ -329,6 +336,41 @@ impl Ledger {
         } else {
             CustomerNames::Ids
         }
+    }
+
+    /// The customers whose current values hold `identifier` (at most `limit`, in id order),
+    /// through the blind index: its digest is looked up, never the value. An erased customer
+    /// is never among them (erasure deletes their rows). No read scope here: the caller's.
+    pub async fn find(
+        &self,
+        identifier: &Identifier,
+        limit: u32,
+    ) -> Result<Vec<CustomerId>, StoreError> {
+        self.log
+            .lookup(&self.lookup_key.digest(identifier), limit)
+            .await?
+            .into_iter()
+            .map(|id| {
+                CustomerId::from_uuid(id)
+                    .map_err(|e| StoreError::Integrity(format!("a stored customer id: {e}")))
+            })
+            .collect()
+    }
+
+    /// The blind-index rows an append must leave when the customer's identifiers change from
+    /// `before` to `after`; `None` (nothing written) when they do not.
+    fn lookup_change(
+        &self,
+        before: &CustomerState,
+        after: &CustomerState,
+    ) -> Option<Vec<[u8; 32]>> {
+        let new = identifiers(after);
+        (identifiers(before) != new).then(|| self.lookup_key.digests(&new))
+    }
+
+    /// The blind-index rows a record should have.
+    pub(crate) fn lookup_digests(&self, state: &CustomerState) -> Vec<[u8; 32]> {
+        self.lookup_key.digests(&identifiers(state))
     }
 
     /// The database this ledger writes to, for the other areas (deliveries, runs, tokens).
@@ -482,6 +524,7 @@ impl Ledger {
                 projection,
                 erase: false,
                 exception: attach(&result)?,
+                lookup: self.lookup_change(&state, &after),
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -582,6 +625,8 @@ impl Ledger {
                 projection: projection::diff(&rows, &projection::rows(&after)?),
                 erase: true,
                 exception: None,
+                // The erasure's own statements delete the customer's rows.
+                lookup: None,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -665,6 +710,7 @@ impl Ledger {
                 },
                 erase: false,
                 exception: None,
+                lookup: self.lookup_change(&state, &after),
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -1208,6 +1254,7 @@ impl Ledger {
                 rebuilt.insert(*customer, projection::rows(state)?);
             }
             let live = self.all_projection_rows().await?;
+            let index = self.reindexed(&states).await?;
             let mut differing = Vec::new();
             let mut resealed = Vec::new();
             for customer in rebuilt
@@ -1232,7 +1279,11 @@ impl Ledger {
                     flat.extend(sealed.into_iter().map(|r| (*customer, r)));
                 }
             }
-            if self.log.replace_projections(&changed, &flat, after).await? {
+            if self
+                .log
+                .replace_projections_and_index(&changed, &flat, &index, after)
+                .await?
+            {
                 // Rows rewritten under the same versions: nothing cached from before stands.
                 self.states.clear();
                 return Ok(RebuildReport {
@@ -1243,10 +1294,46 @@ impl Ledger {
                     differing_customers: differing.iter().take(20).copied().collect(),
                     differing_count: differing.len() as u64,
                     resealed_count: resealed.len() as u64,
+                    reindexed_count: index.len() as u64,
                 });
             }
             // The log moved on while we compared: fold the new events in and try again.
         }
+    }
+
+    /// The customers whose blind-index rows differ from what `states` (the whole log
+    /// folded) gives, with the digests each should have (none: rows to delete).
+    async fn reindexed(
+        &self,
+        states: &HashMap<Uuid, CustomerState>,
+    ) -> Result<Vec<(Uuid, Vec<[u8; 32]>)>, StoreError> {
+        let mut live: BTreeMap<Uuid, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut cursor = None;
+        loop {
+            let page = self.log.lookup_page(cursor, 1000).await?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = Some(*last);
+            for (customer, digest) in page {
+                live.entry(customer).or_default().push(digest);
+            }
+        }
+        let mut out = Vec::new();
+        for (customer, state) in states {
+            let expected = self.lookup_digests(state);
+            let mut held = live.remove(customer).unwrap_or_default();
+            held.sort_unstable();
+            if held
+                .iter()
+                .map(Vec::as_slice)
+                .ne(expected.iter().map(<[u8; 32]>::as_slice))
+            {
+                out.push((*customer, expected));
+            }
+        }
+        // Rows of customers the log does not know.
+        out.extend(live.into_keys().map(|c| (c, Vec::new())));
+        out.sort_unstable();
+        Ok(out)
     }
 
     async fn all_projection_rows(&self) -> Result<BTreeMap<Uuid, Vec<ProjectionRow>>, StoreError> {

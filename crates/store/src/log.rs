@@ -223,7 +223,24 @@ impl EventLog {
         rows: &[(Uuid, ProjectionRow)],
         expected_head: u64,
     ) -> Result<bool, StoreError> {
+        self.replace_projections_and_index(customers, rows, &[], expected_head)
+            .await
+    }
+
+    /// [`EventLog::replace_projections`], also making each of `lookup`'s digests its
+    /// customer's only blind-index rows (none: the customer's rows are deleted), in the same
+    /// transaction.
+    pub async fn replace_projections_and_index(
+        &self,
+        customers: &[Uuid],
+        rows: &[(Uuid, ProjectionRow)],
+        lookup: &[(Uuid, Vec<[u8; 32]>)],
+        expected_head: u64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_exclusive().await?;
+        for (customer, digests) in lookup {
+            replace_lookup_rows(&mut tx, *customer, digests).await?;
+        }
         if head(&mut tx).await? != expected_head {
             return Ok(false);
         }
@@ -246,6 +263,42 @@ impl EventLog {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The customers whose blind-index rows hold `digest`, in id order, at most `limit`.
+    pub async fn lookup(&self, digest: &[u8; 32], limit: u32) -> Result<Vec<Uuid>, StoreError> {
+        sql("SELECT customer_id FROM lookup_index WHERE digest = $1 ORDER BY customer_id LIMIT $2")
+            .bind(digest.as_slice())
+            .bind(limit)
+            .fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(|r| r.try_get("customer_id"))
+            .collect()
+    }
+
+    /// Every blind-index row, by customer: `customers` customers a page, after `after`.
+    pub async fn lookup_page(
+        &self,
+        after: Option<Uuid>,
+        customers: u32,
+    ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        let mut q = sql("SELECT customer_id, digest FROM lookup_index WHERE ");
+        if let Some(after) = after {
+            q.push("customer_id > ").push_bind(after).push(" AND ");
+        }
+        q.push("customer_id IN (SELECT DISTINCT customer_id FROM lookup_index");
+        if let Some(after) = after {
+            q.push(" WHERE customer_id > ").push_bind(after);
+        }
+        q.push(" ORDER BY customer_id LIMIT ")
+            .push_bind(customers)
+            .push(") ORDER BY customer_id, digest");
+        q.fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("customer_id")?, r.try_get("digest")?)))
+            .collect()
     }
 
     /// Which chain each stored event's hash follows: v1 before `log_chain.v2_from`, v2 from
@@ -479,6 +532,9 @@ async fn append_one(
             .execute(&mut *tx)
             .await?;
     }
+    if let Some(digests) = &req.lookup {
+        replace_lookup_rows(&mut *tx, customer, digests).await?;
+    }
     if req.erase {
         erase(tx, customer).await?;
     }
@@ -523,6 +579,8 @@ async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
         // The erased record is the customer row alone; the append's diff removes the others
         // already, this makes sure no sealed row outlives the key.
         "DELETE FROM projections WHERE customer_id = $1 AND kind <> 'customer'",
+        // The blind index: an erased customer is found by nothing.
+        "DELETE FROM lookup_index WHERE customer_id = $1",
     ] {
         sql(statement).bind(customer).execute(&mut *tx).await?;
     }
@@ -534,4 +592,25 @@ async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
     // Reports keep up to a few examples per kind, with value hashes.
     crate::runs::drop_erased_customers_examples(tx, customer).await?;
     crate::delivery::close_erased_customers_exceptions(tx, customer).await
+}
+
+/// Makes `digests` the customer's blind-index rows (per append: a delete, and an insert when
+/// there is anything left to find them by).
+pub(crate) async fn replace_lookup_rows(
+    tx: &mut Tx,
+    customer: Uuid,
+    digests: &[[u8; 32]],
+) -> Result<(), StoreError> {
+    sql("DELETE FROM lookup_index WHERE customer_id = $1")
+        .bind(customer)
+        .execute(&mut *tx)
+        .await?;
+    // A record has a handful of identifiers; chunked all the same, within either engine's
+    // parameter limit.
+    for chunk in digests.chunks(1000) {
+        let mut insert = sql("INSERT INTO lookup_index (digest, customer_id) ");
+        insert.push_values(chunk, |d| vec![d.as_slice().into(), customer.into()]);
+        insert.execute(&mut *tx).await?;
+    }
+    Ok(())
 }

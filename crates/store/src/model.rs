@@ -67,6 +67,9 @@ pub struct AppendRequest {
     /// A sync exception's change that stands or falls with the command (a steward's action):
     /// written in the same transaction, and only while the exception is open.
     pub exception: Option<ExceptionWrite>,
+    /// The customer's blind-index digests after the append, only when its identifiers changed
+    /// (see `idledger_domain::lookup`): they replace whatever rows the customer had.
+    pub lookup: Option<Vec<[u8; 32]>>,
 }
 
 /// A change of one sync exception, made in a command's transaction.

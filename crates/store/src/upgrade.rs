@@ -12,14 +12,22 @@ use idledger_domain::state::{ConsentState, CustomerState, consent_value};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use std::collections::BTreeMap;
+
 use crate::error::StoreError;
 use crate::ledger::Ledger;
+use crate::model::ProjectionRow;
+use crate::projection;
 use crate::sql::sql;
 
 /// Value hashes were plain SHA-256 (`sha256:<hex>`) before they were keyed per consumer.
 const KEYED_VALUE_HASHES: &str = "keyed_value_hashes";
+/// Customers recorded before the blind index existed have no rows in it.
+const LOOKUP_INDEX: &str = "lookup_index";
 /// Rows rewritten per statement batch.
 const PAGE: i64 = 500;
+/// Customers indexed per transaction.
+const INDEX_PAGE: u32 = 200;
 
 impl Ledger {
     /// Runs every pending upgrade; returns the names of those it ran.
@@ -34,6 +42,8 @@ impl Ledger {
         for name in &pending {
             if name == KEYED_VALUE_HASHES {
                 self.key_value_hashes().await?;
+            } else if name == LOOKUP_INDEX {
+                self.fill_lookup_index().await?;
             } else {
                 return Err(StoreError::Integrity(format!(
                     "the store asks for an upgrade this version does not know: {name}"
@@ -46,6 +56,58 @@ impl Ledger {
             tracing::info!(upgrade = name.as_str(), "upgraded stored data");
         }
         Ok(pending)
+    }
+
+    /// Gives every customer the blind-index rows of their record, a page of customers per
+    /// transaction. Each page's records are read inside a transaction that holds off appends,
+    /// so an append cannot change a record between its read and its rows being written (an
+    /// append that changes identifiers writes its own rows, and commits before or after).
+    async fn fill_lookup_index(&self) -> Result<(), StoreError> {
+        let db = self.store().db();
+        let mut cursor: Option<uuid::Uuid> = None;
+        loop {
+            let mut q = sql("SELECT DISTINCT customer_id FROM projections");
+            if let Some(after) = cursor {
+                q.push(" WHERE customer_id > ").push_bind(after);
+            }
+            q.push(" ORDER BY customer_id LIMIT ").push_bind(INDEX_PAGE);
+            let customers: Vec<uuid::Uuid> = q
+                .fetch_all(db)
+                .await?
+                .iter()
+                .map(|r| r.try_get("customer_id"))
+                .collect::<Result<_, _>>()?;
+            let Some(last) = customers.last() else {
+                return Ok(());
+            };
+            cursor = Some(*last);
+            let mut tx = db.begin_exclusive().await?;
+            let mut q =
+                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN ");
+            q.push_list(customers.iter().copied())
+                .push(" ORDER BY customer_id, kind, key");
+            let mut rows: BTreeMap<uuid::Uuid, Vec<ProjectionRow>> = BTreeMap::new();
+            for r in q.fetch_all(&mut tx).await? {
+                rows.entry(r.try_get("customer_id")?)
+                    .or_default()
+                    .push(ProjectionRow {
+                        kind: r.try_get("kind")?,
+                        key: r.try_get("key")?,
+                        record: r.try_get("record")?,
+                    });
+            }
+            for (customer, stored) in rows {
+                let key = if projection::needs_key(&stored) {
+                    self.data_key(customer).await?
+                } else {
+                    None
+                };
+                let state = projection::state(&projection::open(customer, &stored, key.as_ref())?)?;
+                crate::log::replace_lookup_rows(&mut tx, customer, &self.lookup_digests(&state))
+                    .await?;
+            }
+            tx.commit().await?;
+        }
     }
 
     /// Rewrites every unkeyed value hash under the key of the consumer it concerns. A consumer

@@ -97,6 +97,7 @@ fn bogus_append(customer: uuid::Uuid, key: &str, expected_version: u64) -> Appen
         projection: ProjectionDiff::default(),
         erase: false,
         exception: None,
+        lookup: None,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod demo;
 pub mod exception;
 pub mod export;
+pub mod find;
 pub mod history;
 pub mod keys;
 pub mod migrate;

@@ -81,6 +81,14 @@ pub fn write_text(
             "", report.resealed_count
         )?;
     }
+    if report.reindexed_count > 0 {
+        writeln!(
+            out,
+            "{:indent$}{} customers' lookup index rows did not match their record and were \
+             rewritten",
+            "", report.reindexed_count
+        )?;
+    }
     if report.identical {
         return writeln!(
             out,

@@ -151,6 +151,9 @@ struct BulkWrite {
     /// The net projection change per row: `None` deletes it. Appends apply in batch order.
     projection: BTreeMap<(Uuid, String, String), Option<String>>,
     idempotency: Vec<(Uuid, IdempotencyRecord)>,
+    /// The blind-index rows of customers whose identifiers changed: the batch's last append
+    /// of a customer says what it holds.
+    lookup: BTreeMap<Uuid, Vec<[u8; 32]>>,
 }
 
 impl BulkWrite {
@@ -173,6 +176,9 @@ impl BulkWrite {
         }
         if let Some(idem) = &req.idempotency {
             self.idempotency.push((req.customer_id, idem.clone()));
+        }
+        if let Some(digests) = &req.lookup {
+            self.lookup.insert(req.customer_id, digests.clone());
         }
     }
 
@@ -275,6 +281,29 @@ impl BulkWrite {
                     .map(|((_, _, k), _)| k.as_str())
                     .collect::<Vec<_>>(),
             )
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.lookup.is_empty() {
+            // One statement for the batch, only when identifiers changed. The rows it deletes
+            // (the customers' rows not among their new digests) and those it inserts are
+            // disjoint, so the order PostgreSQL runs the two parts in does not matter.
+            let (digests, owners): (Vec<&[u8]>, Vec<Uuid>) = self
+                .lookup
+                .iter()
+                .flat_map(|(c, ds)| ds.iter().map(move |d| (d.as_slice(), *c)))
+                .unzip();
+            sqlx::query(
+                "WITH fresh AS (SELECT * FROM UNNEST($2::bytea[], $3::uuid[]) AS f(digest, customer_id)), \
+                 gone AS (DELETE FROM lookup_index l WHERE l.customer_id = ANY($1::uuid[]) \
+                 AND NOT EXISTS (SELECT 1 FROM fresh f \
+                 WHERE f.digest = l.digest AND f.customer_id = l.customer_id)) \
+                 INSERT INTO lookup_index (digest, customer_id) SELECT digest, customer_id FROM fresh \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(self.lookup.keys().copied().collect::<Vec<_>>())
+            .bind(digests)
+            .bind(owners)
             .execute(&mut **tx)
             .await?;
         }
