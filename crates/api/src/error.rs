@@ -209,6 +209,7 @@ impl From<ExceptionRefusal> for ApiError {
             ExceptionRefusal::NotAConsumer { .. }
             | ExceptionRefusal::NoField { .. }
             | ExceptionRefusal::NoProposal
+            | ExceptionRefusal::NotAProposal { .. }
             | ExceptionRefusal::ValueRequired { .. }
             | ExceptionRefusal::InvalidValue { .. }
             | ExceptionRefusal::InvalidCommand { .. } => StatusCode::UNPROCESSABLE_ENTITY,

@@ -45,6 +45,7 @@ on_both_engines!(
     unknown_and_erased_are_readable_pages,
     an_exception_shows_its_customers_consents_and_latest_decisions,
     a_customers_record_shows_fields_consents_receipts_decisions_and_exceptions,
+    a_proposal_stewards_may_not_accept_is_sent_to_its_system_of_record,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1280,4 +1281,104 @@ fn section<'a>(html: &'a str, id: &str) -> &'a str {
         .find("</section>")
         .map_or(html.len(), |e| start + e);
     &html[start..end]
+}
+
+/// The CRM proposes an email (stewards may not override it: idp decides) and a given name
+/// (stewards may); the exceptions' ids, in that order.
+async fn crm_proposals(app: &TestApp) -> (String, String) {
+    let c = customer(
+        app,
+        json!([{"op": "set_field", "field": "email", "value": "ann@example.org"}, {"op": "set_field", "field": "name.given", "value": "Ann"}]),
+    )
+    .await;
+    for (field, value) in [("email", "ann@crm.example"), ("name.given", "Anne")] {
+        app.command(
+            "crm",
+            &c,
+            &format!("crm-{field}"),
+            json!([{"op": "set_field", "field": field, "value": value}]),
+        )
+        .await
+        .problem(403, "not_authoritative");
+    }
+    let id_of = async |field: &str| {
+        let list = app
+            .get(
+                &format!("/v1/exceptions?kind=proposal&field={field}&customer={c}"),
+                "steward",
+            )
+            .await;
+        list.body["exceptions"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    (id_of("email").await, id_of("name.given").await)
+}
+
+async fn a_proposal_stewards_may_not_accept_is_sent_to_its_system_of_record(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let (email_exc, name_exc) = crm_proposals(&app).await;
+    let cookie = log_in(&app).await;
+    let page = |id: String| {
+        let cookie = cookie.clone();
+        let app = &app;
+        async move {
+            let page = request(
+                app,
+                Method::GET,
+                &format!("/steward/exceptions/{id}"),
+                Some(&cookie),
+                None,
+                &[],
+            )
+            .await;
+            assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+            page.html
+        }
+    };
+    let email = page(email_exc.clone()).await;
+    assert!(email.contains("id=\"route\""), "{email}");
+    assert!(
+        email.contains("Send to the system of record (idp)"),
+        "{email}"
+    );
+    assert!(
+        !email.contains("id=\"accept\""),
+        "no Accept where stewards may not: {email}"
+    );
+    assert!(!email.contains("Accept the proposal"), "{email}");
+    let name = page(name_exc.clone()).await;
+    assert!(name.contains("Accept the proposal"), "{name}");
+    assert!(!name.contains("id=\"route\""), "{name}");
+
+    // The form routes it: recorded, left open, shown as sent.
+    let own = app.url("");
+    let act = format!("/steward/exceptions/{email_exc}/act");
+    let sent = request(
+        &app,
+        Method::POST,
+        &act,
+        Some(&cookie),
+        Some(&own),
+        &[("action", "route"), ("reason", "")],
+    )
+    .await;
+    assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.html);
+    let location = sent.location.unwrap();
+    assert!(location.ends_with("done=route"), "{location}");
+    let now = deliveries(&app)
+        .exception(email_exc.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status, ExceptionStatus::Open);
+    assert_eq!(now.last_action.unwrap()["action"], "route");
+    let after = request(&app, Method::GET, &location, Some(&cookie), None, &[]).await;
+    assert!(
+        after.html.contains("Sent to the system of record."),
+        "{}",
+        after.html
+    );
+    assert!(after.html.contains("id=\"routed\""), "{}", after.html);
 }

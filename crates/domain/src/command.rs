@@ -69,11 +69,11 @@ pub enum Change {
         field: FieldPath,
         value: FieldValue,
     },
-    /// Steward only.
+    /// A steward (where the policy allows steward override) or the field's system of record.
     AcceptProposal {
         proposal_id: ProposalId,
     },
-    /// Steward only.
+    /// A steward or the field's system of record.
     RejectProposal {
         proposal_id: ProposalId,
         reason: String,

@@ -392,14 +392,14 @@ impl Decider<'_, '_> {
         if !self.state.registered {
             return Err(Refusal::NotRegistered);
         }
-        let steward_op = matches!(
+        let proposal_op = matches!(
             change,
-            Change::AcceptProposal { .. }
-                | Change::RejectProposal { .. }
-                | Change::ActOnException { .. }
+            Change::AcceptProposal { .. } | Change::RejectProposal { .. }
         );
-        let steward_may =
-            steward_op || matches!(change, Change::SetField { .. } | Change::ClearField { .. });
+        let steward_op = matches!(change, Change::ActOnException { .. });
+        let steward_may = steward_op
+            || proposal_op
+            || matches!(change, Change::SetField { .. } | Change::ClearField { .. });
         if self.is_steward() && !steward_may {
             return Err(Refusal::Forbidden {
                 reason: format!(
@@ -410,9 +410,10 @@ impl Decider<'_, '_> {
         }
         if !self.is_steward() && steward_op {
             return Err(Refusal::Forbidden {
-                reason: "only data stewards resolve proposals and sync exceptions".to_owned(),
+                reason: "only data stewards act on sync exceptions".to_owned(),
             });
         }
+        // Who may decide a proposal depends on its field: `proposal_decider` says.
         let admin_op = matches!(
             change,
             Change::RestrictProcessing { .. } | Change::LiftRestriction { .. }
@@ -1029,6 +1030,38 @@ impl Decider<'_, '_> {
         }
     }
 
+    /// Who may decide a proposal about `field`, and how an accepted value is recorded: a
+    /// steward (accepting only where the policy has `steward_override`), or the field's system
+    /// of record with its own token, as its own authoritative write (so a field that requires
+    /// verification needs the evidence, as a direct set does). Nobody else. The one place
+    /// this rule is.
+    fn proposal_decider(&self, field: &FieldPath, accepting: bool) -> Result<SetMode, Refusal> {
+        let rule = self.ctx.policy.rule(field);
+        match &self.ctx.principal {
+            Principal::Steward(_) if accepting && !rule.steward_override => {
+                Err(steward_override_forbidden(field))
+            }
+            Principal::Steward(_) => Ok(SetMode::Steward),
+            Principal::Source(source) if rule.decides_proposals(source) => {
+                if accepting && rule.requires_verification && self.provenance.evidence.is_none() {
+                    return Err(Refusal::InvalidTransition {
+                        field: Some(field.clone()),
+                        reason: format!(
+                            "{field} requires verification: accept the proposal with the evidence of its verification"
+                        ),
+                    });
+                }
+                Ok(SetMode::Authoritative)
+            }
+            Principal::Source(_) | Principal::Admin(_) => Err(Refusal::Forbidden {
+                reason: format!(
+                    "only data stewards and the system of record of {field} ({}) decide proposals about it",
+                    rule.system_of_record
+                ),
+            }),
+        }
+    }
+
     fn accept(&mut self, proposal_id: ProposalId) -> Result<Outcome, Refusal> {
         let proposal = self
             .state
@@ -1036,20 +1069,13 @@ impl Decider<'_, '_> {
             .get(&proposal_id)
             .cloned()
             .ok_or(Refusal::UnknownProposal { proposal_id })?;
-        if !self.ctx.policy.rule(&proposal.field).steward_override {
-            return Err(steward_override_forbidden(&proposal.field));
-        }
+        let mode = self.proposal_decider(&proposal.field, true)?;
         self.emit(EventPayload::ProposalAccepted {
             proposal_id,
             field: proposal.field.clone(),
         });
         if self.state.value(&proposal.field) != Some(&proposal.value) {
-            self.write_value(
-                &proposal.field,
-                &proposal.value,
-                SetMode::Steward,
-                Some(proposal_id),
-            );
+            self.write_value(&proposal.field, &proposal.value, mode, Some(proposal_id));
         }
         Ok(Outcome::ProposalResolved {
             proposal_id,
@@ -1065,6 +1091,7 @@ impl Decider<'_, '_> {
             .get(&proposal_id)
             .cloned()
             .ok_or(Refusal::UnknownProposal { proposal_id })?;
+        self.proposal_decider(&proposal.field, false)?;
         self.emit(EventPayload::ProposalRejected {
             proposal_id,
             field: proposal.field,

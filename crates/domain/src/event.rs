@@ -71,6 +71,9 @@ pub enum StewardAction {
     Accept,
     /// Close the exception without changing anything, for a stated reason.
     Dismiss,
+    /// Send a proposal to its field's system of record, which decides it with its own token;
+    /// the exception stays open until it does (or a steward closes it).
+    Route,
 }
 
 impl StewardAction {
@@ -79,6 +82,7 @@ impl StewardAction {
             Self::Repush => "repush",
             Self::Accept => "accept",
             Self::Dismiss => "dismiss",
+            Self::Route => "route",
         }
     }
 }
