@@ -6,9 +6,12 @@
 
 mod support;
 
+use std::time::Duration;
+
+use idledger_relay::{NatsConfig, Relay, RelayConfig, StreamSettings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, on_both_engines};
+use support::{Engine, Reply, TestApp, grant, on_both_engines};
 
 on_both_engines!(
     the_system_of_record_accepts_and_the_exception_closes,
@@ -17,6 +20,7 @@ on_both_engines!(
     a_steward_routes_a_proposal_to_its_system_of_record,
     only_a_proposal_is_routed,
     the_listing_is_scoped_to_the_caller_and_paged,
+    a_routed_proposal_is_delivered_to_its_system_of_record_alone,
 );
 
 fn set(field: &str, value: &str) -> Value {
@@ -398,4 +402,187 @@ async fn the_listing_is_scoped_to_the_caller_and_paged(engine: Engine) {
         "{}",
         log.body
     );
+}
+
+/// Consents to `service`, the purpose the test consumers process for.
+async fn consents(app: &TestApp, c: &str) {
+    let reply = app
+        .command(
+            "consent_portal",
+            c,
+            &format!("grant-{c}"),
+            json!([grant("service", "DE")]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+async fn feed(app: &TestApp, token: &str) -> Vec<Value> {
+    let reply = app.get("/v1/feed", token).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const ROUTED: &str = "idledger.proposal.routed.v1";
+
+async fn a_routed_proposal_is_delivered_to_its_system_of_record_alone(engine: Engine) {
+    let mut app = TestApp::start(engine).await;
+    // idp is also a consumer (the same id as the source); crm-sync is another.
+    for id in ["idp", "crm-sync"] {
+        app.add_consumer(json!({
+            "id": id, "channel": "feed", "fields": ["email"], "purposes": ["service"],
+        }))
+        .await;
+    }
+    let (c, proposal, exc) = proposed_email(&app, "ada@crm.example").await;
+    consents(&app, &c).await;
+    let idp = app.consumer_token("idp").await;
+    let other = app.consumer_token("crm-sync").await;
+    let types = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Recorded, not routed: nothing about the proposal yet.
+    assert!(!types(&feed(&app, &idp).await).contains(&ROUTED.to_owned()));
+    let routed = act(
+        &app,
+        &exc,
+        json!({"action": "route", "reason": "yours to decide"}),
+    )
+    .await;
+    assert_eq!(routed.status, StatusCode::OK, "{}", routed.text);
+    let events = feed(&app, &idp).await;
+    let sent: Vec<&Value> = events.iter().filter(|e| e["type"] == ROUTED).collect();
+    assert_eq!(sent.len(), 1, "{events:?}");
+    let message = sent[0];
+    assert_eq!(message["subject"], c.as_str());
+    assert_eq!(message["id"], routed.body["event_ids"][0]);
+    assert_eq!(message["idledgerconsumer"], "idp");
+    let data = &message["data"];
+    assert_eq!(data["field"], "email");
+    assert_eq!(data["proposal_id"], proposal.as_str());
+    assert_eq!(data["value"], "ada@crm.example");
+    assert_eq!(data["proposed_by"], "crm");
+    assert_eq!(data["exception_id"], exc.as_str());
+    assert_eq!(data["reason"], "yours to decide");
+    assert!(
+        data["provenance"].get("idempotency_key").is_none(),
+        "{data}"
+    );
+    // Another consumer selecting email is not sent it.
+    assert!(!types(&feed(&app, &other).await).contains(&ROUTED.to_owned()));
+}
+
+/// End to end over a real NATS with the relay: a steward routes the CRM's proposed email, the
+/// CloudEvent reaches idp (a NATS consumer as well as the email's system of record) on
+/// `<prefix>.idp.<customer>.email`, idp accepts with its source token, the exception closes,
+/// and the accepted value follows as an ordinary change.
+#[tokio::test]
+async fn a_routed_proposal_reaches_its_system_of_record_over_nats() {
+    let url = std::env::var("IDLEDGER_TEST_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let client = match tokio::time::timeout(Duration::from_secs(3), async_nats::connect(&url)).await
+    {
+        Ok(Ok(client)) => client,
+        _ => panic!(
+            "NATS with JetStream is not reachable at {url}: start it with `bash scripts/services.sh` \
+             (or `nats-server -js`), or point IDLEDGER_TEST_NATS_URL at one"
+        ),
+    };
+    let app = TestApp::start(Engine::Postgres).await;
+    app.add_consumer(json!({
+        "id": "idp", "channel": "nats", "fields": ["email"], "purposes": ["service"],
+    }))
+    .await;
+    let (c, proposal, exc) = proposed_email(&app, "ada@crm.example").await;
+    consents(&app, &c).await;
+
+    let token = uuid::Uuid::now_v7().simple().to_string();
+    let token = &token[token.len() - 12..];
+    let nats = NatsConfig {
+        url: url.clone(),
+        stream: StreamSettings {
+            name: format!("P{token}"),
+            subject_prefix: format!("p{token}.v1"),
+            max_age: Some(Duration::from_secs(600)),
+            ..StreamSettings::default()
+        },
+        ack_subject_prefix: format!("p{token}.acks"),
+        ack_stream: format!("P{token}_ACKS"),
+        ack_durable: "acks".to_owned(),
+        ..NatsConfig::default()
+    };
+    let prefix = nats.stream.subject_prefix.clone();
+    let mut deliveries = client.subscribe(format!("{prefix}.idp.>")).await.unwrap();
+    let config = RelayConfig {
+        source: "urn:idledger:test".to_owned(),
+        nats: Some(nats),
+        poll_interval: Duration::from_millis(10),
+        registry_refresh: Duration::from_millis(100),
+        ..RelayConfig::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(Relay::new(app.ledger.clone(), config).run(stop.clone()));
+    let next = async |deliveries: &mut async_nats::Subscriber| -> (String, Value) {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures::StreamExt::next(deliveries),
+        )
+        .await
+        .expect("no delivery within 20 s")
+        .unwrap();
+        (
+            msg.subject.to_string(),
+            serde_json::from_slice(&msg.payload).unwrap(),
+        )
+    };
+
+    // The record's email first (idp selects it and the customer consents).
+    let (_, first) = next(&mut deliveries).await;
+    assert_eq!(first["type"], "idledger.field.changed.v1", "{first}");
+    assert_eq!(first["data"]["value"], "ada@example.org");
+
+    let routed = act(&app, &exc, json!({"action": "route"})).await;
+    assert_eq!(routed.status, StatusCode::OK, "{}", routed.text);
+    let (subject, message) = next(&mut deliveries).await;
+    assert_eq!(message["type"], ROUTED, "{message}");
+    assert_eq!(subject, format!("{prefix}.idp.{c}.email"));
+    assert_eq!(message["data"]["proposal_id"], proposal.as_str());
+    assert_eq!(message["data"]["value"], "ada@crm.example");
+    assert_eq!(message["data"]["exception_id"], exc.as_str());
+
+    // idp decides with its own source token, as the message says.
+    let accepted = app
+        .command(
+            "idp",
+            &c,
+            "idp-accepts",
+            json!([{"op": "accept_proposal", "proposal_id": message["data"]["proposal_id"]}]),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    assert_eq!(exception(&app, &exc).await["status"], "resolved");
+    let (_, change) = next(&mut deliveries).await;
+    assert_eq!(change["type"], "idledger.field.changed.v1", "{change}");
+    assert_eq!(change["data"]["value"], "ada@crm.example");
+    // Logged like any other message.
+    let handoffs = app
+        .get(&format!("/v1/customers/{c}/handoffs"), "auditor")
+        .await;
+    assert!(
+        handoffs
+            .text
+            .contains(routed.body["event_ids"][0].as_str().unwrap()),
+        "{}",
+        handoffs.text
+    );
+
+    stop.cancel();
+    relay.await.unwrap().unwrap();
 }

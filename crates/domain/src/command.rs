@@ -96,6 +96,9 @@ pub enum Change {
         action: StewardAction,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// For `route`: the proposal sent to its field's system of record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proposal_id: Option<ProposalId>,
     },
 }
 

@@ -11,7 +11,7 @@ use crate::command::{
 };
 use crate::event::{
     CancelReason, ConsentTerms, Event, EventEnvelope, EventPayload, Provenance, Repush,
-    RepushedValue, SetMode, StewardAction,
+    RepushedValue, RoutedProposal, SetMode, StewardAction,
 };
 use crate::field::{FieldKind, FieldPath, FieldValue};
 use crate::ids::{
@@ -485,12 +485,14 @@ impl Decider<'_, '_> {
                 field,
                 action,
                 reason,
+                proposal_id,
             } => self.act_on_exception(
                 *exception_id,
                 consumer_id,
                 field.as_ref(),
                 *action,
                 reason.as_deref(),
+                *proposal_id,
             ),
         }
     }
@@ -502,6 +504,7 @@ impl Decider<'_, '_> {
         field: Option<&FieldPath>,
         action: StewardAction,
         reason: Option<&str>,
+        proposal_id: Option<ProposalId>,
     ) -> Result<Outcome, Refusal> {
         let id_ok = !consumer_id.is_empty()
             && consumer_id.len() <= MAX_SYSTEM_ID_CHARS
@@ -535,6 +538,10 @@ impl Decider<'_, '_> {
             (StewardAction::Repush, Some(field)) => Some(self.repush_of(field)?),
             _ => None,
         };
+        let routed = match action {
+            StewardAction::Route => Some(Box::new(self.routed(field, proposal_id)?)),
+            _ => None,
+        };
         self.emit(EventPayload::StewardActed {
             exception_id,
             consumer_id: consumer_id.to_owned(),
@@ -542,10 +549,40 @@ impl Decider<'_, '_> {
             action,
             reason: reason.map(str::to_owned),
             repush,
+            routed,
         });
         Ok(Outcome::StewardActed {
             exception_id,
             action,
+        })
+    }
+
+    /// The proposal a route sends to its field's system of record: still open, about `field`.
+    fn routed(
+        &self,
+        field: Option<&FieldPath>,
+        proposal_id: Option<ProposalId>,
+    ) -> Result<RoutedProposal, Refusal> {
+        let proposal_id = proposal_id.ok_or_else(|| Refusal::InvalidCommand {
+            reason: "a route names the proposal it sends".to_owned(),
+        })?;
+        let proposal = self
+            .state
+            .proposals
+            .get(&proposal_id)
+            .filter(|p| Some(&p.field) == field)
+            .ok_or(Refusal::UnknownProposal { proposal_id })?;
+        Ok(RoutedProposal {
+            proposal_id,
+            value: proposal.value.clone(),
+            proposed_by: proposal.proposed_by.clone(),
+            proposed_at: proposal.proposed_at,
+            system_of_record: self
+                .ctx
+                .policy
+                .rule(&proposal.field)
+                .system_of_record
+                .clone(),
         })
     }
 

@@ -208,7 +208,22 @@ pub enum EventPayload {
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         repush: Option<Repush>,
+        /// For `route`: the proposal as the system of record is sent it, so the message is
+        /// built from the event alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        routed: Option<Box<RoutedProposal>>,
     },
+}
+
+/// A proposal a steward sent to its field's system of record (see `StewardAction::Route`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedProposal {
+    pub proposal_id: ProposalId,
+    pub value: FieldValue,
+    pub proposed_by: SourceId,
+    pub proposed_at: DateTime<Utc>,
+    /// Who decides it: the field's system of record when it was routed.
+    pub system_of_record: SourceId,
 }
 
 impl EventPayload {

@@ -541,6 +541,7 @@ pub fn action_change(
         field: state.field().cloned(),
         action,
         reason: trimmed(reason).map(str::to_owned),
+        proposal_id: state.proposal_id.filter(|_| action == StewardAction::Route),
     }
 }
 

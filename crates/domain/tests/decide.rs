@@ -1453,7 +1453,48 @@ fn act(action: StewardAction, field_path: &str, reason: Option<&str>) -> Change 
         field: Some(field(field_path)),
         action,
         reason: reason.map(str::to_owned),
+        proposal_id: None,
     }
+}
+
+#[test]
+fn a_route_carries_the_proposal_to_its_system_of_record_and_changes_nothing() {
+    let (mut s, id) = crm_proposes_an_email();
+    let before = s.state();
+    let route = |proposal_id| Change::ActOnException {
+        exception_id: uuid::Uuid::now_v7(),
+        consumer_id: "crm".to_owned(),
+        field: Some(field("email")),
+        action: StewardAction::Route,
+        reason: None,
+        proposal_id,
+    };
+    let d = s.apply(steward(), agent(), vec![route(Some(id))]).unwrap();
+    assert_eq!(types(&d), ["steward_acted"]);
+    match &d.events[0].event.payload {
+        EventPayload::StewardActed {
+            routed: Some(routed),
+            repush: None,
+            ..
+        } => {
+            assert_eq!(routed.proposal_id, id);
+            assert_eq!(routed.value, value("email", json!("b@example.org")));
+            assert_eq!(routed.proposed_by.as_str(), "crm");
+            assert_eq!(routed.system_of_record.as_str(), "idp");
+        }
+        other => panic!("expected a routed steward_acted, got {other:?}"),
+    }
+    let after = s.state();
+    assert_eq!(after.proposals, before.proposals);
+    assert_eq!(after.value(&field("email")), before.value(&field("email")));
+    // A route names an open proposal about its field; only stewards route.
+    let r = s.decide_as(steward(), agent(), vec![route(None)]);
+    assert_eq!(refusal_code(r), "invalid_command");
+    let unknown = ProposalId::from(uuid::Uuid::now_v7());
+    let r = s.decide_as(steward(), agent(), vec![route(Some(unknown))]);
+    assert_eq!(refusal_code(r), "unknown_proposal");
+    let r = s.decide_as(source("idp"), agent(), vec![route(Some(id))]);
+    assert_eq!(refusal_code(r), "forbidden");
 }
 
 #[test]

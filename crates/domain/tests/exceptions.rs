@@ -797,8 +797,9 @@ fn routing_a_proposal_records_the_action_and_leaves_it_open() {
         changes.as_slice(),
         [Change::ActOnException {
             action: StewardAction::Route,
+            proposal_id: Some(routed),
             ..
-        }]
+        }] if *routed == p
     ));
 }
 
@@ -943,6 +944,7 @@ fn the_action_is_recorded_naming_the_exception_its_system_and_field() {
             field: Some(field("email")),
             action: StewardAction::Repush,
             reason: Some("CRM drifted".to_owned()),
+            proposal_id: None,
         }
     );
     let Change::ActOnException { reason, .. } =
