@@ -358,6 +358,7 @@ async fn a_steward_resolves_exceptions_in_a_browser() {
     let driver = Driver::start();
     let browser = driver.browser().await;
     steward_session(&app, &browser, &seeded).await;
+    routing_session(&app, &browser).await;
     browser.close().await.unwrap();
 
     // What the browser did is in the store: closed by the steward, recorded in the history.
@@ -385,6 +386,59 @@ async fn a_steward_resolves_exceptions_in_a_browser() {
         assert_eq!(acted.len(), 1, "one steward_acted event per dismissal");
         assert_eq!(acted[0].envelope.event.provenance.actor.id(), "steward");
     }
+}
+
+/// A proposal stewards may not accept: the page offers to send it to its system of record,
+/// the button does, and the system of record's own decision closes it.
+async fn routing_session(app: &TestApp, browser: &Client) {
+    let (email_exc, _) = crm_proposals(app).await;
+    // The session before ended with a logout.
+    browser.goto(&app.url("/steward/login")).await.unwrap();
+    fill(browser, "input[name=token]", app.token("steward")).await;
+    submit(browser, "button[type=submit]").await;
+    browser
+        .goto(&app.url(&format!("/steward/exceptions/{email_exc}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(browser, "#route button").await,
+        "Send to the system of record (idp)"
+    );
+    assert!(
+        browser.find(Locator::Css("#accept")).await.is_err(),
+        "no Accept where the policy forbids steward override"
+    );
+    submit(browser, "#route button").await;
+    assert!(
+        text(browser, ".msg.ok")
+            .await
+            .starts_with("Sent to the system of record."),
+    );
+    assert_eq!(text(browser, "#status").await, "open");
+    assert!(browser.find(Locator::Css("#routed")).await.is_ok());
+    // idp finds it and accepts it with its own token; the page shows it closed by idp.
+    let listed = app.get("/v1/proposals?system_of_record=me", "idp").await;
+    let proposal = listed.body["proposals"][0].clone();
+    assert_eq!(
+        proposal["exception_id"],
+        email_exc.as_str(),
+        "{}",
+        listed.text
+    );
+    assert_eq!(proposal["routed"], true);
+    let customer = proposal["customer_id"].as_str().unwrap();
+    let accepted = app
+        .command(
+            "idp",
+            customer,
+            "idp-accepts",
+            json!([{"op": "accept_proposal", "proposal_id": proposal["proposal_id"]}]),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    browser.refresh().await.unwrap();
+    assert_eq!(text(browser, "#status").await, "resolved");
+    assert_eq!(text(browser, "#resolved-by").await, "source:idp");
 }
 
 async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
