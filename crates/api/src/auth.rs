@@ -247,6 +247,9 @@ roles! {
     Auditors = [Steward, Auditor] in Reads;
     /// Reading sync exceptions and reconciliation reports.
     Overseers = [Steward, Auditor, Admin] in Reads;
+    /// Reading the open proposals addressed to a system of record: a source its own,
+    /// overseers any source's.
+    ProposalReaders = [Source, Steward, Auditor, Admin] in Reads;
     /// Acting on sync exceptions.
     Stewards = [Steward] in Stewardship;
     /// Asking for decisions at the moment of use: processors, and consumers (which are

@@ -210,6 +210,7 @@ impl From<ExceptionRefusal> for ApiError {
             ExceptionRefusal::NotAConsumer { .. }
             | ExceptionRefusal::NoField { .. }
             | ExceptionRefusal::NoProposal
+            | ExceptionRefusal::NotAProposal { .. }
             | ExceptionRefusal::ValueRequired { .. }
             | ExceptionRefusal::InvalidValue { .. }
             | ExceptionRefusal::InvalidCommand { .. } => StatusCode::UNPROCESSABLE_ENTITY,

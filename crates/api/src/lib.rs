@@ -20,6 +20,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
+pub mod proposals;
 pub mod reconcile;
 pub mod retention;
 pub mod routes;
@@ -261,6 +262,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
             "/consumers/{consumer_id}/snapshots",
             post(reconcile::upload_snapshot),
         )
+        .route("/proposals", get(proposals::list_proposals))
         .route("/exceptions", get(reconcile::list_exceptions))
         .route("/exceptions/actions", post(reconcile::act_in_bulk))
         .route("/exceptions/counts", get(workspace::counts))

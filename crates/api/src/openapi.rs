@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    decisions, delivery, error, export, jwks, reconcile, retention, routes, steward, tokens, views,
-    wire, workspace,
+    decisions, delivery, error, export, jwks, proposals, reconcile, retention, routes, steward,
+    tokens, views, wire, workspace,
 };
 
 #[derive(OpenApi)]
@@ -37,6 +37,7 @@ use crate::{
         routes::source_disclosures,
         delivery::consumer_handoffs,
         delivery::consumer_state,
+        proposals::list_proposals,
         reconcile::list_exceptions,
         reconcile::get_exception,
         reconcile::act_on_exception,
@@ -101,6 +102,8 @@ use crate::{
         views::PendingView,
         views::ConsentView,
         views::ProposalView,
+        proposals::ProposalPageView,
+        proposals::AddressedProposalView,
         views::HistoryView,
         views::EventView,
         views::WhoAmI,
@@ -397,7 +400,7 @@ mod tests {
         let action = &doc["components"]["schemas"]["ActionName"];
         assert_eq!(
             action["enum"],
-            serde_json::json!(["repush", "accept", "dismiss"])
+            serde_json::json!(["repush", "accept", "dismiss", "route"])
         );
     }
 }

@@ -26,6 +26,7 @@ use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::hashing::HashKey;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::lookup::Identifier;
+use idledger_domain::policy::FieldRule;
 use idledger_domain::state::{ConsentState, CustomerState};
 use idledger_store::approvals::{Approval, ApprovalStatus};
 use idledger_store::delivery::{
@@ -739,6 +740,7 @@ async fn detail(
             "assign" => "Assignment saved.".to_owned(),
             "approve" => "Approved: the change is in the record.".to_owned(),
             "reject" => "Rejected: nothing changed; the exception stays open.".to_owned(),
+            "route" => "Sent to the system of record. The exception closes when it accepts or rejects the proposal.".to_owned(),
             other => format!("Done: {other}."),
         })
     });
@@ -794,6 +796,7 @@ fn action_request(form: &[(String, String)]) -> Result<ActionRequest, String> {
         Some("repush") => StewardAction::Repush,
         Some("accept") => StewardAction::Accept,
         Some("dismiss") => StewardAction::Dismiss,
+        Some("route") => StewardAction::Route,
         Some(other) => return Err(format!("{other:?} is not an action")),
         None => return Err("Choose an action.".to_owned()),
     };
@@ -906,9 +909,7 @@ async fn exception_page(
         Record::Erased(_) if status == StatusCode::OK => StatusCode::GONE,
         _ => status,
     };
-    let steward_override = field
-        .as_ref()
-        .map(|f| state.ledger.policy().rule(f).steward_override);
+    let rule = field.as_ref().map(|f| state.ledger.policy().rule(f));
     let approvals = state
         .app
         .approvals(Some(ApprovalStatus::Pending), Some(id), None, 10)
@@ -933,7 +934,7 @@ async fn exception_page(
                 (approval_section(approval, token))
             }
             @if approvals.iter().all(|a| a.status != ApprovalStatus::Pending) {
-                (action_forms(&exception, steward_override))
+                (action_forms(&exception, rule))
             }
         }
         @match &record {
@@ -1344,7 +1345,17 @@ fn lifecycle(e: &SyncException) -> Markup {
     }
 }
 
-fn action_forms(e: &SyncException, steward_override: Option<bool>) -> Markup {
+fn action_forms(e: &SyncException, rule: Option<&FieldRule>) -> Markup {
+    let steward_override = rule.map(|r| r.steward_override);
+    // A proposal stewards may not accept goes to the one party that may: its system of record.
+    let route_to = rule
+        .filter(|r| e.kind == ExceptionKind::Proposal && !r.steward_override)
+        .map(|r| &r.system_of_record);
+    let routed_at = e
+        .last_action
+        .as_ref()
+        .filter(|a| a["action"] == "route")
+        .and_then(|a| a["at"].as_str());
     let about_a_consumer = !matches!(
         e.kind,
         ExceptionKind::Proposal | ExceptionKind::RefusedWrite
@@ -1359,7 +1370,17 @@ fn action_forms(e: &SyncException, steward_override: Option<bool>) -> Markup {
                     button type="submit" { "Re-push the record's value" }
                 }
             }
-            @if e.kind == ExceptionKind::Proposal || e.field.is_some() {
+            @if let Some(system_of_record) = route_to {
+                form id="route" method="post" action=(act) {
+                    input type="hidden" name="action" value="route";
+                    label { "Reason (optional)" input type="text" name="reason" size="20"; }
+                    button type="submit" { "Send to the system of record (" (system_of_record) ")" }
+                    span.muted { "the policy does not let stewards override this field: " (system_of_record) " decides the proposal with its own token" }
+                    @if let Some(at) = routed_at {
+                        span.muted id="routed" { " · sent " (at) }
+                    }
+                }
+            } @else if e.kind == ExceptionKind::Proposal || e.field.is_some() {
                 form id="accept" method="post" action=(act) {
                     input type="hidden" name="action" value="accept";
                     @if e.kind != ExceptionKind::Proposal {

@@ -21,13 +21,15 @@ pub enum ActionName {
     Repush,
     Accept,
     Dismiss,
+    Route,
 }
 
 /// What a steward asks to do with an exception.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
-    /// `repush`, `accept` or `dismiss`.
+    /// `repush`, `accept`, `dismiss` or `route` (a proposal, to its field's system of
+    /// record, which decides it with its own token; the exception stays open until it does).
     #[schema(value_type = ActionName)]
     pub action: StewardAction,
     /// Why (required to dismiss).

@@ -160,6 +160,12 @@ async fn every_role_against_every_route(engine: Engine) {
             None,
             &["steward", "auditor"],
         ),
+        (
+            Method::GET,
+            "/v1/proposals?system_of_record=idp",
+            None,
+            &["idp", "steward", "auditor", "admin"],
+        ),
         (Method::GET, "/v1/feed", None, &["consumer"]),
         (Method::POST, "/v1/acks", Some(ack), &["consumer"]),
         (Method::GET, "/v1/tokens", None, &["admin"]),

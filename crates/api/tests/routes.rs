@@ -326,11 +326,13 @@ async fn refusal_codes_over_http(engine: Engine) {
             "already_registered",
         ),
         ("idp", json!([]), 422, "invalid_command"),
+        // Whether a source may decide a proposal depends on its field (its system of record
+        // may): an unknown one is unknown to every caller (tests/proposals.rs: forbidden).
         (
             "crm",
             json!([{"op": "reject_proposal", "proposal_id": "0190f0c8-3d2a-7c1e-9b7a-1f2e3d4c5b6a", "reason": "no"}]),
-            403,
-            "forbidden",
+            404,
+            "unknown_proposal",
         ),
         (
             "steward",
@@ -652,6 +654,7 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/v1/consumers/{consumer_id}/state", "get"),
         ("/v1/feed", "get"),
         ("/v1/acks", "post"),
+        ("/v1/proposals", "get"),
         ("/v1/me", "get"),
         ("/v1/retention/runs", "post"),
         ("/v1/tokens", "get"),
@@ -688,6 +691,7 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         "TokenView",
         "TokenRequest",
         "IssuedTokenView",
+        "ProposalPageView",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }

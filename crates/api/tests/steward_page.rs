@@ -46,6 +46,7 @@ on_both_engines!(
     an_exception_shows_its_customers_consents_and_latest_decisions,
     a_customers_record_shows_fields_consents_receipts_decisions_and_exceptions,
     a_steward_finds_customers_by_any_identifier,
+    a_proposal_stewards_may_not_accept_is_sent_to_its_system_of_record,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -358,6 +359,7 @@ async fn a_steward_resolves_exceptions_in_a_browser() {
     let driver = Driver::start();
     let browser = driver.browser().await;
     steward_session(&app, &browser, &seeded).await;
+    routing_session(&app, &browser).await;
     browser.close().await.unwrap();
 
     // What the browser did is in the store: closed by the steward, recorded in the history.
@@ -385,6 +387,59 @@ async fn a_steward_resolves_exceptions_in_a_browser() {
         assert_eq!(acted.len(), 1, "one steward_acted event per dismissal");
         assert_eq!(acted[0].envelope.event.provenance.actor.id(), "steward");
     }
+}
+
+/// A proposal stewards may not accept: the page offers to send it to its system of record,
+/// the button does, and the system of record's own decision closes it.
+async fn routing_session(app: &TestApp, browser: &Client) {
+    let (email_exc, _) = crm_proposals(app).await;
+    // The session before ended with a logout.
+    browser.goto(&app.url("/steward/login")).await.unwrap();
+    fill(browser, "input[name=token]", app.token("steward")).await;
+    submit(browser, "button[type=submit]").await;
+    browser
+        .goto(&app.url(&format!("/steward/exceptions/{email_exc}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(browser, "#route button").await,
+        "Send to the system of record (idp)"
+    );
+    assert!(
+        browser.find(Locator::Css("#accept")).await.is_err(),
+        "no Accept where the policy forbids steward override"
+    );
+    submit(browser, "#route button").await;
+    assert!(
+        text(browser, ".msg.ok")
+            .await
+            .starts_with("Sent to the system of record."),
+    );
+    assert_eq!(text(browser, "#status").await, "open");
+    assert!(browser.find(Locator::Css("#routed")).await.is_ok());
+    // idp finds it and accepts it with its own token; the page shows it closed by idp.
+    let listed = app.get("/v1/proposals?system_of_record=me", "idp").await;
+    let proposal = listed.body["proposals"][0].clone();
+    assert_eq!(
+        proposal["exception_id"],
+        email_exc.as_str(),
+        "{}",
+        listed.text
+    );
+    assert_eq!(proposal["routed"], true);
+    let customer = proposal["customer_id"].as_str().unwrap();
+    let accepted = app
+        .command(
+            "idp",
+            customer,
+            "idp-accepts",
+            json!([{"op": "accept_proposal", "proposal_id": proposal["proposal_id"]}]),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    browser.refresh().await.unwrap();
+    assert_eq!(text(browser, "#status").await, "resolved");
+    assert_eq!(text(browser, "#resolved-by").await, "source:idp");
 }
 
 async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
@@ -1426,4 +1481,104 @@ fn section_by_id<'a>(html: &'a str, id: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no #{id} in {html}"));
     let rest = &html[start..];
     &rest[..rest.find("</table>").unwrap_or(rest.len())]
+}
+
+/// The CRM proposes an email (stewards may not override it: idp decides) and a given name
+/// (stewards may); the exceptions' ids, in that order.
+async fn crm_proposals(app: &TestApp) -> (String, String) {
+    let c = customer(
+        app,
+        json!([{"op": "set_field", "field": "email", "value": "ann@example.org"}, {"op": "set_field", "field": "name.given", "value": "Ann"}]),
+    )
+    .await;
+    for (field, value) in [("email", "ann@crm.example"), ("name.given", "Anne")] {
+        app.command(
+            "crm",
+            &c,
+            &format!("crm-{field}"),
+            json!([{"op": "set_field", "field": field, "value": value}]),
+        )
+        .await
+        .problem(403, "not_authoritative");
+    }
+    let id_of = async |field: &str| {
+        let list = app
+            .get(
+                &format!("/v1/exceptions?kind=proposal&field={field}&customer={c}"),
+                "steward",
+            )
+            .await;
+        list.body["exceptions"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    (id_of("email").await, id_of("name.given").await)
+}
+
+async fn a_proposal_stewards_may_not_accept_is_sent_to_its_system_of_record(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let (email_exc, name_exc) = crm_proposals(&app).await;
+    let cookie = log_in(&app).await;
+    let page = |id: String| {
+        let cookie = cookie.clone();
+        let app = &app;
+        async move {
+            let page = request(
+                app,
+                Method::GET,
+                &format!("/steward/exceptions/{id}"),
+                Some(&cookie),
+                None,
+                &[],
+            )
+            .await;
+            assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+            page.html
+        }
+    };
+    let email = page(email_exc.clone()).await;
+    assert!(email.contains("id=\"route\""), "{email}");
+    assert!(
+        email.contains("Send to the system of record (idp)"),
+        "{email}"
+    );
+    assert!(
+        !email.contains("id=\"accept\""),
+        "no Accept where stewards may not: {email}"
+    );
+    assert!(!email.contains("Accept the proposal"), "{email}");
+    let name = page(name_exc.clone()).await;
+    assert!(name.contains("Accept the proposal"), "{name}");
+    assert!(!name.contains("id=\"route\""), "{name}");
+
+    // The form routes it: recorded, left open, shown as sent.
+    let own = app.url("");
+    let act = format!("/steward/exceptions/{email_exc}/act");
+    let sent = request(
+        &app,
+        Method::POST,
+        &act,
+        Some(&cookie),
+        Some(&own),
+        &[("action", "route"), ("reason", "")],
+    )
+    .await;
+    assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.html);
+    let location = sent.location.unwrap();
+    assert!(location.ends_with("done=route"), "{location}");
+    let now = deliveries(&app)
+        .exception(email_exc.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status, ExceptionStatus::Open);
+    assert_eq!(now.last_action.unwrap()["action"], "route");
+    let after = request(&app, Method::GET, &location, Some(&cookie), None, &[]).await;
+    assert!(
+        after.html.contains("Sent to the system of record."),
+        "{}",
+        after.html
+    );
+    assert!(after.html.contains("id=\"routed\""), "{}", after.html);
 }

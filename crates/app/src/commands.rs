@@ -3,12 +3,16 @@
 use chrono::Utc;
 use idledger_domain::command::{Change, Command, Principal, ProvenanceInput, Refusal};
 use idledger_domain::decide::Outcome;
+use idledger_domain::exception::{self, ExceptionCommand, ExceptionEvent, ExceptionState};
 use idledger_domain::field::FieldPath;
-use idledger_domain::ids::{Actor, CustomerId, IdempotencyKey, SourceId};
+use idledger_domain::ids::{Actor, CustomerId, IdempotencyKey, ProposalId, SourceId};
 use idledger_domain::policy::ADMIN_SOURCE;
 use idledger_domain::state::Erasure;
-use idledger_store::delivery::{ExceptionKind, NewSyncException};
-use idledger_store::{ExecuteError, Executed, StoreError};
+use idledger_store::delivery::{
+    ExceptionFilter, ExceptionKind, ExceptionStatus, MAX_PAGE, NewSyncException,
+};
+use idledger_store::model::ExceptionWrite;
+use idledger_store::{CommandResult, ExecuteError, Executed, StoreError};
 
 use crate::App;
 
@@ -17,16 +21,17 @@ impl App {
     /// exception about the source system: a proposal it made for a field it does not own, or
     /// a write refused because it may not write the field at all (a source that keeps trying
     /// is misconfigured, or the policy is). Not on a replay; a failure to open one is logged
-    /// and never changes the command's answer.
+    /// and never changes the command's answer. A proposal the field's system of record decides
+    /// closes its exception (see `execute_closing_decided`).
     pub async fn run_command(
         &self,
         principal: &Principal,
         command: &Command,
     ) -> Result<Executed, ExecuteError> {
-        let executed = self.ledger.execute(principal, command).await;
         let Principal::Source(source) = principal else {
-            return executed;
+            return self.ledger.execute(principal, command).await;
         };
+        let executed = self.execute_closing_decided(source, command).await;
         match &executed {
             Ok(executed) if !executed.replayed => {
                 for outcome in &executed.result.outcomes {
@@ -79,6 +84,127 @@ impl App {
             _ => {}
         }
         executed
+    }
+
+    /// Runs a source's command; where it decides proposals (the field's system of record
+    /// accepting or rejecting them with its own token: whether it may is the record's
+    /// `decide` to say), the open `proposal` exception of the first one it decides closes in
+    /// the command's transaction — `accepted` or `dismissed`, by `source:<id>` — and those of
+    /// any others right after (a command rarely decides more than one).
+    async fn execute_closing_decided(
+        &self,
+        source: &SourceId,
+        command: &Command,
+    ) -> Result<Executed, ExecuteError> {
+        let decided: Vec<(ProposalId, Option<&str>)> = command
+            .changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::AcceptProposal { proposal_id } => Some((*proposal_id, None)),
+                Change::RejectProposal {
+                    proposal_id,
+                    reason,
+                } => Some((*proposal_id, Some(reason.as_str()))),
+                _ => None,
+            })
+            .collect();
+        let principal = Principal::Source(source.clone());
+        if decided.is_empty() {
+            return self.ledger.execute(&principal, command).await;
+        }
+        let open = match self
+            .open_proposal_exceptions(command.customer_id, &decided)
+            .await
+        {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the proposals' exceptions");
+                Vec::new()
+            }
+        };
+        let by = exception::decided_by(source);
+        let closing = |state: &ExceptionState, result: &CommandResult| {
+            let accepted = result.outcomes.iter().find_map(|o| match o {
+                Outcome::ProposalResolved {
+                    proposal_id,
+                    accepted,
+                } if Some(*proposal_id) == state.proposal_id => Some(*accepted),
+                _ => None,
+            })?;
+            let reason = decided
+                .iter()
+                .find(|(id, _)| Some(*id) == state.proposal_id)
+                .and_then(|(_, reason)| *reason);
+            let note = match reason {
+                None => format!("accepted by its system of record, {source}"),
+                Some(reason) => format!("rejected by its system of record, {source}: {reason}"),
+            };
+            let command = ExceptionCommand::DecidedBySource {
+                by: by.clone(),
+                accepted,
+                note,
+                at: Utc::now(),
+            };
+            exception::decide(Some(state), &command)
+                .ok()?
+                .into_iter()
+                .next()
+        };
+        let Some((first, rest)) = open.split_first() else {
+            return self.ledger.execute(&principal, command).await;
+        };
+        let attach = |result: &CommandResult| -> Result<Option<ExceptionWrite>, ExecuteError> {
+            Ok(closing(first, result).map(|event| ExceptionWrite {
+                exception_id: first.id,
+                event,
+                activity: None,
+                approval: None,
+            }))
+        };
+        let executed = match self.ledger.execute_with(&principal, command, &attach).await {
+            // A steward closed it meanwhile: the decision stands without it.
+            Err(ExecuteError::ExceptionNotOpen { .. }) => {
+                self.ledger.execute(&principal, command).await?
+            }
+            other => other?,
+        };
+        if !executed.replayed {
+            for state in rest {
+                if let Some(ExceptionEvent::Closed(closed)) = closing(state, &executed.result)
+                    && let Err(e) = self.deliveries.close_exception(state.id, &closed).await
+                {
+                    tracing::warn!(error = %e, "could not close a decided proposal's exception");
+                }
+            }
+        }
+        Ok(executed)
+    }
+
+    /// The open `proposal` exceptions of `customer` about the proposals in `decided`.
+    async fn open_proposal_exceptions(
+        &self,
+        customer: CustomerId,
+        decided: &[(ProposalId, Option<&str>)],
+    ) -> Result<Vec<ExceptionState>, StoreError> {
+        let filter = ExceptionFilter {
+            consumer: None,
+            customer: Some(customer),
+            kind: Some(ExceptionKind::Proposal),
+            field: None,
+            status: Some(ExceptionStatus::Open),
+            created_before: None,
+            open_only: true,
+            after: None,
+            ..ExceptionFilter::default()
+        };
+        let mut open = Vec::new();
+        for e in self.deliveries.exceptions(&filter, MAX_PAGE).await? {
+            let state = e.state()?;
+            if decided.iter().any(|(id, _)| Some(*id) == state.proposal_id) {
+                open.push(state);
+            }
+        }
+        Ok(open)
     }
 
     async fn raise(

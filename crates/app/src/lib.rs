@@ -6,6 +6,8 @@
 //! - [`decisions`]: decisions at the moment of use ([`Decider`]): may a processor use fields
 //!   of customers for a purpose, now — decided on fresh state, logged before answered.
 //! - [`export`]: a data subject's access and portability export, logged as a disclosure.
+//! - [`proposals`]: the open proposals a field's system of record may decide with its own
+//!   token (`GET /v1/proposals?system_of_record=me`).
 //! - [`reads`]: a record as its reader may see it (the policy's read scope), the past only for
 //!   stewards and auditors, and the disclosure log of what source systems read; finding
 //!   customers by identifier (the blind index) within the same scope.
@@ -24,6 +26,7 @@
 pub mod commands;
 pub mod decisions;
 pub mod export;
+pub mod proposals;
 pub mod reads;
 pub mod retention;
 pub mod stewardship;
@@ -34,6 +37,7 @@ use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
 pub use decisions::{AskedBy, DecideError, Decided, Decider, TokenIssue};
 pub use export::SubjectExport;
+pub use proposals::{AddressedProposal, ProposalPage};
 pub use reads::{MAX_MATCHES, Matches, ReadError, Reader, RecordRead};
 pub use retention::{RetentionError, RetentionProgress, RetentionReport};
 pub use stewardship::{

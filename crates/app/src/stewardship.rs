@@ -460,7 +460,8 @@ impl App {
     /// Applies a steward's action to exception `id`. The action is a command on the
     /// customer's record, run as the steward principal (so it is in the field's history with
     /// the steward's provenance), and the exception's change (`accept` and `dismiss` close
-    /// it, `repush` records itself and leaves it open until the consumer acknowledges) is
+    /// it, `repush` records itself and leaves it open until the consumer acknowledges, `route`
+    /// records itself and leaves it open until the system of record decides) is
     /// written in the command's transaction with its line in the activity log: all are
     /// recorded, or none.
     ///
@@ -605,6 +606,12 @@ impl App {
                 },
                 StewardAction::Dismiss => ExceptionCommand::Dismiss {
                     by: by.clone(),
+                    reason: reason.clone(),
+                    at,
+                },
+                StewardAction::Route => ExceptionCommand::Route {
+                    by: by.clone(),
+                    event_id: result.events.last().map(|e| e.id),
                     reason: reason.clone(),
                     at,
                 },

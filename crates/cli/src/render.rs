@@ -168,6 +168,9 @@ pub fn payload(p: &EventPayload) -> String {
                 }
                 (StewardAction::Accept, _) => format!("accepted a value for {consumer_id}"),
                 (StewardAction::Dismiss, _) => format!("dismissed for {consumer_id}"),
+                (StewardAction::Route, _) => {
+                    format!("sent {consumer_id}'s proposal to its system of record")
+                }
                 (StewardAction::Repush, None) => format!("re-push to {consumer_id}"),
             };
             match reason {

@@ -1612,6 +1612,39 @@ async fn a_steward_dismisses_and_accepts_from_the_command_line(engine: Engine) {
     .exit(1)
     .stderr_has(&["exception_closed"]);
 
+    // Routing the proposal to its field's system of record records it and leaves it open;
+    // an unknown action is a usage error naming the choices.
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "act",
+            &seeded.proposal,
+            "--action",
+            "route",
+            "--as",
+            "jane",
+        ],
+    )
+    .success()
+    .stdout_has(&["sent to the system of record", "open"]);
+    on_store(
+        &dir,
+        &seeded,
+        &[
+            "exception",
+            "act",
+            divergent,
+            "--action",
+            "sideways",
+            "--as",
+            "jane",
+        ],
+    )
+    .exit(2)
+    .stderr_has(&["repush, accept, dismiss, route"]);
+
     // Jane takes the proposal; it is hers to work.
     on_store(
         &dir,

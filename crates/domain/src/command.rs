@@ -69,11 +69,11 @@ pub enum Change {
         field: FieldPath,
         value: FieldValue,
     },
-    /// Steward only.
+    /// A steward (where the policy allows steward override) or the field's system of record.
     AcceptProposal {
         proposal_id: ProposalId,
     },
-    /// Steward only.
+    /// A steward or the field's system of record.
     RejectProposal {
         proposal_id: ProposalId,
         reason: String,
@@ -96,6 +96,9 @@ pub enum Change {
         action: StewardAction,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// For `route`: the proposal sent to its field's system of record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proposal_id: Option<ProposalId>,
     },
 }
 

@@ -11,7 +11,7 @@ use crate::command::{
 };
 use crate::event::{
     CancelReason, ConsentTerms, Event, EventEnvelope, EventPayload, Provenance, Repush,
-    RepushedValue, SetMode, StewardAction,
+    RepushedValue, RoutedProposal, SetMode, StewardAction,
 };
 use crate::field::{FieldKind, FieldPath, FieldValue};
 use crate::ids::{
@@ -421,14 +421,14 @@ impl Decider<'_, '_> {
         if !self.state.registered {
             return Err(Refusal::NotRegistered);
         }
-        let steward_op = matches!(
+        let proposal_op = matches!(
             change,
-            Change::AcceptProposal { .. }
-                | Change::RejectProposal { .. }
-                | Change::ActOnException { .. }
+            Change::AcceptProposal { .. } | Change::RejectProposal { .. }
         );
-        let steward_may =
-            steward_op || matches!(change, Change::SetField { .. } | Change::ClearField { .. });
+        let steward_op = matches!(change, Change::ActOnException { .. });
+        let steward_may = steward_op
+            || proposal_op
+            || matches!(change, Change::SetField { .. } | Change::ClearField { .. });
         if self.is_steward() && !steward_may {
             return Err(Refusal::Forbidden {
                 reason: format!(
@@ -439,9 +439,10 @@ impl Decider<'_, '_> {
         }
         if !self.is_steward() && steward_op {
             return Err(Refusal::Forbidden {
-                reason: "only data stewards resolve proposals and sync exceptions".to_owned(),
+                reason: "only data stewards act on sync exceptions".to_owned(),
             });
         }
+        // Who may decide a proposal depends on its field: `proposal_decider` says.
         let admin_op = matches!(
             change,
             Change::RestrictProcessing { .. } | Change::LiftRestriction { .. }
@@ -513,12 +514,14 @@ impl Decider<'_, '_> {
                 field,
                 action,
                 reason,
+                proposal_id,
             } => self.act_on_exception(
                 *exception_id,
                 consumer_id,
                 field.as_ref(),
                 *action,
                 reason.as_deref(),
+                *proposal_id,
             ),
         }
     }
@@ -530,6 +533,7 @@ impl Decider<'_, '_> {
         field: Option<&FieldPath>,
         action: StewardAction,
         reason: Option<&str>,
+        proposal_id: Option<ProposalId>,
     ) -> Result<Outcome, Refusal> {
         let id_ok = !consumer_id.is_empty()
             && consumer_id.len() <= MAX_SYSTEM_ID_CHARS
@@ -563,6 +567,10 @@ impl Decider<'_, '_> {
             (StewardAction::Repush, Some(field)) => Some(self.repush_of(field)?),
             _ => None,
         };
+        let routed = match action {
+            StewardAction::Route => Some(Box::new(self.routed(field, proposal_id)?)),
+            _ => None,
+        };
         self.emit(EventPayload::StewardActed {
             exception_id,
             consumer_id: consumer_id.to_owned(),
@@ -570,10 +578,40 @@ impl Decider<'_, '_> {
             action,
             reason: reason.map(str::to_owned),
             repush,
+            routed,
         });
         Ok(Outcome::StewardActed {
             exception_id,
             action,
+        })
+    }
+
+    /// The proposal a route sends to its field's system of record: still open, about `field`.
+    fn routed(
+        &self,
+        field: Option<&FieldPath>,
+        proposal_id: Option<ProposalId>,
+    ) -> Result<RoutedProposal, Refusal> {
+        let proposal_id = proposal_id.ok_or_else(|| Refusal::InvalidCommand {
+            reason: "a route names the proposal it sends".to_owned(),
+        })?;
+        let proposal = self
+            .state
+            .proposals
+            .get(&proposal_id)
+            .filter(|p| Some(&p.field) == field)
+            .ok_or(Refusal::UnknownProposal { proposal_id })?;
+        Ok(RoutedProposal {
+            proposal_id,
+            value: proposal.value.clone(),
+            proposed_by: proposal.proposed_by.clone(),
+            proposed_at: proposal.proposed_at,
+            system_of_record: self
+                .ctx
+                .policy
+                .rule(&proposal.field)
+                .system_of_record
+                .clone(),
         })
     }
 
@@ -1054,6 +1092,40 @@ impl Decider<'_, '_> {
         }
     }
 
+    /// Who may decide a proposal about `field`, and how an accepted value is recorded: a
+    /// steward (accepting only where the policy has `steward_override`), or the field's system
+    /// of record with its own token, as its own authoritative write (so a field that requires
+    /// verification needs the evidence, as a direct set does). Nobody else. The one place
+    /// this rule is.
+    fn proposal_decider(&self, field: &FieldPath, accepting: bool) -> Result<SetMode, Refusal> {
+        let rule = self.ctx.policy.rule(field);
+        match &self.ctx.principal {
+            Principal::Steward(_) | Principal::ApprovedSteward { .. } => {
+                if accepting {
+                    self.steward_may_override(field)?;
+                }
+                Ok(SetMode::Steward)
+            }
+            Principal::Source(source) if rule.decides_proposals(source) => {
+                if accepting && rule.requires_verification && self.provenance.evidence.is_none() {
+                    return Err(Refusal::InvalidTransition {
+                        field: Some(field.clone()),
+                        reason: format!(
+                            "{field} requires verification: accept the proposal with the evidence of its verification"
+                        ),
+                    });
+                }
+                Ok(SetMode::Authoritative)
+            }
+            Principal::Source(_) | Principal::Admin(_) => Err(Refusal::Forbidden {
+                reason: format!(
+                    "only data stewards and the system of record of {field} ({}) decide proposals about it",
+                    rule.system_of_record
+                ),
+            }),
+        }
+    }
+
     fn accept(&mut self, proposal_id: ProposalId) -> Result<Outcome, Refusal> {
         let proposal = self
             .state
@@ -1061,18 +1133,13 @@ impl Decider<'_, '_> {
             .get(&proposal_id)
             .cloned()
             .ok_or(Refusal::UnknownProposal { proposal_id })?;
-        self.steward_may_override(&proposal.field)?;
+        let mode = self.proposal_decider(&proposal.field, true)?;
         self.emit(EventPayload::ProposalAccepted {
             proposal_id,
             field: proposal.field.clone(),
         });
         if self.state.value(&proposal.field) != Some(&proposal.value) {
-            self.write_value(
-                &proposal.field,
-                &proposal.value,
-                SetMode::Steward,
-                Some(proposal_id),
-            );
+            self.write_value(&proposal.field, &proposal.value, mode, Some(proposal_id));
         }
         Ok(Outcome::ProposalResolved {
             proposal_id,
@@ -1088,6 +1155,7 @@ impl Decider<'_, '_> {
             .get(&proposal_id)
             .cloned()
             .ok_or(Refusal::UnknownProposal { proposal_id })?;
+        self.proposal_decider(&proposal.field, false)?;
         self.emit(EventPayload::ProposalRejected {
             proposal_id,
             field: proposal.field,

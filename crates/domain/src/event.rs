@@ -75,6 +75,9 @@ pub enum StewardAction {
     Accept,
     /// Close the exception without changing anything, for a stated reason.
     Dismiss,
+    /// Send a proposal to its field's system of record, which decides it with its own token;
+    /// the exception stays open until it does (or a steward closes it).
+    Route,
 }
 
 impl StewardAction {
@@ -83,6 +86,7 @@ impl StewardAction {
             Self::Repush => "repush",
             Self::Accept => "accept",
             Self::Dismiss => "dismiss",
+            Self::Route => "route",
         }
     }
 }
@@ -208,7 +212,22 @@ pub enum EventPayload {
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         repush: Option<Repush>,
+        /// For `route`: the proposal as the system of record is sent it, so the message is
+        /// built from the event alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        routed: Option<Box<RoutedProposal>>,
     },
+}
+
+/// A proposal a steward sent to its field's system of record (see `StewardAction::Route`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedProposal {
+    pub proposal_id: ProposalId,
+    pub value: FieldValue,
+    pub proposed_by: SourceId,
+    pub proposed_at: DateTime<Utc>,
+    /// Who decides it: the field's system of record when it was routed.
+    pub system_of_record: SourceId,
 }
 
 impl EventPayload {

@@ -91,7 +91,8 @@ impl Closing {
     }
 }
 
-/// The last steward action that left an exception open (a re-push). Its serde form is the
+/// The last steward action that left an exception open (a re-push, a route to the system of
+/// record). Its serde form is the
 /// store's `last_action` column, which the API and steward page show as is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastAction {
@@ -211,6 +212,29 @@ pub enum ExceptionCommand {
         by: String,
         at: DateTime<Utc>,
     },
+    /// A steward sent the proposal to its field's system of record; it stays open until the
+    /// system of record decides it.
+    Route {
+        by: String,
+        event_id: Option<EventId>,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// The field's system of record decided the proposal with its own token (`by`:
+    /// [`decided_by`]): accepted closes it `accepted`, rejected `dismissed`. On an exception
+    /// already closed it decides nothing, like an automatic close: a steward may have been
+    /// first.
+    DecidedBySource {
+        by: String,
+        accepted: bool,
+        note: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// How an exception names the source system that closed it by deciding its proposal.
+pub fn decided_by(source: &crate::ids::SourceId) -> String {
+    format!("source:{source}")
 }
 
 /// What happened to an exception.
@@ -232,6 +256,8 @@ pub enum ExceptionEvent {
         at: DateTime<Utc>,
     },
     Repushed(LastAction),
+    /// Sent to the system of record: recorded as `last_action`, left open.
+    Routed(LastAction),
     Closed(Closing),
     Assigned {
         to: Option<String>,
@@ -261,6 +287,8 @@ pub enum ExceptionRefusal {
     NoField { action: StewardAction },
     #[error("the exception does not name the proposal it is about")]
     NoProposal,
+    #[error("a {kind} exception is not a proposal: only a proposal goes to its system of record")]
+    NotAProposal { kind: ExceptionKind },
     #[error(
         "to accept a value of {field}, the steward must give it: idledger holds at most its hash"
     )]
@@ -280,6 +308,7 @@ impl ExceptionRefusal {
             Self::NotAConsumer { .. } => "not_a_consumer",
             Self::NoField { .. } => "no_field",
             Self::NoProposal => "no_proposal",
+            Self::NotAProposal { .. } => "not_a_proposal",
             Self::ValueRequired { .. } => "value_required",
             Self::InvalidValue { .. } => "invalid_value",
             Self::InvalidCommand { .. } => "invalid_command",
@@ -338,6 +367,44 @@ pub fn decide(
                 at: *at,
             })])
         }
+        ExceptionCommand::Route {
+            by,
+            event_id,
+            reason,
+            at,
+        } => {
+            let state = state.ok_or(ExceptionRefusal::Unknown)?;
+            let reason = check_action(state, StewardAction::Route, reason.as_deref())?;
+            Ok(vec![ExceptionEvent::Routed(LastAction {
+                action: StewardAction::Route,
+                by: by.clone(),
+                at: *at,
+                event_id: *event_id,
+                reason,
+            })])
+        }
+        ExceptionCommand::DecidedBySource {
+            by,
+            accepted,
+            note,
+            at,
+        } => match state {
+            Some(state) if state.kind() != ExceptionKind::Proposal => {
+                Err(ExceptionRefusal::NotAProposal { kind: state.kind() })
+            }
+            Some(state) if state.is_open() => Ok(vec![ExceptionEvent::Closed(Closing {
+                by: by.clone(),
+                resolution: if *accepted {
+                    Resolution::Accepted
+                } else {
+                    Resolution::Dismissed
+                },
+                note: note.clone(),
+                at: *at,
+            })]),
+            Some(_) => Ok(Vec::new()),
+            None => Err(ExceptionRefusal::Unknown),
+        },
         ExceptionCommand::CloseAutomatically { note, at } => match state {
             Some(state) if state.is_open() => Ok(vec![ExceptionEvent::Closed(Closing::automatic(
                 note.clone(),
@@ -442,7 +509,7 @@ pub fn evolve(state: Option<ExceptionState>, event: &ExceptionEvent) -> Option<E
             state.detail = detail.clone();
             state.updated_at = *at;
         }
-        ExceptionEvent::Repushed(action) => {
+        ExceptionEvent::Repushed(action) | ExceptionEvent::Routed(action) => {
             state.updated_at = action.at;
             state.last_action = Some(action.clone());
         }
@@ -523,6 +590,7 @@ pub fn action_change(
         field: state.field().cloned(),
         action,
         reason: trimmed(reason).map(str::to_owned),
+        proposal_id: state.proposal_id.filter(|_| action == StewardAction::Route),
     }
 }
 
@@ -572,6 +640,14 @@ fn check_action(
             accept_target(state)?;
         }
         StewardAction::Dismiss => {}
+        StewardAction::Route => {
+            if state.kind() != ExceptionKind::Proposal {
+                return Err(ExceptionRefusal::NotAProposal { kind: state.kind() });
+            }
+            if state.proposal_id.is_none() {
+                return Err(ExceptionRefusal::NoProposal);
+            }
+        }
     }
     let reason = trimmed(reason);
     if let Some(reason) = reason

@@ -92,6 +92,12 @@ impl FieldRule {
         self.writers.get(source).copied().unwrap_or(WriteMode::None)
     }
 
+    /// Whether `source` decides proposals about the field with its own token: only the system
+    /// of record (stewards decide them too, where `steward_override` lets them accept).
+    pub fn decides_proposals(&self, source: &SourceId) -> bool {
+        *source == self.system_of_record
+    }
+
     /// Whether `source` may read the field: it writes it in some mode, or is a listed reader.
     pub fn readable_by(&self, source: &SourceId) -> bool {
         self.mode_of(source) != WriteMode::None || self.readers.contains(source)

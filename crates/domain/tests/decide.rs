@@ -874,8 +874,9 @@ fn steward_accepts_a_proposal_where_the_policy_allows_override() {
         .unwrap();
     let id = proposal_of(&d.outcomes[0]);
     let accept = || Change::AcceptProposal { proposal_id: id };
+    // web_app writes name.family itself, but is not its system of record (idp).
     assert_eq!(
-        refusal_code(s.when("idp", agent(), vec![accept()])),
+        refusal_code(s.when("web_app", agent(), vec![accept()])),
         "forbidden"
     );
     // name.family is four-eyes: one steward alone may not; approved by a second, it is.
@@ -1016,6 +1017,140 @@ fn steward_override_is_refused_where_the_policy_forbids_it() {
     let d = s.apply(steward(), agent(), vec![reject]).unwrap();
     assert_eq!(types(&d), ["proposal_rejected"]);
     assert!(s.state().proposals.is_empty());
+}
+
+/// A customer whose verified email (idp's) the CRM proposes to change; the proposal's id.
+fn crm_proposes_an_email() -> (Scenario, ProposalId) {
+    let mut s = Scenario::registered().given(
+        "idp",
+        with_evidence(),
+        vec![set("email", json!("a@example.org"))],
+    );
+    let d = s
+        .apply(
+            source("crm"),
+            agent(),
+            vec![set("email", json!("b@example.org"))],
+        )
+        .unwrap();
+    let id = proposal_of(&d.outcomes[0]);
+    (s, id)
+}
+
+#[test]
+fn the_system_of_record_accepts_a_proposal_stewards_may_not() {
+    let (mut s, id) = crm_proposes_an_email();
+    let accept = || Change::AcceptProposal { proposal_id: id };
+    // email requires verification: the system of record vouches for the value as it would
+    // for its own set.
+    let err = s
+        .decide_as(source("idp"), agent(), vec![accept()])
+        .unwrap_err();
+    assert_eq!(err.refusal.code(), "invalid_transition");
+    assert!(err.to_string().contains("evidence"), "{err}");
+    let d = s
+        .apply(source("idp"), with_evidence(), vec![accept()])
+        .unwrap();
+    assert_eq!(types(&d), ["proposal_accepted", "field_set"]);
+    assert_eq!(
+        d.outcomes,
+        [Outcome::ProposalResolved {
+            proposal_id: id,
+            accepted: true
+        }]
+    );
+    match &d.events[1].event.payload {
+        EventPayload::FieldSet {
+            mode, proposal_id, ..
+        } => {
+            assert_eq!(*mode, SetMode::Authoritative);
+            assert_eq!(*proposal_id, Some(id));
+        }
+        other => panic!("expected field_set, got {other:?}"),
+    }
+    assert_eq!(d.events[1].event.provenance.source.as_str(), "idp");
+    let state = s.state();
+    assert_eq!(
+        state.value(&field("email")),
+        Some(&value("email", json!("b@example.org")))
+    );
+    assert!(state.proposals.is_empty());
+    let again = s.decide_as(source("idp"), with_evidence(), vec![accept()]);
+    assert_eq!(refusal_code(again), "unknown_proposal");
+}
+
+#[test]
+fn the_system_of_record_rejects_a_proposal() {
+    let (mut s, id) = crm_proposes_an_email();
+    let reject = Change::RejectProposal {
+        proposal_id: id,
+        reason: "not the customer's address".to_owned(),
+    };
+    let d = s.apply(source("idp"), agent(), vec![reject]).unwrap();
+    assert_eq!(types(&d), ["proposal_rejected"]);
+    assert_eq!(
+        d.outcomes,
+        [Outcome::ProposalResolved {
+            proposal_id: id,
+            accepted: false
+        }]
+    );
+    let state = s.state();
+    assert_eq!(
+        state.value(&field("email")),
+        Some(&value("email", json!("a@example.org")))
+    );
+    assert!(state.proposals.is_empty());
+}
+
+#[test]
+fn no_other_source_decides_a_proposal() {
+    let (mut s, id) = crm_proposes_an_email();
+    for other in ["crm", "web_app", "cdp", "support_portal"] {
+        for change in [
+            Change::AcceptProposal { proposal_id: id },
+            Change::RejectProposal {
+                proposal_id: id,
+                reason: "no".to_owned(),
+            },
+        ] {
+            let err = s
+                .decide_as(source(other), with_evidence(), vec![change])
+                .unwrap_err();
+            assert_eq!(err.refusal.code(), "forbidden", "{other}");
+            assert!(
+                err.to_string().contains("system of record of email (idp)"),
+                "{other}: {err}"
+            );
+        }
+    }
+    // Administrators restrict processing; proposals are not theirs either.
+    let r = s.decide_as(
+        admin(),
+        agent(),
+        vec![Change::AcceptProposal { proposal_id: id }],
+    );
+    assert_eq!(refusal_code(r), "forbidden");
+    // The system of record of another field (idp owns email) is not this one's (web_app's).
+    let mut s = Scenario::registered();
+    let d = s
+        .apply(
+            source("crm"),
+            agent(),
+            vec![set(
+                "postal_address",
+                json!({"lines": ["12 St James's Sq"], "locality": "London", "postal_code": "SW1Y 4LB", "country": "GB"}),
+            )],
+        )
+        .unwrap();
+    let proposal_id = proposal_of(&d.outcomes[0]);
+    let accept = || Change::AcceptProposal { proposal_id };
+    assert_eq!(
+        refusal_code(s.decide_as(source("idp"), agent(), vec![accept()])),
+        "forbidden"
+    );
+    let d = s.apply(source("web_app"), agent(), vec![accept()]).unwrap();
+    assert_eq!(types(&d), ["proposal_accepted", "field_set"]);
 }
 
 #[test]
@@ -1401,7 +1536,48 @@ fn act(action: StewardAction, field_path: &str, reason: Option<&str>) -> Change 
         field: Some(field(field_path)),
         action,
         reason: reason.map(str::to_owned),
+        proposal_id: None,
     }
+}
+
+#[test]
+fn a_route_carries_the_proposal_to_its_system_of_record_and_changes_nothing() {
+    let (mut s, id) = crm_proposes_an_email();
+    let before = s.state();
+    let route = |proposal_id| Change::ActOnException {
+        exception_id: uuid::Uuid::now_v7(),
+        consumer_id: "crm".to_owned(),
+        field: Some(field("email")),
+        action: StewardAction::Route,
+        reason: None,
+        proposal_id,
+    };
+    let d = s.apply(steward(), agent(), vec![route(Some(id))]).unwrap();
+    assert_eq!(types(&d), ["steward_acted"]);
+    match &d.events[0].event.payload {
+        EventPayload::StewardActed {
+            routed: Some(routed),
+            repush: None,
+            ..
+        } => {
+            assert_eq!(routed.proposal_id, id);
+            assert_eq!(routed.value, value("email", json!("b@example.org")));
+            assert_eq!(routed.proposed_by.as_str(), "crm");
+            assert_eq!(routed.system_of_record.as_str(), "idp");
+        }
+        other => panic!("expected a routed steward_acted, got {other:?}"),
+    }
+    let after = s.state();
+    assert_eq!(after.proposals, before.proposals);
+    assert_eq!(after.value(&field("email")), before.value(&field("email")));
+    // A route names an open proposal about its field; only stewards route.
+    let r = s.decide_as(steward(), agent(), vec![route(None)]);
+    assert_eq!(refusal_code(r), "invalid_command");
+    let unknown = ProposalId::from(uuid::Uuid::now_v7());
+    let r = s.decide_as(steward(), agent(), vec![route(Some(unknown))]);
+    assert_eq!(refusal_code(r), "unknown_proposal");
+    let r = s.decide_as(source("idp"), agent(), vec![route(Some(id))]);
+    assert_eq!(refusal_code(r), "forbidden");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use idledger_domain::delivery::{
 use idledger_domain::event::StewardAction;
 use idledger_domain::exception::{
     Closing, ExceptionCommand, ExceptionEvent, ExceptionKey, ExceptionRefusal, ExceptionState,
-    LastAction, accept_change, action_change, decide, evolve, fold, steward_changes,
+    LastAction, accept_change, action_change, decide, decided_by, evolve, fold, steward_changes,
 };
 use idledger_domain::ids::{CustomerId, EventId, ProposalId, SourceId};
 use proptest::prelude::*;
@@ -143,6 +143,7 @@ fn names(events: &[ExceptionEvent]) -> Vec<&'static str> {
             ExceptionEvent::Repushed(_) => "repushed",
             ExceptionEvent::Assigned { to: Some(_), .. } => "assigned",
             ExceptionEvent::Assigned { to: None, .. } => "unassigned",
+            ExceptionEvent::Routed(_) => "routed",
             ExceptionEvent::Closed(c) => match c.resolution {
                 Resolution::Accepted => "closed:accepted",
                 Resolution::Dismissed => "closed:dismissed",
@@ -755,6 +756,111 @@ fn closing_automatically_is_idempotent() {
 
 // ---- the steward's accept planning ----
 
+fn route(reason: Option<&str>) -> ExceptionCommand {
+    ExceptionCommand::Route {
+        by: "steward:ada".to_owned(),
+        event_id: Some(EventId::from_uuid(id(901))),
+        reason: reason.map(str::to_owned),
+        at: at(35),
+    }
+}
+
+fn decided_by_idp(accepted: bool) -> ExceptionCommand {
+    ExceptionCommand::DecidedBySource {
+        by: decided_by(&SourceId::parse("idp").unwrap()),
+        accepted,
+        note: "decided by its system of record, idp".to_owned(),
+        at: at(45),
+    }
+}
+
+#[test]
+fn routing_a_proposal_records_the_action_and_leaves_it_open() {
+    let p = ProposalId::from_uuid(id(502));
+    let state = given(&[raise_proposal(Some(p), 1, 0)]);
+    let events = when(&state, &route(Some("  idp decides emails  "))).unwrap();
+    assert_eq!(names(&events), ["routed"]);
+    let after = events.iter().fold(state.clone(), evolve).unwrap();
+    assert!(after.is_open());
+    let last = after.last_action.clone().unwrap();
+    assert_eq!(last.action, StewardAction::Route);
+    assert_eq!(last.by, "steward:ada");
+    assert_eq!(last.reason.as_deref(), Some("idp decides emails"));
+    assert_eq!(last.event_id, Some(EventId::from_uuid(id(901))));
+    assert_eq!(after.updated_at, at(35));
+    // Routing again is allowed (a reminder); the newest is kept.
+    assert_eq!(
+        names(&when(&Some(after.clone()), &route(None)).unwrap()),
+        ["routed"]
+    );
+    // Its command records the action alone: the record is unchanged.
+    let changes = steward_changes(&after, StewardAction::Route, None, None).unwrap();
+    assert!(matches!(
+        changes.as_slice(),
+        [Change::ActOnException {
+            action: StewardAction::Route,
+            proposal_id: Some(routed),
+            ..
+        }] if *routed == p
+    ));
+}
+
+#[test]
+fn only_an_open_proposal_is_routed() {
+    let k = divergent_email();
+    let divergent = given(&[raise(&k, 1, 0)]);
+    let r = refused(when(&divergent, &route(None)));
+    assert_eq!(r.code(), "not_a_proposal");
+    assert!(r.to_string().contains("divergent"), "{r}");
+    let state = divergent.unwrap();
+    let r = steward_changes(&state, StewardAction::Route, None, None).unwrap_err();
+    assert_eq!(r.code(), "not_a_proposal");
+    let nameless = given(&[raise_proposal(None, 1, 0)]);
+    assert_eq!(refused(when(&nameless, &route(None))).code(), "no_proposal");
+    let p = ProposalId::from_uuid(id(503));
+    let closed = given(&[raise_proposal(Some(p), 1, 0), dismiss(Some("dup"))]);
+    assert_eq!(
+        refused(when(&closed, &route(None))).code(),
+        "exception_closed"
+    );
+    assert_eq!(
+        refused(when(&None, &route(None))).code(),
+        "unknown_exception"
+    );
+}
+
+#[test]
+fn the_system_of_record_deciding_closes_the_proposal_saying_who() {
+    let p = ProposalId::from_uuid(id(504));
+    let routed = given(&[raise_proposal(Some(p), 1, 0), route(None)]);
+    for (accepted, name, status) in [
+        (true, "closed:accepted", ExceptionStatus::Resolved),
+        (false, "closed:dismissed", ExceptionStatus::Dismissed),
+    ] {
+        let events = when(&routed, &decided_by_idp(accepted)).unwrap();
+        assert_eq!(names(&events), [name]);
+        let after = events.iter().fold(routed.clone(), evolve).unwrap();
+        assert_eq!(after.status(), status);
+        let closing = after.closed.unwrap();
+        assert_eq!(closing.by, "source:idp");
+        assert_eq!(closing.at, at(45));
+        assert!(closing.note.contains("idp"));
+    }
+    // A steward was first: nothing more to decide (the record's decision stands anyway).
+    let closed = given(&[raise_proposal(Some(p), 1, 0), dismiss(Some("dup"))]);
+    assert!(when(&closed, &decided_by_idp(true)).unwrap().is_empty());
+    // Only a proposal is decided by its system of record.
+    let divergent = given(&[raise(&divergent_email(), 1, 0)]);
+    assert_eq!(
+        refused(when(&divergent, &decided_by_idp(true))).code(),
+        "not_a_proposal"
+    );
+    assert_eq!(
+        refused(when(&None, &decided_by_idp(false))).code(),
+        "unknown_exception"
+    );
+}
+
 #[test]
 fn accepting_a_proposal_accepts_the_proposal_itself() {
     let p = ProposalId::from_uuid(id(501));
@@ -840,6 +946,7 @@ fn the_action_is_recorded_naming_the_exception_its_system_and_field() {
             field: Some(field("email")),
             action: StewardAction::Repush,
             reason: Some("CRM drifted".to_owned()),
+            proposal_id: None,
         }
     );
     let Change::ActOnException { reason, .. } =

@@ -233,6 +233,17 @@ fn to_change(state: &CustomerState, step: &Step, now: chrono::DateTime<chrono::U
     }
 }
 
+/// The field of the proposal a change decides, so that `as_authority` has its system of
+/// record decide it.
+fn decided_field(state: &CustomerState, change: &Change) -> Option<FieldPath> {
+    match change {
+        Change::AcceptProposal { proposal_id } | Change::RejectProposal { proposal_id, .. } => {
+            state.proposals.get(proposal_id).map(|p| p.field.clone())
+        }
+        _ => None,
+    }
+}
+
 fn touched_field(change: &Change) -> Option<FieldPath> {
     match change {
         Change::SetField { field, .. }
@@ -311,6 +322,25 @@ fn check_event(
             prop_assert_eq!(
                 mode_of(&FieldPath::Consent(purpose.clone())),
                 WriteMode::Authoritative
+            );
+        }
+        // Only a steward (accepting where the policy allows override) or the field's system
+        // of record decides a proposal.
+        EventPayload::ProposalAccepted { field, .. } => {
+            let rule = policy.rule(field);
+            prop_assert!(
+                (steward && rule.steward_override) || rule.decides_proposals(&prov.source),
+                "{} accepted a proposal about {}",
+                prov.source,
+                field
+            );
+        }
+        EventPayload::ProposalRejected { field, .. } => {
+            prop_assert!(
+                steward || policy.rule(field).decides_proposals(&prov.source),
+                "{} rejected a proposal about {}",
+                prov.source,
+                field
             );
         }
         // Only retention expires, and only what was kept past the policy's limit.
@@ -402,7 +432,7 @@ proptest! {
         for a in &acts {
             s.now += Duration::hours(i64::from(a.advance_hours));
             let change = to_change(&state, &a.step, s.now);
-            let touched = touched_field(&change);
+            let touched = touched_field(&change).or_else(|| decided_field(&state, &change));
             let principal = match (SOURCES[a.source], touched) {
                 (_, Some(f)) if a.as_authority => Principal::Source(policy.rule(&f).system_of_record.clone()),
                 ("steward", _) => steward(),

@@ -77,6 +77,9 @@ pub enum Outgoing {
         erased_at: DateTime<Utc>,
         basis: Vec<ConsentBasis>,
     },
+    /// A steward sent a proposal about a field the consumer selects to it, the field's
+    /// system of record (the same id as a source), to accept or reject with its own token.
+    Routed { basis: Vec<ConsentBasis> },
 }
 
 impl Outgoing {
@@ -86,7 +89,8 @@ impl Outgoing {
             | Self::Notice { basis }
             | Self::Resume { basis }
             | Self::Restriction { basis, .. }
-            | Self::Erasure { basis, .. } => basis,
+            | Self::Erasure { basis, .. }
+            | Self::Routed { basis } => basis,
         }
     }
 }
@@ -241,7 +245,21 @@ pub fn may_concern(consumer: &Consumer, event: &RecordedEvent, relation: Option<
         Some(Relation::Erased) => false,
         Some(Relation::Receiving | Relation::Restricted) => true,
         Some(Relation::Withdrawn) if is_erasure(event) => true,
-        _ => selected_change(consumer, event).is_some(),
+        _ => selected_change(consumer, event).is_some() || routed_to(consumer, event),
+    }
+}
+
+/// Whether `event` is a proposal a steward routed to `consumer` as its field's system of
+/// record (a source and a consumer with the same id are the same system), about a field it
+/// selects. Its data is the proposal's value, so the basis must hold like a change's.
+fn routed_to(consumer: &Consumer, event: &RecordedEvent) -> bool {
+    match &event.envelope.event.payload {
+        EventPayload::StewardActed {
+            field: Some(field),
+            routed: Some(routed),
+            ..
+        } => routed.system_of_record.as_str() == consumer.id.as_str() && consumer.selects(field),
+        _ => false,
     }
 }
 
@@ -293,6 +311,18 @@ pub fn decide(
     }
     if let Some(restriction) = state.and_then(|s| s.restricted.as_ref()) {
         return restricted(consumer, state, relation, policy, now, restriction.since);
+    }
+    if routed_to(consumer, event) {
+        // Work for the system of record, not a change of the record: it moves no relation.
+        let basis = basis(consumer, state, policy, now);
+        return if holds(&basis) {
+            Decision {
+                messages: vec![Outgoing::Routed { basis }],
+                relation: None,
+            }
+        } else {
+            Decision::skip()
+        };
     }
     let change = selected_change(consumer, event);
     let lifted = relation == Some(Relation::Restricted);

@@ -66,6 +66,9 @@ pub const RESTRICTION_SUBJECT_FIELD: &str = "processing.restricted";
 /// Erasure notice: the customer was erased (right to erasure); delete everything of them.
 /// Final: nothing of this customer follows.
 pub const CUSTOMER_ERASED: &str = "idledger.customer.erased.v1";
+/// A steward sent a proposal to the consumer as its field's system of record: accept or
+/// reject it with the same system's source token (`accept_proposal` / `reject_proposal`).
+pub const PROPOSAL_ROUTED: &str = "idledger.proposal.routed.v1";
 
 /// The constant for a CloudEvent type we send (`None`: not one of ours).
 pub fn known_type(event_type: &str) -> Option<&'static str> {
@@ -77,6 +80,7 @@ pub fn known_type(event_type: &str) -> Option<&'static str> {
         CONSENT_GRANTED,
         PROCESSING_RESTRICTED,
         CUSTOMER_ERASED,
+        PROPOSAL_ROUTED,
     ]
     .into_iter()
     .find(|t| *t == event_type)
@@ -264,6 +268,18 @@ pub fn message(
                 None,
                 Some(RESTRICTION_SUBJECT_FIELD.to_owned()),
                 selectors(consumer),
+                data,
+            )
+        }
+        Outgoing::Routed { .. } => {
+            let (field, data) = routed_data(&envelope.event.payload, event)?;
+            (
+                Some(envelope.id.as_uuid()),
+                HandoffKind::Notice,
+                PROPOSAL_ROUTED,
+                None,
+                Some(field.clone()),
+                vec![field],
                 data,
             )
         }
@@ -471,6 +487,38 @@ fn provenance(event: &RecordedEvent) -> Result<Value, serde_json::Error> {
         );
     }
     Ok(value)
+}
+
+/// A routed proposal's data, from the `steward_acted` event alone: what to decide and how.
+fn routed_data(
+    payload: &EventPayload,
+    event: &RecordedEvent,
+) -> Result<(String, Value), serde_json::Error> {
+    let EventPayload::StewardActed {
+        exception_id,
+        field: Some(field),
+        routed: Some(routed),
+        reason,
+        ..
+    } = payload
+    else {
+        return Err(serde::ser::Error::custom(
+            "a routed proposal's message needs a routed steward_acted event",
+        ));
+    };
+    let field = field.to_string();
+    let data = json!({
+        "field": field,
+        "proposal_id": routed.proposal_id,
+        "value": routed.value.to_json(),
+        "proposed_by": routed.proposed_by,
+        "proposed_at": routed.proposed_at,
+        "exception_id": exception_id,
+        "reason": reason,
+        "action": "accept_or_reject_proposal",
+        "provenance": provenance(event)?,
+    });
+    Ok((field, data))
 }
 
 fn notice_data(

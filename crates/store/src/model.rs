@@ -76,7 +76,8 @@ pub struct AppendRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExceptionWrite {
     pub exception_id: uuid::Uuid,
-    /// `Repushed` or `Closed`: what a steward's action does to an open exception.
+    /// `Repushed`, `Routed` or `Closed`: what a steward's action (or a proposal's decision by
+    /// its system of record) does to an open exception.
     pub event: idledger_domain::exception::ExceptionEvent,
     /// The action as the steward activity view shows it, written with it.
     pub activity: Option<crate::delivery::NewActivity>,

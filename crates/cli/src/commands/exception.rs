@@ -161,7 +161,7 @@ pub struct ActArgs {
     /// The exception's id.
     #[arg(value_name = "EXCEPTION_ID")]
     pub id: Uuid,
-    /// repush, accept or dismiss.
+    /// repush, accept, dismiss or route (a proposal, to its field's system of record).
     #[arg(long, value_name = "ACTION", value_parser = parse_action)]
     pub action: StewardAction,
     /// Who acts: the steward's name, recorded as the actor of the event and as
@@ -185,7 +185,10 @@ fn parse_action(raw: &str) -> Result<StewardAction, String> {
         "repush" => Ok(StewardAction::Repush),
         "accept" => Ok(StewardAction::Accept),
         "dismiss" => Ok(StewardAction::Dismiss),
-        other => Err(format!("'{other}' is not one of: repush, accept, dismiss")),
+        "route" => Ok(StewardAction::Route),
+        other => Err(format!(
+            "'{other}' is not one of: repush, accept, dismiss, route"
+        )),
     }
 }
 
@@ -396,6 +399,9 @@ async fn act(app: &App, args: &ActArgs, out: &mut dyn Write) -> anyhow::Result<E
         }
         StewardAction::Accept => "accepted",
         StewardAction::Dismiss => "dismissed",
+        StewardAction::Route => {
+            "sent to the system of record; it closes when the system of record decides it"
+        }
     };
     writeln!(out, "exception {}: {verb}", args.id)?;
     for id in &done.event_ids {

@@ -496,7 +496,7 @@ pub(crate) async fn apply_exception_event(
             q.push(" AND exception_id = ").push_bind(id);
             q.execute(&mut *tx).await?
         }
-        ExceptionEvent::Repushed(action) => {
+        ExceptionEvent::Repushed(action) | ExceptionEvent::Routed(action) => {
             noting(id, serde_json::to_string(action)?, action.at)
                 .execute(&mut *tx)
                 .await?
@@ -507,7 +507,7 @@ pub(crate) async fn apply_exception_event(
         | ExceptionEvent::Recurred { .. }
         | ExceptionEvent::Assigned { .. } => {
             return Err(StoreError::Integrity(format!(
-                "a command may only repush or close exception {id}"
+                "a command may only note an action on or close exception {id}, not raise one"
             )));
         }
     };
