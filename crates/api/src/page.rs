@@ -75,6 +75,10 @@ pub fn routes(settings: SessionSettings) -> Router<AppState> {
         .route("/steward/customers", get(find_customer))
         .route("/steward/customers/{id}", get(customer_page))
         .route(
+            "/steward/customers/{id}/fields/{field}/history",
+            get(field_history_page),
+        )
+        .route(
             "/steward/customers/{id}/consents/{purpose}/receipt",
             get(receipt_download),
         )
@@ -1108,6 +1112,11 @@ async fn customer_page(
         )
         .await
         .map_err(ApiError::from)?;
+    let handoffs = state
+        .deliveries
+        .latest_handoffs(id, LATEST_HANDOFFS)
+        .await
+        .map_err(ApiError::from)?;
     let body = html! {
         h1 { @match display_label(&current) {
             Some(label) => { (label) " " span.muted.mono { (id) } },
@@ -1127,7 +1136,7 @@ async fn customer_page(
                     tr { th { "field" } th { "value" } th { "version" } th { "source" } th { "verified" } th { "pending" } }
                     @for (path, rec) in &current.fields {
                         tr {
-                            td { code { (path) } }
+                            td { a.history href={ "/steward/customers/" (id) "/fields/" (path) "/history" } title="the field's history" { code { (path) } } }
                             td.wrap { @match &rec.value { Some(v) => (compact(&v.to_json())), None => span.muted { "—" } } }
                             td.muted { "v" (rec.version) }
                             td { (rec.source.as_ref().map(ToString::to_string).unwrap_or_default()) }
@@ -1145,6 +1154,25 @@ async fn customer_page(
             }
             (consents_section(id, &current))
             (decisions_section(&decisions))
+            section id="handoffs" {
+                h2 { "Recent handoffs" }
+                @if handoffs.is_empty() {
+                    p.muted { "Nothing was handed to a consumer." }
+                } @else {
+                    table {
+                        thead { tr { th { "When (UTC)" } th { "Consumer" } th { "Kind" } th { "Fields" } th { "Channel" } } }
+                        tbody { @for h in &handoffs {
+                            tr data-kind=(h.handoff.kind.as_str()) {
+                                td.nowrap { (time(h.handoff.delivered_at)) }
+                                td { (h.handoff.consumer_id) }
+                                td { (h.handoff.kind.as_str()) }
+                                td.wrap { (h.handoff.fields.join(", ")) }
+                                td { (h.handoff.channel.as_str()) }
+                            }
+                        } }
+                    }
+                }
+            }
             section id="open-exceptions" {
                 h2 { "Open exceptions" }
                 @if open.is_empty() {
@@ -1153,6 +1181,63 @@ async fn customer_page(
                     ul { @for e in &open {
                         li { a href={ "/steward/exceptions/" (e.id) } { (e.kind) } " · " (e.subject) " · " (e.field.as_deref().unwrap_or("whole customer")) }
                     } }
+                }
+            }
+        }
+    };
+    Ok(page(StatusCode::OK, layout(&title, Some(&token), body)))
+}
+
+/// Handoffs the record browser shows, newest first.
+const LATEST_HANDOFFS: u32 = 20;
+
+/// One field's history, newest first, with each event's provenance (both stewards of a
+/// four-eyes change).
+async fn field_history_page(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path((raw, field)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    let id = parse_customer(&raw)?;
+    let field = FieldPath::parse(&field).map_err(|_| {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such field.",
+        )
+    })?;
+    let history = state
+        .ledger
+        .history(id, &field)
+        .await
+        .map_err(ApiError::from)?;
+    let title = format!("{field} of {id}");
+    let body = html! {
+        p { a href={ "/steward/customers/" (id) } { "← the customer's record" } }
+        h1 { code { (field) } " · " span.mono { (id) } }
+        @if history.is_empty() {
+            p.muted id="empty" { "No events for this field." }
+        } @else {
+            table id="field-history" {
+                thead { tr { th { "#" } th { "Event" } th { "Source / actor" } th { "When (UTC)" } th { "What" } th { "Why" } } }
+                tbody {
+                    @for r in history.iter().rev() {
+                        @let event = &r.envelope.event;
+                        tr data-type=(event.payload.type_name()) {
+                            td { (r.envelope.stream_version) }
+                            td { code { (event.payload.type_name()) } }
+                            td.wrap {
+                                (event.provenance.source) br;
+                                span.muted { (event.provenance.actor) }
+                                @if let Some(approver) = &event.provenance.approved_by {
+                                    br; span.approved-by { "approved by " (approver) }
+                                }
+                            }
+                            td.nowrap { (time(r.recorded_at)) }
+                            td.wrap { (describe(&event.payload)) }
+                            td.wrap { (event.provenance.reason.as_deref().unwrap_or("")) }
+                        }
+                    }
                 }
             }
         }

@@ -354,12 +354,14 @@ async fn submit(browser: &Client, css: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steward_resolves_exceptions_in_a_browser() {
-    let app = TestApp::start(Engine::Postgres).await;
+    let mut app = TestApp::start(Engine::Postgres).await;
+    let second = app.second_steward().await;
     let seeded = seed(&app).await;
     let driver = Driver::start();
     let browser = driver.browser().await;
     steward_session(&app, &browser, &seeded).await;
     routing_session(&app, &browser).await;
+    four_eyes_session(&app, &browser, &second).await;
     browser.close().await.unwrap();
 
     // What the browser did is in the store: closed by the steward, recorded in the history.
@@ -440,6 +442,82 @@ async fn routing_session(app: &TestApp, browser: &Client) {
     browser.refresh().await.unwrap();
     assert_eq!(text(browser, "#status").await, "resolved");
     assert_eq!(text(browser, "#resolved-by").await, "source:idp");
+}
+
+/// A steward takes an exception (assign to me, then the "mine" list), accepts a name it may
+/// override only with a second steward: it waits; the second steward approves it from the
+/// approvals page, and both show in the activity view.
+async fn four_eyes_session(app: &TestApp, browser: &Client, second: &str) {
+    let (_, name_exc) = crm_proposals(app).await;
+    let page = app.url(&format!("/steward/exceptions/{name_exc}"));
+    browser.goto(&page).await.unwrap();
+    assert_eq!(text(browser, "#assigned-to").await, "nobody");
+    submit(browser, "#assign-me button").await;
+    assert_eq!(text(browser, ".msg.ok").await, "Assignment saved.");
+    assert!(
+        text(browser, "#assigned-to")
+            .await
+            .starts_with("steward:steward since"),
+    );
+    browser
+        .goto(&app.url("/steward?assignee=me"))
+        .await
+        .unwrap();
+    assert_eq!(listed_ids(browser).await, std::slice::from_ref(&name_exc));
+    assert!(text(browser, "#counts").await.contains("proposal"));
+    browser.goto(&page).await.unwrap();
+    submit(browser, "#accept button").await;
+    assert!(
+        text(browser, ".msg.ok")
+            .await
+            .starts_with("A second steward must approve this change"),
+    );
+    assert_eq!(text(browser, "#status").await, "open");
+    assert!(browser.find(Locator::Css("#approval-mine")).await.is_ok());
+    assert!(
+        browser.find(Locator::Css("#approve")).await.is_err(),
+        "the steward who asked cannot approve"
+    );
+    submit(browser, "#logout button").await;
+    // The second steward finds it under Approvals and approves it.
+    fill(browser, "input[name=token]", app.token(second)).await;
+    submit(browser, "button[type=submit]").await;
+    submit(browser, "#nav-approvals").await;
+    let row = format!("#approvals tr a[href='/steward/exceptions/{name_exc}']");
+    submit(browser, &row).await;
+    fill(
+        browser,
+        "#approve input[name=reason]",
+        "checked the passport",
+    )
+    .await;
+    submit(browser, "#approve button").await;
+    assert_eq!(
+        text(browser, ".msg.ok").await,
+        "Approved: the change is in the record."
+    );
+    assert_eq!(text(browser, "#status").await, "resolved");
+    submit(browser, "#nav-activity").await;
+    assert!(
+        browser
+            .find(Locator::Css("#activity tr[data-action=approve]"))
+            .await
+            .is_ok(),
+        "the approval is in the second steward's activity"
+    );
+    browser
+        .goto(&app.url("/steward/activity?steward=steward"))
+        .await
+        .unwrap();
+    for action in ["assign", "request_approval"] {
+        assert!(
+            browser
+                .find(Locator::Css(&format!("#activity tr[data-action={action}]")))
+                .await
+                .is_ok(),
+            "{action} in the first steward's activity"
+        );
+    }
 }
 
 async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
@@ -1267,6 +1345,29 @@ async fn a_customers_record_shows_fields_consents_receipts_decisions_and_excepti
         open.contains(&format!("/steward/exceptions/{}", seeded.divergent.id)),
         "{open}"
     );
+    // What was handed to consumers, newest first, and each field's history one click away.
+    let handoffs = section(&page.html, "handoffs");
+    assert!(handoffs.contains("crm-sync"), "{handoffs}");
+    assert!(handoffs.contains("data-kind=\"change\""), "{handoffs}");
+    let history_link = format!("{path}/fields/name.given/history");
+    assert!(fields.contains(&history_link), "{fields}");
+    let history = request(&app, Method::GET, &history_link, Some(&cookie), None, &[]).await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.html);
+    assert!(
+        history.html.contains("data-type=\"field_set\"") && history.html.contains("Ann"),
+        "{}",
+        history.html
+    );
+    let bogus = request(
+        &app,
+        Method::GET,
+        &format!("{path}/fields/shoe_size/history"),
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(bogus.status, StatusCode::NOT_FOUND);
 
     // Each consent's signed receipt downloads as a compact JWS the key set verifies.
     let receipt = client()
@@ -1495,7 +1596,7 @@ async fn crm_proposals(app: &TestApp) -> (String, String) {
         app.command(
             "crm",
             &c,
-            &format!("crm-{field}"),
+            &format!("crm-{field}-{c}"),
             json!([{"op": "set_field", "field": field, "value": value}]),
         )
         .await

@@ -575,7 +575,7 @@ async fn rebuilt_projection_equals_the_live_one(engine: Engine) {
     store
         .ledger
         .execute(
-            &idledger_testkit::builders::steward(),
+            &idledger_testkit::builders::approved_steward(),
             &command(
                 c,
                 "accept",

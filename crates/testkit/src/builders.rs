@@ -16,6 +16,17 @@ pub fn source(id: &str) -> Principal {
     Principal::Source(SourceId::parse(id).unwrap())
 }
 
+/// `jane`'s change approved by a second steward, `joe` (four eyes: the default policy's
+/// name and birth date fields need one).
+pub fn approved_steward() -> Principal {
+    Principal::ApprovedSteward {
+        steward: idledger_domain::ids::Actor::new(idledger_domain::ids::ActorKind::Steward, "jane")
+            .expect("a valid steward"),
+        approver: idledger_domain::ids::Actor::new(idledger_domain::ids::ActorKind::Steward, "joe")
+            .expect("a valid steward"),
+    }
+}
+
 /// The data steward `jane`.
 pub fn steward() -> Principal {
     Principal::steward("jane").unwrap()

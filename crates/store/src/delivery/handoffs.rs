@@ -121,6 +121,21 @@ impl Deliveries {
         Ok(Page::of(items, limit, |h| h.seq))
     }
 
+    /// The customer's latest `limit` handoffs, newest first (the record browser's "recent").
+    pub async fn latest_handoffs(
+        &self,
+        customer: CustomerId,
+        limit: u32,
+    ) -> Result<Vec<HandoffEntry>, StoreError> {
+        let mut q = sql("SELECT ");
+        q.push(HANDOFF_COLUMNS)
+            .push(" FROM handoffs WHERE customer_id = ")
+            .push_bind(customer.as_uuid())
+            .push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(limit.clamp(1, MAX_PAGE));
+        q.fetch_all(&self.db).await?.iter().map(handoff).collect()
+    }
+
     /// The consumer's relation to each of `customers` that it has one with.
     pub async fn relations(
         &self,
