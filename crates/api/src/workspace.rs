@@ -433,7 +433,7 @@ pub struct ActivityView {
     pub id: Uuid,
     /// `steward:<label>`.
     pub steward: String,
-    /// `repush`, `accept`, `dismiss`, `assign`, `unassign`, `request_approval`, `approve` or
+    /// `repush`, `accept`, `dismiss`, `route`, `assign`, `unassign`, `request_approval`, `approve` or
     /// `reject_approval`.
     pub action: String,
     #[serde(skip_serializing_if = "Option::is_none")]

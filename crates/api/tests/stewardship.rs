@@ -1108,9 +1108,35 @@ async fn exceptions_are_assigned_listed_by_assignee_and_logged_as_activity(engin
     assign(&app, &email_exc, "steward", json!("me"))
         .await
         .problem(409, "exception_closed");
+    // A steward's own command on the record is in the log too.
+    let customer = dismissed.body["exception"]["customer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let direct = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{customer}/commands"),
+            Some("steward"),
+            Some("steward-direct-1"),
+            Some(
+                &json!({"provenance": {"actor": {"kind": "steward", "id": "steward"},
+                                        "reason": "customer moved"},
+                         "changes": [set("jurisdiction", "FR")]}),
+            ),
+        )
+        .await;
+    assert_eq!(direct.status, StatusCode::OK, "{}", direct.text);
     // What each steward did, when and why, readable by an auditor.
     let stewards = activity_of(&app, "?steward=steward").await;
-    assert_eq!(actions(&stewards), ["assign", "assign", "dismiss"]);
+    assert_eq!(
+        actions(&stewards),
+        ["assign", "assign", "dismiss", "command"]
+    );
+    assert_eq!(stewards[3]["field"], "jurisdiction");
+    assert_eq!(stewards[3]["detail"], "set_field");
+    assert_eq!(stewards[3]["reason"], "customer moved");
+    assert_eq!(stewards[3]["event_ids"].as_array().unwrap().len(), 1);
     assert_eq!(stewards[0]["detail"], "steward:steward");
     assert_eq!(stewards[1]["detail"], "steward:steward-b");
     assert_eq!(stewards[2]["reason"], "CRM test data");

@@ -28,8 +28,16 @@ impl App {
         principal: &Principal,
         command: &Command,
     ) -> Result<Executed, ExecuteError> {
-        let Principal::Source(source) = principal else {
-            return self.ledger.execute(principal, command).await;
+        let source = match principal {
+            Principal::Source(source) => source,
+            Principal::Steward(steward) => {
+                let executed = self.ledger.execute(principal, command).await?;
+                if !executed.replayed {
+                    self.log_steward_command(steward, command, &executed).await;
+                }
+                return Ok(executed);
+            }
+            _ => return self.ledger.execute(principal, command).await,
         };
         let executed = self.execute_closing_decided(source, command).await;
         match &executed {
@@ -178,6 +186,48 @@ impl App {
             }
         }
         Ok(executed)
+    }
+
+    /// A steward's own command (not an exception's action) in the activity log: written just
+    /// after the command commits, so a failure here loses the line, never the events, which
+    /// carry the steward's provenance; it is logged and the command's answer stands.
+    async fn log_steward_command(
+        &self,
+        steward: &idledger_domain::ids::Actor,
+        command: &Command,
+        executed: &Executed,
+    ) {
+        let fields: Vec<String> = command
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::SetField { field, .. } | Change::ClearField { field, .. } => {
+                    Some(field.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        let ops: Vec<&str> = command.changes.iter().map(Change::op).collect();
+        let activity = idledger_store::delivery::NewActivity {
+            steward: format!("steward:{}", steward.id()),
+            action: "command",
+            exception_id: None,
+            approval_id: None,
+            customer_id: command.customer_id,
+            field: (fields.len() == 1).then(|| fields[0].clone()),
+            event_ids: executed
+                .result
+                .events
+                .iter()
+                .map(|e| e.id.as_uuid())
+                .collect(),
+            detail: Some(ops.join(", ")),
+            reason: command.provenance.reason.clone(),
+            at: chrono::Utc::now(),
+        };
+        if let Err(e) = self.deliveries.record_activity(&activity).await {
+            tracing::warn!(error = %e, "could not log a steward's command in the activity log");
+        }
     }
 
     /// The open `proposal` exceptions of `customer` about the proposals in `decided`.

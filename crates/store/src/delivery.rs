@@ -629,7 +629,7 @@ pub struct StewardActivity {
     pub id: Uuid,
     /// `steward:<label>`.
     pub steward: String,
-    /// `repush`, `accept`, `dismiss`, `assign`, `unassign`, `request_approval`, `approve`,
+    /// `repush`, `accept`, `dismiss`, `route`, `assign`, `unassign`, `request_approval`, `approve`,
     /// `reject_approval`.
     pub action: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -8,6 +8,14 @@ use crate::error::StoreError;
 use crate::sql::{Row, Tx, sql};
 
 impl Deliveries {
+    /// Records one steward action on its own, for an action whose transaction could not
+    /// carry it (a steward's direct command).
+    pub async fn record_activity(&self, activity: &NewActivity) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        insert_activity(&mut tx, activity).await?;
+        tx.commit().await
+    }
+
     /// Steward actions, oldest first, at most `limit` after `filter.after`.
     pub async fn activity(
         &self,
