@@ -931,7 +931,10 @@ async fn exception_page(
             Some(Notice::Failed(message)) => p.msg.error role="alert" { (message) },
             None => {},
         }
-        (lifecycle(&exception))
+        (lifecycle(&exception, match &record {
+            Record::Found { state, .. } => display_label(state),
+            _ => None,
+        }))
         @if exception.status == ExceptionStatus::Open && !matches!(record, Record::Erased(_)) {
             (assign_form(&exception))
             @for approval in &approvals {
@@ -1396,12 +1399,15 @@ fn subject_label(subject: &ExceptionSubject) -> String {
     }
 }
 
-fn lifecycle(e: &SyncException) -> Markup {
+fn lifecycle(e: &SyncException, label: Option<String>) -> Markup {
     html! {
         section id="lifecycle" {
             dl {
                 dt { "Status" } dd id="status" class={ "status-" (e.status.as_str()) } { (e.status.as_str()) }
-                dt { "Customer" } dd.mono { a id="customer-link" href={ "/steward/customers/" (e.customer_id) } { (e.customer_id) } }
+                dt { "Customer" } dd { a id="customer-link" href={ "/steward/customers/" (e.customer_id) } {
+                    @if let Some(label) = &label { (label) " " }
+                    span.mono { (e.customer_id) }
+                } }
                 dt { "Opened" } dd { (time(e.created_at)) " (" (age(e.created_at, Utc::now())) " ago), seen " (e.occurrences) "×, last " (time(e.updated_at)) }
                 @if let Some(resolution) = e.resolution {
                     dt { "Resolution" } dd id="resolution" { (resolution.as_str()) }

@@ -518,6 +518,36 @@ async fn four_eyes_session(app: &TestApp, browser: &Client, second: &str) {
             "{action} in the first steward's activity"
         );
     }
+    // Every page is usable at 1280 px: nothing wider than the window.
+    browser.set_window_size(1280, 900).await.unwrap();
+    let exception = deliveries(app)
+        .exception(name_exc.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let customer = exception.customer_id;
+    for path in [
+        "/steward?status=all".to_owned(),
+        format!("/steward/exceptions/{name_exc}"),
+        format!("/steward/customers/{customer}"),
+        format!("/steward/customers/{customer}/fields/name.given/history"),
+        "/steward/approvals".to_owned(),
+        "/steward/activity?steward=steward".to_owned(),
+    ] {
+        browser.goto(&app.url(&path)).await.unwrap();
+        let widths = browser
+            .execute(
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let (scroll, client) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
+        assert!(
+            scroll <= client,
+            "{path} is {scroll} px wide in a {client} px window"
+        );
+    }
 }
 
 async fn steward_session(app: &TestApp, browser: &Client, seeded: &Seeded) {
@@ -1344,6 +1374,21 @@ async fn a_customers_record_shows_fields_consents_receipts_decisions_and_excepti
     assert!(
         open.contains(&format!("/steward/exceptions/{}", seeded.divergent.id)),
         "{open}"
+    );
+    // The exception's page names its customer readably too.
+    let exception_page = request(
+        &app,
+        Method::GET,
+        &format!("/steward/exceptions/{}", seeded.divergent.id),
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert!(
+        exception_page.html.contains("Ann Lee · a…@example.org"),
+        "{}",
+        exception_page.html
     );
     // What was handed to consumers, newest first, and each field's history one click away.
     let handoffs = section(&page.html, "handoffs");
