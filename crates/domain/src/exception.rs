@@ -335,17 +335,14 @@ pub fn decide(
             event_id,
             reason,
             at,
-        } => {
-            let state = state.ok_or(ExceptionRefusal::Unknown)?;
-            let reason = check_action(state, StewardAction::Repush, reason.as_deref())?;
-            Ok(vec![ExceptionEvent::Repushed(LastAction {
-                action: StewardAction::Repush,
-                by: by.clone(),
-                at: *at,
-                event_id: *event_id,
-                reason,
-            })])
-        }
+        } => Ok(vec![ExceptionEvent::Repushed(noted(
+            state,
+            StewardAction::Repush,
+            by,
+            *event_id,
+            reason.as_deref(),
+            *at,
+        )?)]),
         ExceptionCommand::Accept { by, note, at } => {
             let state = state.ok_or(ExceptionRefusal::Unknown)?;
             check_action(state, StewardAction::Accept, None)?;
@@ -372,17 +369,14 @@ pub fn decide(
             event_id,
             reason,
             at,
-        } => {
-            let state = state.ok_or(ExceptionRefusal::Unknown)?;
-            let reason = check_action(state, StewardAction::Route, reason.as_deref())?;
-            Ok(vec![ExceptionEvent::Routed(LastAction {
-                action: StewardAction::Route,
-                by: by.clone(),
-                at: *at,
-                event_id: *event_id,
-                reason,
-            })])
-        }
+        } => Ok(vec![ExceptionEvent::Routed(noted(
+            state,
+            StewardAction::Route,
+            by,
+            *event_id,
+            reason.as_deref(),
+            *at,
+        )?)]),
         ExceptionCommand::DecidedBySource {
             by,
             accepted,
@@ -429,6 +423,27 @@ pub fn decide(
             }])
         }
     }
+}
+
+/// A steward action that leaves the exception open and is noted as its last action (a
+/// re-push, a route), checked like every action.
+fn noted(
+    state: Option<&ExceptionState>,
+    action: StewardAction,
+    by: &str,
+    event_id: Option<EventId>,
+    reason: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<LastAction, ExceptionRefusal> {
+    let state = state.ok_or(ExceptionRefusal::Unknown)?;
+    let reason = check_action(state, action, reason)?;
+    Ok(LastAction {
+        action,
+        by: by.to_owned(),
+        at,
+        event_id,
+        reason,
+    })
 }
 
 fn raise(
