@@ -213,6 +213,7 @@ impl From<ExceptionRefusal> for ApiError {
             | ExceptionRefusal::NotAProposal { .. }
             | ExceptionRefusal::ValueRequired { .. }
             | ExceptionRefusal::InvalidValue { .. }
+            | ExceptionRefusal::DismissOnly { .. }
             | ExceptionRefusal::InvalidCommand { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let error = ApiError::new(status, refusal.code(), refusal.to_string());

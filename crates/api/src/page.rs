@@ -926,6 +926,15 @@ async fn exception_page(
     let body = html! {
         p { a href="/steward" { "← all exceptions" } }
         h1 { (exception.kind) " · " (subject_label(&exception.subject)) " · " (exception.field.as_deref().unwrap_or("whole customer")) }
+        @if let Some(other) = exception.subject.other_customer() {
+            p id="other-customer" {
+                "Possibly the same person as "
+                a href={ "/steward/customers/" (other.as_uuid()) } { span.mono { (other.as_uuid()) } }
+                " (" (exception.detail["strength"].as_str().unwrap_or("?")) " match on "
+                (exception.detail["matched_on"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default())
+                "). Merging is not available yet: dismiss it if they are not the same person."
+            }
+        }
         @match &notice {
             Some(Notice::Done(message)) => p.msg.ok role="status" { (message) },
             Some(Notice::Failed(message)) => p.msg.error role="alert" { (message) },
@@ -1390,12 +1399,18 @@ fn decisions_section(decisions: &[idledger_store::decisions::DecisionEntry]) -> 
     }
 }
 
-/// Whom an exception is about, said as what it is: a consumer, or a source system.
+/// Whom an exception is about, said as what it is: a consumer, a source system, or the other
+/// customer of a duplicate pair.
 fn subject_label(subject: &ExceptionSubject) -> String {
-    match (subject.consumer(), subject.source()) {
-        (Some(c), _) => format!("consumer {c}"),
-        (None, Some(s)) => format!("source {s}"),
-        (None, None) => subject.to_string(),
+    match (
+        subject.consumer(),
+        subject.source(),
+        subject.other_customer(),
+    ) {
+        (Some(c), _, _) => format!("consumer {c}"),
+        (None, Some(s), _) => format!("source {s}"),
+        (None, None, Some(other)) => format!("customer {}", other.as_uuid()),
+        (None, None, None) => subject.to_string(),
     }
 }
 
@@ -1447,10 +1462,9 @@ fn action_forms(e: &SyncException, rule: Option<&FieldRule>) -> Markup {
         .as_ref()
         .filter(|a| a["action"] == "route")
         .and_then(|a| a["at"].as_str());
-    let about_a_consumer = !matches!(
-        e.kind,
-        ExceptionKind::Proposal | ExceptionKind::RefusedWrite
-    );
+    // A duplicate pair is only dismissed here (merging is a later step): no accept, no
+    // re-push, no route.
+    let about_a_consumer = e.kind.about_consumer();
     let act = format!("/steward/exceptions/{}/act", e.id);
     html! {
         div.act {
@@ -1487,7 +1501,11 @@ fn action_forms(e: &SyncException, rule: Option<&FieldRule>) -> Markup {
             }
             form id="dismiss" method="post" action=(act) {
                 input type="hidden" name="action" value="dismiss";
-                label { "Reason (required)" input type="text" name="reason" size="32"; }
+                @if e.kind.about_customers() {
+                    label { "Reason (required)" input type="text" name="reason" size="32" placeholder="not the same person"; }
+                } @else {
+                    label { "Reason (required)" input type="text" name="reason" size="32"; }
+                }
                 button type="submit" { "Dismiss" }
             }
         }

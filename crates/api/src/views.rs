@@ -644,17 +644,23 @@ pub struct AckView {
 pub struct ExceptionView {
     #[schema(value_type = String)]
     pub id: uuid::Uuid,
-    /// The consumer it is about; for `proposal` and `refused_write`, the source system.
+    /// The consumer it is about; for `proposal` and `refused_write`, the source system; for
+    /// `duplicate_candidate`, the pair's other customer (the higher id; `customer_id` is the
+    /// lower).
     pub consumer_id: String,
     #[schema(value_type = String)]
     pub customer_id: CustomerId,
     /// `null`: the customer as a whole.
     pub field: Option<String>,
     /// `webhook_rejected`, `undeliverable`, `undelivered`, `stale`, `divergent`, `rejected`,
-    /// `withdrawal_unconfirmed`, `proposal`, `refused_write` or `delivery_failing`.
+    /// `withdrawal_unconfirmed`, `proposal`, `refused_write`, `delivery_failing` or
+    /// `duplicate_candidate` (which stewards may only dismiss: `dismiss_only`).
     #[schema(value_type = String)]
     pub kind: idledger_store::delivery::ExceptionKind,
-    /// The evidence of its newest occurrence (versions, hashes, the run that found it…).
+    /// The evidence of its newest occurrence (versions, hashes, the run that found it…; for a
+    /// `duplicate_candidate`: `strength` `strong`/`weak`, `matched_on` — kinds such as
+    /// `email` or `name.family+birth_date`, never values —, `other_customer_id`,
+    /// `changed_customer_id`, `found_by`).
     #[schema(value_type = Object)]
     pub detail: Value,
     /// `open`, `resolved` or `dismissed`.

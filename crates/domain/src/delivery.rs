@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::ids::SourceId;
+use crate::ids::{CustomerId, SourceId};
 use crate::values::{ValueError, str_conversions, string_enum};
 
 /// A consumer's id: 1..=64 of lowercase a-z, digits, `_` and `-`, starting with a letter.
@@ -132,6 +132,10 @@ string_enum! {
         RefusedWrite = "refused_write",
         /// Delivery to the consumer keeps failing (retries exhausted their patience).
         DeliveryFailing = "delivery_failing",
+        /// Two customers may be one person: they share a verified identifier (`strong`) or
+        /// the policy's secondary rule matches them (`weak`). About the pair: the lower
+        /// customer id is the exception's customer, the other its subject.
+        DuplicateCandidate = "duplicate_candidate",
     }
 }
 
@@ -162,6 +166,18 @@ impl ExceptionKind {
         matches!(self, Self::Proposal | Self::RefusedWrite)
     }
 
+    /// Whether exceptions of this kind are about a pair of customers (`duplicate_candidate`):
+    /// their subject is the pair's other customer, neither a consumer nor a source.
+    pub const fn about_customers(self) -> bool {
+        matches!(self, Self::DuplicateCandidate)
+    }
+
+    /// Whether exceptions of this kind are about a consumer idledger delivers to (so the
+    /// consumer's acknowledgement SLA applies to them).
+    pub const fn about_consumer(self) -> bool {
+        !self.about_source() && !self.about_customers()
+    }
+
     /// How long a steward has to deal with an exception of this kind when no consumer SLA
     /// applies (see `exception::resolution_sla`): a proposal or a refused write waits for a
     /// business decision, so three and one days; a consumer's exception, the default
@@ -170,6 +186,8 @@ impl ExceptionKind {
         match self {
             Self::Proposal => chrono::Duration::days(3),
             Self::RefusedWrite => chrono::Duration::days(1),
+            // Two records of one person do no harm while a steward looks; a wrong merge would.
+            Self::DuplicateCandidate => chrono::Duration::days(7),
             _ => chrono::Duration::seconds(DEFAULT_ACK_SLA_SECS as i64),
         }
     }
@@ -214,12 +232,36 @@ impl Resolution {
 pub const AUTO_RESOLVER: &str = "idledger";
 
 /// What a sync exception is about: a consumer idledger delivers to, or — for `proposal` and
-/// `refused_write` — a source system that writes to it. Both are stored in the one
-/// `consumer_id` column; the kind says which it is.
+/// `refused_write` — a source system that writes to it, or — for `duplicate_candidate` — the
+/// other customer of the pair. All are stored in the one `consumer_id` column; the kind says
+/// which it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ExceptionSubject {
     Consumer(ConsumerId),
     Source(SourceId),
+    /// The other customer of a duplicate pair (the higher id; the exception's customer is
+    /// the lower), so the pair has one key whichever of them changed last.
+    Customer(OtherCustomer),
+}
+
+/// The other customer of a duplicate pair, with its id as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OtherCustomer {
+    id: CustomerId,
+    text: String,
+}
+
+impl OtherCustomer {
+    pub fn new(id: CustomerId) -> Self {
+        Self {
+            id,
+            text: id.as_uuid().hyphenated().to_string(),
+        }
+    }
+
+    pub fn id(&self) -> CustomerId {
+        self.id
+    }
 }
 
 impl ExceptionSubject {
@@ -227,25 +269,40 @@ impl ExceptionSubject {
     pub fn parse(kind: ExceptionKind, raw: &str) -> Result<Self, ValueError> {
         if kind.about_source() {
             SourceId::parse(raw).map(Self::Source)
+        } else if kind.about_customers() {
+            CustomerId::parse(raw).map(|id| Self::Customer(OtherCustomer::new(id)))
         } else {
             ConsumerId::parse(raw).map(Self::Consumer)
         }
     }
 
-    /// Refuses a subject of the wrong side for `kind`: a source system is not a consumer, and
-    /// a consumer does not propose values.
+    /// Refuses a subject of the wrong side for `kind`: a source system is not a consumer, a
+    /// consumer does not propose values, and only a duplicate pair names another customer.
     pub fn check(&self, kind: ExceptionKind) -> Result<(), ValueError> {
-        match (self, kind.about_source()) {
-            (Self::Source(_), true) | (Self::Consumer(_), false) => Ok(()),
-            (Self::Consumer(_), true) => Err(ValueError::new(
-                "exception subject",
-                format!("a {kind} exception is about a source system, not a consumer"),
-            )),
-            (Self::Source(_), false) => Err(ValueError::new(
-                "exception subject",
-                format!("a {kind} exception is about a consumer, not a source system"),
-            )),
+        let wanted = if kind.about_source() {
+            "a source system"
+        } else if kind.about_customers() {
+            "a pair of customers"
+        } else {
+            "a consumer"
+        };
+        let fits = match self {
+            Self::Consumer(_) => kind.about_consumer(),
+            Self::Source(_) => kind.about_source(),
+            Self::Customer(_) => kind.about_customers(),
+        };
+        if fits {
+            return Ok(());
         }
+        let given = match self {
+            Self::Consumer(_) => "a consumer",
+            Self::Source(_) => "a source system",
+            Self::Customer(_) => "another customer",
+        };
+        Err(ValueError::new(
+            "exception subject",
+            format!("a {kind} exception is about {wanted}, not {given}"),
+        ))
     }
 
     /// The id, as stored in the `consumer_id` column.
@@ -253,6 +310,7 @@ impl ExceptionSubject {
         match self {
             Self::Consumer(id) => id.as_str(),
             Self::Source(id) => id.as_str(),
+            Self::Customer(other) => &other.text,
         }
     }
 
@@ -260,7 +318,7 @@ impl ExceptionSubject {
     pub fn consumer(&self) -> Option<&ConsumerId> {
         match self {
             Self::Consumer(id) => Some(id),
-            Self::Source(_) => None,
+            _ => None,
         }
     }
 
@@ -268,7 +326,15 @@ impl ExceptionSubject {
     pub fn source(&self) -> Option<&SourceId> {
         match self {
             Self::Source(id) => Some(id),
-            Self::Consumer(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The pair's other customer, if it is about a duplicate pair.
+    pub fn other_customer(&self) -> Option<CustomerId> {
+        match self {
+            Self::Customer(other) => Some(other.id()),
+            _ => None,
         }
     }
 }

@@ -114,8 +114,8 @@ pub fn resolution_sla(
     kind: ExceptionKind,
     consumer_sla: Option<chrono::Duration>,
 ) -> chrono::Duration {
-    match (kind.about_source(), consumer_sla) {
-        (false, Some(sla)) => sla,
+    match (kind.about_consumer(), consumer_sla) {
+        (true, Some(sla)) => sla,
         _ => kind.default_resolution_sla(),
     }
 }
@@ -295,6 +295,10 @@ pub enum ExceptionRefusal {
     ValueRequired { field: FieldPath },
     #[error("invalid value for {field}: {reason}")]
     InvalidValue { field: String, reason: String },
+    #[error(
+        "a {kind} exception can only be dismissed: merging the two customers is not available yet"
+    )]
+    DismissOnly { kind: ExceptionKind },
     #[error("{reason}")]
     InvalidCommand { reason: String },
 }
@@ -311,6 +315,7 @@ impl ExceptionRefusal {
             Self::NotAProposal { .. } => "not_a_proposal",
             Self::ValueRequired { .. } => "value_required",
             Self::InvalidValue { .. } => "invalid_value",
+            Self::DismissOnly { .. } => "dismiss_only",
             Self::InvalidCommand { .. } => "invalid_command",
         }
     }
@@ -641,6 +646,11 @@ fn check_action(
         return Err(ExceptionRefusal::Closed {
             status: state.status(),
         });
+    }
+    // A duplicate pair is resolved by a merge (a later step) or dismissed ("not the same
+    // person"): there is no value to accept, nothing to re-push or route.
+    if state.kind().about_customers() && action != StewardAction::Dismiss {
+        return Err(ExceptionRefusal::DismissOnly { kind: state.kind() });
     }
     match action {
         StewardAction::Repush => {

@@ -274,6 +274,40 @@ impl LookupKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// The index row a match key is found by: an identifier's own digest (the lookup's row),
+    /// or for the secondary combination a digest under another label, so it is never found
+    /// by a lookup and never collides with one.
+    pub fn match_digest(&self, key: &MatchKey) -> [u8; LEN] {
+        match key {
+            MatchKey::Verified(identifier) => self.digest(identifier),
+            MatchKey::Secondary { rule, values } => {
+                #[allow(clippy::expect_used)] // HMAC takes a key of any length.
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key");
+                mac.update(b"idledger match v1\0");
+                // The rule's fields, then each value; none holds a NUL (values are parsed).
+                mac.update(rule.as_bytes());
+                for value in values {
+                    mac.update(b"\0");
+                    mac.update(value.as_bytes());
+                }
+                mac.finalize().into_bytes().into()
+            }
+        }
+    }
+
+    /// Every index row a record should have, sorted: its identifiers' digests and, when the
+    /// rule is on and the record has its fields, the secondary combination's.
+    pub fn index_digests(&self, state: &CustomerState, rule: &SecondaryRule) -> Vec<[u8; LEN]> {
+        let mut out = self.digests(&identifiers(state));
+        if let Some(key) = rule.key(state) {
+            out.push(self.match_digest(&key));
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+
     /// The digests of identifiers (a record's [`identifiers`]), sorted: the index rows it
     /// should have.
     pub fn digests(&self, identifiers: &BTreeSet<Identifier>) -> Vec<[u8; LEN]> {
@@ -282,6 +316,210 @@ impl LookupKey {
         out.dedup();
         out
     }
+}
+
+/// The fields a secondary matching rule may combine: each has one normalisation here (names
+/// folded like [`fold_name`], a birth date as `YYYY-MM-DD`, a jurisdiction as its code).
+pub const SECONDARY_FIELDS: [FieldPath; 4] = [
+    FieldPath::NameGiven,
+    FieldPath::NameFamily,
+    FieldPath::BirthDate,
+    FieldPath::Jurisdiction,
+];
+
+/// The policy's secondary matching rule (`[matching] secondary`): two customers whose values
+/// of every one of these fields are equal, once normalised, are a weak duplicate candidate.
+/// Off when empty; otherwise at least two distinct fields of [`SECONDARY_FIELDS`] (one field
+/// alone — a family name — matches whole towns), kept in that list's order so the rule has
+/// one spelling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecondaryRule {
+    fields: Vec<FieldPath>,
+}
+
+impl SecondaryRule {
+    /// Checks the policy's list of field names; the error says what is wrong with it.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        let mut fields = Vec::with_capacity(names.len());
+        for name in names {
+            let field = FieldPath::parse(name)
+                .ok()
+                .filter(|f| SECONDARY_FIELDS.contains(f))
+                .ok_or_else(|| {
+                    format!(
+                        "[matching] secondary names '{name}'; it may combine only {}",
+                        SECONDARY_FIELDS.map(|f| f.to_string()).join(", ")
+                    )
+                })?;
+            if fields.contains(&field) {
+                return Err(format!("[matching] secondary names '{name}' twice"));
+            }
+            fields.push(field);
+        }
+        if fields.len() == 1 {
+            return Err(
+                "[matching] secondary needs at least two fields (or none, to turn it off)"
+                    .to_owned(),
+            );
+        }
+        fields.sort_by_key(|f| SECONDARY_FIELDS.iter().position(|s| s == f));
+        Ok(Self { fields })
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    pub fn fields(&self) -> &[FieldPath] {
+        &self.fields
+    }
+
+    /// How evidence names a match on this rule: the fields joined by `+`
+    /// (`name.family+birth_date`), never their values.
+    pub fn name(&self) -> String {
+        self.fields
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    /// The normalised combination of a record's values, if it has all of them (and is not
+    /// erased; the rule is on).
+    fn key(&self, state: &CustomerState) -> Option<MatchKey> {
+        if self.is_off() || state.erased.is_some() {
+            return None;
+        }
+        let mut values = Vec::with_capacity(self.fields.len());
+        for field in &self.fields {
+            let value = match state.value(field)? {
+                FieldValue::PersonName(n) => fold_name(n.as_str()),
+                FieldValue::BirthDate(d) => d.to_string(),
+                FieldValue::Jurisdiction(j) => j.to_string(),
+                _ => return None,
+            };
+            values.push(value);
+        }
+        Some(MatchKey::Secondary {
+            rule: self.name(),
+            values,
+        })
+    }
+}
+
+/// Whether a record's index rows change from `before` to `after`: compared on the values,
+/// so the common write (no identifier touched) computes no digest.
+pub fn index_changed(before: &CustomerState, after: &CustomerState, rule: &SecondaryRule) -> bool {
+    identifiers(before) != identifiers(after) || rule.key(before) != rule.key(after)
+}
+
+/// How sure a duplicate candidate is: `strong` when the two customers share a verified
+/// identifier (a verified email or phone, an external id), `weak` when only the secondary
+/// rule matches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MatchStrength {
+    Weak,
+    Strong,
+}
+
+impl MatchStrength {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Weak => "weak",
+            Self::Strong => "strong",
+        }
+    }
+}
+
+/// What a record can be matched to another by. Its `Debug` names the basis only.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MatchKey {
+    /// A verified email or phone, or an external id: strong.
+    Verified(Identifier),
+    /// The secondary rule's normalised values: weak.
+    Secondary { rule: String, values: Vec<String> },
+}
+
+impl fmt::Debug for MatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MatchKey({}, …)", self.basis())
+    }
+}
+
+impl MatchKey {
+    /// What evidence may say of the match: `email`, `phone`, `external_id.<system>` or the
+    /// rule's fields (`name.family+birth_date`) — a kind, never a value.
+    pub fn basis(&self) -> String {
+        match self {
+            Self::Verified(Identifier::ExternalId { system, .. }) => {
+                format!("external_id.{system}")
+            }
+            Self::Verified(identifier) => identifier.kind().as_str().to_owned(),
+            Self::Secondary { rule, .. } => rule.clone(),
+        }
+    }
+
+    pub fn strength(&self) -> MatchStrength {
+        match self {
+            Self::Verified(_) => MatchStrength::Strong,
+            Self::Secondary { .. } => MatchStrength::Weak,
+        }
+    }
+}
+
+/// What a record is matched to others by: its verified email and phone (a value set without
+/// verification, where the policy allows that, is not proof of anything; a pending change is
+/// not the customer's), its external ids, and the secondary rule's combination. Nothing for
+/// an erased record.
+pub fn match_keys(state: &CustomerState, rule: &SecondaryRule) -> BTreeSet<MatchKey> {
+    let mut out: BTreeSet<MatchKey> = identifiers(state)
+        .into_iter()
+        .filter(|identifier| match identifier {
+            Identifier::Email(_) | Identifier::Phone(_) => identifier.fields().iter().all(|f| {
+                state
+                    .fields
+                    .get(f)
+                    .is_some_and(|r| r.verification.is_some())
+            }),
+            Identifier::ExternalId { .. } => true,
+            // A full name alone proves nothing; the secondary rule may use it with more.
+            Identifier::Name(_) => false,
+        })
+        .map(MatchKey::Verified)
+        .collect();
+    out.extend(rule.key(state));
+    out
+}
+
+/// Why two records may be one person: the strongest basis they share, and every basis they
+/// share (`MatchKey::basis`, sorted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateMatch {
+    pub strength: MatchStrength,
+    pub matched_on: Vec<String>,
+}
+
+/// Whether records `a` and `b` are a duplicate candidate: they share a match key. Decided on
+/// the records themselves (the index only finds candidates), so an index row left stale, or
+/// a value no longer verified, makes no candidate.
+pub fn duplicate_match(
+    a: &CustomerState,
+    b: &CustomerState,
+    rule: &SecondaryRule,
+) -> Option<DuplicateMatch> {
+    let theirs = match_keys(b, rule);
+    let shared: Vec<MatchKey> = match_keys(a, rule)
+        .into_iter()
+        .filter(|k| theirs.contains(k))
+        .collect();
+    let strength = shared.iter().map(MatchKey::strength).max()?;
+    let mut matched_on: Vec<String> = shared.iter().map(MatchKey::basis).collect();
+    matched_on.sort();
+    matched_on.dedup();
+    Some(DuplicateMatch {
+        strength,
+        matched_on,
+    })
 }
 
 #[cfg(test)]
@@ -357,5 +595,135 @@ mod tests {
         let id = Identifier::parse(LookupKind::ExternalId, "crm:C-42").unwrap();
         assert!(!format!("{id:?}").contains("C-42"));
         assert!(!format!("{:?}", LookupKey::new([1; LEN])).contains("01"));
+    }
+    /// A registered record holding `values`; email and phone verified if `verified`.
+    fn record(values: &[(&str, serde_json::Value)], verified: bool) -> CustomerState {
+        use crate::state::{FieldRecord, Verification};
+        let mut state = CustomerState {
+            registered: true,
+            ..CustomerState::default()
+        };
+        for (path, raw) in values {
+            let field = FieldPath::parse(path).unwrap();
+            let value = FieldValue::parse(&field, raw).unwrap();
+            let mut r = FieldRecord::empty();
+            r.value = Some(value);
+            if verified && matches!(field, FieldPath::Email | FieldPath::Phone) {
+                r.verification = Some(Verification {
+                    verified_at: chrono::Utc::now(),
+                    verified_by: crate::ids::SourceId::parse("idp").unwrap(),
+                    evidence: None,
+                });
+            }
+            state.fields.insert(field, r);
+        }
+        state
+    }
+
+    fn rule(fields: &[&str]) -> SecondaryRule {
+        SecondaryRule::parse(&fields.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn a_secondary_rule_combines_two_or_more_known_fields() {
+        assert!(rule(&[]).is_off());
+        // One spelling whatever the order written.
+        assert_eq!(
+            rule(&["birth_date", "name.family"]).name(),
+            "name.family+birth_date"
+        );
+        let bad = |fields: &[&str]| {
+            SecondaryRule::parse(&fields.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>())
+                .unwrap_err()
+        };
+        assert!(bad(&["name.family"]).contains("at least two"));
+        assert!(bad(&["email", "birth_date"]).contains("'email'"));
+        assert!(bad(&["birth_date", "birth_date"]).contains("twice"));
+        assert!(bad(&["name.family", "nonsense"]).contains("'nonsense'"));
+    }
+
+    #[test]
+    fn verified_identifiers_match_strongly_the_secondary_rule_weakly() {
+        let on = rule(&["name.family", "birth_date"]);
+        let ada = record(
+            &[
+                ("email", serde_json::json!("ada@example.org")),
+                ("name.family", serde_json::json!("Lovelace")),
+                ("birth_date", serde_json::json!("1985-12-10")),
+            ],
+            true,
+        );
+        let same_email = record(&[("email", serde_json::json!("ADA@example.org"))], true);
+        let found = duplicate_match(&ada, &same_email, &on).unwrap();
+        assert_eq!(found.strength, MatchStrength::Strong);
+        assert_eq!(found.matched_on, ["email"]);
+
+        // An unverified email (where the policy allowed one) proves nothing.
+        let unverified = record(&[("email", serde_json::json!("ada@example.org"))], false);
+        assert_eq!(duplicate_match(&ada, &unverified, &on), None);
+
+        // Same family name (folded) and birth date: weak; off, nothing.
+        let namesake = record(
+            &[
+                ("name.family", serde_json::json!("  LOVELACE")),
+                ("birth_date", serde_json::json!("1985-12-10")),
+            ],
+            true,
+        );
+        let found = duplicate_match(&ada, &namesake, &on).unwrap();
+        assert_eq!(found.strength, MatchStrength::Weak);
+        assert_eq!(found.matched_on, ["name.family+birth_date"]);
+        assert_eq!(duplicate_match(&ada, &namesake, &rule(&[])), None);
+        // Part of the combination is no match; a full name alone neither.
+        let partly = record(&[("name.family", serde_json::json!("Lovelace"))], true);
+        assert_eq!(duplicate_match(&ada, &partly, &on), None);
+
+        // External ids match per system, and say which system, never the id.
+        let crm = record(&[("external_id.crm", serde_json::json!("C-42"))], false);
+        let found = duplicate_match(&crm, &crm.clone(), &on).unwrap();
+        assert_eq!(found.matched_on, ["external_id.crm"]);
+        let erp = record(&[("external_id.erp", serde_json::json!("C-42"))], false);
+        assert_eq!(duplicate_match(&crm, &erp, &on), None);
+
+        // An erased record matches nothing.
+        let mut erased = ada.clone();
+        erased.erased = Some(crate::state::Erasure {
+            at: chrono::Utc::now(),
+            source: crate::ids::SourceId::parse("admin").unwrap(),
+            reason: "request".to_owned(),
+        });
+        assert!(match_keys(&erased, &on).is_empty());
+        assert!(!format!("{:?}", match_keys(&ada, &on)).contains("ovelace"));
+    }
+
+    #[test]
+    fn the_index_holds_the_combination_under_its_own_label() {
+        let key = LookupKey::new([3; LEN]);
+        let on = rule(&["name.family", "birth_date"]);
+        let ada = record(
+            &[
+                ("name.family", serde_json::json!("Lovelace")),
+                ("birth_date", serde_json::json!("1985-12-10")),
+            ],
+            true,
+        );
+        let plain = key.digests(&identifiers(&ada));
+        let indexed = key.index_digests(&ada, &on);
+        assert_eq!(indexed.len(), plain.len() + 1);
+        assert_eq!(key.index_digests(&ada, &rule(&[])), plain);
+        // The combination's row is never a lookup's row.
+        let combination = match_keys(&ada, &on).into_iter().next().unwrap();
+        let row = key.match_digest(&combination);
+        assert!(indexed.contains(&row) && !plain.contains(&row));
+        // Changing a field of the rule changes the rows; a field outside it does not.
+        let older = record(
+            &[
+                ("name.family", serde_json::json!("Lovelace")),
+                ("birth_date", serde_json::json!("1985-12-11")),
+            ],
+            true,
+        );
+        assert!(index_changed(&ada, &older, &on));
+        assert!(!index_changed(&ada, &older, &rule(&[])));
     }
 }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::field::{FAMILIES, FieldPath, FieldSelector};
 use crate::ids::{Purpose, SourceId};
+use crate::lookup::SecondaryRule;
 use crate::values::{CountryCode, Jurisdiction, LegalBasis, TransferBasis, VerificationLevel};
 
 /// The policy that ships with the project.
@@ -141,7 +142,27 @@ struct PolicyDocument {
     /// out of one lawful.
     #[serde(default, skip_serializing_if = "TransferDocument::is_empty")]
     transfers: TransferDocument,
+    /// `[matching]`: the secondary duplicate rule. Absent or empty: off (and a policy without
+    /// it keeps the version it had).
+    #[serde(default, skip_serializing_if = "MatchingDocument::is_empty")]
+    matching: MatchingDocument,
     fields: BTreeMap<String, FieldRule>,
+}
+
+/// `[matching]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchingDocument {
+    /// Fields whose values, all equal once normalised, make two customers a weak duplicate
+    /// candidate (`crate::lookup::SecondaryRule`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secondary: Vec<String>,
+}
+
+impl MatchingDocument {
+    fn is_empty(&self) -> bool {
+        self.secondary.is_empty()
+    }
 }
 
 /// `[purposes.<purpose>]`.
@@ -285,6 +306,8 @@ pub enum PolicyError {
     ConsentRetainDays(String),
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    Matching(String),
 }
 
 /// A validated authority policy.
@@ -295,6 +318,7 @@ pub struct Policy {
     rules: Vec<FieldRule>,
     /// Rules for single keyed fields (`consent.marketing`) that override their family's.
     keyed: BTreeMap<FieldPath, FieldRule>,
+    secondary: SecondaryRule,
     version: PolicyVersion,
 }
 
@@ -405,6 +429,8 @@ impl Policy {
             return Err(PolicyError::ZeroRetention(name));
         }
         check_usage(&doc)?;
+        let secondary =
+            SecondaryRule::parse(&doc.matching.secondary).map_err(PolicyError::Matching)?;
         let rules = SLOTS
             .iter()
             .map(|name| {
@@ -422,6 +448,7 @@ impl Policy {
             doc,
             rules,
             keyed,
+            secondary,
             version,
         })
     }
@@ -433,6 +460,11 @@ impl Policy {
 
     pub fn version(&self) -> &PolicyVersion {
         &self.version
+    }
+
+    /// The secondary duplicate rule (`[matching] secondary`; off when empty).
+    pub fn secondary_rule(&self) -> &SecondaryRule {
+        &self.secondary
     }
 
     /// The rule governing `field`: its own entry, else (for keyed fields) its family's.

@@ -9,7 +9,7 @@ use idledger_domain::command::Change;
 use idledger_domain::decide::Outcome;
 use idledger_domain::delivery::{
     AUTO_RESOLVER, AckStatus, ChannelKind, ConsumerId, ExceptionKind, ExceptionStatus,
-    ExceptionSubject, HandoffKind, Relation, Resolution,
+    ExceptionSubject, HandoffKind, OtherCustomer, Relation, Resolution,
 };
 use idledger_domain::event::StewardAction;
 use idledger_domain::exception::{
@@ -29,6 +29,11 @@ fn customer() -> CustomerId {
 }
 
 /// The n-th id a caller would pick for a new exception (distinct, deterministic).
+/// The other customer of a duplicate pair (a higher id than `customer()`).
+fn other_customer() -> CustomerId {
+    CustomerId::parse("0195a2b3-4c5d-7e6f-8a9b-0c1d2e3f4a5c").unwrap()
+}
+
 fn id(n: u128) -> Uuid {
     Uuid::from_u128(0x0195_a2b3_4c5d_7000_8000_0000_0000_0000 | n)
 }
@@ -41,6 +46,8 @@ fn at(minutes: i64) -> DateTime<Utc> {
 fn subject_for(kind: ExceptionKind) -> ExceptionSubject {
     if kind.about_source() {
         ExceptionSubject::Source(SourceId::parse("web_app").unwrap())
+    } else if kind.about_customers() {
+        ExceptionSubject::Customer(OtherCustomer::new(other_customer()))
     } else {
         ExceptionSubject::Consumer(ConsumerId::parse("crm-sync").unwrap())
     }
@@ -221,6 +228,7 @@ fn every_variant_round_trips_through_its_wire_name() {
             "proposal",
             "refused_write",
             "delivery_failing",
+            "duplicate_candidate",
         ],
         ExceptionKind::as_str,
     );
@@ -1179,4 +1187,68 @@ fn an_open_exception_is_assigned_and_unassigned_and_a_closed_one_is_not() {
             .code(),
         "exception_closed"
     );
+}
+
+// ---- duplicate candidates ----
+
+#[test]
+fn a_duplicate_pair_names_the_other_customer_and_nothing_else() {
+    let kind = ExceptionKind::DuplicateCandidate;
+    let pair = ExceptionSubject::Customer(OtherCustomer::new(other_customer()));
+    let key = ExceptionKey::new(kind, pair.clone(), customer(), None).unwrap();
+    assert_eq!(key.subject().other_customer(), Some(other_customer()));
+    // Stored as the other customer's id and read back as one, by the kind.
+    assert_eq!(ExceptionSubject::parse(kind, pair.as_str()).unwrap(), pair);
+    assert!(ExceptionSubject::parse(kind, "crm-sync").is_err());
+    // No consumer or source is a pair's subject, and no other kind names a customer.
+    for wrong in [
+        ExceptionSubject::Consumer(ConsumerId::parse("crm-sync").unwrap()),
+        ExceptionSubject::Source(SourceId::parse("web_app").unwrap()),
+    ] {
+        assert!(ExceptionKey::new(kind, wrong, customer(), None).is_err());
+    }
+    for other in [ExceptionKind::Divergent, ExceptionKind::Proposal] {
+        assert!(ExceptionKey::new(other, pair.clone(), customer(), None).is_err());
+    }
+    assert!(!kind.about_consumer() && !kind.about_source());
+    assert_eq!(
+        idledger_domain::exception::resolution_sla(kind, Some(Duration::seconds(60))),
+        Duration::days(7),
+        "no consumer's SLA applies to a pair"
+    );
+}
+
+#[test]
+fn a_duplicate_candidate_can_only_be_dismissed() {
+    let key = key(ExceptionKind::DuplicateCandidate, None);
+    let open = open_state(&[raise(&key, 1, 0)]);
+    // Raised again while open: counted, not opened anew.
+    let again = given(&[raise(&key, 1, 0), raise(&key, 2, 1)]).unwrap();
+    assert_eq!((again.id, again.occurrences), (id(1), 2));
+    for action in [
+        StewardAction::Accept,
+        StewardAction::Repush,
+        StewardAction::Route,
+    ] {
+        let refusal = steward_changes(&open, action, None, Some(&json!("x"))).unwrap_err();
+        assert_eq!(refusal.code(), "dismiss_only", "{action:?}");
+    }
+    assert_eq!(
+        refused(when(&Some(open.clone()), &accept())).code(),
+        "dismiss_only"
+    );
+    assert_eq!(
+        refused(when(&Some(open.clone()), &repush(None))).code(),
+        "dismiss_only"
+    );
+    let events = when(&Some(open.clone()), &dismiss(Some("not the same person"))).unwrap();
+    assert_eq!(names(&events), ["closed:dismissed"]);
+    let changes = steward_changes(
+        &open,
+        StewardAction::Dismiss,
+        Some("not the same person"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(changes.len(), 1);
 }

@@ -477,7 +477,7 @@ pub struct NewSyncException {
 
 impl NewSyncException {
     /// An exception of `kind` about a consumer or, for `proposal` and `refused_write`, a
-    /// source system. A subject of the wrong side is a caller's mistake, not bad input.
+    /// source system, or, for `duplicate_candidate`, the pair's other customer. A subject of the wrong side is a caller's mistake, not bad input.
     pub fn new(
         kind: ExceptionKind,
         subject: impl Into<ExceptionSubject>,
@@ -497,7 +497,8 @@ impl NewSyncException {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SyncException {
     pub id: Uuid,
-    /// The consumer it is about; for `proposal` and `refused_write`, the source system.
+    /// The consumer it is about; for `proposal` and `refused_write`, the source system; for
+    /// `duplicate_candidate`, the pair's other customer.
     #[serde(rename = "consumer_id")]
     pub subject: ExceptionSubject,
     pub customer_id: CustomerId,

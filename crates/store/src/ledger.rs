@@ -19,7 +19,7 @@ use idledger_domain::field::FieldPath;
 use idledger_domain::hashing::{AckKey, HashKey, HashRoot};
 use idledger_domain::ids::ChallengeId;
 use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId};
-use idledger_domain::lookup::{Identifier, LookupKey, identifiers};
+use idledger_domain::lookup::{Identifier, LookupKey, index_changed, match_keys};
 use idledger_domain::policy::Policy;
 use idledger_domain::schema::{CURRENT_SCHEMA_VERSION, EVENT_TYPES, SchemaError, StoredEvent};
 use idledger_domain::state::{CustomerState, Erasure, evolve, evolve_unreadable};
@@ -364,13 +364,47 @@ impl Ledger {
         before: &CustomerState,
         after: &CustomerState,
     ) -> Option<Vec<[u8; 32]>> {
-        let new = identifiers(after);
-        (identifiers(before) != new).then(|| self.lookup_key.digests(&new))
+        index_changed(before, after, self.policy.secondary_rule())
+            .then(|| self.lookup_digests(after))
     }
 
-    /// The blind-index rows a record should have.
+    /// The blind-index rows a record should have: its identifiers' digests and, under the
+    /// policy's secondary duplicate rule, its combination's (see `domain::lookup`). A changed
+    /// rule reaches a customer's rows at their next write that changes them, or `rebuild`.
     pub(crate) fn lookup_digests(&self, state: &CustomerState) -> Vec<[u8; 32]> {
-        self.lookup_key.digests(&identifiers(state))
+        self.lookup_key
+            .index_digests(state, self.policy.secondary_rule())
+    }
+
+    /// The other customers that may be the same person as `state`'s (`customer`): those whose
+    /// index rows hold one of its match keys (`domain::lookup::match_keys`: verified email and
+    /// phone, external ids, the secondary combination), at most `per_key` per key, without
+    /// `customer`, in id order. Digests only: the caller confirms each on both records
+    /// (`lookup::duplicate_match`).
+    pub async fn duplicate_candidates(
+        &self,
+        customer: CustomerId,
+        state: &CustomerState,
+        per_key: u32,
+    ) -> Result<Vec<CustomerId>, StoreError> {
+        let mut out = std::collections::BTreeSet::new();
+        for key in match_keys(state, self.policy.secondary_rule()) {
+            for id in self
+                .log
+                .lookup(
+                    &self.lookup_key.match_digest(&key),
+                    per_key.saturating_add(1),
+                )
+                .await?
+            {
+                if id != customer.as_uuid() {
+                    out.insert(CustomerId::from_uuid(id).map_err(|e| {
+                        StoreError::Integrity(format!("a stored customer id: {e}"))
+                    })?);
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// The database this ledger writes to, for the other areas (deliveries, runs, tokens).

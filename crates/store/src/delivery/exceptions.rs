@@ -11,6 +11,7 @@ use super::{
     ExceptionSubject, KindCount, MAX_PAGE, NewActivity, NewSyncException, Resolution,
     SyncException, customer_id, insert_activity,
 };
+use idledger_domain::delivery::OtherCustomer;
 use idledger_domain::exception::ExceptionEvent;
 
 /// Why an assignment was not made.
@@ -190,7 +191,19 @@ impl Deliveries {
             q.push(" AND consumer_id = ").push_bind(c.as_str());
         }
         if let Some(c) = &filter.customer {
-            q.push(" AND customer_id = ").push_bind(c.as_uuid());
+            // A duplicate pair is keyed on its lower customer and names the other as its
+            // subject: a customer's exceptions include those where it is the other.
+            q.push(" AND (customer_id = ")
+                .push_bind(c.as_uuid())
+                .push(" OR (kind = ")
+                .push_bind(ExceptionKind::DuplicateCandidate.as_str())
+                .push(" AND consumer_id = ")
+                .push_bind(
+                    ExceptionSubject::Customer(OtherCustomer::new(*c))
+                        .as_str()
+                        .to_owned(),
+                )
+                .push("))");
         }
         if filter.open_only {
             q.push(" AND status = 'open'");
@@ -342,7 +355,7 @@ fn push_overdue(q: &mut Sql, now: DateTime<Utc>, slas: &[(ConsumerId, Duration)]
         }
         q.push("(kind = ").push_bind(kind.as_str()).push(" AND (");
         let mut first = true;
-        if !kind.about_source() {
+        if kind.about_consumer() {
             for (sla, ids) in &groups {
                 if !first {
                     q.push(" OR ");
@@ -360,7 +373,7 @@ fn push_overdue(q: &mut Sql, now: DateTime<Utc>, slas: &[(ConsumerId, Duration)]
         }
         q.push("(created_at < ")
             .push_bind(cutoff(resolution_sla(*kind, None)));
-        if !kind.about_source() && !slas.is_empty() {
+        if kind.about_consumer() && !slas.is_empty() {
             q.push(" AND consumer_id NOT IN ")
                 .push_list(slas.iter().map(|(id, _)| id.as_str()));
         }
@@ -462,6 +475,15 @@ pub(crate) async fn close_erased_customers_exceptions(
     let mut q = closing_update(&closing);
     q.push(" AND customer_id = ").push_bind(customer);
     q.execute(&mut *tx).await?;
+    // A duplicate pair where the erased customer is the other one (the subject) is about them
+    // too: it closes the same way. Its evidence names kinds and ids, never values, so it stays.
+    let other = erased_as_other(customer)?;
+    let mut q = closing_update(&closing);
+    q.push(" AND kind = ")
+        .push_bind(ExceptionKind::DuplicateCandidate.as_str())
+        .push(" AND consumer_id = ")
+        .push_bind(other);
+    q.execute(&mut *tx).await?;
     // Every one is closed now, and a closed exception has a note: this one.
     sql(
         "UPDATE sync_exceptions SET detail = '{}', last_action = NULL, resolution_note = $1 \
@@ -478,6 +500,15 @@ pub(crate) async fn close_erased_customers_exceptions(
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// How a duplicate pair's exception stores `customer` when it is the pair's other customer.
+fn erased_as_other(customer: Uuid) -> Result<String, StoreError> {
+    let id = CustomerId::from_uuid(customer)
+        .map_err(|e| StoreError::Integrity(format!("an erased customer's id: {e}")))?;
+    Ok(ExceptionSubject::Customer(OtherCustomer::new(id))
+        .as_str()
+        .to_owned())
 }
 
 /// The resolution note of every exception of an erased customer.
