@@ -50,8 +50,10 @@ fn uuid_param(
 /// Steward actions one page of the activity view shows.
 pub const ACTIVITY_PAGE: u32 = 100;
 
+/// `limit`, 1 to 1000; absent: a page. Present but empty is not a number: refused, as the
+/// OpenAPI document's integer says.
 fn limit_of(params: &HashMap<String, String>) -> Result<u32, ApiError> {
-    match param(params, "limit") {
+    match params.get("limit").map(String::as_str) {
         None => Ok(ACTIVITY_PAGE),
         Some(raw) => raw
             .parse::<u32>()
@@ -275,8 +277,8 @@ fn status_of(raw: Option<&str>) -> Result<Option<ApprovalStatus>, ApiError> {
 #[utoipa::path(
     get, path = "/v1/approvals", tag = "stewardship",
     params(
-        ("status" = Option<String>, Query), ("exception" = Option<String>, Query),
-        ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+        ("status" = Option<String>, Query), ("exception" = Option<uuid::Uuid>, Query),
+        ("after" = Option<uuid::Uuid>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
     ),
     responses(
         (status = 200, body = ApprovalPageView),
@@ -509,8 +511,8 @@ pub fn activity_filter(params: &HashMap<String, String>) -> Result<ActivityFilte
 #[utoipa::path(
     get, path = "/v1/steward-activity", tag = "stewardship",
     params(
-        ("steward" = Option<String>, Query), ("customer" = Option<String>, Query),
-        ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+        ("steward" = Option<String>, Query), ("customer" = Option<uuid::Uuid>, Query),
+        ("after" = Option<uuid::Uuid>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
     ),
     responses(
         (status = 200, body = ActivityPageView),

@@ -1147,6 +1147,13 @@ async fn exceptions_are_assigned_listed_by_assignee_and_logged_as_activity(engin
     app.get("/v1/steward-activity?limit=0", "auditor")
         .await
         .problem(400, "invalid_query");
+    // Present but empty is not a number either (the OpenAPI document says integer).
+    app.get("/v1/steward-activity?limit=", "auditor")
+        .await
+        .problem(400, "invalid_query");
+    app.get("/v1/approvals?limit=", "auditor")
+        .await
+        .problem(400, "invalid_query");
     app.get("/v1/steward-activity", "idp")
         .await
         .problem(403, "forbidden_role");
