@@ -28,7 +28,8 @@ use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::steward::{self, ActionRequest, ActionResult};
 use crate::views::{ExceptionPageView, ExceptionView, FindingView, RunView};
 
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+/// A query parameter's value; empty counts as absent.
+pub(crate) fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     params
         .get(name)
         .map(String::as_str)
@@ -41,15 +42,17 @@ pub fn bad_query(e: &QueryError) -> ApiError {
     ApiError::bad_request("invalid_query", e.to_string()).with("parameter", e.parameter)
 }
 
-fn bad_param(name: &'static str, detail: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad_param(name: &'static str, detail: impl std::fmt::Display) -> ApiError {
     bad_query(&QueryError {
         parameter: name,
         message: detail.to_string(),
     })
 }
 
-fn limit_of(params: &HashMap<String, String>, default: u32) -> Result<u32, ApiError> {
-    match param(params, "limit") {
+/// `limit`, 1 to 1000; absent: `default`. Present but empty is not a number: refused, as the
+/// OpenAPI document's integer says.
+pub(crate) fn limit_of(params: &HashMap<String, String>, default: u32) -> Result<u32, ApiError> {
+    match params.get("limit").map(String::as_str) {
         None => Ok(default),
         Some(raw) => raw
             .parse::<u32>()
@@ -113,7 +116,12 @@ pub async fn list_exceptions(
     }))
 }
 
-fn id_param(params: &HashMap<String, String>, name: &str, what: &str) -> Result<Uuid, ApiError> {
+/// A path's id: 400 `invalid_id` naming what it is unless it is a UUID.
+pub(crate) fn id_param(
+    params: &HashMap<String, String>,
+    name: &str,
+    what: &str,
+) -> Result<Uuid, ApiError> {
     params
         .get(name)
         .and_then(|raw| raw.parse::<Uuid>().ok())

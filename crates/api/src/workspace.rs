@@ -18,22 +18,9 @@ use crate::AppState;
 use crate::auth::{Authorized, Overseers, Stewards};
 use crate::error::{ApiError, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::reconcile::{bad_param, id_param, param};
 use crate::steward::{ActionResult, steward_of};
 use crate::views::ExceptionView;
-
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    params
-        .get(name)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-}
-
-fn bad_param(name: &'static str, detail: impl std::fmt::Display) -> ApiError {
-    crate::reconcile::bad_query(&idledger_app::QueryError {
-        parameter: name,
-        message: detail.to_string(),
-    })
-}
 
 fn uuid_param(
     params: &HashMap<String, String>,
@@ -47,27 +34,11 @@ fn uuid_param(
         .transpose()
 }
 
-/// Steward actions one page of the activity view shows.
+/// Steward actions (and approvals) one page shows unless `limit` says otherwise.
 pub const ACTIVITY_PAGE: u32 = 100;
 
-/// `limit`, 1 to 1000; absent: a page. Present but empty is not a number: refused, as the
-/// OpenAPI document's integer says.
 fn limit_of(params: &HashMap<String, String>) -> Result<u32, ApiError> {
-    match params.get("limit").map(String::as_str) {
-        None => Ok(ACTIVITY_PAGE),
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| bad_param("limit", "must be 1 to 1000")),
-    }
-}
-
-fn path_id(params: &HashMap<String, String>, name: &str, what: &str) -> Result<Uuid, ApiError> {
-    params
-        .get(name)
-        .and_then(|raw| raw.parse::<Uuid>().ok())
-        .ok_or_else(|| ApiError::bad_request("invalid_id", format!("{what} is not a UUID")))
+    crate::reconcile::limit_of(params, ACTIVITY_PAGE)
 }
 
 impl From<WorkflowError> for ApiError {
@@ -126,7 +97,7 @@ pub async fn assign(
     PathParams(params): PathParams,
     JsonBody(body): JsonBody<AssignmentRequest>,
 ) -> Result<Json<ExceptionView>, ApiError> {
-    let id = path_id(&params, "exception_id", "the exception id")?;
+    let id = id_param(&params, "exception_id", "the exception id")?;
     let steward = steward_of(&caller.token)?;
     let to = assign_to(body.assignee.as_deref());
     Ok(Json(ExceptionView::from(
@@ -324,7 +295,7 @@ pub async fn get_approval(
     Authorized(..): Authorized<Overseers>,
     PathParams(params): PathParams,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    let id = path_id(&params, "approval_id", "the approval id")?;
+    let id = id_param(&params, "approval_id", "the approval id")?;
     state
         .app
         .approval(id)
@@ -367,7 +338,7 @@ pub async fn approve(
     PathParams(params): PathParams,
     JsonBody(body): JsonBody<ApprovalDecisionRequest>,
 ) -> Result<Json<ActionResult>, ApiError> {
-    let id = path_id(&params, "approval_id", "the approval id")?;
+    let id = id_param(&params, "approval_id", "the approval id")?;
     approve_as(
         &state,
         &steward_of(&caller.token)?,
@@ -418,7 +389,7 @@ pub async fn reject(
     PathParams(params): PathParams,
     JsonBody(body): JsonBody<ApprovalDecisionRequest>,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    let id = path_id(&params, "approval_id", "the approval id")?;
+    let id = id_param(&params, "approval_id", "the approval id")?;
     let steward = steward_of(&caller.token)?;
     Ok(Json(ApprovalView::from(
         state
