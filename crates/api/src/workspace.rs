@@ -22,11 +22,14 @@ use crate::reconcile::{bad_param, id_param, param};
 use crate::steward::{ActionResult, steward_of};
 use crate::views::ExceptionView;
 
+/// An id in the query. Present but empty is no UUID: refused, as the OpenAPI document's
+/// `uuid` format says.
 fn uuid_param(
     params: &HashMap<String, String>,
     name: &'static str,
 ) -> Result<Option<Uuid>, ApiError> {
-    param(params, name)
+    params
+        .get(name)
         .map(|raw| {
             raw.parse::<Uuid>()
                 .map_err(|_| bad_param(name, "not a UUID"))

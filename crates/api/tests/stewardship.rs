@@ -1154,6 +1154,16 @@ async fn exceptions_are_assigned_listed_by_assignee_and_logged_as_activity(engin
     app.get("/v1/approvals?limit=", "auditor")
         .await
         .problem(400, "invalid_query");
+    for query in [
+        "/v1/approvals?exception=",
+        "/v1/approvals?after=",
+        "/v1/steward-activity?customer=",
+        "/v1/steward-activity?after=",
+    ] {
+        app.get(query, "auditor")
+            .await
+            .problem(400, "invalid_query");
+    }
     app.get("/v1/steward-activity", "idp")
         .await
         .problem(403, "forbidden_role");
