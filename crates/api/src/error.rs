@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use idledger_app::ReadError;
 use idledger_domain::command::{Refusal, Refused};
 use idledger_domain::exception::ExceptionRefusal;
+use idledger_domain::ids::CustomerId;
 use idledger_store::{ExecuteError, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -46,7 +47,13 @@ pub struct ApiError {
     pub extensions: Map<String, Value>,
     retry_after: Option<u32>,
     authenticate: bool,
+    /// For `merged_into`: the survivor, whose URL the redirect names (see `merged_redirect`).
+    survivor: Option<CustomerId>,
 }
+
+/// A `307 merged_into` answer's survivor, left on the response for [`merged_redirect`].
+#[derive(Debug, Clone, Copy)]
+struct MergedInto(CustomerId);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
@@ -57,6 +64,7 @@ impl ApiError {
             extensions: Map::new(),
             retry_after: None,
             authenticate: false,
+            survivor: None,
         }
     }
 
@@ -73,6 +81,15 @@ impl ApiError {
             serde_json::to_value(value).unwrap_or(Value::Null),
         );
         self
+    }
+
+    /// `307 merged_into`: the customer's record is merged into `survivor`; the same request
+    /// goes there (`Location`, the request's URL with the survivor's id).
+    pub fn merged_into(survivor: CustomerId, detail: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::TEMPORARY_REDIRECT, "merged_into", detail)
+            .with("merged_into", survivor);
+        e.survivor = Some(survivor);
+        e
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -139,8 +156,41 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(survivor) = self.survivor {
+            response.extensions_mut().insert(MergedInto(survivor));
+        }
         response
     }
+}
+
+/// Middleware: a `merged_into` answer redirects to the same URL with the survivor's id in
+/// place of the customer's (`/v1/customers/{id}/…`), query kept. One place for every route
+/// that names a customer.
+pub async fn merged_redirect(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = request.uri().clone();
+    let mut response = next.run(request).await;
+    let Some(MergedInto(survivor)) = response.extensions().get::<MergedInto>().copied() else {
+        return response;
+    };
+    let mut segments: Vec<String> = uri.path().split('/').map(str::to_owned).collect();
+    // ["", "v1", "customers", "<id>", …] (or the steward page's "/steward/customers/<id>").
+    if let Some(i) = segments.iter().position(|s| s == "customers")
+        && i + 1 < segments.len()
+    {
+        segments[i + 1] = survivor.to_string();
+        let mut location = segments.join("/");
+        if let Some(query) = uri.query() {
+            location.push('?');
+            location.push_str(query);
+        }
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+    }
+    response
 }
 
 impl From<Refused> for ApiError {
@@ -157,6 +207,9 @@ impl From<Refused> for ApiError {
             Refusal::RecordVersionConflict { .. } => StatusCode::PRECONDITION_FAILED,
             Refusal::NotRegistered | Refusal::UnknownProposal { .. } => StatusCode::NOT_FOUND,
             Refusal::Erased { .. } => StatusCode::GONE,
+            Refusal::MergedInto { survivor } => {
+                return ApiError::merged_into(*survivor, detail);
+            }
             Refusal::InvalidCommand { .. }
             | Refusal::UnknownField { .. }
             | Refusal::InvalidValue { .. }
@@ -257,6 +310,9 @@ impl From<ReadError> for ApiError {
                 ApiError::not_found("not_found", e.to_string())
             }
             ReadError::Erased { customer, at } => ApiError::gone(customer, at),
+            ReadError::MergedInto { survivor, .. } => {
+                ApiError::merged_into(survivor, e.to_string())
+            }
             ReadError::OutOfScope(field) => ApiError::forbidden(
                 "not_readable",
                 format!("the policy does not let this source read {field}"),

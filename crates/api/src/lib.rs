@@ -17,6 +17,7 @@ pub mod export;
 pub mod extract;
 pub mod jwks;
 pub mod limits;
+pub mod merges;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
@@ -222,6 +223,8 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
             get(routes::history),
         )
         .route("/customers/{customer_id}/erasure", post(routes::erase))
+        .route("/customers/{customer_id}/merge", post(merges::merge))
+        .route("/customers/{customer_id}/unmerge", post(merges::unmerge))
         .route("/retention/runs", post(retention::run_retention))
         .route(
             "/customers/{customer_id}/restriction",
@@ -335,6 +338,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
         ))
         .fallback(routes::fallback)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn(error::merged_redirect))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::per_token,

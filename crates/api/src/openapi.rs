@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    decisions, delivery, error, export, jwks, proposals, reconcile, retention, routes, steward,
-    tokens, views, wire, workspace,
+    decisions, delivery, error, export, jwks, merges, proposals, reconcile, retention, routes,
+    steward, tokens, views, wire, workspace,
 };
 
 #[derive(OpenApi)]
@@ -43,6 +43,8 @@ use crate::{
         reconcile::act_on_exception,
         reconcile::act_in_bulk,
         workspace::assign,
+        merges::merge,
+        merges::unmerge,
         workspace::counts,
         workspace::list_approvals,
         workspace::get_approval,
@@ -126,6 +128,8 @@ use crate::{
         views::FindingView,
         reconcile::BulkActionRequest,
         workspace::AssignmentRequest,
+        merges::MergeRequest,
+        merges::MergeView,
         workspace::KindCountView,
         workspace::CountsView,
         workspace::ApprovalView,

@@ -1892,10 +1892,7 @@ fn history_section(e: &SyncException, history: &[RecordedEvent]) -> Markup {
 /// One line about an event, for the history table.
 fn describe(payload: &EventPayload) -> String {
     match payload {
-        EventPayload::FieldSet { value, .. }
-        | EventPayload::ChangeRequested { value, .. }
-        | EventPayload::ChangeVerified { value, .. }
-        | EventPayload::ValueProposed { value, .. } => compact(&value.to_json()),
+        p if p.value().is_some() => p.value().map(|v| compact(&v.to_json())).unwrap_or_default(),
         EventPayload::StewardActed {
             action,
             consumer_id,

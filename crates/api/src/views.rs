@@ -215,6 +215,10 @@ impl RecordView {
 pub struct EventView {
     /// Position in the whole log (commit order).
     pub global_position: u64,
+    /// The record whose stream holds the event: in a survivor's history, a record merged
+    /// into it shows its own events.
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
     #[schema(value_type = uuid::Uuid)]
     pub event_id: EventId,
     /// Position in the customer's stream.
@@ -246,6 +250,7 @@ impl EventView {
         }
         Self {
             global_position: recorded.global_position,
+            customer_id: recorded.customer_id,
             event_id: recorded.envelope.id,
             stream_version: recorded.envelope.stream_version,
             event_type: event.payload.type_name().to_owned(),
@@ -258,13 +263,7 @@ impl EventView {
 }
 
 fn payload_value(payload: &EventPayload) -> Option<&idledger_domain::field::FieldValue> {
-    match payload {
-        EventPayload::FieldSet { value, .. }
-        | EventPayload::ChangeRequested { value, .. }
-        | EventPayload::ChangeVerified { value, .. }
-        | EventPayload::ValueProposed { value, .. } => Some(value),
-        _ => None,
-    }
+    payload.value()
 }
 
 /// A field's history, oldest first.

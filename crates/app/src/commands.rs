@@ -420,6 +420,31 @@ impl App {
     ) -> Result<Erasure, ExecuteError> {
         let admin = SourceId::parse(ADMIN_SOURCE)
             .map_err(|e| ExecuteError::Store(StoreError::Integrity(e.to_string())))?;
+        // One person, two records: a merged record is erased through its survivor, and the
+        // survivor's erasure takes the records merged into it along (it holds copies of
+        // their data, and they hold the rest).
+        if let Some(state) = self.ledger.state(customer).await? {
+            if let Some(link) = &state.merged_into {
+                return Err(ExecuteError::Refused(
+                    Refusal::MergedInto {
+                        survivor: link.customer,
+                    }
+                    .into(),
+                ));
+            }
+            for absorbed in state.absorbed.keys() {
+                match self
+                    .ledger
+                    .erase(*absorbed, &admin, actor.clone(), reason)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(ExecuteError::Refused(r))
+                        if matches!(r.refusal, Refusal::Erased { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         self.ledger.erase(customer, &admin, actor, reason).await
     }
 }

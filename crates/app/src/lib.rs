@@ -26,6 +26,7 @@
 pub mod commands;
 pub mod decisions;
 pub mod export;
+pub mod merges;
 pub mod proposals;
 pub mod reads;
 pub mod retention;

@@ -60,6 +60,12 @@ pub enum ReadError {
         customer: CustomerId,
         at: DateTime<Utc>,
     },
+    /// The record is merged into `survivor`: read that one.
+    #[error("customer {customer} is merged into {survivor}")]
+    MergedInto {
+        customer: CustomerId,
+        survivor: CustomerId,
+    },
     /// The reader's scope does not cover the field (a source reading a consent it may not).
     #[error("this reader may not read {0}")]
     OutOfScope(FieldPath),
@@ -164,6 +170,14 @@ impl App {
                 at: erasure.at,
             });
         }
+        if as_of.is_none()
+            && let Some(link) = state.as_ref().and_then(|s| s.merged_into.as_ref())
+        {
+            return Err(ReadError::MergedInto {
+                customer,
+                survivor: link.customer,
+            });
+        }
         let Some(state) = state else {
             return Err(match as_of {
                 Some(at) if self.ledger.state(customer).await?.is_some() => {
@@ -256,9 +270,19 @@ impl App {
         if !reader.scope().reads_the_past() {
             return Err(ReadError::PastForbidden);
         }
-        if self.ledger.state(customer).await?.is_none() {
+        let Some(state) = self.ledger.state(customer).await? else {
             return Err(ReadError::NotFound(customer));
+        };
+        let mut events = self.ledger.history(customer, field).await?;
+        // A survivor's history shows the records merged into it, with their provenance, up
+        // to the merge (their events after an unmerge are their own again).
+        for (absorbed, link) in &state.absorbed {
+            let theirs = self.ledger.history(*absorbed, field).await?;
+            events.extend(theirs.into_iter().filter(|e| e.recorded_at <= link.at));
         }
-        Ok(self.ledger.history(customer, field).await?)
+        if !state.absorbed.is_empty() {
+            events.sort_by_key(|e| (e.recorded_at, e.global_position));
+        }
+        Ok(events)
     }
 }

@@ -336,6 +336,11 @@ impl Steward {
     pub fn label(&self) -> &str {
         self.actor.id()
     }
+
+    /// The steward as events record them.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
 }
 
 /// Why a list was not given.

@@ -116,8 +116,13 @@ pub fn field_version(payload: &EventPayload) -> Option<u64> {
         | EventPayload::ChangeVerified { version, .. }
         | EventPayload::ChangeCancelled { version, .. }
         | EventPayload::ConsentGranted { version, .. }
-        | EventPayload::ConsentWithdrawn { version, .. } => Some(*version),
-        EventPayload::CustomerRegistered
+        | EventPayload::ConsentWithdrawn { version, .. }
+        | EventPayload::FieldAdopted { version, .. } => Some(*version),
+        EventPayload::CustomerMerged { .. }
+        | EventPayload::MergedInto { .. }
+        | EventPayload::CustomerUnmerged { .. }
+        | EventPayload::UnmergedFrom { .. }
+        | EventPayload::CustomerRegistered
         | EventPayload::ValueProposed { .. }
         | EventPayload::ProposalAccepted { .. }
         | EventPayload::ProposalRejected { .. }
@@ -150,6 +155,31 @@ pub fn payload(p: &EventPayload) -> String {
         }
         EventPayload::FieldCleared { .. } => "cleared".to_owned(),
         EventPayload::FieldExpired { .. } => "expired (retention)".to_owned(),
+        EventPayload::CustomerMerged { absorbed, merge_id } => {
+            format!("customer {absorbed} merged into this record (merge {merge_id})")
+        }
+        EventPayload::MergedInto { survivor, merge_id } => {
+            format!("merged into customer {survivor} (merge {merge_id})")
+        }
+        EventPayload::CustomerUnmerged { absorbed, merge_id } => {
+            format!("merge {merge_id} of customer {absorbed} undone")
+        }
+        EventPayload::UnmergedFrom { survivor, merge_id } => {
+            format!("merge {merge_id} into customer {survivor} undone")
+        }
+        EventPayload::FieldAdopted {
+            adopted, origin, ..
+        } => match adopted.as_ref() {
+            idledger_domain::event::Adopted::Value { value: v, .. } => {
+                format!("{} (taken from customer {origin}'s record)", value(v))
+            }
+            idledger_domain::event::Adopted::Consent { state, .. } => {
+                format!("consent {state:?} (taken from customer {origin}'s record)")
+            }
+            idledger_domain::event::Adopted::Absent => {
+                format!("none (as in customer {origin}'s record)")
+            }
+        },
         EventPayload::ProcessingRestricted { reason } => {
             format!("processing restricted: {reason}")
         }

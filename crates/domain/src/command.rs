@@ -278,6 +278,9 @@ pub enum Refusal {
     /// The record was erased; nothing can be recorded for this customer any more.
     #[error("the customer's record was erased at {erased_at}")]
     Erased { erased_at: DateTime<Utc> },
+    /// The record is merged into another: commands go to the survivor.
+    #[error("the customer's record is merged into {survivor}; send it there")]
+    MergedInto { survivor: CustomerId },
 }
 
 impl Refusal {
@@ -301,6 +304,7 @@ impl Refusal {
             Self::WrongSecret { .. } => "wrong_secret",
             Self::ApprovalRequired { .. } => "approval_required",
             Self::Erased { .. } => "erased",
+            Self::MergedInto { .. } => "merged_into",
         }
     }
 }

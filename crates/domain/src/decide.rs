@@ -89,6 +89,11 @@ pub fn decide(
             erased_at: erasure.at,
         }));
     }
+    if let Some(link) = &state.merged_into {
+        return Err(Refused::from(Refusal::MergedInto {
+            survivor: link.customer,
+        }));
+    }
     validate_command(command, ctx)?;
     if let Some(expected) = command.expected_stream_version
         && expected != state.stream_version
@@ -221,7 +226,12 @@ pub fn decide_expiry(
 ) -> Vec<EventEnvelope> {
     // A restricted record is kept as it is (GDPR Art. 18: the subject may need the data for
     // a claim); retention resumes once the restriction is lifted.
-    if state.erased.is_some() || state.restricted.is_some() || !state.registered {
+    // A merged record is kept as it was until an unmerge: the survivor's copy expires.
+    if state.erased.is_some()
+        || state.restricted.is_some()
+        || state.merged_into.is_some()
+        || !state.registered
+    {
         return Vec::new();
     }
     let expired = |field: &FieldPath, changed_at: DateTime<Utc>| {
@@ -330,7 +340,7 @@ fn check_reason(reason: &str) -> Result<(), Refusal> {
 
 /// Derives the `n`th id from a UUIDv7 seed by counting in its 62 random low bits, so the
 /// version and variant bits — and the timestamp — stay those of the seed.
-fn derive_id(seed: Uuid, n: u64) -> Uuid {
+pub(crate) fn derive_id(seed: Uuid, n: u64) -> Uuid {
     const LOW: u128 = (1 << 62) - 1;
     let s = seed.as_u128();
     let low = (s & LOW).wrapping_add(u128::from(n)) & LOW;

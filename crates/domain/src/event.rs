@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use crate::field::{FieldPath, FieldValue};
 use crate::ids::{
-    Actor, ChallengeId, EventId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose, SourceId,
+    Actor, ChallengeId, CustomerId, EventId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose,
+    SourceId,
 };
 use crate::policy::PolicyVersion;
 use crate::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
@@ -217,6 +218,72 @@ pub enum EventPayload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         routed: Option<Box<RoutedProposal>>,
     },
+    /// A data steward merged `absorbed` into this record (the survivor). The merge's other
+    /// events on this stream (`field_adopted`, proposals) follow it in the same append and
+    /// carry `merge_id` as their causation id; the absorbed record gets `merged_into`.
+    CustomerMerged {
+        merge_id: Uuid,
+        absorbed: CustomerId,
+    },
+    /// This record was merged into `survivor`: kept as it was, read and written through the
+    /// survivor until an unmerge.
+    MergedInto {
+        merge_id: Uuid,
+        survivor: CustomerId,
+    },
+    /// A data steward undid the merge `merge_id` of `absorbed` into this record; the
+    /// `field_adopted` events after it restore the record as it would be without the merge.
+    CustomerUnmerged {
+        merge_id: Uuid,
+        absorbed: CustomerId,
+    },
+    /// The merge of this record into `survivor` was undone: the record stands on its own
+    /// again, with what happened to it meanwhile (`field_adopted` events after this one).
+    UnmergedFrom {
+        merge_id: Uuid,
+        survivor: CustomerId,
+    },
+    /// A field's record taken as a whole from `origin`'s history by a merge or an unmerge.
+    FieldAdopted {
+        field: FieldPath,
+        merge_id: Uuid,
+        origin: CustomerId,
+        adopted: Box<Adopted>,
+        version: u64,
+    },
+}
+
+/// A field's record as a merge or an unmerge carries it from one record to another (see
+/// `EventPayload::FieldAdopted`): the value or consent with its own provenance, so the
+/// receiving record shows who set it, when and on what evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Adopted {
+    Value {
+        value: FieldValue,
+        source: SourceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asserted_at: Option<DateTime<Utc>>,
+        recorded_at: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verification: Option<crate::state::Verification>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending: Option<crate::state::PendingChange>,
+        provenance: Box<Provenance>,
+    },
+    Consent {
+        state: crate::state::ConsentState,
+        terms: ConsentTerms,
+        granted_at: DateTime<Utc>,
+        granted_by: SourceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<OnBehalfOf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        withdrawn_at: Option<DateTime<Utc>>,
+        provenance: Box<Provenance>,
+    },
+    /// The record has no value (or no consent) for the field.
+    Absent,
 }
 
 /// A proposal a steward sent to its field's system of record (see `StewardAction::Route`).
@@ -250,6 +317,39 @@ impl EventPayload {
             Self::StewardActed { .. } => "steward_acted",
             Self::ProcessingRestricted { .. } => "processing_restricted",
             Self::RestrictionLifted { .. } => "restriction_lifted",
+            Self::CustomerMerged { .. } => "customer_merged",
+            Self::MergedInto { .. } => "merged_into",
+            Self::CustomerUnmerged { .. } => "customer_unmerged",
+            Self::UnmergedFrom { .. } => "unmerged_from",
+            Self::FieldAdopted { .. } => "field_adopted",
+        }
+    }
+
+    /// The record's value a change of this event carries (a set, a requested or verified
+    /// change, a proposal, an adopted value).
+    pub fn value(&self) -> Option<&FieldValue> {
+        match self {
+            Self::FieldSet { value, .. }
+            | Self::ChangeRequested { value, .. }
+            | Self::ChangeVerified { value, .. }
+            | Self::ValueProposed { value, .. } => Some(value),
+            Self::FieldAdopted { adopted, .. } => match adopted.as_ref() {
+                Adopted::Value { value, .. } => Some(value),
+                Adopted::Consent { .. } | Adopted::Absent => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The terms of the consent record this event made (a grant, an adopted consent).
+    pub fn consent_terms(&self) -> Option<&ConsentTerms> {
+        match self {
+            Self::ConsentGranted { terms, .. } => Some(terms),
+            Self::FieldAdopted { adopted, .. } => match adopted.as_ref() {
+                Adopted::Consent { terms, .. } => Some(terms),
+                Adopted::Value { .. } | Adopted::Absent => None,
+            },
+            _ => None,
         }
     }
 
@@ -260,7 +360,12 @@ impl EventPayload {
             Self::CustomerRegistered
             | Self::CustomerErased { .. }
             | Self::ProcessingRestricted { .. }
-            | Self::RestrictionLifted { .. } => None,
+            | Self::RestrictionLifted { .. }
+            | Self::CustomerMerged { .. }
+            | Self::MergedInto { .. }
+            | Self::CustomerUnmerged { .. }
+            | Self::UnmergedFrom { .. } => None,
+            Self::FieldAdopted { field, .. } => Some(field.clone()),
             Self::FieldSet { field, .. }
             | Self::FieldCleared { field, .. }
             | Self::FieldExpired { field, .. }

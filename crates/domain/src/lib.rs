@@ -29,6 +29,7 @@ pub mod field;
 pub mod hashing;
 pub mod ids;
 pub mod lookup;
+pub mod merge;
 pub mod policy;
 pub mod receipt;
 pub mod schema;

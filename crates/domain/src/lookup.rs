@@ -189,7 +189,8 @@ impl Identifier {
 /// full name. Nothing for an erased record (it holds no value).
 pub fn identifiers(state: &CustomerState) -> BTreeSet<Identifier> {
     let mut out = BTreeSet::new();
-    if state.erased.is_some() {
+    // A merged record is found through its survivor, which holds its identifiers.
+    if state.erased.is_some() || state.merged_into.is_some() {
         return out;
     }
     for (path, record) in &state.fields {
@@ -387,7 +388,7 @@ impl SecondaryRule {
     /// The normalised combination of a record's values, if it has all of them (and is not
     /// erased; the rule is on).
     fn key(&self, state: &CustomerState) -> Option<MatchKey> {
-        if self.is_off() || state.erased.is_some() {
+        if self.is_off() || state.erased.is_some() || state.merged_into.is_some() {
             return None;
         }
         let mut values = Vec::with_capacity(self.fields.len());

@@ -123,6 +123,11 @@ pub fn record_at_event(
     let purpose = match &envelope.event.payload {
         EventPayload::ConsentGranted { purpose, .. }
         | EventPayload::ConsentWithdrawn { purpose, .. } => purpose,
+        EventPayload::FieldAdopted {
+            field: crate::field::FieldPath::Consent(purpose),
+            adopted,
+            ..
+        } if matches!(adopted.as_ref(), crate::event::Adopted::Consent { .. }) => purpose,
         _ => return None,
     };
     if let Some(record) = state
@@ -131,10 +136,13 @@ pub fn record_at_event(
     {
         return Some((purpose.clone(), record.clone()));
     }
-    if !matches!(envelope.event.payload, EventPayload::ConsentGranted { .. }) {
+    if !matches!(
+        envelope.event.payload,
+        EventPayload::ConsentGranted { .. } | EventPayload::FieldAdopted { .. }
+    ) {
         return None;
     }
-    // The grant alone, folded the way every state is: the record it made.
+    // The grant (or adopted record) alone, folded the way every state is: the record it made.
     let made = crate::state::evolve(CustomerState::default(), envelope);
     made.consents
         .get(purpose)

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{ConsentTerms, EventEnvelope, EventPayload, Provenance};
+use crate::event::{Adopted, ConsentTerms, EventEnvelope, EventPayload, Provenance};
 use crate::field::{FieldPath, FieldValue};
 use crate::hashing::HashKey;
-use crate::ids::{ChallengeId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId};
+use crate::ids::{ChallengeId, CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId};
 use crate::policy::Policy;
 use crate::values::{Evidence, Jurisdiction};
 
@@ -167,6 +167,22 @@ pub struct CustomerState {
     /// Set while the processing of the customer's data is restricted (GDPR Art. 18).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restricted: Option<Restriction>,
+    /// Set while this record is merged into another (the survivor): it is kept as it was and
+    /// reads and commands are sent to the survivor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<MergeLink>,
+    /// The records merged into this one and not unmerged, by absorbed customer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub absorbed: BTreeMap<CustomerId, MergeLink>,
+}
+
+/// One side of a merge as a record remembers it: the other customer, the merge, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeLink {
+    /// The survivor (in `merged_into`) or the absorbed customer (in `absorbed`).
+    pub customer: CustomerId,
+    pub merge_id: uuid::Uuid,
+    pub at: DateTime<Utc>,
 }
 
 /// A restriction of processing: since when, by whom, why.
@@ -460,9 +476,37 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
             });
         }
         EventPayload::RestrictionLifted { .. } => state.restricted = None,
+        EventPayload::CustomerMerged { merge_id, absorbed } => {
+            state.absorbed.insert(
+                *absorbed,
+                MergeLink {
+                    customer: *absorbed,
+                    merge_id: *merge_id,
+                    at,
+                },
+            );
+        }
+        EventPayload::MergedInto { merge_id, survivor } => {
+            state.merged_into = Some(MergeLink {
+                customer: *survivor,
+                merge_id: *merge_id,
+                at,
+            });
+        }
+        EventPayload::CustomerUnmerged { absorbed, .. } => {
+            state.absorbed.remove(absorbed);
+        }
+        EventPayload::UnmergedFrom { .. } => state.merged_into = None,
+        EventPayload::FieldAdopted {
+            field,
+            adopted,
+            version,
+            ..
+        } => adopt(&mut state, field, adopted, envelope, *version),
         EventPayload::CustomerErased { reason } => {
             // Registration stays so that the customer reads as erased rather than unknown.
             state.restricted = None;
+            state.absorbed.clear();
             state.fields.clear();
             state.consents.clear();
             state.proposals.clear();
@@ -493,6 +537,88 @@ pub fn evolve_unreadable(
         state.registered_at = Some(recorded_at);
     }
     state
+}
+
+/// Makes `field`'s record the adopted one, at this record's next `version`: the value or
+/// consent keeps its own provenance, the version and event id are this stream's.
+fn adopt(
+    state: &mut CustomerState,
+    field: &FieldPath,
+    adopted: &Adopted,
+    envelope: &EventEnvelope,
+    version: u64,
+) {
+    if let FieldPath::Consent(purpose) = field {
+        match adopted {
+            Adopted::Consent {
+                state: consent_state,
+                terms,
+                granted_at,
+                granted_by,
+                on_behalf_of,
+                withdrawn_at,
+                provenance,
+            } => {
+                state.expired_consents.remove(purpose);
+                state.consents.insert(
+                    purpose.clone(),
+                    ConsentRecord {
+                        state: *consent_state,
+                        terms: terms.clone(),
+                        granted_at: *granted_at,
+                        granted_by: granted_by.clone(),
+                        on_behalf_of: on_behalf_of.clone(),
+                        withdrawn_at: *withdrawn_at,
+                        version,
+                        provenance: (**provenance).clone(),
+                        last_event_id: envelope.id,
+                    },
+                );
+            }
+            // A consent without a record continues from this version, like an expired one.
+            Adopted::Absent | Adopted::Value { .. } => {
+                state.consents.remove(purpose);
+                state.expired_consents.insert(purpose.clone(), version);
+            }
+        }
+        return;
+    }
+    let rec = state.record_mut(field);
+    match adopted {
+        Adopted::Value {
+            value,
+            source,
+            asserted_at,
+            recorded_at,
+            verification,
+            pending,
+            provenance,
+        } => {
+            rec.value = Some(value.clone());
+            rec.source = Some(source.clone());
+            rec.asserted_at = *asserted_at;
+            rec.recorded_at = Some(*recorded_at);
+            rec.verification = verification.clone();
+            rec.pending = pending.clone();
+            rec.provenance = Some((**provenance).clone());
+            rec.recent.push((envelope.id, value.fingerprint()));
+            if rec.recent.len() > ECHO_WINDOW {
+                rec.recent.remove(0);
+            }
+        }
+        Adopted::Absent | Adopted::Consent { .. } => {
+            // Like a cleared value: consumers are told to drop what they hold.
+            rec.value = None;
+            rec.verification = None;
+            rec.pending = None;
+            rec.source = Some(envelope.event.provenance.source.clone());
+            rec.asserted_at = None;
+            rec.recorded_at = Some(envelope.event.provenance.recorded_at);
+            rec.provenance = Some(envelope.event.provenance.clone());
+        }
+    }
+    touch(rec, envelope, version);
+    rec.value_version = version;
 }
 
 fn touch(rec: &mut FieldRecord, envelope: &EventEnvelope, version: u64) {

@@ -28,8 +28,9 @@
 //!   event (delete everything, including what a withdrawal let it keep), then nothing, ever.
 
 use chrono::{DateTime, Utc};
-use idledger_domain::event::{EventPayload, RepushedValue};
+use idledger_domain::event::{Adopted, EventPayload, RepushedValue};
 use idledger_domain::field::FieldPath;
+use idledger_domain::ids::CustomerId;
 use idledger_domain::policy::Policy;
 use idledger_domain::state::{ConsentStatus, CustomerState};
 use idledger_domain::usage::subject_country;
@@ -80,6 +81,14 @@ pub enum Outgoing {
     /// A steward sent a proposal about a field the consumer selects to it, the field's
     /// system of record (the same id as a source), to accept or reject with its own token.
     Routed { basis: Vec<ConsentBasis> },
+    /// The customer's record was merged into `survivor` (`undone`: the merge was undone and
+    /// the record stands on its own again; its fields follow as changes).
+    Merge {
+        merge_id: uuid::Uuid,
+        survivor: CustomerId,
+        undone: bool,
+        basis: Vec<ConsentBasis>,
+    },
 }
 
 impl Outgoing {
@@ -90,7 +99,8 @@ impl Outgoing {
             | Self::Resume { basis }
             | Self::Restriction { basis, .. }
             | Self::Erasure { basis, .. }
-            | Self::Routed { basis } => basis,
+            | Self::Routed { basis }
+            | Self::Merge { basis, .. } => basis,
         }
     }
 }
@@ -177,7 +187,34 @@ impl FieldChange {
                     version: repush.version,
                 },
             }),
+            // A merge or unmerge moves a field's whole record: sent like any other change.
+            EventPayload::FieldAdopted {
+                field,
+                adopted,
+                version,
+                ..
+            } => Some(match (field, adopted.as_ref()) {
+                (FieldPath::Consent(_), Adopted::Consent { state, .. }) => Self::Consent {
+                    field: field.clone(),
+                    granted: *state == idledger_domain::state::ConsentState::Granted,
+                    version: *version,
+                },
+                (FieldPath::Consent(_), _) | (_, Adopted::Absent | Adopted::Consent { .. }) => {
+                    Self::Cleared {
+                        field: field.clone(),
+                        version: *version,
+                    }
+                }
+                (_, Adopted::Value { .. }) => Self::Set {
+                    field: field.clone(),
+                    version: *version,
+                },
+            }),
             EventPayload::StewardActed { .. }
+            | EventPayload::CustomerMerged { .. }
+            | EventPayload::MergedInto { .. }
+            | EventPayload::CustomerUnmerged { .. }
+            | EventPayload::UnmergedFrom { .. }
             | EventPayload::CustomerRegistered
             | EventPayload::ChangeRequested { .. }
             | EventPayload::ChangeCancelled { .. }
@@ -263,6 +300,15 @@ fn routed_to(consumer: &Consumer, event: &RecordedEvent) -> bool {
     }
 }
 
+/// The merge an absorbed record's `merged_into` (or `unmerged_from`: undone) event records.
+fn merge_marker(event: &RecordedEvent) -> Option<(uuid::Uuid, CustomerId, bool)> {
+    match &event.envelope.event.payload {
+        EventPayload::MergedInto { merge_id, survivor } => Some((*merge_id, *survivor, false)),
+        EventPayload::UnmergedFrom { merge_id, survivor } => Some((*merge_id, *survivor, true)),
+        _ => None,
+    }
+}
+
 fn is_erasure(event: &RecordedEvent) -> bool {
     matches!(
         event.envelope.event.payload,
@@ -311,6 +357,22 @@ pub fn decide(
     }
     if let Some(restriction) = state.and_then(|s| s.restricted.as_ref()) {
         return restricted(consumer, state, relation, policy, now, restriction.since);
+    }
+    if let Some((merge_id, survivor, undone)) = merge_marker(event) {
+        // Told only to consumers that hold the absorbed record's data: it names both ids.
+        return if matches!(relation, Some(Relation::Receiving)) {
+            Decision {
+                messages: vec![Outgoing::Merge {
+                    merge_id,
+                    survivor,
+                    undone,
+                    basis: basis(consumer, state, policy, now),
+                }],
+                relation: None,
+            }
+        } else {
+            Decision::skip()
+        };
     }
     if routed_to(consumer, event) {
         // Work for the system of record, not a change of the record: it moves no relation.

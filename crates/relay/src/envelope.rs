@@ -70,6 +70,15 @@ pub const CUSTOMER_ERASED: &str = "idledger.customer.erased.v1";
 /// reject it with the same system's source token (`accept_proposal` / `reject_proposal`).
 pub const PROPOSAL_ROUTED: &str = "idledger.proposal.routed.v1";
 
+/// The customer's record was merged into another (`data.survivor`): from now on the
+/// survivor's id stands for both; the survivor's changes carry the merged fields.
+pub const CUSTOMER_MERGED: &str = "idledger.customer.merged.v1";
+/// A merge was undone: the customer's record stands on its own again; its fields follow.
+pub const CUSTOMER_UNMERGED: &str = "idledger.customer.unmerged.v1";
+/// The subject's last tokens for merge messages.
+pub const MERGE_SUBJECT_FIELD: &str = "customer.merged";
+pub const UNMERGE_SUBJECT_FIELD: &str = "customer.unmerged";
+
 /// The constant for a CloudEvent type we send (`None`: not one of ours).
 pub fn known_type(event_type: &str) -> Option<&'static str> {
     [
@@ -81,6 +90,8 @@ pub fn known_type(event_type: &str) -> Option<&'static str> {
         PROCESSING_RESTRICTED,
         CUSTOMER_ERASED,
         PROPOSAL_ROUTED,
+        CUSTOMER_MERGED,
+        CUSTOMER_UNMERGED,
     ]
     .into_iter()
     .find(|t| *t == event_type)
@@ -283,6 +294,33 @@ pub fn message(
                 data,
             )
         }
+        Outgoing::Merge {
+            merge_id,
+            survivor,
+            undone,
+            ..
+        } => {
+            let data = json!({
+                "merge_id": merge_id,
+                "survivor": keys.names.show(*survivor).to_string(),
+                "absorbed": keys.names.show(event.customer_id).to_string(),
+                "provenance": provenance(event)?,
+            });
+            let (event_type, field) = if *undone {
+                (CUSTOMER_UNMERGED, UNMERGE_SUBJECT_FIELD)
+            } else {
+                (CUSTOMER_MERGED, MERGE_SUBJECT_FIELD)
+            };
+            (
+                Some(envelope.id.as_uuid()),
+                HandoffKind::Notice,
+                event_type,
+                None,
+                Some(field.to_owned()),
+                selectors(consumer),
+                data,
+            )
+        }
         Outgoing::Erasure { erased_at, .. } => {
             let data = json!({
                 "action": "delete_all",
@@ -430,20 +468,22 @@ fn change_data(
     let version = change.version();
     let mut data = serde_json::Map::new();
     data.insert("field".to_owned(), json!(change.field().to_string()));
-    let event_type = match (change, payload) {
-        (
-            FieldChange::Set { .. },
-            EventPayload::FieldSet { value, .. }
-            | EventPayload::ChangeVerified { value, .. }
-            | EventPayload::StewardActed {
-                repush:
-                    Some(Repush {
-                        value: RepushedValue::Set { value },
-                        ..
-                    }),
-                ..
-            },
-        ) => {
+    let set_value = match payload {
+        EventPayload::StewardActed {
+            repush:
+                Some(Repush {
+                    value: RepushedValue::Set { value },
+                    ..
+                }),
+            ..
+        } => Some(value),
+        EventPayload::FieldSet { .. }
+        | EventPayload::ChangeVerified { .. }
+        | EventPayload::FieldAdopted { .. } => payload.value(),
+        _ => None,
+    };
+    let event_type = match (change, set_value) {
+        (FieldChange::Set { .. }, Some(value)) => {
             data.insert("value".to_owned(), value.to_json());
             data.insert("value_hash".to_owned(), json!(hash_key.value(value)));
             FIELD_CHANGED
@@ -451,7 +491,7 @@ fn change_data(
         (FieldChange::Consent { granted, .. }, _) => {
             data.insert("value".to_owned(), json!(consent_state(*granted)));
             data.insert("value_hash".to_owned(), json!(hash_key.consent(*granted)));
-            if let EventPayload::ConsentGranted { terms, .. } = payload {
+            if let Some(terms) = payload.consent_terms() {
                 data.insert("terms".to_owned(), serde_json::to_value(terms)?);
             }
             CONSENT_CHANGED

@@ -47,6 +47,9 @@ use crate::projection;
 use crate::state_cache::StateCache;
 use crate::store::Store;
 
+mod merge;
+pub use merge::{MergeError, MergeResult};
+
 /// How often a command is re-decided when its customer's stream moved on underneath it.
 const MAX_ATTEMPTS: u32 = 16;
 /// Events per page when scanning the whole log.

@@ -50,7 +50,8 @@ pub use error::{ExecuteError, StoreError};
 pub use jws::TokenSigner;
 pub use keys::{Keys, RewrapOptions, RewrapPlan, RewrapReport};
 pub use ledger::{
-    CommandResult, Executed, Ledger, LedgerOptions, RebuildReport, SignedCheckpoint, VerifyReport,
+    CommandResult, Executed, Ledger, LedgerOptions, MergeError, MergeResult, RebuildReport,
+    SignedCheckpoint, VerifyReport,
 };
 pub use log::EventLog;
 pub use model::{LogEntry, RecordedEvent, ShreddedEvent};

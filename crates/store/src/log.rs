@@ -61,6 +61,31 @@ impl EventLog {
         }
     }
 
+    /// Writes appends to several streams in one transaction, all or none (a merge writes
+    /// both records): the first that is not appended rolls everything back and is returned.
+    pub(crate) async fn write_linked(
+        &self,
+        requests: &[AppendRequest],
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut tx = self.db.begin_exclusive().await?;
+        let mut position = head(&mut tx).await?;
+        let mut all = Vec::new();
+        for req in requests {
+            let outcome = match append_one(&mut tx, req, position).await {
+                Err(e) if e.is_unique_violation() => AppendOutcome::VersionConflict,
+                other => other?,
+            };
+            let AppendOutcome::Appended { positions } = outcome else {
+                // Dropped unfinished: rolled back.
+                return Ok(outcome);
+            };
+            position += positions.len() as u64;
+            all.extend(positions);
+        }
+        tx.commit().await?;
+        Ok(AppendOutcome::Appended { positions: all })
+    }
+
     /// SQLite: empties the write-ahead log into the database (see [`Db::truncate_wal`]);
     /// false if readers kept it from completing.
     pub(crate) async fn truncate_wal(&self) -> Result<bool, StoreError> {

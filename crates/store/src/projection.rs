@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use idledger_domain::state::{
-    ConsentRecord, CustomerState, Erasure, FieldRecord, Proposal, Restriction,
+    ConsentRecord, CustomerState, Erasure, FieldRecord, MergeLink, Proposal, Restriction,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -59,6 +59,12 @@ struct CustomerRow {
     /// Every other row of the customer is sealed. Absent in rows written before sealing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     sealed: bool,
+    /// Merges, in the clear (customer ids only): a redirect and an erasure must find the
+    /// other side without the data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    merged_into: Option<MergeLink>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    absorbed: BTreeMap<idledger_domain::ids::CustomerId, MergeLink>,
 }
 
 /// Every row of a customer's projection, sorted by (kind, key).
@@ -73,6 +79,8 @@ pub fn rows(state: &CustomerState) -> Result<Vec<ProjectionRow>, StoreError> {
         expired_consents: state.expired_consents.clone(),
         restricted: None,
         sealed: true,
+        merged_into: state.merged_into.clone(),
+        absorbed: state.absorbed.clone(),
     };
     rows.push(row(CUSTOMER, String::new(), &customer)?);
     if let Some(restriction) = &state.restricted {
@@ -168,6 +176,8 @@ fn customer_into(record: &str, state: &mut CustomerState) -> Result<(), StoreErr
     if c.restricted.is_some() {
         state.restricted = c.restricted;
     }
+    state.merged_into = c.merged_into;
+    state.absorbed = c.absorbed;
     Ok(())
 }
 

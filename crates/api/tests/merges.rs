@@ -1,0 +1,304 @@
+//! Merge and unmerge over real HTTP on both engines: the steward's routes and their
+//! refusals, the absorbed record's `307 merged_into` redirects (reads and commands), the
+//! survivor's history showing the absorbed record's events, and what a feed consumer that
+//! held the absorbed record is sent.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Engine, Reply, TestApp, grant, on_both_engines};
+
+on_both_engines!(
+    a_steward_merges_and_the_absorbed_record_redirects,
+    a_feed_consumer_is_told_of_the_merge_and_the_unmerge,
+    merges_are_for_stewards_and_refused_when_they_make_no_sense,
+);
+
+const MERGED: &str = "idledger.customer.merged.v1";
+const UNMERGED: &str = "idledger.customer.unmerged.v1";
+
+fn set(field: &str, value: &str) -> Value {
+    json!({"op": "set_field", "field": field, "value": value})
+}
+
+async fn merge(app: &TestApp, how: &str, survivor: &str, absorbed: &str, as_: &str) -> Reply {
+    app.send(
+        Method::POST,
+        &format!("/v1/customers/{survivor}/{how}"),
+        Some(as_),
+        None,
+        Some(&json!({"absorbed": absorbed, "reason": "same person: documents checked"})),
+    )
+    .await
+}
+
+async fn consents(app: &TestApp, c: &str) {
+    let reply = app
+        .command(
+            "consent_portal",
+            c,
+            &format!("grant-{c}"),
+            json!([grant("service", "DE")]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+async fn feed(app: &TestApp, token: &str) -> Vec<Value> {
+    let reply = app.get("/v1/feed", token).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn a_steward_merges_and_the_absorbed_record_redirects(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let a = app.register("idp", json!([set("name.given", "Ada")])).await;
+    let b = app
+        .register("idp", json!([set("phone", "+442079460958")]))
+        .await;
+    let merged = merge(&app, "merge", &a, &b, "steward").await;
+    assert_eq!(merged.status, StatusCode::OK, "{}", merged.text);
+    assert_eq!(merged.body["survivor"], a.as_str());
+    assert_eq!(merged.body["absorbed"], b.as_str());
+    assert!(
+        merged.body["survivor_fields"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("phone")),
+        "{}",
+        merged.body
+    );
+
+    // A read of the absorbed record answers 307 with the survivor's URL.
+    let client = no_redirects();
+    let read = Reply::from(
+        client
+            .get(app.url(&format!("/v1/customers/{b}")))
+            .bearer_auth(app.token("steward"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    read.problem(307, "merged_into");
+    assert_eq!(read.body["merged_into"], a.as_str());
+    assert_eq!(
+        read.header("location"),
+        Some(format!("/v1/customers/{a}").as_str())
+    );
+    // A command to it too, to the survivor's commands.
+    let command = Reply::from(
+        client
+            .post(app.url(&format!("/v1/customers/{b}/commands")))
+            .bearer_auth(app.token("web_app"))
+            .header("Idempotency-Key", "locale-after-merge")
+            .json(
+                &json!({"provenance": support::provenance(), "changes": [set("locale", "fr-FR")]}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    command.problem(307, "merged_into");
+    assert_eq!(
+        command.header("location"),
+        Some(format!("/v1/customers/{a}/commands").as_str())
+    );
+    // A client that follows redirects lands on the survivor, the command included.
+    let followed = app
+        .command(
+            "web_app",
+            &b,
+            "locale-followed",
+            json!([set("locale", "fr-FR")]),
+        )
+        .await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.text);
+    assert_eq!(followed.body["customer_id"], a.as_str());
+    let record = app.get(&format!("/v1/customers/{b}"), "steward").await;
+    assert_eq!(record.status, StatusCode::OK, "{}", record.text);
+    assert_eq!(record.body["customer_id"], a.as_str());
+    // The absorbed record's past is still its own, for auditors.
+    let past = app
+        .get(
+            &format!("/v1/customers/{b}?as_of=2999-01-01T00:00:00Z"),
+            "auditor",
+        )
+        .await;
+    assert_eq!(past.status, StatusCode::OK, "{}", past.text);
+
+    // The survivor's phone history shows the absorbed record's event with its provenance,
+    // then the adoption.
+    let history = app
+        .get(
+            &format!("/v1/customers/{a}/fields/phone/history"),
+            "auditor",
+        )
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.text);
+    let events = history.body["events"].as_array().unwrap();
+    let shown: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["customer_id"].as_str().unwrap().to_owned(),
+                e["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            (b.clone(), "field_set".to_owned()),
+            (a.clone(), "field_adopted".to_owned())
+        ]
+    );
+    assert_eq!(events[0]["provenance"]["source"], "idp");
+    assert_eq!(events[1]["data"]["value"], "+442079460958");
+}
+
+async fn a_feed_consumer_is_told_of_the_merge_and_the_unmerge(engine: Engine) {
+    let mut app = TestApp::start(engine).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["phone", "name.*"], "purposes": ["service"],
+    }))
+    .await;
+    let token = app.consumer_token("crm-sync").await;
+    let a = app.register("idp", json!([set("name.given", "Ada")])).await;
+    let b = app
+        .register("idp", json!([set("phone", "+442079460958")]))
+        .await;
+    consents(&app, &a).await;
+    consents(&app, &b).await;
+    let before = feed(&app, &token).await;
+    assert!(before.iter().any(|e| e["subject"] == b.as_str()));
+
+    assert_eq!(
+        merge(&app, "merge", &a, &b, "steward").await.status,
+        StatusCode::OK
+    );
+    let after: Vec<Value> = feed(&app, &token)
+        .await
+        .into_iter()
+        .skip(before.len())
+        .collect();
+    let told: Vec<&Value> = after.iter().filter(|e| e["type"] == MERGED).collect();
+    assert_eq!(told.len(), 1, "{after:?}");
+    assert_eq!(told[0]["subject"], b.as_str());
+    assert_eq!(told[0]["data"]["survivor"], a.as_str());
+    assert_eq!(told[0]["data"]["absorbed"], b.as_str());
+    // The survivor's phone, taken from B, is sent as A's change.
+    assert!(
+        after.iter().any(|e| e["subject"] == a.as_str()
+            && e["type"] == "idledger.field.changed.v1"
+            && e["data"]["field"] == "phone"
+            && e["data"]["value"] == "+442079460958"),
+        "{after:?}"
+    );
+
+    let seen = before.len() + after.len();
+    assert_eq!(
+        merge(&app, "unmerge", &a, &b, "steward").await.status,
+        StatusCode::OK
+    );
+    let undone: Vec<Value> = feed(&app, &token).await.into_iter().skip(seen).collect();
+    assert!(
+        undone
+            .iter()
+            .any(|e| e["type"] == UNMERGED && e["subject"] == b.as_str()),
+        "{undone:?}"
+    );
+    // A no longer has the phone; B's is sent again.
+    assert!(
+        undone.iter().any(|e| e["subject"] == a.as_str()
+            && e["type"] == "idledger.field.cleared.v1"
+            && e["data"]["field"] == "phone"),
+        "{undone:?}"
+    );
+    assert!(
+        undone.iter().any(|e| e["subject"] == b.as_str()
+            && e["type"] == "idledger.field.changed.v1"
+            && e["data"]["value"] == "+442079460958"),
+        "{undone:?}"
+    );
+}
+
+async fn merges_are_for_stewards_and_refused_when_they_make_no_sense(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let a = app.register("idp", json!([])).await;
+    let b = app.register("idp", json!([])).await;
+    merge(&app, "merge", &a, &b, "idp")
+        .await
+        .problem(403, "forbidden_role");
+    merge(&app, "merge", &a, &a, "steward")
+        .await
+        .problem(422, "same_customer");
+    merge(&app, "unmerge", &a, &b, "steward")
+        .await
+        .problem(409, "not_merged");
+    let unknown = "01900000-0000-7000-8000-000000000000";
+    merge(&app, "merge", &a, unknown, "steward")
+        .await
+        .problem(404, "not_registered");
+    let empty = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{a}/merge"),
+            Some("steward"),
+            None,
+            Some(&json!({"absorbed": b, "reason": "  "})),
+        )
+        .await;
+    empty.problem(422, "invalid_value");
+    assert_eq!(
+        merge(&app, "merge", &a, &b, "steward").await.status,
+        StatusCode::OK
+    );
+    merge(&app, "merge", &a, &b, "steward")
+        .await
+        .problem(409, "already_merged");
+    // The erasure of the absorbed record goes to the survivor, and the survivor's takes both.
+    let redirected = Reply::from(
+        no_redirects()
+            .post(app.url(&format!("/v1/customers/{b}/erasure")))
+            .bearer_auth(app.token("admin"))
+            .json(&json!({"reason": "subject's request", "actor": {"kind": "agent", "id": "dpo@example.org"}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    redirected.problem(307, "merged_into");
+    let body =
+        json!({"reason": "subject's request", "actor": {"kind": "agent", "id": "dpo@example.org"}});
+    let erased = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{a}/erasure"),
+            Some("admin"),
+            None,
+            Some(&body),
+        )
+        .await;
+    assert!(erased.status.is_success(), "{}", erased.text);
+    for c in [&a, &b] {
+        app.get(&format!("/v1/customers/{c}"), "steward")
+            .await
+            .problem(410, "erased");
+    }
+}

@@ -1,0 +1,436 @@
+//! Merge and unmerge (issue 17), on both engines with the real store: survivorship, the most
+//! protective consent, redirects, the blind index, the duplicate candidate closed with the
+//! merge, changes made while merged routed back at the unmerge — and the property that a
+//! merge undone leaves both visible records as they were.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use idledger_app::{App, ReadError, Reader, Steward};
+use idledger_domain::command::{Change, Refusal};
+use idledger_domain::field::FieldValue;
+use idledger_domain::ids::{CustomerId, Purpose};
+use idledger_domain::lookup::{Identifier, LookupKind};
+use idledger_domain::merge::{MergeRefusal, Visible};
+use idledger_domain::state::ConsentState;
+use idledger_store::delivery::{ExceptionFilter, ExceptionKind, ExceptionStatus};
+use idledger_store::{ExecuteError, MergeError};
+use idledger_testkit::builders::{
+    field, fresh_command, grant, new_customer, set, source, withdraw,
+};
+use idledger_testkit::{Engine, TestStore, on_both_engines};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{Value, json};
+
+async fn app(engine: Engine) -> (TestStore, App) {
+    let store = TestStore::new(engine).await;
+    let app = App::new(store.ledger.clone());
+    (store, app)
+}
+
+fn steward() -> Steward {
+    Steward::new("merger").unwrap()
+}
+
+async fn write(app: &App, by: &str, customer: CustomerId, changes: Vec<Change>) {
+    app.run_command(&source(by), &fresh_command(customer, changes))
+        .await
+        .unwrap_or_else(|e| panic!("command by {by} failed: {e}"));
+}
+
+async fn registered(app: &App, changes: Vec<Change>) -> CustomerId {
+    let customer = new_customer();
+    let mut all = vec![Change::Register];
+    all.extend(changes);
+    write(app, "idp", customer, all).await;
+    customer
+}
+
+async fn visible(app: &App, customer: CustomerId) -> Visible {
+    Visible::of(&app.ledger().state(customer).await.unwrap().unwrap())
+}
+
+fn value(app_state: &Visible, path: &str) -> Option<Value> {
+    app_state
+        .fields
+        .get(&field(path))
+        .and_then(|f| f.value.as_ref())
+        .map(FieldValue::to_json)
+}
+
+fn consent(app_state: &Visible, purpose: &str) -> Option<ConsentState> {
+    app_state
+        .consents
+        .get(&Purpose::parse(purpose).unwrap())
+        .map(|c| c.state)
+}
+
+async fn merge_of_two_records_takes_values_by_authority_and_the_most_protective_consent(
+    engine: Engine,
+) {
+    let (_store, app) = app(engine).await;
+    // The survivor's given name came from the web app, the absorbed one's from the idp (the
+    // system of record): the idp's wins, the other becomes a proposal. The family names
+    // differ, both from the idp: the survivor keeps its own, the other is proposed.
+    let a = registered(&app, vec![set("name.family", json!("Lovelace"))]).await;
+    write(&app, "web_app", a, vec![set("name.given", json!("Ada"))]).await;
+    write(
+        &app,
+        "consent_portal",
+        a,
+        vec![grant("marketing", None), grant("analytics", None)],
+    )
+    .await;
+    let b = registered(
+        &app,
+        vec![
+            set("name.given", json!("Augusta")),
+            set("name.family", json!("King")),
+            set("phone", json!("+442079460958")),
+        ],
+    )
+    .await;
+    write(
+        &app,
+        "consent_portal",
+        b,
+        vec![grant("marketing", None), withdraw("marketing")],
+    )
+    .await;
+    write(&app, "consent_portal", b, vec![grant("profiling", None)]).await;
+
+    let done = app
+        .merge(&steward(), a, b, "same person: passport checked")
+        .await
+        .unwrap();
+    assert_eq!((done.survivor, done.absorbed), (a, b));
+
+    let merged = visible(&app, a).await;
+    assert_eq!(
+        value(&merged, "name.given"),
+        Some(json!("Augusta")),
+        "the system of record's value wins"
+    );
+    assert_eq!(
+        value(&merged, "name.family"),
+        Some(json!("Lovelace")),
+        "the survivor's authoritative value stays"
+    );
+    assert_eq!(
+        value(&merged, "phone"),
+        Some(json!("+442079460958")),
+        "an empty field takes the other's"
+    );
+    assert_eq!(
+        consent(&merged, "marketing"),
+        Some(ConsentState::Withdrawn),
+        "a withdrawal anywhere wins"
+    );
+    assert_eq!(consent(&merged, "analytics"), Some(ConsentState::Granted));
+    assert_eq!(
+        consent(&merged, "profiling"),
+        Some(ConsentState::Granted),
+        "a consent only the other had is taken"
+    );
+    // The adopted phone keeps its own provenance: the idp set it on the other record.
+    let phone = merged.fields.get(&field("phone")).unwrap();
+    assert_eq!(phone.source.as_ref().unwrap().as_str(), "idp");
+    let proposed: Vec<(String, Value)> = merged
+        .proposals
+        .values()
+        .map(|(f, v, _)| (f.to_string(), v.to_json()))
+        .collect();
+    assert!(
+        proposed.contains(&("name.given".to_owned(), json!("Ada"))),
+        "{proposed:?}"
+    );
+    assert!(
+        proposed.contains(&("name.family".to_owned(), json!("King"))),
+        "{proposed:?}"
+    );
+
+    // The absorbed record is frozen and answers with the survivor.
+    let frozen = app.ledger().state(b).await.unwrap().unwrap();
+    assert_eq!(frozen.merged_into.as_ref().map(|l| l.customer), Some(a));
+    let refused = app
+        .run_command(
+            &source("idp"),
+            &fresh_command(b, vec![set("name.given", json!("Ada"))]),
+        )
+        .await
+        .unwrap_err();
+    match refused {
+        ExecuteError::Refused(r) => assert_eq!(r.refusal, Refusal::MergedInto { survivor: a }),
+        other => panic!("expected merged_into, got {other}"),
+    }
+    match app.read_record(&Reader::Overseer, b, None).await {
+        Err(ReadError::MergedInto { survivor, .. }) => assert_eq!(survivor, a),
+        other => panic!(
+            "expected a redirect to the survivor, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // Found by the absorbed record's phone: only the survivor, which holds it now.
+    let phone = Identifier::parse(LookupKind::Phone, "+442079460958").unwrap();
+    assert_eq!(app.ledger().find(&phone, 10).await.unwrap(), vec![a]);
+}
+
+async fn merges_that_cannot_be_undone_alone_are_refused(engine: Engine) {
+    let (_store, app) = app(engine).await;
+    let a = registered(&app, vec![]).await;
+    let b = registered(&app, vec![]).await;
+    let c = registered(&app, vec![]).await;
+    let refusal = |r: Result<_, MergeError>| match r {
+        Err(MergeError::Refused(refusal)) => refusal.code(),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    };
+    assert_eq!(
+        refusal(app.merge(&steward(), a, a, "x").await),
+        "same_customer"
+    );
+    assert_eq!(
+        refusal(app.merge(&steward(), a, new_customer(), "x").await),
+        "not_registered"
+    );
+    app.merge(&steward(), a, b, "same person").await.unwrap();
+    assert_eq!(
+        refusal(app.merge(&steward(), c, b, "x").await),
+        "already_merged"
+    );
+    assert_eq!(
+        refusal(app.merge(&steward(), b, c, "x").await),
+        "already_merged"
+    );
+    assert_eq!(
+        refusal(app.merge(&steward(), c, a, "x").await),
+        "merge_chain"
+    );
+    assert_eq!(
+        refusal(app.unmerge(&steward(), c, a, "x").await),
+        "not_merged"
+    );
+    assert_eq!(
+        refusal(app.unmerge(&steward(), b, a, "x").await),
+        "not_merged"
+    );
+    app.unmerge(&steward(), a, b, "not the same person")
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(app.unmerge(&steward(), a, b, "again").await),
+        "not_merged"
+    );
+    // Merged again after an unmerge, and undone again.
+    app.merge(&steward(), b, a, "same person after all")
+        .await
+        .unwrap();
+    app.unmerge(&steward(), b, a, "no").await.unwrap();
+    let _: MergeRefusal = MergeRefusal::SameCustomer;
+}
+
+async fn changes_made_while_merged_go_back_to_the_record_they_were_about(engine: Engine) {
+    let (_store, app) = app(engine).await;
+    let a = registered(&app, vec![set("name.given", json!("Ada"))]).await;
+    let b = registered(&app, vec![set("phone", json!("+442079460958"))]).await;
+    write(&app, "consent_portal", b, vec![grant("marketing", None)]).await;
+    write(&app, "consent_portal", a, vec![grant("analytics", None)]).await;
+    app.merge(&steward(), a, b, "same person").await.unwrap();
+
+    // The phone came from B: its change is about B. The locale is A's own. A withdrawal is
+    // about both.
+    write(&app, "idp", a, vec![set("phone", json!("+33142685300"))]).await;
+    write(&app, "web_app", a, vec![set("locale", json!("fr-FR"))]).await;
+    write(
+        &app,
+        "consent_portal",
+        a,
+        vec![withdraw("marketing"), withdraw("analytics")],
+    )
+    .await;
+
+    app.unmerge(&steward(), a, b, "two people after all")
+        .await
+        .unwrap();
+    let ours = visible(&app, a).await;
+    let theirs = visible(&app, b).await;
+    assert_eq!(
+        value(&ours, "phone"),
+        None,
+        "the survivor never had a phone"
+    );
+    assert_eq!(value(&ours, "locale"), Some(json!("fr-FR")));
+    assert_eq!(value(&ours, "name.given"), Some(json!("Ada")));
+    assert_eq!(
+        consent(&ours, "marketing"),
+        None,
+        "the survivor never consented to marketing"
+    );
+    assert_eq!(consent(&ours, "analytics"), Some(ConsentState::Withdrawn));
+    assert_eq!(
+        value(&theirs, "phone"),
+        Some(json!("+33142685300")),
+        "the change was about B"
+    );
+    assert_eq!(value(&theirs, "locale"), None);
+    assert_eq!(
+        consent(&theirs, "marketing"),
+        Some(ConsentState::Withdrawn),
+        "a withdrawal reaches both"
+    );
+    assert!(
+        app.ledger()
+            .state(b)
+            .await
+            .unwrap()
+            .unwrap()
+            .merged_into
+            .is_none()
+    );
+    // B takes commands and is found by its phone again; A no longer is.
+    write(&app, "web_app", b, vec![set("locale", json!("en-GB"))]).await;
+    let phone = Identifier::parse(LookupKind::Phone, "+33142685300").unwrap();
+    assert_eq!(app.ledger().find(&phone, 10).await.unwrap(), vec![b]);
+}
+
+async fn a_merge_closes_the_duplicate_candidate_of_the_pair(engine: Engine) {
+    let (_store, app) = app(engine).await;
+    let a = registered(&app, vec![set("email", json!("ada@example.org"))]).await;
+    let b = registered(&app, vec![set("email", json!("ada@example.org"))]).await;
+    let filter = ExceptionFilter {
+        kind: Some(ExceptionKind::DuplicateCandidate),
+        ..ExceptionFilter::default()
+    };
+    let open = app.deliveries().exceptions(&filter, 10).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].status, ExceptionStatus::Open);
+    app.merge(&steward(), b, a, "same person").await.unwrap();
+    let closed = app
+        .deliveries()
+        .exception(open[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(closed.status, ExceptionStatus::Open);
+    assert!(closed.resolution_note.unwrap().contains("merged into"));
+}
+
+on_both_engines!(
+    merge_of_two_records_takes_values_by_authority_and_the_most_protective_consent,
+    merges_that_cannot_be_undone_alone_are_refused,
+    changes_made_while_merged_go_back_to_the_record_they_were_about,
+    a_merge_closes_the_duplicate_candidate_of_the_pair,
+);
+
+// ---- the property: merge then unmerge leaves both visible records as they were ----
+
+/// Fields a record may have in a generated case: path, the values to pick from, and two
+/// writers (the system of record first) allowed to set it.
+const FIELDS: [(&str, &[&str], [&str; 2]); 5] = [
+    ("name.given", &["Ada", "Grace", "Alan"], ["idp", "web_app"]),
+    ("name.family", &["Lovelace", "Hopper"], ["idp", "web_app"]),
+    ("locale", &["en-GB", "fr-FR"], ["web_app", "web_app"]),
+    (
+        "preferences.newsletter",
+        &["true", "false"],
+        ["web_app", "support_portal"],
+    ),
+    ("phone", &["+442079460958", "+33142685300"], ["idp", "idp"]),
+];
+const PURPOSES: [&str; 3] = ["marketing", "analytics", "profiling"];
+
+#[derive(Debug, Clone)]
+struct RecordSpec {
+    /// Per field: absent, or (value index, writer index).
+    fields: Vec<Option<(usize, usize)>>,
+    /// Per purpose: 0 none, 1 granted, 2 granted then withdrawn.
+    consents: Vec<u8>,
+}
+
+fn record_spec() -> impl Strategy<Value = RecordSpec> {
+    (
+        proptest::collection::vec(proptest::option::of((0usize..3, 0usize..2)), FIELDS.len()),
+        proptest::collection::vec(0u8..3, PURPOSES.len()),
+    )
+        .prop_map(|(fields, consents)| RecordSpec { fields, consents })
+}
+
+async fn build(app: &App, spec: &RecordSpec) -> CustomerId {
+    let customer = registered(app, vec![]).await;
+    for (i, chosen) in spec.fields.iter().enumerate() {
+        let Some((v, w)) = chosen else { continue };
+        let (path, values, writers) = FIELDS[i];
+        let raw = values[v % values.len()];
+        let json = match path {
+            "preferences.newsletter" => json!(raw == "true"),
+            _ => json!(raw),
+        };
+        write(app, writers[*w], customer, vec![set(path, json)]).await;
+    }
+    for (i, state) in spec.consents.iter().enumerate() {
+        match state {
+            1 => {
+                write(
+                    app,
+                    "consent_portal",
+                    customer,
+                    vec![grant(PURPOSES[i], None)],
+                )
+                .await
+            }
+            2 => {
+                write(
+                    app,
+                    "consent_portal",
+                    customer,
+                    vec![grant(PURPOSES[i], None)],
+                )
+                .await;
+                write(app, "consent_portal", customer, vec![withdraw(PURPOSES[i])]).await;
+            }
+            _ => {}
+        }
+    }
+    customer
+}
+
+/// Runs the property on `engine` in a runtime of its own (proptest drives the cases).
+fn merge_then_unmerge_restores_both(engine: Engine) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (store, app) = runtime.block_on(app(engine));
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&(record_spec(), record_spec()), |(ours, theirs)| {
+            runtime.block_on(async {
+                let a = build(&app, &ours).await;
+                let b = build(&app, &theirs).await;
+                let (before_a, before_b) = (visible(&app, a).await, visible(&app, b).await);
+                app.merge(&steward(), a, b, "property").await.unwrap();
+                app.unmerge(&steward(), a, b, "property").await.unwrap();
+                prop_assert_eq!(visible(&app, a).await, before_a);
+                prop_assert_eq!(visible(&app, b).await, before_b);
+                // And the log still verifies, both streams' chains included.
+                Ok(())
+            })
+        })
+        .unwrap();
+    let report = runtime.block_on(app.ledger().verify(&|_, _| {})).unwrap();
+    assert!(report.intact(), "{report:?}");
+    drop(store);
+}
+
+#[test]
+fn merge_then_unmerge_restores_both_records_postgres() {
+    merge_then_unmerge_restores_both(Engine::Postgres);
+}
+
+#[test]
+fn merge_then_unmerge_restores_both_records_sqlite() {
+    merge_then_unmerge_restores_both(Engine::Sqlite);
+}

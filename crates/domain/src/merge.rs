@@ -1,0 +1,691 @@
+//! Merging two records of one person, and undoing it exactly.
+//!
+//! A merge keeps both streams. The absorbed record gets `merged_into` and is frozen: kept as
+//! it was, its reads and commands sent to the survivor. The survivor gets `customer_merged`
+//! and one `field_adopted` per field it takes from the absorbed record, with that record's
+//! own provenance, plus a proposal for each conflicting value:
+//!
+//! - **values**: an empty field takes the absorbed value; on a conflict the field's system of
+//!   record wins (the absorbed value only if it came from the system of record and the
+//!   survivor's did not) and the losing value becomes a proposal for stewards;
+//! - **consents**: the most protective record wins: a withdrawal on either side, else the
+//!   grant that lapses first (earlier expiry, then the older grant); a consent only the
+//!   absorbed record has is taken.
+//!
+//! An unmerge ([`decide_unmerge`]) replays both histories without the merge: the survivor
+//! as if the merge had not happened, the absorbed record as it was; what happened to the
+//! survivor since is routed to the record it was about. A change of a field the survivor
+//! took from the absorbed record is about the absorbed record (so is the acceptance of a
+//! proposal of its value), a withdrawal is about both (a withdrawal anywhere wins), anything
+//! else stays with the survivor. Both records are then written as `field_adopted` events:
+//! the survivor's differences, and the absorbed record in full (its consumers are sent it
+//! again). Versions move forward; values, consents and their provenance are restored.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::decide::derive_id;
+use crate::event::{Adopted, Event, EventEnvelope, EventPayload, Provenance};
+use crate::field::{FieldPath, FieldValue};
+use crate::ids::{CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId};
+use crate::policy::Policy;
+use crate::state::{
+    ConsentRecord, ConsentState, CustomerState, FieldRecord, PendingChange, Verification, evolve,
+    fold,
+};
+use crate::values::Jurisdiction;
+
+/// The reason an unmerge gives the proposals the merge opened and nobody decided.
+pub const UNMERGE_REASON: &str = "the merge that proposed it was undone";
+
+/// Why a merge or an unmerge was refused; nothing was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum MergeRefusal {
+    #[error("a record cannot be merged into itself")]
+    SameCustomer,
+    #[error("customer {customer} is not registered")]
+    NotRegistered { customer: CustomerId },
+    #[error("customer {customer} is erased")]
+    Erased { customer: CustomerId },
+    #[error("customer {customer} is already merged into {survivor}")]
+    AlreadyMerged {
+        customer: CustomerId,
+        survivor: CustomerId,
+    },
+    /// The absorbed record holds merged records of its own: unmerge them first, so that
+    /// every merge can be undone on its own.
+    #[error("customer {customer} has records merged into it; unmerge them first")]
+    MergeChain { customer: CustomerId },
+    #[error("the processing of customer {customer}'s data is restricted; lift it first")]
+    Restricted { customer: CustomerId },
+    #[error("customer {absorbed} is not merged into {survivor}")]
+    NotMerged {
+        survivor: CustomerId,
+        absorbed: CustomerId,
+    },
+    #[error("the history of customer {customer} does not hold the merge it names")]
+    HistoryMismatch { customer: CustomerId },
+}
+
+impl MergeRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::SameCustomer => "same_customer",
+            Self::NotRegistered { .. } => "not_registered",
+            Self::Erased { .. } => "erased",
+            Self::AlreadyMerged { .. } => "already_merged",
+            Self::MergeChain { .. } => "merge_chain",
+            Self::Restricted { .. } => "restricted",
+            Self::NotMerged { .. } => "not_merged",
+            Self::HistoryMismatch { .. } => "history_mismatch",
+        }
+    }
+}
+
+/// One side of a merge or unmerge: the customer and the state its stream is at.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    pub id: CustomerId,
+    pub state: &'a CustomerState,
+}
+
+/// What a merge or an unmerge records: the events of each stream, in order, and the merge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeEvents {
+    pub merge_id: Uuid,
+    pub survivor: Vec<EventEnvelope>,
+    pub absorbed: Vec<EventEnvelope>,
+}
+
+/// Mints the events of one merge or unmerge: ids from the seed, each stream's versions, the
+/// merge's provenance (its causation id is the merge).
+struct Minter<'a> {
+    seed: Uuid,
+    minted: u64,
+    provenance: Provenance,
+    policy: &'a Policy,
+}
+
+impl Minter<'_> {
+    fn next_id(&mut self) -> Uuid {
+        self.minted += 1;
+        derive_id(self.seed, self.minted)
+    }
+
+    fn push(&mut self, stream: &mut Vec<EventEnvelope>, base: u64, payload: EventPayload) {
+        let id = EventId::from(self.next_id());
+        stream.push(EventEnvelope {
+            id,
+            stream_version: base + stream.len() as u64 + 1,
+            event: Event {
+                payload,
+                provenance: self.provenance.clone(),
+                policy_version: self.policy.version().clone(),
+            },
+        });
+    }
+}
+
+fn check_live(side: Side<'_>) -> Result<(), MergeRefusal> {
+    if side.state.erased.is_some() {
+        return Err(MergeRefusal::Erased { customer: side.id });
+    }
+    if !side.state.registered {
+        return Err(MergeRefusal::NotRegistered { customer: side.id });
+    }
+    Ok(())
+}
+
+/// Decides the merge of `absorbed` into `survivor` (see the module). `provenance` names the
+/// steward and the reason; `seed` is a fresh UUIDv7, which becomes the merge's id.
+pub fn decide_merge(
+    survivor: Side<'_>,
+    absorbed: Side<'_>,
+    provenance: Provenance,
+    policy: &Policy,
+    seed: Uuid,
+) -> Result<MergeEvents, MergeRefusal> {
+    if survivor.id == absorbed.id {
+        return Err(MergeRefusal::SameCustomer);
+    }
+    for side in [survivor, absorbed] {
+        check_live(side)?;
+        if let Some(link) = &side.state.merged_into {
+            return Err(MergeRefusal::AlreadyMerged {
+                customer: side.id,
+                survivor: link.customer,
+            });
+        }
+        if side.state.restricted.is_some() {
+            return Err(MergeRefusal::Restricted { customer: side.id });
+        }
+    }
+    if !absorbed.state.absorbed.is_empty() {
+        return Err(MergeRefusal::MergeChain {
+            customer: absorbed.id,
+        });
+    }
+    let merge_id = seed;
+    let mut minter = Minter {
+        seed,
+        minted: 0,
+        provenance: Provenance {
+            causation_id: Some(merge_id),
+            ..provenance
+        },
+        policy,
+    };
+    let (a, b) = (survivor.state, absorbed.state);
+    let base = a.stream_version;
+    let mut events = Vec::new();
+    minter.push(
+        &mut events,
+        base,
+        EventPayload::CustomerMerged {
+            merge_id,
+            absorbed: absorbed.id,
+        },
+    );
+    let mut proposals: Vec<(FieldPath, FieldValue)> = Vec::new();
+    for (field, theirs) in &b.fields {
+        let Some(their_value) = &theirs.value else {
+            continue;
+        };
+        let Some(adopted) = adopted_value(theirs, false) else {
+            continue;
+        };
+        let ours = a.fields.get(field).filter(|r| r.value.is_some());
+        let take = match ours.and_then(|r| r.value.as_ref().map(|v| (r, v))) {
+            None => true,
+            Some((_, our_value)) if our_value == their_value => false,
+            Some((ours, our_value)) => {
+                let sor = &policy.rule(field).system_of_record;
+                let theirs_wins =
+                    theirs.source.as_ref() == Some(sor) && ours.source.as_ref() != Some(sor);
+                let loser = if theirs_wins { our_value } else { their_value };
+                proposals.push((field.clone(), loser.clone()));
+                theirs_wins
+            }
+        };
+        if take {
+            minter.push(
+                &mut events,
+                base,
+                EventPayload::FieldAdopted {
+                    field: field.clone(),
+                    merge_id,
+                    origin: absorbed.id,
+                    adopted: Box::new(adopted),
+                    version: a.field_version(field) + 1,
+                },
+            );
+        }
+    }
+    for (purpose, theirs) in &b.consents {
+        let take = match a.consents.get(purpose) {
+            None => true,
+            Some(ours) => more_protective(theirs, ours),
+        };
+        if take {
+            minter.push(
+                &mut events,
+                base,
+                EventPayload::FieldAdopted {
+                    field: FieldPath::Consent(purpose.clone()),
+                    merge_id,
+                    origin: absorbed.id,
+                    adopted: Box::new(adopted_consent(theirs)),
+                    version: a.consent_version(purpose) + 1,
+                },
+            );
+        }
+    }
+    for (field, value) in proposals {
+        let proposal_id = ProposalId::from(minter.next_id());
+        minter.push(
+            &mut events,
+            base,
+            EventPayload::ValueProposed {
+                proposal_id,
+                field,
+                value,
+            },
+        );
+    }
+    let mut frozen = Vec::new();
+    minter.push(
+        &mut frozen,
+        b.stream_version,
+        EventPayload::MergedInto {
+            merge_id,
+            survivor: survivor.id,
+        },
+    );
+    Ok(MergeEvents {
+        merge_id,
+        survivor: events,
+        absorbed: frozen,
+    })
+}
+
+/// Whether consent record `theirs` is more protective than `ours`: a withdrawal wins over a
+/// grant; between grants, the one that lapses first (earlier expiry, then the older grant).
+fn more_protective(theirs: &ConsentRecord, ours: &ConsentRecord) -> bool {
+    match (theirs.state, ours.state) {
+        (ConsentState::Withdrawn, ConsentState::Granted) => true,
+        (_, ConsentState::Withdrawn) => false,
+        (ConsentState::Granted, ConsentState::Granted) => {
+            let lapse = |c: &ConsentRecord| c.terms.expires_at.unwrap_or(DateTime::<Utc>::MAX_UTC);
+            (lapse(theirs), theirs.granted_at) < (lapse(ours), ours.granted_at)
+        }
+    }
+}
+
+/// A field record as a merge or unmerge carries it; `None` if it holds no value. A pending
+/// change moves only with an unmerge (`keep_pending`): a merge leaves it with its record.
+fn adopted_value(rec: &FieldRecord, keep_pending: bool) -> Option<Adopted> {
+    Some(Adopted::Value {
+        value: rec.value.clone()?,
+        source: rec.source.clone()?,
+        asserted_at: rec.asserted_at,
+        recorded_at: rec.recorded_at?,
+        verification: rec.verification.clone(),
+        pending: rec.pending.clone().filter(|_| keep_pending),
+        provenance: Box::new(rec.provenance.clone()?),
+    })
+}
+
+fn adopted_consent(c: &ConsentRecord) -> Adopted {
+    Adopted::Consent {
+        state: c.state,
+        terms: c.terms.clone(),
+        granted_at: c.granted_at,
+        granted_by: c.granted_by.clone(),
+        on_behalf_of: c.on_behalf_of.clone(),
+        withdrawn_at: c.withdrawn_at,
+        provenance: Box::new(c.provenance.clone()),
+    }
+}
+
+/// Decides the undoing of the merge of `absorbed` into `survivor` (see the module), from
+/// both full histories (the events of each stream, in order) and their current states.
+pub fn decide_unmerge(
+    survivor: Side<'_>,
+    survivor_history: &[EventEnvelope],
+    absorbed: Side<'_>,
+    absorbed_history: &[EventEnvelope],
+    provenance: Provenance,
+    policy: &Policy,
+    seed: Uuid,
+) -> Result<MergeEvents, MergeRefusal> {
+    let not_merged = || MergeRefusal::NotMerged {
+        survivor: survivor.id,
+        absorbed: absorbed.id,
+    };
+    check_live(survivor)?;
+    check_live(absorbed)?;
+    let link = survivor
+        .state
+        .absorbed
+        .get(&absorbed.id)
+        .ok_or_else(not_merged)?;
+    let merge_id = link.merge_id;
+    if absorbed
+        .state
+        .merged_into
+        .as_ref()
+        .map(|l| (l.customer, l.merge_id))
+        != Some((survivor.id, merge_id))
+    {
+        return Err(not_merged());
+    }
+    let (mut ours, mut theirs) = replay_apart(
+        survivor,
+        survivor_history,
+        absorbed,
+        absorbed_history,
+        merge_id,
+    )?;
+    // Both keep what they hold in the clear about other merges.
+    ours.absorbed.remove(&absorbed.id);
+    theirs.merged_into = None;
+    let mut minter = Minter {
+        seed,
+        minted: 0,
+        provenance: Provenance {
+            causation_id: Some(merge_id),
+            ..provenance
+        },
+        policy,
+    };
+    let a = survivor.state;
+    let mut events = Vec::new();
+    minter.push(
+        &mut events,
+        a.stream_version,
+        EventPayload::CustomerUnmerged {
+            merge_id,
+            absorbed: absorbed.id,
+        },
+    );
+    let now_visible = Visible::of(a);
+    let target = Visible::of(&ours);
+    for field in now_visible
+        .fields
+        .keys()
+        .chain(target.fields.keys())
+        .collect::<BTreeSet<_>>()
+    {
+        if now_visible.fields.get(field) == target.fields.get(field) {
+            continue;
+        }
+        let adopted = ours
+            .fields
+            .get(field)
+            .and_then(|r| adopted_value(r, true))
+            .unwrap_or(Adopted::Absent);
+        minter.push(
+            &mut events,
+            a.stream_version,
+            EventPayload::FieldAdopted {
+                field: field.clone(),
+                merge_id,
+                origin: survivor.id,
+                adopted: Box::new(adopted),
+                version: a.field_version(field) + 1,
+            },
+        );
+    }
+    for purpose in now_visible
+        .consents
+        .keys()
+        .chain(target.consents.keys())
+        .collect::<BTreeSet<_>>()
+    {
+        if now_visible.consents.get(purpose) == target.consents.get(purpose) {
+            continue;
+        }
+        let adopted = ours
+            .consents
+            .get(purpose)
+            .map_or(Adopted::Absent, adopted_consent);
+        minter.push(
+            &mut events,
+            a.stream_version,
+            EventPayload::FieldAdopted {
+                field: FieldPath::Consent(purpose.clone()),
+                merge_id,
+                origin: survivor.id,
+                adopted: Box::new(adopted),
+                version: a.consent_version(purpose) + 1,
+            },
+        );
+    }
+    for (proposal_id, p) in &a.proposals {
+        if !ours.proposals.contains_key(proposal_id) {
+            minter.push(
+                &mut events,
+                a.stream_version,
+                EventPayload::ProposalRejected {
+                    proposal_id: *proposal_id,
+                    field: p.field.clone(),
+                    reason: UNMERGE_REASON.to_owned(),
+                },
+            );
+        }
+    }
+    // The absorbed record is written in full: its consumers may have let it go at the merge.
+    let b = absorbed.state;
+    let frozen = Visible::of(b);
+    let mut restored = Vec::new();
+    minter.push(
+        &mut restored,
+        b.stream_version,
+        EventPayload::UnmergedFrom {
+            merge_id,
+            survivor: survivor.id,
+        },
+    );
+    let theirs_visible = Visible::of(&theirs);
+    let origin = |changed: bool| if changed { survivor.id } else { absorbed.id };
+    for field in frozen
+        .fields
+        .keys()
+        .chain(theirs_visible.fields.keys())
+        .collect::<BTreeSet<_>>()
+    {
+        let changed = frozen.fields.get(field) != theirs_visible.fields.get(field);
+        let adopted = theirs
+            .fields
+            .get(field)
+            .and_then(|r| adopted_value(r, true))
+            .unwrap_or(Adopted::Absent);
+        minter.push(
+            &mut restored,
+            b.stream_version,
+            EventPayload::FieldAdopted {
+                field: field.clone(),
+                merge_id,
+                origin: origin(changed),
+                adopted: Box::new(adopted),
+                version: b.field_version(field) + 1,
+            },
+        );
+    }
+    for purpose in frozen
+        .consents
+        .keys()
+        .chain(theirs_visible.consents.keys())
+        .collect::<BTreeSet<_>>()
+    {
+        let changed = frozen.consents.get(purpose) != theirs_visible.consents.get(purpose);
+        let adopted = theirs
+            .consents
+            .get(purpose)
+            .map_or(Adopted::Absent, adopted_consent);
+        minter.push(
+            &mut restored,
+            b.stream_version,
+            EventPayload::FieldAdopted {
+                field: FieldPath::Consent(purpose.clone()),
+                merge_id,
+                origin: origin(changed),
+                adopted: Box::new(adopted),
+                version: b.consent_version(purpose) + 1,
+            },
+        );
+    }
+    Ok(MergeEvents {
+        merge_id,
+        survivor: events,
+        absorbed: restored,
+    })
+}
+
+/// Both records as they would be had merge `merge_id` not happened: the survivor's history
+/// without the merge's events, the absorbed record's up to its `merged_into`, and the
+/// survivor's later events routed to the record each was about (see the module).
+fn replay_apart(
+    survivor: Side<'_>,
+    survivor_history: &[EventEnvelope],
+    absorbed: Side<'_>,
+    absorbed_history: &[EventEnvelope],
+    merge_id: Uuid,
+) -> Result<(CustomerState, CustomerState), MergeRefusal> {
+    let start = survivor_history
+        .iter()
+        .position(|e| {
+            matches!(&e.event.payload, EventPayload::CustomerMerged { merge_id: m, .. } if *m == merge_id)
+        })
+        .ok_or(MergeRefusal::HistoryMismatch {
+            customer: survivor.id,
+        })?;
+    let frozen_at = absorbed_history
+        .iter()
+        .position(|e| {
+            matches!(&e.event.payload, EventPayload::MergedInto { merge_id: m, .. } if *m == merge_id)
+        })
+        .ok_or(MergeRefusal::HistoryMismatch {
+            customer: absorbed.id,
+        })?;
+    let mut ours = fold(&survivor_history[..start]);
+    let mut theirs = fold(&absorbed_history[..frozen_at]);
+    // The merge's own events: the marker and what follows it with the merge as its cause.
+    let merge_len = survivor_history[start..]
+        .iter()
+        .take_while(|e| e.event.provenance.causation_id == Some(merge_id))
+        .count();
+    // Which record each field's current value is about, for the fields the merge touched.
+    let mut owner: BTreeMap<FieldPath, CustomerId> = BTreeMap::new();
+    let mut proposed: BTreeMap<ProposalId, CustomerId> = BTreeMap::new();
+    for e in &survivor_history[start..start + merge_len] {
+        match &e.event.payload {
+            EventPayload::FieldAdopted { field, origin, .. } => {
+                owner.insert(field.clone(), *origin);
+            }
+            // A proposal of the field the absorbed record won holds the survivor's value.
+            EventPayload::ValueProposed {
+                proposal_id, field, ..
+            } => {
+                let whose = if owner.get(field) == Some(&absorbed.id) {
+                    survivor.id
+                } else {
+                    absorbed.id
+                };
+                proposed.insert(*proposal_id, whose);
+            }
+            _ => {}
+        }
+    }
+    for e in &survivor_history[start + merge_len..] {
+        let payload = &e.event.payload;
+        if let EventPayload::ConsentWithdrawn { .. } = payload {
+            ours = evolve(ours, e);
+            theirs = evolve(theirs, e);
+            continue;
+        }
+        if let EventPayload::FieldSet {
+            field,
+            proposal_id: Some(p),
+            ..
+        } = payload
+            && let Some(whose) = proposed.get(p)
+        {
+            owner.insert(field.clone(), *whose);
+        }
+        let about_absorbed = match payload {
+            // Proposals stay where they were made; one the merge opened is in neither.
+            EventPayload::ValueProposed { .. }
+            | EventPayload::ProposalAccepted { .. }
+            | EventPayload::ProposalRejected { .. } => false,
+            _ => payload
+                .field()
+                .is_some_and(|f| owner.get(&f) == Some(&absorbed.id)),
+        };
+        if about_absorbed {
+            theirs = evolve(theirs, e);
+        } else {
+            ours = evolve(ours, e);
+        }
+    }
+    Ok((ours, theirs))
+}
+
+/// A record as its readers see it: values and consents with their provenance, open
+/// proposals, registration, restriction and erasure — without the versions and event ids
+/// that order its stream. An unmerge restores this, and a merge undone leaves it as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visible {
+    pub registered: bool,
+    pub erased: bool,
+    pub restricted: bool,
+    pub fields: BTreeMap<FieldPath, VisibleField>,
+    pub consents: BTreeMap<Purpose, VisibleConsent>,
+    pub proposals: BTreeMap<ProposalId, (FieldPath, FieldValue, SourceId)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisibleField {
+    pub value: Option<FieldValue>,
+    pub source: Option<SourceId>,
+    pub asserted_at: Option<DateTime<Utc>>,
+    pub recorded_at: Option<DateTime<Utc>>,
+    pub verification: Option<Verification>,
+    pub pending: Option<PendingChange>,
+    pub provenance: Option<Provenance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisibleConsent {
+    pub state: ConsentState,
+    pub terms: crate::event::ConsentTerms,
+    pub granted_at: DateTime<Utc>,
+    pub granted_by: SourceId,
+    pub on_behalf_of: Option<OnBehalfOf>,
+    pub withdrawn_at: Option<DateTime<Utc>>,
+    pub jurisdiction: Jurisdiction,
+    pub provenance: Provenance,
+}
+
+impl Visible {
+    pub fn of(state: &CustomerState) -> Self {
+        Self {
+            registered: state.registered,
+            erased: state.erased.is_some(),
+            restricted: state.restricted.is_some(),
+            // A field without a value (cleared, or never set) reads as absent.
+            fields: state
+                .fields
+                .iter()
+                .filter(|(_, r)| r.value.is_some() || r.pending.is_some())
+                .map(|(f, r)| {
+                    (
+                        f.clone(),
+                        VisibleField {
+                            value: r.value.clone(),
+                            source: r.value.as_ref().and(r.source.clone()),
+                            asserted_at: r.value.as_ref().and(r.asserted_at),
+                            recorded_at: r.value.as_ref().and(r.recorded_at),
+                            verification: r.verification.clone(),
+                            pending: r.pending.clone(),
+                            provenance: r.value.as_ref().and(r.provenance.clone()),
+                        },
+                    )
+                })
+                .collect(),
+            consents: state
+                .consents
+                .iter()
+                .map(|(p, c)| {
+                    (
+                        p.clone(),
+                        VisibleConsent {
+                            state: c.state,
+                            terms: c.terms.clone(),
+                            granted_at: c.granted_at,
+                            granted_by: c.granted_by.clone(),
+                            on_behalf_of: c.on_behalf_of.clone(),
+                            withdrawn_at: c.withdrawn_at,
+                            jurisdiction: c.terms.jurisdiction.clone(),
+                            provenance: c.provenance.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            proposals: state
+                .proposals
+                .iter()
+                .map(|(id, p)| {
+                    (
+                        *id,
+                        (p.field.clone(), p.value.clone(), p.proposed_by.clone()),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
