@@ -130,6 +130,7 @@ use crate::{
         workspace::AssignmentRequest,
         merges::MergeRequest,
         merges::MergeView,
+        views::MergeLinkView,
         workspace::KindCountView,
         workspace::CountsView,
         workspace::ApprovalView,

@@ -45,6 +45,32 @@ pub struct RecordView {
     pub consents: Vec<ConsentView>,
     /// Values proposed by non-authoritative sources, waiting for a steward.
     pub proposals: Vec<ProposalView>,
+    /// Set while this record is merged into another (seen only as of an instant: a read of
+    /// it now is redirected to the survivor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<MergeLinkView>,
+    /// The records merged into this one and not unmerged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub absorbed: Vec<MergeLinkView>,
+}
+
+/// One side of a merge: the other record, the merge, when.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MergeLinkView {
+    #[schema(value_type = uuid::Uuid)]
+    pub customer_id: CustomerId,
+    pub merge_id: uuid::Uuid,
+    pub merged_at: DateTime<Utc>,
+}
+
+impl From<&idledger_domain::state::MergeLink> for MergeLinkView {
+    fn from(link: &idledger_domain::state::MergeLink) -> Self {
+        Self {
+            customer_id: link.customer,
+            merge_id: link.merge_id,
+            merged_at: link.at,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -206,6 +232,8 @@ impl RecordView {
             fields,
             consents,
             proposals,
+            merged_into: state.merged_into.as_ref().map(MergeLinkView::from),
+            absorbed: state.absorbed.values().map(MergeLinkView::from).collect(),
         }
     }
 }

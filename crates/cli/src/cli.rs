@@ -93,6 +93,9 @@ pub enum Command {
     /// Find customers by email, phone, external id (SYSTEM:ID) or full name, through the
     /// blind index; prints their ids, one a line.
     Find(crate::commands::find::FindArgs),
+    /// Merge one customer's record into another's as a data steward (the first stays; the
+    /// second is kept, frozen, and sends reads and commands to it), or undo it with --undo.
+    Merge(crate::commands::merge::MergeArgs),
     /// Export everything about a customer for the data subject (access and portability):
     /// the record, every event with provenance, handoffs, disclosures and sync exceptions.
     Export(crate::commands::export::ExportArgs),

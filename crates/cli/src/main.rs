@@ -58,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::History(args) => commands::history::run(&settings, args, &mut out).await?,
             Command::Record(args) => commands::record::run(&settings, args, &mut out).await?,
             Command::Find(args) => commands::find::run(&settings, args, &mut out).await?,
+            Command::Merge(args) => commands::merge::run(&settings, args, &mut out).await?,
             Command::Export(args) => commands::export::run(&settings, args, &mut out).await?,
             Command::Restrict(args) => commands::restrict::run(&settings, args, &mut out).await?,
             Command::Demo => commands::demo::run(&settings, &mut out).await?,

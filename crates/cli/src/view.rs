@@ -16,6 +16,22 @@ pub fn write_text(view: &RecordView, w: &mut dyn Write) -> io::Result<()> {
     }
     kv(w, 2, "registered at", opt(view.registered_at.map(time)))?;
     kv(w, 2, "stream version", view.stream_version)?;
+    if let Some(link) = &view.merged_into {
+        kv(
+            w,
+            2,
+            "merged into",
+            format!("{} since {}", link.customer_id, time(link.merged_at)),
+        )?;
+    }
+    for link in &view.absorbed {
+        kv(
+            w,
+            2,
+            "merged into it",
+            format!("{} since {}", link.customer_id, time(link.merged_at)),
+        )?;
+    }
     writeln!(w, "fields")?;
     if view.fields.is_empty() {
         writeln!(w, "  (none)")?;

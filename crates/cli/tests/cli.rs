@@ -2323,3 +2323,138 @@ async fn find_prints_the_customers_an_identifier_finds(engine: Engine) {
     let run = on_store(&dir, &seeded, &["find", "--phone", "+442079460958"]).success();
     assert_eq!(run.stdout.lines().collect::<Vec<_>>(), [byron.as_str()]);
 }
+
+#[test]
+fn merge_and_undo_it_as_a_steward() {
+    let dir = TempDir::new("merge");
+    let (ada, demo) = demo_into(&dir);
+    let url = dir.sqlite_url("demo.db");
+    // The demo's other customer, Mia: the second id its registrations answer with.
+    let mia = demo
+        .stdout
+        .lines()
+        .filter_map(|l| l.split("Location: /v1/customers/").nth(1))
+        .map(|rest| rest.split(';').next().unwrap_or_default().trim().to_owned())
+        .find(|id| *id != ada)
+        .expect("the demo registers a second customer");
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "merge",
+            &ada,
+            &mia,
+            "--reason",
+            "test merge",
+            "--as",
+            "alice",
+        ],
+    )
+    .success()
+    .stdout_has(&[&format!("{mia} merged into {ada}")]);
+    idledger(&dir, &["--database", &url, "record", &mia])
+        .success()
+        .stderr_has(&[&format!("is merged into {ada}")]);
+    idledger(&dir, &["--database", &url, "record", &ada])
+        .success()
+        .stdout_has(&["merged into it", &mia]);
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "merge",
+            &ada,
+            &mia,
+            "--undo",
+            "--reason",
+            "not the same",
+            "--as",
+            "alice",
+        ],
+    )
+    .success()
+    .stdout_has(&[&format!("{mia} unmerged from {ada}")]);
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "merge",
+            &ada,
+            &mia,
+            "--undo",
+            "--reason",
+            "again",
+            "--as",
+            "alice",
+        ],
+    )
+    .exit(1)
+    .stderr_has(&["refused (not_merged)"]);
+    let unknown = "01900000-0000-7000-8000-000000000000";
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "merge",
+            unknown,
+            &ada,
+            "--reason",
+            "same person",
+            "--as",
+            "alice",
+        ],
+    )
+    .exit(1)
+    .stderr_has(&["refused (not_registered)"]);
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "merge",
+            &ada,
+            &ada,
+            "--reason",
+            "same person",
+            "--as",
+            "alice",
+        ],
+    )
+    .exit(1)
+    .stderr_has(&["refused (same_customer)"]);
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "merge",
+            &ada,
+            unknown,
+            "--reason",
+            " ",
+            "--as",
+            "alice",
+        ],
+    )
+    .exit(2)
+    .stderr_has(&["--reason"]);
+    idledger(
+        &dir,
+        &[
+            "--database",
+            &url,
+            "merge",
+            &ada,
+            "not-an-id",
+            "--reason",
+            "x",
+            "--as",
+            "alice",
+        ],
+    )
+    .exit(2);
+}

@@ -10,6 +10,7 @@ pub mod export;
 pub mod find;
 pub mod history;
 pub mod keys;
+pub mod merge;
 pub mod migrate;
 pub mod processor;
 pub mod rebuild;

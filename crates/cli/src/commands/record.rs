@@ -39,6 +39,17 @@ pub async fn run(
             ),
         }
     };
+    if args.as_of.is_none()
+        && let Some(link) = &state.merged_into
+    {
+        eprintln!(
+            "note: customer {} is merged into {} since {} (merge {}): its reads and commands go there; shown as it was kept",
+            args.customer,
+            link.customer,
+            time(link.at),
+            link.merge_id
+        );
+    }
     let at = args.as_of.unwrap_or_else(Utc::now);
     let view = RecordView::new(
         args.customer,
