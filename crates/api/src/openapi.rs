@@ -80,6 +80,7 @@ use crate::{
         wire::RegisterRequest,
         wire::CommandRequest,
         wire::ChangeBody,
+        wire::ScopeBody,
         wire::ProvenanceDoc,
         wire::ActorDoc,
         wire::ActorKindDoc,

@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use crate::field::{FieldPath, FieldValue};
 use crate::ids::{
-    Actor, ChallengeId, EventId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose, SourceId,
+    Actor, ChallengeId, EventId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose, RelationshipId,
+    SourceId,
 };
 use crate::policy::PolicyVersion;
 use crate::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
@@ -217,6 +218,21 @@ pub enum EventPayload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         routed: Option<Box<RoutedProposal>>,
     },
+    /// A guardian or delegate relationship was recorded on the subject's record.
+    RelationshipRecorded {
+        relationship_id: RelationshipId,
+        representative: OnBehalfOf,
+        evidence: Evidence,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<crate::delegation::RelationshipScope>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// A recorded relationship was ended.
+    RelationshipEnded {
+        relationship_id: RelationshipId,
+        reason: String,
+    },
 }
 
 /// A proposal a steward sent to its field's system of record (see `StewardAction::Route`).
@@ -250,6 +266,8 @@ impl EventPayload {
             Self::StewardActed { .. } => "steward_acted",
             Self::ProcessingRestricted { .. } => "processing_restricted",
             Self::RestrictionLifted { .. } => "restriction_lifted",
+            Self::RelationshipRecorded { .. } => "relationship_recorded",
+            Self::RelationshipEnded { .. } => "relationship_ended",
         }
     }
 
@@ -260,7 +278,9 @@ impl EventPayload {
             Self::CustomerRegistered
             | Self::CustomerErased { .. }
             | Self::ProcessingRestricted { .. }
-            | Self::RestrictionLifted { .. } => None,
+            | Self::RestrictionLifted { .. }
+            | Self::RelationshipRecorded { .. }
+            | Self::RelationshipEnded { .. } => None,
             Self::FieldSet { field, .. }
             | Self::FieldCleared { field, .. }
             | Self::FieldExpired { field, .. }

@@ -166,6 +166,12 @@ any_uuid_id! {
 }
 
 any_uuid_id! {
+    /// A guardian or delegate relationship recorded on a customer's record
+    /// ([`crate::delegation`]).
+    RelationshipId, "relationship id"
+}
+
+any_uuid_id! {
     /// A verification challenge (e.g. a code sent to a new email address).
     ChallengeId, "challenge id"
 }

@@ -22,6 +22,7 @@ pub mod alias;
 pub mod challenge;
 pub mod command;
 pub mod decide;
+pub mod delegation;
 pub mod delivery;
 pub mod event;
 pub mod exception;

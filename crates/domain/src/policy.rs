@@ -146,7 +146,25 @@ struct PolicyDocument {
     /// it keeps the version it had).
     #[serde(default, skip_serializing_if = "MatchingDocument::is_empty")]
     matching: MatchingDocument,
+    /// `[relationships]`: which sources may record and end guardian and delegate
+    /// relationships (stewards and administrators always may). Absent: none.
+    #[serde(default, skip_serializing_if = "RelationshipsDocument::is_empty")]
+    relationships: RelationshipsDocument,
     fields: BTreeMap<String, FieldRule>,
+}
+
+/// `[relationships]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelationshipsDocument {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    recorded_by: BTreeSet<SourceId>,
+}
+
+impl RelationshipsDocument {
+    fn is_empty(&self) -> bool {
+        self.recorded_by.is_empty()
+    }
 }
 
 /// `[matching]`.
@@ -412,6 +430,17 @@ impl Policy {
         {
             return Err(PolicyError::ReservedSource("subject_facing".to_owned()));
         }
+        // Stewards and administrators record relationships anyway; naming them is a mistake.
+        if doc
+            .relationships
+            .recorded_by
+            .iter()
+            .any(|s| RESERVED_SOURCES.contains(&s.as_str()))
+        {
+            return Err(PolicyError::ReservedSource(
+                "relationships.recorded_by".to_owned(),
+            ));
+        }
         let r = &doc.retention;
         let zero = doc
             .consent_retention_days
@@ -589,6 +618,17 @@ impl Policy {
                 .flat_map(|r| r.bases.iter().copied())
                 .collect(),
         )
+    }
+
+    /// Whether `source` may record and end guardian and delegate relationships
+    /// (`[relationships] recorded_by`).
+    pub fn records_relationships(&self, source: &SourceId) -> bool {
+        self.doc.relationships.recorded_by.contains(source)
+    }
+
+    /// The age of digital consent where no jurisdiction is known.
+    pub fn default_age_of_digital_consent(&self) -> u8 {
+        self.doc.default_age_of_digital_consent
     }
 
     pub fn age_of_digital_consent(&self, jurisdiction: &Jurisdiction) -> u8 {
