@@ -1,5 +1,6 @@
 //! Recorded relationships (issue 17): on_behalf_of claims are checked against them; a minor's
 //! consent needs a recorded guardian, judged on the recorded jurisdiction and birth date.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
