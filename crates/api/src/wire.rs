@@ -52,8 +52,8 @@ pub struct CommandRequest {
 
 /// One attribute-level change. `value`s are natural JSON: a string for `email`, `phone`,
 /// names, `birth_date` (`YYYY-MM-DD`), `locale`, `jurisdiction`; an object for
-/// `postal_address`; a boolean, number or string for `preferences.*`; a boolean for
-/// `sharing.*`.
+/// `postal_address` and for `household` (`{"id": <uuid>, "role": "member" | "head" |
+/// "guardian"}`); a boolean, number or string for `preferences.*`; a boolean for `sharing.*`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ChangeBody {

@@ -172,6 +172,11 @@ any_uuid_id! {
 }
 
 any_uuid_id! {
+    /// A household its members' records name in their `household` field.
+    HouseholdId, "household id"
+}
+
+any_uuid_id! {
     /// A verification challenge (e.g. a code sent to a new email address).
     ChallengeId, "challenge id"
 }

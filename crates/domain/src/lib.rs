@@ -28,6 +28,7 @@ pub mod event;
 pub mod exception;
 pub mod field;
 pub mod hashing;
+pub mod household;
 pub mod ids;
 pub mod lookup;
 pub mod policy;

@@ -341,7 +341,7 @@ pub struct Policy {
 }
 
 /// The policy key and rule slot of every fixed field and family, in [`slot`] order.
-const SLOTS: [&str; 13] = [
+const SLOTS: [&str; 14] = [
     "email",
     "phone",
     "name.given",
@@ -355,6 +355,7 @@ const SLOTS: [&str; 13] = [
     "consent.*",
     "sharing.*",
     "external_id.*",
+    "household",
 ];
 
 fn slot(field: &FieldPath) -> usize {
@@ -372,6 +373,7 @@ fn slot(field: &FieldPath) -> usize {
         FieldPath::Consent(_) => 10,
         FieldPath::Sharing(_) => 11,
         FieldPath::ExternalId(_) => 12,
+        FieldPath::Household => 13,
     }
 }
 
