@@ -202,10 +202,14 @@ impl From<Refused> for ApiError {
             | Refusal::Forbidden { .. }
             | Refusal::ActorNotAllowed { .. }
             | Refusal::WrongSecret { .. }
-            | Refusal::ApprovalRequired { .. } => StatusCode::FORBIDDEN,
+            | Refusal::ApprovalRequired { .. }
+            | Refusal::UnrecordedRepresentative { .. }
+            | Refusal::OutsideDelegatedScope { .. } => StatusCode::FORBIDDEN,
             Refusal::VersionConflict { .. } | Refusal::AlreadyRegistered => StatusCode::CONFLICT,
             Refusal::RecordVersionConflict { .. } => StatusCode::PRECONDITION_FAILED,
-            Refusal::NotRegistered | Refusal::UnknownProposal { .. } => StatusCode::NOT_FOUND,
+            Refusal::NotRegistered
+            | Refusal::UnknownProposal { .. }
+            | Refusal::UnknownRelationship { .. } => StatusCode::NOT_FOUND,
             Refusal::Erased { .. } => StatusCode::GONE,
             Refusal::MergedInto { survivor } => {
                 return ApiError::merged_into(*survivor, detail);

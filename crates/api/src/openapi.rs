@@ -82,6 +82,7 @@ use crate::{
         wire::RegisterRequest,
         wire::CommandRequest,
         wire::ChangeBody,
+        wire::ScopeBody,
         wire::ProvenanceDoc,
         wire::ActorDoc,
         wire::ActorKindDoc,

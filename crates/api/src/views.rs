@@ -6,14 +6,17 @@ use chrono::{DateTime, Utc};
 use idledger_app::RecordRead;
 use idledger_domain::challenge::ChallengeSecret;
 use idledger_domain::decide::Outcome;
+use idledger_domain::delegation::{RelationshipEnding, RelationshipScope, RelationshipStatus};
 use idledger_domain::event::{ConsentTerms, EventPayload, Provenance};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{
-    ChallengeId, CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId,
+    ChallengeId, CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, Relationship,
+    RelationshipId, SourceId,
 };
 use idledger_domain::policy::Policy;
 use idledger_domain::scope::ReadScope;
 use idledger_domain::state::{ConsentState, ConsentStatus, CustomerState, Verification};
+use idledger_domain::values::Evidence;
 use idledger_store::delivery::{
     Channel, ChannelKind, ConsentBasis, Consumer, ConsumerFieldState, HandoffEntry, Page,
 };
@@ -52,6 +55,39 @@ pub struct RecordView {
     /// The records merged into this one and not unmerged.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub absorbed: Vec<MergeLinkView>,
+    /// Guardian and delegate relationships recorded for the customer, ended ones included;
+    /// shown to stewards, auditors, administrators and the sources the policy lets record
+    /// them (absent for other readers, and when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relationships: Vec<RelationshipView>,
+}
+
+/// A recorded relationship as the record read shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RelationshipView {
+    #[schema(value_type = uuid::Uuid)]
+    pub relationship_id: RelationshipId,
+    /// `guardian` or `delegate`.
+    #[schema(value_type = String)]
+    pub relationship: Relationship,
+    /// The id an `on_behalf_of` claim names.
+    pub representative: String,
+    /// `{"kind": …, "reference": …}`.
+    #[schema(value_type = Object)]
+    pub evidence: Evidence,
+    /// `{"purposes": […], "fields": […]}`; absent: everything.
+    #[schema(value_type = Option<Object>)]
+    pub scope: Option<RelationshipScope>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub recorded_at: DateTime<Utc>,
+    #[schema(value_type = String)]
+    pub recorded_by: SourceId,
+    /// `{"at", "by", "reason"}` once ended.
+    #[schema(value_type = Option<Object>)]
+    pub ended: Option<RelationshipEnding>,
+    /// At the evaluation instant: `live`, `ended`, `expired` or `came_of_age`.
+    #[schema(value_type = String)]
+    pub status: RelationshipStatus,
 }
 
 /// One side of a merge: the other record, the merge, when.
@@ -222,6 +258,23 @@ impl RecordView {
                 proposed_at: p.proposed_at,
             })
             .collect();
+        let relationships = state
+            .relationships
+            .iter()
+            .filter(|_| scope.relationships(policy))
+            .map(|(id, r)| RelationshipView {
+                relationship_id: *id,
+                relationship: r.representative.relationship(),
+                representative: r.representative.id().to_owned(),
+                evidence: r.evidence.clone(),
+                scope: r.scope.clone(),
+                expires_at: r.expires_at,
+                recorded_at: r.recorded_at,
+                recorded_by: r.recorded_by.clone(),
+                ended: r.ended.clone(),
+                status: r.status(state, None, policy, at),
+            })
+            .collect();
         Self {
             customer_id,
             as_of,
@@ -234,6 +287,7 @@ impl RecordView {
             proposals,
             merged_into: state.merged_into.as_ref().map(MergeLinkView::from),
             absorbed: state.absorbed.values().map(MergeLinkView::from).collect(),
+            relationships,
         }
     }
 }

@@ -8,9 +8,13 @@
 use chrono::{DateTime, Utc};
 use idledger_domain::challenge::ChallengeSecret;
 use idledger_domain::command::{Change, Command, ProvenanceInput, Refusal, Refused};
-use idledger_domain::field::{FieldPath, FieldValue};
-use idledger_domain::ids::{ChallengeId, CustomerId, IdempotencyKey, ProposalId, Purpose};
-use idledger_domain::values::{ConsentChannel, Jurisdiction, LegalBasis, NoticeRef};
+use idledger_domain::delegation::RelationshipScope;
+use idledger_domain::field::{FieldPath, FieldSelector, FieldValue};
+use idledger_domain::ids::{
+    ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose, Relationship,
+    RelationshipId,
+};
+use idledger_domain::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -48,8 +52,8 @@ pub struct CommandRequest {
 
 /// One attribute-level change. `value`s are natural JSON: a string for `email`, `phone`,
 /// names, `birth_date` (`YYYY-MM-DD`), `locale`, `jurisdiction`; an object for
-/// `postal_address`; a boolean, number or string for `preferences.*`; a boolean for
-/// `sharing.*`.
+/// `postal_address` and for `household` (`{"id": <uuid>, "role": "member" | "head" |
+/// "guardian"}`); a boolean, number or string for `preferences.*`; a boolean for `sharing.*`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ChangeBody {
@@ -118,6 +122,40 @@ pub enum ChangeBody {
         proposal_id: uuid::Uuid,
         reason: String,
     },
+    /// Records a guardian or delegate relationship: an `on_behalf_of` claim is accepted only
+    /// while one is live and covers the change. Stewards, administrators, and the sources the
+    /// policy's `[relationships] recorded_by` names.
+    RecordRelationship {
+        /// `guardian` or `delegate`.
+        relationship: String,
+        /// The id an `on_behalf_of` claim names (1 to 256 characters).
+        representative: String,
+        /// `{"kind": "signed_form" | "document_check" | …, "reference": "…"}`.
+        #[schema(value_type = Object)]
+        evidence: Value,
+        /// What the representative may change; left out: everything.
+        #[serde(default)]
+        scope: Option<ScopeBody>,
+        #[serde(default)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// Ends a recorded relationship (the same writers as `record_relationship`).
+    EndRelationship {
+        relationship_id: uuid::Uuid,
+        /// 1 to 1000 characters.
+        reason: String,
+    },
+}
+
+/// What a representative may change: consents of these purposes, and the fields these
+/// selectors match (`email`, `preferences.*`, `name.*`, `consent.*`, `*`). At least one entry.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeBody {
+    #[serde(default)]
+    pub purposes: Vec<String>,
+    #[serde(default)]
+    pub fields: Vec<String>,
 }
 
 /// `POST /v1/customers/{id}/erasure`.
@@ -411,7 +449,53 @@ impl ChangeBody {
                 proposal_id: ProposalId::from(proposal_id),
                 reason,
             },
+            Self::RecordRelationship {
+                relationship,
+                representative,
+                evidence,
+                scope,
+                expires_at,
+            } => {
+                let kind = parsed(index, "relationship", Relationship::parse(&relationship))?;
+                Change::RecordRelationship {
+                    representative: parsed(
+                        index,
+                        "representative",
+                        OnBehalfOf::new(kind, &representative),
+                    )?,
+                    evidence: parsed(
+                        index,
+                        "evidence",
+                        serde_json::from_value::<Evidence>(evidence),
+                    )?,
+                    scope: scope.map(|s| s.into_scope(index)).transpose()?,
+                    expires_at,
+                }
+            }
+            Self::EndRelationship {
+                relationship_id,
+                reason,
+            } => Change::EndRelationship {
+                relationship_id: RelationshipId::from(relationship_id),
+                reason,
+            },
         })
+    }
+}
+
+impl ScopeBody {
+    fn into_scope(self, index: usize) -> Result<RelationshipScope, Refused> {
+        let purposes = self
+            .purposes
+            .iter()
+            .map(|p| parsed(index, "scope.purposes", Purpose::parse(p)))
+            .collect::<Result<_, _>>()?;
+        let fields = self
+            .fields
+            .iter()
+            .map(|f| parsed(index, "scope.fields", FieldSelector::parse(f)))
+            .collect::<Result<_, _>>()?;
+        Ok(RelationshipScope { purposes, fields })
     }
 }
 

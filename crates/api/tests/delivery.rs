@@ -29,6 +29,7 @@ on_both_engines!(
     an_expired_value_reaches_the_feed_as_cleared,
     a_restriction_pauses_delivery_with_a_notice_and_a_resume,
     a_token_holds_a_bounded_number_of_event_streams,
+    a_consumer_selecting_household_receives_membership_changes,
 );
 
 const SECRET: &str = "whsec-0123456789abcdef-never-shown";
@@ -1324,4 +1325,43 @@ async fn a_token_holds_a_bounded_number_of_event_streams(engine: Engine) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Household membership is the `household` field of each member's record: a consumer that
+/// selects it receives joining and leaving through the ordinary delivery (issue 17).
+async fn a_consumer_selecting_household_receives_membership_changes(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_consumer(json!({
+        "id": "crm-sync", "channel": "feed", "fields": ["household"], "purposes": ["marketing"]
+    }))
+    .await;
+    let a = customer(&app, 1, &["marketing"]).await;
+    let household = "0190f5a2-7c3e-7a1b-8c4d-2e6f8a9b0c1d";
+    let joined = json!([{"op": "set_field", "field": "household",
+                         "value": {"id": household, "role": "head"}}]);
+    let reply = app.command("web_app", &a, "join-1", joined).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let bad = json!([{"op": "set_field", "field": "household",
+                      "value": {"id": household, "role": "cousin"}}]);
+    app.command("web_app", &a, "join-2", bad)
+        .await
+        .problem(422, "invalid_value");
+
+    let (events, next) = feed_page(&app, "consumer", "").await;
+    assert_eq!(kinds(&events), [change(&a)], "the email is not selected");
+    assert_eq!(events[0]["data"]["field"], "household");
+    assert_eq!(
+        events[0]["data"]["value"],
+        json!({"id": household, "role": "head"})
+    );
+
+    let left = json!([{"op": "clear_field", "field": "household"}]);
+    let reply = app.command("web_app", &a, "leave-1", left).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let (events, _) = feed_page(&app, "consumer", &format!("?after={next}")).await;
+    assert_eq!(
+        kinds(&events),
+        [("idledger.field.cleared.v1".to_owned(), a.clone())]
+    );
+    assert_eq!(events[0]["data"]["field"], "household");
 }

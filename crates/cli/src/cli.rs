@@ -354,7 +354,7 @@ pub struct HistoryArgs {
     #[arg(value_name = "CUSTOMER_ID", value_parser = parse_customer_id)]
     pub customer: CustomerId,
     /// The field: email, phone, name.given, name.family, postal_address, birth_date, locale,
-    /// jurisdiction, verification.level, preferences.<key>, consent.<purpose>,
+    /// jurisdiction, verification.level, household, preferences.<key>, consent.<purpose>,
     /// sharing.<partner> or external_id.<system>.
     #[arg(value_name = "FIELD", value_parser = parse_field)]
     pub field: FieldPath,

@@ -96,6 +96,13 @@ pub fn outcome(o: &Outcome) -> String {
             (false, false) => "unchanged: processing was not restricted",
         }
         .to_owned(),
+        Outcome::Relationship {
+            relationship_id,
+            ended,
+        } => format!(
+            "relationship {relationship_id} {}",
+            if *ended { "ended" } else { "recorded" }
+        ),
         Outcome::StewardActed {
             exception_id,
             action,
@@ -129,6 +136,8 @@ pub fn field_version(payload: &EventPayload) -> Option<u64> {
         | EventPayload::StewardActed { .. }
         | EventPayload::ProcessingRestricted { .. }
         | EventPayload::RestrictionLifted { .. }
+        | EventPayload::RelationshipRecorded { .. }
+        | EventPayload::RelationshipEnded { .. }
         | EventPayload::CustomerErased { .. } => None,
     }
 }
@@ -184,6 +193,20 @@ pub fn payload(p: &EventPayload) -> String {
             format!("processing restricted: {reason}")
         }
         EventPayload::RestrictionLifted { reason } => format!("restriction lifted: {reason}"),
+        EventPayload::RelationshipRecorded {
+            relationship_id,
+            representative,
+            expires_at,
+            ..
+        } => format!(
+            "{} relationship {relationship_id} recorded{}",
+            representative.relationship(),
+            expires_at.map_or_else(String::new, |at| format!(", expires {}", time(at)))
+        ),
+        EventPayload::RelationshipEnded {
+            relationship_id,
+            reason,
+        } => format!("relationship {relationship_id} ended: {reason}"),
         EventPayload::StewardActed {
             exception_id,
             consumer_id,

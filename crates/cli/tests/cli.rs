@@ -321,7 +321,7 @@ fn demo_refuses_a_database_that_holds_events() {
     let url = dir.sqlite_url("demo.db");
     idledger(&dir, &["--database", &url, "demo"])
         .exit(1)
-        .stderr_has(&["needs an empty database", "holds 18 events"]);
+        .stderr_has(&["needs an empty database", "holds 19 events"]);
 }
 
 #[test]
@@ -380,7 +380,7 @@ fn verify_json_is_a_report() {
     let url = dir.sqlite_url("demo.db");
     let run = idledger(&dir, &["--database", &url, "verify", "--json"]).success();
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(report["events"], 18);
+    assert_eq!(report["events"], 19);
     assert_eq!(report["streams"], 2);
     assert!(report["first_broken"].is_null());
     let run = idledger(&dir, &["--database", &url, "rebuild", "--json"]).success();
@@ -434,16 +434,16 @@ fn checkpoints_are_signed_exported_and_catch_a_rewritten_log() {
         all.extend_from_slice(args);
         idledger(&dir, &all)
     };
-    // The demo signed the log's 18 events; nothing has been added since.
+    // The demo signed the log's 19 events; nothing has been added since.
     cli(&["checkpoint"]).success().stdout_has(&[
         "has not grown",
-        "position         18",
+        "position         19",
         "key id",
         "public key",
     ]);
     let run = cli(&["checkpoint", "--json"]).success();
     let checkpoint: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(checkpoint["position"], 18);
+    assert_eq!(checkpoint["position"], 19);
     assert_eq!(checkpoint["log_hash"].as_str().unwrap().len(), 64);
     assert_eq!(checkpoint["signature"].as_str().unwrap().len(), 128);
 
@@ -468,7 +468,7 @@ fn checkpoints_are_signed_exported_and_catch_a_rewritten_log() {
         .success()
         .stdout_has(&[
             "the log is intact",
-            "1 checkpoint holds: the log up to position 18 is the one signed",
+            "1 checkpoint holds: the log up to position 19 is the one signed",
             "pin it with --public-key",
         ]);
     cli(&["verify", "--checkpoints", file, "--public-key", &public])
@@ -530,14 +530,14 @@ fn checkpoints_are_signed_exported_and_catch_a_rewritten_log() {
         conn.close().await.unwrap();
     });
     cli(&["verify"]).exit(1).stdout_has(&[
-        "verified 18 events in 2 streams: the log is intact",
+        "verified 19 events in 2 streams: the log is intact",
         "CHECKPOINTS FAIL: 1 of 1 do not hold",
-        "checkpoint at position 18",
+        "checkpoint at position 19",
         "the log changed",
     ]);
     cli(&["verify", "--checkpoints", file, "--public-key", &public])
         .exit(1)
-        .stdout_has(&["checkpoint at position 18", "the log changed"]);
+        .stdout_has(&["checkpoint at position 19", "the log changed"]);
     let run = cli(&["verify", "--checkpoints", file, "--json"]).exit(1);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert!(report["first_broken"].is_null());
@@ -787,7 +787,7 @@ fn a_missing_key_is_not_replaced_when_the_store_has_events() {
     let url = dir.sqlite_url("demo.db");
     idledger(&dir, &["--database", &url, "record", &ada])
         .exit(1)
-        .stderr_has(&["holds 18 events but the master key file", "is missing"]);
+        .stderr_has(&["holds 19 events but the master key file", "is missing"]);
     assert!(
         !key.exists(),
         "no new key may be generated for a store with events"
@@ -1068,7 +1068,7 @@ fn consumers_are_added_listed_and_disabled() {
         "registered consumer cdp (webhook)",
         "https://cdp.example/hooks/idledger",
         "stored (never shown)",
-        "log position 18 (now)",
+        "log position 19 (now)",
     ]);
     assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret));
     let env_secret = "whsec-from-the-environment-42";
@@ -1113,7 +1113,7 @@ fn consumers_are_added_listed_and_disabled() {
         .collect();
     let ids: Vec<&str> = listed.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["cdp", "cdp-eu", "crm", "crm-sync", "us-cdp"]);
-    assert_eq!(listed[0]["checkpoint"], 18);
+    assert_eq!(listed[0]["checkpoint"], 19);
     assert_eq!(listed[2]["checkpoint"], 0);
 
     // Each consumer's value-hash key: stable, its own, and only for registered consumers.
@@ -2059,10 +2059,10 @@ fn keys_rewrap_moves_an_embedded_store_to_a_new_master_key() {
     .success();
     with_new_key(&["checkpoint"])
         .success()
-        .stdout_has(&["signed a checkpoint of the log", "position         19"]);
+        .stdout_has(&["signed a checkpoint of the log", "position         20"]);
     with_new_key(&["verify"])
         .success()
-        .stdout_has(&["2 checkpoints hold: the log up to position 19 is the one signed"]);
+        .stdout_has(&["2 checkpoints hold: the log up to position 20 is the one signed"]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ use crate::event::StewardAction;
 use crate::field::{FieldPath, FieldValue};
 use crate::ids::{
     Actor, ActorKind, ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose,
-    SourceId,
+    Relationship, RelationshipId, SourceId,
 };
 use crate::policy::{Policy, WriteMode};
 use crate::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
@@ -100,6 +100,24 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         proposal_id: Option<ProposalId>,
     },
+    /// Records a guardian or delegate relationship on the subject's record (stewards,
+    /// administrators, and the sources the policy's `[relationships] recorded_by` names): an
+    /// `on_behalf_of` claim is only accepted while one is live (see [`crate::delegation`]).
+    RecordRelationship {
+        /// The kind and the id an `on_behalf_of` claim will name.
+        representative: OnBehalfOf,
+        evidence: Evidence,
+        /// Left out: everything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<crate::delegation::RelationshipScope>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// Ends a recorded relationship (the same writers as `RecordRelationship`).
+    EndRelationship {
+        relationship_id: RelationshipId,
+        reason: String,
+    },
 }
 
 impl Change {
@@ -119,6 +137,8 @@ impl Change {
             Self::ActOnException { .. } => "act_on_exception",
             Self::RestrictProcessing { .. } => "restrict_processing",
             Self::LiftRestriction { .. } => "lift_restriction",
+            Self::RecordRelationship { .. } => "record_relationship",
+            Self::EndRelationship { .. } => "end_relationship",
         }
     }
 }
@@ -281,6 +301,28 @@ pub enum Refusal {
     /// The record is merged into another: commands go to the survivor.
     #[error("the customer's record is merged into {survivor}; send it there")]
     MergedInto { survivor: CustomerId },
+    /// The command claims `on_behalf_of`, and no live relationship of that kind with that
+    /// representative is recorded on the subject's record; `standing` says how the recorded one
+    /// stands, if there is one (`ended`, `expired`, `came_of_age`). Never names the
+    /// representative.
+    #[error(
+        "no live {relationship} relationship with the representative this command names is recorded for the customer{}",
+        .standing.map(|s| format!(" (the recorded one is {})", s.as_str())).unwrap_or_default()
+    )]
+    UnrecordedRepresentative {
+        relationship: Relationship,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        standing: Option<crate::delegation::RelationshipStatus>,
+    },
+    /// The recorded relationship the claim names does not cover this field or purpose.
+    #[error("the recorded {relationship} relationship does not cover {field}")]
+    OutsideDelegatedScope {
+        relationship: Relationship,
+        field: FieldPath,
+    },
+    /// No relationship with this id is recorded, or it has already ended.
+    #[error("no live relationship {relationship_id}")]
+    UnknownRelationship { relationship_id: RelationshipId },
 }
 
 impl Refusal {
@@ -305,6 +347,9 @@ impl Refusal {
             Self::ApprovalRequired { .. } => "approval_required",
             Self::Erased { .. } => "erased",
             Self::MergedInto { .. } => "merged_into",
+            Self::UnrecordedRepresentative { .. } => "unrecorded_representative",
+            Self::OutsideDelegatedScope { .. } => "outside_delegated_scope",
+            Self::UnknownRelationship { .. } => "unknown_relationship",
         }
     }
 }

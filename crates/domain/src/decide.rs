@@ -67,6 +67,11 @@ pub enum Outcome {
         exception_id: Uuid,
         action: StewardAction,
     },
+    /// A guardian or delegate relationship was recorded (`ended` false) or ended.
+    Relationship {
+        relationship_id: crate::ids::RelationshipId,
+        ended: bool,
+    },
 }
 
 /// The events a command produced (possibly none) and one outcome per change.
@@ -144,10 +149,17 @@ pub fn decide(
         minted: 0,
     };
     for (index, change) in command.changes.iter().enumerate() {
-        let outcome = decider.apply(change).map_err(|refusal| Refused {
+        let refused = |refusal| Refused {
             change_index: Some(index),
             refusal,
-        })?;
+        };
+        // A claim to act for the subject is checked against the recorded relationships
+        // before anything else about the change.
+        if let Some(claim) = &command.provenance.on_behalf_of {
+            crate::delegation::check_claim(&decider.state, claim, change, ctx.policy, ctx.now)
+                .map_err(refused)?;
+        }
+        let outcome = decider.apply(change).map_err(refused)?;
         decider.outcomes.push(outcome);
     }
     Ok(Decision {
@@ -436,8 +448,13 @@ impl Decider<'_, '_> {
             Change::AcceptProposal { .. } | Change::RejectProposal { .. }
         );
         let steward_op = matches!(change, Change::ActOnException { .. });
+        let relationship_op = matches!(
+            change,
+            Change::RecordRelationship { .. } | Change::EndRelationship { .. }
+        );
         let steward_may = steward_op
             || proposal_op
+            || relationship_op
             || matches!(change, Change::SetField { .. } | Change::ClearField { .. });
         if self.is_steward() && !steward_may {
             return Err(Refusal::Forbidden {
@@ -458,7 +475,7 @@ impl Decider<'_, '_> {
             Change::RestrictProcessing { .. } | Change::LiftRestriction { .. }
         );
         let is_admin = matches!(self.ctx.principal, Principal::Admin(_));
-        if admin_op != is_admin {
+        if admin_op != is_admin && !(is_admin && relationship_op) {
             return Err(Refusal::Forbidden {
                 reason: if is_admin {
                     format!(
@@ -518,6 +535,16 @@ impl Decider<'_, '_> {
                 proposal_id,
                 reason,
             } => self.reject(*proposal_id, reason),
+            Change::RecordRelationship {
+                representative,
+                evidence,
+                scope,
+                expires_at,
+            } => self.record_relationship(representative, evidence, scope.as_ref(), *expires_at),
+            Change::EndRelationship {
+                relationship_id,
+                reason,
+            } => self.end_relationship(*relationship_id, reason),
             Change::ActOnException {
                 exception_id,
                 consumer_id,
@@ -1006,20 +1033,19 @@ impl Decider<'_, '_> {
                 reason: "expires_at must be in the future".to_owned(),
             });
         }
+        // A guardian claim reaching here names a live recorded guardianship (`check_claim`).
         let by_guardian = self
             .provenance
             .on_behalf_of
             .as_ref()
             .is_some_and(|o| o.is_guardian());
-        if basis == LegalBasis::Consent
-            && !by_guardian
-            && self.state.is_minor_in(jurisdiction, self.ctx.policy, now)
-        {
+        let minor = self.state.minor(Some(jurisdiction), self.ctx.policy, now);
+        if let Some(minor) = minor.filter(|_| basis == LegalBasis::Consent && !by_guardian) {
             return Err(Refusal::GuardianRequired {
                 purpose: purpose.clone(),
-                age: self.state.age_on(now).unwrap_or_default(),
-                age_of_digital_consent: self.ctx.policy.age_of_digital_consent(jurisdiction),
-                jurisdiction: jurisdiction.clone(),
+                age: minor.age,
+                age_of_digital_consent: minor.age_of_digital_consent,
+                jurisdiction: minor.jurisdiction.unwrap_or_else(|| jurisdiction.clone()),
             });
         }
         let terms = ConsentTerms {
@@ -1174,6 +1200,79 @@ impl Decider<'_, '_> {
         Ok(Outcome::ProposalResolved {
             proposal_id,
             accepted: false,
+        })
+    }
+}
+
+/// Recording and ending relationships (issue 17); the claims they back are checked in
+/// `crate::delegation::check_claim`.
+impl Decider<'_, '_> {
+    /// Stewards and administrators always; a source only if the policy names it.
+    fn may_record_relationships(&self) -> Result<(), Refusal> {
+        match &self.ctx.principal {
+            Principal::Source(source) if !self.ctx.policy.records_relationships(source) => {
+                Err(Refusal::Forbidden {
+                    reason: format!(
+                        "source '{source}' may not record or end relationships: the policy's [relationships] recorded_by does not name it"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn record_relationship(
+        &mut self,
+        representative: &crate::ids::OnBehalfOf,
+        evidence: &crate::values::Evidence,
+        scope: Option<&crate::delegation::RelationshipScope>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Outcome, Refusal> {
+        self.may_record_relationships()?;
+        crate::delegation::check_new(
+            &self.state,
+            representative,
+            scope,
+            expires_at,
+            self.ctx.policy,
+            self.ctx.now,
+        )?;
+        let relationship_id = crate::ids::RelationshipId::from(self.mint());
+        self.emit(EventPayload::RelationshipRecorded {
+            relationship_id,
+            representative: representative.clone(),
+            evidence: evidence.clone(),
+            scope: scope.cloned(),
+            expires_at,
+        });
+        Ok(Outcome::Relationship {
+            relationship_id,
+            ended: false,
+        })
+    }
+
+    fn end_relationship(
+        &mut self,
+        relationship_id: crate::ids::RelationshipId,
+        reason: &str,
+    ) -> Result<Outcome, Refusal> {
+        self.may_record_relationships()?;
+        check_reason(reason)?;
+        let open = self
+            .state
+            .relationships
+            .get(&relationship_id)
+            .is_some_and(|r| r.ended.is_none());
+        if !open {
+            return Err(Refusal::UnknownRelationship { relationship_id });
+        }
+        self.emit(EventPayload::RelationshipEnded {
+            relationship_id,
+            reason: reason.trim().to_owned(),
+        });
+        Ok(Outcome::Relationship {
+            relationship_id,
+            ended: true,
         })
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::field::{FieldPath, FieldValue};
 use crate::ids::{
     Actor, ChallengeId, CustomerId, EventId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose,
-    SourceId,
+    RelationshipId, SourceId,
 };
 use crate::policy::PolicyVersion;
 use crate::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
@@ -218,6 +218,21 @@ pub enum EventPayload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         routed: Option<Box<RoutedProposal>>,
     },
+    /// A guardian or delegate relationship was recorded on the subject's record.
+    RelationshipRecorded {
+        relationship_id: RelationshipId,
+        representative: OnBehalfOf,
+        evidence: Evidence,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<crate::delegation::RelationshipScope>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// A recorded relationship was ended.
+    RelationshipEnded {
+        relationship_id: RelationshipId,
+        reason: String,
+    },
     /// A data steward merged `absorbed` into this record (the survivor). The merge's other
     /// events on this stream (`field_adopted`, proposals) follow it in the same append and
     /// carry `merge_id` as their causation id; the absorbed record gets `merged_into`.
@@ -317,6 +332,8 @@ impl EventPayload {
             Self::StewardActed { .. } => "steward_acted",
             Self::ProcessingRestricted { .. } => "processing_restricted",
             Self::RestrictionLifted { .. } => "restriction_lifted",
+            Self::RelationshipRecorded { .. } => "relationship_recorded",
+            Self::RelationshipEnded { .. } => "relationship_ended",
             Self::CustomerMerged { .. } => "customer_merged",
             Self::MergedInto { .. } => "merged_into",
             Self::CustomerUnmerged { .. } => "customer_unmerged",
@@ -364,7 +381,9 @@ impl EventPayload {
             | Self::CustomerMerged { .. }
             | Self::MergedInto { .. }
             | Self::CustomerUnmerged { .. }
-            | Self::UnmergedFrom { .. } => None,
+            | Self::UnmergedFrom { .. }
+            | Self::RelationshipRecorded { .. }
+            | Self::RelationshipEnded { .. } => None,
             Self::FieldAdopted { field, .. } => Some(field.clone()),
             Self::FieldSet { field, .. }
             | Self::FieldCleared { field, .. }

@@ -27,6 +27,8 @@ pub enum FieldPath {
     Locale,
     Jurisdiction,
     VerificationLevel,
+    /// The household the customer belongs to, and their role in it.
+    Household,
     Preference(Key),
     Consent(Purpose),
     Sharing(Key),
@@ -45,6 +47,7 @@ pub enum FieldKind {
     Locale,
     Jurisdiction,
     VerificationLevel,
+    Household,
     Preference,
     Consent,
     Sharing,
@@ -52,7 +55,7 @@ pub enum FieldKind {
 }
 
 /// The fixed (non-family) fields, in catalog order.
-pub const FIXED_FIELDS: [FieldPath; 9] = [
+pub const FIXED_FIELDS: [FieldPath; 10] = [
     FieldPath::Email,
     FieldPath::Phone,
     FieldPath::NameGiven,
@@ -62,6 +65,7 @@ pub const FIXED_FIELDS: [FieldPath; 9] = [
     FieldPath::Locale,
     FieldPath::Jurisdiction,
     FieldPath::VerificationLevel,
+    FieldPath::Household,
 ];
 
 /// The field families, as written in policies (`consent.*`).
@@ -90,6 +94,7 @@ impl FieldPath {
             "locale" => Some(Self::Locale),
             "jurisdiction" => Some(Self::Jurisdiction),
             "verification.level" => Some(Self::VerificationLevel),
+            "household" => Some(Self::Household),
             _ => None,
         };
         if let Some(field) = fixed {
@@ -118,6 +123,7 @@ impl FieldPath {
             Self::Locale => FieldKind::Locale,
             Self::Jurisdiction => FieldKind::Jurisdiction,
             Self::VerificationLevel => FieldKind::VerificationLevel,
+            Self::Household => FieldKind::Household,
             Self::Preference(_) => FieldKind::Preference,
             Self::Consent(_) => FieldKind::Consent,
             Self::Sharing(_) => FieldKind::Sharing,
@@ -139,7 +145,7 @@ impl FieldPath {
 
 fn catalog_hint() -> String {
     "known fields are email, phone, name.given, name.family, postal_address, birth_date, \
-     locale, jurisdiction, verification.level, preferences.<key>, consent.<purpose>, \
+     locale, jurisdiction, verification.level, household, preferences.<key>, consent.<purpose>, \
      sharing.<partner>, external_id.<system>"
         .to_owned()
 }
@@ -156,6 +162,7 @@ impl fmt::Display for FieldPath {
             Self::Locale => f.write_str("locale"),
             Self::Jurisdiction => f.write_str("jurisdiction"),
             Self::VerificationLevel => f.write_str("verification.level"),
+            Self::Household => f.write_str("household"),
             Self::Preference(k) => write!(f, "preferences.{k}"),
             Self::Consent(p) => write!(f, "consent.{p}"),
             Self::Sharing(k) => write!(f, "sharing.{k}"),
@@ -199,6 +206,7 @@ pub enum FieldValue {
     Locale(Locale),
     Jurisdiction(Jurisdiction),
     VerificationLevel(VerificationLevel),
+    Household(crate::household::HouseholdMembership),
     Preference(PreferenceValue),
     Sharing(bool),
     ExternalId(ExternalIdValue),
@@ -273,6 +281,17 @@ impl FieldValue {
             FieldKind::VerificationLevel => {
                 Self::VerificationLevel(VerificationLevel::parse(text()?)?)
             }
+            FieldKind::Household => {
+                if !json.is_object() {
+                    return Err(wrong_type("an object {\"id\": <uuid>, \"role\": …}"));
+                }
+                Self::Household(
+                    serde_json::from_value(json.clone()).map_err(|e| ValueError {
+                        what: "household",
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
             FieldKind::Preference => Self::Preference(match json {
                 J::Bool(b) => PreferenceValue::Bool(*b),
                 J::Number(n) => PreferenceValue::Int(n.as_i64().ok_or_else(|| ValueError {
@@ -322,6 +341,7 @@ impl FieldValue {
                 | (Self::Locale(_), FieldKind::Locale)
                 | (Self::Jurisdiction(_), FieldKind::Jurisdiction)
                 | (Self::VerificationLevel(_), FieldKind::VerificationLevel)
+                | (Self::Household(_), FieldKind::Household)
                 | (Self::Preference(_), FieldKind::Preference)
                 | (Self::Sharing(_), FieldKind::Sharing)
                 | (Self::ExternalId(_), FieldKind::ExternalId)
@@ -339,6 +359,7 @@ impl FieldValue {
             Self::Locale(v) => serde_json::to_value(v),
             Self::Jurisdiction(v) => serde_json::to_value(v),
             Self::VerificationLevel(v) => serde_json::to_value(v),
+            Self::Household(v) => serde_json::to_value(v),
             Self::Preference(v) => serde_json::to_value(v),
             Self::Sharing(v) => serde_json::to_value(v),
             Self::ExternalId(v) => serde_json::to_value(v),
@@ -369,6 +390,7 @@ fn kind_name(kind: FieldKind) -> &'static str {
         FieldKind::Locale => "locale",
         FieldKind::Jurisdiction => "jurisdiction",
         FieldKind::VerificationLevel => "verification level",
+        FieldKind::Household => "household",
         FieldKind::Preference => "preference",
         FieldKind::Consent => "consent",
         FieldKind::Sharing => "sharing flag",

@@ -166,6 +166,17 @@ any_uuid_id! {
 }
 
 any_uuid_id! {
+    /// A guardian or delegate relationship recorded on a customer's record
+    /// ([`crate::delegation`]).
+    RelationshipId, "relationship id"
+}
+
+any_uuid_id! {
+    /// A household its members' records name in their `household` field.
+    HouseholdId, "household id"
+}
+
+any_uuid_id! {
     /// A verification challenge (e.g. a code sent to a new email address).
     ChallengeId, "challenge id"
 }

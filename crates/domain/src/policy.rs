@@ -146,7 +146,25 @@ struct PolicyDocument {
     /// it keeps the version it had).
     #[serde(default, skip_serializing_if = "MatchingDocument::is_empty")]
     matching: MatchingDocument,
+    /// `[relationships]`: which sources may record and end guardian and delegate
+    /// relationships (stewards and administrators always may). Absent: none.
+    #[serde(default, skip_serializing_if = "RelationshipsDocument::is_empty")]
+    relationships: RelationshipsDocument,
     fields: BTreeMap<String, FieldRule>,
+}
+
+/// `[relationships]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelationshipsDocument {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    recorded_by: BTreeSet<SourceId>,
+}
+
+impl RelationshipsDocument {
+    fn is_empty(&self) -> bool {
+        self.recorded_by.is_empty()
+    }
 }
 
 /// `[matching]`.
@@ -323,7 +341,7 @@ pub struct Policy {
 }
 
 /// The policy key and rule slot of every fixed field and family, in [`slot`] order.
-const SLOTS: [&str; 13] = [
+const SLOTS: [&str; 14] = [
     "email",
     "phone",
     "name.given",
@@ -337,6 +355,7 @@ const SLOTS: [&str; 13] = [
     "consent.*",
     "sharing.*",
     "external_id.*",
+    "household",
 ];
 
 fn slot(field: &FieldPath) -> usize {
@@ -354,6 +373,7 @@ fn slot(field: &FieldPath) -> usize {
         FieldPath::Consent(_) => 10,
         FieldPath::Sharing(_) => 11,
         FieldPath::ExternalId(_) => 12,
+        FieldPath::Household => 13,
     }
 }
 
@@ -411,6 +431,17 @@ impl Policy {
             .any(|s| RESERVED_SOURCES.contains(&s.as_str()))
         {
             return Err(PolicyError::ReservedSource("subject_facing".to_owned()));
+        }
+        // Stewards and administrators record relationships anyway; naming them is a mistake.
+        if doc
+            .relationships
+            .recorded_by
+            .iter()
+            .any(|s| RESERVED_SOURCES.contains(&s.as_str()))
+        {
+            return Err(PolicyError::ReservedSource(
+                "relationships.recorded_by".to_owned(),
+            ));
         }
         let r = &doc.retention;
         let zero = doc
@@ -589,6 +620,17 @@ impl Policy {
                 .flat_map(|r| r.bases.iter().copied())
                 .collect(),
         )
+    }
+
+    /// Whether `source` may record and end guardian and delegate relationships
+    /// (`[relationships] recorded_by`).
+    pub fn records_relationships(&self, source: &SourceId) -> bool {
+        self.doc.relationships.recorded_by.contains(source)
+    }
+
+    /// The age of digital consent where no jurisdiction is known.
+    pub fn default_age_of_digital_consent(&self) -> u8 {
+        self.doc.default_age_of_digital_consent
     }
 
     pub fn age_of_digital_consent(&self, jurisdiction: &Jurisdiction) -> u8 {

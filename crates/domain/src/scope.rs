@@ -58,6 +58,15 @@ impl ReadScope {
         }
     }
 
+    /// The guardian and delegate relationships recorded for the subject: shown to those who
+    /// oversee the record and to the sources that may record them.
+    pub fn relationships(&self, policy: &Policy) -> bool {
+        match self {
+            Self::Source(source) => policy.records_relationships(source),
+            Self::Everything => true,
+        }
+    }
+
     /// The fields and consents of `state` the reader sees, in the record's order: what a read
     /// discloses.
     pub fn disclosed(&self, policy: &Policy, state: &CustomerState) -> Vec<FieldPath> {

@@ -8,10 +8,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::delegation::{RecordedRelationship, RelationshipEnding};
 use crate::event::{Adopted, ConsentTerms, EventEnvelope, EventPayload, Provenance};
 use crate::field::{FieldPath, FieldValue};
 use crate::hashing::HashKey;
-use crate::ids::{ChallengeId, CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId};
+use crate::ids::{
+    ChallengeId, CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, RelationshipId, SourceId,
+};
 use crate::policy::Policy;
 use crate::values::{Evidence, Jurisdiction};
 
@@ -174,6 +177,9 @@ pub struct CustomerState {
     /// The records merged into this one and not unmerged, by absorbed customer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub absorbed: BTreeMap<CustomerId, MergeLink>,
+    /// Guardian and delegate relationships recorded for the subject, ended ones included.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub relationships: BTreeMap<RelationshipId, RecordedRelationship>,
 }
 
 /// One side of a merge as a record remembers it: the other customer, the merge, and when.
@@ -183,6 +189,15 @@ pub struct MergeLink {
     pub customer: CustomerId,
     pub merge_id: uuid::Uuid,
     pub at: DateTime<Utc>,
+}
+
+/// A subject under the age of digital consent (see [`CustomerState::minor`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minor {
+    pub age: u32,
+    pub age_of_digital_consent: u8,
+    /// Where it was judged; `None`: the policy's default age.
+    pub jurisdiction: Option<Jurisdiction>,
 }
 
 /// A restriction of processing: since when, by whom, why.
@@ -260,16 +275,30 @@ impl CustomerState {
         }
     }
 
-    /// Whether the subject is below the age of digital consent in `jurisdiction`.
-    /// Unknown birth date: not known to be a minor.
-    pub fn is_minor_in(
+    /// The subject's minor status at `now` — the one rule of it (consents, grants, guardian
+    /// relationships): the age from the recorded birth date against the age of digital consent
+    /// in the **recorded** `jurisdiction`, else in `fallback` (a consent's own jurisdiction),
+    /// else the policy's default. `None`: not a minor, or not known to be (no birth date).
+    pub fn minor(
         &self,
-        jurisdiction: &Jurisdiction,
+        fallback: Option<&Jurisdiction>,
         policy: &Policy,
         now: DateTime<Utc>,
-    ) -> bool {
-        self.age_on(now)
-            .is_some_and(|age| age < u32::from(policy.age_of_digital_consent(jurisdiction)))
+    ) -> Option<Minor> {
+        let age = self.age_on(now)?;
+        let jurisdiction = match self.value(&FieldPath::Jurisdiction) {
+            Some(FieldValue::Jurisdiction(j)) => Some(j),
+            _ => fallback,
+        };
+        let age_of_digital_consent = jurisdiction
+            .map_or(policy.default_age_of_digital_consent(), |j| {
+                policy.age_of_digital_consent(j)
+            });
+        (age < u32::from(age_of_digital_consent)).then(|| Minor {
+            age,
+            age_of_digital_consent,
+            jurisdiction: jurisdiction.cloned(),
+        })
     }
 
     /// A consent's standing at `now`, on fresh state: expiry, maximum age and minor status are
@@ -300,8 +329,13 @@ impl CustomerState {
         {
             return ConsentStatus::Stale;
         }
-        let by_guardian = c.on_behalf_of.as_ref().is_some_and(OnBehalfOf::is_guardian);
-        if !by_guardian && self.is_minor_in(&c.terms.jurisdiction, policy, now) {
+        // Given by a guardian counts while that guardianship is live (recorded, not ended or
+        // expired): a minor's consent needs a recorded guardian.
+        let fallback = Some(&c.terms.jurisdiction);
+        let by_guardian = c.on_behalf_of.as_ref().is_some_and(|o| {
+            o.is_guardian() && self.live_relationship(o, fallback, policy, now).is_some()
+        });
+        if !by_guardian && self.minor(fallback, policy, now).is_some() {
             return ConsentStatus::GuardianRequired;
         }
         ConsentStatus::Granted
@@ -503,10 +537,14 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
             version,
             ..
         } => adopt(&mut state, field, adopted, envelope, *version),
+        EventPayload::RelationshipRecorded { .. } | EventPayload::RelationshipEnded { .. } => {
+            relationship_evolve(&mut state, envelope);
+        }
         EventPayload::CustomerErased { reason } => {
             // Registration stays so that the customer reads as erased rather than unknown.
             state.restricted = None;
             state.absorbed.clear();
+            state.relationships.clear();
             state.fields.clear();
             state.consents.clear();
             state.proposals.clear();
@@ -519,6 +557,46 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
         }
     }
     state
+}
+
+/// Applies a relationship event (kept apart from `evolve`'s field arms).
+fn relationship_evolve(state: &mut CustomerState, envelope: &EventEnvelope) {
+    let prov = &envelope.event.provenance;
+    match &envelope.event.payload {
+        EventPayload::RelationshipRecorded {
+            relationship_id,
+            representative,
+            evidence,
+            scope,
+            expires_at,
+        } => {
+            state.relationships.insert(
+                *relationship_id,
+                RecordedRelationship {
+                    representative: representative.clone(),
+                    evidence: evidence.clone(),
+                    scope: scope.clone(),
+                    expires_at: *expires_at,
+                    recorded_at: prov.recorded_at,
+                    recorded_by: prov.source.clone(),
+                    ended: None,
+                },
+            );
+        }
+        EventPayload::RelationshipEnded {
+            relationship_id,
+            reason,
+        } => {
+            if let Some(r) = state.relationships.get_mut(relationship_id) {
+                r.ended = Some(RelationshipEnding {
+                    at: prov.recorded_at,
+                    by: prov.source.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Applies an event whose data can no longer be read because its customer was erased (the

@@ -646,7 +646,28 @@ mod tests {
             .get_mut(&purpose("marketing"))
             .unwrap()
             .on_behalf_of = Some(OnBehalfOf::new(Relationship::Guardian, "parent").unwrap());
-        assert_eq!(q(&minor), None, "a guardian's consent counts");
+        assert_eq!(
+            q(&minor),
+            Some(DenyReason::MinorWithoutGuardian),
+            "an unrecorded guardian's consent does not count"
+        );
+        minor.relationships.insert(
+            crate::ids::RelationshipId::from(uuid::Uuid::now_v7()),
+            crate::delegation::RecordedRelationship {
+                representative: OnBehalfOf::new(Relationship::Guardian, "parent").unwrap(),
+                evidence: crate::values::Evidence::new(
+                    crate::ids::Key::parse("signed_form").unwrap(),
+                    "form-1",
+                )
+                .unwrap(),
+                scope: None,
+                expires_at: None,
+                recorded_at: now(),
+                recorded_by: SourceId::parse("idp").unwrap(),
+                ended: None,
+            },
+        );
+        assert_eq!(q(&minor), None, "a recorded guardian's consent counts");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use idledger_domain::command::{Change, Principal, ProvenanceInput, Refusal};
 use idledger_domain::decide::Outcome;
 use idledger_domain::event::{CancelReason, EventPayload, RepushedValue, SetMode, StewardAction};
 use idledger_domain::field::FieldValue;
-use idledger_domain::ids::{Actor, ActorKind, ChallengeId, ProposalId, Purpose};
+use idledger_domain::ids::{Actor, ActorKind, ChallengeId, ProposalId, Purpose, Relationship};
 use idledger_domain::policy::{DEFAULT_POLICY_TOML, Policy, WriteMode};
 use idledger_domain::schema::{StoredEvent, upcast};
 use idledger_domain::state::{
@@ -648,9 +648,20 @@ fn consent_granted_by_its_authority_and_withdrawn_by_the_subject_anywhere() {
         refusal_code(s.when("crm", subject(), vec![withdraw("marketing")])),
         "actor_not_allowed"
     );
+    // ... once a steward recorded the relationship that claim names.
+    assert_eq!(
+        refusal_code(s.when("crm", delegate(), vec![withdraw("marketing")])),
+        "unrecorded_representative"
+    );
+    s.apply(
+        steward(),
+        agent(),
+        vec![record(Relationship::Delegate, "assistant-1", None)],
+    )
+    .unwrap();
     assert_eq!(
         types(
-            &s.when("crm", guardian(), vec![withdraw("marketing")])
+            &s.when("crm", delegate(), vec![withdraw("marketing")])
                 .unwrap()
         ),
         ["consent_withdrawn"]
@@ -815,6 +826,13 @@ fn a_minors_consent_needs_a_guardian() {
         } => assert_eq!((age, age_of_digital_consent), (11, 16)),
         other => panic!("{other:?}"),
     }
+    // A guardian claim counts once the guardianship is recorded.
+    assert_eq!(
+        refusal_code(s.when("consent_portal", guardian(), vec![grant("marketing", "DE")])),
+        "unrecorded_representative"
+    );
+    s.apply(source("consent_portal"), agent(), vec![record_guardian()])
+        .unwrap();
     let d = s
         .when("consent_portal", guardian(), vec![grant("marketing", "DE")])
         .unwrap();
@@ -1499,6 +1517,28 @@ fn every_event_type_round_trips_through_the_stored_schema() {
         agent(),
         vec![Change::LiftRestriction {
             reason: "resolved".into(),
+        }],
+    )
+    .unwrap();
+    let recorded = s
+        .apply(
+            steward(),
+            agent(),
+            vec![record(Relationship::Delegate, "assistant-1", None)],
+        )
+        .unwrap();
+    let Outcome::Relationship {
+        relationship_id, ..
+    } = recorded.outcomes[0]
+    else {
+        panic!("{:?}", recorded.outcomes);
+    };
+    s.apply(
+        steward(),
+        agent(),
+        vec![Change::EndRelationship {
+            relationship_id,
+            reason: "revoked".into(),
         }],
     )
     .unwrap();

@@ -410,7 +410,10 @@ fn check_consents(
             .on_behalf_of
             .as_ref()
             .is_some_and(|o| o.is_guardian());
-        if state.is_minor_in(&terms.jurisdiction, policy, now) {
+        if state
+            .minor(Some(&terms.jurisdiction), policy, now)
+            .is_some()
+        {
             prop_assert!(
                 guardian,
                 "a minor's consent without a guardian reads granted"

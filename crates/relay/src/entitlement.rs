@@ -223,6 +223,9 @@ impl FieldChange {
             | EventPayload::ProposalRejected { .. }
             | EventPayload::ProcessingRestricted { .. }
             | EventPayload::RestrictionLifted { .. }
+            // Who may act for the subject is idledger's to check, not a consumer's field.
+            | EventPayload::RelationshipRecorded { .. }
+            | EventPayload::RelationshipEnded { .. }
             | EventPayload::CustomerErased { .. } => None,
         }
     }

@@ -36,6 +36,8 @@ pub const CONSENT: &str = "consent";
 pub const PROPOSAL: &str = "proposal";
 /// The restriction of processing, while there is one: who restricted it and why.
 pub const RESTRICTION: &str = "restriction";
+/// A recorded guardian or delegate relationship, by id (ended ones included).
+pub const RELATIONSHIP: &str = "relationship";
 
 /// How a sealed record starts; a plaintext one is JSON and starts with `{`. The version is
 /// bound into the associated data too.
@@ -94,6 +96,9 @@ pub fn rows(state: &CustomerState) -> Result<Vec<ProjectionRow>, StoreError> {
     }
     for (id, p) in &state.proposals {
         rows.push(row(PROPOSAL, id.to_string(), p)?);
+    }
+    for (id, r) in &state.relationships {
+        rows.push(row(RELATIONSHIP, id.to_string(), r)?);
     }
     rows.sort();
     Ok(rows)
@@ -155,6 +160,13 @@ pub fn state(rows: &[ProjectionRow]) -> Result<CustomerState, StoreError> {
                 let id = idledger_domain::ids::ProposalId::parse(&r.key)
                     .map_err(|e| StoreError::Integrity(format!("projection row: {e}")))?;
                 state.proposals.insert(id, p);
+            }
+            RELATIONSHIP => {
+                let id = idledger_domain::ids::RelationshipId::parse(&r.key)
+                    .map_err(|e| StoreError::Integrity(format!("projection row: {e}")))?;
+                state
+                    .relationships
+                    .insert(id, serde_json::from_str(&r.record)?);
             }
             other => {
                 return Err(StoreError::Integrity(format!(

@@ -300,6 +300,11 @@ enum Op {
     WithdrawConsent {
         purpose: &'static str,
     },
+    RecordRelationship {
+        relationship: &'static str,
+        representative: &'static str,
+        evidence: Value,
+    },
 }
 
 /// An HTTP answer, read in full.
@@ -602,6 +607,26 @@ impl Demo<'_> {
             &body,
             StatusCode::UNPROCESSABLE_ENTITY,
             "guardian_required",
+        )
+        .await?;
+        self.say(
+            "consent_portal records anna.schmidt as Mia's guardian, on the custody form it checked",
+        )?;
+        let record_guardian = Body {
+            provenance: provenance(ActorKind::System, "consent-portal-web")?,
+            changes: vec![Op::RecordRelationship {
+                relationship: "guardian",
+                representative: "anna.schmidt",
+                evidence: json!({"kind": "signed_form", "reference": "custody-mia"}),
+            }],
+        };
+        let key = self.key();
+        self.expect_ok(
+            "consent_portal",
+            Some(&mia),
+            &key,
+            &record_guardian,
+            StatusCode::OK,
         )
         .await?;
         self.say("consent_portal grants marketing on behalf of guardian:anna.schmidt")?;

@@ -83,6 +83,37 @@ pub fn guardian() -> ProvenanceInput {
     }
 }
 
+/// Acting as the delegate `assistant-1`.
+pub fn delegate() -> ProvenanceInput {
+    ProvenanceInput {
+        on_behalf_of: Some(OnBehalfOf::new(Relationship::Delegate, "assistant-1").unwrap()),
+        ..agent()
+    }
+}
+
+/// Records `guardian()`'s guardianship (`parent-1`), everything in scope.
+pub fn record_guardian() -> Change {
+    record(Relationship::Guardian, "parent-1", None)
+}
+
+/// Records a relationship with `id`, on a signed form.
+pub fn record(
+    relationship: Relationship,
+    id: &str,
+    scope: Option<idledger_domain::delegation::RelationshipScope>,
+) -> Change {
+    Change::RecordRelationship {
+        representative: OnBehalfOf::new(relationship, id).unwrap(),
+        evidence: Evidence::new(
+            idledger_domain::ids::Key::parse("signed_form").unwrap(),
+            "form-77",
+        )
+        .unwrap(),
+        scope,
+        expires_at: None,
+    }
+}
+
 pub fn with_evidence() -> ProvenanceInput {
     ProvenanceInput {
         evidence: Some(
