@@ -218,11 +218,25 @@ async fn seed_customer(ledger: &Ledger, by: &Principal, i: u64) -> Result<(), Be
         changes.push(set(&format!("preferences.p{key}"), "preference", json!(n)));
     }
     let command = command(customer, format!("seed-{i}"), changes)?;
-    ledger
-        .execute(by, &command)
-        .await
-        .step("a seeding command failed")?;
-    Ok(())
+    execute(ledger, by, &command).await
+}
+
+/// Runs a seeding command, again after a failure: more commands are in flight than the pool
+/// has connections, and the store gives up waiting for one after 800 ms, which a loaded
+/// machine exceeds. The idempotency key makes a retry of a command that did commit a no-op.
+async fn execute(ledger: &Ledger, by: &Principal, command: &Command) -> Result<(), BenchError> {
+    const ATTEMPTS: u64 = 5;
+    let mut attempt = 1;
+    loop {
+        match ledger.execute(by, command).await {
+            Ok(_) => return Ok(()),
+            Err(_) if attempt < ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e).step("a seeding command failed"),
+        }
+    }
 }
 
 /// The reads' customer: `events` events over four fields; returns it, an instant between its
@@ -261,10 +275,7 @@ async fn seed_read_customer(
         }
         commands += 1;
         let command = command(customer, format!("reader-{commands}"), changes)?;
-        ledger
-            .execute(by, &command)
-            .await
-            .step("seeding the reads' customer failed")?;
+        execute(ledger, by, &command).await?;
         if mid.is_none() && n >= events / 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
             mid = Some(Utc::now());

@@ -486,6 +486,9 @@ impl Report {
             },
             mib(self.bench_peak_memory_kib),
         )?;
+        if !self.serve_processes.is_empty() {
+            writeln!(s)?;
+        }
         for p in &self.serve_processes {
             writeln!(
                 s,
@@ -522,8 +525,14 @@ impl Report {
             ),
             None => "—".to_owned(),
         };
+        let backlog = self
+            .commands_postgres
+            .relay_backlog_seconds
+            .map_or(String::new(), |s| {
+                format!(" (and the relay's backlog: {s:.1} s)")
+            });
         let mut rows: Vec<(String, &Resources)> = vec![(
-            "commands, PostgreSQL (with the relay's backlog)".to_owned(),
+            format!("commands, PostgreSQL{backlog}"),
             &self.commands_postgres.resources,
         )];
         if let Some(q) = &self.commands_sqlite {
