@@ -1,5 +1,5 @@
-//! Decisions at the moment of use over HTTP: `POST /v1/decisions` paced at fixed rates (open
-//! loop, at most [`IN_FLIGHT`] outstanding), and `POST /v1/decisions/batch` of [`BATCH`]
+//! Decisions at the moment of use over HTTP: `POST /v1/decisions` paced at fixed rates (the
+//! shared open-loop schedule, [`crate::pacer`]), and `POST /v1/decisions/batch` of [`BATCH`]
 //! customers. Every question reads its customer's state fresh from the database, as in
 //! production; the customers have consented, so answers allow and are logged like any other.
 //! The phase starts once the relay has caught up with the commands before it.
@@ -7,30 +7,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use idledger_domain::field::FieldSelector;
-use idledger_domain::ids::Purpose;
-use idledger_domain::usage::Location;
-use idledger_store::Role;
-use idledger_store::decisions::{NewProcessor, ProcessorId};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::error::{BenchError, Step as _};
+use crate::error::BenchError;
 use crate::load;
+use crate::pacer;
 use crate::server::{PURPOSE, Server};
 use crate::stats::{self, Latency};
-
-/// Most questions outstanding at once (as in the commit-to-consumer phase): an overloaded
-/// server shows as a lower achieved rate rather than as queueing in the latency.
-const IN_FLIGHT: usize = 64;
+use crate::usage::{Meter, Resources};
 /// Customers per batch question.
 pub const BATCH: usize = 100;
 /// Customers the questions are spread over.
 const CUSTOMERS: usize = 200;
-const PROCESSOR: &str = "bench-journey";
 
 /// Single questions at one paced rate.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +32,8 @@ pub struct Paced {
     pub errors: u64,
     pub first_error: Option<String>,
     pub latency: Latency,
+    /// Per decision (a batch question counts each of its customers).
+    pub resources: Resources,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,31 +53,15 @@ impl Decisions {
 }
 
 pub async fn run(
-    server: &Server,
+    server: &mut Server,
     rates: &[u32],
     duration: Duration,
 ) -> Result<Decisions, BenchError> {
-    let store = server.ledger.store();
-    store
-        .decisions()
-        .register_processor(
-            NewProcessor::new(
-                ProcessorId::parse(PROCESSOR).step("processor id")?,
-                vec![Purpose::parse(PURPOSE).step("purpose")?],
-                vec![FieldSelector::parse("email").step("field")?],
-                Location::CONTROLLERS,
-            )
-            .step("processor")?,
-            Utc::now(),
-        )
-        .await
-        .map_err(|e| BenchError::Failed(format!("cannot register the bench processor: {e}")))?;
-    let token = store
-        .tokens()
-        .create(Role::Processor, Some(PROCESSOR), "idledger bench")
-        .await
-        .step("cannot create the processor's token")?
-        .secret;
+    let processor = format!("bench-journey-{}", server.unique);
+    server
+        .register_processor(&json!({"id": processor, "purposes": [PURPOSE], "fields": ["email"]}))
+        .await?;
+    let token = server.token("processor", Some(&processor)).await?;
     let mut customers = Vec::with_capacity(CUSTOMERS);
     for i in 0..CUSTOMERS {
         let key = format!("decide-{i}");
@@ -95,7 +71,7 @@ pub async fn run(
     }
     let customers = Arc::new(customers);
     // The previous phase leaves the relay a backlog: the decisions are timed without it.
-    crate::delivery::wait_caught_up(server).await?;
+    server.wait_caught_up().await?;
     let ask = Asker {
         client: server.client.clone(),
         base: server.base.clone(),
@@ -104,11 +80,11 @@ pub async fn run(
     };
     let mut single = Vec::with_capacity(rates.len());
     for &rate in rates {
-        single.push(ask.paced(rate, duration, 1).await?);
+        single.push(ask.paced(server, rate, duration, 1).await?);
     }
     let first = rates.first().copied().unwrap_or(100);
     let batches = u32::try_from((first as usize / BATCH).max(1)).unwrap_or(1);
-    let batch = ask.paced(batches, duration, BATCH).await?;
+    let batch = ask.paced(server, batches, duration, BATCH).await?;
     Ok(Decisions {
         single,
         batch,
@@ -130,27 +106,20 @@ type Outcome = (u64, Option<String>, hdrhistogram::Histogram<u64>);
 impl Asker {
     /// `rate` questions a second for `duration`, each about `size` customers (1: the single
     /// route, more: the batch route).
-    async fn paced(&self, rate: u32, duration: Duration, size: usize) -> Result<Paced, BenchError> {
+    async fn paced(
+        &self,
+        server: &Server,
+        rate: u32,
+        duration: Duration,
+        size: usize,
+    ) -> Result<Paced, BenchError> {
         let outcome: Arc<Mutex<Outcome>> = Arc::new(Mutex::new((0, None, stats::histogram()?)));
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        let mut ticker =
-            tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let started = Instant::now();
-        let deadline = started + duration;
-        let mut sent = 0usize;
-        while Instant::now() < deadline {
-            ticker.tick().await;
-            let permit = permits
-                .clone()
-                .acquire_owned()
-                .await
-                .step("the pacing semaphore closed")?;
-            sent += 1;
+        let meter = Meter::start(server);
+        let schedule = pacer::pace(rate, duration, |n| {
             let (asker, outcome) = (self.clone(), outcome.clone());
-            tokio::spawn(async move {
+            async move {
                 let t = Instant::now();
-                let answer = asker.ask(sent, size).await;
+                let answer = asker.ask(n, size).await;
                 let elapsed = t.elapsed();
                 if let Ok(mut outcome) = outcome.lock() {
                     stats::record(&mut outcome.2, elapsed);
@@ -159,31 +128,29 @@ impl Asker {
                         outcome.1.get_or_insert(e);
                     }
                 }
-                drop(permit);
-            });
-        }
-        let _all = permits
-            .acquire_many(u32::try_from(IN_FLIGHT).unwrap_or(u32::MAX))
-            .await
-            .step("the pacing semaphore closed")?;
-        let elapsed = started.elapsed();
+            }
+        })
+        .await?;
+        let resources = meter.finish(schedule.sent * size as u64);
         let (errors, first_error, latency) = outcome
             .lock()
             .map(|o| (o.0, o.1.clone(), Latency::of(&o.2)))
             .unwrap_or_default();
         Ok(Paced {
             target_rate: rate,
-            achieved_rate: stats::rate(sent as u64, elapsed),
-            seconds: elapsed.as_secs_f64(),
+            achieved_rate: schedule.achieved_rate(),
+            seconds: schedule.elapsed.as_secs_f64(),
             errors,
             first_error,
             latency,
+            resources,
         })
     }
 
     /// One question about `size` customers; `Err` describes an answer that is not a full
     /// allowance.
-    async fn ask(&self, n: usize, size: usize) -> Result<(), String> {
+    async fn ask(&self, n: u64, size: usize) -> Result<(), String> {
+        let n = usize::try_from(n).unwrap_or(0);
         let pick = |i: usize| self.customers[(n * size + i) % self.customers.len()];
         let (path, body) = if size == 1 {
             (

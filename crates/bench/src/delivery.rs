@@ -1,31 +1,27 @@
 //! Commit-to-consumer latency: from a command's acknowledgement over HTTP to the CloudEvent's
 //! arrival at a NATS subscriber of the consumer's subjects, at a paced rate.
 //!
-//! Commands are sent on a fixed schedule (open loop, at most [`IN_FLIGHT`] outstanding); each
-//! one sets a field of a customer who consented to the consumer's purpose, so each yields one
-//! event and one CloudEvent whose `id` is the event id. Both instants are taken in this
-//! process, on the same monotonic clock.
+//! Commands are sent on the shared open-loop schedule ([`crate::pacer`]); each one sets a
+//! field of a customer who consented to the consumer's purpose, so each yields one event and
+//! one CloudEvent whose `id` is the event id. Both instants are taken in this process, on the
+//! same monotonic clock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use idledger_store::delivery::ConsumerId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::error::{BenchError, Step as _};
 use crate::load::{self, Handle};
-use crate::server::{CONSUMER, Server};
+use crate::pacer::{self, IN_FLIGHT};
+use crate::server::Server;
 use crate::stats::{self, Latency};
+use crate::usage::{Meter, Resources};
 
-/// Most commands outstanding at once; beyond this the schedule waits (and the achieved rate
-/// falls short of the target, which the report shows). Small enough that an overloaded
-/// server shows as a lower rate rather than as seconds of queueing in the latency.
-const IN_FLIGHT: usize = 64;
 /// How long to wait, after the last command, for deliveries still on their way.
 const DRAIN: Duration = Duration::from_secs(15);
 
@@ -45,6 +41,8 @@ pub struct CommitToConsumer {
     pub before_ack: u64,
     pub latency: Latency,
     pub command_latency: Latency,
+    /// From the first command until the last delivery arrived (or the drain gave up).
+    pub resources: Resources,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +62,7 @@ pub async fn run(
     let nats = server.nats.clone().ok_or_else(|| {
         BenchError::Failed("commit-to-consumer needs the relay with NATS".to_owned())
     })?;
+    let consumer = &nats.consumer;
     // Twice as many customers as commands in flight, so that concurrent commands rarely
     // touch the same customer (they would be re-decided, and after 16 tries refused).
     let count = usize::try_from(rate / 2)
@@ -76,13 +75,13 @@ pub async fn run(
         load::grant(server, customer, &format!("{key}-grant")).await?;
         customers.push(customer);
     }
-    wait_caught_up(server).await?;
+    server.wait_caught_up().await?;
 
     let client = async_nats::connect(&nats.url)
         .await
         .step(format!("cannot connect to NATS at {}", nats.url))?;
     let mut subscription = client
-        .subscribe(format!("{}.{CONSUMER}.>", nats.subject_prefix))
+        .subscribe(format!("{}.{consumer}.>", nats.subject_prefix))
         .await
         .step("cannot subscribe to the consumer's subjects")?;
     client.flush().await.step("cannot flush the subscription")?;
@@ -104,23 +103,11 @@ pub async fn run(
     let acked: Instants = Arc::default();
     let outcome: Arc<Mutex<Outcome>> = Arc::new(Mutex::new((0, None, stats::histogram()?)));
     let handle = Handle::of(server);
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let mut ticker = tokio::time::interval(period);
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut sent = 0u64;
-    while Instant::now() < deadline {
-        ticker.tick().await;
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .step("the pacing semaphore closed")?;
-        sent += 1;
+    let meter = Meter::start(server);
+    let schedule = pacer::pace(rate, duration, |sent| {
         let customer = customers[usize::try_from(sent).unwrap_or(0) % customers.len()];
         let (handle, acked, outcome) = (handle.clone(), acked.clone(), outcome.clone());
-        tokio::spawn(async move {
+        async move {
             let body = json!({"provenance": load::actor("system"), "changes": [{"op": "set_field",
                 "field": "name.family", "value": load::name(sent)}]});
             let t = Instant::now();
@@ -149,15 +136,9 @@ pub async fn run(
             if let (Some(event), Ok(mut acked)) = (event, acked.lock()) {
                 acked.insert(event, at);
             }
-            drop(permit);
-        });
-    }
-    // Every command answered.
-    let _all = permits
-        .acquire_many(u32::try_from(IN_FLIGHT).unwrap_or(u32::MAX))
-        .await
-        .step("the pacing semaphore closed")?;
-    let elapsed = started.elapsed();
+        }
+    })
+    .await?;
     let drain_until = Instant::now() + DRAIN;
     loop {
         let pending = {
@@ -176,6 +157,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reader.abort();
+    let resources = meter.finish(schedule.sent);
 
     let mut latency = stats::histogram()?;
     let (mut received_count, mut missing, mut before_ack) = (0, 0, 0);
@@ -199,8 +181,8 @@ pub async fn run(
         .unwrap_or_default();
     Ok(CommitToConsumer {
         target_rate: rate,
-        achieved_rate: stats::rate(sent, elapsed),
-        seconds: elapsed.as_secs_f64(),
+        achieved_rate: schedule.achieved_rate(),
+        seconds: schedule.elapsed.as_secs_f64(),
         acknowledged: acked.len() as u64,
         received: received_count,
         missing,
@@ -209,34 +191,6 @@ pub async fn run(
         before_ack,
         latency: Latency::of(&latency),
         command_latency: commands,
+        resources,
     })
-}
-
-/// Waits until the relay has delivered everything committed so far, so that the timed phase
-/// measures fresh commands, not a backlog.
-pub(crate) async fn wait_caught_up(server: &Server) -> Result<(), BenchError> {
-    let id = ConsumerId::parse(CONSUMER).map_err(|e| BenchError::Failed(e.to_string()))?;
-    let deliveries = server.ledger.store().deliveries();
-    let until = Instant::now() + Duration::from_secs(120);
-    loop {
-        let head = server
-            .ledger
-            .head_position()
-            .await
-            .step("cannot read the log's head")?;
-        let at = deliveries
-            .checkpoint(&id)
-            .await
-            .step("cannot read the consumer's checkpoint")?
-            .unwrap_or(0);
-        if at >= head {
-            return Ok(());
-        }
-        if Instant::now() >= until {
-            return Err(BenchError::Failed(format!(
-                "the relay did not catch up within 120 s (at {at} of {head})"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

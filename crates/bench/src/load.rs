@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::error::{BenchError, Step as _};
 use crate::server::{PURPOSE, Server};
 use crate::stats::{self, Latency};
+use crate::usage::{Meter, Resources};
 
 /// Customers per client: enough to interleave, few enough that each is written often.
 const CUSTOMERS_PER_CLIENT: usize = 4;
@@ -44,6 +45,11 @@ pub struct LoadResult {
     pub read_latency: Latency,
     /// Commands per second over the same engine's raw single-row INSERTs per second.
     pub ratio_to_insert: f64,
+    /// With a relay: seconds after the timed window until it had delivered the phase's
+    /// changes. Its work in that time is the phase's, so the CPU figures include it.
+    pub relay_backlog_seconds: Option<f64>,
+    /// CPU per command (server, PostgreSQL, bench) and the server's peak memory.
+    pub resources: Resources,
 }
 
 #[derive(Debug)]
@@ -96,6 +102,9 @@ pub async fn run(
         }
         customers.push(own);
     }
+    // Everything written so far (the setup) delivered: the meter sees only the phase's work.
+    server.wait_caught_up().await?;
+    let meter = Meter::start(server);
     let started = Instant::now();
     let deadline = started + duration;
     let tasks = customers.into_iter().enumerate().map(|(client, own)| {
@@ -118,6 +127,15 @@ pub async fn run(
         errors += client.errors;
         first_error = first_error.or(client.first_error);
     }
+    let relay_backlog_seconds = match &server.nats {
+        Some(_) => {
+            let t = Instant::now();
+            server.wait_caught_up().await?;
+            Some(t.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
+    let resources = meter.finish(commands.len());
     let commands_per_second = stats::rate(commands.len(), elapsed);
     Ok(LoadResult {
         clients,
@@ -135,6 +153,8 @@ pub async fn run(
         command_latency: Latency::of(&commands),
         read_latency: Latency::of(&reads),
         ratio_to_insert: stats::ratio(commands_per_second, insert_per_second),
+        relay_backlog_seconds,
+        resources,
     })
 }
 

@@ -11,12 +11,14 @@ use chrono::{SecondsFormat, Utc};
 use futures::StreamExt as _;
 use idledger_domain::command::{Command, Principal};
 use idledger_domain::ids::{CustomerId, SourceId};
-use idledger_store::Ledger;
+use idledger_domain::policy::Policy;
+use idledger_store::{Ledger, LedgerOptions, MasterKey};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::{BenchError, Step as _};
-use crate::server::Server;
+use crate::process::ServeProcessReport;
+use crate::server::{Server, Spawn};
 use crate::stats::{self, Latency};
 use crate::{BenchConfig, Note};
 
@@ -62,12 +64,15 @@ pub struct Reads {
     pub as_of_ratio_to_raw: f64,
 }
 
+/// Seeds the log of `spawn.database_url` through the ledger, times a raw scan and the
+/// rebuild, then the reads over HTTP from an `idledger serve` started on it (`spawn`), whose
+/// report comes back too.
 pub async fn run(
-    url: &str,
+    spawn: &Spawn<'_>,
     config: &BenchConfig,
     note: Note<'_>,
-) -> Result<(RebuildResult, Reads), BenchError> {
-    let ledger = crate::server::open_ledger(url).await?;
+) -> Result<(RebuildResult, Reads, Option<ServeProcessReport>), BenchError> {
+    let ledger = open_ledger(spawn.database_url, spawn.master_key_hex).await?;
     let web_app = Principal::Source(
         SourceId::parse("web_app").map_err(|e| BenchError::Failed(e.to_string()))?,
     );
@@ -157,7 +162,8 @@ pub async fn run(
         "reads: history and as-of of a customer with {} events, {} of each",
         config.read_events, config.read_samples
     ));
-    let reads = measure_reads(
+    let (reads, serve) = measure_reads(
+        spawn,
         ledger,
         reader,
         mid,
@@ -169,7 +175,24 @@ pub async fn run(
         "  history p99 {:.2} ms, as-of p99 {:.2} ms",
         reads.history.p99_ms, reads.as_of.p99_ms
     ));
-    Ok((rebuild_result, reads))
+    Ok((rebuild_result, reads, serve))
+}
+
+/// The ledger on the scratch database, under the run's master key, which the `serve` child
+/// started on it afterwards is given too.
+async fn open_ledger(url: &str, master_key_hex: &str) -> Result<Ledger, BenchError> {
+    let store = idledger_store::Store::open(url)
+        .await
+        .step("cannot open the benchmark's database")?;
+    let policy = Policy::default_policy()
+        .map_err(|e| BenchError::Failed(format!("the default policy does not load: {e}")))?;
+    let master = MasterKey::from_hex(master_key_hex).step("the run's master key")?;
+    Ok(Ledger::new(
+        &store,
+        master,
+        policy,
+        LedgerOptions::default(),
+    ))
 }
 
 fn command(customer: CustomerId, key: String, changes: Vec<Value>) -> Result<Command, BenchError> {
@@ -195,11 +218,25 @@ async fn seed_customer(ledger: &Ledger, by: &Principal, i: u64) -> Result<(), Be
         changes.push(set(&format!("preferences.p{key}"), "preference", json!(n)));
     }
     let command = command(customer, format!("seed-{i}"), changes)?;
-    ledger
-        .execute(by, &command)
-        .await
-        .step("a seeding command failed")?;
-    Ok(())
+    execute(ledger, by, &command).await
+}
+
+/// Runs a seeding command, again after a failure: more commands are in flight than the pool
+/// has connections, and the store gives up waiting for one after 800 ms, which a loaded
+/// machine exceeds. The idempotency key makes a retry of a command that did commit a no-op.
+async fn execute(ledger: &Ledger, by: &Principal, command: &Command) -> Result<(), BenchError> {
+    const ATTEMPTS: u64 = 5;
+    let mut attempt = 1;
+    loop {
+        match ledger.execute(by, command).await {
+            Ok(_) => return Ok(()),
+            Err(_) if attempt < ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e).step("a seeding command failed"),
+        }
+    }
 }
 
 /// The reads' customer: `events` events over four fields; returns it, an instant between its
@@ -238,10 +275,7 @@ async fn seed_read_customer(
         }
         commands += 1;
         let command = command(customer, format!("reader-{commands}"), changes)?;
-        ledger
-            .execute(by, &command)
-            .await
-            .step("seeding the reads' customer failed")?;
+        execute(ledger, by, &command).await?;
         if mid.is_none() && n >= events / 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
             mid = Some(Utc::now());
@@ -253,16 +287,17 @@ async fn seed_read_customer(
 }
 
 async fn measure_reads(
+    spawn: &Spawn<'_>,
     ledger: Ledger,
     customer: CustomerId,
     mid: chrono::DateTime<Utc>,
     samples: u32,
     (customer_events, history_events, as_of_events): (u64, u64, u64),
-) -> Result<Reads, BenchError> {
+) -> Result<(Reads, Option<ServeProcessReport>), BenchError> {
     let log = ledger.store().log();
     let id = customer.as_uuid();
     let mid_micros = mid.timestamp_micros();
-    let server = Server::serve(ledger, None).await?;
+    let server = Server::spawn(spawn).await?;
     let history_url = format!(
         "{}/v1/customers/{id}/fields/name.given/history",
         server.base
@@ -323,6 +358,5 @@ async fn measure_reads(
     .await;
     let stopped = server.stop().await;
     let reads = measured?;
-    stopped?;
-    Ok(reads)
+    Ok((reads, stopped?))
 }

@@ -10,8 +10,14 @@ use crate::baseline::Throughput;
 use crate::delivery::CommitToConsumer;
 use crate::error::{BenchError, Step as _};
 use crate::load::LoadResult;
+use crate::process::ServeProcessReport;
+use crate::procfs::kib_of;
 use crate::rebuild::{Reads, RebuildResult};
 use crate::scratch::Scratch;
+use crate::usage::Resources;
+
+/// The design brief's bound on `serve`'s resident memory under the commands load.
+const SERVE_MEMORY_TARGET_KIB: u64 = 200 * 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -23,13 +29,19 @@ pub struct Report {
     pub settings: Settings,
     pub baselines: Baselines,
     pub commands_postgres: LoadResult,
-    pub commands_sqlite: LoadResult,
+    /// Not measured when driving a `--target` (one server, on PostgreSQL).
+    pub commands_sqlite: Option<LoadResult>,
     pub commit_to_consumer: CommitToConsumer,
     pub decisions: crate::decisions::Decisions,
     pub rebuild: RebuildResult,
     pub reads: Reads,
-    /// VmHWM of this process (server and load generator together), KiB.
-    pub peak_memory_kib: Option<u64>,
+    /// `serve` alone: its peak resident memory (VmHWM) at the end of the commands phases
+    /// (the larger of PostgreSQL's and SQLite's), KiB. `None` on a `--target`.
+    pub serve_peak_memory_kib: Option<u64>,
+    /// VmHWM of the bench process (load generator, NATS subscriber, the rebuild's fold), KiB.
+    pub bench_peak_memory_kib: Option<u64>,
+    /// The `idledger serve` children, each killed when its phases were done.
+    pub serve_processes: Vec<ServeProcessReport>,
     pub targets: Vec<Target>,
 }
 
@@ -104,7 +116,7 @@ impl Report {
         machine: Machine,
         baselines: Baselines,
         commands_postgres: LoadResult,
-        commands_sqlite: LoadResult,
+        commands_sqlite: Option<LoadResult>,
         commit_to_consumer: CommitToConsumer,
         decisions: crate::decisions::Decisions,
         rebuild: RebuildResult,
@@ -125,13 +137,18 @@ impl Report {
                 read_samples: config.read_samples,
             },
             baselines,
+            serve_peak_memory_kib: std::iter::once(&commands_postgres)
+                .chain(&commands_sqlite)
+                .filter_map(|c| c.resources.serve_peak_memory_kib)
+                .max(),
             commands_postgres,
             commands_sqlite,
             commit_to_consumer,
             decisions,
             rebuild,
             reads,
-            peak_memory_kib: None,
+            bench_peak_memory_kib: None,
+            serve_processes: Vec::new(),
             targets: Vec::new(),
         }
     }
@@ -139,6 +156,8 @@ impl Report {
     /// Answers the run did not expect: a benchmark that got them measured something else.
     pub fn unexpected(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let none = None;
+        let sqlite = self.commands_sqlite.as_ref();
         for (what, errors, first) in [
             (
                 "commands on PostgreSQL",
@@ -147,8 +166,8 @@ impl Report {
             ),
             (
                 "commands on SQLite",
-                self.commands_sqlite.errors,
-                &self.commands_sqlite.first_error,
+                sqlite.map_or(0, |c| c.errors),
+                sqlite.map_or(&none, |c| &c.first_error),
             ),
             (
                 "commit-to-consumer commands",
@@ -217,6 +236,16 @@ impl Report {
                 met: self.decisions.at(1000).is_some_and(|p| {
                     p.latency.p99_ms <= 5.0 && p.achieved_rate >= 990.0 && p.errors == 0
                 }),
+            },
+            Target {
+                target: "serve alone <= 200 MiB resident under the commands phase",
+                measured: self.serve_peak_memory_kib.map_or_else(
+                    || "not measured (a --target server)".to_owned(),
+                    |k| format!("{} MiB peak", k / 1024),
+                ),
+                met: self
+                    .serve_peak_memory_kib
+                    .is_some_and(|k| k <= SERVE_MEMORY_TARGET_KIB),
             },
             Target {
                 target: "rebuild >= 100,000 events/s",
@@ -329,33 +358,31 @@ impl Report {
             None,
             &b.sqlite_insert.latency,
         )?;
-        let q = &self.commands_sqlite;
-        row(
-            s,
-            "SQLite commands over HTTP",
-            q.commands_per_second,
-            Some(q.ratio_to_insert),
-            &q.command_latency,
-        )?;
-        writeln!(
+        if let Some(q) = &self.commands_sqlite {
+            row(
+                s,
+                "SQLite commands over HTTP",
+                q.commands_per_second,
+                Some(q.ratio_to_insert),
+                &q.command_latency,
+            )?;
+        }
+        write!(
             s,
             "\nPostgreSQL: {} commands ({} accepted, {} refused as intended, {} unexpected) and \
-             {} reads (p99 {:.2} ms) in {:.1} s. SQLite: {} commands ({} accepted, {} refused, \
-             {} unexpected) and {} reads (p99 {:.2} ms).",
-            c.commands,
-            c.accepted,
-            c.refused,
-            c.errors,
-            c.reads,
-            c.read_latency.p99_ms,
-            c.seconds,
-            q.commands,
-            q.accepted,
-            q.refused,
-            q.errors,
-            q.reads,
-            q.read_latency.p99_ms,
+             {} reads (p99 {:.2} ms) in {:.1} s.",
+            c.commands, c.accepted, c.refused, c.errors, c.reads, c.read_latency.p99_ms, c.seconds,
         )?;
+        match &self.commands_sqlite {
+            Some(q) => writeln!(
+                s,
+                " SQLite: {} commands ({} accepted, {} refused, {} unexpected) and {} reads \
+                 (p99 {:.2} ms).",
+                q.commands, q.accepted, q.refused, q.errors, q.reads, q.read_latency.p99_ms,
+            )?,
+            None => writeln!(s, " SQLite: not measured (a --target server).")?,
+        }
+        self.write_resources(s)?;
         let d = &self.commit_to_consumer;
         writeln!(s, "\n## Commit to consumer (PostgreSQL, relay → NATS)\n")?;
         writeln!(
@@ -448,34 +475,97 @@ impl Report {
             x.raw_as_of.p99_ms,
             x.as_of_ratio_to_raw
         )?;
+        let mib = |k: Option<u64>| k.map_or("unknown".to_owned(), |k| format!("{} MiB", k / 1024));
         writeln!(
             s,
-            "\nPeak memory (VmHWM of the bench process: server, relay and load generator): {}.",
-            self.peak_memory_kib
-                .map_or("unknown".to_owned(), |k| format!("{} MiB", k / 1024))
-        )
+            "\n## Memory\n\n`serve` alone, peak resident (VmHWM) under the commands phase: {}. \
+             The bench process (load generator, NATS subscriber, the rebuild's fold): {}.",
+            match self.serve_peak_memory_kib {
+                Some(k) => format!("{} MiB", k / 1024),
+                None => "not measured (a --target server)".to_owned(),
+            },
+            mib(self.bench_peak_memory_kib),
+        )?;
+        if !self.serve_processes.is_empty() {
+            writeln!(s)?;
+        }
+        for p in &self.serve_processes {
+            writeln!(
+                s,
+                "- `serve` for {} (pid {}): peak {} over its life, {}; log `{}`",
+                p.name,
+                p.pid,
+                mib(p.peak_memory_kib),
+                p.ended,
+                p.log.display()
+            )?;
+        }
+        Ok(())
     }
-}
 
-fn kib_of(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-/// The process's peak resident memory (VmHWM), where /proc has it.
-pub fn peak_memory_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    kib_of(&status, "VmHWM:")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn kib_values_are_read_from_proc_lines() {
-        let text = "Name:\tx\nVmHWM:\t  12345 kB\nVmRSS:\t 100 kB\n";
-        assert_eq!(super::kib_of(text, "VmHWM:"), Some(12345));
-        assert_eq!(super::kib_of(text, "VmSwap:"), None);
+    /// Where the CPU went in each HTTP phase, per command or decision.
+    fn write_resources(&self, s: &mut String) -> std::fmt::Result {
+        writeln!(
+            s,
+            "\n## CPU per operation (serve, PostgreSQL, bench apart)\n\n\
+             CPU time (user + system) from `/proc` before and after each phase, divided by its \
+             operations; in brackets the mean cores busy. PostgreSQL counts the backends of the \
+             phase's database and the server's shared processes (on a `--target`: every process \
+             of the server).\n"
+        )?;
+        writeln!(
+            s,
+            "| phase | operations | serve ms/op | PostgreSQL ms/op | bench ms/op |\n\
+             | --- | --- | --- | --- | --- |"
+        )?;
+        let cell = |per: Option<f64>, total: Option<f64>, wall: f64| match per {
+            Some(per) => format!(
+                "{per:.3} ({:.2})",
+                Resources::cores(total, wall).unwrap_or(0.0)
+            ),
+            None => "—".to_owned(),
+        };
+        let backlog = self
+            .commands_postgres
+            .relay_backlog_seconds
+            .map_or(String::new(), |s| {
+                format!(" (and the relay's backlog: {s:.1} s)")
+            });
+        let mut rows: Vec<(String, &Resources)> = vec![(
+            format!("commands, PostgreSQL{backlog}"),
+            &self.commands_postgres.resources,
+        )];
+        if let Some(q) = &self.commands_sqlite {
+            rows.push(("commands, SQLite".to_owned(), &q.resources));
+        }
+        rows.push((
+            format!(
+                "commit-to-consumer at {}/s",
+                self.commit_to_consumer.target_rate
+            ),
+            &self.commit_to_consumer.resources,
+        ));
+        for p in &self.decisions.single {
+            rows.push((format!("decisions at {}/s", p.target_rate), &p.resources));
+        }
+        rows.push((
+            format!("decisions in batches of {}", self.decisions.batch_size),
+            &self.decisions.batch.resources,
+        ));
+        for (what, r) in rows {
+            writeln!(
+                s,
+                "| {what} | {} | {} | {} | {} |",
+                r.operations,
+                cell(r.serve_cpu_ms_per_operation, r.serve_cpu_seconds, r.seconds),
+                cell(
+                    r.postgres_cpu_ms_per_operation,
+                    r.postgres_cpu_seconds,
+                    r.seconds
+                ),
+                cell(r.bench_cpu_ms_per_operation, r.bench_cpu_seconds, r.seconds),
+            )?;
+        }
+        Ok(())
     }
 }

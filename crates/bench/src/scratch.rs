@@ -41,9 +41,14 @@ impl Scratch {
         &self.admin
     }
 
+    /// The name of the database [`create`](Self::create) makes for `phase`.
+    pub fn database_name(&self, phase: &str) -> String {
+        format!("{}_{phase}", self.prefix)
+    }
+
     /// Creates an empty database for one phase and returns its URL.
     pub async fn create(&self, phase: &str) -> Result<String, BenchError> {
-        let name = format!("{}_{phase}", self.prefix);
+        let name = self.database_name(phase);
         // The name is ours (a fixed prefix, hex and a phase name): nothing to quote.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&self.admin)

@@ -493,7 +493,7 @@ fn nats_auth(settings: &Settings) -> anyhow::Result<NatsAuth> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what service managers send).
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
