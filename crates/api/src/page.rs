@@ -74,6 +74,8 @@ pub fn routes(settings: SessionSettings) -> Router<AppState> {
         .route("/steward/activity", get(activity_page))
         .route("/steward/customers", get(find_customer))
         .route("/steward/customers/{id}", get(customer_page))
+        .route("/steward/customers/{id}/merge", post(merge_records))
+        .route("/steward/customers/{id}/unmerge", post(unmerge_records))
         .route(
             "/steward/customers/{id}/fields/{field}/history",
             get(field_history_page),
@@ -282,6 +284,7 @@ fn layout(title: &str, steward: Option<&TokenRecord>, body: Markup) -> Markup {
                 header {
                     a href="/steward" { "idledger · sync exceptions" }
                     @if steward.is_some() {
+                        a id="nav-duplicates" href="/steward?kind=duplicate_candidate" { "Duplicates" }
                         a id="nav-approvals" href="/steward/approvals" { "Approvals" }
                         a id="nav-activity" href="/steward/activity" { "Activity" }
                         form id="find-customer" method="get" action="/steward/customers" {
@@ -611,7 +614,7 @@ async fn list(
         Err(e) => return PageError::from(ApiError::from(e)).into_response(),
     };
     let body = html! {
-        h1 { "Sync exceptions" }
+        h1 { @if filters.kind == ExceptionKind::DuplicateCandidate.as_str() { "Duplicate queue" } @else { "Sync exceptions" } }
         @for error in &errors {
             p.msg.error role="alert" { (error) }
         }
@@ -922,6 +925,14 @@ async fn exception_page(
     // Hashes are keyed per consumer: the record's is shown under the consumer's key, to be
     // compared with what it acknowledged.
     let hash_key = consumer.as_ref().map(|c| state.ledger.hash_key(&c.id));
+    // The other record of a duplicate pair, shown beside this one.
+    let other = match (&record, exception.subject.other_customer()) {
+        (Record::Found { .. }, Some(other)) => Some((
+            other,
+            state.ledger.state(other).await.map_err(ApiError::from)?,
+        )),
+        _ => None,
+    };
     let title = format!("{} exception", exception.kind);
     let body = html! {
         p { a href="/steward" { "← all exceptions" } }
@@ -932,7 +943,7 @@ async fn exception_page(
                 a href={ "/steward/customers/" (other.as_uuid()) } { span.mono { (other.as_uuid()) } }
                 " (" (exception.detail["strength"].as_str().unwrap_or("?")) " match on "
                 (exception.detail["matched_on"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default())
-                "). Merging is not available yet: dismiss it if they are not the same person."
+                "). Compare the two records below; merge one into the other, or dismiss this if they are not the same person."
             }
         }
         @match &notice {
@@ -944,6 +955,13 @@ async fn exception_page(
             Record::Found { state, .. } => display_label(state),
             _ => None,
         }))
+        @if let (Record::Found { state: mine, .. }, Some((other, theirs))) = (&record, &other) {
+            (side_by_side(
+                (exception.customer_id, mine),
+                (*other, theirs.as_ref()),
+                (exception.status == ExceptionStatus::Open).then_some(exception.id),
+            ))
+        }
         @if exception.status == ExceptionStatus::Open && !matches!(record, Record::Erased(_)) {
             (assign_form(&exception))
             @for approval in &approvals {
@@ -1082,8 +1100,29 @@ async fn customer_page(
     State(state): State<AppState>,
     Steward(token): Steward,
     Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, PageError> {
     let id = parse_customer(&raw)?;
+    let query = pairs(query.unwrap_or_default().as_bytes());
+    let notice = one(&query, "done").map(|done| {
+        Notice::Done(match done {
+            "merge" => "Merged: the other record is now part of this one (listed under Merged records); its reads and commands come here.".to_owned(),
+            "unmerge" => "Unmerged: both records stand apart again, as if they had never been merged.".to_owned(),
+            other => format!("Done: {other}."),
+        })
+    });
+    record_page(&state, &token, id, StatusCode::OK, notice).await
+}
+
+/// The record page of `customer_page`, with what the action before it did or why it was
+/// refused (`status` is then the refusal's).
+async fn record_page(
+    state: &AppState,
+    token: &TokenRecord,
+    id: CustomerId,
+    status: StatusCode,
+    notice: Option<Notice>,
+) -> Result<Response, PageError> {
     let not_found = || {
         PageError::new(
             StatusCode::NOT_FOUND,
@@ -1103,8 +1142,19 @@ async fn customer_page(
             h1 { "Customer " span.mono { (id) } }
             p.msg.error id="erased" role="alert" { (erased_message(erasure.at)) }
         };
-        return Ok(page(StatusCode::GONE, layout(&title, Some(&token), body)));
+        return Ok(page(StatusCode::GONE, layout(&title, Some(token), body)));
     }
+    // The records merged into this one, by their labels (they are frozen as they were).
+    let absorbed_labels = customer_labels(state, current.absorbed.keys().copied().collect())
+        .await
+        .map_err(ApiError::from)?;
+    let survivor_label = match &current.merged_into {
+        Some(link) => customer_labels(state, vec![link.customer])
+            .await
+            .map_err(ApiError::from)?
+            .remove(&link.customer),
+        None => None,
+    };
     let decisions = state
         .app
         .decider()
@@ -1134,6 +1184,21 @@ async fn customer_page(
             Some(label) => { (label) " " span.muted.mono { (id) } },
             None => { "Customer " span.mono { (id) } },
         } }
+        @match &notice {
+            Some(Notice::Done(message)) => p.msg.ok role="status" { (message) },
+            Some(Notice::Failed(message)) => p.msg.error role="alert" { (message) },
+            None => {},
+        }
+        @if let Some(link) = &current.merged_into {
+            p.msg.error id="merged-into" role="status" {
+                "This record is merged into "
+                a href={ "/steward/customers/" (link.customer) } {
+                    @if let Some(label) = &survivor_label { (label) " " }
+                    span.mono { (link.customer) }
+                }
+                " since " (time(link.at)) ": it is kept as it was then, and its reads and commands go there."
+            }
+        }
         dl {
             dt { "Registered" } dd { (current.registered_at.map(time).unwrap_or_else(|| "—".to_owned())) }
             dt { "Stream version" } dd { (current.stream_version) }
@@ -1163,6 +1228,9 @@ async fn customer_page(
                         li { code { (p.field) } ": " code { (compact(&p.value.to_json())) } " from " (p.proposed_by) " " span.muted.mono { (pid) } }
                     } }
                 }
+            }
+            @if !current.absorbed.is_empty() {
+                (merged_records(id, &current, &absorbed_labels))
             }
             (consents_section(id, &current))
             (decisions_section(&decisions))
@@ -1197,7 +1265,115 @@ async fn customer_page(
             }
         }
     };
-    Ok(page(StatusCode::OK, layout(&title, Some(&token), body)))
+    Ok(page(status, layout(&title, Some(token), body)))
+}
+
+/// The records merged into `survivor`, each with a form that undoes its merge.
+fn merged_records(
+    survivor: CustomerId,
+    current: &CustomerState,
+    labels: &std::collections::HashMap<CustomerId, String>,
+) -> Markup {
+    html! {
+        section id="merged-records" {
+            h2 { "Merged records" }
+            table {
+                thead { tr { th { "Record" } th { "Merged (UTC)" } th { "" } } }
+                tbody { @for (absorbed, link) in &current.absorbed {
+                    tr data-id=(absorbed) {
+                        td { a href={ "/steward/customers/" (absorbed) } {
+                            @if let Some(label) = labels.get(absorbed) { (label) " " }
+                            span.mono { (absorbed) }
+                        } }
+                        td.nowrap { (time(link.at)) }
+                        td {
+                            form.unmerge method="post" action={ "/steward/customers/" (survivor) "/unmerge" } {
+                                input type="hidden" name="absorbed" value=(absorbed);
+                                label { "Reason (required) " input type="text" name="reason" size="24" required; }
+                                button type="submit" { "Unmerge" }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+    }
+}
+
+/// `POST /steward/customers/{survivor}/merge` (form: `absorbed`, `reason`, and `exception`
+/// when sent from a duplicate candidate's page, where a refusal is shown).
+async fn merge_records(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    merge_or_unmerge(&state, &token, &raw, &body, false).await
+}
+
+/// `POST /steward/customers/{survivor}/unmerge` (form: `absorbed`, `reason`); a refusal is
+/// shown on the survivor's record page.
+async fn unmerge_records(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    merge_or_unmerge(&state, &token, &raw, &body, true).await
+}
+
+async fn merge_or_unmerge(
+    state: &AppState,
+    token: &TokenRecord,
+    raw: &str,
+    body: &[u8],
+    undo: bool,
+) -> Result<Response, PageError> {
+    let survivor = parse_customer(raw)?;
+    let form = pairs(body);
+    let exception = one(&form, "exception").and_then(|raw| Uuid::parse_str(raw).ok());
+    let me = steward::steward_of(token)?;
+    let result = match one(&form, "absorbed").map(CustomerId::parse) {
+        Some(Ok(absorbed)) => {
+            // Validated (and trimmed) by the app, as the JSON API's reason is.
+            let reason = one(&form, "reason").unwrap_or_default();
+            let done = if undo {
+                state.app.unmerge(&me, survivor, absorbed, reason).await
+            } else {
+                state.app.merge(&me, survivor, absorbed, reason).await
+            };
+            done.map_err(ApiError::from)
+        }
+        _ => Err(ApiError::unprocessable(
+            "invalid_value",
+            "Name the other record by its customer id.",
+        )),
+    };
+    let done = if undo { "unmerge" } else { "merge" };
+    match result {
+        // Post/redirect/get: reloading the survivor's page does not merge twice.
+        Ok(_) => {
+            Ok(Redirect::to(&format!("/steward/customers/{survivor}?done={done}")).into_response())
+        }
+        Err(e) => {
+            let message = readable(&e);
+            match exception {
+                Some(id) => {
+                    exception_page(state, token, id, e.status, Some(Notice::Failed(message))).await
+                }
+                None => {
+                    record_page(
+                        state,
+                        token,
+                        survivor,
+                        e.status,
+                        Some(Notice::Failed(message)),
+                    )
+                    .await
+                }
+            }
+        }
+    }
 }
 
 /// Handoffs the record browser shows, newest first.
@@ -1462,8 +1638,8 @@ fn action_forms(e: &SyncException, rule: Option<&FieldRule>) -> Markup {
         .as_ref()
         .filter(|a| a["action"] == "route")
         .and_then(|a| a["at"].as_str());
-    // A duplicate pair is only dismissed here (merging is a later step): no accept, no
-    // re-push, no route.
+    // A duplicate pair is merged from its side-by-side view (`side_by_side`) or dismissed
+    // here: no accept, no re-push, no route.
     let about_a_consumer = e.kind.about_consumer();
     let act = format!("/steward/exceptions/{}/act", e.id);
     html! {
@@ -1508,6 +1684,134 @@ fn action_forms(e: &SyncException, rule: Option<&FieldRule>) -> Markup {
                 }
                 button type="submit" { "Dismiss" }
             }
+        }
+    }
+}
+
+/// A duplicate pair's two records side by side: one row per field and per consent with each
+/// record's value (as the record page shows it), source and verification, rows that differ
+/// marked; while the exception is open (`exception`), a form to merge either into the other.
+fn side_by_side(
+    (a, mine): (CustomerId, &CustomerState),
+    (b, theirs): (CustomerId, Option<&CustomerState>),
+    exception: Option<Uuid>,
+) -> Markup {
+    let usable = theirs.filter(|t| t.erased.is_none() && t.merged_into.is_none());
+    let paths: std::collections::BTreeSet<&FieldPath> = mine
+        .fields
+        .keys()
+        .chain(usable.into_iter().flat_map(|t| t.fields.keys()))
+        .collect();
+    let purposes: std::collections::BTreeSet<&idledger_domain::ids::Purpose> = mine
+        .consents
+        .keys()
+        .chain(usable.into_iter().flat_map(|t| t.consents.keys()))
+        .collect();
+    let field_cells = |state: &CustomerState, path: &FieldPath| -> (String, String, String) {
+        let rec = state.fields.get(path);
+        (
+            rec.and_then(|r| r.value.as_ref())
+                .map_or_else(|| "—".to_owned(), |v| compact(&v.to_json())),
+            rec.and_then(|r| r.source.as_ref())
+                .map_or_else(|| "—".to_owned(), ToString::to_string),
+            rec.and_then(|r| r.verification.as_ref()).map_or_else(
+                || "—".to_owned(),
+                |v| format!("by {}, {}", v.verified_by, time(v.verified_at)),
+            ),
+        )
+    };
+    let consent_cells = |state: &CustomerState,
+                         purpose: &idledger_domain::ids::Purpose|
+     -> (String, String, String) {
+        match state.consents.get(purpose) {
+            Some(c) => (
+                format!(
+                    "{} ({})",
+                    if c.state == ConsentState::Granted {
+                        "granted"
+                    } else {
+                        "withdrawn"
+                    },
+                    c.terms.basis
+                ),
+                c.provenance.source.to_string(),
+                "—".to_owned(),
+            ),
+            None => ("—".to_owned(), "—".to_owned(), "—".to_owned()),
+        }
+    };
+    let heading = |id: CustomerId, state: Option<&CustomerState>| {
+        html! {
+            a href={ "/steward/customers/" (id) } {
+                @if let Some(label) = state.and_then(display_label) { (label) " " }
+                span.mono { (id) }
+            }
+        }
+    };
+    let row = |name: String,
+               left: (String, String, String),
+               right: Option<(String, String, String)>| {
+        let differs = right.as_ref().is_some_and(|r| r.0 != left.0);
+        html! {
+            tr class=[differs.then_some("differs")] data-row=(name) {
+                td { code { (name) } }
+                td.wrap.a-value { (left.0) } td.muted { (left.1) } td.muted { (left.2) }
+                @match right {
+                    Some(r) => { td.wrap.b-value { (r.0) } td.muted { (r.1) } td.muted { (r.2) } },
+                    None => { td.b-value {} td {} td {} },
+                }
+                td { @if differs { "≠" } }
+            }
+        }
+    };
+    html! {
+        section id="side-by-side" {
+            h2 { "The two records" }
+            table {
+                thead {
+                    tr { th {} th colspan="3" id="record-a" { "A: " (heading(a, Some(mine))) } th colspan="3" id="record-b" { "B: " (heading(b, theirs)) } th {} }
+                    tr { th { "field" } th { "value" } th { "source" } th { "verified" } th { "value" } th { "source" } th { "verified" } th { "differs" } }
+                }
+                tbody {
+                    @for path in &paths {
+                        (row(path.to_string(), field_cells(mine, path), usable.map(|t| field_cells(t, path))))
+                    }
+                    @for purpose in &purposes {
+                        (row(format!("consent.{purpose}"), consent_cells(mine, purpose), usable.map(|t| consent_cells(t, purpose))))
+                    }
+                }
+            }
+            @match theirs {
+                None => p.msg.error { "B has no record." },
+                Some(t) if t.erased.is_some() => p.msg.error { "B's record was erased: there is nothing to compare or merge." },
+                Some(t) => { @if let Some(link) = &t.merged_into {
+                    p.msg.error { "B is already merged into " a href={ "/steward/customers/" (link.customer) } { span.mono { (link.customer) } } "." }
+                } },
+            }
+            @if let (Some(exception), Some(_)) = (exception, usable) {
+                div.act {
+                    (merge_form("merge-b-into-a", "Merge B into A", a, b, exception))
+                    (merge_form("merge-a-into-b", "Merge A into B", b, a, exception))
+                }
+            }
+        }
+    }
+}
+
+/// A form that merges `absorbed` into `survivor`; a refusal comes back to `exception`'s page.
+fn merge_form(
+    id: &str,
+    label: &str,
+    survivor: CustomerId,
+    absorbed: CustomerId,
+    exception: Uuid,
+) -> Markup {
+    html! {
+        form id=(id) method="post" action={ "/steward/customers/" (survivor) "/merge" } {
+            input type="hidden" name="absorbed" value=(absorbed);
+            input type="hidden" name="exception" value=(exception);
+            label { "Reason (required)" input type="text" name="reason" size="28" required placeholder="same person: documents checked"; }
+            button type="submit" { (label) }
         }
     }
 }

@@ -21,7 +21,7 @@ use idledger_domain::ids::CustomerId;
 use idledger_store::Role;
 use idledger_store::SessionLimits;
 use idledger_store::delivery::{
-    Deliveries, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
+    Deliveries, ExceptionFilter, ExceptionKind, ExceptionStatus, NewSyncException, SyncException,
 };
 use idledger_testkit::builders::{self, consumer_id};
 use reqwest::{Method, StatusCode};
@@ -47,6 +47,7 @@ on_both_engines!(
     a_customers_record_shows_fields_consents_receipts_decisions_and_exceptions,
     a_steward_finds_customers_by_any_identifier,
     a_proposal_stewards_may_not_accept_is_sent_to_its_system_of_record,
+    a_refused_merge_is_shown_readably_and_records_nothing,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1727,4 +1728,304 @@ async fn a_proposal_stewards_may_not_accept_is_sent_to_its_system_of_record(engi
         after.html
     );
     assert!(after.html.contains("id=\"routed\""), "{}", after.html);
+}
+
+// ---------------------------------------------------------------------------------------
+// Duplicate pairs: side by side, merge and unmerge
+// ---------------------------------------------------------------------------------------
+
+/// Two customers the idp registers with the same email and name but other phones (its
+/// commands carry evidence, so the address is verified): a duplicate candidate opens. Returns A (the exception's customer,
+/// the lower id), B and the exception.
+async fn duplicate_pair(app: &TestApp) -> (String, String, SyncException) {
+    let first = app
+        .register(
+            "idp",
+            json!([
+                {"op": "set_field", "field": "email", "value": "ada@example.org"},
+                {"op": "set_field", "field": "name.given", "value": "Ada"},
+                {"op": "set_field", "field": "phone", "value": "+442079460958"},
+            ]),
+        )
+        .await;
+    let second = app
+        .register(
+            "idp",
+            json!([
+                {"op": "set_field", "field": "email", "value": "ada@example.org"},
+                {"op": "set_field", "field": "name.given", "value": "Ada"},
+                {"op": "set_field", "field": "phone", "value": "+442079460959"},
+            ]),
+        )
+        .await;
+    let filter = ExceptionFilter {
+        kind: Some(ExceptionKind::DuplicateCandidate),
+        open_only: true,
+        ..ExceptionFilter::default()
+    };
+    let open = deliveries(app).exceptions(&filter, 10).await.unwrap();
+    assert_eq!(open.len(), 1, "one duplicate candidate: {open:#?}");
+    let exception = open[0].clone();
+    let (a, b) = if first < second {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(exception.customer_id.to_string(), a);
+    assert_eq!(
+        exception.subject.other_customer().map(|c| c.to_string()),
+        Some(b.clone())
+    );
+    (a, b, exception)
+}
+
+/// The duplicate queue in the header, a pair's two records side by side (the other phones
+/// marked), "Merge B into A" with a reason, the survivor's page listing the merged record (whose own page says where it
+/// went), then "Unmerge" there: the two stand apart again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steward_merges_and_unmerges_a_duplicate_pair_in_a_browser() {
+    let app = TestApp::start(Engine::Postgres).await;
+    let (a, b, exception) = duplicate_pair(&app).await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    browser.goto(&app.url("/steward/login")).await.unwrap();
+    fill(&browser, "input[name=token]", app.token("steward")).await;
+    submit(&browser, "button[type=submit]").await;
+
+    submit(&browser, "#nav-duplicates").await;
+    assert_eq!(text(&browser, "h1").await, "Duplicate queue");
+    assert_eq!(listed_ids(&browser).await, vec![exception.id.to_string()]);
+    submit(&browser, "#exceptions tbody tr a").await;
+
+    // Both columns, labelled by name and masked email; the phones differ, the shared email
+    // does not.
+    let column_a = text(&browser, "#record-a").await;
+    assert!(
+        column_a.contains(&a) && column_a.contains("Ada · a…@example.org"),
+        "{column_a}"
+    );
+    assert!(text(&browser, "#record-b").await.contains(&b));
+    assert_eq!(
+        text(&browser, "tr[data-row=email] .a-value").await,
+        "ada@example.org"
+    );
+    assert_eq!(
+        text(&browser, "tr[data-row=email] .b-value").await,
+        "ada@example.org"
+    );
+    assert!(
+        browser
+            .find(Locator::Css("tr[data-row=email].differs"))
+            .await
+            .is_err()
+    );
+    let phones = text(&browser, "tr[data-row=phone].differs").await;
+    assert!(
+        phones.contains("+442079460958") && phones.contains("+442079460959"),
+        "{phones}"
+    );
+    assert!(
+        browser
+            .find(Locator::Css("tr[data-row='consent.service']"))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        text(&browser, "#merge-a-into-b button").await,
+        "Merge A into B"
+    );
+
+    fill(
+        &browser,
+        "#merge-b-into-a input[name=reason]",
+        "same person: documents checked",
+    )
+    .await;
+    submit(&browser, "#merge-b-into-a button").await;
+    let url = browser.current_url().await.unwrap();
+    assert_eq!(url.path(), format!("/steward/customers/{a}"));
+    assert!(text(&browser, ".msg.ok").await.starts_with("Merged:"));
+    let merged = text(&browser, &format!("#merged-records tr[data-id='{b}']")).await;
+    assert!(merged.contains(&b), "{merged}");
+    // The merge closed the pair's exception.
+    let closed = deliveries(&app)
+        .exception(exception.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(closed.status, ExceptionStatus::Open, "{closed:?}");
+
+    // The absorbed record's page says where it went, and links there.
+    submit(&browser, &format!("#merged-records tr[data-id='{b}'] a")).await;
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        format!("/steward/customers/{b}")
+    );
+    assert!(text(&browser, "#merged-into").await.contains(&a));
+    submit(&browser, "#merged-into a").await;
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        format!("/steward/customers/{a}")
+    );
+
+    fill(
+        &browser,
+        "#merged-records form.unmerge input[name=reason]",
+        "not the same person after all",
+    )
+    .await;
+    submit(&browser, "#merged-records form.unmerge button").await;
+    assert!(text(&browser, ".msg.ok").await.starts_with("Unmerged:"));
+    assert!(
+        browser.find(Locator::Css("#merged-records")).await.is_err(),
+        "no merged record left"
+    );
+    browser.close().await.unwrap();
+
+    let (a_id, b_id) = (
+        CustomerId::parse(&a).unwrap(),
+        CustomerId::parse(&b).unwrap(),
+    );
+    let survivor = app.ledger.state(a_id).await.unwrap().unwrap();
+    assert!(survivor.absorbed.is_empty(), "{:?}", survivor.absorbed);
+    let absorbed = app.ledger.state(b_id).await.unwrap().unwrap();
+    assert_eq!(absorbed.merged_into, None);
+}
+
+/// Without a browser: the pair's page shows both records and both merge forms; a merge with
+/// no reason, of an unknown record or an unmerge of a pair never merged, comes back as the
+/// page with the refusal in words, and records nothing.
+async fn a_refused_merge_is_shown_readably_and_records_nothing(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let (a, b, exception) = duplicate_pair(&app).await;
+    let session = log_in(&app).await;
+    let secret = Some(session.as_str());
+    let exception_page = format!("/steward/exceptions/{}", exception.id);
+    let page = request(&app, Method::GET, &exception_page, secret, None, &[]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    let pair = section_by_id(&page.html, "side-by-side");
+    assert!(pair.contains(&a) && pair.contains(&b), "{pair}");
+    for survivor in [&a, &b] {
+        let form = format!(r#"action="/steward/customers/{survivor}/merge""#);
+        assert!(page.html.contains(&form), "{}", page.html);
+    }
+    let head = app.head().await;
+    let id = exception.id.to_string();
+
+    // No reason: 422, the exception's page again with why, nothing written.
+    let refused = request(
+        &app,
+        Method::POST,
+        &format!("/steward/customers/{a}/merge"),
+        secret,
+        None,
+        &[("absorbed", &b), ("exception", &id), ("reason", "  ")],
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.html
+    );
+    assert!(
+        refused.html.contains("a reason is required"),
+        "{}",
+        refused.html
+    );
+    assert!(
+        refused.html.contains(r#"id="side-by-side""#),
+        "{}",
+        refused.html
+    );
+    // No other record named: said so.
+    let unnamed = request(
+        &app,
+        Method::POST,
+        &format!("/steward/customers/{a}/merge"),
+        secret,
+        None,
+        &[
+            ("absorbed", ""),
+            ("exception", &id),
+            ("reason", "same person"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        unnamed.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unnamed.html
+    );
+    assert!(
+        unnamed.html.contains("Name the other record"),
+        "{}",
+        unnamed.html
+    );
+    // An unmerge of a pair never merged: 409 on the record page.
+    let unmerge = request(
+        &app,
+        Method::POST,
+        &format!("/steward/customers/{a}/unmerge"),
+        secret,
+        None,
+        &[("absorbed", &b), ("reason", "undo")],
+    )
+    .await;
+    assert_eq!(unmerge.status, StatusCode::CONFLICT, "{}", unmerge.html);
+    assert!(
+        unmerge
+            .html
+            .contains(&format!("customer {b} is not merged into {a}")),
+        "{}",
+        unmerge.html
+    );
+    assert!(
+        unmerge.html.contains(r#"id="fields""#),
+        "the record page: {}",
+        unmerge.html
+    );
+    assert_eq!(app.head().await, head, "nothing was written");
+    let still = deliveries(&app)
+        .exception(exception.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.status, ExceptionStatus::Open);
+
+    // With a reason it merges (303 to the survivor), and the absorbed record's page says so.
+    let merged = request(
+        &app,
+        Method::POST,
+        &format!("/steward/customers/{b}/merge"),
+        secret,
+        None,
+        &[
+            ("absorbed", &a),
+            ("exception", &id),
+            ("reason", "same person"),
+        ],
+    )
+    .await;
+    assert_eq!(merged.status, StatusCode::SEE_OTHER, "{}", merged.html);
+    assert_eq!(
+        merged.location.as_deref(),
+        Some(format!("/steward/customers/{b}?done=merge").as_str())
+    );
+    let absorbed = request(
+        &app,
+        Method::GET,
+        &format!("/steward/customers/{a}"),
+        secret,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(absorbed.status, StatusCode::OK, "{}", absorbed.html);
+    assert!(
+        section_by_id(&absorbed.html, "merged-into").contains(&b),
+        "{}",
+        absorbed.html
+    );
 }
