@@ -296,7 +296,7 @@ pub enum ExceptionRefusal {
     #[error("invalid value for {field}: {reason}")]
     InvalidValue { field: String, reason: String },
     #[error(
-        "a {kind} exception can only be dismissed: merging the two customers is not available yet"
+        "a {kind} exception can only be dismissed here; merge the two records (POST /v1/customers/{{id}}/merge) to resolve it"
     )]
     DismissOnly { kind: ExceptionKind },
     #[error("{reason}")]
