@@ -128,13 +128,7 @@ pub async fn merge(
     PathParams(params): PathParams,
     JsonBody(body): JsonBody<MergeRequest>,
 ) -> Result<Json<MergeView>, ApiError> {
-    let survivor = customer_param(&params)?;
-    let steward = steward_of(&caller.token)?;
-    let done = state
-        .app
-        .merge(&steward, survivor, body.absorbed, &body.reason)
-        .await?;
-    Ok(Json(done.into()))
+    run(&state, &caller, &params, &body, false).await
 }
 
 /// Undo the merge of the record in the body into the one in the path (role `steward`):
@@ -166,11 +160,29 @@ pub async fn unmerge(
     PathParams(params): PathParams,
     JsonBody(body): JsonBody<MergeRequest>,
 ) -> Result<Json<MergeView>, ApiError> {
-    let survivor = customer_param(&params)?;
+    run(&state, &caller, &params, &body, true).await
+}
+
+/// A merge (or, `undo`, an unmerge) of the body's record and the path's, by the caller.
+async fn run(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    params: &std::collections::HashMap<String, String>,
+    body: &MergeRequest,
+    undo: bool,
+) -> Result<Json<MergeView>, ApiError> {
+    let survivor = customer_param(params)?;
     let steward = steward_of(&caller.token)?;
-    let done = state
-        .app
-        .unmerge(&steward, survivor, body.absorbed, &body.reason)
-        .await?;
+    let done = if undo {
+        state
+            .app
+            .unmerge(&steward, survivor, body.absorbed, &body.reason)
+            .await?
+    } else {
+        state
+            .app
+            .merge(&steward, survivor, body.absorbed, &body.reason)
+            .await?
+    };
     Ok(Json(done.into()))
 }

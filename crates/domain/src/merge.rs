@@ -372,56 +372,19 @@ pub fn decide_unmerge(
             absorbed: absorbed.id,
         },
     );
-    let now_visible = Visible::of(a);
-    let target = Visible::of(&ours);
-    for field in now_visible
-        .fields
-        .keys()
-        .chain(target.fields.keys())
-        .collect::<BTreeSet<_>>()
-    {
-        if now_visible.fields.get(field) == target.fields.get(field) {
-            continue;
-        }
-        let adopted = ours
-            .fields
-            .get(field)
-            .and_then(|r| adopted_value(r, true))
-            .unwrap_or(Adopted::Absent);
+    // The survivor's differences only; the absorbed record in full (its consumers may have
+    // let it go at the merge), each change marked by where it was recorded.
+    for (field, adopted, _) in restorations(a, &ours) {
+        let version = next_version(a, &field);
         minter.push(
             &mut events,
             a.stream_version,
             EventPayload::FieldAdopted {
-                field: field.clone(),
+                field,
                 merge_id,
                 origin: survivor.id,
                 adopted: Box::new(adopted),
-                version: a.field_version(field) + 1,
-            },
-        );
-    }
-    for purpose in now_visible
-        .consents
-        .keys()
-        .chain(target.consents.keys())
-        .collect::<BTreeSet<_>>()
-    {
-        if now_visible.consents.get(purpose) == target.consents.get(purpose) {
-            continue;
-        }
-        let adopted = ours
-            .consents
-            .get(purpose)
-            .map_or(Adopted::Absent, adopted_consent);
-        minter.push(
-            &mut events,
-            a.stream_version,
-            EventPayload::FieldAdopted {
-                field: FieldPath::Consent(purpose.clone()),
-                merge_id,
-                origin: survivor.id,
-                adopted: Box::new(adopted),
-                version: a.consent_version(purpose) + 1,
+                version,
             },
         );
     }
@@ -438,9 +401,7 @@ pub fn decide_unmerge(
             );
         }
     }
-    // The absorbed record is written in full: its consumers may have let it go at the merge.
     let b = absorbed.state;
-    let frozen = Visible::of(b);
     let mut restored = Vec::new();
     minter.push(
         &mut restored,
@@ -450,52 +411,17 @@ pub fn decide_unmerge(
             survivor: survivor.id,
         },
     );
-    let theirs_visible = Visible::of(&theirs);
-    let origin = |changed: bool| if changed { survivor.id } else { absorbed.id };
-    for field in frozen
-        .fields
-        .keys()
-        .chain(theirs_visible.fields.keys())
-        .collect::<BTreeSet<_>>()
-    {
-        let changed = frozen.fields.get(field) != theirs_visible.fields.get(field);
-        let adopted = theirs
-            .fields
-            .get(field)
-            .and_then(|r| adopted_value(r, true))
-            .unwrap_or(Adopted::Absent);
+    for (field, adopted, changed) in every_field(b, &theirs) {
+        let version = next_version(b, &field);
         minter.push(
             &mut restored,
             b.stream_version,
             EventPayload::FieldAdopted {
-                field: field.clone(),
+                field,
                 merge_id,
-                origin: origin(changed),
+                origin: if changed { survivor.id } else { absorbed.id },
                 adopted: Box::new(adopted),
-                version: b.field_version(field) + 1,
-            },
-        );
-    }
-    for purpose in frozen
-        .consents
-        .keys()
-        .chain(theirs_visible.consents.keys())
-        .collect::<BTreeSet<_>>()
-    {
-        let changed = frozen.consents.get(purpose) != theirs_visible.consents.get(purpose);
-        let adopted = theirs
-            .consents
-            .get(purpose)
-            .map_or(Adopted::Absent, adopted_consent);
-        minter.push(
-            &mut restored,
-            b.stream_version,
-            EventPayload::FieldAdopted {
-                field: FieldPath::Consent(purpose.clone()),
-                merge_id,
-                origin: origin(changed),
-                adopted: Box::new(adopted),
-                version: b.consent_version(purpose) + 1,
+                version,
             },
         );
     }
@@ -504,6 +430,59 @@ pub fn decide_unmerge(
         survivor: events,
         absorbed: restored,
     })
+}
+
+/// Every field and consent either record shows: the record `target` holds for it, and
+/// whether that differs from what `now` shows.
+fn every_field(now: &CustomerState, target: &CustomerState) -> Vec<(FieldPath, Adopted, bool)> {
+    let (seen, wanted) = (Visible::of(now), Visible::of(target));
+    let fields = seen.fields.keys().chain(wanted.fields.keys()).cloned();
+    let consents = seen
+        .consents
+        .keys()
+        .chain(wanted.consents.keys())
+        .map(|p| FieldPath::Consent(p.clone()));
+    fields
+        .chain(consents)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|field| {
+            let (changed, adopted) = match &field {
+                FieldPath::Consent(p) => (
+                    seen.consents.get(p) != wanted.consents.get(p),
+                    target
+                        .consents
+                        .get(p)
+                        .map_or(Adopted::Absent, adopted_consent),
+                ),
+                _ => (
+                    seen.fields.get(&field) != wanted.fields.get(&field),
+                    target
+                        .fields
+                        .get(&field)
+                        .and_then(|r| adopted_value(r, true))
+                        .unwrap_or(Adopted::Absent),
+                ),
+            };
+            (field, adopted, changed)
+        })
+        .collect()
+}
+
+/// What must change for `now` to show what `target` shows.
+fn restorations(now: &CustomerState, target: &CustomerState) -> Vec<(FieldPath, Adopted, bool)> {
+    every_field(now, target)
+        .into_iter()
+        .filter(|(_, _, changed)| *changed)
+        .collect()
+}
+
+/// The version the next event of `field` gives it in `state`'s stream.
+fn next_version(state: &CustomerState, field: &FieldPath) -> u64 {
+    match field {
+        FieldPath::Consent(p) => state.consent_version(p) + 1,
+        _ => state.field_version(field) + 1,
+    }
 }
 
 /// Both records as they would be had merge `merge_id` not happened: the survivor's history
