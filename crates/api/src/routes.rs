@@ -109,6 +109,7 @@ pub async fn register(
     request_body = CommandRequest,
     responses(
         (status = 200, description = "Applied (or the replayed first result)", body = CommandResponse, headers(("ETag" = String))),
+        (status = 307, description = "merged_into: the record is merged into another; Location names the same request there", body = Problem, content_type = "application/problem+json"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "forbidden_role, source_mismatch, not_authoritative (with system_of_record and proposal_ids), forbidden", body = Problem, content_type = "application/problem+json"),
@@ -295,6 +296,7 @@ pub struct RecordQuery {
     params(("customer_id" = uuid::Uuid, Path), RecordQuery),
     responses(
         (status = 200, body = RecordView, headers(("ETag" = String))),
+        (status = 307, description = "merged_into: the record is merged into another; Location names the same request there", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "invalid_query", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -659,6 +661,7 @@ pub async fn restrict(
     request_body = ErasureRequest,
     responses(
         (status = 200, body = ErasureView),
+        (status = 307, description = "merged_into: the record is merged into another; Location names the same request there", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "not_registered, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
