@@ -34,7 +34,8 @@ pub struct ExportView {
     /// The record now: every field and consent, with verification and pending changes.
     pub record: RecordView,
     /// Every event of the customer's stream with its provenance, oldest first: each field's
-    /// history, consents granted and withdrawn, proposals, steward actions.
+    /// history, consents granted and withdrawn, proposals, steward actions. A survivor's
+    /// holds the events of the records merged into it too (`customer_id` names the stream).
     pub history: Vec<EventView>,
     /// Every message sent to a consumer: who received which fields, when, on which basis.
     pub handoffs: Vec<HandoffView>,
@@ -175,12 +176,14 @@ pub struct ExportQuery {
 
 /// Everything about a customer for the data subject (access and portability): the record,
 /// every event with provenance, every handoff, disclosure and sync exception (roles `admin`,
-/// `dsar`). The export is itself logged as a disclosure to the subject.
+/// `dsar`) — a survivor's with those of every record merged into it, each item naming its
+/// record. The export is itself logged as a disclosure to the subject (of each record).
 #[utoipa::path(
     get, path = "/v1/customers/{customer_id}/export", tag = "records",
     params(("customer_id" = uuid::Uuid, Path), ExportQuery),
     responses(
         (status = 200, body = ExportView, description = "JSON, or with format=csv an application/zip of CSV files"),
+        (status = 307, description = "merged_into: the record is merged into another; Location names the same request there", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "invalid_query", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),

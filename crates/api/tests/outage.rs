@@ -1,7 +1,8 @@
 //! A PostgreSQL outage, over real HTTP against a PostgreSQL server of the test's own: while the
 //! database is down, commands, reads and `/readyz` answer at once with `503
 //! store_unavailable` and `Retry-After` (not a 500 after waiting out a 10 s pool timeout), and
-//! once it is back the same server takes commands again without a restart.
+//! once it is back the same server takes commands again without a restart. Under load, an
+//! outage loses no acknowledged command and applies none twice.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ struct Server {
     base: String,
     client: reqwest::Client,
     idp: String,
+    auditor: String,
 }
 
 impl Server {
@@ -38,6 +40,12 @@ impl Server {
             .await
             .unwrap()
             .secret;
+        let auditor = store
+            .tokens()
+            .create(Role::Auditor, None, "auditor")
+            .await
+            .unwrap()
+            .secret;
         let config = ApiConfig::default();
         let router = idledger_api::router(AppState::new(ledger), &config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -52,6 +60,7 @@ impl Server {
             base,
             client: reqwest::Client::new(),
             idp,
+            auditor,
         }
     }
 
@@ -79,11 +88,15 @@ impl Server {
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value, Duration) {
+        self.get_as(&self.idp, path).await
+    }
+
+    async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value, Duration) {
         let started = Instant::now();
         let response = self
             .client
             .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.idp)
+            .bearer_auth(token)
             .send()
             .await
             .unwrap();
@@ -137,4 +150,136 @@ async fn a_database_outage_answers_503_at_once_and_the_server_recovers() {
     let (status, body, _) = server.get(&format!("/v1/customers/{customer}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["fields"][0]["value"], "Ada");
+}
+
+/// A distinct given name for the `n`th command (names hold letters, not digits).
+fn given_name(mut n: i64) -> String {
+    let mut letters = String::new();
+    while n > 0 {
+        letters.insert(0, char::from(b'a' + u8::try_from(n % 26).unwrap()));
+        n /= 26;
+    }
+    format!("Ada {letters}")
+}
+
+/// What one client saw: the values of its acknowledged commands, and how many answers were
+/// 503 (each retried with the same idempotency key).
+struct ClientLoad {
+    customer: String,
+    acknowledged: Vec<String>,
+    unavailable: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_stopped_under_load_loses_no_acknowledged_command_and_applies_none_twice() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const CLIENTS: usize = 8;
+    let pg = PrivatePostgres::start();
+    let server = Arc::new(Server::start(&pg.url()).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let (server, stop) = (server.clone(), stop.clone());
+        clients.spawn(async move {
+            let (status, _, body, _) = server.register(&format!("register-{client}")).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let customer = body["customer_id"].as_str().unwrap().to_owned();
+            let mut load = ClientLoad {
+                customer,
+                acknowledged: Vec::new(),
+                unavailable: 0,
+            };
+            let mut n = 0i64;
+            // Each command is sent until it is answered (a 503 is retried with its key), so
+            // the loop stops only between commands.
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let key = format!("c{client}-{n}");
+                loop {
+                    let started = Instant::now();
+                    let response = server
+                        .client
+                        .post(format!("{}/v1/customers/{}/commands", server.base, load.customer))
+                        .bearer_auth(&server.idp)
+                        .header("Idempotency-Key", &key)
+                        .json(&json!({
+                            "provenance": {"actor": {"kind": "system", "id": "load"}},
+                            "changes": [{"op": "set_field", "field": "name.given", "value": given_name(n)}],
+                        }))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status();
+                    let retry_after = response.headers().contains_key("retry-after");
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    match status {
+                        StatusCode::OK | StatusCode::CREATED => {
+                            load.acknowledged.push(given_name(n));
+                            break;
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            assert_eq!(body["code"], "store_unavailable", "{body}");
+                            assert!(retry_after, "a 503 without Retry-After");
+                            let took = started.elapsed();
+                            assert!(took < PROMPT, "a command took {took:?} to learn the store is down");
+                            load.unavailable += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => panic!("a command under an outage answered {other}: {body}"),
+                    }
+                }
+            }
+            load
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.start_server();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut unavailable = 0;
+    let mut acknowledged = 0;
+    while let Some(done) = clients.join_next().await {
+        let load = done.unwrap();
+        unavailable += load.unavailable;
+        acknowledged += load.acknowledged.len();
+        // The field's history: one event per acknowledged command, in order — none lost
+        // (a command acknowledged before the crash is in the log) and none twice (a retried
+        // key that had been committed is answered from its idempotency record).
+        let (status, body, _) = server
+            .get_as(
+                &server.auditor,
+                &format!("/v1/customers/{}/fields/name.given/history", load.customer),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let recorded: Vec<String> = body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["data"]["value"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{e}"))
+                    .to_owned()
+            })
+            .collect();
+        // The registration set the first name.
+        assert_eq!(recorded.first().map(String::as_str), Some("Ada"));
+        assert_eq!(
+            recorded[1..],
+            load.acknowledged,
+            "customer {}",
+            load.customer
+        );
+    }
+    assert!(unavailable > 0, "the load never met the outage");
+    assert!(
+        acknowledged > CLIENTS,
+        "the load did almost nothing: {acknowledged} commands"
+    );
 }

@@ -19,7 +19,7 @@ use crate::reads::ReadError;
 /// Everything about one customer: the record, every event of their stream with its provenance
 /// (consents are among them), every handoff to a consumer, every disclosure (reads by source
 /// systems, earlier exports), every decision on the use of their data and every sync
-/// exception about them, open or closed.
+/// exception about them, open or closed — and the same of every record merged into theirs.
 #[derive(Debug, Clone)]
 pub struct SubjectExport {
     pub customer_id: CustomerId,
@@ -40,6 +40,11 @@ impl App {
     /// disclosure log as a disclosure of every field to the subject (before anything is
     /// read, so a failure to log it gives nothing away). `token_id`: who asked, `None` from
     /// the command line. An erased customer has nothing left to export (`ReadError::Erased`).
+    ///
+    /// A survivor's export holds the records merged into it too (they are the same person):
+    /// their events, handoffs, disclosures, decisions and exceptions, each naming its record.
+    /// A record merged into another is exported through its survivor
+    /// (`ReadError::MergedInto`).
     pub async fn export(
         &self,
         customer: CustomerId,
@@ -56,31 +61,67 @@ impl App {
                 at: erasure.at,
             });
         }
+        if let Some(link) = &state.merged_into {
+            return Err(ReadError::MergedInto {
+                customer,
+                survivor: link.customer,
+            });
+        }
         let exported_at = Utc::now();
-        self.disclosures
-            .record(&Disclosure {
-                customer_id: customer,
-                recipient: Recipient::Subject,
-                token_id,
-                fields: ReadScope::Everything.disclosed(self.ledger.policy(), &state),
-                disclosed_at: exported_at,
-            })
-            .await?;
-        let events = self.ledger.stream(customer, None, None).await?;
-        let handoffs = self.all_handoffs(customer).await?;
-        let disclosures = self.all_disclosures(customer).await?;
-        let decisions = self.all_decisions(customer).await?;
-        let exceptions = self.all_exceptions(customer).await?;
-        Ok(SubjectExport {
+        let records: Vec<CustomerId> = std::iter::once(customer)
+            .chain(state.absorbed.keys().copied())
+            .collect();
+        for record in &records {
+            let fields = if *record == customer {
+                ReadScope::Everything.disclosed(self.ledger.policy(), &state)
+            } else {
+                match self.ledger.state(*record).await? {
+                    Some(theirs) => ReadScope::Everything.disclosed(self.ledger.policy(), &theirs),
+                    None => Vec::new(),
+                }
+            };
+            self.disclosures
+                .record(&Disclosure {
+                    customer_id: *record,
+                    recipient: Recipient::Subject,
+                    token_id,
+                    fields,
+                    disclosed_at: exported_at,
+                })
+                .await?;
+        }
+        let mut export = SubjectExport {
             customer_id: customer,
             exported_at,
             state,
-            events,
-            handoffs,
-            disclosures,
-            decisions,
-            exceptions,
-        })
+            events: Vec::new(),
+            handoffs: Vec::new(),
+            disclosures: Vec::new(),
+            decisions: Vec::new(),
+            exceptions: Vec::new(),
+        };
+        for record in records {
+            export
+                .events
+                .extend(self.ledger.stream(record, None, None).await?);
+            export.handoffs.extend(self.all_handoffs(record).await?);
+            export
+                .disclosures
+                .extend(self.all_disclosures(record).await?);
+            export.decisions.extend(self.all_decisions(record).await?);
+            export.exceptions.extend(self.all_exceptions(record).await?);
+        }
+        if !export.state.absorbed.is_empty() {
+            // One timeline, as if the records had always been one.
+            export
+                .events
+                .sort_by_key(|e| (e.recorded_at, e.global_position));
+            export.handoffs.sort_by_key(|h| h.seq);
+            export.disclosures.sort_by_key(|d| d.seq);
+            export.decisions.sort_by_key(|d| d.seq);
+            export.exceptions.sort_by_key(|e| (e.created_at, e.id));
+        }
+        Ok(export)
     }
 
     async fn all_decisions(&self, customer: CustomerId) -> Result<Vec<DecisionEntry>, ReadError> {

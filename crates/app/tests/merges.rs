@@ -313,11 +313,56 @@ async fn a_merge_closes_the_duplicate_candidate_of_the_pair(engine: Engine) {
     assert!(closed.resolution_note.unwrap().contains("merged into"));
 }
 
+async fn a_survivors_export_holds_the_records_merged_into_it(engine: Engine) {
+    let (_store, app) = app(engine).await;
+    let a = registered(&app, vec![set("name.given", json!("Ada"))]).await;
+    let b = registered(&app, vec![set("phone", json!("+442079460958"))]).await;
+    write(&app, "consent_portal", b, vec![grant("profiling", None)]).await;
+    let b_events = app.ledger().stream(b, None, None).await.unwrap().len();
+    app.merge(&steward(), a, b, "same person").await.unwrap();
+
+    let export = app.export(a, None).await.unwrap();
+    let theirs: Vec<_> = export
+        .events
+        .iter()
+        .filter(|e| e.customer_id == b)
+        .collect();
+    // Every event of the absorbed stream, its `merged_into` included.
+    assert_eq!(theirs.len(), b_events + 1);
+    assert!(
+        export
+            .events
+            .windows(2)
+            .all(|w| (w[0].recorded_at, w[0].global_position)
+                <= (w[1].recorded_at, w[1].global_position)),
+        "one timeline"
+    );
+    // The export is a disclosure to the subject of both records.
+    for record in [a, b] {
+        assert!(
+            export.disclosures.iter().any(|d| d.customer_id == record),
+            "no disclosure of {record}"
+        );
+    }
+    // The absorbed record is exported through its survivor.
+    match app.export(b, None).await {
+        Err(ReadError::MergedInto { survivor, .. }) => assert_eq!(survivor, a),
+        other => panic!("expected merged_into, got {:?}", other.map(|_| ())),
+    }
+    // Unmerged, each record's export is its own again.
+    app.unmerge(&steward(), a, b, "two people after all")
+        .await
+        .unwrap();
+    let export = app.export(a, None).await.unwrap();
+    assert!(export.events.iter().all(|e| e.customer_id == a));
+}
+
 on_both_engines!(
     merge_of_two_records_takes_values_by_authority_and_the_most_protective_consent,
     merges_that_cannot_be_undone_alone_are_refused,
     changes_made_while_merged_go_back_to_the_record_they_were_about,
     a_merge_closes_the_duplicate_candidate_of_the_pair,
+    a_survivors_export_holds_the_records_merged_into_it,
 );
 
 // ---- the property: merge then unmerge leaves both visible records as they were ----

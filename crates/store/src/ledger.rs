@@ -629,65 +629,69 @@ impl Ledger {
         // Erasure is once per customer, so the customer names the request.
         let idempotency_key = IdempotencyKey::parse(&format!("erasure:{id}"))
             .map_err(|e| StoreError::Integrity(e.to_string()))?;
-        for _ in 0..MAX_ATTEMPTS {
-            // Decided on the clear customer row alone: erasure needs no key. Every other row
-            // goes (the diff deletes them, and so does the erasure's own statement).
-            let rows = self.log.projection_rows(id).await?;
-            let state = projection::registration(&rows)?;
-            let provenance = Provenance {
-                source: by.clone(),
-                actor: actor.clone(),
-                on_behalf_of: None,
-                evidence: None,
-                observed_at: None,
-                recorded_at: truncate_to_micros(Utc::now()),
-                correlation_id: None,
-                causation_id: None,
-                idempotency_key: idempotency_key.clone(),
-                reason: None,
-                approved_by: None,
-            };
-            let envelope =
-                decide_erasure(&state, reason, provenance, &self.policy, Uuid::now_v7())?;
-            let after = evolve(state.clone(), &envelope);
-            let erasure = after.erased.clone().ok_or_else(|| {
-                StoreError::Integrity("an erasure event left the record unerased".to_owned())
-            })?;
-            let request = AppendRequest {
-                customer_id: id,
-                expected_version: state.stream_version,
-                events: vec![prepare(id, &envelope, None)?],
-                new_data_key: None,
-                idempotency: None,
-                projection: projection::diff(&rows, &projection::rows(&after)?),
-                erase: true,
-                exception: None,
-                // The erasure's own statements delete the customer's rows.
-                lookup: None,
-            };
-            match self.append(request).await? {
-                AppendOutcome::Appended { .. } => {
-                    // After the commit: a key read before it is not cached again (the epoch),
-                    // and from now on the database has none to read.
-                    self.keys.invalidate(id);
-                    self.states.remove(id);
-                    tracing::info!("customer erased");
-                    self.truncate_wal().await;
-                    return Ok(erasure);
-                }
-                // Re-decided on the fresh state: a concurrent erasure makes this a refusal.
-                AppendOutcome::VersionConflict => continue,
-                AppendOutcome::Duplicate { .. } | AppendOutcome::ExceptionNotOpen { .. } => {
-                    return Err(ExecuteError::Store(StoreError::Integrity(
-                        "an erasure, which has no idempotency record nor exception, was taken for a duplicate"
-                            .to_owned(),
-                    )));
-                }
+        let recorded_at = truncate_to_micros(Utc::now());
+        // Decided inside the write transaction on the clear customer row alone (erasure needs
+        // no key), so that a writer busy on the same customer cannot keep it from happening.
+        let (outcome, erasure) = self
+            .log
+            .write_decided(id, |rows| -> Result<_, ExecuteError> {
+                let state = projection::registration(&rows)?;
+                let provenance = Provenance {
+                    source: by.clone(),
+                    actor,
+                    on_behalf_of: None,
+                    evidence: None,
+                    observed_at: None,
+                    recorded_at,
+                    correlation_id: None,
+                    causation_id: None,
+                    idempotency_key,
+                    reason: None,
+                    approved_by: None,
+                };
+                let envelope =
+                    decide_erasure(&state, reason, provenance, &self.policy, Uuid::now_v7())?;
+                let after = evolve(state.clone(), &envelope);
+                let erasure = after.erased.clone().ok_or_else(|| {
+                    StoreError::Integrity("an erasure event left the record unerased".to_owned())
+                })?;
+                let request = AppendRequest {
+                    customer_id: id,
+                    expected_version: state.stream_version,
+                    events: vec![prepare(id, &envelope, None)?],
+                    new_data_key: None,
+                    idempotency: None,
+                    // Every other row goes (the diff deletes them, and so does the erasure's
+                    // own statement).
+                    projection: projection::diff(&rows, &projection::rows(&after)?),
+                    erase: true,
+                    exception: None,
+                    // The erasure's own statements delete the customer's rows.
+                    lookup: None,
+                };
+                Ok((request, erasure))
+            })
+            .await?;
+        match outcome {
+            AppendOutcome::Appended { .. } => {
+                // After the commit: a key read before it is not cached again (the epoch), and
+                // from now on the database has none to read.
+                self.keys.invalidate(id);
+                self.states.remove(id);
+                tracing::info!("customer erased");
+                self.truncate_wal().await;
+                Ok(erasure)
+            }
+            // Nothing else can append under the lock, and an erasure has no idempotency
+            // record nor exception.
+            AppendOutcome::VersionConflict
+            | AppendOutcome::Duplicate { .. }
+            | AppendOutcome::ExceptionNotOpen { .. } => {
+                Err(ExecuteError::Store(StoreError::Integrity(
+                    "an erasure decided under the log's lock was not appended".to_owned(),
+                )))
             }
         }
-        Err(ExecuteError::Contention {
-            attempts: MAX_ATTEMPTS,
-        })
     }
 
     /// Expires what the policy's retention rules say the customer's record keeps too long at

@@ -45,9 +45,9 @@ impl EventLog {
             // SQLite has no round trips to save: append by append.
             return write_each(&self.db, batch).await;
         };
-        // Erasures and steward actions are rare and write across tables: they take the
-        // per-append path.
-        if batch.iter().any(|r| r.erase || r.exception.is_some()) {
+        // Steward actions are rare and write across tables: they take the per-append path
+        // (erasures write in a transaction of their own, `write_decided`).
+        if batch.iter().any(|r| r.exception.is_some()) {
             return write_each(&self.db, batch).await;
         }
         match postgres::write_bulk(pool, batch).await {
@@ -84,6 +84,32 @@ impl EventLog {
         }
         tx.commit().await?;
         Ok(AppendOutcome::Appended { positions: all })
+    }
+
+    /// Appends what `decide` makes of the customer's projection rows as they are inside the
+    /// write transaction, which holds off every other append: nothing can come between the
+    /// decision and its write, so it never conflicts and a busy writer on the same customer
+    /// cannot starve it (an erasure). An error from `decide` writes nothing.
+    pub(crate) async fn write_decided<T, E: From<StoreError>>(
+        &self,
+        customer: Uuid,
+        decide: impl FnOnce(Vec<ProjectionRow>) -> Result<(AppendRequest, T), E> + Send,
+    ) -> Result<(AppendOutcome, T), E> {
+        let mut tx = self.db.begin_exclusive().await?;
+        let position = head(&mut tx).await?;
+        let rows = sql(PROJECTION_ROWS)
+            .bind(customer)
+            .fetch_all(&mut tx)
+            .await?
+            .iter()
+            .map(projection_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (request, decided) = decide(rows)?;
+        let outcome = append_one(&mut tx, &request, position).await?;
+        if matches!(outcome, AppendOutcome::Appended { .. }) {
+            tx.commit().await?;
+        }
+        Ok((outcome, decided))
     }
 
     /// SQLite: empties the write-ahead log into the database (see [`Db::truncate_wal`]);
@@ -371,11 +397,14 @@ async fn head(tx: &mut Tx) -> Result<u64, StoreError> {
         .get_u64("head")
 }
 
+const PROJECTION_ROWS: &str =
+    "SELECT kind, key, record FROM projections WHERE customer_id = $1 ORDER BY kind, key";
+
 pub(crate) async fn projection_rows(
     db: &Db,
     customer: Uuid,
 ) -> Result<Vec<ProjectionRow>, StoreError> {
-    sql("SELECT kind, key, record FROM projections WHERE customer_id = $1 ORDER BY kind, key")
+    sql(PROJECTION_ROWS)
         .bind(customer)
         .fetch_all(db)
         .await?
