@@ -14,7 +14,7 @@ use idledger_domain::state::ConsentState;
 use idledger_store::delivery::{ExceptionFilter, ExceptionKind, ExceptionStatus};
 use idledger_store::{ExecuteError, MergeError};
 use idledger_testkit::builders::{
-    field, fresh_command, grant, new_customer, set, source, withdraw,
+    dpo, field, fresh_command, grant, new_customer, set, source, withdraw,
 };
 use idledger_testkit::{Engine, TestStore, on_both_engines};
 use proptest::prelude::*;
@@ -246,6 +246,10 @@ async fn changes_made_while_merged_go_back_to_the_record_they_were_about(engine:
         vec![withdraw("marketing"), withdraw("analytics")],
     )
     .await;
+    // A restriction of processing is about both too.
+    app.restrict(a, dpo(), "the subject contests the accuracy", true)
+        .await
+        .unwrap();
 
     app.unmerge(&steward(), a, b, "two people after all")
         .await
@@ -275,6 +279,10 @@ async fn changes_made_while_merged_go_back_to_the_record_they_were_about(engine:
         consent(&theirs, "marketing"),
         Some(ConsentState::Withdrawn),
         "a withdrawal reaches both"
+    );
+    assert!(
+        ours.restricted && theirs.restricted,
+        "so does a restriction"
     );
     assert!(
         app.ledger()

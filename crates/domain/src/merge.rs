@@ -16,8 +16,8 @@
 //! as if the merge had not happened, the absorbed record as it was; what happened to the
 //! survivor since is routed to the record it was about. A change of a field the survivor
 //! took from the absorbed record is about the absorbed record (so is the acceptance of a
-//! proposal of its value), a withdrawal is about both (a withdrawal anywhere wins), anything
-//! else stays with the survivor. Both records are then written as `field_adopted` events:
+//! proposal of its value), a withdrawal is about both (a withdrawal anywhere wins), and so are
+//! a restriction of processing and its lifting; anything else stays with the survivor. Both records are then written as `field_adopted` events:
 //! the survivor's differences, and the absorbed record in full (its consumers are sent it
 //! again). Versions move forward; values, consents and their provenance are restored.
 
@@ -425,6 +425,25 @@ pub fn decide_unmerge(
             },
         );
     }
+    // The absorbed record was not restricted when it was merged (a restricted record is
+    // not merged); a restriction of the survivor's since is theirs too.
+    match (&theirs.restricted, &b.restricted) {
+        (Some(restriction), None) => minter.push(
+            &mut restored,
+            b.stream_version,
+            EventPayload::ProcessingRestricted {
+                reason: restriction.reason.clone(),
+            },
+        ),
+        (None, Some(_)) => minter.push(
+            &mut restored,
+            b.stream_version,
+            EventPayload::RestrictionLifted {
+                reason: UNMERGE_REASON.to_owned(),
+            },
+        ),
+        _ => {}
+    }
     Ok(MergeEvents {
         merge_id,
         survivor: events,
@@ -542,7 +561,12 @@ fn replay_apart(
     }
     for e in &survivor_history[start + merge_len..] {
         let payload = &e.event.payload;
-        if let EventPayload::ConsentWithdrawn { .. } = payload {
+        // Protective for whoever they were about: a withdrawal, a restriction of processing
+        // and its lifting go to both records.
+        if let EventPayload::ConsentWithdrawn { .. }
+        | EventPayload::ProcessingRestricted { .. }
+        | EventPayload::RestrictionLifted { .. } = payload
+        {
             ours = evolve(ours, e);
             theirs = evolve(theirs, e);
             continue;
