@@ -7,10 +7,11 @@
 use idledger_app::{App, ReadError, Reader, Steward};
 use idledger_domain::command::{Change, Refusal};
 use idledger_domain::field::FieldValue;
-use idledger_domain::ids::{CustomerId, Purpose};
+use idledger_domain::ids::{CustomerId, Key, OnBehalfOf, Purpose, Relationship};
 use idledger_domain::lookup::{Identifier, LookupKind};
 use idledger_domain::merge::{MergeRefusal, Visible};
 use idledger_domain::state::ConsentState;
+use idledger_domain::values::Evidence;
 use idledger_store::delivery::{ExceptionFilter, ExceptionKind, ExceptionStatus};
 use idledger_store::{ExecuteError, MergeError};
 use idledger_testkit::builders::{
@@ -365,12 +366,107 @@ async fn a_survivors_export_holds_the_records_merged_into_it(engine: Engine) {
     assert!(export.events.iter().all(|e| e.customer_id == a));
 }
 
+fn record_delegate(id: &str) -> Change {
+    Change::RecordRelationship {
+        representative: OnBehalfOf::new(Relationship::Delegate, id).unwrap(),
+        evidence: Evidence::new(Key::parse("power_of_attorney").unwrap(), "poa-1").unwrap(),
+        scope: None,
+        expires_at: None,
+    }
+}
+
+fn relationships(state: &Visible) -> Vec<(String, bool)> {
+    state
+        .relationships
+        .values()
+        .map(|r| (r.representative.id().to_owned(), r.ended.is_some()))
+        .collect()
+}
+
+async fn relationships_follow_the_person_through_a_merge_and_back(engine: Engine) {
+    let (_store, app) = app(engine).await;
+    let a = registered(&app, vec![record_delegate("carer-a")]).await;
+    let b = registered(
+        &app,
+        vec![record_delegate("carer-b"), record_delegate("notary-b")],
+    )
+    .await;
+    let before_a = visible(&app, a).await;
+    app.merge(&steward(), a, b, "same person").await.unwrap();
+
+    // The survivor holds the absorbed record's relationships as they were recorded.
+    let merged = visible(&app, a).await;
+    let mut held = relationships(&merged);
+    held.sort();
+    assert_eq!(
+        held,
+        vec![
+            ("carer-a".to_owned(), false),
+            ("carer-b".to_owned(), false),
+            ("notary-b".to_owned(), false)
+        ]
+    );
+    let carer_b = merged
+        .relationships
+        .iter()
+        .find(|(_, r)| r.representative.id() == "carer-b")
+        .map(|(id, r)| (*id, r.clone()))
+        .unwrap();
+    assert_eq!(
+        carer_b.1,
+        visible(&app, b).await.relationships[&carer_b.0],
+        "adopted with its own recording"
+    );
+    // While merged: the absorbed record's notary is ended, and a new carer recorded.
+    write(
+        &app,
+        "idp",
+        a,
+        vec![
+            Change::EndRelationship {
+                relationship_id: merged
+                    .relationships
+                    .iter()
+                    .find(|(_, r)| r.representative.id() == "notary-b")
+                    .map(|(id, _)| *id)
+                    .unwrap(),
+                reason: "revoked".to_owned(),
+            },
+            record_delegate("carer-new"),
+        ],
+    )
+    .await;
+
+    app.unmerge(&steward(), a, b, "two people after all")
+        .await
+        .unwrap();
+    let ours = visible(&app, a).await;
+    let theirs = visible(&app, b).await;
+    let mut expected_ours = relationships(&before_a);
+    expected_ours.push(("carer-new".to_owned(), false));
+    expected_ours.sort();
+    let mut got_ours = relationships(&ours);
+    got_ours.sort();
+    assert_eq!(
+        got_ours, expected_ours,
+        "what was recorded on the survivor stays"
+    );
+    let mut got_theirs = relationships(&theirs);
+    got_theirs.sort();
+    assert_eq!(
+        got_theirs,
+        vec![("carer-b".to_owned(), false), ("notary-b".to_owned(), true)],
+        "the ending of the absorbed record's relationship went back with it"
+    );
+}
+
 on_both_engines!(
     merge_of_two_records_takes_values_by_authority_and_the_most_protective_consent,
     merges_that_cannot_be_undone_alone_are_refused,
     changes_made_while_merged_go_back_to_the_record_they_were_about,
     a_merge_closes_the_duplicate_candidate_of_the_pair,
     a_survivors_export_holds_the_records_merged_into_it,
+    relationships_follow_the_person_through_a_merge_and_back,
 );
 
 // ---- the property: merge then unmerge leaves both visible records as they were ----

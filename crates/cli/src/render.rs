@@ -138,6 +138,7 @@ pub fn field_version(payload: &EventPayload) -> Option<u64> {
         | EventPayload::RestrictionLifted { .. }
         | EventPayload::RelationshipRecorded { .. }
         | EventPayload::RelationshipEnded { .. }
+        | EventPayload::RelationshipAdopted { .. }
         | EventPayload::CustomerErased { .. } => None,
     }
 }
@@ -207,6 +208,15 @@ pub fn payload(p: &EventPayload) -> String {
             relationship_id,
             reason,
         } => format!("relationship {relationship_id} ended: {reason}"),
+        EventPayload::RelationshipAdopted {
+            relationship_id,
+            origin,
+            relationship,
+            ..
+        } => match relationship {
+            Some(_) => format!("relationship {relationship_id} of {origin} adopted"),
+            None => format!("relationship {relationship_id} given back to {origin}"),
+        },
         EventPayload::StewardActed {
             exception_id,
             consumer_id,

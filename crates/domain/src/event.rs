@@ -233,6 +233,17 @@ pub enum EventPayload {
         relationship_id: RelationshipId,
         reason: String,
     },
+    /// A merge carried a relationship recorded for the absorbed record to the survivor, or an
+    /// unmerge put one back (`Some`, with its own recording: who recorded it and when), or
+    /// took one away again (`None`). Causation id: the merge's id.
+    RelationshipAdopted {
+        relationship_id: RelationshipId,
+        merge_id: Uuid,
+        /// The record the relationship was recorded for.
+        origin: CustomerId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relationship: Option<Box<crate::delegation::RecordedRelationship>>,
+    },
     /// A data steward merged `absorbed` into this record (the survivor). The merge's other
     /// events on this stream (`field_adopted`, proposals) follow it in the same append and
     /// carry `merge_id` as their causation id; the absorbed record gets `merged_into`.
@@ -334,6 +345,7 @@ impl EventPayload {
             Self::RestrictionLifted { .. } => "restriction_lifted",
             Self::RelationshipRecorded { .. } => "relationship_recorded",
             Self::RelationshipEnded { .. } => "relationship_ended",
+            Self::RelationshipAdopted { .. } => "relationship_adopted",
             Self::CustomerMerged { .. } => "customer_merged",
             Self::MergedInto { .. } => "merged_into",
             Self::CustomerUnmerged { .. } => "customer_unmerged",
@@ -383,7 +395,8 @@ impl EventPayload {
             | Self::CustomerUnmerged { .. }
             | Self::UnmergedFrom { .. }
             | Self::RelationshipRecorded { .. }
-            | Self::RelationshipEnded { .. } => None,
+            | Self::RelationshipEnded { .. }
+            | Self::RelationshipAdopted { .. } => None,
             Self::FieldAdopted { field, .. } => Some(field.clone()),
             Self::FieldSet { field, .. }
             | Self::FieldCleared { field, .. }

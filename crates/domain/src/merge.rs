@@ -10,16 +10,20 @@
 //!   survivor's did not) and the losing value becomes a proposal for stewards;
 //! - **consents**: the most protective record wins: a withdrawal on either side, else the
 //!   grant that lapses first (earlier expiry, then the older grant); a consent only the
-//!   absorbed record has is taken.
+//!   absorbed record has is taken;
+//! - **relationships** recorded for the absorbed record (guardians, delegates) are carried to
+//!   the survivor as they were recorded (`relationship_adopted`).
 //!
 //! An unmerge ([`decide_unmerge`]) replays both histories without the merge: the survivor
 //! as if the merge had not happened, the absorbed record as it was; what happened to the
 //! survivor since is routed to the record it was about. A change of a field the survivor
 //! took from the absorbed record is about the absorbed record (so is the acceptance of a
-//! proposal of its value), a withdrawal is about both (a withdrawal anywhere wins), and so are
-//! a restriction of processing and its lifting; anything else stays with the survivor. Both records are then written as `field_adopted` events:
-//! the survivor's differences, and the absorbed record in full (its consumers are sent it
-//! again). Versions move forward; values, consents and their provenance are restored.
+//! proposal of its value, and the ending of a relationship it brought); a withdrawal is about
+//! both (a withdrawal anywhere wins), and so are a restriction of processing and its lifting;
+//! anything else stays with the survivor. Both records are then written as `field_adopted`
+//! and `relationship_adopted` events: the survivor's differences, and the absorbed record in
+//! full (its consumers are sent it again). Versions move forward; values, consents,
+//! relationships and their provenance are restored.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,9 +32,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::decide::derive_id;
+use crate::delegation::RecordedRelationship;
 use crate::event::{Adopted, Event, EventEnvelope, EventPayload, Provenance};
 use crate::field::{FieldPath, FieldValue};
-use crate::ids::{CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, SourceId};
+use crate::ids::{CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, RelationshipId, SourceId};
 use crate::policy::Policy;
 use crate::state::{
     ConsentRecord, ConsentState, CustomerState, FieldRecord, PendingChange, Verification, evolve,
@@ -244,6 +249,22 @@ pub fn decide_merge(
             );
         }
     }
+    // Who may act for the person: the absorbed record's relationships, as they were
+    // recorded (a guardian of the absorbed record is the survivor's guardian).
+    for (relationship_id, theirs) in &b.relationships {
+        if !a.relationships.contains_key(relationship_id) {
+            minter.push(
+                &mut events,
+                base,
+                EventPayload::RelationshipAdopted {
+                    relationship_id: *relationship_id,
+                    merge_id,
+                    origin: absorbed.id,
+                    relationship: Some(Box::new(theirs.clone())),
+                },
+            );
+        }
+    }
     for (field, value) in proposals {
         let proposal_id = ProposalId::from(minter.next_id());
         minter.push(
@@ -401,6 +422,18 @@ pub fn decide_unmerge(
             );
         }
     }
+    for (relationship_id, relationship) in relationship_changes(a, &ours) {
+        minter.push(
+            &mut events,
+            a.stream_version,
+            EventPayload::RelationshipAdopted {
+                relationship_id,
+                merge_id,
+                origin: absorbed.id,
+                relationship: relationship.map(Box::new),
+            },
+        );
+    }
     let b = absorbed.state;
     let mut restored = Vec::new();
     minter.push(
@@ -422,6 +455,18 @@ pub fn decide_unmerge(
                 origin: if changed { survivor.id } else { absorbed.id },
                 adopted: Box::new(adopted),
                 version,
+            },
+        );
+    }
+    for (relationship_id, relationship) in relationship_changes(b, &theirs) {
+        minter.push(
+            &mut restored,
+            b.stream_version,
+            EventPayload::RelationshipAdopted {
+                relationship_id,
+                merge_id,
+                origin: absorbed.id,
+                relationship: relationship.map(Box::new),
             },
         );
     }
@@ -496,6 +541,22 @@ fn restorations(now: &CustomerState, target: &CustomerState) -> Vec<(FieldPath, 
         .collect()
 }
 
+/// The relationships whose record must change for `now` to show what `target` shows: the
+/// one `target` holds, or `None` to take it away.
+fn relationship_changes(
+    now: &CustomerState,
+    target: &CustomerState,
+) -> Vec<(RelationshipId, Option<RecordedRelationship>)> {
+    now.relationships
+        .keys()
+        .chain(target.relationships.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|id| now.relationships.get(id) != target.relationships.get(id))
+        .map(|id| (*id, target.relationships.get(id).cloned()))
+        .collect()
+}
+
 /// The version the next event of `field` gives it in `state`'s stream.
 fn next_version(state: &CustomerState, field: &FieldPath) -> u64 {
     match field {
@@ -540,10 +601,16 @@ fn replay_apart(
     // Which record each field's current value is about, for the fields the merge touched.
     let mut owner: BTreeMap<FieldPath, CustomerId> = BTreeMap::new();
     let mut proposed: BTreeMap<ProposalId, CustomerId> = BTreeMap::new();
+    let mut adopted_relationships: BTreeSet<RelationshipId> = BTreeSet::new();
     for e in &survivor_history[start..start + merge_len] {
         match &e.event.payload {
             EventPayload::FieldAdopted { field, origin, .. } => {
                 owner.insert(field.clone(), *origin);
+            }
+            EventPayload::RelationshipAdopted {
+                relationship_id, ..
+            } => {
+                adopted_relationships.insert(*relationship_id);
             }
             // A proposal of the field the absorbed record won holds the survivor's value.
             EventPayload::ValueProposed {
@@ -585,6 +652,10 @@ fn replay_apart(
             EventPayload::ValueProposed { .. }
             | EventPayload::ProposalAccepted { .. }
             | EventPayload::ProposalRejected { .. } => false,
+            // The ending of a relationship recorded for the absorbed record is about it.
+            EventPayload::RelationshipEnded {
+                relationship_id, ..
+            } => adopted_relationships.contains(relationship_id),
             _ => payload
                 .field()
                 .is_some_and(|f| owner.get(&f) == Some(&absorbed.id)),
@@ -599,7 +670,7 @@ fn replay_apart(
 }
 
 /// A record as its readers see it: values and consents with their provenance, open
-/// proposals, registration, restriction and erasure — without the versions and event ids
+/// proposals, recorded relationships, registration, restriction and erasure — without the versions and event ids
 /// that order its stream. An unmerge restores this, and a merge undone leaves it as it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Visible {
@@ -609,6 +680,7 @@ pub struct Visible {
     pub fields: BTreeMap<FieldPath, VisibleField>,
     pub consents: BTreeMap<Purpose, VisibleConsent>,
     pub proposals: BTreeMap<ProposalId, (FieldPath, FieldValue, SourceId)>,
+    pub relationships: BTreeMap<RelationshipId, RecordedRelationship>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -689,6 +761,7 @@ impl Visible {
                     )
                 })
                 .collect(),
+            relationships: state.relationships.clone(),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::event::Event;
 pub const CURRENT_SCHEMA_VERSION: u16 = 1;
 
 /// Every event type name ever written. Renaming one is a breaking change to the log.
-pub const EVENT_TYPES: [&str; 23] = [
+pub const EVENT_TYPES: [&str; 24] = [
     "customer_registered",
     "field_set",
     "field_cleared",
@@ -36,6 +36,7 @@ pub const EVENT_TYPES: [&str; 23] = [
     "field_adopted",
     "relationship_recorded",
     "relationship_ended",
+    "relationship_adopted",
 ];
 
 /// An event as stored: type name, schema version and JSON data (payload, provenance, policy

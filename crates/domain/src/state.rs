@@ -537,7 +537,9 @@ pub fn evolve(mut state: CustomerState, envelope: &EventEnvelope) -> CustomerSta
             version,
             ..
         } => adopt(&mut state, field, adopted, envelope, *version),
-        EventPayload::RelationshipRecorded { .. } | EventPayload::RelationshipEnded { .. } => {
+        EventPayload::RelationshipRecorded { .. }
+        | EventPayload::RelationshipEnded { .. }
+        | EventPayload::RelationshipAdopted { .. } => {
             relationship_evolve(&mut state, envelope);
         }
         EventPayload::CustomerErased { reason } => {
@@ -583,6 +585,20 @@ fn relationship_evolve(state: &mut CustomerState, envelope: &EventEnvelope) {
                 },
             );
         }
+        EventPayload::RelationshipAdopted {
+            relationship_id,
+            relationship,
+            ..
+        } => match relationship {
+            Some(r) => {
+                state
+                    .relationships
+                    .insert(*relationship_id, r.as_ref().clone());
+            }
+            None => {
+                state.relationships.remove(relationship_id);
+            }
+        },
         EventPayload::RelationshipEnded {
             relationship_id,
             reason,

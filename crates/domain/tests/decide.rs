@@ -1556,6 +1556,7 @@ fn every_event_type_round_trips_through_the_stored_schema() {
         "customer_unmerged",
         "unmerged_from",
         "field_adopted",
+        "relationship_adopted",
     ];
     assert!(merge_types.iter().all(|t| !seen.contains(t)));
     assert_eq!(

@@ -226,6 +226,7 @@ impl FieldChange {
             // Who may act for the subject is idledger's to check, not a consumer's field.
             | EventPayload::RelationshipRecorded { .. }
             | EventPayload::RelationshipEnded { .. }
+            | EventPayload::RelationshipAdopted { .. }
             | EventPayload::CustomerErased { .. } => None,
         }
     }
