@@ -391,6 +391,7 @@ pub async fn feed(
                 secret: bearer(&headers)?.to_owned(),
                 keep_alive: state.feed_settings.keep_alive,
                 closing: closing.map(|Extension(c)| c.0).unwrap_or_default(),
+                log_growth: state.ledger.log_growth(),
                 state,
                 consumer,
                 after,
@@ -558,6 +559,8 @@ struct EventStream {
     limit: u32,
     keep_alive: Duration,
     closing: tokio_util::sync::CancellationToken,
+    /// Wakes a caught-up stream as soon as the log grows.
+    log_growth: tokio::sync::watch::Receiver<u64>,
     /// The last page found nothing new: wait before the next.
     caught_up: bool,
 }
@@ -574,8 +577,11 @@ impl EventStream {
                 tokio::select! {
                     () = self.closing.cancelled() => return None,
                     () = tokio::time::sleep(self.state.feed_settings.poll_interval) => {}
+                    _ = self.log_growth.changed() => {}
                 }
             }
+            // What is appended from here on wakes the next wait.
+            self.log_growth.borrow_and_update();
             if self.closing.is_cancelled() || !self.still_allowed().await {
                 return None;
             }

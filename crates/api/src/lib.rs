@@ -106,7 +106,8 @@ impl Default for ApiConfig {
 pub struct FeedSettings {
     /// The CloudEvents `source` of every message: this instance, as the relay names it.
     pub source: String,
-    /// How often an open event stream (SSE) looks for new events when it has caught up.
+    /// How often an open event stream (SSE) that has caught up looks for new events when
+    /// nothing woke it (the log's growth does at once), and re-checks its token.
     pub poll_interval: Duration,
     /// How often an idle event stream sends a keep-alive comment (proxies close silent ones).
     pub keep_alive: Duration,

@@ -20,7 +20,10 @@ pub struct RelayConfig {
     pub webhook: WebhookConfig,
     /// Events read from the log per step.
     pub batch_size: u32,
-    /// How long an idle consumer waits before looking for new events.
+    /// How long an idle consumer waits before looking for new events when nothing wakes it:
+    /// the log's growth does at once (`Ledger::log_growth`), so this is the fallback for an
+    /// announcement lost while the store's listener reconnected, and for changes that are not
+    /// appends (a consumer's checkpoint moved by an administrator).
     pub poll_interval: Duration,
     /// How often the consumer registry is re-read (new, disabled, changed consumers).
     pub registry_refresh: Duration,
@@ -38,7 +41,7 @@ impl Default for RelayConfig {
             nats: Some(NatsConfig::default()),
             webhook: WebhookConfig::default(),
             batch_size: 500,
-            poll_interval: Duration::from_millis(10),
+            poll_interval: Duration::from_secs(1),
             registry_refresh: Duration::from_secs(2),
             expiry_sweep_interval: Duration::from_secs(300),
             retry: Backoff {

@@ -87,9 +87,13 @@ pub async fn run(
     let mut outbox_clear = false;
     let mut failures = 0u32;
     let mut next_sweep = Instant::now() + config.expiry_sweep_interval;
+    let mut log_growth = planner.ledger.log_growth();
     tracing::info!(consumer = %consumer.id, channel = sender.kind().as_str(), "delivery started");
     while !cancel.is_cancelled() {
         let sweep = Instant::now() >= next_sweep;
+        // Whatever is appended from here on wakes the idle wait below.
+        log_growth.borrow_and_update();
+        let mut idle = false;
         let wait = match step(
             &planner,
             &config,
@@ -115,6 +119,7 @@ pub async fn run(
                     next_sweep = Instant::now() + config.expiry_sweep_interval;
                     continue;
                 }
+                idle = true;
                 config.poll_interval
             }
             Ok(Step::RetryIn(wait)) => wait,
@@ -130,6 +135,8 @@ pub async fn run(
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
+            // A failure's back-off is waited out whatever is appended meanwhile.
+            _ = log_growth.changed(), if idle => {}
         }
     }
     tracing::info!(consumer = %consumer.id, "delivery stopped");

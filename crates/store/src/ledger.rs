@@ -316,6 +316,13 @@ impl Ledger {
         &self.policy
     }
 
+    /// A receiver that changes whenever the global log may have grown, by this process's
+    /// appends or, on PostgreSQL, another's (see [`crate::log_watch`]): what readers of the
+    /// log wait on instead of polling it.
+    pub fn log_growth(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.log.watch().subscribe()
+    }
+
     /// The secret that confirms a pending change: the answer to its `request_change` gives it
     /// to the requester (and only there).
     pub fn challenge_secret(&self, challenge: ChallengeId) -> ChallengeSecret {

@@ -29,6 +29,7 @@ pub mod keys;
 pub mod leader;
 pub mod ledger;
 pub mod log;
+pub mod log_watch;
 pub mod model;
 pub mod outbox;
 pub mod projection;

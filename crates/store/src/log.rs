@@ -10,10 +10,13 @@
 
 mod postgres;
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::chain::{GENESIS, chained_rows};
 use crate::error::StoreError;
+use crate::log_watch::LogWatch;
 use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent, from_micros, micros};
 use crate::sql::{Arg, Db, Row, Tx, count_or_delete, sql};
 
@@ -27,17 +30,44 @@ const EVENT_COLUMNS: &str = "global_position, event_id, customer_id, stream_vers
 #[derive(Debug, Clone)]
 pub struct EventLog {
     db: Db,
+    watch: Arc<LogWatch>,
 }
 
 impl EventLog {
-    pub(crate) fn new(db: Db) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Db, watch: Arc<LogWatch>) -> Self {
+        Self { db, watch }
+    }
+
+    /// The log's growth signal (see [`LogWatch`]).
+    pub fn watch(&self) -> &Arc<LogWatch> {
+        &self.watch
+    }
+
+    /// Signals the log's readers after a commit that appended.
+    fn grew(&self, outcome: &AppendOutcome) {
+        if matches!(outcome, AppendOutcome::Appended { positions } if !positions.is_empty()) {
+            self.watch.appended();
+        }
     }
 
     /// Writes a batch of appends in one transaction; each append succeeds or fails alone
     /// (a conflict in one does not fail the others). Returns one outcome per request, in
     /// order, after the transaction is durable. `Err` means the whole batch failed.
     pub async fn write_batch(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let results = self.write_batch_once(batch).await?;
+        if let Some(Ok(appended)) = results
+            .iter()
+            .find(|r| matches!(r, Ok(AppendOutcome::Appended { .. })))
+        {
+            self.grew(appended);
+        }
+        Ok(results)
+    }
+
+    async fn write_batch_once(
         &self,
         batch: &[AppendRequest],
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
@@ -83,7 +113,9 @@ impl EventLog {
             all.extend(positions);
         }
         tx.commit().await?;
-        Ok(AppendOutcome::Appended { positions: all })
+        let outcome = AppendOutcome::Appended { positions: all };
+        self.grew(&outcome);
+        Ok(outcome)
     }
 
     /// Appends what `decide` makes of the customer's projection rows as they are inside the
@@ -108,6 +140,7 @@ impl EventLog {
         let outcome = append_one(&mut tx, &request, position).await?;
         if matches!(outcome, AppendOutcome::Appended { .. }) {
             tx.commit().await?;
+            self.grew(&outcome);
         }
         Ok((outcome, decided))
     }

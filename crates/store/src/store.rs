@@ -13,6 +13,7 @@ use crate::delivery::Deliveries;
 use crate::disclosures::Disclosures;
 use crate::error::StoreError;
 use crate::log::EventLog;
+use crate::log_watch::LogWatch;
 use crate::runs::Runs;
 use crate::sql::{Db, Engine};
 use crate::token_cache::{TokenCache, spawn_listener};
@@ -27,6 +28,7 @@ const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(800);
 pub struct Store {
     db: Db,
     token_cache: Arc<TokenCache>,
+    log_watch: Arc<LogWatch>,
 }
 
 impl Store {
@@ -91,7 +93,12 @@ impl Store {
         crate::log::migrate(&db).await?;
         // PostgreSQL: usable once the change listener is connected (see `token_cache`).
         let token_cache = Arc::new(TokenCache::new(db.engine() == Engine::Sqlite));
-        Ok(Self { db, token_cache })
+        let log_watch = LogWatch::new(db.pg().cloned());
+        Ok(Self {
+            db,
+            token_cache,
+            log_watch,
+        })
     }
 
     /// Which engine it runs on.
@@ -101,7 +108,7 @@ impl Store {
 
     /// The raw event log (see [`EventLog`]; commands go through [`crate::Ledger`]).
     pub fn log(&self) -> EventLog {
-        EventLog::new(self.db.clone())
+        EventLog::new(self.db.clone(), self.log_watch.clone())
     }
 
     pub(crate) fn db(&self) -> &Db {
