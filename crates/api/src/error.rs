@@ -205,7 +205,9 @@ impl From<Refused> for ApiError {
             | Refusal::ApprovalRequired { .. }
             | Refusal::UnrecordedRepresentative { .. }
             | Refusal::OutsideDelegatedScope { .. } => StatusCode::FORBIDDEN,
-            Refusal::VersionConflict { .. } | Refusal::AlreadyRegistered => StatusCode::CONFLICT,
+            Refusal::VersionConflict { .. }
+            | Refusal::AlreadyRegistered
+            | Refusal::NotAMember { .. } => StatusCode::CONFLICT,
             Refusal::RecordVersionConflict { .. } => StatusCode::PRECONDITION_FAILED,
             Refusal::NotRegistered
             | Refusal::UnknownProposal { .. }
