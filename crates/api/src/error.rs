@@ -164,8 +164,8 @@ impl IntoResponse for ApiError {
 }
 
 /// Middleware: a `merged_into` answer redirects to the same URL with the survivor's id in
-/// place of the customer's (`/v1/customers/{id}/…`), query kept. One place for every route
-/// that names a customer.
+/// place of the customer's (`/v1/customers/{id}/…`, `/v1/households/{h}/members/{id}`),
+/// query kept. One place for every route that names a customer.
 pub async fn merged_redirect(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -176,8 +176,11 @@ pub async fn merged_redirect(
         return response;
     };
     let mut segments: Vec<String> = uri.path().split('/').map(str::to_owned).collect();
-    // ["", "v1", "customers", "<id>", …] (or the steward page's "/steward/customers/<id>").
-    if let Some(i) = segments.iter().position(|s| s == "customers")
+    // ["", "v1", "customers", "<id>", …] (or the steward page's "/steward/customers/<id>"),
+    // ["", "v1", "households", "<h>", "members", "<id>"].
+    if let Some(i) = segments
+        .iter()
+        .position(|s| s == "customers" || s == "members")
         && i + 1 < segments.len()
     {
         segments[i + 1] = survivor.to_string();
@@ -205,7 +208,9 @@ impl From<Refused> for ApiError {
             | Refusal::ApprovalRequired { .. }
             | Refusal::UnrecordedRepresentative { .. }
             | Refusal::OutsideDelegatedScope { .. } => StatusCode::FORBIDDEN,
-            Refusal::VersionConflict { .. } | Refusal::AlreadyRegistered => StatusCode::CONFLICT,
+            Refusal::VersionConflict { .. }
+            | Refusal::AlreadyRegistered
+            | Refusal::NotAMember { .. } => StatusCode::CONFLICT,
             Refusal::RecordVersionConflict { .. } => StatusCode::PRECONDITION_FAILED,
             Refusal::NotRegistered
             | Refusal::UnknownProposal { .. }
@@ -323,6 +328,7 @@ impl From<ReadError> for ApiError {
             )
             .with("field", field.to_string()),
             ReadError::NoConsent { .. } => ApiError::not_found("no_consent", e.to_string()),
+            ReadError::NoHousehold(_) => ApiError::not_found("not_found", e.to_string()),
             ReadError::PastForbidden => ApiError::forbidden("forbidden_role", e.to_string())
                 .with("allowed_roles", crate::auth::past_readers()),
             ReadError::Store(e) => e.into(),

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod households;
 pub mod jwks;
 pub mod limits;
 pub mod merges;
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Router};
 use idledger_app::App;
 use idledger_relay::Feed;
@@ -226,6 +227,12 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
         .route("/customers/{customer_id}/erasure", post(routes::erase))
         .route("/customers/{customer_id}/merge", post(merges::merge))
         .route("/customers/{customer_id}/unmerge", post(merges::unmerge))
+        .route("/households", post(households::create))
+        .route("/households/{household_id}", get(households::show))
+        .route(
+            "/households/{household_id}/members/{customer_id}",
+            put(households::join).delete(households::leave),
+        )
         .route("/retention/runs", post(retention::run_retention))
         .route(
             "/customers/{customer_id}/restriction",

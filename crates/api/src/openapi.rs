@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    decisions, delivery, error, export, jwks, merges, proposals, reconcile, retention, routes,
-    steward, tokens, views, wire, workspace,
+    decisions, delivery, error, export, households, jwks, merges, proposals, reconcile, retention,
+    routes, steward, tokens, views, wire, workspace,
 };
 
 #[derive(OpenApi)]
@@ -45,6 +45,10 @@ use crate::{
         workspace::assign,
         merges::merge,
         merges::unmerge,
+        households::create,
+        households::join,
+        households::leave,
+        households::show,
         workspace::counts,
         workspace::list_approvals,
         workspace::get_approval,
@@ -132,6 +136,12 @@ use crate::{
         merges::MergeRequest,
         merges::MergeView,
         views::MergeLinkView,
+        households::CreateHouseholdRequest,
+        households::MembershipRequest,
+        households::LeaveRequest,
+        households::HouseholdView,
+        households::HouseholdMemberView,
+        households::MembershipView,
         workspace::KindCountView,
         workspace::CountsView,
         workspace::ApprovalView,

@@ -21,10 +21,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
+use idledger_domain::delegation::RelationshipStatus;
 use idledger_domain::event::{EventPayload, StewardAction};
 use idledger_domain::field::{FieldPath, FieldValue};
 use idledger_domain::hashing::HashKey;
-use idledger_domain::ids::CustomerId;
+use idledger_domain::ids::{CustomerId, HouseholdId};
 use idledger_domain::lookup::Identifier;
 use idledger_domain::policy::FieldRule;
 use idledger_domain::state::{ConsentState, CustomerState};
@@ -40,7 +41,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::steward::{self, ActionRequest, ActionResult};
-use idledger_app::ExceptionQuery;
+use idledger_app::{ExceptionQuery, ReadError, Reader};
 
 /// The session cookie: a steward session's id (never the token).
 pub const COOKIE: &str = "idl_steward";
@@ -76,6 +77,7 @@ pub fn routes(settings: SessionSettings) -> Router<AppState> {
         .route("/steward/customers/{id}", get(customer_page))
         .route("/steward/customers/{id}/merge", post(merge_records))
         .route("/steward/customers/{id}/unmerge", post(unmerge_records))
+        .route("/steward/households/{id}", get(household_page))
         .route(
             "/steward/customers/{id}/fields/{field}/history",
             get(field_history_page),
@@ -1018,7 +1020,8 @@ fn consents_section(customer: CustomerId, state: &CustomerState) -> Markup {
 }
 
 /// `GET /steward/customers?q=…` (or `id=…`): the header's search. A customer id opens the
-/// record; anything else is an identifier (`Identifier::infer`: an email, a phone, a
+/// record, a household id (a UUID no customer has) the household; anything else is an
+/// identifier (`Identifier::infer`: an email, a phone, a
 /// `<system>:<id>` external id or a full name) found through the blind index, as the API
 /// finds it (`App::find_customers`; a steward reads everything): one customer opens their
 /// record, several are listed by their labels, none says so.
@@ -1031,6 +1034,28 @@ async fn find_customer(
     let raw = one(&query, "q")
         .or_else(|| one(&query, "id"))
         .unwrap_or_default();
+    if let Ok(household) = HouseholdId::parse(raw.trim()) {
+        let customer = CustomerId::from_uuid(household.as_uuid()).ok();
+        let known = match customer {
+            Some(id) => state
+                .ledger
+                .state(id)
+                .await
+                .map_err(ApiError::from)?
+                .is_some(),
+            None => false,
+        };
+        if !known
+            && !state
+                .ledger
+                .find(&Identifier::Household(household), 1)
+                .await
+                .map_err(ApiError::from)?
+                .is_empty()
+        {
+            return Ok(Redirect::to(&format!("/steward/households/{household}")).into_response());
+        }
+    }
     if let Ok(id) = CustomerId::parse(raw) {
         return Ok(Redirect::to(&format!("/steward/customers/{id}")).into_response());
     }
@@ -1232,6 +1257,8 @@ async fn record_page(
             @if !current.absorbed.is_empty() {
                 (merged_records(id, &current, &absorbed_labels))
             }
+            (household_section(&current))
+            (relationships_section(&current, state.ledger.policy(), Utc::now()))
             (consents_section(id, &current))
             (decisions_section(&decisions))
             section id="handoffs" {
@@ -1266,6 +1293,120 @@ async fn record_page(
         }
     };
     Ok(page(status, layout(&title, Some(token), body)))
+}
+
+/// The household the customer is in (its page lists the others), and their role in it.
+fn household_section(current: &CustomerState) -> Markup {
+    html! {
+        section id="household" {
+            h2 { "Household" }
+            @match current.value(&FieldPath::Household) {
+                Some(FieldValue::Household(m)) => dl {
+                    dt { "Household" }
+                    dd { a.mono href={ "/steward/households/" (m.household_id) } { (m.household_id) } }
+                    dt { "Role" } dd.role { (m.role) }
+                },
+                _ => p.muted { "Not in a household." },
+            }
+        }
+    }
+}
+
+/// The guardian and delegate relationships recorded for the customer, ended ones too: who
+/// may act for them, on what, until when, on what evidence, and where each stands `now`.
+fn relationships_section(
+    current: &CustomerState,
+    policy: &idledger_domain::policy::Policy,
+    now: DateTime<Utc>,
+) -> Markup {
+    html! {
+        section id="relationships" {
+            h2 { "Relationships" }
+            @if current.relationships.is_empty() {
+                p.muted { "Nobody is recorded as acting for this customer." }
+            } @else {
+                table.compact {
+                    tr { th { "representative" } th { "kind" } th { "scope" } th { "expires" } th { "evidence" } th { "status" } }
+                    @for (rid, r) in &current.relationships {
+                        @let status = r.status(current, None, policy, now);
+                        tr data-id=(rid) data-status=(status.as_str()) {
+                            td.wrap { (r.representative.id()) }
+                            td { (r.representative.relationship()) }
+                            td.wrap { @match &r.scope {
+                                None => "everything",
+                                Some(scope) => {
+                                    @if !scope.purposes.is_empty() {
+                                        "purposes: " (scope.purposes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+                                    }
+                                    @if !scope.purposes.is_empty() && !scope.fields.is_empty() { "; " }
+                                    @if !scope.fields.is_empty() {
+                                        "fields: " (scope.fields.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+                                    }
+                                },
+                            } }
+                            td.nowrap { (r.expires_at.map(time).unwrap_or_else(|| "never".to_owned())) }
+                            td { (r.evidence.kind()) }
+                            td {
+                                (status.as_str().replace('_', " "))
+                                @if let Some(ended) = &r.ended {
+                                    " " span.muted { (time(ended.at)) " by " (ended.by) ": " (ended.reason) }
+                                } @else if status == RelationshipStatus::Live {
+                                    " " span.muted { "since " (time(r.recorded_at)) " by " (r.recorded_by) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /steward/households/{id}`: a household's members with their roles, each linking to
+/// their record (found as the API finds them; a steward reads everything).
+async fn household_page(
+    State(state): State<AppState>,
+    Steward(token): Steward,
+    Path(raw): Path<String>,
+) -> Result<Response, PageError> {
+    let not_found = |detail: String| PageError::new(StatusCode::NOT_FOUND, "Not found", detail);
+    let id = HouseholdId::parse(&raw).map_err(|_| {
+        not_found("That is not a household id: paste the id (a UUID) of a household.".to_owned())
+    })?;
+    let household = match state.app.household(&Reader::Overseer, id).await {
+        Ok(household) => household,
+        Err(ReadError::NoHousehold(_)) => {
+            return Err(not_found(format!("Nobody is in household {id}.")));
+        }
+        Err(e) => return Err(ApiError::from(e).into()),
+    };
+    let labels = customer_labels(
+        &state,
+        household.members.iter().map(|m| m.customer_id).collect(),
+    )
+    .await
+    .map_err(ApiError::from)?;
+    let title = format!("Household {id}");
+    let body = html! {
+        h1 { "Household " span.mono { (id) } }
+        p { (household.members.len()) @if household.members.len() == 1 { " member" } @else { " members" } "." }
+        table id="members" {
+            thead { tr { th { "Member" } th { "Role" } th { "Id" } } }
+            tbody { @for m in &household.members {
+                tr data-id=(m.customer_id) {
+                    td { a href={ "/steward/customers/" (m.customer_id) } {
+                        (labels.get(&m.customer_id).map_or("(no name or email)", String::as_str))
+                    } }
+                    td.role { (m.role) }
+                    td.mono { (m.customer_id) }
+                }
+            } }
+        }
+        @if household.truncated {
+            p.muted id="truncated" { "More customers are in it; the first " (household.members.len()) " are listed." }
+        }
+    };
+    Ok(page(StatusCode::OK, layout(&title, Some(&token), body)))
 }
 
 /// The records merged into `survivor`, each with a form that undoes its merge.

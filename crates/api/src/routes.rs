@@ -154,7 +154,13 @@ async fn execute(
     principal: &Principal,
     command: &Command,
 ) -> Result<Executed, ApiError> {
-    match state.app.run_command(principal, command).await {
+    counted(state.app.run_command(principal, command).await)
+}
+
+/// A command's answer counted in the commands metric: applied, replayed, or the refusal's
+/// code.
+fn counted(executed: Result<Executed, idledger_store::ExecuteError>) -> Result<Executed, ApiError> {
+    match executed {
         Ok(executed) => {
             metrics::command(if executed.replayed {
                 "replayed"
@@ -167,7 +173,7 @@ async fn execute(
     }
 }
 
-fn record_refusal(error: ApiError) -> ApiError {
+pub(crate) fn record_refusal(error: ApiError) -> ApiError {
     metrics::command(error.code);
     error
 }
@@ -208,46 +214,21 @@ fn respond(
     executed: Executed,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
+    let written = |i: usize| {
+        matches!(
+            command.changes.get(i),
+            Some(
+                Change::SetField { .. } | Change::ClearField { .. } | Change::RequestChange { .. }
+            )
+        )
+    };
+    if let Some(refused) = proposed(state, &executed, written) {
+        return Ok(refused);
+    }
     let Executed { result, replayed } = executed;
-    let proposals: Vec<_> = command
-        .changes
-        .iter()
-        .zip(&result.outcomes)
-        .filter_map(|(change, outcome)| match (change, outcome) {
-            (
-                Change::SetField { .. } | Change::ClearField { .. } | Change::RequestChange { .. },
-                Outcome::Proposed {
-                    field,
-                    proposal_id,
-                    system_of_record,
-                },
-            ) => Some((field.clone(), *proposal_id, system_of_record.clone())),
-            _ => None,
-        })
-        .collect();
     let etag = etag(result.stream_version);
     let customer = result.customer_id;
     let body = CommandResponse::new(result, replayed, |c| state.ledger.challenge_secret(c));
-    if let Some((field, proposal_id, system_of_record)) = proposals.first() {
-        let detail = format!(
-            "this source may not change {field}; its system of record is '{system_of_record}'. The value was recorded as proposal {proposal_id} for the system of record or a steward to review"
-        );
-        let ids: Vec<_> = proposals.iter().map(|(_, id, _)| id).collect();
-        let mut response = ApiError::forbidden("not_authoritative", detail)
-            .with("field", field)
-            .with("system_of_record", system_of_record)
-            .with("proposal_id", proposal_id)
-            .with("proposal_ids", ids)
-            .with("result", &body)
-            .into_response();
-        response.headers_mut().insert(header::ETAG, etag);
-        if replayed {
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        }
-        return Ok(response);
-    }
     let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::ETAG, etag);
@@ -262,7 +243,56 @@ fn respond(
     Ok(response)
 }
 
-fn etag(version: u64) -> HeaderValue {
+/// The answer to a command whose write was recorded as a proposal (the writer may only
+/// propose the field): 403 `not_authoritative` naming the system of record and the proposals,
+/// with the command's result. `written(i)`: whether the command's change `i` was a write (an
+/// explicit `propose_value` is answered as applied). `None` when no write became a proposal.
+pub(crate) fn proposed(
+    state: &AppState,
+    executed: &Executed,
+    written: impl Fn(usize) -> bool,
+) -> Option<Response> {
+    let Executed { result, replayed } = executed;
+    let proposals: Vec<_> = result
+        .outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, outcome)| match outcome {
+            Outcome::Proposed {
+                field,
+                proposal_id,
+                system_of_record,
+            } if written(i) => Some((field.clone(), *proposal_id, system_of_record.clone())),
+            _ => None,
+        })
+        .collect();
+    let (field, proposal_id, system_of_record) = proposals.first()?;
+    let body = CommandResponse::new(result.clone(), *replayed, |c| {
+        state.ledger.challenge_secret(c)
+    });
+    let detail = format!(
+        "this source may not change {field}; its system of record is '{system_of_record}'. The value was recorded as proposal {proposal_id} for the system of record or a steward to review"
+    );
+    let ids: Vec<_> = proposals.iter().map(|(_, id, _)| id).collect();
+    let mut response = ApiError::forbidden("not_authoritative", detail)
+        .with("field", field)
+        .with("system_of_record", system_of_record)
+        .with("proposal_id", proposal_id)
+        .with("proposal_ids", ids)
+        .with("result", &body)
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(result.stream_version));
+    if *replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Some(response)
+}
+
+pub(crate) fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
@@ -338,6 +368,8 @@ pub struct LookupQuery {
     /// The full name, given then family name: compared whole, after Unicode NFC, case
     /// folding and whitespace collapsing.
     pub name: Option<String>,
+    /// A household id: its members (the value of their `household` field names it).
+    pub household: Option<String>,
 }
 
 impl LookupQuery {
@@ -348,6 +380,7 @@ impl LookupQuery {
             (LookupKind::Phone, self.phone),
             (LookupKind::ExternalId, self.external_id),
             (LookupKind::Name, self.name),
+            (LookupKind::Household, self.household),
         ]
         .into_iter()
         .filter_map(|(kind, value)| value.map(|v| (kind, v)))
@@ -355,7 +388,7 @@ impl LookupQuery {
         let [(kind, raw)] = given.as_slice() else {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                "give exactly one of email, phone, external_id, name",
+                "give exactly one of email, phone, external_id, name, household",
             ));
         };
         Identifier::parse(*kind, raw).map_err(|_| {
@@ -369,9 +402,10 @@ impl LookupQuery {
 }
 
 /// Find customers by an identifier (roles `source`, `steward`, `auditor`): exactly one of
-/// `email`, `phone`, `external_id` (`<system>:<id>`) or `name` (the full name). Answers the
-/// ids of every customer whose current value matches — several when an identifier is shared
-/// (a household's phone) — in id order, at most 100. Pending changes and proposals are not
+/// `email`, `phone`, `external_id` (`<system>:<id>`), `name` (the full name) or `household`
+/// (a household id: its members). Answers the ids of every customer whose current value
+/// matches — several when an identifier is shared (a household's phone) — in id order, at
+/// most 100. Pending changes and proposals are not
 /// found, nor is an erased customer. A source may look up only by fields it may read, and
 /// each customer it finds is logged as a disclosure of those fields. Looked up through a
 /// blind index (keyed digests of the normalised values), never a plaintext index.

@@ -646,6 +646,13 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         ("/v1/sources/{source_id}/disclosures", "get"),
         ("/v1/customers/{customer_id}/export", "get"),
         ("/v1/customers/{customer_id}/restriction", "post"),
+        ("/v1/households", "post"),
+        ("/v1/households/{household_id}", "get"),
+        ("/v1/households/{household_id}/members/{customer_id}", "put"),
+        (
+            "/v1/households/{household_id}/members/{customer_id}",
+            "delete",
+        ),
         ("/v1/consumers", "post"),
         ("/v1/consumers", "get"),
         ("/v1/consumers/{consumer_id}", "get"),
@@ -692,6 +699,9 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
         "TokenRequest",
         "IssuedTokenView",
         "ProposalPageView",
+        "HouseholdView",
+        "MembershipView",
+        "CreateHouseholdRequest",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }

@@ -48,6 +48,7 @@ on_both_engines!(
     a_steward_finds_customers_by_any_identifier,
     a_proposal_stewards_may_not_accept_is_sent_to_its_system_of_record,
     a_refused_merge_is_shown_readably_and_records_nothing,
+    households_and_relationships_are_escaped_and_unknown_ones_readable,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2028,4 +2029,270 @@ async fn a_refused_merge_is_shown_readably_and_records_nothing(engine: Engine) {
         "{}",
         absorbed.html
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Households and relationships
+// ---------------------------------------------------------------------------------------
+
+/// A household's head and a guardian in it; the head's record holds a live delegate
+/// (scoped, expiring) and an ended one (unscoped). Returns the household id, the head and
+/// the guardian.
+async fn household_with_relationships(app: &TestApp) -> (String, String, String) {
+    let ada = customer(
+        app,
+        json!([{"op": "set_field", "field": "name.given", "value": "Ada"}]),
+    )
+    .await;
+    let byron = customer(
+        app,
+        json!([{"op": "set_field", "field": "name.given", "value": "Byron"}]),
+    )
+    .await;
+    let created = app
+        .send(
+            Method::POST,
+            "/v1/households",
+            Some("web_app"),
+            Some("hh-1"),
+            Some(&json!({"customer_id": ada, "provenance": support::provenance()})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let household = created.body["household_id"].as_str().unwrap().to_owned();
+    let joined = app
+        .send(
+            Method::PUT,
+            &format!("/v1/households/{household}/members/{byron}"),
+            Some("web_app"),
+            Some("hh-2"),
+            Some(&json!({"role": "guardian", "provenance": support::provenance()})),
+        )
+        .await;
+    assert_eq!(joined.status, StatusCode::OK, "{}", joined.text);
+    let relationship = |kind: &str, id: &str, extra: Value| {
+        let mut change = json!({
+            "op": "record_relationship", "relationship": kind, "representative": id,
+            "evidence": {"kind": "signed_form", "reference": "form-77"},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            change[k] = v.clone();
+        }
+        change
+    };
+    let reply = app
+        .command(
+            "steward",
+            &ada,
+            "rel-1",
+            json!([
+                relationship(
+                    "delegate",
+                    "assistant-1",
+                    json!({"scope": {"purposes": ["marketing"], "fields": ["email"]},
+                           "expires_at": "2100-01-01T00:00:00Z"})
+                ),
+                relationship("delegate", "old-assistant", json!({})),
+            ]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let ended = reply.body["outcomes"][1]["relationship_id"].clone();
+    let reply = app
+        .command(
+            "steward",
+            &ada,
+            "rel-2",
+            json!([{"op": "end_relationship", "relationship_id": ended, "reason": "moved away"}]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    (household, ada, byron)
+}
+
+/// A customer's page shows their household (linking to the household's page, which lists
+/// its members with their roles and links back) and the relationships recorded for them;
+/// the header's search opens a household by its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steward_follows_a_household_and_reads_relationships_in_a_browser() {
+    let app = TestApp::start(Engine::Postgres).await;
+    let (household, ada, byron) = household_with_relationships(&app).await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    browser.goto(&app.url("/steward/login")).await.unwrap();
+    fill(&browser, "input[name=token]", app.token("steward")).await;
+    submit(&browser, "button[type=submit]").await;
+
+    browser
+        .goto(&app.url(&format!("/steward/customers/{ada}")))
+        .await
+        .unwrap();
+    assert_eq!(text(&browser, "#household a").await, household);
+    assert_eq!(text(&browser, "#household .role").await, "head");
+    // Each relationship: who, what kind, on what, until when, on what evidence, where it
+    // stands.
+    let live = text(&browser, "#relationships tr[data-status=live]").await;
+    for part in [
+        "assistant-1",
+        "delegate",
+        "purposes: marketing; fields: email",
+        "2100-01-01",
+        "signed_form",
+        "live",
+    ] {
+        assert!(live.contains(part), "{part} in {live}");
+    }
+    let ended = text(&browser, "#relationships tr[data-status=ended]").await;
+    for part in [
+        "old-assistant",
+        "everything",
+        "never",
+        "ended",
+        "moved away",
+    ] {
+        assert!(ended.contains(part), "{part} in {ended}");
+    }
+
+    // The household's page: both members, in id order, with their roles.
+    submit(&browser, "#household a").await;
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        format!("/steward/households/{household}")
+    );
+    let mut expected = [(ada.clone(), "head"), (byron.clone(), "guardian")];
+    expected.sort();
+    let mut shown = Vec::new();
+    for row in browser
+        .find_all(Locator::Css("#members tbody tr"))
+        .await
+        .unwrap()
+    {
+        let id = row.attr("data-id").await.unwrap().unwrap();
+        let role = row
+            .find(Locator::Css(".role"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        shown.push((id, role));
+    }
+    assert_eq!(
+        shown,
+        expected
+            .iter()
+            .map(|(id, role)| (id.clone(), (*role).to_owned()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        text(&browser, &format!("#members tr[data-id='{byron}']"))
+            .await
+            .contains("Byron")
+    );
+    submit(&browser, &format!("#members tr[data-id='{byron}'] a")).await;
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        format!("/steward/customers/{byron}")
+    );
+    assert_eq!(text(&browser, "#household .role").await, "guardian");
+    assert!(
+        text(&browser, "#relationships")
+            .await
+            .contains("Nobody is recorded"),
+        "Byron has none"
+    );
+
+    // The header's search takes a household id too.
+    fill(&browser, "#find-customer input[name=q]", &household).await;
+    submit(&browser, "#find-customer button").await;
+    assert_eq!(
+        browser.current_url().await.unwrap().path(),
+        format!("/steward/households/{household}")
+    );
+    browser.close().await.unwrap();
+}
+
+/// Without a browser: what relationships hold is shown as text; households nobody is in,
+/// and what is not a household id, are readable 404 pages; a customer in none says so.
+async fn households_and_relationships_are_escaped_and_unknown_ones_readable(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let (household, ada, _) = household_with_relationships(&app).await;
+    let cookie = log_in(&app).await;
+    let script = r#"<script>alert("pwned")</script>"#;
+    let reply = app
+        .command(
+            "steward",
+            &ada,
+            "rel-3",
+            json!([{
+                "op": "record_relationship", "relationship": "delegate", "representative": script,
+                "evidence": {"kind": "signed_form", "reference": script},
+            }]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let page = request(
+        &app,
+        Method::GET,
+        &format!("/steward/customers/{ada}"),
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    let relationships = section(&page.html, "relationships");
+    assert!(!relationships.contains("<script"), "{relationships}");
+    assert!(
+        relationships.contains("&lt;script&gt;alert("),
+        "{relationships}"
+    );
+    assert!(
+        section(&page.html, "household")
+            .contains(&format!("href=\"/steward/households/{household}\"")),
+        "{}",
+        page.html
+    );
+
+    for (path, says) in [
+        (
+            "/steward/households/0190a4c6-0000-7000-8000-000000000000".to_owned(),
+            "Nobody is in household",
+        ),
+        (
+            "/steward/households/not-an-id".to_owned(),
+            "not a household id",
+        ),
+    ] {
+        let page = request(&app, Method::GET, &path, Some(&cookie), None, &[]).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(page.html.contains(says), "{}", page.html);
+    }
+    let anonymous = request(
+        &app,
+        Method::GET,
+        &format!("/steward/households/{household}"),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+
+    let alone = customer(
+        &app,
+        json!([{"op": "set_field", "field": "name.given", "value": "Cleo"}]),
+    )
+    .await;
+    let page = request(
+        &app,
+        Method::GET,
+        &format!("/steward/customers/{alone}"),
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert!(section(&page.html, "household").contains("Not in a household."));
+    assert!(section(&page.html, "relationships").contains("Nobody is recorded"));
 }

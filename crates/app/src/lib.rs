@@ -6,6 +6,9 @@
 //! - [`decisions`]: decisions at the moment of use ([`Decider`]): may a processor use fields
 //!   of customers for a purpose, now — decided on fresh state, logged before answered.
 //! - [`export`]: a data subject's access and portability export, logged as a disclosure.
+//! - [`households`]: create, join and leave a household (commands of the member's
+//!   `household` field) and the household view (its members through the blind index,
+//!   within the reader's scope).
 //! - [`proposals`]: the open proposals a field's system of record may decide with its own
 //!   token (`GET /v1/proposals?system_of_record=me`).
 //! - [`reads`]: a record as its reader may see it (the policy's read scope), the past only for
@@ -26,6 +29,7 @@
 pub mod commands;
 pub mod decisions;
 pub mod export;
+pub mod households;
 pub mod merges;
 pub mod proposals;
 pub mod reads;
@@ -38,6 +42,7 @@ use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
 pub use decisions::{AskedBy, DecideError, Decided, Decider, TokenIssue};
 pub use export::SubjectExport;
+pub use households::{Household, HouseholdMember, MembershipCommand, MembershipError};
 pub use proposals::{AddressedProposal, ProposalPage};
 pub use reads::{MAX_MATCHES, Matches, ReadError, Reader, RecordRead};
 pub use retention::{RetentionError, RetentionProgress, RetentionReport};

@@ -75,6 +75,9 @@ pub enum ReadError {
         customer: CustomerId,
         purpose: idledger_domain::ids::Purpose,
     },
+    /// Nobody is in the household: it was never created, or every member left.
+    #[error("no household {0}")]
+    NoHousehold(idledger_domain::ids::HouseholdId),
     /// The record's past (`as_of`, a field's history) is for stewards and auditors.
     #[error("only stewards and auditors read a record's past (as_of, history)")]
     PastForbidden,

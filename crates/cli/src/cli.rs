@@ -96,6 +96,10 @@ pub enum Command {
     /// Merge one customer's record into another's as a data steward (the first stays; the
     /// second is kept, frozen, and sends reads and commands to it), or undo it with --undo.
     Merge(crate::commands::merge::MergeArgs),
+    /// Households: create one around a customer, join, leave (as a data steward, --as) and
+    /// show its members.
+    #[command(subcommand)]
+    Household(crate::commands::household::HouseholdCommand),
     /// Export everything about a customer for the data subject (access and portability):
     /// the record, every event with provenance, handoffs, disclosures and sync exceptions.
     Export(crate::commands::export::ExportArgs),

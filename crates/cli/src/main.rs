@@ -59,6 +59,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Record(args) => commands::record::run(&settings, args, &mut out).await?,
             Command::Find(args) => commands::find::run(&settings, args, &mut out).await?,
             Command::Merge(args) => commands::merge::run(&settings, args, &mut out).await?,
+            Command::Household(command) => {
+                commands::household::run(&settings, command, &mut out).await?
+            }
             Command::Export(args) => commands::export::run(&settings, args, &mut out).await?,
             Command::Restrict(args) => commands::restrict::run(&settings, args, &mut out).await?,
             Command::Demo => commands::demo::run(&settings, &mut out).await?,

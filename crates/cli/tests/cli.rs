@@ -1754,6 +1754,7 @@ on_both_engines!(
     a_steward_dismisses_and_accepts_from_the_command_line,
     signing_keys_rotate_list_and_remove_and_receipts_verify,
     find_prints_the_customers_an_identifier_finds,
+    households_are_created_joined_left_and_shown,
 );
 
 #[test]
@@ -2322,6 +2323,118 @@ async fn find_prints_the_customers_an_identifier_finds(engine: Engine) {
         .unwrap();
     let run = on_store(&dir, &seeded, &["find", "--phone", "+442079460958"]).success();
     assert_eq!(run.stdout.lines().collect::<Vec<_>>(), [byron.as_str()]);
+}
+
+// ---------------------------------------------------------------------------------------
+// household, on both engines
+// ---------------------------------------------------------------------------------------
+
+/// A steward creates a household around Ada, Byron joins and becomes a guardian, leaves;
+/// `show` lists members as text and JSON; refusals say what is wrong.
+async fn households_are_created_joined_left_and_shown(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let (ada, byron) = (new_customer(), new_customer());
+    let app = App::new(store.ledger.clone());
+    for customer in [ada, byron] {
+        let register = command(customer, &format!("reg-{customer}"), vec![Change::Register]);
+        app.run_command(&source("idp"), &register).await.unwrap();
+    }
+    let seeded = Seeded {
+        store,
+        customer: ada.to_string(),
+        proposal: String::new(),
+        divergent: String::new(),
+    };
+    let dir = TempDir::new("household");
+    let (ada, byron) = (ada.to_string(), byron.to_string());
+    let run = |args: &[&str]| on_store(&dir, &seeded, args);
+
+    let created = run(&["household", "create", &ada, "--as", "alice", "--json"]).success();
+    let json: serde_json::Value = serde_json::from_str(&created.stdout).unwrap();
+    let household = json["household_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        json["members"],
+        serde_json::json!([{"customer_id": ada, "role": "head"}])
+    );
+    assert_eq!(json["command"]["events"][0]["type"], "field_set");
+    run(&[
+        "household",
+        "join",
+        &household,
+        &byron,
+        "--as",
+        "alice",
+        "--reason",
+        "moved in",
+    ])
+    .success()
+    .stdout_has(&[&format!("{byron} joined household {household}")]);
+    run(&[
+        "household",
+        "join",
+        &household,
+        &byron,
+        "--role",
+        "guardian",
+        "--as",
+        "alice",
+    ])
+    .success();
+    let mut expected = vec![format!("{ada}  head"), format!("{byron}  guardian")];
+    expected.sort();
+    let shown = run(&["household", "show", &household]).success();
+    assert_eq!(shown.stdout.lines().collect::<Vec<_>>(), expected);
+    // Recorded as the steward's, with the reason.
+    let history = seeded
+        .store
+        .ledger
+        .history(
+            idledger_domain::ids::CustomerId::parse(&byron).unwrap(),
+            &field("household"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    let provenance = &history[0].envelope.event.provenance;
+    assert_eq!(provenance.actor.id(), "alice");
+    assert_eq!(provenance.reason.as_deref(), Some("moved in"));
+
+    run(&["household", "leave", &household, &byron, "--as", "alice"])
+        .success()
+        .stdout_has(&[&format!("{byron} left household {household}"), &ada]);
+    run(&["household", "leave", &household, &byron, "--as", "alice"])
+        .exit(1)
+        .stderr_has(&["refused (not_a_member)"]);
+    let shown = run(&["household", "show", &household, "--json"]).success();
+    let json: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "household_id": household,
+            "members": [{"customer_id": ada, "role": "head"}],
+            "truncated": false,
+        })
+    );
+    // Nobody in it; a household nobody is in; usage errors.
+    let unknown = "0190f5a2-7c3e-7a1b-8c4d-2e6f8a9b0c1d";
+    run(&["household", "show", unknown])
+        .exit(1)
+        .stderr_has(&["no household"]);
+    run(&["household", "join", unknown, &byron, "--as", "alice"])
+        .exit(1)
+        .stderr_has(&["refused (unknown_household)"]);
+    run(&[
+        "household",
+        "create",
+        &ada,
+        "--role",
+        "cousin",
+        "--as",
+        "alice",
+    ])
+    .exit(2);
+    run(&["household", "show", "not-an-id"]).exit(2);
+    run(&["household", "create", &ada]).exit(2);
 }
 
 #[test]

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use crate::event::StewardAction;
 use crate::field::{FieldPath, FieldValue};
 use crate::ids::{
-    Actor, ActorKind, ChallengeId, CustomerId, IdempotencyKey, OnBehalfOf, ProposalId, Purpose,
-    Relationship, RelationshipId, SourceId,
+    Actor, ActorKind, ChallengeId, CustomerId, HouseholdId, IdempotencyKey, OnBehalfOf, ProposalId,
+    Purpose, Relationship, RelationshipId, SourceId,
 };
 use crate::policy::{Policy, WriteMode};
 use crate::values::{ConsentChannel, Evidence, Jurisdiction, LegalBasis, NoticeRef};
@@ -118,6 +118,13 @@ pub enum Change {
         relationship_id: RelationshipId,
         reason: String,
     },
+    /// Clears the `household` field if, and only if, it names this household (refused
+    /// `not_a_member` otherwise), under the same rules as a `ClearField` of it. Decided on the
+    /// record itself, so a leave never clears a membership of another household that a
+    /// concurrent command set, and a retry with the same key is the same command.
+    LeaveHousehold {
+        household_id: HouseholdId,
+    },
 }
 
 impl Change {
@@ -139,6 +146,7 @@ impl Change {
             Self::LiftRestriction { .. } => "lift_restriction",
             Self::RecordRelationship { .. } => "record_relationship",
             Self::EndRelationship { .. } => "end_relationship",
+            Self::LeaveHousehold { .. } => "leave_household",
         }
     }
 }
@@ -323,6 +331,9 @@ pub enum Refusal {
     /// No relationship with this id is recorded, or it has already ended.
     #[error("no live relationship {relationship_id}")]
     UnknownRelationship { relationship_id: RelationshipId },
+    /// A `leave_household` for a household the customer's record does not name.
+    #[error("the customer is not a member of household {household_id}")]
+    NotAMember { household_id: HouseholdId },
 }
 
 impl Refusal {
@@ -350,6 +361,7 @@ impl Refusal {
             Self::UnrecordedRepresentative { .. } => "unrecorded_representative",
             Self::OutsideDelegatedScope { .. } => "outside_delegated_scope",
             Self::UnknownRelationship { .. } => "unknown_relationship",
+            Self::NotAMember { .. } => "not_a_member",
         }
     }
 }

@@ -15,7 +15,8 @@ use crate::event::{
 };
 use crate::field::{FieldKind, FieldPath, FieldValue};
 use crate::ids::{
-    Actor, ActorKind, ChallengeId, EventId, IdempotencyKey, ProposalId, Purpose, SourceId,
+    Actor, ActorKind, ChallengeId, EventId, HouseholdId, IdempotencyKey, ProposalId, Purpose,
+    SourceId,
 };
 use crate::policy::{ADMIN_SOURCE, Policy, RETENTION_SOURCE, STEWARD_SOURCE, WriteMode};
 use crate::state::{ConsentState, ConsentStatus, CustomerState, evolve};
@@ -455,7 +456,10 @@ impl Decider<'_, '_> {
         let steward_may = steward_op
             || proposal_op
             || relationship_op
-            || matches!(change, Change::SetField { .. } | Change::ClearField { .. });
+            || matches!(
+                change,
+                Change::SetField { .. } | Change::ClearField { .. } | Change::LeaveHousehold { .. }
+            );
         if self.is_steward() && !steward_may {
             return Err(Refusal::Forbidden {
                 reason: format!(
@@ -498,6 +502,7 @@ impl Decider<'_, '_> {
                 field,
                 expected_version,
             } => self.clear_field(field, *expected_version),
+            Change::LeaveHousehold { household_id } => self.leave_household(*household_id),
             Change::RequestChange {
                 field,
                 value,
@@ -834,11 +839,9 @@ impl Decider<'_, '_> {
         Ok(self.write_value(field, value, set_mode, None))
     }
 
-    fn clear_field(
-        &mut self,
-        field: &FieldPath,
-        expected: Option<u64>,
-    ) -> Result<Outcome, Refusal> {
+    /// Whether this writer may clear `field`: a steward where the policy lets stewards
+    /// override it, a source that writes it authoritatively.
+    fn may_clear(&self, field: &FieldPath) -> Result<(), Refusal> {
         if field.kind() == FieldKind::Consent {
             return Err(Refusal::InvalidTransition {
                 field: Some(field.clone()),
@@ -846,10 +849,37 @@ impl Decider<'_, '_> {
             });
         }
         if self.is_steward() {
-            self.steward_may_override(field)?;
+            self.steward_may_override(field)
         } else if self.mode(field) != WriteMode::Authoritative {
-            return Err(self.not_authoritative(field));
+            Err(self.not_authoritative(field))
+        } else {
+            Ok(())
         }
+    }
+
+    /// Leaving a household: clearing `household` when it names `household`. Who may clear
+    /// it is checked first, so a writer that may not learns nothing of the membership.
+    fn leave_household(&mut self, household: HouseholdId) -> Result<Outcome, Refusal> {
+        let field = FieldPath::Household;
+        self.may_clear(&field)?;
+        let member = matches!(
+            self.state.value(&field),
+            Some(FieldValue::Household(m)) if m.household_id == household
+        );
+        if !member {
+            return Err(Refusal::NotAMember {
+                household_id: household,
+            });
+        }
+        self.clear_field(&field, None)
+    }
+
+    fn clear_field(
+        &mut self,
+        field: &FieldPath,
+        expected: Option<u64>,
+    ) -> Result<Outcome, Refusal> {
+        self.may_clear(field)?;
         self.check_expected(field, expected)?;
         let Some(rec) = self.state.field(field) else {
             return Ok(Outcome::Unchanged {

@@ -166,6 +166,7 @@ fn touched<'c>(
         | Change::ConfirmVerification { field, .. }
         | Change::CancelChange { field, .. }
         | Change::ProposeValue { field, .. } => Some((field.clone(), None)),
+        Change::LeaveHousehold { .. } => Some((FieldPath::Household, None)),
         Change::GrantConsent {
             purpose,
             jurisdiction,

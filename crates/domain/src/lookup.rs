@@ -1,9 +1,11 @@
 //! Finding a customer by an identifier without a plaintext index: the blind index's rules.
 //!
 //! An [`Identifier`] is a normalised value a customer can be found by: an email, a phone
-//! number, an external id (`<system>:<id>`, the value of `external_id.<system>`) or a full
-//! name. [`identifiers`] lists those a record holds — current values only: a pending change
-//! is not the customer's until it is verified, and a proposal is nobody's. The index stores
+//! number, an external id (`<system>:<id>`, the value of `external_id.<system>`), a full
+//! name, or the household the record's `household` field names (a household's members are
+//! found through the same index; members share it, so it never matches duplicates).
+//! [`identifiers`] lists those a record holds — current values only: a pending change is
+//! not the customer's until it is verified, and a proposal is nobody's. The index stores
 //! [`LookupKey::digest`] of each, an HMAC-SHA256 under a key of its own (derived from the
 //! master key's derivation root, like the other keyed hashes), never the value: a database
 //! dump does not reveal who is in it, and without the key no dictionary reverses a digest.
@@ -22,24 +24,31 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::field::{ExternalIdValue, FieldPath, FieldValue};
-use crate::ids::Key;
+use crate::ids::{HouseholdId, Key};
 use crate::state::CustomerState;
 use crate::values::{Email, PersonName, PhoneE164, ValueError};
 
 const LEN: usize = 32;
 
 /// What an identifier is: the lookup's parameter names (`email`, `phone`, `external_id`,
-/// `name`).
+/// `name`, `household`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LookupKind {
     Email,
     Phone,
     ExternalId,
     Name,
+    Household,
 }
 
 impl LookupKind {
-    pub const ALL: [Self; 4] = [Self::Email, Self::Phone, Self::ExternalId, Self::Name];
+    pub const ALL: [Self; 5] = [
+        Self::Email,
+        Self::Phone,
+        Self::ExternalId,
+        Self::Name,
+        Self::Household,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +56,7 @@ impl LookupKind {
             Self::Phone => "phone",
             Self::ExternalId => "external_id",
             Self::Name => "name",
+            Self::Household => "household",
         }
     }
 
@@ -70,6 +80,7 @@ impl LookupKind {
                 "a name of 1 to 200 characters with at least one letter, no control or invisible \
                  characters"
             }
+            Self::Household => "a household id (a UUID)",
         }
     }
 }
@@ -91,6 +102,9 @@ pub enum Identifier {
     },
     /// The full name, folded ([`fold_name`]).
     Name(String),
+    /// The household a `household` field names (not personal in itself, but who shares it
+    /// is: found only by readers of `household`).
+    Household(HouseholdId),
 }
 
 impl fmt::Debug for Identifier {
@@ -118,6 +132,7 @@ impl Identifier {
             LookupKind::Name => PersonName::parse(raw)
                 .ok()
                 .map(|n| Self::Name(fold_name(n.as_str()))),
+            LookupKind::Household => HouseholdId::parse(raw.trim()).ok().map(Self::Household),
         };
         parsed.ok_or_else(|| ValueError::new(kind.as_str(), format!("must be {}", kind.expected())))
     }
@@ -151,6 +166,7 @@ impl Identifier {
             Self::Phone(_) => LookupKind::Phone,
             Self::ExternalId { .. } => LookupKind::ExternalId,
             Self::Name(_) => LookupKind::Name,
+            Self::Household(_) => LookupKind::Household,
         }
     }
 
@@ -162,6 +178,7 @@ impl Identifier {
             Self::Phone(_) => vec![FieldPath::Phone],
             Self::ExternalId { system, .. } => vec![FieldPath::ExternalId(system.clone())],
             Self::Name(_) => vec![FieldPath::NameGiven, FieldPath::NameFamily],
+            Self::Household(_) => vec![FieldPath::Household],
         }
     }
 
@@ -180,13 +197,14 @@ impl Identifier {
                 out.extend_from_slice(id.as_str().as_bytes());
             }
             Self::Name(n) => out.extend_from_slice(n.as_bytes()),
+            Self::Household(h) => out.extend_from_slice(h.to_string().as_bytes()),
         }
         out
     }
 }
 
-/// Every identifier a record can be found by: its current email, phone, external ids and
-/// full name. Nothing for an erased record (it holds no value).
+/// Every identifier a record can be found by: its current email, phone, external ids, full
+/// name and household. Nothing for an erased record (it holds no value), nor a merged one.
 pub fn identifiers(state: &CustomerState) -> BTreeSet<Identifier> {
     let mut out = BTreeSet::new();
     // A merged record is found through its survivor, which holds its identifiers.
@@ -206,6 +224,9 @@ pub fn identifiers(state: &CustomerState) -> BTreeSet<Identifier> {
                     system: system.clone(),
                     id: id.clone(),
                 });
+            }
+            (FieldPath::Household, Some(FieldValue::Household(membership))) => {
+                out.insert(Identifier::Household(membership.household_id));
             }
             _ => {}
         }
@@ -470,8 +491,8 @@ impl MatchKey {
 
 /// What a record is matched to others by: its verified email and phone (a value set without
 /// verification, where the policy allows that, is not proof of anything; a pending change is
-/// not the customer's), its external ids, and the secondary rule's combination. Nothing for
-/// an erased record.
+/// not the customer's), its external ids, and the secondary rule's combination. Never its
+/// household: its members share it by design. Nothing for an erased record.
 pub fn match_keys(state: &CustomerState, rule: &SecondaryRule) -> BTreeSet<MatchKey> {
     let mut out: BTreeSet<MatchKey> = identifiers(state)
         .into_iter()
@@ -485,6 +506,8 @@ pub fn match_keys(state: &CustomerState, rule: &SecondaryRule) -> BTreeSet<Match
             Identifier::ExternalId { .. } => true,
             // A full name alone proves nothing; the secondary rule may use it with more.
             Identifier::Name(_) => false,
+            // Members of one household are several people.
+            Identifier::Household(_) => false,
         })
         .map(MatchKey::Verified)
         .collect();
@@ -545,6 +568,11 @@ mod tests {
         same(LookupKind::Name, "STRAßE", "strasse");
         // Decomposed é (e + combining acute) and composed é are one name.
         same(LookupKind::Name, "Ame\u{301}lie", "AMÉLIE");
+        same(
+            LookupKind::Household,
+            " 0190F5A2-7C3E-7A1B-8C4D-2E6F8A9B0C1D",
+            "0190f5a2-7c3e-7a1b-8c4d-2e6f8a9b0c1d",
+        );
         // External ids are case-sensitive, and kinds never collide.
         let crm = key.digest(&Identifier::parse(LookupKind::ExternalId, "crm:C-42").unwrap());
         let lower = key.digest(&Identifier::parse(LookupKind::ExternalId, "crm:c-42").unwrap());
@@ -695,6 +723,64 @@ mod tests {
         });
         assert!(match_keys(&erased, &on).is_empty());
         assert!(!format!("{:?}", match_keys(&ada, &on)).contains("ovelace"));
+    }
+
+    #[test]
+    fn a_household_finds_its_members_and_never_matches_them_as_duplicates() {
+        const HOUSEHOLD: &str = "0190f5a2-7c3e-7a1b-8c4d-2e6f8a9b0c1d";
+        let on = rule(&["name.family", "birth_date"]);
+        let member = |role: &str, extra: &[(&str, serde_json::Value)]| {
+            let mut values = vec![(
+                "household",
+                serde_json::json!({"id": HOUSEHOLD, "role": role}),
+            )];
+            values.extend(extra.iter().cloned());
+            record(&values, true)
+        };
+        let ada = member("head", &[("email", serde_json::json!("ada@example.org"))]);
+        let byron = member(
+            "member",
+            &[("email", serde_json::json!("byron@example.org"))],
+        );
+        let household = Identifier::parse(LookupKind::Household, HOUSEHOLD).unwrap();
+        assert_eq!(household.fields(), [FieldPath::Household]);
+        assert!(identifiers(&ada).contains(&household));
+        assert!(identifiers(&byron).contains(&household));
+        // Both hold the household's row in the index…
+        let key = LookupKey::new([5; LEN]);
+        let row = key.digest(&household);
+        assert!(key.index_digests(&ada, &on).contains(&row));
+        assert!(key.index_digests(&byron, &on).contains(&row));
+        // …and sharing it makes no duplicate candidate: it is no match key at all.
+        assert!(
+            !match_keys(&ada, &on)
+                .iter()
+                .any(|k| matches!(k, MatchKey::Verified(Identifier::Household(_))))
+        );
+        assert_eq!(duplicate_match(&ada, &byron, &on), None);
+        let only_household = member("member", &[]);
+        assert!(match_keys(&only_household, &on).is_empty());
+        assert_eq!(
+            duplicate_match(&only_household, &member("head", &[]), &on),
+            None
+        );
+        // Another household, or none, changes the rows; a new role does not.
+        let elsewhere = record(
+            &[(
+                "household",
+                serde_json::json!({"id": "0190f5a2-7c3e-7a1b-8c4d-2e6f8a9b0c1e", "role": "member"}),
+            )],
+            true,
+        );
+        assert!(index_changed(&only_household, &elsewhere, &on));
+        assert!(index_changed(&only_household, &record(&[], true), &on));
+        assert!(!index_changed(
+            &only_household,
+            &member("guardian", &[]),
+            &on
+        ));
+        // Not a value to keep out of logs, but named like the others.
+        assert_eq!(format!("{household:?}"), "Identifier(household, …)");
     }
 
     #[test]

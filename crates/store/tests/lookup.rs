@@ -7,7 +7,8 @@
 //! - [x] `Ledger::rebuild` — a lost, a stale and a foreign row rewritten (`reindexed_count`);
 //!   a rebuild with nothing to do rewrites nothing
 //! - [x] `Ledger::run_pending_upgrades` — `lookup_index` fills the index of customers written
-//!   before it
+//!   before it; migration 0023 queues it again for stores whose records held a household
+//!   before households were identifiers (and not for others)
 //! - [x] the table holds no plaintext: digests only, keyed
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -29,6 +30,7 @@ on_both_engines!(
     many_customers_in_one_batch_are_each_indexed,
     rebuild_rewrites_a_lost_stale_or_foreign_index_row,
     the_upgrade_indexes_customers_written_before_the_index,
+    households_held_before_they_were_identifiers_are_indexed_at_the_next_start,
     the_index_holds_keyed_digests_and_no_plaintext,
 );
 
@@ -454,6 +456,104 @@ async fn the_upgrade_indexes_customers_written_before_the_index(engine: Engine) 
             .await
             .unwrap()
             .is_empty()
+    );
+    assert_eq!(
+        store
+            .ledger
+            .rebuild(&|_, _| {})
+            .await
+            .unwrap()
+            .reindexed_count,
+        0,
+        "the upgrade leaves what a rebuild would"
+    );
+}
+
+const HOUSEHOLD: &str = "0190f5a2-7c3e-7a1b-8c4d-2e6f8a9b0c1d";
+
+async fn digests(db: &TestDb) -> Vec<Vec<u8>> {
+    let sql = "SELECT digest FROM lookup_index ORDER BY digest";
+    match db.engine {
+        Engine::Postgres => sqlx::query_scalar(sql)
+            .fetch_all(&db.pg().await)
+            .await
+            .unwrap(),
+        Engine::Sqlite => sqlx::query_scalar(sql)
+            .fetch_all(&db.sqlite().await)
+            .await
+            .unwrap(),
+    }
+}
+
+/// Applies migration 0023 again, as a store migrated to 0022 would at its next start.
+async fn migrate_to_0023_again(store: &TestStore) {
+    execute(&store.db, "DELETE FROM _sqlx_migrations WHERE version = 23").await;
+    store.db.store().await;
+}
+
+async fn households_held_before_they_were_identifiers_are_indexed_at_the_next_start(
+    engine: Engine,
+) {
+    let store = TestStore::new(engine).await;
+    let customer = ada(&store).await;
+    // No record holds a household: the migration queues nothing.
+    migrate_to_0023_again(&store).await;
+    assert!(
+        store
+            .ledger
+            .run_pending_upgrades()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let before = digests(&store.db).await;
+    run(
+        &store.ledger,
+        "web_app",
+        customer,
+        vec![set(
+            "household",
+            serde_json::json!({"id": HOUSEHOLD, "role": "head"}),
+        )],
+    )
+    .await;
+    let household_rows: Vec<Vec<u8>> = digests(&store.db)
+        .await
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    assert_eq!(household_rows.len(), 1, "one row for the household");
+    assert_eq!(
+        find(&store, LookupKind::Household, HOUSEHOLD).await,
+        [customer]
+    );
+    // As a store written before households were identifiers finds itself: every other row,
+    // none for the household.
+    execute(
+        &store.db,
+        &format!(
+            "DELETE FROM lookup_index WHERE digest = {}",
+            bytes_literal(&store.db, &household_rows[0])
+        ),
+    )
+    .await;
+    assert!(
+        find(&store, LookupKind::Household, HOUSEHOLD)
+            .await
+            .is_empty()
+    );
+    migrate_to_0023_again(&store).await;
+    assert_eq!(
+        store.ledger.run_pending_upgrades().await.unwrap(),
+        ["lookup_index"]
+    );
+    assert_eq!(
+        find(&store, LookupKind::Household, HOUSEHOLD).await,
+        [customer]
+    );
+    assert_eq!(
+        find(&store, LookupKind::Email, "ada@example.org").await,
+        [customer]
     );
     assert_eq!(
         store

@@ -9,6 +9,7 @@ pub mod exception;
 pub mod export;
 pub mod find;
 pub mod history;
+pub mod household;
 pub mod keys;
 pub mod merge;
 pub mod migrate;
