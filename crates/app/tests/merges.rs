@@ -460,6 +460,94 @@ async fn relationships_follow_the_person_through_a_merge_and_back(engine: Engine
     );
 }
 
+/// Everything `customer`'s stream lets anyone read, as one text.
+async fn readable_history(app: &App, customer: CustomerId) -> String {
+    serde_json::to_string(&app.ledger().stream(customer, None, None).await.unwrap()).unwrap()
+}
+
+async fn erasing_the_absorbed_record_after_an_unmerge_leaves_none_of_its_data_in_the_survivor(
+    engine: Engine,
+) {
+    let (_store, app) = app(engine).await;
+    let a = registered(
+        &app,
+        vec![
+            set("name.given", json!("Ada")),
+            set("name.family", json!("Lovelace")),
+        ],
+    )
+    .await;
+    let b = registered(
+        &app,
+        vec![
+            set("phone", json!("+442079460958")),
+            set("name.family", json!("Byron")),
+            record_delegate("notary-of-b"),
+        ],
+    )
+    .await;
+    write(&app, "consent_portal", b, vec![grant("marketing", None)]).await;
+    app.merge(&steward(), a, b, "same person").await.unwrap();
+    // While merged: a change of what came from B, and one of A's own.
+    write(&app, "idp", a, vec![set("phone", json!("+33142685300"))]).await;
+    write(&app, "web_app", a, vec![set("locale", json!("fr-FR"))]).await;
+    let while_merged = chrono::Utc::now();
+    app.unmerge(&steward(), a, b, "two people after all")
+        .await
+        .unwrap();
+    let survivor = visible(&app, a).await;
+
+    // B's data is in A's history until B is erased: its value, the proposal of its family
+    // name, its delegate, and the change made while merged.
+    let b_data = ["+442079460958", "+33142685300", "Byron", "notary-of-b"];
+    let before = readable_history(&app, a).await;
+    for data in b_data {
+        assert!(before.contains(data), "{data} is in A's history before");
+    }
+    app.erase(b, dpo(), "the subject asked").await.unwrap();
+
+    let after = readable_history(&app, a).await;
+    for data in b_data {
+        assert!(
+            !after.contains(data),
+            "{data} is still readable in A's history"
+        );
+    }
+    for own in ["Ada", "Lovelace", "fr-FR"] {
+        assert!(after.contains(own), "A's own {own} stays readable");
+    }
+    let then = app
+        .ledger()
+        .state_as_of(a, while_merged)
+        .await
+        .unwrap()
+        .unwrap();
+    let then = serde_json::to_string(&Visible::of(&then).fields.keys().collect::<Vec<_>>())
+        .unwrap()
+        + &serde_json::to_string(
+            &app.ledger()
+                .stream(a, None, Some(while_merged))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+    for data in b_data {
+        assert!(!then.contains(data), "{data} is readable as of the merge");
+    }
+    // A's record is as it was, and a rebuild from the log (which cannot read what was
+    // sealed for B) gives the same projection.
+    assert_eq!(visible(&app, a).await, survivor);
+    let rebuilt = app.ledger().rebuild(&|_, _| {}).await.unwrap();
+    assert!(rebuilt.identical, "{rebuilt:?}");
+    let report = app.ledger().verify(&|_, _| {}).await.unwrap();
+    assert!(report.intact(), "{report:?}");
+    let export = app.export(a, None).await.unwrap();
+    let export = serde_json::to_string(&(export.state, export.events)).unwrap();
+    for data in b_data {
+        assert!(!export.contains(data), "{data} is in A's export");
+    }
+}
+
 on_both_engines!(
     merge_of_two_records_takes_values_by_authority_and_the_most_protective_consent,
     merges_that_cannot_be_undone_alone_are_refused,
@@ -467,6 +555,7 @@ on_both_engines!(
     a_merge_closes_the_duplicate_candidate_of_the_pair,
     a_survivors_export_holds_the_records_merged_into_it,
     relationships_follow_the_person_through_a_merge_and_back,
+    erasing_the_absorbed_record_after_an_unmerge_leaves_none_of_its_data_in_the_survivor,
 );
 
 // ---- the property: merge then unmerge leaves both visible records as they were ----

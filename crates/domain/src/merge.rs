@@ -24,6 +24,11 @@
 //! and `relationship_adopted` events: the survivor's differences, and the absorbed record in
 //! full (its consumers are sent it again). Versions move forward; values, consents,
 //! relationships and their provenance are restored.
+//!
+//! The same routing ([`MergeRouting`]) says whose data key seals each event the survivor
+//! records while merged ([`KeyOwners`]): what is about the absorbed record is sealed under
+//! its key, so that erasing it after an unmerge leaves none of its data readable in the
+//! survivor's history.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -593,59 +598,99 @@ fn replay_apart(
         })?;
     let mut ours = fold(&survivor_history[..start]);
     let mut theirs = fold(&absorbed_history[..frozen_at]);
-    // The merge's own events: the marker and what follows it with the merge as its cause.
-    let merge_len = survivor_history[start..]
-        .iter()
-        .take_while(|e| e.event.provenance.causation_id == Some(merge_id))
-        .count();
-    // Which record each field's current value is about, for the fields the merge touched.
-    let mut owner: BTreeMap<FieldPath, CustomerId> = BTreeMap::new();
-    let mut proposed: BTreeMap<ProposalId, CustomerId> = BTreeMap::new();
-    let mut adopted_relationships: BTreeSet<RelationshipId> = BTreeSet::new();
-    for e in &survivor_history[start..start + merge_len] {
-        match &e.event.payload {
-            EventPayload::FieldAdopted { field, origin, .. } => {
-                owner.insert(field.clone(), *origin);
+    let mut routing = MergeRouting::new(absorbed.id, merge_id);
+    for e in &survivor_history[start + 1..] {
+        let route = routing.route(e);
+        // The merge's own events are in neither record.
+        if routing.in_merge {
+            continue;
+        }
+        match route {
+            Route::Both => {
+                ours = evolve(ours, e);
+                theirs = evolve(theirs, e);
             }
-            EventPayload::RelationshipAdopted {
-                relationship_id, ..
-            } => {
-                adopted_relationships.insert(*relationship_id);
-            }
-            // A proposal of the field the absorbed record won holds the survivor's value.
-            EventPayload::ValueProposed {
-                proposal_id, field, ..
-            } => {
-                let whose = if owner.get(field) == Some(&absorbed.id) {
-                    survivor.id
-                } else {
-                    absorbed.id
-                };
-                proposed.insert(*proposal_id, whose);
-            }
-            _ => {}
+            Route::Absorbed => theirs = evolve(theirs, e),
+            Route::Survivor => ours = evolve(ours, e),
         }
     }
-    for e in &survivor_history[start + merge_len..] {
+    Ok((ours, theirs))
+}
+
+/// Which record an event recorded on a survivor after a merge is about (see the module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Survivor,
+    Absorbed,
+    /// Protective for whoever it was about: a withdrawal, a restriction of processing and
+    /// its lifting.
+    Both,
+}
+
+/// Follows a survivor's stream from one merge's marker on and routes each event to the
+/// record it is about. The one rule for it: an unmerge replays by it, and the store seals by
+/// it (what is about the absorbed record is sealed under that record's key, so that its
+/// erasure after an unmerge leaves no copy readable in the survivor's history).
+#[derive(Debug, Clone)]
+pub struct MergeRouting {
+    absorbed: CustomerId,
+    merge_id: Uuid,
+    /// Still in the merge's own events: the marker and what follows it with the merge as its
+    /// cause.
+    in_merge: bool,
+    /// The fields whose current value is the absorbed record's.
+    fields: BTreeSet<FieldPath>,
+    /// The merge's proposals, by whose value each holds.
+    proposals: BTreeMap<ProposalId, Route>,
+    /// The relationships the merge brought from the absorbed record.
+    relationships: BTreeSet<RelationshipId>,
+}
+
+impl MergeRouting {
+    /// Routing from merge `merge_id`'s marker on.
+    pub fn new(absorbed: CustomerId, merge_id: Uuid) -> Self {
+        Self {
+            absorbed,
+            merge_id,
+            in_merge: true,
+            fields: BTreeSet::new(),
+            proposals: BTreeMap::new(),
+            relationships: BTreeSet::new(),
+        }
+    }
+
+    /// The record `e`, the survivor's next event after the marker, is about.
+    pub fn route(&mut self, e: &EventEnvelope) -> Route {
         let payload = &e.event.payload;
-        // Protective for whoever they were about: a withdrawal, a restriction of processing
-        // and its lifting go to both records.
+        if self.in_merge {
+            if e.event.provenance.causation_id == Some(self.merge_id) {
+                return self.route_merge_event(payload);
+            }
+            self.in_merge = false;
+        }
         if let EventPayload::ConsentWithdrawn { .. }
         | EventPayload::ProcessingRestricted { .. }
         | EventPayload::RestrictionLifted { .. } = payload
         {
-            ours = evolve(ours, e);
-            theirs = evolve(theirs, e);
-            continue;
+            return Route::Both;
         }
+        // Accepting one of the merge's proposals makes the field the record's whose value
+        // it was.
         if let EventPayload::FieldSet {
             field,
             proposal_id: Some(p),
             ..
         } = payload
-            && let Some(whose) = proposed.get(p)
         {
-            owner.insert(field.clone(), *whose);
+            match self.proposals.get(p) {
+                Some(Route::Absorbed) => {
+                    self.fields.insert(field.clone());
+                }
+                Some(_) => {
+                    self.fields.remove(field);
+                }
+                None => {}
+            }
         }
         let about_absorbed = match payload {
             // Proposals stay where they were made; one the merge opened is in neither.
@@ -655,18 +700,94 @@ fn replay_apart(
             // The ending of a relationship recorded for the absorbed record is about it.
             EventPayload::RelationshipEnded {
                 relationship_id, ..
-            } => adopted_relationships.contains(relationship_id),
-            _ => payload
-                .field()
-                .is_some_and(|f| owner.get(&f) == Some(&absorbed.id)),
+            } => self.relationships.contains(relationship_id),
+            _ => payload.field().is_some_and(|f| self.fields.contains(&f)),
         };
         if about_absorbed {
-            theirs = evolve(theirs, e);
+            Route::Absorbed
         } else {
-            ours = evolve(ours, e);
+            Route::Survivor
         }
     }
-    Ok((ours, theirs))
+
+    fn route_merge_event(&mut self, payload: &EventPayload) -> Route {
+        match payload {
+            EventPayload::FieldAdopted { field, origin, .. } if *origin == self.absorbed => {
+                self.fields.insert(field.clone());
+                Route::Absorbed
+            }
+            EventPayload::RelationshipAdopted {
+                relationship_id, ..
+            } => {
+                self.relationships.insert(*relationship_id);
+                Route::Absorbed
+            }
+            // A proposal of a field the absorbed record won holds the survivor's value.
+            EventPayload::ValueProposed {
+                proposal_id, field, ..
+            } => {
+                let whose = if self.fields.contains(field) {
+                    Route::Survivor
+                } else {
+                    Route::Absorbed
+                };
+                self.proposals.insert(*proposal_id, whose);
+                whose
+            }
+            _ => Route::Survivor,
+        }
+    }
+}
+
+/// Whose data key seals each event of a stream: the stream's own, but for what a survivor
+/// records about a record merged into it ([`MergeRouting`]), which is sealed under that
+/// record's key.
+#[derive(Debug, Clone)]
+pub struct KeyOwners {
+    stream: CustomerId,
+    merges: Vec<MergeRouting>,
+}
+
+impl KeyOwners {
+    /// For the events that follow `history`, the stream's events so far (only needed while
+    /// the record has records merged into it: without, an empty history will do).
+    pub fn new(stream: CustomerId, history: &[EventEnvelope]) -> Self {
+        let mut owners = Self {
+            stream,
+            merges: Vec::new(),
+        };
+        for e in history {
+            owners.owner(e);
+        }
+        owners
+    }
+
+    /// Whose key seals `e`, the stream's next event.
+    pub fn owner(&mut self, e: &EventEnvelope) -> CustomerId {
+        match &e.event.payload {
+            EventPayload::CustomerMerged { merge_id, absorbed } => {
+                self.merges.push(MergeRouting::new(*absorbed, *merge_id));
+                return self.stream;
+            }
+            EventPayload::CustomerUnmerged { absorbed, .. } => {
+                self.merges.retain(|m| m.absorbed != *absorbed);
+                return self.stream;
+            }
+            EventPayload::CustomerErased { .. } => {
+                self.merges.clear();
+                return self.stream;
+            }
+            _ => {}
+        }
+        let mut owner = self.stream;
+        // Every merge follows every event.
+        for merge in &mut self.merges {
+            if merge.route(e) == Route::Absorbed {
+                owner = merge.absorbed;
+            }
+        }
+        owner
+    }
 }
 
 /// A record as its readers see it: values and consents with their provenance, open

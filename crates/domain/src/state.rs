@@ -695,10 +695,9 @@ fn adopt(
             rec.verification = verification.clone();
             rec.pending = pending.clone();
             rec.provenance = Some((**provenance).clone());
-            rec.recent.push((envelope.id, value.fingerprint()));
-            if rec.recent.len() > ECHO_WINDOW {
-                rec.recent.remove(0);
-            }
+            // The record is taken whole: what this stream delivered of the field before is
+            // not its value's history (and may be another record's, sealed for it).
+            rec.recent = vec![(envelope.id, value.fingerprint())];
         }
         Adopted::Absent | Adopted::Consent { .. } => {
             // Like a cleared value: consumers are told to drop what they hold.
@@ -709,6 +708,7 @@ fn adopt(
             rec.asserted_at = None;
             rec.recorded_at = Some(envelope.event.provenance.recorded_at);
             rec.provenance = Some(envelope.event.provenance.clone());
+            rec.recent.clear();
         }
     }
     touch(rec, envelope, version);

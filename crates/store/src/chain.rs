@@ -23,6 +23,7 @@ pub struct ChainInput<'a> {
     pub field: Option<&'a str>,
     pub recorded_at_micros: i64,
     pub payload: &'a [u8],
+    pub key_owner: Option<uuid::Uuid>,
 }
 
 /// Which chain a stored event's hash follows. A store keeps the first position hashed v2
@@ -78,6 +79,12 @@ fn event_fields(h: &mut Sha256, e: &ChainInput<'_>) {
     h.update(e.recorded_at_micros.to_be_bytes());
     h.update((e.payload.len() as u64).to_be_bytes());
     h.update(e.payload);
+    // Only when set, so that the hashes of events from before the column stay as they were;
+    // the payload's length prefix keeps the two forms apart.
+    if let Some(owner) = e.key_owner {
+        h.update(b"key_owner");
+        h.update(owner.as_bytes());
+    }
 }
 
 /// The log hash after the event at `position`: `prev` is the log hash at `position - 1`
@@ -113,6 +120,7 @@ pub fn chained_rows(
             field: e.field.clone(),
             recorded_at_micros: e.recorded_at_micros,
             payload: e.payload.clone(),
+            key_owner: e.key_owner,
             hash: Vec::new(),
         };
         raw.hash = event_hash(&prev, &raw.chain_input()).to_vec();
@@ -137,6 +145,7 @@ mod tests {
             field: None,
             recorded_at_micros: 5,
             payload: b"x",
+            key_owner: None,
         }
     }
 

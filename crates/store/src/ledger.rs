@@ -48,6 +48,7 @@ use crate::state_cache::StateCache;
 use crate::store::Store;
 
 mod merge;
+mod sealing;
 pub use merge::{MergeError, MergeResult};
 
 /// How often a command is re-decided when its customer's stream moved on underneath it.
@@ -529,11 +530,10 @@ impl Ledger {
                     }
                 };
             }
-            let events = decision
-                .events
-                .iter()
-                .map(|envelope| prepare(customer, envelope, data_key.as_ref()))
-                .collect::<Result<Vec<_>, _>>()?;
+            let events = self
+                .sealing(command.customer_id, &state, &decision.events, None)
+                .await?
+                .prepare(customer, &decision.events, data_key.as_ref())?;
             let projection = ProjectionDiff {
                 upserts: projection::seal(customer, changes.upserts, data_key.as_ref())?,
                 deletes: changes.deletes,
@@ -739,12 +739,11 @@ impl Ledger {
                     None => continue,
                 },
             };
-            let mut prepared = Vec::with_capacity(events.len());
-            let mut after = state.clone();
-            for envelope in &events {
-                prepared.push(prepare(id, envelope, Some(&data_key))?);
-                after = evolve(after, envelope);
-            }
+            let prepared = self
+                .sealing(customer, &state, &events, None)
+                .await?
+                .prepare(id, &events, Some(&data_key))?;
+            let after = events.iter().fold(state.clone(), evolve);
             let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
             let request = AppendRequest {
                 customer_id: id,
@@ -952,20 +951,26 @@ impl Ledger {
                 None => Ok(Vec::new()),
             };
         }
-        let key = match self.log.data_key(id).await? {
-            Some(wrapped) => self.master.unwrap_key(&wrapped, id)?,
-            // The key goes in the erasure's transaction, so its absence means an erasure —
-            // or damage.
-            None => {
-                return Err(match self.erased_at(id).await? {
-                    Some(at) => StoreError::Erased { customer: id, at },
-                    None => {
-                        StoreError::Integrity(format!("customer {id} has events but no data key"))
-                    }
-                });
+        // The key goes in the erasure's transaction, so its absence means an erasure — or
+        // damage, which opening the events reports.
+        let mut keys = Keys::default();
+        self.load_keys(&raws, &mut keys).await?;
+        if let Some(at) = keys.erased.get(&id) {
+            return Err(StoreError::Erased {
+                customer: id,
+                at: *at,
+            });
+        }
+        let mut events = Vec::with_capacity(raws.len());
+        for raw in &raws {
+            match keys.entry(raw)? {
+                LogEntry::Event(event) => events.push(event),
+                // Sealed for a record once merged into this one and erased since: that
+                // record's data, gone with it.
+                LogEntry::Shredded(_) => {}
             }
-        };
-        raws.iter().map(|raw| decode(raw, Some(&key))).collect()
+        }
+        Ok(events)
     }
 
     async fn erased_at(&self, customer: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -993,7 +998,7 @@ impl Ledger {
         let mut missing: Vec<Uuid> = raws
             .iter()
             .filter(|r| !stored_in_clear(&r.event_type))
-            .map(|r| r.customer_id)
+            .map(RawEvent::sealed_for)
             .filter(|c| !keys.data.contains_key(c) && !keys.erased.contains_key(c))
             .collect();
         missing.sort_unstable();
@@ -1523,13 +1528,15 @@ impl Keys {
         if stored_in_clear(&raw.event_type) {
             return decode(raw, None).map(LogEntry::Event);
         }
-        if let Some(key) = self.data.get(&raw.customer_id) {
+        let owner = raw.sealed_for();
+        if let Some(key) = self.data.get(&owner) {
             return decode(raw, Some(key)).map(LogEntry::Event);
         }
-        let Some(erased_at) = self.erased.get(&raw.customer_id) else {
+        // Shredded with its key's owner: the stream's customer, or a record once merged into
+        // them and erased since.
+        let Some(erased_at) = self.erased.get(&owner) else {
             return Err(StoreError::Integrity(format!(
-                "customer {} has no data key",
-                raw.customer_id
+                "customer {owner} has no data key"
             )));
         };
         Ok(LogEntry::Shredded(ShreddedEvent {
@@ -1551,6 +1558,17 @@ fn prepare(
     envelope: &EventEnvelope,
     key: Option<&DataKey>,
 ) -> Result<PreparedEvent, StoreError> {
+    prepare_for(customer, envelope, key, None)
+}
+
+/// [`prepare`], sealed under `key` of `key_owner` (see [`PreparedEvent::key_owner`]) when
+/// that is another customer than the stream's.
+fn prepare_for(
+    customer: Uuid,
+    envelope: &EventEnvelope,
+    key: Option<&DataKey>,
+    key_owner: Option<Uuid>,
+) -> Result<PreparedEvent, StoreError> {
     let stored = StoredEvent::from_event(&envelope.event)?;
     let plaintext = serde_json::to_vec(&stored.data)?;
     let event_id = envelope.id.as_uuid();
@@ -1570,6 +1588,7 @@ fn prepare(
         field: envelope.event.payload.field().map(|f| f.to_string()),
         recorded_at_micros: micros(envelope.event.provenance.recorded_at),
         payload,
+        key_owner: key_owner.filter(|owner| *owner != customer),
     })
 }
 

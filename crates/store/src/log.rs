@@ -20,7 +20,7 @@ use crate::log_watch::LogWatch;
 use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent, from_micros, micros};
 use crate::sql::{Arg, Db, Row, Tx, count_or_delete, sql};
 
-const EVENT_COLUMNS: &str = "global_position, event_id, customer_id, stream_version, event_type, schema_version, field, recorded_at, payload, hash";
+const EVENT_COLUMNS: &str = "global_position, event_id, customer_id, stream_version, event_type, schema_version, field, recorded_at, payload, key_owner, hash";
 
 /// The raw event log of one database: metadata in the clear, payloads sealed. The [`Ledger`]
 /// is what runs commands and opens payloads; this is for those who need the rows as stored
@@ -499,6 +499,7 @@ fn raw_event(row: &Row) -> Result<RawEvent, StoreError> {
         field: row.try_get("field")?,
         recorded_at_micros: micros(row.try_get("recorded_at")?),
         payload: row.try_get("payload")?,
+        key_owner: row.try_get("key_owner")?,
         hash: row.try_get("hash")?,
     })
 }
@@ -592,6 +593,7 @@ async fn append_one(
                 r.field.as_deref().into(),
                 from_micros(r.recorded_at_micros).into(),
                 r.payload.as_slice().into(),
+                r.key_owner.into(),
                 r.hash.as_slice().into(),
             ]
         });

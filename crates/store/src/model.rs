@@ -13,6 +13,9 @@ pub struct PreparedEvent {
     pub field: Option<String>,
     pub recorded_at_micros: i64,
     pub payload: Vec<u8>,
+    /// The customer whose data key sealed the payload, when not the stream's: what a
+    /// survivor records about a record merged into it (see `idledger_domain::merge`).
+    pub key_owner: Option<uuid::Uuid>,
 }
 
 /// A projection row: one part of a customer's record. `record` is the record's JSON text, or,
@@ -114,6 +117,8 @@ pub struct RawEvent {
     pub field: Option<String>,
     pub recorded_at_micros: i64,
     pub payload: Vec<u8>,
+    /// See [`PreparedEvent::key_owner`].
+    pub key_owner: Option<uuid::Uuid>,
     pub hash: Vec<u8>,
 }
 
@@ -129,7 +134,13 @@ impl RawEvent {
             field: self.field.as_deref(),
             recorded_at_micros: self.recorded_at_micros,
             payload: &self.payload,
+            key_owner: self.key_owner,
         }
+    }
+
+    /// The customer whose data key opens the payload.
+    pub fn sealed_for(&self) -> uuid::Uuid {
+        self.key_owner.unwrap_or(self.customer_id)
     }
 }
 

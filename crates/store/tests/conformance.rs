@@ -86,6 +86,7 @@ fn bogus_append(customer: uuid::Uuid, key: &str, expected_version: u64) -> Appen
             field: None,
             recorded_at_micros: 0,
             payload: vec![1, 2, 3],
+            key_owner: None,
         }],
         new_data_key: None,
         idempotency: Some(IdempotencyRecord {

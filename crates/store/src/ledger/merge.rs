@@ -9,7 +9,8 @@ use idledger_domain::policy::STEWARD_SOURCE;
 use idledger_domain::state::{CustomerState, evolve};
 use uuid::Uuid;
 
-use super::{Ledger, MAX_ATTEMPTS, prepare};
+use super::sealing::Sealing;
+use super::{Ledger, MAX_ATTEMPTS};
 use crate::crypto::DataKey;
 use crate::error::StoreError;
 use crate::model::truncate_to_micros;
@@ -132,12 +133,18 @@ impl Ledger {
                     state: &b.state,
                 },
             );
+            // The survivor's history: an unmerge replays it, and a record with others merged
+            // into it seals by it.
+            let history = if undo || !a.state.absorbed.is_empty() {
+                Some(self.envelopes(survivor).await?)
+            } else {
+                None
+            };
             let decided = if undo {
-                let ours = self.envelopes(survivor).await?;
                 let theirs = self.envelopes(absorbed).await?;
                 decide_unmerge(
                     sides.0,
-                    &ours,
+                    history.as_deref().unwrap_or_default(),
                     sides.1,
                     &theirs,
                     provenance,
@@ -152,8 +159,12 @@ impl Ledger {
                 survivor: ours,
                 absorbed: theirs,
             } = decided;
-            let (first, a_after) = self.linked_request(&a, &ours, exception.clone())?;
-            let (second, b_after) = self.linked_request(&b, &theirs, None)?;
+            let sealing = self
+                .sealing(a.id, &a.state, &ours, history.as_deref())
+                .await?;
+            let (first, a_after) = self.linked_request(&a, &ours, &sealing, exception.clone())?;
+            let sealing = self.sealing(b.id, &b.state, &theirs, None).await?;
+            let (second, b_after) = self.linked_request(&b, &theirs, &sealing, None)?;
             match self.log.write_linked(&[first, second]).await? {
                 AppendOutcome::Appended { .. } => {
                     self.states.remove(survivor.as_uuid());
@@ -223,12 +234,13 @@ impl Ledger {
             .collect())
     }
 
-    /// The append of `events` to `record`'s stream: events sealed under its key, its
+    /// The append of `events` to `record`'s stream: events sealed as `sealing` says, its
     /// projection and blind index brought to the state they leave.
     fn linked_request(
         &self,
         record: &Record,
         events: &[EventEnvelope],
+        sealing: &Sealing,
         exception: Option<ExceptionWrite>,
     ) -> Result<(AppendRequest, CustomerState), StoreError> {
         let id = record.id.as_uuid();
@@ -241,10 +253,7 @@ impl Ledger {
         let request = AppendRequest {
             customer_id: id,
             expected_version: record.state.stream_version,
-            events: events
-                .iter()
-                .map(|e| prepare(id, e, Some(key)))
-                .collect::<Result<_, _>>()?,
+            events: sealing.prepare(id, events, Some(key))?,
             new_data_key: None,
             idempotency: None,
             projection: ProjectionDiff {

@@ -197,9 +197,9 @@ impl BulkWrite {
             let e = &self.events;
             sqlx::query(
                 "INSERT INTO events (global_position, event_id, customer_id, stream_version, \
-                 event_type, schema_version, field, recorded_at, payload, hash) \
+                 event_type, schema_version, field, recorded_at, payload, hash, key_owner) \
                  SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], \
-                 $6::int4[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[])",
+                 $6::int4[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[], $11::uuid[])",
             )
             .bind(
                 e.iter()
@@ -227,6 +227,7 @@ impl BulkWrite {
             )
             .bind(e.iter().map(|r| r.payload.as_slice()).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.hash.as_slice()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.key_owner).collect::<Vec<_>>())
             .execute(&mut **tx)
             .await?;
         }
