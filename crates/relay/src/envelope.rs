@@ -179,7 +179,7 @@ impl Message {
 
     /// Unique per delivery: the same event goes to many consumers through one stream.
     pub fn dedupe_id(&self, consumer: &ConsumerId) -> String {
-        format!("{consumer}:{}", self.id)
+        dedupe_id(consumer, self.id)
     }
 
     pub fn handoff(
@@ -417,6 +417,11 @@ pub fn sweep_notice(
 /// Every message of `customer` to any consumer that names customers by id, but the erasure
 /// notices: `>` needs at least one more token, which a notice's subject lacks. With
 /// [`aliased_data_subjects`], what erasure removes from the stream.
+/// The `Nats-Msg-Id` of message `message` sent to `consumer`.
+pub fn dedupe_id(consumer: &ConsumerId, message: Uuid) -> String {
+    format!("{consumer}:{message}")
+}
+
 pub fn customer_data_subjects(prefix: &str, customer: CustomerId) -> String {
     format!("{prefix}.*.{customer}.>")
 }

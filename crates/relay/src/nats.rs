@@ -414,7 +414,7 @@ impl NatsSender {
             .map_err(RelayError::nats)?;
         let (mut erased, mut purged) = (0u64, 0u64);
         for filter in &filters {
-            for sequence in self.sequences(&stream, filter).await? {
+            for (sequence, _) in self.sequences(&stream, filter).await? {
                 match stream.delete_message(sequence).await {
                     Ok(_) => erased += 1,
                     // Gone already: another consumer's task erased it, or it aged out.
@@ -429,6 +429,28 @@ impl NatsSender {
                 .map_err(|e| RelayError::nats(format!("purging an erased customer: {e}")))?
                 .purged;
         }
+        // What a survivor sent of the customer while merged: only those messages of the
+        // survivor's subjects, by their ids.
+        for copies in &customer.copies {
+            let ids: std::collections::HashSet<&str> =
+                copies.message_ids.iter().map(String::as_str).collect();
+            let mut filters = vec![envelope::customer_data_subjects(prefix, copies.customer_id)];
+            filters.extend(copies.aliases.iter().map(|(consumer, alias)| {
+                envelope::aliased_data_subjects(prefix, consumer, *alias)
+            }));
+            for filter in &filters {
+                for (sequence, id) in self.sequences(&stream, filter).await? {
+                    if !id.is_some_and(|id| ids.contains(id.as_str())) {
+                        continue;
+                    }
+                    match stream.delete_message(sequence).await {
+                        Ok(_) => erased += 1,
+                        Err(e) if is_sequence_not_found(&e) => {}
+                        Err(e) => return Err(RelayError::nats(format!("erasing a message: {e}"))),
+                    }
+                }
+            }
+        }
         tracing::info!(
             erased,
             purged,
@@ -437,13 +459,13 @@ impl NatsSender {
         Ok(())
     }
 
-    /// The stream sequences of the messages under `filter`, read through a short-lived ordered
-    /// consumer that fetches headers only.
+    /// The stream sequences of the messages under `filter`, with each one's `Nats-Msg-Id`,
+    /// read through a short-lived ordered consumer that fetches headers only.
     async fn sequences(
         &self,
         stream: &stream::Stream<()>,
         filter: &str,
-    ) -> Result<Vec<u64>, RelayError> {
+    ) -> Result<Vec<(u64, Option<String>)>, RelayError> {
         let listing = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: filter.to_owned(),
@@ -465,7 +487,7 @@ impl NatsSender {
     async fn list(
         listing: jetstream::consumer::Consumer<pull::OrderedConfig>,
         timeout: Duration,
-    ) -> Result<Vec<u64>, RelayError> {
+    ) -> Result<Vec<(u64, Option<String>)>, RelayError> {
         let mut pending = listing.cached_info().num_pending;
         let mut sequences = Vec::new();
         if pending == 0 {
@@ -484,7 +506,12 @@ impl NatsSender {
                 None => return Err(RelayError::Nats("the listing ended early".to_owned())),
             };
             let info = message.info().map_err(RelayError::nats)?;
-            sequences.push(info.stream_sequence);
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned());
+            sequences.push((info.stream_sequence, id));
             pending = info.pending;
         }
         Ok(sequences)

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::envelope::{self, Message};
 use crate::error::RelayError;
-use crate::plan::{Batch, Erased, Planned};
+use crate::plan::{Batch, Copies, Erased, Planned};
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "item", rename_all = "snake_case")]
@@ -36,6 +36,8 @@ enum Stored {
         customer_id: CustomerId,
         position: u64,
         aliases: Vec<(ConsumerId, Uuid)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        copies: Vec<Copies>,
     },
 }
 
@@ -71,6 +73,7 @@ pub fn items(batch: &Batch) -> Result<Vec<OutboxItem>, RelayError> {
             customer_id: erased.customer_id,
             position: erased.position,
             aliases: erased.aliases.clone(),
+            copies: erased.copies.clone(),
         };
         items.push(OutboxItem {
             customer_id: erased.customer_id,
@@ -149,10 +152,12 @@ pub fn batch(pending: PendingBatch) -> Result<(Batch, Vec<u32>), RelayError> {
                 customer_id,
                 position,
                 aliases,
+                copies,
             } => batch.erasures.push(Erased {
                 customer_id,
                 position,
                 aliases,
+                copies,
                 seq: item.seq,
             }),
         }

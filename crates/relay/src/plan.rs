@@ -54,8 +54,22 @@ pub struct Erased {
     /// Every pseudonymous consumer's alias of the customer (disabled ones too): their
     /// messages carry it instead of the id.
     pub aliases: Vec<(ConsumerId, Uuid)>,
+    /// Messages under other customers' subjects that carried this customer's data: what a
+    /// survivor sent while the customer was merged into it.
+    pub copies: Vec<Copies>,
     /// Its place in the consumer's outbox batch, once recorded there.
     pub seq: u32,
+}
+
+/// The messages of one customer's subjects that carried another's data (see
+/// [`Erased::copies`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Copies {
+    pub customer_id: CustomerId,
+    /// As [`Erased::aliases`], of this customer.
+    pub aliases: Vec<(ConsumerId, Uuid)>,
+    /// Each message's `Nats-Msg-Id` ([`envelope::dedupe_id`]).
+    pub message_ids: Vec<String>,
 }
 
 /// What every delivery task shares.
@@ -173,6 +187,7 @@ impl Planner {
                     customer_id: event.customer_id,
                     position: event.global_position,
                     aliases: self.aliases(event.customer_id).await?,
+                    copies: self.copies(event.customer_id).await?,
                     seq: 0,
                 });
             }
@@ -277,6 +292,27 @@ impl Planner {
     }
 
     /// Every pseudonymous consumer's alias of `customer`.
+    async fn copies(&self, customer: CustomerId) -> Result<Vec<Copies>, RelayError> {
+        let mut by_customer: std::collections::BTreeMap<CustomerId, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for entry in self.deliveries.copies_sealed_for(customer).await? {
+            let h = entry.handoff;
+            by_customer
+                .entry(h.customer_id)
+                .or_default()
+                .push(envelope::dedupe_id(&h.consumer_id, h.message_id));
+        }
+        let mut copies = Vec::with_capacity(by_customer.len());
+        for (customer_id, message_ids) in by_customer {
+            copies.push(Copies {
+                customer_id,
+                aliases: self.aliases(customer_id).await?,
+                message_ids,
+            });
+        }
+        Ok(copies)
+    }
+
     async fn aliases(&self, customer: CustomerId) -> Result<Vec<(ConsumerId, Uuid)>, RelayError> {
         Ok(self
             .deliveries

@@ -20,6 +20,7 @@ on_both_engines!(
     erasure_brings_one_notice_and_nothing_of_the_customer,
     the_checkpoint_waits_until_the_customers_messages_left_the_stream,
     a_webhook_that_refused_a_customers_first_change_is_told_of_the_erasure,
+    an_erasure_after_an_unmerge_takes_what_the_survivor_sent_of_the_absorbed_record,
 );
 
 fn of(events: &[CloudEvent], customer: CustomerId) -> Vec<String> {
@@ -371,4 +372,74 @@ async fn a_webhook_that_refused_a_customers_first_change_is_told_of_the_erasure(
         serde_json::Value::Null,
         "nothing the receiver answered about an erased customer is kept"
     );
+}
+
+async fn an_erasure_after_an_unmerge_takes_what_the_survivor_sent_of_the_absorbed_record(
+    engine: Engine,
+) {
+    let url = shared_nats().await;
+    let store = TestStore::new(engine).await;
+    let nats = unique_nats(&url);
+    store
+        .register(consumer(
+            "crm",
+            Channel::Nats,
+            &["email", "locale"],
+            &["service"],
+        ))
+        .await;
+    let ledger = &store.ledger;
+    let a = customer_consenting(ledger, &["service"]).await;
+    let b = customer_consenting(ledger, &["service"]).await;
+    run(ledger, "idp", b, vec![set("email", email(1))]).await;
+    ledger
+        .merge(a, b, &dpo(), "same person", None)
+        .await
+        .unwrap();
+    // While merged: a change of what came from B, and one of A's own.
+    run(ledger, "idp", a, vec![set("email", email(2))]).await;
+    run(
+        ledger,
+        "web_app",
+        a,
+        vec![set("locale", serde_json::json!("fr-FR"))],
+    )
+    .await;
+    let relay = RunningRelay::start(ledger.clone(), test_config(Some(nats.clone())));
+    store.caught_up("crm", Duration::from_secs(20)).await;
+    let js = jetstream(&url).await;
+    let subjects = format!("{}.crm.>", nats.stream.subject_prefix);
+    let e = |n| format!("{FIELD_CHANGED} {}", email(n).as_str().unwrap());
+    let sent: Vec<CloudEvent> = dedupe(&read_stream(&js, &nats.stream.name, &subjects).await)
+        .into_iter()
+        .map(|d| d.event)
+        .collect();
+    let of_a = of(&sent, a);
+    assert!(
+        of_a.contains(&e(1)) && of_a.contains(&e(2)),
+        "sent as A's while merged: {of_a:?}"
+    );
+
+    ledger
+        .unmerge(a, b, &dpo(), "two people after all")
+        .await
+        .unwrap();
+    erase(ledger, b).await;
+    store.caught_up("crm", Duration::from_secs(20)).await;
+    relay.stop().await;
+
+    let kept: Vec<CloudEvent> = dedupe(&read_stream(&js, &nats.stream.name, &subjects).await)
+        .into_iter()
+        .map(|d| d.event)
+        .collect();
+    let of_a = of(&kept, a);
+    assert!(
+        !of_a.contains(&e(1)) && !of_a.contains(&e(2)),
+        "B's data left A's subjects with B's erasure: {of_a:?}"
+    );
+    assert!(
+        of_a.contains(&format!("{FIELD_CHANGED} fr-FR")),
+        "A's own change stays: {of_a:?}"
+    );
+    assert_eq!(of(&kept, b), [CUSTOMER_ERASED.to_owned()]);
 }

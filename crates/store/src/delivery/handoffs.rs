@@ -121,6 +121,25 @@ impl Deliveries {
         Ok(Page::of(items, limit, |h| h.seq))
     }
 
+    /// The messages handed off on other customers' behalf that carried `customer`'s data:
+    /// what a survivor sent while `customer` was merged into it, sealed for `customer`
+    /// (`events.key_owner`). Their erasure must reach these copies too.
+    pub async fn copies_sealed_for(
+        &self,
+        customer: CustomerId,
+    ) -> Result<Vec<HandoffEntry>, StoreError> {
+        let mut q = sql("SELECT ");
+        q.push(HANDOFF_COLUMNS).push(
+            " FROM handoffs WHERE event_id IN (SELECT event_id FROM events WHERE key_owner = $1) ORDER BY seq",
+        );
+        q.bind(customer.as_uuid())
+            .fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(handoff)
+            .collect()
+    }
+
     /// The customer's latest `limit` handoffs, newest first (the record browser's "recent").
     pub async fn latest_handoffs(
         &self,
