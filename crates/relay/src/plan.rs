@@ -163,7 +163,26 @@ impl Planner {
         let mut relations = self.deliveries.relations(&consumer.id, &customers).await?;
         // Relations this batch changes, until it is committed.
         let mut changed: HashMap<CustomerId, Relation> = HashMap::new();
-        let mut states: HashMap<CustomerId, Option<CustomerState>> = HashMap::new();
+        // The records of every customer the consumer may be sent something of, read together
+        // (one statement, not one per customer); one whose relation changes on the way is read
+        // when it is needed.
+        let concerned: Vec<CustomerId> = reads
+            .iter()
+            .filter_map(|r| match r {
+                Read::Event(e)
+                    if entitlement::may_concern(
+                        consumer,
+                        e,
+                        relations.get(&e.customer_id).copied(),
+                    ) =>
+                {
+                    Some(e.customer_id)
+                }
+                _ => None,
+            })
+            .collect();
+        let mut states: HashMap<CustomerId, Option<CustomerState>> =
+            self.ledger.states(&concerned).await?;
         let policy = self.ledger.policy();
         let keys = envelope::ConsumerKeys::of(&self.ledger, consumer);
         let mut messages = Vec::new();
@@ -291,7 +310,7 @@ impl Planner {
         )?))
     }
 
-    /// Every pseudonymous consumer's alias of `customer`.
+    /// Where other customers' messages carried `customer`'s data (see [`Erased::copies`]).
     async fn copies(&self, customer: CustomerId) -> Result<Vec<Copies>, RelayError> {
         let mut by_customer: std::collections::BTreeMap<CustomerId, Vec<String>> =
             std::collections::BTreeMap::new();
@@ -313,6 +332,7 @@ impl Planner {
         Ok(copies)
     }
 
+    /// Every pseudonymous consumer's alias of `customer`.
     async fn aliases(&self, customer: CustomerId) -> Result<Vec<(ConsumerId, Uuid)>, RelayError> {
         Ok(self
             .deliveries

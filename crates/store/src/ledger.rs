@@ -838,6 +838,62 @@ impl Ledger {
         projection::state(&projection::open(id, &stored, key.as_ref())?).map(Some)
     }
 
+    /// The current state of each of `customers` (`None`: unknown), read together — rows in
+    /// one statement per chunk, the keys the key cache lacks in one more: what a relay's
+    /// batch needs of every customer in it. As [`Self::state`] for each.
+    pub async fn states(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Option<CustomerState>>, StoreError> {
+        let mut ids: Vec<Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let epoch = self.keys.epoch();
+        let mut rows = self.log.projection_rows_of(&ids).await?;
+        // Sealed rows were read while the customer was not erased: a key cached or read now
+        // is theirs (see `stored_record`).
+        let mut keys: HashMap<Uuid, DataKey> = HashMap::new();
+        let mut missing = Vec::new();
+        for (id, stored) in &rows {
+            if projection::needs_key(stored) {
+                match self.keys.get(*id) {
+                    Some(key) => {
+                        keys.insert(*id, key);
+                    }
+                    None => missing.push(*id),
+                }
+            }
+        }
+        for (id, wrapped) in self.log.data_keys(&missing).await? {
+            let key = self.master.unwrap_key(&wrapped, id)?;
+            self.keys.insert(id, key.clone(), epoch);
+            keys.insert(id, key);
+        }
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            let customer = CustomerId::from_uuid(id)
+                .map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))?;
+            let stored = rows.remove(&id).unwrap_or_default();
+            let state = if stored.is_empty() {
+                None
+            } else if projection::needs_key(&stored) && !keys.contains_key(&id) {
+                // Its key went between the two reads: erased meanwhile, read again alone.
+                self.state(customer).await?
+            } else {
+                if projection::registration(&stored)?.erased.is_some() {
+                    self.keys.forget(id);
+                }
+                Some(projection::state(&projection::open(
+                    id,
+                    &stored,
+                    keys.get(&id),
+                )?)?)
+            };
+            out.insert(customer, state);
+        }
+        Ok(out)
+    }
+
     /// The customer's projection rows as stored, with the data key that opens them when some
     /// are sealed. Sealed rows were read from a state in which the customer was not erased
     /// (erasure removes them in the transaction that deletes the key), so a cached key is

@@ -10,6 +10,8 @@
 
 mod postgres;
 
+use std::collections::HashMap;
+
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -234,6 +236,26 @@ impl EventLog {
     /// The customer's projection rows, by kind and key.
     pub async fn projection_rows(&self, customer: Uuid) -> Result<Vec<ProjectionRow>, StoreError> {
         projection_rows(&self.db, customer).await
+    }
+
+    /// The projection rows of each of `customers` that has any, by kind and key: one
+    /// statement per chunk instead of one per customer.
+    pub async fn projection_rows_of(
+        &self,
+        customers: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<ProjectionRow>>, StoreError> {
+        let mut out: HashMap<Uuid, Vec<ProjectionRow>> = HashMap::new();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q =
+                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN ");
+            q.push_list(chunk).push(" ORDER BY customer_id, kind, key");
+            for r in q.fetch_all(&self.db).await? {
+                out.entry(r.try_get("customer_id")?)
+                    .or_default()
+                    .push(projection_row(&r)?);
+            }
+        }
+        Ok(out)
     }
 
     /// A customer's events in stream order, optionally only one field's and only those

@@ -69,6 +69,7 @@ on_both_engines!(
     no_plaintext_of_an_erased_customer_anywhere,
     read_all_returns_every_position_of_an_erased_customer_without_personal_data,
     erasure_happens_once_and_only_to_a_registered_customer,
+    states_read_together_are_each_as_read_alone,
 );
 
 /// payload, event_type, field, hash
@@ -1956,4 +1957,49 @@ async fn a_record_kept_by_one_process_yields_to_another_processs_writes(engine: 
     let state = there.state(c).await.unwrap().unwrap();
     assert!(state.erased.is_some());
     assert_eq!(state.stream_version, v + 6);
+}
+
+/// `Ledger::states` (a relay's batch reading its customers together) gives each customer's
+/// state as `Ledger::state` does: keys this process has, keys only another process read,
+/// an erasure made elsewhere after this process cached the key, and unknown customers.
+async fn states_read_together_are_each_as_read_alone(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let here = &store.ledger;
+    let there = store.another_ledger().await;
+    let register = async |ledger: &idledger_store::Ledger, c: CustomerId, email: &str| {
+        ledger
+            .execute(
+                &source("idp"),
+                &command(
+                    c,
+                    &format!("r-{c}"),
+                    vec![Change::Register, set("email", json!(email))],
+                ),
+            )
+            .await
+            .unwrap();
+    };
+    let (known, elsewhere, erased, unknown) = (
+        new_customer(),
+        new_customer(),
+        new_customer(),
+        new_customer(),
+    );
+    register(here, known, "known@example.org").await;
+    register(&there, elsewhere, "elsewhere@example.org").await;
+    register(here, erased, "erased@example.org").await;
+    there
+        .erase(erased, &admin(), dpo(), "subject's request")
+        .await
+        .unwrap();
+    let asked = [known, elsewhere, erased, unknown, known];
+    let together = here.states(&asked).await.unwrap();
+    assert_eq!(together.len(), 4);
+    for c in asked {
+        assert_eq!(together[&c], here.state(c).await.unwrap(), "{c}");
+    }
+    assert!(together[&known].as_ref().unwrap().fields.len() == 1);
+    assert!(together[&elsewhere].as_ref().unwrap().fields.len() == 1);
+    assert!(together[&erased].as_ref().unwrap().erased.is_some());
+    assert!(together[&unknown].is_none());
 }
