@@ -15,7 +15,7 @@ use idledger_domain::values::Evidence;
 use idledger_store::delivery::{ExceptionFilter, ExceptionKind, ExceptionStatus};
 use idledger_store::{ExecuteError, MergeError};
 use idledger_testkit::builders::{
-    dpo, field, fresh_command, grant, new_customer, set, source, withdraw,
+    dpo, field, fresh_command, grant, new_customer, request_change, set, source, withdraw,
 };
 use idledger_testkit::{Engine, TestStore, on_both_engines};
 use proptest::prelude::*;
@@ -548,6 +548,60 @@ async fn erasing_the_absorbed_record_after_an_unmerge_leaves_none_of_its_data_in
     }
 }
 
+async fn a_change_pending_on_the_absorbed_record_is_confirmed_on_the_survivor(engine: Engine) {
+    let (_store, app) = app(engine).await;
+    let a = registered(&app, vec![set("name.given", json!("Ada"))]).await;
+    let b = registered(&app, vec![set("email", json!("old@example.org"))]).await;
+    write(
+        &app,
+        "web_app",
+        b,
+        vec![request_change("email", json!("new@example.org"))],
+    )
+    .await;
+    let challenge = app.ledger().state(b).await.unwrap().unwrap().fields[&field("email")]
+        .pending
+        .clone()
+        .unwrap()
+        .challenge_id;
+    app.merge(&steward(), a, b, "same person").await.unwrap();
+    let merged = visible(&app, a).await;
+    assert_eq!(value(&merged, "email"), Some(json!("old@example.org")));
+    assert_eq!(
+        merged.fields[&field("email")]
+            .pending
+            .as_ref()
+            .map(|p| p.challenge_id),
+        Some(challenge),
+        "the change the person asked for moved with the value"
+    );
+    // The person confirms with what they received when B asked for it.
+    let secret = app.ledger().challenge_secret(challenge);
+    write(
+        &app,
+        "web_app",
+        a,
+        vec![Change::ConfirmVerification {
+            field: field("email"),
+            challenge_id: challenge,
+            secret,
+        }],
+    )
+    .await;
+    assert_eq!(
+        value(&visible(&app, a).await, "email"),
+        Some(json!("new@example.org"))
+    );
+    // The email came from B: its confirmed change goes back to B.
+    app.unmerge(&steward(), a, b, "two people after all")
+        .await
+        .unwrap();
+    assert_eq!(value(&visible(&app, a).await, "email"), None);
+    let theirs = visible(&app, b).await;
+    assert_eq!(value(&theirs, "email"), Some(json!("new@example.org")));
+    assert!(theirs.fields[&field("email")].pending.is_none());
+}
+
 on_both_engines!(
     merge_of_two_records_takes_values_by_authority_and_the_most_protective_consent,
     merges_that_cannot_be_undone_alone_are_refused,
@@ -556,6 +610,7 @@ on_both_engines!(
     a_survivors_export_holds_the_records_merged_into_it,
     relationships_follow_the_person_through_a_merge_and_back,
     erasing_the_absorbed_record_after_an_unmerge_leaves_none_of_its_data_in_the_survivor,
+    a_change_pending_on_the_absorbed_record_is_confirmed_on_the_survivor,
 );
 
 // ---- the property: merge then unmerge leaves both visible records as they were ----

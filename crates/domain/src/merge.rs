@@ -5,9 +5,11 @@
 //! and one `field_adopted` per field it takes from the absorbed record, with that record's
 //! own provenance, plus a proposal for each conflicting value:
 //!
-//! - **values**: an empty field takes the absorbed value; on a conflict the field's system of
+//! - **values**: an empty field takes the absorbed value, with the change pending on it if any
+//!   (confirmed on the survivor by the same challenge); on a conflict the field's system of
 //!   record wins (the absorbed value only if it came from the system of record and the
-//!   survivor's did not) and the losing value becomes a proposal for stewards;
+//!   survivor's did not) and the losing value becomes a proposal for stewards — a change
+//!   pending on a field the survivor keeps stays with the absorbed record, frozen with it;
 //! - **consents**: the most protective record wins: a withdrawal on either side, else the
 //!   grant that lapses first (earlier expiry, then the older grant); a consent only the
 //!   absorbed record has is taken;
@@ -205,7 +207,7 @@ pub fn decide_merge(
         let Some(their_value) = &theirs.value else {
             continue;
         };
-        let Some(adopted) = adopted_value(theirs, false) else {
+        let Some(adopted) = adopted_value(theirs) else {
             continue;
         };
         let ours = a.fields.get(field).filter(|r| r.value.is_some());
@@ -311,16 +313,17 @@ fn more_protective(theirs: &ConsentRecord, ours: &ConsentRecord) -> bool {
     }
 }
 
-/// A field record as a merge or unmerge carries it; `None` if it holds no value. A pending
-/// change moves only with an unmerge (`keep_pending`): a merge leaves it with its record.
-fn adopted_value(rec: &FieldRecord, keep_pending: bool) -> Option<Adopted> {
+/// A field record as a merge or unmerge carries it, its pending change included (a change
+/// the person asked for and has yet to confirm is confirmed on the survivor, by the same
+/// challenge); `None` if it holds no value.
+fn adopted_value(rec: &FieldRecord) -> Option<Adopted> {
     Some(Adopted::Value {
         value: rec.value.clone()?,
         source: rec.source.clone()?,
         asserted_at: rec.asserted_at,
         recorded_at: rec.recorded_at?,
         verification: rec.verification.clone(),
-        pending: rec.pending.clone().filter(|_| keep_pending),
+        pending: rec.pending.clone(),
         provenance: Box::new(rec.provenance.clone()?),
     })
 }
@@ -529,7 +532,7 @@ fn every_field(now: &CustomerState, target: &CustomerState) -> Vec<(FieldPath, A
                     target
                         .fields
                         .get(&field)
-                        .and_then(|r| adopted_value(r, true))
+                        .and_then(adopted_value)
                         .unwrap_or(Adopted::Absent),
                 ),
             };
