@@ -169,11 +169,10 @@ fn membership(
     responses(
         (status = 201, description = "Created (or the replayed first result)", body = MembershipView,
          headers(("Location" = String), ("ETag" = String))),
-        (status = 307, description = "merged_into: the customer's record is merged into another", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "missing_idempotency_key, invalid_if_match", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not_authoritative (with the proposal when the writer proposes), actor_not_allowed, forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "not_registered", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "merged_into (the customer is merged into the record `merged_into` names: create the household there; no redirect, as the customer is in the body), idempotency_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "version_conflict (If-Match)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_body, invalid_value (customer_id, role)", body = Problem, content_type = "application/problem+json"),

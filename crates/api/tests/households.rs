@@ -462,6 +462,12 @@ async fn erased_and_merged_records_are_in_no_household(engine: Engine) {
         reply.header("location"),
         Some(format!("/v1/households/{household}/members/{dora}").as_str())
     );
+    // A household created around the absorbed record: the customer is in the body, so there
+    // is no URL to redirect to; the answer names the survivor.
+    let created = create(&app, "web_app", "hh-merged", &cleo, None).await;
+    created.problem(409, "merged_into");
+    assert_eq!(created.body["merged_into"], dora.as_str());
+    assert_eq!(created.header("location"), None);
     // Unmerged: each record is as it would be without the merge, Cleo back in, Dora out.
     let unmerged = app
         .send(
