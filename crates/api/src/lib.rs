@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod decisions;
 pub mod delivery;
+pub mod duplicates;
 pub mod error;
 pub mod export;
 pub mod extract;
@@ -234,6 +235,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
             put(households::join).delete(households::leave),
         )
         .route("/retention/runs", post(retention::run_retention))
+        .route("/duplicates/backfill", post(duplicates::backfill))
         .route(
             "/customers/{customer_id}/restriction",
             post(routes::restrict),

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    decisions, delivery, error, export, households, jwks, merges, proposals, reconcile, retention,
-    routes, steward, tokens, views, wire, workspace,
+    decisions, delivery, duplicates, error, export, households, jwks, merges, proposals, reconcile,
+    retention, routes, steward, tokens, views, wire, workspace,
 };
 
 #[derive(OpenApi)]
@@ -61,6 +61,7 @@ use crate::{
         reconcile::list_findings,
         reconcile::upload_snapshot,
         retention::run_retention,
+        duplicates::backfill,
         tokens::list_tokens,
         tokens::create_token,
         tokens::get_token,
@@ -94,6 +95,8 @@ use crate::{
         wire::ErasureRequest,
         retention::RetentionRequest,
         retention::RetentionReportView,
+        duplicates::BackfillRequest,
+        duplicates::BackfillReportView,
         wire::ConsumerRequest,
         wire::WebhookRequest,
         wire::AckDoc,

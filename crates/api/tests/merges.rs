@@ -15,6 +15,7 @@ on_both_engines!(
     a_feed_consumer_is_told_of_the_merge_and_the_unmerge,
     merges_are_for_stewards_and_refused_when_they_make_no_sense,
     every_merged_into_answer_can_be_followed,
+    an_administrator_backfills_duplicate_candidates,
 );
 
 const MERGED: &str = "idledger.customer.merged.v1";
@@ -512,4 +513,57 @@ fn fill_other_ids(path: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Two customers sharing a verified email, recorded straight through the ledger (as before
+/// duplicate detection existed): the administrator's backfill opens their candidate once.
+async fn an_administrator_backfills_duplicate_candidates(engine: Engine) {
+    use idledger_domain::command::Change;
+    use idledger_testkit::builders::{new_customer, run, set};
+    let app = TestApp::start(engine).await;
+    for _ in 0..2 {
+        let customer = new_customer();
+        let changes = vec![Change::Register, set("email", json!("ada@example.org"))];
+        run(&app.ledger, "idp", customer, changes).await;
+    }
+    let backfill = |as_: &'static str, dry_run: bool| {
+        let app = &app;
+        async move {
+            app.send(
+                Method::POST,
+                "/v1/duplicates/backfill",
+                Some(as_),
+                None,
+                Some(&json!({"dry_run": dry_run})),
+            )
+            .await
+        }
+    };
+    backfill("steward", false)
+        .await
+        .problem(403, "forbidden_role");
+    let open = || async {
+        app.get("/v1/exceptions?kind=duplicate_candidate", "steward")
+            .await
+            .body["exceptions"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let dry = backfill("admin", true).await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.text);
+    assert_eq!(
+        dry.body,
+        json!({"dry_run": true, "customers": 2, "opened": 1, "already_known": 0})
+    );
+    assert_eq!(open().await, 0);
+    let done = backfill("admin", false).await;
+    assert_eq!(done.body["opened"], 1, "{}", done.text);
+    assert_eq!(open().await, 1);
+    let again = backfill("admin", false).await;
+    assert_eq!(
+        (&again.body["opened"], &again.body["already_known"]),
+        (&json!(0), &json!(1))
+    );
+    assert_eq!(open().await, 1);
 }

@@ -128,6 +128,10 @@ pub enum Command {
     /// Compare what consumers acknowledged (or a consumer's uploaded export, with --snapshot)
     /// with the record; open sync exceptions for what differs and print the run's report.
     Reconcile(crate::commands::reconcile::ReconcileArgs),
+    /// Duplicate candidates: `backfill` opens those of records written before duplicate
+    /// detection existed (as the live detection would have), once.
+    #[command(subcommand)]
+    Duplicates(crate::commands::duplicates::DuplicatesCommand),
     /// Apply the policy's retention: expire values and consent records kept too long and
     /// delete old handoffs, idempotency records, disclosures and reconciliation runs.
     #[command(subcommand)]

@@ -1755,6 +1755,7 @@ on_both_engines!(
     signing_keys_rotate_list_and_remove_and_receipts_verify,
     find_prints_the_customers_an_identifier_finds,
     households_are_created_joined_left_and_shown,
+    duplicates_backfill_opens_the_candidates_detection_never_saw_once,
 );
 
 #[test]
@@ -2570,4 +2571,61 @@ fn merge_and_undo_it_as_a_steward() {
         ],
     )
     .exit(2);
+}
+
+// ---------------------------------------------------------------------------------------
+// duplicates backfill, on both engines
+// ---------------------------------------------------------------------------------------
+
+/// Two customers sharing a verified email, recorded straight through the ledger (as before
+/// duplicate detection existed), and an erased third: the backfill opens one candidate, a
+/// second run none.
+async fn duplicates_backfill_opens_the_candidates_detection_never_saw_once(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let email = || set("email", serde_json::json!("ada@example.org"));
+    let mut customers = Vec::new();
+    for _ in 0..3 {
+        let customer = new_customer();
+        idledger_testkit::builders::run(
+            &store.ledger,
+            "idp",
+            customer,
+            vec![Change::Register, email()],
+        )
+        .await;
+        customers.push(customer);
+    }
+    idledger_testkit::builders::erase(&store.ledger, customers[2]).await;
+    let seeded = Seeded {
+        store,
+        customer: customers[0].to_string(),
+        proposal: String::new(),
+        divergent: String::new(),
+    };
+    let dir = TempDir::new("duplicates");
+    let run = |args: &[&str]| on_store(&dir, &seeded, args);
+    run(&["duplicates", "backfill", "--dry-run"])
+        .success()
+        .stdout_has(&["(dry run)", "customers read: 2", "that would open: 1"]);
+    run(&["duplicates", "backfill"]).success().stdout_has(&[
+        "customers read: 2",
+        "candidates opened: 1",
+        "already known (left as they are): 0",
+    ]);
+    let again = run(&["duplicates", "backfill", "--json"]).success();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again.stdout).unwrap(),
+        serde_json::json!({"dry_run": false, "customers": 2, "opened": 0, "already_known": 1})
+    );
+    let listed = run(&["exception", "list", "--kind", "duplicate_candidate"]).success();
+    assert_eq!(
+        listed
+            .stdout
+            .lines()
+            .filter(|l| l.contains("duplicate_candidate"))
+            .count(),
+        1,
+        "{}",
+        listed.stdout
+    );
 }
