@@ -90,8 +90,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Print a customer's golden record: fields, consents and open proposals.
     Record(RecordArgs),
-    /// Find customers by email, phone, external id (SYSTEM:ID) or full name, through the
-    /// blind index; prints their ids, one a line.
+    /// Find customers by email, phone, external id (SYSTEM:ID), full name or household id,
+    /// through the blind index; prints their ids, one a line.
     Find(crate::commands::find::FindArgs),
     /// Merge one customer's record into another's as a data steward (the first stays; the
     /// second is kept, frozen, and sends reads and commands to it), or undo it with --undo.

@@ -2385,6 +2385,11 @@ async fn households_are_created_joined_left_and_shown(engine: Engine) {
     expected.sort();
     let shown = run(&["household", "show", &household]).success();
     assert_eq!(shown.stdout.lines().collect::<Vec<_>>(), expected);
+    // `find --household` finds the same members, ids only, as `?household=` does.
+    let mut members = vec![ada.as_str(), byron.as_str()];
+    members.sort_unstable();
+    let found = run(&["find", "--household", &household]).success();
+    assert_eq!(found.stdout.lines().collect::<Vec<_>>(), members);
     // Recorded as the steward's, with the reason.
     let history = seeded
         .store
@@ -2416,8 +2421,20 @@ async fn households_are_created_joined_left_and_shown(engine: Engine) {
             "truncated": false,
         })
     );
+    let found = run(&["find", "--household", &household, "--json"]).success();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&found.stdout).unwrap(),
+        serde_json::json!({"customer_ids": [ada], "truncated": false})
+    );
     // Nobody in it; a household nobody is in; usage errors.
     let unknown = "0190f5a2-7c3e-7a1b-8c4d-2e6f8a9b0c1d";
+    let found = run(&["find", "--household", unknown])
+        .success()
+        .stderr_has(&["no customer has this household"]);
+    assert!(found.stdout.is_empty());
+    run(&["find", "--household", "not-an-id"])
+        .exit(2)
+        .stderr_has(&["--household must be"]);
     run(&["household", "show", unknown])
         .exit(1)
         .stderr_has(&["no household"]);
