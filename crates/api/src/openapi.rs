@@ -219,18 +219,6 @@ struct CommonProblems;
 impl Modify for CommonProblems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::ParameterIn;
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let problem = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
-                .build()
-        };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let operations = [
                 item.get.as_mut(),
@@ -294,6 +282,21 @@ impl Modify for CommonProblems {
             }
         }
     }
+}
+
+/// A problem answer (`application/problem+json`, the `Problem` schema) described by the codes
+/// it may carry.
+pub(crate) fn problem(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
 }
 
 /// The API's OpenAPI document.

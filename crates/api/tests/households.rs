@@ -8,7 +8,7 @@ mod support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, grant, on_both_engines, provenance};
+use support::{Engine, Reply, TestApp, grant, no_redirects, on_both_engines, provenance};
 
 on_both_engines!(
     a_household_is_created_joined_shown_and_left,
@@ -386,14 +386,6 @@ async fn refusals_name_what_is_wrong_and_write_nothing(engine: Engine) {
         members(&fresh.body),
         sorted(vec![(&ada, "head"), (&byron, "member")])
     );
-}
-
-/// A client that shows redirects instead of following them.
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 async fn erased_and_merged_records_are_in_no_household(engine: Engine) {

@@ -8,7 +8,7 @@ mod support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, grant, on_both_engines};
+use support::{Engine, Reply, TestApp, consent_to_service, feed, no_redirects, on_both_engines};
 
 on_both_engines!(
     a_steward_merges_and_the_absorbed_record_redirects,
@@ -34,36 +34,6 @@ async fn merge(app: &TestApp, how: &str, survivor: &str, absorbed: &str, as_: &s
         Some(&json!({"absorbed": absorbed, "reason": "same person: documents checked"})),
     )
     .await
-}
-
-async fn consents(app: &TestApp, c: &str) {
-    let reply = app
-        .command(
-            "consent_portal",
-            c,
-            &format!("grant-{c}"),
-            json!([grant("service", "DE")]),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-}
-
-async fn feed(app: &TestApp, token: &str) -> Vec<Value> {
-    let reply = app.get("/v1/feed", token).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    reply
-        .text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// A client that shows redirects instead of following them.
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 async fn a_steward_merges_and_the_absorbed_record_redirects(engine: Engine) {
@@ -185,8 +155,8 @@ async fn a_feed_consumer_is_told_of_the_merge_and_the_unmerge(engine: Engine) {
     let b = app
         .register("idp", json!([set("phone", "+442079460958")]))
         .await;
-    consents(&app, &a).await;
-    consents(&app, &b).await;
+    consent_to_service(&app, &a).await;
+    consent_to_service(&app, &b).await;
     let before = feed(&app, &token).await;
     assert!(before.iter().any(|e| e["subject"] == b.as_str()));
 
