@@ -72,8 +72,9 @@ pub struct ApiConfig {
     /// How long a request may take until its answer starts (`408 request_timeout` beyond);
     /// an event stream's body, which goes on, is not bounded by it.
     pub request_timeout: Duration,
-    /// The same for snapshot uploads and retention runs, whose work grows with the data. (An
-    /// upload that sends nothing for `request_timeout` is stopped, 408, all the same.)
+    /// The same for snapshot uploads, retention runs and duplicate backfills, whose work
+    /// grows with the data. (An upload that sends nothing for `request_timeout` is stopped,
+    /// 408, all the same.)
     pub long_request_timeout: Duration,
     /// What one token may take of the server (429 beyond).
     pub token_limits: limits::TokenLimits,

@@ -196,7 +196,7 @@ pub struct ServeArgs {
         env = "IDLEDGER__SERVER__REQUEST_TIMEOUT_SECS"
     )]
     pub request_timeout_secs: Option<u64>,
-    /// The same for snapshot uploads and retention runs. [default: 3600]
+    /// The same for snapshot uploads, retention runs and duplicate backfills. [default: 3600]
     #[arg(
         long,
         value_name = "SECS",
