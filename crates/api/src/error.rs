@@ -51,9 +51,13 @@ pub struct ApiError {
     survivor: Option<CustomerId>,
 }
 
-/// A `307 merged_into` answer's survivor, left on the response for [`merged_redirect`].
-#[derive(Debug, Clone, Copy)]
-struct MergedInto(CustomerId);
+/// A `merged_into` answer's survivor and detail, left on the response for
+/// [`merged_redirect`], which decides between 307 and 409 by the request's URL.
+#[derive(Debug, Clone)]
+struct MergedInto {
+    survivor: CustomerId,
+    detail: String,
+}
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
@@ -83,8 +87,10 @@ impl ApiError {
         self
     }
 
-    /// `307 merged_into`: the customer's record is merged into `survivor`; the same request
-    /// goes there (`Location`, the request's URL with the survivor's id).
+    /// `merged_into`: the customer's record is merged into `survivor`. Where the request's URL
+    /// names the customer, `307` with `Location` (the same URL with the survivor's id);
+    /// where it does not (the customer was named in the body, or reached through another
+    /// resource), `409` with `merged_into` in the body: [`merged_redirect`] decides.
     pub fn merged_into(survivor: CustomerId, detail: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::TEMPORARY_REDIRECT, "merged_into", detail)
             .with("merged_into", survivor);
@@ -136,7 +142,7 @@ impl IntoResponse for ApiError {
             "type": format!("urn:idledger:problem:{}", self.code),
             "title": self.title(),
             "status": self.status.as_u16(),
-            "detail": self.detail,
+            "detail": &self.detail,
             "code": self.code,
         });
         if let Value::Object(map) = &mut body {
@@ -157,43 +163,59 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(survivor) = self.survivor {
-            response.extensions_mut().insert(MergedInto(survivor));
+            response.extensions_mut().insert(MergedInto {
+                survivor,
+                detail: self.detail,
+            });
         }
         response
     }
 }
 
-/// Middleware: a `merged_into` answer redirects to the same URL with the survivor's id in
-/// place of the customer's (`/v1/customers/{id}/…`, `/v1/households/{h}/members/{id}`),
-/// query kept. One place for every route that names a customer.
+/// Middleware: a `merged_into` answer to a request whose URL names the customer
+/// (`/v1/customers/{id}/…`, `/v1/households/{h}/members/{id}`, the steward page's
+/// `/steward/customers/{id}`) redirects to the same URL with the survivor's id in its place,
+/// query kept. Any other (`POST /v1/households`, `POST /v1/customers`, an exception's
+/// action…) has no URL to follow, so it answers `409 merged_into` naming the survivor: a 307
+/// never goes out without a `Location`. One place for every route.
 pub async fn merged_redirect(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let uri = request.uri().clone();
     let mut response = next.run(request).await;
-    let Some(MergedInto(survivor)) = response.extensions().get::<MergedInto>().copied() else {
+    let Some(merged) = response.extensions_mut().remove::<MergedInto>() else {
         return response;
     };
-    let mut segments: Vec<String> = uri.path().split('/').map(str::to_owned).collect();
-    // ["", "v1", "customers", "<id>", …] (or the steward page's "/steward/customers/<id>"),
-    // ["", "v1", "households", "<h>", "members", "<id>"].
-    if let Some(i) = segments
-        .iter()
-        .position(|s| s == "customers" || s == "members")
-        && i + 1 < segments.len()
-    {
-        segments[i + 1] = survivor.to_string();
-        let mut location = segments.join("/");
-        if let Some(query) = uri.query() {
-            location.push('?');
-            location.push_str(query);
+    match survivor_location(&uri, merged.survivor) {
+        Some(location) => {
+            response.headers_mut().insert(header::LOCATION, location);
+            response
         }
-        if let Ok(value) = HeaderValue::from_str(&location) {
-            response.headers_mut().insert(header::LOCATION, value);
-        }
+        None => ApiError::new(StatusCode::CONFLICT, "merged_into", merged.detail)
+            .with("merged_into", merged.survivor)
+            .into_response(),
     }
-    response
+}
+
+/// The request's URL with the survivor's id in place of the customer's, when the URL names
+/// one: the id after `customers` or `members`.
+fn survivor_location(uri: &axum::http::Uri, survivor: CustomerId) -> Option<HeaderValue> {
+    let mut segments: Vec<String> = uri.path().split('/').map(str::to_owned).collect();
+    let i = segments
+        .iter()
+        .position(|s| s == "customers" || s == "members")?;
+    let id = segments.get_mut(i + 1)?;
+    if CustomerId::parse(id).is_err() {
+        return None;
+    }
+    *id = survivor.to_string();
+    let mut location = segments.join("/");
+    if let Some(query) = uri.query() {
+        location.push('?');
+        location.push_str(query);
+    }
+    HeaderValue::from_str(&location).ok()
 }
 
 impl From<Refused> for ApiError {

@@ -4,7 +4,7 @@
 //! member's own record (its `household` field): the same idempotency, `If-Match`,
 //! provenance, authority policy and refusals as `POST /v1/customers/{id}/commands`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::State;
@@ -17,6 +17,7 @@ use idledger_domain::ids::{CustomerId, HouseholdId};
 use idledger_store::Executed;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
 
 use crate::AppState;
 use crate::auth::{Authorized, Caller, Readers, Writers};
@@ -117,6 +118,28 @@ impl From<MembershipError> for ApiError {
     }
 }
 
+/// The answers every membership change gives as the commands route does; each route lists
+/// its own beside them.
+struct MembershipAnswers;
+
+impl utoipa::IntoResponses for MembershipAnswers {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        [
+            ("400", "missing_idempotency_key, invalid_if_match"),
+            (
+                "403",
+                "not_authoritative (with the proposal when the writer proposes), actor_not_allowed, forbidden",
+            ),
+            ("410", "erased"),
+            ("412", "version_conflict (If-Match)"),
+            ("503", "contention: retry"),
+        ]
+        .into_iter()
+        .map(|(code, description)| (code.to_owned(), crate::openapi::problem(description).into()))
+        .collect()
+    }
+}
+
 fn household_param(params: &HashMap<String, String>) -> Result<HouseholdId, ApiError> {
     let raw = params
         .get("household_id")
@@ -167,17 +190,12 @@ fn membership(
     ),
     request_body = CreateHouseholdRequest,
     responses(
+        MembershipAnswers,
         (status = 201, description = "Created (or the replayed first result)", body = MembershipView,
          headers(("Location" = String), ("ETag" = String))),
-        (status = 307, description = "merged_into: the customer's record is merged into another", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "missing_idempotency_key, invalid_if_match", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not_authoritative (with the proposal when the writer proposes), actor_not_allowed, forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "not_registered", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "version_conflict (If-Match)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "merged_into (the customer is merged into the record `merged_into` names: create the household there; no redirect, as the customer is in the body), idempotency_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_body, invalid_value (customer_id, role)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "contention: retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -214,16 +232,12 @@ pub async fn create(
     ),
     request_body = MembershipRequest,
     responses(
+        MembershipAnswers,
         (status = 200, description = "Joined, role changed, or unchanged (or the replayed first result)", body = MembershipView, headers(("ETag" = String))),
         (status = 307, description = "merged_into: the customer's record is merged into another; Location names the same request there", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "missing_idempotency_key, invalid_if_match", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not_authoritative (with the proposal when the writer proposes), actor_not_allowed, forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown_household (nobody is in it), not_registered, invalid_household_id, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "version_conflict (If-Match)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_body, invalid_value (role)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "contention: retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -262,16 +276,12 @@ pub async fn join(
     ),
     request_body = LeaveRequest,
     responses(
+        MembershipAnswers,
         (status = 200, description = "Left (or the replayed first result)", body = MembershipView, headers(("ETag" = String))),
         (status = 307, description = "merged_into: the customer's record is merged into another; Location names the same request there", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "missing_idempotency_key, invalid_if_match", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not_authoritative, actor_not_allowed, forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "not_registered, invalid_household_id, invalid_customer_id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "not_a_member (the customer is not in this household), idempotency_conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "version_conflict (If-Match)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "contention: retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

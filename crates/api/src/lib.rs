@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod decisions;
 pub mod delivery;
+pub mod duplicates;
 pub mod error;
 pub mod export;
 pub mod extract;
@@ -71,8 +72,9 @@ pub struct ApiConfig {
     /// How long a request may take until its answer starts (`408 request_timeout` beyond);
     /// an event stream's body, which goes on, is not bounded by it.
     pub request_timeout: Duration,
-    /// The same for snapshot uploads and retention runs, whose work grows with the data. (An
-    /// upload that sends nothing for `request_timeout` is stopped, 408, all the same.)
+    /// The same for snapshot uploads, retention runs and duplicate backfills, whose work
+    /// grows with the data. (An upload that sends nothing for `request_timeout` is stopped,
+    /// 408, all the same.)
     pub long_request_timeout: Duration,
     /// What one token may take of the server (429 beyond).
     pub token_limits: limits::TokenLimits,
@@ -234,6 +236,7 @@ pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
             put(households::join).delete(households::leave),
         )
         .route("/retention/runs", post(retention::run_retention))
+        .route("/duplicates/backfill", post(duplicates::backfill))
         .route(
             "/customers/{customer_id}/restriction",
             post(routes::restrict),

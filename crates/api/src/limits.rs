@@ -212,15 +212,16 @@ pub async fn per_token(
 pub struct Timeouts {
     /// Every route but the long ones.
     pub request: Duration,
-    /// Snapshot uploads (the body is streamed into the comparison) and retention runs, which
-    /// work while the request waits.
+    /// Snapshot uploads (the body is streamed into the comparison), retention runs and
+    /// duplicate backfills, which work while the request waits.
     pub long_request: Duration,
 }
 
 /// The routes whose work is proportional to the data, not to the request.
-const LONG_ROUTES: [&str; 2] = [
+const LONG_ROUTES: [&str; 3] = [
     "/v1/consumers/{consumer_id}/snapshots",
     "/v1/retention/runs",
+    "/v1/duplicates/backfill",
 ];
 
 impl Timeouts {
@@ -299,5 +300,22 @@ mod tests {
         );
         assert_eq!(limits.over_rate(b), None);
         assert_eq!(PerToken::new(TokenLimits::UNLIMITED).over_rate(a), None);
+    }
+
+    /// Every long route is a route of the API (a typo would quietly give it the short bound),
+    /// and only those get the long bound.
+    #[test]
+    fn long_routes_are_routes_and_get_the_long_bound() {
+        let timeouts = Timeouts {
+            request: Duration::from_secs(1),
+            long_request: Duration::from_secs(9),
+        };
+        let paths = crate::openapi::document().paths.paths;
+        for route in LONG_ROUTES {
+            assert!(paths.contains_key(route), "{route} is no route");
+            assert_eq!(timeouts.of(Some(route)), timeouts.long_request, "{route}");
+        }
+        assert_eq!(timeouts.of(Some("/v1/customers")), timeouts.request);
+        assert_eq!(timeouts.of(None), timeouts.request);
     }
 }

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    decisions, delivery, error, export, households, jwks, merges, proposals, reconcile, retention,
-    routes, steward, tokens, views, wire, workspace,
+    decisions, delivery, duplicates, error, export, households, jwks, merges, proposals, reconcile,
+    retention, routes, steward, tokens, views, wire, workspace,
 };
 
 #[derive(OpenApi)]
@@ -61,6 +61,7 @@ use crate::{
         reconcile::list_findings,
         reconcile::upload_snapshot,
         retention::run_retention,
+        duplicates::backfill,
         tokens::list_tokens,
         tokens::create_token,
         tokens::get_token,
@@ -94,6 +95,8 @@ use crate::{
         wire::ErasureRequest,
         retention::RetentionRequest,
         retention::RetentionReportView,
+        duplicates::BackfillRequest,
+        duplicates::BackfillReportView,
         wire::ConsumerRequest,
         wire::WebhookRequest,
         wire::AckDoc,
@@ -216,18 +219,6 @@ struct CommonProblems;
 impl Modify for CommonProblems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::ParameterIn;
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let problem = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
-                .build()
-        };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let operations = [
                 item.get.as_mut(),
@@ -291,6 +282,21 @@ impl Modify for CommonProblems {
             }
         }
     }
+}
+
+/// A problem answer (`application/problem+json`, the `Problem` schema) described by the codes
+/// it may carry.
+pub(crate) fn problem(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
 }
 
 /// The API's OpenAPI document.

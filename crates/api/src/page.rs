@@ -345,9 +345,21 @@ impl PageError {
     }
 }
 
+/// The status a page answers for an API error. A `307 merged_into` has no URL to follow on
+/// the page (its routes name exceptions and approvals, and a merged record's own page
+/// shows it as merged), so it is a conflict, said in words that name the survivor.
+fn shown_status(e: &ApiError) -> StatusCode {
+    if e.status == StatusCode::TEMPORARY_REDIRECT {
+        StatusCode::CONFLICT
+    } else {
+        e.status
+    }
+}
+
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> Self {
-        let title = match e.status {
+        let status = shown_status(&e);
+        let title = match status {
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::GONE => "Customer erased",
             StatusCode::FORBIDDEN => "Not allowed",
@@ -355,7 +367,7 @@ impl From<ApiError> for PageError {
             s if s.is_server_error() => "Something went wrong",
             _ => "Cannot do that",
         };
-        Self::new(e.status, title, readable(&e))
+        Self::new(status, title, readable(&e))
     }
 }
 
@@ -793,7 +805,14 @@ async fn act_one(
         }
         Err(e) => {
             let message = readable(&e);
-            exception_page(&state, &token, id, e.status, Some(Notice::Failed(message))).await
+            exception_page(
+                &state,
+                &token,
+                id,
+                shown_status(&e),
+                Some(Notice::Failed(message)),
+            )
+            .await
         }
     }
 }
@@ -1500,14 +1519,21 @@ async fn merge_or_unmerge(
             let message = readable(&e);
             match exception {
                 Some(id) => {
-                    exception_page(state, token, id, e.status, Some(Notice::Failed(message))).await
+                    exception_page(
+                        state,
+                        token,
+                        id,
+                        shown_status(&e),
+                        Some(Notice::Failed(message)),
+                    )
+                    .await
                 }
                 None => {
                     record_page(
                         state,
                         token,
                         survivor,
-                        e.status,
+                        shown_status(&e),
                         Some(Notice::Failed(message)),
                     )
                     .await
@@ -2050,7 +2076,14 @@ async fn assign_one(
         Err(e) if e.status == StatusCode::NOT_FOUND => Err(e.into()),
         Err(e) => {
             let message = readable(&e);
-            exception_page(&state, &token, id, e.status, Some(Notice::Failed(message))).await
+            exception_page(
+                &state,
+                &token,
+                id,
+                shown_status(&e),
+                Some(Notice::Failed(message)),
+            )
+            .await
         }
     }
 }
@@ -2112,7 +2145,7 @@ async fn decide_approval(
                 &state,
                 &token,
                 exception,
-                e.status,
+                shown_status(&e),
                 Some(Notice::Failed(message)),
             )
             .await

@@ -165,7 +165,7 @@ pub async fn get_exception(
         (status = 202, description = "four eyes: the change waits for a second steward's approval (`approval`)", body = ActionResult),
         (status = 403, description = "forbidden (e.g. the policy forbids steward override), forbidden_role", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown_exception", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "exception_closed, approval_pending", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "exception_closed, approval_pending, merged_into (the exception's customer is merged into the record `merged_into` names; no redirect, as the URL names the exception)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 410, description = "erased", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_body, invalid_value, value_required, not_a_consumer, no_field, no_proposal, invalid_transition", body = crate::error::Problem, content_type = "application/problem+json"),
     ),

@@ -40,7 +40,7 @@ use crate::wire::{self, CommandRequest, ErasureRequest, RegisterRequest, Restric
         (status = 400, description = "Malformed JSON, missing Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "forbidden_role, source_mismatch, not_authoritative", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "already_registered, idempotency_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already_registered, merged_into (the id is of a record merged into the one `merged_into` names), idempotency_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_body, invalid_value, unknown_field, invalid_transition, guardian_required, invalid_command", body = Problem, content_type = "application/problem+json"),
@@ -653,6 +653,7 @@ pub async fn method_not_allowed() -> ApiError {
     request_body = RestrictionRequest,
     responses(
         (status = 200, body = RestrictionView),
+        (status = 307, description = "merged_into: the record is merged into another; Location names the same request there", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "not_registered, invalid_customer_id", body = Problem, content_type = "application/problem+json"),

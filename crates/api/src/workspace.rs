@@ -328,7 +328,7 @@ pub struct ApprovalDecisionRequest {
         (status = 400, description = "invalid_id", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "same_steward, forbidden_role, forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown_approval", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "approval_decided, exception_closed (the approval is then void)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "approval_decided, exception_closed (the approval is then void), merged_into (the customer is merged into the record `merged_into` names)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "erased", body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_body, invalid_value", body = Problem, content_type = "application/problem+json"),

@@ -8,7 +8,7 @@ mod support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, grant, on_both_engines, provenance};
+use support::{Engine, Reply, TestApp, grant, no_redirects, on_both_engines, provenance};
 
 on_both_engines!(
     a_household_is_created_joined_shown_and_left,
@@ -388,14 +388,6 @@ async fn refusals_name_what_is_wrong_and_write_nothing(engine: Engine) {
     );
 }
 
-/// A client that shows redirects instead of following them.
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 async fn erased_and_merged_records_are_in_no_household(engine: Engine) {
     let app = TestApp::start(engine).await;
     let ada = person(&app, "Ada").await;
@@ -462,6 +454,12 @@ async fn erased_and_merged_records_are_in_no_household(engine: Engine) {
         reply.header("location"),
         Some(format!("/v1/households/{household}/members/{dora}").as_str())
     );
+    // A household created around the absorbed record: the customer is in the body, so there
+    // is no URL to redirect to; the answer names the survivor.
+    let created = create(&app, "web_app", "hh-merged", &cleo, None).await;
+    created.problem(409, "merged_into");
+    assert_eq!(created.body["merged_into"], dora.as_str());
+    assert_eq!(created.header("location"), None);
     // Unmerged: each record is as it would be without the merge, Cleo back in, Dora out.
     let unmerged = app
         .send(

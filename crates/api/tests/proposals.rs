@@ -11,7 +11,7 @@ use std::time::Duration;
 use idledger_relay::{NatsConfig, Relay, RelayConfig, StreamSettings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, grant, on_both_engines};
+use support::{Engine, Reply, TestApp, consent_to_service, feed, on_both_engines};
 
 on_both_engines!(
     the_system_of_record_accepts_and_the_exception_closes,
@@ -404,29 +404,6 @@ async fn the_listing_is_scoped_to_the_caller_and_paged(engine: Engine) {
     );
 }
 
-/// Consents to `service`, the purpose the test consumers process for.
-async fn consents(app: &TestApp, c: &str) {
-    let reply = app
-        .command(
-            "consent_portal",
-            c,
-            &format!("grant-{c}"),
-            json!([grant("service", "DE")]),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-}
-
-async fn feed(app: &TestApp, token: &str) -> Vec<Value> {
-    let reply = app.get("/v1/feed", token).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    reply
-        .text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 const ROUTED: &str = "idledger.proposal.routed.v1";
 
 async fn a_routed_proposal_is_delivered_to_its_system_of_record_alone(engine: Engine) {
@@ -439,7 +416,7 @@ async fn a_routed_proposal_is_delivered_to_its_system_of_record_alone(engine: En
         .await;
     }
     let (c, proposal, exc) = proposed_email(&app, "ada@crm.example").await;
-    consents(&app, &c).await;
+    consent_to_service(&app, &c).await;
     let idp = app.consumer_token("idp").await;
     let other = app.consumer_token("crm-sync").await;
     let types = |events: &[Value]| -> Vec<String> {
@@ -501,7 +478,7 @@ async fn a_routed_proposal_reaches_its_system_of_record_over_nats() {
     }))
     .await;
     let (c, proposal, exc) = proposed_email(&app, "ada@crm.example").await;
-    consents(&app, &c).await;
+    consent_to_service(&app, &c).await;
 
     let token = uuid::Uuid::now_v7().simple().to_string();
     let token = &token[token.len() - 12..];

@@ -732,6 +732,30 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
             }
         }
     }
+    // The membership routes answer as the commands route does (their shared answers).
+    for (path, method) in [
+        ("/v1/households", "post"),
+        ("/v1/households/{household_id}/members/{customer_id}", "put"),
+        (
+            "/v1/households/{household_id}/members/{customer_id}",
+            "delete",
+        ),
+    ] {
+        let codes = &paths[path][method]["responses"];
+        for (code, says) in [
+            ("400", "missing_idempotency_key"),
+            ("403", "not_authoritative"),
+            ("410", "erased"),
+            ("412", "version_conflict"),
+            ("503", "contention"),
+        ] {
+            let description = codes[code]["description"].as_str().unwrap_or_default();
+            assert!(
+                description.contains(says),
+                "{method} {path} {code}: {description}"
+            );
+        }
+    }
     let record = &paths["/v1/customers/{customer_id}"]["get"]["parameters"];
     let as_of = record
         .as_array()

@@ -49,6 +49,7 @@ on_both_engines!(
     a_proposal_stewards_may_not_accept_is_sent_to_its_system_of_record,
     a_refused_merge_is_shown_readably_and_records_nothing,
     households_and_relationships_are_escaped_and_unknown_ones_readable,
+    acting_on_a_merged_records_exception_names_the_survivor,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2295,4 +2296,37 @@ async fn households_and_relationships_are_escaped_and_unknown_ones_readable(engi
     .await;
     assert!(section(&page.html, "household").contains("Not in a household."));
     assert!(section(&page.html, "relationships").contains("Nobody is recorded"));
+}
+
+/// An exception about a record merged since: acting on it from the page is refused as a
+/// conflict naming the survivor — never a redirect without a `Location`.
+async fn acting_on_a_merged_records_exception_names_the_survivor(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let (email, _) = crm_proposals(&app).await;
+    let exception = app.get(&format!("/v1/exceptions/{email}"), "steward").await;
+    let absorbed = exception.body["customer_id"].as_str().unwrap().to_owned();
+    let survivor = customer(&app, json!([])).await;
+    let merged = app
+        .send(
+            Method::POST,
+            &format!("/v1/customers/{survivor}/merge"),
+            Some("steward"),
+            None,
+            Some(&json!({"absorbed": absorbed, "reason": "same person"})),
+        )
+        .await;
+    assert_eq!(merged.status, StatusCode::OK, "{}", merged.text);
+    let session = log_in(&app).await;
+    let page = request(
+        &app,
+        Method::POST,
+        &format!("/steward/exceptions/{email}/act"),
+        Some(&session),
+        None,
+        &[("action", "accept")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.html);
+    assert_eq!(page.location, None);
+    assert!(page.html.contains(&survivor), "{}", page.html);
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use idledger_relay::{NatsConfig, Relay, RelayConfig, StreamSettings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Engine, Reply, TestApp, grant, on_both_engines};
+use support::{Engine, Reply, TestApp, feed, grant, on_both_engines};
 
 on_both_engines!(
     a_consumer_that_stops_acking_is_found_undelivered_and_stale,
@@ -92,16 +92,6 @@ async fn exceptions(app: &TestApp, query: &str) -> Vec<Value> {
     let reply = app.get(&format!("/v1/exceptions{query}"), "auditor").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     reply.body["exceptions"].as_array().unwrap().clone()
-}
-
-async fn feed(app: &TestApp, token: &str) -> Vec<Value> {
-    let reply = app.get("/v1/feed", token).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    reply
-        .text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn ack_of(event: &Value) -> Value {

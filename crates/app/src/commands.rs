@@ -3,25 +3,18 @@
 use chrono::Utc;
 use idledger_domain::command::{Change, Command, Principal, ProvenanceInput, Refusal};
 use idledger_domain::decide::Outcome;
-use idledger_domain::delivery::OtherCustomer;
 use idledger_domain::exception::{self, ExceptionCommand, ExceptionEvent, ExceptionState};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{Actor, CustomerId, IdempotencyKey, ProposalId, SourceId};
-use idledger_domain::lookup::duplicate_match;
 use idledger_domain::policy::ADMIN_SOURCE;
 use idledger_domain::state::Erasure;
 use idledger_store::delivery::{
-    ExceptionFilter, ExceptionKind, ExceptionStatus, ExceptionSubject, MAX_PAGE, NewSyncException,
+    ExceptionFilter, ExceptionKind, ExceptionStatus, MAX_PAGE, NewSyncException,
 };
 use idledger_store::model::ExceptionWrite;
 use idledger_store::{CommandResult, ExecuteError, Executed, StoreError};
 
 use crate::App;
-
-/// How many customers one match key may find before the rest are left unchecked: an
-/// identifier shared that widely (a shop's own phone number) is a data problem a steward
-/// sees from the first candidates, not a reason to read hundreds of records per write.
-const MAX_CANDIDATES_PER_KEY: u32 = 20;
 
 impl App {
     /// Runs a command for `principal`. What the command leaves for stewards opens a sync
@@ -289,83 +282,6 @@ impl App {
         if let Err(e) = opened {
             tracing::warn!(error = %e, kind = kind.as_str(), "could not open a sync exception");
         }
-    }
-
-    /// After a command that may have given its customer a match key (an email or phone set or
-    /// verified, an external id, a field of the secondary rule, an accepted proposal), opens
-    /// or counts again a `duplicate_candidate` exception for every other customer the blind
-    /// index finds and the two records confirm (`lookup::duplicate_match`). Runs after the
-    /// command committed, whether it changed anything (a repeated write counts the open
-    /// exception again); a failure is logged, without values, and never changes the answer.
-    /// `found_by` (a source, `steward:<label>`) is the writer whose command made the match.
-    pub(crate) async fn look_for_duplicates(&self, command: &Command, found_by: &str) {
-        let rule = self.ledger.policy().secondary_rule();
-        let may_match = command.changes.iter().any(|change| match change {
-            Change::SetField { field, .. } => {
-                matches!(
-                    field,
-                    FieldPath::Email | FieldPath::Phone | FieldPath::ExternalId(_)
-                ) || rule.fields().contains(field)
-            }
-            Change::ConfirmVerification { .. } | Change::AcceptProposal { .. } => true,
-            _ => false,
-        });
-        if !may_match {
-            return;
-        }
-        if let Err(e) = self
-            .open_duplicate_candidates(command.customer_id, found_by)
-            .await
-        {
-            tracing::warn!(error = %e, "could not look for duplicate candidates");
-        }
-    }
-
-    async fn open_duplicate_candidates(
-        &self,
-        customer: CustomerId,
-        found_by: &str,
-    ) -> Result<(), StoreError> {
-        let Some(state) = self.ledger.state(customer).await? else {
-            return Ok(());
-        };
-        let rule = self.ledger.policy().secondary_rule();
-        let candidates = self
-            .ledger
-            .duplicate_candidates(customer, &state, MAX_CANDIDATES_PER_KEY)
-            .await?;
-        for other in candidates {
-            let Some(theirs) = self.ledger.state(other).await? else {
-                continue;
-            };
-            let Some(found) = duplicate_match(&state, &theirs, rule) else {
-                continue;
-            };
-            // One key per pair whichever side changed: the lower id is the exception's
-            // customer, the other its subject (and named in the detail).
-            let (low, high) = if customer < other {
-                (customer, other)
-            } else {
-                (other, customer)
-            };
-            let detail = serde_json::json!({
-                "strength": found.strength.as_str(),
-                "matched_on": found.matched_on,
-                "other_customer_id": high,
-                "changed_customer_id": customer,
-                "found_by": found_by,
-            });
-            let exception = NewSyncException::new(
-                ExceptionKind::DuplicateCandidate,
-                ExceptionSubject::Customer(OtherCustomer::new(high)),
-                low,
-                None,
-                detail,
-                Utc::now(),
-            )?;
-            self.deliveries.open_exception(&exception).await?;
-        }
-        Ok(())
     }
 
     /// Restricts (or, with `restricted` false, lifts the restriction of) the processing of a

@@ -5,6 +5,8 @@
 //!   is for stewards; erase a customer.
 //! - [`decisions`]: decisions at the moment of use ([`Decider`]): may a processor use fields
 //!   of customers for a purpose, now — decided on fresh state, logged before answered.
+//! - [`duplicates`]: duplicate candidates, found live after a command and by a backfill
+//!   over every record, by one rule.
 //! - [`export`]: a data subject's access and portability export, logged as a disclosure.
 //! - [`households`]: create, join and leave a household (commands of the member's
 //!   `household` field) and the household view (its members through the blind index,
@@ -28,6 +30,7 @@
 
 pub mod commands;
 pub mod decisions;
+pub mod duplicates;
 pub mod export;
 pub mod households;
 pub mod merges;
@@ -41,6 +44,7 @@ use idledger_reconcile::Reconciler;
 use idledger_store::{Deliveries, Disclosures, Ledger, Runs, Tokens};
 
 pub use decisions::{AskedBy, DecideError, Decided, Decider, TokenIssue};
+pub use duplicates::{BackfillProgress, BackfillReport};
 pub use export::SubjectExport;
 pub use households::{Household, HouseholdMember, MembershipCommand, MembershipError};
 pub use proposals::{AddressedProposal, ProposalPage};

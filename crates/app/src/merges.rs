@@ -3,10 +3,9 @@
 //! steward activity view shows both.
 
 use chrono::Utc;
-use idledger_domain::delivery::{ExceptionSubject, OtherCustomer};
 use idledger_domain::exception::{self, ExceptionCommand};
 use idledger_domain::ids::CustomerId;
-use idledger_store::delivery::{ExceptionFilter, ExceptionKind, NewActivity, SyncException};
+use idledger_store::delivery::{NewActivity, SyncException};
 use idledger_store::model::ExceptionWrite;
 use idledger_store::{MergeError, MergeResult, StoreError};
 
@@ -27,7 +26,11 @@ impl App {
         // Found again if it closes meanwhile (an erasure, a dismissal): the merge is retried
         // without it rather than refused.
         for _ in 0..2 {
-            let pair = self.open_pair_exception(survivor, absorbed).await?;
+            let pair = self
+                .pair_exceptions(survivor, absorbed, true)
+                .await?
+                .into_iter()
+                .next();
             let at = Utc::now();
             let write = match &pair {
                 Some(e) => Some(self.closing_write(e, steward, survivor, reason, at)?),
@@ -68,28 +71,6 @@ impl App {
             .await?;
         self.log_merge(steward, "unmerge", &done, reason).await;
         Ok(done)
-    }
-
-    /// The open `duplicate_candidate` exception of the pair (keyed on the lower id).
-    async fn open_pair_exception(
-        &self,
-        a: CustomerId,
-        b: CustomerId,
-    ) -> Result<Option<SyncException>, StoreError> {
-        let (low, high) = if a < b { (a, b) } else { (b, a) };
-        let filter = ExceptionFilter {
-            customer: Some(low),
-            kind: Some(ExceptionKind::DuplicateCandidate),
-            open_only: true,
-            ..ExceptionFilter::default()
-        };
-        let subject = ExceptionSubject::Customer(OtherCustomer::new(high));
-        Ok(self
-            .deliveries()
-            .exceptions(&filter, 1000)
-            .await?
-            .into_iter()
-            .find(|e| e.subject == subject))
     }
 
     fn closing_write(

@@ -4,7 +4,8 @@
 //! it; erasure of either customer closes it; its evidence names kinds, never values.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use idledger_app::{ActError, App, Steward, StewardRequest};
+use idledger_app::duplicates::BACKFILL_FINDER;
+use idledger_app::{ActError, App, BackfillReport, Steward, StewardRequest};
 use idledger_domain::command::Change;
 use idledger_domain::event::StewardAction;
 use idledger_domain::exception::ExceptionRefusal;
@@ -354,6 +355,7 @@ async fn erasing_either_customer_closes_the_candidate(engine: Engine) {
 }
 
 on_both_engines!(
+    a_backfill_opens_what_detection_never_saw_once,
     a_shared_verified_email_opens_one_strong_candidate_per_pair,
     a_pending_or_unverified_email_is_no_candidate,
     a_shared_phone_or_external_id_is_strong,
@@ -361,3 +363,101 @@ on_both_engines!(
     stewards_may_only_dismiss_a_candidate,
     erasing_either_customer_closes_the_candidate,
 );
+
+/// Customers recorded straight through the ledger (as before duplicate detection existed):
+/// the backfill opens the candidates live detection would have, weak ones included, with
+/// its own name as the finder; skips erased records; and a second run opens nothing, nor
+/// reopens a pair a steward dismissed.
+async fn a_backfill_opens_what_detection_never_saw_once(engine: Engine) {
+    let (store, app) = app(engine).await;
+    let recorded = |changes: Vec<Change>| {
+        let ledger = store.ledger.clone();
+        async move {
+            let customer = new_customer();
+            let mut all = vec![Change::Register];
+            all.extend(changes);
+            idledger_testkit::builders::run(&ledger, "idp", customer, all).await;
+            customer
+        }
+    };
+    let a = recorded(vec![set("email", json!("ada@example.org"))]).await;
+    let b = recorded(vec![set("email", json!(" Ada@Example.ORG "))]).await;
+    // Would match both, but is erased.
+    let c = recorded(vec![set("email", json!("ada@example.org"))]).await;
+    idledger_testkit::builders::erase(&store.ledger, c).await;
+    // A weak pair, by the shipped secondary rule.
+    let person = |family: &str| {
+        vec![
+            set("name.family", json!(family)),
+            set("birth_date", json!("1990-04-23")),
+        ]
+    };
+    let d = recorded(person("Byron")).await;
+    let e = recorded(person(" BYRON")).await;
+    recorded(vec![set("email", json!("grace@example.org"))]).await;
+    assert!(
+        duplicates(&app, None).await.is_empty(),
+        "detection bypassed"
+    );
+    let dry = app.backfill_duplicates(true, &|_| {}).await.unwrap();
+    assert_eq!((dry.customers, dry.opened), (5, 2));
+    assert!(
+        duplicates(&app, None).await.is_empty(),
+        "a dry run writes nothing"
+    );
+
+    let counted = std::sync::Mutex::new(Vec::new());
+    let report = app
+        .backfill_duplicates(false, &|p| counted.lock().unwrap().push(p.customers))
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        BackfillReport {
+            dry_run: false,
+            customers: 5,
+            opened: 2,
+            already_known: 0,
+        }
+    );
+    assert_eq!(counted.lock().unwrap().last(), Some(&5));
+    let open = open_duplicates(&app).await;
+    assert_eq!(open.len(), 2, "{open:#?}");
+    let ab = pair(&open, a, b);
+    assert_eq!(ab.detail["strength"], "strong");
+    assert_eq!(ab.detail["matched_on"], json!(["email"]));
+    assert_eq!(ab.detail["found_by"], BACKFILL_FINDER);
+    assert_eq!(ab.occurrences, 1);
+    assert_no_plaintext(&ab, &["ada@example.org"]);
+    assert_eq!(pair(&open, d, e).detail["strength"], "weak");
+    assert!(
+        open.iter()
+            .all(|x| x.customer_id != c && x.subject.other_customer() != Some(c))
+    );
+
+    // Again: nothing new, nothing counted again.
+    let again = app.backfill_duplicates(false, &|_| {}).await.unwrap();
+    assert_eq!((again.opened, again.already_known), (0, 2));
+    let open_again = open_duplicates(&app).await;
+    assert_eq!(open_again.len(), 2);
+    assert_eq!(pair(&open_again, a, b).occurrences, 1);
+
+    // A dismissed pair stays dismissed; a dry run counts and writes nothing.
+    app.act(
+        &Steward::new("jane").unwrap(),
+        ab.id,
+        &StewardRequest {
+            action: StewardAction::Dismiss,
+            reason: Some("twins".to_owned()),
+            value: None,
+        },
+    )
+    .await
+    .unwrap();
+    let dry = app.backfill_duplicates(true, &|_| {}).await.unwrap();
+    assert_eq!((dry.dry_run, dry.opened, dry.already_known), (true, 0, 2));
+    let third = app.backfill_duplicates(false, &|_| {}).await.unwrap();
+    assert_eq!((third.opened, third.already_known), (0, 2));
+    assert_eq!(open_duplicates(&app).await.len(), 1);
+    assert_eq!(duplicates(&app, None).await.len(), 2);
+}

@@ -90,8 +90,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Print a customer's golden record: fields, consents and open proposals.
     Record(RecordArgs),
-    /// Find customers by email, phone, external id (SYSTEM:ID) or full name, through the
-    /// blind index; prints their ids, one a line.
+    /// Find customers by email, phone, external id (SYSTEM:ID), full name or household id,
+    /// through the blind index; prints their ids, one a line.
     Find(crate::commands::find::FindArgs),
     /// Merge one customer's record into another's as a data steward (the first stays; the
     /// second is kept, frozen, and sends reads and commands to it), or undo it with --undo.
@@ -128,6 +128,10 @@ pub enum Command {
     /// Compare what consumers acknowledged (or a consumer's uploaded export, with --snapshot)
     /// with the record; open sync exceptions for what differs and print the run's report.
     Reconcile(crate::commands::reconcile::ReconcileArgs),
+    /// Duplicate candidates: `backfill` opens those of records written before duplicate
+    /// detection existed (as the live detection would have), once.
+    #[command(subcommand)]
+    Duplicates(crate::commands::duplicates::DuplicatesCommand),
     /// Apply the policy's retention: expire values and consent records kept too long and
     /// delete old handoffs, idempotency records, disclosures and reconciliation runs.
     #[command(subcommand)]
@@ -192,7 +196,7 @@ pub struct ServeArgs {
         env = "IDLEDGER__SERVER__REQUEST_TIMEOUT_SECS"
     )]
     pub request_timeout_secs: Option<u64>,
-    /// The same for snapshot uploads and retention runs. [default: 3600]
+    /// The same for snapshot uploads, retention runs and duplicate backfills. [default: 3600]
     #[arg(
         long,
         value_name = "SECS",

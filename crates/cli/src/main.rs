@@ -77,6 +77,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commands::exception::run(&settings, command, &mut out).await?
             }
             Command::Reconcile(args) => commands::reconcile::run(&settings, args, &mut out).await?,
+            Command::Duplicates(command) => {
+                commands::duplicates::run(&settings, command, &mut out).await?
+            }
             Command::Retention(command) => {
                 commands::retention::run(&settings, command, &mut out).await?
             }

@@ -1755,6 +1755,7 @@ on_both_engines!(
     signing_keys_rotate_list_and_remove_and_receipts_verify,
     find_prints_the_customers_an_identifier_finds,
     households_are_created_joined_left_and_shown,
+    duplicates_backfill_opens_the_candidates_detection_never_saw_once,
 );
 
 #[test]
@@ -2384,6 +2385,11 @@ async fn households_are_created_joined_left_and_shown(engine: Engine) {
     expected.sort();
     let shown = run(&["household", "show", &household]).success();
     assert_eq!(shown.stdout.lines().collect::<Vec<_>>(), expected);
+    // `find --household` finds the same members, ids only, as `?household=` does.
+    let mut members = vec![ada.as_str(), byron.as_str()];
+    members.sort_unstable();
+    let found = run(&["find", "--household", &household]).success();
+    assert_eq!(found.stdout.lines().collect::<Vec<_>>(), members);
     // Recorded as the steward's, with the reason.
     let history = seeded
         .store
@@ -2415,8 +2421,20 @@ async fn households_are_created_joined_left_and_shown(engine: Engine) {
             "truncated": false,
         })
     );
+    let found = run(&["find", "--household", &household, "--json"]).success();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&found.stdout).unwrap(),
+        serde_json::json!({"customer_ids": [ada], "truncated": false})
+    );
     // Nobody in it; a household nobody is in; usage errors.
     let unknown = "0190f5a2-7c3e-7a1b-8c4d-2e6f8a9b0c1d";
+    let found = run(&["find", "--household", unknown])
+        .success()
+        .stderr_has(&["no customer has this household"]);
+    assert!(found.stdout.is_empty());
+    run(&["find", "--household", "not-an-id"])
+        .exit(2)
+        .stderr_has(&["--household must be"]);
     run(&["household", "show", unknown])
         .exit(1)
         .stderr_has(&["no household"]);
@@ -2570,4 +2588,61 @@ fn merge_and_undo_it_as_a_steward() {
         ],
     )
     .exit(2);
+}
+
+// ---------------------------------------------------------------------------------------
+// duplicates backfill, on both engines
+// ---------------------------------------------------------------------------------------
+
+/// Two customers sharing a verified email, recorded straight through the ledger (as before
+/// duplicate detection existed), and an erased third: the backfill opens one candidate, a
+/// second run none.
+async fn duplicates_backfill_opens_the_candidates_detection_never_saw_once(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let email = || set("email", serde_json::json!("ada@example.org"));
+    let mut customers = Vec::new();
+    for _ in 0..3 {
+        let customer = new_customer();
+        idledger_testkit::builders::run(
+            &store.ledger,
+            "idp",
+            customer,
+            vec![Change::Register, email()],
+        )
+        .await;
+        customers.push(customer);
+    }
+    idledger_testkit::builders::erase(&store.ledger, customers[2]).await;
+    let seeded = Seeded {
+        store,
+        customer: customers[0].to_string(),
+        proposal: String::new(),
+        divergent: String::new(),
+    };
+    let dir = TempDir::new("duplicates");
+    let run = |args: &[&str]| on_store(&dir, &seeded, args);
+    run(&["duplicates", "backfill", "--dry-run"])
+        .success()
+        .stdout_has(&["(dry run)", "customers read: 2", "that would open: 1"]);
+    run(&["duplicates", "backfill"]).success().stdout_has(&[
+        "customers read: 2",
+        "candidates opened: 1",
+        "already known (left as they are): 0",
+    ]);
+    let again = run(&["duplicates", "backfill", "--json"]).success();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again.stdout).unwrap(),
+        serde_json::json!({"dry_run": false, "customers": 2, "opened": 0, "already_known": 1})
+    );
+    let listed = run(&["exception", "list", "--kind", "duplicate_candidate"]).success();
+    assert_eq!(
+        listed
+            .stdout
+            .lines()
+            .filter(|l| l.contains("duplicate_candidate"))
+            .count(),
+        1,
+        "{}",
+        listed.stdout
+    );
 }

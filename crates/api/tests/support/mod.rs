@@ -264,6 +264,39 @@ impl TestApp {
     }
 }
 
+/// The customer's consent to `service`, the purpose the test consumers process for, through
+/// the consent portal.
+pub async fn consent_to_service(app: &TestApp, customer: &str) {
+    let reply = app
+        .command(
+            "consent_portal",
+            customer,
+            &format!("grant-{customer}"),
+            json!([grant("service", "DE")]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+/// Every event of the change feed `token` reads, from its start (NDJSON, one a line).
+pub async fn feed(app: &TestApp, token: &str) -> Vec<Value> {
+    let reply = app.get("/v1/feed", token).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A client that shows redirects instead of following them.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 pub fn provenance() -> Value {
     json!({
         "actor": {"kind": "system", "id": "sync-job"},

@@ -1,6 +1,6 @@
-//! `idledger find --email …|--phone …|--external-id SYSTEM:ID|--name "…"`: the customers an
-//! identifier finds, through the blind index (as `GET /v1/customers?email=…` does), as the
-//! operator (who reads everything).
+//! `idledger find --email …|--phone …|--external-id SYSTEM:ID|--name "…"|--household ID`: the
+//! customers an identifier finds, through the blind index (as `GET /v1/customers?email=…`
+//! does), as the operator (who reads everything); a household's members by its id.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -28,6 +28,9 @@ pub struct FindArgs {
     /// The full name, given then family name (compared whole, ignoring case and spacing).
     #[arg(long, group = "identifier", value_name = "NAME")]
     pub name: Option<String>,
+    /// A household id: its members (`idledger household show` gives their roles too).
+    #[arg(long, group = "identifier", value_name = "ID")]
+    pub household: Option<String>,
     /// Print the API's answer (`customer_ids`, `truncated`) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -41,13 +44,14 @@ impl FindArgs {
             (LookupKind::Phone, &self.phone),
             (LookupKind::ExternalId, &self.external_id),
             (LookupKind::Name, &self.name),
+            (LookupKind::Household, &self.household),
         ]
         .into_iter()
         .find_map(|(kind, value)| value.as_deref().map(|v| (kind, v)))
         .ok_or_else(|| {
             clap::Error::raw(
                 clap::error::ErrorKind::MissingRequiredArgument,
-                "give one of --email, --phone, --external-id, --name\n",
+                "give one of --email, --phone, --external-id, --name, --household\n",
             )
         })?;
         Identifier::parse(kind, raw).map_err(|_| {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod consumer;
 pub mod demo;
+pub mod duplicates;
 pub mod exception;
 pub mod export;
 pub mod find;
