@@ -173,18 +173,24 @@ struct ClientLoad {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_stopped_under_load_loses_no_acknowledged_command_and_applies_none_twice() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
     const CLIENTS: usize = 8;
     let pg = PrivatePostgres::start();
     let server = Arc::new(Server::start(&pg.url()).await);
     let stop = Arc::new(AtomicBool::new(false));
+    // How many clients are sending, and how many 503s they met: the outage lasts until the
+    // load has met it (a loaded machine may be slow to get there), within a bound.
+    let sending = Arc::new(AtomicU32::new(0));
+    let met = Arc::new(AtomicU32::new(0));
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..CLIENTS {
         let (server, stop) = (server.clone(), stop.clone());
+        let (sending, met) = (sending.clone(), met.clone());
         clients.spawn(async move {
             let (status, _, body, _) = server.register(&format!("register-{client}")).await;
             assert_eq!(status, StatusCode::CREATED, "{body}");
+            sending.fetch_add(1, Ordering::SeqCst);
             let customer = body["customer_id"].as_str().unwrap().to_owned();
             let mut load = ClientLoad {
                 customer,
@@ -225,6 +231,7 @@ async fn a_database_stopped_under_load_loses_no_acknowledged_command_and_applies
                             let took = started.elapsed();
                             assert!(took < PROMPT, "a command took {took:?} to learn the store is down");
                             load.unavailable += 1;
+                            met.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         other => panic!("a command under an outage answered {other}: {body}"),
@@ -234,9 +241,28 @@ async fn a_database_stopped_under_load_loses_no_acknowledged_command_and_applies
             load
         });
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let until = |what: &'static str, done: Box<dyn Fn() -> bool>| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let all = sending.clone();
+    until(
+        "every client sending",
+        Box::new(move || all.load(Ordering::SeqCst) as usize == CLIENTS),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     pg.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = met.clone();
+    until(
+        "the load meeting the outage",
+        Box::new(move || seen.load(Ordering::SeqCst) > 0),
+    )
+    .await;
     pg.start_server();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
