@@ -22,7 +22,7 @@ use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId}
 use idledger_domain::lookup::{Identifier, LookupKey, index_changed, match_keys};
 use idledger_domain::policy::Policy;
 use idledger_domain::schema::{CURRENT_SCHEMA_VERSION, EVENT_TYPES, SchemaError, StoredEvent};
-use idledger_domain::state::{CustomerState, Erasure, evolve, evolve_unreadable};
+use idledger_domain::state::{CustomerState, Erasure, FOLD_VERSION, evolve, evolve_unreadable};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -44,6 +44,7 @@ use crate::model::{
     micros,
 };
 use crate::projection;
+use crate::snapshots;
 use crate::state_cache::StateCache;
 use crate::store::Store;
 
@@ -504,10 +505,7 @@ impl Ledger {
                     return Err(ExecuteError::Refused(refused));
                 }
             };
-            let mut after = state.clone();
-            for envelope in &decision.events {
-                after = evolve(after, envelope);
-            }
+            let (after, due_snapshots) = snapshots::fold_noting(state.clone(), &decision.events);
             let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
             let sealing = !decision.events.is_empty()
                 || changes
@@ -569,6 +567,8 @@ impl Ledger {
                 erase: false,
                 exception: attach(&result)?,
                 lookup: self.lookup_change(&state, &after),
+                snapshots: snapshots::seal_all(customer, &due_snapshots, data_key.as_ref())?,
+                drop_snapshots_since: None,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -673,8 +673,10 @@ impl Ledger {
                     projection: projection::diff(&rows, &projection::rows(&after)?),
                     erase: true,
                     exception: None,
-                    // The erasure's own statements delete the customer's rows.
+                    // The erasure's own statements delete the customer's rows, and snapshots.
                     lookup: None,
+                    snapshots: Vec::new(),
+                    drop_snapshots_since: None,
                 };
                 Ok((request, erasure))
             })
@@ -739,12 +741,11 @@ impl Ledger {
                     None => continue,
                 },
             };
-            let mut prepared = Vec::with_capacity(events.len());
-            let mut after = state.clone();
-            for envelope in &events {
-                prepared.push(prepare(id, envelope, Some(&data_key))?);
-                after = evolve(after, envelope);
-            }
+            let prepared = events
+                .iter()
+                .map(|envelope| prepare(id, envelope, Some(&data_key)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (after, due_snapshots) = snapshots::fold_noting(state.clone(), &events);
             let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
             let request = AppendRequest {
                 customer_id: id,
@@ -759,6 +760,8 @@ impl Ledger {
                 erase: false,
                 exception: None,
                 lookup: self.lookup_change(&state, &after),
+                snapshots: snapshots::seal_all(id, &due_snapshots, Some(&data_key))?,
+                drop_snapshots_since: None,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -906,9 +909,24 @@ impl Ledger {
         Ok(Some(key))
     }
 
-    /// The customer's record as it stood at `at`, folded from the log. An erased customer's
-    /// past is gone: [`StoreError::Erased`].
+    /// The customer's record as it stood at `at`, folded from the log: from the latest stream
+    /// snapshot whose events were all recorded by then (see [`crate::snapshots`]), with the
+    /// events after it recorded by then, which is the fold of every event recorded by then.
+    /// An erased customer's past is gone: [`StoreError::Erased`].
     pub async fn state_as_of(
+        &self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CustomerState>, StoreError> {
+        if let Some(state) = self.state_as_of_from_snapshot(customer, at).await? {
+            return Ok(Some(state));
+        }
+        self.state_as_of_from_scratch(customer, at).await
+    }
+
+    /// [`Ledger::state_as_of`] folding every event from the first, whatever snapshots there
+    /// are: what the snapshots are checked against.
+    pub async fn state_as_of_from_scratch(
         &self,
         customer: CustomerId,
         at: DateTime<Utc>,
@@ -923,6 +941,34 @@ impl Ledger {
                 .map(|e| &e.envelope)
                 .fold(CustomerState::default(), evolve),
         ))
+    }
+
+    /// The as-of state from a snapshot; `None` when no snapshot serves `at` (none yet, all
+    /// after it, of another fold version, or the customer erased: their snapshots go with
+    /// the key, and the fold from scratch says so).
+    async fn state_as_of_from_snapshot(
+        &self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CustomerState>, StoreError> {
+        let id = customer.as_uuid();
+        let at = truncate_to_micros(at);
+        let Some((version, sealed)) = self.log.latest_snapshot(id, FOLD_VERSION, at).await? else {
+            return Ok(None);
+        };
+        // Read from the table, not the cache: an erasure since the snapshot was read leaves
+        // no key, and the fold from scratch then answers `Erased`.
+        let Some(wrapped) = self.log.data_key(id).await? else {
+            return Ok(None);
+        };
+        let key = self.master.unwrap_key(&wrapped, id)?;
+        let state = snapshots::open(id, version, FOLD_VERSION, &sealed, &key)?;
+        let raws = self.log.stream_after(id, version, Some(micros(at))).await?;
+        let mut state = state;
+        for raw in &raws {
+            state = evolve(state, &decode(raw, Some(&key))?.envelope);
+        }
+        Ok(Some(state))
     }
 
     /// Every event that touched `field` (consents as `consent.<purpose>`), oldest first.
@@ -1266,7 +1312,6 @@ impl Ledger {
             new,
         }))
     }
-
     /// Re-creates every projection row from the log and reports whether the result equals
     /// what was there. Appends that land meanwhile are folded in before the swap.
     pub async fn rebuild(&self, progress: ProgressFn<'_>) -> Result<RebuildReport, StoreError> {

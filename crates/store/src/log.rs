@@ -77,7 +77,10 @@ impl EventLog {
         };
         // Steward actions are rare and write across tables: they take the per-append path
         // (erasures write in a transaction of their own, `write_decided`).
-        if batch.iter().any(|r| r.exception.is_some()) {
+        if batch
+            .iter()
+            .any(|r| r.exception.is_some() || r.drop_snapshots_since.is_some())
+        {
             return write_each(&self.db, batch).await;
         }
         match postgres::write_bulk(pool, batch).await {
@@ -254,6 +257,47 @@ impl EventLog {
         }
         q.push(" ORDER BY stream_version");
         q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+    }
+
+    /// A customer's events after stream version `after`, in stream order, only those recorded
+    /// at or before `until_micros` if given: what an as-of read folds onto a snapshot.
+    pub async fn stream_after(
+        &self,
+        customer: Uuid,
+        after: u64,
+        until_micros: Option<i64>,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let mut q = select_events();
+        q.push(" WHERE customer_id = ")
+            .push_bind(customer)
+            .push(" AND stream_version > ")
+            .push_bind(after);
+        if let Some(until) = until_micros {
+            q.push(" AND recorded_at <= ").push_bind(from_micros(until));
+        }
+        q.push(" ORDER BY stream_version");
+        q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+    }
+
+    /// The latest snapshot of the customer's stream folded by `fold_version` whose events were
+    /// all recorded at or before `until`: its stream version and sealed state.
+    pub async fn latest_snapshot(
+        &self,
+        customer: Uuid,
+        fold_version: u32,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        sql(
+            "SELECT stream_version, state FROM stream_snapshots WHERE customer_id = $1 \
+             AND fold_version = $2 AND covers_until <= $3 ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(customer)
+        .bind(fold_version)
+        .bind(until)
+        .fetch_optional(&self.db)
+        .await?
+        .map(|r| Ok((r.get_u64("stream_version")?, r.try_get("state")?)))
+        .transpose()
     }
 
     /// Up to `limit` events after `after`, in global (commit) order. Gap-free: a reader that
@@ -622,6 +666,25 @@ async fn append_one(
     if let Some(digests) = &req.lookup {
         replace_lookup_rows(&mut *tx, customer, digests).await?;
     }
+    if let Some(since) = req.drop_snapshots_since {
+        sql("DELETE FROM stream_snapshots WHERE customer_id = $1 AND covers_until >= $2")
+            .bind(customer)
+            .bind(since)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for snapshot in &req.snapshots {
+        // After the events: `covers_until` is taken from them, in this transaction.
+        sql(INSERT_SNAPSHOT)
+            .bind(customer)
+            .bind(snapshot.stream_version)
+            .bind(snapshot.fold_version)
+            .bind(snapshot.state.as_str())
+            .bind(customer)
+            .bind(snapshot.stream_version)
+            .execute(&mut *tx)
+            .await?;
+    }
     if req.erase {
         erase(tx, customer).await?;
     }
@@ -646,6 +709,14 @@ async fn append_one(
     Ok(AppendOutcome::Appended { positions })
 }
 
+/// A snapshot of a stream whose events up to its version are written: `covers_until` is the
+/// latest `recorded_at` among them, which is the last one's unless clocks went backwards.
+/// Written in the append's transaction, which an erasure's never interleaves with.
+const INSERT_SNAPSHOT: &str = "INSERT INTO stream_snapshots (customer_id, stream_version, fold_version, covers_until, state) \
+     SELECT $1, $2, $3, MAX(recorded_at), $4 FROM events WHERE customer_id = $5 AND stream_version <= $6 \
+     ON CONFLICT (customer_id, stream_version) DO UPDATE SET fold_version = EXCLUDED.fold_version, \
+     covers_until = EXCLUDED.covers_until, state = EXCLUDED.state";
+
 /// What erasure removes besides the events' key, in the erasure's own transaction.
 async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
     // Crypto-shredding: without the key the customer's sealed events are noise. Their
@@ -668,6 +739,8 @@ async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
         "DELETE FROM projections WHERE customer_id = $1 AND kind <> 'customer'",
         // The blind index: an erased customer is found by nothing.
         "DELETE FROM lookup_index WHERE customer_id = $1",
+        // Stream snapshots: sealed folds of the record.
+        "DELETE FROM stream_snapshots WHERE customer_id = $1",
     ] {
         sql(statement).bind(customer).execute(&mut *tx).await?;
     }
