@@ -279,6 +279,29 @@ impl EventLog {
         q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
     }
 
+    /// Up to `limit` events of streams after `after` (a customer and stream version), in
+    /// customer then stream order, among those at positions up to `up_to`: the log walked
+    /// stream by stream, a key range a page (`rebuild`).
+    pub async fn read_streams(
+        &self,
+        after: Option<(Uuid, u64)>,
+        up_to: u64,
+        limit: u32,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let mut q = select_events();
+        q.push(" WHERE global_position <= ").push_bind(up_to);
+        if let Some((customer, version)) = after {
+            q.push(" AND (customer_id, stream_version) > (")
+                .push_bind(customer)
+                .push(", ")
+                .push_bind(version)
+                .push(")");
+        }
+        q.push(" ORDER BY customer_id, stream_version LIMIT ")
+            .push_bind(limit);
+        q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+    }
+
     /// The latest snapshot of the customer's stream folded by `fold_version` whose events were
     /// all recorded at or before `until`: its stream version and sealed state.
     pub async fn latest_snapshot(
@@ -298,6 +321,32 @@ impl EventLog {
         .await?
         .map(|r| Ok((r.get_u64("stream_version")?, r.try_get("state")?)))
         .transpose()
+    }
+
+    /// Every stored snapshot of `customers`, whatever its fold version.
+    pub async fn snapshots_of(
+        &self,
+        customers: &[Uuid],
+    ) -> Result<Vec<StoredSnapshot>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql(
+                "SELECT customer_id, stream_version, fold_version, covers_until, state \
+                 FROM stream_snapshots WHERE customer_id IN ",
+            );
+            q.push_list(chunk);
+            for r in q.fetch_all(&self.db).await? {
+                out.push(StoredSnapshot {
+                    customer_id: r.try_get("customer_id")?,
+                    stream_version: r.get_u64("stream_version")?,
+                    fold_version: u32::try_from(r.try_get::<i64>("fold_version")?)
+                        .unwrap_or(u32::MAX),
+                    covers_until: r.try_get("covers_until")?,
+                    state: r.try_get("state")?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `limit` events after `after`, in global (commit) order. Gap-free: a reader that
@@ -393,6 +442,129 @@ impl EventLog {
         Ok(true)
     }
 
+    /// The projection rows of `customers`, with their customer.
+    pub async fn projections_of(
+        &self,
+        customers: &[Uuid],
+    ) -> Result<Vec<(Uuid, ProjectionRow)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q =
+                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN ");
+            q.push_list(chunk);
+            for r in q.fetch_all(&self.db).await? {
+                out.push((r.try_get("customer_id")?, projection_row(&r)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The blind-index rows of `customers`: customer and digest.
+    pub async fn lookup_of(&self, customers: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql("SELECT customer_id, digest FROM lookup_index WHERE customer_id IN ");
+            q.push_list(chunk);
+            for r in q.fetch_all(&self.db).await? {
+                out.push((r.try_get("customer_id")?, r.try_get("digest")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Customers with projection rows, blind-index rows or stream snapshots but no event: what
+    /// no fold of the log can give, so `rebuild` removes it.
+    pub async fn orphans(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut out = Vec::new();
+        for table in ["projections", "lookup_index", "stream_snapshots"] {
+            let mut q = sql("SELECT DISTINCT customer_id FROM ");
+            q.push(table).push(
+                " t WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.customer_id = t.customer_id)",
+            );
+            for r in q.fetch_all(&self.db).await? {
+                out.push(r.try_get::<Uuid>("customer_id")?);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Applies what `rebuild` found, in one transaction that holds off appends: each
+    /// customer's projection and blind-index rows are replaced only if their stream is still
+    /// at the version they were folded to (the others are returned: they moved on, and are
+    /// checked again); snapshot repairs stand whatever the stream did since (a snapshot is of
+    /// a prefix, which never changes), and only while the customer has a data key.
+    pub(crate) async fn repair(&self, repair: &Repair) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.db.begin_exclusive().await?;
+        let mut heads: std::collections::HashMap<Uuid, u64> = std::collections::HashMap::new();
+        let customers: Vec<Uuid> = repair.customers.iter().map(|(c, _)| *c).collect();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql(
+                "SELECT customer_id, MAX(stream_version) AS head FROM events WHERE customer_id IN ",
+            );
+            q.push_list(chunk).push(" GROUP BY customer_id");
+            for r in q.fetch_all(&mut tx).await? {
+                heads.insert(r.try_get("customer_id")?, r.get_u64("head")?);
+            }
+        }
+        let moved: Vec<Uuid> = repair
+            .customers
+            .iter()
+            .filter(|(c, version)| heads.get(c).copied().unwrap_or(0) != *version)
+            .map(|(c, _)| *c)
+            .collect();
+        let stands = |c: &Uuid| !moved.contains(c);
+        let rewritten: Vec<Uuid> = repair
+            .projections
+            .iter()
+            .copied()
+            .filter(|c| stands(c))
+            .collect();
+        for chunk in rewritten.chunks(self.db.max_params()) {
+            let mut q = sql("DELETE FROM projections WHERE customer_id IN ");
+            q.push_list(chunk);
+            q.execute(&mut tx).await?;
+        }
+        let rows: Vec<&(Uuid, ProjectionRow)> =
+            repair.rows.iter().filter(|(c, _)| stands(c)).collect();
+        for chunk in rows.chunks(self.db.rows_per_statement(4)) {
+            let mut q = sql("INSERT INTO projections (customer_id, kind, key, record) ");
+            q.push_values(chunk, |(customer, r)| {
+                vec![
+                    (*customer).into(),
+                    r.kind.as_str().into(),
+                    r.key.as_str().into(),
+                    r.record.as_str().into(),
+                ]
+            });
+            q.execute(&mut tx).await?;
+        }
+        for (customer, digests) in repair.lookup.iter().filter(|(c, _)| stands(c)) {
+            replace_lookup_rows(&mut tx, *customer, digests).await?;
+        }
+        for (customer, version) in &repair.snapshot_deletes {
+            sql("DELETE FROM stream_snapshots WHERE customer_id = $1 AND stream_version = $2")
+                .bind(*customer)
+                .bind(*version)
+                .execute(&mut tx)
+                .await?;
+        }
+        for s in &repair.snapshot_upserts {
+            sql(REPAIR_SNAPSHOT)
+                .bind(s.customer_id)
+                .bind(s.stream_version)
+                .bind(s.fold_version)
+                .bind(s.covers_until)
+                .bind(s.state.as_str())
+                .bind(s.customer_id)
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     /// The customers whose blind-index rows hold `digest`, in id order, at most `limit`.
     pub async fn lookup(&self, digest: &[u8; 32], limit: u32) -> Result<Vec<Uuid>, StoreError> {
         sql("SELECT customer_id FROM lookup_index WHERE digest = $1 ORDER BY customer_id LIMIT $2")
@@ -445,6 +617,44 @@ impl EventLog {
     pub async fn head_position(&self) -> Result<u64, StoreError> {
         head_position(&self.db).await
     }
+}
+
+/// A snapshot written by `rebuild`, only while its customer has a data key (an erasure
+/// racing the rebuild leaves no snapshot behind).
+const REPAIR_SNAPSHOT: &str = "INSERT INTO stream_snapshots (customer_id, stream_version, fold_version, covers_until, state) \
+     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM data_keys WHERE customer_id = $6) \
+     ON CONFLICT (customer_id, stream_version) DO UPDATE SET fold_version = EXCLUDED.fold_version, \
+     covers_until = EXCLUDED.covers_until, state = EXCLUDED.state";
+
+/// What `rebuild` rewrites (see [`EventLog::repair`]).
+#[derive(Debug, Default)]
+pub(crate) struct Repair {
+    /// Every customer concerned, with the stream version it was folded to.
+    pub customers: Vec<(Uuid, u64)>,
+    /// Customers whose projection rows are replaced by theirs in `rows` (none: deleted).
+    pub projections: Vec<Uuid>,
+    pub rows: Vec<(Uuid, ProjectionRow)>,
+    /// Customers whose blind-index rows become these digests.
+    pub lookup: Vec<(Uuid, Vec<[u8; 32]>)>,
+    pub snapshot_upserts: Vec<StoredSnapshot>,
+    pub snapshot_deletes: Vec<(Uuid, u64)>,
+}
+
+impl Repair {
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+    }
+}
+
+/// A stream snapshot as stored (see [`crate::snapshots`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub customer_id: Uuid,
+    pub stream_version: u64,
+    pub fold_version: u32,
+    pub covers_until: chrono::DateTime<chrono::Utc>,
+    /// Sealed under the customer's data key.
+    pub state: String,
 }
 
 /// Applies the engine's migrations (`migrations/{postgres,sqlite}`).

@@ -1,6 +1,7 @@
 //! Stream snapshots (issue 16) on both engines: written at every 100th event, sealed, used by
 //! as-of reads with the same answer as the fold from scratch, never of a merged record,
-//! deleted by erasure, ignored when of another fold version.
+//! deleted by erasure, ignored when of another fold version, and checked and repaired by
+//! `rebuild`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -20,7 +21,8 @@ on_both_engines!(
     as_of_with_snapshots_equals_the_fold_from_scratch_on_random_streams,
     an_erased_customer_has_no_snapshots,
     a_merged_record_is_never_snapshotted,
-    a_snapshot_of_another_fold_version_is_ignored,
+    a_snapshot_of_another_fold_version_is_ignored_and_rebuild_replaces_it,
+    rebuild_repairs_a_corrupted_a_missing_and_a_stray_snapshot,
 );
 
 /// The stored snapshots, `(customer as text, stream version, fold version)`, in order.
@@ -283,6 +285,10 @@ async fn an_erased_customer_has_no_snapshots(engine: Engine) {
         store.ledger.state_as_of(c, Utc::now()).await,
         Err(idledger_store::StoreError::Erased { .. })
     ));
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!(report.snapshots_repaired, 0, "{report:?}");
+    assert_eq!(versions(&store.db, c).await, Vec::<i64>::new());
 }
 
 fn steward_actor() -> Actor {
@@ -327,9 +333,13 @@ async fn a_merged_record_is_never_snapshotted(engine: Engine) {
                 .unwrap()
         );
     }
+    // Rebuild agrees: no snapshot is due while merged.
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!(report.snapshots_repaired, 0, "{report:?}");
 }
 
-async fn a_snapshot_of_another_fold_version_is_ignored(engine: Engine) {
+async fn a_snapshot_of_another_fold_version_is_ignored_and_rebuild_replaces_it(engine: Engine) {
     let store = TestStore::new(engine).await;
     let c = registered(&store).await;
     grow(&store, c, 150).await;
@@ -345,4 +355,61 @@ async fn a_snapshot_of_another_fold_version_is_ignored(engine: Engine) {
         store.ledger.state_as_of(c, now).await.unwrap(),
         store.ledger.state_as_of_from_scratch(c, now).await.unwrap()
     );
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!(report.snapshots_repaired, 1, "{report:?}");
+    assert_eq!(
+        stored(&store.db).await,
+        [(c.to_string(), 100, i64::from(FOLD_VERSION))]
+    );
+    assert_eq!(
+        store.ledger.state_as_of(c, now).await.unwrap(),
+        store.ledger.state_as_of_from_scratch(c, now).await.unwrap()
+    );
+    let again = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(again.snapshots_repaired, 0, "{again:?}");
+}
+
+async fn rebuild_repairs_a_corrupted_a_missing_and_a_stray_snapshot(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let c = registered(&store).await;
+    grow(&store, c, 330).await;
+    assert_eq!(versions(&store.db, c).await, [100, 200, 300]);
+    // 100 holds 200's state (it does not open as 100), 300 is gone, and a snapshot at 150
+    // that no fold gives.
+    run(
+        &store.db,
+        "UPDATE stream_snapshots SET state = (SELECT s.state FROM stream_snapshots s \
+         WHERE s.stream_version = 200) WHERE stream_version = 100",
+    )
+    .await;
+    run(
+        &store.db,
+        "INSERT INTO stream_snapshots (customer_id, stream_version, fold_version, covers_until, state) \
+         SELECT customer_id, 150, fold_version, covers_until, state FROM stream_snapshots \
+         WHERE stream_version = 200",
+    )
+    .await;
+    run(
+        &store.db,
+        "DELETE FROM stream_snapshots WHERE stream_version = 300",
+    )
+    .await;
+    // Another customer's, untouched.
+    let d = registered(&store).await;
+    grow(&store, d, 120).await;
+    let report = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert!(report.identical, "{report:?}");
+    assert_eq!(report.snapshots_repaired, 3, "{report:?}");
+    assert_eq!(versions(&store.db, c).await, [100, 200, 300]);
+    assert_eq!(versions(&store.db, d).await, [100]);
+    let events = store.ledger.stream(c, None, None).await.unwrap();
+    for at in [events[150].recorded_at, events[320].recorded_at, Utc::now()] {
+        assert_eq!(
+            store.ledger.state_as_of(c, at).await.unwrap(),
+            store.ledger.state_as_of_from_scratch(c, at).await.unwrap()
+        );
+    }
+    let again = store.ledger.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(again.snapshots_repaired, 0, "{again:?}");
 }
