@@ -735,6 +735,11 @@ fn set_value(rec: &mut FieldRecord, value: &FieldValue, envelope: &EventEnvelope
     }
 }
 
+/// The version of [`evolve`]'s rules. The store keeps folded states (stream snapshots) tagged
+/// with it and ignores those of another version, so any change to what `evolve` makes of an
+/// event must bump it; `tests/fold_version.rs` pins a fingerprint of the fold to catch one.
+pub const FOLD_VERSION: u32 = 1;
+
 /// Folds a stream's events into its state.
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a EventEnvelope>) -> CustomerState {
     events.into_iter().fold(CustomerState::default(), evolve)

@@ -22,7 +22,7 @@ use idledger_domain::ids::{Actor, CustomerId, EventId, IdempotencyKey, SourceId}
 use idledger_domain::lookup::{Identifier, LookupKey, index_changed, match_keys};
 use idledger_domain::policy::Policy;
 use idledger_domain::schema::{CURRENT_SCHEMA_VERSION, EVENT_TYPES, SchemaError, StoredEvent};
-use idledger_domain::state::{CustomerState, Erasure, evolve, evolve_unreadable};
+use idledger_domain::state::{CustomerState, Erasure, FOLD_VERSION, evolve};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -44,10 +44,12 @@ use crate::model::{
     micros,
 };
 use crate::projection;
+use crate::snapshots;
 use crate::state_cache::StateCache;
 use crate::store::Store;
 
 mod merge;
+mod rebuild;
 mod sealing;
 pub use merge::{MergeError, MergeResult};
 
@@ -231,6 +233,10 @@ pub struct RebuildReport {
     /// Customers whose blind-index rows were not those of their record (missing, stale or
     /// extra): rewritten. 0 on a store whose index was kept in step by every append.
     pub reindexed_count: u64,
+    /// Stream snapshots rewritten (missing, of another fold version, or not the fold of
+    /// their events) or deleted (of a version no fold gives, or of a customer the log does
+    /// not know). 0 on a store whose snapshots were written by its appends.
+    pub snapshots_repaired: u64,
 }
 
 struct WriteJob {
@@ -505,10 +511,7 @@ impl Ledger {
                     return Err(ExecuteError::Refused(refused));
                 }
             };
-            let mut after = state.clone();
-            for envelope in &decision.events {
-                after = evolve(after, envelope);
-            }
+            let (after, due_snapshots) = snapshots::fold_noting(state.clone(), &decision.events);
             let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
             let sealing = !decision.events.is_empty()
                 || changes
@@ -569,6 +572,8 @@ impl Ledger {
                 erase: false,
                 exception: attach(&result)?,
                 lookup: self.lookup_change(&state, &after),
+                snapshots: snapshots::seal_all(customer, &due_snapshots, data_key.as_ref())?,
+                drop_snapshots_since: None,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -673,8 +678,10 @@ impl Ledger {
                     projection: projection::diff(&rows, &projection::rows(&after)?),
                     erase: true,
                     exception: None,
-                    // The erasure's own statements delete the customer's rows.
+                    // The erasure's own statements delete the customer's rows, and snapshots.
                     lookup: None,
+                    snapshots: Vec::new(),
+                    drop_snapshots_since: None,
                 };
                 Ok((request, erasure))
             })
@@ -743,7 +750,7 @@ impl Ledger {
                 .sealing(customer, &state, &events, None)
                 .await?
                 .prepare(id, &events, Some(&data_key))?;
-            let after = events.iter().fold(state.clone(), evolve);
+            let (after, due_snapshots) = snapshots::fold_noting(state.clone(), &events);
             let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
             let request = AppendRequest {
                 customer_id: id,
@@ -758,6 +765,8 @@ impl Ledger {
                 erase: false,
                 exception: None,
                 lookup: self.lookup_change(&state, &after),
+                snapshots: snapshots::seal_all(id, &due_snapshots, Some(&data_key))?,
+                drop_snapshots_since: None,
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
@@ -961,9 +970,24 @@ impl Ledger {
         Ok(Some(key))
     }
 
-    /// The customer's record as it stood at `at`, folded from the log. An erased customer's
-    /// past is gone: [`StoreError::Erased`].
+    /// The customer's record as it stood at `at`, folded from the log: from the latest stream
+    /// snapshot whose events were all recorded by then (see [`crate::snapshots`]), with the
+    /// events after it recorded by then, which is the fold of every event recorded by then.
+    /// An erased customer's past is gone: [`StoreError::Erased`].
     pub async fn state_as_of(
+        &self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CustomerState>, StoreError> {
+        if let Some(state) = self.state_as_of_from_snapshot(customer, at).await? {
+            return Ok(Some(state));
+        }
+        self.state_as_of_from_scratch(customer, at).await
+    }
+
+    /// [`Ledger::state_as_of`] folding every event from the first, whatever snapshots there
+    /// are: what the snapshots are checked against.
+    pub async fn state_as_of_from_scratch(
         &self,
         customer: CustomerId,
         at: DateTime<Utc>,
@@ -977,6 +1001,38 @@ impl Ledger {
                 .iter()
                 .map(|e| &e.envelope)
                 .fold(CustomerState::default(), evolve),
+        ))
+    }
+
+    /// The as-of state from a snapshot; `None` when no snapshot serves `at` (none yet, all
+    /// after it, of another fold version, or the customer erased: their snapshots go with
+    /// the key, and the fold from scratch says so).
+    async fn state_as_of_from_snapshot(
+        &self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CustomerState>, StoreError> {
+        let id = customer.as_uuid();
+        let at = truncate_to_micros(at);
+        let Some((version, sealed)) = self.log.latest_snapshot(id, FOLD_VERSION, at).await? else {
+            return Ok(None);
+        };
+        // Read from the table, not the cache: an erasure since the snapshot was read leaves
+        // no key, and the fold from scratch then answers `Erased`.
+        let Some(wrapped) = self.log.data_key(id).await? else {
+            return Ok(None);
+        };
+        let key = self.master.unwrap_key(&wrapped, id)?;
+        let state = snapshots::open(id, version, FOLD_VERSION, &sealed, &key)?;
+        let raws = self.log.stream_after(id, version, Some(micros(at))).await?;
+        let mut keys = Keys::default();
+        keys.data.insert(id, key);
+        // Events sealed for a record merged into this one (see `sealing`) open with its key.
+        self.load_keys(&raws, &mut keys).await?;
+        Ok(Some(
+            readable(&keys, &raws)?
+                .iter()
+                .fold(state, |state, e| evolve(state, &e.envelope)),
         ))
     }
 
@@ -1017,16 +1073,7 @@ impl Ledger {
                 at: *at,
             });
         }
-        let mut events = Vec::with_capacity(raws.len());
-        for raw in &raws {
-            match keys.entry(raw)? {
-                LogEntry::Event(event) => events.push(event),
-                // Sealed for a record once merged into this one and erased since: that
-                // record's data, gone with it.
-                LogEntry::Shredded(_) => {}
-            }
-        }
-        Ok(events)
+        readable(&keys, &raws)
     }
 
     async fn erased_at(&self, customer: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -1327,181 +1374,6 @@ impl Ledger {
             new,
         }))
     }
-
-    /// Re-creates every projection row from the log and reports whether the result equals
-    /// what was there. Appends that land meanwhile are folded in before the swap.
-    pub async fn rebuild(&self, progress: ProgressFn<'_>) -> Result<RebuildReport, StoreError> {
-        let mut states: HashMap<Uuid, CustomerState> = HashMap::new();
-        let mut keys = Keys::default();
-        let mut after = 0u64;
-        let mut events = 0u64;
-        let total = self.log.head_position().await?;
-        loop {
-            loop {
-                let page = self.log.read_all(after, SCAN_PAGE).await?;
-                if page.is_empty() {
-                    break;
-                }
-                self.load_keys(&page, &mut keys).await?;
-                for raw in &page {
-                    let state = states.remove(&raw.customer_id).unwrap_or_default();
-                    let state = match keys.entry(raw)? {
-                        LogEntry::Event(recorded) => evolve(state, &recorded.envelope),
-                        // The customer's erasure, later in the log, clears all but this.
-                        LogEntry::Shredded(s) => {
-                            evolve_unreadable(state, s.stream_version, &s.event_type, s.recorded_at)
-                        }
-                    };
-                    states.insert(raw.customer_id, state);
-                    after = raw.global_position;
-                    events += 1;
-                }
-                progress(events, total.max(events));
-            }
-            let mut rebuilt: BTreeMap<Uuid, Vec<ProjectionRow>> = BTreeMap::new();
-            for (customer, state) in &states {
-                rebuilt.insert(*customer, projection::rows(state)?);
-            }
-            let live = self.all_projection_rows().await?;
-            let index = self.reindexed(&states).await?;
-            let mut differing = Vec::new();
-            let mut resealed = Vec::new();
-            for customer in rebuilt
-                .keys()
-                .chain(live.keys().filter(|c| !rebuilt.contains_key(*c)))
-            {
-                let key = keys.data.get(customer);
-                match compare(*customer, live.get(customer), rebuilt.get(customer), key) {
-                    Comparison::Same => {}
-                    Comparison::OldForm => resealed.push(*customer),
-                    Comparison::Differs => differing.push(*customer),
-                }
-            }
-            // Only the customers whose rows differ, or are still in the clear, are rewritten:
-            // the rest already hold exactly what the log gives.
-            let changed: Vec<Uuid> = differing.iter().chain(&resealed).copied().collect();
-            let mut flat: Vec<(Uuid, ProjectionRow)> = Vec::new();
-            for customer in &changed {
-                if let Some(rows) = rebuilt.get(customer) {
-                    let sealed =
-                        projection::seal(*customer, rows.clone(), keys.data.get(customer))?;
-                    flat.extend(sealed.into_iter().map(|r| (*customer, r)));
-                }
-            }
-            if self
-                .log
-                .replace_projections_and_index(&changed, &flat, &index, after)
-                .await?
-            {
-                // Rows rewritten under the same versions: nothing cached from before stands.
-                self.states.clear();
-                return Ok(RebuildReport {
-                    events,
-                    customers: rebuilt.len() as u64,
-                    rows: rebuilt.values().map(|rows| rows.len() as u64).sum(),
-                    identical: differing.is_empty(),
-                    differing_customers: differing.iter().take(20).copied().collect(),
-                    differing_count: differing.len() as u64,
-                    resealed_count: resealed.len() as u64,
-                    reindexed_count: index.len() as u64,
-                });
-            }
-            // The log moved on while we compared: fold the new events in and try again.
-        }
-    }
-
-    /// The customers whose blind-index rows differ from what `states` (the whole log
-    /// folded) gives, with the digests each should have (none: rows to delete).
-    async fn reindexed(
-        &self,
-        states: &HashMap<Uuid, CustomerState>,
-    ) -> Result<Vec<(Uuid, Vec<[u8; 32]>)>, StoreError> {
-        let mut live: BTreeMap<Uuid, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut cursor = None;
-        loop {
-            let page = self.log.lookup_page(cursor, 1000).await?;
-            let Some((last, _)) = page.last() else { break };
-            cursor = Some(*last);
-            for (customer, digest) in page {
-                live.entry(customer).or_default().push(digest);
-            }
-        }
-        let mut out = Vec::new();
-        for (customer, state) in states {
-            let expected = self.lookup_digests(state);
-            let mut held = live.remove(customer).unwrap_or_default();
-            held.sort_unstable();
-            if held
-                .iter()
-                .map(Vec::as_slice)
-                .ne(expected.iter().map(<[u8; 32]>::as_slice))
-            {
-                out.push((*customer, expected));
-            }
-        }
-        // Rows of customers the log does not know.
-        out.extend(live.into_keys().map(|c| (c, Vec::new())));
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    async fn all_projection_rows(&self) -> Result<BTreeMap<Uuid, Vec<ProjectionRow>>, StoreError> {
-        let mut all: BTreeMap<Uuid, Vec<ProjectionRow>> = BTreeMap::new();
-        let mut cursor = None;
-        loop {
-            let page = self.log.projection_page(cursor, 1000).await?;
-            let Some((last, _)) = page.last() else { break };
-            cursor = Some(*last);
-            for (customer, row) in page {
-                all.entry(customer).or_default().push(row);
-            }
-        }
-        for rows in all.values_mut() {
-            rows.sort();
-        }
-        Ok(all)
-    }
-}
-
-/// How a customer's live rows compare with those rebuilt from the log.
-enum Comparison {
-    Same,
-    /// The same record, still in the clear from before sealing.
-    OldForm,
-    Differs,
-}
-
-/// Compares opened: sealed records differ in their nonces every time they are written. Rows
-/// that cannot be opened (altered, moved from another row, plaintext under a customer row
-/// that vouches for sealing) differ, and are rewritten.
-fn compare(
-    customer: Uuid,
-    live: Option<&Vec<ProjectionRow>>,
-    rebuilt: Option<&Vec<ProjectionRow>>,
-    key: Option<&DataKey>,
-) -> Comparison {
-    let (Some(live), Some(rebuilt)) = (live, rebuilt) else {
-        return Comparison::Differs;
-    };
-    let Ok(opened) = projection::open(customer, live, key) else {
-        return Comparison::Differs;
-    };
-    if projection::is_current_form(live) {
-        return if &opened == rebuilt {
-            Comparison::Same
-        } else {
-            Comparison::Differs
-        };
-    }
-    // Rows of before sealing lack the customer row's `sealed` mark: compare what they say.
-    let same = projection::state(&opened)
-        .and_then(|state| projection::rows(&state))
-        .is_ok_and(|rows| &rows == rebuilt);
-    if same {
-        Comparison::OldForm
-    } else {
-        Comparison::Differs
-    }
 }
 
 fn replay(
@@ -1552,6 +1424,19 @@ impl RequestHash {
 
 /// Databases keep microseconds; so do we, so that a stored event reads back identical.
 pub(crate) use crate::model::truncate_to_micros;
+
+/// The events of one stream that `keys` opens. Those sealed for a record once merged into
+/// the stream's customer and erased since are left out: that record's data, gone with it.
+fn readable(keys: &Keys, raws: &[RawEvent]) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut events = Vec::with_capacity(raws.len());
+    for raw in raws {
+        match keys.entry(raw)? {
+            LogEntry::Event(event) => events.push(event),
+            LogEntry::Shredded(_) => {}
+        }
+    }
+    Ok(events)
+}
 
 /// Associated data binding a payload to its row.
 fn aad(customer: Uuid, event_id: Uuid) -> [u8; 32] {

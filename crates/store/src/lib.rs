@@ -36,6 +36,7 @@ pub mod projection;
 pub mod runs;
 mod sharded;
 pub mod signing;
+pub mod snapshots;
 pub mod sql;
 mod state_cache;
 mod store;

@@ -79,7 +79,10 @@ impl EventLog {
         };
         // Steward actions are rare and write across tables: they take the per-append path
         // (erasures write in a transaction of their own, `write_decided`).
-        if batch.iter().any(|r| r.exception.is_some()) {
+        if batch
+            .iter()
+            .any(|r| r.exception.is_some() || r.drop_snapshots_since.is_some())
+        {
             return write_each(&self.db, batch).await;
         }
         match postgres::write_bulk(pool, batch).await {
@@ -278,6 +281,96 @@ impl EventLog {
         q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
     }
 
+    /// A customer's events after stream version `after`, in stream order, only those recorded
+    /// at or before `until_micros` if given: what an as-of read folds onto a snapshot.
+    pub async fn stream_after(
+        &self,
+        customer: Uuid,
+        after: u64,
+        until_micros: Option<i64>,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let mut q = select_events();
+        q.push(" WHERE customer_id = ")
+            .push_bind(customer)
+            .push(" AND stream_version > ")
+            .push_bind(after);
+        if let Some(until) = until_micros {
+            q.push(" AND recorded_at <= ").push_bind(from_micros(until));
+        }
+        q.push(" ORDER BY stream_version");
+        q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+    }
+
+    /// Up to `limit` events of streams after `after` (a customer and stream version), in
+    /// customer then stream order, among those at positions up to `up_to`: the log walked
+    /// stream by stream, a key range a page (`rebuild`).
+    pub async fn read_streams(
+        &self,
+        after: Option<(Uuid, u64)>,
+        up_to: u64,
+        limit: u32,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let mut q = select_events();
+        q.push(" WHERE global_position <= ").push_bind(up_to);
+        if let Some((customer, version)) = after {
+            q.push(" AND (customer_id, stream_version) > (")
+                .push_bind(customer)
+                .push(", ")
+                .push_bind(version)
+                .push(")");
+        }
+        q.push(" ORDER BY customer_id, stream_version LIMIT ")
+            .push_bind(limit);
+        q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+    }
+
+    /// The latest snapshot of the customer's stream folded by `fold_version` whose events were
+    /// all recorded at or before `until`: its stream version and sealed state.
+    pub async fn latest_snapshot(
+        &self,
+        customer: Uuid,
+        fold_version: u32,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        sql(
+            "SELECT stream_version, state FROM stream_snapshots WHERE customer_id = $1 \
+             AND fold_version = $2 AND covers_until <= $3 ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(customer)
+        .bind(fold_version)
+        .bind(until)
+        .fetch_optional(&self.db)
+        .await?
+        .map(|r| Ok((r.get_u64("stream_version")?, r.try_get("state")?)))
+        .transpose()
+    }
+
+    /// Every stored snapshot of `customers`, whatever its fold version.
+    pub async fn snapshots_of(
+        &self,
+        customers: &[Uuid],
+    ) -> Result<Vec<StoredSnapshot>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql(
+                "SELECT customer_id, stream_version, fold_version, covers_until, state \
+                 FROM stream_snapshots WHERE customer_id IN ",
+            );
+            q.push_list(chunk);
+            for r in q.fetch_all(&self.db).await? {
+                out.push(StoredSnapshot {
+                    customer_id: r.try_get("customer_id")?,
+                    stream_version: r.get_u64("stream_version")?,
+                    fold_version: u32::try_from(r.try_get::<i64>("fold_version")?)
+                        .unwrap_or(u32::MAX),
+                    covers_until: r.try_get("covers_until")?,
+                    state: r.try_get("state")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` events after `after`, in global (commit) order. Gap-free: a reader that
     /// has seen position p has seen every committed event before p.
     pub async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<RawEvent>, StoreError> {
@@ -371,6 +464,129 @@ impl EventLog {
         Ok(true)
     }
 
+    /// The projection rows of `customers`, with their customer.
+    pub async fn projections_of(
+        &self,
+        customers: &[Uuid],
+    ) -> Result<Vec<(Uuid, ProjectionRow)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q =
+                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN ");
+            q.push_list(chunk);
+            for r in q.fetch_all(&self.db).await? {
+                out.push((r.try_get("customer_id")?, projection_row(&r)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The blind-index rows of `customers`: customer and digest.
+    pub async fn lookup_of(&self, customers: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql("SELECT customer_id, digest FROM lookup_index WHERE customer_id IN ");
+            q.push_list(chunk);
+            for r in q.fetch_all(&self.db).await? {
+                out.push((r.try_get("customer_id")?, r.try_get("digest")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Customers with projection rows, blind-index rows or stream snapshots but no event: what
+    /// no fold of the log can give, so `rebuild` removes it.
+    pub async fn orphans(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut out = Vec::new();
+        for table in ["projections", "lookup_index", "stream_snapshots"] {
+            let mut q = sql("SELECT DISTINCT customer_id FROM ");
+            q.push(table).push(
+                " t WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.customer_id = t.customer_id)",
+            );
+            for r in q.fetch_all(&self.db).await? {
+                out.push(r.try_get::<Uuid>("customer_id")?);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Applies what `rebuild` found, in one transaction that holds off appends: each
+    /// customer's projection and blind-index rows are replaced only if their stream is still
+    /// at the version they were folded to (the others are returned: they moved on, and are
+    /// checked again); snapshot repairs stand whatever the stream did since (a snapshot is of
+    /// a prefix, which never changes), and only while the customer has a data key.
+    pub(crate) async fn repair(&self, repair: &Repair) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.db.begin_exclusive().await?;
+        let mut heads: std::collections::HashMap<Uuid, u64> = std::collections::HashMap::new();
+        let customers: Vec<Uuid> = repair.customers.iter().map(|(c, _)| *c).collect();
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql(
+                "SELECT customer_id, MAX(stream_version) AS head FROM events WHERE customer_id IN ",
+            );
+            q.push_list(chunk).push(" GROUP BY customer_id");
+            for r in q.fetch_all(&mut tx).await? {
+                heads.insert(r.try_get("customer_id")?, r.get_u64("head")?);
+            }
+        }
+        let moved: Vec<Uuid> = repair
+            .customers
+            .iter()
+            .filter(|(c, version)| heads.get(c).copied().unwrap_or(0) != *version)
+            .map(|(c, _)| *c)
+            .collect();
+        let stands = |c: &Uuid| !moved.contains(c);
+        let rewritten: Vec<Uuid> = repair
+            .projections
+            .iter()
+            .copied()
+            .filter(|c| stands(c))
+            .collect();
+        for chunk in rewritten.chunks(self.db.max_params()) {
+            let mut q = sql("DELETE FROM projections WHERE customer_id IN ");
+            q.push_list(chunk);
+            q.execute(&mut tx).await?;
+        }
+        let rows: Vec<&(Uuid, ProjectionRow)> =
+            repair.rows.iter().filter(|(c, _)| stands(c)).collect();
+        for chunk in rows.chunks(self.db.rows_per_statement(4)) {
+            let mut q = sql("INSERT INTO projections (customer_id, kind, key, record) ");
+            q.push_values(chunk, |(customer, r)| {
+                vec![
+                    (*customer).into(),
+                    r.kind.as_str().into(),
+                    r.key.as_str().into(),
+                    r.record.as_str().into(),
+                ]
+            });
+            q.execute(&mut tx).await?;
+        }
+        for (customer, digests) in repair.lookup.iter().filter(|(c, _)| stands(c)) {
+            replace_lookup_rows(&mut tx, *customer, digests).await?;
+        }
+        for (customer, version) in &repair.snapshot_deletes {
+            sql("DELETE FROM stream_snapshots WHERE customer_id = $1 AND stream_version = $2")
+                .bind(*customer)
+                .bind(*version)
+                .execute(&mut tx)
+                .await?;
+        }
+        for s in &repair.snapshot_upserts {
+            sql(REPAIR_SNAPSHOT)
+                .bind(s.customer_id)
+                .bind(s.stream_version)
+                .bind(s.fold_version)
+                .bind(s.covers_until)
+                .bind(s.state.as_str())
+                .bind(s.customer_id)
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     /// The customers whose blind-index rows hold `digest`, in id order, at most `limit`.
     pub async fn lookup(&self, digest: &[u8; 32], limit: u32) -> Result<Vec<Uuid>, StoreError> {
         sql("SELECT customer_id FROM lookup_index WHERE digest = $1 ORDER BY customer_id LIMIT $2")
@@ -423,6 +639,44 @@ impl EventLog {
     pub async fn head_position(&self) -> Result<u64, StoreError> {
         head_position(&self.db).await
     }
+}
+
+/// A snapshot written by `rebuild`, only while its customer has a data key (an erasure
+/// racing the rebuild leaves no snapshot behind).
+const REPAIR_SNAPSHOT: &str = "INSERT INTO stream_snapshots (customer_id, stream_version, fold_version, covers_until, state) \
+     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM data_keys WHERE customer_id = $6) \
+     ON CONFLICT (customer_id, stream_version) DO UPDATE SET fold_version = EXCLUDED.fold_version, \
+     covers_until = EXCLUDED.covers_until, state = EXCLUDED.state";
+
+/// What `rebuild` rewrites (see [`EventLog::repair`]).
+#[derive(Debug, Default)]
+pub(crate) struct Repair {
+    /// Every customer concerned, with the stream version it was folded to.
+    pub customers: Vec<(Uuid, u64)>,
+    /// Customers whose projection rows are replaced by theirs in `rows` (none: deleted).
+    pub projections: Vec<Uuid>,
+    pub rows: Vec<(Uuid, ProjectionRow)>,
+    /// Customers whose blind-index rows become these digests.
+    pub lookup: Vec<(Uuid, Vec<[u8; 32]>)>,
+    pub snapshot_upserts: Vec<StoredSnapshot>,
+    pub snapshot_deletes: Vec<(Uuid, u64)>,
+}
+
+impl Repair {
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+    }
+}
+
+/// A stream snapshot as stored (see [`crate::snapshots`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub customer_id: Uuid,
+    pub stream_version: u64,
+    pub fold_version: u32,
+    pub covers_until: chrono::DateTime<chrono::Utc>,
+    /// Sealed under the customer's data key.
+    pub state: String,
 }
 
 /// Applies the engine's migrations (`migrations/{postgres,sqlite}`).
@@ -646,6 +900,25 @@ async fn append_one(
     if let Some(digests) = &req.lookup {
         replace_lookup_rows(&mut *tx, customer, digests).await?;
     }
+    if let Some(since) = req.drop_snapshots_since {
+        sql("DELETE FROM stream_snapshots WHERE customer_id = $1 AND covers_until >= $2")
+            .bind(customer)
+            .bind(since)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for snapshot in &req.snapshots {
+        // After the events: `covers_until` is taken from them, in this transaction.
+        sql(INSERT_SNAPSHOT)
+            .bind(customer)
+            .bind(snapshot.stream_version)
+            .bind(snapshot.fold_version)
+            .bind(snapshot.state.as_str())
+            .bind(customer)
+            .bind(snapshot.stream_version)
+            .execute(&mut *tx)
+            .await?;
+    }
     if req.erase {
         erase(tx, customer).await?;
     }
@@ -670,6 +943,14 @@ async fn append_one(
     Ok(AppendOutcome::Appended { positions })
 }
 
+/// A snapshot of a stream whose events up to its version are written: `covers_until` is the
+/// latest `recorded_at` among them, which is the last one's unless clocks went backwards.
+/// Written in the append's transaction, which an erasure's never interleaves with.
+const INSERT_SNAPSHOT: &str = "INSERT INTO stream_snapshots (customer_id, stream_version, fold_version, covers_until, state) \
+     SELECT $1, $2, $3, MAX(recorded_at), $4 FROM events WHERE customer_id = $5 AND stream_version <= $6 \
+     ON CONFLICT (customer_id, stream_version) DO UPDATE SET fold_version = EXCLUDED.fold_version, \
+     covers_until = EXCLUDED.covers_until, state = EXCLUDED.state";
+
 /// What erasure removes besides the events' key, in the erasure's own transaction.
 async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
     // Crypto-shredding: without the key the customer's sealed events are noise. Their
@@ -692,6 +973,8 @@ async fn erase(tx: &mut Tx, customer: Uuid) -> Result<(), StoreError> {
         "DELETE FROM projections WHERE customer_id = $1 AND kind <> 'customer'",
         // The blind index: an erased customer is found by nothing.
         "DELETE FROM lookup_index WHERE customer_id = $1",
+        // Stream snapshots: sealed folds of the record.
+        "DELETE FROM stream_snapshots WHERE customer_id = $1",
     ] {
         sql(statement).bind(customer).execute(&mut *tx).await?;
     }

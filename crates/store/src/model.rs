@@ -73,6 +73,20 @@ pub struct AppendRequest {
     /// The customer's blind-index digests after the append, only when its identifiers changed
     /// (see `idledger_domain::lookup`): they replace whatever rows the customer had.
     pub lookup: Option<Vec<[u8; 32]>>,
+    /// The stream snapshots the append's events make due (see [`crate::snapshots`]): stored
+    /// in its transaction, their `covers_until` taken from the events.
+    pub snapshots: Vec<SnapshotWrite>,
+    /// Unmerge: the customer's snapshots covering events recorded at or after this instant
+    /// (the merge's) are deleted first.
+    pub drop_snapshots_since: Option<DateTime<Utc>>,
+}
+
+/// A customer's folded record at a version of their stream, sealed under their data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotWrite {
+    pub stream_version: u64,
+    pub fold_version: u32,
+    pub state: String,
 }
 
 /// A change of one sync exception, made in a command's transaction.

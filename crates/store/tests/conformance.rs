@@ -100,6 +100,8 @@ fn bogus_append(customer: uuid::Uuid, key: &str, expected_version: u64) -> Appen
         erase: false,
         exception: None,
         lookup: None,
+        snapshots: Vec::new(),
+        drop_snapshots_since: None,
     }
 }
 

@@ -89,6 +89,14 @@ pub fn write_text(
             "", report.reindexed_count
         )?;
     }
+    if report.snapshots_repaired > 0 {
+        writeln!(
+            out,
+            "{:indent$}{} stream snapshots were missing, stale or not the fold of their events \
+             and were rewritten or removed",
+            "", report.snapshots_repaired
+        )?;
+    }
     if report.identical {
         return writeln!(
             out,

@@ -6,7 +6,7 @@ use idledger_domain::event::{EventEnvelope, Provenance};
 use idledger_domain::ids::{Actor, CustomerId, IdempotencyKey, SourceId};
 use idledger_domain::merge::{MergeEvents, MergeRefusal, Side, decide_merge, decide_unmerge};
 use idledger_domain::policy::STEWARD_SOURCE;
-use idledger_domain::state::{CustomerState, evolve};
+use idledger_domain::state::CustomerState;
 use uuid::Uuid;
 
 use super::sealing::Sealing;
@@ -16,6 +16,7 @@ use crate::error::StoreError;
 use crate::model::truncate_to_micros;
 use crate::model::{AppendOutcome, AppendRequest, ExceptionWrite, ProjectionDiff, ProjectionRow};
 use crate::projection;
+use crate::snapshots;
 
 /// Why a merge or unmerge was not recorded.
 #[derive(Debug, thiserror::Error)]
@@ -159,12 +160,28 @@ impl Ledger {
                 survivor: ours,
                 absorbed: theirs,
             } = decided;
+            // An unmerge drops each record's snapshots from the merge on (none is taken of
+            // a merged record, so this only makes sure).
+            let since = |state: &CustomerState| {
+                undo.then(|| {
+                    state
+                        .absorbed
+                        .values()
+                        .chain(&state.merged_into)
+                        .filter(|link| link.merge_id == merge_id)
+                        .map(|link| link.at)
+                        .min()
+                })
+                .flatten()
+            };
             let sealing = self
                 .sealing(a.id, &a.state, &ours, history.as_deref())
                 .await?;
-            let (first, a_after) = self.linked_request(&a, &ours, &sealing, exception.clone())?;
+            let (first, a_after) =
+                self.linked_request(&a, &ours, &sealing, exception.clone(), since(&a.state))?;
             let sealing = self.sealing(b.id, &b.state, &theirs, None).await?;
-            let (second, b_after) = self.linked_request(&b, &theirs, &sealing, None)?;
+            let (second, b_after) =
+                self.linked_request(&b, &theirs, &sealing, None, since(&b.state))?;
             match self.log.write_linked(&[first, second]).await? {
                 AppendOutcome::Appended { .. } => {
                     self.states.remove(survivor.as_uuid());
@@ -242,12 +259,13 @@ impl Ledger {
         events: &[EventEnvelope],
         sealing: &Sealing,
         exception: Option<ExceptionWrite>,
+        drop_snapshots_since: Option<chrono::DateTime<Utc>>,
     ) -> Result<(AppendRequest, CustomerState), StoreError> {
         let id = record.id.as_uuid();
         let key = record.key.as_ref().ok_or_else(|| {
             StoreError::Integrity(format!("customer {id} has a record but no data key"))
         })?;
-        let after = events.iter().fold(record.state.clone(), evolve);
+        let (after, due_snapshots) = snapshots::fold_noting(record.state.clone(), events);
         let opened = projection::open(id, &record.stored, Some(key))?;
         let changes = projection::diff_stored(&record.stored, &opened, &projection::rows(&after)?);
         let request = AppendRequest {
@@ -263,6 +281,8 @@ impl Ledger {
             erase: false,
             exception,
             lookup: self.lookup_change(&record.state, &after),
+            snapshots: snapshots::seal_all(id, &due_snapshots, Some(key))?,
+            drop_snapshots_since,
         };
         Ok((request, after))
     }

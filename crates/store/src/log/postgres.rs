@@ -154,6 +154,8 @@ struct BulkWrite {
     /// The blind-index rows of customers whose identifiers changed: the batch's last append
     /// of a customer says what it holds.
     lookup: BTreeMap<Uuid, Vec<[u8; 32]>>,
+    /// Stream snapshots due: customer, stream version, fold version, sealed state.
+    snapshots: Vec<(Uuid, i64, i64, String)>,
 }
 
 impl BulkWrite {
@@ -179,6 +181,14 @@ impl BulkWrite {
         }
         if let Some(digests) = &req.lookup {
             self.lookup.insert(req.customer_id, digests.clone());
+        }
+        for snapshot in &req.snapshots {
+            self.snapshots.push((
+                req.customer_id,
+                to_i64(snapshot.stream_version),
+                i64::from(snapshot.fold_version),
+                snapshot.state.clone(),
+            ));
         }
     }
 
@@ -305,6 +315,27 @@ impl BulkWrite {
             .bind(self.lookup.keys().copied().collect::<Vec<_>>())
             .bind(digests)
             .bind(owners)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.snapshots.is_empty() {
+            // After the events: `covers_until` is the latest `recorded_at` of those each
+            // snapshot covers (see `INSERT_SNAPSHOT` in the parent module).
+            let s = &self.snapshots;
+            sqlx::query(
+                "INSERT INTO stream_snapshots (customer_id, stream_version, fold_version, covers_until, state) \
+                 SELECT n.customer_id, n.stream_version, n.fold_version, \
+                 (SELECT MAX(e.recorded_at) FROM events e \
+                 WHERE e.customer_id = n.customer_id AND e.stream_version <= n.stream_version), n.state \
+                 FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[]) \
+                 AS n(customer_id, stream_version, fold_version, state) \
+                 ON CONFLICT (customer_id, stream_version) DO UPDATE SET fold_version = EXCLUDED.fold_version, \
+                 covers_until = EXCLUDED.covers_until, state = EXCLUDED.state",
+            )
+            .bind(s.iter().map(|n| n.0).collect::<Vec<_>>())
+            .bind(s.iter().map(|n| n.1).collect::<Vec<_>>())
+            .bind(s.iter().map(|n| n.2).collect::<Vec<_>>())
+            .bind(s.iter().map(|n| n.3.as_str()).collect::<Vec<_>>())
             .execute(&mut **tx)
             .await?;
         }
