@@ -20,7 +20,7 @@ use crate::chain::{GENESIS, chained_rows};
 use crate::error::StoreError;
 use crate::log_watch::LogWatch;
 use crate::model::{AppendOutcome, AppendRequest, ProjectionRow, RawEvent, from_micros, micros};
-use crate::sql::{Arg, Db, Row, Tx, count_or_delete, sql};
+use crate::sql::{Arg, Db, Row, Sql, Tx, count_or_delete, sql};
 
 const EVENT_COLUMNS: &str = "global_position, event_id, customer_id, stream_version, event_type, schema_version, field, recorded_at, payload, key_owner, hash";
 
@@ -269,16 +269,12 @@ impl EventLog {
         field: Option<&str>,
         until_micros: Option<i64>,
     ) -> Result<Vec<RawEvent>, StoreError> {
-        let mut q = select_events();
-        q.push(" WHERE customer_id = ").push_bind(customer);
-        if let Some(field) = field {
-            q.push(" AND field = ").push_bind(field);
-        }
-        if let Some(until) = until_micros {
-            q.push(" AND recorded_at <= ").push_bind(from_micros(until));
-        }
-        q.push(" ORDER BY stream_version");
-        q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+        stream_query(customer, None, field, until_micros)
+            .fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(raw_event)
+            .collect()
     }
 
     /// A customer's events after stream version `after`, in stream order, only those recorded
@@ -289,16 +285,12 @@ impl EventLog {
         after: u64,
         until_micros: Option<i64>,
     ) -> Result<Vec<RawEvent>, StoreError> {
-        let mut q = select_events();
-        q.push(" WHERE customer_id = ")
-            .push_bind(customer)
-            .push(" AND stream_version > ")
-            .push_bind(after);
-        if let Some(until) = until_micros {
-            q.push(" AND recorded_at <= ").push_bind(from_micros(until));
-        }
-        q.push(" ORDER BY stream_version");
-        q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+        stream_query(customer, Some(after), None, until_micros)
+            .fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(raw_event)
+            .collect()
     }
 
     /// Up to `limit` events of streams after `after` (a customer and stream version), in
@@ -762,6 +754,29 @@ fn projection_row(r: &Row) -> Result<ProjectionRow, StoreError> {
         key: r.try_get("key")?,
         record: r.try_get("record")?,
     })
+}
+
+/// A customer's events in stream order: after a stream version, of one field, up to an
+/// instant — each if given.
+fn stream_query(
+    customer: Uuid,
+    after: Option<u64>,
+    field: Option<&str>,
+    until_micros: Option<i64>,
+) -> Sql {
+    let mut q = select_events();
+    q.push(" WHERE customer_id = ").push_bind(customer);
+    if let Some(after) = after {
+        q.push(" AND stream_version > ").push_bind(after);
+    }
+    if let Some(field) = field {
+        q.push(" AND field = ").push_bind(field);
+    }
+    if let Some(until) = until_micros {
+        q.push(" AND recorded_at <= ").push_bind(from_micros(until));
+    }
+    q.push(" ORDER BY stream_version");
+    q
 }
 
 fn raw_event(row: &Row) -> Result<RawEvent, StoreError> {
