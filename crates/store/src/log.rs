@@ -414,44 +414,12 @@ impl EventLog {
         rows: &[(Uuid, ProjectionRow)],
         expected_head: u64,
     ) -> Result<bool, StoreError> {
-        self.replace_projections_and_index(customers, rows, &[], expected_head)
-            .await
-    }
-
-    /// [`EventLog::replace_projections`], also making each of `lookup`'s digests its
-    /// customer's only blind-index rows (none: the customer's rows are deleted), in the same
-    /// transaction.
-    pub async fn replace_projections_and_index(
-        &self,
-        customers: &[Uuid],
-        rows: &[(Uuid, ProjectionRow)],
-        lookup: &[(Uuid, Vec<[u8; 32]>)],
-        expected_head: u64,
-    ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_exclusive().await?;
-        for (customer, digests) in lookup {
-            replace_lookup_rows(&mut tx, *customer, digests).await?;
-        }
         if head(&mut tx).await? != expected_head {
             return Ok(false);
         }
-        for chunk in customers.chunks(self.db.max_params()) {
-            let mut q = sql("DELETE FROM projections WHERE customer_id IN ");
-            q.push_list(chunk);
-            q.execute(&mut tx).await?;
-        }
-        for chunk in rows.chunks(self.db.rows_per_statement(4)) {
-            let mut q = sql("INSERT INTO projections (customer_id, kind, key, record) ");
-            q.push_values(chunk, |(customer, r)| {
-                vec![
-                    (*customer).into(),
-                    r.kind.as_str().into(),
-                    r.key.as_str().into(),
-                    r.record.as_str().into(),
-                ]
-            });
-            q.execute(&mut tx).await?;
-        }
+        let rows: Vec<&(Uuid, ProjectionRow)> = rows.iter().collect();
+        rewrite_projections(&self.db, &mut tx, customers, &rows).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -535,25 +503,9 @@ impl EventLog {
             .copied()
             .filter(|c| stands(c))
             .collect();
-        for chunk in rewritten.chunks(self.db.max_params()) {
-            let mut q = sql("DELETE FROM projections WHERE customer_id IN ");
-            q.push_list(chunk);
-            q.execute(&mut tx).await?;
-        }
         let rows: Vec<&(Uuid, ProjectionRow)> =
             repair.rows.iter().filter(|(c, _)| stands(c)).collect();
-        for chunk in rows.chunks(self.db.rows_per_statement(4)) {
-            let mut q = sql("INSERT INTO projections (customer_id, kind, key, record) ");
-            q.push_values(chunk, |(customer, r)| {
-                vec![
-                    (*customer).into(),
-                    r.kind.as_str().into(),
-                    r.key.as_str().into(),
-                    r.record.as_str().into(),
-                ]
-            });
-            q.execute(&mut tx).await?;
-        }
+        rewrite_projections(&self.db, &mut tx, &rewritten, &rows).await?;
         for (customer, digests) in repair.lookup.iter().filter(|(c, _)| stands(c)) {
             replace_lookup_rows(&mut tx, *customer, digests).await?;
         }
@@ -754,6 +706,33 @@ fn projection_row(r: &Row) -> Result<ProjectionRow, StoreError> {
         key: r.try_get("key")?,
         record: r.try_get("record")?,
     })
+}
+
+/// Makes `rows` the projection rows of `customers` (theirs), in `tx`.
+async fn rewrite_projections(
+    db: &Db,
+    tx: &mut Tx,
+    customers: &[Uuid],
+    rows: &[&(Uuid, ProjectionRow)],
+) -> Result<(), StoreError> {
+    for chunk in customers.chunks(db.max_params()) {
+        let mut q = sql("DELETE FROM projections WHERE customer_id IN ");
+        q.push_list(chunk);
+        q.execute(&mut *tx).await?;
+    }
+    for chunk in rows.chunks(db.rows_per_statement(4)) {
+        let mut q = sql("INSERT INTO projections (customer_id, kind, key, record) ");
+        q.push_values(chunk, |(customer, r)| {
+            vec![
+                (*customer).into(),
+                r.kind.as_str().into(),
+                r.key.as_str().into(),
+                r.record.as_str().into(),
+            ]
+        });
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// A customer's events in stream order: after a stream version, of one field, up to an
