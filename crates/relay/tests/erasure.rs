@@ -410,11 +410,13 @@ async fn an_erasure_after_an_unmerge_takes_what_the_survivor_sent_of_the_absorbe
     let js = jetstream(&url).await;
     let subjects = format!("{}.crm.>", nats.stream.subject_prefix);
     let e = |n| format!("{FIELD_CHANGED} {}", email(n).as_str().unwrap());
-    let sent: Vec<CloudEvent> = dedupe(&read_stream(&js, &nats.stream.name, &subjects).await)
-        .into_iter()
-        .map(|d| d.event)
-        .collect();
-    let of_a = of(&sent, a);
+    let read = async || -> Vec<CloudEvent> {
+        dedupe(&read_stream(&js, &nats.stream.name, &subjects).await)
+            .into_iter()
+            .map(|d| d.event)
+            .collect()
+    };
+    let of_a = of(&read().await, a);
     assert!(
         of_a.contains(&e(1)) && of_a.contains(&e(2)),
         "sent as A's while merged: {of_a:?}"
@@ -428,10 +430,7 @@ async fn an_erasure_after_an_unmerge_takes_what_the_survivor_sent_of_the_absorbe
     store.caught_up("crm", Duration::from_secs(20)).await;
     relay.stop().await;
 
-    let kept: Vec<CloudEvent> = dedupe(&read_stream(&js, &nats.stream.name, &subjects).await)
-        .into_iter()
-        .map(|d| d.event)
-        .collect();
+    let kept = read().await;
     let of_a = of(&kept, a);
     assert!(
         !of_a.contains(&e(1)) && !of_a.contains(&e(2)),
