@@ -65,7 +65,13 @@ impl Feed {
         let now = Utc::now();
         let batch = self
             .planner
-            .plan(consumer, after, limit.clamp(1, MAX_FEED_PAGE), now)
+            .plan(
+                consumer,
+                after,
+                limit.clamp(1, MAX_FEED_PAGE),
+                now,
+                self.planner.log_growth(),
+            )
             .await?;
         let served: Vec<&Planned> = batch.messages.iter().collect();
         self.planner

@@ -6,6 +6,7 @@
 //! - [`entitlement`]: the pure purpose-limitation decision every channel shares.
 //! - [`envelope`]: the CloudEvents contract; [`webhook`]: signing; [`acks`]: the ack contract.
 //! - [`feed::Feed`]: the change feed's core, for the HTTP layer.
+//! - [`tail`]: the log's pages, read once for every consumer at the same place.
 //!
 //! Architecture invariant: only this crate knows NATS and outbound HTTP. It reads the log and
 //! records deliveries through `idledger-store`; it never writes events.
@@ -21,6 +22,7 @@ pub mod nats;
 mod outbox;
 pub mod plan;
 mod relay;
+pub mod tail;
 pub mod webhook;
 pub mod worker;
 

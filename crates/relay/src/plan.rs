@@ -80,6 +80,8 @@ pub struct Planner {
     pub source: String,
     /// Signs the consent receipts consent CloudEvents carry.
     pub signer: idledger_store::TokenSigner,
+    /// The log's pages, read once for every consumer at the same place.
+    pub tail: crate::tail::Tail,
 }
 
 impl Planner {
@@ -92,6 +94,7 @@ impl Planner {
             ),
             ledger,
             source: source.to_owned(),
+            tail: crate::tail::Tail::default(),
         }
     }
 }
@@ -141,15 +144,23 @@ fn permanent(e: &StoreError) -> bool {
 }
 
 impl Planner {
-    /// Plans the messages for up to `limit` events after `after`.
+    /// How many times the log has grown, as far as this process knows: a page read from now
+    /// on sees all of it.
+    pub fn log_growth(&self) -> u64 {
+        *self.ledger.log_growth().borrow()
+    }
+
+    /// Plans the messages for up to `limit` events after `after`, for a consumer that knows
+    /// of the log's growth up to the count `known` (see [`crate::tail`]).
     pub async fn plan(
         &self,
         consumer: &Consumer,
         after: u64,
         limit: u32,
         now: DateTime<Utc>,
+        known: u64,
     ) -> Result<Batch, RelayError> {
-        let reads = self.read(after, limit).await?;
+        let reads = self.read(after, limit, known).await?;
         let Some(last_position) = reads.last().map(Read::position) else {
             return Ok(Batch::default());
         };
@@ -346,9 +357,16 @@ impl Planner {
 
     /// A page of the log; if some event in it cannot be read, the page is read one event at a
     /// time so that the readable ones still go out and the others are reported.
-    async fn read(&self, after: u64, limit: u32) -> Result<Vec<Read>, RelayError> {
-        match self.ledger.read_all(after, limit).await {
-            Ok(entries) => return Ok(entries.into_iter().map(Read::from).collect()),
+    async fn read(&self, after: u64, limit: u32, known: u64) -> Result<Vec<Read>, RelayError> {
+        let growth = self.log_growth();
+        let page = self
+            .tail
+            .page(after, limit, known, growth, || {
+                self.ledger.read_all(after, limit)
+            })
+            .await;
+        match page {
+            Ok(entries) => return Ok(entries.iter().cloned().map(Read::from).collect()),
             Err(e) if permanent(&e) => {
                 tracing::warn!(error = %e, after, "a page of the log has an unreadable event; reading it one by one");
             }

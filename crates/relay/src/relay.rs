@@ -37,6 +37,11 @@ impl Relay {
         }
     }
 
+    /// How many pages of the log delivery read from the store, and how many it shared.
+    pub fn log_pages(&self) -> crate::tail::PageCounts {
+        self.planner.tail.counts()
+    }
+
     /// Runs until `shutdown` is cancelled, then stops every task (each commits what it
     /// delivered) and returns. Delivers only while this process leads delivery among those
     /// sharing the store ([`idledger_store::leader`]): it waits for the lead, and stops

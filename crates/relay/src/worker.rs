@@ -11,7 +11,8 @@
 //! the handoff log, rather than being replaced by whatever a new decision would say.
 //!
 //! Each consumer has its own checkpoint and task, so a consumer whose endpoint is down, or one
-//! registered later and catching up from the beginning, holds back no one else.
+//! registered later and catching up from the beginning, holds back no one else. Consumers at
+//! the same place share the pages of the log they read ([`crate::tail`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +93,7 @@ pub async fn run(
     while !cancel.is_cancelled() {
         let sweep = Instant::now() >= next_sweep;
         // Whatever is appended from here on wakes the idle wait below.
-        log_growth.borrow_and_update();
+        let known = *log_growth.borrow_and_update();
         let mut idle = false;
         let wait = match step(
             &planner,
@@ -102,6 +103,7 @@ pub async fn run(
             &mut checkpoint,
             &mut outbox_clear,
             sweep,
+            known,
             &cancel,
         )
         .await
@@ -157,6 +159,7 @@ async fn step(
     checkpoint: &mut Option<u64>,
     outbox_clear: &mut bool,
     sweep: bool,
+    known: u64,
     cancel: &CancellationToken,
 ) -> Result<Step, RelayError> {
     let after = match *checkpoint {
@@ -194,7 +197,7 @@ async fn step(
                 }
             } else {
                 planner
-                    .plan(consumer, after, config.batch_size, now)
+                    .plan(consumer, after, config.batch_size, now, known)
                     .await?
             };
             if !batch.messages.is_empty() || !batch.erasures.is_empty() {

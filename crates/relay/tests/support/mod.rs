@@ -118,15 +118,22 @@ pub fn test_config(nats: Option<NatsConfig>) -> RelayConfig {
 pub struct RunningRelay {
     pub cancel: CancellationToken,
     pub task: JoinHandle<()>,
+    /// The log pages delivery read from the store and shared.
+    pub pages: idledger_relay::tail::PageCounts,
 }
 
 impl RunningRelay {
     pub fn start(ledger: Ledger, config: RelayConfig) -> Self {
         let cancel = CancellationToken::new();
         let relay = Relay::new(ledger, config);
+        let pages = relay.log_pages();
         let token = cancel.clone();
         let task = tokio::spawn(async move { relay.run(token).await.unwrap() });
-        Self { cancel, task }
+        Self {
+            cancel,
+            task,
+            pages,
+        }
     }
 
     /// Graceful shutdown.
