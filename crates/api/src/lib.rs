@@ -34,6 +34,7 @@ pub mod wire;
 pub mod workspace;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -129,9 +130,22 @@ impl Default for FeedSettings {
     }
 }
 
-/// What every handler shares. Cheap to clone.
+/// What every handler shares: a handle to [`SharedState`], cloned for every request, so one
+/// reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug, Clone)]
+pub struct SharedState {
     /// The use cases every edge shares.
     pub app: App,
     pub ledger: Ledger,
@@ -174,7 +188,7 @@ impl AppState {
         let app = App::new(ledger.clone());
         let reconciler = app.reconciler().clone();
         let signer = TokenSigner::new(ledger.signing_keys(), DEFAULT_REFRESH);
-        Self {
+        Self(Arc::new(SharedState {
             app,
             reconciler,
             signer,
@@ -189,7 +203,7 @@ impl AppState {
             max_upload_bytes: ApiConfig::default().max_upload_bytes,
             upload_idle_timeout: ApiConfig::default().request_timeout,
             decision_token_ttl: ttl(DEFAULT_DECISION_TOKEN_TTL),
-        }
+        }))
     }
 }
 
@@ -205,15 +219,17 @@ pub struct Closing(pub CancellationToken);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole API as a router; tests and `serve` both use it.
-pub fn router(mut state: AppState, config: &ApiConfig) -> Router {
+pub fn router(state: AppState, config: &ApiConfig) -> Router {
     // Touch the recorder so /metrics has something to render from the first request on.
     let _ = metrics::handle();
+    let mut state = Arc::unwrap_or_clone(state.0);
     state.per_token = limits::PerToken::new(config.token_limits);
     state.max_upload_bytes = config.max_upload_bytes;
     state.upload_idle_timeout = config.request_timeout;
     state.sessions = config.sessions;
     state.decision_token_ttl = ttl(config.decision_token_ttl);
     state.signer = TokenSigner::new(state.ledger.signing_keys(), config.token_key_refresh);
+    let state = AppState(Arc::new(state));
     let timeouts = limits::Timeouts {
         request: config.request_timeout,
         long_request: config.long_request_timeout,

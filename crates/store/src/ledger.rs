@@ -244,9 +244,15 @@ struct WriteJob {
     reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
-/// The event store with its command path. Cheap to clone.
+/// The event store with its command path. Cheap to clone: one reference count, since every
+/// request's handler holds a copy.
 #[derive(Debug, Clone)]
 pub struct Ledger {
+    inner: Arc<LedgerInner>,
+}
+
+#[derive(Debug)]
+struct LedgerInner {
     store: Store,
     log: EventLog,
     master: Arc<dyn KeyEncryptionKey>,
@@ -302,7 +308,7 @@ impl Ledger {
         let log = store.log();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         tokio::spawn(run_writer(log.clone(), rx, options.max_batch.max(1)));
-        Self {
+        let inner = LedgerInner {
             store: store.clone(),
             log,
             challenge_key: Arc::new(ChallengeKey::new(root.derive("challenge secrets"))),
@@ -316,40 +322,43 @@ impl Ledger {
             writer: tx,
             keys: Arc::new(KeyCache::new(options.key_cache)),
             states: Arc::new(StateCache::new(options.state_cache)),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.inner.policy
     }
 
     /// A receiver that changes whenever the global log may have grown, by this process's
     /// appends or, on PostgreSQL, another's (see [`crate::log_watch`]): what readers of the
     /// log wait on instead of polling it.
     pub fn log_growth(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.log.watch().subscribe()
+        self.inner.log.watch().subscribe()
     }
 
     /// The secret that confirms a pending change: the answer to its `request_change` gives it
     /// to the requester (and only there).
     pub fn challenge_secret(&self, challenge: ChallengeId) -> ChallengeSecret {
-        self.challenge_key.secret_for(challenge)
+        self.inner.challenge_key.secret_for(challenge)
     }
 
     /// The key `consumer`'s value hashes are computed under (see `idledger_domain::hashing`).
     pub fn hash_key(&self, consumer: &ConsumerId) -> HashKey {
-        self.hash_root.for_consumer(consumer)
+        self.inner.hash_root.for_consumer(consumer)
     }
 
     /// The key `consumer` signs its NATS acknowledgements with.
     pub fn ack_key(&self, consumer: &ConsumerId) -> AckKey {
-        self.hash_root.ack_key(consumer)
+        self.inner.hash_root.ack_key(consumer)
     }
 
     /// How `consumer` names customers: their ids, or its own aliases of them.
     pub fn customer_names(&self, consumer: &Consumer) -> CustomerNames {
         if consumer.pseudonymous {
-            CustomerNames::Aliases(Box::new(self.alias_root.for_consumer(&consumer.id)))
+            CustomerNames::Aliases(Box::new(self.inner.alias_root.for_consumer(&consumer.id)))
         } else {
             CustomerNames::Ids
         }
@@ -363,8 +372,9 @@ impl Ledger {
         identifier: &Identifier,
         limit: u32,
     ) -> Result<Vec<CustomerId>, StoreError> {
-        self.log
-            .lookup(&self.lookup_key.digest(identifier), limit)
+        self.inner
+            .log
+            .lookup(&self.inner.lookup_key.digest(identifier), limit)
             .await?
             .into_iter()
             .map(|id| {
@@ -381,7 +391,7 @@ impl Ledger {
         before: &CustomerState,
         after: &CustomerState,
     ) -> Option<Vec<[u8; 32]>> {
-        index_changed(before, after, self.policy.secondary_rule())
+        index_changed(before, after, self.inner.policy.secondary_rule())
             .then(|| self.lookup_digests(after))
     }
 
@@ -389,8 +399,9 @@ impl Ledger {
     /// policy's secondary duplicate rule, its combination's (see `domain::lookup`). A changed
     /// rule reaches a customer's rows at their next write that changes them, or `rebuild`.
     pub(crate) fn lookup_digests(&self, state: &CustomerState) -> Vec<[u8; 32]> {
-        self.lookup_key
-            .index_digests(state, self.policy.secondary_rule())
+        self.inner
+            .lookup_key
+            .index_digests(state, self.inner.policy.secondary_rule())
     }
 
     /// The other customers that may be the same person as `state`'s (`customer`): those whose
@@ -405,11 +416,12 @@ impl Ledger {
         per_key: u32,
     ) -> Result<Vec<CustomerId>, StoreError> {
         let mut out = std::collections::BTreeSet::new();
-        for key in match_keys(state, self.policy.secondary_rule()) {
+        for key in match_keys(state, self.inner.policy.secondary_rule()) {
             for id in self
+                .inner
                 .log
                 .lookup(
-                    &self.lookup_key.match_digest(&key),
+                    &self.inner.lookup_key.match_digest(&key),
                     per_key.saturating_add(1),
                 )
                 .await?
@@ -426,13 +438,13 @@ impl Ledger {
 
     /// The database this ledger writes to, for the other areas (deliveries, runs, tokens).
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.inner.store
     }
 
     /// Up to `limit` events after `after` in log order, as stored: clear metadata, sealed
     /// payloads. For readers that must account for an event they cannot open.
     pub async fn read_raw(&self, after: u64, limit: u32) -> Result<Vec<RawEvent>, StoreError> {
-        self.log.read_all(after, limit).await
+        self.inner.log.read_all(after, limit).await
     }
 
     /// Runs a command: a retry with the same idempotency key (and body) returns the first
@@ -463,7 +475,7 @@ impl Ledger {
         let source = principal.source_name().to_owned();
         let key = command.idempotency_key.as_str();
         let request_hash = RequestHash::of(
-            &self.request_key,
+            &self.inner.request_key,
             serde_json::to_vec(command).map_err(StoreError::from)?,
         );
         let customer = command.customer_id.as_uuid();
@@ -472,7 +484,7 @@ impl Ledger {
         for attempt in 0..MAX_ATTEMPTS {
             // Taken before anything is read, so that a key this attempt reads before an erasure
             // commits is not cached after it (see `KeyCache`).
-            let epoch = self.keys.epoch();
+            let epoch = self.inner.keys.epoch();
             // The first attempt starts from the record this process last wrote, if any: the
             // append's version check catches one another process has moved on from.
             let cached = if attempt == 0 {
@@ -490,22 +502,22 @@ impl Ledger {
             let now = truncate_to_micros(Utc::now());
             let ctx = Context {
                 now,
-                policy: &self.policy,
+                policy: &self.inner.policy,
                 principal: principal.clone(),
                 id_seed: Uuid::now_v7(),
-                challenge_key: &self.challenge_key,
+                challenge_key: &self.inner.challenge_key,
             };
             let decision = match decide(&state, command, &ctx) {
                 Ok(decision) => decision,
                 // A refusal is given on the record as stored, never on a cached copy.
                 Err(_) if from_cache => {
-                    self.states.remove(customer);
+                    self.inner.states.remove(customer);
                     continue;
                 }
                 Err(refused) => {
                     // The state may already hold this very command's effect, committed by a
                     // concurrent duplicate after the check above: its result is the answer.
-                    if let Some((hash, result)) = self.log.idempotency(&source, key).await? {
+                    if let Some((hash, result)) = self.inner.log.idempotency(&source, key).await? {
                         return replay(&source, key, &request_hash, &hash, &result);
                     }
                     return Err(ExecuteError::Refused(refused));
@@ -526,8 +538,8 @@ impl Ledger {
                     None => {
                         let key = DataKey::generate();
                         new_data_key = Some(WrappedKey {
-                            wrapped: self.master.wrap(&key, customer)?,
-                            key_id: self.master.key_id(),
+                            wrapped: self.inner.master.wrap(&key, customer)?,
+                            key_id: self.inner.master.key_id(),
                         });
                         Some(key)
                     }
@@ -579,9 +591,10 @@ impl Ledger {
                 AppendOutcome::Appended { .. } => {
                     // Cached only once stored: a losing writer's key was never the customer's.
                     if let (Some(_), Some(key)) = (new_data_key, data_key) {
-                        self.keys.insert(customer, key, epoch);
+                        self.inner.keys.insert(customer, key, epoch);
                     }
-                    self.states
+                    self.inner
+                        .states
                         .put(customer, stored_after, result.stream_version);
                     return Ok(Executed {
                         result,
@@ -590,7 +603,7 @@ impl Ledger {
                 }
                 AppendOutcome::VersionConflict => {
                     tracing::debug!("stream moved on; deciding again");
-                    self.states.remove(customer);
+                    self.inner.states.remove(customer);
                     continue;
                 }
                 AppendOutcome::Duplicate {
@@ -614,7 +627,7 @@ impl Ledger {
         key: &idledger_domain::ids::IdempotencyKey,
     ) -> Result<Option<CommandResult>, StoreError> {
         let source = principal.source_name();
-        match self.log.idempotency(source, key.as_str()).await? {
+        match self.inner.log.idempotency(source, key.as_str()).await? {
             Some((_, result)) => Ok(Some(serde_json::from_str(&result)?)),
             None => Ok(None),
         }
@@ -645,6 +658,7 @@ impl Ledger {
         // Decided inside the write transaction on the clear customer row alone (erasure needs
         // no key), so that a writer busy on the same customer cannot keep it from happening.
         let (outcome, erasure) = self
+            .inner
             .log
             .write_decided(id, |rows| -> Result<_, ExecuteError> {
                 let state = projection::registration(&rows)?;
@@ -661,8 +675,13 @@ impl Ledger {
                     reason: None,
                     approved_by: None,
                 };
-                let envelope =
-                    decide_erasure(&state, reason, provenance, &self.policy, Uuid::now_v7())?;
+                let envelope = decide_erasure(
+                    &state,
+                    reason,
+                    provenance,
+                    &self.inner.policy,
+                    Uuid::now_v7(),
+                )?;
                 let after = evolve(state.clone(), &envelope);
                 let erasure = after.erased.clone().ok_or_else(|| {
                     StoreError::Integrity("an erasure event left the record unerased".to_owned())
@@ -690,8 +709,8 @@ impl Ledger {
             AppendOutcome::Appended { .. } => {
                 // After the commit: a key read before it is not cached again (the epoch), and
                 // from now on the database has none to read.
-                self.keys.invalidate(id);
-                self.states.remove(id);
+                self.inner.keys.invalidate(id);
+                self.inner.states.remove(id);
                 tracing::info!("customer erased");
                 self.truncate_wal().await;
                 Ok(erasure)
@@ -722,14 +741,15 @@ impl Ledger {
     ) -> Result<Vec<FieldPath>, ExecuteError> {
         let id = customer.as_uuid();
         let now = truncate_to_micros(now);
-        let provenance = retention_provenance(now, &self.policy)
+        let provenance = retention_provenance(now, &self.inner.policy)
             .map_err(|e| StoreError::Integrity(e.to_string()))?;
         for _ in 0..MAX_ATTEMPTS {
-            let epoch = self.keys.epoch();
+            let epoch = self.inner.keys.epoch();
             let (stored, data_key) = self.stored_record(id).await?;
             let opened = projection::open(id, &stored, data_key.as_ref())?;
             let state = projection::state(&opened)?;
-            let events = decide_expiry(&state, now, &self.policy, &provenance, Uuid::now_v7());
+            let events =
+                decide_expiry(&state, now, &self.inner.policy, &provenance, Uuid::now_v7());
             let fields: Vec<FieldPath> = events
                 .iter()
                 .filter_map(|e| e.event.payload.field())
@@ -770,7 +790,7 @@ impl Ledger {
             };
             match self.append(request).await? {
                 AppendOutcome::Appended { .. } => {
-                    self.states.remove(id);
+                    self.inner.states.remove(id);
                     tracing::info!(expired = fields.len(), "values expired");
                     return Ok(fields);
                 }
@@ -796,7 +816,7 @@ impl Ledger {
         before: DateTime<Utc>,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        self.log.expire_idempotency(before, dry_run).await
+        self.inner.log.expire_idempotency(before, dry_run).await
     }
 
     /// After an erasure on SQLite: the WAL still holds images of the pages as they were before
@@ -805,7 +825,7 @@ impl Ledger {
     /// checkpoint takes them and the erasure stands regardless.
     async fn truncate_wal(&self) {
         for attempt in 0..WAL_ATTEMPTS {
-            match self.log.truncate_wal().await {
+            match self.inner.log.truncate_wal().await {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => {
@@ -823,7 +843,8 @@ impl Ledger {
 
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
+        self.inner
+            .writer
             .send(WriteJob { request, reply })
             .await
             .map_err(|_| StoreError::WriterGone)?;
@@ -834,7 +855,7 @@ impl Ledger {
     /// their erasure committed here, nor once this ledger read their erased record. For tests
     /// and diagnostics.
     pub fn holds_key_of(&self, customer: CustomerId) -> bool {
-        self.keys.contains(customer.as_uuid())
+        self.inner.keys.contains(customer.as_uuid())
     }
 
     /// The customer's current record, from the projection (`None`: never registered).
@@ -857,15 +878,15 @@ impl Ledger {
         let mut ids: Vec<Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let epoch = self.keys.epoch();
-        let mut rows = self.log.projection_rows_of(&ids).await?;
+        let epoch = self.inner.keys.epoch();
+        let mut rows = self.inner.log.projection_rows_of(&ids).await?;
         // Sealed rows were read while the customer was not erased: a key cached or read now
         // is theirs (see `stored_record`).
         let mut keys: HashMap<Uuid, DataKey> = HashMap::new();
         let mut missing = Vec::new();
         for (id, stored) in &rows {
             if projection::needs_key(stored) {
-                match self.keys.get(*id) {
+                match self.inner.keys.get(*id) {
                     Some(key) => {
                         keys.insert(*id, key);
                     }
@@ -873,9 +894,9 @@ impl Ledger {
                 }
             }
         }
-        for (id, wrapped) in self.log.data_keys(&missing).await? {
-            let key = self.master.unwrap_key(&wrapped, id)?;
-            self.keys.insert(id, key.clone(), epoch);
+        for (id, wrapped) in self.inner.log.data_keys(&missing).await? {
+            let key = self.inner.master.unwrap_key(&wrapped, id)?;
+            self.inner.keys.insert(id, key.clone(), epoch);
             keys.insert(id, key);
         }
         let mut out = HashMap::with_capacity(ids.len());
@@ -890,7 +911,7 @@ impl Ledger {
                 self.state(customer).await?
             } else {
                 if projection::registration(&stored)?.erased.is_some() {
-                    self.keys.forget(id);
+                    self.inner.keys.forget(id);
                 }
                 Some(projection::state(&projection::open(
                     id,
@@ -914,12 +935,12 @@ impl Ledger {
         customer: Uuid,
     ) -> Result<(Vec<ProjectionRow>, Option<DataKey>), StoreError> {
         for _ in 0..2 {
-            let epoch = self.keys.epoch();
-            let stored = self.log.projection_rows(customer).await?;
+            let epoch = self.inner.keys.epoch();
+            let stored = self.inner.log.projection_rows(customer).await?;
             if !projection::needs_key(&stored) {
                 if projection::registration(&stored)?.erased.is_some() {
                     // Erased, maybe by another process: this one's copy of the key goes too.
-                    self.keys.forget(customer);
+                    self.inner.keys.forget(customer);
                 }
                 return Ok((stored, None));
             }
@@ -939,7 +960,7 @@ impl Ledger {
         customer: Uuid,
         epoch: u64,
     ) -> Result<Option<(Vec<ProjectionRow>, Option<DataKey>)>, StoreError> {
-        let Some(rows) = self.states.get(customer) else {
+        let Some(rows) = self.inner.states.get(customer) else {
             return Ok(None);
         };
         if !projection::needs_key(&rows) {
@@ -953,20 +974,20 @@ impl Ledger {
 
     /// The customer's data key (`None`: they have none, e.g. erased), through the cache.
     pub(crate) async fn data_key(&self, customer: Uuid) -> Result<Option<DataKey>, StoreError> {
-        self.cached_key(customer, self.keys.epoch()).await
+        self.cached_key(customer, self.inner.keys.epoch()).await
     }
 
     /// The customer's data key: from the cache, or read, unwrapped and cached (unless an
     /// erasure invalidated keys since `epoch` was taken). `None`: the customer has none.
     async fn cached_key(&self, customer: Uuid, epoch: u64) -> Result<Option<DataKey>, StoreError> {
-        if let Some(key) = self.keys.get(customer) {
+        if let Some(key) = self.inner.keys.get(customer) {
             return Ok(Some(key));
         }
-        let Some(wrapped) = self.log.data_key(customer).await? else {
+        let Some(wrapped) = self.inner.log.data_key(customer).await? else {
             return Ok(None);
         };
-        let key = self.master.unwrap_key(&wrapped, customer)?;
-        self.keys.insert(customer, key.clone(), epoch);
+        let key = self.inner.master.unwrap_key(&wrapped, customer)?;
+        self.inner.keys.insert(customer, key.clone(), epoch);
         Ok(Some(key))
     }
 
@@ -1014,17 +1035,22 @@ impl Ledger {
     ) -> Result<Option<CustomerState>, StoreError> {
         let id = customer.as_uuid();
         let at = truncate_to_micros(at);
-        let Some((version, sealed)) = self.log.latest_snapshot(id, FOLD_VERSION, at).await? else {
+        let Some((version, sealed)) = self.inner.log.latest_snapshot(id, FOLD_VERSION, at).await?
+        else {
             return Ok(None);
         };
         // Read from the table, not the cache: an erasure since the snapshot was read leaves
         // no key, and the fold from scratch then answers `Erased`.
-        let Some(wrapped) = self.log.data_key(id).await? else {
+        let Some(wrapped) = self.inner.log.data_key(id).await? else {
             return Ok(None);
         };
-        let key = self.master.unwrap_key(&wrapped, id)?;
+        let key = self.inner.master.unwrap_key(&wrapped, id)?;
         let state = snapshots::open(id, version, FOLD_VERSION, &sealed, &key)?;
-        let raws = self.log.stream_after(id, version, Some(micros(at))).await?;
+        let raws = self
+            .inner
+            .log
+            .stream_after(id, version, Some(micros(at)))
+            .await?;
         let mut keys = Keys::default();
         keys.data.insert(id, key);
         // Events sealed for a record merged into this one (see `sealing`) open with its key.
@@ -1055,7 +1081,7 @@ impl Ledger {
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let id = customer.as_uuid();
-        let raws = self.log.stream(id, field, until.map(micros)).await?;
+        let raws = self.inner.log.stream(id, field, until.map(micros)).await?;
         if raws.is_empty() {
             // Nothing matched the filter; an erased customer still answers as erased.
             return match self.erased_at(id).await? {
@@ -1078,6 +1104,7 @@ impl Ledger {
 
     async fn erased_at(&self, customer: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self
+            .inner
             .log
             .erasures(&[customer])
             .await?
@@ -1089,7 +1116,7 @@ impl Ledger {
     /// decrypted, except those of erased customers, which come as [`LogEntry::Shredded`] — no
     /// position is left out.
     pub async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let raws = self.log.read_all(after, limit).await?;
+        let raws = self.inner.log.read_all(after, limit).await?;
         let mut keys = Keys::default();
         self.load_keys(&raws, &mut keys).await?;
         raws.iter().map(|raw| keys.entry(raw)).collect()
@@ -1107,9 +1134,9 @@ impl Ledger {
         missing.sort_unstable();
         missing.dedup();
         for chunk in missing.chunks(1000) {
-            for (customer, wrapped) in self.log.data_keys(chunk).await? {
+            for (customer, wrapped) in self.inner.log.data_keys(chunk).await? {
                 keys.data
-                    .insert(customer, self.master.unwrap_key(&wrapped, customer)?);
+                    .insert(customer, self.inner.master.unwrap_key(&wrapped, customer)?);
             }
             let keyless: Vec<Uuid> = chunk
                 .iter()
@@ -1117,7 +1144,7 @@ impl Ledger {
                 .copied()
                 .collect();
             if !keyless.is_empty() {
-                for raw in self.log.erasures(&keyless).await? {
+                for raw in self.inner.log.erasures(&keyless).await? {
                     keys.erased
                         .insert(raw.customer_id, from_micros(raw.recorded_at_micros));
                 }
@@ -1127,7 +1154,7 @@ impl Ledger {
     }
 
     pub async fn head_position(&self) -> Result<u64, StoreError> {
-        self.log.head_position().await
+        self.inner.log.head_position().await
     }
 
     /// Checks every stream's hash chain and the log's positions, naming the first broken
@@ -1135,7 +1162,7 @@ impl Ledger {
     /// log hash at its position the one signed). Needs no data keys: the chain covers the
     /// ciphertext.
     pub async fn verify(&self, progress: ProgressFn<'_>) -> Result<VerifyReport, StoreError> {
-        let checkpoints = self.store.checkpoints();
+        let checkpoints = self.inner.store.checkpoints();
         let list = checkpoints.list().await?;
         let trust = Trust::Keys(checkpoints.public_keys(CHECKPOINT_PURPOSE).await?);
         self.verify_against(&list, &trust, progress).await
@@ -1169,8 +1196,8 @@ impl Ledger {
         trust: &Trust,
         progress: ProgressFn<'_>,
     ) -> Result<VerifyReport, StoreError> {
-        let versions = self.log.chain_versions().await?;
-        let total = self.log.head_position().await?;
+        let versions = self.inner.log.chain_versions().await?;
+        let total = self.inner.log.head_position().await?;
         let mut checks: Vec<CheckpointCheck> = checkpoints
             .iter()
             .map(|c| CheckpointCheck {
@@ -1198,7 +1225,7 @@ impl Ledger {
         let mut events = 0u64;
         let mut first_broken: Option<BrokenEvent> = None;
         loop {
-            let page = self.log.read_all(after, SCAN_PAGE).await?;
+            let page = self.inner.log.read_all(after, SCAN_PAGE).await?;
             if page.is_empty() {
                 break;
             }
@@ -1267,7 +1294,7 @@ impl Ledger {
     ) -> Result<Option<BrokenEvent>, StoreError> {
         let mut cursor = None;
         loop {
-            let page = self.log.projection_page(cursor, 1000).await?;
+            let page = self.inner.log.projection_page(cursor, 1000).await?;
             let Some((last, _)) = page.last() else {
                 return Ok(None);
             };
@@ -1295,7 +1322,10 @@ impl Ledger {
     /// The store's signing keys (their private halves open with a key derived from the
     /// derivation root).
     pub fn signing_keys(&self) -> SigningKeys {
-        SigningKeys::new(self.store.db().clone(), self.signing_seal.clone())
+        SigningKeys::new(
+            self.inner.store.db().clone(),
+            self.inner.signing_seal.clone(),
+        )
     }
 
     /// Signs a checkpoint of the log as it is now: the log hash at the head, computed from
@@ -1306,7 +1336,7 @@ impl Ledger {
     /// The latest checkpoint is built on only if its signature verifies: an altered one
     /// would make every later checkpoint vouch for whatever it claims.
     pub async fn sign_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StoreError> {
-        let checkpoints = self.store.checkpoints();
+        let checkpoints = self.inner.store.checkpoints();
         let base = checkpoints.latest().await?;
         let (mut position, mut hash) = match &base {
             None => (0, LOG_GENESIS),
@@ -1325,7 +1355,7 @@ impl Ledger {
                 (c.position, hash)
             }
         };
-        let head = self.log.head_position().await?;
+        let head = self.inner.log.head_position().await?;
         if head < position {
             return Err(StoreError::Integrity(format!(
                 "the log ends at position {head}, before its latest checkpoint at {position}"
@@ -1338,7 +1368,7 @@ impl Ledger {
             }));
         }
         while position < head {
-            let page = self.log.read_all(position, SCAN_PAGE).await?;
+            let page = self.inner.log.read_all(position, SCAN_PAGE).await?;
             if page.is_empty() {
                 break;
             }

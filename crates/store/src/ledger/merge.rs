@@ -149,11 +149,11 @@ impl Ledger {
                     sides.1,
                     &theirs,
                     provenance,
-                    &self.policy,
+                    &self.inner.policy,
                     seed,
                 )?
             } else {
-                decide_merge(sides.0, sides.1, provenance, &self.policy, seed)?
+                decide_merge(sides.0, sides.1, provenance, &self.inner.policy, seed)?
             };
             let MergeEvents {
                 merge_id,
@@ -182,10 +182,10 @@ impl Ledger {
             let sealing = self.sealing(b.id, &b.state, &theirs, None).await?;
             let (second, b_after) =
                 self.linked_request(&b, &theirs, &sealing, None, since(&b.state))?;
-            match self.log.write_linked(&[first, second]).await? {
+            match self.inner.log.write_linked(&[first, second]).await? {
                 AppendOutcome::Appended { .. } => {
-                    self.states.remove(survivor.as_uuid());
-                    self.states.remove(absorbed.as_uuid());
+                    self.inner.states.remove(survivor.as_uuid());
+                    self.inner.states.remove(absorbed.as_uuid());
                     tracing::info!(%merge_id, undo, "records merged or unmerged");
                     return Ok(MergeResult {
                         merge_id,
@@ -198,8 +198,8 @@ impl Ledger {
                     });
                 }
                 AppendOutcome::VersionConflict => {
-                    self.states.remove(survivor.as_uuid());
-                    self.states.remove(absorbed.as_uuid());
+                    self.inner.states.remove(survivor.as_uuid());
+                    self.inner.states.remove(absorbed.as_uuid());
                     continue;
                 }
                 AppendOutcome::ExceptionNotOpen { exception_id } => {

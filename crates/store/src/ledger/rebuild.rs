@@ -36,10 +36,10 @@ impl Ledger {
     /// differs is rewritten, each page's in one transaction that holds off appends; a
     /// customer whose stream moved on since it was folded is folded again, whole.
     pub async fn rebuild(&self, progress: ProgressFn<'_>) -> Result<RebuildReport, StoreError> {
-        let head = self.log.head_position().await?;
+        let head = self.inner.log.head_position().await?;
         let mut tally = Tally::default();
         let mut pages = StreamPages {
-            log: self.log.clone(),
+            log: self.inner.log.clone(),
             up_to: head,
             cursor: None,
             carry: Vec::new(),
@@ -60,7 +60,7 @@ impl Ledger {
             }
             let mut batch = Vec::new();
             for customer in std::mem::take(&mut tally.moved) {
-                batch.extend(self.log.stream(customer, None, None).await?);
+                batch.extend(self.inner.log.stream(customer, None, None).await?);
             }
             self.check(batch, &mut tally).await?;
         }
@@ -73,7 +73,7 @@ impl Ledger {
         self.remove_orphans(&mut tally).await?;
         if tally.wrote {
             // Rows rewritten under the same versions: nothing cached from before stands.
-            self.states.clear();
+            self.inner.states.clear();
         }
         Ok(RebuildReport {
             events: tally.events,
@@ -94,10 +94,10 @@ impl Ledger {
         let mut customers: Vec<Uuid> = batch.iter().map(|e| e.customer_id).collect();
         customers.dedup();
         let (wrapped, live, lookup, stored) = tokio::try_join!(
-            self.log.data_keys(&customers),
-            self.log.projections_of(&customers),
-            self.log.lookup_of(&customers),
-            self.log.snapshots_of(&customers),
+            self.inner.log.data_keys(&customers),
+            self.inner.log.projections_of(&customers),
+            self.inner.log.lookup_of(&customers),
+            self.inner.log.snapshots_of(&customers),
         )?;
         let wrapped: HashMap<Uuid, Vec<u8>> = wrapped.into_iter().collect();
         let keyless: Vec<Uuid> = customers
@@ -108,7 +108,8 @@ impl Ledger {
         let erased: HashMap<Uuid, DateTime<Utc>> = if keyless.is_empty() {
             HashMap::new()
         } else {
-            self.log
+            self.inner
+                .log
                 .erasures(&keyless)
                 .await?
                 .into_iter()
@@ -127,7 +128,7 @@ impl Ledger {
         let mut owner_keys: HashMap<Uuid, Option<Vec<u8>>> =
             wrapped.iter().map(|(c, w)| (*c, Some(w.clone()))).collect();
         if !owners.is_empty() {
-            for (owner, key) in self.log.data_keys(&owners).await? {
+            for (owner, key) in self.inner.log.data_keys(&owners).await? {
                 owner_keys.insert(owner, Some(key));
             }
             let keyless: Vec<Uuid> = owners
@@ -135,7 +136,7 @@ impl Ledger {
                 .filter(|o| !owner_keys.contains_key(o))
                 .copied()
                 .collect();
-            let erasures = self.log.erasures(&keyless).await?;
+            let erasures = self.inner.log.erasures(&keyless).await?;
             for raw in &erasures {
                 owner_keys.insert(raw.customer_id, None);
             }
@@ -204,9 +205,9 @@ impl Ledger {
             parts.push(part);
         }
         let context = Arc::new(CheckContext {
-            master: self.master.clone(),
-            lookup_key: self.lookup_key.clone(),
-            policy: self.policy.clone(),
+            master: self.inner.master.clone(),
+            lookup_key: self.inner.lookup_key.clone(),
+            policy: self.inner.policy.clone(),
         });
         let tasks: Vec<_> = parts
             .into_iter()
@@ -257,7 +258,7 @@ impl Ledger {
             Vec::new()
         } else {
             tally.wrote = true;
-            self.log.repair(&repair).await?
+            self.inner.log.repair(&repair).await?
         };
         for check in checks {
             // Snapshot repairs stand whether or not the customer moved on.
@@ -282,14 +283,14 @@ impl Ledger {
     /// Rows of customers the log does not know: projection rows (counted as differing),
     /// blind-index rows (reindexed) and snapshots (repaired), all deleted.
     async fn remove_orphans(&self, tally: &mut Tally) -> Result<(), StoreError> {
-        let orphans = self.log.orphans().await?;
+        let orphans = self.inner.log.orphans().await?;
         if orphans.is_empty() {
             return Ok(());
         }
         let (live, lookup, stored) = tokio::try_join!(
-            self.log.projections_of(&orphans),
-            self.log.lookup_of(&orphans),
-            self.log.snapshots_of(&orphans),
+            self.inner.log.projections_of(&orphans),
+            self.inner.log.lookup_of(&orphans),
+            self.inner.log.snapshots_of(&orphans),
         )?;
         let mut repair = Repair {
             customers: orphans.iter().map(|c| (*c, 0)).collect(),
@@ -308,7 +309,7 @@ impl Ledger {
         projected.sort_unstable();
         projected.dedup();
         tally.wrote = true;
-        let moved = self.log.repair(&repair).await?;
+        let moved = self.inner.log.repair(&repair).await?;
         // A customer whose first events arrived since: their append wrote their rows.
         tally
             .differing
