@@ -47,10 +47,14 @@ pub(super) async fn write_bulk(
         .unzip();
     let mut used: HashMap<(String, String), (Vec<u8>, String)> = HashMap::new();
     if !sources.is_empty() {
+        // One primary-key probe per key, whatever the statistics: a plain join's generic plan,
+        // made while the table was small (a new database), went on scanning it whole as it
+        // grew — 1.8 ms a batch at 28,000 rows in the bench, the group commit's largest cost.
         let rows = sqlx::query(
-            "SELECT i.source, i.idempotency_key, i.request_hash, i.result FROM idempotency i \
-             JOIN UNNEST($1::text[], $2::text[]) AS k(source, key) \
-             ON i.source = k.source AND i.idempotency_key = k.key",
+            "SELECT k.source, k.key AS idempotency_key, i.request_hash, i.result \
+             FROM UNNEST($1::text[], $2::text[]) AS k(source, key) \
+             CROSS JOIN LATERAL (SELECT request_hash, result FROM idempotency \
+             WHERE source = k.source AND idempotency_key = k.key LIMIT 1) i",
         )
         .bind(&sources)
         .bind(&keys)
