@@ -196,11 +196,13 @@ const PROCESSOR_COLUMNS: &str =
 #[derive(Debug, Clone)]
 pub struct Decisions {
     db: Db,
+    /// Holds enabled askers (see [`crate::token_cache`]).
+    cache: Arc<crate::token_cache::TokenCache>,
 }
 
 impl Decisions {
-    pub(crate) fn new(db: Db) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Db, cache: Arc<crate::token_cache::TokenCache>) -> Self {
+        Self { db, cache }
     }
 
     /// Registers a processor, unless its id is taken by a processor or a consumer.
@@ -281,35 +283,51 @@ impl Decisions {
         )
     }
 
-    /// Stops the processor's decisions (they answer 403 from then on); disabling twice keeps
-    /// the first time. False if no such processor.
+    /// Stops the processor's decisions (they answer 403 from then on: in this process at
+    /// once, in others within the token cache's bound); disabling twice keeps the first time.
+    /// False if no such processor.
     pub async fn disable_processor(
         &self,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
         let found = sql(
             "UPDATE processors SET disabled_at = COALESCE(disabled_at, $2) WHERE processor_id = $1",
         )
         .bind(id)
         .bind(truncate_to_micros(now))
-        .execute(&self.db)
+        .execute(&mut tx)
         .await?;
+        crate::token_cache::announce(&mut tx, id).await?;
+        tx.commit().await?;
+        self.cache.clear();
         Ok(found > 0)
     }
 
-    /// The processor or consumer `id` names, for a decision.
+    /// The processor or consumer `id` names, for a decision: an enabled one from the token
+    /// cache when it holds it.
     pub async fn asker(&self, id: &str) -> Result<Option<Asker>, StoreError> {
-        if let Some(p) = self.processor(id).await? {
-            return Ok(Some(Asker::Processor(p)));
+        if let Some(asker) = self.cache.asker(id) {
+            return Ok(Some(asker));
         }
-        let Ok(consumer) = ConsumerId::parse(id) else {
-            return Ok(None);
+        let epoch = self.cache.epoch();
+        let found = match self.processor(id).await? {
+            Some(p) => Some(Asker::Processor(p)),
+            None => match ConsumerId::parse(id) {
+                Ok(consumer) => {
+                    crate::delivery::Deliveries::new(self.db.clone(), self.cache.clone())
+                        .consumer(&consumer)
+                        .await?
+                        .map(Asker::Consumer)
+                }
+                Err(_) => None,
+            },
         };
-        Ok(crate::delivery::Deliveries::new(self.db.clone())
-            .consumer(&consumer)
-            .await?
-            .map(Asker::Consumer))
+        if let Some(asker) = &found {
+            self.cache.insert_asker(id, asker, epoch);
+        }
+        Ok(found)
     }
 
     /// Logs decisions in one transaction, in as few statements as the engine's parameter

@@ -8,6 +8,7 @@
 //! module only records what was decided and delivered, atomically with the checkpoint.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use idledger_domain::field::FieldPath;
@@ -680,6 +681,8 @@ pub struct ActivityFilter {
 #[derive(Debug, Clone)]
 pub struct Deliveries {
     db: Db,
+    /// Holds enabled consumers as askers (see [`crate::token_cache`]).
+    cache: Arc<crate::token_cache::TokenCache>,
 }
 
 /// Why registering a consumer failed.
@@ -692,8 +695,8 @@ pub enum RegisterError {
 }
 
 impl Deliveries {
-    pub(crate) fn new(db: Db) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Db, cache: Arc<crate::token_cache::TokenCache>) -> Self {
+        Self { db, cache }
     }
 }
 

@@ -126,13 +126,18 @@ impl Store {
     }
 
     pub fn tokens(&self) -> Tokens {
+        Tokens::new(self.db.clone(), self.token_cache())
+    }
+
+    /// The token cache, with its change listener started (PostgreSQL).
+    fn token_cache(&self) -> Arc<TokenCache> {
         if let Some(pool) = self.db.pg()
             && tokio::runtime::Handle::try_current().is_ok()
             && !self.token_cache.listening.swap(true, Ordering::SeqCst)
         {
             spawn_listener(pool.clone(), Arc::downgrade(&self.token_cache));
         }
-        Tokens::new(self.db.clone(), self.token_cache.clone())
+        self.token_cache.clone()
     }
 
     /// How long a token read from the database is trusted before it is read again: the most
@@ -145,12 +150,12 @@ impl Store {
 
     /// The consumer registry, handoff log, consumer state and sync exceptions.
     pub fn deliveries(&self) -> Deliveries {
-        Deliveries::new(self.db.clone())
+        Deliveries::new(self.db.clone(), self.token_cache())
     }
 
     /// The processor registry and the decision log.
     pub fn decisions(&self) -> crate::decisions::Decisions {
-        crate::decisions::Decisions::new(self.db.clone())
+        crate::decisions::Decisions::new(self.db.clone(), self.token_cache())
     }
 
     /// The disclosure log: who read which fields of whom.

@@ -1,10 +1,13 @@
 //! A cache of live tokens, so that authenticating a request is no database read in the steady
-//! state, with a stated bound on how late a revocation takes effect.
+//! state, with a stated bound on how late a revocation takes effect; and of the enabled
+//! processors and consumers tokens speak for, so that a decision does not read its asker
+//! either — disabling one takes effect within the same bound.
 //!
 //! **The bound.** A cached token is used for at most the cache's TTL (default
 //! [`DEFAULT_TTL`]) after it was read; so a token revoked or rotated by any process stops
-//! working everywhere within the TTL, whatever happens to notifications. Within this process a
-//! change clears the cache at once. On PostgreSQL every change also sends `NOTIFY
+//! working everywhere within the TTL, whatever happens to notifications; so does a processor or
+//! consumer disabled. Within this process a change clears the cache at once. On PostgreSQL
+//! every change (of a token, or a processor or consumer disabled) also sends `NOTIFY
 //! idledger_tokens` in its transaction, and each process's listener clears its cache when one
 //! arrives — in practice milliseconds after the commit. While the listener is not connected,
 //! the cache is not used at all (every request reads the database), and a reconnect clears it,
@@ -14,8 +17,9 @@
 //! cleared the cache: an epoch, bumped by every clear, is taken before reading and checked
 //! when inserting (the data key cache's rule).
 //!
-//! Only live tokens are cached (unknown secrets are not, so guessing cannot fill the cache);
-//! the cache holds at most [`CAPACITY`] tokens and starts over when full.
+//! Only live tokens and enabled askers are cached (unknown secrets and ids are not, so guessing
+//! cannot fill the cache, and registering one needs no announcement); the cache holds at most
+//! [`CAPACITY`] of each and starts over when full.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use crate::decisions::Asker;
 use crate::tokens::TokenRecord;
 
 /// How long a cached token is trusted without reading it again: the revocation bound.
@@ -35,6 +40,8 @@ pub const CAPACITY: usize = 10_000;
 
 pub(crate) struct TokenCache {
     entries: Mutex<HashMap<Vec<u8>, (TokenRecord, Instant)>>,
+    /// Enabled processors and consumers by id.
+    askers: Mutex<HashMap<String, (Asker, Instant)>>,
     epoch: AtomicU64,
     ttl_millis: AtomicU64,
     /// Whether cached entries may be used: always on SQLite (no other process notifies; the
@@ -64,6 +71,7 @@ impl TokenCache {
     pub(crate) fn new(usable: bool) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
+            askers: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             ttl_millis: AtomicU64::new(millis(DEFAULT_TTL)),
             usable: AtomicBool::new(usable),
@@ -114,6 +122,34 @@ impl TokenCache {
         entries.insert(hash, (record.clone(), Instant::now()));
     }
 
+    /// The enabled processor or consumer `id`, if it was read within the TTL.
+    pub(crate) fn asker(&self, id: &str) -> Option<Asker> {
+        if !self.usable.load(Ordering::SeqCst) {
+            return None;
+        }
+        let askers = self.askers.lock().unwrap_or_else(PoisonError::into_inner);
+        let (asker, read_at) = askers.get(id)?;
+        (read_at.elapsed() < self.ttl()).then(|| asker.clone())
+    }
+
+    /// Caches an enabled asker read from the database, unless the cache was cleared since
+    /// `epoch`.
+    pub(crate) fn insert_asker(&self, id: &str, asker: &Asker, epoch: u64) {
+        if self.ttl().is_zero() || !asker.is_enabled() {
+            return;
+        }
+        // Lock order: `entries`, then `askers` (as `clear`), so no clear slips in between.
+        let _entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut askers = self.askers.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.epoch() != epoch {
+            return;
+        }
+        if askers.len() >= CAPACITY {
+            askers.clear();
+        }
+        askers.insert(id.to_owned(), (asker.clone(), Instant::now()));
+    }
+
     /// Records a use of a cached token, so the next requests do not write it again.
     pub(crate) fn note_use(&self, id: uuid::Uuid, at: DateTime<Utc>) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -122,11 +158,13 @@ impl TokenCache {
         }
     }
 
-    /// Forgets every token (a token changed, here or elsewhere).
+    /// Forgets every token and asker (one changed, here or elsewhere).
     pub(crate) fn clear(&self) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut askers = self.askers.lock().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         entries.clear();
+        askers.clear();
     }
 
     /// Whether the cache may be used (the PostgreSQL listener is connected). Clears it either
@@ -135,6 +173,20 @@ impl TokenCache {
         self.clear();
         self.usable.store(usable, Ordering::SeqCst);
     }
+}
+
+/// Tells every process that a token, processor or consumer changed, in the change's
+/// transaction (PostgreSQL: delivered at commit; SQLite has no other process to tell, the
+/// cache's TTL bounds it).
+pub(crate) async fn announce(tx: &mut crate::sql::Tx, what: &str) -> Result<(), crate::StoreError> {
+    if matches!(tx, crate::sql::Tx::Postgres(_)) {
+        crate::sql::sql("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(what)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 fn millis(d: Duration) -> u64 {

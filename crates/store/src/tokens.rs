@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::model::{from_micros, micros, truncate_to_micros};
-use crate::sql::{Db, Row, Sql, Tx, sql};
+use crate::sql::{Db, Row, Sql, sql};
 use crate::token_cache::TokenCache;
 
 /// Every token starts with this, so leaked tokens are easy to find by secret scanners.
@@ -250,19 +250,6 @@ impl Tokens {
         Self { db, cache }
     }
 
-    /// Tells every process that tokens changed, in the change's transaction (PostgreSQL:
-    /// delivered at commit; SQLite has no other process to tell, the cache's TTL bounds it).
-    async fn announce(tx: &mut Tx, id: Uuid) -> Result<(), StoreError> {
-        if matches!(tx, Tx::Postgres(_)) {
-            sql("SELECT pg_notify($1, $2)")
-                .bind(crate::token_cache::CHANNEL)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Creates a token. `subject` must be given for sources and consumers (and is checked by
     /// the caller to be a valid source or consumer id), and must not be given otherwise.
     pub async fn create(
@@ -328,7 +315,7 @@ impl Tokens {
             .bind(id)
             .execute(&mut tx)
             .await?;
-        Self::announce(&mut tx, id).await?;
+        crate::token_cache::announce(&mut tx, &id.to_string()).await?;
         tx.commit().await?;
         self.cache.clear();
         Ok(Some(new))
@@ -420,7 +407,7 @@ impl Tokens {
             .bind(id)
             .execute(&mut tx)
             .await?;
-        Self::announce(&mut tx, id).await?;
+        crate::token_cache::announce(&mut tx, &id.to_string()).await?;
         tx.commit().await?;
         self.cache.clear();
         Ok(done == 1)

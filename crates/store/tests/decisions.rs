@@ -1,6 +1,7 @@
 //! The decision log's writer on both engines: questions answered together share a commit, each
 //! is answered only once its decisions are committed, and one that cannot be logged fails
-//! alone. (The routes, the rules and the log's readers are tested in crates/api/tests and
+//! alone. Askers are read through the token cache, and disabling one reaches another process
+//! within its bound. (The routes, the rules and the log's readers are tested in crates/api/tests and
 //! crates/app/tests.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,7 +17,8 @@ use uuid::Uuid;
 
 on_both_engines!(
     concurrent_questions_are_all_logged_once,
-    a_question_that_cannot_be_logged_fails_alone
+    a_question_that_cannot_be_logged_fails_alone,
+    a_disabled_asker_is_refused_by_another_process_within_the_bound
 );
 
 fn record(customer: idledger_domain::ids::CustomerId) -> DecisionRecord {
@@ -102,4 +104,91 @@ async fn a_question_that_cannot_be_logged_fails_alone(engine: Engine) {
         !logged.contains(&questions[25][0].decision_id),
         "the failed question's other decision is not logged either: its transaction rolled back"
     );
+}
+
+/// Whether `there` reads `id` as a registered, enabled asker.
+async fn asks(there: &idledger_store::decisions::Decisions, id: &str) -> bool {
+    there
+        .asker(id)
+        .await
+        .unwrap()
+        .is_some_and(|a| a.is_enabled())
+}
+
+async fn a_disabled_asker_is_refused_by_another_process_within_the_bound(engine: Engine) {
+    use idledger_domain::field::FieldSelector;
+    use idledger_domain::usage::Location;
+    use idledger_store::decisions::{NewProcessor, ProcessorId};
+    use idledger_store::delivery::{Channel, ConsumerId};
+
+    let db = TestDb::new(engine).await;
+    let (here, there) = (db.store().await, db.store().await);
+    let ttl = match engine {
+        Engine::Postgres => std::time::Duration::from_secs(60),
+        Engine::Sqlite => std::time::Duration::from_millis(400),
+    };
+    there.set_token_cache_ttl(ttl);
+    let (admin, remote) = (here.decisions(), there.decisions());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !there.tokens().cache_is_live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change listener never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for id in ["quiet", "journey"] {
+        let new = NewProcessor::new(
+            ProcessorId::parse(id).unwrap(),
+            vec![Purpose::parse("marketing").unwrap()],
+            vec![FieldSelector::parse("email").unwrap()],
+            Location::CONTROLLERS,
+        )
+        .unwrap();
+        admin.register_processor(new, Utc::now()).await.unwrap();
+    }
+    here.deliveries()
+        .register_consumer(
+            consumer("crm", Channel::Feed, &["email"], &["marketing"]),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+
+    // The cache answers: a change written behind the store's back (no announcement) is not
+    // seen until the entry is read again.
+    assert!(asks(&remote, "quiet").await);
+    db.exec("UPDATE processors SET disabled_at = CURRENT_TIMESTAMP WHERE processor_id = 'quiet'")
+        .await;
+    assert!(asks(&remote, "quiet").await, "answered from the cache");
+
+    for id in ["journey", "crm"] {
+        assert!(asks(&remote, id).await);
+        let changed_at = tokio::time::Instant::now();
+        let found = match id {
+            "journey" => admin.disable_processor(id, Utc::now()).await.unwrap(),
+            _ => here
+                .deliveries()
+                .disable_consumer(&ConsumerId::parse(id).unwrap(), Utc::now())
+                .await
+                .unwrap(),
+        };
+        assert!(found);
+        assert!(
+            !asks(&admin, id).await,
+            "the store that disabled it refuses it at once"
+        );
+        while asks(&remote, id).await {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let took = changed_at.elapsed();
+        let bound = match engine {
+            Engine::Postgres => std::time::Duration::from_secs(1),
+            Engine::Sqlite => ttl + std::time::Duration::from_millis(300),
+        };
+        assert!(
+            took < bound,
+            "disabling {id} took {took:?} to reach the other store (bound {bound:?})"
+        );
+    }
 }

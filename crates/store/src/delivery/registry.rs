@@ -99,20 +99,25 @@ impl Deliveries {
             .transpose()
     }
 
-    /// Stops deliveries to the consumer (its checkpoint and history are kept); disabling twice
-    /// keeps the first time. False if no such consumer.
+    /// Stops deliveries to the consumer (its checkpoint and history are kept) and its
+    /// decisions (in this process at once, in others within the token cache's bound);
+    /// disabling twice keeps the first time. False if no such consumer.
     pub async fn disable_consumer(
         &self,
         id: &ConsumerId,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
         let found = sql(
             "UPDATE consumers SET disabled_at = COALESCE(disabled_at, $2) WHERE consumer_id = $1",
         )
         .bind(id.as_str())
         .bind(truncate_to_micros(now))
-        .execute(&self.db)
+        .execute(&mut tx)
         .await?;
+        crate::token_cache::announce(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        self.cache.clear();
         Ok(found > 0)
     }
 
