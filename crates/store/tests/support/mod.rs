@@ -98,3 +98,36 @@ pub fn assert_sealed(rows: &[(String, String)], needles: &[&str]) {
         );
     }
 }
+
+/// The token cache's TTL a test gives a second store: long on PostgreSQL, so that only a
+/// change's announcement can explain the second store seeing it within a second; short on
+/// SQLite, which has no announcements.
+pub fn second_store_cache_ttl(engine: Engine) -> std::time::Duration {
+    match engine {
+        Engine::Postgres => std::time::Duration::from_secs(60),
+        Engine::Sqlite => std::time::Duration::from_millis(400),
+    }
+}
+
+/// Waits while `still_old` holds and fails unless it stopped within the cache's bound for a
+/// second store given [`second_store_cache_ttl`], timed from `changed_at`: under 1 s on
+/// PostgreSQL (the announcement), the TTL and some slack on SQLite.
+pub async fn reaches_the_second_store_within_the_bound(
+    engine: Engine,
+    changed_at: tokio::time::Instant,
+    change: &str,
+    mut still_old: impl AsyncFnMut() -> bool,
+) {
+    while still_old().await {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let took = changed_at.elapsed();
+    let bound = match engine {
+        Engine::Postgres => std::time::Duration::from_secs(1),
+        Engine::Sqlite => second_store_cache_ttl(engine) + std::time::Duration::from_millis(300),
+    };
+    assert!(
+        took < bound,
+        "{change} took {took:?} to reach the other store (bound {bound:?})"
+    );
+}
