@@ -6,7 +6,7 @@
 //!   log's positions are committed in order and never change. Any asker may use one.
 //! - **Short pages** (the log's tail, possibly empty) only show what was committed when the
 //!   read started. An asker may use one only if the read started after every growth of the
-//!   log the asker knows of (the log's growth signal, [`Ledger::log_growth`], counts them and
+//!   log the asker knows of (the log's growth signal, [`idledger_store::Ledger::log_growth`], counts them and
 //!   is bumped after each commit): otherwise an event whose announcement the asker already
 //!   took could be missing from it, and the asker would wait for the next one. And only for
 //!   [`SHORT_MAX_AGE`]: the asker's slow poll, its fallback for a lost announcement, is not
@@ -24,8 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports, reason = "named in the module's documentation")]
-use idledger_store::Ledger;
 use idledger_store::StoreError;
 use idledger_store::model::LogEntry;
 use tokio::sync::OnceCell;
