@@ -46,6 +46,17 @@ impl Scratch {
         format!("{}_{phase}", self.prefix)
     }
 
+    /// `CHECKPOINT` of the server: what earlier phases left in its buffers is written out now
+    /// rather than during the next phase. `Err` with why when this user may not (it needs
+    /// superuser or `pg_checkpoint`).
+    pub async fn checkpoint(&self) -> Result<(), String> {
+        sqlx::raw_sql("CHECKPOINT")
+            .execute(&self.admin)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Creates an empty database for one phase and returns its URL.
     pub async fn create(&self, phase: &str) -> Result<String, BenchError> {
         let name = self.database_name(phase);
