@@ -9,7 +9,7 @@
 //! per field with its reason, the state version and policy it was decided on, and the decision
 //! token's expiry when one was issued. Field names and reasons only, never values.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use idledger_domain::field::FieldSelector;
@@ -17,7 +17,7 @@ use idledger_domain::ids::{CustomerId, EventId, Purpose};
 use idledger_domain::usage::{FieldAnswer, Location, ProcessorGrant};
 use idledger_domain::values::{CountryCode, LegalBasis, TransferBasis, ValueError};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::delivery::{ConsumerId, MAX_PAGE, Page, customer_id, dedup_in_order};
@@ -519,13 +519,22 @@ fn entry(row: &Row) -> Result<DecisionEntry, StoreError> {
 /// The most decisions one group commit takes: the rest wait for the next.
 const GROUP_ROWS: usize = 5_000;
 
-/// The decision log's writer: questions answered at the same moment are logged with one
-/// commit (one fsync) between them, still before any of their answers leaves. One task per
-/// log, started with the first decision; it ends when the last handle is dropped.
+/// The decision log's writer. A question that finds the log idle writes its decisions itself,
+/// at once: handing them to another task costs two wake-ups, more than the write on a lightly
+/// loaded server. Questions that arrive while a write is in progress queue, and are written
+/// together — one commit, one fsync — as soon as it ends, still before any of their answers
+/// leaves.
 #[derive(Debug, Clone)]
 pub struct DecisionLog {
     decisions: Decisions,
-    writer: Arc<OnceLock<mpsc::Sender<LogJob>>>,
+    group: Arc<Mutex<Group>>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    /// A write is in progress; whoever ends it starts the next for what queued meanwhile.
+    writing: bool,
+    queued: Vec<LogJob>,
 }
 
 #[derive(Debug)]
@@ -538,7 +547,7 @@ impl DecisionLog {
     pub fn new(decisions: Decisions) -> Self {
         Self {
             decisions,
-            writer: Arc::new(OnceLock::new()),
+            group: Arc::new(Mutex::new(Group::default())),
         }
     }
 
@@ -547,56 +556,90 @@ impl DecisionLog {
         if records.is_empty() {
             return Ok(());
         }
-        let writer = self.writer.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(1024);
-            tokio::spawn(write_groups(self.decisions.clone(), rx));
-            tx
-        });
-        let (done, answer) = oneshot::channel();
-        writer
-            .send(LogJob { records, done })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        let queued = {
+            let mut group = self.lock();
+            if group.writing {
+                let (done, answer) = oneshot::channel();
+                group.queued.push(LogJob { records, done });
+                Err(answer)
+            } else {
+                group.writing = true;
+                Ok(records)
+            }
+        };
+        let records = match queued {
+            Ok(records) => records,
+            Err(answer) => return answer.await.map_err(|_| StoreError::WriterGone)?,
+        };
+        // Hands what queued on when this write ends, also if this future is dropped mid-way.
+        let _turn = Turn(self);
+        let refs: Vec<&DecisionRecord> = records.iter().collect();
+        self.decisions.record(&refs).await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Takes what is waiting (up to [`GROUP_ROWS`]), commits it at once, and answers each
-/// question. A group that fails is retried question by question, so that each gets its own
-/// outcome rather than a neighbour's.
-async fn write_groups(decisions: Decisions, mut jobs: mpsc::Receiver<LogJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut rows = first.records.len();
-        let mut group = vec![first];
-        while rows < GROUP_ROWS {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    rows += job.records.len();
-                    group.push(job);
-                }
-                Err(_) => break,
+/// The log's turn to write, held by the writer; when it ends, the questions that queued
+/// meanwhile (up to [`GROUP_ROWS`] decisions) are written by a task of their own, or the log
+/// is idle again.
+struct Turn<'a>(&'a DecisionLog);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let log = self.0;
+        let mut group = log.lock();
+        let runtime = tokio::runtime::Handle::try_current();
+        if group.queued.is_empty() || runtime.is_err() {
+            // Outside a runtime (it is shutting down) the queued questions' senders drop
+            // with them: they are answered `WriterGone`, never left waiting.
+            group.queued.clear();
+            group.writing = false;
+            return;
+        }
+        let mut rows = 0;
+        let take = group
+            .queued
+            .iter()
+            .take_while(|job| {
+                let more = rows < GROUP_ROWS;
+                rows += job.records.len();
+                more
+            })
+            .count();
+        let jobs: Vec<LogJob> = group.queued.drain(..take).collect();
+        drop(group);
+        if let Ok(runtime) = runtime {
+            runtime.spawn(write_queued(log.clone(), jobs));
+        }
+    }
+}
+
+/// Commits `group` at once and answers each question. A group that fails is retried question
+/// by question, so that each gets its own outcome rather than a neighbour's.
+async fn write_queued(log: DecisionLog, mut group: Vec<LogJob>) {
+    let _turn = Turn(&log);
+    let all: Vec<&DecisionRecord> = group.iter().flat_map(|j| &j.records).collect();
+    let outcome = log.decisions.record(&all).await;
+    drop(all);
+    match outcome {
+        Ok(()) => {
+            for job in group {
+                let _gone = job.done.send(Ok(()));
             }
         }
-        let all: Vec<&DecisionRecord> = group.iter().flat_map(|j| &j.records).collect();
-        let outcome = decisions.record(&all).await;
-        drop(all);
-        match outcome {
-            Ok(()) => {
-                for job in group {
-                    let _gone = job.done.send(Ok(()));
-                }
+        Err(e) if group.len() == 1 => {
+            if let Some(job) = group.pop() {
+                let _gone = job.done.send(Err(e));
             }
-            Err(e) if group.len() == 1 => {
-                if let Some(job) = group.pop() {
-                    let _gone = job.done.send(Err(e));
-                }
-            }
-            Err(_) => {
-                for job in group {
-                    let refs: Vec<&DecisionRecord> = job.records.iter().collect();
-                    let alone = decisions.record(&refs).await;
-                    let _gone = job.done.send(alone);
-                }
+        }
+        Err(_) => {
+            for job in group {
+                let refs: Vec<&DecisionRecord> = job.records.iter().collect();
+                let alone = log.decisions.record(&refs).await;
+                let _gone = job.done.send(alone);
             }
         }
     }

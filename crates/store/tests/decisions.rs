@@ -18,6 +18,7 @@ use uuid::Uuid;
 on_both_engines!(
     concurrent_questions_are_all_logged_once,
     a_question_that_cannot_be_logged_fails_alone,
+    a_question_dropped_while_its_decisions_are_written_does_not_stop_the_log,
     a_disabled_asker_is_refused_by_another_process_within_the_bound
 );
 
@@ -104,6 +105,40 @@ async fn a_question_that_cannot_be_logged_fails_alone(engine: Engine) {
         !logged.contains(&questions[25][0].decision_id),
         "the failed question's other decision is not logged either: its transaction rolled back"
     );
+}
+
+async fn a_question_dropped_while_its_decisions_are_written_does_not_stop_the_log(engine: Engine) {
+    use futures::FutureExt as _;
+    let store = TestStore::new(engine).await;
+    let log = DecisionLog::new(store.ledger.store().decisions());
+    let customer = new_customer();
+    // The first question finds the log idle and starts writing; the second queues behind it.
+    let (dropped, queued) = (record(customer), record(customer));
+    let mut writing = Box::pin(log.record(vec![dropped]));
+    assert!(
+        (&mut writing).now_or_never().is_none(),
+        "the write is under way"
+    );
+    let mut waiting = Box::pin(log.record(vec![queued.clone()]));
+    assert!(
+        (&mut waiting).now_or_never().is_none(),
+        "it waits for the write"
+    );
+    // A caller that gives up (a client gone) drops its question mid-write: the one queued
+    // behind it is still written and answered, and the log takes new questions.
+    drop(writing);
+    let bound = std::time::Duration::from_secs(10);
+    tokio::time::timeout(bound, waiting)
+        .await
+        .expect("the queued question is answered")
+        .unwrap();
+    let later = record(customer);
+    tokio::time::timeout(bound, log.record(vec![later.clone()]))
+        .await
+        .expect("a later question is answered")
+        .unwrap();
+    let logged: BTreeSet<Uuid> = logged_ids(&store).await.into_iter().collect();
+    assert!(logged.contains(&queued.decision_id) && logged.contains(&later.decision_id));
 }
 
 /// Whether `there` reads `id` as a registered, enabled asker.
