@@ -73,8 +73,15 @@ impl EventLog {
         &self,
         batch: &[AppendRequest],
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        // How each batch was written, by `path`: `bulk` (PostgreSQL's few statements),
+        // `bulk_failed` (then append by append), `each` (SQLite; steward actions). A bulk
+        // statement that always failed would only show here: the fallback hides it otherwise.
+        let path = |path: &'static str| {
+            metrics::counter!("idledger_append_batches_total", "path" => path).increment(1);
+        };
         let Some(pool) = self.db.pg() else {
             // SQLite has no round trips to save: append by append.
+            path("each");
             return write_each(&self.db, batch).await;
         };
         // Steward actions are rare and write across tables: they take the per-append path
@@ -83,14 +90,19 @@ impl EventLog {
             .iter()
             .any(|r| r.exception.is_some() || r.drop_snapshots_since.is_some())
         {
+            path("each");
             return write_each(&self.db, batch).await;
         }
         match postgres::write_bulk(pool, batch).await {
-            Ok(results) => Ok(results),
+            Ok(results) => {
+                path("bulk");
+                Ok(results)
+            }
             // Whatever failed (a unique violation, a trigger…) failed the whole transaction:
             // the per-append path, with a savepoint each, fails only the append concerned.
             Err(e) => {
                 tracing::debug!(error = %e, "bulk append failed; retrying append by append");
+                path("bulk_failed");
                 write_each(&self.db, batch).await
             }
         }
