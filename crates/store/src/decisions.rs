@@ -591,14 +591,16 @@ impl Drop for Turn<'_> {
     fn drop(&mut self) {
         let log = self.0;
         let mut group = log.lock();
-        let runtime = tokio::runtime::Handle::try_current();
-        if group.queued.is_empty() || runtime.is_err() {
-            // Outside a runtime (it is shutting down) the queued questions' senders drop
-            // with them: they are answered `WriterGone`, never left waiting.
-            group.queued.clear();
-            group.writing = false;
-            return;
-        }
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !group.queued.is_empty() => runtime,
+            // Nothing waits; or the runtime is shutting down, and the queued questions'
+            // senders drop with them: they are answered `WriterGone`, never left waiting.
+            _ => {
+                group.queued.clear();
+                group.writing = false;
+                return;
+            }
+        };
         let mut rows = 0;
         let take = group
             .queued
@@ -611,9 +613,7 @@ impl Drop for Turn<'_> {
             .count();
         let jobs: Vec<LogJob> = group.queued.drain(..take).collect();
         drop(group);
-        if let Ok(runtime) = runtime {
-            runtime.spawn(write_queued(log.clone(), jobs));
-        }
+        runtime.spawn(write_queued(log.clone(), jobs));
     }
 }
 
