@@ -70,7 +70,7 @@ impl ExportView {
                 None,
                 &ReadScope::Everything,
             ),
-            history: events.iter().map(EventView::new).collect(),
+            history: events.into_iter().map(EventView::new).collect(),
             handoffs: handoffs.into_iter().map(HandoffView::from).collect(),
             disclosures: disclosures.into_iter().map(DisclosureView::from).collect(),
             decisions: decisions.into_iter().map(DecisionLogView::from).collect(),

@@ -477,7 +477,7 @@ pub async fn history(
     Ok(Json(HistoryView {
         customer_id: customer,
         field,
-        events: events.iter().map(EventView::new).collect(),
+        events: events.into_iter().map(EventView::new).collect(),
     }))
 }
 

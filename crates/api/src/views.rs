@@ -7,13 +7,13 @@ use idledger_app::RecordRead;
 use idledger_domain::challenge::ChallengeSecret;
 use idledger_domain::decide::Outcome;
 use idledger_domain::delegation::{RelationshipEnding, RelationshipScope, RelationshipStatus};
-use idledger_domain::event::{ConsentTerms, EventPayload, Provenance};
+use idledger_domain::event::{ConsentTerms, Provenance};
 use idledger_domain::field::FieldPath;
 use idledger_domain::ids::{
     ChallengeId, CustomerId, EventId, OnBehalfOf, ProposalId, Purpose, Relationship,
     RelationshipId, SourceId,
 };
-use idledger_domain::policy::Policy;
+use idledger_domain::policy::{Policy, PolicyVersion};
 use idledger_domain::scope::ReadScope;
 use idledger_domain::state::{ConsentState, ConsentStatus, CustomerState, Verification};
 use idledger_domain::values::Evidence;
@@ -25,6 +25,10 @@ use idledger_store::{CommandResult, RecordedEvent};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+
+pub use event_data::EventData;
+
+mod event_data;
 
 /// A customer's golden record: every field and consent, with consent standing evaluated at
 /// one instant (now, or the as-of instant).
@@ -307,45 +311,35 @@ pub struct EventView {
     pub stream_version: u64,
     /// `field_set`, `change_requested`, `change_verified`, `consent_granted`, …
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: &'static str,
     pub recorded_at: DateTime<Utc>,
     /// The event's data; field values in their natural JSON form.
     #[schema(value_type = Object)]
-    pub data: Value,
+    pub data: EventData,
     /// Source (from the credential), actor, on-behalf-of, evidence, observed/recorded times,
     /// correlation/causation ids, idempotency key, reason.
     #[schema(value_type = Object)]
     pub provenance: Provenance,
     /// The version of the authority policy that admitted the event.
-    pub policy_version: String,
+    #[schema(value_type = String)]
+    pub policy_version: PolicyVersion,
 }
 
 impl EventView {
-    pub fn new(recorded: &RecordedEvent) -> Self {
-        let event = &recorded.envelope.event;
-        let mut data = serde_json::to_value(&event.payload).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut data {
-            map.remove("type");
-            if let Some(value) = payload_value(&event.payload) {
-                map.insert("value".to_owned(), value.to_json());
-            }
-        }
+    pub fn new(recorded: RecordedEvent) -> Self {
+        let event = recorded.envelope.event;
         Self {
             global_position: recorded.global_position,
             customer_id: recorded.customer_id,
             event_id: recorded.envelope.id,
             stream_version: recorded.envelope.stream_version,
-            event_type: event.payload.type_name().to_owned(),
+            event_type: event.payload.type_name(),
             recorded_at: recorded.recorded_at,
-            data,
-            provenance: event.provenance.clone(),
-            policy_version: event.policy_version.to_string(),
+            data: EventData(event.payload),
+            provenance: event.provenance,
+            policy_version: event.policy_version,
         }
     }
-}
-
-fn payload_value(payload: &EventPayload) -> Option<&idledger_domain::field::FieldValue> {
-    payload.value()
 }
 
 /// A field's history, oldest first.

@@ -273,10 +273,16 @@ impl App {
         if !reader.scope().reads_the_past() {
             return Err(ReadError::PastForbidden);
         }
-        let Some(state) = self.ledger.state(customer).await? else {
+        // Two independent reads, on two connections at once: the record (is it known, what
+        // was merged into it) and the field's events.
+        let (state, events) = futures::join!(
+            self.ledger.state(customer),
+            self.ledger.history(customer, field)
+        );
+        let Some(state) = state? else {
             return Err(ReadError::NotFound(customer));
         };
-        let mut events = self.ledger.history(customer, field).await?;
+        let mut events = events?;
         // A survivor's history shows the records merged into it, with their provenance, up
         // to the merge (their events after an unmerge are their own again).
         for (absorbed, link) in &state.absorbed {

@@ -212,6 +212,29 @@ pub enum FieldValue {
     ExternalId(ExternalIdValue),
 }
 
+/// A [`FieldValue`] serialised in its natural form: see [`FieldValue::natural`].
+#[derive(Debug, Clone, Copy)]
+pub struct Natural<'a>(&'a FieldValue);
+
+impl Serialize for Natural<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            FieldValue::Email(v) => v.serialize(serializer),
+            FieldValue::Phone(v) => v.serialize(serializer),
+            FieldValue::PersonName(v) => v.serialize(serializer),
+            FieldValue::PostalAddress(v) => v.serialize(serializer),
+            FieldValue::BirthDate(v) => v.serialize(serializer),
+            FieldValue::Locale(v) => v.serialize(serializer),
+            FieldValue::Jurisdiction(v) => v.serialize(serializer),
+            FieldValue::VerificationLevel(v) => v.serialize(serializer),
+            FieldValue::Household(v) => v.serialize(serializer),
+            FieldValue::Preference(v) => v.serialize(serializer),
+            FieldValue::Sharing(v) => v.serialize(serializer),
+            FieldValue::ExternalId(v) => v.serialize(serializer),
+        }
+    }
+}
+
 /// An identifier of this customer in another system (1..=256 visible characters).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -350,22 +373,14 @@ impl FieldValue {
 
     /// The natural JSON form, as the API and consumers see it.
     pub fn to_json(&self) -> serde_json::Value {
-        let result = match self {
-            Self::Email(v) => serde_json::to_value(v),
-            Self::Phone(v) => serde_json::to_value(v),
-            Self::PersonName(v) => serde_json::to_value(v),
-            Self::PostalAddress(v) => serde_json::to_value(v),
-            Self::BirthDate(v) => serde_json::to_value(v),
-            Self::Locale(v) => serde_json::to_value(v),
-            Self::Jurisdiction(v) => serde_json::to_value(v),
-            Self::VerificationLevel(v) => serde_json::to_value(v),
-            Self::Household(v) => serde_json::to_value(v),
-            Self::Preference(v) => serde_json::to_value(v),
-            Self::Sharing(v) => serde_json::to_value(v),
-            Self::ExternalId(v) => serde_json::to_value(v),
-        };
         // Serialising these plain types cannot fail; Null keeps this total without a panic.
-        result.unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(self.natural()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The value serialised in its natural form (the bare email, the name's object, …)
+    /// rather than the stored, tagged one: for writing it straight into a response.
+    pub fn natural(&self) -> Natural<'_> {
+        Natural(self)
     }
 
     /// `sha256:<hex>` of the natural JSON form, unkeyed: only for recognising echoes of our own

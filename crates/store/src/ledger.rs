@@ -1056,7 +1056,8 @@ impl Ledger {
         // Events sealed for a record merged into this one (see `sealing`) open with its key.
         self.load_keys(&raws, &mut keys).await?;
         Ok(Some(
-            readable(&keys, &raws)?
+            readable(keys, raws)
+                .await?
                 .iter()
                 .fold(state, |state, e| evolve(state, &e.envelope)),
         ))
@@ -1099,7 +1100,7 @@ impl Ledger {
                 at: *at,
             });
         }
-        readable(&keys, &raws)
+        readable(keys, raws).await
     }
 
     async fn erased_at(&self, customer: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -1457,7 +1458,47 @@ pub(crate) use crate::model::truncate_to_micros;
 
 /// The events of one stream that `keys` opens. Those sealed for a record once merged into
 /// the stream's customer and erased since are left out: that record's data, gone with it.
-fn readable(keys: &Keys, raws: &[RawEvent]) -> Result<Vec<RecordedEvent>, StoreError> {
+/// Events from which [`readable`] opens a read's events on every core: below it, handing
+/// parts to other threads costs more than it saves (opening an event takes a few µs).
+const OPEN_IN_PARALLEL_FROM: usize = 128;
+
+/// The readable events of `raws`, opened with `keys`, in order. A long read (a history, an
+/// export) is opened in parts on every core, so that its latency is not the sum of its
+/// events' decryption and parsing.
+async fn readable(keys: Keys, raws: Vec<RawEvent>) -> Result<Vec<RecordedEvent>, StoreError> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if raws.len() < OPEN_IN_PARALLEL_FROM || cores < 2 {
+        return open_all(&keys, &raws);
+    }
+    let keys = Arc::new(keys);
+    let share = raws.len().div_ceil(cores);
+    let mut parts = Vec::with_capacity(cores);
+    let mut rest = raws;
+    while rest.len() > share {
+        let tail = rest.split_off(share);
+        parts.push(std::mem::replace(&mut rest, tail));
+    }
+    let tasks: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            let keys = keys.clone();
+            tokio::task::spawn_blocking(move || open_all(&keys, &part))
+        })
+        .collect();
+    // The last part is opened here meanwhile.
+    let last = open_all(&keys, &rest);
+    let mut events = Vec::new();
+    for task in tasks {
+        let opened = task
+            .await
+            .map_err(|e| StoreError::Integrity(format!("opening events failed: {e}")))?;
+        events.extend(opened?);
+    }
+    events.extend(last?);
+    Ok(events)
+}
+
+fn open_all(keys: &Keys, raws: &[RawEvent]) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut events = Vec::with_capacity(raws.len());
     for raw in raws {
         match keys.entry(raw)? {

@@ -59,6 +59,7 @@ on_both_engines!(
     an_erasure_racing_readers_and_writers_happens_and_no_key_stays_cached,
     another_process_drops_an_erased_customers_key_and_reads_them_as_erased,
     history_and_record_as_of_an_instant,
+    a_long_history_is_read_whole_and_in_order_and_a_damaged_event_in_it_is_reported,
     refused_commands_write_nothing,
     erasure_leaves_the_registration_and_nothing_else,
     an_erased_customers_past_reads_as_erased_whatever_the_filter,
@@ -789,6 +790,65 @@ async fn history_and_record_as_of_an_instant(engine: Engine) {
         .unwrap()
         .unwrap();
     assert_eq!(folded, now);
+}
+
+/// Long enough that its events are opened in parts on several threads.
+async fn a_long_history_is_read_whole_and_in_order_and_a_damaged_event_in_it_is_reported(
+    engine: Engine,
+) {
+    const EVENTS: usize = 300;
+    let store = TestStore::new(engine).await;
+    let c = new_customer();
+    for i in 0..EVENTS {
+        let mut changes = vec![set("name.given", json!(format!("Name {i}")))];
+        if i == 0 {
+            changes.insert(0, Change::Register);
+        }
+        store
+            .ledger
+            .execute(&source("idp"), &command(c, &format!("long-{i}"), changes))
+            .await
+            .unwrap();
+    }
+    let history = store.ledger.history(c, &field("name.given")).await.unwrap();
+    let values: Vec<serde_json::Value> = history
+        .iter()
+        .map(|e| e.envelope.event.payload.value().unwrap().to_json())
+        .collect();
+    let expected: Vec<serde_json::Value> =
+        (0..EVENTS).map(|i| json!(format!("Name {i}"))).collect();
+    assert!(
+        values == expected,
+        "the history is not the 300 values in order"
+    );
+    assert!(
+        history
+            .windows(2)
+            .all(|w| w[0].envelope.stream_version + 1 == w[1].envelope.stream_version)
+    );
+
+    // A damaged event late in the stream, opened by another part than the first.
+    let damaged = history[EVENTS - 20].global_position;
+    let (unlock, flip) = match engine {
+        Engine::Postgres => (
+            "ALTER TABLE events DISABLE TRIGGER events_append_only;",
+            format!(
+                "UPDATE events SET payload = set_byte(payload, 30, get_byte(payload, 30) # 1) WHERE global_position = {damaged}"
+            ),
+        ),
+        Engine::Sqlite => (
+            "DROP TRIGGER events_no_update;",
+            format!(
+                "UPDATE events SET payload = substr(payload, 1, 30) || CASE WHEN substr(payload, 31, 1) = x'ff' THEN x'00' ELSE x'ff' END || substr(payload, 32) WHERE global_position = {damaged}"
+            ),
+        ),
+    };
+    store.db.exec(unlock).await;
+    store.db.exec(&flip).await;
+    assert_integrity(
+        store.ledger.history(c, &field("name.given")).await,
+        "a damaged event in a long history",
+    );
 }
 
 async fn refused_commands_write_nothing(engine: Engine) {
