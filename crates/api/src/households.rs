@@ -372,7 +372,9 @@ async fn answer(
         Err(ReadError::NoHousehold(_) | ReadError::OutOfScope(_)) => (Vec::new(), false),
         Err(e) => return Err(e.into()),
     };
-    let Executed { result, replayed } = executed;
+    let Executed {
+        result, replayed, ..
+    } = executed;
     let version = result.stream_version;
     let body = MembershipView {
         household_id: household,

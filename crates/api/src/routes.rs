@@ -225,7 +225,9 @@ fn respond(
     if let Some(refused) = proposed(state, &executed, written) {
         return Ok(refused);
     }
-    let Executed { result, replayed } = executed;
+    let Executed {
+        result, replayed, ..
+    } = executed;
     let etag = etag(result.stream_version);
     let customer = result.customer_id;
     let body = CommandResponse::new(result, replayed, |c| state.ledger.challenge_secret(c));
@@ -252,7 +254,9 @@ pub(crate) fn proposed(
     executed: &Executed,
     written: impl Fn(usize) -> bool,
 ) -> Option<Response> {
-    let Executed { result, replayed } = executed;
+    let Executed {
+        result, replayed, ..
+    } = executed;
     let proposals: Vec<_> = result
         .outcomes
         .iter()

@@ -35,7 +35,7 @@ impl App {
                 if !executed.replayed {
                     self.log_steward_command(steward, command, &executed).await;
                     let by = format!("steward:{}", steward.id());
-                    self.look_for_duplicates(command, &by).await;
+                    self.look_for_duplicates(command, &executed, &by).await;
                 }
                 return Ok(executed);
             }
@@ -44,7 +44,8 @@ impl App {
         let executed = self.execute_closing_decided(source, command).await;
         match &executed {
             Ok(executed) if !executed.replayed => {
-                self.look_for_duplicates(command, source.as_str()).await;
+                self.look_for_duplicates(command, executed, source.as_str())
+                    .await;
                 for outcome in &executed.result.outcomes {
                     if let Outcome::Proposed {
                         field,

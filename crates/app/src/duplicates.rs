@@ -11,10 +11,10 @@ use idledger_domain::field::FieldPath;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::lookup::duplicate_match;
 use idledger_domain::state::CustomerState;
-use idledger_store::StoreError;
 use idledger_store::delivery::{
     ExceptionFilter, ExceptionKind, ExceptionSubject, NewSyncException, SyncException,
 };
+use idledger_store::{Executed, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
@@ -64,8 +64,14 @@ impl App {
     /// (`candidates_of`). Runs after the command committed, whether it changed
     /// anything (a repeated write counts the open exception again); a failure is logged,
     /// without values, and never changes the answer. `found_by` (a source,
-    /// `steward:<label>`) is the writer whose command made the match.
-    pub(crate) async fn look_for_duplicates(&self, command: &Command, found_by: &str) {
+    /// `steward:<label>`) is the writer whose command made the match. Matched on the record
+    /// as the command left it (`Executed::state`), not read back.
+    pub(crate) async fn look_for_duplicates(
+        &self,
+        command: &Command,
+        executed: &Executed,
+        found_by: &str,
+    ) {
         let rule = self.ledger.policy().secondary_rule();
         let may_match = command.changes.iter().any(|change| match change {
             Change::SetField { field, .. } => {
@@ -80,12 +86,13 @@ impl App {
         if !may_match {
             return;
         }
+        // The record as the command left it, which its executor already holds.
+        let Some(state) = executed.state.as_deref() else {
+            return;
+        };
         let opened = async {
-            let Some(state) = self.ledger.state(command.customer_id).await? else {
-                return Ok(());
-            };
             for c in self
-                .candidates_of(command.customer_id, &state, found_by)
+                .candidates_of(command.customer_id, state, found_by)
                 .await?
             {
                 self.deliveries.open_exception(&c.exception).await?;

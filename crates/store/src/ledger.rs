@@ -108,10 +108,24 @@ pub struct EventRef {
 
 /// The result of [`Ledger::execute`]: the command's result, and whether it is a replay of an
 /// earlier request with the same idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Executed {
     pub result: CommandResult,
     pub replayed: bool,
+    /// The record as the command left it (`None` for a replay): what work that follows a
+    /// command (duplicate detection) reads, instead of reading the record back.
+    pub state: Option<Arc<CustomerState>>,
+}
+
+// By hand: the record holds personal data, which never goes into `Debug` output.
+impl std::fmt::Debug for Executed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executed")
+            .field("result", &self.result)
+            .field("replayed", &self.replayed)
+            .field("state", &self.state.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// Progress of a long scan: events done out of the total.
@@ -599,6 +613,7 @@ impl Ledger {
                     return Ok(Executed {
                         result,
                         replayed: false,
+                        state: Some(Arc::new(after)),
                     });
                 }
                 AppendOutcome::VersionConflict => {
@@ -1423,6 +1438,7 @@ fn replay(
     Ok(Executed {
         result: serde_json::from_str(result).map_err(StoreError::from)?,
         replayed: true,
+        state: None,
     })
 }
 

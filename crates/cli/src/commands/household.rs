@@ -176,7 +176,9 @@ pub async fn run(
         Err(e) => return Err(e.into()),
     };
     if by.json {
-        let Executed { result, replayed } = executed;
+        let Executed {
+            result, replayed, ..
+        } = executed;
         let view = MembershipView {
             household_id: household,
             members: members.members,
