@@ -627,14 +627,16 @@ async fn health_readiness_metrics_and_openapi(engine: Engine) {
             metrics.text
         );
     }
-    // PostgreSQL writes a batch in a few statements, falling back to append by append when
+    // Both engines write a batch in a few statements, falling back to append by append when
     // they fail, which the answers alone would not show: a bulk statement that never works
     // has no `bulk` batch in this process.
-    let path = match engine {
-        Engine::Postgres => "idledger_append_batches_total{path=\"bulk\"}",
-        Engine::Sqlite => "idledger_append_batches_total{path=\"each\"}",
-    };
+    let path = "idledger_append_batches_total{path=\"bulk\"}";
     assert!(metrics.text.contains(path), "metrics lack {path}");
+    assert!(
+        !metrics.text.contains("path=\"bulk_failed\""),
+        "a bulk append failed:\n{}",
+        metrics.text
+    );
 
     let doc = app
         .send(Method::GET, "/v1/openapi.json", None, None, None)

@@ -1,6 +1,7 @@
 //! The event log and its projection: batched appends, and the reads the ledger, delivery and
-//! reconciliation need. Written once for both engines (see [`crate::sql`]); PostgreSQL's
-//! array-bound bulk append, which SQLite has no use for, is in `log/postgres.rs`.
+//! reconciliation need. Written once for both engines (see [`crate::sql`]); the group
+//! commit's checks are `log/bulk.rs`, each engine's reads and writes for them
+//! `log/postgres.rs` (arrays bound as parameters) and `log/sqlite.rs` (multi-row statements).
 //!
 //! Ordering: every append transaction holds off every other ([`Db::begin_exclusive`]: an
 //! advisory lock on PostgreSQL, the write lock on SQLite) and assigns
@@ -8,7 +9,9 @@
 //! positions become visible strictly in order and a rolled-back transaction leaves no hole: a
 //! reader never skips an event that commits later with a lower position.
 
+mod bulk;
 mod postgres;
+mod sqlite;
 
 use std::collections::HashMap;
 
@@ -73,16 +76,11 @@ impl EventLog {
         &self,
         batch: &[AppendRequest],
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        // How each batch was written, by `path`: `bulk` (PostgreSQL's few statements),
-        // `bulk_failed` (then append by append), `each` (SQLite; steward actions). A bulk
+        // How each batch was written, by `path`: `bulk` (a few statements for the batch),
+        // `bulk_failed` (then append by append), `each` (steward actions). A bulk
         // statement that always failed would only show here: the fallback hides it otherwise.
         let path = |path: &'static str| {
             metrics::counter!("idledger_append_batches_total", "path" => path).increment(1);
-        };
-        let Some(pool) = self.db.pg() else {
-            // SQLite has no round trips to save: append by append.
-            path("each");
-            return write_each(&self.db, batch).await;
         };
         // Steward actions are rare and write across tables: they take the per-append path
         // (erasures write in a transaction of their own, `write_decided`).
@@ -93,7 +91,13 @@ impl EventLog {
             path("each");
             return write_each(&self.db, batch).await;
         }
-        match postgres::write_bulk(pool, batch).await {
+        let written = match self.db.pg() {
+            Some(pool) => postgres::write_bulk(pool, batch).await,
+            // In-process, but each statement is a hand-off to the connection's thread and
+            // back: a few for the batch rather than ten per append.
+            None => sqlite::write_bulk(&self.db, batch).await,
+        };
+        match written {
             Ok(results) => {
                 path("bulk");
                 Ok(results)
@@ -864,21 +868,7 @@ async fn append_one(
     if !rows.is_empty() {
         let mut insert = sql("INSERT INTO events (");
         insert.push(EVENT_COLUMNS).push(") ");
-        insert.push_values(&rows, |r| {
-            vec![
-                r.global_position.into(),
-                r.event_id.into(),
-                r.customer_id.into(),
-                r.stream_version.into(),
-                r.event_type.as_str().into(),
-                i32::from(r.schema_version).into(),
-                r.field.as_deref().into(),
-                from_micros(r.recorded_at_micros).into(),
-                r.payload.as_slice().into(),
-                r.key_owner.into(),
-                r.hash.as_slice().into(),
-            ]
-        });
+        insert.push_values(&rows, event_args);
         insert.execute(&mut *tx).await?;
     }
     if !req.projection.upserts.is_empty() {
@@ -947,6 +937,23 @@ async fn append_one(
             .await?;
     }
     Ok(AppendOutcome::Appended { positions })
+}
+
+/// An event row's values, in [`EVENT_COLUMNS`]' order.
+fn event_args(r: &RawEvent) -> Vec<Arg> {
+    vec![
+        r.global_position.into(),
+        r.event_id.into(),
+        r.customer_id.into(),
+        r.stream_version.into(),
+        r.event_type.as_str().into(),
+        i32::from(r.schema_version).into(),
+        r.field.as_deref().into(),
+        from_micros(r.recorded_at_micros).into(),
+        r.payload.as_slice().into(),
+        r.key_owner.into(),
+        r.hash.as_slice().into(),
+    ]
 }
 
 /// A snapshot of a stream whose events up to its version are written: `covers_until` is the

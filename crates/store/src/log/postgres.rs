@@ -1,16 +1,13 @@
 //! PostgreSQL's bulk append: a batch in one transaction of a fixed number of statements,
-//! arrays bound as parameters. SQLite, in-process, has no round trips to save and appends one
-//! by one (`write_each` in the parent module, which PostgreSQL also falls back to).
-
-use std::collections::{BTreeMap, HashMap, HashSet};
+//! arrays bound as parameters. The checks are `bulk::decide`, shared with SQLite's.
 
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::chain::{GENESIS, chained_rows};
+use super::bulk::{BatchRead, BulkWrite, decide};
 use crate::error::StoreError;
-use crate::model::{AppendOutcome, AppendRequest, IdempotencyRecord, RawEvent, from_micros};
+use crate::model::{AppendOutcome, AppendRequest, from_micros};
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -74,126 +71,36 @@ pub(super) async fn write_bulk(
     .bind(&new_keys)
     .fetch_all(&mut *tx)
     .await?;
-    let mut position = 0;
-    let mut used: HashMap<(String, String), (Vec<u8>, String)> = HashMap::new();
-    let mut heads: HashMap<Uuid, (u64, Vec<u8>)> = HashMap::new();
-    let mut keyed: HashSet<Uuid> = HashSet::new();
+    let mut read = BatchRead::default();
     for row in rows {
         match row.try_get::<i32, _>("part")? {
-            0 => position = to_u64(row.try_get("version")?),
+            0 => read.position = to_u64(row.try_get("version")?),
             1 => {
-                used.insert(
+                read.used.insert(
                     (row.try_get("source")?, row.try_get("idempotency_key")?),
                     (row.try_get("request_hash")?, row.try_get("result")?),
                 );
             }
             2 => {
-                heads.insert(
+                read.heads.insert(
                     row.try_get("customer_id")?,
                     (to_u64(row.try_get("version")?), row.try_get("hash")?),
                 );
             }
             _ => {
-                keyed.insert(row.try_get("customer_id")?);
+                read.keyed.insert(row.try_get("customer_id")?);
             }
         }
     }
-
-    let mut write = BulkWrite::default();
-    let mut results = Vec::with_capacity(batch.len());
-    for req in batch {
-        if let Some(idem) = &req.idempotency
-            && let Some((request_hash, result)) = used.get(&(idem.source.clone(), idem.key.clone()))
-        {
-            results.push(Ok(AppendOutcome::Duplicate {
-                request_hash: request_hash.clone(),
-                result: result.clone(),
-            }));
-            continue;
-        }
-        let (version, prev) = heads
-            .get(&req.customer_id)
-            .cloned()
-            .unwrap_or_else(|| (0, GENESIS.to_vec()));
-        // Another writer created the customer's key since it was read: decide again.
-        let key_taken = req.new_data_key.is_some()
-            && (keyed.contains(&req.customer_id) || write.key_customers.contains(&req.customer_id));
-        if version != req.expected_version || key_taken {
-            results.push(Ok(AppendOutcome::VersionConflict));
-            continue;
-        }
-        let rows = chained_rows(req, position, &prev);
-        if let Some(last) = rows.last() {
-            heads.insert(req.customer_id, (last.stream_version, last.hash.clone()));
-        }
-        position += rows.len() as u64;
-        let positions = rows.iter().map(|r| r.global_position).collect();
-        if let Some(idem) = &req.idempotency {
-            used.insert(
-                (idem.source.clone(), idem.key.clone()),
-                (idem.request_hash.clone(), idem.result.clone()),
-            );
-        }
-        write.add(req, rows);
-        results.push(Ok(AppendOutcome::Appended { positions }));
-    }
+    let (write, results) = decide(batch, read);
     write.execute(&mut tx).await?;
     tx.commit().await?;
     Ok(results)
 }
 
-/// The rows of a batch's successful appends, written with arrays bound as parameters (no
-/// limit on the number of rows, one plan per statement).
-#[derive(Debug, Default)]
-struct BulkWrite {
-    events: Vec<RawEvent>,
-    key_customers: Vec<Uuid>,
-    wrapped_keys: Vec<Vec<u8>>,
-    key_ids: Vec<String>,
-    /// The net projection change per row: `None` deletes it. Appends apply in batch order.
-    projection: BTreeMap<(Uuid, String, String), Option<String>>,
-    idempotency: Vec<(Uuid, IdempotencyRecord)>,
-    /// The blind-index rows of customers whose identifiers changed: the batch's last append
-    /// of a customer says what it holds.
-    lookup: BTreeMap<Uuid, Vec<[u8; 32]>>,
-    /// Stream snapshots due: customer, stream version, fold version, sealed state.
-    snapshots: Vec<(Uuid, i64, i64, String)>,
-}
-
 impl BulkWrite {
-    fn add(&mut self, req: &AppendRequest, rows: Vec<RawEvent>) {
-        self.events.extend(rows);
-        if let Some(key) = &req.new_data_key {
-            self.key_customers.push(req.customer_id);
-            self.wrapped_keys.push(key.wrapped.clone());
-            self.key_ids.push(key.key_id.clone());
-        }
-        for r in &req.projection.upserts {
-            self.projection.insert(
-                (req.customer_id, r.kind.clone(), r.key.clone()),
-                Some(r.record.clone()),
-            );
-        }
-        for (kind, key) in &req.projection.deletes {
-            self.projection
-                .insert((req.customer_id, kind.clone(), key.clone()), None);
-        }
-        if let Some(idem) = &req.idempotency {
-            self.idempotency.push((req.customer_id, idem.clone()));
-        }
-        if let Some(digests) = &req.lookup {
-            self.lookup.insert(req.customer_id, digests.clone());
-        }
-        for snapshot in &req.snapshots {
-            self.snapshots.push((
-                req.customer_id,
-                to_i64(snapshot.stream_version),
-                i64::from(snapshot.fold_version),
-                snapshot.state.clone(),
-            ));
-        }
-    }
-
+    /// Written with arrays bound as parameters: no limit on the number of rows, one plan per
+    /// statement.
     async fn execute(self, tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
         let (upserts, deletes): (Vec<_>, Vec<_>) = self
             .projection
