@@ -1482,8 +1482,12 @@ const OPEN_IN_PARALLEL_FROM: usize = 128;
 /// export) is opened in parts on every core, so that its latency is not the sum of its
 /// events' decryption and parsing.
 async fn readable(keys: Keys, raws: Vec<RawEvent>) -> Result<Vec<RecordedEvent>, StoreError> {
+    if raws.len() < OPEN_IN_PARALLEL_FROM {
+        return open_all(&keys, &raws);
+    }
+    // Asked only here: on Linux it reads the process's CPU affinity and cgroup quota.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    if raws.len() < OPEN_IN_PARALLEL_FROM || cores < 2 {
+    if cores < 2 {
         return open_all(&keys, &raws);
     }
     let keys = Arc::new(keys);
