@@ -45,7 +45,7 @@ use crate::model::{
 };
 use crate::projection;
 use crate::snapshots;
-use crate::state_cache::StateCache;
+use crate::state_cache::{CachedRecord, StateCache};
 use crate::store::Store;
 
 mod merge;
@@ -507,12 +507,22 @@ impl Ledger {
                 None
             };
             let from_cache = cached.is_some();
-            let (stored, mut data_key) = match cached {
+            let (CachedRecord { stored, state }, mut data_key) = match cached {
                 Some(record) => record,
-                None => self.stored_record(customer).await?,
+                None => {
+                    let (mut stored, key) = self.stored_record(customer).await?;
+                    // In (kind, key) order whatever the database's collation, as the cache
+                    // keeps rows (see `StateCache::made_from`).
+                    stored.sort_unstable();
+                    let state =
+                        projection::state(&projection::open(customer, &stored, key.as_ref())?)?;
+                    let record = CachedRecord {
+                        stored: Arc::new(stored),
+                        state: Arc::new(state),
+                    };
+                    (record, key)
+                }
             };
-            let opened = projection::open(customer, &stored, data_key.as_ref())?;
-            let state = projection::state(&opened)?;
             let now = truncate_to_micros(Utc::now());
             let ctx = Context {
                 now,
@@ -534,11 +544,18 @@ impl Ledger {
                     if let Some((hash, result)) = self.inner.log.idempotency(&source, key).await? {
                         return replay(&source, key, &request_hash, &hash, &result);
                     }
+                    // The record as stored, just read: the customer's next command starts
+                    // from it rather than reading it again.
+                    self.inner
+                        .states
+                        .put(customer, CachedRecord { stored, state });
                     return Err(ExecuteError::Refused(refused));
                 }
             };
-            let (after, due_snapshots) = snapshots::fold_noting(state.clone(), &decision.events);
-            let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
+            let (after, due_snapshots) =
+                snapshots::fold_noting(CustomerState::clone(&state), &decision.events);
+            let changes =
+                projection::diff_stored(customer, &stored, data_key.as_ref(), &state, &after)?;
             let sealing = !decision.events.is_empty()
                 || changes
                     .upserts
@@ -567,8 +584,11 @@ impl Ledger {
                 upserts: projection::seal(customer, changes.upserts, data_key.as_ref())?,
                 deletes: changes.deletes,
             };
-            let stored_after =
-                crate::state_cache::applied(&stored, &projection.upserts, &projection.deletes);
+            let stored_after = Arc::new(crate::state_cache::applied(
+                &stored,
+                &projection.upserts,
+                &projection.deletes,
+            ));
             let result = CommandResult {
                 customer_id: command.customer_id,
                 stream_version: after.stream_version,
@@ -607,13 +627,18 @@ impl Ledger {
                     if let (Some(_), Some(key)) = (new_data_key, data_key) {
                         self.inner.keys.insert(customer, key, epoch);
                     }
-                    self.inner
-                        .states
-                        .put(customer, stored_after, result.stream_version);
+                    let after = Arc::new(after);
+                    self.inner.states.put(
+                        customer,
+                        CachedRecord {
+                            stored: stored_after,
+                            state: after.clone(),
+                        },
+                    );
                     return Ok(Executed {
                         result,
                         replayed: false,
-                        state: Some(Arc::new(after)),
+                        state: Some(after),
                     });
                 }
                 AppendOutcome::VersionConflict => {
@@ -761,8 +786,7 @@ impl Ledger {
         for _ in 0..MAX_ATTEMPTS {
             let epoch = self.inner.keys.epoch();
             let (stored, data_key) = self.stored_record(id).await?;
-            let opened = projection::open(id, &stored, data_key.as_ref())?;
-            let state = projection::state(&opened)?;
+            let state = projection::state(&projection::open(id, &stored, data_key.as_ref())?)?;
             let events =
                 decide_expiry(&state, now, &self.inner.policy, &provenance, Uuid::now_v7());
             let fields: Vec<FieldPath> = events
@@ -786,7 +810,7 @@ impl Ledger {
                 .await?
                 .prepare(id, &events, Some(&data_key))?;
             let (after, due_snapshots) = snapshots::fold_noting(state.clone(), &events);
-            let changes = projection::diff_stored(&stored, &opened, &projection::rows(&after)?);
+            let changes = projection::diff_stored(id, &stored, Some(&data_key), &state, &after)?;
             let request = AppendRequest {
                 customer_id: id,
                 expected_version: state.stream_version,
@@ -880,7 +904,22 @@ impl Ledger {
         if stored.is_empty() {
             return Ok(None);
         }
-        projection::state(&projection::open(id, &stored, key.as_ref())?).map(Some)
+        self.record_in(id, &stored, key.as_ref()).map(Some)
+    }
+
+    /// The record that stored rows just read hold: the state cache's copy when it was made
+    /// from exactly these rows (each sealed record is unique, by its nonce), else opened and
+    /// parsed. Fresh either way: the rows are the database's.
+    fn record_in(
+        &self,
+        id: Uuid,
+        stored: &[ProjectionRow],
+        key: Option<&DataKey>,
+    ) -> Result<CustomerState, StoreError> {
+        if let Some(state) = self.inner.states.made_from(id, stored) {
+            return Ok(CustomerState::clone(&state));
+        }
+        projection::state(&projection::open(id, stored, key)?)
     }
 
     /// The current state of each of `customers` (`None`: unknown), read together — rows in
@@ -928,11 +967,7 @@ impl Ledger {
                 if projection::registration(&stored)?.erased.is_some() {
                     self.inner.keys.forget(id);
                 }
-                Some(projection::state(&projection::open(
-                    id,
-                    &stored,
-                    keys.get(&id),
-                )?)?)
+                Some(self.record_in(id, &stored, keys.get(&id))?)
             };
             out.insert(customer, state);
         }
@@ -974,17 +1009,17 @@ impl Ledger {
         &self,
         customer: Uuid,
         epoch: u64,
-    ) -> Result<Option<(Vec<ProjectionRow>, Option<DataKey>)>, StoreError> {
-        let Some(rows) = self.inner.states.get(customer) else {
+    ) -> Result<Option<(CachedRecord, Option<DataKey>)>, StoreError> {
+        let Some(record) = self.inner.states.get(customer) else {
             return Ok(None);
         };
-        if !projection::needs_key(&rows) {
-            return Ok(Some((rows, None)));
+        if !projection::needs_key(&record.stored) {
+            return Ok(Some((record, None)));
         }
         Ok(self
             .cached_key(customer, epoch)
             .await?
-            .map(|key| (rows, Some(key))))
+            .map(|key| (record, Some(key))))
     }
 
     /// The customer's data key (`None`: they have none, e.g. erased), through the cache.

@@ -1,17 +1,24 @@
-//! The projection rows of recently written customers, as stored (sealed), so that a command
-//! is decided without reading the customer's record first.
+//! The records of recently written customers — their projection rows as stored (sealed), and
+//! the record those rows hold, opened — so that a command is decided without reading, opening
+//! or parsing the customer's record first.
+//!
+//! The opened record is personal data in memory, as the unwrapped data key beside it in the
+//! key cache already is: it is kept at most [`MAX_AGE`], dropped with the key at erasure, and
+//! never shown by `Debug`.
 //!
 //! **Why it stays correct, with several processes too.** A cached record is only ever a
 //! starting point: the append that follows is checked against the customer's stream version
 //! in the write transaction, so a command decided on a record another process has moved on
 //! from conflicts, is dropped from the cache and decided again on a fresh read. A command the
 //! cached record would refuse is decided again on a fresh read before the refusal is given.
-//! Entries are written only by this process's successful appends, and replaced only by a
-//! newer version. Rows rewritten without a new version (`idledger rebuild`) clear this
+//! Entries are written by this process's successful appends and by the stored record a
+//! refused command was decided on, and replaced only by a newer version. Rows rewritten without a new version (`idledger rebuild`) clear this
 //! process's cache; another process's rebuild is seen within [`MAX_AGE`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use idledger_domain::state::CustomerState;
 use uuid::Uuid;
 
 use crate::model::ProjectionRow;
@@ -20,9 +27,15 @@ use crate::sharded::ShardedLru;
 /// How long an entry is used without being read again.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
 
+/// A customer's record: its rows as stored, and the record they hold.
+#[derive(Clone)]
+pub(crate) struct CachedRecord {
+    pub stored: Arc<Vec<ProjectionRow>>,
+    pub state: Arc<CustomerState>,
+}
+
 struct Entry {
-    rows: Vec<ProjectionRow>,
-    version: u64,
+    record: CachedRecord,
     written_at: Instant,
 }
 
@@ -46,14 +59,14 @@ impl StateCache {
         }
     }
 
-    /// The rows this process last wrote for the customer, if recent.
-    pub(crate) fn get(&self, customer: Uuid) -> Option<Vec<ProjectionRow>> {
+    /// The record this process last wrote or read for the customer, if recent.
+    pub(crate) fn get(&self, customer: Uuid) -> Option<CachedRecord> {
         let mut shard = self.records.shard(customer)?;
         let fresh = shard
             .get(&customer)
             .is_some_and(|e| e.written_at.elapsed() < MAX_AGE);
         let hit = if fresh {
-            shard.get(&customer).map(|e| e.rows.clone())
+            shard.get(&customer).map(|e| e.record.clone())
         } else {
             shard.remove(&customer);
             None
@@ -63,22 +76,44 @@ impl StateCache {
         hit
     }
 
-    /// Keeps the rows of the customer's stream at `version`, unless a newer one is held.
-    pub(crate) fn put(&self, customer: Uuid, rows: Vec<ProjectionRow>, version: u64) {
+    /// Keeps the customer's record (at its stream version), unless a newer one is held.
+    pub(crate) fn put(&self, customer: Uuid, record: CachedRecord) {
         let Some(mut shard) = self.records.shard(customer) else {
             return;
         };
-        if shard.get(&customer).is_some_and(|e| e.version > version) {
+        let version = record.state.stream_version;
+        if shard
+            .get(&customer)
+            .is_some_and(|e| e.record.state.stream_version > version)
+        {
             return;
         }
         shard.insert(
             customer,
             Entry {
-                rows,
-                version,
+                record,
                 written_at: Instant::now(),
             },
         );
+    }
+
+    /// The cached record of the customer if it was made from exactly `stored` (in any
+    /// order), whatever its age: what a read of these rows would open. Not counted as a use.
+    pub(crate) fn made_from(
+        &self,
+        customer: Uuid,
+        stored: &[ProjectionRow],
+    ) -> Option<Arc<CustomerState>> {
+        let shard = self.records.shard(customer)?;
+        let held = &shard.peek(&customer)?.record;
+        let same = held.stored.len() == stored.len()
+            && stored.iter().all(|row| {
+                // Cached rows are in (kind, key) order (`applied`, or a read's).
+                held.stored
+                    .binary_search_by(|r| (&r.kind, &r.key).cmp(&(&row.kind, &row.key)))
+                    .is_ok_and(|i| held.stored[i].record == row.record)
+            });
+        same.then(|| held.state.clone())
     }
 
     pub(crate) fn remove(&self, customer: Uuid) {
@@ -126,15 +161,27 @@ mod tests {
         }
     }
 
+    fn record(email: &str, version: u64) -> CachedRecord {
+        CachedRecord {
+            stored: Arc::new(vec![row("field", "email", email)]),
+            state: Arc::new(CustomerState {
+                stream_version: version,
+                ..CustomerState::default()
+            }),
+        }
+    }
+
     #[test]
     fn a_newer_version_is_never_replaced_by_an_older_one() {
         let cache = StateCache::new(64);
         let c = Uuid::now_v7();
-        cache.put(c, vec![row("field", "email", "v2")], 2);
-        cache.put(c, vec![row("field", "email", "v1")], 1);
-        assert_eq!(cache.get(c).unwrap()[0].record, "v2");
-        cache.put(c, vec![row("field", "email", "v3")], 3);
-        assert_eq!(cache.get(c).unwrap()[0].record, "v3");
+        cache.put(c, record("v2", 2));
+        cache.put(c, record("v1", 1));
+        assert_eq!(cache.get(c).unwrap().stored[0].record, "v2");
+        cache.put(c, record("v3", 3));
+        let held = cache.get(c).unwrap();
+        assert_eq!(held.stored[0].record, "v3");
+        assert_eq!(held.state.stream_version, 3);
         cache.remove(c);
         assert!(cache.get(c).is_none());
     }
@@ -165,10 +212,44 @@ mod tests {
     }
 
     #[test]
+    fn a_read_reuses_the_cached_record_only_if_made_from_the_very_same_rows() {
+        let cache = StateCache::new(64);
+        let c = Uuid::now_v7();
+        let stored = vec![
+            row("consent", "marketing", "m"),
+            row("customer", "", "c"),
+            row("field", "email", "e"),
+        ];
+        cache.put(
+            c,
+            CachedRecord {
+                stored: Arc::new(stored.clone()),
+                state: Arc::new(CustomerState {
+                    stream_version: 7,
+                    ..CustomerState::default()
+                }),
+            },
+        );
+        let mut reversed = stored.clone();
+        reversed.reverse();
+        for read in [&stored, &reversed] {
+            assert_eq!(cache.made_from(c, read).unwrap().stream_version, 7);
+        }
+        let mut changed = stored.clone();
+        changed[2].record = "other".to_owned();
+        assert!(cache.made_from(c, &changed).is_none());
+        assert!(cache.made_from(c, &stored[..2]).is_none());
+        let mut more = stored.clone();
+        more.push(row("field", "phone", "p"));
+        assert!(cache.made_from(c, &more).is_none());
+        assert!(cache.made_from(Uuid::now_v7(), &stored).is_none());
+    }
+
+    #[test]
     fn capacity_zero_caches_nothing() {
         let cache = StateCache::new(0);
         let c = Uuid::now_v7();
-        cache.put(c, vec![row("customer", "", "c")], 1);
+        cache.put(c, record("v1", 1));
         assert!(cache.get(c).is_none());
     }
 }

@@ -266,8 +266,8 @@ impl Ledger {
             StoreError::Integrity(format!("customer {id} has a record but no data key"))
         })?;
         let (after, due_snapshots) = snapshots::fold_noting(record.state.clone(), events);
-        let opened = projection::open(id, &record.stored, Some(key))?;
-        let changes = projection::diff_stored(&record.stored, &opened, &projection::rows(&after)?);
+        let changes =
+            projection::diff_stored(id, &record.stored, Some(key), &record.state, &after)?;
         let request = AppendRequest {
             customer_id: id,
             expected_version: record.state.stream_version,
