@@ -32,7 +32,7 @@ use idledger_domain::decide::Outcome;
 use idledger_domain::event::EventPayload;
 use idledger_domain::ids::CustomerId;
 use idledger_domain::policy::ADMIN_SOURCE;
-use idledger_domain::state::Erasure;
+use idledger_domain::state::{CustomerState, Erasure};
 use idledger_store::model::{
     AppendOutcome, AppendRequest, IdempotencyRecord, PreparedEvent, ProjectionDiff,
 };
@@ -42,6 +42,7 @@ use support::*;
 
 on_both_engines!(
     a_record_kept_by_one_process_yields_to_another_processs_writes,
+    a_read_where_the_record_is_kept_shows_another_processs_writes,
     concurrent_appends_at_the_same_version_exactly_one_wins,
     concurrent_registrations_through_separate_ledgers_one_wins,
     idempotent_retry_returns_the_first_result,
@@ -1946,6 +1947,75 @@ async fn another_process_drops_an_erased_customers_key_and_reads_them_as_erased(
 /// A process decides a customer's next command on the record it last wrote; another process
 /// writing meanwhile is never overlooked: the append's version check sends the first back to
 /// the stored record, and a refusal is only ever given on the stored record.
+async fn a_read_where_the_record_is_kept_shows_another_processs_writes(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let here = &store.ledger;
+    let there = store.another_ledger().await;
+    let c = new_customer();
+    let locale = |state: &CustomerState| state.value(&field("locale")).map(|v| v.to_json());
+    let written = here
+        .execute(
+            &source("idp"),
+            &command(
+                c,
+                "r",
+                vec![Change::Register, set("email", json!("a@example.org"))],
+            ),
+        )
+        .await
+        .unwrap();
+    // Read here as this process wrote it (the record it keeps, made from these very rows).
+    let read = here.state(c).await.unwrap().unwrap();
+    assert_eq!(Some(&read), written.state.as_deref());
+    // Moved on by the other process: a read here shows it, though this process kept the
+    // record it wrote.
+    there
+        .execute(
+            &source("web_app"),
+            &command(c, "o1", vec![set("locale", json!("de-DE"))]),
+        )
+        .await
+        .unwrap();
+    let read = here.state(c).await.unwrap().unwrap();
+    assert_eq!(locale(&read), Some(json!("de-DE")));
+    assert_eq!(read.stream_version, written.result.stream_version + 1);
+    // A command refused here keeps the record it was refused on; the other process moves it
+    // on again; the next command here is decided on the latest, and a read shows both.
+    let refused = here
+        .execute(&source("idp"), &command(c, "again", vec![Change::Register]))
+        .await;
+    assert!(
+        matches!(refused, Err(ExecuteError::Refused(ref r)) if r.refusal.code() == "already_registered"),
+        "{refused:?}"
+    );
+    there
+        .execute(
+            &source("web_app"),
+            &command(c, "o2", vec![set("locale", json!("fr-FR"))]),
+        )
+        .await
+        .unwrap();
+    let next = here
+        .execute(
+            &source("idp"),
+            &command(c, "h1", vec![set("email", json!("b@example.org"))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next.result.stream_version,
+        written.result.stream_version + 3
+    );
+    let read = here.state(c).await.unwrap().unwrap();
+    assert_eq!(locale(&read), Some(json!("fr-FR")));
+    assert_eq!(
+        read.value(&field("email")).map(|v| v.to_json()),
+        Some(json!("b@example.org"))
+    );
+    assert_eq!(Some(&read), next.state.as_deref());
+    assert_eq!(there.state(c).await.unwrap().unwrap(), read);
+}
+
 async fn a_record_kept_by_one_process_yields_to_another_processs_writes(engine: Engine) {
     let store = TestStore::new(engine).await;
     let here = &store.ledger;
