@@ -429,22 +429,26 @@ impl Ledger {
         state: &CustomerState,
         per_key: u32,
     ) -> Result<Vec<CustomerId>, StoreError> {
+        let digests: Vec<[u8; 32]> = match_keys(state, self.inner.policy.secondary_rule())
+            .iter()
+            .map(|key| self.inner.lookup_key.match_digest(key))
+            .collect();
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut out = std::collections::BTreeSet::new();
-        for key in match_keys(state, self.inner.policy.secondary_rule()) {
-            for id in self
-                .inner
-                .log
-                .lookup(
-                    &self.inner.lookup_key.match_digest(&key),
-                    per_key.saturating_add(1),
-                )
-                .await?
-            {
-                if id != customer.as_uuid() {
-                    out.insert(CustomerId::from_uuid(id).map_err(|e| {
-                        StoreError::Integrity(format!("a stored customer id: {e}"))
-                    })?);
-                }
+        // One more than asked per key, so that the customer's own row does not crowd out one.
+        for id in self
+            .inner
+            .log
+            .lookup_each(&digests, per_key.saturating_add(1))
+            .await?
+        {
+            if id != customer.as_uuid() {
+                out.insert(
+                    CustomerId::from_uuid(id)
+                        .map_err(|e| StoreError::Integrity(format!("a stored customer id: {e}")))?,
+                );
             }
         }
         Ok(out.into_iter().collect())

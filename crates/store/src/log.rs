@@ -559,6 +559,37 @@ impl EventLog {
             .collect()
     }
 
+    /// The customers whose index rows hold any of `digests`: at most `limit` per digest, in
+    /// customer id order per digest, in one statement (each digest its own index seek).
+    pub async fn lookup_each(
+        &self,
+        digests: &[[u8; 32]],
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut out = Vec::new();
+        // Two parameters a digest.
+        for chunk in digests.chunks(self.db.max_params() / 2) {
+            let mut q = sql("");
+            for (i, digest) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(" UNION ALL ");
+                }
+                q.push(
+                    "SELECT customer_id FROM (SELECT customer_id FROM lookup_index WHERE digest = ",
+                )
+                .push_bind(digest.as_slice())
+                .push(" ORDER BY customer_id LIMIT ")
+                .push_bind(limit)
+                .push(") AS k");
+                q.push(&i.to_string());
+            }
+            for r in q.fetch_all(&self.db).await? {
+                out.push(r.try_get("customer_id")?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every blind-index row, by customer: `customers` customers a page, after `after`.
     pub async fn lookup_page(
         &self,

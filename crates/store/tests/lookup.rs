@@ -10,6 +10,8 @@
 //!   before it; migration 0023 queues it again for stores whose records held a household
 //!   before households were identifiers (and not for others)
 //! - [x] the table holds no plaintext: digests only, keyed
+//! - [x] `Ledger::duplicate_candidates` — every match key, at most so many a key, in one
+//!   statement
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -32,6 +34,7 @@ on_both_engines!(
     the_upgrade_indexes_customers_written_before_the_index,
     households_held_before_they_were_identifiers_are_indexed_at_the_next_start,
     the_index_holds_keyed_digests_and_no_plaintext,
+    duplicate_candidates_are_found_by_every_match_key_so_many_a_key,
 );
 
 fn id(kind: LookupKind, raw: &str) -> Identifier {
@@ -618,4 +621,62 @@ async fn the_index_holds_keyed_digests_and_no_plaintext(engine: Engine) {
             .unwrap(),
     };
     assert!(theirs.iter().all(|d| !rows.contains(d)));
+}
+
+async fn duplicate_candidates_are_found_by_every_match_key_so_many_a_key(engine: Engine) {
+    let store = TestStore::new(engine).await;
+    let holding = |field: &'static str, value: &'static str| {
+        let store = &store;
+        async move {
+            let customer = new_customer();
+            run(
+                &store.ledger,
+                "idp",
+                customer,
+                vec![Change::Register, set(field, serde_json::json!(value))],
+            )
+            .await;
+            customer
+        }
+    };
+    // Three customers share an external id, three others a phone (ids in creation order).
+    let mut by_id = Vec::new();
+    for _ in 0..3 {
+        by_id.push(holding("external_id.crm", "C-7").await);
+    }
+    let mut by_phone = Vec::new();
+    for _ in 0..3 {
+        by_phone.push(holding("phone", "+44 20 7946 0958").await);
+    }
+    let subject = new_customer();
+    run(
+        &store.ledger,
+        "idp",
+        subject,
+        vec![
+            Change::Register,
+            set("external_id.crm", serde_json::json!("C-7")),
+            set("phone", serde_json::json!("+44 20 7946 0958")),
+        ],
+    )
+    .await;
+    let state = store.ledger.state(subject).await.unwrap().unwrap();
+    // One more than asked a key (the subject's own row may be among them), without the
+    // subject: the first two of each key's customers, by id.
+    let found = store
+        .ledger
+        .duplicate_candidates(subject, &state, 1)
+        .await
+        .unwrap();
+    let mut expected = vec![by_id[0], by_id[1], by_phone[0], by_phone[1]];
+    expected.sort();
+    assert_eq!(found, expected);
+    let every = store
+        .ledger
+        .duplicate_candidates(subject, &state, 10)
+        .await
+        .unwrap();
+    let mut all: Vec<CustomerId> = by_id.iter().chain(&by_phone).copied().collect();
+    all.sort();
+    assert_eq!(every, all);
 }
