@@ -3,8 +3,9 @@
 //! or parsing the customer's record first.
 //!
 //! The opened record is personal data in memory, as the unwrapped data key beside it in the
-//! key cache already is: it is kept at most [`MAX_AGE`], dropped with the key at erasure, and
-//! never shown by `Debug`.
+//! key cache already is: it is used at most [`MAX_AGE`] after it was written, an entry left
+//! unused that long goes at the shard's next write, it goes with the key at erasure, and it
+//! is never shown by `Debug`.
 //!
 //! **Why it stays correct, with several processes too.** A cached record is only ever a
 //! starting point: the append that follows is checked against the customer's stream version
@@ -41,6 +42,7 @@ struct Entry {
 
 pub(crate) struct StateCache {
     records: ShardedLru<Entry>,
+    max_age: Duration,
 }
 
 impl std::fmt::Debug for StateCache {
@@ -54,8 +56,13 @@ impl std::fmt::Debug for StateCache {
 impl StateCache {
     /// Holds at most about `capacity` customers; 0 turns it off.
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_max_age(capacity, MAX_AGE)
+    }
+
+    fn with_max_age(capacity: usize, max_age: Duration) -> Self {
         Self {
             records: ShardedLru::new(capacity),
+            max_age,
         }
     }
 
@@ -64,7 +71,7 @@ impl StateCache {
         let mut shard = self.records.shard(customer)?;
         let fresh = shard
             .get(&customer)
-            .is_some_and(|e| e.written_at.elapsed() < MAX_AGE);
+            .is_some_and(|e| e.written_at.elapsed() < self.max_age);
         let hit = if fresh {
             shard.get(&customer).map(|e| e.record.clone())
         } else {
@@ -87,6 +94,16 @@ impl StateCache {
             .is_some_and(|e| e.record.state.stream_version > version)
         {
             return;
+        }
+        // The least recently used entries, while too old to be used: an opened record does
+        // not stay in memory long after its use, whatever the cache's size. (An entry unused
+        // for `max_age` has only older ones before it.)
+        while shard
+            .iter()
+            .next()
+            .is_some_and(|(_, e)| e.written_at.elapsed() >= self.max_age)
+        {
+            shard.remove_lru();
         }
         shard.insert(
             customer,
@@ -243,6 +260,27 @@ mod tests {
         more.push(row("field", "phone", "p"));
         assert!(cache.made_from(c, &more).is_none());
         assert!(cache.made_from(Uuid::now_v7(), &stored).is_none());
+    }
+
+    #[test]
+    fn entries_left_unused_past_the_maximum_age_go_at_the_next_writes() {
+        let cache = StateCache::with_max_age(1024, Duration::from_millis(500));
+        let old: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
+        for c in &old {
+            cache.put(*c, record("v1", 1));
+        }
+        assert_eq!(cache.records.len(), 200);
+        std::thread::sleep(Duration::from_millis(600));
+        // Enough writes that every one of the shards gets some.
+        for _ in 0..200 {
+            cache.put(Uuid::now_v7(), record("v1", 1));
+        }
+        assert_eq!(cache.records.len(), 200);
+        assert!(old.iter().all(|c| {
+            cache
+                .made_from(*c, &[row("field", "email", "v1")])
+                .is_none()
+        }));
     }
 
     #[test]
