@@ -386,10 +386,13 @@ impl Ledger {
         identifier: &Identifier,
         limit: u32,
     ) -> Result<Vec<CustomerId>, StoreError> {
-        self.inner
+        let mut found = self
+            .inner
             .log
-            .lookup(&self.inner.lookup_key.digest(identifier), limit)
-            .await?
+            .lookup_each(&[self.inner.lookup_key.digest(identifier)], limit)
+            .await?;
+        found.sort_unstable();
+        found
             .into_iter()
             .map(|id| {
                 CustomerId::from_uuid(id)
@@ -518,8 +521,7 @@ impl Ledger {
                     // In (kind, key) order whatever the database's collation, as the cache
                     // keeps rows (see `StateCache::made_from`).
                     stored.sort_unstable();
-                    let state =
-                        projection::state(&projection::open(customer, &stored, key.as_ref())?)?;
+                    let state = projection::open_state(customer, &stored, key.as_ref())?;
                     let record = CachedRecord {
                         stored: Arc::new(stored),
                         state: Arc::new(state),
@@ -790,7 +792,7 @@ impl Ledger {
         for _ in 0..MAX_ATTEMPTS {
             let epoch = self.inner.keys.epoch();
             let (stored, data_key) = self.stored_record(id).await?;
-            let state = projection::state(&projection::open(id, &stored, data_key.as_ref())?)?;
+            let state = projection::open_state(id, &stored, data_key.as_ref())?;
             let events =
                 decide_expiry(&state, now, &self.inner.policy, &provenance, Uuid::now_v7());
             let fields: Vec<FieldPath> = events
@@ -923,7 +925,7 @@ impl Ledger {
         if let Some(state) = self.inner.states.made_from(id, stored) {
             return Ok(CustomerState::clone(&state));
         }
-        projection::state(&projection::open(id, stored, key)?)
+        projection::open_state(id, stored, key)
     }
 
     /// The current state of each of `customers` (`None`: unknown), read together — rows in

@@ -547,20 +547,8 @@ impl EventLog {
         Ok(moved)
     }
 
-    /// The customers whose blind-index rows hold `digest`, in id order, at most `limit`.
-    pub async fn lookup(&self, digest: &[u8; 32], limit: u32) -> Result<Vec<Uuid>, StoreError> {
-        sql("SELECT customer_id FROM lookup_index WHERE digest = $1 ORDER BY customer_id LIMIT $2")
-            .bind(digest.as_slice())
-            .bind(limit)
-            .fetch_all(&self.db)
-            .await?
-            .iter()
-            .map(|r| r.try_get("customer_id"))
-            .collect()
-    }
-
-    /// The customers whose index rows hold any of `digests`: at most `limit` per digest, in
-    /// customer id order per digest, in one statement (each digest its own index seek).
+    /// The customers whose index rows hold any of `digests`: the first `limit` by id of each
+    /// digest's, in one statement (each digest its own index seek), in no given order.
     pub async fn lookup_each(
         &self,
         digests: &[[u8; 32]],

@@ -324,6 +324,15 @@ pub fn open(
         .collect()
 }
 
+/// The record stored rows hold: [`open`]ed, then read by [`state`].
+pub fn open_state(
+    customer: Uuid,
+    stored: &[ProjectionRow],
+    key: Option<&DataKey>,
+) -> Result<CustomerState, StoreError> {
+    state(&open(customer, stored, key)?)
+}
+
 /// The plaintext rows to write to go from the record `before` to `after`: each row whose
 /// content differs, and the rows `after` no longer has. The same rows [`diff`] finds between
 /// `rows(before)` and `rows(after)`, found by comparing the records instead of serialising

@@ -102,7 +102,7 @@ impl Ledger {
                 } else {
                     None
                 };
-                let state = projection::state(&projection::open(customer, &stored, key.as_ref())?)?;
+                let state = projection::open_state(customer, &stored, key.as_ref())?;
                 crate::log::replace_lookup_rows(&mut tx, customer, &self.lookup_digests(&state))
                     .await?;
             }

@@ -223,8 +223,7 @@ impl Ledger {
     /// records, and either may have moved on elsewhere.
     async fn fresh_record(&self, customer: CustomerId) -> Result<Record, StoreError> {
         let (stored, key) = self.stored_record(customer.as_uuid()).await?;
-        let opened = projection::open(customer.as_uuid(), &stored, key.as_ref())?;
-        let state = projection::state(&opened)?;
+        let state = projection::open_state(customer.as_uuid(), &stored, key.as_ref())?;
         // Rows that are all clear (a bare registration) open without the key; the merge's
         // events are sealed under it all the same.
         let key = match key {
