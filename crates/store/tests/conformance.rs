@@ -474,7 +474,7 @@ async fn altering_any_stored_byte_is_detected_at_that_event(engine: Engine) {
     store.db.exec(unlock).await;
     let payload_flip = match engine {
         Engine::Postgres => "UPDATE events SET payload = set_byte(payload, 30, get_byte(payload, 30) # 1) WHERE global_position = 7".to_owned(),
-        Engine::Sqlite => "UPDATE events SET payload = substr(payload, 1, 30) || x'ff' || substr(payload, 32) WHERE global_position = 7".to_owned(),
+        Engine::Sqlite => "UPDATE events SET payload = substr(payload, 1, 30) || CASE WHEN substr(payload, 31, 1) = x'ff' THEN x'00' ELSE x'ff' END || substr(payload, 32) WHERE global_position = 7".to_owned(),
     };
     let recorded_at = match engine {
         Engine::Postgres => {
