@@ -338,14 +338,16 @@ impl Decisions {
         match decisions.len() {
             0 => Ok(()),
             // One statement commits on its own: no transaction's round trips.
-            n if n <= per_statement => insert_decisions(decisions)?
+            n if n <= per_statement => insert_decisions(self.db.engine(), decisions)?
                 .execute(&self.db)
                 .await
                 .map(drop),
             _ => {
                 let mut tx = self.db.begin().await?;
                 for chunk in decisions.chunks(per_statement) {
-                    insert_decisions(chunk)?.execute(&mut tx).await?;
+                    insert_decisions(self.db.engine(), chunk)?
+                        .execute(&mut tx)
+                        .await?;
                 }
                 tx.commit().await
             }
@@ -418,7 +420,10 @@ impl Decisions {
 }
 
 /// One `INSERT` of `chunk` into the decision log.
-fn insert_decisions(chunk: &[&DecisionRecord]) -> Result<crate::sql::Sql, StoreError> {
+fn insert_decisions(
+    engine: crate::sql::Engine,
+    chunk: &[&DecisionRecord],
+) -> Result<crate::sql::Sql, StoreError> {
     let mut rows = Vec::with_capacity(chunk.len());
     for d in chunk {
         rows.push(vec![
@@ -443,7 +448,7 @@ fn insert_decisions(chunk: &[&DecisionRecord]) -> Result<crate::sql::Sql, StoreE
         ]);
     }
     let mut q = sql("INSERT INTO decisions (");
-    q.push(COLUMNS).push(") ").push_values(rows, |r| r);
+    q.push(COLUMNS).push(") ").push_values(engine, rows, |r| r);
     Ok(q)
 }
 

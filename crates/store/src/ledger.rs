@@ -321,7 +321,7 @@ impl Ledger {
     ) -> Self {
         let log = store.log();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        tokio::spawn(run_writer(log.clone(), rx, options.max_batch.max(1)));
+        spawn_writer(log.clone(), rx, options.max_batch.max(1));
         let inner = LedgerInner {
             store: store.clone(),
             log,
@@ -539,22 +539,31 @@ impl Ledger {
             };
             let decision = match decide(&state, command, &ctx) {
                 Ok(decision) => decision,
-                // A refusal is given on the record as stored, never on a cached copy.
-                Err(_) if from_cache => {
-                    self.inner.states.remove(customer);
-                    continue;
-                }
                 Err(refused) => {
-                    // The state may already hold this very command's effect, committed by a
-                    // concurrent duplicate after the check above: its result is the answer.
-                    if let Some((hash, result)) = self.inner.log.idempotency(&source, key).await? {
+                    // One statement: whether the record is the stored one (the stream still at
+                    // its version), and whether this very command was recorded meanwhile by a
+                    // concurrent duplicate — then its result is the answer.
+                    let (head, earlier) = self
+                        .inner
+                        .log
+                        .head_and_idempotency(customer, &source, key)
+                        .await?;
+                    if let Some((hash, result)) = earlier {
                         return replay(&source, key, &request_hash, &hash, &result);
                     }
-                    // The record as stored, just read: the customer's next command starts
-                    // from it rather than reading it again.
-                    self.inner
-                        .states
-                        .put(customer, CachedRecord { stored, state });
+                    // A refusal is given on the record as stored, never on a cached copy that
+                    // another process has moved on from.
+                    if from_cache && head.unwrap_or(0) != state.stream_version {
+                        self.inner.states.remove(customer);
+                        continue;
+                    }
+                    if !from_cache {
+                        // The record as stored, just read: the customer's next command starts
+                        // from it rather than reading it again.
+                        self.inner
+                            .states
+                            .put(customer, CachedRecord { stored, state });
+                    }
                     return Err(ExecuteError::Refused(refused));
                 }
             };
@@ -903,9 +912,20 @@ impl Ledger {
         self.inner.keys.contains(customer.as_uuid())
     }
 
-    /// The customer's current record, from the projection (`None`: never registered).
+    /// The customer's current record, from the projection (`None`: never registered). A
+    /// record the state cache holds is used if the stream is still at its version (one
+    /// index seek instead of reading and opening the rows).
     pub async fn state(&self, customer: CustomerId) -> Result<Option<CustomerState>, StoreError> {
         let id = customer.as_uuid();
+        if self.inner.states.holds(id) {
+            let heads = self.inner.log.stream_heads(&[id]).await?;
+            if let Some(state) = heads
+                .get(&id)
+                .and_then(|head| self.inner.states.at_version(id, *head))
+            {
+                return Ok(Some(CustomerState::clone(&state)));
+            }
+        }
         let (stored, key) = self.stored_record(id).await?;
         if stored.is_empty() {
             return Ok(None);
@@ -928,9 +948,11 @@ impl Ledger {
         projection::open_state(id, stored, key)
     }
 
-    /// The current state of each of `customers` (`None`: unknown), read together — rows in
-    /// one statement per chunk, the keys the key cache lacks in one more: what a relay's
-    /// batch needs of every customer in it. As [`Self::state`] for each.
+    /// The current state of each of `customers` (`None`: unknown), read together: what a
+    /// relay's batch needs of every customer in it. As [`Self::state`] for each. A record the
+    /// state cache holds is current if the customer's stream is still at its version, which
+    /// one statement tells for all of them; the others' rows are read in one statement per
+    /// chunk, and the keys the key cache lacks in one more.
     pub async fn states(
         &self,
         customers: &[CustomerId],
@@ -938,6 +960,28 @@ impl Ledger {
         let mut ids: Vec<Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
         ids.sort_unstable();
         ids.dedup();
+        let mut out = HashMap::with_capacity(ids.len());
+        let held: Vec<Uuid> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.inner.states.holds(*id))
+            .collect();
+        if !held.is_empty() {
+            let heads = self.inner.log.stream_heads(&held).await?;
+            let mut unread = Vec::with_capacity(ids.len());
+            for id in ids {
+                match heads
+                    .get(&id)
+                    .and_then(|head| self.inner.states.at_version(id, *head))
+                {
+                    Some(state) => {
+                        out.insert(stored_customer(id)?, Some(CustomerState::clone(&state)));
+                    }
+                    None => unread.push(id),
+                }
+            }
+            ids = unread;
+        }
         let epoch = self.inner.keys.epoch();
         let mut rows = self.inner.log.projection_rows_of(&ids).await?;
         // Sealed rows were read while the customer was not erased: a key cached or read now
@@ -959,10 +1003,8 @@ impl Ledger {
             self.inner.keys.insert(id, key.clone(), epoch);
             keys.insert(id, key);
         }
-        let mut out = HashMap::with_capacity(ids.len());
         for id in ids {
-            let customer = CustomerId::from_uuid(id)
-                .map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))?;
+            let customer = stored_customer(id)?;
             let stored = rows.remove(&id).unwrap_or_default();
             let state = if stored.is_empty() {
                 None
@@ -1665,9 +1707,12 @@ fn prepare_for(
     })
 }
 
+fn stored_customer(id: Uuid) -> Result<CustomerId, StoreError> {
+    CustomerId::from_uuid(id).map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))
+}
+
 fn customer_id(raw: &RawEvent) -> Result<CustomerId, StoreError> {
-    CustomerId::from_uuid(raw.customer_id)
-        .map_err(|e| StoreError::Integrity(format!("stored customer id: {e}")))
+    stored_customer(raw.customer_id)
 }
 
 /// Reads a stored event; `key` may be `None` only for the types stored in the clear.
@@ -1721,6 +1766,38 @@ fn parse_event(raw: &RawEvent, plaintext: &[u8]) -> Result<Event, StoreError> {
 
 /// Group commit: takes whatever commands are waiting (up to `max_batch`) and writes them in
 /// one transaction, so one durable commit acknowledges many commands.
+/// Starts the group commit's writer. On SQLite it runs on a thread of its own: every
+/// statement of a batch is a hop to SQLite's connection thread and back, and the one writer's
+/// turnaround bounds the embedded store's throughput, so it must not wait for a turn on the
+/// runtime's workers behind the requests it serves (`docs/benchmarks.md`, optimisation 7).
+/// PostgreSQL's connections belong to the runtime that opened them: its writer stays there.
+fn spawn_writer(log: EventLog, jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
+    if log.engine() == crate::sql::Engine::Postgres {
+        tokio::spawn(run_writer(log, jobs, max_batch));
+        return;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime for the writer's thread; it shares the server's");
+            tokio::spawn(run_writer(log, jobs, max_batch));
+            return;
+        }
+    };
+    // Runs until every ledger handle is gone (the channel closes).
+    let spawned = std::thread::Builder::new()
+        .name("idledger-writer".to_owned())
+        .spawn(move || runtime.block_on(run_writer(log, jobs, max_batch)));
+    if let Err(e) = spawned {
+        // The closure (and with it the receiver) is gone: appends answer that the writer
+        // stopped, as after any writer failure.
+        tracing::error!(error = %e, "cannot start the writer's thread");
+    }
+}
+
 async fn run_writer(log: EventLog, mut jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while jobs.recv_many(&mut batch, max_batch).await > 0 {

@@ -44,6 +44,10 @@ impl EventLog {
     }
 
     /// The log's growth signal (see [`LogWatch`]).
+    pub fn engine(&self) -> crate::sql::Engine {
+        self.db.engine()
+    }
+
     pub fn watch(&self) -> &Arc<LogWatch> {
         &self.watch
     }
@@ -181,6 +185,36 @@ impl EventLog {
         stored_idempotency(&self.db, source, key).await
     }
 
+    /// In one statement: the customer's stream version (`None`: no events) and the
+    /// idempotency record of `source`'s `key`, if any — what a refusal is checked against.
+    pub async fn head_and_idempotency(
+        &self,
+        customer: Uuid,
+        source: &str,
+        key: &str,
+    ) -> Result<(Option<u64>, Option<(Vec<u8>, String)>), StoreError> {
+        let row = sql("SELECT h.head, i.request_hash, i.result FROM \
+             (SELECT MAX(stream_version) AS head FROM events WHERE customer_id = $1) AS h \
+             LEFT JOIN idempotency i ON i.source = $2 AND i.idempotency_key = $3")
+        .bind(customer)
+        .bind(source)
+        .bind(key)
+        .fetch_one(&self.db)
+        .await?;
+        let head = row
+            .try_get::<Option<i64>>("head")?
+            .map(|h| {
+                u64::try_from(h)
+                    .map_err(|_| StoreError::Integrity("a negative stream version".to_owned()))
+            })
+            .transpose()?;
+        let earlier = match row.try_get::<Option<Vec<u8>>>("request_hash")? {
+            Some(hash) => Some((hash, row.try_get("result")?)),
+            None => None,
+        };
+        Ok((head, earlier))
+    }
+
     /// Retention: the idempotency records created before `before`, counted (`dry_run`) or
     /// deleted. A record created at `before` or later is never taken.
     pub async fn expire_idempotency(
@@ -243,8 +277,8 @@ impl EventLog {
     pub async fn data_keys(&self, customers: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
         let mut out = Vec::with_capacity(customers.len());
         for chunk in customers.chunks(self.db.max_params()) {
-            let mut q = sql("SELECT customer_id, wrapped_key FROM data_keys WHERE customer_id IN ");
-            q.push_list(chunk);
+            let mut q = sql("SELECT customer_id, wrapped_key FROM data_keys WHERE customer_id");
+            q.push_in(self.db.engine(), chunk);
             for r in q.fetch_all(&self.db).await? {
                 out.push((r.try_get("customer_id")?, r.try_get("wrapped_key")?));
             }
@@ -266,8 +300,9 @@ impl EventLog {
         let mut out: HashMap<Uuid, Vec<ProjectionRow>> = HashMap::new();
         for chunk in customers.chunks(self.db.max_params()) {
             let mut q =
-                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN ");
-            q.push_list(chunk).push(" ORDER BY customer_id, kind, key");
+                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id");
+            q.push_in(self.db.engine(), chunk)
+                .push(" ORDER BY customer_id, kind, key");
             for r in q.fetch_all(&self.db).await? {
                 out.entry(r.try_get("customer_id")?)
                     .or_default()
@@ -362,9 +397,9 @@ impl EventLog {
         for chunk in customers.chunks(self.db.max_params()) {
             let mut q = sql(
                 "SELECT customer_id, stream_version, fold_version, covers_until, state \
-                 FROM stream_snapshots WHERE customer_id IN ",
+                 FROM stream_snapshots WHERE customer_id",
             );
-            q.push_list(chunk);
+            q.push_in(self.db.engine(), chunk);
             for r in q.fetch_all(&self.db).await? {
                 out.push(StoredSnapshot {
                     customer_id: r.try_get("customer_id")?,
@@ -440,6 +475,29 @@ impl EventLog {
         Ok(true)
     }
 
+    /// The stream version of each of `customers` that has events: one index seek each (the
+    /// stream's last entry), cheaper than reading a record's rows to find it unchanged.
+    pub async fn stream_heads(&self, customers: &[Uuid]) -> Result<HashMap<Uuid, u64>, StoreError> {
+        let mut out = HashMap::with_capacity(customers.len());
+        for chunk in customers.chunks(self.db.max_params()) {
+            let mut q = sql("WITH c(customer_id) AS (");
+            q.push_values(self.db.engine(), chunk, |c| vec![(*c).into()])
+                .push(
+                    ") SELECT c.customer_id, (SELECT MAX(e.stream_version) FROM events e \
+                 WHERE e.customer_id = c.customer_id) AS head FROM c",
+                );
+            for r in q.fetch_all(&self.db).await? {
+                if let Some(head) = r.try_get::<Option<i64>>("head")? {
+                    let head = u64::try_from(head).map_err(|_| {
+                        StoreError::Integrity("a negative stream version".to_owned())
+                    })?;
+                    out.insert(r.try_get("customer_id")?, head);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The projection rows of `customers`, with their customer.
     pub async fn projections_of(
         &self,
@@ -448,8 +506,8 @@ impl EventLog {
         let mut out = Vec::new();
         for chunk in customers.chunks(self.db.max_params()) {
             let mut q =
-                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN ");
-            q.push_list(chunk);
+                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id");
+            q.push_in(self.db.engine(), chunk);
             for r in q.fetch_all(&self.db).await? {
                 out.push((r.try_get("customer_id")?, projection_row(&r)?));
             }
@@ -461,8 +519,8 @@ impl EventLog {
     pub async fn lookup_of(&self, customers: &[Uuid]) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         for chunk in customers.chunks(self.db.max_params()) {
-            let mut q = sql("SELECT customer_id, digest FROM lookup_index WHERE customer_id IN ");
-            q.push_list(chunk);
+            let mut q = sql("SELECT customer_id, digest FROM lookup_index WHERE customer_id");
+            q.push_in(self.db.engine(), chunk);
             for r in q.fetch_all(&self.db).await? {
                 out.push((r.try_get("customer_id")?, r.try_get("digest")?));
             }
@@ -499,9 +557,9 @@ impl EventLog {
         let customers: Vec<Uuid> = repair.customers.iter().map(|(c, _)| *c).collect();
         for chunk in customers.chunks(self.db.max_params()) {
             let mut q = sql(
-                "SELECT customer_id, MAX(stream_version) AS head FROM events WHERE customer_id IN ",
+                "SELECT customer_id, MAX(stream_version) AS head FROM events WHERE customer_id",
             );
-            q.push_list(chunk).push(" GROUP BY customer_id");
+            q.push_in(tx.engine(), chunk).push(" GROUP BY customer_id");
             for r in q.fetch_all(&mut tx).await? {
                 heads.insert(r.try_get("customer_id")?, r.get_u64("head")?);
             }
@@ -706,8 +764,8 @@ pub(crate) async fn erasures(db: &Db, customers: &[Uuid]) -> Result<Vec<RawEvent
     for chunk in customers.chunks(db.max_params()) {
         let mut q = select_events();
         // The literal type (not a bind) lets the engine use the partial index on erasures.
-        q.push(" WHERE event_type = 'customer_erased' AND customer_id IN ")
-            .push_list(chunk);
+        q.push(" WHERE event_type = 'customer_erased' AND customer_id")
+            .push_in(db.engine(), chunk);
         for row in q.fetch_all(db).await? {
             out.push(raw_event(&row)?);
         }
@@ -751,13 +809,13 @@ async fn rewrite_projections(
     rows: &[&(Uuid, ProjectionRow)],
 ) -> Result<(), StoreError> {
     for chunk in customers.chunks(db.max_params()) {
-        let mut q = sql("DELETE FROM projections WHERE customer_id IN ");
-        q.push_list(chunk);
+        let mut q = sql("DELETE FROM projections WHERE customer_id");
+        q.push_in(db.engine(), chunk);
         q.execute(&mut *tx).await?;
     }
     for chunk in rows.chunks(db.rows_per_statement(4)) {
         let mut q = sql("INSERT INTO projections (customer_id, kind, key, record) ");
-        q.push_values(chunk, |(customer, r)| {
+        q.push_values(db.engine(), chunk, |(customer, r)| {
             vec![
                 (*customer).into(),
                 r.kind.as_str().into(),
@@ -887,13 +945,13 @@ async fn append_one(
     if !rows.is_empty() {
         let mut insert = sql("INSERT INTO events (");
         insert.push(EVENT_COLUMNS).push(") ");
-        insert.push_values(&rows, event_args);
+        insert.push_values(tx.engine(), &rows, event_args);
         insert.execute(&mut *tx).await?;
     }
     if !req.projection.upserts.is_empty() {
         let mut upsert = sql("INSERT INTO projections (customer_id, kind, key, record) ");
         upsert
-            .push_values(&req.projection.upserts, |r| {
+            .push_values(tx.engine(), &req.projection.upserts, |r| {
                 vec![
                     customer.into(),
                     r.kind.as_str().into(),
@@ -1035,7 +1093,9 @@ pub(crate) async fn replace_lookup_rows(
     // parameter limit.
     for chunk in digests.chunks(1000) {
         let mut insert = sql("INSERT INTO lookup_index (digest, customer_id) ");
-        insert.push_values(chunk, |d| vec![d.as_slice().into(), customer.into()]);
+        insert.push_values(tx.engine(), chunk, |d| {
+            vec![d.as_slice().into(), customer.into()]
+        });
         insert.execute(&mut *tx).await?;
     }
     Ok(())

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::delivery::{ConsumerId, customer_id};
 use crate::error::StoreError;
 use crate::ledger::Ledger;
-use crate::sql::{Arg, Tx, sql};
+use crate::sql::{Arg, sql};
 
 /// Binds a sealed payload to its place: a row copied to another consumer, customer or
 /// position does not open.
@@ -122,15 +122,10 @@ impl Ledger {
             return Ok(kept);
         }
         let db = self.store().db();
-        let mut tx = db.begin().await?;
-        if matches!(tx, Tx::Postgres(_)) {
-            // Not waited for on disk: the commit that logs the handoffs is, and flushes this
-            // with it. A relay that dies after sending finds the rows; only PostgreSQL itself
-            // failing in between could lose them (and then the batch is decided again).
-            sql("SET LOCAL synchronous_commit = off")
-                .execute(&mut tx)
-                .await?;
-        }
+        // Not waited for on disk: the commit that logs the handoffs is, and flushes this with
+        // it. A relay that dies after sending finds the rows; only PostgreSQL itself failing
+        // in between could lose them (and then the batch is decided again).
+        let mut tx = db.begin_unflushed().await?;
         let mut rows = rows.into_iter().peekable();
         let per_statement = db.rows_per_statement(6);
         while rows.peek().is_some() {
@@ -138,7 +133,7 @@ impl Ledger {
             let mut q = sql(
                 "INSERT INTO delivery_outbox (consumer_id, seq, customer_id, sealed, payload, through) ",
             );
-            q.push_values(chunk, |r| r);
+            q.push_values(db.engine(), chunk, |r| r);
             q.execute(&mut tx).await?;
         }
         tx.commit().await?;

@@ -249,7 +249,7 @@ impl Runs {
             let mut q = sql(
                 "INSERT INTO reconcile_findings (run_id, seq, consumer_id, customer_id, field, kind, detail) ",
             );
-            q.push_values(rows, |r| r);
+            q.push_values(self.db.engine(), rows, |r| r);
             q.execute(&mut tx).await?;
         }
         tx.commit().await
@@ -287,7 +287,7 @@ impl Runs {
         for chunk in rows.chunks(self.db.rows_per_statement(5)) {
             let mut q =
                 sql("INSERT INTO snapshot_rows (run_id, customer_id, field, value_hash, line) ");
-            q.push_values(chunk, |r| {
+            q.push_values(self.db.engine(), chunk, |r| {
                 vec![
                     run_id.into(),
                     r.customer_id.into(),
@@ -340,8 +340,8 @@ impl Runs {
                 "SELECT customer_id, field, value_hash, line FROM snapshot_rows WHERE run_id = ",
             );
             q.push_bind(run_id)
-                .push(" AND customer_id IN ")
-                .push_list(chunk)
+                .push(" AND customer_id")
+                .push_in(self.db.engine(), chunk)
                 .push(" ORDER BY customer_id, field");
             for row in q.fetch_all(&self.db).await? {
                 out.push(snapshot_row(&row)?);
@@ -508,8 +508,8 @@ async fn erased_during(
              AND recorded_at >= (SELECT started_at FROM reconcile_runs WHERE run_id = ",
         );
         q.push_bind(run_id)
-            .push(") AND customer_id IN ")
-            .push_list(chunk);
+            .push(") AND customer_id")
+            .push_in(tx.engine(), chunk);
         for row in q.fetch_all(&mut *tx).await? {
             erased.insert(row.try_get("customer_id")?);
         }

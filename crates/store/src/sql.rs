@@ -11,8 +11,12 @@
 //!   on SQLite) is compared with [`Arg::DbClockTime`].
 //! - **Write transactions**: SQLite's take the write lock up front (`BEGIN IMMEDIATE`), so two
 //!   writers never deadlock upgrading a read lock; PostgreSQL's are plain `BEGIN`.
-//! - **Lists**: `IN ($1, $2, …)` on both, chunked to the engine's limit on bound parameters
-//!   ([`Db::max_params`]), rather than PostgreSQL's arrays, which SQLite lacks.
+//! - **Lists and rows of values**: a list ([`Sql::push_in`]) or the rows of an `INSERT`
+//!   ([`Sql::push_values`]) bind as one array per column on PostgreSQL (`= ANY($n)`,
+//!   `SELECT * FROM UNNEST($n, …)`), so that the statement's text, and with it the prepared
+//!   statement and its plan, is the same whatever the number of items; SQLite, which has no
+//!   arrays, gets `IN ($1, $2, …)` and `VALUES (…), (…)`, chunked to its limit on bound
+//!   parameters ([`Db::max_params`]).
 //!
 //! What really differs (the append lock, PostgreSQL's array-bound bulk append) stays in the
 //! engine modules, reached through [`Db::pg`].
@@ -122,6 +126,19 @@ impl Db {
         }
     }
 
+    /// Starts a transaction that will write and whose commit PostgreSQL does not wait to
+    /// have on disk (`synchronous_commit = off`, in the `BEGIN`'s round trip): for rows a
+    /// later, flushed commit makes durable with it. SQLite's as [`Db::begin`].
+    pub async fn begin_unflushed(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Self::Postgres(pool) => Tx::Postgres(
+                pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                    .await?,
+            ),
+            Self::Sqlite(_) => self.begin().await?,
+        })
+    }
+
     /// Starts a transaction that holds off every append until it ends: the append lock on
     /// PostgreSQL, the write lock on SQLite.
     pub async fn begin_exclusive(&self) -> Result<Tx, StoreError> {
@@ -155,6 +172,13 @@ pub enum Tx {
 }
 
 impl Tx {
+    pub fn engine(&self) -> Engine {
+        match self {
+            Self::Postgres(_) => Engine::Postgres,
+            Self::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
     pub async fn commit(self) -> Result<(), StoreError> {
         match self {
             Self::Postgres(tx) => tx.commit().await?,
@@ -179,6 +203,59 @@ pub enum Arg {
     /// `idempotency.created_at`. Seconds round down, so `column < $n` never takes a row from
     /// the second of the bound time or later.
     DbClockTime(Option<DateTime<Utc>>),
+    /// A list as one PostgreSQL array ([`Sql::push_in`], [`Sql::push_values`]).
+    Array(Array),
+}
+
+/// The values of a list or of one column of rows, all of one kind: one PostgreSQL array.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Int4(Vec<Option<i32>>),
+    Uuid(Vec<Option<Uuid>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+}
+
+impl Array {
+    /// The values as one array; `None` when there are none (no element type to give it) or
+    /// they are not all of one kind.
+    fn of(values: Vec<Arg>) -> Option<Self> {
+        macro_rules! gather {
+            ($variant:ident, $($arg:ident)|+) => {
+                values
+                    .into_iter()
+                    .map(|v| match v {
+                        $(Arg::$arg(v))|+ => Some(v),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .map(Array::$variant)
+            };
+        }
+        match values.first()? {
+            Arg::Text(_) => gather!(Text, Text),
+            Arg::Int(_) => gather!(Int, Int),
+            Arg::Int4(_) => gather!(Int4, Int4),
+            Arg::Uuid(_) => gather!(Uuid, Uuid),
+            Arg::Bytes(_) => gather!(Bytes, Bytes),
+            Arg::Time(_) | Arg::DbClockTime(_) => gather!(Time, Time | DbClockTime),
+            Arg::Array(_) => None,
+        }
+    }
+
+    /// The cast that gives the parameter its type in the statement's text.
+    fn pg_type(&self) -> &'static str {
+        match self {
+            Self::Text(_) => "text[]",
+            Self::Int(_) => "int8[]",
+            Self::Int4(_) => "int4[]",
+            Self::Uuid(_) => "uuid[]",
+            Self::Bytes(_) => "bytea[]",
+            Self::Time(_) => "timestamptz[]",
+        }
+    }
 }
 
 macro_rules! arg_from {
@@ -308,18 +385,60 @@ impl Sql {
         self
     }
 
-    /// Appends `VALUES (…), (…)`: one tuple per row, its values given by `row`.
+    /// Appends ` IN (…)` of `items` for `engine`: on PostgreSQL ` = ANY($n)`, the items bound
+    /// as one array. No items match nothing, on either engine.
+    pub fn push_in<T: Into<Arg>>(
+        &mut self,
+        engine: Engine,
+        items: impl IntoIterator<Item = T>,
+    ) -> &mut Self {
+        let items: Vec<Arg> = items.into_iter().map(Into::into).collect();
+        if engine == Engine::Postgres
+            && let Some(array) = Array::of(items.clone())
+        {
+            let cast = array.pg_type();
+            self.text.push_str(" = ANY(");
+            self.push_bind(Arg::Array(array));
+            self.text.push_str("::");
+            self.text.push_str(cast);
+            self.text.push(')');
+            return self;
+        }
+        self.text.push_str(" IN ");
+        self.push_list(items)
+    }
+
+    /// Appends the rows of an `INSERT` for `engine`, each row's values given by `row`: on
+    /// PostgreSQL `SELECT * FROM UNNEST($n, …)`, a column an array, elsewhere (or when a
+    /// column's values are not of one kind) `VALUES (…), (…)`.
     pub fn push_values<R>(
         &mut self,
+        engine: Engine,
         rows: impl IntoIterator<Item = R>,
         mut row: impl FnMut(R) -> Vec<Arg>,
     ) -> &mut Self {
+        let rows: Vec<Vec<Arg>> = rows.into_iter().map(&mut row).collect();
+        if engine == Engine::Postgres
+            && let Some(columns) = columns_of(&rows)
+        {
+            self.text.push_str("SELECT * FROM UNNEST(");
+            for (i, column) in columns.into_iter().enumerate() {
+                if i > 0 {
+                    self.text.push_str(", ");
+                }
+                let cast = column.pg_type();
+                self.push_bind(Arg::Array(column));
+                self.text.push_str("::");
+                self.text.push_str(cast);
+            }
+            self.text.push(')');
+            return self;
+        }
         self.text.push_str("VALUES ");
-        for (i, r) in rows.into_iter().enumerate() {
+        for (i, values) in rows.into_iter().enumerate() {
             if i > 0 {
                 self.text.push_str(", ");
             }
-            let values = row(r);
             self.push_list(values);
         }
         self
@@ -358,6 +477,12 @@ impl Sql {
                 Arg::Uuid(v) => args.add(v),
                 Arg::Bytes(v) => args.add(v),
                 Arg::Time(v) | Arg::DbClockTime(v) => args.add(v),
+                Arg::Array(Array::Text(v)) => args.add(v),
+                Arg::Array(Array::Int(v)) => args.add(v),
+                Arg::Array(Array::Int4(v)) => args.add(v),
+                Arg::Array(Array::Uuid(v)) => args.add(v),
+                Arg::Array(Array::Bytes(v)) => args.add(v),
+                Arg::Array(Array::Time(v)) => args.add(v),
             }
             .map_err(StoreError::bind)?;
         }
@@ -375,11 +500,25 @@ impl Sql {
                 Arg::Bytes(v) => args.add(v),
                 Arg::Time(v) => args.add(v.map(micros)),
                 Arg::DbClockTime(v) => args.add(v.map(|t| t.timestamp())),
+                // Built only for PostgreSQL (`push_in`, `push_values`).
+                Arg::Array(_) => Err("an array bound on SQLite".into()),
             }
             .map_err(StoreError::bind)?;
         }
         Ok(sqlx::query_with(AssertSqlSafe(self.text), args))
     }
+}
+
+/// Rows of values as one array per column: `None` when there are no rows, the rows differ in
+/// length, or a column's values are not of one kind.
+fn columns_of(rows: &[Vec<Arg>]) -> Option<Vec<Array>> {
+    let width = rows.first()?.len();
+    if width == 0 || rows.iter().any(|r| r.len() != width) {
+        return None;
+    }
+    (0..width)
+        .map(|c| Array::of(rows.iter().map(|r| r[c].clone()).collect()))
+        .collect()
 }
 
 /// Where a statement runs: a pool ([`Db`]) or a transaction ([`Tx`]).
@@ -531,5 +670,82 @@ impl Column for Option<DateTime<Utc>> {
     }
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, sqlx::Error> {
         Ok(row.try_get::<Option<i64>, _>(name)?.map(from_micros))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<Uuid> {
+        (0..n).map(|_| Uuid::now_v7()).collect()
+    }
+
+    #[test]
+    fn a_list_binds_as_one_array_on_postgresql_and_item_by_item_on_sqlite() {
+        for n in [1, 3, 200] {
+            let mut pg = sql("SELECT 1 FROM t WHERE a = $1 AND id");
+            pg = pg.bind("x");
+            pg.push_in(Engine::Postgres, ids(n)).push(" AND b = ");
+            pg.push_bind(7_i64);
+            // The same text whatever the number of items: one prepared statement.
+            assert_eq!(
+                pg.text,
+                "SELECT 1 FROM t WHERE a = $1 AND id = ANY($2::uuid[]) AND b = $3"
+            );
+            assert!(matches!(&pg.args[1], Arg::Array(Array::Uuid(v)) if v.len() == n));
+            let mut lite = sql("SELECT 1 FROM t WHERE id");
+            lite.push_in(Engine::Sqlite, ids(n));
+            assert_eq!(lite.param_count(), n);
+            assert!(lite.text.starts_with("SELECT 1 FROM t WHERE id IN ($1"));
+        }
+    }
+
+    #[test]
+    fn no_items_match_nothing_on_either_engine() {
+        for engine in [Engine::Postgres, Engine::Sqlite] {
+            let mut q = sql("SELECT 1 FROM t WHERE id");
+            q.push_in(engine, Vec::<Uuid>::new());
+            assert_eq!(q.text, "SELECT 1 FROM t WHERE id IN (NULL)");
+            assert_eq!(q.param_count(), 0);
+        }
+    }
+
+    #[test]
+    fn rows_bind_a_column_an_array_on_postgresql() {
+        let rows = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    vec![
+                        Arg::from(format!("k{i}")),
+                        Arg::from(i as u64),
+                        Arg::from(i % 2 == 0),
+                        Arg::from(None::<DateTime<Utc>>),
+                        Arg::from(vec![1_u8, 2]),
+                    ]
+                })
+                .collect::<Vec<_>>()
+        };
+        for n in [1, 50] {
+            let mut q = sql("INSERT INTO t (a, b, c, d, e) ");
+            q.push_values(Engine::Postgres, rows(n), |r| r);
+            assert_eq!(
+                q.text,
+                "INSERT INTO t (a, b, c, d, e) SELECT * FROM UNNEST($1::text[], $2::int8[], \
+                 $3::int4[], $4::timestamptz[], $5::bytea[])"
+            );
+            let mut lite = sql("INSERT INTO t (a, b, c, d, e) ");
+            lite.push_values(Engine::Sqlite, rows(n), |r| r);
+            assert_eq!(lite.param_count(), 5 * n);
+            assert!(lite.text.contains("VALUES ($1, $2, $3, $4, $5)"));
+        }
+    }
+
+    #[test]
+    fn a_column_of_mixed_kinds_keeps_its_values_apart() {
+        let rows = vec![vec![Arg::from("a")], vec![Arg::from(1_i64)]];
+        let mut q = sql("INSERT INTO t (a) ");
+        q.push_values(Engine::Postgres, rows, |r| r);
+        assert_eq!(q.text, "INSERT INTO t (a) VALUES ($1), ($2)");
     }
 }

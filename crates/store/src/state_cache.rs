@@ -13,8 +13,13 @@
 //! from conflicts, is dropped from the cache and decided again on a fresh read. A command the
 //! cached record would refuse is decided again on a fresh read before the refusal is given.
 //! Entries are written by this process's successful appends and by the stored record a
-//! refused command was decided on, and replaced only by a newer version. Rows rewritten without a new version (`idledger rebuild`) clear this
-//! process's cache; another process's rebuild is seen within [`MAX_AGE`].
+//! refused command was decided on, and replaced only by a newer version. A read
+//! (`Ledger::state`, `Ledger::states`) answers with a held record only while the customer's
+//! stream is still at its version, read in the same call (the events and the rows of a
+//! version are written in one transaction), so a read stays as fresh as one of the rows.
+//! Rows rewritten without a new version (`idledger rebuild`) clear this process's cache;
+//! another process's rebuild is seen within [`MAX_AGE`] — and until then this process
+//! answers with the record as it wrote it, which is the log's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +117,25 @@ impl StateCache {
                 written_at: Instant::now(),
             },
         );
+    }
+
+    /// Whether a recent record of the customer is held (not counted as a use).
+    pub(crate) fn holds(&self, customer: Uuid) -> bool {
+        self.records.shard(customer).is_some_and(|shard| {
+            shard
+                .peek(&customer)
+                .is_some_and(|e| e.written_at.elapsed() < self.max_age)
+        })
+    }
+
+    /// The held record of the customer if recent and at stream version `version`: the
+    /// record its rows hold while the stream is at that version (the rows and the events
+    /// are written in one transaction). Not counted as a use.
+    pub(crate) fn at_version(&self, customer: Uuid, version: u64) -> Option<Arc<CustomerState>> {
+        let shard = self.records.shard(customer)?;
+        let entry = shard.peek(&customer)?;
+        (entry.written_at.elapsed() < self.max_age && entry.record.state.stream_version == version)
+            .then(|| entry.record.state.clone())
     }
 
     /// The cached record of the customer if it was made from exactly `stored` (in any

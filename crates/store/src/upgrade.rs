@@ -83,8 +83,8 @@ impl Ledger {
             cursor = Some(*last);
             let mut tx = db.begin_exclusive().await?;
             let mut q =
-                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id IN ");
-            q.push_list(customers.iter().copied())
+                sql("SELECT customer_id, kind, key, record FROM projections WHERE customer_id");
+            q.push_in(tx.engine(), customers.iter().copied())
                 .push(" ORDER BY customer_id, kind, key");
             let mut rows: BTreeMap<uuid::Uuid, Vec<ProjectionRow>> = BTreeMap::new();
             for r in q.fetch_all(&mut tx).await? {

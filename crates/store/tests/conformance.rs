@@ -1740,12 +1740,19 @@ async fn a_sealed_record_read_in_another_row_is_an_integrity_error(engine: Engin
             (c, "field", "email"),
         ),
     ];
-    // A process that reads the record (this one keeps what it last wrote, and decides on
-    // that: it never reads the altered rows).
+    // A process that reads the record's rows. This one keeps the record it last wrote, and
+    // while the stream is at that version it decides on it and answers reads with it: the
+    // record as written, never the altered rows — until `rebuild` (below) empties its cache.
     let reader = store.another_ledger().await;
     for (i, (what, from, to)) in moves.into_iter().enumerate() {
         copy_record(&store.db, from, to).await;
-        assert_integrity(store.ledger.state(c).await, what);
+        assert_integrity(reader.state(c).await, what);
+        let held = store.ledger.state(c).await;
+        if i == 0 {
+            assert_eq!(held.unwrap(), before_c, "{what}");
+        } else {
+            assert_integrity(held, what);
+        }
         // A command on the altered record fails, and writes nothing.
         let head = store.ledger.head_position().await.unwrap();
         let refused = reader
@@ -1789,8 +1796,17 @@ async fn rows_from_before_sealing_are_read_and_sealed_by_a_write(engine: Engine)
         rows.iter()
             .any(|(_, r)| r.contains("augusta.king@example.org"))
     );
-    // Read as they are…
-    assert_eq!(store.ledger.state(c).await.unwrap().unwrap(), before);
+    // Read as they are (by a process that does not hold the record it wrote)…
+    assert_eq!(
+        store
+            .another_ledger()
+            .await
+            .state(c)
+            .await
+            .unwrap()
+            .unwrap(),
+        before
+    );
     // …and a write that changes one field leaves every row of the customer sealed (by a
     // process of this version started on the old rows: this one kept what it wrote).
     store
@@ -1967,6 +1983,11 @@ async fn a_read_where_the_record_is_kept_shows_another_processs_writes(engine: E
     // Read here as this process wrote it (the record it keeps, made from these very rows).
     let read = here.state(c).await.unwrap().unwrap();
     assert_eq!(Some(&read), written.state.as_deref());
+    // Many at once (the relay's read), the kept record among them, and one never written.
+    let unknown = new_customer();
+    let many = here.states(&[c, unknown]).await.unwrap();
+    assert_eq!(many[&c].as_ref(), written.state.as_deref());
+    assert_eq!(many[&unknown], None);
     // Moved on by the other process: a read here shows it, though this process kept the
     // record it wrote.
     there
@@ -1976,9 +1997,11 @@ async fn a_read_where_the_record_is_kept_shows_another_processs_writes(engine: E
         )
         .await
         .unwrap();
-    let read = here.state(c).await.unwrap().unwrap();
+    let many = here.states(&[c, unknown]).await.unwrap();
+    let read = many[&c].clone().unwrap();
     assert_eq!(locale(&read), Some(json!("de-DE")));
     assert_eq!(read.stream_version, written.result.stream_version + 1);
+    assert_eq!(here.state(c).await.unwrap().unwrap(), read);
     // A command refused here keeps the record it was refused on; the other process moves it
     // on again; the next command here is decided on the latest, and a read shows both.
     let refused = here
@@ -2014,6 +2037,8 @@ async fn a_read_where_the_record_is_kept_shows_another_processs_writes(engine: E
     );
     assert_eq!(Some(&read), next.state.as_deref());
     assert_eq!(there.state(c).await.unwrap().unwrap(), read);
+    assert_eq!(here.states(&[c]).await.unwrap()[&c].as_ref(), Some(&read));
+    assert_eq!(there.states(&[c]).await.unwrap()[&c].as_ref(), Some(&read));
 }
 
 async fn a_record_kept_by_one_process_yields_to_another_processs_writes(engine: Engine) {

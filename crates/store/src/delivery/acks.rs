@@ -214,8 +214,8 @@ impl Deliveries {
             q.push(STATE_COLUMNS)
                 .push(" FROM consumer_state WHERE consumer_id = ")
                 .push_bind(consumer.as_str())
-                .push(" AND customer_id IN ")
-                .push_list(chunk);
+                .push(" AND customer_id")
+                .push_in(self.db.engine(), chunk);
             for row in q.fetch_all(&self.db).await? {
                 out.push(field_state(&row)?);
             }

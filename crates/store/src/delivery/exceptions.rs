@@ -288,8 +288,8 @@ impl Deliveries {
             .push_bind(customer.as_uuid())
             .push(" AND field = ")
             .push_bind(field_column(field))
-            .push(" AND kind IN ")
-            .push_list(kinds.iter().map(|k| k.as_str()))
+            .push(" AND kind")
+            .push_in(self.db.engine(), kinds.iter().map(|k| k.as_str()))
             .push(" RETURNING exception_id");
         q.fetch_all(&self.db)
             .await?
@@ -324,10 +324,10 @@ impl Deliveries {
             let mut q = select();
             q.push(" WHERE status = 'open' AND consumer_id = ")
                 .push_bind(consumer.as_str())
-                .push(" AND customer_id IN ")
-                .push_list(chunk)
-                .push(" AND kind IN ")
-                .push_list(kinds.iter().map(|k| k.as_str()));
+                .push(" AND customer_id")
+                .push_in(self.db.engine(), chunk)
+                .push(" AND kind")
+                .push_in(self.db.engine(), kinds.iter().map(|k| k.as_str()));
             for row in q.fetch_all(&self.db).await? {
                 out.push(exception(&row)?);
             }

@@ -35,6 +35,7 @@ impl Deliveries {
             .map(|(_, r)| *r)
             .collect();
         let consumer = commit.consumer.as_str();
+        let engine = self.db.engine();
         let mut tx = self.db.begin().await?;
         for chunk in commit.handoffs.chunks(self.db.rows_per_statement(10)) {
             let mut q = sql(
@@ -55,7 +56,7 @@ impl Deliveries {
                     h.delivered_at.into(),
                 ]);
             }
-            q.push_values(rows, |r| r)
+            q.push_values(engine, rows, |r| r)
                 .push(" ON CONFLICT (consumer_id, message_id) DO NOTHING");
             q.execute(&mut tx).await?;
         }
@@ -63,7 +64,7 @@ impl Deliveries {
             let mut q = sql(
                 "INSERT INTO consumer_customers (consumer_id, customer_id, status, changed_at) ",
             );
-            q.push_values(chunk, |(customer, relation)| {
+            q.push_values(engine, chunk, |(customer, relation)| {
                 vec![
                     consumer.into(),
                     customer.as_uuid().into(),
@@ -79,8 +80,8 @@ impl Deliveries {
         for chunk in commit.outbox_done.chunks(self.db.rows_per_statement(1) - 1) {
             let mut q = sql("DELETE FROM delivery_outbox WHERE consumer_id = ");
             q.push_bind(consumer)
-                .push(" AND seq IN ")
-                .push_list(chunk.iter().copied());
+                .push(" AND seq")
+                .push_in(engine, chunk.iter().copied());
             q.execute(&mut tx).await?;
         }
         if let Some(position) = commit.checkpoint {
@@ -184,8 +185,8 @@ impl Deliveries {
                 "SELECT customer_id, status, changed_at FROM consumer_customers WHERE consumer_id = ",
             );
             q.push_bind(consumer.as_str())
-                .push(" AND customer_id IN ")
-                .push_list(chunk);
+                .push(" AND customer_id")
+                .push_in(self.db.engine(), chunk);
             for r in q.fetch_all(&self.db).await? {
                 out.push((
                     r.try_get("customer_id")?,

@@ -9,7 +9,7 @@ use super::bulk::{BatchRead, BulkWrite, decide};
 use super::{EVENT_COLUMNS, INSERT_SNAPSHOT, event_args, head, replace_lookup_rows};
 use crate::error::StoreError;
 use crate::model::{AppendOutcome, AppendRequest};
-use crate::sql::{Arg, Db, Tx, sql};
+use crate::sql::{Arg, Db, Engine, Tx, sql};
 
 /// Stream heads read per statement: one `SELECT … LIMIT 1` each, joined by `UNION ALL`
 /// (SQLite allows 500 terms in a compound `SELECT`).
@@ -43,8 +43,10 @@ async fn read(db: &Db, tx: &mut Tx, batch: &[AppendRequest]) -> Result<BatchRead
             "SELECT source, idempotency_key, request_hash, result FROM idempotency \
              WHERE (source, idempotency_key) IN (",
         );
-        q.push_values(chunk, |(source, key)| vec![(*source).into(), (*key).into()])
-            .push(")");
+        q.push_values(Engine::Sqlite, chunk, |(source, key)| {
+            vec![(*source).into(), (*key).into()]
+        })
+        .push(")");
         for row in q.fetch_all(&mut *tx).await? {
             read.used.insert(
                 (row.try_get("source")?, row.try_get("idempotency_key")?),
@@ -191,7 +193,7 @@ async fn insert<R>(
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(db.rows_per_statement(columns)) {
         let mut q = sql(head);
-        q.push_values(chunk, &args).push(tail);
+        q.push_values(Engine::Sqlite, chunk, &args).push(tail);
         q.execute(&mut *tx).await?;
     }
     Ok(())
