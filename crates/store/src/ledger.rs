@@ -1769,11 +1769,13 @@ fn parse_event(raw: &RawEvent, plaintext: &[u8]) -> Result<Event, StoreError> {
 /// Starts the group commit's writer. On SQLite it runs on a thread of its own: every
 /// statement of a batch is a hop to SQLite's connection thread and back, and the one writer's
 /// turnaround bounds the embedded store's throughput, so it must not wait for a turn on the
-/// runtime's workers behind the requests it serves (`docs/benchmarks.md`, optimisation 7).
-/// PostgreSQL's connections belong to the runtime that opened them: its writer stays there.
+/// runtime's workers behind the requests it serves; and a checkpointer beside it copies the
+/// log into the database file, so that its commits do not (`docs/benchmarks.md`,
+/// optimisation 7). PostgreSQL's connections belong to the runtime that opened them: its
+/// writer stays there.
 fn spawn_writer(log: EventLog, jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
     if log.engine() == crate::sql::Engine::Postgres {
-        tokio::spawn(run_writer(log, jobs, max_batch));
+        tokio::spawn(run_writer(log, jobs, max_batch, None));
         return;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -1783,14 +1785,21 @@ fn spawn_writer(log: EventLog, jobs: mpsc::Receiver<WriteJob>, max_batch: usize)
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::warn!(error = %e, "no runtime for the writer's thread; it shares the server's");
-            tokio::spawn(run_writer(log, jobs, max_batch));
+            tokio::spawn(run_writer(log, jobs, max_batch, None));
             return;
         }
     };
-    // Runs until every ledger handle is gone (the channel closes).
+    // Both run until every ledger handle is gone (the channel closes): the runtime's end
+    // drops the checkpointer.
     let spawned = std::thread::Builder::new()
         .name("idledger-writer".to_owned())
-        .spawn(move || runtime.block_on(run_writer(log, jobs, max_batch)));
+        .spawn(move || {
+            runtime.block_on(async move {
+                let committed = Arc::new(tokio::sync::Notify::new());
+                tokio::spawn(checkpointer(log.clone(), committed.clone()));
+                run_writer(log, jobs, max_batch, Some(committed)).await;
+            });
+        });
     if let Err(e) = spawned {
         // The closure (and with it the receiver) is gone: appends answer that the writer
         // stopped, as after any writer failure.
@@ -1798,7 +1807,28 @@ fn spawn_writer(log: EventLog, jobs: mpsc::Receiver<WriteJob>, max_batch: usize)
     }
 }
 
-async fn run_writer(log: EventLog, mut jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
+/// At most one checkpoint this often: each copies what the commits since the last one added.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// SQLite: after commits, a checkpoint that waits for no reader or writer, on a connection of
+/// its own, so the log is copied into the database file beside the writer instead of inside
+/// one of its commits.
+async fn checkpointer(log: EventLog, committed: Arc<tokio::sync::Notify>) {
+    loop {
+        committed.notified().await;
+        if let Err(e) = log.checkpoint_passive().await {
+            tracing::debug!(error = %e, "a background checkpoint failed; a later one catches up");
+        }
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+    }
+}
+
+async fn run_writer(
+    log: EventLog,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    max_batch: usize,
+    committed: Option<Arc<tokio::sync::Notify>>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
         let (requests, replies): (Vec<AppendRequest>, Vec<_>) =
@@ -1810,6 +1840,9 @@ async fn run_writer(log: EventLog, mut jobs: mpsc::Receiver<WriteJob>, max_batch
         metrics::histogram!("idledger_append_batch_size").record(requests.len() as f64);
         match written {
             Ok(results) => {
+                if let Some(committed) = &committed {
+                    committed.notify_one();
+                }
                 for (reply, result) in replies.into_iter().zip(results) {
                     // The caller may have gone away (request cancelled); its write stands.
                     let _ = reply.send(result);

@@ -170,6 +170,11 @@ impl EventLog {
         Ok((outcome, decided))
     }
 
+    /// SQLite: a checkpoint that waits for nobody (see [`Db::checkpoint_passive`]).
+    pub(crate) async fn checkpoint_passive(&self) -> Result<(), StoreError> {
+        self.db.checkpoint_passive().await
+    }
+
     /// SQLite: empties the write-ahead log into the database (see [`Db::truncate_wal`]);
     /// false if readers kept it from completing.
     pub(crate) async fn truncate_wal(&self) -> Result<bool, StoreError> {

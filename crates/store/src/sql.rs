@@ -139,6 +139,18 @@ impl Db {
         })
     }
 
+    /// SQLite: copies the write-ahead log's committed frames into the database file, waiting
+    /// for no reader or writer (`PASSIVE`), so that the writer's commits do not run the
+    /// checkpoint themselves. PostgreSQL has nothing to do here.
+    pub async fn checkpoint_passive(&self) -> Result<(), StoreError> {
+        if let Self::Sqlite(pool) = self {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Starts a transaction that holds off every append until it ends: the append lock on
     /// PostgreSQL, the write lock on SQLite.
     pub async fn begin_exclusive(&self) -> Result<Tx, StoreError> {

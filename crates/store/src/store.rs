@@ -80,6 +80,11 @@ impl Store {
             // Deleted rows (an erased customer's projection and data key) are overwritten
             // rather than left readable in free pages.
             .pragma("secure_delete", "on")
+            // A ledger's writer has the log checkpointed beside it (`ledger::checkpointer`),
+            // so its commits need not: a commit checkpoints only once the log holds this many
+            // pages (40 MiB), if that falls behind or no ledger writes (SQLite's default is
+            // 1,000).
+            .pragma("wal_autocheckpoint", "10000")
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)

@@ -1428,6 +1428,28 @@ async fn sqlite_files_keep_no_plaintext_of_an_erased_customer() {
     );
 }
 
+/// The writer's commits leave the log in the WAL; a checkpointer beside the writer copies it
+/// into the database file (SQLite's own checkpoint in a commit waits for 10,000 pages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_are_checkpointed_beside_the_writer() {
+    let store = TestStore::new(Engine::Sqlite).await;
+    let path = store.db.url.strip_prefix("sqlite://").unwrap().to_owned();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    for i in 0..20 {
+        write_person(&store, new_customer(), &format!("p{i}")).await;
+    }
+    // Each checkpoint follows a commit within `CHECKPOINT_EVERY` (100 ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while size() <= before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        size() > before,
+        "the database file stayed at {before} bytes: nothing was checkpointed"
+    );
+}
+
 async fn read_all_returns_every_position_of_an_erased_customer_without_personal_data(
     engine: Engine,
 ) {
