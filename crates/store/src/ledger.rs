@@ -1764,14 +1764,12 @@ fn parse_event(raw: &RawEvent, plaintext: &[u8]) -> Result<Event, StoreError> {
     Ok(event)
 }
 
-/// Group commit: takes whatever commands are waiting (up to `max_batch`) and writes them in
-/// one transaction, so one durable commit acknowledges many commands.
 /// Starts the group commit's writer. On SQLite it runs on a thread of its own: every
 /// statement of a batch is a hop to SQLite's connection thread and back, and the one writer's
 /// turnaround bounds the embedded store's throughput, so it must not wait for a turn on the
 /// runtime's workers behind the requests it serves; and a checkpointer beside it copies the
 /// log into the database file, so that its commits do not (`docs/benchmarks.md`,
-/// optimisation 7). PostgreSQL's connections belong to the runtime that opened them: its
+/// optimisations 7 and 8). PostgreSQL's connections belong to the runtime that opened them: its
 /// writer stays there.
 fn spawn_writer(log: EventLog, jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
     if log.engine() == crate::sql::Engine::Postgres {
@@ -1823,6 +1821,9 @@ async fn checkpointer(log: EventLog, committed: Arc<tokio::sync::Notify>) {
     }
 }
 
+/// Group commit: takes whatever commands are waiting (up to `max_batch`) and writes them in
+/// one transaction, so one durable commit acknowledges many commands; `committed` (SQLite's
+/// checkpointer) is told of each commit.
 async fn run_writer(
     log: EventLog,
     mut jobs: mpsc::Receiver<WriteJob>,
