@@ -230,30 +230,71 @@ pub enum Array {
     Time(Vec<Option<DateTime<Utc>>>),
 }
 
+/// The kind of an [`Arg`] that can be an element of an [`Array`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Int,
+    Int4,
+    Uuid,
+    Bytes,
+    Time,
+}
+
+impl Kind {
+    fn of(arg: &Arg) -> Option<Self> {
+        Some(match arg {
+            Arg::Text(_) => Self::Text,
+            Arg::Int(_) => Self::Int,
+            Arg::Int4(_) => Self::Int4,
+            Arg::Uuid(_) => Self::Uuid,
+            Arg::Bytes(_) => Self::Bytes,
+            Arg::Time(_) | Arg::DbClockTime(_) => Self::Time,
+            Arg::Array(_) => return None,
+        })
+    }
+
+    /// The one kind of all `values`; `None` when there are none (no element type to give
+    /// an array) or they are not all of one kind.
+    fn shared<'a>(values: impl IntoIterator<Item = &'a Arg>) -> Option<Self> {
+        let mut values = values.into_iter();
+        let kind = Self::of(values.next()?)?;
+        values.all(|v| Self::of(v) == Some(kind)).then_some(kind)
+    }
+}
+
 impl Array {
-    /// The values as one array; `None` when there are none (no element type to give it) or
-    /// they are not all of one kind.
-    fn of(values: Vec<Arg>) -> Option<Self> {
+    /// The values as one array, moved, not copied; given back when they are not all of one
+    /// kind.
+    fn of(values: Vec<Arg>) -> Result<Self, Vec<Arg>> {
+        match Kind::shared(&values) {
+            Some(kind) => Ok(Self::gather(kind, values)),
+            None => Err(values),
+        }
+    }
+
+    /// `values`, all of `kind` (checked by the caller), as one array.
+    fn gather(kind: Kind, values: Vec<Arg>) -> Self {
         macro_rules! gather {
             ($variant:ident, $($arg:ident)|+) => {
-                values
-                    .into_iter()
-                    .map(|v| match v {
-                        $(Arg::$arg(v))|+ => Some(v),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .map(Array::$variant)
+                Array::$variant(
+                    values
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            $(Arg::$arg(v))|+ => Some(v),
+                            _ => None,
+                        })
+                        .collect(),
+                )
             };
         }
-        match values.first()? {
-            Arg::Text(_) => gather!(Text, Text),
-            Arg::Int(_) => gather!(Int, Int),
-            Arg::Int4(_) => gather!(Int4, Int4),
-            Arg::Uuid(_) => gather!(Uuid, Uuid),
-            Arg::Bytes(_) => gather!(Bytes, Bytes),
-            Arg::Time(_) | Arg::DbClockTime(_) => gather!(Time, Time | DbClockTime),
-            Arg::Array(_) => None,
+        match kind {
+            Kind::Text => gather!(Text, Text),
+            Kind::Int => gather!(Int, Int),
+            Kind::Int4 => gather!(Int4, Int4),
+            Kind::Uuid => gather!(Uuid, Uuid),
+            Kind::Bytes => gather!(Bytes, Bytes),
+            Kind::Time => gather!(Time, Time | DbClockTime),
         }
     }
 
@@ -404,17 +445,17 @@ impl Sql {
         engine: Engine,
         items: impl IntoIterator<Item = T>,
     ) -> &mut Self {
-        let items: Vec<Arg> = items.into_iter().map(Into::into).collect();
-        if engine == Engine::Postgres
-            && let Some(array) = Array::of(items.clone())
-        {
-            let cast = array.pg_type();
-            self.text.push_str(" = ANY(");
-            self.push_bind(Arg::Array(array));
-            self.text.push_str("::");
-            self.text.push_str(cast);
-            self.text.push(')');
-            return self;
+        let mut items: Vec<Arg> = items.into_iter().map(Into::into).collect();
+        if engine == Engine::Postgres {
+            match Array::of(items) {
+                Ok(array) => {
+                    self.text.push_str(" = ANY(");
+                    self.push_array(array);
+                    self.text.push(')');
+                    return self;
+                }
+                Err(given_back) => items = given_back,
+            }
         }
         self.text.push_str(" IN ");
         self.push_list(items)
@@ -429,22 +470,22 @@ impl Sql {
         rows: impl IntoIterator<Item = R>,
         mut row: impl FnMut(R) -> Vec<Arg>,
     ) -> &mut Self {
-        let rows: Vec<Vec<Arg>> = rows.into_iter().map(&mut row).collect();
-        if engine == Engine::Postgres
-            && let Some(columns) = columns_of(&rows)
-        {
-            self.text.push_str("SELECT * FROM UNNEST(");
-            for (i, column) in columns.into_iter().enumerate() {
-                if i > 0 {
-                    self.text.push_str(", ");
+        let mut rows: Vec<Vec<Arg>> = rows.into_iter().map(&mut row).collect();
+        if engine == Engine::Postgres {
+            match columns_of(rows) {
+                Ok(columns) => {
+                    self.text.push_str("SELECT * FROM UNNEST(");
+                    for (i, column) in columns.into_iter().enumerate() {
+                        if i > 0 {
+                            self.text.push_str(", ");
+                        }
+                        self.push_array(column);
+                    }
+                    self.text.push(')');
+                    return self;
                 }
-                let cast = column.pg_type();
-                self.push_bind(Arg::Array(column));
-                self.text.push_str("::");
-                self.text.push_str(cast);
+                Err(given_back) => rows = given_back,
             }
-            self.text.push(')');
-            return self;
         }
         self.text.push_str("VALUES ");
         for (i, values) in rows.into_iter().enumerate() {
@@ -454,6 +495,14 @@ impl Sql {
             self.push_list(values);
         }
         self
+    }
+
+    /// Appends `$n::type[]`, the parameter bound to `array`.
+    fn push_array(&mut self, array: Array) {
+        let cast = array.pg_type();
+        self.push_bind(Arg::Array(array));
+        self.text.push_str("::");
+        self.text.push_str(cast);
     }
 
     /// The number of parameters bound so far.
@@ -521,16 +570,30 @@ impl Sql {
     }
 }
 
-/// Rows of values as one array per column: `None` when there are no rows, the rows differ in
-/// length, or a column's values are not of one kind.
-fn columns_of(rows: &[Vec<Arg>]) -> Option<Vec<Array>> {
-    let width = rows.first()?.len();
+/// Rows of values as one array per column, the values moved, not copied; the rows given back
+/// when there are none, they differ in length, or a column's values are not of one kind.
+fn columns_of(rows: Vec<Vec<Arg>>) -> Result<Vec<Array>, Vec<Vec<Arg>>> {
+    let width = rows.first().map_or(0, Vec::len);
     if width == 0 || rows.iter().any(|r| r.len() != width) {
-        return None;
+        return Err(rows);
     }
-    (0..width)
-        .map(|c| Array::of(rows.iter().map(|r| r[c].clone()).collect()))
-        .collect()
+    let Some(kinds) = (0..width)
+        .map(|c| Kind::shared(rows.iter().map(|r| &r[c])))
+        .collect::<Option<Vec<Kind>>>()
+    else {
+        return Err(rows);
+    };
+    let mut columns: Vec<Vec<Arg>> = (0..width).map(|_| Vec::with_capacity(rows.len())).collect();
+    for row in rows {
+        for (column, value) in columns.iter_mut().zip(row) {
+            column.push(value);
+        }
+    }
+    Ok(kinds
+        .into_iter()
+        .zip(columns)
+        .map(|(kind, values)| Array::gather(kind, values))
+        .collect())
 }
 
 /// Where a statement runs: a pool ([`Db`]) or a transaction ([`Tx`]).
