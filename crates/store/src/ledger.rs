@@ -1215,8 +1215,13 @@ impl Ledger {
     /// decrypted, except those of erased customers, which come as [`LogEntry::Shredded`] — no
     /// position is left out.
     pub async fn read_all(&self, after: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let raws = self.inner.log.read_all(after, limit).await?;
+        let (raws, wrapped) = self.inner.log.read_all_keyed(after, limit).await?;
         let mut keys = Keys::default();
+        for (customer, wrapped) in wrapped {
+            keys.data
+                .insert(customer, self.inner.master.unwrap_key(&wrapped, customer)?);
+        }
+        // Only customers without a key are left: their erasures.
         self.load_keys(&raws, &mut keys).await?;
         raws.iter().map(|raw| keys.entry(raw)).collect()
     }

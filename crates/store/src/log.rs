@@ -52,6 +52,15 @@ impl EventLog {
         &self.watch
     }
 
+    /// A transaction that appends: it holds off every other append (see the module), and on
+    /// PostgreSQL announces the log's growth to other processes when it commits.
+    async fn begin_append(&self) -> Result<Tx, StoreError> {
+        match self.db.pg() {
+            Some(pool) => Ok(Tx::Postgres(self.watch.begin_appending(pool).await?)),
+            None => self.db.begin_exclusive().await,
+        }
+    }
+
     /// Signals the log's readers after a commit that appended.
     fn grew(&self, outcome: &AppendOutcome) {
         if matches!(outcome, AppendOutcome::Appended { positions } if !positions.is_empty()) {
@@ -93,10 +102,13 @@ impl EventLog {
             .any(|r| r.exception.is_some() || r.drop_snapshots_since.is_some())
         {
             path("each");
-            return write_each(&self.db, batch).await;
+            return write_each(self.begin_append().await?, batch).await;
         }
         let written = match self.db.pg() {
-            Some(pool) => postgres::write_bulk(pool, batch).await,
+            Some(pool) => match self.watch.begin_appending(pool).await {
+                Ok(tx) => postgres::write_bulk(tx, batch).await,
+                Err(e) => Err(e),
+            },
             // In-process, but each statement is a hand-off to the connection's thread and
             // back: a few for the batch rather than ten per append.
             None => sqlite::write_bulk(&self.db, batch).await,
@@ -111,7 +123,7 @@ impl EventLog {
             Err(e) => {
                 tracing::debug!(error = %e, "bulk append failed; retrying append by append");
                 path("bulk_failed");
-                write_each(&self.db, batch).await
+                write_each(self.begin_append().await?, batch).await
             }
         }
     }
@@ -122,7 +134,7 @@ impl EventLog {
         &self,
         requests: &[AppendRequest],
     ) -> Result<AppendOutcome, StoreError> {
-        let mut tx = self.db.begin_exclusive().await?;
+        let mut tx = self.begin_append().await?;
         let mut position = head(&mut tx).await?;
         let mut all = Vec::new();
         for req in requests {
@@ -152,7 +164,7 @@ impl EventLog {
         customer: Uuid,
         decide: impl FnOnce(Vec<ProjectionRow>) -> Result<(AppendRequest, T), E> + Send,
     ) -> Result<(AppendOutcome, T), E> {
-        let mut tx = self.db.begin_exclusive().await?;
+        let mut tx = self.begin_append().await?;
         let position = head(&mut tx).await?;
         let rows = sql(PROJECTION_ROWS)
             .bind(customer)
@@ -428,6 +440,38 @@ impl EventLog {
             .push(" ORDER BY global_position LIMIT ")
             .push_bind(limit);
         q.fetch_all(&self.db).await?.iter().map(raw_event).collect()
+    }
+
+    /// [`Self::read_all`] with the wrapped data key each event is sealed under, read by the
+    /// same statement (one round trip a page, not two). A customer with no key (erased) or
+    /// an event in the clear has none in the map.
+    pub(crate) async fn read_all_keyed(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<RawEvent>, HashMap<Uuid, Vec<u8>>), StoreError> {
+        // A subquery per row, not a join: one primary-key probe per event whatever plan the
+        // statistics would suggest.
+        let mut q = sql("SELECT ");
+        q.push(EVENT_COLUMNS).push(
+            ", (SELECT k.wrapped_key FROM data_keys k \
+             WHERE k.customer_id = COALESCE(events.key_owner, events.customer_id)) AS wrapped_key \
+             FROM events WHERE global_position > ",
+        );
+        q.push_bind(after)
+            .push(" ORDER BY global_position LIMIT ")
+            .push_bind(limit);
+        let rows = q.fetch_all(&self.db).await?;
+        let mut keys = HashMap::new();
+        let mut raws = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let raw = raw_event(row)?;
+            if let Some(wrapped) = row.try_get::<Option<Vec<u8>>>("wrapped_key")? {
+                keys.entry(raw.sealed_for()).or_insert(wrapped);
+            }
+            raws.push(raw);
+        }
+        Ok((raws, keys))
     }
 
     /// The `customer_erased` events of those of `customers` who were erased.
@@ -875,10 +919,9 @@ fn raw_event(row: &Row) -> Result<RawEvent, StoreError> {
 /// The batch append by append, a savepoint each, so that a failing append does not fail the
 /// others.
 async fn write_each(
-    db: &Db,
+    mut tx: Tx,
     batch: &[AppendRequest],
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-    let mut tx = db.begin_exclusive().await?;
     let mut position = head(&mut tx).await?;
     let mut results = Vec::with_capacity(batch.len());
     for req in batch {

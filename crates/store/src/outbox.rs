@@ -122,21 +122,21 @@ impl Ledger {
             return Ok(kept);
         }
         let db = self.store().db();
-        // Not waited for on disk: the commit that logs the handoffs is, and flushes this with
-        // it. A relay that dies after sending finds the rows; only PostgreSQL itself failing
-        // in between could lose them (and then the batch is decided again).
-        let mut tx = db.begin_unflushed().await?;
         let mut rows = rows.into_iter().peekable();
         let per_statement = db.rows_per_statement(6);
+        let mut parts = Vec::new();
         while rows.peek().is_some() {
             let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_statement).collect();
             let mut q = sql(
                 "INSERT INTO delivery_outbox (consumer_id, seq, customer_id, sealed, payload, through) ",
             );
             q.push_values(db.engine(), chunk, |r| r);
-            q.execute(&mut tx).await?;
+            parts.push(q);
         }
-        tx.commit().await?;
+        // Not waited for on disk: the commit that logs the handoffs is, and flushes this with
+        // it. A relay that dies after sending finds the rows; only PostgreSQL itself failing
+        // in between could lose them (and then the batch is decided again).
+        db.write_together_unflushed(parts).await?;
         Ok(kept)
     }
 

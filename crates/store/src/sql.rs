@@ -49,6 +49,13 @@ pub enum Engine {
     Sqlite,
 }
 
+/// Whether a commit waits to be on disk (PostgreSQL's `synchronous_commit`).
+#[derive(Debug, Clone, Copy)]
+enum Flush {
+    Wait,
+    Later,
+}
+
 impl Engine {
     /// "postgres" or "sqlite".
     pub fn name(self) -> &'static str {
@@ -89,6 +96,59 @@ impl Db {
         (self.max_params() / columns.max(1)).max(1)
     }
 
+    /// Runs statements that write as one, all or none. On PostgreSQL they are one statement
+    /// (the others as `WITH` parts of the last): one round trip, no `BEGIN` or `COMMIT`. On
+    /// SQLite, one transaction. The parts must write different rows and not read what
+    /// another writes: PostgreSQL runs them on one snapshot, in no set order.
+    pub async fn write_together(&self, parts: Vec<Sql>) -> Result<(), StoreError> {
+        self.write_parts(parts, Flush::Wait).await
+    }
+
+    /// [`Db::write_together`], but PostgreSQL does not wait for the commit to be on disk
+    /// (`synchronous_commit = off` for that one statement): for rows a later, flushed
+    /// commit makes durable with it.
+    pub async fn write_together_unflushed(&self, parts: Vec<Sql>) -> Result<(), StoreError> {
+        self.write_parts(parts, Flush::Later).await
+    }
+
+    async fn write_parts(&self, parts: Vec<Sql>, flush: Flush) -> Result<(), StoreError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Postgres(_) => {
+                let mut parts = parts.into_iter();
+                // The main statement: the last part, or the setting for this one commit
+                // (data-modifying `WITH` parts run whether or not it reads them).
+                let last = match flush {
+                    Flush::Wait => parts.next_back(),
+                    Flush::Later => {
+                        Some(sql("SELECT set_config('synchronous_commit', 'off', true)"))
+                    }
+                };
+                let mut q = Sql::default();
+                for (i, part) in parts.enumerate() {
+                    q.push(if i == 0 { "WITH " } else { ", " })
+                        .push(&format!("w{i} AS ("))
+                        .push_sql(part)
+                        .push(") ");
+                }
+                if let Some(last) = last {
+                    q.push_sql(last);
+                }
+                q.execute(self).await?;
+            }
+            Self::Sqlite(_) => {
+                let mut tx = self.begin().await?;
+                for part in parts {
+                    part.execute(&mut tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts a transaction that will write (on SQLite, holding the write lock from the start).
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
@@ -126,19 +186,6 @@ impl Db {
         }
     }
 
-    /// Starts a transaction that will write and whose commit PostgreSQL does not wait to
-    /// have on disk (`synchronous_commit = off`, in the `BEGIN`'s round trip): for rows a
-    /// later, flushed commit makes durable with it. SQLite's as [`Db::begin`].
-    pub async fn begin_unflushed(&self) -> Result<Tx, StoreError> {
-        Ok(match self {
-            Self::Postgres(pool) => Tx::Postgres(
-                pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                    .await?,
-            ),
-            Self::Sqlite(_) => self.begin().await?,
-        })
-    }
-
     /// SQLite: copies the write-ahead log's committed frames into the database file, waiting
     /// for no reader or writer (`PASSIVE`), so that the writer's commits do not run the
     /// checkpoint themselves. PostgreSQL has nothing to do here.
@@ -152,23 +199,20 @@ impl Db {
     }
 
     /// Starts a transaction that holds off every append until it ends: the append lock on
-    /// PostgreSQL, the write lock on SQLite.
+    /// PostgreSQL, the write lock on SQLite. Appends themselves begin with the log's own
+    /// (`EventLog::begin_append`), which also announces them.
     pub async fn begin_exclusive(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Self::Postgres(pool) => Tx::Postgres(begin_appending(pool).await?),
+            // `BEGIN` and the lock in one round trip (a simple query of two statements).
+            Self::Postgres(pool) => {
+                static BEGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})")
+                });
+                Tx::Postgres(pool.begin_with(AssertSqlSafe(BEGIN.as_str())).await?)
+            }
             Self::Sqlite(_) => self.begin().await?,
         })
     }
-}
-
-/// A PostgreSQL transaction holding the append lock: `BEGIN` and the lock in one round trip
-/// (a simple query of two statements), as every batch of appends starts.
-pub(crate) async fn begin_appending(
-    pool: &PgPool,
-) -> Result<Transaction<'static, Postgres>, StoreError> {
-    static BEGIN: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})"));
-    Ok(pool.begin_with(AssertSqlSafe(BEGIN.as_str())).await?)
 }
 
 /// SQLITE_BUSY or SQLITE_LOCKED, plain or extended (the low byte is the primary code).
@@ -497,6 +541,25 @@ impl Sql {
         self
     }
 
+    /// Appends `other`, its `$n` renumbered to follow this statement's parameters.
+    pub fn push_sql(&mut self, other: Sql) -> &mut Self {
+        let offset = self.args.len();
+        let mut rest = other.text.as_str();
+        while let Some(at) = rest.find('$') {
+            self.text.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            match rest[..digits].parse::<usize>() {
+                Ok(n) => self.text.push_str(&(n + offset).to_string()),
+                Err(_) => self.text.push_str(&rest[..digits]),
+            }
+            rest = &rest[digits..];
+        }
+        self.text.push_str(rest);
+        self.args.extend(other.args);
+        self
+    }
+
     /// Appends `$n::type[]`, the parameter bound to `array`.
     fn push_array(&mut self, array: Array) {
         let cast = array.pg_type();
@@ -822,5 +885,26 @@ mod tests {
         let mut q = sql("INSERT INTO t (a) ");
         q.push_values(Engine::Postgres, rows, |r| r);
         assert_eq!(q.text, "INSERT INTO t (a) VALUES ($1), ($2)");
+    }
+
+    #[test]
+    fn an_appended_statement_s_parameters_follow_the_first_s() {
+        let mut q = sql("WITH a AS (DELETE FROM t WHERE k = $1 AND v = $2)")
+            .bind("k")
+            .bind(1_i64);
+        let part = sql("UPDATE u SET x = $2 WHERE k = $1 AND x < $2 AND y = $10")
+            .bind("k")
+            .bind(2_i64);
+        q.push(" ").push_sql(part);
+        assert_eq!(
+            q.text,
+            "WITH a AS (DELETE FROM t WHERE k = $1 AND v = $2) \
+             UPDATE u SET x = $4 WHERE k = $3 AND x < $4 AND y = $12"
+        );
+        assert_eq!(q.param_count(), 4);
+        // A `$` not followed by a number is left as it is.
+        let mut q = sql("SELECT 1");
+        q.push_sql(sql(" WHERE a = '$' AND b = $1").bind(1_i64));
+        assert_eq!(q.text, "SELECT 1 WHERE a = '$' AND b = $1");
     }
 }

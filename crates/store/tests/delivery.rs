@@ -18,7 +18,8 @@
 //!   transaction (`a_command_and_its_exception_change_land_together_or_not_at_all`)
 //! - [x] the delivery outbox (`Ledger::record_outbox`, `Ledger::pending_outbox`, the
 //!   commit's `outbox_done`, erasure):
-//!   `the_outbox_keeps_a_batch_sealed_until_its_items_are_committed`
+//!   `the_outbox_keeps_a_batch_sealed_until_its_items_are_committed`; a commit whose
+//!   handoffs fail writes none of its other parts (`a_commit_lands_whole_or_not_at_all`)
 //! - [x] `NewSyncException::new` (every exception test; the wrong side refused in
 //!   `an_exception_about_the_wrong_side_is_refused`), `SyncException::state`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -65,6 +66,7 @@ on_both_engines!(
     exceptions_are_filtered_by_each_criterion_and_limited,
     a_command_and_its_exception_change_land_together_or_not_at_all,
     the_outbox_keeps_a_batch_sealed_until_its_items_are_committed,
+    a_commit_lands_whole_or_not_at_all,
 );
 
 async fn nats_consumer(deliveries: &Deliveries, name: &str) {
@@ -1869,4 +1871,86 @@ async fn the_outbox_keeps_a_batch_sealed_until_its_items_are_committed(engine: E
     assert_eq!(pending.items.len(), 1);
     assert_eq!(pending.items[0].seq, 1);
     assert_eq!(pending.items[0].payload.as_deref(), Some(&b"notice"[..]));
+}
+
+/// The commit's parts (handoffs, relations, the outbox's removals, the checkpoint) land
+/// together: one failing leaves the others unwritten, on PostgreSQL's single statement as in
+/// SQLite's transaction.
+async fn a_commit_lands_whole_or_not_at_all(engine: Engine) {
+    use idledger_store::outbox::OutboxItem;
+    let store = TestStore::new(engine).await;
+    nats_consumer(&store.deliveries, "crm").await;
+    let crm = consumer_id("crm");
+    let (customer, event) = customer_with_email(&store.ledger).await;
+    let item = OutboxItem {
+        customer_id: customer,
+        personal: false,
+        payload: b"notice".to_vec(),
+    };
+    store
+        .ledger
+        .record_outbox(&crm, &[item], Some(1))
+        .await
+        .unwrap();
+    // The handoff log refuses every row from here on.
+    store
+        .db
+        .exec(match engine {
+            Engine::Postgres => {
+                "ALTER TABLE handoffs ADD CONSTRAINT refused CHECK (kind <> 'change') NOT VALID"
+            }
+            Engine::Sqlite => {
+                "CREATE TRIGGER refused BEFORE INSERT ON handoffs BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            }
+        })
+        .await;
+    let failing = DeliveryCommit {
+        consumer: &crm,
+        handoffs: &[handoff("crm", customer, event, 1)],
+        relations: &[(customer, Relation::Receiving)],
+        checkpoint: Some(1),
+        outbox_done: &[0],
+        at: Utc::now(),
+    };
+    assert!(store.deliveries.commit(&failing).await.is_err());
+    assert_eq!(store.deliveries.checkpoint(&crm).await.unwrap(), Some(0));
+    assert!(
+        store
+            .deliveries
+            .relations(&crm, &[customer])
+            .await
+            .unwrap()
+            .is_empty(),
+        "no relation was written"
+    );
+    assert_eq!(
+        store.ledger.pending_outbox(&crm).await.unwrap().items.len(),
+        1,
+        "the outbox item stays"
+    );
+    // Without the handoff, the rest lands.
+    let rest = DeliveryCommit {
+        handoffs: &[],
+        ..failing
+    };
+    store.deliveries.commit(&rest).await.unwrap();
+    assert_eq!(store.deliveries.checkpoint(&crm).await.unwrap(), Some(1));
+    assert_eq!(
+        store
+            .deliveries
+            .relations(&crm, &[customer])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .ledger
+            .pending_outbox(&crm)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

@@ -36,7 +36,9 @@ impl Deliveries {
             .collect();
         let consumer = commit.consumer.as_str();
         let engine = self.db.engine();
-        let mut tx = self.db.begin().await?;
+        // One statement on PostgreSQL (one round trip, no `BEGIN`/`COMMIT`): every part
+        // writes its own table.
+        let mut parts = Vec::new();
         for chunk in commit.handoffs.chunks(self.db.rows_per_statement(10)) {
             let mut q = sql(
                 "INSERT INTO handoffs (consumer_id, message_id, kind, event_id, global_position, customer_id, fields, basis, channel, delivered_at) ",
@@ -58,7 +60,7 @@ impl Deliveries {
             }
             q.push_values(engine, rows, |r| r)
                 .push(" ON CONFLICT (consumer_id, message_id) DO NOTHING");
-            q.execute(&mut tx).await?;
+            parts.push(q);
         }
         for chunk in relations.chunks(self.db.rows_per_statement(4)) {
             let mut q = sql(
@@ -75,24 +77,24 @@ impl Deliveries {
             .push(
                 " ON CONFLICT (consumer_id, customer_id) DO UPDATE SET status = EXCLUDED.status, changed_at = EXCLUDED.changed_at",
             );
-            q.execute(&mut tx).await?;
+            parts.push(q);
         }
         for chunk in commit.outbox_done.chunks(self.db.rows_per_statement(1) - 1) {
             let mut q = sql("DELETE FROM delivery_outbox WHERE consumer_id = ");
             q.push_bind(consumer)
                 .push(" AND seq")
                 .push_in(engine, chunk.iter().copied());
-            q.execute(&mut tx).await?;
+            parts.push(q);
         }
         if let Some(position) = commit.checkpoint {
-            sql("UPDATE delivery_checkpoints SET position = $2, updated_at = $3 WHERE consumer_id = $1 AND position < $2")
-                .bind(consumer)
-                .bind(position)
-                .bind(commit.at)
-                .execute(&mut tx)
-                .await?;
+            parts.push(
+                sql("UPDATE delivery_checkpoints SET position = $2, updated_at = $3 WHERE consumer_id = $1 AND position < $2")
+                    .bind(consumer)
+                    .bind(position)
+                    .bind(commit.at),
+            );
         }
-        tx.commit().await
+        self.db.write_together(parts).await
     }
 
     /// A page of the handoff log for one customer or one consumer, oldest first.

@@ -1,7 +1,6 @@
 //! PostgreSQL's bulk append: a batch in one transaction of a fixed number of statements,
 //! arrays bound as parameters. The checks are `bulk::decide`, shared with SQLite's.
 
-use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -18,16 +17,15 @@ fn to_u64(v: i64) -> u64 {
 }
 
 /// The batch in one transaction of a fixed number of statements, whatever its size, and
-/// usually four round trips: `BEGIN` with the append lock; the log's head, the idempotency
-/// records and stream heads of every append in one query; the checks done here; the rows in
-/// one statement (see [`BulkWrite::execute`]); `COMMIT`. Every append in a batch was decided
+/// usually four round trips: `BEGIN` with the append lock (`tx`, begun by the caller); the
+/// log's head, the idempotency records and stream heads of every append in one query; the
+/// checks done here; the rows in one statement (see [`BulkWrite::execute`]); `COMMIT`. Every append in a batch was decided
 /// on state committed before this transaction, so the outcomes are those the per-append
 /// path gives (an append sees the heads left by the batch's earlier appends).
 pub(super) async fn write_bulk(
-    pool: &PgPool,
+    mut tx: Transaction<'static, Postgres>,
     batch: &[AppendRequest],
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-    let mut tx = crate::sql::begin_appending(pool).await?;
     let (sources, keys): (Vec<&str>, Vec<&str>) = batch
         .iter()
         .filter_map(|r| r.idempotency.as_ref())
@@ -107,13 +105,24 @@ impl BulkWrite {
             .iter()
             .partition(|(_, record)| record.is_some());
         // What every batch writes — new data keys, events, projection rows, idempotency
-        // records — in one statement (one round trip): plain inserts of the bound arrays,
-        // no join for the planner to get wrong, an empty array inserting nothing. The parts
-        // touch different tables, so the order PostgreSQL runs them in does not matter.
+        // records, the blind index's changes — in one statement (one round trip): plain
+        // inserts of the bound arrays, no join for the planner to get wrong, an empty array
+        // inserting nothing. The parts touch different tables (the blind index's delete and
+        // insert, different rows), so the order PostgreSQL runs them in does not matter.
         let e = &self.events;
         let i = &self.idempotency;
-        let writes =
-            !(e.is_empty() && i.is_empty() && upserts.is_empty() && self.key_customers.is_empty());
+        let writes = !(e.is_empty()
+            && i.is_empty()
+            && upserts.is_empty()
+            && self.key_customers.is_empty()
+            && self.lookup.is_empty());
+        // The blind index's rewrite for the customers whose identifiers changed: their rows
+        // not among their new digests go, the new ones come. The two sets are disjoint.
+        let (digests, owners): (Vec<&[u8]>, Vec<Uuid>) = self
+            .lookup
+            .iter()
+            .flat_map(|(c, ds)| ds.iter().map(move |d| (d.as_slice(), *c)))
+            .unzip();
         if writes {
             sqlx::query(
             "WITH new_keys AS (INSERT INTO data_keys (customer_id, wrapped_key, key_id) \
@@ -125,7 +134,13 @@ impl BulkWrite {
              $14::uuid[])), \
              upserted AS (INSERT INTO projections (customer_id, kind, key, record) \
              SELECT * FROM UNNEST($15::uuid[], $16::text[], $17::text[], $18::text[]) \
-             ON CONFLICT (customer_id, kind, key) DO UPDATE SET record = EXCLUDED.record) \
+             ON CONFLICT (customer_id, kind, key) DO UPDATE SET record = EXCLUDED.record), \
+             fresh AS (SELECT * FROM UNNEST($25::bytea[], $26::uuid[]) AS f(digest, customer_id)), \
+             gone AS (DELETE FROM lookup_index l WHERE l.customer_id = ANY($24::uuid[]) \
+             AND NOT EXISTS (SELECT 1 FROM fresh f \
+             WHERE f.digest = l.digest AND f.customer_id = l.customer_id)), \
+             indexed AS (INSERT INTO lookup_index (digest, customer_id) \
+             SELECT digest, customer_id FROM fresh ON CONFLICT DO NOTHING) \
              INSERT INTO idempotency (source, idempotency_key, customer_id, request_hash, result) \
              SELECT * FROM UNNEST($19::text[], $20::text[], $21::uuid[], $22::bytea[], $23::text[])",
         )
@@ -183,6 +198,9 @@ impl BulkWrite {
         .bind(i.iter().map(|(c, _)| *c).collect::<Vec<_>>())
         .bind(i.iter().map(|(_, r)| r.request_hash.as_slice()).collect::<Vec<_>>())
         .bind(i.iter().map(|(_, r)| r.result.as_str()).collect::<Vec<_>>())
+        .bind(self.lookup.keys().copied().collect::<Vec<_>>())
+        .bind(digests)
+        .bind(owners)
         .execute(&mut **tx)
         .await?;
         }
@@ -207,29 +225,6 @@ impl BulkWrite {
                     .map(|((_, _, k), _)| k.as_str())
                     .collect::<Vec<_>>(),
             )
-            .execute(&mut **tx)
-            .await?;
-        }
-        if !self.lookup.is_empty() {
-            // One statement for the batch, only when identifiers changed. The rows it deletes
-            // (the customers' rows not among their new digests) and those it inserts are
-            // disjoint, so the order PostgreSQL runs the two parts in does not matter.
-            let (digests, owners): (Vec<&[u8]>, Vec<Uuid>) = self
-                .lookup
-                .iter()
-                .flat_map(|(c, ds)| ds.iter().map(move |d| (d.as_slice(), *c)))
-                .unzip();
-            sqlx::query(
-                "WITH fresh AS (SELECT * FROM UNNEST($2::bytea[], $3::uuid[]) AS f(digest, customer_id)), \
-                 gone AS (DELETE FROM lookup_index l WHERE l.customer_id = ANY($1::uuid[]) \
-                 AND NOT EXISTS (SELECT 1 FROM fresh f \
-                 WHERE f.digest = l.digest AND f.customer_id = l.customer_id)) \
-                 INSERT INTO lookup_index (digest, customer_id) SELECT digest, customer_id FROM fresh \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(self.lookup.keys().copied().collect::<Vec<_>>())
-            .bind(digests)
-            .bind(owners)
             .execute(&mut **tx)
             .await?;
         }
