@@ -1180,7 +1180,11 @@ impl Ledger {
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let id = customer.as_uuid();
-        let raws = self.inner.log.stream(id, field, until.map(micros)).await?;
+        let (raws, wrapped) = self
+            .inner
+            .log
+            .stream_keyed(id, field, until.map(micros))
+            .await?;
         if raws.is_empty() {
             // Nothing matched the filter; an erased customer still answers as erased.
             return match self.erased_at(id).await? {
@@ -1191,6 +1195,12 @@ impl Ledger {
         // The key goes in the erasure's transaction, so its absence means an erasure — or
         // damage, which opening the events reports.
         let mut keys = Keys::default();
+        if let Some(wrapped) = wrapped {
+            keys.data
+                .insert(id, self.inner.master.unwrap_key(&wrapped, id)?);
+        }
+        // Keys of records merged into this one (see `sealing`), or the erasure of a customer
+        // with none.
         self.load_keys(&raws, &mut keys).await?;
         if let Some(at) = keys.erased.get(&id) {
             return Err(StoreError::Erased {

@@ -345,6 +345,31 @@ impl EventLog {
             .collect()
     }
 
+    /// [`Self::stream`] with the customer's wrapped data key (`None`: they have none), read
+    /// by the same statement: one round trip, not two in a row. The key is an uncorrelated
+    /// subquery, looked up once however many rows there are.
+    pub(crate) async fn stream_keyed(
+        &self,
+        customer: Uuid,
+        field: Option<&str>,
+        until_micros: Option<i64>,
+    ) -> Result<(Vec<RawEvent>, Option<Vec<u8>>), StoreError> {
+        let mut q = sql("SELECT ");
+        q.push(EVENT_COLUMNS)
+            .push(", (SELECT k.wrapped_key FROM data_keys k WHERE k.customer_id = ")
+            .push_bind(customer)
+            .push(") AS wrapped_key FROM events");
+        let rows = push_stream_filter(q, customer, None, field, until_micros)
+            .fetch_all(&self.db)
+            .await?;
+        let wrapped = match rows.first() {
+            Some(row) => row.try_get::<Option<Vec<u8>>>("wrapped_key")?,
+            None => None,
+        };
+        let raws = rows.iter().map(raw_event).collect::<Result<_, _>>()?;
+        Ok((raws, wrapped))
+    }
+
     /// A customer's events after stream version `after`, in stream order, only those recorded
     /// at or before `until_micros` if given: what an as-of read folds onto a snapshot.
     pub async fn stream_after(
@@ -885,7 +910,17 @@ fn stream_query(
     field: Option<&str>,
     until_micros: Option<i64>,
 ) -> Sql {
-    let mut q = select_events();
+    push_stream_filter(select_events(), customer, after, field, until_micros)
+}
+
+/// ` WHERE …` of a stream read and its order, after `q`'s `SELECT … FROM events`.
+fn push_stream_filter(
+    mut q: Sql,
+    customer: Uuid,
+    after: Option<u64>,
+    field: Option<&str>,
+    until_micros: Option<i64>,
+) -> Sql {
     q.push(" WHERE customer_id = ").push_bind(customer);
     if let Some(after) = after {
         q.push(" AND stream_version > ").push_bind(after);
