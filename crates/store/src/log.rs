@@ -52,15 +52,6 @@ impl EventLog {
         &self.watch
     }
 
-    /// A transaction that appends: it holds off every other append (see the module), and on
-    /// PostgreSQL announces the log's growth to other processes when it commits.
-    async fn begin_append(&self) -> Result<Tx, StoreError> {
-        match self.db.pg() {
-            Some(pool) => Ok(Tx::Postgres(self.watch.begin_appending(pool).await?)),
-            None => self.db.begin_exclusive().await,
-        }
-    }
-
     /// Signals the log's readers after a commit that appended.
     fn grew(&self, outcome: &AppendOutcome) {
         if matches!(outcome, AppendOutcome::Appended { positions } if !positions.is_empty()) {
@@ -102,13 +93,10 @@ impl EventLog {
             .any(|r| r.exception.is_some() || r.drop_snapshots_since.is_some())
         {
             path("each");
-            return write_each(self.begin_append().await?, batch).await;
+            return write_each(&self.db, batch).await;
         }
         let written = match self.db.pg() {
-            Some(pool) => match self.watch.begin_appending(pool).await {
-                Ok(tx) => postgres::write_bulk(tx, batch).await,
-                Err(e) => Err(e),
-            },
+            Some(pool) => postgres::write_bulk(pool, batch).await,
             // In-process, but each statement is a hand-off to the connection's thread and
             // back: a few for the batch rather than ten per append.
             None => sqlite::write_bulk(&self.db, batch).await,
@@ -123,7 +111,7 @@ impl EventLog {
             Err(e) => {
                 tracing::debug!(error = %e, "bulk append failed; retrying append by append");
                 path("bulk_failed");
-                write_each(self.begin_append().await?, batch).await
+                write_each(&self.db, batch).await
             }
         }
     }
@@ -134,7 +122,7 @@ impl EventLog {
         &self,
         requests: &[AppendRequest],
     ) -> Result<AppendOutcome, StoreError> {
-        let mut tx = self.begin_append().await?;
+        let mut tx = self.db.begin_exclusive().await?;
         let mut position = head(&mut tx).await?;
         let mut all = Vec::new();
         for req in requests {
@@ -164,7 +152,7 @@ impl EventLog {
         customer: Uuid,
         decide: impl FnOnce(Vec<ProjectionRow>) -> Result<(AppendRequest, T), E> + Send,
     ) -> Result<(AppendOutcome, T), E> {
-        let mut tx = self.begin_append().await?;
+        let mut tx = self.db.begin_exclusive().await?;
         let position = head(&mut tx).await?;
         let rows = sql(PROJECTION_ROWS)
             .bind(customer)
@@ -954,9 +942,10 @@ fn raw_event(row: &Row) -> Result<RawEvent, StoreError> {
 /// The batch append by append, a savepoint each, so that a failing append does not fail the
 /// others.
 async fn write_each(
-    mut tx: Tx,
+    db: &Db,
     batch: &[AppendRequest],
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+    let mut tx = db.begin_exclusive().await?;
     let mut position = head(&mut tx).await?;
     let mut results = Vec::with_capacity(batch.len());
     for req in batch {

@@ -2,24 +2,23 @@
 //! when it grows, rather than having each poll it.
 //!
 //! This process's appends signal at once (the writer calls [`LogWatch::appended`] after each
-//! commit). On PostgreSQL every append transaction also announces itself: its `BEGIN`'s round
-//! trip takes the append lock and queues `NOTIFY idledger_log` ([`LogWatch::begin_appending`]),
-//! which PostgreSQL delivers when, and only if, it commits. A listener turns other processes'
-//! announcements into the same signal: a relay behind one `serve` is woken by a command taken
-//! by another. The announcement costs no round trip and no transaction of its own (a separate
-//! one was a commit flushed to disk per batch). Readers keep a slow poll as their fallback: an
-//! announcement sent while the listener was reconnecting is lost (a reconnection itself
-//! signals, in case).
+//! commit). On PostgreSQL they are also announced with `NOTIFY idledger_log` (one
+//! announcement per burst, sent beside the writer, never on its path), and a listener turns
+//! other processes' announcements into the same signal: a relay behind one `serve` is woken by
+//! a command taken by another. Readers keep a slow poll as their fallback: an announcement
+//! sent while the listener was reconnecting is lost (a reconnection itself signals, in case).
+//!
+//! Why not `NOTIFY` in the append's own transaction, which would save the announcement's round
+//! trip: PostgreSQL refuses the commit of a notifying transaction when the cluster's
+//! notification queue is full, which any stalled listener of any database on the server can
+//! cause. Appends must not depend on that; an announcement may fail alone.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tokio::sync::watch;
-
-use crate::error::StoreError;
-use crate::sql::LOG_LOCK;
 
 const CHANNEL: &str = "idledger_log";
 
@@ -28,11 +27,12 @@ const CHANNEL: &str = "idledger_log";
 pub struct LogWatch {
     /// Bumped whenever the log grew: by this process, or as another announced.
     grown: watch::Sender<u64>,
+    /// Bumped by this process's appends only: what the announcer announces.
+    ours: watch::Sender<u64>,
     pool: Option<PgPool>,
     /// Names this process's announcements, so that its listener ignores them.
     instance: String,
-    /// `BEGIN`, the append lock and this process's announcement: one simple query.
-    begin: String,
+    announcing: AtomicBool,
     listening: AtomicBool,
 }
 
@@ -40,28 +40,14 @@ impl LogWatch {
     /// `pool`: the PostgreSQL pool to announce and listen on; `None` on SQLite, whose one
     /// process sees all of its appends.
     pub(crate) fn new(pool: Option<PgPool>) -> Arc<Self> {
-        let instance = uuid::Uuid::now_v7().to_string();
         Arc::new(Self {
             grown: watch::Sender::new(0),
+            ours: watch::Sender::new(0),
             pool,
-            // A UUID's text needs no quoting beyond the quotes.
-            begin: format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK}); NOTIFY {CHANNEL}, '{instance}'"
-            ),
-            instance,
+            instance: uuid::Uuid::now_v7().to_string(),
+            announcing: AtomicBool::new(false),
             listening: AtomicBool::new(false),
         })
-    }
-
-    /// A PostgreSQL transaction that appends to the log: `BEGIN`, the append lock and the
-    /// announcement of its growth, in one round trip (a simple query of three statements).
-    /// The announcement goes out at its commit; a rollback sends nothing. One that commits
-    /// without appending (every append refused) wakes readers who then find nothing new.
-    pub(crate) async fn begin_appending(
-        &self,
-        pool: &PgPool,
-    ) -> Result<Transaction<'static, Postgres>, StoreError> {
-        Ok(pool.begin_with(AssertSqlSafe(self.begin.as_str())).await?)
     }
 
     /// A receiver that changes whenever the log may have grown. Its first use on PostgreSQL
@@ -78,10 +64,41 @@ impl LogWatch {
     /// This process appended to the log (called after the commit).
     pub(crate) fn appended(&self) {
         self.grown.send_modify(|n| *n = n.wrapping_add(1));
+        self.ours.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(pool) = &self.pool
+            && !self.announcing.swap(true, Ordering::SeqCst)
+        {
+            tokio::spawn(announce(
+                pool.clone(),
+                self.ours.subscribe(),
+                self.instance.clone(),
+            ));
+        }
     }
 
     fn announced(&self) {
         self.grown.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Announces this process's appends until the watch is dropped. Appends made while one
+/// announcement is being sent are announced together by the next.
+async fn announce(pool: PgPool, mut ours: watch::Receiver<u64>, instance: String) {
+    // The first append is already marked as changed for this new receiver: announce it too.
+    ours.mark_changed();
+    while ours.changed().await.is_ok() {
+        // Not waited for on disk: a transaction that notifies takes an XID, so its commit
+        // would otherwise wait for a flush, one per burst, for a message no crash needs.
+        let sent =
+            sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(&instance)
+                .execute(&pool)
+                .await;
+        if let Err(e) = sent {
+            // Other processes fall back on their poll.
+            tracing::debug!(error = %e, "could not announce the log's growth");
+        }
     }
 }
 

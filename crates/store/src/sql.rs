@@ -199,20 +199,23 @@ impl Db {
     }
 
     /// Starts a transaction that holds off every append until it ends: the append lock on
-    /// PostgreSQL, the write lock on SQLite. Appends themselves begin with the log's own
-    /// (`EventLog::begin_append`), which also announces them.
+    /// PostgreSQL, the write lock on SQLite.
     pub async fn begin_exclusive(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            // `BEGIN` and the lock in one round trip (a simple query of two statements).
-            Self::Postgres(pool) => {
-                static BEGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-                    format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})")
-                });
-                Tx::Postgres(pool.begin_with(AssertSqlSafe(BEGIN.as_str())).await?)
-            }
+            Self::Postgres(pool) => Tx::Postgres(begin_appending(pool).await?),
             Self::Sqlite(_) => self.begin().await?,
         })
     }
+}
+
+/// A PostgreSQL transaction holding the append lock: `BEGIN` and the lock in one round trip
+/// (a simple query of two statements), as every batch of appends starts.
+pub(crate) async fn begin_appending(
+    pool: &PgPool,
+) -> Result<Transaction<'static, Postgres>, StoreError> {
+    static BEGIN: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})"));
+    Ok(pool.begin_with(AssertSqlSafe(BEGIN.as_str())).await?)
 }
 
 /// SQLITE_BUSY or SQLITE_LOCKED, plain or extended (the low byte is the primary code).

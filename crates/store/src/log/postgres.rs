@@ -1,6 +1,7 @@
 //! PostgreSQL's bulk append: a batch in one transaction of a fixed number of statements,
 //! arrays bound as parameters. The checks are `bulk::decide`, shared with SQLite's.
 
+use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -17,15 +18,16 @@ fn to_u64(v: i64) -> u64 {
 }
 
 /// The batch in one transaction of a fixed number of statements, whatever its size, and
-/// usually four round trips: `BEGIN` with the append lock (`tx`, begun by the caller); the
-/// log's head, the idempotency records and stream heads of every append in one query; the
-/// checks done here; the rows in one statement (see [`BulkWrite::execute`]); `COMMIT`. Every append in a batch was decided
+/// usually four round trips: `BEGIN` with the append lock; the log's head, the idempotency
+/// records and stream heads of every append in one query; the checks done here; the rows in
+/// one statement (see [`BulkWrite::execute`]); `COMMIT`. Every append in a batch was decided
 /// on state committed before this transaction, so the outcomes are those the per-append
 /// path gives (an append sees the heads left by the batch's earlier appends).
 pub(super) async fn write_bulk(
-    mut tx: Transaction<'static, Postgres>,
+    pool: &PgPool,
     batch: &[AppendRequest],
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+    let mut tx = crate::sql::begin_appending(pool).await?;
     let (sources, keys): (Vec<&str>, Vec<&str>) = batch
         .iter()
         .filter_map(|r| r.idempotency.as_ref())
