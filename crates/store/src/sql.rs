@@ -49,13 +49,6 @@ pub enum Engine {
     Sqlite,
 }
 
-/// Whether a commit waits to be on disk (PostgreSQL's `synchronous_commit`).
-#[derive(Debug, Clone, Copy)]
-enum Flush {
-    Wait,
-    Later,
-}
-
 impl Engine {
     /// "postgres" or "sqlite".
     pub fn name(self) -> &'static str {
@@ -64,6 +57,13 @@ impl Engine {
             Self::Sqlite => "sqlite",
         }
     }
+}
+
+/// Whether a commit waits to be on disk (PostgreSQL's `synchronous_commit`).
+#[derive(Debug, Clone, Copy)]
+enum Flush {
+    Wait,
+    Later,
 }
 
 impl Db {
@@ -99,7 +99,8 @@ impl Db {
     /// Runs statements that write as one, all or none. On PostgreSQL they are one statement
     /// (the others as `WITH` parts of the last): one round trip, no `BEGIN` or `COMMIT`. On
     /// SQLite, one transaction. The parts must write different rows and not read what
-    /// another writes: PostgreSQL runs them on one snapshot, in no set order.
+    /// another writes (PostgreSQL runs them on one snapshot, in no set order), must not have
+    /// a `WITH` of their own, and bind every value (`$n` is renumbered wherever it appears).
     pub async fn write_together(&self, parts: Vec<Sql>) -> Result<(), StoreError> {
         self.write_parts(parts, Flush::Wait).await
     }
